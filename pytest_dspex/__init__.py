@@ -1,0 +1,89 @@
+"""pytest-dspex: LM programs as tested, optimized artifacts.
+
+The core (this package minus ``pytest_dspex.plugin``) never imports pytest::
+
+    import pytest_dspex as dspex
+
+    lm = dspex.LM("gemma-3-270m", base_url="http://127.0.0.1:8080/v1")
+    dspex.configure(lm=lm)
+    qa = dspex.ChainOfThought("question -> answer")
+    print(qa(question="What is 2 + 2?").answer)
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import events, metrics
+from ._exceptions import (
+    AdapterParseError,
+    BudgetExceededError,
+    CacheMissError,
+    CircuitOpenError,
+    ConfigError,
+    DatasetError,
+    DspexError,
+    GoldenFileError,
+    LMError,
+    LMHTTPError,
+    LMResponseError,
+    LMTimeoutError,
+    LMUnavailableError,
+    MetricError,
+    SignatureError,
+)
+from .adapters import ChatAdapter, CompactAdapter, JSONAdapter
+from .datasets import load_dataset, split
+from .evaluate import Evaluate, EvaluationResult, ExampleRecord, evaluate
+from .lm import LM, Budget, ResponseCache, Usage, track_usage
+from .primitives import Example, Prediction
+from .programs import ChainOfThought, Module, Predict, trace_scope
+from .settings import configure, context
+from .signatures import InputField, OutputField, Signature, make_signature
+
+__all__ = [
+    "LM",
+    "AdapterParseError",
+    "Budget",
+    "BudgetExceededError",
+    "CacheMissError",
+    "ChainOfThought",
+    "ChatAdapter",
+    "CircuitOpenError",
+    "CompactAdapter",
+    "ConfigError",
+    "DatasetError",
+    "DspexError",
+    "Evaluate",
+    "EvaluationResult",
+    "Example",
+    "ExampleRecord",
+    "GoldenFileError",
+    "InputField",
+    "JSONAdapter",
+    "LMError",
+    "LMHTTPError",
+    "LMResponseError",
+    "LMTimeoutError",
+    "LMUnavailableError",
+    "MetricError",
+    "Module",
+    "OutputField",
+    "Predict",
+    "Prediction",
+    "ResponseCache",
+    "Signature",
+    "SignatureError",
+    "Usage",
+    "__version__",
+    "configure",
+    "context",
+    "evaluate",
+    "events",
+    "load_dataset",
+    "make_signature",
+    "metrics",
+    "split",
+    "trace_scope",
+    "track_usage",
+]

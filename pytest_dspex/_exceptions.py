@@ -1,0 +1,123 @@
+"""Every error pytest-dspex raises, in one tree.
+
+Third-party errors (httpx, pybreaker, diskcache, pydantic, json) are mapped to these at one
+boundary each, with ``raise ... from exc``, so callers only ever catch our own classes::
+
+    DspexError
+    ├── ConfigError                 bad option, marker argument or program definition
+    ├── SignatureError              a signature that cannot be built or parsed
+    ├── DatasetError                a bad dataset file or row (names the file and line)
+    ├── GoldenFileError             a corrupted, newer-schema or mismatched golden file
+    ├── MetricError                 a metric returned something that is not a score
+    ├── AdapterParseError           an LM answer that does not fit the signature
+    └── LMError                     anything that went wrong talking to an LM
+        ├── LMUnavailableError      the endpoint cannot be reached
+        │   └── CircuitOpenError    the breaker is open: failing fast without a request
+        ├── LMTimeoutError          no answer within the timeout (after retries)
+        ├── LMHTTPError             a non-success HTTP status (after retries)
+        ├── LMResponseError         a body that is not a chat completion (garbled, non-JSON)
+        ├── CacheMissError          replay mode and the request is not in the cache
+        └── BudgetExceededError     the session's cost or call budget is spent
+
+Each class has a short ``kind`` used to group errors in evaluation results and reports.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AdapterParseError",
+    "BudgetExceededError",
+    "CacheMissError",
+    "CircuitOpenError",
+    "ConfigError",
+    "DatasetError",
+    "DspexError",
+    "GoldenFileError",
+    "LMError",
+    "LMHTTPError",
+    "LMResponseError",
+    "LMTimeoutError",
+    "LMUnavailableError",
+    "MetricError",
+    "SignatureError",
+]
+
+
+class DspexError(Exception):
+    """Base class of every pytest-dspex error."""
+
+    kind = "error"
+
+
+class ConfigError(DspexError):
+    kind = "config"
+
+
+class SignatureError(DspexError):
+    kind = "signature"
+
+
+class DatasetError(DspexError):
+    kind = "dataset"
+
+
+class GoldenFileError(DspexError):
+    kind = "golden"
+
+
+class MetricError(DspexError):
+    kind = "metric"
+
+
+class AdapterParseError(DspexError):
+    """The LM answered, but the answer does not fit the signature's output fields."""
+
+    kind = "parse"
+
+    def __init__(self, message: str, *, completion: str = "", adapter: str = "") -> None:
+        super().__init__(message)
+        self.completion = completion
+        self.adapter = adapter
+
+
+class LMError(DspexError):
+    kind = "lm"
+    retryable = False
+
+
+class LMUnavailableError(LMError):
+    kind = "lm_unavailable"
+    retryable = True
+
+
+class CircuitOpenError(LMUnavailableError):
+    kind = "lm_unavailable"
+    retryable = False
+
+
+class LMTimeoutError(LMError):
+    kind = "lm_timeout"
+    retryable = True
+
+
+class LMHTTPError(LMError):
+    kind = "lm_http"
+
+    def __init__(self, message: str, *, status: int, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+        self.retryable = status == 429 or status == 408 or status >= 500
+
+
+class LMResponseError(LMError):
+    kind = "lm_response"
+    retryable = True
+
+
+class CacheMissError(LMError):
+    kind = "cache_miss"
+
+
+class BudgetExceededError(LMError):
+    kind = "budget"

@@ -1,0 +1,331 @@
+"""Prompt adapters: turn (signature, demos, inputs) into chat messages, and answers back into values.
+
+* ``CompactAdapter`` (the default): instructions, then demos and the input as plain
+  ``Field: value`` lines, ending with the first output label. Small base models continue it well.
+* ``ChatAdapter``: DSPy's chat layout (``[[ ## field ## ]]`` sections, demos as user/assistant
+  pairs, ``[[ ## completed ## ]]``), for chat models and parity with DSPy.
+* ``JSONAdapter``: a JSON object validated by pydantic; ``Predict`` falls back to it when the
+  primary adapter cannot parse an answer (one extra call, only then).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, get_args, get_origin
+
+import pydantic
+
+from ._exceptions import AdapterParseError
+from .signatures import FieldSpec, Signature
+
+__all__ = ["Adapter", "ChatAdapter", "CompactAdapter", "JSONAdapter", "LMRequest", "get_adapter"]
+
+Demo = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class LMRequest:
+    """What an adapter asks of the LM: chat messages and stop sequences."""
+
+    messages: list[dict[str, str]]
+    stop: tuple[str, ...] = ()
+
+
+class Adapter(Protocol):
+    name: str
+
+    def format(self, signature: type[Signature], demos: Sequence[Demo], inputs: Mapping[str, Any]) -> LMRequest: ...
+
+    def parse(self, signature: type[Signature], completion: str) -> dict[str, Any]: ...
+
+
+# -- values ------------------------------------------------------------------------------------
+def render_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump_json()
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except TypeError:
+        return str(value)
+
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+
+def coerce(spec: FieldSpec, raw: Any, adapter: str = "") -> Any:
+    """Validate ``raw`` (text or JSON value) against the field's type; AdapterParseError if it can't."""
+    tp = spec.annotation
+    if tp is str:
+        return raw.strip() if isinstance(raw, str) else render_value(raw)
+    if isinstance(raw, str):
+        text = raw.strip()
+        origin = get_origin(tp)
+        if origin is Literal:
+            return _coerce_literal(spec, text, adapter)
+        if tp in (int, float):
+            try:
+                return spec.type_adapter.validate_python(text)
+            except pydantic.ValidationError:
+                m = _NUMBER.search(text.replace(",", ""))
+                if m:
+                    try:
+                        return spec.type_adapter.validate_python(m.group(0) if tp is float else int(float(m.group(0))))
+                    except (pydantic.ValidationError, ValueError):
+                        pass
+                raise AdapterParseError(
+                    f"field {spec.name!r}: expected {spec.type_name}, got {_short(text)!r}",
+                    completion=raw, adapter=adapter,
+                ) from None
+        if tp is bool:
+            word = text.split()[0].strip(".,!").lower() if text else text
+            try:
+                return spec.type_adapter.validate_python(word)
+            except pydantic.ValidationError:
+                raise AdapterParseError(
+                    f"field {spec.name!r}: expected bool, got {_short(text)!r}", completion=raw, adapter=adapter
+                ) from None
+        try:
+            value: Any = json.loads(text)
+        except ValueError:
+            value = _split_list(text) if origin is list else text
+        raw = value
+    try:
+        return spec.type_adapter.validate_python(raw)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        raise AdapterParseError(
+            f"field {spec.name!r}: expected {spec.type_name}: {first.get('msg')} (got {_short(render_value(raw))!r})",
+            completion=render_value(raw), adapter=adapter,
+        ) from None
+
+
+def _split_list(text: str) -> list[str]:
+    lines = [ln.strip().lstrip("-*•").strip() for ln in text.splitlines() if ln.strip()]
+    if len(lines) > 1:
+        return lines
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def _coerce_literal(spec: FieldSpec, text: str, adapter: str) -> Any:
+    options = get_args(spec.annotation)
+    cleaned = text.strip().strip("`'\"*").strip().rstrip(".!").strip()
+    low = cleaned.lower()
+    for opt in options:
+        if str(opt).lower() == low:
+            return opt
+    first = re.split(r"[\s,.;:!()]+", low, maxsplit=1)[0] if low else ""
+    for opt in options:
+        if str(opt).lower() == first:
+            return opt
+    raise AdapterParseError(
+        f"field {spec.name!r}: {_short(text)!r} is not one of {', '.join(map(str, options))}",
+        completion=text, adapter=adapter,
+    )
+
+
+def _short(text: str, n: int = 80) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _choices_hint(spec: FieldSpec) -> str:
+    if get_origin(spec.annotation) is Literal:
+        return " (one of: " + ", ".join(str(a) for a in get_args(spec.annotation)) + ")"
+    if spec.annotation is not str:
+        return f" ({spec.type_name})"
+    return ""
+
+
+# -- compact -----------------------------------------------------------------------------------
+class CompactAdapter:
+    """``Field: value`` lines; demos separated by blank lines; ends with the first output label."""
+
+    name = "compact"
+
+    def format(self, signature: type[Signature], demos: Sequence[Demo], inputs: Mapping[str, Any]) -> LMRequest:
+        ins, outs = signature.input_fields(), signature.output_fields()
+        system = signature.instructions.strip()
+        hints = [f"{f.label}{_choices_hint(f)}" + (f": {f.desc}" if f.desc else "") for f in outs.values()]
+        system = (system + "\n" if system else "") + "Answer with: " + "; ".join(hints) + "."
+        blocks = []
+        for demo in demos:
+            lines = [
+                f"{f.label}: {render_value(demo[n])}"
+                for n, f in (*ins.items(), *outs.items())
+                if n in demo and demo[n] is not None
+            ]
+            blocks.append("\n".join(lines))
+        query = [f"{f.label}: {render_value(inputs.get(n, ''))}" for n, f in ins.items()]
+        query.append(f"{next(iter(outs.values())).label}:")
+        blocks.append("\n".join(query))
+        first_input = next(iter(ins.values())).label if ins else None
+        stop = ["\n\n"] + ([f"\n{first_input}:"] if first_input else [])
+        return LMRequest(
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(blocks)}],
+            stop=tuple(stop),
+        )
+
+    def parse(self, signature: type[Signature], completion: str) -> dict[str, Any]:
+        outs = list(signature.output_fields().values())
+        text = completion.strip("\n")
+        first = outs[0]
+        if not re.match(rf"\s*{re.escape(first.label)}\s*:", text, re.IGNORECASE):
+            text = f"{first.label}: {text.lstrip()}"
+        labels = "|".join(re.escape(f.label) for f in outs)
+        pattern = re.compile(rf"^\s*({labels})\s*:", re.IGNORECASE | re.MULTILINE)
+        by_label = {f.label.lower(): f for f in outs}
+        found: dict[str, str] = {}
+        matches = list(pattern.finditer(text))
+        for i, m in enumerate(matches):
+            spec = by_label[m.group(1).lower()]
+            end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
+            if spec.name not in found:
+                found[spec.name] = text[m.end() : end].split("\n\n")[0].strip()
+        missing = [f.name for f in outs if f.name not in found]
+        if missing:
+            raise AdapterParseError(
+                f"answer has no {', '.join(missing)} (expected lines like "
+                f"'{by_label[next(iter(by_label))].label}: ...'): {_short(completion)!r}",
+                completion=completion, adapter=self.name,
+            )
+        return {f.name: coerce(f, found[f.name], self.name) for f in outs}
+
+
+# -- chat (DSPy layout) ------------------------------------------------------------------------
+_HEADER = re.compile(r"\[\[ ## (\w+) ## \]\]")
+
+
+class ChatAdapter:
+    """DSPy's chat layout, so chat models see what they would see under DSPy."""
+
+    name = "chat"
+
+    def _system(self, signature: type[Signature]) -> str:
+        def describe(fields: dict[str, FieldSpec]) -> str:
+            return "\n".join(
+                f"{i}. `{n}` ({f.type_name})" + (f": {f.desc}" if f.desc else "")
+                for i, (n, f) in enumerate(fields.items(), 1)
+            )
+
+        ins, outs = signature.input_fields(), signature.output_fields()
+        layout = "\n\n".join(
+            [f"[[ ## {n} ## ]]\n{{{n}}}" for n in ins]
+            + [f"[[ ## {n} ## ]]\n{{{n}}}" + _choices_hint(f) for n, f in outs.items()]
+            + ["[[ ## completed ## ]]"]
+        )
+        return (
+            f"Your input fields are:\n{describe(ins)}\nYour output fields are:\n{describe(outs)}\n"
+            "All interactions will be structured in the following way, with the appropriate values "
+            f"filled in.\n\n{layout}\nIn adhering to this structure, your objective is: \n"
+            f"        {signature.instructions}"
+        )
+
+    def _user(self, signature: type[Signature], values: Mapping[str, Any], *, last: bool) -> str:
+        parts = [f"[[ ## {n} ## ]]\n{render_value(values.get(n, ''))}" for n in signature.input_fields()]
+        if last:
+            outs = list(signature.output_fields())
+            order = ", then ".join(f"`[[ ## {n} ## ]]`" for n in outs)
+            parts.append(
+                f"Respond with the corresponding output fields, starting with the field {order}, "
+                "and then ending with the marker for `[[ ## completed ## ]]`."
+            )
+        return "\n\n".join(parts)
+
+    def _assistant(self, signature: type[Signature], values: Mapping[str, Any]) -> str:
+        parts = [
+            f"[[ ## {n} ## ]]\n{render_value(values[n]) if values.get(n) is not None else 'Not supplied for this particular example.'}"
+            for n in signature.output_fields()
+        ]
+        return "\n\n".join([*parts, "[[ ## completed ## ]]"])
+
+    def format(self, signature: type[Signature], demos: Sequence[Demo], inputs: Mapping[str, Any]) -> LMRequest:
+        messages = [{"role": "system", "content": self._system(signature)}]
+        for demo in demos:
+            messages.append({"role": "user", "content": self._user(signature, demo, last=False)})
+            messages.append({"role": "assistant", "content": self._assistant(signature, demo)})
+        messages.append({"role": "user", "content": self._user(signature, inputs, last=True)})
+        return LMRequest(messages=messages, stop=("[[ ## completed ## ]]",))
+
+    def parse(self, signature: type[Signature], completion: str) -> dict[str, Any]:
+        outs = signature.output_fields()
+        sections: dict[str, str] = {}
+        matches = list(_HEADER.finditer(completion))
+        for i, m in enumerate(matches):
+            end = matches[i + 1].start() if i + 1 < len(matches) else len(completion)
+            if m.group(1) in outs and m.group(1) not in sections:
+                sections[m.group(1)] = completion[m.end() : end].strip()
+        missing = [n for n in outs if n not in sections]
+        if missing:
+            raise AdapterParseError(
+                f"answer has no [[ ## {missing[0]} ## ]] section: {_short(completion)!r}",
+                completion=completion, adapter=self.name,
+            )
+        return {n: coerce(f, sections[n], self.name) for n, f in outs.items()}
+
+
+# -- JSON --------------------------------------------------------------------------------------
+class JSONAdapter:
+    """A JSON object with one key per output field; validated by pydantic."""
+
+    name = "json"
+
+    def format(self, signature: type[Signature], demos: Sequence[Demo], inputs: Mapping[str, Any]) -> LMRequest:
+        outs = signature.output_fields()
+        keys = ", ".join(f'"{n}" ({f.type_name})' for n, f in outs.items())
+        system = (
+            f"{signature.instructions}\nReply with one JSON object and nothing else. Keys: {keys}."
+        ).strip()
+        messages = [{"role": "system", "content": system}]
+
+        def user(values: Mapping[str, Any]) -> str:
+            return json.dumps({n: values.get(n) for n in signature.input_fields()}, ensure_ascii=False, default=str)
+
+        for demo in demos:
+            if all(n in demo for n in outs):
+                messages.append({"role": "user", "content": user(demo)})
+                answer = {n: _jsonable(demo[n]) for n in outs}
+                messages.append({"role": "assistant", "content": json.dumps(answer, ensure_ascii=False)})
+        messages.append({"role": "user", "content": user(inputs)})
+        return LMRequest(messages=messages, stop=())
+
+    def parse(self, signature: type[Signature], completion: str) -> dict[str, Any]:
+        start, end = completion.find("{"), completion.rfind("}")
+        if start < 0 or end <= start:
+            raise AdapterParseError(f"answer is not a JSON object: {_short(completion)!r}", completion=completion, adapter=self.name)
+        try:
+            obj = json.loads(completion[start : end + 1])
+        except ValueError as exc:
+            raise AdapterParseError(f"answer is not valid JSON ({exc}): {_short(completion)!r}", completion=completion, adapter=self.name) from None
+        if not isinstance(obj, dict):
+            raise AdapterParseError("answer is not a JSON object", completion=completion, adapter=self.name)
+        outs = signature.output_fields()
+        missing = [n for n in outs if n not in obj]
+        if missing:
+            raise AdapterParseError(f"JSON answer has no key {missing[0]!r}", completion=completion, adapter=self.name)
+        return {n: coerce(f, obj[n], self.name) for n, f in outs.items()}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump(mode="json")
+    return value
+
+
+_BY_NAME: dict[str, type[Any]] = {"compact": CompactAdapter, "chat": ChatAdapter, "json": JSONAdapter}
+
+
+def get_adapter(adapter: str | Adapter | None) -> Adapter:
+    if adapter is None:
+        return CompactAdapter()
+    if isinstance(adapter, str):
+        try:
+            return _BY_NAME[adapter]()  # type: ignore[no-any-return]
+        except KeyError:
+            from ._exceptions import ConfigError
+
+            raise ConfigError(f"unknown adapter {adapter!r}; choose one of {', '.join(_BY_NAME)}") from None
+    return adapter

@@ -1,0 +1,87 @@
+"""Token, call and cost accounting; scoped trackers so an evaluation counts only its own calls."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+from .._exceptions import BudgetExceededError
+
+__all__ = ["Budget", "Usage", "record", "track_usage"]
+
+
+@dataclass(slots=True)
+class Usage:
+    calls: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    retries: int = 0
+    errors: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def add(self, other: Usage) -> None:
+        self.calls += other.calls
+        self.cache_hits += other.cache_hits
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.cost += other.cost
+        self.retries += other.retries
+        self.errors += other.errors
+
+    def to_dict(self) -> dict[str, float | int]:
+        d: dict[str, float | int] = asdict(self)
+        d["tokens"] = self.tokens
+        return d
+
+
+_trackers: contextvars.ContextVar[tuple[Usage, ...]] = contextvars.ContextVar("dspex_usage", default=())
+
+
+@contextlib.contextmanager
+def track_usage() -> Iterator[Usage]:
+    """Count the LM usage of everything run inside this block (including nested tasks)."""
+    usage = Usage()
+    token = _trackers.set((*_trackers.get(), usage))
+    try:
+        yield usage
+    finally:
+        _trackers.reset(token)
+
+
+def record(delta: Usage) -> None:
+    for tracker in _trackers.get():
+        tracker.add(delta)
+
+
+class Budget:
+    """A spending limit shared by LMs: past it, no new (uncached) LM call is made."""
+
+    def __init__(self, max_cost: float | None = None, max_calls: int | None = None) -> None:
+        self.max_cost = max_cost
+        self.max_calls = max_calls
+        self.cost = 0.0
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def check(self) -> None:
+        if self.max_calls is not None and self.calls >= self.max_calls:
+            raise BudgetExceededError(
+                f"LM call budget spent ({self.calls} of {self.max_calls} calls); no further calls are made"
+            )
+        if self.max_cost is not None and self.cost >= self.max_cost:
+            raise BudgetExceededError(
+                f"LM cost budget spent (${self.cost:.4f} of ${self.max_cost:.4f}); no further calls are made"
+            )
+
+    def charge(self, cost: float) -> None:
+        with self._lock:
+            self.calls += 1
+            self.cost += cost

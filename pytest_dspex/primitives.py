@@ -1,0 +1,140 @@
+"""``Example`` (a dataset row that knows its input keys) and ``Prediction`` (a program's output)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+__all__ = ["Example", "Prediction"]
+
+
+class Example:
+    """A row of data with named fields, some of which are marked as inputs.
+
+    >>> ex = Example(question="2+2?", answer="4").with_inputs("question")
+    >>> ex.inputs().toDict(), ex.labels().toDict()
+    ({'question': '2+2?'}, {'answer': '4'})
+    """
+
+    __slots__ = ("_input_keys", "_store")
+
+    def __init__(self, base: Mapping[str, Any] | None = None, **fields: Any) -> None:
+        store: dict[str, Any] = dict(base) if base is not None else {}
+        store.update(fields)
+        object.__setattr__(self, "_store", store)
+        object.__setattr__(self, "_input_keys", None)
+
+    # -- field access -------------------------------------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._store[name]
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__} has no field {name!r}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self._store[name] = value
+
+    def __getitem__(self, key: str) -> Any:
+        return self._store[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._store[key] = value
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._store
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._store)
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Example)
+            and self._store == other._store
+            and self._input_keys == other._input_keys
+        )
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted((k, repr(v)) for k, v in self._store.items())))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self._store.items())
+        return f"{type(self).__name__}({fields}) (input_keys={self.input_keys})"
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._store.get(key, default)
+
+    def keys(self) -> list[str]:
+        return list(self._store)
+
+    def values(self) -> list[Any]:
+        return list(self._store.values())
+
+    def items(self) -> list[tuple[str, Any]]:
+        return list(self._store.items())
+
+    def toDict(self) -> dict[str, Any]:  # noqa: N802 - DSPy's name
+        return dict(self._store)
+
+    to_dict = toDict
+
+    # -- inputs / labels ----------------------------------------------------------------------
+    @property
+    def input_keys(self) -> tuple[str, ...] | None:
+        return self._input_keys  # type: ignore[no-any-return]
+
+    def with_inputs(self, *keys: str) -> Example:
+        """A copy of this example whose inputs are ``keys``."""
+        copy = self.copy()
+        object.__setattr__(copy, "_input_keys", tuple(keys))
+        return copy
+
+    def inputs(self) -> Example:
+        if self._input_keys is None:
+            raise ValueError(
+                "this Example has no input keys; call .with_inputs('field', ...) "
+                "or load the dataset with input_keys=[...]"
+            )
+        sub = Example({k: self._store[k] for k in self._input_keys if k in self._store})
+        object.__setattr__(sub, "_input_keys", self._input_keys)
+        return sub
+
+    def labels(self) -> Example:
+        keys = self._input_keys or ()
+        return Example({k: v for k, v in self._store.items() if k not in keys})
+
+    def copy(self, **updates: Any) -> Example:
+        new = Example(self._store, **updates)
+        object.__setattr__(new, "_input_keys", self._input_keys)
+        return new
+
+    def without(self, *keys: str) -> Example:
+        new = Example({k: v for k, v in self._store.items() if k not in keys})
+        object.__setattr__(new, "_input_keys", self._input_keys)
+        return new
+
+
+class Prediction(Example):
+    """The outputs of a program call; fields are read as attributes (``pred.answer``)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_completions(cls, fields: Mapping[str, Any]) -> Prediction:
+        return cls(fields)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self._store.items())
+        return f"Prediction({fields})"
+
+
+def as_examples(rows: Iterable[Mapping[str, Any] | Example], input_keys: Iterable[str]) -> list[Example]:
+    """Turn dicts (or examples) into examples with ``input_keys`` marked as inputs."""
+    keys = tuple(input_keys)
+    out = []
+    for row in rows:
+        ex = row if isinstance(row, Example) else Example(row)
+        out.append(ex.with_inputs(*keys))
+    return out

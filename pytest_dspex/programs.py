@@ -1,0 +1,308 @@
+"""Programs: ``Module`` (user compositions), ``Predict`` and ``ChainOfThought``.
+
+    triage = Predict(Triage)                 # or Predict("message -> team")
+    pred = triage(message="I was charged twice")          # sync
+    pred = await triage.acall(message="...")              # async, any event loop
+
+    class RAG(Module):
+        def __init__(self):
+            self.answer = ChainOfThought("context, question -> answer")
+        async def aforward(self, question):            # or a sync `forward`
+            return await self.answer.acall(context=lookup(question), question=question)
+
+Every predictor call inside ``trace_scope()`` is recorded as ``(predictor, inputs, prediction)``;
+optimizers turn passing traces into demos. Demos are plain field dicts per predictor and save to
+the same layout as DSPy's ``program.save()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import copy
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import _runtime, settings
+from ._exceptions import AdapterParseError, ConfigError, SignatureError
+from .adapters import Adapter, JSONAdapter, get_adapter
+from .primitives import Example, Prediction
+from .signatures import OutputField, Signature, ensure_signature
+
+__all__ = ["ChainOfThought", "Module", "Predict", "TraceStep", "trace_scope"]
+
+TraceStep = tuple["Predict", dict[str, Any], Prediction]
+_trace: contextvars.ContextVar[list[TraceStep] | None] = contextvars.ContextVar("dspex_trace", default=None)
+
+
+@contextlib.contextmanager
+def trace_scope() -> Iterator[list[TraceStep]]:
+    """Record every predictor call made inside the block (and its tasks/threads)."""
+    steps: list[TraceStep] = []
+    token = _trace.set(steps)
+    try:
+        yield steps
+    finally:
+        _trace.reset(token)
+
+
+class Module:
+    """Base class of programs. Define ``forward(**inputs)`` and/or ``async aforward(**inputs)``."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Prediction:
+        if args:
+            raise TypeError(f"{type(self).__name__} takes keyword arguments only (field=value)")
+        if type(self).forward is Module.forward and type(self).aforward is not Module.aforward:
+            return _runtime.run_sync(self.aforward(**kwargs))
+        return self.forward(**kwargs)
+
+    async def acall(self, **kwargs: Any) -> Prediction:
+        """Call the program from async code (any event loop)."""
+        if type(self).aforward is not Module.aforward:
+            return await self.aforward(**kwargs)
+        return await asyncio.to_thread(self.forward, **kwargs)
+
+    def forward(self, **kwargs: Any) -> Prediction:
+        raise NotImplementedError(f"{type(self).__name__} defines neither forward() nor aforward()")
+
+    async def aforward(self, **kwargs: Any) -> Prediction:
+        raise NotImplementedError  # pragma: no cover - see acall
+
+    # -- structure ------------------------------------------------------------------------------
+    def named_predictors(self) -> list[tuple[str, Predict]]:
+        """Every predictor reachable from this module, with DSPy-style dotted paths."""
+        found: list[tuple[str, Predict]] = []
+        seen: set[int] = set()
+
+        def walk(obj: Any, path: str) -> None:
+            if id(obj) in seen:
+                return
+            seen.add(id(obj))
+            if isinstance(obj, Predict):
+                found.append((path, obj))
+            elif isinstance(obj, Module):
+                for name, value in vars(obj).items():
+                    if not name.startswith("_"):
+                        walk(value, f"{path}.{name}" if path else name)
+            elif isinstance(obj, list | tuple):
+                for i, value in enumerate(obj):
+                    walk(value, f"{path}[{i}]")
+            elif isinstance(obj, dict):
+                for k, value in obj.items():
+                    walk(value, f"{path}['{k}']")
+
+        if isinstance(self, Predict):
+            return [("self", self)]
+        for name, value in vars(self).items():
+            if not name.startswith("_"):
+                walk(value, name)
+        return found
+
+    def predictors(self) -> list[Predict]:
+        return [p for _, p in self.named_predictors()]
+
+    def set_lm(self, lm: Any) -> None:
+        for p in self.predictors():
+            p.lm = lm
+
+    def deepcopy(self) -> Module:
+        return copy.deepcopy(self)
+
+    def reset_copy(self) -> Module:
+        """A deep copy with every predictor's demos cleared."""
+        new = self.deepcopy()
+        for p in new.predictors():
+            p.demos = []
+        return new
+
+    # -- state (DSPy layout) --------------------------------------------------------------------
+    def dump_state(self) -> dict[str, Any]:
+        if isinstance(self, Predict):
+            return self._dump()
+        return {path: p._dump() for path, p in self.named_predictors()}
+
+    def load_state(self, state: Mapping[str, Any]) -> Module:
+        if isinstance(self, Predict):
+            self._load(state, "self")
+            return self
+        preds = dict(self.named_predictors())
+        for path, pred in preds.items():
+            if path not in state:
+                raise ConfigError(f"saved state has no entry for predictor {path!r} (has: {', '.join(k for k in state if k != 'metadata')})")
+            pred._load(state[path], path)
+        return self
+
+    def save(self, path: str | Path) -> None:
+        from ._atomic import atomic_write_json
+
+        state = self.dump_state()
+        state["metadata"] = {"dependency_versions": _versions()}
+        atomic_write_json(Path(path), state)
+
+    def load(self, path: str | Path) -> Module:
+        return self.load_state(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def _versions() -> dict[str, str]:
+    import platform
+
+    from . import __version__
+
+    return {"python": platform.python_version(), "pytest_dspex": __version__}
+
+
+class Predict(Module):
+    """Ask an LM for a signature's outputs given its inputs."""
+
+    def __init__(
+        self,
+        signature: str | type[Signature],
+        *,
+        adapter: Adapter | str | None = None,
+        lm: Any = None,
+        json_fallback: bool | None = None,
+        **config: Any,
+    ) -> None:
+        self.signature = ensure_signature(signature)
+        self.adapter = get_adapter(adapter) if adapter is not None else None
+        self.lm = lm
+        self.json_fallback = json_fallback
+        self.config = config
+        self.demos: list[dict[str, Any]] = []
+
+    def __repr__(self) -> str:
+        return f"Predict({self.signature.signature_string()!r}, demos={len(self.demos)})"
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Predict:
+        new = copy.copy(self)
+        new.demos = [dict(d) for d in self.demos]
+        new.config = dict(self.config)
+        return new
+
+    def _check_inputs(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        missing = [n for n in self.signature.input_fields() if n not in kwargs]
+        if missing:
+            raise SignatureError(
+                f"{self!r}: missing input field(s) {', '.join(missing)} (got {', '.join(kwargs) or 'nothing'})"
+            )
+        return dict(kwargs)
+
+    def forward(self, **kwargs: Any) -> Prediction:
+        inputs = self._check_inputs(kwargs)
+        pred = _runtime.run_sync(self._run(inputs))
+        _record(self, inputs, pred)
+        return pred
+
+    async def aforward(self, **kwargs: Any) -> Prediction:
+        inputs = self._check_inputs(kwargs)
+        pred = await _runtime.run_async(self._run(inputs))
+        _record(self, inputs, pred)
+        return pred
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Prediction:
+        if args:
+            raise TypeError(f"{self!r} takes keyword arguments only (field=value)")
+        return self.forward(**kwargs)
+
+    async def acall(self, **kwargs: Any) -> Prediction:
+        return await self.aforward(**kwargs)
+
+    async def _run(self, inputs: dict[str, Any], **overrides: Any) -> Prediction:
+        lm = self.lm or settings.current_lm()
+        if lm is None:
+            raise ConfigError(
+                f"{self!r} has no LM: pass Predict(..., lm=LM(...)) or call pytest_dspex.configure(lm=...)"
+            )
+        adapter = self.adapter or get_adapter(settings.current_adapter())
+        params = {**self.config, **overrides}
+        request = adapter.format(self.signature, self.demos, inputs)
+        completion = await lm.acomplete(request, **params)
+        try:
+            values = adapter.parse(self.signature, completion.text)
+        except AdapterParseError as first:
+            fallback = self.json_fallback if self.json_fallback is not None else settings.get("json_fallback")
+            if not fallback or isinstance(adapter, JSONAdapter):
+                raise
+            json_adapter = JSONAdapter()
+            retry = await lm.acomplete(json_adapter.format(self.signature, self.demos, inputs), **params)
+            try:
+                values = json_adapter.parse(self.signature, retry.text)
+            except AdapterParseError:
+                raise first from None
+        return Prediction(values)
+
+    # -- state ----------------------------------------------------------------------------------
+    def _dump(self) -> dict[str, Any]:
+        sig = self.signature
+        return {
+            "demos": [_jsonable_demo(d) for d in self.demos],
+            "signature": {
+                "instructions": sig.instructions,
+                "fields": [{"prefix": f.label + ":", "description": f.desc or f"${{{f.name}}}"} for f in sig.fields.values()],
+            },
+            "lm": None,
+            "traces": [],
+            "train": [],
+        }
+
+    def _load(self, state: Mapping[str, Any], path: str) -> None:
+        demos = state.get("demos")
+        if not isinstance(demos, list):
+            raise ConfigError(f"saved state for predictor {path!r} has no 'demos' list")
+        names = set(self.signature.fields)
+        loaded = []
+        for i, demo in enumerate(demos):
+            if not isinstance(demo, dict):
+                raise ConfigError(f"predictor {path!r}, demo {i}: expected an object, got {type(demo).__name__}")
+            unknown = set(demo) - names - {"augmented"}
+            if unknown:
+                raise ConfigError(
+                    f"predictor {path!r}, demo {i}: field(s) {', '.join(sorted(unknown))} are not in the "
+                    f"signature ({self.signature.signature_string()})"
+                )
+            loaded.append(dict(demo))
+        self.demos = loaded
+
+
+def _jsonable_demo(demo: Mapping[str, Any]) -> dict[str, Any]:
+    import pydantic
+
+    out = {}
+    for k, v in demo.items():
+        out[k] = v.model_dump(mode="json") if isinstance(v, pydantic.BaseModel) else v
+    return out
+
+
+def _record(pred: Predict, inputs: dict[str, Any], prediction: Prediction) -> None:
+    steps = _trace.get()
+    if steps is not None:
+        steps.append((pred, inputs, prediction))
+
+
+class ChainOfThought(Module):
+    """``Predict`` with a ``reasoning`` output asked for before the others."""
+
+    def __init__(self, signature: str | type[Signature], *, rationale_desc: str | None = None, **kwargs: Any) -> None:
+        sig = ensure_signature(signature)
+        spec = OutputField(desc=rationale_desc or "think step by step in one short paragraph", prefix="Reasoning:")
+        self.predict = Predict(sig.prepend_output("reasoning", spec, str), **kwargs)
+
+    @property
+    def signature(self) -> type[Signature]:
+        return self.predict.signature
+
+    def forward(self, **kwargs: Any) -> Prediction:
+        return self.predict(**kwargs)
+
+    async def aforward(self, **kwargs: Any) -> Prediction:
+        return await self.predict.acall(**kwargs)
+
+    def __repr__(self) -> str:
+        return f"ChainOfThought({self.signature.signature_string()!r}, demos={len(self.predict.demos)})"
+
+
+def demo_from(example: Example | Mapping[str, Any], fields: Sequence[str]) -> dict[str, Any]:
+    return {k: example[k] for k in fields if k in example}

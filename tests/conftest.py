@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import pytest_dspex as dspex
+from pytest_dspex.fake_server import FakeLMServer, Faults
+
+
+
+def triage_responder(body: dict[str, Any]) -> str:
+    """Answers like a perfect triage model, in whatever layout the adapter asked for."""
+    text = body["messages"][-1]["content"]
+    last = text.rsplit("Message:", 1)[-1] if "Message:" in text else text
+    team = "billing" if re.search(r"charge|refund|invoice", last, re.I) else "technical"
+    system = body["messages"][0]["content"]
+    if "[[ ## " in system:
+        return f"[[ ## team ## ]]\n{team}\n\n[[ ## completed ## ]]"
+    if "JSON" in system:
+        return '{"team": "%s"}' % team
+    return f" {team}"
+
+
+class Triage(dspex.Signature):
+    """Route a customer message to the team that should handle it."""
+
+    message: str = dspex.InputField()
+    team: str = dspex.OutputField()
+
+
+def triage_examples(n: int) -> list[dspex.Example]:
+    out = []
+    for i in range(n):
+        if i % 2:
+            out.append(dspex.Example(message=f"I was charged twice ({i})", team="billing"))
+        else:
+            out.append(dspex.Example(message=f"the app crashes on start ({i})", team="technical"))
+    return [e.with_inputs("message") for e in out]
+
+
+def team_matches(example: Any, prediction: Any, trace: Any = None) -> bool:
+    return bool(example.team == prediction.team)
+
+
+@pytest.fixture
+def server_factory() -> Iterator[Callable[..., FakeLMServer]]:
+    started: list[FakeLMServer] = []
+
+    def make(responder: Any = triage_responder, **kwargs: Any) -> FakeLMServer:
+        s = FakeLMServer(responder, **kwargs).start()
+        started.append(s)
+        return s
+
+    yield make
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture
+def server(server_factory: Callable[..., FakeLMServer]) -> FakeLMServer:
+    return server_factory()
+
+
+@pytest.fixture
+def make_lm(tmp_path: Any) -> Iterator[Callable[..., dspex.LM]]:
+    lms: list[dspex.LM] = []
+
+    def make(server: FakeLMServer, **kwargs: Any) -> dspex.LM:
+        kwargs.setdefault("api_key", "sk-test-key")
+        kwargs.setdefault("cache", None)
+        kwargs.setdefault("backoff_base", 0.01)
+        # a fresh breaker per test: breakers are per endpoint and each test server has its own port
+        lm = dspex.LM("fake-model", base_url=server.base_url, **kwargs)
+        lms.append(lm)
+        return lm
+
+    yield make
+    for lm in lms:
+        lm.close()
+
+
+__all__ = ["Faults", "Triage", "team_matches", "triage_examples", "triage_responder"]

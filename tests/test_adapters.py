@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import pytest
+
+import pytest_dspex as dspex
+from pytest_dspex.adapters import ChatAdapter, CompactAdapter, JSONAdapter
+
+QA = dspex.make_signature("question -> answer", "Answer briefly.")
+DEMOS = [{"question": "1+1?", "answer": "2"}, {"question": "capital of France?", "answer": "Paris"}]
+
+
+def test_compact_layout_lists_demos_then_the_query_and_ends_with_the_output_label():
+    req = CompactAdapter().format(QA, DEMOS, {"question": "2+2?"})
+    system, user = req.messages[0]["content"], req.messages[1]["content"]
+    assert system.startswith("Answer briefly.")
+    assert user == "Question: 1+1?\nAnswer: 2\n\nQuestion: capital of France?\nAnswer: Paris\n\nQuestion: 2+2?\nAnswer:"
+    assert "\n\n" in req.stop and "\nQuestion:" in req.stop
+
+
+def test_compact_parse_multi_field_answers_and_repeated_labels():
+    sig = dspex.make_signature("question -> reasoning, answer")
+    assert CompactAdapter().parse(sig, " because 2 and 2\nAnswer: 4") == {"reasoning": "because 2 and 2", "answer": "4"}
+    assert CompactAdapter().parse(sig, "Reasoning: r\nAnswer: 4") == {"reasoning": "r", "answer": "4"}
+    with pytest.raises(dspex.AdapterParseError, match="answer"):
+        CompactAdapter().parse(sig, " only reasoning here")
+
+
+def test_chat_adapter_speaks_the_dspy_layout():
+    req = ChatAdapter().format(QA, DEMOS[:1], {"question": "2+2?"})
+    roles = [m["role"] for m in req.messages]
+    assert roles == ["system", "user", "assistant", "user"]
+    assert "[[ ## question ## ]]\n1+1?" in req.messages[1]["content"]
+    assert req.messages[2]["content"] == "[[ ## answer ## ]]\n2\n\n[[ ## completed ## ]]"
+    assert "Respond with the corresponding output fields" in req.messages[3]["content"]
+    assert ChatAdapter().parse(QA, "[[ ## answer ## ]]\n4\n\n[[ ## completed ## ]]") == {"answer": "4"}
+    with pytest.raises(dspex.AdapterParseError):
+        ChatAdapter().parse(QA, "4")
+
+
+def test_json_adapter_round_trip_and_errors():
+    req = JSONAdapter().format(QA, DEMOS, {"question": "2+2?"})
+    assert req.messages[-2]["content"] == '{"answer": "Paris"}'
+    assert JSONAdapter().parse(QA, 'Here: {"answer": "4"}') == {"answer": "4"}
+    with pytest.raises(dspex.AdapterParseError, match="not a JSON object"):
+        JSONAdapter().parse(QA, "4")
+    with pytest.raises(dspex.AdapterParseError, match="no key 'answer'"):
+        JSONAdapter().parse(QA, '{"other": 1}')
+
+
+def test_unknown_adapter_name():
+    with pytest.raises(dspex.ConfigError, match="unknown adapter"):
+        dspex.Predict(QA, adapter="xml")

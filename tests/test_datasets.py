@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import pytest_dspex as dspex
+from pytest_dspex.datasets import fingerprint
+
+
+def test_jsonl_json_and_csv_load_the_same_examples(tmp_path):
+    rows = [{"question": "q1", "answer": "a1"}, {"question": "q2", "answer": "a2"}]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    (tmp_path / "d.csv").write_text("question,answer\nq1,a1\nq2,a2\n")
+    loaded = [dspex.load_dataset(tmp_path / f"d.{ext}", input_keys=["question"]) for ext in ("jsonl", "json", "csv")]
+    assert loaded[0] == loaded[1] == loaded[2]
+    assert loaded[0][0].inputs().toDict() == {"question": "q1"}
+    assert loaded[0][0].labels().toDict() == {"answer": "a1"}
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("bad.jsonl", '{"question": "q", "answer": "a"}\n{"question": "q2", oops}\n', r"bad.jsonl:2: not valid JSON"),
+        ("list.jsonl", '{"question": "q"}\n[1, 2]\n', r"list.jsonl:2: expected a JSON object"),
+        ("missing.jsonl", '{"question": "q"}\n{"answer": "a"}\n', r"missing.jsonl:2: row has no 'question'"),
+        ("bad.csv", "question,answer\nq1,a1\nq2,a2,extra\n", r"bad.csv:3: more cells"),
+        ("empty.jsonl", "\n", r"empty.jsonl: dataset is empty"),
+        ("x.txt", "q", r"unsupported dataset format"),
+    ],
+)
+def test_bad_rows_name_the_file_and_line(tmp_path, name, content, message):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(dspex.DatasetError, match=message):
+        dspex.load_dataset(tmp_path / name, input_keys=["question"])
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(dspex.DatasetError, match="not found"):
+        dspex.load_dataset(tmp_path / "nope.jsonl")
+
+
+def test_split_is_seeded_and_disjoint():
+    data = [dspex.Example(q=str(i)).with_inputs("q") for i in range(20)]
+    a = dspex.split(data, dev_fraction=0.25, seed=1)
+    b = dspex.split(data, dev_fraction=0.25, seed=1)
+    c = dspex.split(data, dev_fraction=0.25, seed=2)
+    assert a == b and a != c
+    train, dev = a
+    assert len(dev) == 5 and len(train) == 15
+    assert {e.q for e in train}.isdisjoint({e.q for e in dev})
+    assert fingerprint(train) != fingerprint(dev)

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import pytest_dspex as dspex
+from pytest_dspex.fake_server import Faults
+
+from .conftest import Triage, team_matches, triage_examples
+
+
+def test_scores_every_example_and_reports_usage(server, make_lm):
+    program = dspex.Predict(Triage, lm=make_lm(server))
+    progress = []
+    result = dspex.Evaluate(triage_examples(40), team_matches, concurrency=8, progress=lambda *a: progress.append(a))(program)
+    assert result.n == 40 and result.score == 1.0 and not result.errors
+    assert result.usage.calls == 40 and result.usage.tokens > 0
+    assert result.ci95[0] > 0.9 and result.ci95[1] == 1.0
+    assert progress[-1][:2] == (40, 40)
+    assert set(result.latency_percentiles()) == {"p50", "p90", "p99"}
+
+
+def test_faults_never_abort_and_every_example_is_accounted_for(server, make_lm):
+    server.set_faults(Faults(http_500=0.1, http_429=0.1, retry_after=0.01, garbled=0.05, stall=0.02, stall_s=2, seed=7))
+    program = dspex.Predict(Triage, lm=make_lm(server, timeout=0.5, retries=4, breaker_fail_max=50))
+    result = dspex.Evaluate(triage_examples(200), team_matches, concurrency=32)(program)
+    assert result.n == 200
+    assert len({r.index for r in result.records}) == 200
+    assert result.score >= 0.99
+    assert sum(server.counts[k] for k in ("http_500", "http_429", "garbled", "stall")) > 20
+
+
+def test_without_retries_errors_are_recorded_with_their_kind_and_count_as_zero(server, make_lm):
+    server.set_faults(Faults(http_500=0.3, garbled=0.2, seed=1))
+    program = dspex.Predict(Triage, lm=make_lm(server, retries=0, breaker_fail_max=10_000))
+    result = dspex.evaluate(program, triage_examples(100), team_matches, concurrency=16)
+    kinds = result.errors_by_kind
+    assert set(kinds) == {"lm_http", "lm_response"}
+    assert result.score == pytest.approx(1 - sum(kinds.values()) / 100)
+    bad = result.errors[0]
+    assert bad.score == 0.0 and bad.prediction is None and "HTTP 500" in (bad.error or "") or "chat completion" in (bad.error or "")
+
+
+def test_endpoint_down_is_reported_as_unavailable_not_as_a_low_score():
+    lm = dspex.LM("m", base_url="http://127.0.0.1:9/v1", api_key="k", cache=None, retries=1, backoff_base=0.01)
+    program = dspex.Predict(Triage, lm=lm)
+    result = dspex.Evaluate(triage_examples(300), team_matches, concurrency=32)(program)
+    assert result.n == 300 and result.lm_unavailable
+    assert result.errors_by_kind == {"lm_unavailable": 300}
+    assert "LM unavailable" in result.summary()
+    assert result.elapsed_s < 5
+
+
+def test_program_exceptions_and_bad_metric_values_are_recorded(server, make_lm):
+    class Flaky(dspex.Module):
+        def __init__(self, lm):
+            self.p = dspex.Predict(Triage, lm=lm)
+
+        def forward(self, message):
+            if "3" in message:
+                raise ValueError("boom")
+            return self.p(message=message)
+
+    def metric(example, prediction, trace=None):
+        return "yes" if "5" in example.message else True
+
+    result = dspex.evaluate(Flaky(make_lm(server)), triage_examples(10), metric, concurrency=4)
+    assert result.errors_by_kind == {"program": 1, "metric": 1}
+    by_index = {r.index: r for r in result.records}
+    assert by_index[3].error == "ValueError: boom"
+    assert "return a bool or a number" in (by_index[5].error or "")
+
+
+def test_cache_hits_on_rerun_are_counted(server, make_lm, tmp_path):
+    lm = make_lm(server, cache=dspex.ResponseCache(tmp_path / "c"))
+    program = dspex.Predict(Triage, lm=lm)
+    dev = triage_examples(20)
+    first = dspex.evaluate(program, dev, team_matches)
+    second = dspex.evaluate(program, dev, team_matches)
+    assert first.usage.cache_hits == 0 and second.usage.cache_hits == 20
+    assert server.requests == 20
+    lm.cache.close()
+
+
+@pytest.mark.asyncio
+async def test_evaluate_from_async_code(server, make_lm):
+    program = dspex.Predict(Triage, lm=make_lm(server))
+    evaluator = dspex.Evaluate(triage_examples(10), team_matches)
+    a, b = await asyncio.gather(evaluator.acall(program), evaluator.acall(program))
+    assert a.score == b.score == 1.0
+
+
+def test_devset_without_input_keys_is_rejected():
+    with pytest.raises(ValueError, match="input keys"):
+        dspex.Evaluate([dspex.Example(message="x", team="y")], team_matches)
+
+
+def test_summary_lists_worst_examples(server_factory, make_lm):
+    server = server_factory(lambda body: " technical")
+    result = dspex.evaluate(dspex.Predict(Triage, lm=make_lm(server)), triage_examples(6), team_matches)
+    assert result.score == 0.5
+    text = result.summary()
+    assert "worst examples" in text and "charged twice" in text

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest_dspex
+
+
+def test_all_exports_exist_and_are_sorted_names():
+    for name in pytest_dspex.__all__:
+        assert hasattr(pytest_dspex, name), name
+    public = {n for n in dir(pytest_dspex) if not n.startswith("_")}
+    assert {n for n in public if n[0].isupper()} <= set(pytest_dspex.__all__)
+
+
+def test_core_imports_and_runs_without_pytest():
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'pytest' or name.startswith(('pytest.', '_pytest')):\n"
+        "            raise ImportError('pytest is blocked')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import pytest_dspex as d\n"
+        "p = d.Predict('question -> answer')\n"
+        "assert 'pytest' not in sys.modules\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

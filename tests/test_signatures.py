@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from typing import Literal
+
+import pydantic
+import pytest
+
+import pytest_dspex as dspex
+from pytest_dspex.adapters import CompactAdapter
+
+
+class Address(pydantic.BaseModel):
+    city: str
+    zip: str
+
+
+class Extract(dspex.Signature):
+    """Pull the address out of a letter."""
+
+    letter: str = dspex.InputField(desc="the full letter")
+    address: Address = dspex.OutputField()
+    tags: list[str] = dspex.OutputField()
+    urgent: bool = dspex.OutputField()
+    priority: int = dspex.OutputField()
+    confidence: float = dspex.OutputField()
+    kind: Literal["complaint", "praise"] = dspex.OutputField()
+
+
+def test_class_signature_collects_fields_in_order_with_docstring_instructions():
+    assert list(Extract.input_fields()) == ["letter"]
+    assert list(Extract.output_fields()) == ["address", "tags", "urgent", "priority", "confidence", "kind"]
+    assert Extract.instructions == "Pull the address out of a letter."
+    assert Extract.fields["letter"].desc == "the full letter"
+
+
+def test_string_signature_untyped_and_typed():
+    sig = dspex.make_signature("question, context -> answer")
+    assert list(sig.input_fields()) == ["question", "context"]
+    assert sig.fields["answer"].annotation is str
+    typed = dspex.make_signature("question: str, docs: list[str] -> answer: int, label: Literal['a', 'b']")
+    assert typed.fields["docs"].annotation == list[str]
+    assert typed.fields["answer"].annotation is int
+    assert typed.fields["label"].annotation == Literal["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["question answer", "a -> b -> c", "q -> ", "q: os.system('x') -> a", "q -> a: NotAType", "q, q -> a"],
+)
+def test_bad_string_signatures_are_clear_errors(spec):
+    with pytest.raises(dspex.SignatureError):
+        dspex.make_signature(spec)
+
+
+def test_typed_field_without_marker_is_an_error():
+    with pytest.raises(dspex.SignatureError, match="no InputField"):
+
+        class Bad(dspex.Signature):
+            question: str
+            answer: str = dspex.OutputField()
+
+
+def test_outputs_validated_by_pydantic_through_the_compact_adapter():
+    completion = (
+        ' {"city": "Lyon", "zip": "69001"}\n'
+        "Tags: late, rude\nUrgent: yes\nPriority: 3\nConfidence: 0.75\nKind: Complaint."
+    )
+    values = CompactAdapter().parse(Extract, completion)
+    assert values == {
+        "address": Address(city="Lyon", zip="69001"),
+        "tags": ["late", "rude"],
+        "urgent": True,
+        "priority": 3,
+        "confidence": 0.75,
+        "kind": "complaint",
+    }
+
+
+def test_invalid_output_is_a_typed_parse_error_naming_the_field():
+    completion = ' {"city": "Lyon"}\nTags: a\nUrgent: yes\nPriority: high\nConfidence: 0.5\nKind: praise'
+    with pytest.raises(dspex.AdapterParseError, match="priority|address"):
+        CompactAdapter().parse(Extract, completion)
+
+
+def test_literal_outside_the_choices_is_rejected():
+    sig = dspex.make_signature("m -> team: Literal['billing', 'technical']")
+    with pytest.raises(dspex.AdapterParseError, match="not one of billing, technical"):
+        CompactAdapter().parse(sig, " marketing")
