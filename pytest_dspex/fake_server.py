@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Faults", "FakeLMServer"]
+__all__ = ["FakeLMServer", "Faults"]
 
 Responder = Callable[[dict[str, Any]], str]
 

@@ -75,7 +75,7 @@ class Example:
     def items(self) -> list[tuple[str, Any]]:
         return list(self._store.items())
 
-    def toDict(self) -> dict[str, Any]:  # noqa: N802 - DSPy's name
+    def toDict(self) -> dict[str, Any]:
         return dict(self._store)
 
     to_dict = toDict

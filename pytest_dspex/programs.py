@@ -217,7 +217,7 @@ class Predict(Module):
                 f"{self!r} has no LM: pass Predict(..., lm=LM(...)) or call pytest_dspex.configure(lm=...)"
             )
         adapter = self.adapter or get_adapter(settings.current_adapter())
-        params = {**self.config, **overrides}
+        params = {**self.config, **(settings.get("call_overrides") or {}), **overrides}
         request = adapter.format(self.signature, self.demos, inputs)
         completion = await lm.acomplete(request, **params)
         try:

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 __all__ = ["configure", "context", "current_adapter", "current_lm"]
 
-_global: dict[str, Any] = {"lm": None, "adapter": None, "json_fallback": True}
+_global: dict[str, Any] = {"lm": None, "adapter": None, "json_fallback": True, "call_overrides": None}
 _scoped: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("dspex_settings", default=None)
 
 

@@ -55,12 +55,12 @@ class FieldSpec:
         return type_to_str(self.annotation)
 
 
-def InputField(*, desc: str = "", prefix: str | None = None) -> Any:  # noqa: N802 - DSPy's name
+def InputField(*, desc: str = "", prefix: str | None = None) -> Any:
     """Declare an input field of a class-form signature."""
     return FieldSpec(role="input", desc=desc, prefix=prefix)
 
 
-def OutputField(*, desc: str = "", prefix: str | None = None) -> Any:  # noqa: N802
+def OutputField(*, desc: str = "", prefix: str | None = None) -> Any:
     """Declare an output field of a class-form signature."""
     return FieldSpec(role="output", desc=desc, prefix=prefix)
 

@@ -10,7 +10,6 @@ import pytest_dspex as dspex
 from pytest_dspex.fake_server import FakeLMServer, Faults
 
 
-
 def triage_responder(body: dict[str, Any]) -> str:
     """Answers like a perfect triage model, in whatever layout the adapter asked for."""
     text = body["messages"][-1]["content"]
@@ -20,7 +19,7 @@ def triage_responder(body: dict[str, Any]) -> str:
     if "[[ ## " in system:
         return f"[[ ## team ## ]]\n{team}\n\n[[ ## completed ## ]]"
     if "JSON" in system:
-        return '{"team": "%s"}' % team
+        return f'{{"team": "{team}"}}'
     return f" {team}"
 
 

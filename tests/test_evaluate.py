@@ -39,7 +39,7 @@ def test_without_retries_errors_are_recorded_with_their_kind_and_count_as_zero(s
     assert set(kinds) == {"lm_http", "lm_response"}
     assert result.score == pytest.approx(1 - sum(kinds.values()) / 100)
     bad = result.errors[0]
-    assert bad.score == 0.0 and bad.prediction is None and "HTTP 500" in (bad.error or "") or "chat completion" in (bad.error or "")
+    assert (bad.score == 0.0 and bad.prediction is None and "HTTP 500" in (bad.error or "")) or "chat completion" in (bad.error or "")
 
 
 def test_endpoint_down_is_reported_as_unavailable_not_as_a_low_score():

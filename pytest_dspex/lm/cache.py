@@ -60,8 +60,9 @@ class ResponseCache:
 
     @staticmethod
     def _open_disk(directory: str) -> Any:
-        import diskcache
         import sqlite3
+
+        import diskcache
 
         try:
             disk = diskcache.FanoutCache(directory, shards=4, timeout=5, eviction_policy="none")

@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import pytest_dspex as dspex
+from pytest_dspex.optimize import BootstrapFewShot, BootstrapFewShotWithRandomSearch, LabeledFewShot
+
+from .conftest import Triage, team_matches
+
+
+def numbered_examples(n: int) -> list[dspex.Example]:
+    return [
+        dspex.Example(message=f"case {i}: {'refund' if i % 2 else 'crash'}", team="billing" if i % 2 else "technical").with_inputs("message")
+        for i in range(n)
+    ]
+
+
+def picky_responder(passing: set[int]):
+    """Answers correctly only for case numbers in ``passing``."""
+
+    def respond(body):
+        last = body["messages"][-1]["content"].rsplit("Message:", 1)[-1]
+        i = int(re.search(r"case (\d+)", last).group(1))
+        right = "billing" if "refund" in last else "technical"
+        return f" {right}" if i in passing else " other"
+
+    return respond
+
+
+def test_bootstrapped_demos_are_the_first_passing_examples_in_order(server_factory, make_lm):
+    server = server_factory(picky_responder({3, 5, 8, 13, 21, 30}))
+    program = dspex.Predict(Triage, lm=make_lm(server))
+    opt = BootstrapFewShot(team_matches, max_bootstrapped_demos=4, max_labeled_demos=6, concurrency=8)
+    compiled = opt.compile(program, trainset=numbered_examples(40))
+    demos = compiled.demos
+    boot = [d for d in demos if d.get("augmented")]
+    assert [d["message"].split(":")[0] for d in boot] == ["case 3", "case 5", "case 8", "case 13"]
+    assert all(d["team"] in ("billing", "technical") for d in boot)
+    assert len(demos) == 6 and all("augmented" not in d for d in demos[4:])
+    assert opt.report.bootstrapped_indices == [3, 5, 8, 13]
+    assert program.demos == []  # the student itself is untouched
+
+
+def test_same_seed_same_result_at_concurrency_1_and_32(server_factory, make_lm):
+    server = server_factory(picky_responder({1, 2, 7, 11, 12, 19, 25}))
+    train = numbered_examples(30)
+    results = []
+    for c in (1, 32):
+        opt = BootstrapFewShotWithRandomSearch(team_matches, num_candidates=3, seed=5, concurrency=c, max_labeled_demos=4)
+        res = opt.compile(dspex.Predict(Triage, lm=make_lm(server)), trainset=train)
+        results.append(([(k.name, k.score, k.demos) for k in res.candidates], res.program.demos, res.best.name))
+    assert results[0] == results[1]
+
+
+def test_stops_early_and_cancels_in_flight_runs(server_factory, make_lm):
+    server = server_factory(picky_responder(set(range(100))), latency=0.05)
+    lm = make_lm(server, concurrency=8)
+    opt = BootstrapFewShot(team_matches, max_bootstrapped_demos=2, max_labeled_demos=2, concurrency=4)
+    opt.compile(dspex.Predict(Triage, lm=lm), trainset=numbered_examples(100))
+    assert opt.report.passed == 2
+    assert server.requests <= 4 + 4  # the first wave, not the whole trainset
+
+
+def test_example_is_left_out_of_the_teachers_demos(server_factory, make_lm):
+    server = server_factory(picky_responder(set(range(10))))
+    train = numbered_examples(4)
+    BootstrapFewShot(team_matches, max_bootstrapped_demos=4, max_labeled_demos=4, concurrency=1).compile(
+        dspex.Predict(Triage, lm=make_lm(server)), trainset=train
+    )
+    for body in server.bodies:
+        prompt = body["messages"][-1]["content"]
+        asked = prompt.rsplit("Message:", 1)[-1].split("\n")[0].strip()
+        assert prompt.count(asked) == 1
+
+
+def test_later_rounds_resample_with_temperature_and_distinct_cache_entries(server_factory, make_lm):
+    attempts: dict[str, int] = {}
+
+    def responder(body):
+        last = body["messages"][-1]["content"].rsplit("Message:", 1)[-1]
+        attempts[last] = attempts.get(last, 0) + 1
+        right = "billing" if "refund" in last else "technical"
+        return f" {right}" if body["temperature"] == 1.0 else " other"
+
+    server = server_factory(responder)
+    cache = dspex.ResponseCache(None, "on")
+    opt = BootstrapFewShot(team_matches, max_bootstrapped_demos=2, max_labeled_demos=2, max_rounds=3, concurrency=1)
+    opt.compile(dspex.Predict(Triage, lm=make_lm(server, cache=cache)), trainset=numbered_examples(2))
+    assert opt.report.passed == 2 and opt.report.runs == 4
+    temps = [b["temperature"] for b in server.bodies]
+    assert temps == [0.0, 1.0, 0.0, 1.0]
+
+
+def test_teacher_lm_can_differ_from_the_students(server_factory, make_lm):
+    student_server = server_factory(lambda body: " other")
+    teacher_server = server_factory(picky_responder(set(range(10))))
+    opt = BootstrapFewShot(team_matches, max_bootstrapped_demos=3, teacher_lm=make_lm(teacher_server))
+    compiled = opt.compile(dspex.Predict(Triage, lm=make_lm(student_server)), trainset=numbered_examples(6))
+    assert opt.report.passed == 3 and student_server.requests == 0
+    assert compiled.lm.base_url == student_server.base_url
+
+
+def test_candidate_search_lists_every_candidate_and_picks_the_best(server_factory, make_lm):
+    def responder(body):
+        user = body["messages"][-1]["content"]
+        last = user.rsplit("Message:", 1)[-1]
+        right = "billing" if "refund" in last else "technical"
+        return f" {right}" if user.count("Message:") >= 2 else " other"  # only works with demos
+
+    server = server_factory(responder)
+    opt = BootstrapFewShotWithRandomSearch(team_matches, num_candidates=2, max_bootstrapped_demos=2, max_labeled_demos=2)
+    result = opt.compile(dspex.Predict(Triage, lm=make_lm(server)), trainset=numbered_examples(10), valset=numbered_examples(6))
+    names = [c.name for c in result.candidates]
+    assert names == ["zero-shot", "labeled", "bootstrap", "shuffled-0", "shuffled-1"]
+    assert result.candidates[0].score == 0.0
+    assert result.best.name == "labeled" and result.validation.score == 1.0  # earliest of the ties
+    assert result.train is not None and result.train.n == 10
+    assert "zero-shot" in result.table() and result.usage.calls > 0
+
+
+def test_labeled_few_shot_is_seeded():
+    train = numbered_examples(20)
+    a = LabeledFewShot(4).compile(dspex.Predict(Triage), train)
+    b = LabeledFewShot(4).compile(dspex.Predict(Triage), train)
+    assert a.demos == b.demos and len(a.demos) == 4
+
+
+def test_bad_metric_values_in_bootstrap_count_as_failures(server_factory, make_lm):
+    server = server_factory(picky_responder(set(range(10))))
+    opt = BootstrapFewShot(lambda e, p, t=None: 1 / 0, max_bootstrapped_demos=2)
+    compiled = opt.compile(dspex.Predict(Triage, lm=make_lm(server)), trainset=numbered_examples(3))
+    assert opt.report.passed == 0 and opt.report.errors == 3
+    assert not any(d.get("augmented") for d in compiled.demos)
+
+
+@pytest.mark.parametrize("threshold, expected", [(None, 3), (0.9, 0)])
+def test_metric_threshold(server_factory, make_lm, threshold, expected):
+    server = server_factory(picky_responder(set(range(10))))
+    opt = BootstrapFewShot(lambda e, p, t=None: 0.5, metric_threshold=threshold, max_bootstrapped_demos=3)
+    opt.compile(dspex.Predict(Triage, lm=make_lm(server)), trainset=numbered_examples(3))
+    assert opt.report.passed == expected
