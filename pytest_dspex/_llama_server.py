@@ -19,7 +19,31 @@ def format_plain(messages: list[dict[str, Any]], **kwargs: Any) -> Any:
     return ChatFormatterResponse(prompt="\n\n".join(p for p in parts if p))
 
 
+def _watch_owner() -> None:
+    """Exit when the test run that started us is gone (Ctrl-C, crash, kill -9): no orphans."""
+    import os
+    import threading
+    import time
+
+    owner = int(os.environ.get("DSPEX_OWNER_PID", "0") or 0)
+    if not owner:
+        return
+
+    def watch() -> None:
+        while True:
+            try:
+                os.kill(owner, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:
+                pass
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, name="owner-watch", daemon=True).start()
+
+
 def main() -> None:
+    _watch_owner()
     from llama_cpp.llama_chat_format import register_chat_format
     from llama_cpp.server.__main__ import main as server_main
 

@@ -197,6 +197,9 @@ def _lock_path(path: Path) -> Path:
     return lock_dir / f"{digest}.lock"
 
 
+_locks: dict[str, Any] = {}
+
+
 class GoldenStore:
     """Reads and writes golden files under ``root`` (usually ``<test dir>/__dspex__``)."""
 
@@ -208,10 +211,17 @@ class GoldenStore:
 
     @staticmethod
     def lock(path: Path, timeout: float = 3600) -> Any:
-        """A cross-process lock for ``path`` (kept outside the repo, so no stray lock files)."""
+        """A cross-process lock for ``path`` (kept outside the repo, so no stray lock files).
+
+        The same lock object is returned for the same path, so it is re-entrant in a process.
+        """
         from filelock import FileLock
 
-        return FileLock(str(_lock_path(path)), timeout=timeout)
+        key = str(_lock_path(path))
+        lock = _locks.get(key)
+        if lock is None:
+            lock = _locks[key] = FileLock(key, timeout=timeout)
+        return lock
 
     @staticmethod
     def read(path: Path) -> GoldenFile:

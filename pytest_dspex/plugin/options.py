@@ -1,0 +1,199 @@
+"""Command-line options (group ``dspex``), their ini twins, and the resolved settings object.
+
+Every option ``--dspex-foo-bar`` has the ini key ``dspex_foo_bar``; the command line wins over
+the ini file, which wins over environment variables (``OPENAI_BASE_URL``, ``DSPEX_MODEL``), which
+win over the defaults below. This module imports only pytest so an unused plugin costs nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+__all__ = ["OPTIONS", "DspexOptions", "add_options", "resolve"]
+
+# (name, type, default, help). ``None`` defaults mean "not set".
+OPTIONS: list[tuple[str, str, Any, str]] = [
+    ("model", "str", None, "model name; 'local' (the default when no endpoint is set) starts the embedded llama.cpp model"),
+    ("base-url", "str", None, "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1 (env: OPENAI_BASE_URL)"),
+    ("api-key-env", "str", "OPENAI_API_KEY", "name of the environment variable holding the API key"),
+    ("temperature", "float", 0.0, "sampling temperature"),
+    ("max-tokens", "int", 256, "max tokens per LM answer"),
+    ("concurrency", "int", 16, "concurrent LM requests per process"),
+    ("timeout", "float", 120.0, "seconds to wait for one LM answer (servers that queue need more)"),
+    ("retries", "int", 3, "retries on 429/5xx/timeouts/transport errors"),
+    ("cache-dir", "str", ".dspex_cache", "LM response cache directory (relative to rootdir)"),
+    ("cache", "choice:on,off,read-only,replay", "on", "cache mode; 'replay' fails on a miss (offline CI)"),
+    ("teacher-model", "str", None, "model used as the teacher while compiling (same endpoint)"),
+    ("demos", "int", 4, "max bootstrapped demos per predictor"),
+    ("labeled-demos", "int", 8, "max labeled demos per predictor"),
+    ("rounds", "int", 1, "bootstrap rounds per training example"),
+    ("candidates", "int", 4, "shuffled candidate programs tried by --dspex-compile"),
+    ("seed", "int", 0, "optimizer seed"),
+    ("tolerance", "float", 0.05, "allowed drop below the golden's recorded score before a regression fails"),
+    ("report", "str", None, "write a JSON report of every evaluation to this path"),
+    ("max-cost", "float", None, "session budget in dollars: past it no new LM calls are made"),
+    ("max-calls", "int", None, "session budget in LM calls"),
+    ("missing-golden", "choice:fail,zero-shot", "fail", "what a normal run does when a program has no golden file"),
+]
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("dspex", "pytest-dspex: LM programs as tested, optimized artifacts")
+    group.addoption(
+        "--dspex-compile",
+        dest="dspex_compile",
+        nargs="?",
+        const="*",
+        default=None,
+        metavar="NAMES",
+        help="optimize programs (all, or the comma-separated NAMES) and write their golden files",
+    )
+    group.addoption(
+        "--dspex-force",
+        dest="dspex_force",
+        action="store_true",
+        default=False,
+        help="with --dspex-compile: replace goldens even when their recorded score is higher",
+    )
+    parser.addini("dspex_compile", "programs to compile (like --dspex-compile)", default=None)
+    for name, kind, default, help_text in OPTIONS:
+        dest = "dspex_" + name.replace("-", "_")
+        kwargs: dict[str, Any] = {"dest": dest, "default": None, "help": f"{help_text} (default: {default})"}
+        if kind.startswith("choice:"):
+            kwargs["choices"] = kind.split(":", 1)[1].split(",")
+        group.addoption(f"--dspex-{name}", **kwargs)
+        parser.addini(dest, help_text, default=None)
+
+
+@dataclass(frozen=True)
+class DspexOptions:
+    model: str | None
+    base_url: str | None
+    api_key_env: str
+    temperature: float
+    max_tokens: int
+    concurrency: int
+    timeout: float
+    retries: int
+    cache_dir: Path
+    cache: str
+    teacher_model: str | None
+    demos: int
+    labeled_demos: int
+    rounds: int
+    candidates: int
+    seed: int
+    tolerance: float
+    report: Path | None
+    max_cost: float | None
+    max_calls: int | None
+    missing_golden: str
+    compile: frozenset[str] | None  # None = normal run; {"*"} = all programs
+    force: bool
+
+    @property
+    def local(self) -> bool:
+        return self.model in (None, "local") and not self.base_url
+
+    def compiles(self, program: str) -> bool:
+        return self.compile is not None and ("*" in self.compile or program in self.compile)
+
+
+def _convert(name: str, kind: str, raw: Any) -> Any:
+    if raw is None:
+        return None
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise pytest.UsageError(f"--dspex-{name} / dspex_{name.replace('-', '_')}: {raw!r} is not a {kind}") from None
+    if kind.startswith("choice:"):
+        choices = kind.split(":", 1)[1].split(",")
+        if raw not in choices:
+            raise pytest.UsageError(f"dspex_{name.replace('-', '_')} = {raw!r}: choose one of {', '.join(choices)}")
+    return str(raw)
+
+
+def resolve(config: pytest.Config) -> DspexOptions:
+    values: dict[str, Any] = {}
+    for name, kind, default, _ in OPTIONS:
+        dest = "dspex_" + name.replace("-", "_")
+        raw = config.getoption(dest)
+        if raw is None:
+            raw = config.getini(dest) or None
+        value = _convert(name, kind, raw)
+        values[name.replace("-", "_")] = default if value is None else value
+    if values["base_url"] is None and os.environ.get("OPENAI_BASE_URL"):
+        values["base_url"] = os.environ["OPENAI_BASE_URL"]
+    if values["model"] is None and os.environ.get("DSPEX_MODEL"):
+        values["model"] = os.environ["DSPEX_MODEL"]
+    compile_raw = config.getoption("dspex_compile") or (config.getini("dspex_compile") or None)
+    compile_names: frozenset[str] | None = None
+    if compile_raw is not None:
+        if compile_raw != "*" and ("/" in compile_raw or compile_raw.endswith(".py") or os.path.exists(compile_raw)):
+            raise pytest.UsageError(
+                f"--dspex-compile took {compile_raw!r} as a program name; write --dspex-compile=NAMES, "
+                "or put --dspex-compile after the test paths"
+            )
+        compile_names = frozenset(n.strip() for n in compile_raw.split(",") if n.strip())
+    force = bool(config.getoption("dspex_force"))
+    _check(values, compile_names, force)
+    rootdir = Path(config.rootpath)
+    cache_dir = Path(values["cache_dir"])
+    report = values["report"]
+    return DspexOptions(
+        model=values["model"],
+        base_url=values["base_url"],
+        api_key_env=values["api_key_env"],
+        temperature=values["temperature"],
+        max_tokens=values["max_tokens"],
+        concurrency=values["concurrency"],
+        timeout=values["timeout"],
+        retries=values["retries"],
+        cache_dir=cache_dir if cache_dir.is_absolute() else rootdir / cache_dir,
+        cache=values["cache"],
+        teacher_model=values["teacher_model"],
+        demos=values["demos"],
+        labeled_demos=values["labeled_demos"],
+        rounds=values["rounds"],
+        candidates=values["candidates"],
+        seed=values["seed"],
+        tolerance=values["tolerance"],
+        report=Path(report) if report else None,
+        max_cost=values["max_cost"],
+        max_calls=values["max_calls"],
+        missing_golden=values["missing_golden"],
+        compile=compile_names,
+        force=force,
+    )
+
+
+def _check(values: dict[str, Any], compile_names: frozenset[str] | None, force: bool) -> None:
+    if force and compile_names is None:
+        raise pytest.UsageError("--dspex-force only makes sense with --dspex-compile")
+    if values["model"] == "local" and values["base_url"]:
+        raise pytest.UsageError(
+            "--dspex-model=local starts the embedded model; it conflicts with --dspex-base-url "
+            f"({values['base_url']}). Drop one of them."
+        )
+    for name in ("concurrency", "max_tokens", "demos", "rounds"):
+        if values[name] < 1:
+            raise pytest.UsageError(f"--dspex-{name.replace('_', '-')} must be >= 1, got {values[name]}")
+    for name in ("labeled_demos", "candidates", "retries"):
+        if values[name] < 0:
+            raise pytest.UsageError(f"--dspex-{name.replace('_', '-')} must be >= 0, got {values[name]}")
+    if values["timeout"] <= 0:
+        raise pytest.UsageError(f"--dspex-timeout must be > 0, got {values['timeout']}")
+    if not 0 <= values["tolerance"] <= 1:
+        raise pytest.UsageError(f"--dspex-tolerance must be between 0 and 1, got {values['tolerance']}")
+    if values["max_cost"] is not None and values["max_cost"] < 0:
+        raise pytest.UsageError(f"--dspex-max-cost must be >= 0, got {values['max_cost']}")
+    if values["cache"] == "replay" and compile_names is not None:
+        pass  # allowed: compiling offline from a recorded cache
