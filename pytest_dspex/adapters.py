@@ -185,7 +185,7 @@ class CompactAdapter:
             end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
             if spec.name not in found:
                 found[spec.name] = text[m.end() : end].split("\n\n")[0].strip()
-        missing = [f.name for f in outs if f.name not in found]
+        missing = [f.name for f in outs if not found.get(f.name)]
         if missing:
             raise AdapterParseError(
                 f"answer has no {', '.join(missing)} (expected lines like "
@@ -258,7 +258,7 @@ class ChatAdapter:
             end = matches[i + 1].start() if i + 1 < len(matches) else len(completion)
             if m.group(1) in outs and m.group(1) not in sections:
                 sections[m.group(1)] = completion[m.end() : end].strip()
-        missing = [n for n in outs if n not in sections]
+        missing = [n for n in outs if not sections.get(n)]
         if missing:
             raise AdapterParseError(
                 f"answer has no [[ ## {missing[0]} ## ]] section: {_short(completion)!r}",

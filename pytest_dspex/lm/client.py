@@ -204,7 +204,7 @@ class LM:
                 return self._finish_cached(hit)
             cache.miss(key, self.model)
         if self.budget is not None:
-            self.budget.check()
+            self.budget.reserve()
         started = time.perf_counter()
         retries = 0
         error: DspexError | None = None

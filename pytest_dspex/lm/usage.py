@@ -71,7 +71,18 @@ class Budget:
         self.calls = 0
         self._lock = threading.Lock()
 
-    def check(self) -> None:
+    def reserve(self) -> None:
+        """Count one call about to be made, or raise if the budget is spent.
+
+        Calls are counted when they start (so concurrent calls cannot overshoot the call limit);
+        cost is added when the answer arrives, so in-flight calls may overshoot the cost limit
+        by at most the concurrency's worth of calls.
+        """
+        with self._lock:
+            self._check()
+            self.calls += 1
+
+    def _check(self) -> None:
         if self.max_calls is not None and self.calls >= self.max_calls:
             raise BudgetExceededError(
                 f"LM call budget spent ({self.calls} of {self.max_calls} calls); no further calls are made"
@@ -83,5 +94,4 @@ class Budget:
 
     def charge(self, cost: float) -> None:
         with self._lock:
-            self.calls += 1
             self.cost += cost

@@ -54,6 +54,7 @@ def judge(
     golden_score: float | None,
     tolerance: float,
     lm_unavailable: bool = False,
+    budget_spent: int = 0,
 ) -> Verdict:
     def v(passed: bool, reason: str) -> Verdict:
         return Verdict(passed, reason, score, threshold, golden_score, tolerance)
@@ -62,6 +63,8 @@ def judge(
         return v(False, "no examples were evaluated")
     if lm_unavailable:
         return v(False, "LM unavailable: most examples could not reach the endpoint (not a low score)")
+    if budget_spent:
+        return v(False, f"LM budget spent: {budget_spent} examples were not run (raise --dspex-max-cost/--dspex-max-calls)")
     if threshold is not None and score < threshold:
         return v(False, f"below threshold ({score:.3f} < {threshold:.3f})")
     if golden_score is not None and score < golden_score - tolerance - 1e-9:

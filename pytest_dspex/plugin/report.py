@@ -64,6 +64,7 @@ class Aggregate:
             golden_score=self.golden_score,
             tolerance=self.tolerance,
             lm_unavailable=self.lm_unavailable,
+            budget_spent=self.errors.get("budget", 0),
         )
         return self.verdict
 

@@ -1,0 +1,374 @@
+"""Acceptance tests of the pytest layer: a user's project, run by pytest in a subprocess.
+
+Every scenario runs twice: with ``-n 2`` (pytest-xdist) and with ``-p no:xdist``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+
+from pytest_dspex.fake_server import Faults, FakeLMServer
+
+MODES = {"xdist": ["-n", "2"], "no-xdist": ["-p", "no:xdist"]}
+
+TEST_FILE = '''
+import pytest
+import pytest_dspex as dspex
+
+class Triage(dspex.Signature):
+    """Route a customer message to the team that should handle it."""
+    message: str = dspex.InputField()
+    team: str = dspex.OutputField()
+
+triage = dspex.Predict(Triage)
+
+def team_matches(example, prediction, trace=None):
+    return example.team == prediction.team
+
+@pytest.mark.dspex_program(triage, name="triage", trainset="data/train.jsonl")
+@pytest.mark.dspex_metric(team_matches, threshold=THRESHOLD)
+def test_triage(dspex_evaluate):
+    result = dspex_evaluate("data/dev.jsonl")
+    assert result.n == 10
+
+@pytest.mark.dspex_program(triage, name="triage", trainset="data/train.jsonl")
+@pytest.mark.dspex_metric(team_matches, threshold=THRESHOLD)
+@pytest.mark.dspex_dataset("data/dev.jsonl")
+def test_triage_each(dspex_example, dspex_predict):
+    assert dspex_predict(dspex_example).team
+'''
+
+
+def rows(n: int, offset: int = 0) -> str:
+    out = []
+    for i in range(offset, offset + n):
+        if i % 2:
+            out.append({"message": f"I was charged twice, case {i}", "team": "billing"})
+        else:
+            out.append({"message": f"the app crashes, case {i}", "team": "technical"})
+    return "\n".join(json.dumps(r) for r in out) + "\n"
+
+
+def make_responder(*, zero_shot_ok: bool = False, wrong: set[int] | None = None, garbage: set[int] | None = None):
+    """A triage model that needs demos (unless zero_shot_ok), is wrong on case numbers in ``wrong``
+    and answers unparseable garbage for ``garbage``."""
+
+    def respond(body: dict[str, Any]) -> str:
+        system = body["messages"][0]["content"]
+        if "JSON" in system:
+            return "no json here"
+        text = body["messages"][-1]["content"]
+        last = text.rsplit("Message:", 1)[-1]
+        case = int(re.search(r"case (\d+)", last).group(1))
+        if garbage and case in garbage:
+            return ""
+        if not zero_shot_ok and text.count("Message:") < 2:
+            return " unsure"
+        right = "billing" if "charged" in last else "technical"
+        if wrong and case in wrong:
+            return " technical" if right == "billing" else " billing"
+        return f" {right}"
+
+    return respond
+
+
+@pytest.fixture(params=list(MODES))
+def mode(request) -> list[str]:
+    return MODES[request.param]
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-CANARY-plugin")
+    pytester.makefile(".jsonl", **{"data/train": rows(10, 100), "data/dev": rows(10)})
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+
+    def write(threshold: float = 0.8, source: str = TEST_FILE) -> None:
+        pytester.makepyfile(test_triage=source.replace("THRESHOLD", str(threshold)))
+
+    write()
+    return write
+
+
+@pytest.fixture
+def fake(server_factory) -> FakeLMServer:
+    return server_factory(make_responder())
+
+
+def run(pytester: pytest.Pytester, server: FakeLMServer | None, mode: list[str], *args: str) -> pytest.RunResult:
+    opts = ["--dspex-model=fake-model", "--dspex-cache=off", "--dspex-retries=0", "-p", "no:cacheprovider"]
+    if server is not None:
+        opts.append(f"--dspex-base-url={server.base_url}")
+    return pytester.runpytest_subprocess(*opts, *mode, *args, timeout=120)
+
+
+class TestCompileAndGate:
+    def test_missing_golden_fails_and_names_the_command(self, pytester, project, fake, mode):
+        result = run(pytester, fake, mode)
+        assert result.ret == 1
+        result.stdout.fnmatch_lines(["*no golden file for program 'triage': __dspex__/test_triage/triage.json*"])
+        result.stdout.fnmatch_lines(["*run `pytest --dspex-compile`*"])
+
+    def test_missing_golden_can_fall_back_to_zero_shot(self, pytester, project, server_factory, mode):
+        server = server_factory(make_responder(zero_shot_ok=True))
+        result = run(pytester, server, mode, "--dspex-missing-golden=zero-shot")
+        assert result.ret == 0, result.stdout.str()
+        result.stdout.fnmatch_lines(["*no golden: zero-shot*"])
+
+    def test_compile_writes_the_golden_once_then_normal_runs_pass(self, pytester, project, fake, mode):
+        pytester.makeconftest(
+            "def pytest_dspex_compile_result(program, result, outcome, path):\n"
+            "    with open('compiles.log', 'a') as f:\n"
+            "        f.write(f'{program} {outcome}\\n')\n"
+        )
+        result = run(pytester, fake, mode, "--dspex-compile")
+        assert result.ret == 0, result.stdout.str()
+        result.stdout.fnmatch_lines(["*golden created: __dspex__/test_triage/triage.json (validation 1.000, n=10*"])
+        assert (pytester.path / "compiles.log").read_text() == "triage created\n"
+        golden = json.loads((pytester.path / "__dspex__/test_triage/triage.json").read_text())
+        assert golden["scores"]["validation"] == {"score": 1.0, "n": 10}
+        assert golden["optimizer"]["candidates"][0]["name"] == "zero-shot"
+        assert "CANARY" not in json.dumps(golden)
+        again = run(pytester, fake, mode)
+        assert again.ret == 0, again.stdout.str()
+        again.stdout.fnmatch_lines(["*triage*dataset*1.000*0.80*1.000 (+0.000)*10*pass*", "*triage*per-example*1.000*pass*"])
+        again.assert_outcomes(passed=11)
+
+    def test_keep_better_unless_forced_and_compile_only_named_programs(self, pytester, project, fake, server_factory, mode):
+        assert run(pytester, fake, mode, "--dspex-compile").ret == 0
+        worse = server_factory(make_responder(wrong={1, 3, 5}))
+        kept = run(pytester, worse, mode, "--dspex-compile=triage", "-k", "test_triage and not each")
+        kept.stdout.fnmatch_lines(["*golden kept: __dspex__/test_triage/triage.json*"])
+        assert json.loads((pytester.path / "__dspex__/test_triage/triage.json").read_text())["scores"]["validation"]["score"] == 1.0
+        forced = run(pytester, worse, mode, "--dspex-compile=triage", "--dspex-force", "-k", "test_triage and not each")
+        forced.stdout.fnmatch_lines(["*golden updated: __dspex__/test_triage/triage.json (validation 0.700*"])
+        other = run(pytester, worse, mode, "--dspex-compile=something_else", "-k", "test_triage and not each")
+        assert "golden updated" not in other.stdout.str() and "golden created" not in other.stdout.str()
+
+    def test_threshold_gate_fails_with_score_ci_threshold_and_worst_examples(self, pytester, project, fake, server_factory, mode):
+        assert run(pytester, fake, mode, "--dspex-compile").ret == 0
+        project(threshold=0.95)
+        worse = server_factory(make_responder(wrong={2}))
+        result = run(pytester, worse, mode, "--dspex-tolerance=0.5", "-k", "not each")
+        assert result.ret == 1
+        result.stdout.fnmatch_lines([
+            "*dspex gate FAILED for 'triage': score 0.900 (95% CI *) on n=10 | threshold 0.950 | golden 1.000 (delta -0.100, tolerance 0.500) | below threshold*",
+            "*worst examples:*",
+            "*#2 score=0.00*case 2*",
+        ])
+
+    def test_regression_against_the_golden_fails(self, pytester, project, fake, server_factory, mode):
+        assert run(pytester, fake, mode, "--dspex-compile").ret == 0
+        project(threshold=0.5)
+        worse = server_factory(make_responder(wrong={0, 2}))
+        result = run(pytester, worse, mode, "-k", "not each")
+        assert result.ret == 1
+        result.stdout.fnmatch_lines(["*regression: 0.800 < golden 1.000 - tolerance 0.050*"])
+
+    def test_lm_outage_is_reported_as_unavailable(self, pytester, project, fake, mode):
+        assert run(pytester, fake, mode, "--dspex-compile").ret == 0
+        fake.stop()
+        result = run(pytester, fake, mode, "-k", "not each")
+        assert result.ret == 1
+        result.stdout.fnmatch_lines(["*LM unavailable: most examples could not reach the endpoint*"])
+        assert "CANARY" not in result.stdout.str() + result.stderr.str()
+
+    def test_corrupted_golden_is_a_clear_error_and_left_alone(self, pytester, project, fake, mode):
+        path = pytester.path / "__dspex__/test_triage/triage.json"
+        path.parent.mkdir(parents=True)
+        path.write_text("{broken")
+        result = run(pytester, fake, mode, "-k", "not each")
+        assert result.ret == 1
+        result.stdout.fnmatch_lines(["*triage.json: corrupted golden file (not valid JSON*"])
+        assert path.read_text() == "{broken"
+
+
+class TestPerExample:
+    def test_misses_do_not_fail_items_and_the_aggregate_passes(self, pytester, project, fake, server_factory, mode):
+        assert run(pytester, fake, mode, "--dspex-compile").ret == 0
+        project(threshold=0.75)
+        some_wrong = server_factory(make_responder(wrong={4, 7}))
+        result = run(pytester, some_wrong, mode, "-k", "each", "-rA", "--dspex-tolerance=0.5")
+        assert result.ret == 0, result.stdout.str()
+        outcomes = result.parseoutcomes()
+        assert (outcomes["passed"], outcomes["missed"]) == (8, 2)
+        result.stdout.fnmatch_lines(["*triage*per-example*0.800*0.75*pass*"])
+
+    def test_aggregate_below_threshold_exits_1(self, pytester, project, fake, server_factory, mode):
+        assert run(pytester, fake, mode, "--dspex-compile").ret == 0
+        mostly_wrong = server_factory(make_responder(wrong={0, 1, 2, 3, 4}))
+        result = run(pytester, mostly_wrong, mode, "-k", "each")
+        assert result.ret == 1
+        outcomes = result.parseoutcomes()
+        assert (outcomes["passed"], outcomes["missed"]) == (5, 5)
+        result.stdout.fnmatch_lines(["*dspex gate FAILED for 'triage on data/dev.jsonl': score 0.500*below threshold*"])
+
+    def test_a_program_error_fails_only_its_item(self, pytester, project, fake, server_factory, mode):
+        assert run(pytester, fake, mode, "--dspex-compile").ret == 0
+        project(threshold=0.5)
+        broken = server_factory(make_responder(garbage={3}))
+        result = run(pytester, broken, mode, "-k", "each", "--dspex-tolerance=0.5")
+        result.assert_outcomes(passed=9, failed=1)
+        result.stdout.fnmatch_lines(["*test_triage_each*3-*AdapterParseError*"])
+
+
+class TestOptionsAndMarkers:
+    def test_strict_markers_pass(self, pytester, project, server_factory, mode):
+        server = server_factory(make_responder(zero_shot_ok=True))
+        result = run(pytester, server, mode, "--strict-markers", "--dspex-missing-golden=zero-shot")
+        assert result.ret == 0
+
+    @pytest.mark.parametrize(
+        ("args", "message"),
+        [
+            (["--dspex-force"], "*--dspex-force only makes sense with --dspex-compile*"),
+            (["--dspex-model=local", "--dspex-base-url=http://127.0.0.1:1/v1"], "*conflicts with --dspex-base-url*"),
+            (["--dspex-concurrency=0"], "*--dspex-concurrency must be >= 1*"),
+            (["--dspex-tolerance=3"], "*--dspex-tolerance must be between 0 and 1*"),
+            (["--dspex-compile", "tests/"], "*--dspex-compile took 'tests/' as a program name*"),
+        ],
+    )
+    def test_conflicting_or_bad_options_are_usage_errors(self, pytester, project, args, message):
+        result = pytester.runpytest_subprocess(*args, "-p", "no:xdist")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines([message])
+
+    def test_bad_ini_value_is_a_usage_error(self, pytester, project):
+        pytester.makeini("[pytest]\ndspex_concurrency = lots\n")
+        result = pytester.runpytest_subprocess("-p", "no:xdist")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(["*'lots' is not a int*"])
+
+    @pytest.mark.parametrize(
+        ("marker", "message"),
+        [
+            ('@pytest.mark.dspex_program("not a program at all")', "*dspex_program: program: signature 'not a program at all' must have exactly one '->'*"),
+            ("@pytest.mark.dspex_program(42)", "*dspex_program: program must be a Predict, ChainOfThought or Module instance, got 42*"),
+            ('@pytest.mark.dspex_program(triage, trainset="data/nope.jsonl")', "*dspex_program: trainset='data/nope.jsonl': file not found*"),
+            ("@pytest.mark.dspex_program(triage, colour=1)", "*dspex_program: unknown argument(s) colour*"),
+            ("@pytest.mark.dspex_metric(team_matches, threshold=2)", "*dspex_metric: threshold=2 must be a number between 0 and 1*"),
+            ('@pytest.mark.dspex_metric("exact")', "*dspex_metric: metric must be a function*"),
+            ('@pytest.mark.dspex_dataset("data/missing.jsonl")', "*dspex_dataset: path='data/missing.jsonl': file not found*"),
+        ],
+    )
+    def test_bad_marker_arguments_are_collection_errors_naming_the_test(self, pytester, project, marker, message, mode):
+        source = (
+            "import pytest\nimport pytest_dspex as dspex\n"
+            "triage = dspex.Predict('message -> team')\n"
+            "def team_matches(e, p, t=None):\n    return True\n"
+            f"{marker}\n"
+            "def test_bad(dspex_evaluate):\n    pass\n"
+        )
+        pytester.makepyfile(test_bad=source)
+        result = pytester.runpytest_subprocess(*mode, "test_bad.py")
+        assert result.ret == pytest.ExitCode.INTERRUPTED
+        result.stdout.fnmatch_lines(["*test_bad.py::test_bad: @pytest.mark." + message.lstrip("*")])
+
+    def test_bad_dataset_row_names_file_and_line(self, pytester, project, fake, mode):
+        (pytester.path / "data/dev.jsonl").write_text(rows(3) + "{oops\n")
+        result = run(pytester, fake, mode, "--dspex-missing-golden=zero-shot")
+        assert result.ret != 0
+        result.stdout.fnmatch_lines(["*data/dev.jsonl:4: not valid JSON*"])
+
+
+class TestOutputs:
+    def test_json_report_and_junit_properties(self, pytester, project, fake, mode):
+        assert run(pytester, fake, mode, "--dspex-compile").ret == 0
+        result = run(pytester, fake, mode, "--dspex-report=out/report.json", "--junitxml=junit.xml")
+        assert result.ret == 0
+        report = json.loads((pytester.path / "out/report.json").read_text())
+        modes = sorted(r["mode"] for r in report["programs"])
+        assert modes == ["dataset", "per-example"] and report["passed"] is True
+        row = next(r for r in report["programs"] if r["mode"] == "dataset")
+        assert row["score"] == 1.0 and row["n"] == 10 and row["usage"]["calls"] == 10
+        junit = (pytester.path / "junit.xml").read_text()
+        assert 'name="dspex_score" value="1.0"' in junit
+        assert "CANARY" not in (pytester.path / "out/report.json").read_text() + junit
+
+    def test_unused_golden_is_reported(self, pytester, project, fake, mode):
+        assert run(pytester, fake, mode, "--dspex-compile").ret == 0
+        stale = pytester.path / "__dspex__/test_triage/old_program.json"
+        stale.write_text((pytester.path / "__dspex__/test_triage/triage.json").read_text())
+        result = run(pytester, fake, mode)
+        result.stdout.fnmatch_lines(["*golden unused: __dspex__/test_triage/old_program.json*"])
+
+    def test_hooks_observe_lm_calls_and_gates(self, pytester, project, server_factory, mode):
+        server = server_factory(make_responder(zero_shot_ok=True))
+        pytester.makeconftest(
+            "import os\n"
+            "def pytest_dspex_lm_call(event):\n"
+            "    with open(f'calls-{os.getpid()}.log', 'a') as f:\n"
+            "        f.write(event.model + '\\n')\n"
+            "def pytest_dspex_gate(program, verdict, result):\n"
+            "    with open('gates.log', 'a') as f:\n"
+            "        f.write(f'{program} {verdict.passed}\\n')\n"
+        )
+        result = run(pytester, server, mode, "--dspex-missing-golden=zero-shot")
+        assert result.ret == 0
+        calls = sum(len(p.read_text().splitlines()) for p in pytester.path.glob("calls-*.log"))
+        assert calls == 20
+        assert sorted((pytester.path / "gates.log").read_text().splitlines()) == ["triage True", "triage True"]
+
+
+class TestRuntime:
+    def test_async_tests_and_the_lm_fixture(self, pytester, project, server_factory, mode):
+        server = server_factory(make_responder(zero_shot_ok=True))
+        pytester.makepyfile(
+            test_async='''
+import pytest
+import pytest_dspex as dspex
+
+def team_matches(example, prediction, trace=None):
+    return example.team == prediction.team
+
+@pytest.mark.asyncio
+async def test_lm_from_async(dspex_lm):
+    p = dspex.Predict("message -> team", lm=dspex_lm)
+    pred = await p.acall(message="I was charged twice, case 1")
+    assert pred.team == "billing"
+
+def test_lm_sync_twice(dspex_lm):
+    p = dspex.Predict("message -> team", lm=dspex_lm)
+    assert p(message="case 3 charged").team == "billing"
+    assert p(message="case 4 crashes").team == "technical"
+
+@pytest.mark.asyncio
+@pytest.mark.dspex_program(dspex.Predict("message -> team"), name="triage_async")
+@pytest.mark.dspex_metric(team_matches, threshold=0.9)
+async def test_evaluate_from_async(dspex_evaluate):
+    result = await dspex_evaluate.acall("data/dev.jsonl")
+    assert result.score == 1.0
+'''
+        )
+        result = run(pytester, server, mode, "test_async.py", "--dspex-missing-golden=zero-shot")
+        assert result.ret == 0, result.stdout.str()
+        result.assert_outcomes(passed=3)
+
+    def test_budget_stops_spending_with_a_clear_message(self, pytester, project, server_factory, mode):
+        server = server_factory(make_responder(zero_shot_ok=True))
+        result = run(pytester, server, mode, "-k", "not each", "--dspex-max-calls=4", "--dspex-missing-golden=zero-shot")
+        assert result.ret == 1
+        result.stdout.fnmatch_lines(["*LM budget spent*"])
+        assert server.requests <= 4
+
+    def test_replay_mode_fails_on_a_miss_with_how_to_record(self, pytester, project, fake, mode):
+        result = pytester.runpytest_subprocess(
+            f"--dspex-base-url={fake.base_url}", "--dspex-model=fake-model", "--dspex-cache=replay",
+            "--dspex-missing-golden=zero-shot", "-k", "not each", *mode,
+        )
+        assert result.ret == 1
+        result.stdout.fnmatch_lines(["*cache_miss*"])
+        assert fake.requests == 0
+
+    def test_cache_makes_the_second_run_free(self, pytester, project, server_factory, mode):
+        server = server_factory(make_responder(zero_shot_ok=True))
+        args = [f"--dspex-base-url={server.base_url}", "--dspex-model=fake-model", "--dspex-missing-golden=zero-shot", *mode]
+        assert pytester.runpytest_subprocess(*args).ret == 0
+        first = server.requests
+        second = pytester.runpytest_subprocess(*args)
+        assert second.ret == 0 and server.requests == first
+        second.stdout.fnmatch_lines(["*triage*dataset*1.000*10*0*10*10*"])
