@@ -173,10 +173,11 @@ class CompactAdapter:
         outs = list(signature.output_fields().values())
         text = completion.strip("\n")
         first = outs[0]
+        labels = "|".join(re.escape(f.label) for f in outs)
+        # labels usually start a line; small models sometimes put the next one mid-line
+        pattern = re.compile(rf"(?:^|(?<=\s))({labels})\s*:", re.IGNORECASE | re.MULTILINE)
         if not re.match(rf"\s*{re.escape(first.label)}\s*:", text, re.IGNORECASE):
             text = f"{first.label}: {text.lstrip()}"
-        labels = "|".join(re.escape(f.label) for f in outs)
-        pattern = re.compile(rf"^\s*({labels})\s*:", re.IGNORECASE | re.MULTILINE)
         by_label = {f.label.lower(): f for f in outs}
         found: dict[str, str] = {}
         matches = list(pattern.finditer(text))
@@ -185,6 +186,8 @@ class CompactAdapter:
             end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
             if spec.name not in found:
                 found[spec.name] = text[m.end() : end].split("\n\n")[0].strip()
+        if "reasoning" in found and not found["reasoning"] and len(outs) > 1:
+            found["reasoning"] = "(none given)"  # ChainOfThought's rationale is optional
         missing = [f.name for f in outs if not found.get(f.name)]
         if missing:
             raise AdapterParseError(

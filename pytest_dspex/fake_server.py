@@ -42,6 +42,29 @@ class Faults:
     seed: int = 0
 
 
+def triage_responder(body: dict[str, Any], *, pass_every: int = 1) -> str:
+    """A perfect billing/technical router that answers in whichever layout the adapter asked for.
+
+    With ``pass_every=K``, only messages whose ``case N`` has N % K == 0 get the right answer.
+    """
+    import re
+
+    last = last_user_message(body)
+    last = last.rsplit("Message:", 1)[-1] if "Message:" in last else last
+    last = last.rsplit("[[ ## message ## ]]", 1)[-1]
+    team = "billing" if re.search(r"charge|refund|invoice", last, re.I) else "technical"
+    if pass_every > 1:
+        m = re.search(r"case (\d+)", last)
+        if m is None or int(m.group(1)) % pass_every:
+            team = "other"
+    system = str(body["messages"][0].get("content", ""))
+    if "[[ ## " in system:
+        return f"[[ ## team ## ]]\n{team}\n\n[[ ## completed ## ]]"
+    if "JSON" in system:
+        return json.dumps({"team": team})
+    return f" {team}"
+
+
 def last_user_message(body: dict[str, Any]) -> str:
     for m in reversed(body.get("messages", [])):
         if m.get("role") == "user":
@@ -196,3 +219,35 @@ class FakeLMServer:
 
 def json_answer(**fields: Any) -> str:
     return json.dumps(fields)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m pytest_dspex.fake_server --port 8900 --latency 0.05``: serve until killed.
+
+    Answers like ``triage_responder`` (in the compact, DSPy chat or JSON layout); prints ``READY <base_url>`` once listening.
+    """
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--pass-every", type=int, default=1)
+    args = parser.parse_args(argv)
+
+    def respond(body: dict[str, Any]) -> str:
+        return triage_responder(body, pass_every=args.pass_every)
+
+    server = FakeLMServer(respond, latency=args.latency, port=args.port)
+    server.keep_bodies = False
+    server.start()
+    print(f"READY {server.base_url}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

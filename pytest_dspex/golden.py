@@ -36,7 +36,8 @@ from .programs import Module, Predict
 __all__ = ["SCHEMA_VERSION", "GoldenFile", "GoldenStore", "from_dspy_state", "golden_record", "to_dspy_state"]
 
 SCHEMA_VERSION = 1
-WriteOutcome = Literal["created", "updated", "kept"]
+WriteOutcome = Literal["created", "updated", "unchanged", "kept"]
+_VOLATILE = ("created_at", "plugin_version")
 
 
 def _demo_to_golden(predictor: Predict, demo: dict[str, Any]) -> dict[str, Any]:
@@ -190,6 +191,10 @@ def _validate(path: Path, data: Any) -> dict[str, Any]:
     return data
 
 
+def _stable(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k not in _VOLATILE}
+
+
 def _lock_path(path: Path) -> Path:
     digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:24]
     lock_dir = Path(tempfile.gettempdir()) / "pytest-dspex-locks"
@@ -255,6 +260,8 @@ class GoldenStore:
                     new_score = record.get("scores", {}).get("validation", {}).get("score")
                     if old is not None and old.validation_score is not None and new_score is not None and old.validation_score > new_score:
                         return "kept"
+                    if old is not None and _stable(old.data) == _stable(record):
+                        return "unchanged"  # same demos and scores: leave the file (and its diff) alone
             atomic_write_json(path, record)
             return outcome
 

@@ -1,26 +1,12 @@
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 import pytest_dspex as dspex
-from pytest_dspex.fake_server import FakeLMServer, Faults
-
-
-def triage_responder(body: dict[str, Any]) -> str:
-    """Answers like a perfect triage model, in whatever layout the adapter asked for."""
-    text = body["messages"][-1]["content"]
-    last = text.rsplit("Message:", 1)[-1] if "Message:" in text else text
-    team = "billing" if re.search(r"charge|refund|invoice", last, re.I) else "technical"
-    system = body["messages"][0]["content"]
-    if "[[ ## " in system:
-        return f"[[ ## team ## ]]\n{team}\n\n[[ ## completed ## ]]"
-    if "JSON" in system:
-        return f'{{"team": "{team}"}}'
-    return f" {team}"
+from pytest_dspex.fake_server import FakeLMServer, Faults, triage_responder
 
 
 class Triage(dspex.Signature):

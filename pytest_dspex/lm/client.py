@@ -130,8 +130,10 @@ class LM:
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._semaphore: asyncio.Semaphore | None = None
+        self._inflight: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._last_data: dict[str, dict[str, Any]] = {}
         self._init_kwargs = {
-            k: v for k, v in locals().items() if k not in ("self", "key", "base") and not k.startswith("_")
+            k: v for k, v in locals().items() if k not in ("self", "key", "base", "cache") and not k.startswith("_")
         }
 
     # -- public ---------------------------------------------------------------------------------
@@ -199,10 +201,38 @@ class LM:
         key = None
         if cache is not None and cache.reads:
             key = cache_key({"endpoint": self.base_url, "body": body, "rollout": rollout})
-            hit = cache.get(key)
-            if hit is not None:
-                return self._finish_cached(hit)
-            cache.miss(key, self.model)
+            while True:
+                hit = cache.get(key)
+                if hit is not None:
+                    return self._finish_cached(hit)
+                cache.miss(key, self.model)
+                pending = self._inflight.get(key)
+                if pending is None:
+                    break
+                try:  # the same request is already on its way: share its answer
+                    return self._finish_cached(await asyncio.shield(pending))
+                except _LeaderCancelled:
+                    continue  # its caller gave up; ask again ourselves
+            fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            self._inflight[key] = fut
+            try:
+                completion = await self._call(body, key, cache)
+            except asyncio.CancelledError:
+                fut.set_exception(_LeaderCancelled())
+                fut.exception()  # retrieved: no "never retrieved" warning when nobody waits
+                raise
+            except BaseException as exc:
+                fut.set_exception(exc)
+                fut.exception()
+                raise
+            else:
+                fut.set_result(self._last_data.pop(key, {}) or completion_data(completion))
+            finally:
+                self._inflight.pop(key, None)
+            return completion
+        return await self._call(body, None, cache)
+
+    async def _call(self, body: dict[str, Any], key: str | None, cache: ResponseCache | None) -> Completion:
         if self.budget is not None:
             self.budget.reserve()
         started = time.perf_counter()
@@ -225,6 +255,7 @@ class LM:
             self.budget.charge(completion.cost)
         if key is not None and cache is not None:
             cache.set(key, data)
+            self._last_data[key] = data
         delta = Usage(
             calls=1,
             prompt_tokens=completion.prompt_tokens,
@@ -372,6 +403,17 @@ class LM:
                 f"({type(exc).__name__}): {_scrub(resp.text[:120], self._api_key)!r}"
             ) from None
         return data  # type: ignore[no-any-return]
+
+
+class _LeaderCancelled(Exception):
+    """The request another caller was sharing was cancelled by its own caller."""
+
+
+def completion_data(c: Completion) -> dict[str, Any]:
+    return {
+        "choices": [{"message": {"content": c.text}, "finish_reason": c.finish_reason}],
+        "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens},
+    }
 
 
 def _refused(exc: BaseException) -> bool:

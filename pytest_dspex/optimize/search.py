@@ -140,6 +140,10 @@ class BootstrapFewShotWithRandomSearch:
                 size = rng.randint(1, max(1, self.max_bootstrapped_demos))
                 specs.append((f"shuffled-{k}", (shuffled, size)))
 
+            # one teacher for every candidate: a training example then gets the same teacher prompt
+            # in each candidate, so the cache (and in-flight sharing) answers it once
+            teacher = LabeledFewShot(self.max_labeled_demos).compile(student, trainset)
+
             async def build(name: str, spec: Any) -> Candidate:
                 if name == "zero-shot":
                     prog = student.reset_copy()
@@ -149,7 +153,7 @@ class BootstrapFewShotWithRandomSearch:
                     return Candidate(name, prog, _count(prog), 0)
                 data, size = spec
                 boot = self._bootstrapper(size)
-                prog = await boot.acompile(student, trainset=data)
+                prog = await boot.acompile(student, trainset=data, teacher=teacher)
                 return Candidate(name, prog, _count(prog), boot.report.passed)
 
             self._say(f"bootstrapping {len(specs)} candidates on {len(trainset)} training examples")

@@ -82,6 +82,10 @@ class DspexSession:
             except LocalModelError as exc:
                 pytest.fail(f"pytest-dspex: no LM endpoint is configured and the embedded model cannot start: {exc}", pytrace=False)
             self._local_started = True
+            from .. import settings
+
+            # a small base model never answers in JSON: the JSON fallback would only double the calls
+            settings.configure(json_fallback=False)
             return url, LOCAL_MODEL_NAME
         assert o.model is not None or o.base_url is not None
         if o.model is None:

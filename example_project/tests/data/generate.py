@@ -1,4 +1,4 @@
-"""Generates the example project's datasets (run once; the JSONL files are committed)."""
+"""Generates the example project's datasets (run once from example_project/; the JSONL files are committed)."""
 import json, random
 rng = random.Random(7)
 billing = [
@@ -105,6 +105,10 @@ uniq = {r["message"]: r for r in prow}
 prow = list(uniq.values())
 rng.shuffle(prow)
 half = len(prow) // 2
+phr = ["The message is about the {p}.", "The customer mentions the {p}.",
+       "The product named in the message is the {p}.", "They are writing about their {p}."]
+for i, r in enumerate(prow[:half]):  # hand-written rationales for ChainOfThought's labeled demos
+    r["reasoning"] = phr[i % len(phr)].format(p=r["product"])
 for name, data in [("product_train", prow[:half]), ("product_dev", prow[half:])]:
     with open(f"tests/data/{name}.jsonl", "w") as f:
         for r in data: f.write(json.dumps(r) + "\n")

