@@ -30,7 +30,7 @@ class Verdict:
         if self.threshold is not None:
             parts.append(f"| threshold {self.threshold:.3f}")
         if self.golden_score is not None:
-            parts.append(f"| golden {self.golden_score:.3f} (delta {self.delta:+.3f}, tolerance {self.tolerance:.3f})")
+            parts.append(f"| golden {self.golden_score:.3f} (delta {round(self.delta or 0.0, 3) + 0.0:+.3f}, tolerance {self.tolerance:.3f})")
         if not self.passed:
             parts.append(f"| {self.reason}")
         return " ".join(parts)

@@ -156,7 +156,7 @@ def format_table(rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         usage = r.get("usage") or {}
         golden = r.get("golden_score")
-        golden_txt = "-" if golden is None else f"{golden:.3f} ({r['score'] - golden:+.3f})"
+        golden_txt = "-" if golden is None else f"{golden:.3f} ({round(r['score'] - golden, 3) + 0.0:+.3f})"
         lines.append([
             str(r["program"]),
             str(r.get("mode", "dataset")),
