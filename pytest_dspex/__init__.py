@@ -14,32 +14,73 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import events, metrics
-from ._exceptions import (
-    AdapterParseError,
-    BudgetExceededError,
-    CacheMissError,
-    CircuitOpenError,
-    ConfigError,
-    DatasetError,
-    DspexError,
-    GoldenFileError,
-    LMError,
-    LMHTTPError,
-    LMResponseError,
-    LMTimeoutError,
-    LMUnavailableError,
-    MetricError,
-    SignatureError,
-)
-from .adapters import ChatAdapter, CompactAdapter, JSONAdapter
-from .datasets import load_dataset, split
-from .evaluate import Evaluate, EvaluationResult, ExampleRecord, evaluate
-from .lm import LM, Budget, ResponseCache, Usage, track_usage
-from .primitives import Example, Prediction
-from .programs import ChainOfThought, Module, Predict, trace_scope
-from .settings import configure, context
-from .signatures import InputField, OutputField, Signature, make_signature
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
+
+# Names are imported on first use (PEP 562), so the pytest plugin, which is loaded in every
+# pytest run of a project that installs pytest-dspex, costs almost nothing when it is unused.
+_LAZY: dict[str, str] = {
+    "events": "", "metrics": "",
+    **dict.fromkeys(
+        ["AdapterParseError", "BudgetExceededError", "CacheMissError", "CircuitOpenError", "ConfigError",
+         "DatasetError", "DspexError", "GoldenFileError", "LMError", "LMHTTPError", "LMResponseError",
+         "LMTimeoutError", "LMUnavailableError", "MetricError", "SignatureError"],
+        "._exceptions",
+    ),
+    **dict.fromkeys(["ChatAdapter", "CompactAdapter", "JSONAdapter"], ".adapters"),
+    **dict.fromkeys(["load_dataset", "split"], ".datasets"),
+    **dict.fromkeys(["Evaluate", "EvaluationResult", "ExampleRecord", "evaluate"], ".evaluation"),
+    **dict.fromkeys(["LM", "Budget", "ResponseCache", "Usage", "track_usage"], ".lm"),
+    **dict.fromkeys(["Example", "Prediction"], ".primitives"),
+    **dict.fromkeys(["ChainOfThought", "Module", "Predict", "trace_scope"], ".programs"),
+    **dict.fromkeys(["configure", "context"], ".settings"),
+    **dict.fromkeys(["InputField", "OutputField", "Signature", "make_signature"], ".signatures"),
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> _Any:
+    import importlib
+
+    where = _LAZY.get(name)
+    if where is None:
+        raise AttributeError(f"module 'pytest_dspex' has no attribute {name!r}")
+    module = importlib.import_module(where or f".{name}", __name__)
+    value = module if not where else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if _TYPE_CHECKING:
+    from . import events, metrics
+    from ._exceptions import (
+        AdapterParseError,
+        BudgetExceededError,
+        CacheMissError,
+        CircuitOpenError,
+        ConfigError,
+        DatasetError,
+        DspexError,
+        GoldenFileError,
+        LMError,
+        LMHTTPError,
+        LMResponseError,
+        LMTimeoutError,
+        LMUnavailableError,
+        MetricError,
+        SignatureError,
+    )
+    from .adapters import ChatAdapter, CompactAdapter, JSONAdapter
+    from .datasets import load_dataset, split
+    from .evaluation import Evaluate, EvaluationResult, ExampleRecord, evaluate
+    from .lm import LM, Budget, ResponseCache, Usage, track_usage
+    from .primitives import Example, Prediction
+    from .programs import ChainOfThought, Module, Predict, trace_scope
+    from .settings import configure, context
+    from .signatures import InputField, OutputField, Signature, make_signature
 
 __all__ = [
     "LM",

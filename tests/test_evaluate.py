@@ -102,3 +102,13 @@ def test_summary_lists_worst_examples(server_factory, make_lm):
     assert result.score == 0.5
     text = result.summary()
     assert "worst examples" in text and "charged twice" in text
+
+
+@pytest.mark.parametrize("value", [None, "yes", 1.5, -0.1, float("nan"), [1]])
+def test_bad_metric_return_values_are_metric_errors_naming_the_metric(server, make_lm, value):
+    def my_metric(example, prediction, trace=None):
+        return value
+
+    result = dspex.evaluate(dspex.Predict(Triage, lm=make_lm(server)), triage_examples(2), my_metric)
+    assert result.errors_by_kind == {"metric": 2}
+    assert "metric my_metric returned" in (result.records[0].error or "")

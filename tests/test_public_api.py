@@ -6,11 +6,19 @@ import sys
 import pytest_dspex
 
 
-def test_all_exports_exist_and_are_sorted_names():
+def test_all_exports_exist_and_every_lazy_name_is_exported():
     for name in pytest_dspex.__all__:
-        assert hasattr(pytest_dspex, name), name
+        if name != "__version__":
+            assert getattr(pytest_dspex, name) is not None, name
+    assert set(pytest_dspex._LAZY) <= set(pytest_dspex.__all__)
     public = {n for n in dir(pytest_dspex) if not n.startswith("_")}
     assert {n for n in public if n[0].isupper()} <= set(pytest_dspex.__all__)
+
+
+def test_importing_the_plugin_does_not_import_the_core():
+    code = "import sys, pytest_dspex.plugin; print(sorted(m for m in ('httpx', 'pydantic', 'pytest_dspex.evaluation') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_core_imports_and_runs_without_pytest():

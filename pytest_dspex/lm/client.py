@@ -19,9 +19,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from .. import _runtime, events
 from .._exceptions import (
@@ -39,6 +37,9 @@ from ..adapters import LMRequest
 from .cache import CacheMode, ResponseCache, cache_key
 from .resilience import Breaker, RetryPolicy, breaker_for, parse_retry_after
 from .usage import Budget, Usage, record
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["LM", "Completion"]
 
@@ -317,6 +318,8 @@ class LM:
         )
 
     def _get_client(self) -> httpx.AsyncClient:
+        import httpx  # imported on first use: keeps `import pytest_dspex` fast
+
         if self._client is None:
             transport = self._transport
             if transport is None:
@@ -373,6 +376,8 @@ class LM:
                 await asyncio.sleep(delay)
 
     async def _send_once(self, client: httpx.AsyncClient, url: str, content: bytes) -> dict[str, Any]:
+        import httpx
+
         try:
             async with asyncio.timeout(self.timeout + self.connect_timeout):
                 resp = await client.post(url, content=content)

@@ -56,6 +56,8 @@ class Breaker:
         self.name = name
         self._cb = pybreaker.CircuitBreaker(fail_max=fail_max, reset_timeout=reset_timeout, name=name)
         self._trial_in_flight = False
+        self.failures = 0  # every failed attempt seen, for reports and tests
+        self.opened_after: int | None = None  # failures seen when the breaker first opened
 
     @property
     def state(self) -> str:
@@ -85,10 +87,13 @@ class Breaker:
 
     def failure(self, exc: BaseException) -> None:
         self._trial_in_flight = False
+        self.failures += 1
         try:
             self._cb.call(_raise, exc)
         except BaseException:
             pass
+        if self.opened_after is None and self._cb.current_state == pybreaker.STATE_OPEN:
+            self.opened_after = self.failures
 
     def _message(self) -> str:
         return (

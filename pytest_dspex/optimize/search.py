@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import _runtime, events
-from ..evaluate import Evaluate, EvaluationResult
+from ..evaluation import Evaluate, EvaluationResult
 from ..lm.usage import Usage, track_usage
 from ..metrics import metric_name
 from ..primitives import Example

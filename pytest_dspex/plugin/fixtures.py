@@ -74,7 +74,7 @@ class Evaluator:
     def _run(self, dataset: Any, metric: Any, limit: int | None) -> Any:
         __tracebackhide__ = True
         from .._exceptions import DatasetError
-        from ..evaluate import Evaluate
+        from ..evaluation import Evaluate
         from ..primitives import Example, as_examples
         from .gates import judge
 
@@ -157,7 +157,7 @@ class Predictor:
     def _run(self, example: Any) -> Any:
         __tracebackhide__ = True
         from ..datasets import fingerprint
-        from ..evaluate import describe_error, error_kind
+        from ..evaluation import describe_error, error_kind
         from ..lm.usage import track_usage
         from ..metrics import metric_name, to_score
 
