@@ -213,7 +213,8 @@ class TestPerExample:
         broken = server_factory(make_responder(garbage={3}))
         result = run(pytester, broken, mode, "-k", "each", "--dspex-tolerance=0.5")
         result.assert_outcomes(passed=9, failed=1)
-        result.stdout.fnmatch_lines(["*test_triage_each*3-*AdapterParseError*"])
+        out = result.stdout.str()
+        assert "FAILED test_triage.py::test_triage_each[3-" in out and "AdapterParseError: answer has no team" in out
 
 
 class TestOptionsAndMarkers:
@@ -267,7 +268,7 @@ class TestOptionsAndMarkers:
         result = pytester.runpytest_subprocess(*mode, "test_bad.py")
         # a collection error interrupts the session (xdist reports it as a failed run)
         assert result.ret in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.TESTS_FAILED)
-        assert "1 error" in result.stdout.str()
+        assert re.search(r"\d+ errors? in", result.stdout.str())
         result.stdout.fnmatch_lines(["*test_bad.py::test_bad: @pytest.mark." + message.lstrip("*")])
 
     def test_bad_dataset_row_names_file_and_line(self, pytester, project, fake, mode):
