@@ -47,6 +47,17 @@ def case_throughput(url: str, n: int, concurrency: int) -> dict:
     return {"wall_s": wall, "ex_per_s": n / wall, "score": res.score, "errors": len(res.errors)}
 
 
+def case_faults(url: str, n: int) -> dict:
+    import pytest_dspex as dspex
+
+    lm = dspex.LM("fake", base_url=url, api_key="bench", cache=None, concurrency=32, retries=4,
+                  backoff_base=0.05, timeout=0.5, breaker_fail_max=1000)  # fmt: skip
+    t0 = time.perf_counter()
+    res = dspex.Evaluate(dev(n), metric, concurrency=32)(program(lm))
+    scored = sum(1 for r in res.records if r.error_kind is None)
+    return {"wall_s": time.perf_counter() - t0, "scored": scored, "n": res.n, "retries": res.usage.retries}
+
+
 def case_cache(url: str, n: int) -> dict:
     import pytest_dspex as dspex
 
@@ -76,6 +87,14 @@ def case_bootstrap(url: str, n: int) -> dict:
     t0 = time.perf_counter()
     opt.compile(program(lm), trainset=dev(n))
     return {"wall_s": time.perf_counter() - t0, "calls": lm.usage.calls, "passed": opt.report.passed}
+
+
+def case_import_use() -> dict:
+    t0 = time.perf_counter()
+    import pytest_dspex as dspex
+
+    _ = (dspex.Predict, dspex.LM, dspex.Evaluate, dspex.Signature)
+    return {"s": time.perf_counter() - t0}
 
 
 def case_big(url: str, n: int, cache_dir: str) -> dict:

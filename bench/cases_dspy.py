@@ -10,7 +10,7 @@ import time
 
 os.environ.setdefault("DSPY_CACHEDIR", tempfile.mkdtemp())
 
-import dspy  # noqa: E402
+import dspy
 
 
 def dev(n: int, offset: int = 0):

@@ -233,12 +233,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--pass-every", type=int, default=1)
+    parser.add_argument("--faults", default="{}", help='JSON for Faults, e.g. {"http_500": 0.1}')
     args = parser.parse_args(argv)
 
     def respond(body: dict[str, Any]) -> str:
         return triage_responder(body, pass_every=args.pass_every)
 
-    server = FakeLMServer(respond, latency=args.latency, port=args.port)
+    server = FakeLMServer(respond, latency=args.latency, port=args.port, faults=Faults(**json.loads(args.faults)))
     server.keep_bodies = False
     server.start()
     print(f"READY {server.base_url}", flush=True)

@@ -49,7 +49,7 @@ def model_path() -> Path:
     except ImportError:
         raise LocalModelError(f"the embedded model package is not installed; {INSTALL_HINT}") from None
     try:
-        import llama_cpp  # noqa: F401
+        import llama_cpp
         import llama_cpp.server  # noqa: F401
     except ImportError as exc:
         raise LocalModelError(f"llama-cpp-python[server] is not installed ({exc}); {INSTALL_HINT}") from None

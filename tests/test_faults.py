@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import socket
 
-import pytest
-
 import pytest_dspex as dspex
 from pytest_dspex.fake_server import Faults
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pytest_dspex.fake_server import Faults, FakeLMServer
+from pytest_dspex.fake_server import FakeLMServer
 
 MODES = {"xdist": ["-n", "2"], "no-xdist": ["-p", "no:xdist"]}
 

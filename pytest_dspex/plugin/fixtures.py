@@ -58,6 +58,19 @@ def _comparable_golden_score(resolved: Resolved, examples: Sequence[Any]) -> flo
     return g.validation_score
 
 
+class _TestContext:
+    """What both fixtures read off the requesting test: its node, file, session and program."""
+
+    def __init__(self, request: pytest.FixtureRequest, fixture: str) -> None:
+        self.request = request
+        self.node = request.node
+        self.test_file = Path(self.node.path)
+        self.base = self.test_file.parent
+        self.session = _session(request)
+        self.spec = require(self.node, program_spec(self.node, self.base), "dspex_program", fixture)
+        self.mspec = metric_spec(self.node)
+
+
 class Evaluator:
     """``dspex_evaluate(dataset)``: evaluate the test's program on a dataset and gate the result."""
 
@@ -75,16 +88,12 @@ class Evaluator:
         __tracebackhide__ = True
         from .._exceptions import DatasetError
         from ..evaluation import Evaluate
-        from ..primitives import Example, as_examples
+        from ..primitives import as_examples
         from .gates import judge
 
-        request = self._request
-        node = request.node
-        test_file = Path(node.path)
-        base = test_file.parent
-        session = _session(request)
-        spec = require(node, program_spec(node, base), "dspex_program", "dspex_evaluate")
-        mspec = metric_spec(node)
+        ctx = _TestContext(self._request, "dspex_evaluate")
+        request, node, test_file, base, session = ctx.request, ctx.node, ctx.test_file, ctx.base, ctx.session
+        spec, mspec = ctx.spec, ctx.mspec
         metric_fn = metric or (mspec.metric if mspec is not None else None)
         if metric_fn is None:
             pytest.fail(f"{node.nodeid}: dspex_evaluate needs a metric: @pytest.mark.dspex_metric(fn, threshold=...)", pytrace=False)
@@ -99,8 +108,7 @@ class Evaluator:
                 gate_path = Path(dataset) if Path(dataset).is_absolute() else base / dataset
                 examples = dataset_cache(gate_path, spec.input_keys, limit)
             else:
-                examples = [e if isinstance(e, Example) and e.input_keys else e for e in dataset]
-                examples = as_examples(examples, spec.input_keys)
+                examples = as_examples(list(dataset), spec.input_keys)
         except DatasetError as exc:
             pytest.fail(str(exc), pytrace=False)
         resolved = session.resolve(spec, mspec, test_file, gate_path, progress=session.say)
@@ -161,13 +169,9 @@ class Predictor:
         from ..lm.usage import track_usage
         from ..metrics import metric_name, to_score
 
-        request = self._request
-        node = request.node
-        test_file = Path(node.path)
-        base = test_file.parent
-        session = _session(request)
-        spec = require(node, program_spec(node, base), "dspex_program", "dspex_predict")
-        mspec = require(node, metric_spec(node), "dspex_metric", "dspex_predict")
+        ctx = _TestContext(self._request, "dspex_predict")
+        request, node, test_file, base, session, spec = ctx.request, ctx.node, ctx.test_file, ctx.base, ctx.session, ctx.spec
+        mspec = require(node, ctx.mspec, "dspex_metric", "dspex_predict")
         marked = require(node, dataset_path(node, base), "dspex_dataset", "dspex_predict")
         path, limit = marked
         if example is None:

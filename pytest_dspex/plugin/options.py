@@ -145,31 +145,12 @@ def resolve(config: pytest.Config) -> DspexOptions:
         compile_names = frozenset(n.strip() for n in compile_raw.split(",") if n.strip())
     force = bool(config.getoption("dspex_force"))
     _check(values, compile_names, force)
-    rootdir = Path(config.rootpath)
-    cache_dir = Path(values["cache_dir"])
-    report = values["report"]
+    cache_dir = Path(values.pop("cache_dir"))
+    report = values.pop("report")
     return DspexOptions(
-        model=values["model"],
-        base_url=values["base_url"],
-        api_key_env=values["api_key_env"],
-        temperature=values["temperature"],
-        max_tokens=values["max_tokens"],
-        concurrency=values["concurrency"],
-        timeout=values["timeout"],
-        retries=values["retries"],
-        cache_dir=cache_dir if cache_dir.is_absolute() else rootdir / cache_dir,
-        cache=values["cache"],
-        teacher_model=values["teacher_model"],
-        demos=values["demos"],
-        labeled_demos=values["labeled_demos"],
-        rounds=values["rounds"],
-        candidates=values["candidates"],
-        seed=values["seed"],
-        tolerance=values["tolerance"],
+        **values,
+        cache_dir=cache_dir if cache_dir.is_absolute() else Path(config.rootpath) / cache_dir,
         report=Path(report) if report else None,
-        max_cost=values["max_cost"],
-        max_calls=values["max_calls"],
-        missing_golden=values["missing_golden"],
         compile=compile_names,
         force=force,
     )

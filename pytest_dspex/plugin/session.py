@@ -19,7 +19,6 @@ import pytest
 from .options import DspexOptions
 
 if TYPE_CHECKING:
-    from ..evaluation import EvaluationResult
     from ..golden import GoldenFile
     from ..lm import LM
     from ..optimize import CompileResult
