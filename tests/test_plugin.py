@@ -375,3 +375,55 @@ async def test_evaluate_from_async(dspex_evaluate):
         second = pytester.runpytest_subprocess(*args)
         assert second.ret == 0 and server.requests == first
         second.stdout.fnmatch_lines(["*triage*dataset*1.000*10*0*10*10*"])
+
+
+class TestEveryOption:
+    OPTIONS = {
+        "temperature": ("0.3", "lm.temperature == 0.3"),
+        "max-tokens": ("77", "lm.max_tokens == 77"),
+        "concurrency": ("3", "lm.concurrency == 3"),
+        "timeout": ("9.5", "lm.timeout == 9.5"),
+        "retries": ("1", "lm.retry.retries == 1"),
+        "api-key-env": ("MY_KEY", "lm._api_key.get() == 'from-my-key'"),
+        "cache": ("read-only", "lm.cache.mode == 'read-only'"),
+        "cache-dir": ("mycache", "lm.cache.directory.endswith('mycache')"),
+        "max-cost": ("2.5", "lm.budget.max_cost == 2.5"),
+        "max-calls": ("99", "lm.budget.max_calls == 99"),
+    }
+
+    @pytest.mark.parametrize("via", ["cli", "ini"])
+    def test_each_option_and_its_ini_twin_reach_the_lm(self, pytester, fake, monkeypatch, mode, via):
+        monkeypatch.setenv("MY_KEY", "from-my-key")
+        checks = "\n".join(f"    assert {check}, {name!r}" for name, (_, check) in self.OPTIONS.items())
+        pytester.makepyfile(test_opts=f"def test_opts(dspex_lm):\n    lm = dspex_lm\n{checks}\n")
+        settings = {name: value for name, (value, _) in self.OPTIONS.items()}
+        if via == "cli":
+            args = [f"--dspex-{k}={v}" for k, v in settings.items()]
+            args += [f"--dspex-base-url={fake.base_url}", "--dspex-model=fake-model"]
+        else:
+            lines = [f"dspex_{k.replace('-', '_')} = {v}" for k, v in settings.items()]
+            lines += [f"dspex_base_url = {fake.base_url}", "dspex_model = fake-model"]
+            pytester.makeini("[pytest]\n" + "\n".join(lines) + "\n")
+            args = []
+        result = pytester.runpytest_subprocess(*args, *mode, "test_opts.py")
+        assert result.ret == 0, result.stdout.str()
+
+    def test_openai_base_url_env_and_cli_precedence(self, pytester, fake, server_factory, monkeypatch, mode):
+        other = server_factory()
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+        pytester.makepyfile(test_env="def test_env(dspex_lm):\n    dspex_lm('Message: case 1 charged')\n")
+        assert pytester.runpytest_subprocess("--dspex-model=fake-model", *mode, "test_env.py").ret == 0
+        assert fake.requests == 1
+        assert pytester.runpytest_subprocess("--dspex-model=fake-model", f"--dspex-base-url={other.base_url}", *mode, "test_env.py").ret == 0
+        assert (fake.requests, other.requests) == (1, 1)
+
+    def test_optimizer_options_and_teacher_model_reach_the_compile(self, pytester, project, fake, mode):
+        result = run(
+            pytester, fake, mode, "--dspex-compile", "--dspex-demos=2", "--dspex-labeled-demos=3",
+            "--dspex-candidates=1", "--dspex-seed=7", "--dspex-rounds=2", "--dspex-teacher-model=teacher-model",
+        )
+        assert result.ret == 0, result.stdout.str()
+        opt = json.loads((pytester.path / "__dspex__/test_triage/triage.json").read_text())["optimizer"]
+        assert (opt["max_bootstrapped_demos"], opt["max_labeled_demos"], opt["num_candidates"], opt["seed"], opt["max_rounds"]) == (2, 3, 1, 7, 2)
+        assert [c["name"] for c in opt["candidates"]] == ["zero-shot", "labeled", "bootstrap", "shuffled-0"]
+        assert {b["model"] for b in fake.bodies} == {"fake-model", "teacher-model"}
