@@ -240,3 +240,15 @@ def test_events_are_emitted_for_calls(server, make_lm):
         unsubscribe()
     calls = [e for e in got if isinstance(e, dspex.events.LMCallEvent)]
     assert len(calls) == 1 and calls[0].model == "fake-model" and calls[0].breaker_state == "closed"
+
+
+def test_hedged_request_beats_a_stalled_connection(server, make_lm):
+    server.set_faults(Faults(stall_s=3))
+    seen = iter(range(1000))
+    server._pick_fault = lambda: "stall" if next(seen) % 2 == 0 else None  # every first attempt stalls 3 s
+    lm = make_lm(server, timeout=10, hedge_after=0.1, retries=0)
+    t0 = time.perf_counter()
+    for i in range(6):
+        assert lm.complete(LMRequest(messages=[{"role": "user", "content": f"Message: refund {i}"}])).text
+    assert time.perf_counter() - t0 < 2.5
+    assert lm.usage.hedges == 6 and server.counts["stall"] == 6

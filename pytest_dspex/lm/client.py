@@ -102,6 +102,7 @@ class LM:
         budget: Budget | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         extra_body: dict[str, Any] | None = None,
+        hedge_after: float | None = None,
     ) -> None:
         if not model:
             raise ConfigError("LM needs a model name")
@@ -127,6 +128,7 @@ class LM:
         self.price_out = price_per_1m_output / 1e6
         self.budget = budget
         self.extra_body = dict(extra_body or {})
+        self.hedge_after = hedge_after
         self.usage = Usage()
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
@@ -352,7 +354,10 @@ class LM:
             try:
                 self.breaker.before()
                 async with self._semaphore:
-                    data = await self._send_once(client, url, content)
+                    if self.hedge_after is None:
+                        data = await self._send_once(client, url, content)
+                    else:
+                        data = await self._send_hedged(client, url, content, self.hedge_after)
                 self.breaker.success()
                 return data, attempt
             except CircuitOpenError:
@@ -374,6 +379,35 @@ class LM:
                 )
                 attempt += 1
                 await asyncio.sleep(delay)
+
+    async def _send_hedged(self, client: httpx.AsyncClient, url: str, content: bytes, after: float) -> dict[str, Any]:
+        """Send; if no answer within ``after`` seconds, send a duplicate and take whichever answers first.
+
+        Cuts the tail a stalled connection would add (the wait for the timeout). Off by default:
+        against a server that queues requests (llama.cpp) a duplicate only adds load.
+        """
+        first = asyncio.ensure_future(self._send_once(client, url, content))
+        done, _ = await asyncio.wait({first}, timeout=after)
+        if done:
+            return first.result()
+        second = asyncio.ensure_future(self._send_once(client, url, content))
+        self.usage.hedges += 1
+        record(Usage(hedges=1))
+        pending = {first, second}
+        error: BaseException | None = None
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for fut in done:
+                    if fut.exception() is None:
+                        return fut.result()
+                    error = fut.exception()
+            assert error is not None
+            raise error
+        finally:
+            for fut in (first, second):
+                if not fut.done():
+                    fut.cancel()
 
     async def _send_once(self, client: httpx.AsyncClient, url: str, content: bytes) -> dict[str, Any]:
         import httpx

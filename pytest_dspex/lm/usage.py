@@ -22,6 +22,7 @@ class Usage:
     cost: float = 0.0
     retries: int = 0
     errors: int = 0
+    hedges: int = 0
 
     @property
     def tokens(self) -> int:
@@ -35,6 +36,7 @@ class Usage:
         self.cost += other.cost
         self.retries += other.retries
         self.errors += other.errors
+        self.hedges += other.hedges
 
     def to_dict(self) -> dict[str, float | int]:
         d: dict[str, float | int] = asdict(self)
