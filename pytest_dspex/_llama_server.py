@@ -48,7 +48,7 @@ def main() -> None:
     from llama_cpp.server.__main__ import main as server_main
 
     register_chat_format("dspex-plain")(format_plain)
-    server_main()
+    server_main()  # type: ignore[no-untyped-call]
 
 
 if __name__ == "__main__":

@@ -79,6 +79,9 @@ def type_to_str(tp: Any) -> str:
 
 
 class SignatureMeta(type):
+    fields: dict[str, FieldSpec]
+    instructions: str
+
     def __new__(mcs, name: str, bases: tuple[type, ...], ns: dict[str, Any]) -> SignatureMeta:
         cls = super().__new__(mcs, name, bases, ns)
         fields: dict[str, FieldSpec] = {}

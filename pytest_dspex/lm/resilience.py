@@ -31,9 +31,9 @@ class RetryPolicy:
     def delay(self, attempt: int, retry_after: float | None) -> float:
         """Seconds to wait before retry number ``attempt`` (0-based)."""
         if retry_after is not None:
-            return max(0.0, min(retry_after, self.retry_after_max))
+            return float(max(0.0, min(retry_after, self.retry_after_max)))
         ceiling = min(self.backoff_max, self.backoff_base * (2**attempt))
-        return ceiling * (0.5 + random.random() * 0.5)  # "equal jitter"
+        return float(ceiling * (0.5 + random.random() * 0.5))  # "equal jitter"
 
 
 def parse_retry_after(value: str | None) -> float | None:

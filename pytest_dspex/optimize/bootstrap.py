@@ -188,7 +188,7 @@ class BootstrapFewShot:
             workers = [asyncio.ensure_future(worker()) for _ in range(min(self.concurrency, len(trainset)) or 1)]
             waiter = asyncio.ensure_future(stop.wait())
             all_done = asyncio.ensure_future(asyncio.gather(*workers, return_exceptions=True))
-            await asyncio.wait([waiter, all_done], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([waiter, all_done], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
             for w in workers:
                 w.cancel()
             waiter.cancel()

@@ -101,7 +101,7 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -
     if report.when != "call" or not report.passed:
         return None
     for key, value in report.user_properties:
-        if key == "dspex_example" and not value.get("error_kind") and value.get("score", 1.0) < 1.0:
+        if key == "dspex_example" and isinstance(value, dict) and not value.get("error_kind") and value.get("score", 1.0) < 1.0:
             return "missed", "m", ("MISS", {"yellow": True})
     return None
 

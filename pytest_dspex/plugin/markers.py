@@ -42,11 +42,11 @@ class MetricSpec:
 
     @property
     def name(self) -> str:
-        return getattr(self.metric, "__name__", None) or type(self.metric).__name__
+        return str(getattr(self.metric, "__name__", None) or type(self.metric).__name__)
 
 
 def _where(node: Any) -> str:
-    return getattr(node, "nodeid", None) or getattr(node, "name", "?")
+    return str(getattr(node, "nodeid", None) or getattr(node, "name", "?"))
 
 
 def _bad(node: Any, marker: str, message: str) -> None:
