@@ -103,6 +103,7 @@ class LM:
         transport: httpx.AsyncBaseTransport | None = None,
         extra_body: dict[str, Any] | None = None,
         hedge_after: float | None = None,
+        cache_identity: str | None = None,
     ) -> None:
         if not model:
             raise ConfigError("LM needs a model name")
@@ -129,6 +130,9 @@ class LM:
         self.budget = budget
         self.extra_body = dict(extra_body or {})
         self.hedge_after = hedge_after
+        # what names the endpoint in cache keys; an embedded server on a random port passes a
+        # stable identity so its answers stay cached across runs
+        self.cache_identity = cache_identity or self.base_url
         self.usage = Usage()
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
@@ -203,7 +207,7 @@ class LM:
         cache = self.cache
         key = None
         if cache is not None and cache.reads:
-            key = cache_key({"endpoint": self.base_url, "body": body, "rollout": rollout})
+            key = cache_key({"endpoint": self.cache_identity, "body": body, "rollout": rollout})
             while True:
                 hit = cache.get(key)
                 if hit is not None:

@@ -108,6 +108,7 @@ class DspexSession:
             concurrency=o.concurrency,
             cache=ResponseCache(o.cache_dir, o.cache) if o.cache != "off" else None,  # type: ignore[arg-type]
             budget=self.budget,
+            cache_identity=f"embedded:{default_model}" if o.local else None,
         )
 
     @property
