@@ -89,3 +89,51 @@ def test_bootstrap_lifts_the_score_clearly_above_zero_shot(lm):
     )
     few = dspex.Evaluate(dev, metric, concurrency=4)(compiled)
     assert few.score >= zero.score + 0.25, (zero.summary(), few.summary())
+
+
+def test_server_exits_when_its_owner_dies():
+    import subprocess
+    import sys
+    import tempfile
+
+    from pytest_dspex.local_lm import ensure_server, stop_server
+
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    run_id = f"orphan-{uuid.uuid4().hex[:8]}"
+    try:
+        ensure_server(run_id, owner.pid)
+        state = json.loads((Path(tempfile.gettempdir()) / "pytest-dspex-local" / run_id / "server.json").read_text())
+        owner.kill()  # the test run that started the server crashes
+        owner.wait()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                os.kill(state["pid"], 0)
+            except ProcessLookupError:
+                break
+            import contextlib
+
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(state["pid"], os.WNOHANG)  # reap it if it is our child
+            time.sleep(0.2)
+        else:
+            pytest.fail("the llama.cpp server outlived the process that owned it")
+    finally:
+        stop_server(run_id)
+
+
+def test_one_server_is_shared_by_xdist_workers(pytester, monkeypatch):
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    pytester.makeconftest(
+        "import os\n"
+        "import pytest\n"
+        "@pytest.fixture(autouse=True)\n"
+        "def record(dspex_lm, worker_id):\n"
+        "    with open(f'url-{worker_id}.txt', 'w') as f:\n"
+        "        f.write(dspex_lm.base_url)\n"
+    )
+    pytester.makepyfile(test_local="import pytest\n@pytest.mark.parametrize('i', range(4))\ndef test_hi(dspex_lm, i):\n    assert dspex_lm('Question: 1+1?\\nAnswer:', max_tokens=4) is not None\n")
+    result = pytester.runpytest_subprocess("-n", "2", "--dspex-cache=off")
+    assert result.ret == 0, result.stdout.str()
+    urls = {p.read_text() for p in pytester.path.glob("url-gw*.txt")}
+    assert len(list(pytester.path.glob("url-gw*.txt"))) == 2 and len(urls) == 1
