@@ -49,7 +49,7 @@ def test_endpoint_down_is_reported_as_unavailable_not_as_a_low_score():
     assert result.n == 300 and result.lm_unavailable
     assert result.errors_by_kind == {"lm_unavailable": 300}
     assert "LM unavailable" in result.summary()
-    assert result.elapsed_s < 5
+    assert result.elapsed_s < 15
 
 
 def test_program_exceptions_and_bad_metric_values_are_recorded(server, make_lm):

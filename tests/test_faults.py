@@ -38,7 +38,7 @@ def test_refused_connections_open_the_breaker_and_1000_examples_fail_fast():
     assert result.errors_by_kind == {"lm_unavailable": 1000}
     assert lm.breaker.opened_after == 5
     assert lm.breaker.failures <= 5 + 16  # only requests already in flight when it opened
-    assert result.elapsed_s < 5
+    assert result.elapsed_s < 10
     fast = [r for r in result.records if "circuit breaker open" in (r.error or "")]
     assert len(fast) >= 950
 

@@ -91,7 +91,7 @@ def test_refused_connection_opens_the_breaker_which_then_fails_fast():
     t0 = time.perf_counter()
     with pytest.raises(dspex.CircuitOpenError, match="circuit breaker open after 3 consecutive failures"):
         lm.complete(REQ)
-    assert time.perf_counter() - t0 < 0.05
+    assert time.perf_counter() - t0 < 0.5
     lm.close()
 
 
@@ -250,5 +250,5 @@ def test_hedged_request_beats_a_stalled_connection(server, make_lm):
     t0 = time.perf_counter()
     for i in range(6):
         assert lm.complete(LMRequest(messages=[{"role": "user", "content": f"Message: refund {i}"}])).text
-    assert time.perf_counter() - t0 < 2.5
+    assert time.perf_counter() - t0 < 6
     assert lm.usage.hedges == 6 and server.counts["stall"] == 6
