@@ -33,7 +33,7 @@ class RetryPolicy:
         if retry_after is not None:
             return float(max(0.0, min(retry_after, self.retry_after_max)))
         ceiling = min(self.backoff_max, self.backoff_base * (2**attempt))
-        return float(ceiling * (0.5 + random.random() * 0.5))  # "equal jitter"
+        return float(ceiling * random.random())  # "full jitter": spreads retries, shortens the tail
 
 
 def parse_retry_after(value: str | None) -> float | None:
