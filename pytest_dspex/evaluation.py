@@ -12,7 +12,6 @@ and stays in the denominator: errors never vanish from a score.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ from .lm.usage import Usage, track_usage
 from .metrics import metric_name, to_score
 from .primitives import Example, Prediction
 from .programs import Module, trace_scope
+from .stats import confidence_interval
 
 __all__ = ["Evaluate", "EvaluationResult", "ExampleRecord", "evaluate"]
 
@@ -114,20 +114,7 @@ class EvaluationResult:
     @property
     def ci95(self) -> tuple[float, float]:
         """95% confidence interval of the score (Wilson for pass/fail scores, normal otherwise)."""
-        n = self.n
-        if n == 0:
-            return (0.0, 0.0)
-        scores = [r.score for r in self.records]
-        mean = sum(scores) / n
-        z = 1.959964
-        if all(s in (0.0, 1.0) for s in scores):
-            denom = 1 + z * z / n
-            centre = (mean + z * z / (2 * n)) / denom
-            half = z * math.sqrt(mean * (1 - mean) / n + z * z / (4 * n * n)) / denom
-        else:
-            var = sum((s - mean) ** 2 for s in scores) / max(1, n - 1)
-            centre, half = mean, z * math.sqrt(var / n)
-        return (max(0.0, centre - half), min(1.0, centre + half))
+        return confidence_interval([r.score for r in self.records])
 
     def latency_percentiles(self) -> dict[str, float]:
         lat = sorted(r.latency_s for r in self.records)

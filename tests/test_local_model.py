@@ -33,15 +33,24 @@ def local_url():
     yield url
     state = json.loads((Path(__import__("tempfile").gettempdir()) / "pytest-dspex-local" / run_id / "server.json").read_text())
     stop_server(run_id)
-    deadline = time.monotonic() + 10
+    if not _gone(state["pid"], within=10):
+        pytest.fail("the llama.cpp server outlived stop_server()")
+
+
+def _gone(pid: int, within: float) -> bool:
+    """Wait until process ``pid`` no longer exists (reaping it if it is our child)."""
+    import contextlib
+
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         try:
-            os.kill(state["pid"], 0)
+            os.kill(pid, 0)
         except ProcessLookupError:
-            break
+            return True
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
         time.sleep(0.1)
-    else:
-        pytest.fail("the llama.cpp server outlived stop_server()")
+    return False
 
 
 @pytest.fixture
@@ -105,18 +114,7 @@ def test_server_exits_when_its_owner_dies():
         state = json.loads((Path(tempfile.gettempdir()) / "pytest-dspex-local" / run_id / "server.json").read_text())
         owner.kill()  # the test run that started the server crashes
         owner.wait()
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                os.kill(state["pid"], 0)
-            except ProcessLookupError:
-                break
-            import contextlib
-
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(state["pid"], os.WNOHANG)  # reap it if it is our child
-            time.sleep(0.2)
-        else:
+        if not _gone(state["pid"], within=15):
             pytest.fail("the llama.cpp server outlived the process that owned it")
     finally:
         stop_server(run_id)

@@ -9,7 +9,6 @@ the result is the same with ``-n`` and without.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,14 +46,9 @@ class Aggregate:
         return self.errors.get("lm_unavailable", 0) * 2 > self.n
 
     def ci95(self) -> tuple[float, float]:
-        n = self.n
-        if not n:
-            return (0.0, 0.0)
-        p, z = self.score, 1.959964
-        denom = 1 + z * z / n
-        centre = (p + z * z / (2 * n)) / denom
-        half = z * math.sqrt(max(0.0, p * (1 - p)) / n + z * z / (4 * n * n)) / denom
-        return (max(0.0, centre - half), min(1.0, centre + half))
+        from ..stats import confidence_interval
+
+        return confidence_interval(list(self.scores.values()))
 
     def decide(self) -> Verdict:
         self.verdict = judge(
