@@ -28,10 +28,15 @@ Demo = Mapping[str, Any]
 
 @dataclass(frozen=True, slots=True)
 class LMRequest:
-    """What an adapter asks of the LM: chat messages and stop sequences."""
+    """What an adapter asks of the LM: chat messages, stop sequences and extra body fields.
+
+    ``extra`` (for instance a ``response_format`` JSON schema or a llama.cpp ``grammar``) is merged into
+    the request body, and so into the cache key.
+    """
 
     messages: list[dict[str, str]]
     stop: tuple[str, ...] = ()
+    extra: Mapping[str, Any] | None = None
 
 
 class Adapter(Protocol):

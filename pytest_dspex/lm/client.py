@@ -198,6 +198,8 @@ class LM:
         if stop:
             body["stop"] = stop[:4]  # the OpenAI API accepts at most four
         body.update(self.extra_body)
+        if request.extra:
+            body.update(request.extra)
         body.update(params)
         return body
 
