@@ -3,7 +3,11 @@
     train = load_dataset("data/triage_train.jsonl", input_keys=["message"])
     train, dev = split(load_dataset("data/all.csv", input_keys=["question"]), dev_fraction=0.3, seed=0)
 
-A bad row is a ``DatasetError`` naming the file and line.
+A bad row is a ``DatasetError`` naming the file and line; so are two rows with the same example key.
+
+Every example has a stable key (``example_key``): ``str(row["id"])`` when the row has an ``id``, else
+``"h:"`` + the first 16 hex digits of the sha256 of the canonical JSON of its inputs (sorted keys).
+Golden files, reports and the paired gate match examples across runs by this key.
 """
 
 from __future__ import annotations
@@ -13,14 +17,14 @@ import hashlib
 import json
 import os
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ._exceptions import DatasetError
 from .primitives import Example
 
-__all__ = ["fingerprint", "load_dataset", "split"]
+__all__ = ["check_unique_keys", "example_key", "fingerprint", "load_dataset", "split"]
 
 
 def load_dataset(
@@ -49,17 +53,72 @@ def load_dataset(
     else:
         raise DatasetError(f"{p}: unsupported dataset format {suffix or '(none)'}; use .jsonl, .json or .csv")
     examples = []
+    lines: list[int] = []
     for line, row in rows:
         missing = [k for k in needed if k not in row or row[k] is None]
         if missing:
             raise DatasetError(f"{p}:{line}: row has no {', '.join(repr(k) for k in missing)} (has: {', '.join(row) or 'nothing'})")
         ex = Example(row)
         examples.append(ex.with_inputs(*keys) if keys is not None else ex)
+        lines.append(line)
         if limit is not None and len(examples) >= limit:
             break
     if not examples:
         raise DatasetError(f"{p}: dataset is empty")
+    where = "item" if suffix == ".json" else "line"
+    check_unique_keys(examples, str(p), positions=[f"{where} {n}" for n in lines])
     return examples
+
+
+def _canonical(value: Any) -> Any:
+    import pydantic
+
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump(mode="json")
+    return str(value)
+
+
+def example_key(example: Example | Mapping[str, Any]) -> str:
+    """The stable key of an example: its ``id`` when it has one, else a hash of its inputs.
+
+    The hash covers the example's input fields (all its fields when it has no input keys) as
+    canonical JSON (sorted keys, no spaces, UTF-8): ``"h:" + sha256(...)[:16]``. The same inputs give
+    the same key in every run, on every machine, whatever the row order.
+    """
+    ident = example.get("id")
+    if ident is not None:
+        return str(ident)
+    if isinstance(example, Example):
+        inputs = example.inputs().toDict() if example.input_keys is not None else example.toDict()
+    else:
+        inputs = dict(example)
+    text = json.dumps(inputs, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_canonical)
+    return "h:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def check_unique_keys(
+    examples: Sequence[Example | Mapping[str, Any]], source: str, *, positions: Sequence[str] | None = None
+) -> list[str]:
+    """The examples' keys, in order; two examples with the same key are a ``DatasetError`` naming them.
+
+    ``positions`` (one per example, e.g. ``"line 3"``) are quoted in the message when given.
+    """
+    keys = [example_key(ex) for ex in examples]
+    seen: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        seen.setdefault(key, []).append(i)
+    dups = {k: idx for k, idx in seen.items() if len(idx) > 1}
+    if dups:
+        def where(i: int) -> str:
+            return positions[i] if positions is not None and i < len(positions) else f"example {i}"
+
+        shown = [f"{k!r} ({', '.join(where(i) for i in idx)})" for k, idx in list(dups.items())[:10]]
+        more = f" and {len(dups) - 10} more" if len(dups) > 10 else ""
+        raise DatasetError(
+            f"{source}: duplicate example key(s) {'; '.join(shown)}{more}; every example needs a distinct "
+            "'id' (or distinct inputs when it has no id), so results can be matched across runs"
+        )
+    return keys
 
 
 def _read_jsonl(p: Path) -> Iterable[tuple[int, dict[str, Any]]]:

@@ -51,3 +51,43 @@ def test_split_is_seeded_and_disjoint():
     assert len(dev) == 5 and len(train) == 15
     assert {e.q for e in train}.isdisjoint({e.q for e in dev})
     assert fingerprint(train) != fingerprint(dev)
+
+
+def test_example_key_is_the_id_else_a_hash_of_the_inputs():
+    from pytest_dspex.datasets import example_key
+
+    assert example_key({"id": 17, "question": "q"}) == "17"
+    a = dspex.Example(question="2+2?", answer="4").with_inputs("question")
+    b = dspex.Example(answer="5", question="2+2?").with_inputs("question")  # same inputs, other label
+    c = dspex.Example(question="2+3?", answer="5").with_inputs("question")
+    assert example_key(a) == example_key(b) != example_key(c)
+    # the documented recipe: "h:" + sha256 of the canonical JSON of the inputs, first 16 hex chars
+    import hashlib
+
+    assert example_key(a) == "h:" + hashlib.sha256(b'{"question":"2+2?"}').hexdigest()[:16]
+    # key order of a multi-input example does not matter
+    x = dspex.Example(q="a", ctx="b").with_inputs("q", "ctx")
+    y = dspex.Example(ctx="b", q="a").with_inputs("ctx", "q")
+    assert example_key(x) == example_key(y)
+
+
+def test_duplicate_ids_are_an_error_naming_them_and_their_lines(tmp_path):
+    rows = [{"id": "a", "question": "q1"}, {"id": "b", "question": "q2"}, {"id": "a", "question": "q3"}]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(dspex.DatasetError, match=r"d.jsonl: duplicate example key\(s\) 'a' \(line 1, line 3\)"):
+        dspex.load_dataset(tmp_path / "d.jsonl", input_keys=["question"])
+
+
+def test_duplicate_inputs_without_ids_are_an_error(tmp_path):
+    (tmp_path / "d.csv").write_text("question,answer\nq1,a\nq2,b\nq1,c\n")
+    with pytest.raises(dspex.DatasetError, match=r"duplicate example key.*line 2, line 4"):
+        dspex.load_dataset(tmp_path / "d.csv", input_keys=["question"])
+
+
+def test_check_unique_keys_returns_the_keys_in_order():
+    from pytest_dspex.datasets import check_unique_keys
+
+    keys = check_unique_keys([{"id": 2}, {"id": 1}], "mem")
+    assert keys == ["2", "1"]
+    with pytest.raises(dspex.DatasetError, match=r"mem: .*'1' \(example 0, example 1\)"):
+        check_unique_keys([{"id": 1}, {"id": "1"}], "mem")

@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import hashlib
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from pytest_dspex.comparison import Comparison, compare, mcnemar_exact, needed_n, outcomes_from_records
+from pytest_dspex.primitives import Example
+from pytest_dspex.stats import clustered_confidence_interval, clustered_mean, confidence_interval
+
+
+# Exact one-sided McNemar = scipy.stats.binomtest(b, b + c, 0.5, alternative="greater").pvalue,
+# worked out by hand as sum_{i>=b} C(n, i) / 2**n:
+#   b=9,  c=0  : 1 / 2**9                                                    = 0.001953125
+#   b=7,  c=3  : (120 + 45 + 10 + 1) / 1024 = 176 / 1024                     = 0.171875
+#   b=15, c=5  : (15504 + 4845 + 1140 + 190 + 20 + 1) / 2**20 = 21700 / 1048576 = 0.020694732666015625
+#   b=12, c=8  : (125970 + 77520 + 38760 + 21700) / 2**20 = 263950 / 1048576    = 0.25172233581542969
+#   b=5,  c=0  : 1 / 32 = 0.03125;  b=4, c=0: 1 / 16 = 0.0625
+@pytest.mark.parametrize(
+    ("b", "c", "p"),
+    [(9, 0, 0.001953125), (7, 3, 0.171875), (15, 5, 0.020694732666015625), (12, 8, 0.25172233581542969),
+     (5, 0, 0.03125), (4, 0, 0.0625), (0, 0, 1.0)],
+)
+def test_mcnemar_exact_matches_the_binomial_tail(b, c, p):
+    assert mcnemar_exact(b, c) == pytest.approx(p, rel=1e-12)
+
+
+def _keys(n):
+    return [f"ex-{i}" for i in range(n)]
+
+
+def test_nine_of_three_hundred_pure_regression_is_a_regression():
+    base = {k: 1.0 if i < 240 else 0.0 for i, k in enumerate(_keys(300))}  # 0.80
+    cur = dict(base)
+    for k in _keys(9):
+        cur[k] = 0.0  # 0.77, only pass -> fail flips
+    result = compare(base, cur)
+    assert result.verdict == "regressed" and result.regressed
+    assert result.test == "mcnemar-exact"
+    assert result.delta == pytest.approx(-0.03)
+    assert result.p_value == pytest.approx(0.001953125)
+    assert result.regressions == _keys(9) and result.fixes == []
+    lo, hi = result.delta_ci95
+    assert lo < -0.03 < hi < 0
+    assert result.shared == 300 and not result.underpowered
+    # a tolerance gate of 0.05 would have let this through
+    assert result.current_score > result.baseline_score - 0.05
+    assert "regressed: delta -0.030" in result.summary() and "9 regressed" in result.summary()
+
+
+def _right(seed: int, key: str, accuracy: float) -> float:
+    h = int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:8], 16) / 2**32
+    return 1.0 if h < accuracy else 0.0
+
+
+def test_equal_accuracy_on_a_different_subset_is_mostly_no_change():
+    alarms = 0
+    for seed in range(20):
+        base = {k: _right(1000 + seed, k, 0.8) for k in _keys(300)}
+        cur = {k: _right(seed, k, 0.8) for k in _keys(300)}
+        result = compare(base, cur)
+        assert result.regressions and result.fixes  # different subsets: both directions move
+        alarms += result.verdict == "regressed"
+    assert alarms <= 2
+
+
+def test_improvement_lists_the_fixed_examples():
+    base = {k: 0.0 for k in _keys(200)}
+    cur = {k: (1.0 if i < 12 else 0.0) for i, k in enumerate(_keys(200))}
+    cur["ex-100"] = 0.0
+    result = compare(base, cur)
+    assert result.verdict == "improved"
+    assert result.fixes == _keys(12) and result.regressions == []
+    assert result.delta_ci95[0] > 0
+
+
+def test_small_sets_are_underpowered_and_say_what_n_is_needed():
+    base = {k: 1.0 for k in _keys(40)}
+    cur = {k: (0.0 if i < 4 else 1.0) for i, k in enumerate(_keys(40))}  # 4 of 40 flipped, all down
+    result = compare(base, cur, alpha=0.05, tolerance=0.05)
+    assert result.verdict == "no change"  # p = 1/16: four flips cannot reach alpha = 0.05
+    assert result.underpowered and result.needed_n == 100
+    assert "underpowered: needs n >= 100" in result.summary()
+    assert needed_n(0.05, 0.05) == 100  # 0.5**5 < 0.05 -> 5 discordant pairs; 5 / 0.05
+    assert needed_n(0.01, 0.10) == 70  # 0.5**7 < 0.01 -> 7; 7 / 0.10
+    assert needed_n(0.05, 0.0) is None
+
+
+def test_only_shared_keys_are_compared():
+    base = {"a": 1.0, "b": 1.0, "gone": 1.0}
+    cur = {"a": 1.0, "b": 0.0, "new": 0.0}
+    result = compare(base, cur)
+    assert result.shared == 2 and result.regressions == ["b"]
+    assert compare({}, cur).summary() == "paired comparison: no examples shared with the golden"
+
+
+def test_graded_scores_and_repeats_use_a_seeded_permutation_test():
+    base = {k: [1.0, 1.0, 0.0] if i % 3 else [1.0, 0.0] for i, k in enumerate(_keys(120))}
+    cur = {k: ([0.0, 0.0, 1.0] if i < 30 else v) for i, (k, v) in enumerate(base.items())}
+    result = compare(base, cur)
+    assert result.test == "paired-permutation"
+    assert result.verdict == "regressed" and result.p_value < 0.001
+    assert len(result.regressions) == 30 and result.fixes == []
+    assert result.delta_ci95[1] < 0
+    assert compare(base, cur) == result  # deterministic
+    same = compare(base, base)
+    assert same.verdict == "no change" and same.p_value == 1.0 and same.delta == 0.0
+
+
+def test_graded_noise_without_direction_is_no_change():
+    base = {k: 0.5 for k in _keys(100)}
+    cur = {k: 0.5 + (0.25 if i % 2 else -0.25) for i, k in enumerate(_keys(100))}
+    result = compare(base, cur)
+    assert result.verdict == "no change"
+    assert result.regressions[:1] == ["ex-0"] and len(result.fixes) == 50
+
+
+def test_comparison_round_trips_through_json():
+    base = {k: 1.0 for k in _keys(150)}
+    cur = {k: (0.0 if i < 10 else 1.0) for i, k in enumerate(_keys(150))}
+    result = compare(base, cur)
+    data = json.loads(json.dumps(result.to_json()))
+    assert set(data) >= {"delta", "delta_ci95", "p_value", "verdict", "regressions", "fixes", "shared",
+                         "underpowered", "needed_n", "test"}
+    back = Comparison.from_json(data)
+    assert back.verdict == "regressed" and back.regressions == result.regressions
+    assert back.delta_ci95 == pytest.approx(result.delta_ci95, abs=1e-6)
+
+
+def test_outcomes_from_records_and_their_json():
+    ex = Example(question="q", answer="a").with_inputs("question")
+    rec = SimpleNamespace(key=None, example=ex, score=1.0)  # an in-process record without a key
+    keyed = SimpleNamespace(key="k", score=0.25)
+    out = outcomes_from_records([rec, keyed, {"key": "ex-2", "score": 0.0}, {"key": 3, "score": None, "repeats": [1, 0]}])
+    from pytest_dspex.datasets import example_key
+
+    assert out == {example_key(ex): 1.0, "k": 0.25, "ex-2": 0.0, "3": 0.5}
+    with pytest.raises(Exception, match="duplicate example key 'x'"):
+        outcomes_from_records([{"key": "x", "score": 1}, {"key": "x", "score": 0}])
+
+
+def test_clustered_interval_counts_examples_not_repeats():
+    stable = [[1.0] * 5 if i < 80 else [0.0] * 5 for i in range(100)]
+    # no example disagrees with itself: the same Wilson interval as one run of 100 examples
+    assert clustered_confidence_interval(stable) == confidence_interval([1.0] * 80 + [0.0] * 20)
+    runs = [[1.0] * 4] * 60 + [[0.0] * 4] * 20 + [[1.0, 0.0, 1.0, 0.0]] * 20
+    assert clustered_mean(runs) == pytest.approx(0.7)
+    lo, hi = clustered_confidence_interval(runs)
+    # per-example means: 60 x 1.0, 20 x 0.0, 20 x 0.5; mean 0.7
+    # sum of squares = 60 * 0.09 + 20 * 0.49 + 20 * 0.04 = 16.0; var = 16 / 99; se = sqrt(var / 100)
+    half = 1.959964 * (16 / 99 / 100) ** 0.5  # = 0.07879
+    assert lo == pytest.approx(0.7 - half) and hi == pytest.approx(0.7 + half)
+    # the naive interval over all 400 repeats is narrower: repeats are not independent examples
+    naive = confidence_interval([s for r in runs for s in r])
+    assert naive[1] - naive[0] < hi - lo
+    assert clustered_confidence_interval([]) == (0.0, 0.0)
+    assert clustered_confidence_interval([[1.0, 0.0]]) == (0.0, 1.0)
