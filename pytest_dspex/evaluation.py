@@ -3,71 +3,52 @@
     result = Evaluate(devset, metric=team_matches, concurrency=32)(program)
     result.score, result.n, result.ci95, result.errors_by_kind, result.records[0]
 
-``concurrency`` workers pull examples from a shared iterator on pytest-dspex's event loop (no
-task per example, no O(N²) bookkeeping). An exception in the program or the metric is caught,
-classified (``lm_unavailable``, ``lm_timeout``, ``parse``, ``metric``, ``program``, …), scores 0
-and stays in the denominator: errors never vanish from a score.
+One function, ``score_example``, turns one example into an ``ExampleRecord`` (program call →
+metric → score → error kind → usage); ``Evaluate`` and the plugin's per-example items both use it,
+so the two test modes agree by construction. ``concurrency`` workers pull examples from a shared
+iterator on pytest-dspex's event loop (no task per example, no O(N²) bookkeeping).
+
+An exception in the program or the metric is caught, classified (``lm_unavailable``,
+``lm_timeout``, ``parse``, ``metric``, ``program``, ``timeout`` …), scores 0 and stays in the
+denominator: errors never vanish from a score. Metrics may be sync or async; a sync metric runs in
+a worker thread, off the event loop, so it may itself call an LM program (LM-as-judge).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import _runtime, events
-from ._exceptions import DspexError, MetricError
+from ._exceptions import DspexError
 from .lm.usage import Usage, track_usage
 from .metrics import metric_name, to_score
 from .primitives import Example, Prediction
-from .programs import Module, trace_scope
+from .programs import Module
+from .records import ERROR_KINDS, INFRA_ERROR_KINDS, ExampleRecord
 from .stats import confidence_interval
 
-__all__ = ["Evaluate", "EvaluationResult", "ExampleRecord", "evaluate"]
+__all__ = [
+    "INFRA_ERROR_KINDS",
+    "Evaluate",
+    "EvaluationResult",
+    "ExampleRecord",
+    "evaluate",
+    "evaluate_records",
+    "score_example",
+]
 
 ProgressCallback = Callable[[int, int, float, int], None]
 
 
-@dataclass(slots=True)
-class ExampleRecord:
-    """One evaluated example: what went in, what came out, its score and any error."""
-
-    index: int
-    example: Example
-    prediction: Prediction | None
-    score: float
-    error_kind: str | None = None
-    error: str | None = None
-    latency_s: float = 0.0
-
-    @property
-    def inputs(self) -> dict[str, Any]:
-        keys = self.example.input_keys or ()
-        return {k: self.example[k] for k in keys if k in self.example}
-
-    @property
-    def expected(self) -> dict[str, Any]:
-        keys = set(self.example.input_keys or ())
-        return {k: v for k, v in self.example.items() if k not in keys}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "inputs": self.inputs,
-            "expected": self.expected,
-            "prediction": self.prediction.toDict() if self.prediction is not None else None,
-            "score": self.score,
-            "error_kind": self.error_kind,
-            "error": self.error,
-            "latency_s": round(self.latency_s, 6),
-        }
-
-
 def error_kind(exc: BaseException) -> str:
-    if isinstance(exc, DspexError):
+    """The record's ``error_kind`` for an exception raised by a program or a metric."""
+    if isinstance(exc, DspexError) and exc.kind in ERROR_KINDS:
         return exc.kind
     if isinstance(exc, TimeoutError):
         return "timeout"
@@ -75,18 +56,158 @@ def error_kind(exc: BaseException) -> str:
 
 
 def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "TimeoutError: the example did not finish within the example timeout"
     return f"{type(exc).__name__}: {exc}"
+
+
+async def run_metric(metric: Callable[..., Any], example: Example, prediction: Prediction) -> Any:
+    """Call a metric: async ones on the loop, sync ones in a worker thread (they may call an LM).
+
+    Metrics marked ``_dspex_inline`` (the ready-made ones in ``metrics``) are pure and quick; they
+    run inline and spare the thread hop.
+    """
+    if getattr(metric, "_dspex_inline", False):
+        value = metric(example, prediction)
+    elif inspect.iscoroutinefunction(metric) or inspect.iscoroutinefunction(getattr(metric, "__call__", None)):  # noqa: B004
+        value = await metric(example, prediction)
+    else:
+        value = await asyncio.to_thread(metric, example, prediction)
+    if inspect.isawaitable(value):
+        value = await value
+    return value
+
+
+async def score_example(
+    program: Module,
+    example: Example,
+    metric: Callable[..., Any],
+    *,
+    index: int,
+    key: str | None = None,
+    timeout: float | None = None,
+    mname: str | None = None,
+) -> ExampleRecord:
+    """Run ``program`` on one example, score it with ``metric`` and account for it, never raising.
+
+    ``timeout`` bounds the program call and the metric together; an example over it is cancelled
+    and recorded as ``timeout`` (a sync metric's thread cannot be killed; its result is ignored).
+    """
+    t0 = time.perf_counter()
+    inputs = {k: example[k] for k in example.input_keys or ()}
+    pred: Prediction | None = None
+    score, kind, message = 0.0, None, None
+
+    async def run() -> float:
+        nonlocal pred
+        pred = await program.acall(**inputs)
+        return to_score(await run_metric(metric, example, pred), mname or metric_name(metric))
+
+    with track_usage() as usage:
+        try:
+            if timeout is None:
+                score = await run()
+            else:
+                async with asyncio.timeout(timeout):
+                    score = await run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            kind, message = error_kind(exc), describe_error(exc)
+    return ExampleRecord.build(
+        index,
+        example,
+        pred,
+        score,
+        error_kind=kind,
+        error=message,
+        latency_s=time.perf_counter() - t0,
+        usage=usage.to_dict(),
+        key=key,
+    )
+
+
+async def evaluate_records(
+    program: Module,
+    items: Iterable[tuple[int, Example]],
+    metric: Callable[..., Any],
+    *,
+    concurrency: int = 16,
+    timeout: float | None = None,
+    progress: ProgressCallback | None = None,
+    total: int | None = None,
+    program_name: str = "",
+) -> list[ExampleRecord]:
+    """Score ``(index, example)`` pairs with ``concurrency`` workers; records in input order.
+
+    ``progress(done, total, score_so_far, errors)`` is called at most ten times a second and at the end.
+    """
+    pending = list(items)
+    total = len(pending) if total is None else total
+    records: list[ExampleRecord | None] = [None] * len(pending)
+    mname = metric_name(metric)
+    listen = events.has_listeners()
+    state = {"done": 0, "score": 0.0, "errors": 0, "last": 0.0}
+    queue = iter(enumerate(pending))
+
+    async def worker() -> None:
+        for slot, (i, ex) in queue:
+            rec = await score_example(program, ex, metric, index=i, timeout=timeout, mname=mname)
+            records[slot] = rec
+            state["done"] += 1
+            state["score"] += rec.score
+            if rec.error_kind is not None:
+                state["errors"] += 1
+            if listen:
+                events.emit(events.ExampleEvent(i, rec.score, rec.error_kind, rec.latency_s, program_name))
+            if progress is not None:
+                now = time.monotonic()
+                if now - state["last"] >= 0.1 or state["done"] == len(pending):
+                    state["last"] = now
+                    progress(int(state["done"]), total, state["score"] / state["done"], int(state["errors"]))
+
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, len(pending)) or 1)))
+    done = [r for r in records if r is not None]
+    assert len(done) == len(pending), "every example must be accounted for"
+    return done
 
 
 @dataclass
 class EvaluationResult:
-    """Scores and accounting of one evaluation."""
+    """Scores and accounting of one evaluation, built from its records."""
 
     records: list[ExampleRecord]
     usage: Usage = field(default_factory=Usage)
     elapsed_s: float = 0.0
     program: str = ""
     metric: str = ""
+
+    @classmethod
+    def from_records(
+        cls,
+        records: Iterable[ExampleRecord],
+        *,
+        program: str = "",
+        metric: str = "",
+        usage: Usage | None = None,
+        elapsed_s: float = 0.0,
+    ) -> EvaluationResult:
+        """The result of records gathered anywhere (workers, shards); usage summed from them if not given."""
+        recs = sorted(records, key=lambda r: r.index)
+        if usage is None:
+            usage = Usage()
+            for r in recs:
+                u = r.usage
+                usage.add(
+                    Usage(
+                        int(u.get("calls", 0)),
+                        int(u.get("cache_hits", 0)),
+                        int(u.get("prompt_tokens", 0)),
+                        int(u.get("completion_tokens", 0)),
+                        float(u.get("cost", 0.0)),
+                    )
+                )
+        return cls(recs, usage, elapsed_s, program, metric)
 
     @property
     def n(self) -> int:
@@ -106,6 +227,16 @@ class EvaluationResult:
         return dict(Counter(r.error_kind for r in self.records if r.error_kind is not None))
 
     @property
+    def infra_errors(self) -> int:
+        """Examples lost to the infrastructure (``INFRA_ERROR_KINDS``), not to the model."""
+        return sum(1 for r in self.records if r.error_kind in INFRA_ERROR_KINDS)
+
+    @property
+    def error_rate(self) -> float:
+        """Share of examples lost to infrastructure errors (what ``--dspex-max-error-rate`` bounds)."""
+        return self.infra_errors / self.n if self.n else 0.0
+
+    @property
     def lm_unavailable(self) -> bool:
         """True when most examples failed because the LM could not be reached."""
         down = sum(1 for r in self.records if r.error_kind == "lm_unavailable")
@@ -115,6 +246,10 @@ class EvaluationResult:
     def ci95(self) -> tuple[float, float]:
         """95% confidence interval of the score (Wilson for pass/fail scores, normal otherwise)."""
         return confidence_interval([r.score for r in self.records])
+
+    def by_key(self) -> dict[str, float]:
+        """Per-example scores keyed by the stable example key (what the paired gate compares)."""
+        return {r.key: r.score for r in self.records}
 
     def latency_percentiles(self) -> dict[str, float]:
         lat = sorted(r.latency_s for r in self.records)
@@ -149,7 +284,7 @@ class EvaluationResult:
         if bad:
             lines.append("worst examples:")
             for r in bad:
-                got = r.error or (r.prediction.toDict() if r.prediction is not None else None)
+                got = r.error or r.prediction
                 lines.append(f"  #{r.index} score={r.score:.2f} inputs={_short(r.inputs)} expected={_short(r.expected)} got={_short(got)}")
         return "\n".join(lines)
 
@@ -163,13 +298,14 @@ class EvaluationResult:
             "ci95": [lo, hi],
             "errors": len(self.errors),
             "errors_by_kind": self.errors_by_kind,
+            "infra_errors": self.infra_errors,
             "lm_unavailable": self.lm_unavailable,
             "usage": self.usage.to_dict(),
             "latency_s": self.latency_percentiles(),
             "elapsed_s": self.elapsed_s,
         }
         if records:
-            d["records"] = [r.to_dict() for r in self.records]
+            d["records"] = [r.to_json() for r in self.records]
         return d
 
 
@@ -181,7 +317,8 @@ def _short(value: Any, n: int = 100) -> str:
 class Evaluate:
     """Evaluate programs on a dataset with a metric, concurrently.
 
-    ``progress(done, total, score_so_far, errors)`` is called at most ten times a second and at the end.
+    ``progress(done, total, score_so_far, errors)`` is called at most ten times a second and at the end;
+    ``example_timeout`` (seconds) cancels an example whose program and metric take longer (``timeout``).
     """
 
     def __init__(
@@ -215,68 +352,25 @@ class Evaluate:
     async def acall(self, program: Module) -> EvaluationResult:
         return await _runtime.run_async(self._run(program))
 
-    async def _run(self, program: Module, *, with_trace: bool = False) -> EvaluationResult:
-        total = len(self.devset)
-        records: list[ExampleRecord | None] = [None] * total
-        metric, mname = self.metric, metric_name(self.metric)
-        name = self.program_name
-        progress, timeout = self.progress, self.example_timeout
-        listen = events.has_listeners()
-        state = {"done": 0, "score": 0.0, "errors": 0, "last": 0.0}
-        items = iter(enumerate(self.devset))
-        acall = program.acall
-
-        async def one(i: int, ex: Example) -> ExampleRecord:
-            t0 = time.perf_counter()
-            inputs = {k: ex[k] for k in ex.input_keys or ()}
-            pred: Prediction | None = None
-            try:
-                if with_trace:
-                    with trace_scope() as trace:
-                        pred = await _maybe_timeout(acall(**inputs), timeout)
-                    raw = metric(ex, pred, trace)
-                else:
-                    pred = await _maybe_timeout(acall(**inputs), timeout)
-                    raw = metric(ex, pred)
-                score = to_score(raw, mname)
-                rec = ExampleRecord(i, ex, pred, score, latency_s=time.perf_counter() - t0)
-            except asyncio.CancelledError:
-                raise
-            except MetricError as exc:
-                rec = ExampleRecord(i, ex, pred, 0.0, exc.kind, str(exc), time.perf_counter() - t0)
-            except Exception as exc:
-                rec = ExampleRecord(i, ex, pred, 0.0, error_kind(exc), describe_error(exc), time.perf_counter() - t0)
-            return rec
-
-        async def worker() -> None:
-            for i, ex in items:
-                rec = await one(i, ex)
-                records[i] = rec
-                state["done"] += 1
-                state["score"] += rec.score
-                if rec.error_kind is not None:
-                    state["errors"] += 1
-                if listen:
-                    events.emit(events.ExampleEvent(i, rec.score, rec.error_kind, rec.latency_s, name))
-                if progress is not None:
-                    now = time.monotonic()
-                    if now - state["last"] >= 0.1 or state["done"] == total:
-                        state["last"] = now
-                        progress(int(state["done"]), total, state["score"] / state["done"], int(state["errors"]))
-
+    async def _run(self, program: Module) -> EvaluationResult:
         started = time.perf_counter()
         with track_usage() as usage:
-            await asyncio.gather(*(worker() for _ in range(min(self.concurrency, total) or 1)))
-        done = [r for r in records if r is not None]
-        assert len(done) == total, "every example must be accounted for"
-        return EvaluationResult(done, usage, time.perf_counter() - started, name, mname)
-
-
-async def _maybe_timeout(coro: Any, timeout: float | None) -> Any:
-    if timeout is None:
-        return await coro
-    async with asyncio.timeout(timeout):
-        return await coro
+            records = await evaluate_records(
+                program,
+                enumerate(self.devset),
+                self.metric,
+                concurrency=self.concurrency,
+                timeout=self.example_timeout,
+                progress=self.progress,
+                program_name=self.program_name,
+            )
+        return EvaluationResult.from_records(
+            records,
+            program=self.program_name,
+            metric=metric_name(self.metric),
+            usage=usage,
+            elapsed_s=time.perf_counter() - started,
+        )
 
 
 def evaluate(
@@ -287,3 +381,4 @@ def evaluate(
 ) -> EvaluationResult:
     """Shorthand for ``Evaluate(devset, metric, **kwargs)(program)``."""
     return Evaluate(devset, metric, **kwargs)(program)
+

@@ -1,4 +1,4 @@
-"""Ready-made metrics. A metric is any ``(example, prediction, trace=None) -> bool | float``.
+"""Ready-made metrics. A metric is any ``(example, prediction, trace=None) -> bool | float``, sync or async.
 
     answer_exact = exact_match("answer")            # compares example.answer and prediction.answer
     answer_f1 = f1("answer")
@@ -30,6 +30,7 @@ def normalize_text(text: Any) -> str:
 def _named(fn: Metric, name: str) -> Metric:
     fn.__name__ = name
     fn.__qualname__ = name
+    fn._dspex_inline = True  # type: ignore[attr-defined]  # pure and quick: evaluation runs it on the loop
     return fn
 
 

@@ -1,36 +1,58 @@
-"""Global defaults (``configure``) and scoped overrides (``context``) for LM and adapter."""
+"""Global defaults (``configure``), scoped overrides (``context``) and session defaults.
+
+Where a setting comes from, first match wins:
+
+1. ``with context(lm=teacher):`` — the block and the tasks it starts;
+2. ``configure(lm=LM(...))`` — process-wide, set by the user;
+3. ``session_defaults(lm=..., json_fallback=False)`` — what a pytest session provides (its LM for
+   programs that have none, like ``dspy.configure``); undone when the session ends, so a session
+   never changes settings behind the user's back. Values may be zero-argument callables wrapped in
+   ``lazy(...)``, resolved on first use (the session LM is built only when a program needs it);
+4. the built-in defaults.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .adapters import Adapter
     from .lm.client import LM
 
-__all__ = ["configure", "context", "current_adapter", "current_lm"]
+__all__ = ["configure", "context", "current_adapter", "current_lm", "lazy", "session_defaults"]
 
-_global: dict[str, Any] = {"lm": None, "adapter": None, "json_fallback": True, "call_overrides": None}
+_DEFAULTS: dict[str, Any] = {"lm": None, "adapter": None, "json_fallback": True, "call_overrides": None}
+_global: dict[str, Any] = {}
+_sessions: list[dict[str, Any]] = []
 _scoped: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("dspex_settings", default=None)
+
+
+class lazy:
+    """A session default computed on first use: ``session_defaults(lm=lazy(lambda: session.lm))``."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self.factory = factory
+
+
+def _check(values: dict[str, Any], where: str) -> None:
+    unknown = set(values) - set(_DEFAULTS)
+    if unknown:
+        raise TypeError(f"{where}() got unknown settings: {', '.join(sorted(unknown))}")
 
 
 def configure(**values: Any) -> None:
     """Set process-wide defaults: ``configure(lm=LM(...), adapter="chat")``."""
-    unknown = set(values) - set(_global)
-    if unknown:
-        raise TypeError(f"configure() got unknown settings: {', '.join(sorted(unknown))}")
+    _check(values, "configure")
     _global.update(values)
 
 
 @contextlib.contextmanager
 def context(**values: Any) -> Iterator[None]:
     """Override settings inside a block (and the tasks it starts): ``with context(lm=teacher):``."""
-    unknown = set(values) - set(_global)
-    if unknown:
-        raise TypeError(f"context() got unknown settings: {', '.join(sorted(unknown))}")
+    _check(values, "context")
     merged = dict(_scoped.get() or {})
     merged.update(values)
     token = _scoped.set(merged)
@@ -40,11 +62,30 @@ def context(**values: Any) -> Iterator[None]:
         _scoped.reset(token)
 
 
+def session_defaults(**values: Any) -> Callable[[], None]:
+    """Install defaults below the user's own ``configure``; returns the function that removes them."""
+    _check(values, "session_defaults")
+    layer = dict(values)
+    _sessions.append(layer)
+
+    def remove() -> None:
+        if any(entry is layer for entry in _sessions):
+            _sessions[:] = [entry for entry in _sessions if entry is not layer]
+
+    return remove
+
+
 def get(name: str) -> Any:
     scoped = _scoped.get()
     if scoped is not None and name in scoped:
         return scoped[name]
-    return _global[name]
+    if name in _global:
+        return _global[name]
+    for layer in reversed(_sessions):
+        if name in layer:
+            value = layer[name]
+            return value.factory() if isinstance(value, lazy) else value
+    return _DEFAULTS[name]
 
 
 def current_lm() -> LM | None:
