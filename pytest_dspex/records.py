@@ -12,12 +12,11 @@ objects of an in-process evaluation ride along in two fields that are never seri
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .datasets import example_key
 from .primitives import Example, Prediction
 
 __all__ = ["ERROR_KINDS", "INFRA_ERROR_KINDS", "ExampleRecord", "example_key", "jsonable"]
@@ -43,28 +42,6 @@ def jsonable(value: Any) -> Any:
     if callable(dump):
         return dump(mode="json")
     return str(value)
-
-
-def example_key(example: Mapping[str, Any] | Example) -> str:
-    """The stable key of an example: its ``id`` when it has one, else a hash of its inputs.
-
-    Same definition as the team contract (``datasets.example_key``): ``str(row["id"])``, else
-    ``"h:"`` + the first 16 hex digits of the sha256 of the inputs' canonical JSON (sorted keys).
-    """
-    try:
-        from . import datasets
-
-        shared = getattr(datasets, "example_key", None)
-    except ImportError:  # pragma: no cover
-        shared = None
-    if shared is not None:
-        return str(shared(example))
-    if "id" in example:
-        return str(example["id"])
-    keys = example.input_keys if isinstance(example, Example) else None
-    inputs = {k: example[k] for k in keys if k in example} if keys is not None else dict(example.items())
-    canon = json.dumps(jsonable(inputs), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return "h:" + hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
 def _usage(raw: Mapping[str, Any] | None) -> dict[str, float]:
