@@ -32,6 +32,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(["Evaluate", "EvaluationResult", "ExampleRecord", "evaluate"], ".evaluation"),
     **dict.fromkeys(["LM", "Budget", "ResponseCache", "Usage", "track_usage"], ".lm"),
     **dict.fromkeys(["Example", "Prediction"], ".primitives"),
+    **dict.fromkeys(["load_golden"], ".production"),
     **dict.fromkeys(["ChainOfThought", "Module", "Predict", "trace_scope"], ".programs"),
     **dict.fromkeys(["configure", "context"], ".settings"),
     **dict.fromkeys(["InputField", "OutputField", "Signature", "make_signature"], ".signatures"),
@@ -78,6 +79,7 @@ if _TYPE_CHECKING:
     from .evaluation import Evaluate, EvaluationResult, ExampleRecord, evaluate
     from .lm import LM, Budget, ResponseCache, Usage, track_usage
     from .primitives import Example, Prediction
+    from .production import load_golden
     from .programs import ChainOfThought, Module, Predict, trace_scope
     from .settings import configure, context
     from .signatures import InputField, OutputField, Signature, make_signature
@@ -122,6 +124,7 @@ __all__ = [
     "evaluate",
     "events",
     "load_dataset",
+    "load_golden",
     "make_signature",
     "metrics",
     "split",

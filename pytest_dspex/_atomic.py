@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_json", "dumps_stable"]
+__all__ = ["atomic_write_json", "atomic_write_text", "dumps_stable"]
 
 
 def dumps_stable(data: Any) -> str:
@@ -17,7 +17,11 @@ def dumps_stable(data: Any) -> str:
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
-    text = dumps_stable(data)
+    atomic_write_text(path, dumps_stable(data))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) so that ``path`` holds either the old content or all of the new."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -1,0 +1,168 @@
+"""``python -m pytest_dspex``: commands that work on golden files and reports, outside pytest.
+
+    python -m pytest_dspex prompt tests/__dspex__/test_triage/triage.json --input message="I was charged twice"
+    python -m pytest_dspex report dspex-report.json --html report.html --markdown summary.md
+
+Each subcommand is a function that adds its parser to the ``subparsers`` it is given and sets
+``handler`` (``Namespace -> exit code``); ``COMMANDS`` lists them in help order, so adding one is
+one function and one list entry. Errors the user can fix (a missing or corrupted file, an unknown
+field) print ``pytest-dspex: error: ...`` and exit 2, like a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["COMMANDS", "build_parser", "main"]
+
+Subparsers = Any  # argparse._SubParsersAction, private in typeshed's eyes
+Handler = Callable[[argparse.Namespace], int]
+
+EXIT_OK, EXIT_USAGE = 0, 2
+
+
+class CommandError(Exception):
+    """A problem the user can fix; printed without a traceback, exit code 2."""
+
+
+# -- prompt ------------------------------------------------------------------------------------
+def _add_prompt(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "prompt",
+        help="print the messages a compiled program sends",
+        description="Print the exact messages the program compiled into GOLDEN sends to its LM "
+        "(instructions, demos and the input, laid out by its adapter). Inputs not given are shown "
+        "as {field} placeholders.",
+    )
+    p.add_argument("golden", metavar="GOLDEN", help="a golden file (<test dir>/__dspex__/<module>/<program>.json)")
+    p.add_argument(
+        "--input", "-i", action="append", default=[], metavar="FIELD=VALUE",
+        help="an input field's value (repeatable); text for a non-text field is read as JSON",
+    )  # fmt: skip
+    p.add_argument(
+        "--adapter", choices=("compact", "chat", "json"), default=None,
+        help="the prompt layout (default: the one the golden records, else compact, the default of Predict)",
+    )  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print JSON: messages, stop sequences and demo counts per predictor")
+    p.set_defaults(handler=_prompt)
+
+
+def _parse_inputs(pairs: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise CommandError(f"--input {pair!r}: expected FIELD=VALUE")
+        out[name.strip()] = value
+    return out
+
+
+def _prompt(args: argparse.Namespace) -> int:
+    from ._exceptions import DspexError
+    from .production import golden_adapter, golden_requests, read_golden
+
+    inputs = _parse_inputs(args.input)
+    try:
+        golden = read_golden(args.golden)
+        requests = golden_requests(golden, inputs=inputs, adapter=args.adapter)
+    except DspexError as exc:
+        raise CommandError(str(exc)) from None
+    adapter = args.adapter or golden_adapter(golden) or "compact"
+    demos = {path: len(entry.get("demos", [])) for path, entry in golden.data["predictors"].items()}
+    if args.json:
+        out = {
+            "golden": args.golden,
+            "program": golden.data.get("program"),
+            "adapter": adapter,
+            "predictors": {
+                path: {"messages": r.messages, "stop": list(r.stop), "extra": dict(r.extra or {}), "demos": demos[path]}
+                for path, r in requests.items()
+            },
+        }
+        sys.stdout.write(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+        return EXIT_OK
+    lines = [f"# {args.golden}: program {golden.data.get('program', '?')!s}, adapter {adapter}"]
+    for path, r in requests.items():
+        lines += ["", f"## predictor {path} ({demos[path]} demos)"]
+        for m in r.messages:
+            lines += ["", f"--- {m['role']} ---", m["content"]]
+        if r.stop:
+            lines += ["", "--- stop sequences ---", json.dumps(list(r.stop), ensure_ascii=False)]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return EXIT_OK
+
+
+# -- report ------------------------------------------------------------------------------------
+def _add_report(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "report",
+        help="render a JSON report (--dspex-report) as HTML or markdown",
+        description="Render a JSON report written by pytest --dspex-report (or merged by another command) "
+        "as a self-contained HTML file and/or a PR-ready markdown summary.",
+    )
+    p.add_argument("report", metavar="REPORT", help="the JSON report")
+    p.add_argument("--html", metavar="PATH", help="write the HTML report here")
+    p.add_argument("--markdown", metavar="PATH", help="write the markdown summary here ('-' for stdout)")
+    p.set_defaults(handler=_report)
+
+
+def read_report(path: str) -> dict[str, Any]:
+    """A JSON report from disk; a missing or corrupted one is a ``CommandError`` naming the file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CommandError(f"{path}: no such report (write one with pytest --dspex-report={path})") from None
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"{path}: not a readable JSON report ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("programs", []), list):
+        raise CommandError(f"{path}: not a pytest-dspex report (expected an object with a 'programs' list)")
+    return data
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .reports import render_markdown, write_html
+
+    if not args.html and not args.markdown:
+        raise CommandError("report: say what to write: --html PATH and/or --markdown PATH")
+    data = read_report(args.report)
+    if args.html:
+        write_html(data, args.html)
+    if args.markdown == "-":
+        sys.stdout.write(render_markdown(data))
+    elif args.markdown:
+        from .reports import write_markdown
+
+        write_markdown(data, args.markdown, step_summary=False)
+    return EXIT_OK
+
+
+# -- entry -------------------------------------------------------------------------------------
+#: The subcommands, in help order: each adds its parser and sets ``handler``.
+COMMANDS: list[Callable[[Subparsers], None]] = [_add_prompt, _add_report]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pytest_dspex",
+        description="pytest-dspex commands for golden files and reports (the tests themselves run under pytest).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except CommandError as exc:
+        sys.stderr.write(f"pytest-dspex: error: {exc}\n")
+        return EXIT_USAGE

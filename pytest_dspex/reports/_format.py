@@ -1,0 +1,227 @@
+"""Reading one program row of the JSON report, shared by the HTML, markdown and JUnit renderers.
+
+The report's shape is fixed by the team contract (``--dspex-report``); the readers here also accept
+the first release's flat rows (``passed``/``reason`` beside ``score`` instead of a ``verdict`` object,
+``usage.tokens`` instead of prompt and completion tokens), so an old report still renders.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+__all__ = [
+    "Outcome",
+    "ProgramView",
+    "clean_url",
+    "fields_text",
+    "fmt_ci",
+    "fmt_delta",
+    "fmt_num",
+    "fmt_p",
+    "fmt_score",
+    "outcome",
+    "record_json",
+    "value_text",
+]
+
+Outcome = str  # "pass" | "miss" | "error"
+
+#: Error kinds that are the model's answer, not a failure to get one: scored 0 and shown as a miss.
+_MISS_KINDS = frozenset({"parse"})
+_SECRET_PARAMS = frozenset({"key", "api_key", "apikey", "token", "access_token", "secret", "password", "sig", "signature"})
+
+
+def outcome(record: Mapping[str, Any]) -> Outcome:
+    """``"pass"``, ``"miss"`` (scored below 1, or an answer that did not parse) or ``"error"``.
+
+    An error is anything that kept the example from being scored on its merits: the LM could not be
+    reached or timed out, the budget ran out, the program or the metric raised.
+    """
+    kind = record.get("error_kind")
+    if kind and kind not in _MISS_KINDS:
+        return "error"
+    if kind or float(record.get("score") or 0.0) < 1.0:
+        return "miss"
+    return "pass"
+
+
+def record_json(record: Any) -> dict[str, Any]:
+    """An ``ExampleRecord`` (or its JSON form) as its JSON form."""
+    if isinstance(record, Mapping):
+        return dict(record)
+    to_json = getattr(record, "to_json", None)
+    if callable(to_json):
+        data = to_json()
+        if isinstance(data, dict):
+            return data
+    raise TypeError(f"expected an ExampleRecord or its JSON form, got {type(record).__name__}")
+
+
+def clean_url(url: Any) -> str:
+    """An endpoint as safe to show: no user or password, no secret-looking query parameters."""
+    if not url:
+        return ""
+    text = str(url)
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return text
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k.lower() not in _SECRET_PARAMS])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def value_text(value: Any) -> str:
+    """A field value as one would read it: strings as they are, everything else as compact JSON."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def fields_text(values: Mapping[str, Any] | None) -> str:
+    """``field: value`` lines (one field: just the value)."""
+    if not values:
+        return ""
+    if len(values) == 1:
+        return value_text(next(iter(values.values())))
+    return "\n".join(f"{k}: {value_text(v)}" for k, v in values.items())
+
+
+def fmt_num(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if math.isnan(number):
+        return "-"
+    return f"{number:.{digits}f}"
+
+
+def fmt_ci(ci: Any, digits: int = 2) -> str:
+    if not ci or len(ci) != 2:
+        return ""
+    return f"{fmt_num(ci[0], digits)}–{fmt_num(ci[1], digits)}"
+
+
+def fmt_score(score: Any, ci: Any) -> str:
+    text = fmt_num(score)
+    interval = fmt_ci(ci)
+    return f"{text} ({interval})" if interval else text
+
+
+def fmt_delta(delta: Any, digits: int = 3) -> str:
+    if delta is None:
+        return "-"
+    return f"{float(delta) + 0.0:+.{digits}f}"
+
+
+def fmt_p(p: Any) -> str:
+    if p is None:
+        return "-"
+    p = float(p)
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+@dataclass(frozen=True)
+class ProgramView:
+    """One program row of the report, read the same way by every renderer."""
+
+    row: Mapping[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.row.get("program", "?"))
+
+    @property
+    def mode(self) -> str:
+        return str(self.row.get("mode") or "dataset")
+
+    @property
+    def verdict(self) -> dict[str, Any]:
+        v = self.row.get("verdict")
+        if isinstance(v, Mapping):
+            return dict(v)
+        return {"passed": bool(self.row.get("passed")), "reason": self.row.get("reason") or "", "kind": self.row.get("kind")}
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.verdict.get("passed"))
+
+    @property
+    def verdict_text(self) -> str:
+        v = self.verdict
+        if v.get("passed"):
+            return "pass"
+        reason = str(v.get("reason") or v.get("kind") or "")
+        return f"FAIL: {reason}" if reason else "FAIL"
+
+    @property
+    def comparison(self) -> dict[str, Any] | None:
+        c = self.row.get("comparison")
+        return dict(c) if isinstance(c, Mapping) else None
+
+    @property
+    def delta(self) -> float | None:
+        c = self.comparison
+        if c is not None and c.get("delta") is not None:
+            return float(c["delta"])
+        golden = self.row.get("golden_score")
+        score = self.row.get("score")
+        if golden is None or score is None:
+            return None
+        return round(float(score) - float(golden), 6)
+
+    @property
+    def delta_text(self) -> str:
+        """``+0.020 (−0.01–0.05, p=0.210)`` with the paired comparison, else just the delta."""
+        c = self.comparison
+        text = fmt_delta(self.delta)
+        if c is None:
+            return text
+        extras = []
+        if c.get("delta_ci95"):
+            extras.append(fmt_ci(c["delta_ci95"], 3))
+        if c.get("p_value") is not None:
+            extras.append(f"p={fmt_p(c['p_value'])}")
+        return f"{text} ({', '.join(extras)})" if extras else text
+
+    @property
+    def usage(self) -> dict[str, float]:
+        u = self.row.get("usage") or {}
+        tokens = u.get("tokens")
+        if tokens is None:
+            tokens = float(u.get("prompt_tokens") or 0) + float(u.get("completion_tokens") or 0)
+        return {
+            "calls": float(u.get("calls") or 0),
+            "cache_hits": float(u.get("cache_hits") or 0),
+            "tokens": float(tokens or 0),
+            "cost": float(u.get("cost") or 0.0),
+        }
+
+    @property
+    def errors(self) -> int:
+        return int(self.row.get("errors") or 0)
+
+    @property
+    def errors_text(self) -> str:
+        by_kind = self.row.get("errors_by_kind") or {}
+        if not by_kind:
+            return str(self.errors)
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(by_kind.items()))
+        return f"{self.errors} ({kinds})"
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return [record_json(r) for r in self.row.get("records") or []]
+
+    def keys(self, which: str) -> list[str]:
+        """``regressions`` or ``fixes`` of the paired comparison (empty without one)."""
+        c = self.comparison or {}
+        return [str(k) for k in c.get(which) or []]

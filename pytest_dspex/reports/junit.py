@@ -1,0 +1,83 @@
+"""JUnit XML properties for a program's gate and for one example, as ``(name, value)`` pairs.
+
+The plugin passes them to ``record_property`` (``item.user_properties``), so CI dashboards that read
+JUnit XML show the score, its interval, the delta against the golden and the verdict::
+
+    for name, value in program_properties(row):
+        item.user_properties.append((name, value))
+
+Per example, ``dspex_outcome`` tells a miss (a wrong or unparseable answer, scored below 1) from an
+error (no answer to score: the LM was unreachable, timed out, the budget ran out, the program or
+the metric raised); ``dspex_error_kind`` names which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ._format import ProgramView, fmt_ci, fmt_delta, outcome, record_json
+
+__all__ = ["example_properties", "program_properties"]
+
+
+def _num(value: Any) -> str:
+    return f"{float(value):.6g}"
+
+
+def program_properties(row: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``dspex_score``, ``dspex_ci95``, ``dspex_n``, ``dspex_errors``, ``dspex_verdict`` and, with a
+    golden, ``dspex_golden_score`` and ``dspex_delta`` (plus ``dspex_delta_ci95``, ``dspex_p_value``,
+    ``dspex_comparison``, ``dspex_regressions``, ``dspex_fixes`` from the paired comparison)."""
+    p = ProgramView(row)
+    out: list[tuple[str, str]] = [("dspex_program", p.name)]
+    if row.get("score") is not None:
+        out.append(("dspex_score", _num(row["score"])))
+    if row.get("ci95"):
+        out.append(("dspex_ci95", fmt_ci(row["ci95"], 4)))
+    if row.get("n") is not None:
+        out.append(("dspex_n", str(int(row["n"]))))
+    if row.get("threshold") is not None:
+        out.append(("dspex_threshold", _num(row["threshold"])))
+    if row.get("golden_score") is not None:
+        out.append(("dspex_golden_score", _num(row["golden_score"])))
+    if p.delta is not None:
+        out.append(("dspex_delta", fmt_delta(p.delta, 4)))
+    c = p.comparison
+    if c is not None:
+        if c.get("delta_ci95"):
+            out.append(("dspex_delta_ci95", fmt_ci(c["delta_ci95"], 4)))
+        if c.get("p_value") is not None:
+            out.append(("dspex_p_value", _num(c["p_value"])))
+        if c.get("verdict"):
+            out.append(("dspex_comparison", str(c["verdict"])))
+        out.append(("dspex_regressions", str(len(c.get("regressions") or []))))
+        out.append(("dspex_fixes", str(len(c.get("fixes") or []))))
+        if c.get("underpowered"):
+            out.append(("dspex_underpowered", f"needs n >= {c.get('needed_n')}" if c.get("needed_n") else "true"))
+    out.append(("dspex_errors", str(p.errors)))
+    verdict = p.verdict
+    out.append(("dspex_verdict", "pass" if p.passed else str(verdict.get("kind") or "fail")))
+    if not p.passed and verdict.get("reason"):
+        out.append(("dspex_verdict_reason", str(verdict["reason"])))
+    return out
+
+
+def example_properties(record: Any) -> list[tuple[str, str]]:
+    """``dspex_key``, ``dspex_score``, ``dspex_outcome`` (``pass``/``miss``/``error``) and, when the
+    example failed with one, ``dspex_error_kind`` and ``dspex_error``; ``dspex_repeats`` with repeats.
+
+    ``record`` is an ``ExampleRecord`` or its JSON form."""
+    rec = record_json(record)
+    out: list[tuple[str, str]] = [
+        ("dspex_key", str(rec.get("key", rec.get("index", "")))),
+        ("dspex_score", _num(rec.get("score") or 0.0)),
+        ("dspex_outcome", outcome(rec)),
+    ]
+    if rec.get("repeats"):
+        out.append(("dspex_repeats", " ".join(_num(s) for s in rec["repeats"])))
+    if rec.get("error_kind"):
+        out.append(("dspex_error_kind", str(rec["error_kind"])))
+        if rec.get("error"):
+            out.append(("dspex_error", str(rec["error"])))
+    return out
