@@ -141,9 +141,16 @@ def _report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- combine (pytest_dspex.combine) -------------------------------------------------------------
+def _add_combine(sub: Subparsers) -> None:
+    from .combine import add_parser
+
+    add_parser(sub)
+
+
 # -- entry -------------------------------------------------------------------------------------
 #: The subcommands, in help order: each adds its parser and sets ``handler``.
-COMMANDS: list[Callable[[Subparsers], None]] = [_add_prompt, _add_report]
+COMMANDS: list[Callable[[Subparsers], None]] = [_add_prompt, _add_report, _add_combine]
 
 
 def build_parser() -> argparse.ArgumentParser:
