@@ -8,6 +8,7 @@ boundary each, with ``raise ... from exc``, so callers only ever catch our own c
     ├── SignatureError              a signature that cannot be built or parsed
     ├── DatasetError                a bad dataset file or row (names the file and line)
     ├── GoldenFileError             a corrupted, newer-schema or mismatched golden file
+    │   └── GoldenStaleError        the program's signature no longer matches its golden
     ├── MetricError                 a metric returned something that is not a score
     ├── AdapterParseError           an LM answer that does not fit the signature
     └── LMError                     anything that went wrong talking to an LM
@@ -33,6 +34,7 @@ __all__ = [
     "DatasetError",
     "DspexError",
     "GoldenFileError",
+    "GoldenStaleError",
     "LMError",
     "LMHTTPError",
     "LMResponseError",
@@ -65,6 +67,19 @@ class GoldenFileError(DspexError):
     kind = "golden"
 
 
+class GoldenStaleError(GoldenFileError):
+    """The golden was compiled for another signature (a field renamed, added, retyped, new instructions).
+
+    ``changes`` lists what changed, one phrase each; the message says how to recompile.
+    """
+
+    kind = "golden_stale"
+
+    def __init__(self, message: str, *, changes: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.changes = list(changes or [])
+
+
 class MetricError(DspexError):
     kind = "metric"
 
@@ -83,6 +98,7 @@ class AdapterParseError(DspexError):
 class LMError(DspexError):
     kind = "lm"
     retryable = False
+    retries = 0  # retries made before this error was raised
 
 
 class LMUnavailableError(LMError):

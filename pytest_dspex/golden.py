@@ -1,21 +1,40 @@
 """Golden files: the compiled demos of a program, reviewed in PRs and gated on in CI.
 
-One JSON file per program, ``<test dir>/__dspex__/<test module>/<program>.json``::
+One JSON file per program, ``<test dir>/__dspex__/<test module>/<program>.json`` (schema 2)::
 
     {
-      "schema_version": 1,
+      "schema_version": 2,
       "program": "triage",
-      "predictors": {"self": {"signature": {...}, "demos": [
-          {"inputs": {...}, "outputs": {...}, "bootstrapped": true}, ...]}},
-      "scores": {"validation": {"score": 0.85, "n": 40}, "train": {...}},
+      "predictors": {"self": {"signature": {"instructions": ..., "fields": [...]}, "demos": [
+          {"inputs": {...}, "outputs": {...}, "bootstrapped": true, "reasoning": "..."?}, ...]}},
+      "signature_fingerprint": {"self": {"hash": "sha256:…", "instructions": ...,
+                                         "fields": [{"name", "role", "type"}, ...]}},
+      "prompts": {"self": [{"role": "system", "content": ...},
+                           {"role": "user", "content": "... Message: {message} ..."}]},
+      "scores": {"validation": {"score": 0.85, "n": 40, "examples": {"ex-1": 1.0, "h:3fa…": 0.0}},
+                 "train": {"score": 0.9, "n": 30}},
       "metric": "team_matches", "model": {...}, "optimizer": {...},
       "datasets": {"train": "sha256:…", "validation": "sha256:…"},
       "plugin_version": "0.1.0", "created_at": "2026-…"
     }
 
-Demos are stored as field values, not prompt text, so a golden stays valid across adapters.
-Writes are atomic (temp file + rename) under a file lock; the better program is kept unless
-forced. ``to_dspy_state`` / ``from_dspy_state`` convert to and from DSPy's ``program.save()`` layout.
+The pydantic models below (``GoldenModel`` and its parts) are the format's reference; a file that
+does not fit them is a ``GoldenFileError`` naming the file and the field path.
+
+* Demos are field values, not prompt text, so a golden stays valid across adapters.
+* ``signature_fingerprint`` (schema 2) pins the signature each predictor was compiled for: a program
+  whose signature differs is stale, a ``GoldenStaleError`` saying what changed (schema 1 files are
+  checked against the signature they recorded, else their demos' fields).
+* ``prompts`` (schema 2) are the messages each predictor sends, inputs shown as ``{field}``
+  placeholders, so a PR diff shows the prompt that changed. Informative only: never read back.
+* ``scores.validation.examples`` (schema 2) holds the per-example validation outcomes keyed by
+  ``datasets.example_key``: the paired gate compares a run with them (``GoldenFile.compare``).
+  Schema 1 files have none: the gate falls back to the tolerance against the recorded score.
+
+Writes are atomic (temp file + rename) under a file lock, mode 0644. ``GoldenStore.write`` never
+replaces a corrupted or newer-schema file unless forced, refuses a run over its error budget, and
+keeps the better program only when the two are comparable (same signature, same validation set).
+``to_dspy_state`` / ``from_dspy_state`` convert to and from DSPy's ``program.save()`` layout.
 """
 
 from __future__ import annotations
@@ -24,23 +43,149 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
 from ._atomic import atomic_write_json
-from ._exceptions import GoldenFileError
+from ._exceptions import GoldenFileError, GoldenStaleError
+from .comparison import Comparison, compare, outcomes_from_records
 from .programs import Module, Predict
+from .signatures import diff_fingerprints, fingerprint, fingerprint_of
 
-__all__ = ["SCHEMA_VERSION", "GoldenFile", "GoldenStore", "from_dspy_state", "golden_record", "to_dspy_state"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "GoldenFile",
+    "GoldenModel",
+    "GoldenStore",
+    "WriteResult",
+    "from_dspy_state",
+    "golden_record",
+    "render_prompts",
+    "to_dspy_state",
+]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 WriteOutcome = Literal["created", "updated", "unchanged", "kept"]
 _VOLATILE = ("created_at", "plugin_version")
+_FILE_MODE = 0o644
 
 
-def _demo_to_golden(predictor: Predict, demo: dict[str, Any]) -> dict[str, Any]:
+# -- the format ----------------------------------------------------------------------------------
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class FieldDescription(_Model):
+    """One signature field as recorded: name, role, type; ``desc`` and ``prefix`` as shown to the LM."""
+
+    name: str
+    role: Literal["input", "output"]
+    type: str = "str"
+    desc: str = ""
+    prefix: str = ""
+
+
+class SignatureDescription(_Model):
+    instructions: str = ""
+    fields: list[FieldDescription] = Field(default_factory=list)
+
+
+class Demo(_Model):
+    """A demo as field values: ``inputs`` and ``outputs`` by field name, ``reasoning`` for CoT."""
+
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    bootstrapped: bool = False
+    reasoning: Any = None
+
+
+class PredictorState(_Model):
+    signature: SignatureDescription | None = None
+    demos: list[Demo] = Field(default_factory=list)
+
+
+class FieldShape(_Model):
+    name: str
+    role: Literal["input", "output"]
+    type: str
+
+
+class SignatureFingerprint(_Model):
+    """``hash`` covers instructions and each field's name, role and type (``signatures.fingerprint``)."""
+
+    hash: str
+    instructions: str = ""
+    fields: list[FieldShape] = Field(default_factory=list)
+
+
+class PromptMessage(_Model):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ScoreEntry(_Model):
+    """A score over ``n`` examples; for validation (schema 2) also each example's score by key."""
+
+    score: float
+    n: int = 0
+    examples: dict[str, float] | None = None
+
+
+class Scores(_Model):
+    validation: ScoreEntry | None = None
+    train: ScoreEntry | None = None
+
+
+class GoldenModel(_Model):
+    """A whole golden file (schema 1 or 2; the schema-2 keys are absent from schema-1 files)."""
+
+    schema_version: int
+    program: str = ""
+    predictors: dict[str, PredictorState]
+    signature_fingerprint: dict[str, SignatureFingerprint] = Field(default_factory=dict)
+    prompts: dict[str, list[PromptMessage]] = Field(default_factory=dict)
+    scores: Scores = Field(default_factory=Scores)
+    metric: str = ""
+    model: dict[str, Any] = Field(default_factory=dict)
+    optimizer: dict[str, Any] = Field(default_factory=dict)
+    datasets: dict[str, str] = Field(default_factory=dict)
+    plugin_version: str = ""
+    created_at: str = ""
+
+
+def _validation_error(path: Path, exc: pydantic.ValidationError) -> GoldenFileError:
+    parts = []
+    for err in exc.errors()[:3]:
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        parts.append(f"{loc}: {err['msg']}")
+    more = f" (and {exc.error_count() - 3} more)" if exc.error_count() > 3 else ""
+    return GoldenFileError(f"{path}: corrupted golden file ({'; '.join(parts)}{more})")
+
+
+def _validate(path: Path, data: Any) -> GoldenModel:
+    if not isinstance(data, dict):
+        raise GoldenFileError(f"{path}: corrupted golden file (expected a JSON object)")
+    version = data.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise GoldenFileError(f"{path}: corrupted golden file (no integer schema_version)")
+    if version > SCHEMA_VERSION:
+        raise GoldenFileError(
+            f"{path}: written by a newer pytest-dspex (schema {version}; this version reads up to "
+            f"{SCHEMA_VERSION}); upgrade pytest-dspex"
+        )
+    try:
+        return GoldenModel.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise _validation_error(path, exc) from None
+
+
+# -- building a record ---------------------------------------------------------------------------
+def _demo_to_golden(predictor: Predict, demo: Mapping[str, Any]) -> dict[str, Any]:
     sig = predictor.signature
     ins = {k: demo[k] for k in sig.input_fields() if k in demo}
     outs = {k: demo[k] for k in sig.output_fields() if k in demo and k != "reasoning"}
@@ -50,9 +195,9 @@ def _demo_to_golden(predictor: Predict, demo: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
-def _demo_from_golden(entry: dict[str, Any]) -> dict[str, Any]:
+def _demo_from_golden(entry: Mapping[str, Any]) -> dict[str, Any]:
     demo = {**entry.get("inputs", {}), **entry.get("outputs", {})}
-    if "reasoning" in entry:
+    if entry.get("reasoning") is not None:
         demo["reasoning"] = entry["reasoning"]
     if entry.get("bootstrapped"):
         demo["augmented"] = True
@@ -60,8 +205,6 @@ def _demo_from_golden(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def _jsonable(value: Any) -> Any:
-    import pydantic
-
     if isinstance(value, pydantic.BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, dict):
@@ -69,6 +212,24 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     return value
+
+
+def render_prompts(program: Module, adapter: Any = None) -> dict[str, list[dict[str, str]]]:
+    """The messages each predictor sends, with inputs as ``{field}`` placeholders.
+
+    Each predictor's own adapter is used, else ``adapter``, else the configured default; the
+    predictors' demos are part of the prompt, as they are when the program runs.
+    """
+    from . import settings
+    from .adapters import get_adapter
+
+    prompts: dict[str, list[dict[str, str]]] = {}
+    for path, p in program.named_predictors():
+        chosen = p.adapter or get_adapter(adapter if adapter is not None else settings.current_adapter())
+        placeholders = {name: "{" + name + "}" for name in p.signature.input_fields()}
+        request = chosen.format(p.signature, p.demos, placeholders)
+        prompts[path] = [{"role": str(m["role"]), "content": str(m["content"])} for m in request.messages]
+    return prompts
 
 
 def golden_record(
@@ -81,8 +242,16 @@ def golden_record(
     model: dict[str, Any] | None = None,
     optimizer: dict[str, Any] | None = None,
     datasets: dict[str, str] | None = None,
+    records: Iterable[Any] | Mapping[str, float] | None = None,
+    adapter: Any = None,
 ) -> dict[str, Any]:
-    """Build the JSON-able content of a golden file for ``program``."""
+    """Build the JSON-able content of a (schema 2) golden file for ``program``.
+
+    ``records`` are the validation run's per-example outcomes: ``ExampleRecord`` objects, their JSON
+    dicts (``{"key", "score", ...}``), or a ``{key: score}`` mapping. Without ``validation`` the
+    validation score and n are computed from them. ``adapter`` renders the recorded prompts for
+    predictors that have no adapter of their own (default: the configured adapter).
+    """
     from . import __version__
 
     predictors = {
@@ -92,15 +261,27 @@ def golden_record(
         }
         for path, p in program.named_predictors()
     }
+    examples: dict[str, float] | None = None
+    if records is not None:
+        if isinstance(records, Mapping):
+            examples = {str(k): float(v) for k, v in records.items()}
+        else:
+            examples = outcomes_from_records(records)
     scores: dict[str, Any] = {}
+    if validation is None and examples:
+        validation = (sum(examples.values()) / len(examples), len(examples))
     if validation is not None:
         scores["validation"] = {"score": round(validation[0], 6), "n": validation[1]}
+        if examples is not None:
+            scores["validation"]["examples"] = {k: round(v, 6) for k, v in examples.items()}
     if train is not None:
         scores["train"] = {"score": round(train[0], 6), "n": train[1]}
     return {
         "schema_version": SCHEMA_VERSION,
         "program": name,
         "predictors": predictors,
+        "signature_fingerprint": {path: fingerprint(p.signature) for path, p in program.named_predictors()},
+        "prompts": render_prompts(program, adapter),
         "scores": scores,
         "metric": metric,
         "model": _redact(model or {}),
@@ -118,77 +299,136 @@ def _redact(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if k.lower() not in _SECRET_KEYS}
 
 
-@dataclass
+# -- reading and applying ------------------------------------------------------------------------
+def _recompile_hint(program: str) -> str:
+    target = f"--dspex-compile={program}" if program else "--dspex-compile"
+    return f"run pytest {target} to recompile"
+
+
 class GoldenFile:
-    path: Path
-    data: dict[str, Any]
+    """One golden file: ``data`` (the JSON as read) and ``model`` (the same, validated)."""
+
+    def __init__(self, path: Path, data: dict[str, Any], model: GoldenModel | None = None) -> None:
+        self.path = path
+        self.data = data
+        self.model = model if model is not None else _validate(path, data)
+
+    def __repr__(self) -> str:
+        return f"GoldenFile({str(self.path)!r}, schema={self.schema_version})"
+
+    @property
+    def schema_version(self) -> int:
+        return self.model.schema_version
+
+    @property
+    def program(self) -> str:
+        return self.model.program
 
     @property
     def validation_score(self) -> float | None:
-        v = self.data.get("scores", {}).get("validation")
-        return float(v["score"]) if v else None
+        v = self.model.scores.validation
+        return float(v.score) if v is not None else None
 
     @property
     def validation_n(self) -> int | None:
-        v = self.data.get("scores", {}).get("validation")
-        return int(v["n"]) if v else None
+        v = self.model.scores.validation
+        return int(v.n) if v is not None else None
+
+    @property
+    def validation_examples(self) -> dict[str, float] | None:
+        """Per-example validation outcomes by example key (schema 2), else None (no paired gate)."""
+        v = self.model.scores.validation
+        return dict(v.examples) if v is not None and v.examples is not None else None
+
+    @property
+    def validation_dataset(self) -> str | None:
+        return self.model.datasets.get("validation")
+
+    @property
+    def prompts(self) -> dict[str, list[dict[str, str]]]:
+        return {k: [m.model_dump() for m in v] for k, v in self.model.prompts.items()}
+
+    def fingerprints(self) -> dict[str, dict[str, Any]]:
+        """The signature fingerprint per predictor: recorded (schema 2), else rebuilt from the recorded
+        signature (schema 1); a predictor with neither is left out."""
+        out = {k: v.model_dump() for k, v in self.model.signature_fingerprint.items()}
+        for path, state in self.model.predictors.items():
+            if path not in out and state.signature is not None:
+                fields = [{"name": f.name, "role": f.role, "type": f.type} for f in state.signature.fields]
+                out[path] = fingerprint_of(state.signature.instructions, fields)
+        return out
+
+    def compare(
+        self, outcomes: Mapping[str, float] | Iterable[Any], *, alpha: float = 0.05, tolerance: float = 0.05
+    ) -> Comparison | None:
+        """The paired comparison of a run's outcomes (``{key: score}`` or records) with this golden's,
+        or None when the golden has no per-example outcomes (schema 1)."""
+        base = self.validation_examples
+        if base is None:
+            return None
+        current = (
+            {str(k): float(v) for k, v in outcomes.items()}
+            if isinstance(outcomes, Mapping)
+            else outcomes_from_records(outcomes)
+        )
+        return compare(base, current, alpha=alpha, tolerance=tolerance)
+
+    def check(self, program: Module) -> None:
+        """Raise ``GoldenStaleError`` when ``program`` is not the program this golden was compiled for."""
+        preds = dict(program.named_predictors())
+        saved = self.model.predictors
+        hint = _recompile_hint(self.program)
+        if set(saved) != set(preds):
+            gone, new = sorted(set(saved) - set(preds)), sorted(set(preds) - set(saved))
+            moved = [f"predictor {p!r} removed" for p in gone] + [f"predictor {p!r} added" for p in new]
+            raise GoldenStaleError(
+                f"{self.path}: golden is stale: golden has predictors {sorted(saved)}, the program has "
+                f"{sorted(preds)}; {hint}",
+                changes=moved,
+            )
+        recorded = self.fingerprints()
+        changes: list[str] = []
+        for path, pred in preds.items():
+            old = recorded.get(path)
+            if old is None:
+                changes += _demo_field_problems(path, pred, saved[path])
+                continue
+            now = fingerprint(pred.signature)
+            if old["hash"] != now["hash"]:
+                label = "" if len(preds) == 1 else f"predictor {path!r}: "
+                changes += [label + c for c in diff_fingerprints(old, now)]
+        if changes:
+            raise GoldenStaleError(
+                f"{self.path}: golden is stale, the signature changed since it was compiled: "
+                f"{'; '.join(changes)}; {hint}",
+                changes=changes,
+            )
 
     def apply(self, program: Module) -> Module:
-        """Load this golden's demos into (a copy of) ``program``; mismatches are clear errors."""
+        """Load this golden's demos into (a copy of) ``program``; a stale golden is a ``GoldenStaleError``."""
+        self.check(program)
         program = program.deepcopy()
-        preds = dict(program.named_predictors())
-        saved = self.data["predictors"]
-        if set(saved) != set(preds):
-            raise GoldenFileError(
-                f"{self.path}: golden has predictors {sorted(saved)}, the program has {sorted(preds)}; "
-                "re-run pytest --dspex-compile"
-            )
-        for path, pred in preds.items():
-            fields = set(pred.signature.fields)
-            demos = []
-            for i, entry in enumerate(saved[path].get("demos", [])):
-                demo = _demo_from_golden(entry)
-                unknown = set(demo) - fields - {"augmented"}
-                if unknown:
-                    raise GoldenFileError(
-                        f"{self.path}: predictor {path!r} demo {i} has field(s) {', '.join(sorted(unknown))} "
-                        f"not in the signature ({pred.signature.signature_string()}); re-run pytest --dspex-compile"
-                    )
-                missing = [n for n in pred.signature.input_fields() if n not in demo]
-                if missing:
-                    raise GoldenFileError(
-                        f"{self.path}: predictor {path!r} demo {i} lacks input field(s) {', '.join(missing)}"
-                    )
-                demos.append(demo)
-            pred.demos = demos
+        for path, pred in program.named_predictors():
+            pred.demos = [_demo_from_golden(d.model_dump()) for d in self.model.predictors[path].demos]
         return program
 
 
-def _validate(path: Path, data: Any) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise GoldenFileError(f"{path}: corrupted golden file (expected a JSON object)")
-    version = data.get("schema_version")
-    if not isinstance(version, int):
-        raise GoldenFileError(f"{path}: corrupted golden file (no integer schema_version)")
-    if version > SCHEMA_VERSION:
-        raise GoldenFileError(
-            f"{path}: written by a newer pytest-dspex (schema {version}; this version reads up to "
-            f"{SCHEMA_VERSION}); upgrade pytest-dspex"
-        )
-    preds = data.get("predictors")
-    if not isinstance(preds, dict) or not all(
-        isinstance(p, dict) and isinstance(p.get("demos", []), list) for p in preds.values()
-    ):
-        raise GoldenFileError(f"{path}: corrupted golden file ('predictors' must map paths to {{'demos': [...]}})")
-    for pname, p in preds.items():
-        for i, demo in enumerate(p.get("demos", [])):
-            if not isinstance(demo, dict) or not isinstance(demo.get("inputs", {}), dict) or not isinstance(demo.get("outputs", {}), dict):
-                raise GoldenFileError(f"{path}: corrupted golden file (predictor {pname!r} demo {i} is malformed)")
-    scores = data.get("scores", {})
-    val = scores.get("validation") if isinstance(scores, dict) else None
-    if val is not None and not (isinstance(val, dict) and isinstance(val.get("score"), int | float)):
-        raise GoldenFileError(f"{path}: corrupted golden file (scores.validation must hold a number)")
-    return data
+def _demo_field_problems(path: str, pred: Predict, state: PredictorState) -> list[str]:
+    """For a golden without a recorded signature: demos whose fields the signature does not have."""
+    fields = set(pred.signature.fields)
+    problems: list[str] = []
+    for i, entry in enumerate(state.demos):
+        demo = _demo_from_golden(entry.model_dump())
+        unknown = set(demo) - fields - {"augmented"}
+        if unknown:
+            problems.append(
+                f"predictor {path!r} demo {i} has field(s) {', '.join(sorted(unknown))} not in the signature "
+                f"({pred.signature.signature_string()})"
+            )
+        missing = [n for n in pred.signature.input_fields() if n not in demo]
+        if missing:
+            problems.append(f"predictor {path!r} demo {i} lacks input field(s) {', '.join(missing)}")
+    return problems
 
 
 def _stable(data: dict[str, Any]) -> dict[str, Any]:
@@ -203,6 +443,22 @@ def _lock_path(path: Path) -> Path:
 
 
 _locks: dict[str, Any] = {}
+
+
+class WriteResult(str):
+    """What ``GoldenStore.write`` did — ``"created"``, ``"updated"``, ``"unchanged"`` or ``"kept"``
+    (it compares equal to those strings) — and ``reason``, why, in words."""
+
+    reason: str
+
+    def __new__(cls, outcome: WriteOutcome, reason: str = "") -> WriteResult:
+        obj = super().__new__(cls, outcome)
+        obj.reason = reason
+        return obj
+
+    @property
+    def outcome(self) -> WriteOutcome:
+        return str(self)  # type: ignore[return-value]
 
 
 class GoldenStore:
@@ -243,27 +499,75 @@ class GoldenStore:
                 f"{path}: corrupted golden file (not valid JSON: {exc}); restore it from version control "
                 "or re-run pytest --dspex-compile --dspex-force"
             ) from None
-        return GoldenFile(path, _validate(path, data))
+        return GoldenFile(path, data, _validate(path, data))
 
-    def write(self, path: Path, record: dict[str, Any], *, force: bool = False) -> WriteOutcome:
-        """Write ``record`` atomically; keep an existing golden with a higher validation score."""
-        _validate(path, record)
+    def write(
+        self,
+        path: Path,
+        record: dict[str, Any],
+        *,
+        force: bool = False,
+        error_rate: float | None = None,
+        max_error_rate: float | None = None,
+        over_error_budget: bool = False,
+    ) -> WriteResult:
+        """Write ``record`` atomically (mode 0644), or keep the existing golden and say why.
+
+        * A run over its error budget (``over_error_budget``, or ``error_rate > max_error_rate``) is
+          never written, forced or not: a golden of errors is worse than none.
+        * An existing file that is corrupted or from a newer schema is never replaced unless ``force``.
+        * Keep-better (unless ``force``): the existing golden is kept when its validation score is
+          higher *and* it is comparable — same signature fingerprints, same validation set. A golden
+          for another signature or validation set is replaced (the reason says which).
+        """
+        new = _validate(path, record)
+        if over_error_budget or (
+            error_rate is not None and max_error_rate is not None and error_rate > max_error_rate
+        ):
+            detail = []
+            if error_rate is not None:
+                detail.append(f"{error_rate:.0%} of the validation examples failed with LM errors")
+            if max_error_rate is not None:
+                detail.append(f"the budget is {max_error_rate:.0%} (--dspex-max-error-rate)")
+            why = f" ({', '.join(detail)})" if detail else ""
+            raise GoldenFileError(
+                f"{path}: golden not written: the compile run was over its error budget{why}; a golden of "
+                "errors is worse than none. Fix the LM endpoint and re-run pytest --dspex-compile"
+            )
         with self.lock(path):
-            outcome: WriteOutcome = "created"
-            if path.exists():
-                outcome = "updated"
+            if not path.exists():
+                self._write(path, record)
+                return WriteResult("created", "no golden file yet")
+            try:
+                old = self.read(path)
+            except GoldenFileError as exc:
                 if not force:
-                    try:
-                        old = self.read(path)
-                    except GoldenFileError:
-                        old = None  # a damaged file is replaced by a good one
-                    new_score = record.get("scores", {}).get("validation", {}).get("score")
-                    if old is not None and old.validation_score is not None and new_score is not None and old.validation_score > new_score:
-                        return "kept"
-                    if old is not None and _stable(old.data) == _stable(record):
-                        return "unchanged"  # same demos and scores: leave the file (and its diff) alone
-            atomic_write_json(path, record)
-            return outcome
+                    raise GoldenFileError(
+                        f"{exc} — not replaced; restore it from version control, or re-run with "
+                        "pytest --dspex-compile --dspex-force to overwrite it"
+                    ) from None
+                self._write(path, record)
+                return WriteResult("updated", "replaced an unreadable golden file (forced)")
+            if force:
+                self._write(path, record)
+                return WriteResult("updated", "replaced (forced)")
+            if _stable(old.data) == _stable(json.loads(json.dumps(record))):
+                return WriteResult("unchanged", "same demos, prompts and scores as the golden file")
+            reason = _replace_reason(old, GoldenFile(path, record, new))
+            if reason is None:
+                return WriteResult(
+                    "kept",
+                    f"kept: the golden's validation score {old.validation_score:.3f} is higher than this run's "
+                    f"{new.scores.validation.score if new.scores.validation else 0.0:.3f} on the same signature "
+                    "and validation set; use --dspex-force to replace it",
+                )
+            self._write(path, record)
+            return WriteResult("updated", reason)
+
+    @staticmethod
+    def _write(path: Path, record: dict[str, Any]) -> None:
+        atomic_write_json(path, record)
+        os.chmod(path, _FILE_MODE)  # mkstemp creates 0600; a golden is a reviewed, shared file
 
     def all_files(self) -> list[Path]:
         if not self.root.exists():
@@ -271,15 +575,39 @@ class GoldenStore:
         return sorted(p for p in self.root.rglob("*.json") if not p.name.startswith("."))
 
 
+def _replace_reason(old: GoldenFile, new: GoldenFile) -> str | None:
+    """Why ``new`` replaces ``old``, or None when ``old`` is comparable and better (keep it)."""
+    old_fp = {k: v["hash"] for k, v in old.fingerprints().items()}
+    new_fp = {k: v["hash"] for k, v in new.fingerprints().items()}
+    if old_fp != new_fp:
+        return "replaced because the signature changed since the golden was compiled"
+    if old.validation_dataset and new.validation_dataset and old.validation_dataset != new.validation_dataset:
+        return "replaced because the validation set changed (scores on different sets are not comparable)"
+    if old.model.metric and new.model.metric and old.model.metric != new.model.metric:
+        return f"replaced because the metric changed ({old.model.metric} -> {new.model.metric})"
+    o, n = old.validation_score, new.validation_score
+    if o is None or n is None:
+        return "replaced because the golden has no validation score to compare with"
+    if o > n:
+        return None
+    return f"replaced because this run's validation score {n:.3f} is at least the golden's {o:.3f}"
+
+
 # -- DSPy interop --------------------------------------------------------------------------------
 def to_dspy_state(golden: GoldenFile | dict[str, Any], program: Module) -> dict[str, Any]:
-    """The golden's demos in the layout DSPy's ``program.load()`` reads."""
+    """The golden's demos in the layout DSPy's ``program.load()`` reads.
+
+    DSPy 3.4.1's ``BaseModule.load`` reads ``metadata["dependency_versions"]`` and looks every key of it
+    up in its own ``get_dependency_versions()`` (``python``, ``dspy``, ``cloudpickle``): any other key is
+    a ``KeyError``. So that dict stays empty (no version of DSPy was involved, nothing to warn about)
+    and pytest-dspex's own version goes next to it, where DSPy does not look.
+    """
     gf = golden if isinstance(golden, GoldenFile) else GoldenFile(Path("<golden>"), golden)
     loaded = gf.apply(program)
     state = loaded.dump_state()
     from . import __version__
 
-    state["metadata"] = {"dependency_versions": {"pytest_dspex": __version__}}
+    state["metadata"] = {"dependency_versions": {}, "pytest_dspex": {"version": __version__}}
     return state
 
 

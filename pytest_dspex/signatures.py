@@ -23,7 +23,16 @@ import pydantic
 
 from ._exceptions import SignatureError
 
-__all__ = ["FieldSpec", "InputField", "OutputField", "Signature", "ensure_signature", "make_signature"]
+__all__ = [
+    "FieldSpec",
+    "InputField",
+    "OutputField",
+    "Signature",
+    "diff_fingerprints",
+    "ensure_signature",
+    "fingerprint",
+    "make_signature",
+]
 
 
 @dataclass(frozen=True)
@@ -269,3 +278,73 @@ def ensure_signature(signature: str | type[Signature]) -> type[Signature]:
     raise SignatureError(
         f"expected a Signature subclass or a string like 'question -> answer', got {signature!r}"
     )
+
+
+# -- fingerprints (golden files record them; a golden whose fingerprint differs is stale) ---------
+def fingerprint_of(instructions: str, fields: list[dict[str, str]]) -> dict[str, Any]:
+    """``{"hash", "instructions", "fields": [{"name", "role", "type"}]}`` for the given parts.
+
+    The hash is the first 16 hex digits of the sha256 of the canonical JSON of instructions and fields
+    (in order): field descriptions and prefixes are prompt wording, not shape, and are left out.
+    """
+    import hashlib
+    import json
+
+    shape = [{"name": f["name"], "role": f["role"], "type": f["type"]} for f in fields]
+    text = json.dumps({"fields": shape, "instructions": instructions}, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return {"hash": "sha256:" + digest, "instructions": instructions, "fields": shape}
+
+
+def fingerprint(signature: type[Signature]) -> dict[str, Any]:
+    """The signature's fingerprint: instructions, and each field's name, role and type, hashed."""
+    fields = [{"name": f.name, "role": f.role, "type": f.type_name} for f in signature.fields.values()]
+    return fingerprint_of(signature.instructions, fields)
+
+
+def diff_fingerprints(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What changed from ``old`` to ``new`` (two ``fingerprint`` dicts), one phrase per change.
+
+    A field removed and another added with the same role at the same position reads as a rename.
+    """
+    changes: list[str] = []
+    old_fields = {f["name"]: f for f in old.get("fields", [])}
+    new_fields = {f["name"]: f for f in new.get("fields", [])}
+    removed = [f for n, f in old_fields.items() if n not in new_fields]
+    added = [f for n, f in new_fields.items() if n not in old_fields]
+    old_pos = {n: i for i, n in enumerate(old_fields)}
+    new_pos = {n: i for i, n in enumerate(new_fields)}
+    for r in list(removed):
+        match = next(
+            (a for a in added if a["role"] == r["role"] and new_pos[a["name"]] == old_pos[r["name"]]), None
+        )
+        if match is not None:
+            removed.remove(r)
+            added.remove(match)
+            text = f"{r['role']} field {r['name']!r} renamed to {match['name']!r}"
+            if match["type"] != r["type"]:
+                text += f" (type {r['type']} -> {match['type']})"
+            changes.append(text)
+    changes += [f"{f['role']} field {f['name']!r} removed" for f in removed]
+    changes += [f"{f['role']} field {f['name']!r} ({f['type']}) added" for f in added]
+    for name, f in new_fields.items():
+        o = old_fields.get(name)
+        if o is None:
+            continue
+        if o["role"] != f["role"]:
+            changes.append(f"field {name!r} changed from {o['role']} to {f['role']}")
+        if o["type"] != f["type"]:
+            changes.append(f"{f['role']} field {name!r} type changed from {o['type']} to {f['type']}")
+    if old.get("instructions", "") != new.get("instructions", "") and not (
+        _is_default(old) and _is_default(new)  # default instructions follow the field names
+    ):
+        changes.append("instructions changed")
+    if not changes and old.get("hash") != new.get("hash"):
+        changes.append("field order changed")
+    return changes
+
+
+def _is_default(fp: dict[str, Any]) -> bool:
+    fields = fp.get("fields", [])
+    specs = {f["name"]: FieldSpec(role=f["role"], name=f["name"]) for f in fields}
+    return bool(fp.get("instructions", "") == _default_instructions(specs))

@@ -10,6 +10,7 @@ import textwrap
 import pytest
 
 import pytest_dspex as dspex
+from pytest_dspex._exceptions import GoldenStaleError
 from pytest_dspex.golden import GoldenStore, from_dspy_state, golden_record, to_dspy_state
 
 from .conftest import Triage
@@ -70,9 +71,13 @@ def test_keep_better_unless_forced(tmp_path):
         ("{not json", r"corrupted golden file \(not valid JSON"),
         ("[]", r"corrupted golden file \(expected a JSON object"),
         ('{"schema_version": 99, "predictors": {}}', r"newer pytest-dspex \(schema 99"),
-        ('{"schema_version": 1, "predictors": []}', r"'predictors' must map"),
-        ('{"schema_version": 1, "predictors": {"self": {"demos": ["x"]}}}', r"demo 0 is malformed"),
-        ('{"schema_version": 1, "predictors": {"self": {"demos": []}}, "scores": {"validation": {"score": "high"}}}', r"must hold a number"),
+        ('{"predictors": {}}', r"no integer schema_version"),
+        ('{"schema_version": 1, "predictors": []}', r"\(predictors: Input should be a valid dictionary"),
+        ('{"schema_version": 1, "predictors": {"self": {"demos": ["x"]}}}', r"\(predictors.self.demos.0: Input should be"),
+        ('{"schema_version": 1, "predictors": {"self": {"demos": []}}, "scores": {"validation": {"score": "high"}}}',
+         r"scores.validation.score: Input should be a valid number"),
+        ('{"schema_version": 2, "predictors": {}, "scores": {"validation": {"score": 1, "examples": {"a": "x"}}}}',
+         r"scores.validation.examples.a: Input should be a valid number"),
     ],
 )
 def test_bad_goldens_are_clear_errors_naming_the_file(tmp_path, content, message):
@@ -87,9 +92,9 @@ def test_bad_goldens_are_clear_errors_naming_the_file(tmp_path, content, message
 def test_demo_fields_that_do_not_match_the_signature(tmp_path):
     path = tmp_path / "p.json"
     GoldenStore(tmp_path).write(path, golden_record(compiled_program(), name="p"))
-    with pytest.raises(dspex.GoldenFileError, match=r"p.json: predictor 'self' demo 0 has field\(s\) message, team not in the signature"):
+    with pytest.raises(GoldenStaleError, match=r"p.json: golden is stale.*input field 'message' renamed to 'question'"):
         GoldenStore(tmp_path).read(path).apply(dspex.Predict("question -> answer"))
-    with pytest.raises(dspex.GoldenFileError, match="golden has predictors"):
+    with pytest.raises(GoldenStaleError, match="golden has predictors"):
         GoldenStore(tmp_path).read(path).apply(cot_program())
 
 
@@ -156,3 +161,207 @@ def test_concurrent_writers_leave_one_valid_file(tmp_path):
         assert p.wait(timeout=60) == 0
     GoldenStore(tmp_path).read(path)
     assert not [f for f in tmp_path.iterdir() if f.name.endswith(".tmp")]
+
+
+# -- schema 2 -------------------------------------------------------------------------------------
+def _records(n: int, right: int) -> list[dict]:
+    return [{"key": f"ex-{i}", "score": 1.0 if i < right else 0.0} for i in range(n)]
+
+
+def test_v2_records_fingerprint_prompts_and_per_example_outcomes(tmp_path):
+    store = GoldenStore(tmp_path)
+    path = tmp_path / "triage.json"
+    rec = golden_record(compiled_program(), name="triage", metric="team_matches", records=_records(10, 8),
+                        datasets={"validation": "sha256:v"}, adapter="compact")
+    store.write(path, rec)
+    data = json.loads(path.read_text())
+    assert data["schema_version"] == 2
+    assert data["scores"]["validation"] == {"score": 0.8, "n": 10, "examples": {f"ex-{i}": (1.0 if i < 8 else 0.0) for i in range(10)}}
+    fp = data["signature_fingerprint"]["self"]
+    assert fp["hash"].startswith("sha256:") and fp["instructions"] == Triage.instructions
+    assert fp["fields"] == [{"name": "message", "role": "input", "type": "str"}, {"name": "team", "role": "output", "type": "str"}]
+    prompt = data["prompts"]["self"]
+    assert [m["role"] for m in prompt] == ["system", "user"]
+    # the demos and the input as a placeholder, as the compact adapter sends them
+    assert prompt[1]["content"].endswith("Message: {message}\nTeam:")
+    assert "Message: refund\nTeam: billing" in prompt[1]["content"]
+    golden = store.read(path)
+    assert golden.validation_examples == {f"ex-{i}": (1.0 if i < 8 else 0.0) for i in range(10)}
+    assert golden.apply(dspex.Predict(Triage)).demos == compiled_program().demos
+    # the chat adapter renders its own layout with the same placeholder
+    chat = golden_record(compiled_program(), name="triage", adapter="chat")["prompts"]["self"]
+    assert "[[ ## message ## ]]\n{message}" in chat[-1]["content"]
+
+
+def test_the_paired_gate_compares_a_run_with_the_golden_outcomes(tmp_path):
+    store = GoldenStore(tmp_path)
+    path = tmp_path / "p.json"
+    store.write(path, golden_record(compiled_program(), name="p", records=_records(300, 240)))
+    golden = store.read(path)
+    run = {r["key"]: r["score"] for r in _records(300, 240)}
+    for i in range(9):
+        run[f"ex-{i}"] = 0.0
+    result = golden.compare(run)
+    assert result is not None and result.verdict == "regressed" and len(result.regressions) == 9
+    assert golden.compare(_records(300, 240)).verdict == "no change"  # records work as well as a mapping
+
+
+V1_FILE = {
+    "schema_version": 1,
+    "program": "triage",
+    "predictors": {"self": {
+        "signature": {"instructions": Triage.instructions, "fields": [
+            {"name": "message", "role": "input", "type": "str", "desc": "", "prefix": "Message:"},
+            {"name": "team", "role": "output", "type": "str", "desc": "", "prefix": "Team:"}]},
+        "demos": [{"inputs": {"message": "refund"}, "outputs": {"team": "billing"}, "bootstrapped": True}]}},
+    "scores": {"validation": {"score": 0.8, "n": 40}},
+    "metric": "team_matches", "model": {}, "optimizer": {}, "datasets": {},
+    "plugin_version": "0.1.0", "created_at": "2026-01-01T00:00:00+00:00",
+}
+
+
+def test_v1_files_still_load_and_have_no_paired_outcomes(tmp_path):
+    path = tmp_path / "triage.json"
+    path.write_text(json.dumps(V1_FILE))
+    golden = GoldenStore(tmp_path).read(path)
+    assert golden.schema_version == 1 and golden.validation_score == 0.8
+    assert golden.apply(dspex.Predict(Triage)).demos == [{"message": "refund", "team": "billing", "augmented": True}]
+    assert golden.validation_examples is None and golden.compare({"a": 1.0}) is None  # tolerance gate instead
+
+
+class Renamed(dspex.Signature):
+    """Route a customer message to the team that should handle it."""
+
+    message: str = dspex.InputField()
+    result: str = dspex.OutputField()
+
+
+class Retyped(dspex.Signature):
+    """Route a customer message to the team that should handle it."""
+
+    message: str = dspex.InputField()
+    team: int = dspex.OutputField()
+
+
+class Reworded(dspex.Signature):
+    """Pick the team for this message."""
+
+    message: str = dspex.InputField()
+    team: str = dspex.OutputField()
+
+
+class Extended(dspex.Signature):
+    """Route a customer message to the team that should handle it."""
+
+    message: str = dspex.InputField()
+    channel: str = dspex.InputField()
+    team: str = dspex.OutputField()
+
+
+@pytest.mark.parametrize("schema", [1, 2])
+@pytest.mark.parametrize(
+    ("signature", "change"),
+    [
+        (Renamed, "output field 'team' renamed to 'result'"),
+        (Retyped, "output field 'team' type changed from str to int"),
+        (Reworded, "instructions changed"),
+        (Extended, "input field 'channel' (str) added"),
+    ],
+)
+def test_a_stale_golden_is_an_error_saying_what_changed(tmp_path, schema, signature, change):
+    path = tmp_path / "triage.json"
+    if schema == 1:
+        path.write_text(json.dumps(V1_FILE))
+    else:
+        GoldenStore(tmp_path).write(path, golden_record(compiled_program(), name="triage"))
+    with pytest.raises(GoldenStaleError) as info:
+        GoldenStore(tmp_path).read(path).apply(dspex.Predict(signature))
+    message = str(info.value)
+    assert str(path) in message and "golden is stale" in message
+    assert change in message and info.value.changes == [change]
+    assert "run pytest --dspex-compile=triage to recompile" in message
+    assert isinstance(info.value, dspex.GoldenFileError)
+
+
+def test_a_v1_file_without_a_recorded_signature_is_checked_by_its_demo_fields(tmp_path):
+    path = tmp_path / "p.json"
+    data = {**V1_FILE, "predictors": {"self": {"demos": V1_FILE["predictors"]["self"]["demos"]}}}
+    path.write_text(json.dumps(data))
+    golden = GoldenStore(tmp_path).read(path)
+    assert golden.apply(dspex.Predict(Triage)).demos[0]["team"] == "billing"
+    with pytest.raises(GoldenStaleError, match=r"demo 0 has field\(s\) team not in the signature \(message -> result\)"):
+        golden.apply(dspex.Predict(Renamed))
+
+
+def test_files_are_written_0644(tmp_path):
+    path = tmp_path / "sub" / "p.json"
+    GoldenStore(tmp_path).write(path, golden_record(compiled_program(), name="p"))
+    assert oct(path.stat().st_mode & 0o777) == oct(0o644)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", r"corrupted golden file \(not valid JSON.* not replaced.*--dspex-force"),
+        ('{"schema_version": 3, "predictors": {}}', r"newer pytest-dspex \(schema 3.* not replaced"),
+    ],
+)
+def test_compile_never_replaces_a_corrupted_or_newer_golden_unless_forced(tmp_path, content, message):
+    path = tmp_path / "p.json"
+    path.write_text(content)
+    store = GoldenStore(tmp_path)
+    with pytest.raises(dspex.GoldenFileError, match=message) as info:
+        store.write(path, golden_record(compiled_program(), name="p", validation=(0.9, 10)))
+    assert str(path) in str(info.value)
+    assert path.read_text() == content
+    result = store.write(path, golden_record(compiled_program(), name="p", validation=(0.9, 10)), force=True)
+    assert result == "updated" and "forced" in result.reason
+    assert store.read(path).validation_score == 0.9
+
+
+def test_compile_refuses_to_write_a_run_over_the_error_budget(tmp_path):
+    path = tmp_path / "p.json"
+    store = GoldenStore(tmp_path)
+    rec = golden_record(compiled_program(), name="p", validation=(0.0, 40))
+    with pytest.raises(dspex.GoldenFileError, match=r"not written: .*over its error budget \(100% of the validation "
+                       r"examples failed with LM errors, the budget is 5%"):
+        store.write(path, rec, error_rate=1.0, max_error_rate=0.05, force=True)
+    with pytest.raises(dspex.GoldenFileError, match="over its error budget"):
+        store.write(path, rec, over_error_budget=True)
+    assert not path.exists()
+    assert store.write(path, rec, error_rate=0.02, max_error_rate=0.05) == "created"
+
+
+def test_keep_better_compares_like_with_like_and_says_why(tmp_path):
+    store = GoldenStore(tmp_path)
+    path = tmp_path / "p.json"
+    good = golden_record(compiled_program(), name="p", validation=(0.9, 10), datasets={"validation": "sha256:a"})
+    first = store.write(path, good)
+    assert first == "created" and first.reason
+    assert store.write(path, good) == "unchanged"
+    worse = golden_record(dspex.Predict(Triage), name="p", validation=(0.5, 10), datasets={"validation": "sha256:a"})
+    kept = store.write(path, worse)
+    assert kept == "kept" and kept.outcome == "kept"
+    assert "0.900 is higher than this run's 0.500" in kept.reason and "--dspex-force" in kept.reason
+    # another validation set: the scores say nothing about each other, the new run replaces the golden
+    other_set = golden_record(dspex.Predict(Triage), name="p", validation=(0.5, 10), datasets={"validation": "sha256:b"})
+    replaced = store.write(path, other_set)
+    assert replaced == "updated" and "validation set changed" in replaced.reason
+    assert store.read(path).validation_score == 0.5
+    # another signature: same
+    renamed = dspex.Predict(Renamed)
+    store.write(path, good)  # back to 0.9 (0.9 >= 0.5)
+    changed = store.write(path, golden_record(renamed, name="p", validation=(0.1, 10), datasets={"validation": "sha256:a"}))
+    assert changed == "updated" and "signature changed" in changed.reason
+    better = store.write(path, golden_record(renamed, name="p", validation=(0.3, 10), datasets={"validation": "sha256:a"}))
+    assert better == "updated" and "0.300 is at least the golden's 0.100" in better.reason
+
+
+def test_dspy_metadata_holds_only_keys_dspy_load_knows(tmp_path):
+    # DSPy 3.4.1 BaseModule.load: for key in metadata["dependency_versions"]: get_dependency_versions()[key]
+    # -> only "python", "dspy", "cloudpickle" may appear there; anything else is a KeyError in DSPy.
+    path = tmp_path / "qa.json"
+    GoldenStore(tmp_path).write(path, golden_record(cot_program(), name="qa"))
+    state = to_dspy_state(GoldenStore(tmp_path).read(path), dspex.ChainOfThought("question -> answer"))
+    assert set(state["metadata"]["dependency_versions"]) <= {"python", "dspy", "cloudpickle"}
+    assert state["metadata"]["pytest_dspex"]["version"] == dspex.__version__

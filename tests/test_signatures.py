@@ -86,3 +86,33 @@ def test_literal_outside_the_choices_is_rejected():
     sig = dspex.make_signature("m -> team: Literal['billing', 'technical']")
     with pytest.raises(dspex.AdapterParseError, match="not one of billing, technical"):
         CompactAdapter().parse(sig, " marketing")
+
+
+def test_fingerprint_covers_instructions_names_roles_and_types_only():
+    from pytest_dspex.signatures import diff_fingerprints, fingerprint
+
+    base = fingerprint(dspex.make_signature("question -> answer", "Answer it."))
+    assert base["fields"] == [{"name": "question", "role": "input", "type": "str"},
+                              {"name": "answer", "role": "output", "type": "str"}]
+    assert fingerprint(dspex.make_signature("question -> answer", "Answer it.")) == base
+
+    class Described(dspex.Signature):
+        """Answer it."""
+
+        question: str = dspex.InputField(desc="what is asked")  # descriptions are wording, not shape
+        answer: str = dspex.OutputField(prefix="A:")
+
+    assert fingerprint(Described)["hash"] == base["hash"]
+    assert diff_fingerprints(base, fingerprint(dspex.make_signature("query -> answer", "Answer it."))) == [
+        "input field 'question' renamed to 'query'"]
+    assert diff_fingerprints(base, fingerprint(dspex.make_signature("question -> answer, score: float", "Answer it."))) == [
+        "output field 'score' (float) added"]
+    assert diff_fingerprints(base, fingerprint(dspex.make_signature("question -> answer: int", "Answer it."))) == [
+        "output field 'answer' type changed from str to int"]
+    assert diff_fingerprints(base, fingerprint(dspex.make_signature("question, answer -> x", "Answer it."))) == [
+        "output field 'x' (str) added", "field 'answer' changed from output to input"]
+    assert diff_fingerprints(base, fingerprint(dspex.make_signature("question -> answer", "Reply."))) == [
+        "instructions changed"]
+    # default instructions follow the field names: a rename is not also an instructions change
+    assert diff_fingerprints(fingerprint(dspex.make_signature("q -> a")), fingerprint(dspex.make_signature("q -> b"))) == [
+        "output field 'a' renamed to 'b'"]
