@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m pytest_dspex",
         description="pytest-dspex commands for golden files and reports (the tests themselves run under pytest).",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", title="commands", required=True)
     for add in COMMANDS:
         add(sub)
     return parser

@@ -18,12 +18,13 @@ from typing import Any
 from .._atomic import atomic_write_text
 from ._format import ProgramView, clean_url, fields_text, fmt_num, fmt_score
 
-__all__ = ["MAX_LISTED", "append_step_summary", "render_markdown", "write_markdown"]
+__all__ = ["MAX_LISTED", "append_step_summary", "md_text", "render_markdown", "write_markdown"]
 
 #: How many regressed examples are listed per program before "and N more".
 MAX_LISTED = 10
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~>-])")
+# inline text never starts a line here, so only the characters that act mid-line are escaped
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 
 
 def md_text(value: Any, limit: int = 80) -> str:
@@ -96,7 +97,7 @@ def _regressions(p: ProgramView) -> list[str]:
                 f": {md_text(fields_text(rec.get('inputs')), 60)} → expected {md_text(fields_text(rec.get('expected')), 40)},"
                 f" got {md_text(got or '', 40)}"
             )
-        code = key.replace("`", "'")
+        code = " ".join(key.replace("`", "'").split())
         out.append(f"- `{code}`{detail}")
     if len(keys) > MAX_LISTED:
         out.append(f"- … and {len(keys) - MAX_LISTED} more")

@@ -1,0 +1,179 @@
+"""``python -m pytest_dspex``: the compiled prompt out of a golden file, reports rendered from JSON,
+and ``load_golden`` for production code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+
+import pytest_dspex as dspex
+from pytest_dspex.cli import main
+from pytest_dspex.fake_server import FakeLMServer
+from pytest_dspex.golden import GoldenStore, golden_record
+
+from .report_samples import program_row, report
+
+
+class Ticket(dspex.Signature):
+    """Route a customer message to the team that should handle it."""
+
+    message: str = dspex.InputField(desc="the customer's words", prefix="Customer says:")
+    tags: list[str] = dspex.InputField()
+    team: Literal["billing", "technical", "it's other"] = dspex.OutputField(desc="the team")
+
+
+DEMOS = [
+    {"message": "I was charged twice", "tags": ["invoice"], "team": "billing", "augmented": True},
+    {"message": "The app crashes", "tags": [], "team": "technical"},
+]
+
+
+def _compiled() -> dspex.Predict:
+    program = dspex.Predict(Ticket)
+    program.demos = [dict(d) for d in DEMOS]
+    return program
+
+
+def _write_golden(tmp_path: Path, program: dspex.Module, name: str = "ticket") -> Path:
+    path = tmp_path / "__dspex__" / "test_ticket" / f"{name}.json"
+    GoldenStore(tmp_path / "__dspex__").write(path, golden_record(program, name=name, metric="m", validation=(0.9, 10)))
+    return path
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _sent(server_factory: Callable[..., FakeLMServer], make_lm: Callable[..., dspex.LM], program: dspex.Module, **inputs: Any) -> list[dict[str, str]]:
+    """The messages ``program`` really sends to an LM for ``inputs``."""
+    seen: list[dict[str, Any]] = []
+
+    def capture(body: dict[str, Any]) -> str:
+        seen.append(body)
+        return "no answer in any layout"  # only the request matters here
+
+    with dspex.context(lm=make_lm(server_factory(capture))), pytest.raises(dspex.AdapterParseError):
+        program(**inputs)
+    return seen[0]["messages"]  # type: ignore[no-any-return]
+
+
+# -- prompt --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("adapter", ["compact", "chat", "json"])
+def test_prompt_prints_exactly_what_the_compiled_program_sends(
+    adapter: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    server_factory: Callable[..., FakeLMServer], make_lm: Callable[..., dspex.LM],
+) -> None:  # fmt: skip
+    golden = _write_golden(tmp_path, _compiled())
+    program = dspex.load_golden(dspex.Predict(Ticket, adapter=adapter), golden)
+    sent = _sent(server_factory, make_lm, program, message="Refund my order", tags=["refund", "order"])
+
+    code, out, err = _run(capsys, "prompt", str(golden), "--adapter", adapter, "--json",
+                          "--input", "message=Refund my order", "-i", 'tags=["refund", "order"]')  # fmt: skip
+    assert (code, err) == (0, "")
+    data = json.loads(out)
+    assert data["adapter"] == adapter and data["program"] == "ticket"
+    assert data["predictors"]["self"]["messages"] == sent
+    assert data["predictors"]["self"]["demos"] == 2
+
+    code, text, _ = _run(capsys, "prompt", str(golden), "--adapter", adapter, "-i", "message=Refund my order",
+                         "-i", 'tags=["refund", "order"]')  # fmt: skip
+    assert code == 0
+    for m in sent:
+        assert f"--- {m['role']} ---\n{m['content']}" in text
+
+
+def test_prompt_of_a_chain_of_thought_with_placeholders(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    server_factory: Callable[..., FakeLMServer], make_lm: Callable[..., dspex.LM],
+) -> None:  # fmt: skip
+    cot = dspex.ChainOfThought("question -> answer: int")
+    cot.predict.demos = [{"question": "2 + 2?", "reasoning": "add", "answer": 4}]
+    golden = _write_golden(tmp_path, cot, "math")
+    code, text, _ = _run(capsys, "prompt", str(golden))
+    assert code == 0
+    assert text.splitlines()[0] == f"# {golden}: program math, adapter compact"
+    assert "## predictor predict (1 demos)" in text
+    assert "Question: 2 + 2?\nReasoning: add\nAnswer: 4\n\nQuestion: {question}\nReasoning:" in text
+    assert '--- stop sequences ---\n["\\n\\n", "\\nQuestion:"]' in text
+    sent = _sent(server_factory, make_lm, dspex.load_golden(dspex.ChainOfThought("question -> answer: int"), golden), question="3 + 1?")
+    code, out, _ = _run(capsys, "prompt", str(golden), "--json", "-i", "question=3 + 1?")
+    assert json.loads(out)["predictors"]["predict"]["messages"] == sent
+
+
+def test_prompt_errors_name_the_file_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope.json"
+    code, out, err = _run(capsys, "prompt", str(missing))
+    assert (code, out) == (2, "")
+    assert err == f"pytest-dspex: error: {missing}: no such golden file; compile one with pytest --dspex-compile\n"
+
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text('{"schema_version": 1, "predictors": ', encoding="utf-8")
+    code, _, err = _run(capsys, "prompt", str(corrupt))
+    assert code == 2 and err.startswith(f"pytest-dspex: error: {corrupt}: corrupted golden file (not valid JSON")
+
+    no_signature = tmp_path / "nosig.json"
+    no_signature.write_text('{"schema_version": 1, "predictors": {"self": {"demos": []}}}', encoding="utf-8")
+    code, _, err = _run(capsys, "prompt", str(no_signature))
+    assert code == 2 and f"{no_signature}: predictor 'self': corrupted golden file (no signature recorded)" in err
+
+    code, _, err = _run(capsys, "prompt", str(tmp_path))
+    assert code == 2 and "is a directory" in err
+
+    golden = _write_golden(tmp_path, _compiled())
+    code, _, err = _run(capsys, "prompt", str(golden), "-i", "mesage=typo")
+    assert code == 2 and "no predictor has the input field(s) mesage (input fields: message, tags)" in err
+    code, _, err = _run(capsys, "prompt", str(golden), "-i", "message")
+    assert code == 2 and "--input 'message': expected FIELD=VALUE" in err
+
+
+def test_python_dash_m(tmp_path: Path) -> None:
+    golden = _write_golden(tmp_path, _compiled())
+    done = subprocess.run([sys.executable, "-m", "pytest_dspex", "prompt", str(golden), "-i", "message=hi"],
+                          capture_output=True, text=True, check=False, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Customer says: hi\n" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "pytest_dspex"], capture_output=True, text=True, check=False, timeout=120)
+    assert done.returncode == 2 and "prompt" in done.stderr and "report" in done.stderr
+
+
+# -- report --------------------------------------------------------------------------------------------
+def test_report_renders_html_and_markdown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "dspex-report.json"
+    src.write_text(json.dumps(report(program_row(passed=False))), encoding="utf-8")
+    code, out, err = _run(capsys, "report", str(src), "--html", str(tmp_path / "r.html"), "--markdown", str(tmp_path / "r.md"))
+    assert (code, out, err) == (0, "", "")
+    assert "<!doctype html>" in (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert (tmp_path / "r.md").read_text(encoding="utf-8").startswith("### ❌ pytest-dspex: 1 of 1 program failed")
+    code, out, _ = _run(capsys, "report", str(src), "--markdown", "-")
+    assert code == 0 and out.startswith("### ❌")
+
+    code, _, err = _run(capsys, "report", str(src))
+    assert code == 2 and "--html PATH and/or --markdown PATH" in err
+    code, _, err = _run(capsys, "report", str(tmp_path / "none.json"), "--markdown", "-")
+    assert code == 2 and "none.json: no such report" in err
+    (tmp_path / "bad.json").write_text("[1]", encoding="utf-8")
+    code, _, err = _run(capsys, "report", str(tmp_path / "bad.json"), "--markdown", "-")
+    assert code == 2 and "bad.json: not a pytest-dspex report" in err
+
+
+# -- load_golden ---------------------------------------------------------------------------------------
+def test_load_golden_for_production_code(tmp_path: Path) -> None:
+    golden = _write_golden(tmp_path, _compiled())
+    fresh = dspex.Predict(Ticket)
+    loaded = dspex.load_golden(fresh, golden)
+    assert fresh.demos == []  # the program passed in is left as it was
+    assert isinstance(loaded, dspex.Predict)
+    assert loaded.demos == DEMOS
+
+    with pytest.raises(dspex.GoldenFileError, match=r"nope\.json: no such golden file"):
+        dspex.load_golden(dspex.Predict(Ticket), tmp_path / "nope.json")
+    with pytest.raises(dspex.GoldenFileError, match="ticket.json"):
+        dspex.load_golden(dspex.ChainOfThought("question -> answer"), golden)
