@@ -81,11 +81,13 @@ class FakeLMServer:
         faults: Faults | None = None,
         port: int = 0,
         model: str = "fake-model",
+        host: str = "127.0.0.1",
     ) -> None:
         self.responder: Responder = responder or (lambda body: "ok")
         self.latency = latency
         self.faults = faults or Faults()
         self.port = port
+        self.host = host  # 127.0.0.1 unless a test serves another (network-namespace) address
         self.model = model
         self.counts: Counter[str] = Counter()
         self.bodies: list[dict[str, Any]] = []
@@ -98,7 +100,7 @@ class FakeLMServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"http://{self.host}:{self.port}/v1"
 
     @property
     def requests(self) -> int:
@@ -168,7 +170,7 @@ class FakeLMServer:
             app.router.add_get("/v1/models", self._models)
             self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
             await self._runner.setup()
-            site = web.TCPSite(self._runner, "127.0.0.1", self.port, backlog=1024)
+            site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
             await site.start()
             self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
@@ -231,6 +233,7 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--pass-every", type=int, default=1)
     parser.add_argument("--faults", default="{}", help='JSON for Faults, e.g. {"http_500": 0.1}')
@@ -239,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     def respond(body: dict[str, Any]) -> str:
         return triage_responder(body, pass_every=args.pass_every)
 
-    server = FakeLMServer(respond, latency=args.latency, port=args.port, faults=Faults(**json.loads(args.faults)))
+    server = FakeLMServer(respond, latency=args.latency, port=args.port, host=args.host, faults=Faults(**json.loads(args.faults)))
     server.keep_bodies = False
     server.start()
     print(f"READY {server.base_url}", flush=True)
