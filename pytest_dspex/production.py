@@ -124,13 +124,35 @@ def golden_predictors(golden: GoldenFile) -> dict[str, Predict]:
     return out
 
 
+_ADAPTERS = ("compact", "chat", "json")
+
+
 def golden_adapter(golden: GoldenFile) -> str | None:
-    """The adapter a golden says its program uses, when it records one."""
+    """The adapter the golden's program uses: the one it names, else the one whose layout gives the
+    prompts it recorded (schema 2 records each predictor's messages with ``{field}`` placeholders),
+    else None (unknown: schema 1)."""
     for holder in (golden.data, golden.data.get("model") or {}):
         name = holder.get("adapter") if isinstance(holder, Mapping) else None
         if isinstance(name, str) and name:
             return name
+    recorded = golden.data.get("prompts")
+    if not isinstance(recorded, Mapping) or not recorded:
+        return None
+    predictors = golden_predictors(golden)
+    for name in _ADAPTERS:
+        adapter = get_adapter(name)
+        if all(
+            path in predictors and _placeholder_messages(adapter, predictors[path]) == list(messages)
+            for path, messages in recorded.items()
+        ):
+            return name
     return None
+
+
+def _placeholder_messages(adapter: Adapter, predictor: Predict) -> list[dict[str, str]]:
+    values = {n: f"{{{n}}}" for n in predictor.signature.input_fields()}
+    request = adapter.format(predictor.signature, predictor.demos, values)
+    return [{"role": str(m["role"]), "content": str(m["content"])} for m in request.messages]
 
 
 def golden_requests(

@@ -40,9 +40,10 @@ def _compiled() -> dspex.Predict:
     return program
 
 
-def _write_golden(tmp_path: Path, program: dspex.Module, name: str = "ticket") -> Path:
+def _write_golden(tmp_path: Path, program: dspex.Module, name: str = "ticket", adapter: str | None = None) -> Path:
     path = tmp_path / "__dspex__" / "test_ticket" / f"{name}.json"
-    GoldenStore(tmp_path / "__dspex__").write(path, golden_record(program, name=name, metric="m", validation=(0.9, 10)))
+    record = golden_record(program, name=name, metric="m", validation=(0.9, 10), adapter=adapter)
+    GoldenStore(tmp_path / "__dspex__").write(path, record)
     return path
 
 
@@ -71,11 +72,11 @@ def test_prompt_prints_exactly_what_the_compiled_program_sends(
     adapter: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     server_factory: Callable[..., FakeLMServer], make_lm: Callable[..., dspex.LM],
 ) -> None:  # fmt: skip
-    golden = _write_golden(tmp_path, _compiled())
+    golden = _write_golden(tmp_path, _compiled(), adapter=adapter)  # its recorded prompts name the layout
     program = dspex.load_golden(dspex.Predict(Ticket, adapter=adapter), golden)
     sent = _sent(server_factory, make_lm, program, message="Refund my order", tags=["refund", "order"])
 
-    code, out, err = _run(capsys, "prompt", str(golden), "--adapter", adapter, "--json",
+    code, out, err = _run(capsys, "prompt", str(golden), "--json",
                           "--input", "message=Refund my order", "-i", 'tags=["refund", "order"]')  # fmt: skip
     assert (code, err) == (0, "")
     data = json.loads(out)
@@ -83,6 +84,7 @@ def test_prompt_prints_exactly_what_the_compiled_program_sends(
     assert data["predictors"]["self"]["messages"] == sent
     assert data["predictors"]["self"]["demos"] == 2
 
+    golden = _write_golden(tmp_path, _compiled())  # compact prompts recorded; --adapter overrides
     code, text, _ = _run(capsys, "prompt", str(golden), "--adapter", adapter, "-i", "message=Refund my order",
                          "-i", 'tags=["refund", "order"]')  # fmt: skip
     assert code == 0
