@@ -9,7 +9,17 @@ parameters (never the API key or headers). Modes:
 * ``replay``    read; a miss is a ``CacheMissError`` (offline CI that must not call an LM)
 
 Disk writes go to one writer thread, so a cache miss never blocks the event loop on SQLite.
-A corrupted cache directory is moved aside with a warning and a fresh one is started.
+
+The storage tier behind the memory LRU is anything with the small :class:`Storage` surface —
+``get(key) -> JSON text | None``, ``set(key, JSON text)``, ``close()``, ``len()`` — kept in
+``ResponseCache._disk``: :class:`DiskStorage` (diskcache) by default, Redis in ``redis_cache``.
+
+Opening the disk cache: a damaged database (SQLite "file is not a database", "malformed") is moved
+aside to a unique name (``<dir>.corrupt-<pid>-<random>``, so concurrent workers never collide)
+with a warning, and a fresh cache is started — in mode ``on`` only. A permission error or a
+read-only location is a ``ConfigError`` naming the directory, never a reason to move the user's
+cache. ``read-only`` and ``replay`` never write: a missing directory is not created (every lookup
+misses) and a damaged one is reported, not moved.
 """
 
 from __future__ import annotations
@@ -20,14 +30,15 @@ import json
 import logging
 import os
 import shutil
-import time
+import sqlite3
+import uuid
 import warnings
 from collections import OrderedDict
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from .._exceptions import CacheMissError, ConfigError
 
-__all__ = ["CacheMode", "ResponseCache", "cache_key"]
+__all__ = ["CacheMode", "DiskStorage", "ResponseCache", "Storage", "cache_key"]
 
 CacheMode = Literal["on", "off", "read-only", "replay"]
 MODES = ("on", "off", "read-only", "replay")
@@ -37,6 +48,103 @@ logger = logging.getLogger("pytest_dspex.cache")
 def cache_key(request: dict[str, Any]) -> str:
     blob = json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class Storage(Protocol):
+    """A response cache's storage tier: whole JSON values by key."""
+
+    def get(self, key: str) -> str | None: ...
+
+    def set(self, key: str, raw: str) -> None: ...
+
+    def close(self) -> None: ...
+
+    def __len__(self) -> int: ...
+
+
+def _corrupt(exc: BaseException) -> bool:
+    """A damaged database, as opposed to one we may not open (permissions, read-only, locked)."""
+    if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and "malformed" in str(exc)
+
+
+class DiskStorage:
+    """diskcache's ``FanoutCache`` (4 SQLite shards) as a storage tier."""
+
+    def __init__(self, directory: str, mode: CacheMode = "on") -> None:
+        self.directory = directory
+        self.mode = mode
+        self._cache: Any = self._open(stacklevel=4)
+
+    def _open(self, *, stacklevel: int) -> Any:
+        try:
+            return self._try_open()
+        except (sqlite3.Error, OSError) as exc:
+            if not _corrupt(exc):
+                raise self._unusable(exc) from None
+            if self.mode != "on":
+                raise ConfigError(
+                    f"the LM cache at {self.directory} is damaged ({exc}); cache mode {self.mode!r} never "
+                    "writes, so it is left as it is: move it away, or record it again with --dspex-cache=on"
+                ) from None
+            first = exc
+        try:  # another worker may have replaced it already
+            return self._try_open()
+        except (sqlite3.Error, OSError) as exc:
+            if not _corrupt(exc):
+                raise self._unusable(exc) from None
+        aside = f"{self.directory}.corrupt-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            shutil.move(self.directory, aside)
+        except FileNotFoundError:
+            aside = "(already moved by another process)"
+        except OSError as exc:
+            raise self._unusable(exc) from None
+        warnings.warn(
+            f"pytest-dspex: the LM cache at {self.directory} is unreadable ({first}); moved it to {aside} "
+            "and started an empty cache",
+            RuntimeWarning,
+            stacklevel=stacklevel,
+        )
+        try:
+            return self._try_open()
+        except (sqlite3.Error, OSError) as exc:
+            raise self._unusable(exc) from None
+
+    def _try_open(self) -> Any:
+        import diskcache
+
+        disk = diskcache.FanoutCache(self.directory, shards=4, timeout=5, eviction_policy="none")
+        try:
+            for shard in disk._shards:  # touch every shard: damage shows here rather than mid-run
+                shard.get("__dspex_probe__")
+        except BaseException:
+            disk.close()
+            raise
+        return disk
+
+    def _unusable(self, exc: BaseException) -> ConfigError:
+        return ConfigError(
+            f"the LM cache directory {self.directory} cannot be used ({type(exc).__name__}: {exc}); "
+            "check its permissions, or choose another one (--dspex-cache-dir) or --dspex-cache=off"
+        )
+
+    def get(self, key: str) -> str | None:
+        raw = self._cache.get(key)
+        return None if raw is None else str(raw)
+
+    def set(self, key: str, raw: str) -> None:
+        self._cache.set(key, raw)
+
+    def close(self) -> None:
+        self._cache.close()
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def __iter__(self) -> Any:
+        return iter(self._cache)
 
 
 class ResponseCache:
@@ -53,33 +161,16 @@ class ResponseCache:
         self.directory = os.fspath(directory) if directory is not None else None
         self.memory_entries = memory_entries
         self._memory: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._disk: Any = None
+        self._disk: Any = None  # the storage tier (``Storage``)
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None
         if self.directory is not None and mode != "off":
-            self._disk = self._open_disk(self.directory)
+            self._disk = self._open_disk(self.directory, mode)
 
     @staticmethod
-    def _open_disk(directory: str) -> Any:
-        import sqlite3
-
-        import diskcache
-
-        try:
-            disk = diskcache.FanoutCache(directory, shards=4, timeout=5, eviction_policy="none")
-            # touch every shard: corruption shows here rather than mid-run
-            for shard in disk._shards:
-                shard.get("__dspex_probe__")
-            return disk
-        except (sqlite3.DatabaseError, OSError) as exc:
-            aside = f"{directory}.corrupt-{int(time.time())}"
-            warnings.warn(
-                f"pytest-dspex: the LM cache at {directory} is unreadable ({exc}); moved it to {aside} "
-                "and started an empty cache",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            shutil.move(directory, aside)
-            return diskcache.FanoutCache(directory, shards=4, timeout=5, eviction_policy="none")
+    def _open_disk(directory: str, mode: CacheMode = "on") -> Storage | None:
+        if mode != "on" and not os.path.isdir(directory):
+            return None  # read-only and replay never create a cache: every lookup misses
+        return DiskStorage(directory, mode)
 
     @property
     def reads(self) -> bool:

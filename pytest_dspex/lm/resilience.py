@@ -1,32 +1,110 @@
-"""Retries with backoff that honour ``Retry-After``, and a circuit breaker per endpoint.
+"""Retries, back-pressure and the circuit breaker: how one logical LM call rides through faults.
 
-The breaker is a ``pybreaker.CircuitBreaker`` (its state machine, counters and listeners) driven
-from asyncio without ``call_async`` (which needs tornado): ``before()`` is checked ahead of each
-attempt, and ``success()`` / ``failure()`` feed the outcome back. All calls happen on
-pytest-dspex's single background loop, so the state is never touched from two threads at once.
-While half-open, exactly one trial request is let through; the others fail fast.
+A *logical call* is one request the program asked for (after the cache and in-flight sharing);
+an *attempt* is one HTTP request made for it. The retry loop (:func:`send_with_retries`) makes
+attempts until one succeeds, the error is not worth retrying, or the retries are spent; only the
+logical call's final outcome is reported to the breaker.
+
+Retries
+    5xx, 408, timeouts, refused/reset connections and garbled bodies are retried up to
+    ``RetryPolicy.retries`` times with full-jitter exponential backoff. A 429 is back-pressure,
+    not a failure: the wait is the server's ``Retry-After`` (or the backoff when it sends none),
+    and 429s draw on their own allowance (``throttle_retries``), not on ``retries``.
+
+Back-pressure (:class:`AdaptiveLimiter`, AIMD on the in-flight limit)
+    Every answered attempt is an observation. While 429s keep coming — at least half of the last
+    ``window`` answers (``window = max(8, 2 × limit)``) — the limit is halved (multiplicative
+    decrease, never below 1; the window then starts afresh, so one burst halves it once). Every
+    ``limit`` answers that are not 429 add one slot back (additive increase), up to the configured
+    concurrency. A scattering of 429s among good answers does not lower the limit: that is a
+    server's bad minute, handled by the retry; a server that is over its capacity answers mostly
+    429 and the limit comes down to what it can take.
+
+Circuit breaker (:class:`Breaker`, a ``pybreaker.CircuitBreaker`` driven per logical call)::
+
+                     admit(): new calls pass
+                 ┌────────────────────────────┐
+                 ▼                            │ trial call succeeded, or the
+    ┌────────────────────────┐                │ endpoint answered (4xx / 429 /
+    │ CLOSED                 │                │ garbled body: pybreaker ``exclude``)
+    │ count consecutive      │       ┌────────┴──────────────────┐
+    │ failed logical calls   │       │ HALF-OPEN                 │
+    └──────────┬─────────────┘       │ exactly one trial call;   │
+               │ fail_max failed     │ every other new call      │
+               │ logical calls       │ fails fast                │
+               ▼                     └────────┬──────────▲───────┘
+    ┌────────────────────────┐  trial failed  │          │ reset_timeout elapsed,
+    │ OPEN                   │◄───────────────┘          │ on the next admit()
+    │ new calls fail fast    ├───────────────────────────┘
+    │ (CircuitOpenError)     │
+    └────────────────────────┘
+
+* A failure is a logical call that failed after its retries with an *endpoint* error: refused
+  or broken connection, timeout, HTTP 5xx/408. A call that ended with a 4xx, a 429 or a garbled
+  body is excluded (the endpoint answered: pybreaker counts it as a success). Budget, replay and
+  cancellation outcomes are not reported at all.
+* Each opening starts a new *generation*. A call admitted before the breaker opened keeps going:
+  its in-flight attempt completes and its answer is returned to its caller (a response that
+  arrived is never discarded); it only makes no *new* attempt (no further retry) while the
+  breaker is not closed, and its outcome is not reported (it belongs to the old generation).
+* Only ``admit()`` fails fast, i.e. only new calls. The trial call in half-open runs its
+  retries like any call; its outcome closes or re-opens the breaker; while it runs, other new
+  calls fail fast. A cancelled trial frees the trial slot without a verdict.
+* A ``Breaker`` belongs to an LM family (an ``LM`` and its ``copy()``s); a new ``LM`` gets a
+  new breaker. There is no process-wide registry.
+
+pybreaker keeps the counters and the state; the asyncio side is ours: pybreaker's ``call()`` is
+only used to report an outcome while the breaker is closed or for the trial (so it never raises
+for being open), and the open→half-open move is made by ``admit()`` on a monotonic clock. All of
+it runs on pytest-dspex's one background loop, so no two threads touch a breaker at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import email.utils
+import logging
 import random
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import pybreaker
 
-from .._exceptions import CircuitOpenError
+from .._exceptions import (
+    CircuitOpenError,
+    LMError,
+    LMHTTPError,
+    LMResponseError,
+    LMTimeoutError,
+    LMUnavailableError,
+)
 
-__all__ = ["Breaker", "RetryPolicy", "breaker_for", "parse_retry_after"]
+__all__ = [
+    "AdaptiveLimiter",
+    "Breaker",
+    "RetryPolicy",
+    "Ticket",
+    "is_endpoint_failure",
+    "parse_retry_after",
+    "send_with_retries",
+]
+
+T = TypeVar("T")
+logger = logging.getLogger("pytest_dspex.lm")
 
 
+# -- retries -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RetryPolicy:
     retries: int = 3
     backoff_base: float = 0.5
     backoff_max: float = 20.0
     retry_after_max: float = 60.0
+    throttle_retries: int = 10  # 429s: their own allowance, they are not failures
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         """Seconds to wait before retry number ``attempt`` (0-based)."""
@@ -51,55 +129,232 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def _is_throttle(exc: BaseException) -> bool:
+    return isinstance(exc, LMHTTPError) and exc.status == 429
+
+
+def is_endpoint_failure(exc: BaseException) -> bool:
+    """Does ``exc`` say the endpoint is down or broken (as opposed to answering with an error)?"""
+    if isinstance(exc, CircuitOpenError):
+        return False
+    if isinstance(exc, LMUnavailableError | LMTimeoutError):
+        return True
+    return isinstance(exc, LMHTTPError) and (exc.status >= 500 or exc.status == 408)
+
+
+def _endpoint_answered(exc: BaseException) -> bool:
+    """pybreaker ``exclude``: errors that prove the endpoint is up (it answered)."""
+    return isinstance(exc, LMHTTPError | LMResponseError) and not is_endpoint_failure(exc)
+
+
+# -- back-pressure -----------------------------------------------------------------------------
+class AdaptiveLimiter:
+    """A FIFO limit on requests in flight that backs off while 429s keep coming (AIMD)."""
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = maximum
+        self.limit = maximum
+        self.in_flight = 0
+        self.decreases = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._recent: collections.deque[bool] = collections.deque(maxlen=max(8, 2 * maximum))
+        self._credit = 0
+
+    @property
+    def window(self) -> int:
+        return max(8, 2 * self.limit)
+
+    async def acquire(self) -> None:
+        if self.in_flight < self.limit and not self._waiters:
+            self.in_flight += 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # the slot was handed to us as we were cancelled
+            else:
+                self._waiters.remove(fut)
+            raise
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_flight < self.limit:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                self.in_flight += 1
+                fut.set_result(None)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        await self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+    def observe(self, *, throttled: bool) -> None:
+        """One answered attempt: a 429 (``throttled``) or anything else."""
+        self._recent.append(throttled)
+        if throttled:
+            window = self.window
+            recent = list(self._recent)[-window:]
+            if sum(recent) * 2 >= window:
+                self.limit = max(1, self.limit // 2)
+                self.decreases += 1
+                self._recent.clear()
+                self._credit = 0
+                logger.info("LM endpoint keeps answering 429: in-flight limit lowered to %d", self.limit)
+        elif self.limit < self.maximum:
+            self._credit += 1
+            if self._credit >= self.limit:
+                self._credit = 0
+                self.limit += 1
+                self._wake()
+
+
+# -- the breaker -------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """What ``Breaker.admit()`` hands a logical call: its generation and whether it is the trial."""
+
+    generation: int
+    trial: bool
+
+
 class Breaker:
+    """A per-LM-family circuit breaker counting failed logical calls (see the module docstring)."""
+
     def __init__(self, name: str, fail_max: int = 5, reset_timeout: float = 30.0) -> None:
         self.name = name
-        self._cb = pybreaker.CircuitBreaker(fail_max=fail_max, reset_timeout=reset_timeout, name=name)
-        self._trial_in_flight = False
-        self.failures = 0  # every failed attempt seen, for reports and tests
-        self.opened_after: int | None = None  # failures seen when the breaker first opened
+        self.reset_timeout = reset_timeout
+        self._cb = pybreaker.CircuitBreaker(
+            fail_max=fail_max,
+            reset_timeout=reset_timeout,
+            name=name,
+            exclude=[_endpoint_answered],
+            listeners=[_Watch(self)],
+            throw_new_error_on_trip=False,
+        )
+        self._generation = 0
+        self._opened_at = 0.0
+        self._trial_running = False
+        self._sleepers: set[asyncio.Future[None]] = set()
+        self.failures = 0  # failed logical calls reported (endpoint failures)
+        self.trips = 0  # how many times it opened
+        self.opened_after: int | None = None  # failures reported when it first opened
+        self.last_error: str | None = None
 
     @property
     def state(self) -> str:
         return str(self._cb.current_state)
 
     @property
+    def fail_max(self) -> int:
+        return int(self._cb.fail_max)
+
+    @property
     def fail_counter(self) -> int:
         return int(self._cb.fail_counter)
 
-    def before(self) -> None:
+    def admit(self) -> Ticket:
+        """Let a new logical call through, or raise ``CircuitOpenError`` (failing fast)."""
         state = self._cb.current_state
         if state == pybreaker.STATE_CLOSED:
-            return
+            return Ticket(self._generation, False)
         if state == pybreaker.STATE_OPEN:
-            opened = self._cb._state_storage.opened_at
-            if opened is not None and time.time() < opened.timestamp() + self._cb.reset_timeout:
+            if time.monotonic() < self._opened_at + self.reset_timeout:
                 raise CircuitOpenError(self._message())
             self._cb.half_open()
-        if self._trial_in_flight:
+        if self._trial_running:
             raise CircuitOpenError(self._message())
-        self._trial_in_flight = True
+        self._trial_running = True
+        return Ticket(self._generation, True)
 
-    def success(self) -> None:
-        self._trial_in_flight = False
-        if self._cb.current_state != pybreaker.STATE_CLOSED or self._cb.fail_counter:
+    def may_retry(self, ticket: Ticket) -> bool:
+        """May the call holding ``ticket`` make another attempt? Not once the breaker opened under it."""
+        if ticket.trial:
+            return True
+        return ticket.generation == self._generation and self._cb.current_state == pybreaker.STATE_CLOSED
+
+    async def pause(self, seconds: float, ticket: Ticket) -> None:
+        """Sleep before a retry; wake early when the breaker opens (that call will not retry)."""
+        if not self.may_retry(ticket):
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._sleepers.add(fut)
+        try:
+            await asyncio.wait_for(fut, seconds)
+        except TimeoutError:
+            pass
+        finally:
+            self._sleepers.discard(fut)
+
+    def done(self, ticket: Ticket, exc: BaseException | None) -> None:
+        """Report the outcome of a logical call (``None``: it succeeded)."""
+        if ticket.trial:
+            self._trial_running = False
+            if exc is not None and not _is_verdict(exc):
+                return  # cancelled or never sent: the next new call is the trial
+        elif ticket.generation != self._generation or self._cb.current_state != pybreaker.STATE_CLOSED:
+            return  # admitted before the breaker opened: its outcome is its caller's alone
+        if exc is None:
             self._cb.call(_noop)
-
-    def failure(self, exc: BaseException) -> None:
-        self._trial_in_flight = False
-        self.failures += 1
+            return
+        if not _is_verdict(exc):
+            return
+        if is_endpoint_failure(exc):
+            self.failures += 1
+            self.last_error = str(exc)
         try:
             self._cb.call(_raise, exc)
-        except BaseException:
+        except BaseException:  # the caller raises the error itself
             pass
-        if self.opened_after is None and self._cb.current_state == pybreaker.STATE_OPEN:
+
+    def _opened(self) -> None:
+        self._generation += 1
+        self._opened_at = time.monotonic()
+        self.trips += 1
+        if self.opened_after is None:
             self.opened_after = self.failures
+        for fut in self._sleepers:
+            if not fut.done():
+                fut.set_result(None)
+        logger.warning(
+            "LM endpoint %s: circuit breaker opened after %d failed calls in a row (last: %s)",
+            self.name,
+            self._cb.fail_max,
+            self.last_error,
+        )
 
     def _message(self) -> str:
+        last = f" (last error: {self.last_error})" if self.last_error else ""
         return (
             f"LM endpoint {self.name} is unavailable: circuit breaker open after "
-            f"{self._cb.fail_max} consecutive failures; failing fast for {self._cb.reset_timeout:g}s"
+            f"{self._cb.fail_max} consecutive failed calls{last}; failing fast for {self.reset_timeout:g}s"
         )
+
+    def __repr__(self) -> str:
+        return f"Breaker({self.name!r}, state={self.state!r}, failures={self.failures})"
+
+
+def _is_verdict(exc: BaseException) -> bool:
+    """Does this outcome say anything about the endpoint?"""
+    return is_endpoint_failure(exc) or _endpoint_answered(exc)
+
+
+class _Watch(pybreaker.CircuitBreakerListener):
+    def __init__(self, breaker: Breaker) -> None:
+        self._breaker = breaker
+
+    def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
+        if new_state is not None and new_state.name == pybreaker.STATE_OPEN:
+            self._breaker._opened()
 
 
 def _noop() -> None:
@@ -110,13 +365,49 @@ def _raise(exc: BaseException) -> None:
     raise exc
 
 
-_breakers: dict[tuple[str, int, float], Breaker] = {}
+# -- the retry loop ----------------------------------------------------------------------------
+async def send_with_retries(
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    policy: RetryPolicy,
+    breaker: Breaker,
+    ticket: Ticket,
+    limiter: AdaptiveLimiter,
+    label: str = "LM",
+) -> tuple[T, int]:
+    """Run ``attempt`` until it succeeds or should stop; return its result and the retries made.
+
+    ``attempt`` makes one request and takes its own slot in ``limiter``; its errors are
+    ``LMError``s. The answers are fed to the limiter (429 or not); the breaker is only asked
+    whether another attempt may start.
+    """
+    failed = throttled = 0
+    while True:
+        try:
+            data = await attempt()
+        except LMError as exc:
+            throttle = _is_throttle(exc)
+            if isinstance(exc, LMHTTPError | LMResponseError):
+                limiter.observe(throttled=throttle)
+            spent = throttled >= policy.throttle_retries if throttle else failed >= policy.retries
+            if not exc.retryable or spent:
+                raise _gave_up(exc, failed + throttled, "") from None
+            delay = policy.delay(throttled if throttle else failed, getattr(exc, "retry_after", None))
+            await breaker.pause(delay, ticket)  # returns early if the breaker opens meanwhile
+            if not breaker.may_retry(ticket):
+                raise _gave_up(exc, failed + throttled, "; not retried: the circuit breaker opened") from None
+            if throttle:
+                throttled += 1
+            else:
+                failed += 1
+            logger.info("%s: %s; retry %d after %.2fs", label, exc, failed + throttled, delay)
+        else:
+            limiter.observe(throttled=False)
+            return data, failed + throttled
 
 
-def breaker_for(endpoint: str, fail_max: int = 5, reset_timeout: float = 30.0) -> Breaker:
-    """One breaker per endpoint (and settings) in this process, shared by every LM using it."""
-    key = (endpoint, fail_max, reset_timeout)
-    b = _breakers.get(key)
-    if b is None:
-        b = _breakers[key] = Breaker(endpoint, fail_max, reset_timeout)
-    return b
+def _gave_up(exc: LMError, retries: int, why: str) -> LMError:
+    exc.retries = retries
+    if retries or why:
+        exc.args = (f"{exc.args[0]}" + (f" (after {retries} retries)" if retries else "") + why,)
+    return exc
