@@ -139,19 +139,22 @@ class Module:
         from ._atomic import atomic_write_json
 
         state = self.dump_state()
-        state["metadata"] = {"dependency_versions": _versions()}
+        state["metadata"] = _metadata()
         atomic_write_json(Path(path), state)
 
     def load(self, path: str | Path) -> Module:
         return self.load_state(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
-def _versions() -> dict[str, str]:
-    import platform
+def _metadata() -> dict[str, Any]:
+    """DSPy's ``load`` looks every key of ``dependency_versions`` up among its own (python, dspy,
+    cloudpickle; a KeyError otherwise), so pytest-dspex's version goes beside it, as in golden exports."""
+    import sys
 
     from . import __version__
 
-    return {"python": platform.python_version(), "pytest_dspex": __version__}
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return {"dependency_versions": {"python": python}, "pytest_dspex": {"version": __version__}}
 
 
 class Predict(Module):
