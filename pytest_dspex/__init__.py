@@ -23,12 +23,13 @@ _LAZY: dict[str, str] = {
     "events": "", "metrics": "",
     **dict.fromkeys(
         ["AdapterParseError", "BudgetExceededError", "CacheMissError", "CircuitOpenError", "ConfigError",
-         "DatasetError", "DspexError", "GoldenFileError", "LMError", "LMHTTPError", "LMResponseError",
+         "DatasetError", "DspexError", "GoldenFileError", "GoldenStaleError", "LMError", "LMHTTPError", "LMResponseError",
          "LMTimeoutError", "LMUnavailableError", "MetricError", "SignatureError"],
         "._exceptions",
     ),
     **dict.fromkeys(["ChatAdapter", "CompactAdapter", "JSONAdapter"], ".adapters"),
-    **dict.fromkeys(["load_dataset", "split"], ".datasets"),
+    **dict.fromkeys(["Comparison", "compare"], ".comparison"),
+    **dict.fromkeys(["example_key", "load_dataset", "split"], ".datasets"),
     **dict.fromkeys(["Evaluate", "EvaluationResult", "ExampleRecord", "evaluate"], ".evaluation"),
     **dict.fromkeys(["LM", "Budget", "ResponseCache", "Usage", "track_usage"], ".lm"),
     **dict.fromkeys(["Example", "Prediction"], ".primitives"),
@@ -66,6 +67,7 @@ if _TYPE_CHECKING:
         DatasetError,
         DspexError,
         GoldenFileError,
+        GoldenStaleError,
         LMError,
         LMHTTPError,
         LMResponseError,
@@ -75,7 +77,8 @@ if _TYPE_CHECKING:
         SignatureError,
     )
     from .adapters import ChatAdapter, CompactAdapter, JSONAdapter
-    from .datasets import load_dataset, split
+    from .comparison import Comparison, compare
+    from .datasets import example_key, load_dataset, split
     from .evaluation import Evaluate, EvaluationResult, ExampleRecord, evaluate
     from .lm import LM, Budget, ResponseCache, Usage, track_usage
     from .primitives import Example, Prediction
@@ -94,6 +97,7 @@ __all__ = [
     "ChatAdapter",
     "CircuitOpenError",
     "CompactAdapter",
+    "Comparison",
     "ConfigError",
     "DatasetError",
     "DspexError",
@@ -102,6 +106,7 @@ __all__ = [
     "Example",
     "ExampleRecord",
     "GoldenFileError",
+    "GoldenStaleError",
     "InputField",
     "JSONAdapter",
     "LMError",
@@ -119,10 +124,12 @@ __all__ = [
     "SignatureError",
     "Usage",
     "__version__",
+    "compare",
     "configure",
     "context",
     "evaluate",
     "events",
+    "example_key",
     "load_dataset",
     "load_golden",
     "make_signature",
