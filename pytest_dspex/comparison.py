@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 from .stats import wilson_interval
 
-__all__ = ["Comparison", "Verdict", "compare", "mcnemar_exact", "needed_n", "outcomes_from_records"]
+__all__ = ["Comparison", "Verdict", "compare", "flaky_keys", "mcnemar_exact", "needed_n", "outcomes_from_records"]
 
 Verdict = Literal["regressed", "improved", "no change"]
 TestName = Literal["mcnemar-exact", "paired-permutation"]
@@ -298,4 +298,19 @@ def outcomes_from_records(records: Iterable[Any]) -> dict[str, float]:
         if key in out:
             raise DatasetError(f"duplicate example key {key!r} among the records")
         out[key] = float(score)
+    return out
+
+
+def flaky_keys(records: Iterable[Any]) -> list[str]:
+    """Keys of the examples whose repeats disagree (some repeats scored differently from others).
+
+    ``records`` are ``ExampleRecord`` objects or their JSON dicts; records without ``repeats`` (or with
+    one) are never flaky. Order: as given.
+    """
+    out: list[str] = []
+    for rec in records:
+        get = rec.get if isinstance(rec, Mapping) else (lambda name, r=rec: getattr(r, name, None))
+        repeats = get("repeats") or []
+        if len({float(s) for s in repeats}) > 1:
+            out.append(str(get("key")))
     return out

@@ -218,7 +218,9 @@ def render_prompts(program: Module, adapter: Any = None) -> dict[str, list[dict[
     """The messages each predictor sends, with inputs as ``{field}`` placeholders.
 
     Each predictor's own adapter is used, else ``adapter``, else the configured default; the
-    predictors' demos are part of the prompt, as they are when the program runs.
+    predictors' demos are part of the prompt, as they are when the program runs. The prompts are
+    informative (never read back): a custom adapter that cannot format placeholders (it checks input
+    types, say) leaves its predictor out rather than failing the compile.
     """
     from . import settings
     from .adapters import get_adapter
@@ -227,7 +229,10 @@ def render_prompts(program: Module, adapter: Any = None) -> dict[str, list[dict[
     for path, p in program.named_predictors():
         chosen = p.adapter or get_adapter(adapter if adapter is not None else settings.current_adapter())
         placeholders = {name: "{" + name + "}" for name in p.signature.input_fields()}
-        request = chosen.format(p.signature, p.demos, placeholders)
+        try:
+            request = chosen.format(p.signature, p.demos, placeholders)
+        except Exception:
+            continue
         prompts[path] = [{"role": str(m["role"]), "content": str(m["content"])} for m in request.messages]
     return prompts
 

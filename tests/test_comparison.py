@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pytest_dspex.comparison import Comparison, compare, mcnemar_exact, needed_n, outcomes_from_records
+from pytest_dspex.comparison import Comparison, compare, flaky_keys, mcnemar_exact, needed_n, outcomes_from_records
 from pytest_dspex.primitives import Example
 from pytest_dspex.stats import clustered_confidence_interval, clustered_mean, confidence_interval
 
@@ -157,3 +157,9 @@ def test_clustered_interval_counts_examples_not_repeats():
     assert naive[1] - naive[0] < hi - lo
     assert clustered_confidence_interval([]) == (0.0, 0.0)
     assert clustered_confidence_interval([[1.0, 0.0]]) == (0.0, 1.0)
+
+
+def test_flaky_examples_are_those_whose_repeats_disagree():
+    records = [{"key": "a", "repeats": [1.0, 1.0]}, {"key": "b", "repeats": [1.0, 0.0, 1.0]},
+               {"key": "c", "repeats": None}, SimpleNamespace(key="d", repeats=[0.5, 0.25])]
+    assert flaky_keys(records) == ["b", "d"]
