@@ -163,3 +163,18 @@ def test_flaky_examples_are_those_whose_repeats_disagree():
     records = [{"key": "a", "repeats": [1.0, 1.0]}, {"key": "b", "repeats": [1.0, 0.0, 1.0]},
                {"key": "c", "repeats": None}, SimpleNamespace(key="d", repeats=[0.5, 0.25])]
     assert flaky_keys(records) == ["b", "d"]
+
+
+def test_paired_interval_is_symmetric_for_balanced_flips_and_tightens_with_n():
+    def run(n_same: int, flips: int) -> Comparison:
+        base = {f"s{i}": float(i % 2) for i in range(n_same)}
+        cur = dict(base)
+        for i in range(flips):
+            base[f"d{i}"], cur[f"d{i}"] = 1.0, 0.0  # pass -> fail
+            base[f"u{i}"], cur[f"u{i}"] = 0.0, 1.0  # fail -> pass
+        return compare(base, cur)
+
+    small, large = run(60, 10), run(600, 100)
+    assert small.delta == 0 and small.verdict == "no change" and small.p_value == 1.0
+    assert small.delta_ci95[0] == pytest.approx(-small.delta_ci95[1])
+    assert large.delta_ci95[1] - large.delta_ci95[0] < small.delta_ci95[1] - small.delta_ci95[0]
