@@ -17,9 +17,10 @@ while two independent scores of equally good programs on 300 examples differ by 
   continuity-corrected as in Altman et al., "Statistics with confidence" (2000) — slightly wider
   than the uncorrected method 10.
 * Graded scores (any score strictly between 0 and 1, e.g. a mean over repeats): a **paired
-  sign-flip permutation test** on the per-example differences (exact when at most 12 differ, else
-  10,000 seeded random flips) and a seeded **paired bootstrap** percentile interval of the mean
-  difference. Deterministic: the same inputs and seed give the same result.
+  sign-flip permutation test** on the per-example differences (exact when at most 12 differ,
+  10,000 seeded random flips up to 100, beyond that the normal limit of the sign-flip sum, whose
+  variance is the sum of the squared differences) and a seeded **paired bootstrap** percentile
+  interval of the mean difference. Deterministic: the same inputs and seed give the same result.
 
 ``p_value`` is one-sided in the direction of the observed delta: evidence of a regression when
 ``delta < 0``, of an improvement when ``delta > 0``; 1.0 when ``delta == 0``. The verdict is
@@ -51,6 +52,7 @@ TestName = Literal["mcnemar-exact", "paired-permutation"]
 Score = float | Sequence[float]
 
 _EXACT_FLIPS_MAX = 12
+_MONTE_CARLO_MAX = 100
 _PERMUTATIONS = 10_000
 _BOOTSTRAPS = 2_000
 
@@ -259,6 +261,9 @@ def _sign_flip_p(diffs: Sequence[float], rng: random.Random) -> float:
             s = sum(m if mask >> i & 1 else -m for i, m in enumerate(mags))
             hits += s >= target
         return hits / (1 << k)
+    if k > _MONTE_CARLO_MAX:
+        # many differing examples: the sign-flip sum is close to normal, mean 0, variance sum(d^2)
+        return 0.5 * math.erfc(abs(observed) / math.sqrt(2 * sum(m * m for m in mags)))
     hits = 0
     for _ in range(_PERMUTATIONS):
         bits = rng.getrandbits(k)
