@@ -239,8 +239,8 @@ def _newcombe_paired(a: int, b: int, c: int, d: int) -> tuple[float, float]:
     denom = (a + b) * (c + d) * (a + c) * (b + d)
     # the correlation of the two outcomes, shrunk towards 0 as in Newcombe's paper and Altman et al.,
     # "Statistics with confidence" (2000), p. 52: ad - bc above n/2 is reduced by n/2, 0 < ad - bc <= n/2 is 0
-    cross = a * d - b * c
-    cross = cross - n / 2 if cross > n / 2 else cross if cross < 0 else 0.0
+    raw = a * d - b * c
+    cross = raw - n / 2 if raw > n / 2 else float(raw) if raw < 0 else 0.0
     phi = cross / math.sqrt(denom) if denom > 0 else 0.0
     delta = p2 - p1
     lo2 = (p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2
