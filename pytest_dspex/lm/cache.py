@@ -12,7 +12,9 @@ Disk writes go to one writer thread, so a cache miss never blocks the event loop
 
 The storage tier behind the memory LRU is anything with the small :class:`Storage` surface —
 ``get(key) -> JSON text | None``, ``set(key, JSON text)``, ``close()``, ``len()`` — kept in
-``ResponseCache._disk``: :class:`DiskStorage` (diskcache) by default, Redis in ``redis_cache``.
+``ResponseCache._disk``: :class:`DiskStorage` (diskcache) in mode ``on``,
+:class:`ReadOnlyDiskStorage` (the same files through SQLite's read-only mode) in ``read-only`` and
+``replay``, Redis in ``redis_cache``.
 
 Opening the disk cache: a damaged database (SQLite "file is not a database", "malformed") is moved
 aside to a unique name (``<dir>.corrupt-<pid>-<random>``, so concurrent workers never collide)
@@ -31,14 +33,17 @@ import logging
 import os
 import shutil
 import sqlite3
+import time
+import urllib.parse
 import uuid
 import warnings
+import zlib
 from collections import OrderedDict
 from typing import Any, Literal, Protocol
 
 from .._exceptions import CacheMissError, ConfigError
 
-__all__ = ["CacheMode", "DiskStorage", "ResponseCache", "Storage", "cache_key"]
+__all__ = ["CacheMode", "DiskStorage", "ReadOnlyDiskStorage", "ResponseCache", "Storage", "cache_key"]
 
 CacheMode = Literal["on", "off", "read-only", "replay"]
 MODES = ("on", "off", "read-only", "replay")
@@ -147,6 +152,74 @@ class DiskStorage:
         return iter(self._cache)
 
 
+class ReadOnlyDiskStorage:
+    """A diskcache directory read through SQLite's read-only mode: it never writes a byte.
+
+    Used by ``read-only`` and ``replay`` (diskcache itself writes its settings on open). Reads
+    diskcache's layout: shard ``NNN/cache.db`` chosen by adler32 of the key, string values inline
+    (``mode`` 1) or in a text file next to the shard (``mode`` 3).
+    """
+
+    def __init__(self, directory: str, mode: CacheMode) -> None:
+        import glob
+
+        self.directory = directory
+        self.mode = mode
+        paths = sorted(glob.glob(os.path.join(glob.escape(directory), "[0-9][0-9][0-9]", "cache.db")))
+        self._shards: list[tuple[str, sqlite3.Connection]] = []
+        try:
+            for path in paths:
+                conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True, check_same_thread=False)
+                self._shards.append((os.path.dirname(path), conn))
+                conn.execute("SELECT rowid FROM Cache LIMIT 1").fetchall()  # damage shows here, not mid-run
+        except (sqlite3.Error, OSError) as exc:
+            self.close()
+            if _corrupt(exc):
+                raise ConfigError(
+                    f"the LM cache at {directory} is damaged ({exc}); cache mode {mode!r} never writes, so "
+                    "it is left as it is: move it away, or record it again with --dspex-cache=on"
+                ) from None
+            raise ConfigError(
+                f"the LM cache directory {directory} cannot be used ({type(exc).__name__}: {exc}); "
+                "check its permissions, or choose another one (--dspex-cache-dir) or --dspex-cache=off"
+            ) from None
+
+    def get(self, key: str) -> str | None:
+        if not self._shards:
+            return None
+        folder, conn = self._shards[(zlib.adler32(key.encode()) & 0xFFFFFFFF) % len(self._shards)]
+        row = conn.execute(
+            "SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1"
+            " AND (expire_time IS NULL OR expire_time > ?)",
+            (key, time.time()),
+        ).fetchone()
+        if row is None:
+            return None
+        mode, filename, value = row
+        if mode == 1:  # diskcache MODE_RAW
+            return str(value)
+        if mode == 3:  # MODE_TEXT: a long value in its own file
+            with open(os.path.join(folder, filename), encoding="utf-8") as f:
+                return f.read()
+        raise ValueError(f"unexpected cache value mode {mode}")  # a miss, with a warning
+
+    def set(self, key: str, raw: str) -> None:  # pragma: no cover - these modes never write
+        raise RuntimeError(f"cache mode {self.mode!r} never writes")
+
+    def close(self) -> None:
+        for _, conn in self._shards:
+            conn.close()
+        self._shards = []
+
+    def __len__(self) -> int:
+        return sum(int(conn.execute("SELECT COUNT(*) FROM Cache").fetchone()[0]) for _, conn in self._shards)
+
+    def __iter__(self) -> Any:
+        for _, conn in self._shards:
+            for (key,) in conn.execute("SELECT key FROM Cache WHERE raw = 1").fetchall():
+                yield key
+
+
 class ResponseCache:
     def __init__(
         self,
@@ -168,9 +241,11 @@ class ResponseCache:
 
     @staticmethod
     def _open_disk(directory: str, mode: CacheMode = "on") -> Storage | None:
-        if mode != "on" and not os.path.isdir(directory):
+        if mode == "on":
+            return DiskStorage(directory, mode)
+        if not os.path.isdir(directory):
             return None  # read-only and replay never create a cache: every lookup misses
-        return DiskStorage(directory, mode)
+        return ReadOnlyDiskStorage(directory, mode)
 
     @property
     def reads(self) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 __all__ = ["InflightRequests", "hedged"]
 
@@ -102,6 +102,6 @@ async def hedged(
             fut.add_done_callback(_retrieve)
 
 
-def _retrieve(fut: asyncio.Future[object]) -> None:
+def _retrieve(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()  # nobody waits for the loser: no "exception never retrieved"

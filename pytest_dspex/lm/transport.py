@@ -59,12 +59,10 @@ class HTTPTransport:
                     transport = httpx.AsyncHTTPTransport(limits=limits)
                 else:
                     transport = AiohttpTransport(limits=limits)
-            headers = {"content-type": "application/json"}
-            if self._credentials.authorization:
-                headers["authorization"] = self._credentials.authorization
             client = self._clients[loop] = httpx.AsyncClient(
                 transport=transport,
-                headers=headers,
+                headers={"content-type": "application/json"},
+                auth=_holder_auth(self._credentials) if self._credentials.authorization else None,
                 timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout, pool=None),
             )
             if _runtime.in_runtime():
@@ -119,6 +117,27 @@ class HTTPTransport:
                 f"{self.label}: the body is not a chat completion ({type(exc).__name__}): {scrub(resp.text[:120])!r}"
             ) from None
         return data  # type: ignore[no-any-return]
+
+
+_auth_class: type | None = None
+
+
+def _holder_auth(credentials: Credentials) -> Any:
+    """An ``httpx.Auth`` setting ``Authorization`` per request from the holder (the client keeps no copy)."""
+    global _auth_class
+    if _auth_class is None:
+        import httpx
+
+        class HolderAuth(httpx.Auth):
+            def __init__(self, credentials: Credentials) -> None:
+                self._credentials = credentials
+
+            def auth_flow(self, request: httpx.Request) -> Any:
+                request.headers["authorization"] = self._credentials.authorization or ""
+                yield request
+
+        _auth_class = HolderAuth
+    return _auth_class(credentials)
 
 
 def _refused(exc: BaseException) -> bool:

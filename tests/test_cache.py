@@ -1,0 +1,100 @@
+"""The response cache on disk: only real damage is moved aside; permissions are clear errors;
+read-only and replay modes never write."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+import pytest
+
+import pytest_dspex as dspex
+from pytest_dspex.lm.cache import DiskStorage
+
+ANSWER = {"choices": [{"message": {"content": "billing"}}], "usage": {}}
+
+
+def _filled(directory) -> None:
+    cache = dspex.ResponseCache(directory)
+    cache.set("k1", ANSWER)
+    cache.flush()
+    cache.close()
+
+
+def _damage(directory) -> None:
+    for db in directory.rglob("cache.db"):
+        db.write_bytes(b"this is not sqlite" * 100)
+
+
+def _snapshot(directory, *, data_only: bool = False) -> dict[str, bytes]:
+    """Every file's bytes; ``data_only``: without SQLite's -wal/-shm companions (a reader's index)."""
+    files = [p for p in directory.rglob("*") if p.is_file()]
+    if data_only:
+        files = [p for p in files if not p.name.endswith(("-shm", "-wal"))]
+    return {str(p): p.read_bytes() for p in files}
+
+
+def test_damage_is_moved_aside_under_a_unique_name_each_time(tmp_path):
+    d = tmp_path / "c"
+    asides = set()
+    for _ in range(2):
+        _filled(d)
+        _damage(d)
+        with pytest.warns(RuntimeWarning, match="unreadable"):
+            cache = dspex.ResponseCache(d)
+        assert cache.get("k1") is None  # a fresh, working cache
+        cache.set("k1", ANSWER)
+        cache.flush()
+        cache.close()
+        asides = {p.name for p in tmp_path.glob("c.corrupt-*")}
+    assert len(asides) == 2
+    assert all(name.startswith(f"c.corrupt-{os.getpid()}-") for name in asides)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [PermissionError(13, "Permission denied"), sqlite3.OperationalError("attempt to write a readonly database")],
+)
+def test_permission_and_read_only_errors_are_config_errors_and_nothing_is_moved(tmp_path, monkeypatch, error):
+    d = tmp_path / "c"
+    _filled(d)
+    before = _snapshot(d)
+
+    def refuse(self):
+        raise error
+
+    monkeypatch.setattr(DiskStorage, "_try_open", refuse)
+    with pytest.raises(dspex.ConfigError, match=f"LM cache directory {d} cannot be used.*permissions"):
+        dspex.ResponseCache(d)
+    assert _snapshot(d) == before and not list(tmp_path.glob("c.corrupt-*"))
+
+
+def test_replay_and_read_only_never_write(tmp_path):
+    d = tmp_path / "c"
+    _filled(d)
+    before = _snapshot(d, data_only=True)
+    for mode in ("replay", "read-only"):
+        cache = dspex.ResponseCache(d, mode)
+        assert cache.get("k1") == ANSWER
+        cache.set("k2", ANSWER)
+        cache.flush()
+        cache.close()
+    after = dspex.ResponseCache(d, "read-only")
+    assert after.get("k2") is None and len(after) == 1
+    after.close()
+    assert _snapshot(d, data_only=True) == before  # not a byte of the cache written
+    missing = tmp_path / "never-recorded"
+    cache = dspex.ResponseCache(missing, "replay")
+    with pytest.raises(dspex.CacheMissError, match="replay mode"):
+        cache.miss("k1", "m")
+    assert cache.get("k1") is None and not missing.exists()  # not even created
+
+
+def test_a_damaged_cache_in_replay_mode_is_reported_and_left_alone(tmp_path):
+    d = tmp_path / "c"
+    _filled(d)
+    _damage(d)
+    before = _snapshot(d)
+    with pytest.raises(dspex.ConfigError, match=f"LM cache at {d} is damaged.*'replay' never writes"):
+        dspex.ResponseCache(d, "replay")
+    assert _snapshot(d) == before and not list(tmp_path.glob("c.corrupt-*"))
