@@ -71,7 +71,7 @@ def test_shows_the_verdict_rows_and_the_examples(page: Page, tmp_path: Path) -> 
     summary = page.evaluate("Array.from(document.querySelectorAll('#summary tbody tr')).map(tr => tr.innerText)")
     assert len(summary) == 2
     assert "triage" in summary[0] and "0.800 (0.70–0.88)" in summary[0] and "FAIL: regressed" in summary[0]
-    assert "-0.025 (-0.070–0.020, p=0.031)" in summary[0]  # delta with its CI and p
+    assert "-0.025 [-0.070, +0.020] p=0.031" in summary[0]  # delta with its CI and p
     assert "lm_timeout 2" in summary[0] and "$0.0123" in summary[0]
     assert "find_product" in summary[1] and "pass" in summary[1]
     rows = _rows(page)
@@ -87,14 +87,17 @@ def test_shows_the_verdict_rows_and_the_examples(page: Page, tmp_path: Path) -> 
 
 
 def test_filters_hide_the_passing_examples(page: Page, tmp_path: Path) -> None:
-    _open(page, tmp_path, report(program_row("triage", 40, misses=6, errors=2, regressions=3, fixes=1)))
+    row = program_row("triage", 40, misses=6, errors=2, regressions=3, fixes=1)
+    row["records"][39] = record(39, outcome="parse")  # the model's unparseable answer: a miss that has an error
+    _open(page, tmp_path, report(row))
     _click(page, "#p0 [data-filter=miss]")
     rows = _rows(page)
-    assert [r["key"] for r in rows] == [f"ex-{i}" for i in range(6)]
+    assert [r["key"] for r in rows] == [f"ex-{i}" for i in (0, 1, 2, 3, 4, 5, 39)]
     assert all(r["cls"] == "miss" for r in rows)
     assert page.evaluate("document.querySelector('#p0 [data-filter=miss]').getAttribute('aria-pressed')") == "true"
     _click(page, "#p0 [data-filter=error]")
-    assert [r["cls"] for r in _rows(page)] == ["error", "error"]
+    assert [(r["key"], r["cls"]) for r in _rows(page)] == [("ex-6", "error"), ("ex-7", "error"), ("ex-39", "miss")]
+    assert "parse" in _rows(page)[2]["cells"][6]
     _click(page, "#p0 [data-filter=regression]")
     assert [(r["key"], r["tag"]) for r in _rows(page)] == [("ex-0", "regression"), ("ex-1", "regression"), ("ex-2", "regression")]
     _click(page, "#p0 [data-filter=fix]")
@@ -102,7 +105,7 @@ def test_filters_hide_the_passing_examples(page: Page, tmp_path: Path) -> None:
     _click(page, "#p0 [data-filter=all]")
     assert len(_rows(page)) == 40
     counts = page.evaluate("Array.from(document.querySelectorAll('#p0 [data-filter]')).map(b => b.innerText)")
-    assert counts == ["all (40)", "misses (6)", "errors (2)", "regressions (3)", "fixes (1)"]
+    assert counts == ["all (40)", "misses (7)", "errors (3)", "regressions (3)", "fixes (1)"]
 
 
 def test_search_and_paging(page: Page, tmp_path: Path) -> None:

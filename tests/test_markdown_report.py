@@ -19,7 +19,7 @@ def test_one_row_per_program_with_its_verdict() -> None:
     assert table[0].startswith("| program | score (95% CI) | threshold | golden | delta |")
     assert len(table) == 3
     assert "triage" in table[1] and "0.800 (0.70–0.88)" in table[1] and "❌ FAIL: regressed: 3 examples flipped (p=0.031)" in table[1]
-    assert "-0.025 (-0.070–0.020, p=0.031)" in table[1] and "2 (lm\\_timeout 2)" in table[1]
+    assert "-0.025 \\[-0.070, +0.020\\] p=0.031" in table[1] and "2 (lm\\_timeout 2)" in table[1]
     assert "find\\_product" in table[2] and "✅ pass" in table[2]
     assert "model gemma-3-270m" in lines[-1] and "commit 0123456789ab" in lines[-1]
     assert "sk-secret" not in text
@@ -76,7 +76,7 @@ def test_program_properties() -> None:
     assert props["dspex_program"] == "triage"
     assert props["dspex_score"] == "0.8" and props["dspex_ci95"] == "0.7000–0.8800" and props["dspex_n"] == "40"
     assert props["dspex_threshold"] == "0.7" and props["dspex_golden_score"] == "0.825"
-    assert props["dspex_delta"] == "-0.0250" and props["dspex_delta_ci95"] == "-0.0700–0.0200"
+    assert props["dspex_delta"] == "-0.0250" and props["dspex_delta_ci95"] == "[-0.0700, +0.0200]"
     assert props["dspex_p_value"] == "0.031" and props["dspex_comparison"] == "regressed"
     assert props["dspex_regressions"] == "3" and props["dspex_fixes"] == "1" and props["dspex_errors"] == "2"
     assert props["dspex_verdict"] == "regressed"

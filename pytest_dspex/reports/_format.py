@@ -21,6 +21,7 @@ __all__ = [
     "fields_text",
     "fmt_ci",
     "fmt_delta",
+    "fmt_interval",
     "fmt_num",
     "fmt_p",
     "fmt_score",
@@ -110,6 +111,13 @@ def fmt_ci(ci: Any, digits: int = 2) -> str:
     return f"{fmt_num(ci[0], digits)}–{fmt_num(ci[1], digits)}"
 
 
+def fmt_interval(ci: Any, digits: int = 3) -> str:
+    """``[-0.070, +0.020]``: an interval of signed values (a delta's CI)."""
+    if not ci or len(ci) != 2:
+        return ""
+    return f"[{fmt_delta(ci[0], digits)}, {fmt_delta(ci[1], digits)}]"
+
+
 def fmt_score(score: Any, ci: Any) -> str:
     text = fmt_num(score)
     interval = fmt_ci(ci)
@@ -163,6 +171,14 @@ class ProgramView:
         return f"FAIL: {reason}" if reason else "FAIL"
 
     @property
+    def verdict_short(self) -> str:
+        """``pass`` or ``FAIL: <kind>`` (the reason when the verdict names no kind)."""
+        v = self.verdict
+        if v.get("passed"):
+            return "pass"
+        return f"FAIL: {v['kind']}" if v.get("kind") else self.verdict_text
+
+    @property
     def comparison(self) -> dict[str, Any] | None:
         c = self.row.get("comparison")
         return dict(c) if isinstance(c, Mapping) else None
@@ -180,17 +196,16 @@ class ProgramView:
 
     @property
     def delta_text(self) -> str:
-        """``+0.020 (−0.01–0.05, p=0.210)`` with the paired comparison, else just the delta."""
+        """``-0.025 [-0.070, +0.020] p=0.031`` with the paired comparison, else just the delta."""
         c = self.comparison
         text = fmt_delta(self.delta)
         if c is None:
             return text
-        extras = []
         if c.get("delta_ci95"):
-            extras.append(fmt_ci(c["delta_ci95"], 3))
+            text += " " + fmt_interval(c["delta_ci95"])
         if c.get("p_value") is not None:
-            extras.append(f"p={fmt_p(c['p_value'])}")
-        return f"{text} ({', '.join(extras)})" if extras else text
+            text += f" p={fmt_p(c['p_value'])}"
+        return text
 
     @property
     def usage(self) -> dict[str, float]:

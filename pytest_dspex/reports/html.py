@@ -119,15 +119,14 @@ def _metadata(report: Mapping[str, Any]) -> str:
 
 
 _SUMMARY_COLUMNS = (
-    "program", "mode", "score (95% CI)", "threshold", "golden", "delta", "n", "errors",
-    "calls", "cache hits", "tokens", "cost", "verdict",
+    "program", "verdict", "score (95% CI)", "threshold", "golden", "delta", "n", "errors",
+    "calls", "cache hits", "tokens", "cost",
 )  # fmt: skip
 
 
 def _summary_cells(p: ProgramView) -> list[str]:
     row, usage = p.row, p.usage
     return [
-        p.mode,
         fmt_score(row.get("score"), row.get("ci95")),
         fmt_num(row.get("threshold"), 2),
         fmt_num(row.get("golden_score")),
@@ -148,9 +147,15 @@ def _summary(programs: list[ProgramView]) -> str:
     body = []
     for i, p in enumerate(programs):
         cells = "".join(f"<td>{escape(c)}</td>" for c in _summary_cells(p))
-        verdict = f'<td class="{"pass" if p.passed else "fail"}">{escape(p.verdict_text)}</td>'
-        body.append(f'<tr><td><a href="#p{i}">{escape(p.name)}</a></td>{cells}{verdict}</tr>')
-    return f'<table class="summary" id="summary"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+        verdict = (
+            f'<td class="verdict {"pass" if p.passed else "fail"}" title="{escape(p.verdict_text)}">'
+            f"{escape(p.verdict_short)}</td>"
+        )
+        body.append(f'<tr><td><a href="#p{i}">{escape(p.name)}</a></td>{verdict}{cells}</tr>')
+    return (
+        f'<div class="wide"><table class="summary" id="summary"><thead><tr>{head}</tr></thead>'
+        f'<tbody>{"".join(body)}</tbody></table></div>'
+    )
 
 
 def _dl(items: Iterable[tuple[str, Any]]) -> str:
@@ -163,6 +168,7 @@ def _program(i: int, p: ProgramView) -> str:
     c = p.comparison
     facts: list[tuple[str, Any]] = [
         ("test", row.get("test")),
+        ("mode", p.mode),
         ("dataset", row.get("dataset")),
         ("metric", row.get("metric")),
         ("golden", row.get("golden")),
@@ -237,9 +243,9 @@ h1{font-size:22px;margin:0 0 8px}h2{font-size:18px;margin:28px 0 6px}
 .badge.pass{background:var(--pass)}.badge.fail{background:var(--fail)}
 td.pass{color:var(--pass);font-weight:600}td.fail{color:var(--fail);font-weight:600}
 dl.meta{display:flex;flex-wrap:wrap;gap:4px 20px;margin:6px 0;color:var(--muted)}dl.meta div{display:flex;gap:6px}dt{font-weight:600}dd{margin:0;color:var(--fg);word-break:break-all}
-table{border-collapse:collapse;width:100%;margin:8px 0}th,td{border-bottom:1px solid var(--line);padding:4px 8px;text-align:left;vertical-align:top}
+table{border-collapse:collapse;width:100%;margin:8px 0}th,td{border-bottom:1px solid var(--line);padding:4px 7px;text-align:left;vertical-align:top}
 th{background:var(--soft);position:sticky;top:0;font-weight:600;white-space:nowrap}
-table.summary td{white-space:nowrap}
+.wide{overflow-x:auto}table.summary td{white-space:nowrap}table.summary td.verdict{white-space:normal;min-width:140px;max-width:320px}
 .score{margin:2px 0;font-size:15px}
 .toolbar{display:flex;flex-wrap:wrap;gap:8px;align-items:center;margin-top:10px}
 .toolbar button{font:inherit;border:1px solid var(--line);background:var(--soft);border-radius:6px;padding:3px 10px;cursor:pointer}
@@ -273,7 +279,8 @@ _SCRIPT = """
   function num(x, d) { return (typeof x === "number") ? x.toFixed(d) : ""; }
   function match(row, filter) {
     if (filter === "all") return true;
-    if (filter === "miss" || filter === "error") return row.o === filter;
+    if (filter === "miss") return row.o === "miss";
+    if (filter === "error") return !!row.ek;
     return row.t === filter;
   }
   function hay(row) {

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ._format import ProgramView, fmt_ci, fmt_delta, outcome, record_json
+from ._format import ProgramView, fmt_ci, fmt_delta, fmt_interval, outcome, record_json
 
 __all__ = ["example_properties", "program_properties"]
 
@@ -46,7 +46,7 @@ def program_properties(row: Mapping[str, Any]) -> list[tuple[str, str]]:
     c = p.comparison
     if c is not None:
         if c.get("delta_ci95"):
-            out.append(("dspex_delta_ci95", fmt_ci(c["delta_ci95"], 4)))
+            out.append(("dspex_delta_ci95", fmt_interval(c["delta_ci95"], 4)))
         if c.get("p_value") is not None:
             out.append(("dspex_p_value", _num(c["p_value"])))
         if c.get("verdict"):
