@@ -106,7 +106,7 @@ def build_report() -> dict[str, Any]:
 
 def main() -> None:
     report = build_report()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
         html = write_html(report, Path(tmp) / "report.html")
         if "--keep" in sys.argv:
             (ROOT / "docs" / "report-example.html").write_text(html.read_text(encoding="utf-8"), encoding="utf-8")
