@@ -30,7 +30,7 @@ def test_core_imports_and_runs_without_pytest():
         "            raise ImportError('pytest is blocked')\n"
         "sys.meta_path.insert(0, Block())\n"
         "import pytest_dspex as d\n"
-        "from pytest_dspex import golden, fake_server\n"
+        "from pytest_dspex import cli, golden, fake_server, production, reports\n"
         "from pytest_dspex.optimize import BootstrapFewShot\n"
         "p = d.Predict('question -> answer')\n"
         "assert 'pytest' not in sys.modules\n"
