@@ -37,7 +37,7 @@ FLAGS = (
 def find_chromium() -> str | None:
     explicit = os.environ.get("DSPEX_CHROMIUM")
     if explicit:
-        return explicit
+        return explicit if shutil.which(explicit) else None
     for name in ("chromium", "chromium-browser", "google-chrome"):
         found = shutil.which(name)
         if found:
