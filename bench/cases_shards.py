@@ -25,7 +25,7 @@ from typing import Any
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
-VERDICT_FIELDS = ("score", "n", "ci95", "errors", "errors_by_kind", "infra_errors", "verdict", "comparison", "passed")
+VERDICT_FIELDS = ("score", "n", "ci95", "errors", "errors_by_kind", "infra_errors", "verdict", "comparison")
 
 
 def _dev(n: int) -> list[Any]:

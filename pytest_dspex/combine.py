@@ -45,6 +45,10 @@ if TYPE_CHECKING:  # the heavier modules load when a combine runs, not when the 
 __all__ = ["CombineError", "add_parser", "combine", "combine_files", "golden_outcomes", "main", "write_junit"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: per-program fields computed from one shard's records: recomputed from all of them, never copied
+_PER_SHARD = frozenset(
+    {"records", "comparison", "verdict", "flaky", "usage", "passed", "elapsed_s", "lm_unavailable", "worst"}
+)
 #: per-program fields every shard must agree on
 _SAME = ("mode", "metric", "threshold", "tolerance", "golden", "golden_score", "max_error_rate", "dataset_size")
 
@@ -251,19 +255,25 @@ def _merge_program(
     flaky = sorted(
         {str(k) for _, _, p in parts for k in (p.get("flaky") or [])}, key=lambda k: (order.get(k, 1 << 62), k)
     )
-    row: dict[str, Any] = {
-        k: v for k, v in first.items() if k not in ("records", "comparison", "verdict", "flaky", "usage")
-    }
-    row.update(result.to_dict(records=False))
+    # the row as the plugin writes it (plugin/report.py ``program_row``): the shards' shared fields,
+    # then everything that depends on the records, recomputed from all of them
+    row: dict[str, Any] = {k: v for k, v in first.items() if k not in _PER_SHARD}
+    lo, hi = result.ci95
     row.update(
         {
             "program": key[1],
             "test": first.get("test"),
             "dataset": first.get("dataset"),
+            "score": result.score,
+            "n": result.n,
+            "ci95": [lo, hi],
+            "errors": len(result.errors),
+            "errors_by_kind": result.errors_by_kind,
+            "infra_errors": result.infra_errors,
             "usage": _usage_sum([p for _, _, p in parts]) or result.usage.to_dict(),
+            "latency_s": result.latency_percentiles(),
             "golden_score": verdict.golden_score,
-            "verdict": verdict.to_dict(),
-            "passed": verdict.passed,
+            "verdict": {"passed": verdict.passed, "reason": verdict.reason, "kind": verdict.kind},
             "comparison": comparison.to_json() if comparison is not None else None,
             "flaky": flaky,
             "prompts": next((p.get("prompts") for _, _, p in parts if p.get("prompts")), first.get("prompts")),
@@ -271,7 +281,6 @@ def _merge_program(
             "records": [r.to_json() for r in result.records],
         }
     )
-    row.pop("elapsed_s", None)
     return row
 
 
@@ -349,7 +358,7 @@ def combine(
     out.update(
         {
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "passed": all(p["passed"] for p in programs),
+            "passed": all(p["verdict"]["passed"] for p in programs),
             "shard": None,
             "combined": {"shards": count, "reports": len(reports)},
             "programs": programs,
