@@ -16,8 +16,10 @@ Refused with a :class:`CombineError` (exit code 2 on the command line), never a 
   an unsharded one;
 * an example key in two shards (or twice in one), or a record in a shard that does not own it
   (the shards evaluated different datasets or ran different versions);
-* a program evaluated by some shards but not others, or shards that disagree on its metric,
-  threshold, tolerance, golden or model; a ``dataset_size`` that the merged records do not add up to;
+* a program evaluated by some shards but not others (unless the reports record its ``dataset_size``
+  and the merged records add up to it: a shard may own none of a small dataset's examples), shards
+  that disagree on its metric, threshold, tolerance, golden or model, and a ``dataset_size`` that
+  the merged records do not add up to;
 * a golden file named by the reports that cannot be read under ``rootdir`` (the paired comparison
   needs its per-example outcomes).
 
@@ -329,12 +331,14 @@ def combine(
             seen.add(key)
             groups.setdefault(key, []).append((i, shard_index, entry))
     for key, parts in groups.items():
-        if len(parts) != len(reports):
+        # a shard may hold none of a small dataset's examples; without the dataset's size to prove
+        # that nothing is missing, a program absent from a shard is an error
+        if len(parts) != len(reports) and any(p.get("dataset_size") is None for _, _, p in parts):
             have = {i for i, _, _ in parts}
             lacking = [report_names[i] for i in range(len(reports)) if i not in have]
             raise CombineError(
-                f"{_label(key)} is missing from {', '.join(lacking)}: every shard reports every program "
-                "(with its share of the examples, possibly none)"
+                f"{_label(key)} is missing from {', '.join(lacking)}: every shard must report every program "
+                "(with its share of the examples, possibly none), or record the dataset's size (dataset_size)"
             )
 
     limit = DEFAULT_MAX_ERROR_RATE if max_error_rate is None else max_error_rate

@@ -233,6 +233,26 @@ def test_shards_that_disagree_on_the_gate_are_an_error() -> None:
         combine(shards)
 
 
+def test_a_shard_without_a_programs_examples_is_fine_when_the_dataset_size_proves_it() -> None:
+    records = mixed_records(40)
+    shards = split(records, 3, golden=None, dataset_size=40)
+    mine = shards[1]["programs"][0]["records"]
+    shards[0]["programs"][0]["records"] += mine  # pretend shard 2 owned nothing: move its keys away
+    shards[1]["programs"] = []
+    with pytest.raises(CombineError, match="belongs to shard 2/3"):
+        combine(shards)  # (the keys still say where they belong)
+    shards = split(records[:1], 3, golden=None, dataset_size=1)
+    owner = shard_of(records[0]["key"], 3)
+    for k, s in enumerate(shards, 1):
+        if k != owner:
+            s["programs"] = []
+    assert combine(shards)["programs"][0]["n"] == 1
+    shards[owner - 1]["programs"] = []
+    shards[owner % 3]["programs"] = [program_entry([], golden=None, dataset_size=1)]
+    with pytest.raises(CombineError, match="the shards hold 0 examples, the dataset has 1"):
+        combine(shards)
+
+
 def test_dataset_size_must_add_up() -> None:
     records = mixed_records(60)
     combine(split(records, 2, golden=None, dataset_size=60))

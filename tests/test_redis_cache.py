@@ -15,7 +15,7 @@ import pytest_dspex as dspex
 from pytest_dspex._exceptions import CacheMissError, ConfigError
 from pytest_dspex.fake_server import FakeLMServer
 from pytest_dspex.lm.cache import ResponseCache, cache_key
-from pytest_dspex.lm.redis_cache import KEY_PREFIX, RedisResponseCache, RedisStorage, redact_url
+from pytest_dspex.lm.redis_cache import KEY_PREFIX, RedisResponseCache, RedisStorage, open_response_cache, redact_url
 
 from .conftest import Triage, team_matches, triage_examples
 from .redis_server import RedisServer, free_port, redis_server_binary
@@ -286,3 +286,16 @@ def test_concurrent_writers_from_processes_lose_nothing(redis_server: RedisServe
     for raw in entries.values():
         value = json.loads(raw)
         assert len(value["choices"][0]["message"]["content"]) == value["k"] % 300
+
+
+def test_open_response_cache_picks_the_tier(redis_server: RedisServer, tmp_path: Any) -> None:
+    assert open_response_cache("off", directory=tmp_path, url=redis_server.url) is None
+    shared = open_response_cache("replay", directory=tmp_path, url=redis_server.url)
+    local = open_response_cache("on", directory=tmp_path / "c")
+    try:
+        assert isinstance(shared, RedisResponseCache) and shared.mode == "replay" and shared.available
+        assert type(local) is ResponseCache and local.directory == str(tmp_path / "c")
+    finally:
+        for c in (shared, local):
+            assert c is not None
+            c.close()

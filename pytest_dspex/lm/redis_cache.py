@@ -26,6 +26,7 @@ Needs the ``[redis]`` extra (redis-py >= 5).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -33,7 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 from .._exceptions import CacheMissError, ConfigError
 from .cache import CacheMode, ResponseCache
 
-__all__ = ["KEY_PREFIX", "RedisResponseCache", "RedisStorage", "redact_url"]
+__all__ = ["KEY_PREFIX", "RedisResponseCache", "RedisStorage", "open_response_cache", "redact_url"]
 
 KEY_PREFIX = "dspex:v1:"
 SCHEMES = ("redis", "rediss", "unix")
@@ -207,3 +208,19 @@ class RedisResponseCache(ResponseCache):
 
     def __repr__(self) -> str:
         return f"RedisResponseCache({self.url!r}, mode={self.mode!r})"
+
+
+def open_response_cache(
+    mode: CacheMode,
+    *,
+    directory: str | os.PathLike[str] | None = None,
+    url: str | None = None,
+    memory_entries: int = 50_000,
+) -> ResponseCache | None:
+    """The session's response cache: Redis when ``url`` is given (``--dspex-cache-url``), else the
+    disk cache in ``directory``; None when ``mode`` is ``off``."""
+    if mode == "off":
+        return None
+    if url:
+        return RedisResponseCache(url, mode, memory_entries=memory_entries)
+    return ResponseCache(directory, mode, memory_entries=memory_entries)
