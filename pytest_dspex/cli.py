@@ -64,7 +64,7 @@ def _parse_inputs(pairs: Sequence[str]) -> dict[str, str]:
 
 def _prompt(args: argparse.Namespace) -> int:
     from ._exceptions import DspexError
-    from .production import golden_adapter, golden_requests, read_golden
+    from .production import golden_adapters, golden_requests, read_golden
 
     inputs = _parse_inputs(args.input)
     try:
@@ -72,23 +72,25 @@ def _prompt(args: argparse.Namespace) -> int:
         requests = golden_requests(golden, inputs=inputs, adapter=args.adapter)
     except DspexError as exc:
         raise CommandError(str(exc)) from None
-    adapter = args.adapter or golden_adapter(golden) or "compact"
+    adapters = dict.fromkeys(requests, args.adapter) if args.adapter else golden_adapters(golden)
     demos = {path: len(entry.get("demos", [])) for path, entry in golden.data["predictors"].items()}
     if args.json:
         out = {
             "golden": args.golden,
             "program": golden.data.get("program"),
-            "adapter": adapter,
             "predictors": {
-                path: {"messages": r.messages, "stop": list(r.stop), "extra": dict(r.extra or {}), "demos": demos[path]}
+                path: {
+                    "adapter": adapters[path], "demos": demos[path],
+                    "messages": r.messages, "stop": list(r.stop), "extra": dict(r.extra or {}),
+                }
                 for path, r in requests.items()
             },
         }
         sys.stdout.write(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
         return EXIT_OK
-    lines = [f"# {args.golden}: program {golden.data.get('program', '?')!s}, adapter {adapter}"]
+    lines = [f"# {args.golden}: program {golden.data.get('program', '?')!s}"]
     for path, r in requests.items():
-        lines += ["", f"## predictor {path} ({demos[path]} demos)"]
+        lines += ["", f"## predictor {path}: {adapters[path]} adapter, {demos[path]} demos"]
         for m in r.messages:
             lines += ["", f"--- {m['role']} ---", m["content"]]
         if r.stop:

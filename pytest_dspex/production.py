@@ -29,7 +29,7 @@ from .golden import GoldenFile, GoldenStore
 from .programs import Module, Predict
 from .signatures import FieldSpec, Signature, _parse_type, make_signature
 
-__all__ = ["golden_adapter", "golden_predictors", "golden_requests", "load_golden", "read_golden"]
+__all__ = ["golden_adapters", "golden_predictors", "golden_requests", "load_golden", "read_golden"]
 
 ModuleT = TypeVar("ModuleT", bound=Module)
 
@@ -127,26 +127,28 @@ def golden_predictors(golden: GoldenFile) -> dict[str, Predict]:
 _ADAPTERS = ("compact", "chat", "json")
 
 
-def golden_adapter(golden: GoldenFile) -> str | None:
-    """The adapter the golden's program uses: the one it names, else the one whose layout gives the
-    prompts it recorded (schema 2 records each predictor's messages with ``{field}`` placeholders),
-    else None (unknown: schema 1)."""
+def golden_adapters(golden: GoldenFile, predictors: Mapping[str, Predict] | None = None) -> dict[str, str]:
+    """The adapter each predictor of the golden's program uses, per predictor path.
+
+    The one the golden names, else the one whose layout gives the prompt it recorded for that
+    predictor (schema 2 records each predictor's messages with ``{field}`` placeholders), else
+    ``compact``, the default of ``Predict``.
+    """
+    predictors = golden_predictors(golden) if predictors is None else predictors
     for holder in (golden.data, golden.data.get("model") or {}):
         name = holder.get("adapter") if isinstance(holder, Mapping) else None
         if isinstance(name, str) and name:
-            return name
+            return dict.fromkeys(predictors, name)
     recorded = golden.data.get("prompts")
-    if not isinstance(recorded, Mapping) or not recorded:
-        return None
-    predictors = golden_predictors(golden)
-    for name in _ADAPTERS:
-        adapter = get_adapter(name)
-        if all(
-            path in predictors and _placeholder_messages(adapter, predictors[path]) == list(messages)
-            for path, messages in recorded.items()
-        ):
-            return name
-    return None
+    recorded = recorded if isinstance(recorded, Mapping) else {}
+    out: dict[str, str] = {}
+    for path, predictor in predictors.items():
+        messages = recorded.get(path)
+        out[path] = next(
+            (n for n in _ADAPTERS if messages and _placeholder_messages(get_adapter(n), predictor) == list(messages)),
+            "compact",
+        )
+    return out
 
 
 def _placeholder_messages(adapter: Adapter, predictor: Predict) -> list[dict[str, str]]:
@@ -164,9 +166,9 @@ def golden_requests(
     """The request each predictor of ``golden`` sends, per predictor path.
 
     Inputs not given are shown as ``{field}`` placeholders; text given for a field of another type
-    (``list[str]``, ``int``, a model) is read as JSON when it parses, as the program would get it. ``adapter`` defaults to the one the
-    golden records, else the default compact adapter. An input naming no field of any predictor is
-    a ``GoldenFileError`` (a typo would otherwise print a prompt with a placeholder).
+    (``list[str]``, ``int``, a model) is read as JSON when it parses, as the program would get it.
+    ``adapter`` defaults to each predictor's own (``golden_adapters``). An input naming no field of
+    any predictor is a ``GoldenFileError`` (a typo would otherwise print a prompt with a placeholder).
     """
     predictors = golden_predictors(golden)
     given = dict(inputs or {})
@@ -177,11 +179,11 @@ def golden_requests(
             f"{golden.path}: no predictor has the input field(s) {', '.join(unknown)} "
             f"(input fields: {', '.join(sorted(known)) or 'none'})"
         )
-    chosen = get_adapter(adapter if adapter is not None else golden_adapter(golden))
+    adapters = golden_adapters(golden, predictors) if adapter is None else dict.fromkeys(predictors, adapter)
     requests = {}
     for path, predictor in predictors.items():
         values = {n: _value(spec, given[n]) if n in given else f"{{{n}}}" for n, spec in predictor.signature.input_fields().items()}
-        requests[path] = chosen.format(predictor.signature, predictor.demos, values)
+        requests[path] = get_adapter(adapters[path]).format(predictor.signature, predictor.demos, values)
     return requests
 
 

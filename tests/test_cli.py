@@ -80,7 +80,7 @@ def test_prompt_prints_exactly_what_the_compiled_program_sends(
                           "--input", "message=Refund my order", "-i", 'tags=["refund", "order"]')  # fmt: skip
     assert (code, err) == (0, "")
     data = json.loads(out)
-    assert data["adapter"] == adapter and data["program"] == "ticket"
+    assert data["predictors"]["self"]["adapter"] == adapter and data["program"] == "ticket"
     assert data["predictors"]["self"]["messages"] == sent
     assert data["predictors"]["self"]["demos"] == 2
 
@@ -101,13 +101,41 @@ def test_prompt_of_a_chain_of_thought_with_placeholders(
     golden = _write_golden(tmp_path, cot, "math")
     code, text, _ = _run(capsys, "prompt", str(golden))
     assert code == 0
-    assert text.splitlines()[0] == f"# {golden}: program math, adapter compact"
-    assert "## predictor predict (1 demos)" in text
+    assert text.splitlines()[0] == f"# {golden}: program math"
+    assert "## predictor predict: compact adapter, 1 demos" in text
     assert "Question: 2 + 2?\nReasoning: add\nAnswer: 4\n\nQuestion: {question}\nReasoning:" in text
     assert '--- stop sequences ---\n["\\n\\n", "\\nQuestion:"]' in text
     sent = _sent(server_factory, make_lm, dspex.load_golden(dspex.ChainOfThought("question -> answer: int"), golden), question="3 + 1?")
     code, out, _ = _run(capsys, "prompt", str(golden), "--json", "-i", "question=3 + 1?")
     assert json.loads(out)["predictors"]["predict"]["messages"] == sent
+
+
+class RouteAndReply(dspex.Module):
+    def __init__(self) -> None:
+        self.route = dspex.Predict(Ticket)
+        self.reply = dspex.ChainOfThought("message, team -> reply", adapter="chat")
+
+    def forward(self, **kw: Any) -> Any:  # pragma: no cover - only its prompts are looked at
+        team = self.route(**kw).team
+        return self.reply(message=kw["message"], team=team)
+
+
+def test_prompt_of_a_program_with_two_predictors_and_two_adapters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    program = RouteAndReply()
+    program.route.demos = [dict(d) for d in DEMOS]
+    program.reply.predict.demos = [{"message": "m", "team": "billing", "reasoning": "r", "reply": "We refunded you."}]
+    golden = _write_golden(tmp_path, program, "support")
+    code, out, _ = _run(capsys, "prompt", str(golden), "--json", "-i", "message=Where is my refund?")
+    assert code == 0
+    data = json.loads(out)["predictors"]
+    assert {p: d["adapter"] for p, d in data.items()} == {"route": "compact", "reply.predict": "chat"}
+    assert data["route"]["demos"] == 2 and data["reply.predict"]["demos"] == 1
+    loaded = dspex.load_golden(RouteAndReply(), golden)
+    expect = loaded.reply.predict.adapter.format(  # type: ignore[attr-defined]
+        loaded.reply.predict.signature, loaded.reply.predict.demos, {"message": "Where is my refund?", "team": "{team}"}  # type: ignore[attr-defined]
+    )
+    assert data["reply.predict"]["messages"] == expect.messages
+    assert "Customer says: Where is my refund?" in data["route"]["messages"][-1]["content"]
 
 
 def test_prompt_errors_name_the_file_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

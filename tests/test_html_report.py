@@ -143,7 +143,9 @@ def test_untrusted_text_shows_as_text_and_never_runs(page: Page, tmp_path: Path)
 def test_repeats_are_shown(page: Page, tmp_path: Path) -> None:
     row = program_row("triage", 3, misses=0, errors=0)
     row["records"][0].update(score=2 / 3, repeats=[1.0, 0.0, 1.0])
+    row["flaky"] = ["ex-0"]
     _open(page, tmp_path, report(row))
+    assert page.evaluate("document.querySelector('#p0 tbody tr .tag.flaky').textContent") == "flaky"
     assert page.evaluate("document.querySelector('#p0 thead').innerText").count("score (repeats)") == 1
     assert _rows(page)[0]["cells"][5].split() == ["0.667", "1", "0", "1"]
 

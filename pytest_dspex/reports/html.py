@@ -75,6 +75,7 @@ def _script_json(payload: Any) -> str:
 
 def _rows(program: ProgramView) -> list[dict[str, Any]]:
     regressions, fixes = set(program.keys("regressions")), set(program.keys("fixes"))
+    flaky = {str(k) for k in program.row.get("flaky") or []}
     rows = []
     for rec in program.records:
         key = str(rec.get("key", rec.get("index", "")))
@@ -97,6 +98,8 @@ def _rows(program: ProgramView) -> list[dict[str, Any]]:
             row["t"] = "regression"
         elif key in fixes:
             row["t"] = "fix"
+        if key in flaky:
+            row["fl"] = 1
         rows.append(row)
     return rows
 
@@ -256,7 +259,7 @@ th{background:var(--soft);position:sticky;top:0;font-weight:600;white-space:nowr
 table.examples td .cell{white-space:pre-wrap;word-break:break-word;max-height:9em;overflow:auto;min-width:80px}
 table.examples td:nth-child(3){width:32%}
 tr.miss td:first-child{border-left:3px solid var(--warn)}tr.error td:first-child{border-left:3px solid var(--fail)}tr.pass td:first-child{border-left:3px solid var(--pass)}
-.tag{font-size:11px;border-radius:8px;padding:0 6px;margin-left:4px;color:#fff}.tag.regression{background:var(--fail)}.tag.fix{background:var(--pass)}
+.tag{font-size:11px;border-radius:8px;padding:0 6px;margin-left:4px;color:#fff}.tag.regression{background:var(--fail)}.tag.fix{background:var(--pass)}.tag.flaky{background:var(--warn)}
 .kind{font-family:ui-monospace,monospace;font-size:12px;background:var(--soft);border:1px solid var(--line);border-radius:4px;padding:0 4px;margin-right:4px}
 .num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}.reps{display:block;color:var(--muted);font-size:12px}
 details{margin:6px 0}summary{cursor:pointer;color:var(--muted)}.msg{margin:4px 0 8px}.role{font-weight:600;font-size:12px;text-transform:uppercase;color:var(--muted)}
@@ -301,6 +304,7 @@ _SCRIPT = """
     var key = el("td");
     key.appendChild(el("code", null, row.k));
     if (row.t) key.appendChild(el("span", "tag " + row.t, row.t));
+    if (row.fl) key.appendChild(el("span", "tag flaky", "flaky"));
     tr.appendChild(key);
     cell(tr, row["in"]);
     cell(tr, row.ex);
