@@ -20,14 +20,18 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, dumps_stable(data))
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) so that ``path`` holds either the old content or all of the new."""
+def atomic_write_text(path: Path, text: str, *, mode: int = 0o644) -> None:
+    """Write ``text`` (UTF-8) so that ``path`` holds either the old content or all of the new.
+
+    The file gets ``mode`` before it appears (``mkstemp`` creates 0600; reports and goldens are shared).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
+            os.fchmod(fh.fileno(), mode)
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:

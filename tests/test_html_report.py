@@ -182,6 +182,7 @@ def test_write_is_atomic_and_replaces(tmp_path: Path) -> None:
     write_html(report(program_row("other", 3)), target)
     assert target.read_text(encoding="utf-8") != first
     assert [p.name for p in target.parent.iterdir()] == ["report.html"]  # no temp file left behind
+    assert target.stat().st_mode & 0o777 == 0o644  # readable by whoever serves the CI artifact
 
 
 def test_ten_thousand_rows_stay_small() -> None:
