@@ -32,7 +32,7 @@ def big_report(n: int) -> dict[str, Any]:
     for i in range(n):
         outcome = "error" if i % 97 == 0 else "miss" if i % 9 == 0 else "pass"
         rec = record(i, outcome=outcome, key=f"h:{i * 2654435761 % 16**16:016x}")
-        rec["inputs"]["message"] += " — order #%d, placed on the web shop, paid by card; the customer wrote twice." % (i * 7919)
+        rec["inputs"]["message"] += f" — order #{i * 7919}, placed on the web shop, paid by card; the customer wrote twice."
         records.append(rec)
     row.update(records=records, n=n)
     row["comparison"]["regressions"] = [r["key"] for r in records if r["score"] < 1][:120]

@@ -140,6 +140,16 @@ def test_untrusted_text_shows_as_text_and_never_runs(page: Page, tmp_path: Path)
     assert EVIL in page.evaluate("document.querySelector('#p0 .prompts pre').textContent")
 
 
+def test_odd_values_do_not_break_the_page(page: Page, tmp_path: Path) -> None:
+    row = program_row("triage", 3, misses=0, errors=0)
+    row["records"][0].update(latency_s=float("nan"), score=float("inf"))
+    row["records"][1]["inputs"] = {"when": {"nested": [1, 2.5, None, True]}, "text": "\u2028line\u2029sep"}
+    _open(page, tmp_path, report(row))
+    rows = _rows(page)
+    assert len(rows) == 3 and rows[0]["cells"][5] == ""
+    assert rows[1]["cells"][2] == 'when: {"nested": [1, 2.5, null, true]}\ntext: \u2028line\u2029sep'
+
+
 def test_repeats_are_shown(page: Page, tmp_path: Path) -> None:
     row = program_row("triage", 3, misses=0, errors=0)
     row["records"][0].update(score=2 / 3, repeats=[1.0, 0.0, 1.0])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping
 from html import escape
@@ -63,8 +64,22 @@ def render_html(report: Mapping[str, Any]) -> str:
 
 
 # -- data for the script ---------------------------------------------------------------------------
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as null (JSON.parse rejects them)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _script_json(payload: Any) -> str:
-    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
+    except ValueError:
+        text = json.dumps(_finite(payload), ensure_ascii=False, separators=(",", ":"), default=str)
     # inside <script> only "</" matters to the HTML parser; escaping <, > and & (valid JSON escapes) also
     # rules out "<!--" tricks, and U+2028/9 are escaped for old JS parsers
     return (
