@@ -124,6 +124,22 @@ def test_search_and_paging(page: Page, tmp_path: Path) -> None:
     assert page.evaluate("document.querySelector('#p0 .empty-rows').hidden") is False
 
 
+def test_sorting_by_latency_and_score(page: Page, tmp_path: Path) -> None:
+    _open(page, tmp_path, report(program_row("triage", 30, misses=4, errors=1)))
+    _click(page, "#p0 button.sort[data-sort=lat]")  # slowest first
+    lat = [float(r["cells"][7].split()[0]) for r in _rows(page)]
+    assert lat == sorted(lat, reverse=True)
+    _click(page, "#p0 button.sort[data-sort=lat]")
+    lat = [float(r["cells"][7].split()[0]) for r in _rows(page)]
+    assert lat == sorted(lat)
+    _click(page, "#p0 button.sort[data-sort=s]")  # lowest score first, then by position
+    assert [r["key"] for r in _rows(page)][:5] == ["ex-0", "ex-1", "ex-2", "ex-3", "ex-4"]
+    assert {r["cls"] for r in _rows(page)[:5]} == {"miss", "error"}
+    _click(page, "#p0 [data-filter=miss]")  # sorting survives filtering
+    assert page.evaluate("document.querySelector('#p0 button.sort[data-sort=s]').getAttribute('aria-sort')") == "ascending"
+    assert len(_rows(page)) == 4
+
+
 def test_untrusted_text_shows_as_text_and_never_runs(page: Page, tmp_path: Path) -> None:
     row = program_row("<b>evil</b>", 5, evil=True)
     row["records"][1]["error_kind"] = "program"

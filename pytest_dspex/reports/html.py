@@ -207,9 +207,13 @@ def _program(i: int, p: ProgramView) -> str:
         facts.append(("flaky", ", ".join(str(k) for k in row["flaky"])))
     badge = f'<span class="badge {"pass" if p.passed else "fail"}">{escape(p.verdict_text)}</span>'
     has_repeats = any(r.get("repeats") for r in p.records)
+    columns = (
+        ("#", "i"), ("key", ""), ("inputs", ""), ("expected", ""), ("got", ""),
+        ("score" + (" (repeats)" if has_repeats else ""), "s"), ("error", ""), ("latency", "lat"),
+    )  # fmt: skip
     head = "".join(
-        f"<th>{h}</th>"
-        for h in ("#", "key", "inputs", "expected", "got", "score" + (" (repeats)" if has_repeats else ""), "error", "latency")
+        f'<th><button type="button" class="sort" data-sort="{key}" title="sort">{h}</button></th>' if key else f"<th>{h}</th>"
+        for h, key in columns
     )
     filters = "".join(
         f'<button type="button" data-filter="{f}" aria-pressed="{str(f == "all").lower()}">{label}'
@@ -269,6 +273,8 @@ th{background:var(--soft);position:sticky;top:0;font-weight:600;white-space:nowr
 .toolbar button{font:inherit;border:1px solid var(--line);background:var(--soft);border-radius:6px;padding:3px 10px;cursor:pointer}
 .toolbar button[aria-pressed=true]{background:var(--fg);color:#fff;border-color:var(--fg)}
 .toolbar button:disabled{opacity:.4;cursor:default}
+button.sort{font:inherit;font-weight:600;border:0;background:none;padding:0;cursor:pointer;color:inherit}
+button.sort::after{content:" ↕";color:var(--muted);font-weight:400}button.sort[aria-sort=ascending]::after{content:" ↑"}button.sort[aria-sort=descending]::after{content:" ↓"}
 .search{flex:1;min-width:220px;font:inherit;padding:4px 8px;border:1px solid var(--line);border-radius:6px}
 .pager{display:flex;gap:6px;align-items:center;color:var(--muted)}
 table.examples td .cell{white-space:pre-wrap;word-break:break-word;max-height:9em;overflow:auto;min-width:80px}
@@ -337,7 +343,7 @@ _SCRIPT = """
     return tr;
   }
   function setup(section, rows) {
-    var state = {filter: "all", q: "", page: 0, view: rows};
+    var state = {filter: "all", q: "", page: 0, view: rows, sort: null, dir: 1};
     var tbody = section.querySelector("table.examples tbody");
     var info = section.querySelector(".info");
     var prev = section.querySelector(".prev"), next = section.querySelector(".next");
@@ -360,11 +366,25 @@ _SCRIPT = """
     });
     prev.addEventListener("click", function () { state.page--; render(); });
     next.addEventListener("click", function () { state.page++; render(); });
+    Array.prototype.slice.call(section.querySelectorAll("button.sort")).forEach(function (b) {
+      b.addEventListener("click", function () {
+        var key = b.getAttribute("data-sort");
+        state.dir = (state.sort === key) ? -state.dir : (key === "i" ? 1 : key === "s" ? 1 : -1);
+        state.sort = key;
+        section.querySelectorAll("button.sort").forEach(function (o) { o.removeAttribute("aria-sort"); });
+        b.setAttribute("aria-sort", state.dir > 0 ? "ascending" : "descending");
+        refilter();
+      });
+    });
+    function value(r) { var v = r[state.sort]; return typeof v === "number" ? v : -Infinity; }
     function refilter() {
       var out = [];
       for (var i = 0; i < rows.length; i++) {
         var r = rows[i];
         if (match(r, state.filter) && (!state.q || hay(r).indexOf(state.q) >= 0)) out.push(r);
+      }
+      if (state.sort) {
+        out.sort(function (a, b) { return (value(a) - value(b)) * state.dir || (a.i - b.i); });
       }
       state.view = out;
       state.page = 0;
