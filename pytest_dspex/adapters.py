@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -19,6 +20,7 @@ from typing import Any, Literal, Protocol, get_args, get_origin
 import pydantic
 
 from ._exceptions import AdapterParseError
+from .constrained import Constraint, chat_grammar, compact_grammar, json_schema_for
 from .signatures import FieldSpec, Signature
 
 __all__ = ["Adapter", "ChatAdapter", "CompactAdapter", "JSONAdapter", "LMRequest", "get_adapter"]
@@ -31,12 +33,15 @@ class LMRequest:
     """What an adapter asks of the LM: chat messages, stop sequences and extra body fields.
 
     ``extra`` (for instance a ``response_format`` JSON schema or a llama.cpp ``grammar``) is merged into
-    the request body, and so into the cache key.
+    the request body, and so into the cache key. ``constraint`` is what the answer must match, in no
+    endpoint's dialect yet: ``constrained.acomplete`` turns it into ``extra`` fields the endpoint
+    accepts (the client itself ignores it).
     """
 
     messages: list[dict[str, str]]
     stop: tuple[str, ...] = ()
     extra: Mapping[str, Any] | None = None
+    constraint: Constraint | None = None
 
 
 class Adapter(Protocol):
@@ -49,6 +54,8 @@ class Adapter(Protocol):
 
 # -- values ------------------------------------------------------------------------------------
 def render_value(value: Any) -> str:
+    if isinstance(value, enum.Enum):
+        value = value.value
     if isinstance(value, str):
         return value
     if isinstance(value, pydantic.BaseModel):
@@ -145,6 +152,10 @@ def _choices_hint(spec: FieldSpec) -> str:
     return ""
 
 
+def _grammar_constraint(grammar: str | None) -> Constraint | None:
+    return Constraint("grammar", grammar=grammar) if grammar else None
+
+
 # -- compact -----------------------------------------------------------------------------------
 class CompactAdapter:
     """``Field: value`` lines; demos separated by blank lines; ends with the first output label."""
@@ -172,6 +183,7 @@ class CompactAdapter:
         return LMRequest(
             messages=[{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(blocks)}],
             stop=tuple(stop),
+            constraint=_grammar_constraint(compact_grammar(signature)),
         )
 
     def parse(self, signature: type[Signature], completion: str) -> dict[str, Any]:
@@ -256,7 +268,9 @@ class ChatAdapter:
             messages.append({"role": "user", "content": self._user(signature, demo, last=False)})
             messages.append({"role": "assistant", "content": self._assistant(signature, demo)})
         messages.append({"role": "user", "content": self._user(signature, inputs, last=True)})
-        return LMRequest(messages=messages, stop=("[[ ## completed ## ]]",))
+        return LMRequest(
+            messages=messages, stop=("[[ ## completed ## ]]",), constraint=_grammar_constraint(chat_grammar(signature))
+        )
 
     def parse(self, signature: type[Signature], completion: str) -> dict[str, Any]:
         outs = signature.output_fields()
@@ -298,7 +312,7 @@ class JSONAdapter:
                 answer = {n: _jsonable(demo[n]) for n in outs}
                 messages.append({"role": "assistant", "content": json.dumps(answer, ensure_ascii=False)})
         messages.append({"role": "user", "content": user(inputs)})
-        return LMRequest(messages=messages, stop=())
+        return LMRequest(messages=messages, stop=(), constraint=Constraint("json", schema=json_schema_for(signature)))
 
     def parse(self, signature: type[Signature], completion: str) -> dict[str, Any]:
         start, end = completion.find("{"), completion.rfind("}")

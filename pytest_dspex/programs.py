@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import _runtime, settings
+from . import _runtime, constrained, settings
 from ._exceptions import AdapterParseError, ConfigError, SignatureError
 from .adapters import Adapter, JSONAdapter, get_adapter
 from .primitives import Example, Prediction
@@ -222,7 +222,7 @@ class Predict(Module):
         adapter = self.adapter or get_adapter(settings.current_adapter())
         params = {**self.config, **(settings.get("call_overrides") or {}), **overrides}
         request = adapter.format(self.signature, self.demos, inputs)
-        completion = await lm.acomplete(request, **params)
+        completion = await constrained.acomplete(lm, request, **params)
         try:
             values = adapter.parse(self.signature, completion.text)
         except AdapterParseError as first:
@@ -230,7 +230,7 @@ class Predict(Module):
             if not fallback or isinstance(adapter, JSONAdapter):
                 raise
             json_adapter = JSONAdapter()
-            retry = await lm.acomplete(json_adapter.format(self.signature, self.demos, inputs), **params)
+            retry = await constrained.acomplete(lm, json_adapter.format(self.signature, self.demos, inputs), **params)
             try:
                 values = json_adapter.parse(self.signature, retry.text)
             except AdapterParseError:

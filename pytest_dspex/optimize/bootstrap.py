@@ -29,6 +29,7 @@ from ..lm.usage import Usage, track_usage
 from ..metrics import metric_name
 from ..primitives import Example
 from ..programs import Module, Predict, trace_scope
+from .coverage import cover_sample, covered, label_function, spread
 
 __all__ = ["BootstrapFewShot", "BootstrapReport", "LabeledFewShot"]
 
@@ -50,19 +51,26 @@ def _same_inputs(demo: dict[str, Any], example: Example) -> bool:
 
 
 class LabeledFewShot:
-    """Give every predictor ``k`` demos sampled from the trainset (``Random(seed).sample``)."""
+    """Give every predictor ``k`` demos drawn from the trainset with ``Random(seed)``.
 
-    def __init__(self, k: int = 16, seed: int = 0) -> None:
+    With ``cover_labels`` (the default) and a classifier's closed-set output, the draw covers every
+    label before any label twice (``coverage.cover_sample``); otherwise it is ``Random(seed).sample``
+    as in DSPy.
+    """
+
+    def __init__(self, k: int = 16, seed: int = 0, *, cover_labels: bool = True) -> None:
         self.k = k
         self.seed = seed
+        self.cover_labels = cover_labels
 
     def compile(self, student: Module, trainset: Sequence[Example]) -> Module:
         program = student.reset_copy()
         k = min(self.k, len(trainset))
         if k <= 0:
             return program
+        label_of = label_function(program) if self.cover_labels else None
         for p in program.predictors():
-            p.demos = [ex.toDict() for ex in random.Random(self.seed).sample(list(trainset), k)]
+            p.demos = [ex.toDict() for ex in cover_sample(list(trainset), k, random.Random(self.seed), label_of)]
         return program
 
 
@@ -83,8 +91,10 @@ class BootstrapFewShot:
         max_rounds: int = 1,
         teacher_lm: Any = None,
         concurrency: int = 16,
+        cover_labels: bool = True,
     ) -> None:
         self.metric = metric
+        self.cover_labels = cover_labels
         self.metric_threshold = metric_threshold
         self.max_bootstrapped_demos = max_bootstrapped_demos
         self.max_labeled_demos = max_labeled_demos
@@ -130,17 +140,38 @@ class BootstrapFewShot:
         outcomes: dict[int, dict[str, list[dict[str, Any]]] | None] = {}
         next_index = 0
         stop = asyncio.Event()
+        label_of = label_function(program) if self.cover_labels else None
+        # with labels, walk on until the kept demos show as many labels as they can
+        target = min(wanted, covered(trainset, label_of)) if label_of is not None else 0
 
-        def settled() -> bool:
-            passed = 0
+        def pick(indices: list[int]) -> list[int]:
+            """The passing examples kept: new labels first, in trainset order, then the rest."""
+            if label_of is None:
+                return indices[:wanted]
+            seen: set[Any] = set()
+            first: list[int] = []
+            for i in indices:
+                if label_of(trainset[i]) not in seen and len(first) < wanted:
+                    seen.add(label_of(trainset[i]))
+                    first.append(i)
+            rest = [i for i in indices if i not in first]
+            return sorted(first + rest[: wanted - len(first)])
+
+        def settled_prefix() -> int | None:
+            """The shortest resolved prefix whose passing examples are enough, or None."""
+            passed: list[int] = []
             for i in range(len(trainset)):
                 if i not in outcomes:
-                    return False
+                    return None
                 if outcomes[i] is not None:
-                    passed += 1
-                    if passed >= wanted:
-                        return True
-            return True
+                    passed.append(i)
+                    kept = pick(passed)
+                    if len(kept) >= wanted and covered([trainset[j] for j in kept], label_of) >= target:
+                        return i + 1
+            return len(trainset)
+
+        def settled() -> bool:
+            return settled_prefix() is not None
 
         async def run_example(i: int, example: Example) -> dict[str, list[dict[str, Any]]] | None:
             teacher_copy = base_teacher.deepcopy()
@@ -195,12 +226,12 @@ class BootstrapFewShot:
             await asyncio.gather(*workers, waiter, all_done, return_exceptions=True)
 
         bootstrapped: dict[str, list[dict[str, Any]]] = {p: [] for p in paths}
-        for i in sorted(outcomes):
+        # the result depends on the settled prefix only, not on which in-flight runs finished
+        prefix = settled_prefix() or len(trainset)
+        passing = [i for i in range(prefix) if outcomes.get(i) is not None]
+        for i in pick(passing):
             demos = outcomes[i]
-            if demos is None:
-                continue
-            if len(report.bootstrapped_indices) >= wanted:
-                break
+            assert demos is not None
             report.bootstrapped_indices.append(i)
             for path, ds in demos.items():
                 bootstrapped[path].extend(ds)
@@ -211,8 +242,8 @@ class BootstrapFewShot:
         random.Random(0).shuffle(rest)
         for path, predictor in program.named_predictors():
             aug = bootstrapped[path][:wanted]
-            room = max(0, self.max_labeled_demos - len(aug))
-            predictor.demos = aug + [_labeled_demo(predictor, ex) for ex in rest[:room]]
+            labeled = [_labeled_demo(predictor, ex) for ex in rest]
+            predictor.demos = spread(aug, labeled, max(self.max_labeled_demos, len(aug)), label_of)
         report.usage = usage
         report.elapsed_s = time.perf_counter() - started
         self.report = report

@@ -3,33 +3,50 @@
 Candidates, in this order (the order breaks ties: the earliest of equal scores wins):
 
 * ``zero-shot``      no demos
-* ``labeled``        ``max_labeled_demos`` sampled labeled demos
+* ``labeled``        ``max_labeled_demos`` labeled demos (covering the labels of a classifier)
 * ``bootstrap``      BootstrapFewShot over the trainset in order
 * ``shuffled-<k>``   for k in 0..num_candidates-1: the trainset shuffled with ``Random(seed + k)``
                      and a demo count drawn from 1..max_bootstrapped_demos
 
-All candidates are built concurrently, then all are evaluated concurrently on the validation set
-(the trainset when none is given). The result lists every candidate with its score.
+All candidates are built concurrently (one shared teacher, so a training example's teacher call is
+made once). Then the search spends as few calls as it can on the validation set (the trainset when
+none is given):
+
+* **No call whose answer is known.** A candidate whose demos equal an earlier one's is not
+  evaluated: it shares that candidate's result (``duplicate_of``).
+* **Racing.** Candidates are scored on a growing subset of the validation set (``race_first``
+  examples, then twice as many, and so on, in a seeded random order); after each step a candidate
+  that is clearly worse than the leader on the same examples (exact one-sided sign test on the
+  examples where they differ, p < ``race_alpha``) is dropped (``dropped_at`` = examples seen). The
+  survivors are scored on the whole set; the best of them wins.
+* **Prefix-cache friendly.** Against a server that decodes one request at a time (the embedded
+  llama.cpp server) candidates are evaluated one after another, each one's examples back to back,
+  so the server reuses the cached prompt prefix (instructions and demos come first in every
+  prompt). Measured on the embedded server: 0.2–0.3 s a call back to back, 1.4–1.8 s when two demo
+  sets alternate. ``serial=None`` decides from the LM; elsewhere candidates run side by side.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import _runtime, events
-from ..evaluation import Evaluate, EvaluationResult
+from .. import _runtime, events, settings
+from ..evaluation import Evaluate, EvaluationResult, evaluate_records
 from ..lm.usage import Usage, track_usage
 from ..metrics import metric_name
 from ..primitives import Example
 from ..programs import Module
+from ..records import ExampleRecord
 from .bootstrap import BootstrapFewShot, LabeledFewShot
 
-__all__ = ["BootstrapFewShotWithRandomSearch", "Candidate", "CompileResult"]
+__all__ = ["BootstrapFewShotWithRandomSearch", "Candidate", "CompileResult", "sign_test_p"]
 
 
 @dataclass
@@ -39,13 +56,15 @@ class Candidate:
     demos: int
     bootstrapped: int
     result: EvaluationResult | None = None
+    dropped_at: int | None = None  # examples seen when racing dropped it
+    duplicate_of: str | None = None  # same demos as this earlier candidate: not evaluated again
 
     @property
     def score(self) -> float:
         return self.result.score if self.result is not None else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "name": self.name,
             "demos": self.demos,
             "bootstrapped": self.bootstrapped,
@@ -53,6 +72,11 @@ class Candidate:
             "n": self.result.n if self.result else 0,
             "errors": len(self.result.errors) if self.result else 0,
         }
+        if self.dropped_at is not None:
+            out["dropped_at"] = self.dropped_at
+        if self.duplicate_of is not None:
+            out["duplicate_of"] = self.duplicate_of
+        return out
 
 
 @dataclass
@@ -69,14 +93,32 @@ class CompileResult:
     metric: str = ""
 
     def table(self) -> str:
-        rows = [f"{'candidate':<14} {'demos':>5} {'boot':>5} {'score':>7}"]
+        rows = [f"{'candidate':<14} {'demos':>5} {'boot':>5} {'score':>7} {'n':>4}"]
         for c in self.candidates:
             mark = " *" if c is self.best else ""
-            rows.append(f"{c.name:<14} {c.demos:>5} {c.bootstrapped:>5} {c.score:>7.3f}{mark}")
+            note = f" (dropped after {c.dropped_at})" if c.dropped_at is not None else ""
+            note += f" (= {c.duplicate_of})" if c.duplicate_of else ""
+            n = c.result.n if c.result else 0
+            rows.append(f"{c.name:<14} {c.demos:>5} {c.bootstrapped:>5} {c.score:>7.3f} {n:>4}{mark}{note}")
         return "\n".join(rows)
 
 
+def sign_test_p(worse: int, better: int) -> float:
+    """One-sided exact sign test: P(at least ``worse`` of ``worse + better`` fair coin flips)."""
+    n = worse + better
+    if n == 0:
+        return 1.0
+    return float(sum(math.comb(n, k) for k in range(worse, n + 1)) / 2**n)
+
+
 class BootstrapFewShotWithRandomSearch:
+    """Build candidate programs, race them on the validation set, keep the best.
+
+        search = BootstrapFewShotWithRandomSearch(team_matches, num_candidates=4)
+        result = search.compile(Predict(Triage), trainset=train, valset=dev)
+        result.program, result.best.score, print(result.table())
+    """
+
     def __init__(
         self,
         metric: Callable[..., Any],
@@ -91,6 +133,11 @@ class BootstrapFewShotWithRandomSearch:
         concurrency: int = 16,
         evaluate_train: bool = True,
         progress: Callable[[str], None] | None = None,
+        racing: bool = True,
+        race_first: int = 10,
+        race_alpha: float = 0.05,
+        serial: bool | None = None,
+        cover_labels: bool = True,
     ) -> None:
         self.metric = metric
         self.metric_threshold = metric_threshold
@@ -103,16 +150,21 @@ class BootstrapFewShotWithRandomSearch:
         self.concurrency = concurrency
         self.evaluate_train = evaluate_train
         self.progress = progress
+        self.racing = racing
+        self.race_first = max(1, race_first)
+        self.race_alpha = race_alpha
+        self.serial = serial
+        self.cover_labels = cover_labels
 
     def compile(
         self, student: Module, *, trainset: Sequence[Example], valset: Sequence[Example] | None = None
     ) -> CompileResult:
-        return _runtime.run_sync(self._compile(student, list(trainset), list(valset or trainset)))
+        return _runtime.run_sync(self._compile(student, list(trainset), _valset(trainset, valset)))
 
     async def acompile(
         self, student: Module, *, trainset: Sequence[Example], valset: Sequence[Example] | None = None
     ) -> CompileResult:
-        return await _runtime.run_async(self._compile(student, list(trainset), list(valset or trainset)))
+        return await _runtime.run_async(self._compile(student, list(trainset), _valset(trainset, valset)))
 
     def _bootstrapper(self, max_boot: int) -> BootstrapFewShot:
         return BootstrapFewShot(
@@ -123,57 +175,50 @@ class BootstrapFewShotWithRandomSearch:
             max_rounds=self.max_rounds,
             teacher_lm=self.teacher_lm,
             concurrency=self.concurrency,
+            cover_labels=self.cover_labels,
         )
 
     def _say(self, text: str) -> None:
         if self.progress is not None:
             self.progress(text)
 
-    async def _compile(self, student: Module, trainset: list[Example], valset: list[Example]) -> CompileResult:
+    async def _compile(self, student: Module, trainset: list[Example], valset: list[Example] | None) -> CompileResult:
         started = time.perf_counter()
+        same_sets = valset is None
+        val = trainset if valset is None else valset
+        Evaluate(val, self.metric)  # checks every example has input keys, before any call
         with track_usage() as usage:
-            specs: list[tuple[str, Any]] = [("zero-shot", None), ("labeled", None), ("bootstrap", (trainset, self.max_bootstrapped_demos))]
-            for k in range(self.num_candidates):
-                rng = random.Random(self.seed + k)
-                shuffled = list(trainset)
-                rng.shuffle(shuffled)
-                size = rng.randint(1, max(1, self.max_bootstrapped_demos))
-                specs.append((f"shuffled-{k}", (shuffled, size)))
-
-            # one teacher for every candidate: a training example then gets the same teacher prompt
-            # in each candidate, so the cache (and in-flight sharing) answers it once
-            teacher = LabeledFewShot(self.max_labeled_demos).compile(student, trainset)
-
-            async def build(name: str, spec: Any) -> Candidate:
-                if name == "zero-shot":
-                    prog = student.reset_copy()
-                    return Candidate(name, prog, 0, 0)
-                if name == "labeled":
-                    prog = LabeledFewShot(self.max_labeled_demos).compile(student, trainset)
-                    return Candidate(name, prog, _count(prog), 0)
-                data, size = spec
-                boot = self._bootstrapper(size)
-                prog = await boot.acompile(student, trainset=data, teacher=teacher)
-                return Candidate(name, prog, _count(prog), boot.report.passed)
-
-            self._say(f"bootstrapping {len(specs)} candidates on {len(trainset)} training examples")
-            candidates = list(await asyncio.gather(*(build(n, s) for n, s in specs)))
-            self._say(f"evaluating {len(candidates)} candidates on {len(valset)} validation examples")
-            evaluator = Evaluate(valset, self.metric, concurrency=self.concurrency)
-            results = await asyncio.gather(*(evaluator._run(c.program) for c in candidates))
-            for cand, res in zip(candidates, results, strict=True):
-                cand.result = res
-                res.program = cand.name
+            candidates = await self._build(student, trainset)
+            unique = _dedupe(candidates)
+            serial = self.serial if self.serial is not None else _one_at_a_time(student)
+            self._say(
+                f"evaluating {len(unique)} candidates on {len(val)} validation examples"
+                + (f" ({len(candidates) - len(unique)} duplicates skipped)" if len(unique) < len(candidates) else "")
+            )
+            await self._race(unique, val, serial)
+            for cand in candidates:
+                if cand.duplicate_of is not None:
+                    twin = next(c for c in candidates if c.name == cand.duplicate_of)
+                    cand.result, cand.dropped_at = twin.result, twin.dropped_at
+                assert cand.result is not None
+                cand.result.program = cand.name
                 if events.has_listeners():
                     events.emit(events.OptimizerEvent("candidate", cand.to_dict()))
-            best = candidates[0]
-            for cand in candidates[1:]:
+            finalists = [c for c in unique if c.dropped_at is None]
+            best = finalists[0]
+            for cand in finalists[1:]:
                 if cand.score > best.score:
                     best = cand
             train_result = None
             if self.evaluate_train:
-                self._say(f"scoring the chosen program ({best.name}) on the trainset")
-                train_result = await Evaluate(trainset, self.metric, concurrency=self.concurrency)._run(best.program)
+                if same_sets:
+                    train_result = best.result  # the validation set is the trainset: already known
+                else:
+                    self._say(f"scoring the chosen program ({best.name}) on the trainset")
+                    recs = await evaluate_records(
+                        best.program, enumerate(trainset), self.metric, concurrency=self.concurrency
+                    )
+                    train_result = EvaluationResult.from_records(recs, metric=metric_name(self.metric))
         assert best.result is not None
         return CompileResult(
             program=best.program,
@@ -185,6 +230,124 @@ class BootstrapFewShotWithRandomSearch:
             elapsed_s=time.perf_counter() - started,
             metric=metric_name(self.metric),
         )
+
+    async def _build(self, student: Module, trainset: list[Example]) -> list[Candidate]:
+        specs: list[tuple[str, Any]] = [
+            ("zero-shot", None),
+            ("labeled", None),
+            ("bootstrap", (trainset, self.max_bootstrapped_demos)),
+        ]
+        for k in range(self.num_candidates):
+            rng = random.Random(self.seed + k)
+            shuffled = list(trainset)
+            rng.shuffle(shuffled)
+            size = rng.randint(1, max(1, self.max_bootstrapped_demos))
+            specs.append((f"shuffled-{k}", (shuffled, size)))
+
+        # one teacher for every candidate: a training example then gets the same teacher prompt
+        # in each candidate, so the cache (and in-flight sharing) answers it once
+        labeled = LabeledFewShot(self.max_labeled_demos, cover_labels=self.cover_labels)
+        teacher = labeled.compile(student, trainset)
+
+        async def build(name: str, spec: Any) -> Candidate:
+            if name == "zero-shot":
+                return Candidate(name, student.reset_copy(), 0, 0)
+            if name == "labeled":
+                prog = labeled.compile(student, trainset)
+                return Candidate(name, prog, _count(prog), 0)
+            data, size = spec
+            boot = self._bootstrapper(size)
+            prog = await boot.acompile(student, trainset=data, teacher=teacher)
+            return Candidate(name, prog, _count(prog), boot.report.passed)
+
+        self._say(f"bootstrapping {len(specs)} candidates on {len(trainset)} training examples")
+        return list(await asyncio.gather(*(build(n, s) for n, s in specs)))
+
+    async def _race(self, candidates: list[Candidate], valset: list[Example], serial: bool) -> None:
+        """Score ``candidates`` on ``valset``, dropping the clearly worse on the way (see module doc)."""
+        order = list(range(len(valset)))
+        random.Random(self.seed).shuffle(order)
+        stops = _stages(len(order), self.race_first) if self.racing and len(candidates) > 1 else [len(order)]
+        records: dict[str, list[ExampleRecord]] = {c.name: [] for c in candidates}
+        alive = list(candidates)
+        done = 0
+        for stop in stops:
+            chunk = [(i, valset[i]) for i in order[done:stop]]
+
+            async def run(cand: Candidate, chunk: list[tuple[int, Example]] = chunk) -> None:
+                records[cand.name].extend(
+                    await evaluate_records(cand.program, chunk, self.metric, concurrency=self.concurrency)
+                )
+
+            if serial:
+                for cand in alive:
+                    await run(cand)
+            else:
+                await asyncio.gather(*(run(c) for c in alive))
+            done = stop
+            if stop < len(order):
+                alive = self._drop_worse(alive, records, done)
+        for cand in candidates:
+            cand.result = EvaluationResult.from_records(records[cand.name], metric=metric_name(self.metric))
+
+    def _drop_worse(self, alive: list[Candidate], records: dict[str, list[ExampleRecord]], seen: int) -> list[Candidate]:
+        scores = {c.name: {r.index: r.score for r in records[c.name]} for c in alive}
+        means = {name: sum(s.values()) / len(s) if s else 0.0 for name, s in scores.items()}
+        leader = alive[0]
+        for cand in alive[1:]:
+            if means[cand.name] > means[leader.name]:
+                leader = cand
+        kept = []
+        for cand in alive:
+            if cand is not leader:
+                lead, mine = scores[leader.name], scores[cand.name]
+                shared = lead.keys() & mine.keys()
+                worse = sum(1 for i in shared if mine[i] < lead[i])
+                better = sum(1 for i in shared if mine[i] > lead[i])
+                if sign_test_p(worse, better) < self.race_alpha:
+                    cand.dropped_at = seen
+                    self._say(f"dropped {cand.name} after {seen} examples ({means[cand.name]:.2f} vs {means[leader.name]:.2f})")
+                    continue
+            kept.append(cand)
+        return kept
+
+
+def _valset(trainset: Sequence[Example], valset: Sequence[Example] | None) -> list[Example] | None:
+    return None if valset is None or valset is trainset else list(valset)
+
+
+def _stages(n: int, first: int) -> list[int]:
+    """Cumulative subset sizes: ``first``, twice that, ... up to ``n``."""
+    stops, size = [], first
+    while size < n:
+        stops.append(size)
+        size *= 2
+    stops.append(n)
+    return stops
+
+
+def _fingerprint(program: Module) -> str:
+    return json.dumps(program.dump_state(), sort_keys=True, default=str)
+
+
+def _dedupe(candidates: list[Candidate]) -> list[Candidate]:
+    """The candidates to evaluate; later ones with an earlier one's demos point at it."""
+    first: dict[str, Candidate] = {}
+    unique = []
+    for cand in candidates:
+        fp = _fingerprint(cand.program)
+        if fp in first:
+            cand.duplicate_of = first[fp].name
+        else:
+            first[fp] = cand
+            unique.append(cand)
+    return unique
+
+
+def _one_at_a_time(program: Module) -> bool:
+    """Whether the program's LM is a server that decodes one request at a time (the embedded one)."""
+    lms = [p.lm for p in program.predictors() if p.lm is not None] or [settings.current_lm()]
+    return any(str(getattr(lm, "cache_identity", "")).startswith("embedded:") for lm in lms if lm is not None)
 
 
 def _count(program: Module) -> int:
