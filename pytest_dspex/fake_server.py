@@ -82,8 +82,11 @@ class FakeLMServer:
         port: int = 0,
         model: str = "fake-model",
         host: str = "127.0.0.1",
+        reject_fields: tuple[str, ...] = (),
     ) -> None:
         self.responder: Responder = responder or (lambda body: "ok")
+        # body fields this server answers HTTP 400 to, as OpenAI does to a llama.cpp ``grammar``
+        self.reject_fields = reject_fields
         self.latency = latency
         self.faults = faults or Faults()
         self.port = port
@@ -126,6 +129,11 @@ class FakeLMServer:
         if self.keep_bodies:
             self.bodies.append(body)
             self.headers.append(dict(request.headers))
+        rejected = [f for f in self.reject_fields if f in body]
+        if rejected:
+            self.counts["rejected"] += 1
+            error = {"error": {"message": f"Unrecognized request argument supplied: {rejected[0]}", "type": "invalid_request_error"}}
+            return web.json_response(error, status=400)
         fault = self._pick_fault()
         self.counts[fault or "ok"] += 1
         if self.latency:
