@@ -311,3 +311,22 @@ def test_both_answers_of_a_hedged_request_are_counted():
     lm.complete(LMRequest(messages=[{"role": "user", "content": "hi"}]))
     assert lm.usage.hedges == 1 and lm.usage.calls == 1
     assert lm.usage.prompt_tokens == 20 and lm.usage.completion_tokens == 2
+
+
+def test_a_duplicate_that_stalls_too_gets_another_and_a_fast_error_goes_to_the_retry():
+    replies = iter(["stall", "stall", "ok", "stall", "500", "ok"])
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        reply = next(replies)
+        if reply == "stall":
+            await asyncio.sleep(30)  # cancelled once another request has finished
+        if reply == "500":
+            return httpx.Response(500, text="boom")
+        return chat("ok")
+
+    lm = mock_lm(handler, hedge_after=0.05, backoff_base=0.01)
+    assert lm.complete(LMRequest(messages=[{"role": "user", "content": "a"}])).text == "ok"
+    assert lm.usage.hedges == 2 and lm.usage.retries == 0
+    # a stalled request, its duplicate fails fast: that error is retried at once, not waited out
+    assert lm.complete(LMRequest(messages=[{"role": "user", "content": "b"}])).text == "ok"
+    assert lm.usage.hedges == 3 and lm.usage.retries == 1

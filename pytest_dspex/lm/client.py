@@ -14,7 +14,6 @@ holder (``secrets``): never in a repr, an error, a log line, an event or a cache
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
@@ -23,13 +22,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import _runtime, events
-from .._exceptions import ConfigError, LMError
+from .._exceptions import BudgetExceededError, ConfigError, LMError
 from .._types import NOT_GIVEN, NotGiven
 from ..adapters import LMRequest
 from .cache import CacheMode, ResponseCache, cache_key
 from .resilience import AdaptiveLimiter, Breaker, RetryPolicy, send_with_retries
 from .secrets import Credentials, redact_url
-from .sharing import InflightRequests, hedged
+from .sharing import HedgeSkipped, InflightRequests, hedged
 from .transport import HTTPTransport
 from .usage import Budget, Usage, record
 
@@ -132,7 +131,7 @@ class LM:
             model=model,
             timeout=timeout,
             connect_timeout=connect_timeout,
-            max_connections=concurrency,
+            max_connections=2 * concurrency,  # the limiter bounds requests; hedges and cancelled losers need room
             transport=transport,
         )
         self._inflight: InflightRequests[tuple[dict[str, Any], Completion]] = InflightRequests()
@@ -306,9 +305,12 @@ class LM:
         async with self.limiter.slot():  # a hedged duplicate takes a slot of its own
             if duplicate is not None:
                 if not duplicate():
-                    raise asyncio.CancelledError  # the first answered while we waited for the slot
+                    raise HedgeSkipped  # the first finished while we waited for the slot
                 if self.budget is not None:
-                    self.budget.reserve()
+                    try:
+                        self.budget.reserve()
+                    except BudgetExceededError:
+                        raise HedgeSkipped from None
                 self.usage.hedges += 1
                 record(Usage(hedges=1))
             return await self._http.post(content)

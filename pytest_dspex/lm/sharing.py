@@ -4,10 +4,11 @@
 way, wait for its answer instead of sending a second one (a burst of identical examples makes
 one request). If the leader's caller is cancelled, a follower asks again itself.
 
-``hedged(first, second, after)``: send ``first``; if it has not answered within ``after`` seconds,
-also send ``second`` and take whichever answers first. Both go through the caller's concurrency
-limit and budget (the caller's ``second`` takes its own slot). The other is cancelled; an answer
-that arrived anyway is handed to ``on_extra`` so its tokens are counted.
+``hedged(first, duplicate, after)``: send ``first``; if it has not answered within ``after``
+seconds, also send a duplicate (and another after twice that) and take whichever finishes first.
+Every duplicate goes through the caller's concurrency limit and budget (it takes its own slot and
+budget call). The others are cancelled; an answer that arrived anyway is handed to ``on_extra`` so
+its tokens are counted.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
-__all__ = ["InflightRequests", "hedged"]
+__all__ = ["HedgeSkipped", "InflightRequests", "hedged"]
 
 T = TypeVar("T")
 
@@ -64,39 +65,51 @@ class InflightRequests(Generic[T]):
             self._pending.pop(key, None)
 
 
+class HedgeSkipped(Exception):
+    """Raised by a duplicate that was not sent (no budget left): the first request carries on alone."""
+
+
 async def hedged(
     first: Callable[[], Awaitable[T]],
-    second: Callable[[Callable[[], bool]], Awaitable[T]],
+    duplicate: Callable[[Callable[[], bool]], Awaitable[T]],
     after: float,
     on_extra: Callable[[T], None],
+    *,
+    max_duplicates: int = 2,
 ) -> T:
-    """The first answer of ``first()`` and (started after ``after`` s without one) ``second(wanted)``.
+    """The first outcome of ``first()`` and of duplicates sent while it stays unanswered.
 
-    ``second`` calls ``wanted()`` once it holds its concurrency slot: False means ``first`` has
-    answered meanwhile and the duplicate must not be sent. When both fail, ``first``'s error is raised.
+    A duplicate goes out after ``after`` seconds without an outcome, another after twice that,
+    up to ``max_duplicates`` (a duplicate can stall too). Whichever finishes first wins, answer or
+    error: a duplicate that fails fast (a 500) hands its error to the retry loop rather than
+    leaving the caller waiting on a stalled request. ``duplicate(wanted)`` calls ``wanted()`` once
+    it holds its concurrency slot: False means ``first`` has finished meanwhile and it must not be
+    sent; it raises ``HedgeSkipped`` when it is not sent (that, or no budget left).
     """
-    one = asyncio.ensure_future(first())
-    done, _ = await asyncio.wait({one}, timeout=after)
-    if done:
-        return one.result()
-    two = asyncio.ensure_future(second(lambda: not one.done()))
-    pending = {one, two}
+    tasks = [asyncio.ensure_future(first())]
+    pending: set[asyncio.Future[T]] = set(tasks)
+    wait = after
     try:
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            winners = [f for f in done if not f.cancelled() and f.exception() is None]
-            if winners:
-                for extra in winners[1:]:
-                    on_extra(extra.result())
-                return winners[0].result()
-        error = one.exception() if not one.cancelled() else None
-        if error is None and not two.cancelled():
-            error = two.exception()
-        if error is None:  # pragma: no cover - both cancelled from outside
-            raise asyncio.CancelledError
-        raise error
+        while True:
+            timeout = wait if len(tasks) <= max_duplicates else None
+            done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                extra = asyncio.ensure_future(duplicate(lambda: not tasks[0].done()))
+                tasks.append(extra)
+                pending.add(extra)
+                wait *= 2
+                continue
+            finished = [f for f in done if f is tasks[0] or not (f.cancelled() or isinstance(f.exception(), HedgeSkipped))]
+            if not finished:
+                continue  # a duplicate that was not sent: wait for the others
+            answers = [f for f in finished if not f.cancelled() and f.exception() is None]
+            if answers:
+                for other in answers[1:]:
+                    on_extra(other.result())
+                return answers[0].result()
+            return finished[0].result()  # raises its error
     finally:
-        for fut in (one, two):
+        for fut in tasks:
             if not fut.done():
                 fut.cancel()  # its own ``finally`` gives its concurrency slot back
             fut.add_done_callback(_retrieve)
