@@ -47,17 +47,6 @@ def case_throughput(url: str, n: int, concurrency: int) -> dict:
     return {"wall_s": wall, "ex_per_s": n / wall, "score": res.score, "errors": len(res.errors)}
 
 
-def case_faults(url: str, n: int, hedge: float | None = None) -> dict:
-    import pytest_dspex as dspex
-
-    lm = dspex.LM("fake", base_url=url, api_key="bench", cache=None, concurrency=32, retries=4,
-                  backoff_base=0.02, timeout=0.5, breaker_fail_max=1000, hedge_after=hedge)  # fmt: skip
-    t0 = time.perf_counter()
-    res = dspex.Evaluate(dev(n), metric, concurrency=32)(program(lm))
-    scored = sum(1 for r in res.records if r.error_kind is None)
-    return {"wall_s": time.perf_counter() - t0, "scored": scored, "n": res.n, "retries": res.usage.retries, "hedges": res.usage.hedges}
-
-
 def case_cache(url: str, n: int) -> dict:
     import pytest_dspex as dspex
 

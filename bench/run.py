@@ -112,18 +112,9 @@ def main() -> None:
     finally:
         server.kill()
 
-    faults = json.dumps({"http_500": 0.1, "http_429": 0.1, "retry_after": 0.05, "garbled": 0.05, "stall": 0.02, "stall_s": 5})
-    timings = {}
-    for label, spec in (("clean", "{}"), ("faults", faults)):
-        server, url = start_server(latency, faults=spec)
-        try:
-            timings[label] = run_case(py, "cases_dspex.py", "faults", url=url, n=500, hedge=0.15)
-        finally:
-            server.kill()
-    f, c = timings["faults"], timings["clean"]
-    rows.append(("evaluate 500 with 10% 500s, 10% 429 (Retry-After 50 ms), 5% garbled, 2% stalls (timeout 0.5 s)",
-                 f"{f['scored']}/{f['n']} scored, {f['retries']} retries, {f['hedges']} hedged, {f['wall_s']:.2f} s vs {c['wall_s']:.2f} s fault-free (x{f['wall_s'] / c['wall_s']:.2f})",
-                 "-", "≥ 99% scored, ≤ 1.5x fault-free time", "retries 4, backoff 20 ms base, hedge after 150 ms"))  # fmt: skip
+    from cases_faults import fault_rows  # degraded endpoint (20 seeds), dead endpoint, fault-run timing (x3)
+
+    rows.extend(fault_rows())  # type: ignore[arg-type]
 
     ours_import = import_time(py, "pytest_dspex")
     use = statistics.median(run_case(py, "cases_dspex.py", "import_use")["s"] for _ in range(5))
