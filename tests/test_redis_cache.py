@@ -196,6 +196,31 @@ def test_redis_killed_mid_run_degrades_to_no_cache_with_one_warning(
     assert server.requests == before + 2
 
 
+def test_a_hung_redis_costs_one_timeout_then_no_cache(
+    redis_server: RedisServer,
+    server: FakeLMServer,
+    make_lm: Callable[..., dspex.LM],
+    caches: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Redis that stops answering (SIGSTOP) is given up on at the first timeout, not per request."""
+    import signal
+
+    rc = caches(redis_server.url)
+    assert redis_server.proc is not None
+    redis_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        with caplog.at_level(logging.WARNING, logger=CACHE_LOGGER):
+            res = evaluate(make_lm(server, cache=rc), 6)
+            rc.flush()
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    assert res.score == 1.0 and [r.error_kind for r in res.records] == [None] * 6
+    warnings = [r.getMessage() for r in caplog.records if r.name == CACHE_LOGGER]
+    assert len(warnings) == 1 and "Timeout" in warnings[0], warnings
+    assert not rc.available
+
+
 def test_replay_after_redis_died_reports_why(
     redis_server: RedisServer, server: FakeLMServer, make_lm: Callable[..., dspex.LM], caches: Callable[..., Any],
     caplog: pytest.LogCaptureFixture,
