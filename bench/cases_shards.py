@@ -109,7 +109,14 @@ def main() -> None:
         (work / golden).parent.mkdir(parents=True)
         golden_score = sum(outcomes.values()) / len(outcomes)
         (work / golden).write_text(
-            json.dumps({"schema": 2, "validation": {"score": golden_score, "n": n, "examples": outcomes}})
+            json.dumps(
+                {
+                    "schema_version": 2,
+                    "program": "triage",
+                    "predictors": {},
+                    "scores": {"validation": {"score": golden_score, "n": n, "examples": outcomes}},
+                }
+            )
         )
         (work / "whole.json").write_text(json.dumps(_report(_entry(whole, golden, golden_score, n), None)))
 

@@ -106,24 +106,19 @@ def _check_shards(reports: Sequence[Mapping[str, Any]], names: Sequence[str] | N
 
 
 def golden_outcomes(path: Path) -> dict[str, float] | None:
-    """A golden file's per-example validation outcomes (schema 2), or None for a golden without them."""
+    """A golden file's per-example validation outcomes (schema 2), or None for a golden without them
+    (schema 1: the gate falls back to the tolerance against its score, as in a single run)."""
+    from ._exceptions import GoldenFileError
+    from .golden import GoldenStore
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return GoldenStore.read(path).validation_examples
     except FileNotFoundError:
         raise CombineError(
             f"{path}: golden file named by the reports not found (run combine from the project's rootdir or pass --rootdir)"
         ) from None
-    except (OSError, ValueError) as exc:
-        raise CombineError(f"{path}: unreadable golden file ({exc})") from None
-    if not isinstance(data, dict):
-        raise CombineError(f"{path}: not a golden file")
-    for holder in (data.get("validation"), (data.get("scores") or {}).get("validation")):
-        if isinstance(holder, dict) and isinstance(holder.get("examples"), dict):
-            try:
-                return {str(k): float(v) for k, v in holder["examples"].items()}
-            except (TypeError, ValueError):
-                raise CombineError(f"{path}: validation.examples must map example keys to scores") from None
-    return None
+    except GoldenFileError as exc:
+        raise CombineError(str(exc)) from None
 
 
 def _usage_sum(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

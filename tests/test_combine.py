@@ -85,8 +85,10 @@ def write_golden(root: Path, outcomes: dict[str, float] | None, score: float = 0
     path.parent.mkdir(parents=True, exist_ok=True)
     validation: dict[str, Any] = {"score": score, "n": len(outcomes or {})}
     if outcomes is not None:
-        validation["examples"] = outcomes
-    path.write_text(json.dumps({"schema": 2, "program": "triage", "validation": validation}))
+        validation["examples"] = outcomes  # schema 2: per-example outcomes; without them, a schema-1 golden
+    golden = {"schema_version": 2 if outcomes is not None else 1, "program": "triage", "predictors": {},
+              "scores": {"validation": validation}}  # fmt: skip
+    path.write_text(json.dumps(golden))
 
 
 def mixed_records(n: int) -> list[dict[str, Any]]:
@@ -262,6 +264,11 @@ def test_dataset_size_must_add_up() -> None:
 
 def test_a_golden_that_cannot_be_read_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(CombineError, match="golden file named by the reports not found"):
+        combine(split(mixed_records(30), 2), rootdir=tmp_path)
+    path = tmp_path / "tests/__dspex__/test_triage/triage.json"
+    path.parent.mkdir(parents=True)
+    path.write_text("{broken")
+    with pytest.raises(CombineError, match="triage.json: corrupted golden file"):
         combine(split(mixed_records(30), 2), rootdir=tmp_path)
 
 
