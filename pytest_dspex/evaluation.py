@@ -17,10 +17,12 @@ a worker thread, off the event loop, so it may itself call an LM program (LM-as-
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import inspect
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,10 +42,26 @@ __all__ = [
     "ExampleRecord",
     "evaluate",
     "evaluate_records",
+    "example_timeout",
     "score_example",
 ]
 
 ProgressCallback = Callable[[int, int, float, int], None]
+
+_timeout: contextvars.ContextVar[float | None] = contextvars.ContextVar("dspex_example_timeout", default=None)
+
+
+@contextlib.contextmanager
+def example_timeout(seconds: float | None) -> Iterator[None]:
+    """The per-example timeout of every evaluation started in the block that sets none itself.
+
+    How a session's ``--dspex-example-timeout`` reaches the evaluations an optimizer runs.
+    """
+    token = _timeout.set(seconds)
+    try:
+        yield
+    finally:
+        _timeout.reset(token)
 
 
 def error_kind(exc: BaseException) -> str:
@@ -96,7 +114,7 @@ async def score_example(
     t0 = time.perf_counter()
     inputs = {k: example[k] for k in example.input_keys or ()}
     pred: Prediction | None = None
-    score, kind, message = 0.0, None, None
+    score, kind, message, error = 0.0, None, None, None
 
     async def run() -> float:
         nonlocal pred
@@ -113,7 +131,7 @@ async def score_example(
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            kind, message = error_kind(exc), describe_error(exc)
+            kind, message, error = error_kind(exc), describe_error(exc), exc
     return ExampleRecord.build(
         index,
         example,
@@ -124,6 +142,7 @@ async def score_example(
         latency_s=time.perf_counter() - t0,
         usage=usage.to_dict(),
         key=key,
+        exception=error,
     )
 
 
@@ -144,6 +163,7 @@ async def evaluate_records(
     """
     pending = list(items)
     total = len(pending) if total is None else total
+    timeout = _timeout.get() if timeout is None else timeout
     records: list[ExampleRecord | None] = [None] * len(pending)
     mname = metric_name(metric)
     listen = events.has_listeners()

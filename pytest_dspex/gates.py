@@ -93,7 +93,7 @@ def lm_errors_reason(errors_by_kind: Mapping[str, int], n: int) -> str | None:
     kinds = ", ".join(f"{kind}: {count}" for kind, count in sorted(infra.items()))
     reason = f"LM errors: {k} of {n} examples could not be answered ({kinds})"
     if "budget" in infra:
-        reason += "; the LM budget is spent (raise --dspex-max-cost/--dspex-max-calls)"
+        reason += "; LM budget spent (raise --dspex-max-cost/--dspex-max-calls)"
     return reason
 
 

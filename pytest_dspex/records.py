@@ -6,8 +6,8 @@ Both test modes, xdist workers, the JSON report and shard ``combine`` all speak 
     result = EvaluationResult.from_records(records, program="triage", metric="team_matches")
 
 Everything in a record is JSON-able (pydantic values are dumped with ``model_dump(mode="json")``),
-so ``ExampleRecord.from_json(rec.to_json()) == rec``. The live ``Example`` and ``Prediction``
-objects of an in-process evaluation ride along in two fields that are never serialized.
+so ``ExampleRecord.from_json(rec.to_json()) == rec``. The live ``Example``, ``Prediction`` and
+exception of an in-process evaluation ride along in fields that are never serialized.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ class ExampleRecord:
     # the live objects of an in-process evaluation; never serialized, not part of equality
     example: Example | None = field(default=None, repr=False, compare=False)
     output: Prediction | None = field(default=None, repr=False, compare=False)
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def build(
@@ -85,6 +86,7 @@ class ExampleRecord:
         latency_s: float = 0.0,
         usage: Mapping[str, Any] | None = None,
         key: str | None = None,
+        exception: BaseException | None = None,
     ) -> ExampleRecord:
         """A record from live objects (inputs and expected values split by the example's input keys)."""
         in_keys = set(example.input_keys or ())
@@ -101,6 +103,7 @@ class ExampleRecord:
             usage=_usage(usage),
             example=example,
             output=prediction,
+            exception=exception,
         )
 
     @property

@@ -130,7 +130,8 @@ class TestCompileAndGate:
         result.stdout.fnmatch_lines(["*golden created: __dspex__/test_triage/triage.json (validation 1.000, n=10*"])
         assert (pytester.path / "compiles.log").read_text() == "triage created\n"
         golden = json.loads((pytester.path / "__dspex__/test_triage/triage.json").read_text())
-        assert golden["scores"]["validation"] == {"score": 1.0, "n": 10}
+        validation = golden["scores"]["validation"]
+        assert (validation["score"], validation["n"], len(validation["examples"])) == (1.0, 10, 10)
         assert golden["optimizer"]["candidates"][0]["name"] == "zero-shot"
         assert "CANARY" not in json.dumps(golden)
         again = run(pytester, fake, mode)
@@ -174,7 +175,7 @@ class TestCompileAndGate:
         fake.stop()
         result = run(pytester, fake, mode, "-k", "not each")
         assert result.ret == 1
-        result.stdout.fnmatch_lines(["*LM unavailable: most examples could not reach the endpoint*"])
+        result.stdout.fnmatch_lines(["*LM errors: 10 of 10 examples could not be answered (lm_unavailable: 10)*not a low score*"])
         assert "CANARY" not in result.stdout.str() + result.stderr.str()
 
     def test_corrupted_golden_is_a_clear_error_and_left_alone(self, pytester, project, fake, mode):
@@ -207,14 +208,34 @@ class TestPerExample:
         assert (outcomes["passed"], outcomes["missed"]) == (5, 5)
         result.stdout.fnmatch_lines(["*dspex gate FAILED for 'triage on data/dev.jsonl': score 0.500*below threshold*"])
 
-    def test_a_program_error_fails_only_its_item(self, pytester, project, fake, server_factory, mode):
+    def test_an_unparseable_answer_is_a_miss_with_the_parse_message(self, pytester, project, fake, server_factory, mode):
         assert run(pytester, fake, mode, "--dspex-compile").ret == 0
         project(threshold=0.5)
         broken = server_factory(make_responder(garbage={3}))
-        result = run(pytester, broken, mode, "-k", "each", "--dspex-tolerance=0.5")
+        result = run(pytester, broken, mode, "-k", "each", "--dspex-tolerance=0.5", "--dspex-report=r.json")
+        assert result.ret == 0, result.stdout.str()
+        outcomes = result.parseoutcomes()
+        assert (outcomes["passed"], outcomes["missed"]) == (9, 1)
+        row = json.loads((pytester.path / "r.json").read_text())["programs"][0]
+        bad = next(r for r in row["records"] if r["index"] == 3)
+        assert bad["error_kind"] == "parse" and "answer has no team" in bad["error"] and bad["score"] == 0.0
+
+    def test_a_program_error_fails_only_its_item(self, pytester, project, server_factory, mode):
+        source = TEST_FILE.replace(
+            "triage = dspex.Predict(Triage)",
+            "class Broken(dspex.Module):\n"
+            "    def __init__(self):\n        self.p = dspex.Predict(Triage)\n"
+            "    def forward(self, message):\n"
+            "        if 'case 3' in message:\n            raise ValueError('boom on case 3')\n"
+            "        return self.p(message=message)\n"
+            "triage = Broken()",
+        )
+        project(threshold=0.5, source=source)
+        server = server_factory(make_responder(zero_shot_ok=True))
+        result = run(pytester, server, mode, "-k", "each", "--dspex-missing-golden=zero-shot")
         result.assert_outcomes(passed=9, failed=1)
         out = result.stdout.str()
-        assert "FAILED test_triage.py::test_triage_each[3-" in out and "AdapterParseError: answer has no team" in out
+        assert "FAILED test_triage.py::test_triage_each[3-" in out and "ValueError: boom on case 3" in out
 
 
 class TestOptionsAndMarkers:
@@ -384,7 +405,7 @@ class TestEveryOption:
         "concurrency": ("3", "lm.concurrency == 3"),
         "timeout": ("9.5", "lm.timeout == 9.5"),
         "retries": ("1", "lm.retry.retries == 1"),
-        "api-key-env": ("MY_KEY", "lm._api_key.get() == 'from-my-key'"),
+        "api-key-env": ("MY_KEY", "'from-my-key' in lm._credentials.authorization"),
         "cache": ("read-only", "lm.cache.mode == 'read-only'"),
         "cache-dir": ("mycache", "lm.cache.directory.endswith('mycache')"),
         "max-cost": ("2.5", "lm.budget.max_cost == 2.5"),

@@ -2,17 +2,30 @@
 
 Importing this module imports only pytest and the small option/marker modules, so a project
 that installs pytest-dspex but does not use it pays (almost) nothing at start-up.
+
+Under xdist (default ``--dist load``), per-example items of one test are scheduled in chunks,
+so each worker evaluates whole chunks concurrently (see ``plugin/xdist.py``).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .fixtures import dspex_evaluate, dspex_example, dspex_lm, dspex_load_dataset, dspex_predict
+from .fixtures import (
+    NotAnswered,
+    dspex_evaluate,
+    dspex_example,
+    dspex_lm,
+    dspex_load_dataset,
+    dspex_predict,
+    payload_key,
+    test_key,
+)
 from .markers import MARKERS, dataset_path, example_id, metric_spec, program_spec
 from .options import add_options, resolve
 from .session import DspexSession, session_key
@@ -27,9 +40,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
-    from . import hookspecs
+    from . import _asyncio_default, hookspecs
 
     pluginmanager.add_hookspecs(hookspecs)
+    _asyncio_default.register(pluginmanager)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -40,26 +54,25 @@ def pytest_configure(config: pytest.Config) -> None:
     if not session.is_worker:
         from .report import Collector
 
-        collector = Collector()
+        collector = Collector(Path(config.rootpath))
         config.stash[_collector_key] = collector
-        config.pluginmanager.register(_ControllerHooks(Path(config.rootpath), collector), "dspex-controller")
+        config.pluginmanager.register(_ControllerHooks(collector), "dspex-controller")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(session), "dspex-xdist")
 
 
 class _ControllerHooks:
-    """On the controller (or the only process): gathers what every test report carries."""
+    """On the controller (or the only process): gathers the payload every test report carries."""
 
-    def __init__(self, rootpath: Path, collector: Any) -> None:
-        self.rootpath = rootpath
+    def __init__(self, collector: Any) -> None:
         self.collector = collector
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.when == "call" or (report.when == "setup" and not report.passed):
-            fspath = str(self.rootpath / report.location[0])
-            self.collector.test_files.add(fspath)
-            self.collector.add(report.nodeid, fspath, report.user_properties)
+        payload = getattr(report, "dspex", None)
+        if payload:
+            fspath = str(Path(self.collector.rootpath) / report.location[0])
+            self.collector.add(report.nodeid, fspath, payload)
 
 
 class _XdistHooks:
@@ -72,6 +85,14 @@ class _XdistHooks:
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput["dspex_run_id"] = self.session.run_id
         node.workerinput["dspex_owner_pid"] = os.getpid()
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        if config.getvalue("dist") != "load":
+            return None
+        from .xdist import ChunkScheduling
+
+        return ChunkScheduling(config, log, run_id=self.session.run_id)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -87,22 +108,60 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if marked is None or spec is None:
         pytest.fail(f"{node.nodeid}: dspex_example needs @pytest.mark.dspex_dataset(...) and @pytest.mark.dspex_program(...)", pytrace=False)
     from .._exceptions import DatasetError
-    from .fixtures import dataset_cache
 
+    session = metafunc.config.stash[session_key]
     try:
-        examples = dataset_cache(marked[0], spec.input_keys, marked[1])
+        examples = session.dataset(marked[0], spec.input_keys, marked[1]).examples
     except DatasetError as exc:
         pytest.fail(f"{node.nodeid}: {exc}", pytrace=False)
     ids = [example_id(ex, i) for i, ex in enumerate(examples)]
     metafunc.parametrize("dspex_example", range(len(examples)), indirect=True, ids=ids)
 
 
+@pytest.hookimpl(tryfirst=True)  # before an xdist worker reports its collection
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Which examples of each per-example test this process may run (``-k``, ``--lf`` applied)."""
+    dspex = session.config.stash.get(session_key, None)
+    if dspex is None:
+        return
+    chunks: dict[str, str] = {}
+    for item in session.items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "dspex_example" in callspec.params:
+            key, index = test_key(item), int(callspec.params["dspex_example"])
+            dspex.selected.setdefault(key, set()).add(index)
+            chunks[item.nodeid] = f"dspex::{key}::{dspex.chunk_of(index)}"
+    if dspex.is_worker and chunks:
+        from .xdist import write_chunks
+
+        write_chunks(dspex.run_id, session.config.workerinput["workerid"], chunks)  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if call.when == "call":
+        if call.excinfo is not None and isinstance(call.excinfo.value, NotAnswered):
+            report.outcome = "passed"
+            report.longrepr = None
+        payload = item.stash.get(payload_key, None)
+        if payload is not None:
+            report.dspex = payload  # type: ignore[attr-defined]  # JSON: travels with the report through xdist
+    return report
+
+
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:
     if report.when != "call" or not report.passed:
         return None
-    for key, value in report.user_properties:
-        if key == "dspex_example" and isinstance(value, dict) and not value.get("error_kind") and value.get("score", 1.0) < 1.0:
-            return "missed", "m", ("MISS", {"yellow": True})
+    payload = getattr(report, "dspex", None)
+    if not payload or payload.get("kind") != "example":
+        return None
+    record = payload["record"]
+    kind = record.get("error_kind")
+    if kind is not None and kind != "parse":
+        return "lm_error", "e", ("LM ERROR", {"yellow": True})
+    if record["score"] < 1.0:
+        return "missed", "m", ("MISS", {"yellow": True})
     return None
 
 
@@ -115,31 +174,24 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     try:
         if collector is not None:
             failed = collector.finish()
-            for agg in collector.aggregates.values():
-                config.hook.pytest_dspex_gate(program=agg.program, verdict=agg.verdict, result=agg)
+            for run in collector.runs.values():
+                config.hook.pytest_dspex_gate(program=run.program, verdict=run.verdict, result=run.result)
             if failed and session.exitstatus == 0:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
             if dspex.options.report is not None:
                 from .._atomic import atomic_write_json
+                from .report import report_json
 
                 path = dspex.options.report
                 path = path if path.is_absolute() else Path(config.invocation_params.dir) / path
-                atomic_write_json(path, _report(collector))
+                model = {"model": dspex.options.model, "base_url": dspex.lms.redacted_base_url()}
+                atomic_write_json(path, report_json(collector, model=model))
     finally:
         dspex.close()
+        if not dspex.is_worker and config.pluginmanager.hasplugin("xdist"):
+            from .xdist import read_chunks
 
-
-def _report(collector: Any) -> dict[str, Any]:
-    from .. import __version__
-
-    rows = collector.all_rows()
-    return {
-        "plugin_version": __version__,
-        "programs": rows,
-        "goldens": collector.goldens,
-        "unused_goldens": collector.unused_goldens(collector.test_files),
-        "passed": all(r.get("passed") for r in rows),
-    }
+            read_chunks(dspex.run_id, remove=True)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -155,17 +207,15 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     tr.write_sep("=", "dspex")
     for line in format_table(rows):
         tr.write_line(line)
-    for agg in collector.aggregates.values():
-        if agg.verdict is not None and not agg.verdict.passed:
-            tr.write_line(agg.verdict.headline(f"{agg.program} on {agg.dataset}", agg.n, agg.ci95()), red=True, bold=True)
+    for run in collector.runs.values():
+        if run.verdict is not None and run.result is not None and not run.verdict.passed:
+            tr.write_line(run.verdict.headline(run.label, run.result.n, run.result.ci95), red=True, bold=True)
     for row in rows:
         if row.get("note"):
             tr.write_line(f"{row['program']}: {row['note']}", yellow=True)
     written = [(p, g) for p, g in collector.goldens.items() if g.get("outcome")]
-    for path, g in sorted(written):
-        rel = os.path.relpath(path, config.rootpath)
+    for rel, g in sorted(written):
         extra = f" (validation {g['score']:.3f}, n={g['n']}, chosen: {g['chosen']})" if "score" in g else ""
         tr.write_line(f"golden {g['outcome']}: {rel}{extra}", green=g["outcome"] != "kept", yellow=g["outcome"] == "kept")
-    unused = collector.unused_goldens(collector.test_files)
-    for path in unused:
-        tr.write_line(f"golden unused: {os.path.relpath(path, config.rootpath)} (no test used it in this run)", yellow=True)
+    for rel in collector.unused_goldens():
+        tr.write_line(f"golden unused: {rel} (no test used it in this run)", yellow=True)

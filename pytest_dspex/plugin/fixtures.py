@@ -1,38 +1,63 @@
-"""The fixtures: ``dspex_lm``, ``dspex_load_dataset``, ``dspex_evaluate``, ``dspex_example``, ``dspex_predict``."""
+"""The fixtures: ``dspex_lm``, ``dspex_load_dataset``, ``dspex_evaluate``, ``dspex_example``, ``dspex_predict``.
+
+Both test modes score through ``evaluation.score_example`` and report ``ExampleRecord`` JSON:
+
+* ``dspex_evaluate(dataset)`` evaluates the whole dataset concurrently and judges it in the test;
+* ``dspex_predict(dspex_example)`` in a test parametrized over a dataset: the first item of a
+  chunk of examples evaluates the chunk's selected examples concurrently (under xdist the chunk
+  is one ``xdist_group``, so it runs on one worker); each item then reports its own record, and
+  the controller judges the records together.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .markers import dataset_path, metric_spec, program_spec, require
-from .session import DspexSession, Resolved, session_key
+from .markers import MetricSpec, ProgramSpec, dataset_path, metric_spec, program_spec, require
+from .progress import Progress, run_with_progress
+from .session import Dataset, DspexSession, Resolved, session_key
 
-__all__ = ["Evaluator", "Predictor", "dataset_cache", "index_key"]
+if TYPE_CHECKING:
+    from ..records import ExampleRecord
+
+__all__ = ["Evaluator", "NotAnswered", "Predictor", "index_key", "payload_key", "test_key"]
 
 index_key = pytest.StashKey[int]()
-_datasets: dict[tuple[str, tuple[str, ...], int | None], list[Any]] = {}
+#: the JSON payload a test's report carries to the controller (see ``report``)
+payload_key = pytest.StashKey[dict[str, Any]]()
+
+#: kinds that fail their item: the code under test is broken, not the model's answer
+ITEM_FAILING_KINDS = frozenset({"program", "metric"})
 
 
-def dataset_cache(path: Path, input_keys: Sequence[str], limit: int | None = None) -> list[Any]:
-    from ..datasets import load_dataset
+class NotAnswered(Exception):
+    """Ends a per-example item whose example was not answered (a parse miss or an LM error).
 
-    key = (str(path), tuple(input_keys), limit)
-    if key not in _datasets:
-        _datasets[key] = load_dataset(path, input_keys, limit=limit)
-    return _datasets[key]
+    ``pytest_runtest_makereport`` turns it into a passed report shown as MISS / LM ERROR: the
+    aggregate gate, not the item, decides the verdict.
+    """
+
+    def __init__(self, record: ExampleRecord) -> None:
+        super().__init__(f"{record.error_kind}: {record.error}")
+        self.record = record
+
+
+def test_key(node: Any) -> str:
+    """One per-example test function (all its parametrized items share it)."""
+    return f"{node.parent.nodeid}::{getattr(node, 'originalname', node.name)}"
 
 
 def _session(request: pytest.FixtureRequest) -> DspexSession:
     return request.config.stash[session_key]
 
 
-def _golden_property(resolved: Resolved) -> dict[str, Any]:
-    d: dict[str, Any] = {"path": str(resolved.golden_path), "program": resolved.name, "outcome": resolved.outcome}
+def _golden_info(session: DspexSession, resolved: Resolved) -> dict[str, Any]:
+    d: dict[str, Any] = {"path": session.rel(resolved.golden_path), "program": resolved.name, "outcome": resolved.outcome}
     if resolved.compile_result is not None:
         cr = resolved.compile_result
         d.update(
@@ -46,20 +71,16 @@ def _golden_property(resolved: Resolved) -> dict[str, Any]:
     return d
 
 
-def _comparable_golden_score(resolved: Resolved, examples: Sequence[Any]) -> float | None:
+def _comparable_golden_score(resolved: Resolved, fingerprint: str | None) -> float | None:
     """The golden's score, if it was measured on this very dataset (else no regression gate)."""
-    from ..datasets import fingerprint
-
     g = resolved.golden
-    if g is None:
-        return None
-    if g.data.get("datasets", {}).get("validation") != fingerprint(examples):
+    if g is None or fingerprint is None or g.data.get("datasets", {}).get("validation") != fingerprint:
         return None
     return g.validation_score
 
 
 class _TestContext:
-    """What both fixtures read off the requesting test: its node, file, session and program."""
+    """What both fixtures read off the requesting test: its node, file, session, program and metric."""
 
     def __init__(self, request: pytest.FixtureRequest, fixture: str) -> None:
         self.request = request
@@ -67,8 +88,28 @@ class _TestContext:
         self.test_file = Path(self.node.path)
         self.base = self.test_file.parent
         self.session = _session(request)
-        self.spec = require(self.node, program_spec(self.node, self.base), "dspex_program", fixture)
-        self.mspec = metric_spec(self.node)
+        self.spec: ProgramSpec = require(self.node, program_spec(self.node, self.base), "dspex_program", fixture)
+        self.mspec: MetricSpec | None = metric_spec(self.node)
+
+    def dataset(self, path: Path, limit: int | None) -> Dataset:
+        from .._exceptions import DatasetError
+
+        try:
+            return self.session.dataset(path, self.spec.input_keys, limit)
+        except DatasetError as exc:
+            pytest.fail(str(exc), pytrace=False)
+
+    def resolve(self, gate: Path | None) -> Resolved:
+        progress = Progress.for_config(self.request.config, self.spec.name)
+        return run_with_progress(
+            progress,
+            lambda: self.session.resolve(self.spec, self.mspec, self.test_file, gate, progress.say if progress else None),
+        )
+
+    @property
+    def tolerance(self) -> float:
+        m = self.mspec
+        return m.tolerance if m is not None and m.tolerance is not None else self.session.options.tolerance
 
 
 class Evaluator:
@@ -86,71 +127,76 @@ class Evaluator:
 
     def _run(self, dataset: Any, metric: Any, limit: int | None) -> Any:
         __tracebackhide__ = True
-        from .._exceptions import DatasetError
         from ..evaluation import Evaluate
+        from ..gates import judge
         from ..primitives import as_examples
-        from .gates import judge
+        from .report import program_row
 
         ctx = _TestContext(self._request, "dspex_evaluate")
-        request, node, test_file, base, session = ctx.request, ctx.node, ctx.test_file, ctx.base, ctx.session
-        spec, mspec = ctx.spec, ctx.mspec
+        node, session, spec, mspec = ctx.node, ctx.session, ctx.spec, ctx.mspec
+        options = session.options
         metric_fn = metric or (mspec.metric if mspec is not None else None)
         if metric_fn is None:
             pytest.fail(f"{node.nodeid}: dspex_evaluate needs a metric: @pytest.mark.dspex_metric(fn, threshold=...)", pytrace=False)
         gate_path: Path | None = None
+        fingerprint: str | None = None
         if dataset is None:
-            marked = dataset_path(node, base)
+            marked = dataset_path(node, ctx.base)
             if marked is None:
                 pytest.fail(f"{node.nodeid}: dspex_evaluate() needs a dataset path (or @pytest.mark.dspex_dataset)", pytrace=False)
             dataset, limit = marked[0], limit or marked[1]
-        try:
-            if isinstance(dataset, str | Path):
-                gate_path = Path(dataset) if Path(dataset).is_absolute() else base / dataset
-                examples = dataset_cache(gate_path, spec.input_keys, limit)
-            else:
-                examples = as_examples(list(dataset), spec.input_keys)
-        except DatasetError as exc:
-            pytest.fail(str(exc), pytrace=False)
-        resolved = session.resolve(spec, mspec, test_file, gate_path, progress=session.say)
-        node.user_properties.append(("dspex_golden", _golden_property(resolved)))
-        on_progress, on_done = session.progress_writer(spec.name)
-        result = Evaluate(examples, metric_fn, concurrency=session.options.concurrency, progress=on_progress, program_name=spec.name)(
-            resolved.program
+        if isinstance(dataset, str | Path):
+            gate_path = Path(dataset) if Path(dataset).is_absolute() else ctx.base / dataset
+            loaded = ctx.dataset(gate_path, limit)
+            examples, fingerprint = loaded.examples, loaded.fingerprint
+        else:
+            from ..datasets import fingerprint as fingerprint_of
+
+            examples = as_examples(list(dataset), spec.input_keys)
+            fingerprint = fingerprint_of(examples)
+        resolved = ctx.resolve(gate_path)
+        progress = Progress.for_config(self._request.config, spec.name)
+        evaluate = Evaluate(
+            examples,
+            metric_fn,
+            concurrency=options.concurrency,
+            progress=progress.update if progress else None,
+            program_name=spec.name,
+            example_timeout=options.example_timeout,
         )
-        if on_done is not None:
-            on_done()
-        tolerance = mspec.tolerance if mspec is not None and mspec.tolerance is not None else session.options.tolerance
-        golden_score = _comparable_golden_score(resolved, examples)
+        result = run_with_progress(progress, lambda: evaluate(resolved.program))
         verdict = judge(
-            score=result.score,
-            n=result.n,
+            result,
             threshold=mspec.threshold if mspec is not None else None,
-            golden_score=golden_score,
-            tolerance=tolerance,
-            lm_unavailable=result.lm_unavailable,
-            budget_spent=result.errors_by_kind.get("budget", 0),
+            golden_score=_comparable_golden_score(resolved, fingerprint),
+            tolerance=ctx.tolerance,
+            max_error_rate=options.max_error_rate,
         )
-        row = result.to_dict(records=False)
-        row.update(verdict.to_dict())
-        row.update(
-            program=spec.name,
+        row = program_row(
+            result,
+            verdict,
             mode="dataset",
-            golden=str(resolved.golden_path) if resolved.golden is not None else None,
-            worst=[r.to_dict() for r in result.worst(5) if r.score < 1.0],
+            dataset=session.rel(gate_path) if gate_path is not None else None,
+            test=node.nodeid,
+            threshold=verdict.threshold,
+            tolerance=verdict.tolerance,
+            max_error_rate=options.max_error_rate,
+            golden=session.rel(resolved.golden_path) if resolved.golden is not None else None,
             note=resolved.note,
         )
-        node.user_properties.append(("dspex_result", row))
-        for key in ("score", "n", "errors"):
-            node.user_properties.append((f"dspex_{key}", row[key]))
-        node.user_properties.append(("dspex_cost", result.usage.cost))
-        request.config.hook.pytest_dspex_gate(program=spec.name, verdict=verdict, result=result)
+        node.stash[payload_key] = {"kind": "program", "row": row, "golden_file": _golden_info(session, resolved)}
+        lo, hi = result.ci95
+        props = {"score": result.score, "ci95": f"{lo:.4f}-{hi:.4f}", "n": result.n, "errors": len(result.errors)}
+        props.update(verdict="pass" if verdict.passed else f"FAIL: {verdict.reason}", cost=result.usage.cost)
+        node.user_properties.extend((f"dspex_{k}", v) for k, v in props.items())
+        self._request.config.hook.pytest_dspex_gate(program=spec.name, verdict=verdict, result=result)
         if not verdict.passed:
             pytest.fail(verdict.headline(spec.name, result.n, result.ci95) + "\n" + result.summary(), pytrace=False)
         return result
 
 
 class Predictor:
-    """``dspex_predict(example)``: run the test's program on one example, score it and record it."""
+    """``dspex_predict(example)``: this item's example, run, scored and recorded for the aggregate gate."""
 
     def __init__(self, request: pytest.FixtureRequest) -> None:
         self._request = request
@@ -164,55 +210,72 @@ class Predictor:
 
     def _run(self, example: Any) -> Any:
         __tracebackhide__ = True
-        from ..datasets import fingerprint
-        from ..evaluation import describe_error, error_kind
-        from ..lm.usage import track_usage
-        from ..metrics import metric_name, to_score
+        from .._runtime import run_sync
+        from ..evaluation import evaluate_records
 
         ctx = _TestContext(self._request, "dspex_predict")
-        request, node, test_file, base, session, spec = ctx.request, ctx.node, ctx.test_file, ctx.base, ctx.session, ctx.spec
-        mspec = require(node, ctx.mspec, "dspex_metric", "dspex_predict")
-        marked = require(node, dataset_path(node, base), "dspex_dataset", "dspex_predict")
-        path, limit = marked
+        node, session, spec = ctx.node, ctx.session, ctx.spec
+        mspec: MetricSpec = require(node, ctx.mspec, "dspex_metric", "dspex_predict")
+        path, limit = require(node, dataset_path(node, ctx.base), "dspex_dataset", "dspex_predict")
         if example is None:
-            example = request.getfixturevalue("dspex_example")
+            example = self._request.getfixturevalue("dspex_example")
         index = node.stash.get(index_key, -1)
-        examples = dataset_cache(path, spec.input_keys, limit)
-        resolved = session.resolve(spec, mspec, test_file, path, progress=session.say)
-        node.user_properties.append(("dspex_golden", _golden_property(resolved)))
-        tolerance = mspec.tolerance if mspec.tolerance is not None else session.options.tolerance
-        entry: dict[str, Any] = {
+        data = ctx.dataset(path, limit)
+        resolved = ctx.resolve(path)
+        options = session.options
+        key = test_key(node)
+
+        def evaluate(items: list[tuple[int, Any]]) -> list[ExampleRecord]:
+            progress = Progress.for_config(self._request.config, spec.name) if len(items) > 1 else None
+            coro = evaluate_records(
+                resolved.program,
+                items,
+                mspec.metric,
+                concurrency=options.concurrency,
+                timeout=options.example_timeout,
+                progress=progress.update if progress else None,
+                program_name=spec.name,
+            )
+            return run_with_progress(progress, lambda: run_sync(coro))
+
+        record: ExampleRecord | None = None
+        if 0 <= index < len(data.examples) and example is data.examples[index]:
+            record = session.example_record(key, index, lambda wanted: evaluate([(i, data.examples[i]) for i in wanted]))
+        if record is None:  # an example of the test's own making, or a rerun
+            record = evaluate([(index, example)])[0]
+        node.stash[payload_key] = {
+            "kind": "example",
             "program": spec.name,
-            "dataset": str(path.relative_to(request.config.rootpath)) if path.is_relative_to(request.config.rootpath) else str(path),
-            "fingerprint": fingerprint(examples),
-            "index": index,
+            "test": key,
+            "dataset": session.rel(path),
+            "metric": mspec.name,
             "threshold": mspec.threshold,
-            "tolerance": tolerance,
-            "golden_score": _comparable_golden_score(resolved, examples),
-            "golden": str(resolved.golden_path) if resolved.golden is not None else None,
-            "score": 0.0,
-            "error_kind": None,
+            "tolerance": ctx.tolerance,
+            "max_error_rate": options.max_error_rate,
+            "golden": session.rel(resolved.golden_path) if resolved.golden is not None else None,
+            "golden_score": _comparable_golden_score(resolved, data.fingerprint),
+            "note": resolved.note,
+            "record": record.to_json(),
+            "golden_file": _golden_info(session, resolved),
         }
-        inputs = {k: example[k] for k in spec.input_keys if k in example}
-        with track_usage() as usage:
-            try:
-                prediction = resolved.program(**inputs)
-                entry["score"] = to_score(mspec.metric(example, prediction), metric_name(mspec.metric))
-            except Exception as exc:
-                entry.update(error_kind=error_kind(exc), error=describe_error(exc))
-                entry["usage"] = usage.to_dict()
-                node.user_properties.append(("dspex_example", entry))
-                raise
-        entry["usage"] = usage.to_dict()
-        entry["prediction"] = prediction.toDict()
-        node.user_properties.append(("dspex_example", entry))
-        return prediction
+        node.user_properties.append(("dspex_score", record.score))
+        if record.error_kind is not None:
+            node.user_properties.append(("dspex_error", f"{record.error_kind}: {record.error}"))
+        if record.error_kind in ITEM_FAILING_KINDS:
+            if record.exception is not None:
+                raise record.exception
+            pytest.fail(f"{record.error_kind}: {record.error}", pytrace=False)
+        if record.error_kind is not None:
+            raise NotAnswered(record)
+        return record.output
 
 
 # -- the fixtures ---------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def dspex_lm(request: pytest.FixtureRequest) -> Any:
     """The session's LM client (one per xdist worker), closed at the end of the session.
+
+    Programs without an LM of their own use it too (a judge defined next to a metric, say).
 
         def test_hello(dspex_lm):
             assert dspex_lm("Say hi")
@@ -228,6 +291,7 @@ def dspex_load_dataset(request: pytest.FixtureRequest) -> Any:
     """
     node = request.node
     base = Path(node.path).parent
+    session = _session(request)
 
     def load(path: str | Path, input_keys: Sequence[str] | None = None, limit: int | None = None) -> list[Any]:
         from .._exceptions import DatasetError
@@ -239,7 +303,7 @@ def dspex_load_dataset(request: pytest.FixtureRequest) -> Any:
             pytest.fail(f"{node.nodeid}: dspex_load_dataset({str(path)!r}) needs input_keys=[...] (no dspex_program marker)", pytrace=False)
         p = Path(path)
         try:
-            return dataset_cache(p if p.is_absolute() else base / p, input_keys, limit)
+            return session.dataset(p if p.is_absolute() else base / p, input_keys, limit).examples
         except DatasetError as exc:
             pytest.fail(str(exc), pytrace=False)
 
@@ -268,13 +332,14 @@ def dspex_example(request: pytest.FixtureRequest) -> Any:
     spec = require(node, program_spec(node, base), "dspex_program", "dspex_example")
     path, limit = require(node, dataset_path(node, base), "dspex_dataset", "dspex_example")
     node.stash[index_key] = request.param
-    return dataset_cache(path, spec.input_keys, limit)[request.param]
+    return _session(request).dataset(path, spec.input_keys, limit).examples[request.param]
 
 
 @pytest.fixture
 def dspex_predict(request: pytest.FixtureRequest) -> Predictor:
     """Run the program on this item's example; the score is recorded for the aggregate gate.
 
-    A metric miss does not fail the item (it shows as MISS); an exception in the program does.
+    A metric miss or an unparseable answer does not fail the item (it shows as MISS), nor does an
+    LM error (LM ERROR; the error budget decides); an exception in the program or metric does.
     """
     return Predictor(request)

@@ -39,6 +39,20 @@ OPTIONS: list[tuple[str, str, Any, str]] = [
     ("max-cost", "float", None, "session budget in dollars: past it no new LM calls are made"),
     ("max-calls", "int", None, "session budget in LM calls"),
     ("missing-golden", "choice:fail,zero-shot", "fail", "what a normal run does when a program has no golden file"),
+    (
+        "max-error-rate",
+        "float",
+        0.05,
+        "error budget: share of examples that may fail with LM errors (unreachable, timeouts, HTTP errors, "
+        "spent budget) before the verdict is 'LM errors' instead of a score",
+    ),
+    (
+        "example-timeout",
+        "float",
+        None,
+        "seconds one example (program and metric) may take before it is cancelled and recorded as 'timeout' "
+        "(default: no limit beyond the LM timeout and retries)",
+    ),
 ]
 
 
@@ -93,12 +107,21 @@ class DspexOptions:
     max_cost: float | None
     max_calls: int | None
     missing_golden: str
+    max_error_rate: float
+    example_timeout: float | None
     compile: frozenset[str] | None  # None = normal run; {"*"} = all programs
     force: bool
 
     @property
     def local(self) -> bool:
         return self.model in (None, "local") and not self.base_url
+
+    @property
+    def chunk_size(self) -> int:
+        """Per-example items are evaluated in chunks of this many examples, concurrently; under
+        xdist each chunk goes to one worker. Four rounds of ``concurrency`` requests per chunk keep
+        the pipe full while leaving enough chunks to balance the workers."""
+        return self.concurrency * 4
 
     def compiles(self, program: str) -> bool:
         return self.compile is not None and ("*" in self.compile or program in self.compile)
@@ -176,5 +199,7 @@ def _check(values: dict[str, Any], compile_names: frozenset[str] | None, force: 
         raise pytest.UsageError(f"--dspex-tolerance must be between 0 and 1, got {values['tolerance']}")
     if values["max_cost"] is not None and values["max_cost"] < 0:
         raise pytest.UsageError(f"--dspex-max-cost must be >= 0, got {values['max_cost']}")
-    if values["cache"] == "replay" and compile_names is not None:
-        pass  # allowed: compiling offline from a recorded cache
+    if not 0 <= values["max_error_rate"] <= 1:
+        raise pytest.UsageError(f"--dspex-max-error-rate must be between 0 and 1, got {values['max_error_rate']}")
+    if values["example_timeout"] is not None and values["example_timeout"] <= 0:
+        raise pytest.UsageError(f"--dspex-example-timeout must be > 0, got {values['example_timeout']}")

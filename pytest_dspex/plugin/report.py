@@ -1,142 +1,224 @@
-"""What the controller gathers from every test report, the summary table and the JSON report.
+"""Report rows (built here, once), what the controller gathers, the summary table and the JSON report.
 
-Workers and the single process alike attach JSON-able dicts to ``item.user_properties``
-(``dspex_result`` for whole-dataset evaluations, ``dspex_example`` for per-example items,
-``dspex_golden`` for goldens used or written). Reports carry them to the controller (xdist ships
-``user_properties``), where ``Collector`` builds per-program rows and per-example aggregates; so
-the result is the same with ``-n`` and without.
+Each test report carries a JSON payload in ``report.dspex`` (set in ``pytest_runtest_makereport``;
+pytest serializes every report attribute for xdist, so it reaches the controller unchanged):
+
+* ``{"kind": "program", "row": {...}}`` from a whole-dataset test — judged in the test itself;
+* ``{"kind": "example", "record": {...}, ...}`` from a per-example item — the controller gathers
+  the records of one test function and judges them once with ``EvaluationResult.from_records``
+  and ``gates.judge``, the same code as the whole-dataset mode: the verdict is the same with
+  ``-n`` and without, by construction;
+* ``"golden_file": {...}`` on either: the golden used or written.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .gates import Verdict, judge
+if TYPE_CHECKING:
+    from ..evaluation import EvaluationResult
+    from ..gates import Verdict
+    from ..records import ExampleRecord
 
-__all__ = ["Aggregate", "Collector", "format_table"]
+__all__ = ["Collector", "PerExampleRun", "format_table", "program_row", "report_json"]
+
+
+def program_row(
+    result: EvaluationResult,
+    verdict: Verdict,
+    *,
+    mode: str,
+    dataset: str | None,
+    test: str,
+    threshold: float | None,
+    tolerance: float,
+    max_error_rate: float,
+    golden: str | None,
+    note: str = "",
+) -> dict[str, Any]:
+    """One program's row of the summary, the JSON report (team contract) and the HTML/markdown reports."""
+    lo, hi = result.ci95
+    return {
+        "program": result.program,
+        "mode": mode,
+        "dataset": dataset,
+        "test": test,
+        "metric": result.metric,
+        "threshold": threshold,
+        "tolerance": tolerance,
+        "max_error_rate": max_error_rate,
+        "score": result.score,
+        "n": result.n,
+        "ci95": [lo, hi],
+        "errors": len(result.errors),
+        "errors_by_kind": result.errors_by_kind,
+        "infra_errors": result.infra_errors,
+        "usage": result.usage.to_dict(),
+        "latency_s": result.latency_percentiles(),
+        "golden": golden,
+        "golden_score": verdict.golden_score,
+        "verdict": {"passed": verdict.passed, "reason": verdict.reason, "kind": verdict.kind},
+        "comparison": None,
+        "flaky": [],
+        "prompts": {},
+        "note": note,
+        "records": [r.to_json() for r in result.records],
+    }
 
 
 @dataclass
-class Aggregate:
-    """Per-example items of one program on one dataset, scored together."""
+class PerExampleRun:
+    """The records of one per-example test function, with what is needed to judge them."""
 
     program: str
+    test: str
     dataset: str
+    metric: str
     threshold: float | None
     tolerance: float
-    golden_score: float | None
+    max_error_rate: float
     golden: str | None
-    scores: dict[int, float] = field(default_factory=dict)
-    errors: dict[str, int] = field(default_factory=dict)
-    usage: dict[str, float] = field(default_factory=dict)
+    golden_score: float | None
+    records: dict[int, ExampleRecord] = field(default_factory=dict)
+    note: str = ""
+    result: EvaluationResult | None = None
     verdict: Verdict | None = None
 
     @property
-    def n(self) -> int:
-        return len(self.scores)
+    def label(self) -> str:
+        return f"{self.program} on {self.dataset}"
 
-    @property
-    def score(self) -> float:
-        return sum(self.scores.values()) / self.n if self.n else 0.0
+    def judge(self) -> Verdict:
+        from ..evaluation import EvaluationResult
+        from ..gates import judge
 
-    @property
-    def lm_unavailable(self) -> bool:
-        return self.errors.get("lm_unavailable", 0) * 2 > self.n
-
-    def ci95(self) -> tuple[float, float]:
-        from ..stats import confidence_interval
-
-        return confidence_interval(list(self.scores.values()))
-
-    def decide(self) -> Verdict:
+        self.result = EvaluationResult.from_records(self.records.values(), program=self.program, metric=self.metric)
         self.verdict = judge(
-            score=self.score,
-            n=self.n,
+            self.result,
             threshold=self.threshold,
             golden_score=self.golden_score,
             tolerance=self.tolerance,
-            lm_unavailable=self.lm_unavailable,
-            budget_spent=self.errors.get("budget", 0),
+            max_error_rate=self.max_error_rate,
         )
         return self.verdict
 
     def row(self) -> dict[str, Any]:
-        assert self.verdict is not None
-        lo, hi = self.ci95()
-        return {
-            "program": self.program,
-            "mode": "per-example",
-            "test": self.dataset,
-            "score": self.score,
-            "ci95": [lo, hi],
-            "n": self.n,
-            "errors": sum(self.errors.values()),
-            "errors_by_kind": dict(self.errors),
-            "usage": dict(self.usage),
-            "golden": self.golden,
-            **{k: v for k, v in self.verdict.to_dict().items() if k != "score"},
-        }
+        assert self.result is not None and self.verdict is not None
+        return program_row(
+            self.result,
+            self.verdict,
+            mode="per-example",
+            dataset=self.dataset,
+            test=self.test,
+            threshold=self.threshold,
+            tolerance=self.tolerance,
+            max_error_rate=self.max_error_rate,
+            golden=self.golden,
+            note=self.note,
+        )
 
 
 class Collector:
-    def __init__(self) -> None:
+    """On the controller (or the only process): every payload the test reports carry."""
+
+    def __init__(self, rootpath: Path) -> None:
+        self.rootpath = rootpath
         self.rows: list[dict[str, Any]] = []
-        self.aggregates: dict[tuple[str, str], Aggregate] = {}
-        self.goldens: dict[str, dict[str, Any]] = {}
+        self.runs: dict[str, PerExampleRun] = {}
+        self.goldens: dict[str, dict[str, Any]] = {}  # by path relative to the rootdir
         self.test_files: set[str] = set()
 
-    def add(self, nodeid: str, fspath: str, properties: list[tuple[str, Any]]) -> None:
-        for key, value in properties:
-            if key == "dspex_result":
-                self.rows.append({**value, "test": nodeid})
-                self.test_files.add(fspath)
-            elif key == "dspex_example":
-                self.test_files.add(fspath)
-                agg_key = (value["program"], value["dataset"])
-                agg = self.aggregates.get(agg_key)
-                if agg is None:
-                    agg = self.aggregates[agg_key] = Aggregate(
-                        value["program"], value["dataset"], value["threshold"], value["tolerance"],
-                        value["golden_score"], value["golden"],
-                    )  # fmt: skip
-                agg.scores[value["index"]] = value["score"]
-                if value.get("error_kind"):
-                    agg.errors[value["error_kind"]] = agg.errors.get(value["error_kind"], 0) + 1
-                for k, v in (value.get("usage") or {}).items():
-                    agg.usage[k] = agg.usage.get(k, 0) + v
-            elif key == "dspex_golden":
-                prev = self.goldens.get(value["path"], {})
-                merged = {**prev, **{k: v for k, v in value.items() if v is not None}}
-                self.goldens[value["path"]] = merged
+    def add(self, nodeid: str, fspath: str, payload: dict[str, Any]) -> None:
+        from ..records import ExampleRecord
 
-    def finish(self) -> list[Aggregate]:
-        failed = []
-        for agg in self.aggregates.values():
-            if not agg.decide().passed:
-                failed.append(agg)
-        return failed
+        self.test_files.add(fspath)
+        golden = payload.get("golden_file")
+        if golden:
+            prev = self.goldens.get(golden["path"], {})
+            self.goldens[golden["path"]] = {**prev, **{k: v for k, v in golden.items() if v is not None}}
+        if payload.get("kind") == "program":
+            self.rows.append({**payload["row"], "test": nodeid})
+        elif payload.get("kind") == "example":
+            run = self.runs.get(payload["test"])
+            if run is None:
+                run = self.runs[payload["test"]] = PerExampleRun(
+                    **{k: payload[k] for k in ("program", "test", "dataset", "metric", "threshold", "tolerance", "max_error_rate", "golden", "golden_score")},
+                    note=payload.get("note", ""),
+                )
+            rec = ExampleRecord.from_json(payload["record"])
+            run.records[rec.index] = rec
+
+    def finish(self) -> list[PerExampleRun]:
+        """Judge every per-example run; the ones that failed."""
+        return [run for run in self.runs.values() if not run.judge().passed]
 
     def all_rows(self) -> list[dict[str, Any]]:
-        return self.rows + [a.row() for a in self.aggregates.values() if a.verdict is not None]
+        return self.rows + [run.row() for run in self.runs.values() if run.verdict is not None]
 
-    def unused_goldens(self, known_test_files: set[str]) -> list[str]:
+    def unused_goldens(self) -> list[str]:
         """Golden files beside the test files that ran which no test used (like syrupy's unused)."""
         used = set(self.goldens)
         unused = []
-        dirs = {Path(f).parent / "__dspex__" for f in known_test_files}
+        dirs = {Path(f).parent / "__dspex__" for f in self.test_files}
         for d in sorted(dirs):
             if not d.is_dir():
                 continue
             for module_dir in sorted(p for p in d.iterdir() if p.is_dir()):
                 test_file = d.parent / f"{module_dir.name}.py"
-                ran = str(test_file) in known_test_files
-                if ran or not test_file.exists():
+                if str(test_file) in self.test_files or not test_file.exists():
                     for g in sorted(module_dir.glob("*.json")):
-                        if str(g) not in used:
-                            unused.append(str(g))
+                        rel = g.relative_to(self.rootpath).as_posix() if g.is_relative_to(self.rootpath) else str(g)
+                        if rel not in used:
+                            unused.append(rel)
         return unused
+
+
+def report_json(collector: Collector, *, model: dict[str, Any] | None, shard: dict[str, int] | None = None) -> dict[str, Any]:
+    """The ``--dspex-report`` document (team contract; every path relative to the rootdir)."""
+    from .. import __version__
+
+    rows = collector.all_rows()
+    return {
+        "plugin_version": __version__,
+        "created": datetime.now(UTC).replace(microsecond=0).isoformat(),
+        "rootdir": ".",
+        "git_commit": _git_commit(collector.rootpath),
+        "model": model,
+        "passed": all(r["verdict"]["passed"] for r in rows),
+        "shard": shard,
+        "programs": rows,
+        "goldens": collector.goldens,
+        "unused_goldens": collector.unused_goldens(),
+    }
+
+
+def _git_commit(root: Path) -> str | None:
+    """HEAD's commit, read from ``.git`` (no subprocess); None outside a git checkout."""
+    for d in (root, *root.parents):
+        git = d / ".git"
+        if git.is_file():  # a worktree: "gitdir: <path>"
+            git = Path(git.read_text().split(":", 1)[1].strip())
+        if not git.is_dir():
+            continue
+        try:
+            head = (git / "HEAD").read_text().strip()
+            if not head.startswith("ref:"):
+                return head
+            ref = head.split(":", 1)[1].strip()
+            ref_file = git / ref
+            if ref_file.exists():
+                return ref_file.read_text().strip()
+            packed = git / "packed-refs"
+            for line in packed.read_text().splitlines() if packed.exists() else []:
+                if line.endswith(" " + ref):
+                    return line.split(" ", 1)[0]
+        except OSError:
+            return None
+        return None
+    return None
 
 
 def _fmt_score(row: dict[str, Any]) -> str:
@@ -151,6 +233,7 @@ def format_table(rows: list[dict[str, Any]]) -> list[str]:
         usage = r.get("usage") or {}
         golden = r.get("golden_score")
         golden_txt = "-" if golden is None else f"{golden:.3f} ({round(r['score'] - golden, 3) + 0.0:+.3f})"
+        verdict = r["verdict"]
         lines.append([
             str(r["program"]),
             str(r.get("mode", "dataset")),
@@ -163,7 +246,7 @@ def format_table(rows: list[dict[str, Any]]) -> list[str]:
             str(int(usage.get("cache_hits", 0))),
             str(int(usage.get("tokens", 0))),
             f"${usage.get('cost', 0.0):.4f}",
-            "pass" if r.get("passed") else ("FAIL: " + str(r.get("reason", ""))),
+            "pass" if verdict["passed"] else ("FAIL: " + str(verdict["reason"])),
         ])  # fmt: skip
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     out = []

@@ -1,0 +1,159 @@
+"""The compile flow: datasets → optimizer → golden file, once per program and run.
+
+    outcome = compile_program(
+        triage, name="triage", metric=team_matches, trainset=Path("data/train.jsonl"),
+        valset=Path("data/dev.jsonl"), input_keys=("message",),
+        path=Path("tests/__dspex__/test_triage/triage.json"), settings=CompileSettings(demos=4),
+        run_id=run_id,
+    )
+    outcome.program, outcome.outcome ("created" / "updated" / "kept" / "unchanged" / "compiled elsewhere")
+
+With ``-n auto`` every worker that reaches a program asks to compile it; the first takes the
+golden's lock, compiles and leaves a marker naming the run; the others wait on the lock, see the
+marker and load the golden it wrote. The pytest plugin calls this; so can a script.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .evaluation import example_timeout
+from .gates import DEFAULT_MAX_ERROR_RATE
+
+if TYPE_CHECKING:
+    from .golden import GoldenFile
+    from .optimize import CompileResult
+    from .programs import Module
+
+__all__ = ["CompileOutcome", "CompileSettings", "compile_program"]
+
+
+@dataclass(frozen=True)
+class CompileSettings:
+    """How to optimize: the ``--dspex-*`` optimizer options, the teacher and the error budget."""
+
+    demos: int = 4
+    labeled_demos: int = 8
+    rounds: int = 1
+    candidates: int = 4
+    seed: int = 0
+    concurrency: int = 16
+    teacher_lm: Any = None
+    force: bool = False
+    max_error_rate: float = DEFAULT_MAX_ERROR_RATE
+    example_timeout: float | None = None
+    model_info: dict[str, Any] = field(default_factory=dict)
+
+    def optimizer_record(self) -> dict[str, Any]:
+        return {
+            "name": "BootstrapFewShotWithRandomSearch",
+            "max_bootstrapped_demos": self.demos,
+            "max_labeled_demos": self.labeled_demos,
+            "max_rounds": self.rounds,
+            "num_candidates": self.candidates,
+            "seed": self.seed,
+        }
+
+
+@dataclass
+class CompileOutcome:
+    """A compiled (or, when another worker compiled it, loaded) program and what happened to its golden."""
+
+    name: str
+    path: Path
+    program: Module
+    golden: GoldenFile
+    outcome: str  # created / updated / kept / unchanged / compiled elsewhere
+    reason: str = ""
+    result: CompileResult | None = None  # None when another worker of this run compiled it
+
+
+def _done_marker(path: Path) -> Path:
+    """Beside the golden's lock (outside the repo): which run last compiled ``path``."""
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:24]
+    folder = Path(tempfile.gettempdir()) / "pytest-dspex-locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{digest}.compiled"
+
+
+def compile_program(
+    program: Module,
+    *,
+    name: str,
+    metric: Callable[..., Any],
+    trainset: Path | Sequence[Any],
+    valset: Path | Sequence[Any] | None,
+    input_keys: Sequence[str],
+    path: Path,
+    settings: CompileSettings,
+    run_id: str = "",
+    progress: Callable[[str], None] | None = None,
+) -> CompileOutcome:
+    """Optimize ``program`` and write its golden file, once per ``run_id`` across processes.
+
+    Raises ``DatasetError`` for unreadable datasets and ``GoldenFileError`` when the golden may not
+    be written (a run over its error budget, a corrupted golden without ``force``).
+    """
+    from .datasets import fingerprint, load_dataset
+    from .golden import GoldenStore, golden_record
+    from .optimize import BootstrapFewShotWithRandomSearch
+    from .primitives import as_examples
+
+    def load(data: Path | Sequence[Any]) -> list[Any]:
+        if isinstance(data, Path):
+            return load_dataset(data, input_keys)
+        return as_examples(list(data), input_keys)
+
+    store = GoldenStore(path.parent.parent)
+    marker = _done_marker(path)
+    say = progress or (lambda _text: None)
+    with store.lock(path):
+        if run_id and path.exists() and marker.exists() and marker.read_text() == run_id:
+            golden = GoldenStore.read(path)
+            return CompileOutcome(name, path, golden.apply(program), golden, "compiled elsewhere")
+        train = load(trainset)
+        val = load(valset) if valset is not None else train
+        say(f"compiling {name}: {len(train)} training, {len(val)} validation examples")
+        optimizer = BootstrapFewShotWithRandomSearch(
+            metric,
+            max_bootstrapped_demos=settings.demos,
+            max_labeled_demos=settings.labeled_demos,
+            max_rounds=settings.rounds,
+            num_candidates=settings.candidates,
+            seed=settings.seed,
+            teacher_lm=settings.teacher_lm,
+            concurrency=settings.concurrency,
+            progress=lambda text: say(f"compiling {name}: {text}"),
+        )
+        with example_timeout(settings.example_timeout):
+            result = optimizer.compile(program.reset_copy(), trainset=train, valset=val)
+        validation = result.validation
+        record = golden_record(
+            result.program,
+            name=name,
+            metric=result.metric,
+            validation=(validation.score, validation.n),
+            train=(result.train.score, result.train.n) if result.train is not None else None,
+            model=settings.model_info,
+            optimizer={
+                **settings.optimizer_record(),
+                "chosen": result.best.name,
+                "candidates": [c.to_dict() for c in result.candidates],
+            },
+            datasets={"train": fingerprint(train), "validation": fingerprint(val)},
+            records=validation.records,
+        )
+        written = store.write(
+            path, record, force=settings.force, error_rate=validation.error_rate, max_error_rate=settings.max_error_rate
+        )
+        if run_id:
+            marker.write_text(run_id)
+    golden = GoldenStore.read(path)
+    outcome = written.outcome
+    chosen = golden.apply(program) if outcome in ("kept", "unchanged") else result.program
+    return CompileOutcome(name, path, chosen, golden, outcome, written.reason, result)

@@ -1,0 +1,120 @@
+"""The session's LMs: the endpoint (or the embedded model), the teacher, the budget.
+
+Built on first use. The session LM becomes the default of every program that has none of its
+own — a judge defined next to a metric included — through ``settings.session_defaults``, which
+``close`` removes again: the session never changes process-wide settings behind the user's back.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .options import DspexOptions
+
+if TYPE_CHECKING:
+    from ..lm import LM, Budget
+
+__all__ = ["SessionLMs"]
+
+
+class SessionLMs:
+    def __init__(self, options: DspexOptions, run_id: str, owner_pid: int, *, is_worker: bool) -> None:
+        from .. import settings
+
+        self.options = options
+        self.run_id = run_id
+        self.owner_pid = owner_pid
+        self.is_worker = is_worker
+        self._lm: LM | None = None
+        self._teacher: LM | None = None
+        self._budget: Budget | None = None
+        defaults: dict[str, Any] = {"lm": settings.lazy(lambda: self.lm)}
+        if options.local:
+            # a small base model never answers in JSON: the JSON fallback would only double the calls
+            defaults["json_fallback"] = False
+        self._remove_defaults = settings.session_defaults(**defaults)
+
+    @property
+    def budget(self) -> Budget | None:
+        o = self.options
+        if self._budget is None and (o.max_cost is not None or o.max_calls is not None):
+            from ..lm import Budget
+
+            self._budget = Budget(o.max_cost, o.max_calls)
+        return self._budget
+
+    def _endpoint(self) -> tuple[str, str]:
+        o = self.options
+        if o.local:
+            from ..local_lm import LOCAL_MODEL_NAME, LocalModelError, ensure_server
+
+            try:
+                url = ensure_server(self.run_id, self.owner_pid)
+            except LocalModelError as exc:
+                pytest.fail(f"pytest-dspex: no LM endpoint is configured and the embedded model cannot start: {exc}", pytrace=False)
+            return url, LOCAL_MODEL_NAME
+        if o.model is None:
+            pytest.fail("pytest-dspex: --dspex-base-url is set but no --dspex-model (dspex_model) names the model", pytrace=False)
+        return o.base_url or "https://api.openai.com/v1", o.model
+
+    @property
+    def lm(self) -> LM:
+        if self._lm is None:
+            from ..lm import LM, ResponseCache
+
+            o = self.options
+            url, model = self._endpoint()
+            self._lm = LM(
+                model,
+                base_url=url,
+                api_key_env=o.api_key_env,
+                temperature=o.temperature,
+                max_tokens=o.max_tokens,
+                timeout=o.timeout,
+                retries=o.retries,
+                concurrency=o.concurrency,
+                cache=ResponseCache(o.cache_dir, o.cache) if o.cache != "off" else None,  # type: ignore[arg-type]
+                budget=self.budget,
+                cache_identity=f"embedded:{model}" if o.local else None,
+            )
+        return self._lm
+
+    @property
+    def teacher(self) -> LM | None:
+        if self.options.teacher_model is None:
+            return None
+        if self._teacher is None:
+            self._teacher = self.lm.copy(model=self.options.teacher_model)
+        return self._teacher
+
+    def model_info(self) -> dict[str, Any]:
+        lm = self.lm
+        return {
+            "name": lm.model,
+            "endpoint": "embedded llama.cpp (local)" if self.options.local else lm.base_url,
+            "temperature": lm.temperature,
+            "max_tokens": lm.max_tokens,
+            "teacher": self.options.teacher_model,
+        }
+
+    def redacted_base_url(self) -> str | None:
+        """The endpoint for reports, credentials removed; "embedded" for the local model."""
+        if self.options.local:
+            return "embedded"
+        from ..lm.secrets import redact_url
+
+        return redact_url(self.options.base_url or "https://api.openai.com/v1")
+
+    def close(self) -> None:
+        self._remove_defaults()
+        for lm in (self._teacher, self._lm):
+            if lm is not None:
+                lm.close()
+                if lm.cache is not None:
+                    lm.cache.close()
+        if not self.is_worker and self.options.local:
+            from ..local_lm import stop_server
+
+            stop_server(self.run_id)
