@@ -21,42 +21,74 @@ __all__ = ["get_loop", "in_runtime", "on_shutdown", "run_async", "run_sync", "sh
 
 T = TypeVar("T")
 
+class _Runtime:
+    """The loop, its thread and the cleanups registered on it: they live and die together."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        # sync user modules and metrics run in threads; the default pool (cores + 4) would cap concurrency
+        self.loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(256, thread_name_prefix="dspex-sync"))
+        self.closers: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.loop.call_soon(ready.set)
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, name="pytest-dspex-loop", daemon=True)
+        self.thread.start()
+        ready.wait()
+
+    @property
+    def alive(self) -> bool:
+        return self.pid == os.getpid() and not self.loop.is_closed()
+
+    def stop(self) -> None:
+        async def close_all() -> None:
+            for closer in list(self.closers):
+                try:
+                    await closer()
+                except Exception:
+                    pass
+            self.closers.clear()
+
+        try:
+            asyncio.run_coroutine_threadsafe(close_all(), self.loop).result(timeout=10)
+        except Exception:
+            pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+        if not self.loop.is_running():
+            self.loop.close()
+
+
 _lock = threading.Lock()
-_loop: asyncio.AbstractEventLoop | None = None
-_thread: threading.Thread | None = None
-_pid = 0
-_closers: list[Callable[[], Coroutine[Any, Any, None]]] = []
+_current: _Runtime | None = None
+
+
+def _runtime() -> _Runtime:
+    global _current
+    rt = _current
+    if rt is not None and rt.alive:
+        return rt
+    with _lock:
+        if _current is None or not _current.alive:
+            _current = _Runtime()  # first use, or a forked child (a loop does not survive a fork)
+        return _current
 
 
 def get_loop() -> asyncio.AbstractEventLoop:
-    global _loop, _thread, _pid
-    if _loop is not None and _pid == os.getpid() and not _loop.is_closed():
-        return _loop
-    with _lock:
-        if _loop is None or _pid != os.getpid() or _loop.is_closed():
-            loop = asyncio.new_event_loop()
-            # sync user modules run in threads; the default pool (cores + 4) would cap concurrency
-            loop.set_default_executor(
-                concurrent.futures.ThreadPoolExecutor(256, thread_name_prefix="dspex-sync")
-            )
-            ready = threading.Event()
-
-            def run() -> None:
-                asyncio.set_event_loop(loop)
-                loop.call_soon(ready.set)
-                loop.run_forever()
-
-            thread = threading.Thread(target=run, name="pytest-dspex-loop", daemon=True)
-            thread.start()
-            ready.wait()
-            _loop, _thread, _pid = loop, thread, os.getpid()
-            _closers.clear()
-    return _loop
+    return _runtime().loop
 
 
 def in_runtime() -> bool:
+    rt = _current
+    if rt is None:
+        return False
     try:
-        return asyncio.get_running_loop() is _loop
+        return asyncio.get_running_loop() is rt.loop
     except RuntimeError:
         return False
 
@@ -108,35 +140,18 @@ async def run_async(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def on_shutdown(closer: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Register an async cleanup (closing a connection pool) to run at shutdown."""
-    _closers.append(closer)
+    """Register an async cleanup (closing a connection pool) to run when the loop stops."""
+    _runtime().closers.append(closer)
 
 
 def shutdown() -> None:
     """Run the cleanups and stop the loop; the next call starts a fresh one."""
-    global _loop
-    loop = _loop
-    if loop is None or _pid != os.getpid() or loop.is_closed():
+    global _current
+    rt = _current
+    if rt is None or not rt.alive:
         return
-
-    async def close_all() -> None:
-        for closer in list(_closers):
-            try:
-                await closer()
-            except Exception:
-                pass
-        _closers.clear()
-
-    try:
-        asyncio.run_coroutine_threadsafe(close_all(), loop).result(timeout=10)
-    except Exception:
-        pass
-    loop.call_soon_threadsafe(loop.stop)
-    if _thread is not None:
-        _thread.join(timeout=5)
-    if not loop.is_running():
-        loop.close()
-    _loop = None
+    rt.stop()
+    _current = None
 
 
 atexit.register(shutdown)

@@ -22,14 +22,14 @@ import contextlib
 import contextvars
 import copy
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from . import _runtime, constrained, settings
 from ._exceptions import AdapterParseError, ConfigError, SignatureError
 from .adapters import Adapter, JSONAdapter, get_adapter
-from .primitives import Example, Prediction
+from .primitives import Prediction
 from .signatures import OutputField, Signature, ensure_signature
 
 __all__ = ["ChainOfThought", "Module", "Predict", "TraceStep", "trace_scope"]
@@ -305,7 +305,3 @@ class ChainOfThought(Module):
 
     def __repr__(self) -> str:
         return f"ChainOfThought({self.signature.signature_string()!r}, demos={len(self.predict.demos)})"
-
-
-def demo_from(example: Example | Mapping[str, Any], fields: Sequence[str]) -> dict[str, Any]:
-    return {k: example[k] for k in fields if k in example}
