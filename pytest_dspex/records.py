@@ -99,7 +99,7 @@ class ExampleRecord:
             score=score,
             error_kind=error_kind,
             error=error,
-            latency_s=latency_s,
+            latency_s=round(latency_s, 6),
             usage=_usage(usage),
             example=example,
             output=prediction,
@@ -121,7 +121,7 @@ class ExampleRecord:
             "repeats": self.repeats,
             "error_kind": self.error_kind,
             "error": self.error,
-            "latency_s": round(self.latency_s, 6),
+            "latency_s": self.latency_s,
             "usage": dict(self.usage),
         }
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pydantic
 import pytest
 
 import pytest_dspex as dspex
@@ -113,3 +114,110 @@ def test_bad_metric_return_values_are_metric_errors_naming_the_metric(server, ma
     result = dspex.evaluate(dspex.Predict(Triage, lm=make_lm(server)), triage_examples(2), my_metric)
     assert result.errors_by_kind == {"metric": 2}
     assert "metric my_metric returned" in (result.records[0].error or "")
+
+
+# -- one record per example ------------------------------------------------------------------------
+class Ticket(pydantic.BaseModel):
+    team: str
+    urgent: bool
+
+
+class Route(dspex.Signature):
+    """Route a message."""
+
+    message: str = dspex.InputField()
+    ticket: Ticket = dspex.OutputField()
+
+
+def test_records_round_trip_through_json_with_pydantic_predictions(server_factory, make_lm):
+    import json
+
+    from pytest_dspex.records import ExampleRecord
+
+    server = server_factory(lambda body: '{"team": "billing", "urgent": true}')
+    program = dspex.Predict(Route, lm=make_lm(server))
+    dev = [dspex.Example(id=f"ex-{i}", message=f"m{i}", team="billing").with_inputs("message") for i in range(3)]
+
+    def metric(example, prediction, trace=None):
+        return prediction.ticket.team == example.team
+
+    result = dspex.evaluate(program, dev, metric)
+    assert result.score == 1.0, result.summary()
+    for rec in result.records:
+        data = json.loads(json.dumps(rec.to_json()))
+        assert data["prediction"] == {"ticket": {"team": "billing", "urgent": True}}
+        assert data["key"] == f"ex-{rec.index}" and data["inputs"] == {"message": f"m{rec.index}"}
+        assert data["usage"]["calls"] == 1
+        assert ExampleRecord.from_json(data) == rec
+    again = dspex.EvaluationResult.from_records([ExampleRecord.from_json(r.to_json()) for r in reversed(result.records)])
+    assert (again.score, again.n, again.ci95, again.usage.calls) == (result.score, result.n, result.ci95, 3)
+    assert [r.index for r in again.records] == [0, 1, 2]
+
+
+def test_error_rate_counts_only_infrastructure_errors():
+    from pytest_dspex.gates import judge
+    from pytest_dspex.records import ExampleRecord
+
+    def rec(i: int, kind: str | None) -> ExampleRecord:
+        return ExampleRecord(i, f"k{i}", {}, {}, None, 0.0 if kind else 1.0, kind, kind and "boom")
+
+    kinds = [None] * 90 + ["parse"] * 4 + ["metric"] * 2 + ["lm_http"] * 3 + ["timeout"] * 1
+    result = dspex.EvaluationResult.from_records([rec(i, k) for i, k in enumerate(kinds)])
+    assert (result.infra_errors, result.error_rate) == (4, 0.04)
+    assert judge(result, threshold=0.8).passed  # 4% is within the default budget of 5%
+    over = judge(result, threshold=0.8, max_error_rate=0.03)
+    assert over.kind == "lm_errors" and "LM errors: 4 of 100 examples could not be answered (lm_http: 3, timeout: 1)" in over.reason
+    low = judge(result, threshold=0.95)
+    assert low.kind == "below_threshold"
+
+
+def test_a_sync_metric_may_call_a_program_lm_as_judge(server, make_lm):
+    judge = dspex.Predict(Triage, lm=make_lm(server))
+
+    def judged(example, prediction, trace=None):
+        return judge(message=example.message).team == prediction.team
+
+    async def judged_async(example, prediction, trace=None):
+        return (await judge.acall(message=example.message)).team == prediction.team
+
+    program = dspex.Predict(Triage, lm=make_lm(server))
+    for metric in (judged, judged_async):
+        result = dspex.evaluate(program, triage_examples(20), metric, concurrency=8)
+        assert result.score == 1.0, result.summary()
+        assert result.usage.calls == 40  # the judge's calls are counted with the program's
+
+
+def test_a_program_with_no_lm_uses_the_session_default_until_it_is_removed(server, make_lm):
+    from pytest_dspex import settings
+
+    lm = make_lm(server)
+    remove = settings.session_defaults(lm=settings.lazy(lambda: lm), json_fallback=False)
+    try:
+        assert dspex.Predict(Triage)(message="I was charged twice").team == "billing"
+        assert settings.get("json_fallback") is False
+        dspex.configure(json_fallback=True)  # the user's own configure wins over a session default
+        assert settings.get("json_fallback") is True
+    finally:
+        settings._global.pop("json_fallback", None)
+        remove()
+    assert settings.get("json_fallback") is True and settings.current_lm() is None
+
+
+def test_example_timeout_cancels_hung_programs_and_metrics_and_the_run_goes_on(server, make_lm):
+    inner = dspex.Predict(Triage, lm=make_lm(server))
+
+    class Hangs(dspex.Module):
+        async def aforward(self, message):
+            if "(3)" in message:
+                await asyncio.sleep(60)
+            return await inner.acall(message=message)
+
+    async def metric(example, prediction, trace=None):
+        if "(5)" in example.message:
+            await asyncio.sleep(60)
+        return example.team == prediction.team
+
+    result = dspex.Evaluate(triage_examples(10), metric, example_timeout=0.3)(Hangs())
+    assert result.n == 10 and result.errors_by_kind == {"timeout": 2}
+    assert sorted(r.index for r in result.errors) == [3, 5]
+    assert "example timeout" in (result.errors[0].error or "")

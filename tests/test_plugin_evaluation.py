@@ -235,3 +235,28 @@ class TestOutputs:
         for name in ("dspex_score", "dspex_ci95", "dspex_verdict"):
             assert f'name="{name}"' in junit
         assert junit.count('name="dspex_score"') == 11
+
+
+class TestCompile:
+    def compile_source(self, body: str = "", program: str = "dspex.Predict(Triage)") -> str:
+        return source(body, program=program).replace('name="triage")', 'name="triage", trainset="data/train.jsonl")')
+
+    def test_a_compile_over_the_error_budget_writes_no_golden(self, project, server_factory, mode):
+        project.makefile(".jsonl", **{"data/train": rows(10, 100)})
+        project.makepyfile(test_compile=self.compile_source())
+        server = server_factory(failing_on({3, 6}))
+        result = run(project, server, mode, "--dspex-compile", "-k", "test_dataset")
+        assert result.ret == 1
+        result.stdout.fnmatch_lines(["*golden not written: the compile run was over its error budget*"])
+        assert not (project.path / "__dspex__/test_compile/triage.json").exists()
+
+    def test_a_hung_example_times_out_in_compile_too(self, project, server_factory, mode):
+        project.makefile(".jsonl", **{"data/train": rows(10, 100)})
+        project.makepyfile(test_compile=self.compile_source(HANGING, program="Hangs()"))
+        server = server_factory(make_responder(zero_shot_ok=True))
+        args = ["--dspex-compile", "-k", "test_dataset", "--dspex-example-timeout=0.5", "--dspex-max-error-rate=0.2"]
+        result = run(project, server, mode, *args)
+        assert result.ret == 0, result.stdout.str()
+        golden = json.loads((project.path / "__dspex__/test_compile/triage.json").read_text())
+        assert golden["scores"]["validation"]["score"] == 0.9
+        assert "[dspex]" not in result.stdout.str()  # no progress line off a terminal

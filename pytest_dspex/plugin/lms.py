@@ -1,8 +1,9 @@
 """The session's LMs: the endpoint (or the embedded model), the teacher, the budget.
 
-Built on first use. The session LM becomes the default of every program that has none of its
-own — a judge defined next to a metric included — through ``settings.session_defaults``, which
-``close`` removes again: the session never changes process-wide settings behind the user's back.
+Built on first use. Once a dspex test runs, the session LM is the default of every program that
+has none of its own — a judge defined next to a metric included — through
+``settings.session_defaults``, which ``close`` removes again: the session never changes
+process-wide settings behind the user's back, nor outlives itself.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ __all__ = ["SessionLMs"]
 
 class SessionLMs:
     def __init__(self, options: DspexOptions, run_id: str, owner_pid: int, *, is_worker: bool) -> None:
-        from .. import settings
-
         self.options = options
         self.run_id = run_id
         self.owner_pid = owner_pid
@@ -30,8 +29,16 @@ class SessionLMs:
         self._lm: LM | None = None
         self._teacher: LM | None = None
         self._budget: Budget | None = None
+        self._remove_defaults: Any = None
+
+    def activate(self) -> None:
+        """From the first dspex test on, programs without an LM use the session's (built lazily)."""
+        if self._remove_defaults is not None:
+            return
+        from .. import settings
+
         defaults: dict[str, Any] = {"lm": settings.lazy(lambda: self.lm)}
-        if options.local:
+        if self.options.local:
             # a small base model never answers in JSON: the JSON fallback would only double the calls
             defaults["json_fallback"] = False
         self._remove_defaults = settings.session_defaults(**defaults)
@@ -108,7 +115,9 @@ class SessionLMs:
         return redact_url(self.options.base_url or "https://api.openai.com/v1")
 
     def close(self) -> None:
-        self._remove_defaults()
+        if self._remove_defaults is not None:
+            self._remove_defaults()
+            self._remove_defaults = None
         for lm in (self._teacher, self._lm):
             if lm is not None:
                 lm.close()

@@ -87,10 +87,11 @@ class DspexSession:
     # -- LMs and events -------------------------------------------------------------------------
     @property
     def lm(self) -> LM:
-        self._forward_events()
+        self._activate()
         return self.lms.lm
 
-    def _forward_events(self) -> None:
+    def _activate(self) -> None:
+        self.lms.activate()
         if self._unsubscribe is None:
             from .bridge import forward_events
 
@@ -131,7 +132,7 @@ class DspexSession:
         hit = self._resolved.get(path)
         if hit is not None:
             return hit
-        self._forward_events()
+        self._activate()
         if self.options.compiles(spec.name):
             resolved = self._compile(spec, metric, path, gate_dataset, progress)
         else:
