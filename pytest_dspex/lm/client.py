@@ -124,6 +124,8 @@ class LM:
         # what names the endpoint in cache keys; an embedded server on a random port passes a
         # stable identity so its answers stay cached across runs. Never carries a secret.
         self.cache_identity = redact_url(cache_identity) if cache_identity else self.base_url
+        if cache_identity:
+            settings["cache_identity"] = self.cache_identity
         self.usage = Usage()
         self.limiter = AdaptiveLimiter(concurrency)
         self._http = HTTPTransport(

@@ -304,7 +304,8 @@ class Breaker:
         elif ticket.generation != self._generation or self._cb.current_state != pybreaker.STATE_CLOSED:
             return  # admitted before the breaker opened: its outcome is its caller's alone
         if exc is None:
-            self._cb.call(_noop)
+            if ticket.trial or self._cb.fail_counter:  # else nothing to reset: skip pybreaker's bookkeeping
+                self._cb.call(_noop)
             return
         if not _is_verdict(exc):
             return
