@@ -23,50 +23,9 @@ if TYPE_CHECKING:
     from ..gates import Verdict
     from ..records import ExampleRecord
 
+from ..rows import program_row
+
 __all__ = ["Collector", "PerExampleRun", "format_table", "program_row", "report_json"]
-
-
-def program_row(
-    result: EvaluationResult,
-    verdict: Verdict,
-    *,
-    mode: str,
-    dataset: str | None,
-    test: str,
-    threshold: float | None,
-    tolerance: float,
-    max_error_rate: float,
-    golden: str | None,
-    note: str = "",
-) -> dict[str, Any]:
-    """One program's row of the summary, the JSON report (team contract) and the HTML/markdown reports."""
-    lo, hi = result.ci95
-    return {
-        "program": result.program,
-        "mode": mode,
-        "dataset": dataset,
-        "test": test,
-        "metric": result.metric,
-        "threshold": threshold,
-        "tolerance": tolerance,
-        "max_error_rate": max_error_rate,
-        "score": result.score,
-        "n": result.n,
-        "ci95": [lo, hi],
-        "errors": len(result.errors),
-        "errors_by_kind": result.errors_by_kind,
-        "infra_errors": result.infra_errors,
-        "usage": result.usage.to_dict(),
-        "latency_s": result.latency_percentiles(),
-        "golden": golden,
-        "golden_score": verdict.golden_score,
-        "verdict": {"passed": verdict.passed, "reason": verdict.reason, "kind": verdict.kind},
-        "comparison": None,
-        "flaky": [],
-        "prompts": {},
-        "note": note,
-        "records": [r.to_json() for r in result.records],
-    }
 
 
 @dataclass

@@ -1,0 +1,66 @@
+"""The report row of one program, built in one place for the plugin and for shard ``combine``.
+
+    row = program_row(result, verdict, mode="dataset", dataset="data/dev.jsonl", test=nodeid,
+                      threshold=0.8, tolerance=0.05, max_error_rate=0.05, golden=None)
+
+Everything that depends on the examples is computed from the ``EvaluationResult`` (so merged
+shard records give the row an unsharded run would); the shape is the team contract's
+``programs[]`` entry of the JSON report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .evaluation import EvaluationResult
+    from .gates import Verdict
+
+__all__ = ["program_row"]
+
+
+def program_row(
+    result: EvaluationResult,
+    verdict: Verdict,
+    *,
+    mode: str,
+    dataset: str | None,
+    test: str,
+    threshold: float | None,
+    tolerance: float,
+    max_error_rate: float,
+    golden: str | None,
+    note: str = "",
+    comparison: Mapping[str, Any] | None = None,
+    flaky: Sequence[str] = (),
+    prompts: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One program's row: the terminal summary, the JSON report (team contract), HTML/markdown, combine."""
+    lo, hi = result.ci95
+    return {
+        "program": result.program,
+        "mode": mode,
+        "dataset": dataset,
+        "test": test,
+        "metric": result.metric,
+        "threshold": threshold,
+        "tolerance": tolerance,
+        "max_error_rate": max_error_rate,
+        "score": result.score,
+        "n": result.n,
+        "ci95": [lo, hi],
+        "errors": len(result.errors),
+        "errors_by_kind": result.errors_by_kind,
+        "infra_errors": result.infra_errors,
+        "usage": result.usage.to_dict(),
+        "latency_s": result.latency_percentiles(),
+        "golden": golden,
+        "golden_score": verdict.golden_score,
+        "verdict": {"passed": verdict.passed, "reason": verdict.reason, "kind": verdict.kind},
+        "comparison": dict(comparison) if comparison is not None else None,
+        "flaky": list(flaky),
+        "prompts": dict(prompts or {}),
+        "note": note,
+        "records": [r.to_json() for r in result.records],
+    }
