@@ -31,6 +31,7 @@ def test_core_imports_and_runs_without_pytest():
         "sys.meta_path.insert(0, Block())\n"
         "import pytest_dspex as d\n"
         "from pytest_dspex import cli, golden, fake_server, production, reports\n"
+        "from pytest_dspex import compile, evaluation, gates, records, rows\n"
         "from pytest_dspex.optimize import BootstrapFewShot\n"
         "p = d.Predict('question -> answer')\n"
         "assert 'pytest' not in sys.modules\n"
@@ -39,3 +40,13 @@ def test_core_imports_and_runs_without_pytest():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_the_shared_record_and_gate_modules_export_what_the_others_build_on():
+    from pytest_dspex import compile, evaluation, gates, records, rows
+
+    for module in (compile, evaluation, gates, records, rows):
+        for name in module.__all__:
+            assert getattr(module, name) is not None, f"{module.__name__}.{name}"
+    assert records.INFRA_ERROR_KINDS == {"lm_unavailable", "lm_timeout", "lm_http", "lm_response", "budget", "cache_miss", "timeout"}
+    assert pytest_dspex.ExampleRecord is records.ExampleRecord
