@@ -309,6 +309,9 @@ class TestOutputs:
         assert modes == ["dataset", "per-example"] and report["passed"] is True
         row = next(r for r in report["programs"] if r["mode"] == "dataset")
         assert row["score"] == 1.0 and row["n"] == 10 and row["usage"]["calls"] == 10
+        for r in report["programs"]:  # the golden's rendered prompts, once per program
+            assert r["prompts"] and r["golden"] == "__dspex__/test_triage/triage.json"
+        assert report["model"]["model"] == "fake-model"
         junit = (pytester.path / "junit.xml").read_text()
         assert 'name="dspex_score" value="1.0"' in junit
         assert "CANARY" not in (pytester.path / "out/report.json").read_text() + junit

@@ -184,7 +184,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
                 path = dspex.options.report
                 path = path if path.is_absolute() else Path(config.invocation_params.dir) / path
-                model = {"model": dspex.options.model, "base_url": dspex.lms.redacted_base_url()}
+                model = {"model": dspex.lms.model_name(), "base_url": dspex.lms.redacted_base_url()}
                 atomic_write_json(path, report_json(collector, model=model))
     finally:
         dspex.close()

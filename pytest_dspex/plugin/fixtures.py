@@ -183,6 +183,7 @@ class Evaluator:
             max_error_rate=options.max_error_rate,
             golden=session.rel(resolved.golden_path) if resolved.golden is not None else None,
             note=resolved.note,
+            prompts=resolved.golden.prompts if resolved.golden is not None else None,
         )
         node.stash[payload_key] = {"kind": "program", "row": row, "golden_file": _golden_info(session, resolved)}
         lo, hi = result.ci95
@@ -255,6 +256,7 @@ class Predictor:
             "golden": session.rel(resolved.golden_path) if resolved.golden is not None else None,
             "golden_score": _comparable_golden_score(resolved, data.fingerprint),
             "note": resolved.note,
+            "prompts": session.once(("prompts", key), lambda: resolved.golden.prompts if resolved.golden else {}),
             "record": record.to_json(),
             "golden_file": _golden_info(session, resolved),
         }

@@ -106,6 +106,16 @@ class SessionLMs:
             "teacher": self.options.teacher_model,
         }
 
+    def model_name(self) -> str | None:
+        """The model the session talks to (without starting anything)."""
+        if self._lm is not None:
+            return self._lm.model
+        if self.options.local:
+            from ..local_lm import LOCAL_MODEL_NAME
+
+            return LOCAL_MODEL_NAME
+        return self.options.model
+
     def redacted_base_url(self) -> str | None:
         """The endpoint for reports, credentials removed; "embedded" for the local model."""
         if self.options.local:

@@ -4,7 +4,8 @@ Evaluation and compile run on pytest-dspex's event-loop thread; they only *repor
 (``update``/``say``, any thread). The test's own thread, waiting for them, calls ``poll`` a few
 times a second and draws the latest state the way pytest's live logging does: capture suspended
 (``capture_manager.global_and_fixture_disabled()``), drawn with the terminal reporter's public
-``rewrite``. Quiet when the terminal is not a TTY, under ``-q -q``, and in xdist workers.
+``rewrite``. Quiet when the terminal is not a TTY, under ``-qq``, in xdist workers, and off the
+main thread.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class Progress:
         """A progress line for this terminal, or None when nothing should be drawn."""
         if hasattr(config, "workerinput") or config.get_verbosity() < -1:
             return None
+        if threading.current_thread() is not threading.main_thread():
+            return None  # pytest's capture belongs to the main thread (an async test's to_thread call)
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         if reporter is None or not getattr(reporter, "isatty", False):
             return None

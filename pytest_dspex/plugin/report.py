@@ -43,6 +43,7 @@ class PerExampleRun:
     golden_score: float | None
     records: dict[int, ExampleRecord] = field(default_factory=dict)
     note: str = ""
+    prompts: dict[str, Any] = field(default_factory=dict)
     result: EvaluationResult | None = None
     verdict: Verdict | None = None
 
@@ -77,6 +78,7 @@ class PerExampleRun:
             max_error_rate=self.max_error_rate,
             golden=self.golden,
             note=self.note,
+            prompts=self.prompts,
         )
 
 
@@ -106,7 +108,10 @@ class Collector:
                 run = self.runs[payload["test"]] = PerExampleRun(
                     **{k: payload[k] for k in ("program", "test", "dataset", "metric", "threshold", "tolerance", "max_error_rate", "golden", "golden_score")},
                     note=payload.get("note", ""),
+                    prompts=payload.get("prompts") or {},
                 )
+            if payload.get("prompts"):
+                run.prompts = payload["prompts"]
             rec = ExampleRecord.from_json(payload["record"])
             run.records[rec.index] = rec
 

@@ -83,6 +83,7 @@ class DspexSession:
         self.selected: dict[str, set[int]] = {}
         self._records: dict[tuple[str, int], ExampleRecord] = {}
         self._evaluated_chunks: set[tuple[str, int]] = set()
+        self._once: set[Any] = set()
 
     # -- LMs and events -------------------------------------------------------------------------
     @property
@@ -222,6 +223,13 @@ class DspexSession:
             for rec in evaluate_chunk(wanted):
                 self._records[(test_key, rec.index)] = rec
         return self._records.pop((test_key, index), None)
+
+    def once(self, key: Any, make: Callable[[], Any]) -> Any:
+        """``make()`` the first time ``key`` is asked for in this process, None after (data sent once)."""
+        if key in self._once:
+            return None
+        self._once.add(key)
+        return make()
 
     # -- end ------------------------------------------------------------------------------------
     def close(self) -> None:
