@@ -42,6 +42,7 @@ __all__ = [
     "ExampleRecord",
     "evaluate",
     "evaluate_records",
+    "current_example_timeout",
     "example_timeout",
     "score_example",
 ]
@@ -77,6 +78,11 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError) and not str(exc):
         return "TimeoutError: the example did not finish within the example timeout"
     return f"{type(exc).__name__}: {exc}"
+
+
+async def current_example_timeout() -> float | None:
+    """The timeout ``example_timeout`` set for this context (for optimizers bounding their own calls)."""
+    return _timeout.get()
 
 
 async def run_metric(metric: Callable[..., Any], example: Example, prediction: Prediction) -> Any:

@@ -17,7 +17,8 @@ class FakeReporter:
     def __init__(self, capture: FakeCapture) -> None:
         self.capture = capture
         self.lines: list[tuple[str, bool]] = []  # (text, drawn while capture was suspended)
-        self.currentfspath: Any = "test_x.py"
+        self.currentfspath: Any = "/proj/test_x.py"
+        self.startpath = "/proj"
         self.thread: threading.Thread | None = None
 
     def ensure_newline(self) -> None:
@@ -55,9 +56,9 @@ def test_progress_is_drawn_on_the_waiting_thread_with_capture_suspended_then_era
     drawn = [text for text, suspended in reporter.lines if suspended]
     assert len(drawn) == len(reporter.lines) >= 2
     assert any(t.startswith("[dspex] triage: ") and "/3 score 1.000 errors 0" in t for t in drawn)
-    assert drawn[-1] == ""  # erased at the end
+    assert drawn[-2:] == ["", "test_x.py "]  # erased at the end, the line handed back to pytest's results
     assert reporter.thread is threading.current_thread()
-    assert reporter.currentfspath is None  # pytest starts a fresh line for the next results
+    assert reporter.currentfspath == "/proj/test_x.py"
 
 
 def test_no_progress_line_off_a_terminal(pytester: pytest.Pytester) -> None:

@@ -228,16 +228,26 @@ class Predictor:
 
         def evaluate(items: list[tuple[int, Any]]) -> list[ExampleRecord]:
             progress = Progress.for_config(self._request.config, spec.name) if len(items) > 1 else None
+            tally = session.tally(key)  # the test's examples evaluated so far, for one running line
+            total = len(session.selected.get(key, ())) or len(items)
+
+            def on_progress(done: int, _total: int, score: float, errors: int) -> None:
+                assert progress is not None
+                n = tally.done + done
+                progress.update(n, total, (tally.score + score * done) / n, tally.errors + errors)
+
             coro = evaluate_records(
                 resolved.program,
                 items,
                 mspec.metric,
                 concurrency=options.concurrency,
                 timeout=options.example_timeout,
-                progress=progress.update if progress else None,
+                progress=on_progress if progress else None,
                 program_name=spec.name,
             )
-            return run_with_progress(progress, lambda: run_sync(coro))
+            records = run_with_progress(progress, lambda: run_sync(coro))
+            tally.add(records)
+            return records
 
         record: ExampleRecord | None = None
         if 0 <= index < len(data.examples) and example is data.examples[index]:

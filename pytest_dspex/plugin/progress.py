@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import contextvars
+import os
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -40,6 +41,7 @@ class Progress:
         self._lock = threading.Lock()
         self._text: str | None = None
         self._drawn: str | None = None
+        self._fspath: Any = None  # the test file whose results the interrupted line held
 
     @classmethod
     def for_config(cls, config: pytest.Config, label: str) -> Progress | None:
@@ -73,6 +75,7 @@ class Progress:
         if text is None or text == self._drawn:
             return
         if self._drawn is None:
+            self._fspath = getattr(self._reporter, "currentfspath", None)
             with self._suspended():
                 self._reporter.ensure_newline()
         self._drawn = text
@@ -83,10 +86,14 @@ class Progress:
         self.poll()
         if self._drawn is None:
             return
+        # give the line back to pytest as it left it: the test file's name, results to follow
+        prefix = ""
+        if self._fspath is not None:
+            prefix = os.path.relpath(self._fspath, getattr(self._reporter, "startpath", os.getcwd())) + " "
         with self._suspended():
             self._reporter.rewrite("", erase=True)
-        # the erased line held the current file's results: make pytest start a fresh one
-        self._reporter.currentfspath = None
+            self._reporter.rewrite(prefix)
+        self._reporter.currentfspath = self._fspath
         self._drawn = None
 
 

@@ -67,6 +67,20 @@ class Dataset:
         return self._fingerprint
 
 
+@dataclass
+class Tally:
+    """Running totals of one per-example test's evaluated examples (for its progress line)."""
+
+    done: int = 0
+    score: float = 0.0
+    errors: int = 0
+
+    def add(self, records: Sequence[ExampleRecord]) -> None:
+        self.done += len(records)
+        self.score += sum(r.score for r in records)
+        self.errors += sum(1 for r in records if r.error_kind is not None)
+
+
 class DspexSession:
     def __init__(self, config: pytest.Config, options: DspexOptions) -> None:
         self.config = config
@@ -84,6 +98,7 @@ class DspexSession:
         self._records: dict[tuple[str, int], ExampleRecord] = {}
         self._evaluated_chunks: set[tuple[str, int]] = set()
         self._once: set[Any] = set()
+        self._tallies: dict[str, Tally] = {}
 
     # -- LMs and events -------------------------------------------------------------------------
     @property
@@ -223,6 +238,9 @@ class DspexSession:
             for rec in evaluate_chunk(wanted):
                 self._records[(test_key, rec.index)] = rec
         return self._records.pop((test_key, index), None)
+
+    def tally(self, test_key: str) -> Tally:
+        return self._tallies.setdefault(test_key, Tally())
 
     def once(self, key: Any, make: Callable[[], Any]) -> Any:
         """``make()`` the first time ``key`` is asked for in this process, None after (data sent once)."""
