@@ -1,7 +1,7 @@
 """The LM client, split by job.
 
 * ``client``     ``LM``: the request path (cache → sharing → breaker → budget → retries → attempt) and accounting
-* ``transport``  one HTTP attempt (httpx + the aiohttp transport, one client per event loop) → JSON or ``LMError``
+* ``transport``  one HTTP attempt (aiohttp, or httpx over a given transport; one client per event loop) → JSON or ``LMError``
 * ``sharing``    in-flight request sharing and hedged requests
 * ``resilience`` retry policy, the circuit breaker (state machine in its docstring), the AIMD in-flight limiter
 * ``secrets``    the credentials holder and ``redact_url``

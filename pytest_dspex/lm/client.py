@@ -7,13 +7,14 @@
 
 One request passes: response cache → in-flight sharing (``sharing``) → circuit breaker admits a
 new logical call → budget → retries (``resilience``: 429 back-pressure, AIMD in-flight limit) →
-one attempt in a concurrency slot, optionally hedged → httpx with the aiohttp transport
+one attempt in a concurrency slot, optionally hedged → aiohttp (httpx when given a transport)
 (``transport``). Every call emits an ``LMCallEvent``. Secrets live only in the ``Credentials``
 holder (``secrets``): never in a repr, an error, a log line, an event or a cache entry.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     import httpx
 
 __all__ = ["LM", "Completion"]
+
+_NO_SPAN = contextlib.nullcontext()
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +241,7 @@ class LM:
         try:
             if self.budget is not None:
                 self.budget.reserve()
-            with events.span("dspex.lm", model=self.model, endpoint=self.base_url):
+            with events.span("dspex.lm", model=self.model, endpoint=self.base_url) if events.tracing() else _NO_SPAN:
                 data, retries = await send_with_retries(
                     lambda: self._attempt(content),
                     policy=self.retry,
