@@ -31,25 +31,35 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .gates import DEFAULT_MAX_ERROR_RATE, Verdict, judge
 from .records import ExampleRecord
+from .rows import program_row
 from .sharding import shard_of
 
 if TYPE_CHECKING:  # the heavier modules load when a combine runs, not when the CLI builds its parser
     from .comparison import Comparison
     from .evaluation import EvaluationResult
 
-__all__ = ["CombineError", "add_parser", "combine", "combine_files", "golden_outcomes", "main", "write_junit"]
+__all__ = [
+    "CombineError",
+    "add_parser",
+    "combine",
+    "combine_files",
+    "golden_outcomes",
+    "judge_records",
+    "main",
+    "write_junit",
+]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: per-program fields computed from one shard's records: recomputed from all of them, never copied
 _PER_SHARD = frozenset(
-    {"records", "comparison", "verdict", "flaky", "usage", "passed", "elapsed_s", "lm_unavailable", "worst"}
+    {"records", "comparison", "verdict", "flaky", "usage", "passed", "elapsed_s", "lm_unavailable", "worst", "shards"}
 )
 #: per-program fields every shard must agree on
 _SAME = ("mode", "metric", "threshold", "tolerance", "golden", "golden_score", "max_error_rate", "dataset_size")
@@ -133,42 +143,56 @@ def _usage_sum(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _judge(
-    result: EvaluationResult, entry: Mapping[str, Any], comparison: Comparison | None, max_error_rate: float
-) -> Verdict:
-    """The gate of one program: the core ``judge`` (error budget, threshold floor) and the paired
-    comparison when the golden has per-example outcomes, else the tolerance against its score."""
-    threshold = entry.get("threshold")
-    tolerance = float(entry["tolerance"]) if entry.get("tolerance") is not None else 0.05
-    golden_score = entry.get("golden_score")
+def judge_records(
+    records: Iterable[ExampleRecord],
+    *,
+    program: str = "",
+    metric: str = "",
+    threshold: float | None = None,
+    tolerance: float = 0.05,
+    max_error_rate: float = DEFAULT_MAX_ERROR_RATE,
+    golden_score: float | None = None,
+    golden_outcomes: Mapping[str, float] | None = None,
+    alpha: float = 0.05,
+) -> tuple[EvaluationResult, Verdict, Comparison | None]:
+    """Judge one program from its records: the result, the gate's verdict and the paired comparison.
+
+    The core ``gates.judge`` decides the error budget and the threshold floor; with the golden's
+    per-example outcomes (schema 2) the regression check is the paired comparison (DESIGN §5b:
+    "regressed" fails the gate), else the tolerance against the golden's score. Usable by the
+    plugin's controller so a single run and a combined one share this one path.
+    """
+    from .comparison import compare
+    from .evaluation import EvaluationResult
+
+    result = EvaluationResult.from_records(records, program=program, metric=metric)
+    comparison = (
+        compare(golden_outcomes, result.by_key(), alpha=alpha, tolerance=tolerance)
+        if golden_outcomes is not None
+        else None
+    )
     verdict = judge(
         result,
-        threshold=None if threshold is None else float(threshold),
-        golden_score=None if golden_score is None or comparison is not None else float(golden_score),
+        threshold=threshold,
+        golden_score=None if comparison is not None else golden_score,
         tolerance=tolerance,
         max_error_rate=max_error_rate,
     )
     if verdict.passed and comparison is not None and comparison.regressed:
-        return Verdict(
+        verdict = Verdict(
             False,
             f"regression against the golden: {comparison.summary()}",
             verdict.score,
-            verdict.threshold,
-            None if golden_score is None else float(golden_score),
+            threshold,
+            golden_score,
             tolerance,
             "regression",
         )
-    if golden_score is not None and verdict.golden_score is None:  # keep the golden's score on display
-        return Verdict(
-            verdict.passed,
-            verdict.reason,
-            verdict.score,
-            verdict.threshold,
-            float(golden_score),
-            tolerance,
-            verdict.kind,
+    elif golden_score is not None and verdict.golden_score is None:  # the golden's score stays on display
+        verdict = Verdict(
+            verdict.passed, verdict.reason, verdict.score, threshold, golden_score, tolerance, verdict.kind
         )
-    return verdict
+    return result, verdict, comparison
 
 
 def _program_key(entry: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -188,9 +212,6 @@ def _merge_program(
     rootdir: Path,
     default_max_error_rate: float,
 ) -> dict[str, Any]:
-    from .comparison import compare
-    from .evaluation import EvaluationResult
-
     label = _label(key)
     first = parts[0][2]
     for field in _SAME:
@@ -231,53 +252,53 @@ def _merge_program(
         dup = sorted({x for x in indexes if indexes.count(x) > 1})[:5]
         raise CombineError(f"{label}: record index {dup} appears in more than one shard")
 
-    result = EvaluationResult.from_records(records, program=key[1], metric=str(first.get("metric") or ""))
-    comparison: Comparison | None = None
-    golden = first.get("golden")
-    if golden:
-        outcomes = golden_outcomes(rootdir / str(golden))
-        if outcomes is not None:
-            shard_cmp = next(
-                (p.get("comparison") for _, _, p in parts if isinstance(p.get("comparison"), Mapping)), None
-            )
-            alpha = float(shard_cmp.get("alpha", 0.05)) if shard_cmp else 0.05
-            tolerance = float(first["tolerance"]) if first.get("tolerance") is not None else 0.05
-            comparison = compare(outcomes, result.by_key(), alpha=alpha, tolerance=tolerance)
-    max_error_rate = first.get("max_error_rate")
-    verdict = _judge(
-        result, first, comparison, default_max_error_rate if max_error_rate is None else float(max_error_rate)
+    outcomes = golden_outcomes(rootdir / str(first["golden"])) if first.get("golden") else None
+    shard_cmp = next((p.get("comparison") for _, _, p in parts if isinstance(p.get("comparison"), Mapping)), None)
+    threshold, golden_score, max_error_rate = (
+        first.get("threshold"),
+        first.get("golden_score"),
+        first.get("max_error_rate"),
     )
-
+    tolerance = float(first["tolerance"]) if first.get("tolerance") is not None else 0.05
+    result, verdict, comparison = judge_records(
+        records,
+        program=key[1],
+        metric=str(first.get("metric") or ""),
+        threshold=None if threshold is None else float(threshold),
+        tolerance=tolerance,
+        max_error_rate=default_max_error_rate if max_error_rate is None else float(max_error_rate),
+        golden_score=None if golden_score is None else float(golden_score),
+        golden_outcomes=outcomes,
+        alpha=float(shard_cmp.get("alpha", 0.05)) if shard_cmp else 0.05,
+    )
     order = {r.key: r.index for r in records}
     flaky = sorted(
         {str(k) for _, _, p in parts for k in (p.get("flaky") or [])}, key=lambda k: (order.get(k, 1 << 62), k)
     )
-    # the row as the plugin writes it (plugin/report.py ``program_row``): the shards' shared fields,
-    # then everything that depends on the records, recomputed from all of them
+    # the row by the plugin's own function (rows.program_row), after the fields the shards share
+    # (and any the plugin adds, e.g. dataset_size); everything that depends on the examples is
+    # recomputed from all of them
     row: dict[str, Any] = {k: v for k, v in first.items() if k not in _PER_SHARD}
-    lo, hi = result.ci95
     row.update(
-        {
-            "program": key[1],
-            "test": first.get("test"),
-            "dataset": first.get("dataset"),
-            "score": result.score,
-            "n": result.n,
-            "ci95": [lo, hi],
-            "errors": len(result.errors),
-            "errors_by_kind": result.errors_by_kind,
-            "infra_errors": result.infra_errors,
-            "usage": _usage_sum([p for _, _, p in parts]) or result.usage.to_dict(),
-            "latency_s": result.latency_percentiles(),
-            "golden_score": verdict.golden_score,
-            "verdict": {"passed": verdict.passed, "reason": verdict.reason, "kind": verdict.kind},
-            "comparison": comparison.to_json() if comparison is not None else None,
-            "flaky": flaky,
-            "prompts": next((p.get("prompts") for _, _, p in parts if p.get("prompts")), first.get("prompts")),
-            "shards": len(parts),
-            "records": [r.to_json() for r in result.records],
-        }
+        program_row(
+            result,
+            verdict,
+            mode=str(first.get("mode") or "dataset"),
+            dataset=first.get("dataset"),
+            test=str(first.get("test") or ""),
+            threshold=verdict.threshold,
+            tolerance=tolerance,
+            max_error_rate=default_max_error_rate if max_error_rate is None else float(max_error_rate),
+            golden=first.get("golden"),
+            note=str(first.get("note") or ""),
+            comparison=comparison.to_json() if comparison is not None else None,
+            flaky=flaky,
+            prompts=next((p.get("prompts") for _, _, p in parts if p.get("prompts")), first.get("prompts")),
+        )
     )
+    # the shards' own accounting (retries, hedges...) summed; the records' sums when they have none
+    row["usage"] = _usage_sum([p for _, _, p in parts]) or row["usage"]
+    row["shards"] = len(parts)
     return row
 
 
