@@ -84,21 +84,28 @@ def main() -> None:
 
     server, url = start_server(latency)
     try:
-        for c in (16, 64, 256):
-            ours = run_case(py, "cases_dspex.py", "throughput", url=url, n=n, concurrency=c)
+        # as a user meets it: a fresh process per run, a new LM and Evaluate, ChatAdapter, no warm-up
+        for c, runs in ((16, 1), (64, 3), (256, 3)):
+            ours = [run_case(py, "cases_dspex.py", "cold", url=url, n=n, concurrency=c) for _ in range(runs)]
             limit = c / latency
             theirs = run_case(dpy, "cases_dspy.py", "throughput", url=url, n=n, concurrency=c) if dpy else None
             t_txt = f"{theirs['ex_per_s']:.0f} ex/s ({theirs['ex_per_s'] / limit:.2f} of limit)" if theirs else "-"
-            ratio = f"{ours['ex_per_s'] / theirs['ex_per_s']:.2f}x DSPy" if theirs else ""
-            target = {64: "≥ 0.75 of limit", 256: "≥ 3.5x DSPy"}.get(c, "")
-            rows.append((f"evaluate N={n}, 50 ms, concurrency {c} (limit {limit:.0f} ex/s)",
-                         f"{ours['ex_per_s']:.0f} ex/s ({ours['ex_per_s'] / limit:.2f} of limit) {ratio}", t_txt, target,
-                         f"errors {ours['errors']}"))  # fmt: skip
-        ours = run_case(py, "cases_dspex.py", "cache", url=url, n=n)
+            best = statistics.median(r["ex_per_s"] for r in ours)
+            ratio = f", {best / theirs['ex_per_s']:.2f}x DSPy (median)" if theirs else ""
+            target = {64: "≥ 0.75 of limit, ≤ 0.5 ms CPU/example", 256: "≥ 6x DSPy"}.get(c, "")
+            rows.append((f"evaluate N={n}, 50 ms, concurrency {c} (limit {limit:.0f} ex/s), cold first run, ChatAdapter",
+                         " / ".join(f"{r['ex_per_s']:.0f} ex/s ({r['ex_per_s'] / limit:.2f}, {r['cpu_ms_per_example']:.2f} ms CPU/ex)" for r in ours) + ratio,
+                         t_txt, target, f"{runs} fresh processes; errors {sum(r['errors'] for r in ours)}"))  # fmt: skip
+        # cache hits as a user meets them: a run recorded the answers, a new process reads them
+        cache_dir = tempfile.mkdtemp()
+        run_case(py, "cases_dspex.py", "record", url=url, n=n, cache_dir=cache_dir)
+        hits = [run_case(py, "cases_dspex.py", "cache_cold", url=url, n=n, cache_dir=cache_dir) for _ in range(3)]
         theirs = run_case(dpy, "cases_dspy.py", "cache", url=url, n=n) if dpy else None
-        rows.append(("per-example cost, every answer a cache hit (memory tier)", f"{ours['memory_ms']:.3f} ms",
+        rows.append(("per-example cost, every answer a cache hit, ChatAdapter: disk tier (new process, first pass)",
+                     " / ".join(f"{h['disk_ms']:.3f} ms ({h['disk_cpu_ms']:.3f} CPU)" for h in hits), "-", "≤ 0.1 ms", "3 fresh processes"))  # fmt: skip
+        rows.append(("per-example cost, every answer a cache hit, ChatAdapter: memory tier (second pass)",
+                     " / ".join(f"{h['memory_ms']:.3f} ms ({h['memory_cpu_ms']:.3f} CPU)" for h in hits),
                      f"{theirs['memory_ms']:.3f} ms" if theirs else "-", "≤ 0.1 ms", ""))  # fmt: skip
-        rows.append(("per-example cost, every answer a cache hit (disk tier)", f"{ours['disk_ms']:.3f} ms", "-", "", ""))
     finally:
         server.kill()
 
@@ -130,11 +137,16 @@ def main() -> None:
         run_case(py, "cases_dspex.py", "fill", url=url, n=args.big, cache_dir=cache_dir)
     finally:
         server.kill()
-    quarter = run_case(py, "cases_dspex.py", "big", url="http://127.0.0.1:9/v1", n=args.big // 4, cache_dir=cache_dir)
-    full = run_case(py, "cases_dspex.py", "big", url="http://127.0.0.1:9/v1", n=args.big, cache_dir=cache_dir)
-    rows.append((f"evaluate N={args.big} from the disk cache (replay mode)",
-                 f"{full['wall_s']:.1f} s ({full['us_per_example']:.0f} µs/example; N/4 took {quarter['wall_s']:.1f} s → x{full['wall_s'] / quarter['wall_s']:.2f} for 4x N), peak RSS {full['peak_rss_mb']:.0f} MB",
-                 "-", "linear in N, peak RSS ≤ 300 MB", ""))  # fmt: skip
+    # replay with the recording's URL (the cache key names the endpoint; the server is gone, so a
+    # miss could not reach it): the first run right after recording, again, and N/4 for linearity
+    after = run_case(py, "cases_dspex.py", "big", url=url, n=args.big, cache_dir=cache_dir)
+    again = run_case(py, "cases_dspex.py", "big", url=url, n=args.big, cache_dir=cache_dir)
+    quarter = run_case(py, "cases_dspex.py", "big", url=url, n=args.big // 4, cache_dir=cache_dir)
+    rows.append((f"evaluate N={args.big} from the disk cache (replay mode), the run right after recording",
+                 f"{after['wall_s']:.1f} s ({after['us_per_example']:.0f} µs/example, {after['cpu_us_per_example']:.0f} µs CPU); "
+                 f"next run {again['wall_s']:.1f} s; N/4 took {quarter['wall_s']:.1f} s → x{again['wall_s'] / quarter['wall_s']:.2f} for 4x N; "
+                 f"peak RSS {max(after['peak_rss_mb'], again['peak_rss_mb']):.0f} MB",
+                 "-", "linear in N, peak RSS ≤ 300 MB", f"{after['hits']} hits"))  # fmt: skip
 
     write_results(rows)
 
@@ -158,6 +170,12 @@ def write_results(rows: list[tuple[str, str, str, str, str]]) -> None:
         "",
         "* Concurrency 256: the client and the server share two cores, so both are CPU-bound well below",
         "  the N·L/C limit; the ratio to DSPy in the same conditions is what the target asks for.",
+        "* Throughput and cache-hit rows are cold, as a user meets them: a fresh process per run, a new LM",
+        "  and Evaluate, ChatAdapter, no warm-up; CPU is the client process's `time.process_time` (the server",
+        "  is another process). Figures before 2026-11-26 were taken after a warm-up run with the compact adapter.",
+        "* Replay: the 3.7 s for N=100000 recorded before 2026-11-26 was a run in which every lookup missed (the",
+        "  replay LM named another URL than the recording, the cache key names the endpoint, and the case did not",
+        "  check hits): 100k fast CacheMissErrors. The case now replays with the recording's URL and asserts hits.",
         "* Fault run (target 1.5x the fault-free time): every example is scored, and the ratio moved from",
         "  1.98x (equal-jitter backoff, no hedging) to 1.82x with hedged requests (a duplicate after 150 ms",
         "  instead of waiting for a stalled connection's 0.5 s timeout) and to 1.5-1.6x with full-jitter",

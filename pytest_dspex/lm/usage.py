@@ -6,7 +6,7 @@ import contextlib
 import contextvars
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from .._exceptions import BudgetExceededError
 
@@ -39,9 +39,18 @@ class Usage:
         self.hedges += other.hedges
 
     def to_dict(self) -> dict[str, float | int]:
-        d: dict[str, float | int] = asdict(self)
-        d["tokens"] = self.tokens
-        return d
+        # by hand: dataclasses.asdict deep-copies field by field (~10 µs; this runs once per example)
+        return {
+            "calls": self.calls,
+            "cache_hits": self.cache_hits,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost": self.cost,
+            "retries": self.retries,
+            "errors": self.errors,
+            "hedges": self.hedges,
+            "tokens": self.prompt_tokens + self.completion_tokens,
+        }
 
 
 _trackers: contextvars.ContextVar[tuple[Usage, ...]] = contextvars.ContextVar("dspex_usage", default=())
