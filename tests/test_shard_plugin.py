@@ -148,6 +148,11 @@ def test_the_shard_comes_from_the_ci_environment_and_bad_values_are_usage_errors
     bad = run(project, lm_server, "-p", "no:xdist", "--dspex-shard=4/3")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     bad.stderr.fnmatch_lines(["*--dspex-shard='4/3': the shard index must be between 1 and 3*"])
+    # compile is one writer: never sharded (here the shard comes from GitLab's variables)
+    compile_in_shard = run(project, lm_server, "-p", "no:xdist", "--dspex-compile")
+    assert compile_in_shard.ret == pytest.ExitCode.USAGE_ERROR
+    compile_in_shard.stderr.fnmatch_lines(["*--dspex-compile is not sharded*shard 2/3 (from GitLab CI*"])
+    assert run(project, lm_server, "-p", "no:xdist", "--dspex-compile", "--dspex-shard=off").ret == 0
 
 
 @pytest.fixture
