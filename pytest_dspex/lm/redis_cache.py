@@ -32,7 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .._exceptions import CacheMissError, ConfigError
-from .cache import CacheMode, ResponseCache
+from .cache import CacheMode, ResponseCache, Storage
 
 __all__ = ["KEY_PREFIX", "RedisResponseCache", "RedisStorage", "open_response_cache", "redact_url"]
 
@@ -170,6 +170,10 @@ class RedisStorage:
         return f"RedisStorage({self.url!r})"
 
 
+def _is_a_storage_tier(storage: RedisStorage) -> Storage:
+    return storage  # mypy checks that RedisStorage keeps to cache.Storage, the tier ResponseCache reads
+
+
 class RedisResponseCache(ResponseCache):
     """``ResponseCache`` (memory LRU, modes, background writer) with Redis as its storage tier."""
 
@@ -189,8 +193,8 @@ class RedisResponseCache(ResponseCache):
         self.storage: RedisStorage | None = None
         if mode != "off":
             self.storage = RedisStorage(url, prefix=prefix, timeout=timeout, client=client)
-            # ResponseCache keeps its storage tier in ``_disk`` (get/set/close/len)
-            self._disk = self.storage
+            # ResponseCache keeps its storage tier (``cache.Storage``) in ``_disk``
+            self._disk = _is_a_storage_tier(self.storage)
 
     @property
     def available(self) -> bool:
