@@ -485,11 +485,12 @@ def run(args: argparse.Namespace) -> int:
         write_markdown(report, args.markdown)
     if args.junit:
         write_junit(report, args.junit)
+    out = sys.stderr if args.markdown == "-" else sys.stdout  # stdout carries the markdown then
     for p in report["programs"]:
         v = p["verdict"]
         lo, hi = p["ci95"]
         state = "passed" if v["passed"] else f"FAILED ({v['reason']})"
-        sys.stdout.write(
+        out.write(
             f"{p['program']} [{p.get('dataset')}]: score {p['score']:.3f} (95% CI {lo:.3f}-{hi:.3f}) on n={p['n']} "
             f"from {report['combined']['shards']} shard(s): gate {state}\n"
         )

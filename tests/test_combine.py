@@ -345,6 +345,16 @@ def test_python_dash_m_pytest_dspex_combine(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "shard 3/3 missing" in bad.stderr
 
 
+def test_markdown_to_stdout_is_only_markdown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    paths = write_reports(tmp_path, split(mixed_records(30), 2, golden=None, golden_score=None))
+    assert main([*paths, "--markdown", "-"]) == 0
+    out, err = capsys.readouterr()
+    assert "triage" in out and "gate passed" not in out and "gate passed" in err
+
+
 def test_combine_files_names_the_files_in_errors(tmp_path: Path) -> None:
     paths = write_reports(tmp_path, split(mixed_records(30), 2, golden=None))
     assert combine_files(paths)["programs"][0]["n"] == 30
