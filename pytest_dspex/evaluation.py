@@ -28,6 +28,7 @@ from typing import Any
 
 from . import _runtime, events
 from ._exceptions import DspexError
+from ._threads import run_in_thread
 from .lm.usage import Usage, track_usage
 from .metrics import metric_name, to_score
 from .primitives import Example, Prediction
@@ -96,7 +97,7 @@ async def run_metric(metric: Callable[..., Any], example: Example, prediction: P
     elif inspect.iscoroutinefunction(metric) or inspect.iscoroutinefunction(getattr(metric, "__call__", None)):  # noqa: B004
         value = await metric(example, prediction)
     else:
-        value = await asyncio.to_thread(metric, example, prediction)
+        value = await run_in_thread(metric, example, prediction)  # to_thread's semantics, less CPU
     if inspect.isawaitable(value):
         value = await value
     return value
