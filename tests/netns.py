@@ -40,7 +40,15 @@ def netns_unavailable() -> str | None:
     made = _ip("netns", "add", probe, check=False)
     if made.returncode != 0:
         return f"`ip netns add` is not permitted here: {made.stderr.strip()}"
-    _ip("netns", "del", probe, check=False)
+    try:
+        ran = _ip("netns", "exec", probe, "true", check=False)
+        veth = _ip("-n", probe, "link", "add", "probe0", "type", "veth", "peer", "name", "probe1", check=False)
+    finally:
+        _ip("netns", "del", probe, check=False)
+    if ran.returncode != 0:
+        return f"`ip netns exec` is not permitted here: {ran.stderr.strip()}"
+    if veth.returncode != 0:
+        return f"veth interfaces cannot be created here: {veth.stderr.strip()}"
     return None
 
 
