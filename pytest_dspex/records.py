@@ -125,9 +125,6 @@ class ExampleRecord:
             "usage": dict(self.usage),
         }
 
-    # the name the first release used
-    to_dict = to_json
-
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ExampleRecord:
         return cls(

@@ -23,5 +23,5 @@ def pytest_dspex_compile_result(program: str, result: Any, outcome: str, path: A
 
 
 def pytest_dspex_gate(program: str, verdict: Any, result: Any) -> None:
-    """Called with every gate ``Verdict``: whole-dataset ones in the test's process, per-example
-    aggregates on the controller (``result`` is then the ``Aggregate``)."""
+    """Called with every gate ``Verdict`` and its ``EvaluationResult``: whole-dataset ones in the
+    test's process, per-example ones on the controller (built from the items' records)."""
