@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -225,6 +226,10 @@ class ChatAdapter:
     name = "chat"
 
     def _system(self, signature: type[Signature]) -> str:
+        return _chat_system(signature, signature.instructions)  # the same for every call of a signature
+
+    @staticmethod
+    def _build_system(signature: type[Signature]) -> str:
         def describe(fields: dict[str, FieldSpec]) -> str:
             return "\n".join(
                 f"{i}. `{n}` ({f.type_name})" + (f": {f.desc}" if f.desc else "")
@@ -287,6 +292,12 @@ class ChatAdapter:
                 completion=completion, adapter=self.name,
             )
         return {n: coerce(f, sections[n], self.name) for n, f in outs.items()}
+
+
+@functools.lru_cache(maxsize=256)
+def _chat_system(signature: type[Signature], instructions: str) -> str:
+    """The chat layout's system message, built once per signature (and instructions, which may be set in place)."""
+    return ChatAdapter._build_system(signature)
 
 
 # -- JSON --------------------------------------------------------------------------------------
