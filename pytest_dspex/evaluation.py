@@ -41,9 +41,9 @@ __all__ = [
     "Evaluate",
     "EvaluationResult",
     "ExampleRecord",
+    "current_example_timeout",
     "evaluate",
     "evaluate_records",
-    "current_example_timeout",
     "example_timeout",
     "score_example",
 ]
