@@ -100,7 +100,7 @@ class _TestContext:
             pytest.fail(str(exc), pytrace=False)
 
     def resolve(self, gate: Path | None) -> Resolved:
-        progress = Progress.for_config(self.request.config, self.spec.name)
+        progress = Progress.for_config(self.request.config, "")  # compile phases name the program
         return run_with_progress(
             progress,
             lambda: self.session.resolve(self.spec, self.mspec, self.test_file, gate, progress.say if progress else None),

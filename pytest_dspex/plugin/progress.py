@@ -80,7 +80,7 @@ class Progress:
                 self._reporter.ensure_newline()
         self._drawn = text
         with self._suspended():
-            self._reporter.rewrite(f"[dspex] {self._label}: {text}", erase=True)
+            self._reporter.rewrite(f"[dspex] {self._label}: {text}" if self._label else f"[dspex] {text}", erase=True)
 
     def close(self) -> None:
         self.poll()
