@@ -23,7 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
-DSPY_VENV = HERE / ".dspy-venv"
+DSPY_VENV = Path(os.environ.get("DSPEX_BENCH_DSPY_VENV", HERE / ".dspy-venv"))  # e.g. an existing DSPy 3.4.1 venv
 
 
 def start_server(latency: float, pass_every: int = 1, faults: str = "{}") -> tuple[subprocess.Popen[str], str]:
