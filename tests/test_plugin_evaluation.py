@@ -192,6 +192,24 @@ class TestSelection:
         assert server.requests == 2
         result.stdout.fnmatch_lines(["*triage*per-example*1.000*2 *pass*"])
 
+    def test_each_example_is_evaluated_once_whichever_worker_runs_its_chunk(self, project, server_factory, mode):
+        project.makepyfile(test_sel=source(threshold=0.5))
+        server = server_factory(make_responder(zero_shot_ok=True))
+        # concurrency 1: chunks of 4 examples, so with -n 2 the chunks may land on different workers
+        result = run(project, server, mode, "-k", "test_each", "--dspex-concurrency=1", "-v")
+        assert result.ret == 0, result.stdout.str()
+        result.assert_outcomes(passed=10)
+        assert server.requests == 10
+        if "-n" in mode:  # every chunk ran on one worker
+            workers = {}
+            for line in result.stdout.lines:
+                found = re.match(r"\[(gw\d)\].*test_each\[(\d+)-", line)
+                if found:
+                    workers[int(found.group(2))] = found.group(1)
+            assert len(workers) == 10
+            for chunk in ([0, 1, 2, 3], [4, 5, 6, 7], [8, 9]):
+                assert len({workers[i] for i in chunk}) == 1, workers
+
     def test_last_failed_reruns_only_the_failed_example(self, project, server_factory, mode):
         body = (
             "class Broken(dspex.Module):\n"

@@ -4,10 +4,9 @@ xdist's ``loadgroup`` would do this with ``xdist_group`` marks, but it renames n
 pytest 9.2 no longer lets it do) and the controller never collects, so it cannot tell which
 node ids are per-example items. Instead each worker, right after collecting, writes
 ``{nodeid: chunk}`` for its per-example items to a file named by the run id; with the default
-``--dist load``, the controller schedules with ``ChunkScheduling``, xdist's ``loadscope``
-scheduler whose scope of a node id is its chunk (other tests: their own id, i.e. plain ``load``).
-Without a shared filesystem (remote workers), every test is its own scope: still correct, each
-worker then evaluates the chunks' examples it was given.
+``--dist load``, the controller schedules with ``ChunkScheduling``: xdist's ``load`` whose batches
+end on chunk boundaries. Without a shared filesystem (remote workers) it is plain ``load``: still
+correct, each worker then evaluates the examples of each chunk it was given.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from xdist.scheduler import LoadScopeScheduling
+from xdist.scheduler import LoadScheduling
 
 __all__ = ["ChunkScheduling", "chunk_file", "read_chunks", "write_chunks"]
 
@@ -45,15 +44,26 @@ def read_chunks(run_id: str, *, remove: bool = False) -> dict[str, str]:
     return chunks
 
 
-class ChunkScheduling(LoadScopeScheduling):  # type: ignore[misc]  # xdist is untyped
-    """``loadscope`` where a per-example item's scope is its chunk of examples."""
+class ChunkScheduling(LoadScheduling):  # type: ignore[misc]  # xdist is untyped
+    """xdist's ``load`` scheduling, except that a batch never splits a chunk of per-example items.
+
+    Batches are consecutive runs of the collection; a batch that ends inside a chunk is extended
+    to the chunk's end, so every batch starts and ends on a chunk boundary and a chunk's items
+    all go to the node that got its first one. Other tests are scheduled exactly as by ``load``.
+    """
 
     def __init__(self, config: Any, log: Any = None, *, run_id: str) -> None:
         super().__init__(config, log)
         self._run_id = run_id
-        self._chunks: dict[str, str] | None = None
+        self._chunk_at: list[str | None] | None = None
 
-    def _split_scope(self, nodeid: str) -> str:
-        if self._chunks is None:  # first called once every worker has collected
-            self._chunks = read_chunks(self._run_id)
-        return self._chunks.get(nodeid, nodeid)
+    def _send_tests(self, node: Any, num: int) -> None:
+        if self._chunk_at is None:  # the collection is complete before anything is sent
+            chunks = read_chunks(self._run_id)
+            self._chunk_at = [chunks.get(nodeid) for nodeid in self.collection]
+        pending, chunk_at = self.pending, self._chunk_at
+        if 0 < num < len(pending):
+            last = chunk_at[pending[num - 1]]
+            while last is not None and num < len(pending) and chunk_at[pending[num]] == last:
+                num += 1
+        super()._send_tests(node, num)
