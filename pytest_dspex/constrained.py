@@ -17,8 +17,9 @@ dialect            body fields                                                  
 =================  ====================================================================  ==============
 
 ``auto`` (the default) tries ``grammar`` for grammar constraints (except on api.openai.com, which has
-no grammar field) and ``json_schema`` then ``json_object`` for JSON ones. An endpoint that answers
-HTTP 400/422 to a form is asked again without it, and that form is not sent to it again (the first
+no grammar field) and ``json_object`` then ``json_schema`` for JSON ones (``json_schema`` only on
+api.openai.com; llama-cpp-python 0.3.36 answers ``json_schema`` with a validation error). An endpoint that answers HTTP
+400/422 to a form (or 500 naming the field, as llama-cpp-python does) is asked again without it, and that form is not sent to it again (the first
 request probes while the others wait, so a rejecting endpoint costs one extra call, not one per
 request). The fields are part of the request body, so part of the response-cache key.
 
@@ -225,7 +226,11 @@ def _candidates(lm: Any, memo: _Memo, constraint: Constraint) -> list[Dialect]:
     host = urlsplit(_endpoint(lm)[0]).hostname or ""
     if grammar_ok:
         return [] if host.endswith("openai.com") else ["grammar"]
-    return ["json_schema"] if host.endswith("openai.com") else ["json_schema", "json_object"]
+    if host.endswith("openai.com"):
+        return ["json_schema"]
+    # llama.cpp's form first: llama-cpp-python answers json_schema with HTTP 500 (retried, counted
+    # by the breaker); vLLM and llama-server take json_object too
+    return ["json_object", "json_schema"]
 
 
 def body_fields(dialect: Dialect, constraint: Constraint) -> dict[str, Any]:
@@ -240,6 +245,26 @@ def body_fields(dialect: Dialect, constraint: Constraint) -> dict[str, Any]:
     if dialect == "json_object":
         return {"response_format": {"type": "json_object", "schema": schema}}
     return {"response_format": {"type": "json_schema", "json_schema": {"name": constraint.name, "schema": schema}}}
+
+
+def _rejects(exc: LMHTTPError, dialect: Dialect) -> bool:
+    """Whether ``exc`` says the endpoint does not take ``dialect``'s fields.
+
+    HTTP 400/422, or a 500 naming the field: llama-cpp-python answers a request-validation error
+    (``response_format.type: json_schema``) with 500.
+    """
+    if exc.status in _REJECTED:
+        return True
+    text = str(exc)
+    return exc.status == 500 and any(name in text for name in _FIELD_NAMES[dialect])
+
+
+_FIELD_NAMES: dict[str, tuple[str, ...]] = {
+    "grammar": ("grammar",),
+    "vllm": ("guided_grammar", "guided_json"),
+    "json_schema": ("response_format", "json_schema"),
+    "json_object": ("response_format", "json_object"),
+}
 
 
 def with_constraint(request: LMRequest, dialect: Dialect | None) -> LMRequest:
@@ -276,7 +301,7 @@ async def acomplete(lm: Any, request: LMRequest, **params: Any) -> Any:
             try:
                 completion = await lm.acomplete(with_constraint(request, dialect), **params)
             except LMHTTPError as exc:
-                if exc.status not in _REJECTED:
+                if not _rejects(exc, dialect):
                     raise
                 rejected.append((base_url, model, dialect))
                 continue

@@ -134,7 +134,7 @@ def test_a_400_that_is_not_about_the_constraint_is_raised_and_not_remembered(ser
     assert constrained_decoding(lm)["working"] == {}
 
 
-def test_json_schema_falls_back_to_llama_cpp_python_json_object(server_factory, make_lm):
+def test_json_constraint_forms(server_factory, make_lm):
     seen: list[Any] = []
 
     def responder(body: dict[str, Any]) -> str:
@@ -145,10 +145,10 @@ def test_json_schema_falls_back_to_llama_cpp_python_json_object(server_factory, 
     lm = make_lm(server)
     p = dspex.Predict(Triage, lm=lm, adapter="json")
     assert p(message="x").team == "account"
-    assert seen[-1]["type"] == "json_schema" and seen[-1]["json_schema"]["schema"] == json_schema_for(Triage)
-    set_constrained_decoding(lm, "json_object")
-    p(message="y")
     assert seen[-1] == {"type": "json_object", "schema": json_schema_for(Triage)}
+    set_constrained_decoding(lm, "json_schema")
+    p(message="y")
+    assert seen[-1]["type"] == "json_schema" and seen[-1]["json_schema"]["schema"] == json_schema_for(Triage)
     set_constrained_decoding(lm, "vllm")
     p(message="z")
     assert server.bodies[-1]["guided_json"] == json_schema_for(Triage)

@@ -100,6 +100,66 @@ def test_bootstrap_lifts_the_score_clearly_above_zero_shot(lm):
     assert few.score >= zero.score + 0.25, (zero.summary(), few.summary())
 
 
+def test_constrained_decoding_turns_wrong_formats_into_labels(lm):
+    """Zero-shot, the base model rambles; with the labels as a grammar every answer is a label."""
+    from typing import Literal
+
+    from pytest_dspex.constrained import constrained_decoding, set_constrained_decoding
+
+    class Triage(dspex.Signature):
+        """Route a customer message to the team that should handle it."""
+
+        message: str = dspex.InputField()
+        team: Literal["billing", "technical", "account", "other"] = dspex.OutputField()
+
+    def metric(example, prediction, trace=None):
+        return example.team == prediction.team
+
+    dev = load("triage_dev.jsonl", 8)
+    program = dspex.Predict(Triage, lm=lm)
+    constrained = dspex.Evaluate(dev, metric, concurrency=4)(program)
+    assert constrained_decoding(lm)["working"] == {"grammar": "grammar"}  # llama.cpp accepts the field
+    assert not constrained.errors, constrained.summary()
+    set_constrained_decoding(lm, "off")
+    free = dspex.Evaluate(dev, metric, concurrency=4)(program)
+    assert len(free.errors) > len(constrained.errors), free.summary()
+
+
+def test_typed_outputs_under_a_grammar_parse_on_the_real_server(lm):
+    class Facts(dspex.Signature):
+        """Answer about the message."""
+
+        message: str = dspex.InputField()
+        urgent: bool = dspex.OutputField()
+        items: int = dspex.OutputField()
+
+    program = dspex.Predict(Facts, lm=lm)
+    program.demos = [
+        {"message": "Two of my orders never arrived, help now!", "urgent": True, "items": 2},
+        {"message": "Just wondering about your opening hours.", "urgent": False, "items": 0},
+    ]
+    out = program(message="My three parcels are lost and I need them today!")
+    assert isinstance(out.urgent, bool) and isinstance(out.items, int)
+
+
+def test_json_adapter_with_a_schema_on_llama_cpp_python(lm):
+    """llama-cpp-python takes ``response_format: json_object`` with a schema (not OpenAI's json_schema)."""
+    from typing import Literal
+
+    from pytest_dspex.constrained import constrained_decoding
+
+    class Route(dspex.Signature):
+        """Route the message."""
+
+        message: str = dspex.InputField()
+        team: Literal["billing", "technical"] = dspex.OutputField()
+
+    program = dspex.Predict(Route, lm=lm, adapter="json")
+    out = program(message="I was charged twice")
+    assert out.team in ("billing", "technical")
+    assert constrained_decoding(lm)["working"]["json"] in ("json_schema", "json_object")
+
+
 def test_server_exits_when_its_owner_dies():
     import subprocess
     import sys

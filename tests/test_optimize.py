@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import itertools
 import re
+from typing import Literal
 
 import pytest
 
@@ -110,7 +112,9 @@ def test_candidate_search_lists_every_candidate_and_picks_the_best(server_factor
         return f" {right}" if user.count("Message:") >= 2 else " other"  # only works with demos
 
     server = server_factory(responder)
-    opt = BootstrapFewShotWithRandomSearch(team_matches, num_candidates=2, max_bootstrapped_demos=2, max_labeled_demos=2)
+    opt = BootstrapFewShotWithRandomSearch(
+        team_matches, num_candidates=2, max_bootstrapped_demos=2, max_labeled_demos=2, evaluate_train=True
+    )
     result = opt.compile(dspex.Predict(Triage, lm=make_lm(server)), trainset=numbered_examples(10), valset=numbered_examples(6))
     names = [c.name for c in result.candidates]
     assert names == ["zero-shot", "labeled", "bootstrap", "shuffled-0", "shuffled-1"]
@@ -141,3 +145,140 @@ def test_metric_threshold(server_factory, make_lm, threshold, expected):
     opt = BootstrapFewShot(lambda e, p, t=None: 0.5, metric_threshold=threshold, max_bootstrapped_demos=3)
     opt.compile(dspex.Predict(Triage, lm=make_lm(server)), trainset=numbered_examples(3))
     assert opt.report.passed == expected
+
+
+# -- labels, racing, dedup, scheduling ------------------------------------------------------------
+class Intent(dspex.Signature):
+    """Name the intent."""
+
+    message: str = dspex.InputField()
+    intent: Literal["refund", "cancel", "login", "bug", "price", "other"] = dspex.OutputField()
+
+
+INTENTS = ["refund", "cancel", "login", "bug", "price", "other"]
+
+
+def intent_examples(per: int, offset: int = 0) -> list[dspex.Example]:
+    return [
+        dspex.Example(message=f"case {offset + i * 6 + j}: about {label}", intent=label).with_inputs("message")
+        for i in range(per)
+        for j, label in enumerate(INTENTS)
+    ]
+
+
+def intent_matches(example, prediction, trace=None) -> bool:
+    return bool(example.intent == prediction.intent)
+
+
+def test_labeled_demos_cover_every_label_before_repeating_one():
+    train = intent_examples(2)
+    for seed in range(20):
+        demos = LabeledFewShot(8, seed=seed).compile(dspex.Predict(Intent), train).demos
+        assert {d["intent"] for d in demos} == set(INTENTS)
+        assert all(a["intent"] != b["intent"] for a, b in itertools.pairwise(demos))  # no runs
+    # without coverage it is DSPy's Random(seed).sample, which misses labels for some seeds
+    missed = 0
+    for seed in range(20):
+        demos = LabeledFewShot(8, seed=seed, cover_labels=False).compile(dspex.Predict(Intent), train).demos
+        missed += len(set(INTENTS) - {d["intent"] for d in demos})
+    assert missed > 0
+
+
+def test_bootstrapped_demos_spread_over_labels(server_factory, make_lm):
+    def responder(body):
+        last = body["messages"][-1]["content"].rsplit("Message:", 1)[-1]
+        return " " + re.search(r"about (\w+)", last).group(1)
+
+    server = server_factory(responder)
+    # the trainset starts with three refunds: in-order bootstrapping would keep only refunds
+    train = [dspex.Example(message=f"case {i}: about refund", intent="refund").with_inputs("message") for i in range(3)]
+    train += intent_examples(1, offset=10)
+    opt = BootstrapFewShot(intent_matches, max_bootstrapped_demos=3, max_labeled_demos=6, concurrency=1)
+    compiled = opt.compile(dspex.Predict(Intent, lm=make_lm(server)), trainset=train)
+    boot = [d["intent"] for d in compiled.demos if d.get("augmented")]
+    assert len(boot) == 3 and len(set(boot)) == 3
+    labels = [d["intent"] for d in compiled.demos]
+    assert len(set(labels)) == 6  # the labeled fill brings the labels the bootstrapped demos lack
+    plain = BootstrapFewShot(intent_matches, max_bootstrapped_demos=3, max_labeled_demos=3, concurrency=1, cover_labels=False)
+    assert [d["intent"] for d in plain.compile(dspex.Predict(Intent, lm=make_lm(server)), trainset=train).demos] == ["refund"] * 3
+
+
+def _demo_count_responder(needed: int):
+    """Right only when the prompt carries at least ``needed`` demos."""
+
+    def respond(body):
+        user = body["messages"][-1]["content"]
+        last = user.rsplit("Message:", 1)[-1]
+        label = re.search(r"about (\w+)", last).group(1)
+        return f" {label}" if user.count("Message:") - 1 >= needed else " other"
+
+    return respond
+
+
+def test_racing_drops_clearly_worse_candidates_early_and_picks_the_same_winner(server_factory, make_lm):
+    train, val = intent_examples(2), intent_examples(8, offset=100)
+    picks = {}
+    for racing in (False, True):
+        server = server_factory(_demo_count_responder(2))
+        opt = BootstrapFewShotWithRandomSearch(
+            intent_matches, num_candidates=2, max_bootstrapped_demos=2, max_labeled_demos=4, racing=racing,
+            evaluate_train=False,
+        )
+        result = opt.compile(dspex.Predict(Intent, lm=make_lm(server)), trainset=train, valset=val)
+        picks[racing] = (result.best.name, result.validation.score, result.validation.n, server.requests)
+        if racing:
+            zero = result.candidates[0]
+            assert zero.name == "zero-shot" and zero.dropped_at == 10 and zero.result is not None and zero.result.n == 10
+            assert "dropped after 10" in result.table()
+    assert picks[True][:3] == picks[False][:3] == ("labeled", 1.0, 48)
+    assert picks[True][3] < picks[False][3] - 30  # zero-shot stopped after 10 of 48 examples
+
+
+def test_a_candidate_with_the_same_demos_as_another_is_not_evaluated_again(server_factory, make_lm):
+    server = server_factory(_demo_count_responder(0))
+    train = intent_examples(1)
+    val = intent_examples(2, offset=50)
+    # 6 training examples, every teacher run passes, 6 bootstrapped demos max: "bootstrap" and the
+    # shuffled candidates with 6 demos hold the same examples, differing only in order... unless equal
+    opt = BootstrapFewShotWithRandomSearch(
+        intent_matches, num_candidates=3, max_bootstrapped_demos=1, max_labeled_demos=1, seed=0, evaluate_train=False
+    )
+    result = opt.compile(dspex.Predict(Intent, lm=make_lm(server)), trainset=train, valset=val)
+    dups = [c for c in result.candidates if c.duplicate_of]
+    assert dups, result.table()
+    evaluated = len(result.candidates) - len(dups)
+    teacher_calls = server.requests - evaluated * len(val)
+    assert 0 < teacher_calls <= len(train)
+    for c in dups:
+        twin = next(k for k in result.candidates if k.name == c.duplicate_of)
+        assert c.score == twin.score and c.program.demos == twin.program.demos
+        assert c.to_dict()["duplicate_of"] == twin.name
+
+
+def test_serial_schedule_sends_one_candidates_examples_back_to_back(server_factory, make_lm):
+    server = server_factory(_demo_count_responder(1))
+    train, val = intent_examples(2), intent_examples(2, offset=200)
+    opt = BootstrapFewShotWithRandomSearch(
+        intent_matches, num_candidates=2, max_bootstrapped_demos=2, max_labeled_demos=3, serial=True,
+        evaluate_train=False, concurrency=4, racing=False,
+    )
+    result = opt.compile(dspex.Predict(Intent, lm=make_lm(server, concurrency=4)), trainset=train, valset=val)
+    val_msgs = {e.message for e in val}
+    prefixes = []
+    for body in server.bodies:
+        user = body["messages"][-1]["content"]
+        if user.rsplit("Message: ", 1)[-1].split("\n")[0] in val_msgs:
+            prefix = user.rsplit("Message:", 1)[0]
+            if not prefixes or prefixes[-1] != prefix:
+                prefixes.append(prefix)
+    # each evaluated candidate's prompts form one unbroken run: the server's prefix cache holds
+    assert len(prefixes) == len(set(prefixes))
+    assert len({c.name for c in result.candidates if not c.duplicate_of}) == len(set(prefixes))
+
+
+def test_sign_test():
+    from pytest_dspex.optimize.search import sign_test_p
+
+    assert sign_test_p(0, 0) == 1.0
+    assert sign_test_p(5, 0) == pytest.approx(1 / 32)
+    assert sign_test_p(3, 3) > 0.5

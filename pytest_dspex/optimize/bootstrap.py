@@ -18,6 +18,7 @@ closed, not left dangling) and no new ones start.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -95,6 +96,9 @@ class BootstrapFewShot:
     ) -> None:
         self.metric = metric
         self.cover_labels = cover_labels
+        # set by a candidate search whose bootstrappers share one teacher: a training example's
+        # teacher run is then made once for all of them, cache or no cache
+        self.shared_runs: dict[str, _SharedRun] | None = None
         self.metric_threshold = metric_threshold
         self.max_bootstrapped_demos = max_bootstrapped_demos
         self.max_labeled_demos = max_labeled_demos
@@ -205,13 +209,39 @@ class BootstrapFewShot:
                     return demos
             return None
 
+        async def run_shared(i: int, example: Example) -> dict[str, list[dict[str, Any]]] | None:
+            """``run_example``, run once per example for every bootstrapper sharing ``shared_runs``.
+
+            The run is a task of its own: it goes on while any bootstrapper still waits for it and
+            is cancelled when the last one stops waiting (its search settled).
+            """
+            shared = self.shared_runs
+            if shared is None:
+                return await run_example(i, example)
+            key = json.dumps({k: example[k] for k in example.input_keys or ()}, sort_keys=True, default=str)
+            entry = shared.get(key)
+            if entry is None:
+                entry = shared[key] = _SharedRun(asyncio.ensure_future(run_example(i, example)))
+            entry.waiters += 1
+            try:
+                out = await asyncio.shield(entry.task)
+            except asyncio.CancelledError:
+                if not entry.task.done() or entry.task.cancelled():
+                    entry.waiters -= 1
+                    if entry.waiters == 0 and shared.get(key) is entry:
+                        entry.task.cancel()
+                        del shared[key]
+                raise
+            entry.waiters -= 1
+            return None if out is None else {path: [dict(d) for d in ds] for path, ds in out.items()}
+
         async def worker() -> None:
             nonlocal next_index
             while not stop.is_set() and next_index < len(trainset):
                 i = next_index
                 next_index += 1
                 report.attempted += 1
-                outcomes[i] = await run_example(i, trainset[i])
+                outcomes[i] = await run_shared(i, trainset[i])
                 if settled():
                     stop.set()
 
@@ -255,6 +285,14 @@ class BootstrapFewShot:
                 )
             )
         return program
+
+
+@dataclass
+class _SharedRun:
+    """One teacher run on one training example, shared by the bootstrappers of a search."""
+
+    task: asyncio.Future[dict[str, list[dict[str, Any]]] | None]
+    waiters: int = 0
 
 
 def _labeled_demo(predictor: Predict, example: Example) -> dict[str, Any]:

@@ -17,8 +17,10 @@ none is given):
 * **Racing.** Candidates are scored on a growing subset of the validation set (``race_first``
   examples, then twice as many, and so on, in a seeded random order); after each step a candidate
   that is clearly worse than the leader on the same examples (exact one-sided sign test on the
-  examples where they differ, p < ``race_alpha``) is dropped (``dropped_at`` = examples seen). The
-  survivors are scored on the whole set; the best of them wins.
+  examples where they differ, p < ``race_alpha``) is dropped, and of the rest only the best
+  ``race_keep`` share goes on (successive halving; ``race_keep=1`` keeps all that are not clearly
+  worse). ``dropped_at`` says after how many examples. The survivors are scored on the whole set;
+  the best of them wins. ``racing=False`` scores every candidate on every example.
 * **Prefix-cache friendly.** Against a server that decodes one request at a time (the embedded
   llama.cpp server) candidates are evaluated one after another, each one's examples back to back,
   so the server reuses the cached prompt prefix (instructions and demos come first in every
@@ -131,11 +133,12 @@ class BootstrapFewShotWithRandomSearch:
         seed: int = 0,
         teacher_lm: Any = None,
         concurrency: int = 16,
-        evaluate_train: bool = True,
+        evaluate_train: bool = False,
         progress: Callable[[str], None] | None = None,
         racing: bool = True,
         race_first: int = 10,
         race_alpha: float = 0.05,
+        race_keep: float = 0.5,
         serial: bool | None = None,
         cover_labels: bool = True,
     ) -> None:
@@ -153,6 +156,7 @@ class BootstrapFewShotWithRandomSearch:
         self.racing = racing
         self.race_first = max(1, race_first)
         self.race_alpha = race_alpha
+        self.race_keep = race_keep
         self.serial = serial
         self.cover_labels = cover_labels
 
@@ -248,6 +252,7 @@ class BootstrapFewShotWithRandomSearch:
         # in each candidate, so the cache (and in-flight sharing) answers it once
         labeled = LabeledFewShot(self.max_labeled_demos, cover_labels=self.cover_labels)
         teacher = labeled.compile(student, trainset)
+        shared_runs: dict[str, Any] = {}
 
         async def build(name: str, spec: Any) -> Candidate:
             if name == "zero-shot":
@@ -257,6 +262,7 @@ class BootstrapFewShotWithRandomSearch:
                 return Candidate(name, prog, _count(prog), 0)
             data, size = spec
             boot = self._bootstrapper(size)
+            boot.shared_runs = shared_runs
             prog = await boot.acompile(student, trainset=data, teacher=teacher)
             return Candidate(name, prog, _count(prog), boot.report.passed)
 
@@ -309,6 +315,14 @@ class BootstrapFewShotWithRandomSearch:
                     self._say(f"dropped {cand.name} after {seen} examples ({means[cand.name]:.2f} vs {means[leader.name]:.2f})")
                     continue
             kept.append(cand)
+        # successive halving: at most this share of the candidates goes on to the next step
+        room = max(1, math.ceil(len(alive) * self.race_keep)) if self.race_keep < 1 else len(kept)
+        if len(kept) > room:
+            ranked = sorted(kept, key=lambda c: -means[c.name])  # stable: earlier candidates win ties
+            for cand in ranked[room:]:
+                cand.dropped_at = seen
+                self._say(f"dropped {cand.name} after {seen} examples ({means[cand.name]:.2f}, not in the best {room})")
+            kept = [c for c in kept if c.dropped_at is None]
         return kept
 
 
