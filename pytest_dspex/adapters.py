@@ -165,9 +165,7 @@ class CompactAdapter:
 
     def format(self, signature: type[Signature], demos: Sequence[Demo], inputs: Mapping[str, Any]) -> LMRequest:
         ins, outs = signature.input_fields(), signature.output_fields()
-        system = signature.instructions.strip()
-        hints = [f"{f.label}{_choices_hint(f)}" + (f": {f.desc}" if f.desc else "") for f in outs.values()]
-        system = (system + "\n" if system else "") + "Answer with: " + "; ".join(hints) + "."
+        system = _compact_system(signature, signature.instructions)
         blocks = []
         for demo in demos:
             lines = [
@@ -188,15 +186,11 @@ class CompactAdapter:
         )
 
     def parse(self, signature: type[Signature], completion: str) -> dict[str, Any]:
-        outs = list(signature.output_fields().values())
+        outs, pattern, starts_first, by_label = _compact_parsing(signature)
         text = completion.strip("\n")
         first = outs[0]
-        labels = "|".join(re.escape(f.label) for f in outs)
-        # labels usually start a line; small models sometimes put the next one mid-line
-        pattern = re.compile(rf"(?:^|(?<=\s))({labels})\s*:", re.IGNORECASE | re.MULTILINE)
-        if not re.match(rf"\s*{re.escape(first.label)}\s*:", text, re.IGNORECASE):
+        if not starts_first.match(text):
             text = f"{first.label}: {text.lstrip()}"
-        by_label = {f.label.lower(): f for f in outs}
         found: dict[str, str] = {}
         matches = list(pattern.finditer(text))
         for i, m in enumerate(matches):
@@ -214,6 +208,27 @@ class CompactAdapter:
                 completion=completion, adapter=self.name,
             )
         return {f.name: coerce(f, found[f.name], self.name) for f in outs}
+
+
+@functools.lru_cache(maxsize=256)
+def _compact_system(signature: type[Signature], instructions: str) -> str:
+    """The compact layout's system message, built once per signature (and instructions, which may be set in place)."""
+    hints = [f"{f.label}{_choices_hint(f)}" + (f": {f.desc}" if f.desc else "") for f in signature.output_fields().values()]
+    system = instructions.strip()
+    return (system + "\n" if system else "") + "Answer with: " + "; ".join(hints) + "."
+
+
+@functools.lru_cache(maxsize=256)
+def _compact_parsing(
+    signature: type[Signature],
+) -> tuple[list[FieldSpec], re.Pattern[str], re.Pattern[str], dict[str, FieldSpec]]:
+    """What parsing a compact answer needs, once per signature: output fields, label patterns, fields by label."""
+    outs = list(signature.output_fields().values())
+    labels = "|".join(re.escape(f.label) for f in outs)
+    # labels usually start a line; small models sometimes put the next one mid-line
+    pattern = re.compile(rf"(?:^|(?<=\s))({labels})\s*:", re.IGNORECASE | re.MULTILINE)
+    starts_first = re.compile(rf"\s*{re.escape(outs[0].label)}\s*:", re.IGNORECASE)
+    return outs, pattern, starts_first, {f.label.lower(): f for f in outs}
 
 
 # -- chat (DSPy layout) ------------------------------------------------------------------------

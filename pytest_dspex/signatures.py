@@ -14,6 +14,7 @@ annotation (``Literal``, ``int``, ``float``, ``bool``, ``list[...]``, nested mod
 
 from __future__ import annotations
 
+import functools
 import re
 import typing
 from dataclasses import dataclass, field, replace
@@ -46,7 +47,7 @@ class FieldSpec:
     annotation: Any = str
     _adapter: Any = field(default=None, compare=False, repr=False)
 
-    @property
+    @functools.cached_property  # frozen: computed once (adapters ask for it several times per call)
     def label(self) -> str:
         """The human label used by the compact adapter ("question_text" -> "Question Text")."""
         if self.prefix:
