@@ -321,13 +321,13 @@ class LM:
             return await self._http.post(content)
 
     def _finish_cached(self, data: dict[str, Any]) -> Completion:
-        completion = self._completion(data, cached=True)
+        completion = self._completion(data, cached=True, cost=False)  # a cached answer costs nothing
         delta = Usage(calls=1, cache_hits=1)
         self.usage.add(delta)
         record(delta)
         if events.has_listeners():
             events.emit(self._event(0.0, completion.prompt_tokens, completion.completion_tokens, 0.0, True, 0, None))
-        return Completion(completion.text, completion.prompt_tokens, completion.completion_tokens, 0.0, True, completion.finish_reason)
+        return completion
 
     def _event(self, latency: float, pt: int, ct: int, cost: float, hit: bool, retries: int, err: str | None) -> events.LMCallEvent:
         return events.LMCallEvent(
@@ -343,17 +343,17 @@ class LM:
             error=err,
         )
 
-    def _completion(self, data: dict[str, Any], *, cached: bool) -> Completion:
+    def _completion(self, data: dict[str, Any], *, cached: bool, cost: bool = True) -> Completion:
         choice = data["choices"][0]
         usage = data.get("usage") or {}
         pt = int(usage.get("prompt_tokens") or 0)
         ct = int(usage.get("completion_tokens") or 0)
         return Completion(
-            text=choice["message"]["content"] or "",
-            prompt_tokens=pt,
-            completion_tokens=ct,
-            cost=pt * self.price_in + ct * self.price_out,
-            cached=cached,
-            finish_reason=choice.get("finish_reason"),
+            choice["message"]["content"] or "",
+            pt,
+            ct,
+            pt * self.price_in + ct * self.price_out if cost else 0.0,
+            cached,
+            choice.get("finish_reason"),
         )
 
