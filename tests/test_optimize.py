@@ -282,3 +282,18 @@ def test_sign_test():
     assert sign_test_p(0, 0) == 1.0
     assert sign_test_p(5, 0) == pytest.approx(1 / 32)
     assert sign_test_p(3, 3) > 0.5
+
+
+def test_successive_halving_keeps_the_best_half_at_each_step(server_factory, make_lm):
+    server = server_factory(_demo_count_responder(1))
+    train, val = intent_examples(2), intent_examples(8, offset=300)
+    opt = BootstrapFewShotWithRandomSearch(
+        intent_matches, num_candidates=5, max_bootstrapped_demos=3, max_labeled_demos=4, race_keep=0.5
+    )
+    result = opt.compile(dspex.Predict(Intent, lm=make_lm(server)), trainset=train, valset=val)
+    evaluated = [c for c in result.candidates if c.duplicate_of is None]
+    finalists = [c for c in evaluated if c.dropped_at is None]
+    assert finalists and all(c.result is not None and c.result.n == 48 for c in finalists)
+    assert len(finalists) <= max(1, len(evaluated) // 4 + 1)
+    assert result.best in finalists and result.best.score == max(c.score for c in finalists)
+    assert result.train is None  # not asked for: no calls spent on it
