@@ -313,7 +313,7 @@ class TestOutputs:
             assert r["prompts"] and r["golden"] == "__dspex__/test_triage/triage.json"
         assert report["model"]["model"] == "fake-model"
         junit = (pytester.path / "junit.xml").read_text()
-        assert 'name="dspex_score" value="1.0"' in junit
+        assert 'name="dspex_score" value="1"' in junit
         assert "CANARY" not in (pytester.path / "out/report.json").read_text() + junit
 
     def test_unused_golden_is_reported(self, pytester, project, fake, mode):

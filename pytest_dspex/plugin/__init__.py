@@ -66,6 +66,8 @@ class _ControllerHooks:
 
     def __init__(self, collector: Any) -> None:
         self.collector = collector
+        #: per-example test key -> (highest example index seen, its node id): where JUnit gets the aggregate
+        self.last_items: dict[str, tuple[int, str]] = {}
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -73,6 +75,10 @@ class _ControllerHooks:
         if payload:
             fspath = str(Path(self.collector.rootpath) / report.location[0])
             self.collector.add(report.nodeid, fspath, payload)
+            if payload.get("kind") == "example":
+                index = int(payload["record"]["index"])
+                if index >= self.last_items.get(payload["test"], (-1, ""))[0]:
+                    self.last_items[payload["test"]] = (index, report.nodeid)
 
 
 class _XdistHooks:
@@ -165,6 +171,7 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -
     return None
 
 
+@pytest.hookimpl(tryfirst=True)  # before JUnit writes its file (the per-example aggregates go in it)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     dspex = config.stash.get(session_key, None)
@@ -178,14 +185,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                 config.hook.pytest_dspex_gate(program=run.program, verdict=run.verdict, result=run.result)
             if failed and session.exitstatus == 0:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
-            if dspex.options.report is not None:
-                from .._atomic import atomic_write_json
-                from .report import report_json
+            from .outputs import add_junit_aggregates, write_reports
 
-                path = dspex.options.report
-                path = path if path.is_absolute() else Path(config.invocation_params.dir) / path
-                model = {"model": dspex.lms.model_name(), "base_url": dspex.lms.redacted_base_url()}
-                atomic_write_json(path, report_json(collector, model=model))
+            controller = config.pluginmanager.get_plugin("dspex-controller")
+            if controller is not None and controller.last_items:
+                add_junit_aggregates(config, collector, controller.last_items)
+            collector.written = write_reports(config, dspex, collector)  # JSON, HTML, markdown
     finally:
         dspex.close()
         if not dspex.is_worker and config.pluginmanager.hasplugin("xdist"):
@@ -219,3 +224,5 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_line(f"golden {g['outcome']}: {rel}{extra}", green=g["outcome"] != "kept", yellow=g["outcome"] == "kept")
     for rel in collector.unused_goldens():
         tr.write_line(f"golden unused: {rel} (no test used it in this run)", yellow=True)
+    for what, path in getattr(collector, "written", ()):
+        tr.write_line(f"dspex {what} report: {path}")

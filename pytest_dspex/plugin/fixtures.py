@@ -186,10 +186,9 @@ class Evaluator:
             prompts=resolved.golden.prompts if resolved.golden is not None else None,
         )
         node.stash[payload_key] = {"kind": "program", "row": row, "golden_file": _golden_info(session, resolved)}
-        lo, hi = result.ci95
-        props = {"score": result.score, "ci95": f"{lo:.4f}-{hi:.4f}", "n": result.n, "errors": len(result.errors)}
-        props.update(verdict="pass" if verdict.passed else f"FAIL: {verdict.reason}", cost=result.usage.cost)
-        node.user_properties.extend((f"dspex_{k}", v) for k, v in props.items())
+        from ..reports import program_properties
+
+        node.user_properties.extend(program_properties(row))  # JUnit: score, CI, delta, verdict
         self._request.config.hook.pytest_dspex_gate(program=spec.name, verdict=verdict, result=result)
         if not verdict.passed:
             pytest.fail(verdict.headline(spec.name, result.n, result.ci95) + "\n" + result.summary(), pytrace=False)
@@ -270,9 +269,9 @@ class Predictor:
             "record": record.to_json(),
             "golden_file": _golden_info(session, resolved),
         }
-        node.user_properties.append(("dspex_score", record.score))
-        if record.error_kind is not None:
-            node.user_properties.append(("dspex_error", f"{record.error_kind}: {record.error}"))
+        from ..reports import example_properties
+
+        node.user_properties.extend(example_properties(record))  # JUnit: score, outcome (pass/miss/error), error
         if record.error_kind in ITEM_FAILING_KINDS:
             if record.exception is not None:
                 raise record.exception

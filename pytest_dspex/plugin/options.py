@@ -36,6 +36,14 @@ OPTIONS: list[tuple[str, str, Any, str]] = [
     ("seed", "int", 0, "optimizer seed"),
     ("tolerance", "float", 0.05, "allowed drop below the golden's recorded score before a regression fails"),
     ("report", "str", None, "write a JSON report of every evaluation to this path"),
+    ("html", "str", None, "write a self-contained HTML report (filters, search, prompts) to this path"),
+    (
+        "markdown",
+        "str",
+        None,
+        "write a markdown summary (one row per program, then the regressions) to this path; "
+        "it is also appended to $GITHUB_STEP_SUMMARY whenever that is set",
+    ),
     ("max-cost", "float", None, "session budget in dollars: past it no new LM calls are made"),
     ("max-calls", "int", None, "session budget in LM calls"),
     ("missing-golden", "choice:fail,zero-shot", "fail", "what a normal run does when a program has no golden file"),
@@ -111,6 +119,8 @@ class DspexOptions:
     example_timeout: float | None
     compile: frozenset[str] | None  # None = normal run; {"*"} = all programs
     force: bool
+    html: Path | None = None  # --dspex-html (relative to the invocation directory, like --dspex-report)
+    markdown: Path | None = None  # --dspex-markdown
 
     @property
     def local(self) -> bool:
@@ -170,10 +180,13 @@ def resolve(config: pytest.Config) -> DspexOptions:
     _check(values, compile_names, force)
     cache_dir = Path(values.pop("cache_dir"))
     report = values.pop("report")
+    html, markdown = values.pop("html"), values.pop("markdown")
     return DspexOptions(
         **values,
         cache_dir=cache_dir if cache_dir.is_absolute() else Path(config.rootpath) / cache_dir,
         report=Path(report) if report else None,
+        html=Path(html) if html else None,
+        markdown=Path(markdown) if markdown else None,
         compile=compile_names,
         force=force,
     )

@@ -28,7 +28,8 @@ def _num(value: Any) -> str:
 def program_properties(row: Mapping[str, Any]) -> list[tuple[str, str]]:
     """``dspex_score``, ``dspex_ci95``, ``dspex_n``, ``dspex_errors``, ``dspex_verdict`` and, with a
     golden, ``dspex_golden_score`` and ``dspex_delta`` (plus ``dspex_delta_ci95``, ``dspex_p_value``,
-    ``dspex_comparison``, ``dspex_regressions``, ``dspex_fixes`` from the paired comparison)."""
+    ``dspex_comparison``, ``dspex_regressions``, ``dspex_fixes`` from the paired comparison) and
+    ``dspex_cost`` when the row has usage."""
     p = ProgramView(row)
     out: list[tuple[str, str]] = [("dspex_program", p.name)]
     if row.get("score") is not None:
@@ -56,6 +57,8 @@ def program_properties(row: Mapping[str, Any]) -> list[tuple[str, str]]:
         if c.get("underpowered"):
             out.append(("dspex_underpowered", f"needs n >= {c.get('needed_n')}" if c.get("needed_n") else "true"))
     out.append(("dspex_errors", str(p.errors)))
+    if (row.get("usage") or {}).get("cost") is not None:
+        out.append(("dspex_cost", _num(row["usage"]["cost"])))
     verdict = p.verdict
     out.append(("dspex_verdict", "pass" if p.passed else str(verdict.get("kind") or "fail")))
     if not p.passed and verdict.get("reason"):

@@ -1,0 +1,148 @@
+"""Reports written by a real pytest run: ``--dspex-html``, ``--dspex-markdown``, ``$GITHUB_STEP_SUMMARY``
+and JUnit properties, in both test modes, with ``-n 2`` and with ``-p no:xdist``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_dspex.fake_server import FakeLMServer
+
+from .test_plugin import MODES, TEST_FILE, make_responder, rows
+
+CANARY = "canary-pw-31337"
+
+
+@pytest.fixture(params=list(MODES))
+def mode(request: pytest.FixtureRequest) -> list[str]:
+    return MODES[request.param]
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-CANARY-reports")
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    pytester.makefile(".jsonl", **{"data/train": rows(10, 100), "data/dev": rows(10)})
+
+    def write(threshold: float = 0.8) -> None:
+        pytester.makepyfile(test_triage=TEST_FILE.replace("THRESHOLD", str(threshold)))
+
+    write()
+    return write
+
+
+def run(
+    pytester: pytest.Pytester, server: FakeLMServer, mode: list[str], *args: str, ini: str = ""
+) -> pytest.RunResult:
+    # the endpoint carries a user:password — it must reach no report
+    url = server.base_url.replace("://", f"://user:{CANARY}@", 1)
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n" + f"dspex_base_url = {url}\n" + ini)
+    opts = ["--dspex-model=fake-model", "--dspex-cache=off", "--dspex-retries=0", "-p", "no:cacheprovider"]
+    return pytester.runpytest_subprocess(*opts, *mode, *args, timeout=120)
+
+
+def properties(junit: Path) -> dict[str, dict[str, str]]:
+    """Each test case's properties, by test name."""
+    out: dict[str, dict[str, str]] = {}
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        props = {p.get("name", ""): p.get("value", "") for p in case.iter("property")}
+        out[case.get("name", "")] = props
+    return out
+
+
+def no_secrets_or_absolute_paths(pytester: pytest.Pytester, *files: Path) -> None:
+    for f in files:
+        text = f.read_text(encoding="utf-8")
+        assert CANARY not in text and "sk-CANARY" not in text, f"a secret reached {f.name}"
+        assert str(pytester.path) not in text and os.path.realpath(pytester.path) not in text, (
+            f"an absolute path in {f.name}"
+        )
+
+
+def test_html_markdown_json_and_step_summary_from_one_run(pytester, project, server_factory, mode, monkeypatch):
+    fake = server_factory(make_responder())
+    assert run(pytester, fake, mode, "--dspex-compile").ret == 0
+    summary = pytester.path / "summary.md"
+    summary.write_text("earlier step\n", encoding="utf-8")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    pytester.mkdir("sub")
+    monkeypatch.chdir(pytester.path / "sub")  # report paths are relative to the invocation directory
+    result = run(pytester, fake, mode, "../test_triage.py", "--dspex-html=out/r.html", "--dspex-report=out/r.json",
+                 ini="dspex_markdown = out/r.md\n", )  # fmt: skip
+    assert result.ret == 0, result.stdout.str()
+    out = pytester.path / "sub" / "out"
+    html, md, js = out / "r.html", out / "r.md", out / "r.json"
+    result.stdout.fnmatch_lines(["*dspex html report: *r.html", "*dspex markdown report: *r.md"])
+    report = json.loads(js.read_text(encoding="utf-8"))
+    assert sorted(r["mode"] for r in report["programs"]) == ["dataset", "per-example"]
+    assert report["model"] == {"model": "fake-model", "base_url": report["model"]["base_url"]}
+    assert "***@127.0.0.1" in report["model"]["base_url"] and report["plugin_version"] and report["created"]
+    for row in report["programs"]:
+        assert row["dataset"] == "data/dev.jsonl" and row["golden"] == "__dspex__/test_triage/triage.json"
+        assert row["test"].startswith("test_triage.py::") and row["verdict"]["passed"] is True
+    text = md.read_text(encoding="utf-8")
+    assert text.startswith("### ✅ pytest-dspex: 2 programs passed")
+    assert text.count("| triage |") == 2 and "fake-model" in text
+    assert summary.read_text(encoding="utf-8") == "earlier step\n" + text  # appended, same text
+    page = html.read_text(encoding="utf-8")
+    assert "<!doctype html>" in page and "test_triage.py::test_triage_each" in page and "fake-model" in page
+    no_secrets_or_absolute_paths(pytester, html, md, js, summary)
+
+
+def test_failing_gates_show_in_every_report_and_in_junit(pytester, project, server_factory, mode):
+    assert run(pytester, server_factory(make_responder()), mode, "--dspex-compile").ret == 0
+    project(threshold=0.95)
+    wrong = server_factory(make_responder(wrong={3}, garbage={4}))  # one miss, one unparseable answer
+    result = run(pytester, wrong, mode, "--dspex-html=r.html", "--dspex-markdown=r.md", "--junitxml=junit.xml")
+    assert result.ret == 1
+    text = (pytester.path / "r.md").read_text(encoding="utf-8")
+    assert "2 of 2 programs failed" in text and text.count("❌") >= 3
+    assert '"passed": false' in (pytester.path / "r.html").read_text(encoding="utf-8") or "failed" in text
+    props = properties(pytester.path / "junit.xml")
+    whole = props["test_triage"]
+    assert whole["dspex_program"] == "triage" and whole["dspex_score"] == "0.8" and whole["dspex_n"] == "10"
+    assert whole["dspex_verdict"] != "pass" and whole["dspex_verdict_reason"]
+    assert whole["dspex_ci95"] and whole["dspex_golden_score"] == "1" and whole["dspex_delta"] == "-0.2000"
+    assert len(whole) == len(set(whole))
+    items = {name: p for name, p in props.items() if name.startswith("test_triage_each[")}
+    assert len(items) == 10
+    outcomes = sorted(p["dspex_outcome"] for p in items.values())
+    assert outcomes == ["miss"] * 2 + ["pass"] * 8  # the wrong answer and the unparseable one: misses
+    parse = next(p for p in items.values() if p.get("dspex_error_kind") == "parse")
+    assert parse["dspex_score"] == "0" and parse["dspex_error"]
+    # the aggregate's properties sit on the last example's item, renamed so they do not collide
+    last = next(p for name, p in items.items() if name.startswith("test_triage_each[9-"))
+    assert last["dspex_aggregate_score"] == "0.8" and last["dspex_aggregate_verdict"] != "pass"
+    assert last["dspex_score"] in ("0", "1") and last["dspex_program"] == "triage"
+    assert sum(1 for p in items.values() if "dspex_aggregate_score" in p) == 1
+    no_secrets_or_absolute_paths(
+        pytester, pytester.path / "r.html", pytester.path / "r.md", pytester.path / "junit.xml"
+    )
+
+
+def test_an_lm_error_is_an_error_not_a_miss_in_junit(pytester, project, server_factory):
+    assert run(pytester, server_factory(make_responder()), MODES["xdist"], "--dspex-compile").ret == 0
+    down = server_factory(make_responder())
+    down.stop()
+    result = run(pytester, down, MODES["xdist"], "-k", "each", "--junitxml=junit.xml", "--dspex-markdown=r.md")
+    assert result.ret == 1
+    items = properties(pytester.path / "junit.xml")
+    assert {p["dspex_outcome"] for p in items.values()} == {"error"}
+    assert {p["dspex_error_kind"] for p in items.values()} == {"lm_unavailable"}
+    assert "LM errors" in (pytester.path / "r.md").read_text(encoding="utf-8") or "lm_unavailable" in (
+        pytester.path / "r.md"
+    ).read_text(encoding="utf-8")
+
+
+def test_no_step_summary_when_no_program_ran(pytester, server_factory, monkeypatch):
+    summary = pytester.path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    pytester.makepyfile(test_plain="def test_plain():\n    assert True\n")
+    assert run(pytester, server_factory(make_responder()), MODES["no-xdist"]).ret == 0
+    assert not summary.exists()
