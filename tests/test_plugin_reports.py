@@ -146,3 +146,34 @@ def test_no_step_summary_when_no_program_ran(pytester, server_factory, monkeypat
     pytester.makepyfile(test_plain="def test_plain():\n    assert True\n")
     assert run(pytester, server_factory(make_responder()), MODES["no-xdist"]).ret == 0
     assert not summary.exists()
+
+
+def test_the_html_of_a_real_run_in_a_browser(pytester, project, server_factory, tmp_path_factory):
+    """What a person sees in the HTML a pytest run wrote: both programs, their examples, the misses."""
+    from .chromium import Chromium, find_chromium
+
+    if find_chromium() is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; .ci/run installs it (apt-get install chromium)")
+        pytest.skip("no chromium executable (apt-get install chromium, or set DSPEX_CHROMIUM)")
+    assert run(pytester, server_factory(make_responder()), MODES["xdist"], "--dspex-compile").ret == 0
+    project(threshold=0.95)
+    wrong = server_factory(make_responder(wrong={3}, garbage={4}))
+    assert run(pytester, wrong, MODES["xdist"], "--dspex-html=report.html").ret == 1
+    with Chromium.launch(tmp_path_factory.mktemp("chromium-profile")) as browser:
+        page = browser.new_page()
+        page.goto((pytester.path / "report.html").as_uri())
+        assert page.evaluate("document.body.dataset.ready") == "true"
+        summary = page.evaluate("Array.from(document.querySelectorAll('#summary tbody tr')).map(tr => tr.innerText)")
+        assert len(summary) == 2 and all("triage" in s and "FAIL" in s for s in summary)
+        assert "failed" in page.evaluate("document.getElementById('status').innerText")
+        for section in ("#p0", "#p1"):
+            assert page.evaluate(f"document.querySelectorAll('{section} table.examples tbody tr').length") == 10
+            page.evaluate(f"document.querySelector('{section} [data-filter=miss]').click()")
+            shown = page.evaluate(
+                f"Array.from(document.querySelectorAll('{section} table.examples tbody tr')).map(tr => tr.innerText)"
+            )
+            assert len(shown) == 2 and any("case 3" in s for s in shown) and any("case 4" in s for s in shown)
+        meta = page.evaluate("document.querySelector('header dl').innerText")
+        assert "fake-model" in meta and "127.0.0.1" in meta and CANARY not in meta and "user" not in meta
+        assert page.evaluate("performance.getEntriesByType('resource').length") == 0
