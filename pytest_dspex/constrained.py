@@ -11,7 +11,9 @@ dialect            body fields                                                  
 =================  ====================================================================  ==============
 ``grammar``        ``grammar: <GBNF>``                                                   llama.cpp (``llama_cpp.server``,
                                                                                          ``llama-server``)
-``vllm``           ``guided_grammar: <GBNF>`` / ``guided_json: <schema>``                vLLM
+``vllm``           ``guided_grammar: <GBNF>`` / ``guided_json: <schema>``                vLLM 0.4–0.10 (newer
+                                                                                         vLLM also takes
+                                                                                         ``json_schema``)
 ``json_schema``    ``response_format: {type: json_schema, json_schema: {name, schema}}``  OpenAI, vLLM, llama-server
 ``json_object``    ``response_format: {type: json_object, schema: <schema>}``            llama-cpp-python
 =================  ====================================================================  ==============

@@ -169,8 +169,12 @@ class BootstrapFewShot:
                     return None
                 if outcomes[i] is not None:
                     passed.append(i)
+                    if len(passed) < wanted:
+                        continue
+                    if label_of is None:
+                        return i + 1
                     kept = pick(passed)
-                    if len(kept) >= wanted and covered([trainset[j] for j in kept], label_of) >= target:
+                    if covered([trainset[j] for j in kept], label_of) >= target:
                         return i + 1
             return len(trainset)
 
