@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import tracing
 from .evaluation import example_timeout
 from .gates import DEFAULT_MAX_ERROR_RATE
 
@@ -130,8 +131,9 @@ def compile_program(
             concurrency=settings.concurrency,
             progress=lambda text: say(f"compiling {name}: {text}"),
         )
-        with example_timeout(settings.example_timeout):
-            result = optimizer.compile(program.reset_copy(), trainset=train, valset=val)
+        traced = {"dspex.program": name, "dspex.golden": path.name} if tracing.enabled() else None
+        with example_timeout(settings.example_timeout), tracing.span("dspex.compile", traced) if traced else tracing.NO_SPAN:
+            result = optimizer.compile(program.reset_copy(), trainset=train, valset=val)  # joins this span
         validation = result.validation
         record = golden_record(
             result.program,

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _runtime, events
+from . import _runtime, events, tracing
 from ._exceptions import DspexError
 from ._threads import run_in_thread
 from .lm.usage import Usage, track_usage
@@ -176,10 +176,14 @@ async def evaluate_records(
     listen = events.has_listeners()
     state = {"done": 0, "score": 0.0, "errors": 0, "last": 0.0}
     queue = iter(enumerate(pending))
+    traced = tracing.enabled()  # spans: evaluate -> example -> program -> LM call (off: no cost per example)
 
     async def worker() -> None:
         for slot, (i, ex) in queue:
+            started = tracing.example_started(i) if traced else None
             rec = await score_example(program, ex, metric, index=i, timeout=timeout, mname=mname)
+            if started is not None:
+                tracing.example_finished(started, rec)
             records[slot] = rec
             state["done"] += 1
             state["score"] += rec.score
@@ -193,7 +197,11 @@ async def evaluate_records(
                     state["last"] = now
                     progress(int(state["done"]), total, state["score"] / state["done"], int(state["errors"]))
 
-    await asyncio.gather(*(worker() for _ in range(min(concurrency, len(pending)) or 1)))
+    attributes = {"dspex.program": program_name, "dspex.metric": mname, "dspex.examples": len(pending)} if traced else None
+    with tracing.span("dspex.evaluate", attributes) if traced else tracing.NO_SPAN as span:
+        await asyncio.gather(*(worker() for _ in range(min(concurrency, len(pending)) or 1)))
+        if span is not None:
+            tracing.evaluate_finished(span, records)
     done = [r for r in records if r is not None]
     assert len(done) == len(pending), "every example must be accounted for"
     return done

@@ -8,7 +8,7 @@ Every LM call, every evaluated example and every optimizer step emits one event.
 Subscribers run on the thread that emitted the event (often pytest-dspex's background loop), so
 they must be quick and thread-safe. When nobody listens and logging is off, emitting costs one
 check. Each event is also logged on the ``pytest_dspex`` logger at DEBUG with its fields under
-``extra={"dspex": {...}}``. With ``opentelemetry-api`` installed, LM calls run inside spans.
+``extra={"dspex": {...}}``. OpenTelemetry spans: see ``pytest_dspex.tracing``.
 """
 
 from __future__ import annotations
@@ -136,14 +136,12 @@ def tracing() -> bool:
     """Is an OpenTelemetry tracer provider set (an SDK, not the API's no-op default)?
 
     Spans are skipped without one: the API's no-op spans still cost ~40 µs of CPU per LM call.
-    Checked on every call, so a provider set later is picked up.
+    Checked on every call, so a provider set later is picked up. (``tracing.enabled``; the spans
+    themselves are made in ``tracing``.)
     """
-    if _get_tracer() is None:
-        return False
-    from opentelemetry import trace
+    from . import tracing
 
-    provider = trace.get_tracer_provider()
-    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+    return tracing.enabled()
 
 
 @contextlib.contextmanager

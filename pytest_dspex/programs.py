@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import _runtime, constrained, settings
+from . import _runtime, constrained, settings, tracing
 from ._exceptions import AdapterParseError, ConfigError, SignatureError
 from .adapters import Adapter, JSONAdapter, get_adapter
 from .primitives import Prediction
@@ -55,12 +55,24 @@ class Module:
     def __call__(self, *args: Any, **kwargs: Any) -> Prediction:
         if args:
             raise TypeError(f"{type(self).__name__} takes keyword arguments only (field=value)")
+        if tracing.enabled():
+            with tracing.span("dspex.program", tracing.program_attributes(self)):
+                return self._call_forward(kwargs)
+        return self._call_forward(kwargs)
+
+    def _call_forward(self, kwargs: dict[str, Any]) -> Prediction:
         if type(self).forward is Module.forward and type(self).aforward is not Module.aforward:
             return _runtime.run_sync(self.aforward(**kwargs))
         return self.forward(**kwargs)
 
     async def acall(self, **kwargs: Any) -> Prediction:
         """Call the program from async code (any event loop)."""
+        if tracing.enabled():
+            with tracing.span("dspex.program", tracing.program_attributes(self)):
+                return await self._acall_forward(kwargs)
+        return await self._acall_forward(kwargs)
+
+    async def _acall_forward(self, kwargs: dict[str, Any]) -> Prediction:
         if type(self).aforward is not Module.aforward:
             return await self.aforward(**kwargs)
         return await asyncio.to_thread(self.forward, **kwargs)
@@ -214,6 +226,12 @@ class Predict(Module):
         return await self.aforward(**kwargs)
 
     async def _run(self, inputs: dict[str, Any], **overrides: Any) -> Prediction:
+        if tracing.enabled():
+            with tracing.span("dspex.predict", tracing.program_attributes(self)):
+                return await self._predict(inputs, **overrides)
+        return await self._predict(inputs, **overrides)
+
+    async def _predict(self, inputs: dict[str, Any], **overrides: Any) -> Prediction:
         lm = self.lm or settings.current_lm()
         if lm is None:
             raise ConfigError(

@@ -14,7 +14,6 @@ holder (``secrets``): never in a repr, an error, a log line, an event or a cache
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -22,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .. import _runtime, events
+from .. import _runtime, events, tracing
 from .._exceptions import BudgetExceededError, ConfigError, LMError
 from .._types import NOT_GIVEN, NotGiven
 from ..adapters import LMRequest
@@ -38,7 +37,6 @@ if TYPE_CHECKING:
 
 __all__ = ["LM", "Completion"]
 
-_NO_SPAN = contextlib.nullcontext()
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +215,25 @@ class LM:
         return body
 
     async def _complete(self, request: LMRequest, **params: Any) -> Completion:
+        if tracing.enabled():
+            return await self._traced(request, params)
+        return await self._complete_untraced(request, **params)
+
+    async def _traced(self, request: LMRequest, params: dict[str, Any]) -> Completion:
+        """``_complete`` inside an OpenTelemetry span (``tracing``: GenAI semantic conventions)."""
+        temperature = params.get("temperature", self.temperature)
+        max_tokens = params.get("max_tokens", self.max_tokens)
+        attributes = tracing.lm_attributes(self.model, self.base_url, temperature, max_tokens)
+        with tracing.span(f"chat {self.model}", attributes, kind="CLIENT") as s:
+            try:
+                completion = await self._complete_untraced(request, **params)
+            except Exception as exc:
+                tracing.lm_failed(s, exc)
+                raise
+            tracing.lm_answered(s, completion)
+            return completion
+
+    async def _complete_untraced(self, request: LMRequest, **params: Any) -> Completion:
         rollout = params.pop("rollout_id", None)
         body = self._payload(request, params)
         cache = self.cache
@@ -241,15 +258,16 @@ class LM:
         try:
             if self.budget is not None:
                 self.budget.reserve()
-            with events.span("dspex.lm", model=self.model, endpoint=self.base_url) if events.tracing() else _NO_SPAN:
-                data, retries = await send_with_retries(
-                    lambda: self._attempt(content),
-                    policy=self.retry,
-                    breaker=self.breaker,
-                    ticket=ticket,
-                    limiter=self.limiter,
-                    label=f"LM {self.model}",
-                )
+            data, retries = await send_with_retries(
+                lambda: self._attempt(content),
+                policy=self.retry,
+                breaker=self.breaker,
+                ticket=ticket,
+                limiter=self.limiter,
+                label=f"LM {self.model}",
+            )
+            if tracing.enabled():  # the LM call's span (opened in _complete) learns the server's side
+                tracing.lm_fetched(data, retries)
         except BaseException as exc:
             outcome = exc
             if isinstance(exc, LMError):

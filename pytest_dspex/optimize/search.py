@@ -31,6 +31,7 @@ none is given):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import random
@@ -39,7 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import _runtime, events, settings
+from .. import _runtime, events, settings, tracing
 from ..evaluation import Evaluate, EvaluationResult, evaluate_records
 from ..lm.usage import Usage, track_usage
 from ..metrics import metric_name
@@ -163,12 +164,30 @@ class BootstrapFewShotWithRandomSearch:
     def compile(
         self, student: Module, *, trainset: Sequence[Example], valset: Sequence[Example] | None = None
     ) -> CompileResult:
-        return _runtime.run_sync(self._compile(student, list(trainset), _valset(trainset, valset)))
+        with self._span(trainset, valset) as span:
+            result = _runtime.run_sync(self._compile(student, list(trainset), _valset(trainset, valset)))
+            _span_result(span, result)
+            return result
 
     async def acompile(
         self, student: Module, *, trainset: Sequence[Example], valset: Sequence[Example] | None = None
     ) -> CompileResult:
-        return await _runtime.run_async(self._compile(student, list(trainset), _valset(trainset, valset)))
+        with self._span(trainset, valset) as span:
+            result = await _runtime.run_async(self._compile(student, list(trainset), _valset(trainset, valset)))
+            _span_result(span, result)
+            return result
+
+    def _span(self, trainset: Sequence[Example], valset: Sequence[Example] | None) -> contextlib.AbstractContextManager[Any]:
+        """The compile's OpenTelemetry span (joins compile_program's, which names the program)."""
+        if not tracing.enabled():
+            return tracing.NO_SPAN
+        attributes = {
+            "dspex.optimizer": type(self).__name__,
+            "dspex.candidates": self.num_candidates,
+            "dspex.trainset": len(trainset),
+            "dspex.valset": len(valset) if valset is not None else len(trainset),
+        }
+        return tracing.span("dspex.compile", attributes, join=True)
 
     def _bootstrapper(self, max_boot: int) -> BootstrapFewShot:
         return BootstrapFewShot(
@@ -192,7 +211,8 @@ class BootstrapFewShotWithRandomSearch:
         val = trainset if valset is None else valset
         Evaluate(val, self.metric)  # checks every example has input keys, before any call
         with track_usage() as usage:
-            candidates = await self._build(student, trainset)
+            with tracing.span("dspex.bootstrap") if tracing.enabled() else tracing.NO_SPAN:
+                candidates = await self._build(student, trainset)
             unique = _dedupe(candidates)
             serial = self.serial if self.serial is not None else _one_at_a_time(student)
             self._say(
@@ -276,14 +296,16 @@ class BootstrapFewShotWithRandomSearch:
         stops = _stages(len(order), self.race_first) if self.racing and len(candidates) > 1 else [len(order)]
         records: dict[str, list[ExampleRecord]] = {c.name: [] for c in candidates}
         alive = list(candidates)
+        spans = {c.name: tracing.start_span("dspex.candidate", {"dspex.candidate": c.name, "dspex.demos": c.demos}) for c in candidates}
         done = 0
         for stop in stops:
             chunk = [(i, valset[i]) for i in order[done:stop]]
 
             async def run(cand: Candidate, chunk: list[tuple[int, Example]] = chunk) -> None:
-                records[cand.name].extend(
-                    await evaluate_records(cand.program, chunk, self.metric, concurrency=self.concurrency)
-                )
+                with tracing.use_span(spans[cand.name]):  # compile -> candidate -> evaluate
+                    records[cand.name].extend(
+                        await evaluate_records(cand.program, chunk, self.metric, concurrency=self.concurrency)
+                    )
 
             if serial:
                 for cand in alive:
@@ -295,6 +317,7 @@ class BootstrapFewShotWithRandomSearch:
                 alive = self._drop_worse(alive, records, done)
         for cand in candidates:
             cand.result = EvaluationResult.from_records(records[cand.name], metric=metric_name(self.metric))
+            tracing.end_span(spans[cand.name], {"dspex.score": cand.result.score, "dspex.n": cand.result.n, "dspex.dropped_at": cand.dropped_at})
 
     def _drop_worse(self, alive: list[Candidate], records: dict[str, list[ExampleRecord]], seen: int) -> list[Candidate]:
         scores = {c.name: {r.index: r.score for r in records[c.name]} for c in alive}
@@ -324,6 +347,11 @@ class BootstrapFewShotWithRandomSearch:
                 self._say(f"dropped {cand.name} after {seen} examples ({means[cand.name]:.2f}, not in the best {room})")
             kept = [c for c in kept if c.dropped_at is None]
         return kept
+
+
+def _span_result(span: Any, result: CompileResult) -> None:
+    if span is not None:
+        span.set_attributes({"dspex.chosen": result.best.name, "dspex.score": result.validation.score, "dspex.n": result.validation.n})
 
 
 def _valset(trainset: Sequence[Example], valset: Sequence[Example] | None) -> list[Example] | None:
