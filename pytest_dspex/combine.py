@@ -8,7 +8,7 @@
 dataset, the shards' records are concatenated, and score, n, confidence interval, error counts,
 the paired comparison with the golden's per-example outcomes and the gate are computed from them
 by the same core functions a single run uses (``EvaluationResult.from_records``, ``compare``,
-``gates.judge``). Nothing is averaged across shards.
+``gates.judge_records``). Nothing is averaged across shards.
 
 Refused with a :class:`CombineError` (exit code 2 on the command line), never a silently smaller n:
 
@@ -36,7 +36,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .gates import DEFAULT_MAX_ERROR_RATE, Verdict, judge
+from . import gates
+from .gates import DEFAULT_MAX_ERROR_RATE, Verdict
 from .records import ExampleRecord
 from .rows import program_row
 from .sharding import shard_of
@@ -62,7 +63,17 @@ _PER_SHARD = frozenset(
     {"records", "comparison", "verdict", "flaky", "usage", "passed", "elapsed_s", "lm_unavailable", "worst", "shards"}
 )
 #: per-program fields every shard must agree on
-_SAME = ("mode", "metric", "threshold", "tolerance", "golden", "golden_score", "max_error_rate", "dataset_size")
+_SAME = (
+    "mode",
+    "metric",
+    "threshold",
+    "tolerance",
+    "alpha",
+    "golden",
+    "golden_score",
+    "max_error_rate",
+    "dataset_size",
+)
 
 
 class CombineError(ValueError):
@@ -157,42 +168,23 @@ def judge_records(
 ) -> tuple[EvaluationResult, Verdict, Comparison | None]:
     """Judge one program from its records: the result, the gate's verdict and the paired comparison.
 
-    The core ``gates.judge`` decides the error budget and the threshold floor; with the golden's
-    per-example outcomes (schema 2) the regression check is the paired comparison (DESIGN §5b:
-    "regressed" fails the gate), else the tolerance against the golden's score. Usable by the
-    plugin's controller so a single run and a combined one share this one path.
+    The core gate (``gates.judge_records``) decides, the same function the plugin's controller and
+    ``dspex_evaluate`` use: the error budget, the threshold floor, and with the golden's per-example
+    outcomes (schema 2) the paired comparison (DESIGN §5b: "regressed" fails the gate; when the
+    comparison is underpowered the tolerance applies too), else the tolerance against the golden's score.
     """
-    from .comparison import compare
-    from .evaluation import EvaluationResult
-
-    result = EvaluationResult.from_records(records, program=program, metric=metric)
-    comparison = (
-        compare(golden_outcomes, result.by_key(), alpha=alpha, tolerance=tolerance)
-        if golden_outcomes is not None
-        else None
-    )
-    verdict = judge(
-        result,
+    result, verdict = gates.judge_records(
+        records,
+        program=program,
+        metric=metric,
         threshold=threshold,
-        golden_score=None if comparison is not None else golden_score,
         tolerance=tolerance,
         max_error_rate=max_error_rate,
+        golden_score=golden_score,
+        golden_outcomes=golden_outcomes,
+        alpha=alpha,
     )
-    if verdict.passed and comparison is not None and comparison.regressed:
-        verdict = Verdict(
-            False,
-            f"regression against the golden: {comparison.summary()}",
-            verdict.score,
-            threshold,
-            golden_score,
-            tolerance,
-            "regression",
-        )
-    elif golden_score is not None and verdict.golden_score is None:  # the golden's score stays on display
-        verdict = Verdict(
-            verdict.passed, verdict.reason, verdict.score, threshold, golden_score, tolerance, verdict.kind
-        )
-    return result, verdict, comparison
+    return result, verdict, verdict.comparison
 
 
 def _program_key(entry: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -260,6 +252,12 @@ def _merge_program(
         first.get("max_error_rate"),
     )
     tolerance = float(first["tolerance"]) if first.get("tolerance") is not None else 0.05
+    # the shards' alpha (--dspex-alpha): the row's, else (older reports) their comparison's
+    alpha = 0.05
+    if first.get("alpha") is not None:
+        alpha = float(first["alpha"])
+    elif shard_cmp:
+        alpha = float(shard_cmp.get("alpha", 0.05))
     result, verdict, comparison = judge_records(
         records,
         program=key[1],
@@ -269,11 +267,7 @@ def _merge_program(
         max_error_rate=default_max_error_rate if max_error_rate is None else float(max_error_rate),
         golden_score=None if golden_score is None else float(golden_score),
         golden_outcomes=outcomes,
-        alpha=float(shard_cmp.get("alpha", 0.05)) if shard_cmp else 0.05,
-    )
-    order = {r.key: r.index for r in records}
-    flaky = sorted(
-        {str(k) for _, _, p in parts for k in (p.get("flaky") or [])}, key=lambda k: (order.get(k, 1 << 62), k)
+        alpha=alpha,
     )
     # the row by the plugin's own function (rows.program_row), after the fields the shards share
     # (and any the plugin adds, e.g. dataset_size); everything that depends on the examples is
@@ -292,7 +286,7 @@ def _merge_program(
             golden=first.get("golden"),
             note=str(first.get("note") or ""),
             comparison=comparison.to_json() if comparison is not None else None,
-            flaky=flaky,
+            flaky=None,  # recomputed from the merged records' repeats, as a single run does
             prompts=next((p.get("prompts") for _, _, p in parts if p.get("prompts")), first.get("prompts")),
         )
     )

@@ -49,6 +49,8 @@ class CompileSettings:
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE
     example_timeout: float | None = None
     model_info: dict[str, Any] = field(default_factory=dict)
+    #: renders the golden's prompts for predictors without an adapter of their own (None: the configured one)
+    adapter: Any = None
 
     def optimizer_record(self) -> dict[str, Any]:
         return {
@@ -100,6 +102,7 @@ def compile_program(
     Raises ``DatasetError`` for unreadable datasets and ``GoldenFileError`` when the golden may not
     be written (a run over its error budget, a corrupted golden without ``force``).
     """
+    from ._exceptions import GoldenFileError
     from .datasets import fingerprint, load_dataset
     from .golden import GoldenStore, golden_record
     from .optimize import BootstrapFewShotWithRandomSearch
@@ -117,6 +120,15 @@ def compile_program(
         if run_id and path.exists() and marker.exists() and marker.read_text() == run_id:
             golden = GoldenStore.read(path)
             return CompileOutcome(name, path, golden.apply(program), golden, "compiled elsewhere")
+        if path.exists() and not settings.force:
+            # a corrupted or newer-schema golden is never replaced without force: say so before optimizing
+            try:
+                GoldenStore.read(path)
+            except GoldenFileError as exc:
+                raise GoldenFileError(
+                    f"{exc} — not replaced; restore it from version control, or re-run with "
+                    "pytest --dspex-compile --dspex-force to overwrite it"
+                ) from None
         train = load(trainset)
         val = load(valset) if valset is not None else train
         say(f"compiling {name}: {len(train)} training, {len(val)} validation examples")
@@ -149,6 +161,7 @@ def compile_program(
             },
             datasets={"train": fingerprint(train), "validation": fingerprint(val)},
             records=validation.records,
+            adapter=settings.adapter,
         )
         written = store.write(
             path, record, force=settings.force, error_rate=validation.error_rate, max_error_rate=settings.max_error_rate

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _runtime, events, tracing
+from . import _runtime, events, settings, tracing
 from ._exceptions import DspexError
 from ._threads import run_in_thread
 from .lm.usage import Usage, track_usage
@@ -34,7 +34,7 @@ from .metrics import metric_name, to_score
 from .primitives import Example, Prediction
 from .programs import Module
 from .records import ERROR_KINDS, INFRA_ERROR_KINDS, ExampleRecord
-from .stats import confidence_interval
+from .stats import clustered_confidence_interval, confidence_interval
 
 __all__ = [
     "INFRA_ERROR_KINDS",
@@ -112,12 +112,70 @@ async def score_example(
     key: str | None = None,
     timeout: float | None = None,
     mname: str | None = None,
+    repeats: int = 1,
 ) -> ExampleRecord:
     """Run ``program`` on one example, score it with ``metric`` and account for it, never raising.
 
-    ``timeout`` bounds the program call and the metric together; an example over it is cancelled
-    and recorded as ``timeout`` (a sync metric's thread cannot be killed; its result is ignored).
+    ``timeout`` bounds the program call and the metric together (per repeat); an example over it is
+    cancelled and recorded as ``timeout`` (a sync metric's thread cannot be killed; its result is ignored).
+
+    ``repeats`` > 1 runs the example that many times, one after the other, repeat ``r`` with
+    ``rollout_id=r`` in its LM calls (repeat 0 with none), so each repeat has its own cache entry and
+    replay mode reproduces every one of them. The record's ``score`` is the mean over the repeats,
+    ``repeats`` the per-repeat scores; its prediction is the first repeat's that produced one; an
+    error in any repeat scores that repeat 0 and is the record's error (the first one), so an LM
+    error in any repeat counts against the error budget.
     """
+    if repeats <= 1:
+        return await _score_once(program, example, metric, index=index, key=key, timeout=timeout, mname=mname)
+    runs: list[ExampleRecord] = []
+    for r in range(repeats):
+        if r == 0:
+            runs.append(await _score_once(program, example, metric, index=index, key=key, timeout=timeout, mname=mname))
+            continue
+        overrides = {**(settings.get("call_overrides") or {}), "rollout_id": r}
+        with settings.context(call_overrides=overrides):
+            runs.append(await _score_once(program, example, metric, index=index, key=key, timeout=timeout, mname=mname))
+    return _merge_repeats(runs)
+
+
+def _merge_repeats(runs: list[ExampleRecord]) -> ExampleRecord:
+    first = runs[0]
+    answered = next((r for r in runs if r.prediction is not None), first)
+    failed = next((r for r in runs if r.error_kind is not None), None)
+    usage: dict[str, float] = {}
+    for r in runs:
+        for k, v in r.usage.items():
+            usage[k] = usage.get(k, 0) + v
+    scores = [r.score for r in runs]
+    return ExampleRecord(
+        index=first.index,
+        key=first.key,
+        inputs=first.inputs,
+        expected=first.expected,
+        prediction=answered.prediction,
+        score=sum(scores) / len(scores),
+        error_kind=failed.error_kind if failed is not None else None,
+        error=failed.error if failed is not None else None,
+        latency_s=round(sum(r.latency_s for r in runs), 6),
+        usage=usage,
+        repeats=scores,
+        example=first.example,
+        output=answered.output,
+        exception=failed.exception if failed is not None else None,
+    )
+
+
+async def _score_once(
+    program: Module,
+    example: Example,
+    metric: Callable[..., Any],
+    *,
+    index: int,
+    key: str | None = None,
+    timeout: float | None = None,
+    mname: str | None = None,
+) -> ExampleRecord:
     t0 = time.perf_counter()
     inputs = {k: example[k] for k in example.input_keys or ()}
     pred: Prediction | None = None
@@ -163,8 +221,11 @@ async def evaluate_records(
     progress: ProgressCallback | None = None,
     total: int | None = None,
     program_name: str = "",
+    repeats: int = 1,
 ) -> list[ExampleRecord]:
     """Score ``(index, example)`` pairs with ``concurrency`` workers; records in input order.
+
+    ``repeats`` runs each example that many times (see ``score_example``).
 
     ``progress(done, total, score_so_far, errors)`` is called at most ten times a second and at the end.
     """
@@ -181,7 +242,7 @@ async def evaluate_records(
     async def worker() -> None:
         for slot, (i, ex) in queue:
             started = tracing.example_started(i) if traced else None
-            rec = await score_example(program, ex, metric, index=i, timeout=timeout, mname=mname)
+            rec = await score_example(program, ex, metric, index=i, timeout=timeout, mname=mname, repeats=repeats)
             if started is not None:
                 tracing.example_finished(started, rec)
             records[slot] = rec
@@ -279,8 +340,18 @@ class EvaluationResult:
 
     @property
     def ci95(self) -> tuple[float, float]:
-        """95% confidence interval of the score (Wilson for pass/fail scores, normal otherwise)."""
+        """95% confidence interval of the score (Wilson for pass/fail scores, normal otherwise);
+        with repeats, clustered by example (``stats.clustered_confidence_interval``)."""
+        if any(r.repeats is not None and len(r.repeats) > 1 for r in self.records):
+            return clustered_confidence_interval([r.repeats or [r.score] for r in self.records])
         return confidence_interval([r.score for r in self.records])
+
+    @property
+    def flaky(self) -> list[str]:
+        """Keys of the examples whose repeats disagree (empty without repeats)."""
+        from .comparison import flaky_keys
+
+        return flaky_keys(self.records)
 
     def by_key(self) -> dict[str, float]:
         """Per-example scores keyed by the stable example key (what the paired gate compares)."""
@@ -353,7 +424,8 @@ class Evaluate:
     """Evaluate programs on a dataset with a metric, concurrently.
 
     ``progress(done, total, score_so_far, errors)`` is called at most ten times a second and at the end;
-    ``example_timeout`` (seconds) cancels an example whose program and metric take longer (``timeout``).
+    ``example_timeout`` (seconds) cancels an example whose program and metric take longer (``timeout``);
+    ``repeats`` runs each example that many times, each repeat with its own rollout id (``score_example``).
     """
 
     def __init__(
@@ -365,9 +437,12 @@ class Evaluate:
         progress: ProgressCallback | None = None,
         program_name: str = "",
         example_timeout: float | None = None,
+        repeats: int = 1,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}")
         for i, ex in enumerate(devset):
             if not isinstance(ex, Example) or ex.input_keys is None:
                 raise ValueError(
@@ -380,6 +455,7 @@ class Evaluate:
         self.progress = progress
         self.program_name = program_name
         self.example_timeout = example_timeout
+        self.repeats = repeats
 
     def __call__(self, program: Module) -> EvaluationResult:
         return _runtime.run_sync(self._run(program))
@@ -398,6 +474,7 @@ class Evaluate:
                 timeout=self.example_timeout,
                 progress=self.progress,
                 program_name=self.program_name,
+                repeats=self.repeats,
             )
         return EvaluationResult.from_records(
             records,

@@ -10,22 +10,49 @@ In order, the first that applies decides:
                       spent budget, replay misses) — wherever in the run they fall. Not a low score:
                       the model was not measured;
 * ``below_threshold`` the score is under the marker's threshold (an absolute floor);
-* ``regression``      the score is under the golden's recorded score minus the tolerance;
+* ``regression``      against the golden (see below);
 * ``ok``.
 
+**Regression.** With the golden's per-example outcomes (``golden_outcomes``, golden schema 2) the
+run is compared with them *per example* on the keys both share (``comparison.compare``: exact
+McNemar for 0/1 scores, a paired permutation test for graded ones, e.g. means over repeats):
+
+* ``regressed`` (one-sided p < ``alpha``) fails the gate; the reason lists the regressed keys (the
+  first 10, then "and N more"), the delta with its 95% CI and p;
+* ``improved`` and ``no change`` pass — a same-accuracy run that moves the score by a few points
+  on noise is not a regression;
+* **underpowered** (fewer shared examples than ``needed_n``: even a drop of the whole tolerance
+  could not reach p < alpha) — the paired test cannot see a tolerance-sized drop, so the tolerance
+  gate applies as well, on the shared examples (golden's mean vs this run's mean on the same keys):
+  a small dataset is never gated more loosely than before. The verdict says it was underpowered.
+
+Examples this run lost to infrastructure errors (``INFRA_ERROR_KINDS``) are left out of the paired
+comparison: they were not measured (within the error budget they still count 0 in the score and
+against the threshold). Without per-example outcomes (schema 1 goldens), or when the run shares no
+example with them, the gate is the tolerance against the golden's recorded score (``golden_score``).
+
 The plugin judges once per program (on the xdist controller for per-example items); shard
-``combine`` calls the same function on merged records.
+``combine`` calls the same function on merged records (``judge_records``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .records import INFRA_ERROR_KINDS
+from .records import INFRA_ERROR_KINDS, ExampleRecord
 
-__all__ = ["DEFAULT_MAX_ERROR_RATE", "Verdict", "judge"]
+if TYPE_CHECKING:
+    from .comparison import Comparison
+    from .evaluation import EvaluationResult
+
+__all__ = ["DEFAULT_ALPHA", "DEFAULT_MAX_ERROR_RATE", "Verdict", "judge", "judge_records", "paired_outcomes"]
+
+#: One-sided significance level of the paired regression test (``--dspex-alpha``).
+DEFAULT_ALPHA = 0.05
+#: Regressed / fixed keys named in a verdict's reason before "and N more".
+SHOWN_KEYS = 10
 
 #: Share of examples that may be lost to infrastructure errors before the verdict is "LM errors".
 #: 5%: a provider's bad minute with retries rarely costs more than 1–2% (issue 9's fault mix), and a
@@ -40,6 +67,8 @@ class Judged(Protocol):
     def n(self) -> int: ...
     @property
     def errors_by_kind(self) -> dict[str, int]: ...
+    @property
+    def records(self) -> Sequence[ExampleRecord]: ...
 
 
 @dataclass(frozen=True)
@@ -54,6 +83,8 @@ class Verdict:
     tolerance: float
     kind: str = "ok"  # ok / no_examples / lm_errors / below_threshold / regression
     details: list[str] = field(default_factory=list)
+    #: the paired comparison with the golden's per-example outcomes (None: no outcomes to pair with)
+    comparison: Comparison | None = None
 
     @property
     def delta(self) -> float | None:
@@ -70,6 +101,8 @@ class Verdict:
             parts.append(f"| golden {self.golden_score:.3f} (delta {round(self.delta or 0.0, 3) + 0.0:+.3f}, tolerance {self.tolerance:.3f})")
         if not self.passed:
             parts.append(f"| {self.reason}")
+        elif self.comparison is not None and self.comparison.shared:
+            parts.append(f"| paired: {self.comparison.summary()}")
         return " ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,6 +114,7 @@ class Verdict:
             "threshold": self.threshold,
             "golden_score": self.golden_score,
             "tolerance": self.tolerance,
+            "comparison": self.comparison.to_json() if self.comparison is not None else None,
         }
 
 
@@ -97,6 +131,31 @@ def lm_errors_reason(errors_by_kind: Mapping[str, int], n: int) -> str | None:
     return reason
 
 
+def paired_outcomes(records: Iterable[ExampleRecord]) -> dict[str, float]:
+    """``{key: score}`` of the records the model answered (infrastructure errors left out: not measured)."""
+    return {r.key: r.score for r in records if r.error_kind not in INFRA_ERROR_KINDS}
+
+
+def _keys(keys: Sequence[str]) -> str:
+    shown = ", ".join(keys[:SHOWN_KEYS])
+    return shown + (f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else "")
+
+
+def regression_reason(comparison: Comparison) -> str:
+    """Why a paired comparison is a regression, in words: which examples, delta, CI, p."""
+    c = comparison
+    lo, hi = c.delta_ci95
+    moved = "went pass -> fail" if c.test == "mcnemar-exact" else "scored lower"
+    text = (
+        f"regression against the golden: {len(c.regressions)} of {c.shared} shared examples {moved} "
+        f"({_keys(c.regressions)})"
+    )
+    if c.fixes:
+        text += f", {len(c.fixes)} improved"
+    p = f"{c.p_value:.2g}" if c.p_value < 0.001 else f"{c.p_value:.3f}"
+    return text + f"; delta {c.delta:+.3f} (95% CI {lo:+.3f}..{hi:+.3f}), p={p} < alpha {c.alpha:g} [{c.test}]"
+
+
 def judge(
     result: Judged,
     *,
@@ -104,12 +163,23 @@ def judge(
     golden_score: float | None = None,
     tolerance: float = 0.05,
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE,
+    golden_outcomes: Mapping[str, float] | None = None,
+    alpha: float = DEFAULT_ALPHA,
 ) -> Verdict:
-    """The verdict on one program's result (see the module docstring for the order of the checks)."""
+    """The verdict on one program's result (see the module docstring for the order of the checks).
+
+    ``golden_outcomes`` (the golden's per-example validation scores by key) turn the regression
+    check into the paired comparison; the verdict carries it (``verdict.comparison``).
+    """
     score, n = result.score, result.n
+    comparison: Comparison | None = None
+    if golden_outcomes is not None:
+        from .comparison import compare
+
+        comparison = compare(golden_outcomes, paired_outcomes(result.records), alpha=alpha, tolerance=tolerance)
 
     def v(passed: bool, reason: str, kind: str) -> Verdict:
-        return Verdict(passed, reason, score, threshold, golden_score, tolerance, kind)
+        return Verdict(passed, reason, score, threshold, golden_score, tolerance, kind, comparison=comparison)
 
     if n == 0:
         return v(False, "no examples were evaluated", "no_examples")
@@ -120,6 +190,48 @@ def judge(
         return v(False, f"{reason} — over the error budget of {max_error_rate:.0%} (not a low score)", "lm_errors")
     if threshold is not None and score < threshold:
         return v(False, f"below threshold ({score:.3f} < {threshold:.3f})", "below_threshold")
+    if comparison is not None and comparison.shared:
+        c = comparison
+        if c.regressed:
+            return v(False, regression_reason(c), "regression")
+        if c.underpowered and c.delta < -tolerance - 1e-9:
+            return v(
+                False,
+                f"regression: {c.current_score:.3f} < golden {c.baseline_score:.3f} - tolerance {tolerance:.3f} "
+                f"on the {c.shared} shared examples ({len(c.regressions)} went pass -> fail: "
+                f"{_keys(c.regressions)}); the paired test is underpowered (needs n >= {c.needed_n}), "
+                "so the tolerance applies",
+                "regression",
+            )
+        return v(True, "ok", "ok")
     if golden_score is not None and score < golden_score - tolerance - 1e-9:
         return v(False, f"regression: {score:.3f} < golden {golden_score:.3f} - tolerance {tolerance:.3f}", "regression")
     return v(True, "ok", "ok")
+
+
+def judge_records(
+    records: Iterable[ExampleRecord],
+    *,
+    program: str = "",
+    metric: str = "",
+    threshold: float | None = None,
+    tolerance: float = 0.05,
+    max_error_rate: float = DEFAULT_MAX_ERROR_RATE,
+    golden_score: float | None = None,
+    golden_outcomes: Mapping[str, float] | None = None,
+    alpha: float = DEFAULT_ALPHA,
+) -> tuple[EvaluationResult, Verdict]:
+    """The result of ``records`` and its verdict: what the plugin's controller and shard ``combine`` call."""
+    from .evaluation import EvaluationResult
+
+    result = EvaluationResult.from_records(records, program=program, metric=metric)
+    verdict = judge(
+        result,
+        threshold=threshold,
+        golden_score=golden_score,
+        tolerance=tolerance,
+        max_error_rate=max_error_rate,
+        golden_outcomes=golden_outcomes,
+        alpha=alpha,
+    )
+    return result, verdict

@@ -33,11 +33,26 @@ def program_row(
     golden: str | None,
     note: str = "",
     comparison: Mapping[str, Any] | None = None,
-    flaky: Sequence[str] = (),
+    flaky: Sequence[str] | None = None,
     prompts: Mapping[str, Any] | None = None,
+    alpha: float | None = None,
 ) -> dict[str, Any]:
-    """One program's row: the terminal summary, the JSON report (team contract), HTML/markdown, combine."""
+    """One program's row: the terminal summary, the JSON report (team contract), HTML/markdown, combine.
+
+    ``comparison`` defaults to the verdict's paired comparison (``verdict.comparison``), ``flaky`` to
+    the examples whose repeats disagree (``comparison.flaky_keys`` of the records), ``alpha`` to the
+    comparison's.
+    """
+    from .comparison import flaky_keys
+
     lo, hi = result.ci95
+    if comparison is None and verdict.comparison is not None:
+        comparison = verdict.comparison.to_json()
+    if flaky is None:
+        flaky = flaky_keys(result.records)
+    if alpha is None and comparison is not None and comparison.get("alpha") is not None:
+        alpha = float(comparison["alpha"])
+    repeats = max((len(r.repeats) for r in result.records if r.repeats), default=1)
     return {
         "program": result.program,
         "mode": mode,
@@ -46,6 +61,8 @@ def program_row(
         "metric": result.metric,
         "threshold": threshold,
         "tolerance": tolerance,
+        "alpha": alpha,
+        "repeats": repeats,
         "max_error_rate": max_error_rate,
         "score": result.score,
         "n": result.n,

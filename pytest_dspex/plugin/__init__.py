@@ -92,6 +92,14 @@ class _XdistHooks:
         node.workerinput["dspex_run_id"] = self.session.run_id
         node.workerinput["dspex_owner_pid"] = os.getpid()
 
+    @pytest.hookimpl
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: Any) -> None:
+        from .xdist import read_usage_error
+
+        problem = read_usage_error(self.session.run_id, node.workerinput["workerid"])
+        if problem is not None:
+            pytest.exit(f"ERROR: {problem}", returncode=pytest.ExitCode.USAGE_ERROR)
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
         if config.getvalue("dist") != "load":
@@ -130,6 +138,15 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     dspex = session.config.stash.get(session_key, None)
     if dspex is None:
         return
+    problem = _check_compile_names(session, dspex)
+    if problem is not None:
+        if not dspex.is_worker:
+            raise pytest.UsageError(problem)
+        worker = session.config.workerinput["workerid"]  # type: ignore[attr-defined]
+        if worker == "gw0":  # the controller stops the run with it (it does not collect); the workers'
+            from .xdist import write_usage_error  # collections are the same, one message is enough
+
+            write_usage_error(dspex.run_id, worker, problem)
     chunks: dict[str, str] = {}
     for item in session.items:
         callspec = getattr(item, "callspec", None)
@@ -141,6 +158,36 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         from .xdist import write_chunks
 
         write_chunks(dspex.run_id, session.config.workerinput["workerid"], chunks)  # type: ignore[attr-defined]
+
+
+def _check_compile_names(session: pytest.Session, dspex: DspexSession) -> str | None:
+    """``--dspex-compile=NAMES`` naming a program no selected test uses: the usage error listing the known ones.
+
+    Checked once the collection is known. Under xdist the controller does not collect: each worker
+    checks its (identical) collection and leaves the message for the controller, which stops the run
+    with it (``_XdistHooks.pytest_xdist_node_collection_finished``).
+    """
+    wanted = dspex.options.compile
+    if not wanted or "*" in wanted or session.testsfailed:  # collection errors speak first
+        return None
+    known: set[str] = set()
+    for item in session.items:
+        if item.get_closest_marker("dspex_program") is None:
+            continue
+        try:
+            spec = program_spec(item, Path(item.path).parent)
+        except (Exception, pytest.fail.Exception):  # a bad marker fails its own test
+            continue
+        if spec is not None:
+            known.add(spec.name)
+    unknown = sorted(wanted - known)
+    if unknown:
+        names = ", ".join(sorted(known)) if known else "none (no selected test has @pytest.mark.dspex_program)"
+        return (
+            f"--dspex-compile={','.join(sorted(wanted))}: no selected test uses program"
+            f"{'s' if len(unknown) > 1 else ''} {', '.join(repr(n) for n in unknown)}; known program names: {names}"
+        )
+    return None
 
 
 @pytest.hookimpl(wrapper=True)
@@ -194,9 +241,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     finally:
         dspex.close()
         if not dspex.is_worker and config.pluginmanager.hasplugin("xdist"):
-            from .xdist import read_chunks
+            from .xdist import read_chunks, remove_usage_errors
 
             read_chunks(dspex.run_id, remove=True)
+            remove_usage_errors(dspex.run_id)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -218,9 +266,15 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     for row in rows:
         if row.get("note"):
             tr.write_line(f"{row['program']}: {row['note']}", yellow=True)
+    from .report import gate_lines
+
+    for text, style in gate_lines(rows):  # paired comparison with the golden, flaky examples
+        tr.write_line(text, **style)
     written = [(p, g) for p, g in collector.goldens.items() if g.get("outcome")]
     for rel, g in sorted(written):
         extra = f" (validation {g['score']:.3f}, n={g['n']}, chosen: {g['chosen']})" if "score" in g else ""
+        if g.get("reason") and g["outcome"] in ("kept", "updated"):
+            extra += f": {g['reason']}"  # why compile replaced or kept it
         tr.write_line(f"golden {g['outcome']}: {rel}{extra}", green=g["outcome"] != "kept", yellow=g["outcome"] == "kept")
     for rel in collector.unused_goldens():
         tr.write_line(f"golden unused: {rel} (no test used it in this run)", yellow=True)

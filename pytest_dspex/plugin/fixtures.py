@@ -58,6 +58,8 @@ def _session(request: pytest.FixtureRequest) -> DspexSession:
 
 def _golden_info(session: DspexSession, resolved: Resolved) -> dict[str, Any]:
     d: dict[str, Any] = {"path": session.rel(resolved.golden_path), "program": resolved.name, "outcome": resolved.outcome}
+    if resolved.reason:
+        d["reason"] = resolved.reason  # why compile replaced or kept the golden
     if resolved.compile_result is not None:
         cr = resolved.compile_result
         d.update(
@@ -150,9 +152,15 @@ class Evaluator:
             loaded = ctx.dataset(gate_path, limit)
             examples, fingerprint = loaded.examples, loaded.fingerprint
         else:
+            from .._exceptions import DatasetError
+            from ..datasets import check_unique_keys
             from ..datasets import fingerprint as fingerprint_of
 
             examples = as_examples(list(dataset), spec.input_keys)
+            try:  # records are matched with the golden's by key: two examples may not share one
+                check_unique_keys(examples, f"{node.nodeid}: the dataset given to dspex_evaluate")
+            except DatasetError as exc:
+                pytest.fail(str(exc), pytrace=False)
             fingerprint = fingerprint_of(examples)
         resolved = ctx.resolve(gate_path)
         progress = Progress.for_config(self._request.config, spec.name)
@@ -163,6 +171,7 @@ class Evaluator:
             progress=progress.update if progress else None,
             program_name=spec.name,
             example_timeout=options.example_timeout,
+            repeats=options.repeats,
         )
         result = run_with_progress(progress, lambda: evaluate(resolved.program))
         verdict = judge(
@@ -171,6 +180,8 @@ class Evaluator:
             golden_score=_comparable_golden_score(resolved, fingerprint),
             tolerance=ctx.tolerance,
             max_error_rate=options.max_error_rate,
+            golden_outcomes=resolved.golden.validation_examples if resolved.golden is not None else None,
+            alpha=options.alpha,
         )
         row = program_row(
             result,
@@ -184,6 +195,7 @@ class Evaluator:
             golden=session.rel(resolved.golden_path) if resolved.golden is not None else None,
             note=resolved.note,
             prompts=resolved.golden.prompts if resolved.golden is not None else None,
+            alpha=options.alpha,
         )
         node.stash[payload_key] = {"kind": "program", "row": row, "golden_file": _golden_info(session, resolved)}
         from ..reports import program_properties
@@ -243,6 +255,7 @@ class Predictor:
                 timeout=options.example_timeout,
                 progress=on_progress if progress else None,
                 program_name=spec.name,
+                repeats=options.repeats,
             )
             records = run_with_progress(progress, lambda: run_sync(coro))
             tally.add(records)
@@ -261,11 +274,16 @@ class Predictor:
             "metric": mspec.name,
             "threshold": mspec.threshold,
             "tolerance": ctx.tolerance,
+            "alpha": options.alpha,
             "max_error_rate": options.max_error_rate,
             "golden": session.rel(resolved.golden_path) if resolved.golden is not None else None,
             "golden_score": _comparable_golden_score(resolved, data.fingerprint),
             "note": resolved.note,
             "prompts": session.once(("prompts", key), lambda: resolved.golden.prompts if resolved.golden else {}),
+            # the golden's per-example outcomes for the controller's paired gate, sent once per process
+            "golden_outcomes": session.once(
+                ("outcomes", key), lambda: resolved.golden.validation_examples if resolved.golden else None
+            ),
             "record": record.to_json(),
             "golden_file": _golden_info(session, resolved),
         }

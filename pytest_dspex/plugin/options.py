@@ -35,6 +35,20 @@ OPTIONS: list[tuple[str, str, Any, str]] = [
     ("candidates", "int", 4, "shuffled candidate programs tried by --dspex-compile"),
     ("seed", "int", 0, "optimizer seed"),
     ("tolerance", "float", 0.05, "allowed drop below the golden's recorded score before a regression fails"),
+    (
+        "alpha",
+        "float",
+        0.05,
+        "significance level of the paired regression gate: the run regressed when the one-sided p-value of "
+        "its per-example comparison with the golden is below it",
+    ),
+    (
+        "repeats",
+        "int",
+        1,
+        "evaluate each example N times (each repeat its own rollout id in the cache key); the example's score "
+        "is the mean, examples whose repeats disagree are listed as flaky",
+    ),
     ("report", "str", None, "write a JSON report of every evaluation to this path"),
     ("html", "str", None, "write a self-contained HTML report (filters, search, prompts) to this path"),
     (
@@ -117,6 +131,8 @@ class DspexOptions:
     missing_golden: str
     max_error_rate: float
     example_timeout: float | None
+    alpha: float
+    repeats: int
     compile: frozenset[str] | None  # None = normal run; {"*"} = all programs
     force: bool
     html: Path | None = None  # --dspex-html (relative to the invocation directory, like --dspex-report)
@@ -214,5 +230,9 @@ def _check(values: dict[str, Any], compile_names: frozenset[str] | None, force: 
         raise pytest.UsageError(f"--dspex-max-cost must be >= 0, got {values['max_cost']}")
     if not 0 <= values["max_error_rate"] <= 1:
         raise pytest.UsageError(f"--dspex-max-error-rate must be between 0 and 1, got {values['max_error_rate']}")
+    if not 0 < values["alpha"] < 1:
+        raise pytest.UsageError(f"--dspex-alpha must be between 0 and 1 (exclusive), got {values['alpha']}")
+    if values["repeats"] < 1:
+        raise pytest.UsageError(f"--dspex-repeats must be >= 1, got {values['repeats']}")
     if values["example_timeout"] is not None and values["example_timeout"] <= 0:
         raise pytest.UsageError(f"--dspex-example-timeout must be > 0, got {values['example_timeout']}")

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 from ..rows import program_row
 
-__all__ = ["Collector", "PerExampleRun", "format_table", "program_row", "report_json"]
+__all__ = ["Collector", "PerExampleRun", "format_table", "gate_lines", "program_row", "report_json"]
 
 
 @dataclass
@@ -44,6 +44,8 @@ class PerExampleRun:
     records: dict[int, ExampleRecord] = field(default_factory=dict)
     note: str = ""
     prompts: dict[str, Any] = field(default_factory=dict)
+    alpha: float = 0.05
+    golden_outcomes: dict[str, float] | None = None
     result: EvaluationResult | None = None
     verdict: Verdict | None = None
 
@@ -52,16 +54,19 @@ class PerExampleRun:
         return f"{self.program} on {self.dataset}"
 
     def judge(self) -> Verdict:
-        from ..evaluation import EvaluationResult
-        from ..gates import judge
+        """The core gate on the gathered records (``gates.judge_records``, as shard ``combine`` calls it)."""
+        from ..gates import judge_records
 
-        self.result = EvaluationResult.from_records(self.records.values(), program=self.program, metric=self.metric)
-        self.verdict = judge(
-            self.result,
+        self.result, self.verdict = judge_records(
+            self.records.values(),
+            program=self.program,
+            metric=self.metric,
             threshold=self.threshold,
             golden_score=self.golden_score,
             tolerance=self.tolerance,
             max_error_rate=self.max_error_rate,
+            golden_outcomes=self.golden_outcomes,
+            alpha=self.alpha,
         )
         return self.verdict
 
@@ -79,6 +84,7 @@ class PerExampleRun:
             golden=self.golden,
             note=self.note,
             prompts=self.prompts,
+            alpha=self.alpha,
         )
 
 
@@ -109,9 +115,12 @@ class Collector:
                     **{k: payload[k] for k in ("program", "test", "dataset", "metric", "threshold", "tolerance", "max_error_rate", "golden", "golden_score")},
                     note=payload.get("note", ""),
                     prompts=payload.get("prompts") or {},
+                    alpha=float(payload.get("alpha", 0.05)),
                 )
             if payload.get("prompts"):
                 run.prompts = payload["prompts"]
+            if payload.get("golden_outcomes") is not None:
+                run.golden_outcomes = dict(payload["golden_outcomes"])
             rec = ExampleRecord.from_json(payload["record"])
             run.records[rec.index] = rec
 
@@ -188,6 +197,37 @@ def _git_commit(root: Path) -> str | None:
 def _fmt_score(row: dict[str, Any]) -> str:
     lo, hi = row.get("ci95") or (0, 0)
     return f"{row['score']:.3f} ({lo:.2f}-{hi:.2f})"
+
+
+def gate_lines(rows: list[dict[str, Any]]) -> list[tuple[str, dict[str, bool]]]:
+    """Terminal lines under the table: each program's paired comparison with its golden (delta, 95% CI,
+    p, regressed and fixed keys, underpowered) and its flaky examples; ``(text, markup)`` pairs."""
+    from ..comparison import Comparison
+    from ..gates import SHOWN_KEYS
+
+    def keys(ks: list[str]) -> str:
+        return ", ".join(ks[:SHOWN_KEYS]) + (f" and {len(ks) - SHOWN_KEYS} more" if len(ks) > SHOWN_KEYS else "")
+
+    out: list[tuple[str, dict[str, bool]]] = []
+    for r in rows:
+        label = f"{r['program']} [{r.get('mode', 'dataset')}]"
+        raw = r.get("comparison")
+        if raw:
+            c = Comparison.from_json(raw)
+            text = f"{label} vs golden: {c.summary()}"
+            if c.regressions:
+                text += f"; pass -> fail: {keys(c.regressions)}"
+            if c.fixes:
+                text += f"; fail -> pass: {keys(c.fixes)}"
+            style = {"red": True} if c.regressed else {"green": True} if c.verdict == "improved" else {}
+            if c.underpowered and not c.regressed:
+                style = {"yellow": True}
+            out.append((text, style))
+        flaky = list(r.get("flaky") or [])
+        if flaky:
+            repeats = r.get("repeats") or "several"
+            out.append((f"{label}: {len(flaky)} flaky example(s), their {repeats} repeats disagree: {keys(flaky)}", {"yellow": True}))
+    return out
 
 
 def format_table(rows: list[dict[str, Any]]) -> list[str]:

@@ -44,6 +44,7 @@ class Resolved:
     outcome: str | None = None  # created / updated / kept / unchanged, when compiled by this process
     compile_result: CompileResult | None = None
     note: str = ""
+    reason: str = ""  # why compile replaced or kept the golden (``WriteResult.reason``)
 
     @property
     def golden_score(self) -> float | None:
@@ -222,7 +223,7 @@ class DspexSession:
         if done.result is None:  # another worker of this run compiled it
             return Resolved(spec.name, done.program, path, done.golden, note="compiled by another worker")
         self.config.hook.pytest_dspex_compile_result(program=spec.name, result=done.result, outcome=done.outcome, path=path)
-        return Resolved(spec.name, done.program, path, done.golden, done.outcome, done.result)
+        return Resolved(spec.name, done.program, path, done.golden, done.outcome, done.result, reason=done.reason)
 
     # -- per-example items ----------------------------------------------------------------------
     def chunk_of(self, index: int) -> int:

@@ -18,7 +18,15 @@ from typing import Any
 
 from xdist.scheduler import LoadScheduling
 
-__all__ = ["ChunkScheduling", "chunk_file", "read_chunks", "write_chunks"]
+__all__ = [
+    "ChunkScheduling",
+    "chunk_file",
+    "read_chunks",
+    "read_usage_error",
+    "remove_usage_errors",
+    "write_chunks",
+    "write_usage_error",
+]
 
 
 def chunk_file(run_id: str, worker: str) -> Path:
@@ -42,6 +50,31 @@ def read_chunks(run_id: str, *, remove: bool = False) -> dict[str, str]:
         except (OSError, ValueError):
             continue
     return chunks
+
+
+def _usage_file(run_id: str, worker: str) -> Path:
+    return Path(tempfile.gettempdir()) / f"pytest-dspex-usage-{run_id}-{worker}.txt"
+
+
+def write_usage_error(run_id: str, worker: str, message: str) -> None:
+    """A worker found a usage error in its collection (only it collects): left for the controller."""
+    _usage_file(run_id, worker).write_text(message, encoding="utf-8")
+
+
+def read_usage_error(run_id: str, worker: str) -> str | None:
+    """The usage error a worker left (and removes it), or None. Remote workers leave none here."""
+    path = _usage_file(run_id, worker)
+    try:
+        message = path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    path.unlink(missing_ok=True)
+    return message
+
+
+def remove_usage_errors(run_id: str) -> None:
+    for path in Path(tempfile.gettempdir()).glob(f"pytest-dspex-usage-{run_id}-*.txt"):
+        path.unlink(missing_ok=True)
 
 
 class ChunkScheduling(LoadScheduling):  # type: ignore[misc]  # xdist is untyped
