@@ -230,6 +230,19 @@ def gate_lines(rows: list[dict[str, Any]]) -> list[tuple[str, dict[str, bool]]]:
     return out
 
 
+def _gate_cell(row: dict[str, Any]) -> str:
+    """The table's gate column; a paired regression in short (its keys, CI and p are on the line below)."""
+    verdict = row["verdict"]
+    if verdict["passed"]:
+        return "pass"
+    c = row.get("comparison")
+    if verdict.get("kind") == "regression" and c and c.get("verdict") == "regressed":
+        p = float(c["p_value"])
+        shown = f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
+        return f"FAIL: regressed, {len(c.get('regressions') or [])} of {c.get('shared')} worse (p={shown})"
+    return "FAIL: " + str(verdict["reason"])
+
+
 def format_table(rows: list[dict[str, Any]]) -> list[str]:
     header = ["program", "mode", "score (95% CI)", "thresh", "golden (delta)", "n", "err", "calls", "cached", "tokens", "cost", "gate"]
     lines = [header]
@@ -237,7 +250,6 @@ def format_table(rows: list[dict[str, Any]]) -> list[str]:
         usage = r.get("usage") or {}
         golden = r.get("golden_score")
         golden_txt = "-" if golden is None else f"{golden:.3f} ({round(r['score'] - golden, 3) + 0.0:+.3f})"
-        verdict = r["verdict"]
         lines.append([
             str(r["program"]),
             str(r.get("mode", "dataset")),
@@ -250,7 +262,7 @@ def format_table(rows: list[dict[str, Any]]) -> list[str]:
             str(int(usage.get("cache_hits", 0))),
             str(int(usage.get("tokens", 0))),
             f"${usage.get('cost', 0.0):.4f}",
-            "pass" if verdict["passed"] else ("FAIL: " + str(verdict["reason"])),
+            _gate_cell(r),
         ])  # fmt: skip
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     out = []
