@@ -31,7 +31,7 @@ needs_cache_url = pytest.mark.skipif(
 )
 
 N = 30
-VERDICT_FIELDS = ("score", "n", "ci95", "errors", "errors_by_kind", "infra_errors", "verdict")
+VERDICT_FIELDS = ("score", "n", "ci95", "errors", "errors_by_kind", "infra_errors", "verdict", "comparison")
 
 TEST_FILE = '''
 import pytest
@@ -130,6 +130,7 @@ def test_three_shards_combine_into_the_unsharded_verdict(
     for row in merged["programs"]:
         ref = reference[row["program"]]
         assert {f: row[f] for f in VERDICT_FIELDS} == {f: ref[f] for f in VERDICT_FIELDS}, row["program"]
+        assert row["comparison"]["shared"] == N  # the paired gate ran on all examples, merged from 3 shards
         assert [r["key"] for r in row["records"]] == [r["key"] for r in ref["records"]]
     assert merged["passed"] == json.loads((root / "whole.json").read_text())["passed"]
 
