@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol, get_args, get_origin
 import pydantic
 
 from ._exceptions import AdapterParseError
-from .constrained import Constraint, chat_grammar, compact_grammar, json_schema_for
+from .constrained import Constraint, chat_grammar, compact_grammar, json_schema_for, shown_choices
 from .signatures import FieldSpec, Signature
 
 __all__ = ["Adapter", "ChatAdapter", "CompactAdapter", "JSONAdapter", "LMRequest", "get_adapter"]
@@ -75,6 +75,9 @@ def coerce(spec: FieldSpec, raw: Any, adapter: str = "") -> Any:
     tp = spec.annotation
     if tp is str:
         return raw.strip() if isinstance(raw, str) else render_value(raw)
+    if isinstance(raw, str) and (shown := shown_choices(spec)) is not None:
+        back = {v.lower(): k for k, v in shown.items()}
+        raw = back.get(raw.strip().strip("`'\"*").strip().rstrip(".!").strip().lower(), raw)
     if isinstance(raw, str):
         text = raw.strip()
         origin = get_origin(tp)
@@ -145,12 +148,24 @@ def _short(text: str, n: int = 80) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def _choices_hint(spec: FieldSpec) -> str:
+def _choices_hint(spec: FieldSpec, *, shown: bool = False) -> str:
     if get_origin(spec.annotation) is Literal:
-        return " (one of: " + ", ".join(str(a) for a in get_args(spec.annotation)) + ")"
+        mapping = shown_choices(spec) if shown else None
+        values = [str(a) for a in get_args(spec.annotation)]
+        return " (one of: " + ", ".join(mapping.get(v, v) if mapping else v for v in values) + ")"
     if spec.annotation is not str:
         return f" ({spec.type_name})"
     return ""
+
+
+def _shown_value(spec: FieldSpec, value: Any) -> str:
+    """A value as the compact adapter shows it (closed-set values with spaces for underscores)."""
+    text = render_value(value)
+    if spec.role == "output":
+        shown = shown_choices(spec)
+        if shown is not None:
+            return shown.get(text, text)
+    return text
 
 
 def _grammar_constraint(grammar: str | None) -> Constraint | None:
@@ -169,7 +184,7 @@ class CompactAdapter:
         blocks = []
         for demo in demos:
             lines = [
-                f"{f.label}: {render_value(demo[n])}"
+                f"{f.label}: {_shown_value(f, demo[n])}"
                 for n, f in (*ins.items(), *outs.items())
                 if n in demo and demo[n] is not None
             ]
@@ -213,7 +228,10 @@ class CompactAdapter:
 @functools.lru_cache(maxsize=256)
 def _compact_system(signature: type[Signature], instructions: str) -> str:
     """The compact layout's system message, built once per signature (and instructions, which may be set in place)."""
-    hints = [f"{f.label}{_choices_hint(f)}" + (f": {f.desc}" if f.desc else "") for f in signature.output_fields().values()]
+    hints = [
+        f"{f.label}{_choices_hint(f, shown=True)}" + (f": {f.desc}" if f.desc else "")
+        for f in signature.output_fields().values()
+    ]
     system = instructions.strip()
     return (system + "\n" if system else "") + "Answer with: " + "; ".join(hints) + "."
 

@@ -56,6 +56,7 @@ __all__ = [
     "constrained_decoding",
     "json_schema_for",
     "set_constrained_decoding",
+    "shown_choices",
 ]
 
 Dialect = Literal["grammar", "vllm", "json_schema", "json_object"]
@@ -87,6 +88,24 @@ def choice_values(spec: FieldSpec) -> list[str] | None:
     return None
 
 
+@functools.lru_cache(maxsize=512)
+def shown_choices(spec: FieldSpec) -> dict[str, str] | None:
+    """How the compact adapter shows a closed-set field's values: ``lost_card`` as ``lost card``.
+
+    A small base model picks plain words far better than snake_case identifiers (measured on a
+    6-intent task with 12 demos on Gemma 3 270M: 0.85–0.88 with ``lost card``-style labels,
+    0.33–0.67 with ``lost_card``). Values are shown with spaces for underscores when that keeps
+    them distinct; answers are mapped back to the real values. None when nothing changes.
+    """
+    values = choice_values(spec)
+    if not values or not any("_" in v for v in values):
+        return None
+    shown = {v: v.replace("_", " ") for v in values}
+    if len(set(shown.values())) != len(set(values)):
+        return None
+    return shown
+
+
 def _text(value: Any) -> str:
     from .adapters import render_value
 
@@ -97,8 +116,11 @@ def _gbnf_literal(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)  # GBNF string literals use JSON-style escapes
 
 
-def _value_rule(spec: FieldSpec, free: str) -> str:
+def _value_rule(spec: FieldSpec, free: str, *, shown: bool = False) -> str:
     choices = choice_values(spec)
+    mapping = shown_choices(spec) if shown else None
+    if choices is not None and mapping is not None:
+        choices = [mapping[c] for c in choices]
     if choices is not None:
         return "(" + " | ".join(_gbnf_literal(c) for c in dict.fromkeys(choices)) + ")"
     if spec.annotation is int:
@@ -126,9 +148,9 @@ def compact_grammar(signature: type[Signature]) -> str | None:
         return None
     outs = list(signature.output_fields().values())
     line = "[^\\n]*"
-    parts = [f'" "? {_value_rule(outs[0], line)}']
+    parts = [f'" "? {_value_rule(outs[0], line, shown=True)}']
     for f in outs[1:]:
-        parts.append(f'{_gbnf_literal(chr(10) + f.label + ":")} " "? {_value_rule(f, line)}')
+        parts.append(f'{_gbnf_literal(chr(10) + f.label + ":")} " "? {_value_rule(f, line, shown=True)}')
     return "root ::= " + " ".join(parts) + "\n"
 
 

@@ -172,3 +172,39 @@ def test_vllm_dialect_and_off():
     assert body_fields("grammar", c) == {"grammar": c.grammar}
     with pytest.raises(ValueError, match="one of"):
         set_constrained_decoding(object(), "xml")  # type: ignore[arg-type]
+
+
+class Intent(dspex.Signature):
+    """Name the intent."""
+
+    message: str = dspex.InputField()
+    intent: Literal["lost_card", "check_balance", "other"] = dspex.OutputField()
+
+
+def test_compact_shows_snake_case_labels_as_words_and_maps_answers_back():
+    req = CompactAdapter().format(Intent, [{"message": "m", "intent": "lost_card"}], {"message": "q"})
+    assert "(one of: lost card, check balance, other)" in req.messages[0]["content"]
+    assert "Intent: lost card\n" in req.messages[1]["content"]
+    assert req.constraint is not None
+    assert req.constraint.grammar == 'root ::= " "? ("lost card" | "check balance" | "other")\n'
+    assert CompactAdapter().parse(Intent, " lost card") == {"intent": "lost_card"}
+    assert CompactAdapter().parse(Intent, " check_balance") == {"intent": "check_balance"}
+    # the chat layout keeps DSPy's text
+    assert "lost_card" in ChatAdapter().format(Intent, [], {"message": "q"}).messages[0]["content"]
+
+
+def test_labels_that_would_collide_are_shown_as_they_are():
+    from pytest_dspex.constrained import shown_choices
+
+    clash = dspex.make_signature("m -> x")
+    spec = next(iter(Intent.output_fields().values()))
+    assert shown_choices(spec) == {"lost_card": "lost card", "check_balance": "check balance", "other": "other"}
+
+    class Clash(dspex.Signature):
+        """c"""
+
+        m: str = dspex.InputField()
+        x: Literal["a_b", "a b"] = dspex.OutputField()
+
+    assert shown_choices(next(iter(Clash.output_fields().values()))) is None
+    assert shown_choices(next(iter(clash.output_fields().values()))) is None
