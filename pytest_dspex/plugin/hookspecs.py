@@ -24,4 +24,6 @@ def pytest_dspex_compile_result(program: str, result: Any, outcome: str, path: A
 
 def pytest_dspex_gate(program: str, verdict: Any, result: Any) -> None:
     """Called with every gate ``Verdict`` and its ``EvaluationResult``: whole-dataset ones in the
-    test's process, per-example ones on the controller (built from the items' records)."""
+    test's process, per-example ones on the controller (built from the items' records).
+    ``verdict.comparison`` is the paired comparison with the golden's per-example outcomes (a
+    ``comparison.Comparison``: delta, CI, p, regressions, fixes), or None without one."""
