@@ -12,6 +12,8 @@ All candidates are built concurrently (one shared teacher, so a training example
 made once). Then the search spends as few calls as it can on the validation set (the trainset when
 none is given):
 
+* **No answer copied from its own demo.** Without a validation set, candidates are scored on the
+  trainset with each example's own demo left out of its prompt.
 * **No call whose answer is known.** A candidate whose demos equal an earlier one's is not
   evaluated: it shares that candidate's result (``duplicate_of``).
 * **Racing.** Candidates are scored on a growing subset of the validation set (``race_first``
@@ -219,7 +221,7 @@ class BootstrapFewShotWithRandomSearch:
                 f"evaluating {len(unique)} candidates on {len(val)} validation examples"
                 + (f" ({len(candidates) - len(unique)} duplicates skipped)" if len(unique) < len(candidates) else "")
             )
-            await self._race(unique, val, serial)
+            await self._race(unique, val, serial, leave_one_out=same_sets)
             for cand in candidates:
                 if cand.duplicate_of is not None:
                     twin = next(c for c in candidates if c.name == cand.duplicate_of)
@@ -289,8 +291,15 @@ class BootstrapFewShotWithRandomSearch:
         self._say(f"bootstrapping {len(specs)} candidates on {len(trainset)} training examples")
         return list(await asyncio.gather(*(build(n, s) for n, s in specs)))
 
-    async def _race(self, candidates: list[Candidate], valset: list[Example], serial: bool) -> None:
-        """Score ``candidates`` on ``valset``, dropping the clearly worse on the way (see module doc)."""
+    async def _race(
+        self, candidates: list[Candidate], valset: list[Example], serial: bool, *, leave_one_out: bool = False
+    ) -> None:
+        """Score ``candidates`` on ``valset``, dropping the clearly worse on the way (see module doc).
+
+        With ``leave_one_out`` (the valset is the trainset) an example is answered without its own demo:
+        a small model copies a demo's answer, which would make the candidate with the most labeled
+        demos look best.
+        """
         order = list(range(len(valset)))
         random.Random(self.seed).shuffle(order)
         stops = _stages(len(order), self.race_first) if self.racing and len(candidates) > 1 else [len(order)]
@@ -302,9 +311,10 @@ class BootstrapFewShotWithRandomSearch:
             chunk = [(i, valset[i]) for i in order[done:stop]]
 
             async def run(cand: Candidate, chunk: list[tuple[int, Example]] = chunk) -> None:
+                program = _WithoutOwnDemo(cand.program) if leave_one_out else cand.program
                 with tracing.use_span(spans[cand.name]):  # compile -> candidate -> evaluate
                     records[cand.name].extend(
-                        await evaluate_records(cand.program, chunk, self.metric, concurrency=self.concurrency)
+                        await evaluate_records(program, chunk, self.metric, concurrency=self.concurrency)
                     )
 
             if serial:
@@ -352,6 +362,24 @@ class BootstrapFewShotWithRandomSearch:
 def _span_result(span: Any, result: CompileResult) -> None:
     if span is not None:
         span.set_attributes({"dspex.chosen": result.best.name, "dspex.score": result.validation.score, "dspex.n": result.validation.n})
+
+
+class _WithoutOwnDemo(Module):
+    """Runs ``program`` on an example with the demos that are that example removed."""
+
+    def __init__(self, program: Module) -> None:
+        self._program = program
+
+    async def aforward(self, **inputs: Any) -> Any:
+        def own(demo: dict[str, Any]) -> bool:
+            return all(k in demo and demo[k] == v for k, v in inputs.items())
+
+        program = self._program
+        if any(own(d) for p in program.predictors() for d in p.demos):
+            program = program.deepcopy()
+            for p in program.predictors():
+                p.demos = [d for d in p.demos if not own(d)]
+        return await program.acall(**inputs)
 
 
 def _valset(trainset: Sequence[Example], valset: Sequence[Example] | None) -> list[Example] | None:
