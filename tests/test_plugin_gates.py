@@ -249,6 +249,25 @@ class TestRepeats:
         ]
         assert again["flaky"] == ["ex-3"] and again["usage"]["cache_hits"] == 30
 
+    def test_repeats_and_alpha_have_ini_twins(self, pytester, server):
+        project(pytester, 4)
+        pytester.makeini(
+            "[pytest]\nasyncio_default_fixture_loop_scope = function\ndspex_repeats = 2\ndspex_alpha = 0.2\n"
+        )
+        result = run(
+            pytester,
+            server,
+            ["-p", "no:xdist"],
+            "-k",
+            "not each",
+            "--dspex-missing-golden=zero-shot",
+            "--dspex-report=r.json",
+        )
+        assert result.ret == 0, result.stdout.str()
+        (row,) = report_rows(pytester, "r.json").values()
+        assert (row["repeats"], row["alpha"], server.requests) == (2, 0.2, 8)
+        assert all(r["repeats"] == [1.0, 1.0] for r in row["records"])
+
     def test_repeats_option_is_checked(self, pytester):
         project(pytester, 2)
         bad = pytester.runpytest_subprocess("--dspex-repeats=0", "-p", "no:xdist")
