@@ -177,3 +177,20 @@ def test_the_html_of_a_real_run_in_a_browser(pytester, project, server_factory, 
         meta = page.evaluate("document.querySelector('header dl').innerText")
         assert "fake-model" in meta and "127.0.0.1" in meta and CANARY not in meta and "user" not in meta
         assert page.evaluate("performance.getEntriesByType('resource').length") == 0
+
+
+def test_run_metadata_names_the_git_commit(pytester, project, server_factory):
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None:
+        pytest.skip("no git executable")
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "project"]):
+        subprocess.run(["git", *args], cwd=pytester.path, check=True, env=env, capture_output=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=pytester.path, check=True, capture_output=True, text=True).stdout.strip()
+    server = server_factory(make_responder(zero_shot_ok=True))
+    result = run(pytester, server, MODES["no-xdist"], "--dspex-missing-golden=zero-shot", "--dspex-report=r.json", "--dspex-markdown=r.md")
+    assert result.ret == 0
+    assert json.loads((pytester.path / "r.json").read_text())["git_commit"] == head
+    assert f"commit {head[:12]}" in (pytester.path / "r.md").read_text(encoding="utf-8")
