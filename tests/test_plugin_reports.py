@@ -67,7 +67,10 @@ def no_secrets_or_absolute_paths(pytester: pytest.Pytester, *files: Path) -> Non
 
 def test_html_markdown_json_and_step_summary_from_one_run(pytester, project, server_factory, mode, monkeypatch):
     fake = server_factory(make_responder())
-    assert run(pytester, fake, mode, "--dspex-compile").ret == 0
+    assert run(pytester, fake, mode, "--dspex-compile", "--dspex-report=c.json", "--dspex-html=c.html").ret == 0
+    compiled = json.loads((pytester.path / "c.json").read_text(encoding="utf-8"))
+    assert compiled["goldens"]["__dspex__/test_triage/triage.json"]["outcome"] == "created"
+    no_secrets_or_absolute_paths(pytester, pytester.path / "c.json", pytester.path / "c.html")  # goldens, candidates
     summary = pytester.path / "summary.md"
     summary.write_text("earlier step\n", encoding="utf-8")
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
