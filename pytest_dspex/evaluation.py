@@ -22,7 +22,7 @@ import contextvars
 import inspect
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,21 +86,43 @@ async def current_example_timeout() -> float | None:
     return _timeout.get()
 
 
+MetricCaller = Callable[[Example, Prediction], Awaitable[Any]]
+
+
+def metric_caller(metric: Callable[..., Any]) -> MetricCaller:
+    """``await call(example, prediction)`` runs ``metric`` as ``run_metric`` does, its kind worked out once.
+
+    Async metrics run on the loop, sync ones in a worker thread (they may call an LM); metrics marked
+    ``_dspex_inline`` (the ready-made ones in ``metrics``) are pure and quick and run inline.
+    """
+    if getattr(metric, "_dspex_inline", False):
+
+        async def call(example: Example, prediction: Prediction) -> Any:
+            value = metric(example, prediction)
+            return await value if inspect.isawaitable(value) else value
+
+    elif inspect.iscoroutinefunction(metric) or inspect.iscoroutinefunction(getattr(metric, "__call__", None)):  # noqa: B004
+
+        async def call(example: Example, prediction: Prediction) -> Any:
+            value = await metric(example, prediction)
+            return await value if inspect.isawaitable(value) else value
+
+    else:
+
+        async def call(example: Example, prediction: Prediction) -> Any:
+            value = await run_in_thread(metric, example, prediction)  # to_thread's semantics, less CPU
+            return await value if inspect.isawaitable(value) else value
+
+    return call
+
+
 async def run_metric(metric: Callable[..., Any], example: Example, prediction: Prediction) -> Any:
     """Call a metric: async ones on the loop, sync ones in a worker thread (they may call an LM).
 
     Metrics marked ``_dspex_inline`` (the ready-made ones in ``metrics``) are pure and quick; they
-    run inline and spare the thread hop.
+    run inline and spare the thread hop. (An evaluation works the metric's kind out once: ``metric_caller``.)
     """
-    if getattr(metric, "_dspex_inline", False):
-        value = metric(example, prediction)
-    elif inspect.iscoroutinefunction(metric) or inspect.iscoroutinefunction(getattr(metric, "__call__", None)):  # noqa: B004
-        value = await metric(example, prediction)
-    else:
-        value = await run_in_thread(metric, example, prediction)  # to_thread's semantics, less CPU
-    if inspect.isawaitable(value):
-        value = await value
-    return value
+    return await metric_caller(metric)(example, prediction)
 
 
 async def score_example(
@@ -113,8 +135,16 @@ async def score_example(
     timeout: float | None = None,
     mname: str | None = None,
     repeats: int = 1,
+    keep_exceptions: Container[str] = (),
+    call_metric: MetricCaller | None = None,
 ) -> ExampleRecord:
     """Run ``program`` on one example, score it with ``metric`` and account for it, never raising.
+
+    The record keeps the live exception (with its traceback, hence every frame and local of the
+    failed call) only when its error kind is in ``keep_exceptions`` (the plugin's per-example items
+    re-raise a program's exception); otherwise it carries the kind and the message alone, so a large
+    evaluation in which every example fails holds no frames. ``call_metric`` is ``metric_caller(metric)``,
+    worked out once per evaluation (made here when not given).
 
     ``timeout`` bounds the program call and the metric together (per repeat); an example over it is
     cancelled and recorded as ``timeout`` (a sync metric's thread cannot be killed; its result is ignored).
@@ -126,16 +156,22 @@ async def score_example(
     error in any repeat scores that repeat 0 and is the record's error (the first one), so an LM
     error in any repeat counts against the error budget.
     """
+    call = call_metric if call_metric is not None else metric_caller(metric)
+    mname = mname or metric_name(metric)
+
+    def once() -> Awaitable[ExampleRecord]:
+        return _score_once(program, example, call, mname, index=index, key=key, timeout=timeout, keep=keep_exceptions)
+
     if repeats <= 1:
-        return await _score_once(program, example, metric, index=index, key=key, timeout=timeout, mname=mname)
+        return await once()
     runs: list[ExampleRecord] = []
     for r in range(repeats):
         if r == 0:
-            runs.append(await _score_once(program, example, metric, index=index, key=key, timeout=timeout, mname=mname))
+            runs.append(await once())
             continue
         overrides = {**(settings.get("call_overrides") or {}), "rollout_id": r}
         with settings.context(call_overrides=overrides):
-            runs.append(await _score_once(program, example, metric, index=index, key=key, timeout=timeout, mname=mname))
+            runs.append(await once())
     return _merge_repeats(runs)
 
 
@@ -169,12 +205,13 @@ def _merge_repeats(runs: list[ExampleRecord]) -> ExampleRecord:
 async def _score_once(
     program: Module,
     example: Example,
-    metric: Callable[..., Any],
+    call_metric: MetricCaller,
+    mname: str,
     *,
     index: int,
     key: str | None = None,
     timeout: float | None = None,
-    mname: str | None = None,
+    keep: Container[str] = (),
 ) -> ExampleRecord:
     t0 = time.perf_counter()
     inputs = {k: example[k] for k in example.input_keys or ()}
@@ -184,7 +221,7 @@ async def _score_once(
     async def run() -> float:
         nonlocal pred
         pred = await program.acall(**inputs)
-        return to_score(await run_metric(metric, example, pred), mname or metric_name(metric))
+        return to_score(await call_metric(example, pred), mname)
 
     with track_usage() as usage:
         try:
@@ -196,7 +233,9 @@ async def _score_once(
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            kind, message, error = error_kind(exc), describe_error(exc), exc
+            kind, message = error_kind(exc), describe_error(exc)
+            if kind in keep:
+                error = exc
     return ExampleRecord.build(
         index,
         example,
@@ -222,10 +261,12 @@ async def evaluate_records(
     total: int | None = None,
     program_name: str = "",
     repeats: int = 1,
+    keep_exceptions: Container[str] = (),
 ) -> list[ExampleRecord]:
     """Score ``(index, example)`` pairs with ``concurrency`` workers; records in input order.
 
-    ``repeats`` runs each example that many times (see ``score_example``).
+    ``repeats`` runs each example that many times; a record keeps its live exception only when its
+    error kind is in ``keep_exceptions`` (see ``score_example``).
 
     ``progress(done, total, score_so_far, errors)`` is called at most ten times a second and at the end.
     """
@@ -234,6 +275,7 @@ async def evaluate_records(
     timeout = _timeout.get() if timeout is None else timeout
     records: list[ExampleRecord | None] = [None] * len(pending)
     mname = metric_name(metric)
+    call = metric_caller(metric)
     listen = events.has_listeners()
     state = {"done": 0, "score": 0.0, "errors": 0, "last": 0.0}
     queue = iter(enumerate(pending))
@@ -242,7 +284,10 @@ async def evaluate_records(
     async def worker() -> None:
         for slot, (i, ex) in queue:
             started = tracing.example_started(i) if traced else None
-            rec = await score_example(program, ex, metric, index=i, timeout=timeout, mname=mname, repeats=repeats)
+            rec = await score_example(
+                program, ex, metric, index=i, timeout=timeout, mname=mname, repeats=repeats,
+                keep_exceptions=keep_exceptions, call_metric=call,
+            )  # fmt: skip
             if started is not None:
                 tracing.example_finished(started, rec)
             records[slot] = rec

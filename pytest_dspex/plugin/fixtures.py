@@ -256,6 +256,7 @@ class Predictor:
                 progress=on_progress if progress else None,
                 program_name=spec.name,
                 repeats=options.repeats,
+                keep_exceptions=ITEM_FAILING_KINDS,  # re-raised below: the item fails with the original traceback
             )
             records = run_with_progress(progress, lambda: run_sync(coro))
             tally.add(records)
