@@ -54,7 +54,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not session.is_worker:
         from .report import Collector
 
-        collector = Collector(Path(config.rootpath))
+        collector = Collector(Path(config.rootpath), shard=session.options.shard)
         config.stash[_collector_key] = collector
         config.pluginmanager.register(_ControllerHooks(collector), "dspex-controller")
     if config.pluginmanager.hasplugin("xdist"):
@@ -129,7 +129,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     except DatasetError as exc:
         pytest.fail(f"{node.nodeid}: {exc}", pytrace=False)
     ids = [example_id(ex, i) for i, ex in enumerate(examples)]
-    metafunc.parametrize("dspex_example", range(len(examples)), indirect=True, ids=ids)
+    indices = list(range(len(examples)))
+    shard = session.options.shard
+    if shard is not None:  # this job's share, by example key; combine merges the shards
+        from ..datasets import example_key
+
+        indices = shard.select([example_key(ex) for ex in examples])
+    metafunc.parametrize("dspex_example", indices, indirect=True, ids=[ids[i] for i in indices])
 
 
 @pytest.hookimpl(tryfirst=True)  # before an xdist worker reports its collection
@@ -228,7 +234,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     try:
         if collector is not None:
             failed = collector.finish()
-            for run in collector.runs.values():
+            for run in collector.runs.values() if collector.shard is None else ():  # a shard defers its gate
                 config.hook.pytest_dspex_gate(program=run.program, verdict=run.verdict, result=run.result)
             if failed and session.exitstatus == 0:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -266,6 +272,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     for row in rows:
         if row.get("note"):
             tr.write_line(f"{row['program']}: {row['note']}", yellow=True)
+        if row["verdict"].get("kind") == "deferred":  # a shard job: "shard 2/3: 340 of 1000 examples; ..."
+            tr.write_line(f"{row['program']} [{row.get('mode', 'dataset')}]: {row['verdict']['reason']}")
     from .report import gate_lines
 
     for text, style in gate_lines(rows):  # paired comparison with the golden, flaky examples

@@ -163,6 +163,13 @@ class Evaluator:
                 pytest.fail(str(exc), pytrace=False)
             fingerprint = fingerprint_of(examples)
         resolved = ctx.resolve(gate_path)
+        dataset_size = len(examples)
+        positions: list[int] | None = None
+        if options.shard is not None:  # the golden comparison keeps the whole dataset's fingerprint
+            from ..datasets import example_key
+
+            positions = options.shard.select([example_key(ex) for ex in examples])
+            examples = [examples[i] for i in positions]
         progress = Progress.for_config(self._request.config, spec.name)
         evaluate = Evaluate(
             examples,
@@ -174,6 +181,9 @@ class Evaluator:
             repeats=options.repeats,
         )
         result = run_with_progress(progress, lambda: evaluate(resolved.program))
+        if positions is not None:
+            for rec in result.records:
+                rec.index = positions[rec.index]
         verdict = judge(
             result,
             threshold=mspec.threshold if mspec is not None else None,
@@ -183,6 +193,10 @@ class Evaluator:
             golden_outcomes=resolved.golden.validation_examples if resolved.golden is not None else None,
             alpha=options.alpha,
         )
+        if options.shard is not None:  # a partial share is not judged: combine gates the merged records
+            from .shards import defer
+
+            verdict = defer(verdict, options.shard, result.n, dataset_size)
         row = program_row(
             result,
             verdict,
@@ -197,11 +211,13 @@ class Evaluator:
             prompts=resolved.golden.prompts if resolved.golden is not None else None,
             alpha=options.alpha,
         )
+        row["dataset_size"] = dataset_size  # combine checks that the shards add up to it
         node.stash[payload_key] = {"kind": "program", "row": row, "golden_file": _golden_info(session, resolved)}
         from ..reports import program_properties
 
         node.user_properties.extend(program_properties(row))  # JUnit: score, CI, delta, verdict
-        self._request.config.hook.pytest_dspex_gate(program=spec.name, verdict=verdict, result=result)
+        if options.shard is None:
+            self._request.config.hook.pytest_dspex_gate(program=spec.name, verdict=verdict, result=result)
         if not verdict.passed:
             pytest.fail(verdict.headline(spec.name, result.n, result.ci95) + "\n" + result.summary(), pytrace=False)
         return result
@@ -279,6 +295,7 @@ class Predictor:
             "max_error_rate": options.max_error_rate,
             "golden": session.rel(resolved.golden_path) if resolved.golden is not None else None,
             "golden_score": _comparable_golden_score(resolved, data.fingerprint),
+            "dataset_size": len(data.examples),
             "note": resolved.note,
             "prompts": session.once(("prompts", key), lambda: resolved.golden.prompts if resolved.golden else {}),
             # the golden's per-example outcomes for the controller's paired gate, sent once per process

@@ -69,7 +69,8 @@ class SessionLMs:
     @property
     def lm(self) -> LM:
         if self._lm is None:
-            from ..lm import LM, ResponseCache
+            from ..lm import LM
+            from ..lm.redis_cache import open_response_cache
 
             o = self.options
             url, model = self._endpoint()
@@ -82,7 +83,7 @@ class SessionLMs:
                 timeout=o.timeout,
                 retries=o.retries,
                 concurrency=o.concurrency,
-                cache=ResponseCache(o.cache_dir, o.cache) if o.cache != "off" else None,  # type: ignore[arg-type]
+                cache=open_response_cache(o.cache, directory=o.cache_dir, url=o.cache_url),  # type: ignore[arg-type]
                 budget=self.budget,
                 cache_identity=f"embedded:{model}" if o.local else None,
             )

@@ -14,6 +14,9 @@ from typing import Any
 
 import pytest
 
+from .._exceptions import ConfigError
+from ..sharding import Shard, resolve_shard
+
 __all__ = ["OPTIONS", "DspexOptions", "add_options", "resolve"]
 
 # (name, type, default, help). ``None`` defaults mean "not set".
@@ -67,6 +70,20 @@ OPTIONS: list[tuple[str, str, Any, str]] = [
         0.05,
         "error budget: share of examples that may fail with LM errors (unreachable, timeouts, HTTP errors, "
         "spent budget) before the verdict is 'LM errors' instead of a score",
+    ),
+    (
+        "shard",
+        "str",
+        None,
+        "run shard K of N (K/N, numbered from 1) of every dataset, examples assigned by their stable key; "
+        "'python -m pytest_dspex combine' merges the shards' --dspex-report files into one verdict. Default: "
+        "DSPEX_SHARD or the CI's parallel-job variables (GitLab, CircleCI, Buildkite); 'off' ignores them",
+    ),
+    (
+        "cache-url",
+        "str",
+        None,
+        "shared response cache, redis://HOST:PORT/DB (pytest-dspex[redis]); same keys and modes as the disk cache",
     ),
     (
         "example-timeout",
@@ -135,6 +152,8 @@ class DspexOptions:
     repeats: int
     compile: frozenset[str] | None  # None = normal run; {"*"} = all programs
     force: bool
+    shard: Shard | None = None  # --dspex-shard / DSPEX_SHARD / CI parallel-job variables
+    cache_url: str | None = None  # --dspex-cache-url: Redis instead of the cache directory
     html: Path | None = None  # --dspex-html (relative to the invocation directory, like --dspex-report)
     markdown: Path | None = None  # --dspex-markdown
 
@@ -194,6 +213,15 @@ def resolve(config: pytest.Config) -> DspexOptions:
         compile_names = frozenset(n.strip() for n in compile_raw.split(",") if n.strip())
     force = bool(config.getoption("dspex_force"))
     _check(values, compile_names, force)
+    try:
+        values["shard"] = resolve_shard(values["shard"])
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if values["shard"] is not None and compile_names is not None:
+        raise pytest.UsageError(
+            f"--dspex-compile is not sharded (one writer per golden file), but this run is shard "
+            f"{values['shard']} (from {values['shard'].source}); compile in one job, or pass --dspex-shard=off"
+        )
     cache_dir = Path(values.pop("cache_dir"))
     report = values.pop("report")
     html, markdown = values.pop("html"), values.pop("markdown")

@@ -45,7 +45,8 @@ def write_reports(config: pytest.Config, dspex: DspexSession, collector: Collect
     from .report import report_json
 
     model = {"model": dspex.lms.model_name(), "base_url": dspex.lms.redacted_base_url()}
-    report = report_json(collector, model=model)
+    shard = options.shard.to_json() if options.shard is not None else None
+    report = report_json(collector, model=model, shard=shard)
     written: list[tuple[str, Path]] = []
     if options.report is not None:
         path = _target(config, options.report)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ..evaluation import EvaluationResult
     from ..gates import Verdict
     from ..records import ExampleRecord
+    from ..sharding import Shard
 
 from ..rows import program_row
 
@@ -43,11 +44,13 @@ class PerExampleRun:
     golden_score: float | None
     records: dict[int, ExampleRecord] = field(default_factory=dict)
     note: str = ""
+    dataset_size: int | None = None
     prompts: dict[str, Any] = field(default_factory=dict)
     alpha: float = 0.05
     golden_outcomes: dict[str, float] | None = None
     result: EvaluationResult | None = None
     verdict: Verdict | None = None
+    shard: Shard | None = None  # a shard job's run: its gate is deferred to ``combine``
 
     @property
     def label(self) -> str:
@@ -68,6 +71,10 @@ class PerExampleRun:
             golden_outcomes=self.golden_outcomes,
             alpha=self.alpha,
         )
+        if self.shard is not None:
+            from .shards import defer
+
+            self.verdict = defer(self.verdict, self.shard, self.result.n, self.dataset_size)
         return self.verdict
 
     def row(self) -> dict[str, Any]:
@@ -85,14 +92,15 @@ class PerExampleRun:
             note=self.note,
             prompts=self.prompts,
             alpha=self.alpha,
-        )
+        ) | ({"dataset_size": self.dataset_size} if self.dataset_size is not None else {})
 
 
 class Collector:
     """On the controller (or the only process): every payload the test reports carry."""
 
-    def __init__(self, rootpath: Path) -> None:
+    def __init__(self, rootpath: Path, shard: Shard | None = None) -> None:
         self.rootpath = rootpath
+        self.shard = shard
         self.rows: list[dict[str, Any]] = []
         self.runs: dict[str, PerExampleRun] = {}
         self.goldens: dict[str, dict[str, Any]] = {}  # by path relative to the rootdir
@@ -114,6 +122,8 @@ class Collector:
                 run = self.runs[payload["test"]] = PerExampleRun(
                     **{k: payload[k] for k in ("program", "test", "dataset", "metric", "threshold", "tolerance", "max_error_rate", "golden", "golden_score")},
                     note=payload.get("note", ""),
+                    dataset_size=payload.get("dataset_size"),
+                    shard=self.shard,
                     prompts=payload.get("prompts") or {},
                     alpha=float(payload.get("alpha", 0.05)),
                 )
@@ -233,6 +243,8 @@ def gate_lines(rows: list[dict[str, Any]]) -> list[tuple[str, dict[str, bool]]]:
 def _gate_cell(row: dict[str, Any]) -> str:
     """The table's gate column; a paired regression in short (its keys, CI and p are on the line below)."""
     verdict = row["verdict"]
+    if verdict.get("kind") == "deferred":  # a shard job: combine gates the merged records
+        return "deferred"
     if verdict["passed"]:
         return "pass"
     c = row.get("comparison")
