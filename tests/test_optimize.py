@@ -299,7 +299,7 @@ def test_successive_halving_keeps_the_best_half_at_each_step(server_factory, mak
     assert result.train is None  # not asked for: no calls spent on it
 
 
-def test_without_a_valset_no_example_is_scored_with_its_own_demo_in_the_prompt(server_factory, make_lm):
+def test_leave_one_out_scores_no_example_with_its_own_demo_in_the_prompt(server_factory, make_lm):
     def copier(body):  # right only when the asked message is also a demo: pure copying
         user = body["messages"][-1]["content"]
         asked = user.rsplit("Message: ", 1)[-1].split("\n")[0]
@@ -307,7 +307,9 @@ def test_without_a_valset_no_example_is_scored_with_its_own_demo_in_the_prompt(s
         return f" {label}" if user.count(asked) > 1 else " other"
 
     server = server_factory(copier)
-    opt = BootstrapFewShotWithRandomSearch(intent_matches, num_candidates=1, max_bootstrapped_demos=1, max_labeled_demos=6)
+    opt = BootstrapFewShotWithRandomSearch(
+        intent_matches, num_candidates=1, max_bootstrapped_demos=1, max_labeled_demos=6, leave_one_out=True
+    )
     result = opt.compile(dspex.Predict(Intent, lm=make_lm(server)), trainset=intent_examples(1))
     labeled = next(c for c in result.candidates if c.name == "labeled")
     assert labeled.score < 0.2  # "other" examples aside, copying never pays
