@@ -70,7 +70,13 @@ def _make_by_url_basic(monkeypatch: pytest.MonkeyPatch, **kw: Any) -> dspex.LM:
 
 
 def _make_by_url_token(monkeypatch: pytest.MonkeyPatch, **kw: Any) -> dspex.LM:
-    return dspex.LM("m", base_url=f"http://{CANARY}@mock/v1", api_key="sk-other", **kw)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-other")  # ambient: the URL's own credentials win over it
+    return dspex.LM("m", base_url=f"http://{CANARY}@mock/v1", **kw)
+
+
+def _make_by_arg_over_url(monkeypatch: pytest.MonkeyPatch, **kw: Any) -> dspex.LM:
+    # an explicit api_key wins over credentials in the URL (which are dropped, with a warning)
+    return dspex.LM("m", base_url="http://proxy-user:sk-URL-CANARY-41c2@mock/v1", api_key=CANARY, **kw)
 
 
 WAYS: dict[str, tuple[Callable[..., dspex.LM], str]] = {
@@ -79,6 +85,7 @@ WAYS: dict[str, tuple[Callable[..., dspex.LM], str]] = {
     "teacher copy": (_make_teacher, f"Bearer {CANARY}"),
     "url user:password": (_make_by_url_basic, "Basic " + base64.b64encode(f"user:{CANARY}".encode()).decode()),
     "url token": (_make_by_url_token, f"Bearer {CANARY}"),
+    "api_key and url credentials": (_make_by_arg_over_url, f"Bearer {CANARY}"),
 }
 
 
@@ -169,3 +176,39 @@ def test_url_credentials_work_over_real_http(server_factory):
 )
 def test_redact_url(url, shown):
     assert redact_url(url) == shown
+
+
+URL_CANARY = "sk-URL-CANARY-41c2"
+
+
+def test_an_api_key_and_url_credentials_send_the_key_and_warn_once(server_factory, caplog):
+    """Both an ``api_key`` and credentials in ``base_url``: one Authorization header (the explicit key,
+    as a bearer token) over real HTTP (aiohttp refuses a header together with URL credentials), the
+    URL's credentials dropped with one warning per endpoint, neither secret shown anywhere."""
+    server = server_factory()
+    url = server.base_url.replace("http://", f"http://proxy-user:{URL_CANARY}@")
+    caplog.set_level(logging.DEBUG)
+    lms = [dspex.LM("fake-model", base_url=url, api_key=CANARY, cache=None, retries=0) for _ in range(2)]
+    try:
+        for lm in lms:
+            assert lm.complete(REQ).text
+    finally:
+        for lm in lms:
+            lm.close()
+    assert [h["Authorization"] for h in server.headers] == [f"Bearer {CANARY}"] * 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "credentials in the base URL" in warnings[0] and "***@" in warnings[0]
+    shown = [caplog.text, *(repr(lm) for lm in lms), *(lm.base_url for lm in lms)]
+    assert not [s for s in shown if CANARY in s or URL_CANARY in s]
+
+
+def test_url_credentials_win_over_the_environment_key(server_factory, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", CANARY)  # ambient; the proxy URL carries its own credentials
+    server = server_factory()
+    url = server.base_url.replace("http://", f"http://me:{URL_CANARY}@")
+    lm = dspex.LM("fake-model", base_url=url, cache=None, retries=0)
+    try:
+        assert lm.complete(REQ).text
+    finally:
+        lm.close()
+    assert server.headers[0]["Authorization"] == "Basic " + base64.b64encode(f"me:{URL_CANARY}".encode()).decode()

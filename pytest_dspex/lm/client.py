@@ -99,8 +99,10 @@ class LM:
         self.model = model
         if _family is None:
             url = (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
-            key = os.environ.get(api_key_env) if isinstance(api_key, NotGiven) else api_key
-            credentials = Credentials(url, key)
+            if isinstance(api_key, NotGiven):  # from the environment: credentials in the URL win over it
+                credentials = Credentials(url, None, env_key=os.environ.get(api_key_env))
+            else:
+                credentials = Credentials(url, api_key)
             breaker = Breaker(redact_url(credentials.url), breaker_fail_max, breaker_reset_timeout)
         else:
             credentials, breaker = _family

@@ -6,10 +6,18 @@ settings, not its repr, not the cache key). A base URL with credentials
 (``http://user:KEY@host/v1``) has them moved into the ``Authorization`` header — HTTP Basic for
 ``user:password``, a bearer token when only one part is given (``http://KEY@host``,
 ``http://:KEY@host``) — and everything the client shows uses :func:`redact_url`.
+
+One request carries one ``Authorization`` header. When several sources give credentials, the most
+specific wins: an explicit ``api_key=`` argument, then credentials in the base URL, then the
+environment variable (``OPENAI_API_KEY``: ambient, so a URL with its own credentials, e.g. a proxy,
+is not overridden by it). An explicit ``api_key`` together with URL credentials is a conflict in
+the configuration: the key is sent as the bearer token, the URL's credentials are dropped from the
+request, and one warning per endpoint (redacted) says so through ``logging``.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
@@ -19,6 +27,8 @@ __all__ = ["Credentials", "redact_url"]
 _SECRET_PARAM = re.compile(r"key|token|secret|password|passwd|sig|auth", re.I)
 _USERINFO = re.compile(r"(?<=://)[^/?#@\s]*@")
 REDACTED = "***"
+_log = logging.getLogger("pytest_dspex.lm")
+_warned: set[str] = set()  # endpoints (redacted) already warned about dropped URL credentials
 
 
 def redact_url(url: str) -> str:
@@ -44,23 +54,37 @@ def redact_url(url: str) -> str:
 class Credentials:
     """An LM's secrets: the auth header value and the request URL; never printed or pickled."""
 
-    __slots__ = ("_auth", "_secrets", "_url")
+    __slots__ = ("_auth", "_explicit", "_secrets", "_url")
 
-    def __init__(self, base_url: str, api_key: str | None) -> None:
+    def __init__(self, base_url: str, api_key: str | None, *, env_key: str | None = None) -> None:
+        """``api_key``: given explicitly (wins over URL credentials); ``env_key``: read from the
+        environment (loses to them)."""
         parts = urlsplit(base_url)
         user = unquote(parts.username) if parts.username else ""
         password = unquote(parts.password) if parts.password else ""
-        secrets = [s for s in (api_key, user, password) if s and len(s) >= 4]
-        if user and password:
+        secrets = [s for s in (api_key, env_key, user, password) if s and len(s) >= 4]
+        self._explicit = bool(api_key)
+        if api_key and (user or password):
+            shown = redact_url(base_url)
+            if shown not in _warned:
+                _warned.add(shown)
+                _log.warning(
+                    "LM at %s: both api_key and credentials in the base URL are set; the api_key is sent "
+                    "(bearer token) and the URL's credentials are dropped",
+                    shown,
+                )
+            self._auth: str | None = f"Bearer {api_key}"
+        elif user and password:
             import base64
 
             token = base64.b64encode(f"{user}:{password}".encode()).decode()
-            self._auth: str | None = f"Basic {token}"
+            self._auth = f"Basic {token}"
             secrets.append(token)
         elif user or password:
             self._auth = f"Bearer {user or password}"
         else:
-            self._auth = f"Bearer {api_key}" if api_key else None
+            key = api_key or env_key
+            self._auth = f"Bearer {key}" if key else None
         netloc = parts.netloc.rsplit("@", 1)[1] if "@" in parts.netloc else parts.netloc
         self._url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)).rstrip("/")
         query_secrets = [v for k, v in parse_qsl(parts.query) if _SECRET_PARAM.search(k) and len(v) >= 4]
@@ -70,7 +94,8 @@ class Credentials:
 
     def with_url(self, base_url: str) -> Credentials:
         """The same key for another base URL (``LM.copy(base_url=...)``)."""
-        return Credentials(base_url, self._api_key())
+        key = self._api_key()
+        return Credentials(base_url, key, env_key=None) if self._explicit else Credentials(base_url, None, env_key=key)
 
     def _api_key(self) -> str | None:
         auth = self._auth
