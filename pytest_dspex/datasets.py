@@ -84,14 +84,24 @@ def example_key(example: Example | Mapping[str, Any]) -> str:
     The hash covers the example's input fields (all its fields when it has no input keys) as
     canonical JSON (sorted keys, no spaces, UTF-8): ``"h:" + sha256(...)[:16]``. The same inputs give
     the same key in every run, on every machine, whatever the row order.
+
+    An ``Example`` remembers its key (loading a dataset computes it, every evaluation reuses it);
+    setting a field forgets it. A field value mutated in place is not seen: copy the example instead.
     """
+    if isinstance(example, Example):
+        cached: str | None = getattr(example, "_key", None)
+        if cached is None:
+            cached = _key_of(example, example.input_keys)
+            object.__setattr__(example, "_key", cached)
+        return cached
+    return _key_of(example, None)
+
+
+def _key_of(example: Example | Mapping[str, Any], input_keys: tuple[str, ...] | None) -> str:
     ident = example.get("id")
     if ident is not None:
         return str(ident)
-    if isinstance(example, Example):
-        inputs = example.inputs().toDict() if example.input_keys is not None else example.toDict()
-    else:
-        inputs = dict(example)
+    inputs = {k: example[k] for k in input_keys if k in example} if input_keys is not None else dict(example.items())
     text = json.dumps(inputs, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_canonical)
     return "h:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 

@@ -16,13 +16,15 @@ class Example:
     ({'question': '2+2?'}, {'answer': '4'})
     """
 
-    __slots__ = ("_input_keys", "_store")
+    # _key: ``datasets.example_key`` of this example, computed once (cleared when a field is set)
+    __slots__ = ("_input_keys", "_key", "_store")
 
     def __init__(self, base: Mapping[str, Any] | None = None, **fields: Any) -> None:
         store: dict[str, Any] = dict(base) if base is not None else {}
         store.update(fields)
         object.__setattr__(self, "_store", store)
         object.__setattr__(self, "_input_keys", None)
+        object.__setattr__(self, "_key", None)
 
     # -- field access -------------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -33,12 +35,14 @@ class Example:
 
     def __setattr__(self, name: str, value: Any) -> None:
         self._store[name] = value
+        object.__setattr__(self, "_key", None)
 
     def __getitem__(self, key: str) -> Any:
         return self._store[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
         self._store[key] = value
+        object.__setattr__(self, "_key", None)
 
     def __contains__(self, key: object) -> bool:
         return key in self._store

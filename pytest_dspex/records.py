@@ -30,12 +30,15 @@ ERROR_KINDS = INFRA_ERROR_KINDS | {"parse", "metric", "program"}
 _USAGE_KEYS = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "cost")
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def jsonable(value: Any) -> Any:
     """``value`` as plain JSON data: pydantic models dumped, examples as dicts, the rest ``str``."""
-    if value is None or isinstance(value, str | bool | int | float):
+    if type(value) in _PLAIN or value is None or isinstance(value, str | bool | int | float):
         return value
     if isinstance(value, Mapping | Example):
-        return {str(k): jsonable(v) for k, v in value.items()}
+        return {str(k): v if type(v) in _PLAIN else jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [jsonable(v) for v in value]
     dump = getattr(value, "model_dump", None)
@@ -89,12 +92,16 @@ class ExampleRecord:
         exception: BaseException | None = None,
     ) -> ExampleRecord:
         """A record from live objects (inputs and expected values split by the example's input keys)."""
-        in_keys = set(example.input_keys or ())
+        in_keys = example.input_keys or ()
+        inputs: dict[str, Any] = {}
+        expected: dict[str, Any] = {}
+        for k, v in example.items():  # plain values (the usual case) as they are, the rest made JSON-able
+            (inputs if k in in_keys else expected)[k] = v if type(v) in _PLAIN else jsonable(v)
         return cls(
             index=index,
             key=key if key is not None else example_key(example),
-            inputs={k: jsonable(v) for k, v in example.items() if k in in_keys},
-            expected={k: jsonable(v) for k, v in example.items() if k not in in_keys},
+            inputs=inputs,
+            expected=expected,
             prediction=jsonable(prediction) if prediction is not None else None,
             score=score,
             error_kind=error_kind,

@@ -69,6 +69,11 @@ def test_example_key_is_the_id_else_a_hash_of_the_inputs():
     x = dspex.Example(q="a", ctx="b").with_inputs("q", "ctx")
     y = dspex.Example(ctx="b", q="a").with_inputs("ctx", "q")
     assert example_key(x) == example_key(y)
+    # an example remembers its key, and forgets it when a field is set
+    x.q = "z"
+    assert example_key(x) == example_key(dspex.Example(q="z", ctx="b").with_inputs("q", "ctx")) != example_key(y)
+    y["ctx"] = "c"
+    assert example_key(y) == example_key({"q": "a", "ctx": "c"})
 
 
 def test_duplicate_ids_are_an_error_naming_them_and_their_lines(tmp_path):

@@ -236,6 +236,8 @@ class TestPerExample:
         result.assert_outcomes(passed=9, failed=1)
         out = result.stdout.str()
         assert "FAILED test_triage.py::test_triage_each[3-" in out and "ValueError: boom on case 3" in out
+        # the item fails with the program's own traceback, down to the line that raised
+        assert "raise ValueError('boom on case 3')" in out
 
 
 class TestOptionsAndMarkers:
