@@ -91,6 +91,10 @@ def test_bootstrap_lifts_the_score_clearly_above_zero_shot(lm):
     def metric(example, prediction, trace=None):
         return example.team == prediction.team
 
+    from pytest_dspex.constrained import set_constrained_decoding
+
+    # free-form decoding: what demos alone do for a base model (a grammar lifts zero-shot by itself)
+    set_constrained_decoding(lm, "off")
     train, dev = load("triage_train.jsonl", 16), load("triage_dev.jsonl", 12)
     zero = dspex.Evaluate(dev, metric, concurrency=4)(dspex.Predict(Triage, lm=lm))
     compiled = BootstrapFewShot(metric, max_bootstrapped_demos=4, max_labeled_demos=8, concurrency=4).compile(
@@ -131,15 +135,15 @@ def test_typed_outputs_under_a_grammar_parse_on_the_real_server(lm):
 
         message: str = dspex.InputField()
         urgent: bool = dspex.OutputField()
-        items: int = dspex.OutputField()
+        count: int = dspex.OutputField()
 
     program = dspex.Predict(Facts, lm=lm)
     program.demos = [
-        {"message": "Two of my orders never arrived, help now!", "urgent": True, "items": 2},
-        {"message": "Just wondering about your opening hours.", "urgent": False, "items": 0},
+        {"message": "Two of my orders never arrived, help now!", "urgent": True, "count": 2},
+        {"message": "Just wondering about your opening hours.", "urgent": False, "count": 0},
     ]
     out = program(message="My three parcels are lost and I need them today!")
-    assert isinstance(out.urgent, bool) and isinstance(out.items, int)
+    assert isinstance(out.urgent, bool) and isinstance(out.count, int)
 
 
 def test_json_adapter_with_a_schema_on_llama_cpp_python(lm):
