@@ -88,7 +88,6 @@ def choice_values(spec: FieldSpec) -> list[str] | None:
     return None
 
 
-@functools.lru_cache(maxsize=512)
 def shown_choices(spec: FieldSpec) -> dict[str, str] | None:
     """How the compact adapter shows a closed-set field's values: ``lost_card`` as ``lost card``.
 
@@ -97,7 +96,20 @@ def shown_choices(spec: FieldSpec) -> dict[str, str] | None:
     0.33–0.67 with ``lost_card``). Values are shown with spaces for underscores when that keeps
     them distinct; answers are mapped back to the real values. None when nothing changes.
     """
-    values = choice_values(spec)
+    tp = spec.annotation
+    if get_origin(tp) is not Literal and not (isinstance(tp, type) and issubclass(tp, enum.Enum)):
+        return None
+    try:
+        return _shown(tp)
+    except TypeError:  # an unhashable annotation: work it out each time
+        return _shown.__wrapped__(tp)
+
+
+@functools.lru_cache(maxsize=512)
+def _shown(annotation: Any) -> dict[str, str] | None:
+    from .signatures import FieldSpec
+
+    values = choice_values(FieldSpec(role="output", annotation=annotation))
     if not values or not any("_" in v for v in values):
         return None
     shown = {v: v.replace("_", " ") for v in values}
