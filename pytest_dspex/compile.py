@@ -11,11 +11,18 @@
 With ``-n auto`` every worker that reaches a program asks to compile it; the first takes the
 golden's lock, compiles and leaves a marker naming the run; the others wait on the lock, see the
 marker and load the golden it wrote. The pytest plugin calls this; so can a script.
+
+``defer_write=True`` (an xdist worker: the golden has one writer, the controller, which owns the
+rootdir — a remote worker's file lock does not protect another machine's files): the keep-better
+decision is made as if writing (``GoldenStore.write(dry_run=True)``) but nothing is written; the
+outcome carries the golden ``record`` for the caller to send to the controller, and the marker
+carries it for the other workers of this host, which load it from there.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -74,6 +81,8 @@ class CompileOutcome:
     outcome: str  # created / updated / kept / unchanged / compiled elsewhere
     reason: str = ""
     result: CompileResult | None = None  # None when another worker of this run compiled it
+    #: with ``defer_write``: the golden record to write (JSON), None when the golden is kept as it is
+    record: dict[str, Any] | None = None
 
 
 def _done_marker(path: Path) -> Path:
@@ -96,6 +105,7 @@ def compile_program(
     settings: CompileSettings,
     run_id: str = "",
     progress: Callable[[str], None] | None = None,
+    defer_write: bool = False,
 ) -> CompileOutcome:
     """Optimize ``program`` and write its golden file, once per ``run_id`` across processes.
 
@@ -104,7 +114,7 @@ def compile_program(
     """
     from ._exceptions import GoldenFileError
     from .datasets import fingerprint, load_dataset
-    from .golden import GoldenStore, golden_record
+    from .golden import GoldenFile, GoldenStore, golden_record
     from .optimize import BootstrapFewShotWithRandomSearch
     from .primitives import as_examples
 
@@ -117,8 +127,10 @@ def compile_program(
     marker = _done_marker(path)
     say = progress or (lambda _text: None)
     with store.lock(path):
-        if run_id and path.exists() and marker.exists() and marker.read_text() == run_id:
-            golden = GoldenStore.read(path)
+        done_by, _, deferred = marker.read_text().partition("\n") if run_id and marker.exists() else ("", "", "")
+        if done_by == run_id and (deferred or path.exists()):
+            # the record a deferring worker compiled (not on disk until the controller writes it)
+            golden = GoldenFile(path, json.loads(deferred)) if deferred else GoldenStore.read(path)
             return CompileOutcome(name, path, golden.apply(program), golden, "compiled elsewhere")
         if path.exists() and not settings.force:
             # a corrupted or newer-schema golden is never replaced without force: say so before optimizing
@@ -164,11 +176,17 @@ def compile_program(
             adapter=settings.adapter,
         )
         written = store.write(
-            path, record, force=settings.force, error_rate=validation.error_rate, max_error_rate=settings.max_error_rate
+            path,
+            record,
+            force=settings.force,
+            error_rate=validation.error_rate,
+            max_error_rate=settings.max_error_rate,
+            dry_run=defer_write,
         )
+        outcome = written.outcome
+        to_write = json.loads(json.dumps(record)) if defer_write and outcome in ("created", "updated") else None
         if run_id:
-            marker.write_text(run_id)
-    golden = GoldenStore.read(path)
-    outcome = written.outcome
+            marker.write_text(run_id + ("\n" + json.dumps(to_write) if to_write is not None else ""))
+    golden = GoldenFile(path, to_write) if to_write is not None else GoldenStore.read(path)
     chosen = golden.apply(program) if outcome in ("kept", "unchanged") else result.program
-    return CompileOutcome(name, path, chosen, golden, outcome, written.reason, result)
+    return CompileOutcome(name, path, chosen, golden, outcome, written.reason, result, record=to_write)

@@ -515,8 +515,12 @@ class GoldenStore:
         error_rate: float | None = None,
         max_error_rate: float | None = None,
         over_error_budget: bool = False,
+        dry_run: bool = False,
     ) -> WriteResult:
         """Write ``record`` atomically (mode 0644), or keep the existing golden and say why.
+
+        ``dry_run``: decide and say what would happen, write nothing (an xdist worker compiles, the
+        controller writes: the worker evaluates with the program the controller will keep).
 
         * A run over its error budget (``over_error_budget``, or ``error_rate > max_error_rate``) is
           never written, forced or not: a golden of errors is worse than none.
@@ -539,9 +543,10 @@ class GoldenStore:
                 f"{path}: golden not written: the compile run was over its error budget{why}; a golden of "
                 "errors is worse than none. Fix the LM endpoint and re-run pytest --dspex-compile"
             )
+        write = (lambda p, r: None) if dry_run else self._write
         with self.lock(path):
             if not path.exists():
-                self._write(path, record)
+                write(path, record)
                 return WriteResult("created", "no golden file yet")
             try:
                 old = self.read(path)
@@ -551,10 +556,10 @@ class GoldenStore:
                         f"{exc} — not replaced; restore it from version control, or re-run with "
                         "pytest --dspex-compile --dspex-force to overwrite it"
                     ) from None
-                self._write(path, record)
+                write(path, record)
                 return WriteResult("updated", "replaced an unreadable golden file (forced)")
             if force:
-                self._write(path, record)
+                write(path, record)
                 return WriteResult("updated", "replaced (forced)")
             if _stable(old.data) == _stable(json.loads(json.dumps(record))):
                 return WriteResult("unchanged", "same demos, prompts and scores as the golden file")
@@ -566,7 +571,7 @@ class GoldenStore:
                     f"{new.scores.validation.score if new.scores.validation else 0.0:.3f} on the same signature "
                     "and validation set; use --dspex-force to replace it",
                 )
-            self._write(path, record)
+            write(path, record)
             return WriteResult("updated", reason)
 
     @staticmethod

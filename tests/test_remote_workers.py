@@ -252,12 +252,6 @@ def test_a_failing_gate_fails_the_remote_run(cluster: Cluster, project: Path) ->
     assert programs["triage_each"]["n"] == N_EXAMPLES
 
 
-@pytest.mark.xfail(
-    reason="needs the controller-side golden write (issue 14 / DESIGN §12: one golden writer, the controller); "
-    "today the worker that compiles writes the golden into its own checkout and the controller only reports "
-    "'golden created'",
-    strict=False,
-)
 def test_compile_with_remote_workers_writes_the_golden_on_the_controller(cluster: Cluster, project: Path) -> None:
     result, checkouts = cluster.remote_run(project, "--dspex-compile")
     assert result.returncode == 0, output(result)
@@ -267,3 +261,10 @@ def test_compile_with_remote_workers_writes_the_golden_on_the_controller(cluster
         written = sorted(str(p.relative_to(path)) for p in path.rglob("__dspex__/**/*.json"))
         assert written == [], f"a worker wrote golden files into its own checkout on {host}: {written}"
     assert "CANARY" not in golden.read_text()
+    # the controller wrote both programs' goldens and says so (a second compile of the same program on
+    # the other host, if any, is refused by name: the first golden stays)
+    for name in ("triage", "triage_each"):
+        assert f"golden created: __dspex__/test_triage/{name}.json" in result.stdout, output(result)
+        assert (project / f"__dspex__/test_triage/{name}.json").exists()
+    refused = [line for line in result.stdout.splitlines() if "compiled again by another worker" in line]
+    assert all("this second golden was not written, the first stays" in line for line in refused)

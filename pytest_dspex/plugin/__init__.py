@@ -54,7 +54,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not session.is_worker:
         from .report import Collector
 
-        collector = Collector(Path(config.rootpath), shard=session.options.shard)
+        collector = Collector(Path(config.rootpath), shard=session.options.shard, force=session.options.force)
         config.stash[_collector_key] = collector
         config.pluginmanager.register(_ControllerHooks(collector), "dspex-controller")
     if config.pluginmanager.hasplugin("xdist"):
@@ -236,7 +236,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             failed = collector.finish()
             for run in collector.runs.values() if collector.shard is None else ():  # a shard defers its gate
                 config.hook.pytest_dspex_gate(program=run.program, verdict=run.verdict, result=run.result)
-            if failed and session.exitstatus == 0:
+            golden_failed = any(is_error for _, is_error in collector.golden_messages)
+            if (failed or golden_failed) and session.exitstatus == 0:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
             from .outputs import add_junit_aggregates, write_reports
 
@@ -284,6 +285,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         if g.get("reason") and g["outcome"] in ("kept", "updated"):
             extra += f": {g['reason']}"  # why compile replaced or kept it
         tr.write_line(f"golden {g['outcome']}: {rel}{extra}", green=g["outcome"] != "kept", yellow=g["outcome"] == "kept")
+    for text, is_error in collector.golden_messages:  # goldens compiled on workers, written here
+        tr.write_line(text, red=is_error, yellow=not is_error)
     for rel in collector.unused_goldens():
         tr.write_line(f"golden unused: {rel} (no test used it in this run)", yellow=True)
     for what, path in getattr(collector, "written", ()):

@@ -60,6 +60,10 @@ def _golden_info(session: DspexSession, resolved: Resolved) -> dict[str, Any]:
     d: dict[str, Any] = {"path": session.rel(resolved.golden_path), "program": resolved.name, "outcome": resolved.outcome}
     if resolved.reason:
         d["reason"] = resolved.reason  # why compile replaced or kept the golden
+    if resolved.golden_record is not None:  # compiled on a worker: the controller writes it (sent once)
+        record = session.once(("golden_record", resolved.golden_path), lambda: resolved.golden_record)
+        if record is not None:
+            d["record"] = record
     if resolved.compile_result is not None:
         cr = resolved.compile_result
         d.update(

@@ -8,7 +8,12 @@ pytest serializes every report attribute for xdist, so it reaches the controller
   the records of one test function and judges them once with ``EvaluationResult.from_records``
   and ``gates.judge``, the same code as the whole-dataset mode: the verdict is the same with
   ``-n`` and without, by construction;
-* ``"golden_file": {...}`` on either: the golden used or written.
+* ``"golden_file": {...}`` on either: the golden used or written. A program compiled on an xdist
+  worker carries its golden ``"record"`` once: the controller writes it (``Collector.write_golden``:
+  ``GoldenStore.write``, atomic under the file lock, keep-better and force as ever) — the golden file
+  has one writer, the process that owns the rootdir, never a worker (a remote worker's lock does not
+  protect the controller's files). A second record for the same file in one run (two remote hosts
+  each compiled the program: the compile-once marker is per host) is not written: the first stays.
 """
 
 from __future__ import annotations
@@ -98,9 +103,14 @@ class PerExampleRun:
 class Collector:
     """On the controller (or the only process): every payload the test reports carry."""
 
-    def __init__(self, rootpath: Path, shard: Shard | None = None) -> None:
+    def __init__(self, rootpath: Path, shard: Shard | None = None, *, force: bool = False) -> None:
         self.rootpath = rootpath
         self.shard = shard
+        self.force = force  # --dspex-force, for the goldens workers compiled
+        #: goldens written here from workers' records, by path relative to the rootdir: outcome and reason
+        self.golden_writes: dict[str, dict[str, str]] = {}
+        #: what the controller has to say about them (second records refused, writes that failed)
+        self.golden_messages: list[tuple[str, bool]] = []  # (text, is_error)
         self.rows: list[dict[str, Any]] = []
         self.runs: dict[str, PerExampleRun] = {}
         self.goldens: dict[str, dict[str, Any]] = {}  # by path relative to the rootdir
@@ -112,8 +122,13 @@ class Collector:
         self.test_files.add(fspath)
         golden = payload.get("golden_file")
         if golden:
+            golden = dict(golden)
+            record = golden.pop("record", None)
+            if record is not None:
+                self.write_golden(golden["path"], record, golden.get("program", ""))
             prev = self.goldens.get(golden["path"], {})
-            self.goldens[golden["path"]] = {**prev, **{k: v for k, v in golden.items() if v is not None}}
+            merged = {**prev, **{k: v for k, v in golden.items() if v is not None}}
+            self.goldens[golden["path"]] = merged | self.golden_writes.get(golden["path"], {})  # the writer's word
         if payload.get("kind") == "program":
             self.rows.append({**payload["row"], "test": nodeid})
         elif payload.get("kind") == "example":
@@ -133,6 +148,27 @@ class Collector:
                 run.golden_outcomes = dict(payload["golden_outcomes"])
             rec = ExampleRecord.from_json(payload["record"])
             run.records[rec.index] = rec
+
+    def write_golden(self, rel: str, record: dict[str, Any], program: str) -> None:
+        """Write a golden a worker compiled (its ``record``) into this rootdir: the one writer."""
+        from .._exceptions import GoldenFileError
+        from ..golden import GoldenStore
+
+        if rel in self.golden_writes:
+            self.golden_messages.append((
+                f"golden {rel}: program {program!r} was compiled again by another worker in this run (the "
+                "compile-once marker is per host); this second golden was not written, the first stays",
+                False,
+            ))  # fmt: skip
+            return
+        path = self.rootpath / rel
+        try:
+            written = GoldenStore(path.parent.parent).write(path, record, force=self.force)
+        except (GoldenFileError, OSError) as exc:
+            self.golden_writes[rel] = {"outcome": "not written", "reason": str(exc)}
+            self.golden_messages.append((f"golden {rel}: not written: {exc}", True))
+            return
+        self.golden_writes[rel] = {"outcome": written.outcome, "reason": written.reason}
 
     def finish(self) -> list[PerExampleRun]:
         """Judge every per-example run; the ones that failed."""

@@ -45,6 +45,8 @@ class Resolved:
     compile_result: CompileResult | None = None
     note: str = ""
     reason: str = ""  # why compile replaced or kept the golden (``WriteResult.reason``)
+    #: compiled on an xdist worker: the golden record the controller writes (JSON; the worker writes nothing)
+    golden_record: dict[str, Any] | None = None
 
     @property
     def golden_score(self) -> float | None:
@@ -217,13 +219,16 @@ class DspexSession:
                 settings=settings,
                 run_id=self.run_id,
                 progress=progress,
+                defer_write=self.is_worker,  # one golden writer: the controller, which owns the rootdir
             )
         except (DatasetError, GoldenFileError) as exc:
             pytest.fail(str(exc), pytrace=False)
         if done.result is None:  # another worker of this run compiled it
             return Resolved(spec.name, done.program, path, done.golden, note="compiled by another worker")
         self.config.hook.pytest_dspex_compile_result(program=spec.name, result=done.result, outcome=done.outcome, path=path)
-        return Resolved(spec.name, done.program, path, done.golden, done.outcome, done.result, reason=done.reason)
+        return Resolved(
+            spec.name, done.program, path, done.golden, done.outcome, done.result, reason=done.reason, golden_record=done.record
+        )
 
     # -- per-example items ----------------------------------------------------------------------
     def chunk_of(self, index: int) -> int:
