@@ -26,4 +26,5 @@ def pytest_dspex_gate(program: str, verdict: Any, result: Any) -> None:
     """Called with every gate ``Verdict`` and its ``EvaluationResult``: whole-dataset ones in the
     test's process, per-example ones on the controller (built from the items' records).
     ``verdict.comparison`` is the paired comparison with the golden's per-example outcomes (a
-    ``comparison.Comparison``: delta, CI, p, regressions, fixes), or None without one."""
+    ``comparison.Comparison``: delta, CI, p, regressions, fixes), or None without one. Not called in a
+    shard job (``--dspex-shard``): its gate is deferred to ``python -m pytest_dspex combine``."""
