@@ -223,3 +223,26 @@ def test_a_shard_job_defers_a_failing_gate_and_leaves_the_job_summary_to_combine
     rows = programs(root / "shard-2.json")
     assert {r["verdict"]["kind"] for r in rows.values()} == {"deferred"}
     assert all(r["records"] for r in rows.values())
+
+
+@needs_shard
+def test_a_program_exception_still_fails_its_item_in_a_shard_job(
+    project: pytest.Pytester, lm_server: FakeLMServer
+) -> None:
+    broken = TEST_FILE.replace(
+        "triage = dspex.Predict(Triage)",
+        "class Broken(dspex.Module):\n"
+        "    def __init__(self):\n        self.p = dspex.Predict(Triage)\n"
+        "    def forward(self, message):\n"
+        "        if 'case 3:' in message:\n            raise ValueError('boom on case 3')\n"
+        "        return self.p(message=message)\n"
+        "triage = Broken()",
+    )
+    project.makepyfile(test_triage=broken)
+    shard = shard_of("ex-3", 3)
+    result = run(project, lm_server, "-p", "no:xdist", "-k", "each", "--dspex-missing-golden=zero-shot",
+                 "--dspex-cache=off", f"--dspex-shard={shard}/3")  # fmt: skip
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
+    result.stdout.fnmatch_lines(["*FAILED*test_triage_each[[]ex-3]*boom on case 3*"])
+    assert result.stdout.str().count("FAILED test_triage.py") == 1  # the gate itself is deferred
+    result.stdout.fnmatch_lines([f"*triage_each [[]per-example]: shard {shard}/3: * of 30 examples; gate deferred*"])
