@@ -102,16 +102,24 @@ def case_import_use() -> dict:
     return {"s": time.perf_counter() - t0}
 
 
-def case_big(url: str, n: int, cache_dir: str) -> dict:
+def case_big(url: str, n: int, cache_dir: str, misses: bool = False) -> dict:
+    """Replay ``n`` answers from the disk cache; ``misses``: every lookup misses (the cache key names
+    the endpoint, so another URL finds nothing): ``n`` failed examples, each a ``cache_miss`` error."""
     import pytest_dspex as dspex
 
+    if misses:
+        url = url.replace("127.0.0.1", "localhost")
     lm = lm_for(url, 256, dspex.ResponseCache(cache_dir, "replay", memory_entries=1000))
     cpu0, t0 = time.process_time(), time.perf_counter()
     res = dspex.Evaluate(dev(n), metric, concurrency=64)(program(lm))
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     # replay looks answers up under the recording's endpoint: with another URL every lookup misses
-    # (a CacheMissError per example, fast and meaningless), so a run that is not all hits is an error
+    # (a CacheMissError per example), so a run that is not all hits (or all misses) is an error
+    if misses:
+        assert res.usage.cache_hits == 0 and res.errors_by_kind == {"cache_miss": n}, (res.usage, res.errors_by_kind)
+        return {"wall_s": wall, "us_per_example": wall / n * 1e6, "cpu_us_per_example": cpu / n * 1e6,
+                "peak_rss_mb": rss, "misses": n}  # fmt: skip
     assert res.usage.cache_hits == n and not res.errors, (res.usage, res.errors_by_kind)
     return {"wall_s": wall, "us_per_example": wall / n * 1e6, "cpu_us_per_example": cpu / n * 1e6,
             "peak_rss_mb": rss, "hits": res.usage.cache_hits}  # fmt: skip

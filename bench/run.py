@@ -147,6 +147,13 @@ def main() -> None:
                  f"next run {again['wall_s']:.1f} s; N/4 took {quarter['wall_s']:.1f} s → x{again['wall_s'] / quarter['wall_s']:.2f} for 4x N; "
                  f"peak RSS {max(after['peak_rss_mb'], again['peak_rss_mb']):.0f} MB",
                  "-", "linear in N, peak RSS ≤ 300 MB", f"{after['hits']} hits"))  # fmt: skip
+    # every lookup a miss (another URL): N failed examples, none of which may keep its traceback alive
+    miss = run_case(py, "cases_dspex.py", "big", url=url, n=args.big, cache_dir=cache_dir, misses=True)
+    miss_q = run_case(py, "cases_dspex.py", "big", url=url, n=args.big // 4, cache_dir=cache_dir, misses=True)
+    rows.append((f"evaluate N={args.big} in replay mode, every lookup a miss (N cache_miss errors)",
+                 f"{miss['wall_s']:.1f} s ({miss['us_per_example']:.0f} µs/example, {miss['cpu_us_per_example']:.0f} µs CPU); "
+                 f"N/4 took {miss_q['wall_s']:.1f} s → x{miss['wall_s'] / miss_q['wall_s']:.2f} for 4x N; peak RSS {miss['peak_rss_mb']:.0f} MB",
+                 "-", "linear in N, peak RSS ≤ 300 MB", f"{miss['misses']} misses"))  # fmt: skip
 
     write_results(rows)
 
