@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -26,8 +27,36 @@ class Example:
         object.__setattr__(self, "_input_keys", None)
         object.__setattr__(self, "_key", None)
 
+    # -- pickle and copy ----------------------------------------------------------------------
+    # The default slot restore goes through ``__setattr__`` (which writes fields), so the state
+    # is set here with ``object.__setattr__``; the key cache travels with it.
+    def __getstate__(self) -> tuple[dict[str, Any], tuple[str, ...] | None, str | None]:
+        return (self._store, self._input_keys, self._key)
+
+    def __setstate__(self, state: tuple[dict[str, Any], tuple[str, ...] | None, str | None]) -> None:
+        store, input_keys, key = state
+        object.__setattr__(self, "_store", dict(store))
+        object.__setattr__(self, "_input_keys", input_keys)
+        object.__setattr__(self, "_key", key)
+
+    def __copy__(self) -> Example:
+        new = type(self)(self._store)
+        object.__setattr__(new, "_input_keys", self._input_keys)
+        object.__setattr__(new, "_key", self._key)
+        return new
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Example:
+        new = type(self)()
+        memo[id(self)] = new
+        object.__setattr__(new, "_store", copy.deepcopy(self._store, memo))
+        object.__setattr__(new, "_input_keys", self._input_keys)
+        object.__setattr__(new, "_key", self._key)
+        return new
+
     # -- field access -------------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
+        if name in _SLOTS:  # a slot not set yet (an object under construction): no field lookup
+            raise AttributeError(name)
         try:
             return self._store[name]
         except KeyError:
@@ -91,9 +120,9 @@ class Example:
 
     def with_inputs(self, *keys: str) -> Example:
         """A copy of this example whose inputs are ``keys``."""
-        copy = self.copy()
-        object.__setattr__(copy, "_input_keys", tuple(keys))
-        return copy
+        new = self.copy()
+        object.__setattr__(new, "_input_keys", tuple(keys))
+        return new
 
     def inputs(self) -> Example:
         if self._input_keys is None:
@@ -118,6 +147,9 @@ class Example:
         new = Example({k: v for k, v in self._store.items() if k not in keys})
         object.__setattr__(new, "_input_keys", self._input_keys)
         return new
+
+
+_SLOTS = frozenset(Example.__slots__)
 
 
 class Prediction(Example):
