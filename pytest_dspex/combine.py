@@ -31,20 +31,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import gates
-from .gates import DEFAULT_MAX_ERROR_RATE, Verdict
+from .gates import DEFAULT_MAX_ERROR_RATE
 from .records import ExampleRecord
 from .rows import program_row
 from .sharding import shard_of
-
-if TYPE_CHECKING:  # the heavier modules load when a combine runs, not when the CLI builds its parser
-    from .comparison import Comparison
-    from .evaluation import EvaluationResult
 
 __all__ = [
     "CombineError",
@@ -52,7 +48,6 @@ __all__ = [
     "combine",
     "combine_files",
     "golden_outcomes",
-    "judge_records",
     "main",
     "write_junit",
 ]
@@ -154,39 +149,6 @@ def _usage_sum(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def judge_records(
-    records: Iterable[ExampleRecord],
-    *,
-    program: str = "",
-    metric: str = "",
-    threshold: float | None = None,
-    tolerance: float = 0.05,
-    max_error_rate: float = DEFAULT_MAX_ERROR_RATE,
-    golden_score: float | None = None,
-    golden_outcomes: Mapping[str, float] | None = None,
-    alpha: float = 0.05,
-) -> tuple[EvaluationResult, Verdict, Comparison | None]:
-    """Judge one program from its records: the result, the gate's verdict and the paired comparison.
-
-    The core gate (``gates.judge_records``) decides, the same function the plugin's controller and
-    ``dspex_evaluate`` use: the error budget, the threshold floor, and with the golden's per-example
-    outcomes (schema 2) the paired comparison (DESIGN §5b: "regressed" fails the gate; when the
-    comparison is underpowered the tolerance applies too), else the tolerance against the golden's score.
-    """
-    result, verdict = gates.judge_records(
-        records,
-        program=program,
-        metric=metric,
-        threshold=threshold,
-        tolerance=tolerance,
-        max_error_rate=max_error_rate,
-        golden_score=golden_score,
-        golden_outcomes=golden_outcomes,
-        alpha=alpha,
-    )
-    return result, verdict, verdict.comparison
-
-
 def _program_key(entry: Mapping[str, Any]) -> tuple[str, str, str]:
     return (str(entry.get("test") or ""), str(entry.get("program") or ""), str(entry.get("dataset") or ""))
 
@@ -258,7 +220,7 @@ def _merge_program(
         alpha = float(first["alpha"])
     elif shard_cmp:
         alpha = float(shard_cmp.get("alpha", 0.05))
-    result, verdict, comparison = judge_records(
+    result, verdict = gates.judge_records(
         records,
         program=key[1],
         metric=str(first.get("metric") or ""),
@@ -285,7 +247,7 @@ def _merge_program(
             max_error_rate=default_max_error_rate if max_error_rate is None else float(max_error_rate),
             golden=first.get("golden"),
             note=str(first.get("note") or ""),
-            comparison=comparison.to_json() if comparison is not None else None,
+            comparison=verdict.comparison.to_json() if verdict.comparison is not None else None,
             flaky=None,  # recomputed from the merged records' repeats, as a single run does
             prompts=next((p.get("prompts") for _, _, p in parts if p.get("prompts")), first.get("prompts")),
         )
