@@ -54,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ._atomic import atomic_write_json
 from ._exceptions import GoldenFileError, GoldenStaleError
 from .comparison import Comparison, compare, outcomes_from_records
-from .programs import Module, Predict
+from .programs import Module, Predict, dspy_metadata
 from .signatures import diff_fingerprints, fingerprint, fingerprint_of
 
 __all__ = [
@@ -605,19 +605,10 @@ def _replace_reason(old: GoldenFile, new: GoldenFile) -> str | None:
 
 # -- DSPy interop --------------------------------------------------------------------------------
 def to_dspy_state(golden: GoldenFile | dict[str, Any], program: Module) -> dict[str, Any]:
-    """The golden's demos in the layout DSPy's ``program.load()`` reads.
-
-    DSPy 3.4.1's ``BaseModule.load`` reads ``metadata["dependency_versions"]`` and looks every key of it
-    up in its own ``get_dependency_versions()`` (``python``, ``dspy``, ``cloudpickle``): any other key is
-    a ``KeyError``. So that dict stays empty (no version of DSPy was involved, nothing to warn about)
-    and pytest-dspex's own version goes next to it, where DSPy does not look.
-    """
+    """The golden's demos in the layout DSPy's ``program.load()`` reads (metadata: ``dspy_metadata``)."""
     gf = golden if isinstance(golden, GoldenFile) else GoldenFile(Path("<golden>"), golden)
-    loaded = gf.apply(program)
-    state = loaded.dump_state()
-    from . import __version__
-
-    state["metadata"] = {"dependency_versions": {}, "pytest_dspex": {"version": __version__}}
+    state = gf.apply(program).dump_state()
+    state["metadata"] = dspy_metadata()
     return state
 
 

@@ -151,16 +151,19 @@ class Module:
         from ._atomic import atomic_write_json
 
         state = self.dump_state()
-        state["metadata"] = _metadata()
+        state["metadata"] = dspy_metadata()
         atomic_write_json(Path(path), state)
 
     def load(self, path: str | Path) -> Module:
         return self.load_state(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
-def _metadata() -> dict[str, Any]:
-    """DSPy's ``load`` looks every key of ``dependency_versions`` up among its own (python, dspy,
-    cloudpickle; a KeyError otherwise), so pytest-dspex's version goes beside it, as in golden exports."""
+def dspy_metadata() -> dict[str, Any]:
+    """The ``metadata`` of a state DSPy's ``program.load()`` reads (``save`` and golden exports).
+
+    DSPy 3.4.1's ``BaseModule.load`` looks every key of ``dependency_versions`` up in its own
+    ``get_dependency_versions()`` (python, dspy, cloudpickle; any other key is a KeyError), so only
+    the python version goes there (no version of DSPy was involved) and pytest-dspex's beside it."""
     import sys
 
     from . import __version__
