@@ -15,7 +15,8 @@ from pytest_dspex.fake_server import FakeLMServer
 
 MODES = {"xdist": ["-n", "2"], "no-xdist": ["-p", "no:xdist"]}
 
-TEST_FILE = '''
+# The user's program and metric; test files in other modules append their own tests to it.
+TRIAGE_PROGRAM = '''
 import pytest
 import pytest_dspex as dspex
 
@@ -28,7 +29,11 @@ triage = dspex.Predict(Triage)
 
 def team_matches(example, prediction, trace=None):
     return example.team == prediction.team
+'''
 
+TEST_FILE = (
+    TRIAGE_PROGRAM
+    + '''
 @pytest.mark.dspex_program(triage, name="triage", trainset="data/train.jsonl")
 @pytest.mark.dspex_metric(team_matches, threshold=THRESHOLD)
 def test_triage(dspex_evaluate):
@@ -41,6 +46,7 @@ def test_triage(dspex_evaluate):
 def test_triage_each(dspex_example, dspex_predict):
     assert dspex_predict(dspex_example).team
 '''
+)
 
 
 def rows(n: int, offset: int = 0) -> str:

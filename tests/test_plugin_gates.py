@@ -18,33 +18,29 @@ import pytest
 from pytest_dspex.fake_server import FakeLMServer
 from pytest_dspex.stats import clustered_confidence_interval
 
-from .test_plugin import MODES
+from .test_plugin import MODES, TRIAGE_PROGRAM
 
-TEST_FILE = '''
-import pytest
-import pytest_dspex as dspex
-
-class Triage(dspex.Signature):
-    """Route a customer message to the team that should handle it."""
-    message: str = dspex.InputField()
-    team: str = dspex.OutputField()
-
-triage = dspex.Predict(Triage)
-
-def team_matches(example, prediction, trace=None):
-    return example.team == prediction.team
-
+# the whole-dataset test alone
+DATASET_TEST = (
+    TRIAGE_PROGRAM
+    + '''
 @pytest.mark.dspex_program(triage, name="triage", trainset="data/train.jsonl")
 @pytest.mark.dspex_metric(team_matches, threshold=0.5)
 def test_triage(dspex_evaluate):
     dspex_evaluate("data/dev.jsonl")
+'''
+)
 
+TEST_FILE = (
+    DATASET_TEST
+    + '''
 @pytest.mark.dspex_program(triage, name="triage", trainset="data/train.jsonl")
 @pytest.mark.dspex_metric(team_matches, threshold=0.5)
 @pytest.mark.dspex_dataset("data/dev.jsonl")
 def test_triage_each(dspex_example, dspex_predict):
     dspex_predict(dspex_example)
 '''
+)
 
 GOLDEN = "__dspex__/test_triage/triage.json"
 
@@ -311,9 +307,7 @@ class TestStaleGoldensAndCompileGuards:
         out = result.stdout.str()
         assert "test_triage.py::test_triage_each: " in out and re.search(duplicate, out)
         # the whole-dataset test fails, naming the file and the keys
-        pytester.makepyfile(
-            test_triage=TEST_FILE.split("@pytest.mark.dspex_dataset")[0].rsplit("@pytest.mark.dspex_program", 1)[0]
-        )
+        pytester.makepyfile(test_triage=DATASET_TEST)
         result = run(pytester, server, mode, "--dspex-missing-golden=zero-shot")
         assert result.ret == 1
         out = result.stdout.str()
