@@ -49,13 +49,16 @@ def test_triage_each(dspex_example, dspex_predict):
 )
 
 
-def rows(n: int, offset: int = 0) -> str:
+def rows(n: int, offset: int = 0, *, ids: bool = False) -> str:
+    """JSONL of ``n`` triage examples (odd ones billing, even ones technical), ``"id": "ex-N"`` with ``ids``."""
     out = []
     for i in range(offset, offset + n):
+        row: dict[str, Any] = {"id": f"ex-{i}"} if ids else {}
         if i % 2:
-            out.append({"message": f"I was charged twice, case {i}", "team": "billing"})
+            row.update(message=f"I was charged twice, case {i}", team="billing")
         else:
-            out.append({"message": f"the app crashes, case {i}", "team": "technical"})
+            row.update(message=f"the app crashes, case {i}", team="technical")
+        out.append(row)
     return "\n".join(json.dumps(r) for r in out) + "\n"
 
 

@@ -19,6 +19,7 @@ from pytest_dspex.fake_server import FakeLMServer
 from pytest_dspex.stats import clustered_confidence_interval
 
 from .test_plugin import MODES, TRIAGE_PROGRAM
+from .test_plugin import rows as plugin_rows
 
 # the whole-dataset test alone
 DATASET_TEST = (
@@ -46,15 +47,8 @@ GOLDEN = "__dspex__/test_triage/triage.json"
 
 
 def rows(n: int, offset: int = 0, *, ids: bool = True) -> str:
-    out = []
-    for i in range(offset, offset + n):
-        row: dict[str, Any] = {"id": f"ex-{i}"} if ids else {}
-        if i % 2:
-            row.update(message=f"I was charged twice, case {i}", team="billing")
-        else:
-            row.update(message=f"the app crashes, case {i}", team="technical")
-        out.append(row)
-    return "\n".join(json.dumps(r) for r in out) + "\n"
+    """Examples with ids (the paired gate compares per example key)."""
+    return plugin_rows(n, offset, ids=ids)
 
 
 class Model:
