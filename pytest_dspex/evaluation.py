@@ -90,7 +90,7 @@ MetricCaller = Callable[[Example, Prediction], Awaitable[Any]]
 
 
 def metric_caller(metric: Callable[..., Any]) -> MetricCaller:
-    """``await call(example, prediction)`` runs ``metric`` as ``run_metric`` does, its kind worked out once.
+    """``await call(example, prediction)`` runs ``metric``, its kind (async, sync, inline) worked out once.
 
     Async metrics run on the loop, sync ones in a worker thread (they may call an LM); metrics marked
     ``_dspex_inline`` (the ready-made ones in ``metrics``) are pure and quick and run inline.
@@ -114,15 +114,6 @@ def metric_caller(metric: Callable[..., Any]) -> MetricCaller:
             return await value if inspect.isawaitable(value) else value
 
     return call
-
-
-async def run_metric(metric: Callable[..., Any], example: Example, prediction: Prediction) -> Any:
-    """Call a metric: async ones on the loop, sync ones in a worker thread (they may call an LM).
-
-    Metrics marked ``_dspex_inline`` (the ready-made ones in ``metrics``) are pure and quick; they
-    run inline and spare the thread hop. (An evaluation works the metric's kind out once: ``metric_caller``.)
-    """
-    return await metric_caller(metric)(example, prediction)
 
 
 async def score_example(

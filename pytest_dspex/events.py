@@ -132,18 +132,6 @@ def _get_tracer() -> Any:
     return _tracer
 
 
-def tracing() -> bool:
-    """Is an OpenTelemetry tracer provider set (an SDK, not the API's no-op default)?
-
-    Spans are skipped without one: the API's no-op spans still cost ~40 µs of CPU per LM call.
-    Checked on every call, so a provider set later is picked up. (``tracing.enabled``; the spans
-    themselves are made in ``tracing``.)
-    """
-    from . import tracing
-
-    return tracing.enabled()
-
-
 @contextlib.contextmanager
 def span(name: str, **attributes: Any) -> Iterator[Any]:
     """An OpenTelemetry span when ``opentelemetry-api`` is installed, else nothing."""

@@ -227,10 +227,6 @@ class FakeLMServer:
         self.stop()
 
 
-def json_answer(**fields: Any) -> str:
-    return json.dumps(fields)
-
-
 def main(argv: list[str] | None = None) -> None:
     """``python -m pytest_dspex.fake_server --port 8900 --latency 0.05``: serve until killed.
 

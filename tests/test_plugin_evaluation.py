@@ -83,10 +83,6 @@ def failing_on(cases: set[int]) -> Any:
     return respond
 
 
-def verdict_lines(result: pytest.RunResult) -> list[str]:
-    return [line for line in result.stdout.lines if line.startswith("triage ")]
-
-
 class TestErrorBudget:
     def test_infra_errors_over_the_budget_are_lm_errors_not_a_low_score(self, project, server_factory, mode):
         project.makepyfile(test_budget=source())
