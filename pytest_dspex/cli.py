@@ -15,7 +15,6 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 __all__ = ["COMMANDS", "build_parser", "main"]
@@ -115,15 +114,13 @@ def _add_report(sub: Subparsers) -> None:
 
 def read_report(path: str) -> dict[str, Any]:
     """A JSON report from disk; a missing or corrupted one is a ``CommandError`` naming the file."""
+    from .combine import CombineError
+    from .combine import read_report as read
+
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CommandError(f"{path}: no such report (write one with pytest --dspex-report={path})") from None
-    except (OSError, ValueError) as exc:
-        raise CommandError(f"{path}: not a readable JSON report ({exc})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("programs", []), list):
-        raise CommandError(f"{path}: not a pytest-dspex report (expected an object with a 'programs' list)")
-    return data
+        return read(path)
+    except CombineError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -346,14 +346,16 @@ def combine(
 
 
 def read_report(path: str) -> dict[str, Any]:
+    """A JSON report from disk (also ``report`` on the command line); a missing or corrupted one is a
+    ``CombineError`` naming the file."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CombineError(f"{path}: no such report") from None
+        raise CombineError(f"{path}: no such report (write one with pytest --dspex-report={path})") from None
     except (OSError, ValueError) as exc:
         raise CombineError(f"{path}: not a readable JSON report ({exc})") from None
-    if not isinstance(data, dict):
-        raise CombineError(f"{path}: not a pytest-dspex report")
+    if not isinstance(data, dict) or not isinstance(data.get("programs", []), list):
+        raise CombineError(f"{path}: not a pytest-dspex report (expected an object with a 'programs' list)")
     return data
 
 
