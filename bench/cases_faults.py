@@ -10,9 +10,10 @@
 * dead: 1000 examples against a port nobody listens on, library defaults: time until every example
   is accounted for.
 * timing: 500 examples, 50 ms, concurrency 32, with 10% 500 + 10% 429 (Retry-After 50 ms) + 5%
-  garbled + 2% requests hanging 10 s, against the same run fault-free. As in the first version's
-  bench: retries 4, backoff 20 ms base, the opt-in ``hedge_after=0.15`` (without it a hung request
-  waits out its 10 s); ``--defaults`` keeps the default backoff (0.5 s base, 3 retries).
+  garbled + 2% requests hanging 10 s, against the same run fault-free. Library DEFAULTS: only the
+  concurrency (32) is set — retries 3 with a 0.1 s full-jitter backoff base, ``hedge_after="auto"``
+  (a request unanswered after 3 × the recent p95 latency gets a duplicate), timeout 120 s.
+  The hedge count of the fault-free run is reported too: it must be ~0.
 """
 
 from __future__ import annotations
@@ -71,14 +72,14 @@ def case_dead(n: int) -> dict:
     return {"wall_s": wall, "n": res.n, "errors": res.errors_by_kind, "breaker_failures": lm.breaker.failures}
 
 
-def case_timing(url: str, n: int, hedge: float | None, tuned: bool) -> dict:
+def case_timing(url: str, n: int) -> dict:
     import pytest_dspex as dspex
 
-    extra = {"retries": 4, "backoff_base": 0.02} if tuned else {}
-    lm = dspex.LM("fake", base_url=url, api_key="bench", cache=None, concurrency=32, hedge_after=hedge, **extra)
+    lm = dspex.LM("fake", base_url=url, api_key="bench", cache=None, concurrency=32)  # defaults otherwise
     wall, res = _run(lm, n, 32)
     scored = sum(1 for r in res.records if r.error_kind is None)
-    return {"wall_s": wall, "scored": scored, "n": res.n, "retries": res.usage.retries, "hedges": res.usage.hedges}
+    return {"wall_s": wall, "scored": scored, "n": res.n, "retries": res.usage.retries, "hedges": res.usage.hedges,
+            "errors": res.errors_by_kind}  # fmt: skip
 
 
 # -- driver ------------------------------------------------------------------------------------
@@ -119,7 +120,7 @@ def dead_row(n: int = 1000) -> tuple[str, ...]:
             "-", "≤ 2 s", f"{r['breaker_failures']} failed calls reached the breaker")  # fmt: skip
 
 
-def timing_row(n: int = 500, repeat: int = 3, hedge: float = 0.15, tuned: bool = True) -> tuple[str, ...]:
+def timing_row(n: int = 500, repeat: int = 3) -> tuple[str, ...]:
     faults = {"http_500": 0.1, "http_429": 0.1, "retry_after": 0.05, "garbled": 0.05, "stall": 0.02, "stall_s": 10}
     ratios, notes = [], []
     for _ in range(repeat):
@@ -127,17 +128,18 @@ def timing_row(n: int = 500, repeat: int = 3, hedge: float = 0.15, tuned: bool =
         for label, spec in (("clean", {}), ("faults", faults)):
             server, url = _server(0.05, spec)
             try:
-                timings[label] = _case("timing", url=url, n=n, hedge=hedge, tuned=tuned)
+                timings[label] = _case("timing", url=url, n=n)
             finally:
                 server.kill()  # type: ignore[attr-defined]
                 server.wait()  # type: ignore[attr-defined]
         f, c = timings["faults"], timings["clean"]
         ratios.append(f["wall_s"] / c["wall_s"])
-        notes.append(f"{f['wall_s']:.2f}/{c['wall_s']:.2f} s, {f['scored']}/{f['n']} scored, {f['retries']} retries, {f['hedges']} hedged")
+        notes.append(f"{f['wall_s']:.2f}/{c['wall_s']:.2f} s, {f['scored']}/{f['n']} scored {f['errors'] or ''}, {f['retries']} retries, "
+                     f"{f['hedges']} hedged (fault-free run: {c['hedges']} hedged, {c['scored']}/{c['n']} scored)")
     return (f"evaluate {n}, 50 ms, C=32: 10% 500 + 10% 429 (Retry-After 50 ms) + 5% garbled + 2% hanging 10 s, vs fault-free",
             " / ".join(f"x{r:.2f}" for r in ratios), "-", "≤ 1.5x fault-free time",
-            ("retries 4, backoff 20 ms base" if tuned else "defaults (retries 3, backoff 0.5 s base)")
-            + f", hedge_after={hedge}; runs (faults/clean): " + "; ".join(notes))  # fmt: skip
+            "library defaults (retries 3, backoff 0.1 s base, hedge_after='auto', timeout 120 s), C=32; "
+            "runs (faults/clean): " + "; ".join(notes))  # fmt: skip
 
 
 def fault_rows(repeat: int = 3) -> list[tuple[str, ...]]:
@@ -152,7 +154,6 @@ def main() -> None:
     ap.add_argument("--only", choices=["degraded", "dead", "timing"])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seeds", type=int, default=20)
-    ap.add_argument("--defaults", action="store_true", help="timing with the default retry backoff")
     args = ap.parse_args()
     rows = []
     if args.only in (None, "degraded"):
@@ -160,7 +161,7 @@ def main() -> None:
     if args.only in (None, "dead"):
         rows.append(dead_row())
     if args.only in (None, "timing"):
-        rows.append(timing_row(repeat=args.repeat, tuned=not args.defaults))
+        rows.append(timing_row(repeat=args.repeat))
     for row in rows:
         print("| " + " | ".join(row) + " |", flush=True)
 

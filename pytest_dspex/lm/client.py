@@ -14,12 +14,13 @@ holder (``secrets``): never in a repr, an error, a log line, an event or a cache
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .. import _runtime, events, tracing
 from .._exceptions import BudgetExceededError, ConfigError, LMError
@@ -28,7 +29,7 @@ from ..adapters import LMRequest
 from .cache import CacheMode, ResponseCache, cache_key
 from .resilience import AdaptiveLimiter, Breaker, RetryPolicy, send_with_retries
 from .secrets import Credentials, redact_url
-from .sharing import HedgeSkipped, InflightRequests, hedged
+from .sharing import AutoHedge, HedgeSkipped, InflightRequests, hedged
 from .transport import HTTPTransport
 from .usage import Budget, Usage, record
 
@@ -58,7 +59,27 @@ _SETTINGS = (
 
 
 class LM:
-    """A chat-completions client with cache, retries, breaker, limiter and accounting."""
+    """A chat-completions client with cache, retries, breaker, limiter and accounting.
+
+    Faults, at the defaults:
+
+    * ``retries=3``: 5xx, 408, timeouts, refused connections and garbled bodies are retried with
+      full-jitter exponential backoff, ``backoff_base=0.1`` s doubling per retry up to 20 s (the
+      AWS SDKs' standard mode uses the same 100 ms base and 20 s cap). A 429 waits what its
+      ``Retry-After`` says and lowers the in-flight limit while 429s keep coming.
+    * ``hedge_after="auto"``: once this LM has seen 20 answers, a request still unanswered after
+      ``max(0.1 s, 3 × p95)`` of its recent answers' latencies gets one duplicate (a second after
+      twice that); the first answer wins, the other is cancelled. A duplicate takes its own
+      concurrency slot and budget call, its tokens are counted, and at most 5% of requests are
+      hedged, so an endpoint that is slow across the board is not sent double the load. In a
+      healthy run nothing is hedged; a hung request costs a fraction of a second instead of the
+      ``timeout``. A number is a fixed delay in seconds (always hedge after it); ``None`` never
+      hedges — right for a server that answers one request at a time (the embedded local model:
+      a duplicate only queues behind the first), or when every request is billed and a hang
+      is rare.
+    * ``breaker_fail_max=5`` failed logical calls in a row open the circuit breaker for
+      ``breaker_reset_timeout=30`` s (``resilience``).
+    """
 
     def __init__(
         self,
@@ -73,7 +94,7 @@ class LM:
         timeout: float = 120.0,
         connect_timeout: float = 10.0,
         retries: int = 3,
-        backoff_base: float = 0.5,
+        backoff_base: float = 0.1,
         concurrency: int = 16,
         cache: ResponseCache | NotGiven | None = NOT_GIVEN,
         cache_dir: str | os.PathLike[str] | None = None,
@@ -85,7 +106,7 @@ class LM:
         budget: Budget | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         extra_body: dict[str, Any] | None = None,
-        hedge_after: float | None = None,
+        hedge_after: float | Literal["auto"] | None = "auto",
         cache_identity: str | None = None,
         _family: tuple[Credentials, Breaker] | None = None,
     ) -> None:
@@ -93,8 +114,10 @@ class LM:
             raise ConfigError("LM needs a model name")
         if concurrency < 1:
             raise ConfigError(f"LM concurrency must be >= 1, got {concurrency}")
-        if hedge_after is not None and hedge_after <= 0:
-            raise ConfigError(f"LM hedge_after must be > 0 seconds, got {hedge_after}")
+        if hedge_after == "auto":
+            pass
+        elif isinstance(hedge_after, str) or (hedge_after is not None and hedge_after <= 0):
+            raise ConfigError(f'LM hedge_after must be "auto", None or > 0 seconds, got {hedge_after!r}')
         settings = {k: v for k, v in locals().items() if k in _SETTINGS}
         self.model = model
         if _family is None:
@@ -124,6 +147,7 @@ class LM:
         self.budget = budget
         self.extra_body = dict(extra_body or {})
         self.hedge_after = hedge_after
+        self.auto_hedge = AutoHedge() if hedge_after == "auto" else None
         # what names the endpoint in cache keys; an embedded server on a random port passes a
         # stable identity so its answers stay cached across runs. Never carries a secret.
         self.cache_identity = redact_url(cache_identity) if cache_identity else self.base_url
@@ -314,23 +338,41 @@ class LM:
         return completion
 
     async def _attempt(self, content: bytes) -> dict[str, Any]:
-        if self.hedge_after is None:
+        after: float | Callable[[], float | None]
+        if self.auto_hedge is not None:
+            self.auto_hedge.sent()
+            after = self.auto_hedge.after
+        elif isinstance(self.hedge_after, float | int):
+            after = self.hedge_after
+        else:
             return await self._send(content)
+        started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         return await hedged(
-            lambda: self._send(content),
+            lambda: self._send(content, started=started),
             lambda wanted: self._send(content, duplicate=wanted),
-            self.hedge_after,
+            after,
             self._count_extra,  # the loser's answer arrived too: its tokens count
+            started=started,
         )
 
     def _count_extra(self, data: dict[str, Any]) -> None:
         self._count(data, calls=0)
 
-    async def _send(self, content: bytes, *, duplicate: Callable[[], bool] | None = None) -> dict[str, Any]:
+    async def _send(
+        self,
+        content: bytes,
+        *,
+        duplicate: Callable[[], bool] | None = None,
+        started: asyncio.Future[None] | None = None,
+    ) -> dict[str, Any]:
         async with self.limiter.slot():  # a hedged duplicate takes a slot of its own
+            if started is not None and not started.done():
+                started.set_result(None)  # on the wire: the hedge clock starts
             if duplicate is not None:
                 if not duplicate():
                     raise HedgeSkipped  # the first finished while we waited for the slot
+                if self.auto_hedge is not None and not self.auto_hedge.take():
+                    raise HedgeSkipped  # over the hedge allowance: the first carries on alone
                 if self.budget is not None:
                     try:
                         self.budget.reserve()
@@ -338,7 +380,11 @@ class LM:
                         raise HedgeSkipped from None
                 self.usage.hedges += 1
                 record(Usage(hedges=1))
-            return await self._http.post(content)
+            sent = time.perf_counter()
+            data = await self._http.post(content)
+            if self.auto_hedge is not None:
+                self.auto_hedge.observe(time.perf_counter() - sent)
+            return data
 
     def _finish_cached(self, data: dict[str, Any]) -> Completion:
         completion = self._completion(data, cached=True, cost=False)  # a cached answer costs nothing

@@ -7,7 +7,8 @@ logical call's final outcome is reported to the breaker.
 
 Retries
     5xx, 408, timeouts, refused/reset connections and garbled bodies are retried up to
-    ``RetryPolicy.retries`` times with full-jitter exponential backoff. A 429 is back-pressure,
+    ``RetryPolicy.retries`` times with full-jitter exponential backoff (a random wait up to
+    ``backoff_base × 2^retry``, 0.1 s base, capped at ``backoff_max`` = 20 s). A 429 is back-pressure,
     not a failure: the wait is the server's ``Retry-After`` (or the backoff when it sends none),
     and 429s draw on their own allowance (``throttle_retries``), not on ``retries``.
 
@@ -123,7 +124,7 @@ logger = logging.getLogger("pytest_dspex.lm")
 @dataclass(frozen=True)
 class RetryPolicy:
     retries: int = 3
-    backoff_base: float = 0.5
+    backoff_base: float = 0.1
     backoff_max: float = 20.0
     retry_after_max: float = 60.0
     throttle_retries: int = 10  # 429s: their own allowance, they are not failures

@@ -5,19 +5,30 @@ way, wait for its answer instead of sending a second one (a burst of identical e
 one request). If the leader's caller is cancelled, a follower asks again itself.
 
 ``hedged(first, duplicate, after)``: send ``first``; if it has not answered within ``after``
-seconds, also send a duplicate (and another after twice that) and take whichever finishes first.
+seconds of going on the wire (``started``: not while it waits for a concurrency slot), also send a
+duplicate (and another after twice that) and take whichever finishes first.
 Every duplicate goes through the caller's concurrency limit and budget (it takes its own slot and
 budget call). The others are cancelled; an answer that arrived anyway is handed to ``on_extra`` so
 its tokens are counted.
+
+``AutoHedge``: the default ``hedge_after="auto"`` ("The Tail at Scale", Dean & Barroso 2013). It
+keeps a sliding window of the latencies of answered requests; once ``min_samples`` have arrived,
+a request still unanswered after ``max(floor, multiple × p95)`` of that window gets a duplicate.
+In a healthy run almost no request waits three times the 95th percentile, so almost none is
+hedged; a request that hangs (a stuck connection, a lost server) is. A token bucket caps the
+duplicates at ``max_rate`` of the requests (each request earns ``max_rate`` of a token, a duplicate
+spends one): when the whole endpoint slows down, every request is late and hedging them all would
+double the load (and a paid API's bill) exactly when the endpoint can least take it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
-__all__ = ["HedgeSkipped", "InflightRequests", "hedged"]
+__all__ = ["AutoHedge", "HedgeSkipped", "InflightRequests", "hedged"]
 
 T = TypeVar("T")
 
@@ -72,32 +83,50 @@ class HedgeSkipped(Exception):
 async def hedged(
     first: Callable[[], Awaitable[T]],
     duplicate: Callable[[Callable[[], bool]], Awaitable[T]],
-    after: float,
+    after: float | Callable[[], float | None],
     on_extra: Callable[[T], None],
     *,
     max_duplicates: int = 2,
+    started: asyncio.Future[None] | None = None,
+    poll: float = 0.05,
 ) -> T:
     """The first outcome of ``first()`` and of duplicates sent while it stays unanswered.
 
-    A duplicate goes out after ``after`` seconds without an outcome, another after twice that,
-    up to ``max_duplicates`` (a duplicate can stall too). Whichever finishes first wins, answer or
-    error: a duplicate that fails fast (a 500) hands its error to the retry loop rather than
-    leaving the caller waiting on a stalled request. ``duplicate(wanted)`` calls ``wanted()`` once
-    it holds its concurrency slot: False means ``first`` has finished meanwhile and it must not be
-    sent; it raises ``HedgeSkipped`` when it is not sent (that, or no budget left).
+    A duplicate goes out after ``after`` seconds without an outcome, another after twice that
+    more, up to ``max_duplicates`` (a duplicate can stall too). ``after`` may be a function, asked
+    again while the request waits (``None``: no hedging yet, asked again every ``poll`` seconds):
+    a request sent before the threshold was known is still hedged once it is. Whichever finishes
+    first wins, answer or error: a duplicate that fails fast (a 500) hands its error to the retry
+    loop rather than leaving the caller waiting on a stalled request. ``duplicate(wanted)`` calls
+    ``wanted()`` once it holds its concurrency slot: False means ``first`` has finished meanwhile
+    and it must not be sent; it raises ``HedgeSkipped`` when it is not sent (that, no budget
+    left, or no hedge allowance left). ``started``, when given, is resolved by ``first`` once it
+    holds its slot: the clock starts then, so a request queued behind the concurrency limit is not
+    duplicated into the same queue.
     """
+    loop = asyncio.get_running_loop()
     tasks = [asyncio.ensure_future(first())]
     pending: set[asyncio.Future[T]] = set(tasks)
-    wait = after
     try:
+        if started is not None and not started.done():
+            await asyncio.wait((tasks[0], started), return_when=asyncio.FIRST_COMPLETED)
+        t0 = loop.time()
         while True:
-            timeout = wait if len(tasks) <= max_duplicates else None
+            timeout: float | None = None
+            if len(tasks) <= max_duplicates:
+                threshold = after() if callable(after) else after
+                if threshold is None:
+                    timeout = poll
+                else:
+                    due = t0 + threshold * (2 ** len(tasks) - 1)  # after, then 3 × after, ...
+                    timeout = due - loop.time()
+                    if timeout <= 0:
+                        extra = asyncio.ensure_future(duplicate(lambda: not tasks[0].done()))
+                        tasks.append(extra)
+                        pending.add(extra)
+                        continue
             done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if not done:
-                extra = asyncio.ensure_future(duplicate(lambda: not tasks[0].done()))
-                tasks.append(extra)
-                pending.add(extra)
-                wait *= 2
                 continue
             finished = [f for f in done if f is tasks[0] or not (f.cancelled() or isinstance(f.exception(), HedgeSkipped))]
             if not finished:
@@ -118,3 +147,52 @@ async def hedged(
 def _retrieve(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()  # nobody waits for the loser: no "exception never retrieved"
+
+
+class AutoHedge:
+    """When to hedge, learnt from the endpoint's recent latencies (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        window: int = 200,
+        min_samples: int = 20,
+        multiple: float = 3.0,
+        floor: float = 0.1,
+        max_rate: float = 0.05,
+        burst: float = 5.0,
+    ) -> None:
+        self.min_samples = min_samples
+        self.multiple = multiple
+        self.floor = floor
+        self.max_rate = max_rate
+        self.burst = burst
+        self._latencies: collections.deque[float] = collections.deque(maxlen=window)
+        self._after: float | None = None
+        self._fresh = 0  # samples since the threshold was last computed
+        self._tokens = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """The latency of a request that was answered."""
+        self._latencies.append(seconds)
+        self._fresh += 1
+        if len(self._latencies) >= self.min_samples and (self._after is None or self._fresh >= 8):
+            ordered = sorted(self._latencies)
+            p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+            self._after = max(self.floor, self.multiple * p95)
+            self._fresh = 0
+
+    def after(self) -> float | None:
+        """Seconds a request may wait before its duplicate goes out; None: no hedging (yet)."""
+        return self._after
+
+    def sent(self) -> None:
+        """One request made: it earns the duplicate allowance its share."""
+        self._tokens = min(self.burst, self._tokens + self.max_rate)
+
+    def take(self) -> bool:
+        """May a duplicate go out now? (It spends one token.)"""
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True

@@ -86,6 +86,7 @@ class SessionLMs:
                 cache=open_response_cache(o.cache, directory=o.cache_dir, url=o.cache_url),  # type: ignore[arg-type]
                 budget=self.budget,
                 cache_identity=f"embedded:{model}" if o.local else None,
+                hedge_after=None if o.local else "auto",  # one request at a time: a duplicate only queues
             )
         return self._lm
 
