@@ -330,3 +330,135 @@ def test_a_duplicate_that_stalls_too_gets_another_and_a_fast_error_goes_to_the_r
     # a stalled request, its duplicate fails fast: that error is retried at once, not waited out
     assert lm.complete(LMRequest(messages=[{"role": "user", "content": "b"}])).text == "ok"
     assert lm.usage.hedges == 3 and lm.usage.retries == 1
+
+
+# -- adaptive hedging, the default (hedge_after="auto") ---------------------------------------------
+def ask(lm: dspex.LM, text: str) -> str:
+    return lm.complete(LMRequest(messages=[{"role": "user", "content": text}])).text
+
+
+def test_auto_hedging_does_not_fire_before_enough_answers():
+    async def handler(request: httpx.Request) -> httpx.Response:
+        text = json.loads(request.content)["messages"][0]["content"]
+        await asyncio.sleep(0.5 if text == "slow" else 0.005)
+        return chat(f"answer to {text}")
+
+    lm = mock_lm(handler)  # defaults: hedge_after="auto"
+    assert lm.hedge_after == "auto" and lm.auto_hedge is not None
+    for i in range(10):
+        ask(lm, str(i))
+    assert lm.auto_hedge.after() is None  # 10 answers are not enough to know the endpoint's latency
+    assert ask(lm, "slow") == "answer to slow"
+    assert lm.usage.hedges == 0 and lm.usage.calls == 11
+
+
+def test_auto_hedging_duplicates_a_stalled_request_after_warm_up_and_the_duplicate_answers():
+    sent: Counter[str] = Counter()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        text = json.loads(request.content)["messages"][0]["content"]
+        sent[text] += 1
+        if text == "hangs" and sent[text] == 1:
+            await asyncio.sleep(60)  # a hung request; cancelled once its duplicate has answered
+        await asyncio.sleep(0.005)
+        return chat(f"answer {sent[text]} to {text}", tokens=7)
+
+    lm = mock_lm(handler)
+    for i in range(30):
+        ask(lm, str(i))
+    assert lm.usage.hedges == 0  # a healthy endpoint: nothing hedged
+    assert lm.auto_hedge is not None and lm.auto_hedge.after() == pytest.approx(0.1)  # the floor
+    assert ask(lm, "hangs") == "answer 2 to hangs"  # the duplicate's answer, not a 120 s timeout
+    assert lm.usage.hedges == 1 and sent["hangs"] == 2 and lm.usage.calls == 31
+    assert lm.usage.errors == 0 and lm.usage.retries == 0
+
+
+def test_auto_hedges_take_their_own_slot_within_the_concurrency_limit():
+    in_flight = {"now": 0, "max": 0}
+    sent: Counter[str] = Counter()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        text = json.loads(request.content)["messages"][0]["content"]
+        sent[text] += 1
+        in_flight["now"] += 1
+        in_flight["max"] = max(in_flight["max"], in_flight["now"])
+        try:
+            await asyncio.sleep(60 if text == "hangs" and sent[text] == 1 else 0.005)
+            return chat(text)
+        finally:
+            in_flight["now"] -= 1
+
+    lm = mock_lm(handler, concurrency=2)
+
+    async def burst(texts: list[str]) -> list[str]:
+        reqs = [LMRequest(messages=[{"role": "user", "content": t}]) for t in texts]
+        return [c.text for c in await asyncio.gather(*(lm.acomplete(r) for r in reqs))]
+
+    asyncio.run(burst([str(i) for i in range(30)]))
+    texts = ["hangs", *(f"next {i}" for i in range(6))]
+    assert asyncio.run(burst(texts)) == texts
+    assert in_flight["max"] == 2  # the duplicate waited for a slot like any request
+    assert lm.usage.hedges == 1 and sent["hangs"] == 2
+
+
+def test_auto_hedging_is_capped_when_the_whole_endpoint_slows_down():
+    """Every request late: hedging them all would double the load on a struggling (paid) endpoint."""
+    slow = {"on": False}
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.3 if slow["on"] else 0.005)
+        return chat("ok")
+
+    lm = mock_lm(handler, concurrency=32)
+
+    async def burst(n: int, tag: str) -> None:
+        reqs = [LMRequest(messages=[{"role": "user", "content": f"{tag} {i}"}]) for i in range(n)]
+        await asyncio.gather(*(lm.acomplete(r) for r in reqs))
+
+    for i in range(30):
+        ask(lm, str(i))
+    slow["on"] = True
+    asyncio.run(burst(30, "slow"))
+    assert lm.usage.calls == 60
+    assert 1 <= lm.usage.hedges <= 3  # 5% of the 60 requests made, not 30 duplicates
+
+
+def test_a_number_or_none_keeps_fixed_or_no_hedging():
+    async def handler(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.3)
+        return chat("ok")
+
+    off = mock_lm(handler, hedge_after=None)
+    assert off.auto_hedge is None and ask(off, "a") == "ok" and off.usage.hedges == 0
+    fixed = mock_lm(handler, hedge_after=0.05)  # no warm-up: hedged at once
+    assert fixed.auto_hedge is None and ask(fixed, "a") == "ok" and fixed.usage.hedges >= 1
+    with pytest.raises(dspex.ConfigError, match="hedge_after"):
+        mock_lm(handler, hedge_after="fast")
+
+
+def test_the_plugin_turns_hedging_off_for_the_embedded_model_only(monkeypatch, tmp_path):
+    """The embedded llama.cpp server answers one request at a time: a duplicate only queues behind."""
+    from pytest_dspex.plugin.lms import SessionLMs
+    from pytest_dspex.plugin.options import DspexOptions
+
+    monkeypatch.setattr("pytest_dspex.local_lm.ensure_server", lambda run_id, owner_pid: "http://127.0.0.1:9/v1")
+    monkeypatch.setattr("pytest_dspex.local_lm.stop_server", lambda run_id: None)
+
+    def options(**kw: Any) -> DspexOptions:
+        base: dict[str, Any] = dict(
+            model=None, base_url=None, api_key_env="OPENAI_API_KEY", temperature=0.0, max_tokens=64, concurrency=4,
+            timeout=60.0, retries=3, cache_dir=tmp_path, cache="off", teacher_model=None, demos=2, labeled_demos=2,
+            rounds=1, candidates=2, seed=0, tolerance=0.05, report=None, max_cost=None, max_calls=None,
+            missing_golden="fail", max_error_rate=0.02, example_timeout=None, alpha=0.05, repeats=1, compile=None,
+            force=False,
+        )  # fmt: skip
+        base.update(kw)
+        return DspexOptions(**base)
+
+    local = SessionLMs(options(), "run", 1, is_worker=False)
+    assert local.options.local
+    assert local.lm.hedge_after is None and local.lm.auto_hedge is None
+    local.close()
+    remote = SessionLMs(options(model="gpt-4o-mini", base_url="http://127.0.0.1:9/v1"), "run", 1, is_worker=False)
+    assert remote.lm.hedge_after == "auto" and remote.lm.auto_hedge is not None
+    remote.close()
