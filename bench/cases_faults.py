@@ -12,7 +12,7 @@
 * timing: 500 examples, 50 ms, concurrency 32, with 10% 500 + 10% 429 (Retry-After 50 ms) + 5%
   garbled + 2% requests hanging 10 s, against the same run fault-free. Library DEFAULTS: only the
   concurrency (32) is set — retries 3 with a 0.1 s full-jitter backoff base, ``hedge_after="auto"``
-  (a request unanswered after 3 × the recent p95 latency gets a duplicate), timeout 120 s.
+  (a request unanswered after max(0.1 s, 2 × the recent p95 latency) gets a duplicate), timeout 120 s.
   The hedge count of the fault-free run is reported too: it must be ~0.
 """
 

@@ -68,7 +68,7 @@ class LM:
       AWS SDKs' standard mode uses the same 100 ms base and 20 s cap). A 429 waits what its
       ``Retry-After`` says and lowers the in-flight limit while 429s keep coming.
     * ``hedge_after="auto"``: once this LM has seen 20 answers, a request still unanswered after
-      ``max(0.1 s, 3 × p95)`` of its recent answers' latencies gets one duplicate (a second after
+      ``max(0.1 s, 2 × p95)`` of its recent answers' latencies gets one duplicate (a second after
       twice that); the first answer wins, the other is cancelled. A duplicate takes its own
       concurrency slot and budget call, its tokens are counted, and at most 5% of requests are
       hedged, so an endpoint that is slow across the board is not sent double the load. In a

@@ -14,7 +14,7 @@ its tokens are counted.
 ``AutoHedge``: the default ``hedge_after="auto"`` ("The Tail at Scale", Dean & Barroso 2013). It
 keeps a sliding window of the latencies of answered requests; once ``min_samples`` have arrived,
 a request still unanswered after ``max(floor, multiple × p95)`` of that window gets a duplicate.
-In a healthy run almost no request waits three times the 95th percentile, so almost none is
+In a healthy run almost no request waits twice the 95th percentile, so almost none is
 hedged; a request that hangs (a stuck connection, a lost server) is. A token bucket caps the
 duplicates at ``max_rate`` of the requests (each request earns ``max_rate`` of a token, a duplicate
 spends one): when the whole endpoint slows down, every request is late and hedging them all would
@@ -157,7 +157,7 @@ class AutoHedge:
         *,
         window: int = 200,
         min_samples: int = 20,
-        multiple: float = 3.0,
+        multiple: float = 2.0,
         floor: float = 0.1,
         max_rate: float = 0.05,
         burst: float = 5.0,
