@@ -11,6 +11,7 @@ import os
 import time
 import uuid
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -83,18 +84,18 @@ def test_concurrent_evaluate_has_no_errors(lm):
     assert result.usage.calls == 8 and result.usage.tokens > 0
 
 
+class Triage(dspex.Signature):
+    """Route a customer message to the team that should handle it."""
+
+    message: str = dspex.InputField()
+    team: Literal["billing", "technical", "account", "other"] = dspex.OutputField()
+
+
+def metric(example, prediction, trace=None):
+    return example.team == prediction.team
+
+
 def test_bootstrap_lifts_the_score_clearly_above_zero_shot(lm):
-    from typing import Literal
-
-    class Triage(dspex.Signature):
-        """Route a customer message to the team that should handle it."""
-
-        message: str = dspex.InputField()
-        team: Literal["billing", "technical", "account", "other"] = dspex.OutputField()
-
-    def metric(example, prediction, trace=None):
-        return example.team == prediction.team
-
     from pytest_dspex.constrained import set_constrained_decoding
 
     # free-form decoding: what demos alone do for a base model (a grammar lifts zero-shot by itself)
@@ -110,18 +111,7 @@ def test_bootstrap_lifts_the_score_clearly_above_zero_shot(lm):
 
 def test_constrained_decoding_turns_wrong_formats_into_labels(lm):
     """Zero-shot, the base model rambles; with the labels as a grammar every answer is a label."""
-    from typing import Literal
-
     from pytest_dspex.constrained import constrained_decoding, set_constrained_decoding
-
-    class Triage(dspex.Signature):
-        """Route a customer message to the team that should handle it."""
-
-        message: str = dspex.InputField()
-        team: Literal["billing", "technical", "account", "other"] = dspex.OutputField()
-
-    def metric(example, prediction, trace=None):
-        return example.team == prediction.team
 
     dev = load("triage_dev.jsonl", 8)
     program = dspex.Predict(Triage, lm=lm)
@@ -152,7 +142,6 @@ def test_typed_outputs_under_a_grammar_parse_on_the_real_server(lm):
 
 def test_json_adapter_with_a_schema_on_llama_cpp_python(lm):
     """llama-cpp-python takes ``response_format: json_object`` with a schema (not OpenAI's json_schema)."""
-    from typing import Literal
 
     from pytest_dspex.constrained import constrained_decoding
 
