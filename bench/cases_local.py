@@ -1,10 +1,11 @@
 """Compile on the embedded model (Gemma 3 270M under llama.cpp): time, calls and scores.
 
     python bench/cases_local.py intent                 # the 6-way intent task (bench/data/intent_*.jsonl)
+    python bench/cases_local.py travel                 # a second 6-way intent task, airline words (bench/data/travel_*.jsonl)
     python bench/cases_local.py triage find_product    # the example project's programs, its pytest.ini settings
     python bench/cases_local.py coverage               # how often a demo draw misses a label (no LM)
     options: --url URL (a running server; default: start the embedded one), --no-grammar, --no-race,
-             --no-cover, --candidates N
+             --no-cover, --candidates N, --no-answer-hint (CompactAdapter(answer_hint=False))
 
 Each case prints one JSON line: compile seconds, LM calls, the candidates' scores and, for intent,
 the compiled program's score on the 48 held-out examples. No response cache: every call is made.
@@ -26,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 EXAMPLE = HERE.parent / "example_project"
 
 INTENTS = ("lost_card", "check_balance", "transfer_money", "reset_password", "close_account", "loan_info")
+TRAVEL = ("book_flight", "cancel_booking", "baggage_policy", "flight_status", "change_seat", "refund_request")
 
 
 def _intent_program() -> Any:
@@ -40,6 +42,20 @@ def _intent_program() -> Any:
         )
 
     return dspex.Predict(Intent)
+
+
+def _travel_program() -> Any:
+    import pytest_dspex as dspex
+
+    class TravelIntent(dspex.Signature):
+        """Classify the airline customer's message by intent."""
+
+        message: str = dspex.InputField()
+        intent: Literal["book_flight", "cancel_booking", "baggage_policy", "flight_status", "change_seat", "refund_request"] = (
+            dspex.OutputField()
+        )
+
+    return dspex.Predict(TravelIntent)
 
 
 def intent_matches(example: Any, prediction: Any, trace: Any = None) -> bool:
@@ -64,7 +80,15 @@ def _optimizer(metric: Any, args: argparse.Namespace, **kw: Any) -> Any:
     )
 
 
-def case_intent(url: str, args: argparse.Namespace) -> dict[str, Any]:
+def _hint(program: Any, args: argparse.Namespace) -> None:
+    if args.no_answer_hint:
+        from pytest_dspex.adapters import CompactAdapter
+
+        for p in program.predictors():
+            p.adapter = CompactAdapter(answer_hint=False)
+
+
+def case_intent(url: str, args: argparse.Namespace, task: str = "intent") -> dict[str, Any]:
     from pytest_dspex.constrained import set_constrained_decoding
     from pytest_dspex.datasets import load_dataset
     from pytest_dspex.evaluation import Evaluate
@@ -72,10 +96,11 @@ def case_intent(url: str, args: argparse.Namespace) -> dict[str, Any]:
     lm = _lm(url, 4)
     if args.no_grammar:
         set_constrained_decoding(lm, "off")
-    train = load_dataset(HERE / "data" / "intent_train.jsonl", ["message"])
-    test = load_dataset(HERE / "data" / "intent_test.jsonl", ["message"])
-    program = _intent_program()
+    train = load_dataset(HERE / "data" / f"{task}_train.jsonl", ["message"])
+    test = load_dataset(HERE / "data" / f"{task}_test.jsonl", ["message"])
+    program = _intent_program() if task == "intent" else _travel_program()
     program.set_lm(lm)
+    _hint(program, args)
     opt = _optimizer(intent_matches, args, num_candidates=args.candidates, max_bootstrapped_demos=4,
                      max_labeled_demos=16, concurrency=4)  # fmt: skip
     t0 = time.perf_counter()
@@ -84,7 +109,7 @@ def case_intent(url: str, args: argparse.Namespace) -> dict[str, Any]:
     calls = lm.usage.calls
     held_out = Evaluate(test, intent_matches, concurrency=4)(result.program)
     return {
-        "case": "intent", "compile_s": round(compile_s, 1), "calls": calls, "chosen": result.best.name,
+        "case": task, "compile_s": round(compile_s, 1), "calls": calls, "chosen": result.best.name,
         "train_score": round(result.validation.score, 3), "test_score": round(held_out.score, 3),
         "test_errors": len(held_out.errors), "candidates": [c.to_dict() for c in result.candidates],
     }  # fmt: skip
@@ -107,6 +132,7 @@ def case_example(name: str, url: str, args: argparse.Namespace) -> dict[str, Any
         set_constrained_decoding(lm, "off")
     student = program.reset_copy()
     student.set_lm(lm)
+    _hint(student, args)
     train = load_dataset(EXAMPLE / "tests" / "data" / f"{data}_train.jsonl", ["message"])
     dev = load_dataset(EXAMPLE / "tests" / "data" / f"{data}_dev.jsonl", ["message"])
     opt = _optimizer(metric, args, num_candidates=args.candidates, max_bootstrapped_demos=4, max_labeled_demos=8,
@@ -143,6 +169,7 @@ def main() -> None:
     parser.add_argument("--no-grammar", action="store_true")
     parser.add_argument("--no-race", action="store_true")
     parser.add_argument("--no-cover", action="store_true")
+    parser.add_argument("--no-answer-hint", action="store_true")
     parser.add_argument("--candidates", type=int, default=2)
     args = parser.parse_args()
     url = args.url
@@ -156,8 +183,8 @@ def main() -> None:
         for case in args.cases:
             if case == "coverage":
                 row = case_coverage()
-            elif case == "intent":
-                row = case_intent(url, args)  # type: ignore[arg-type]
+            elif case in ("intent", "travel"):
+                row = case_intent(url, args, case)  # type: ignore[arg-type]
             else:
                 row = case_example(case, url, args)  # type: ignore[arg-type]
             print(json.dumps(row), flush=True)

@@ -174,13 +174,23 @@ def _grammar_constraint(grammar: str | None) -> Constraint | None:
 
 # -- compact -----------------------------------------------------------------------------------
 class CompactAdapter:
-    """``Field: value`` lines; demos separated by blank lines; ends with the first output label."""
+    """``Field: value`` lines; demos separated by blank lines; ends with the first output label.
+
+    ``answer_hint=False`` leaves out the system message's ``Answer with: Field (one of: ...)`` line
+    (the instructions stay). Measured on Gemma 3 270M with all 12 demos of a 6-way intent task under
+    the label grammar, the list of choices pulled answers towards some labels: held-out 0.52 -> 0.81
+    (airline intents) and 0.83 -> 0.90 (bank intents) without it, but 0.775 -> 0.70 on the example
+    project's 4-way triage with its golden demos, so it stays on by default.
+    """
 
     name = "compact"
 
+    def __init__(self, *, answer_hint: bool = True) -> None:
+        self.answer_hint = answer_hint
+
     def format(self, signature: type[Signature], demos: Sequence[Demo], inputs: Mapping[str, Any]) -> LMRequest:
         ins, outs = signature.input_fields(), signature.output_fields()
-        system = _compact_system(signature, signature.instructions)
+        system = _compact_system(signature, signature.instructions, self.answer_hint)
         blocks = []
         for demo in demos:
             lines = [
@@ -195,7 +205,7 @@ class CompactAdapter:
         first_input = next(iter(ins.values())).label if ins else None
         stop = ["\n\n"] + ([f"\n{first_input}:"] if first_input else [])
         return LMRequest(
-            messages=[{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(blocks)}],
+            messages=[*([{"role": "system", "content": system}] if system else []), {"role": "user", "content": "\n\n".join(blocks)}],
             stop=tuple(stop),
             constraint=_grammar_constraint(compact_grammar(signature)),
         )
@@ -226,8 +236,10 @@ class CompactAdapter:
 
 
 @functools.lru_cache(maxsize=256)
-def _compact_system(signature: type[Signature], instructions: str) -> str:
+def _compact_system(signature: type[Signature], instructions: str, answer_hint: bool = True) -> str:
     """The compact layout's system message, built once per signature (and instructions, which may be set in place)."""
+    if not answer_hint:
+        return instructions.strip()
     hints = [
         f"{f.label}{_choices_hint(f, shown=True)}" + (f": {f.desc}" if f.desc else "")
         for f in signature.output_fields().values()

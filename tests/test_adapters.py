@@ -50,3 +50,30 @@ def test_json_adapter_round_trip_and_errors():
 def test_unknown_adapter_name():
     with pytest.raises(dspex.ConfigError, match="unknown adapter"):
         dspex.Predict(QA, adapter="xml")
+
+
+def test_compact_answer_hint_can_be_left_out_and_the_labels_still_parse_and_constrain():
+    from typing import Literal
+
+    class Intent(dspex.Signature):
+        """Classify the message by intent."""
+
+        message: str = dspex.InputField()
+        intent: Literal["lost_card", "check_balance"] = dspex.OutputField()
+
+    demos = [{"message": "card gone", "intent": "lost_card"}]
+    default = CompactAdapter().format(Intent, demos, {"message": "balance?"})
+    assert "one of: lost card, check balance" in default.messages[0]["content"]
+    bare = CompactAdapter(answer_hint=False).format(Intent, demos, {"message": "balance?"})
+    assert bare.messages[0] == {"role": "system", "content": "Classify the message by intent."}
+    assert "Intent: lost card" in bare.messages[1]["content"]  # demos still show the labels as words
+    assert bare.constraint == default.constraint  # the grammar still allows only the labels
+    assert CompactAdapter(answer_hint=False).parse(Intent, " check balance") == {"intent": "check_balance"}
+
+    class Bare(dspex.Signature):
+        message: str = dspex.InputField()
+        intent: Literal["lost_card", "check_balance"] = dspex.OutputField()
+
+    Bare.instructions = ""
+    only_user = CompactAdapter(answer_hint=False).format(Bare, [], {"message": "x"})
+    assert [m["role"] for m in only_user.messages] == ["user"]
