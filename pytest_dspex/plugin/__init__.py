@@ -104,7 +104,7 @@ class _XdistHooks:
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
         if config.getvalue("dist") != "load":
             return None
-        from .xdist import ChunkScheduling
+        from .scheduling import ChunkScheduling
 
         return ChunkScheduling(config, log, run_id=self.session.run_id)
 

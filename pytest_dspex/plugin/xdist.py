@@ -4,7 +4,7 @@ xdist's ``loadgroup`` would do this with ``xdist_group`` marks, but it renames n
 pytest 9.2 no longer lets it do) and the controller never collects, so it cannot tell which
 node ids are per-example items. Instead each worker, right after collecting, writes
 ``{nodeid: chunk}`` for its per-example items to a file named by the run id; with the default
-``--dist load``, the controller schedules with ``ChunkScheduling``: xdist's ``load`` whose batches
+``--dist load``, the controller schedules with ``scheduling.ChunkScheduling``: xdist's ``load`` whose batches
 end on chunk boundaries. Without a shared filesystem (remote workers) it is plain ``load``: still
 correct, each worker then evaluates the examples of each chunk it was given.
 """
@@ -14,12 +14,8 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
-
-from xdist.scheduler import LoadScheduling
 
 __all__ = [
-    "ChunkScheduling",
     "chunk_file",
     "read_chunks",
     "read_usage_error",
@@ -75,28 +71,3 @@ def read_usage_error(run_id: str, worker: str) -> str | None:
 def remove_usage_errors(run_id: str) -> None:
     for path in Path(tempfile.gettempdir()).glob(f"pytest-dspex-usage-{run_id}-*.txt"):
         path.unlink(missing_ok=True)
-
-
-class ChunkScheduling(LoadScheduling):  # type: ignore[misc]  # xdist is untyped
-    """xdist's ``load`` scheduling, except that a batch never splits a chunk of per-example items.
-
-    Batches are consecutive runs of the collection; a batch that ends inside a chunk is extended
-    to the chunk's end, so every batch starts and ends on a chunk boundary and a chunk's items
-    all go to the node that got its first one. Other tests are scheduled exactly as by ``load``.
-    """
-
-    def __init__(self, config: Any, log: Any = None, *, run_id: str) -> None:
-        super().__init__(config, log)
-        self._run_id = run_id
-        self._chunk_at: list[str | None] | None = None
-
-    def _send_tests(self, node: Any, num: int) -> None:
-        if self._chunk_at is None:  # the collection is complete before anything is sent
-            chunks = read_chunks(self._run_id)
-            self._chunk_at = [chunks.get(nodeid) for nodeid in self.collection]
-        pending, chunk_at = self.pending, self._chunk_at
-        if 0 < num < len(pending):
-            last = chunk_at[pending[num - 1]]
-            while last is not None and num < len(pending) and chunk_at[pending[num]] == last:
-                num += 1
-        super()._send_tests(node, num)

@@ -1,0 +1,39 @@
+"""``ChunkScheduling``: xdist's ``load`` whose batches end on chunk boundaries (see ``plugin/xdist.py``).
+
+Its own module so that ``xdist.scheduler`` is imported only when a run actually uses ``-n``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xdist.scheduler import LoadScheduling
+
+from .xdist import read_chunks
+
+__all__ = ["ChunkScheduling"]
+
+
+class ChunkScheduling(LoadScheduling):  # type: ignore[misc]  # xdist is untyped
+    """xdist's ``load`` scheduling, except that a batch never splits a chunk of per-example items.
+
+    Batches are consecutive runs of the collection; a batch that ends inside a chunk is extended
+    to the chunk's end, so every batch starts and ends on a chunk boundary and a chunk's items
+    all go to the node that got its first one. Other tests are scheduled exactly as by ``load``.
+    """
+
+    def __init__(self, config: Any, log: Any = None, *, run_id: str) -> None:
+        super().__init__(config, log)
+        self._run_id = run_id
+        self._chunk_at: list[str | None] | None = None
+
+    def _send_tests(self, node: Any, num: int) -> None:
+        if self._chunk_at is None:  # the collection is complete before anything is sent
+            chunks = read_chunks(self._run_id)
+            self._chunk_at = [chunks.get(nodeid) for nodeid in self.collection]
+        pending, chunk_at = self.pending, self._chunk_at
+        if 0 < num < len(pending):
+            last = chunk_at[pending[num - 1]]
+            while last is not None and num < len(pending) and chunk_at[pending[num]] == last:
+                num += 1
+        super()._send_tests(node, num)
