@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from .netns import Lab, netns_unavailable
+from .test_plugin import TRIAGE_PROGRAM
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="network namespaces are Linux-only")
 
@@ -33,20 +34,7 @@ N_EXAMPLES = 12
 PASS_EVERY = 3  # the fake LM answers case N right when N % 3 == 0: a score of 1/3 on this dataset
 THRESHOLD = 0.3
 
-TEST_FILE = '''
-import pytest
-import pytest_dspex as dspex
-
-class Triage(dspex.Signature):
-    """Route a customer message to the team that should handle it."""
-    message: str = dspex.InputField()
-    team: str = dspex.OutputField()
-
-triage = dspex.Predict(Triage)
-
-def team_matches(example, prediction, trace=None):
-    return example.team == prediction.team
-
+TEST_FILE = TRIAGE_PROGRAM + '''
 @pytest.mark.dspex_program(triage, name="triage", trainset="data/train.jsonl")
 @pytest.mark.dspex_metric(team_matches, threshold=THRESHOLD)
 def test_triage(dspex_evaluate):

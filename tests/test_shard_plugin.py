@@ -17,36 +17,15 @@ import pytest
 
 from pytest_dspex.combine import combine_files
 from pytest_dspex.fake_server import FakeLMServer, triage_responder
-from pytest_dspex.plugin.options import OPTIONS
 from pytest_dspex.sharding import shard_of
 
 from .redis_server import RedisServer, redis_server_binary
-
-OPTION_NAMES = {o[0] for o in OPTIONS}
-needs_shard = pytest.mark.skipif(
-    "shard" not in OPTION_NAMES, reason="the plugin has no --dspex-shard yet (wiring pending)"
-)
-needs_cache_url = pytest.mark.skipif(
-    "cache-url" not in OPTION_NAMES, reason="the plugin has no --dspex-cache-url yet (wiring pending)"
-)
+from .test_plugin import TRIAGE_PROGRAM
 
 N = 30
 VERDICT_FIELDS = ("score", "n", "ci95", "errors", "errors_by_kind", "infra_errors", "verdict", "comparison")
 
-TEST_FILE = '''
-import pytest
-import pytest_dspex as dspex
-
-class Triage(dspex.Signature):
-    """Route a customer message to the team that should handle it."""
-    message: str = dspex.InputField()
-    team: str = dspex.OutputField()
-
-triage = dspex.Predict(Triage)
-
-def team_matches(example, prediction, trace=None):
-    return example.team == prediction.team
-
+TEST_FILE = TRIAGE_PROGRAM + '''
 @pytest.mark.dspex_program(triage, name="triage", trainset="data/train.jsonl")
 @pytest.mark.dspex_metric(team_matches, threshold=0.3)
 def test_triage(dspex_evaluate):
@@ -105,7 +84,6 @@ def programs(path: Path) -> dict[str, dict[str, Any]]:
     return {p["program"]: p for p in json.loads(path.read_text())["programs"]}
 
 
-@needs_shard
 @pytest.mark.parametrize("xdist", [["-p", "no:xdist"], ["-n", "2"]], ids=["no-xdist", "xdist"])
 def test_three_shards_combine_into_the_unsharded_verdict(
     project: pytest.Pytester, lm_server: FakeLMServer, xdist: list[str]
@@ -143,7 +121,6 @@ def test_three_shards_combine_into_the_unsharded_verdict(
     assert merged["passed"] == json.loads((root / "whole.json").read_text())["passed"]
 
 
-@needs_shard
 def test_the_shard_comes_from_the_ci_environment_and_bad_values_are_usage_errors(
     project: pytest.Pytester, lm_server: FakeLMServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -179,7 +156,6 @@ def redis_url() -> Iterator[str]:
         server.stop()
 
 
-@needs_cache_url
 def test_cache_url_shares_answers_between_machines_and_replays_offline(
     project: pytest.Pytester, lm_server: FakeLMServer, redis_url: str
 ) -> None:
@@ -201,7 +177,6 @@ def test_cache_url_shares_answers_between_machines_and_replays_offline(
     assert not (root / "machine-b").exists()
 
 
-@needs_shard
 @pytest.mark.parametrize("xdist", [["-p", "no:xdist"], ["-n", "2"]], ids=["no-xdist", "xdist"])
 def test_a_shard_job_defers_a_failing_gate_and_leaves_the_job_summary_to_combine(
     project: pytest.Pytester, lm_server: FakeLMServer, monkeypatch: pytest.MonkeyPatch, xdist: list[str]
@@ -225,7 +200,6 @@ def test_a_shard_job_defers_a_failing_gate_and_leaves_the_job_summary_to_combine
     assert all(r["records"] for r in rows.values())
 
 
-@needs_shard
 def test_a_program_exception_still_fails_its_item_in_a_shard_job(
     project: pytest.Pytester, lm_server: FakeLMServer
 ) -> None:
