@@ -5,7 +5,7 @@
     python bench/cases_local.py triage find_product    # the example project's programs, its pytest.ini settings
     python bench/cases_local.py coverage               # how often a demo draw misses a label (no LM)
     options: --url URL (a running server; default: start the embedded one), --no-grammar, --no-race,
-             --no-cover, --candidates N, --no-answer-hint (CompactAdapter(answer_hint=False))
+             --no-cover, --no-calibrate, --candidates N, --no-answer-hint (CompactAdapter(answer_hint=False))
 
 Each case prints one JSON line: compile seconds, LM calls, the candidates' scores and, for intent,
 the compiled program's score on the 48 held-out examples. No response cache: every call is made.
@@ -76,7 +76,7 @@ def _optimizer(metric: Any, args: argparse.Namespace, **kw: Any) -> Any:
     from pytest_dspex.optimize import BootstrapFewShotWithRandomSearch
 
     return BootstrapFewShotWithRandomSearch(
-        metric, racing=not args.no_race, cover_labels=not args.no_cover, **kw
+        metric, racing=not args.no_race, cover_labels=not args.no_cover, calibrate=not args.no_calibrate, **kw
     )
 
 
@@ -170,6 +170,7 @@ def main() -> None:
     parser.add_argument("--no-race", action="store_true")
     parser.add_argument("--no-cover", action="store_true")
     parser.add_argument("--no-answer-hint", action="store_true")
+    parser.add_argument("--no-calibrate", action="store_true")
     parser.add_argument("--candidates", type=int, default=2)
     args = parser.parse_args()
     url = args.url

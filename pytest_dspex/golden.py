@@ -107,6 +107,8 @@ class Demo(_Model):
 class PredictorState(_Model):
     signature: SignatureDescription | None = None
     demos: list[Demo] = Field(default_factory=list)
+    #: a calibrated classifier's label -> score adjustment (``pytest_dspex.calibration``)
+    calibration: dict[str, float] | None = None
 
 
 class FieldShape(_Model):
@@ -263,6 +265,7 @@ def golden_record(
         path: {
             "signature": p.signature.describe(),
             "demos": [_jsonable(_demo_to_golden(p, d)) for d in p.demos],
+            **({"calibration": dict(p.calibration)} if p.calibration else {}),
         }
         for path, p in program.named_predictors()
     }
@@ -414,7 +417,9 @@ class GoldenFile:
         self.check(program)
         program = program.deepcopy()
         for path, pred in program.named_predictors():
-            pred.demos = [_demo_from_golden(d.model_dump()) for d in self.model.predictors[path].demos]
+            state = self.model.predictors[path]
+            pred.demos = [_demo_from_golden(d.model_dump()) for d in state.demos]
+            pred.calibration = dict(state.calibration) if state.calibration else None
         return program
 
 

@@ -130,7 +130,7 @@ def ensure_server(run_id: str, owner_pid: int, *, n_ctx: int = 4096, startup_tim
             "--model", str(path), "--model_alias", LOCAL_MODEL_NAME,
             "--host", "127.0.0.1", "--port", str(port),
             "--chat_format", "dspex-plain", "--n_ctx", str(n_ctx), "--verbose", "False",
-            "--n_threads", str(os.cpu_count() or 2),
+            "--n_threads", str(os.cpu_count() or 2), "--logits_all", "False",
         ]  # fmt: skip
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)

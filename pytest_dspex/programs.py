@@ -26,9 +26,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import _runtime, constrained, settings, tracing
+from . import _runtime, calibration, constrained, settings, tracing
 from ._exceptions import AdapterParseError, ConfigError, SignatureError
-from .adapters import Adapter, JSONAdapter, get_adapter
+from .adapters import Adapter, JSONAdapter, coerce, get_adapter
 from .primitives import Prediction
 from .signatures import OutputField, Signature, ensure_signature
 
@@ -128,6 +128,7 @@ class Module:
         new = self.deepcopy()
         for p in new.predictors():
             p.demos = []
+            p.calibration = None
         return new
 
     # -- state (DSPy layout) --------------------------------------------------------------------
@@ -190,6 +191,8 @@ class Predict(Module):
         self.json_fallback = json_fallback
         self.config = config
         self.demos: list[dict[str, Any]] = []
+        #: label -> score adjustment of a calibrated classifier (``pytest_dspex.calibration``), or None
+        self.calibration: dict[str, float] | None = None
 
     def __repr__(self) -> str:
         return f"Predict({self.signature.signature_string()!r}, demos={len(self.demos)})"
@@ -198,6 +201,7 @@ class Predict(Module):
         new = copy.copy(self)
         new.demos = [dict(d) for d in self.demos]
         new.config = dict(self.config)
+        new.calibration = dict(self.calibration) if self.calibration else None
         return new
 
     def _check_inputs(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -243,7 +247,22 @@ class Predict(Module):
         adapter = self.adapter or get_adapter(settings.current_adapter())
         params = {**self.config, **(settings.get("call_overrides") or {}), **overrides}
         request = adapter.format(self.signature, self.demos, inputs)
+        calibrated = calibration.calibration_field(self, adapter) if self.calibration else None
+        if calibrated is not None:
+            params = {**params, "logprobs": True, "top_logprobs": calibration.TOP_LOGPROBS}
         completion = await constrained.acomplete(lm, request, **params)
+        if calibrated is not None:
+            spec, shown = calibrated
+            label = calibration.calibrated_label(shown, completion.top_logprobs, self.calibration or {})
+            if label is not None:
+                try:
+                    values = adapter.parse(self.signature, completion.text)
+                except AdapterParseError:
+                    if len(self.signature.output_fields()) > 1:
+                        raise
+                    values = {}
+                values[spec.name] = coerce(spec, label, adapter.name)
+                return Prediction(values)
         try:
             values = adapter.parse(self.signature, completion.text)
         except AdapterParseError as first:
@@ -270,6 +289,7 @@ class Predict(Module):
             "lm": None,
             "traces": [],
             "train": [],
+            **({"calibration": dict(self.calibration)} if self.calibration else {}),
         }
 
     def _load(self, state: Mapping[str, Any], path: str) -> None:
@@ -289,6 +309,15 @@ class Predict(Module):
                 )
             loaded.append(dict(demo))
         self.demos = loaded
+        self.calibration = _load_calibration(state.get("calibration"), path)
+
+
+def _load_calibration(raw: Any, path: str) -> dict[str, float] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not all(isinstance(v, (int, float)) for v in raw.values()):
+        raise ConfigError(f"saved state for predictor {path!r}: 'calibration' must map labels to numbers")
+    return {str(k): float(v) for k, v in raw.items()}
 
 
 def _jsonable_demo(demo: Mapping[str, Any]) -> dict[str, Any]:

@@ -48,6 +48,8 @@ class Completion:
     cost: float = 0.0
     cached: bool = False
     finish_reason: str | None = None
+    #: the first answer token's alternatives (text, logprob), when the request asked for ``logprobs``
+    top_logprobs: tuple[tuple[str, float], ...] | None = None
 
 
 _SETTINGS = (
@@ -421,5 +423,18 @@ class LM:
             pt * self.price_in + ct * self.price_out if cost else 0.0,
             cached,
             choice.get("finish_reason"),
+            _first_top_logprobs(choice),
         )
+
+
+def _first_top_logprobs(choice: dict[str, Any]) -> tuple[tuple[str, float], ...] | None:
+    """``choices[0].logprobs.content[0].top_logprobs`` as (text, logprob) pairs; None when absent or garbled."""
+    logprobs = choice.get("logprobs")
+    if not logprobs:
+        return None
+    try:
+        top = logprobs["content"][0]["top_logprobs"]
+        return tuple((str(t["token"]), float(t["logprob"])) for t in top)
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
 

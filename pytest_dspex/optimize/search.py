@@ -148,6 +148,7 @@ class BootstrapFewShotWithRandomSearch:
         serial: bool | None = None,
         cover_labels: bool = True,
         leave_one_out: bool = False,
+        calibrate: bool = True,
     ) -> None:
         self.metric = metric
         self.metric_threshold = metric_threshold
@@ -167,6 +168,7 @@ class BootstrapFewShotWithRandomSearch:
         self.serial = serial
         self.cover_labels = cover_labels
         self.leave_one_out = leave_one_out
+        self.calibrate = calibrate
 
     def compile(
         self, student: Module, *, trainset: Sequence[Example], valset: Sequence[Example] | None = None
@@ -240,6 +242,8 @@ class BootstrapFewShotWithRandomSearch:
             for cand in finalists[1:]:
                 if cand.score > best.score:
                     best = cand
+            if self.calibrate:
+                best = await self._calibrated(best, candidates, trainset, val)
             train_result = None
             if self.evaluate_train:
                 if same_sets:
@@ -261,6 +265,37 @@ class BootstrapFewShotWithRandomSearch:
             elapsed_s=time.perf_counter() - started,
             metric=metric_name(self.metric),
         )
+
+    async def _calibrated(
+        self, best: Candidate, candidates: list[Candidate], trainset: list[Example], val: list[Example]
+    ) -> Candidate:
+        """``best`` with its label bias calibrated out (``pytest_dspex.calibration``), if that scores no worse."""
+        from ..calibration import calibrate, calibration_field
+
+        program = best.program.deepcopy()
+        named = program.named_predictors()
+        found = calibration_field(named[0][1]) if named else None
+        if found is None:
+            return best
+        targets = {named[0][0]: [ex.get(found[0].name) for ex in trainset if ex.get(found[0].name) is not None]}
+        self._say(f"calibrating {best.name} on {len(val)} inputs")
+        report = await calibrate(
+            program, [ex.inputs() for ex in val], targets, concurrency=self.concurrency, leave_out_own=val is trainset
+        )
+        if not report.calibrated:
+            self._say(f"not calibrated: {'; '.join(report.skipped.values())}")
+            return best
+        recs = await evaluate_records(program, enumerate(val), self.metric, concurrency=self.concurrency)
+        result = EvaluationResult.from_records(recs, metric=metric_name(self.metric))
+        cand = Candidate(f"{best.name}+calibrated", program, best.demos, best.bootstrapped, result)
+        result.program = cand.name
+        candidates.append(cand)
+        if events.has_listeners():
+            events.emit(events.OptimizerEvent("candidate", cand.to_dict()))
+        if result.score >= best.score:
+            return cand
+        self._say(f"calibration kept out: {result.score:.3f} < {best.score:.3f}")
+        return best
 
     async def _build(self, student: Module, trainset: list[Example]) -> list[Candidate]:
         specs: list[tuple[str, Any]] = [

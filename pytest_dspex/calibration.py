@@ -1,0 +1,202 @@
+"""Calibrated classifiers: take a few-shot prompt's label bias out of a closed-set answer.
+
+A small model answering a classification prompt leans towards some labels whatever the input:
+the label of the last demos, a label whose words are common. On Gemma 3 270M with all 12 demos of
+a 6-intent task, one demo order sent 22 of 48 held-out messages to ``change seat``; the same demos
+in four orders scored 0.65-0.81 (airline intents) and 0.81-0.90 (bank intents).
+
+The fix measured here is *batch calibration*: over a batch of inputs, the model's mean probability
+for each label is its bias; dividing it out (and multiplying by the labels' share in the trainset)
+leaves what the input says. With it the same orders scored 0.92-0.98 on both tasks.
+
+How it runs:
+
+* ``await calibrate(program, inputs, targets)`` (the compile does this for the chosen candidate, on
+  the validation inputs) asks for the first answer token's ``top_logprobs`` on each input, turns them
+  into label probabilities (``label_probabilities``) and stores, per predictor, one number per label:
+  ``log(target share) - log(mean probability)`` (``Predict.calibration``, saved in the golden file).
+* A calibrated ``Predict`` asks for ``logprobs`` on every call and answers the label with the highest
+  ``log p(label | input) + adjustment``; the text the model wrote decides only when the endpoint
+  sent no logprobs.
+
+Only where it is well defined: a predictor whose *first* output field has a closed set of values
+(``Literal``, ``Enum``, ``bool``) under the compact adapter (its answer starts with the value), on an
+endpoint that returns ``top_logprobs`` (OpenAI, vLLM, llama.cpp; the embedded server answers them
+for the first token). A label is read from the first token's alternatives: each alternative counts
+for the labels its text starts (``" lost"`` for ``lost card``; one shared by two labels is split).
+Anything else is left uncalibrated, with the reason in ``CalibrationReport.skipped``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .programs import Module, Predict
+    from .signatures import FieldSpec
+
+__all__ = ["TOP_LOGPROBS", "CalibrationReport", "calibrate", "calibrated_label", "calibration_field", "label_probabilities"]
+
+#: alternatives asked for the first answer token (OpenAI's maximum is 20)
+TOP_LOGPROBS = 20
+#: probability given to a label none of the alternatives names (before normalising)
+_FLOOR = 1e-4
+
+
+@dataclass
+class CalibrationReport:
+    """What ``calibrate`` did: predictors calibrated (path -> adjustments) and the ones skipped (path -> why)."""
+
+    calibrated: dict[str, dict[str, float]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    inputs: int = 0
+
+
+def calibration_field(predictor: Predict, adapter: Any = None) -> tuple[FieldSpec, dict[str, str]] | None:
+    """The field a calibration would apply to and its values as shown (value -> text), or None."""
+    from .adapters import CompactAdapter, get_adapter
+    from .constrained import choice_values, shown_choices
+    from . import settings
+
+    adapter = adapter or predictor.adapter or get_adapter(settings.current_adapter())
+    if not isinstance(adapter, CompactAdapter):
+        return None
+    outs = list(predictor.signature.output_fields().values())
+    if not outs:
+        return None
+    values = choice_values(outs[0])
+    if not values or len(values) < 2:
+        return None
+    shown = shown_choices(outs[0]) or {}
+    return outs[0], {v: shown.get(v, v) for v in values}
+
+
+def label_probabilities(shown: Mapping[str, str], top_logprobs: Sequence[tuple[str, float]]) -> dict[str, float] | None:
+    """Label -> probability (summing to 1) from the first answer token's alternatives, None if none names a label."""
+    mass = dict.fromkeys(shown, 0.0)
+    texts = {label: text.lower() for label, text in shown.items()}
+    named = False
+    for token, logprob in top_logprobs:
+        piece = token.lstrip().lower()
+        if not piece:
+            continue
+        labels = [label for label, text in texts.items() if text.startswith(piece)]
+        if not labels:
+            continue
+        named = True
+        share = math.exp(logprob) / len(labels)
+        for label in labels:
+            mass[label] += share
+    if not named:
+        return None
+    floor = min((math.exp(lp) for _, lp in top_logprobs), default=_FLOOR) / 2
+    for label, m in mass.items():
+        if m <= 0:
+            mass[label] = max(floor, 1e-12)
+    total = sum(mass.values())
+    return {label: m / total for label, m in mass.items()}
+
+
+def calibrated_label(
+    shown: Mapping[str, str], top_logprobs: Sequence[tuple[str, float]] | None, adjustments: Mapping[str, float]
+) -> str | None:
+    """The label with the highest calibrated score, or None when the alternatives name no label."""
+    if not top_logprobs:
+        return None
+    probs = label_probabilities(shown, top_logprobs)
+    if probs is None:
+        return None
+    return max(probs, key=lambda label: math.log(probs[label]) + adjustments.get(label, 0.0))
+
+
+async def calibrate(
+    program: Module,
+    inputs: Sequence[Mapping[str, Any]],
+    targets: Mapping[str, Sequence[Any]] | None = None,
+    *,
+    concurrency: int = 8,
+    leave_out_own: bool = False,
+) -> CalibrationReport:
+    """Calibrate every calibratable predictor of ``program`` (in place) on ``inputs``.
+
+    ``inputs`` are the program's inputs (a predictor of a one-predictor program sees them as they
+    are; for pipelines only the first predictor is calibrated). ``targets`` maps a predictor path to
+    the labels of the training examples, whose shares the calibrated answers should follow
+    (uniform when not given). With ``leave_out_own`` (the inputs are the trainset) an input is asked
+    without the demo that is itself: a model that sees its own answer copies it, which hides its bias
+    (measured on the 6-intent task: held-out 0.85 calibrated on the trainset with own demos, 0.92
+    without).
+    """
+    from . import constrained
+    from ._exceptions import LMHTTPError
+
+    report = CalibrationReport(inputs=len(inputs))
+    named = program.named_predictors()
+    for i, (path, pred) in enumerate(named):
+        found = calibration_field(pred)
+        if found is None:
+            report.skipped[path] = "its first output is not a closed set of values under the compact adapter"
+            continue
+        if i > 0:
+            report.skipped[path] = "only a program's first predictor sees the program's inputs"
+            continue
+        if not inputs:
+            report.skipped[path] = "no inputs to calibrate on"
+            continue
+        spec, shown = found
+        from . import settings
+        from .adapters import get_adapter
+
+        lm = pred.lm or settings.current_lm()
+        adapter = pred.adapter or get_adapter(settings.current_adapter())
+        gate = asyncio.Semaphore(max(1, concurrency))
+
+        async def probe(example: Mapping[str, Any], pred: Any = pred, adapter: Any = adapter, lm: Any = lm,
+                        shown: dict[str, str] = shown) -> dict[str, float] | None:  # fmt: skip
+            async with gate:
+                asked = {n: example.get(n) for n in pred.signature.input_fields()}
+                demos = [d for d in pred.demos if not _same(d, asked)] if leave_out_own else pred.demos
+                request = adapter.format(pred.signature, demos, asked)
+                params = {**pred.config, "logprobs": True, "top_logprobs": TOP_LOGPROBS}
+                try:
+                    completion = await constrained.acomplete(lm, request, **params)
+                except LMHTTPError:
+                    return None
+                if not completion.top_logprobs:
+                    return None
+                return label_probabilities(shown, completion.top_logprobs)
+
+        found_probs = await asyncio.gather(*(probe(x) for x in inputs))
+        probs = [p for p in found_probs if p is not None]
+        if len(probs) < max(1, len(inputs) // 2):
+            report.skipped[path] = (
+                "the endpoint sent no logprobs" if not probs else f"labels read on only {len(probs)} of {len(inputs)} inputs"
+            )
+            continue
+        mean = {label: sum(p[label] for p in probs) / len(probs) for label in shown}
+        share = _shares(list(shown), (targets or {}).get(path))
+        adjustments = {label: round(math.log(share[label]) - math.log(max(mean[label], 1e-12)), 6) for label in shown}
+        pred.calibration = adjustments
+        report.calibrated[path] = adjustments
+    return report
+
+
+def _same(demo: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
+    return all(k in demo and demo[k] == v for k, v in inputs.items())
+
+
+def _shares(labels: list[str], seen: Sequence[Any] | None) -> dict[str, float]:
+    """Each label's share among ``seen`` (add-one smoothed); uniform without ``seen``."""
+    from .adapters import render_value
+
+    counts = dict.fromkeys(labels, 1.0)
+    for value in seen or ():
+        text = render_value(value)
+        if text in counts:
+            counts[text] += 1
+    total = sum(counts.values())
+    return {label: c / total for label, c in counts.items()}
