@@ -5,7 +5,7 @@
     python bench/cases_local.py triage find_product    # the example project's programs, its pytest.ini settings
     python bench/cases_local.py coverage               # how often a demo draw misses a label (no LM)
     options: --url URL (a running server; default: start the embedded one), --no-grammar, --no-race,
-             --no-cover, --no-calibrate, --candidates N, --no-answer-hint (CompactAdapter(answer_hint=False))
+             --no-cover, --no-calibrate, --plugin-defaults, --seed N, --candidates N, --no-answer-hint (CompactAdapter(answer_hint=False))
 
 Each case prints one JSON line: compile seconds, LM calls, the candidates' scores and, for intent,
 the compiled program's score on the 48 held-out examples. No response cache: every call is made.
@@ -101,8 +101,15 @@ def case_intent(url: str, args: argparse.Namespace, task: str = "intent") -> dic
     program = _intent_program() if task == "intent" else _travel_program()
     program.set_lm(lm)
     _hint(program, args)
-    opt = _optimizer(intent_matches, args, num_candidates=args.candidates, max_bootstrapped_demos=4,
-                     max_labeled_demos=16, concurrency=4)  # fmt: skip
+    if args.plugin_defaults:  # what `pytest --dspex-compile` uses (CompileSettings' defaults)
+        from pytest_dspex.compile import CompileSettings
+
+        cs = CompileSettings()
+        opt = _optimizer(intent_matches, args, num_candidates=cs.candidates, max_bootstrapped_demos=cs.demos,
+                         max_labeled_demos=cs.labeled_demos, concurrency=cs.concurrency, seed=args.seed)  # fmt: skip
+    else:
+        opt = _optimizer(intent_matches, args, num_candidates=args.candidates, max_bootstrapped_demos=4,
+                         max_labeled_demos=16, concurrency=4, seed=args.seed)  # fmt: skip
     t0 = time.perf_counter()
     result = opt.compile(program, trainset=train)
     compile_s = time.perf_counter() - t0
@@ -171,6 +178,8 @@ def main() -> None:
     parser.add_argument("--no-cover", action="store_true")
     parser.add_argument("--no-answer-hint", action="store_true")
     parser.add_argument("--no-calibrate", action="store_true")
+    parser.add_argument("--plugin-defaults", action="store_true", help="the optimizer settings of pytest --dspex-compile")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--candidates", type=int, default=2)
     args = parser.parse_args()
     url = args.url

@@ -176,23 +176,23 @@ def _grammar_constraint(grammar: str | None) -> Constraint | None:
 class CompactAdapter:
     """``Field: value`` lines; demos separated by blank lines; ends with the first output label.
 
-    ``answer_hint=False`` leaves out the system message's ``Answer with: Field (one of: ...)`` line
-    (the instructions stay). Measured on Gemma 3 270M with all 12 demos of a 6-way intent task under
-    the label grammar, the list of choices pulled answers towards some labels: held-out 0.52 -> 0.81
-    (airline intents) and 0.83 -> 0.90 (bank intents) without it. The example project's triage
-    compiled with it off chose a 0.95 candidate (0.60 with it, same 2-candidate search) and
-    find_product 0.917, but its committed golden demos (compiled with the line) score 0.70 instead
-    of 0.775 without it: it stays on by default until the goldens are recompiled.
+    The system message is the instructions, plus an ``Answer with: Field (one of: ...)`` line when
+    the prompt has no demos (``answer_hint=None``, the default; ``True`` always, ``False`` never).
+    With demos the line is left out: measured on Gemma 3 270M with the 12 demos of a 6-way intent
+    task under the label grammar, the list of choices pulled answers towards some labels (held-out
+    0.52 -> 0.81 airline intents, 0.83 -> 0.90 bank intents without it; 0.90/0.83 -> 0.94/0.94 once
+    calibrated), while a zero-shot prompt needs it to know the labels at all.
     """
 
     name = "compact"
 
-    def __init__(self, *, answer_hint: bool = True) -> None:
+    def __init__(self, *, answer_hint: bool | None = None) -> None:
         self.answer_hint = answer_hint
 
     def format(self, signature: type[Signature], demos: Sequence[Demo], inputs: Mapping[str, Any]) -> LMRequest:
         ins, outs = signature.input_fields(), signature.output_fields()
-        system = _compact_system(signature, signature.instructions, self.answer_hint)
+        hint = self.answer_hint if self.answer_hint is not None else not demos
+        system = _compact_system(signature, signature.instructions, hint)
         blocks = []
         for demo in demos:
             lines = [

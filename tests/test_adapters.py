@@ -52,7 +52,7 @@ def test_unknown_adapter_name():
         dspex.Predict(QA, adapter="xml")
 
 
-def test_compact_answer_hint_can_be_left_out_and_the_labels_still_parse_and_constrain():
+def test_compact_answer_hint_only_without_demos_by_default_and_the_labels_still_parse_and_constrain():
     from typing import Literal
 
     class Intent(dspex.Signature):
@@ -62,8 +62,12 @@ def test_compact_answer_hint_can_be_left_out_and_the_labels_still_parse_and_cons
         intent: Literal["lost_card", "check_balance"] = dspex.OutputField()
 
     demos = [{"message": "card gone", "intent": "lost_card"}]
+    zero_shot = CompactAdapter().format(Intent, [], {"message": "balance?"})
+    assert "one of: lost card, check balance" in zero_shot.messages[0]["content"]  # no demo shows the labels
     default = CompactAdapter().format(Intent, demos, {"message": "balance?"})
-    assert "one of: lost card, check balance" in default.messages[0]["content"]
+    assert "one of" not in default.messages[0]["content"]
+    forced = CompactAdapter(answer_hint=True).format(Intent, demos, {"message": "balance?"})
+    assert "one of: lost card, check balance" in forced.messages[0]["content"]
     bare = CompactAdapter(answer_hint=False).format(Intent, demos, {"message": "balance?"})
     assert bare.messages[0] == {"role": "system", "content": "Classify the message by intent."}
     assert "Intent: lost card" in bare.messages[1]["content"]  # demos still show the labels as words
