@@ -43,8 +43,6 @@ __all__ = ["TOP_LOGPROBS", "CalibrationReport", "calibrate", "calibrated_label",
 
 #: alternatives asked for the first answer token (OpenAI's maximum is 20)
 TOP_LOGPROBS = 20
-#: probability given to a label none of the alternatives names (before normalising)
-_FLOOR = 1e-4
 
 
 @dataclass
@@ -93,7 +91,8 @@ def label_probabilities(shown: Mapping[str, str], top_logprobs: Sequence[tuple[s
             mass[label] += share
     if not named:
         return None
-    floor = min((math.exp(lp) for _, lp in top_logprobs), default=_FLOOR) / 2
+    # a label no alternative names is less likely than the least likely alternative
+    floor = min(math.exp(lp) for _, lp in top_logprobs) / 2
     for label, m in mass.items():
         if m <= 0:
             mass[label] = max(floor, 1e-12)
@@ -152,6 +151,10 @@ async def calibrate(
         from .adapters import get_adapter
 
         lm = pred.lm or settings.current_lm()
+        if lm is None:
+            from ._exceptions import ConfigError
+
+            raise ConfigError(f"cannot calibrate predictor {path!r}: it has no LM (pass Predict(..., lm=...) or configure(lm=...))")
         adapter = pred.adapter or get_adapter(settings.current_adapter())
         gate = asyncio.Semaphore(max(1, concurrency))
 

@@ -46,7 +46,7 @@ class CompileSettings:
     """How to optimize: the ``--dspex-*`` optimizer options, the teacher and the error budget."""
 
     demos: int = 4
-    labeled_demos: int = 8
+    labeled_demos: int = 16
     rounds: int = 1
     candidates: int = 4
     seed: int = 0

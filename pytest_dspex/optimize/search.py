@@ -285,7 +285,9 @@ class BootstrapFewShotWithRandomSearch:
         if not report.calibrated:
             self._say(f"not calibrated: {'; '.join(report.skipped.values())}")
             return best
-        recs = await evaluate_records(program, enumerate(val), self.metric, concurrency=self.concurrency)
+        # scored as the candidates were (``_race``): without each example's own demo under leave_one_out
+        scored = _WithoutOwnDemo(program) if val is trainset and self.leave_one_out else program
+        recs = await evaluate_records(scored, enumerate(val), self.metric, concurrency=self.concurrency)
         result = EvaluationResult.from_records(recs, metric=metric_name(self.metric))
         cand = Candidate(f"{best.name}+calibrated", program, best.demos, best.bootstrapped, result)
         result.program = cand.name

@@ -33,7 +33,7 @@ OPTIONS: list[tuple[str, str, Any, str]] = [
     ("cache", "choice:on,off,read-only,replay", "on", "cache mode; 'replay' fails on a miss (offline CI)"),
     ("teacher-model", "str", None, "model used as the teacher while compiling (same endpoint)"),
     ("demos", "int", 4, "max bootstrapped demos per predictor"),
-    ("labeled-demos", "int", 8, "max labeled demos per predictor"),
+    ("labeled-demos", "int", 16, "max labeled demos per predictor"),
     ("rounds", "int", 1, "bootstrap rounds per training example"),
     ("candidates", "int", 4, "shuffled candidate programs tried by --dspex-compile"),
     ("seed", "int", 0, "optimizer seed"),
