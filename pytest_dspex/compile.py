@@ -50,6 +50,8 @@ class CompileSettings:
     rounds: int = 1
     candidates: int = 4
     seed: int = 0
+    #: calibrate a classifier's label bias out (``pytest_dspex.calibration``) when it scores no worse
+    calibrate: bool = True
     concurrency: int = 16
     teacher_lm: Any = None
     force: bool = False
@@ -67,6 +69,7 @@ class CompileSettings:
             "max_rounds": self.rounds,
             "num_candidates": self.candidates,
             "seed": self.seed,
+            "calibrate": self.calibrate,
         }
 
 
@@ -153,6 +156,7 @@ def compile_program(
             seed=settings.seed,
             teacher_lm=settings.teacher_lm,
             concurrency=settings.concurrency,
+            calibrate=settings.calibrate,
             progress=lambda text: say(f"compiling {name}: {text}"),
         )
         traced = {"dspex.program": name, "dspex.golden": path.name} if tracing.enabled() else None

@@ -189,8 +189,9 @@ class Intent(dspex.Signature):
 
 
 def test_compact_shows_snake_case_labels_as_words_and_maps_answers_back():
+    zero_shot = CompactAdapter().format(Intent, [], {"message": "q"})
+    assert "(one of: lost card, check balance, other)" in zero_shot.messages[0]["content"]
     req = CompactAdapter().format(Intent, [{"message": "m", "intent": "lost_card"}], {"message": "q"})
-    assert "(one of: lost card, check balance, other)" in req.messages[0]["content"]
     assert "Intent: lost card\n" in req.messages[1]["content"]
     assert req.constraint is not None
     assert req.constraint.grammar == 'root ::= " "? ("lost card" | "check balance" | "other")\n'

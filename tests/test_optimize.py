@@ -241,7 +241,8 @@ def test_a_candidate_with_the_same_demos_as_another_is_not_evaluated_again(serve
     # 6 training examples, every teacher run passes, 6 bootstrapped demos max: "bootstrap" and the
     # shuffled candidates with 6 demos hold the same examples, differing only in order... unless equal
     opt = BootstrapFewShotWithRandomSearch(
-        intent_matches, num_candidates=3, max_bootstrapped_demos=1, max_labeled_demos=1, seed=0, evaluate_train=False
+        intent_matches, num_candidates=3, max_bootstrapped_demos=1, max_labeled_demos=1, seed=0, evaluate_train=False,
+        calibrate=False,  # its probes are calls too (tests/test_calibration.py)
     )
     result = opt.compile(dspex.Predict(Intent, lm=make_lm(server)), trainset=train, valset=val)
     dups = [c for c in result.candidates if c.duplicate_of]
@@ -260,7 +261,7 @@ def test_serial_schedule_sends_one_candidates_examples_back_to_back(server_facto
     train, val = intent_examples(2), intent_examples(2, offset=200)
     opt = BootstrapFewShotWithRandomSearch(
         intent_matches, num_candidates=2, max_bootstrapped_demos=2, max_labeled_demos=3, serial=True,
-        evaluate_train=False, concurrency=4, racing=False,
+        evaluate_train=False, concurrency=4, racing=False, calibrate=False,
     )
     result = opt.compile(dspex.Predict(Intent, lm=make_lm(server, concurrency=4)), trainset=train, valset=val)
     val_msgs = {e.message for e in val}

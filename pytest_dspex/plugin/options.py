@@ -37,6 +37,13 @@ OPTIONS: list[tuple[str, str, Any, str]] = [
     ("rounds", "int", 1, "bootstrap rounds per training example"),
     ("candidates", "int", 4, "shuffled candidate programs tried by --dspex-compile"),
     ("seed", "int", 0, "optimizer seed"),
+    (
+        "calibrate",
+        "choice:on,off",
+        "on",
+        "calibrate the compiled classifier's label bias out when the endpoint returns logprobs and it "
+        "scores no worse (pytest_dspex.calibration)",
+    ),
     ("tolerance", "float", 0.05, "allowed drop below the golden's recorded score before a regression fails"),
     (
         "alpha",
@@ -141,6 +148,7 @@ class DspexOptions:
     rounds: int
     candidates: int
     seed: int
+    calibrate: str
     tolerance: float
     report: Path | None
     max_cost: float | None

@@ -200,6 +200,7 @@ class DspexSession:
             rounds=o.rounds,
             candidates=o.candidates,
             seed=o.seed,
+            calibrate=o.calibrate == "on",
             concurrency=o.concurrency,
             teacher_lm=self.lms.teacher,
             force=o.force,
