@@ -157,6 +157,30 @@ def test_json_adapter_with_a_schema_on_llama_cpp_python(lm):
     assert constrained_decoding(lm)["working"]["json"] in ("json_schema", "json_object")
 
 
+def test_the_embedded_server_answers_first_token_logprobs_and_calibration_uses_them(lm):
+    """The server runs without ``logits_all`` and answers first-token logprobs itself (``_llama_server``)."""
+    import asyncio
+
+    from pytest_dspex.calibration import calibrate
+
+    train = load("triage_train.jsonl", 8)
+    req = dspex.adapters.CompactAdapter().format(Triage, [e.toDict() for e in train], {"message": "I was charged twice"})
+    plain = lm.complete(req)
+    asked = lm.complete(req, logprobs=True, top_logprobs=5)
+    assert plain.top_logprobs is None
+    assert asked.top_logprobs is not None and len(asked.top_logprobs) == 5
+    logprobs = [lp for _, lp in asked.top_logprobs]
+    assert logprobs == sorted(logprobs, reverse=True) and all(lp <= 0 for lp in logprobs)
+    assert asked.text == plain.text  # asking for logprobs does not change the answer
+
+    program = dspex.Predict(Triage, lm=lm)
+    program.demos = [e.toDict() for e in train]
+    report = asyncio.run(calibrate(program, [e.inputs() for e in load("triage_dev.jsonl", 8)], concurrency=4))
+    assert set(report.calibrated["self"]) == {"billing", "technical", "account", "other"}, report.skipped
+    assert program.calibration == report.calibrated["self"]
+    assert program(message="My invoice shows the wrong amount").team in ("billing", "technical", "account", "other")
+
+
 def test_server_exits_when_its_owner_dies():
     import subprocess
     import sys
