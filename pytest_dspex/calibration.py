@@ -24,7 +24,9 @@ Only where it is well defined: a predictor whose *first* output field has a clos
 endpoint that returns ``top_logprobs`` (OpenAI, vLLM, llama.cpp; the embedded server answers them
 for the first token). A label is read from the first token's alternatives: each alternative counts
 for the labels its text starts (``" lost"`` for ``lost card``; one shared by two labels is split).
-Anything else is left uncalibrated, with the reason in ``CalibrationReport.skipped``.
+Labels the first token cannot tell apart (``card lost`` / ``card limit``: more than ``MAX_SHARED`` of
+the label probability on tokens naming several labels) are not calibrated. Anything else is left
+uncalibrated too, with the reason in ``CalibrationReport.skipped``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ __all__ = ["TOP_LOGPROBS", "CalibrationReport", "calibrate", "calibrated_label",
 
 #: alternatives asked for the first answer token (OpenAI's maximum is 20)
 TOP_LOGPROBS = 20
+#: calibration is skipped when more of the labels' probability than this sits on tokens naming several labels
+MAX_SHARED = 0.2
 
 
 @dataclass
@@ -75,9 +79,15 @@ def calibration_field(predictor: Predict, adapter: Any = None) -> tuple[FieldSpe
 
 def label_probabilities(shown: Mapping[str, str], top_logprobs: Sequence[tuple[str, float]]) -> dict[str, float] | None:
     """Label -> probability (summing to 1) from the first answer token's alternatives, None if none names a label."""
+    found = _label_mass(shown, top_logprobs)
+    return found[0] if found is not None else None
+
+
+def _label_mass(shown: Mapping[str, str], top_logprobs: Sequence[tuple[str, float]]) -> tuple[dict[str, float], float] | None:
+    """(label probabilities, the share of the label-naming mass on tokens that name several labels)."""
     mass = dict.fromkeys(shown, 0.0)
     texts = {label: text.lower() for label, text in shown.items()}
-    named = False
+    named = shared = 0.0
     for token, logprob in top_logprobs:
         piece = token.lstrip().lower()
         if not piece:
@@ -85,11 +95,13 @@ def label_probabilities(shown: Mapping[str, str], top_logprobs: Sequence[tuple[s
         labels = [label for label, text in texts.items() if text.startswith(piece)]
         if not labels:
             continue
-        named = True
-        share = math.exp(logprob) / len(labels)
+        p = math.exp(logprob)
+        named += p
+        if len(labels) > 1:
+            shared += p
         for label in labels:
-            mass[label] += share
-    if not named:
+            mass[label] += p / len(labels)
+    if named <= 0:
         return None
     # a label no alternative names is less likely than the least likely alternative
     floor = min(math.exp(lp) for _, lp in top_logprobs) / 2
@@ -97,7 +109,7 @@ def label_probabilities(shown: Mapping[str, str], top_logprobs: Sequence[tuple[s
         if m <= 0:
             mass[label] = max(floor, 1e-12)
     total = sum(mass.values())
-    return {label: m / total for label, m in mass.items()}
+    return {label: m / total for label, m in mass.items()}, shared / named
 
 
 def calibrated_label(
@@ -171,14 +183,19 @@ async def calibrate(
                     return None
                 if not completion.top_logprobs:
                     return None
-                return label_probabilities(shown, completion.top_logprobs)
+                return _label_mass(shown, completion.top_logprobs)
 
-        found_probs = await asyncio.gather(*(probe(x) for x in inputs))
-        probs = [p for p in found_probs if p is not None]
+        found_probs = [p for p in await asyncio.gather(*(probe(x) for x in inputs)) if p is not None]
+        probs = [p for p, _ in found_probs]
         if len(probs) < max(1, len(inputs) // 2):
             report.skipped[path] = (
                 "the endpoint sent no logprobs" if not probs else f"labels read on only {len(probs)} of {len(inputs)} inputs"
             )
+            continue
+        shared = sum(s for _, s in found_probs) / len(found_probs)
+        if shared > MAX_SHARED:
+            # e.g. "card lost" / "card limit": the first token cannot tell them apart
+            report.skipped[path] = f"its labels share their first token ({shared:.0%} of the label probability)"
             continue
         mean = {label: sum(p[label] for p in probs) / len(probs) for label in shown}
         share = _shares(list(shown), (targets or {}).get(path))

@@ -319,6 +319,22 @@ def test_alternatives_naming_no_label_fall_back_to_the_text(endpoint):
     assert pred(message="I lost my card").intent == "check_balance"
 
 
+def test_labels_whose_first_token_is_shared_are_not_calibrated(endpoint):
+    class Card(dspex.Signature):
+        """Classify the card request."""
+
+        message: str = dspex.InputField()
+        intent: Literal["card_lost", "card_limit", "other"] = dspex.OutputField()
+
+    # " card" names two labels: the first token cannot tell "card lost" from "card limit"
+    _, lm = endpoint(alternatives={" card": 0.7, " other": 0.2, "\n": 0.1})
+    pred = dspex.Predict(Card, lm=lm)
+    report = asyncio.run(calibrate(pred, [{"message": m} for m in messages("lost_card", 4)]))
+    assert report.calibrated == {}
+    assert "share their first token" in report.skipped["self"] and "78%" in report.skipped["self"]
+    assert pred.calibration is None
+
+
 def test_a_calibrated_first_output_keeps_the_other_outputs_the_model_wrote(endpoint):
     ep, lm = endpoint(reply="we are on it")
     pred = dspex.Predict(IntentAndReply, lm=lm)
