@@ -148,7 +148,6 @@ class DspexOptions:
     rounds: int
     candidates: int
     seed: int
-    calibrate: str
     tolerance: float
     report: Path | None
     max_cost: float | None
@@ -164,6 +163,7 @@ class DspexOptions:
     cache_url: str | None = None  # --dspex-cache-url: Redis instead of the cache directory
     html: Path | None = None  # --dspex-html (relative to the invocation directory, like --dspex-report)
     markdown: Path | None = None  # --dspex-markdown
+    calibrate: str = "on"  # --dspex-calibrate: on / off
 
     @property
     def local(self) -> bool:
