@@ -124,6 +124,15 @@ def test_failing_gates_show_in_every_report_and_in_junit(pytester, project, serv
     assert last["dspex_aggregate_score"] == "0.8" and last["dspex_aggregate_verdict"] != "pass"
     assert last["dspex_score"] in ("0", "1") and last["dspex_program"] == "triage"
     assert sum(1 for p in items.values() if "dspex_aggregate_score" in p) == 1
+    # the failed aggregate is a <failure> of that test case, and the suite counts it
+    root = ET.parse(pytester.path / "junit.xml").getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    failures = {c.get("name"): c.find("failure") for c in suite.iter("testcase") if c.find("failure") is not None}
+    aggregate = next(f for name, f in failures.items() if name.startswith("test_triage_each[9-"))
+    assert aggregate.get("message").startswith("dspex gate FAILED for 'triage on ")
+    assert "0.800" in aggregate.get("message") and aggregate.text
+    assert len([n for n in failures if n.startswith("test_triage_each[")]) == 1  # misses are not failures
+    assert int(suite.get("failures")) == len(failures) and int(suite.get("tests")) == len(list(suite.iter("testcase")))
     no_secrets_or_absolute_paths(
         pytester, pytester.path / "r.html", pytester.path / "r.md", pytester.path / "junit.xml"
     )

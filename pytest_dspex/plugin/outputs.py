@@ -12,7 +12,9 @@ JUnit: a whole-dataset test records its program's properties itself (``record_pr
 per-example test is judged here, after its items reported, so the aggregate's properties
 (``dspex_aggregate_score``, ``dspex_aggregate_verdict`` …: the program's properties renamed so
 they do not collide with the item's own ``dspex_score``) go on the test case of the item with the
-highest example index — the same item with and without ``-n``.
+highest example index — the same item with and without ``-n``. A failed aggregate is also a
+``<failure>`` of that test case (its message the gate's headline), so a CI page that lists JUnit
+failures shows it; the suite's counts say one more failure.
 """
 
 from __future__ import annotations
@@ -28,6 +30,23 @@ if TYPE_CHECKING:
     from .session import DspexSession
 
 __all__ = ["add_junit_aggregates", "aggregate_properties", "write_reports"]
+
+
+def _fail_case(xml: Any, case: Any, props: Any, run: Any) -> None:
+    """A failed aggregate as a ``<failure>`` of its test case (CI pages list failures, not properties).
+
+    The case passed as an item, so the suite's counts move one test from passed to failed.
+    """
+    import xml.etree.ElementTree as ET
+
+    from _pytest.junitxml import bin_xml_escape
+
+    verdict = run.verdict
+    failure = ET.Element("failure", message=bin_xml_escape(verdict.headline(run.label, run.result.n)))
+    failure.text = bin_xml_escape("\n".join([verdict.reason, *verdict.details]))
+    case.insert(list(case).index(props) + 1, failure)
+    xml.stats["failure"] += 1
+    xml.stats["passed"] = max(0, xml.stats["passed"] - 1)
 
 
 def _target(config: pytest.Config, path: Path) -> Path:
@@ -115,6 +134,8 @@ def add_junit_aggregates(config: pytest.Config, collector: Collector, last_items
                 case.insert(0, props)
             for name, value in aggregate_properties(run.row()):
                 props.append(ET.Element("property", name=name, value=bin_xml_escape(value)))
-    except (AttributeError, TypeError):  # pragma: no cover - pytest internals changed
+            if not run.verdict.passed and not any(case.find(tag) is not None for tag in ("failure", "error", "skipped")):
+                _fail_case(xml, case, props, run)
+    except (AttributeError, TypeError, KeyError):  # pragma: no cover - pytest internals changed
         return False
     return True
