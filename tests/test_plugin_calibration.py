@@ -24,16 +24,10 @@ import pytest
 from pytest_dspex.calibration import TOP_LOGPROBS
 from pytest_dspex.fake_server import FakeLMServer
 
+from .test_calibration import FIRST_TOKEN, LABELS, SHOWN, messages, true_label
+
 MODES = {"xdist": ["-n", "2"], "no-xdist": ["-p", "no:xdist"]}
 GOLDEN = "__dspex__/test_intent/intent.json"
-LABELS = ("lost_card", "check_balance", "transfer_money")
-FIRST_TOKEN = {"lost_card": " lost", "check_balance": " check", "transfer_money": " transfer"}
-SHOWN = {"lost_card": "lost card", "check_balance": "check balance", "transfer_money": "transfer money"}
-FORMS = {
-    "lost_card": "I lost my card ({})",
-    "check_balance": "what is my balance ({})",
-    "transfer_money": "send 20 to mom ({})",
-}
 
 TEST_FILE = '''
 from typing import Literal
@@ -66,18 +60,8 @@ def test_intent(dspex_evaluate):
 
 def rows(per_label: int, start: int) -> str:
     """JSONL of ``per_label`` messages per intent, interleaved (every label in every prefix)."""
-    out = [{"message": FORMS[label].format(start + i), "intent": label} for i in range(per_label) for label in LABELS]
+    out = [{"message": messages(label, 1, start + i)[0], "intent": label} for i in range(per_label) for label in LABELS]
     return "".join(json.dumps(r) + "\n" for r in out)
-
-
-def true_label(message: str) -> str:
-    if "card" in message:
-        return "lost_card"
-    if "balance" in message:
-        return "check_balance"
-    if "send" in message:
-        return "transfer_money"
-    raise AssertionError(f"no intent in {message!r}")
 
 
 def first_token_probabilities(message: str) -> dict[str, float]:
