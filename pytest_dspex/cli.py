@@ -73,6 +73,7 @@ def _prompt(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     adapters = dict.fromkeys(requests, args.adapter) if args.adapter else golden_adapters(golden)
     demos = {path: len(entry.get("demos", [])) for path, entry in golden.data["predictors"].items()}
+    calibrations = {path: entry.get("calibration") for path, entry in golden.data["predictors"].items()}
     if args.json:
         out = {
             "golden": args.golden,
@@ -81,6 +82,7 @@ def _prompt(args: argparse.Namespace) -> int:
                 path: {
                     "adapter": adapters[path], "demos": demos[path],
                     "messages": r.messages, "stop": list(r.stop), "extra": dict(r.extra or {}),
+                    **({"calibration": calibrations[path]} if calibrations.get(path) else {}),
                 }
                 for path, r in requests.items()
             },
@@ -94,6 +96,13 @@ def _prompt(args: argparse.Namespace) -> int:
             lines += ["", f"--- {m['role']} ---", m["content"]]
         if r.stop:
             lines += ["", "--- stop sequences ---", json.dumps(list(r.stop), ensure_ascii=False)]
+        if calibrations.get(path):
+            lines += [
+                "", "--- calibration (label: score adjustment) ---",
+                json.dumps(calibrations[path], ensure_ascii=False),
+                "The answer is the label with the highest log p(first answer token) + adjustment: ask for "
+                "logprobs, or load the golden with pytest_dspex.load_golden, which does.",
+            ]  # fmt: skip
     sys.stdout.write("\n".join(lines) + "\n")
     return EXIT_OK
 

@@ -92,6 +92,22 @@ def test_prompt_prints_exactly_what_the_compiled_program_sends(
         assert f"--- {m['role']} ---\n{m['content']}" in text
 
 
+def test_prompt_shows_a_calibrated_classifiers_adjustments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    program = _compiled()
+    program.calibration = {"billing": -0.5, "technical": 0.25, "it's other": 0.1}
+    golden = _write_golden(tmp_path, program)
+    code, out, _ = _run(capsys, "prompt", str(golden), "--json", "-i", "message=hi", "-i", "tags=[]")
+    assert code == 0 and json.loads(out)["predictors"]["self"]["calibration"] == program.calibration
+    code, text, _ = _run(capsys, "prompt", str(golden), "-i", "message=hi", "-i", "tags=[]")
+    assert code == 0 and "--- calibration (label: score adjustment) ---" in text and '"billing": -0.5' in text
+    assert "load_golden" in text
+    assert dspex.load_golden(dspex.Predict(Ticket), golden).calibration == program.calibration
+
+    golden = _write_golden(tmp_path, _compiled(), name="plain")  # uncalibrated: nothing said
+    code, text, _ = _run(capsys, "prompt", str(golden), "-i", "message=hi", "-i", "tags=[]")
+    assert code == 0 and "calibration" not in text
+
+
 def test_prompt_of_a_chain_of_thought_with_placeholders(
     tmp_path: Path, capsys: pytest.CaptureFixture[str],
     server_factory: Callable[..., FakeLMServer], make_lm: Callable[..., dspex.LM],
