@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Container, Iterable, Iterator, 
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _runtime, events, settings, tracing
+from . import _lending, _runtime, events, settings, tracing
 from ._exceptions import DspexError
 from ._threads import run_in_thread
 from .lm.usage import Usage, track_usage
@@ -271,8 +271,19 @@ async def evaluate_records(
     state = {"done": 0, "score": 0.0, "errors": 0, "last": 0.0}
     queue = iter(enumerate(pending))
     traced = tracing.enabled()  # spans: evaluate -> example -> program -> LM call (off: no cost per example)
+    spares: set[asyncio.Task[None]] = set()
 
-    async def worker() -> None:
+    def lend() -> None:
+        # an example waits to retry: one more example runs meanwhile (``_lending``), at most
+        # ``concurrency`` of them at a time
+        if len(spares) >= concurrency:
+            return
+        spare = asyncio.get_running_loop().create_task(worker(1))
+        spares.add(spare)
+        spare.add_done_callback(spares.discard)
+
+    async def worker(limit: int | None = None) -> None:
+        _lending.lender.set(lend)
         for slot, (i, ex) in queue:
             started = tracing.example_started(i) if traced else None
             rec = await score_example(
@@ -293,10 +304,20 @@ async def evaluate_records(
                 if now - state["last"] >= 0.1 or state["done"] == len(pending):
                     state["last"] = now
                     progress(int(state["done"]), total, state["score"] / state["done"], int(state["errors"]))
+            if limit is not None:
+                limit -= 1
+                if limit <= 0:
+                    return
 
     attributes = {"dspex.program": program_name, "dspex.metric": mname, "dspex.examples": len(pending)} if traced else None
     with tracing.span("dspex.evaluate", attributes) if traced else tracing.NO_SPAN as span:
-        await asyncio.gather(*(worker() for _ in range(min(concurrency, len(pending)) or 1)))
+        try:
+            await asyncio.gather(*(worker() for _ in range(min(concurrency, len(pending)) or 1)))
+            while spares:
+                await asyncio.gather(*list(spares))
+        finally:
+            for spare in list(spares):
+                spare.cancel()
         if span is not None:
             tracing.evaluate_finished(span, records)
     done = [r for r in records if r is not None]

@@ -462,3 +462,40 @@ def test_the_plugin_turns_hedging_off_for_the_embedded_model_only(monkeypatch, t
     remote = SessionLMs(options(model="gpt-4o-mini", base_url="http://127.0.0.1:9/v1"), "run", 1, is_worker=False)
     assert remote.lm.hedge_after == "auto" and remote.lm.auto_hedge is not None
     remote.close()
+
+
+def test_an_example_waiting_to_retry_lends_its_place_to_the_next_example():
+    """Evaluate(concurrency=1): while example 0 waits out its backoff after a 500, example 1 runs."""
+    order: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        message = json.loads(request.content)["messages"][-1]["content"]
+        first = not any(m == message for m in order)
+        order.append(message)
+        if first and "crash" in message:
+            return httpx.Response(500, text="boom")
+        return chat(triage_responder(json.loads(request.content)))
+
+    lm = dspex.LM("m", base_url="http://lm.test/v1", api_key="k", cache=None, backoff_base=0.3,
+                  transport=httpx.MockTransport(handler))  # fmt: skip
+    examples = [dspex.Example(message=m, team=t).with_inputs("message") for m, t in (
+        ("the app crashes on start", "technical"), ("I was charged twice", "billing"))]  # fmt: skip
+    result = dspex.Evaluate(examples, team_matches, concurrency=1)(dspex.Predict(Triage, lm=lm))
+    assert result.score == 1.0 and result.usage.retries == 1
+    # the 500, then the other example (lent the place), then the retry
+    assert ["crash" in m for m in order] == [True, False, True], order
+    lm.close()
+
+
+def test_a_refused_connection_lends_nothing():
+    """A dead endpoint gets no more traffic than before: examples do not start while others back off."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    lm = dspex.LM("m", base_url=f"http://127.0.0.1:{port}/v1", api_key="k", cache=None, backoff_base=0.01)
+    result = dspex.Evaluate(triage_examples(20), team_matches, concurrency=2)(dspex.Predict(Triage, lm=lm))
+    assert result.errors_by_kind == {"lm_unavailable": 20}
+    # 2 workers, no spares: the breaker opened after fail_max failed calls, the rest failed fast
+    slow = [r for r in result.records if "circuit breaker open after" not in (r.error or "")]
+    assert len(slow) <= 2 + lm.breaker.fail_max, [r.error for r in result.records]
+    lm.close()

@@ -74,6 +74,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from .. import _lending
 from .._exceptions import (
     CircuitOpenError,
     LMError,
@@ -417,6 +418,11 @@ async def send_with_retries(
             if not exc.retryable or spent:
                 raise _gave_up(exc, failed + throttled, "") from None
             delay = policy.delay(throttled if throttle else failed, getattr(exc, "retry_after", None))
+            if isinstance(exc, LMHTTPError | LMResponseError):
+                # the endpoint answered (5xx, 429, garbled): it is alive, so an evaluation may start
+                # another example meanwhile; not for refused connections or timeouts (a dead or hung
+                # endpoint gets no more traffic than before)
+                _lending.waiting()
             await breaker.pause(delay, ticket)  # returns early if the breaker opens meanwhile
             if not breaker.may_retry(ticket):
                 raise _gave_up(exc, failed + throttled, "; not retried: the circuit breaker opened") from None
