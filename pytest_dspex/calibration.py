@@ -24,8 +24,10 @@ Only where it is well defined: a predictor whose *first* output field has a clos
 endpoint that returns ``top_logprobs`` (OpenAI, vLLM, llama.cpp; the embedded server answers them
 for the first token). A label is read from the first token's alternatives: each alternative counts
 for the labels its text starts (``" lost"`` for ``lost card``; one shared by two labels is split).
-Labels the first token cannot tell apart (``card lost`` / ``card limit``: more than ``MAX_SHARED`` of
-the label probability on tokens naming several labels) are not calibrated. Anything else is left
+Labels the first token may not tell apart are not calibrated: the same first word (``card lost`` /
+``card limit``), one label starting another (``bug`` / ``bug critical``), or, on any input, more
+than ``MAX_SHARED`` of the label probability on tokens naming several labels; where a token at run
+time names both the calibrated label and the one the model wrote, the written one wins. Anything else is left
 uncalibrated too, with the reason in ``CalibrationReport.skipped``.
 """
 
@@ -45,7 +47,8 @@ __all__ = ["TOP_LOGPROBS", "CalibrationReport", "calibrate", "calibrated_label",
 
 #: alternatives asked for the first answer token (OpenAI's maximum is 20)
 TOP_LOGPROBS = 20
-#: calibration is skipped when more of the labels' probability than this sits on tokens naming several labels
+#: calibration is skipped when, on any input, more of the labels' probability than this sits on tokens
+#: naming several labels
 MAX_SHARED = 0.2
 
 
@@ -86,7 +89,7 @@ def label_probabilities(shown: Mapping[str, str], top_logprobs: Sequence[tuple[s
 def _label_mass(shown: Mapping[str, str], top_logprobs: Sequence[tuple[str, float]]) -> tuple[dict[str, float], float] | None:
     """(label probabilities, the share of the label-naming mass on tokens that name several labels)."""
     mass = dict.fromkeys(shown, 0.0)
-    texts = {label: text.lower() for label, text in shown.items()}
+    texts = {label: text.strip().lower() for label, text in shown.items()}
     named = shared = 0.0
     for token, logprob in top_logprobs:
         piece = token.lstrip().lower()
@@ -113,15 +116,52 @@ def _label_mass(shown: Mapping[str, str], top_logprobs: Sequence[tuple[str, floa
 
 
 def calibrated_label(
-    shown: Mapping[str, str], top_logprobs: Sequence[tuple[str, float]] | None, adjustments: Mapping[str, float]
+    shown: Mapping[str, str],
+    top_logprobs: Sequence[tuple[str, float]] | None,
+    adjustments: Mapping[str, float],
+    answered: str | None = None,
 ) -> str | None:
-    """The label with the highest calibrated score, or None when the alternatives name no label."""
+    """The label with the highest calibrated score, or None when the alternatives name no label.
+
+    ``answered`` (the label the model wrote) wins when one of the alternatives names both it and the
+    calibrated label: the first token cannot tell those two apart, the rest of the answer can.
+    """
     if not top_logprobs:
         return None
     probs = label_probabilities(shown, top_logprobs)
     if probs is None:
         return None
-    return max(probs, key=lambda label: math.log(probs[label]) + adjustments.get(label, 0.0))
+    best = max(probs, key=lambda label: math.log(probs[label]) + adjustments.get(label, 0.0))
+    if answered is not None and answered != best and answered in shown:
+        texts = {label: text.strip().lower() for label, text in shown.items()}
+        for token, _ in top_logprobs:
+            piece = token.lstrip().lower()
+            if piece and texts[best].startswith(piece) and texts[answered].startswith(piece):
+                return answered
+    return best
+
+
+async def acomplete(lm: Any, request: Any, params: Mapping[str, Any]) -> Any:
+    """``constrained.acomplete`` asking for the first token's ``top_logprobs``.
+
+    An endpoint that refuses them (400/422, or an error naming ``logprobs``) is asked again without
+    them, and remembered: a calibrated predictor then answers from the text on that endpoint.
+    """
+    from . import constrained
+    from ._exceptions import LMHTTPError
+
+    if getattr(lm, "_dspex_no_logprobs", False):
+        return await constrained.acomplete(lm, request, **params)
+    try:
+        return await constrained.acomplete(lm, request, **{**params, "logprobs": True, "top_logprobs": TOP_LOGPROBS})
+    except LMHTTPError as exc:
+        if exc.status not in (400, 422) and "logprob" not in str(exc).lower():
+            raise
+        try:
+            lm._dspex_no_logprobs = True
+        except AttributeError:  # an LM-like object that takes no attributes: asked again each time
+            pass
+        return await constrained.acomplete(lm, request, **params)
 
 
 async def calibrate(
@@ -142,8 +182,7 @@ async def calibrate(
     (measured on the 6-intent task: held-out 0.85 calibrated on the trainset with own demos, 0.92
     without).
     """
-    from . import constrained
-    from ._exceptions import LMHTTPError
+    from ._exceptions import LMError
 
     report = CalibrationReport(inputs=len(inputs))
     named = program.named_predictors()
@@ -158,7 +197,15 @@ async def calibrate(
         if not inputs:
             report.skipped[path] = "no inputs to calibrate on"
             continue
+        missing = [n for n in pred.signature.input_fields() if not all(n in x for x in inputs)]
+        if missing:
+            report.skipped[path] = f"the inputs lack its field(s) {', '.join(missing)}"
+            continue
         spec, shown = found
+        clash = _first_word_clash(shown)
+        if clash:
+            report.skipped[path] = f"its labels share their first token ({clash[0]!r} and {clash[1]!r})"
+            continue
         from . import settings
         from .adapters import get_adapter
 
@@ -176,10 +223,9 @@ async def calibrate(
                 asked = {n: example.get(n) for n in pred.signature.input_fields()}
                 demos = [d for d in pred.demos if not _same(d, asked)] if leave_out_own else pred.demos
                 request = adapter.format(pred.signature, demos, asked)
-                params = {**pred.config, "logprobs": True, "top_logprobs": TOP_LOGPROBS}
                 try:
-                    completion = await constrained.acomplete(lm, request, **params)
-                except LMHTTPError:
+                    completion = await acomplete(lm, request, pred.config)
+                except LMError:  # an input the endpoint failed on is left out of the estimate
                     return None
                 if not completion.top_logprobs:
                     return None
@@ -192,7 +238,7 @@ async def calibrate(
                 "the endpoint sent no logprobs" if not probs else f"labels read on only {len(probs)} of {len(inputs)} inputs"
             )
             continue
-        shared = sum(s for _, s in found_probs) / len(found_probs)
+        shared = max(s for _, s in found_probs)
         if shared > MAX_SHARED:
             # e.g. "card lost" / "card limit": the first token cannot tell them apart
             report.skipped[path] = f"its labels share their first token ({shared:.0%} of the label probability)"
@@ -203,6 +249,18 @@ async def calibrate(
         pred.calibration = adjustments
         report.calibrated[path] = adjustments
     return report
+
+
+def _first_word_clash(shown: Mapping[str, str]) -> tuple[str, str] | None:
+    """Two labels a first token may not tell apart: the same first word, or one starting the other."""
+    texts = {label: text.strip().lower() for label, text in shown.items()}
+    labels = list(texts)
+    for i, a in enumerate(labels):
+        for b in labels[i + 1 :]:
+            ta, tb = texts[a], texts[b]
+            if not ta or not tb or ta.split()[0] == tb.split()[0] or ta.startswith(tb) or tb.startswith(ta):
+                return a, b
+    return None
 
 
 def _same(demo: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:

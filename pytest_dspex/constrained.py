@@ -88,6 +88,18 @@ def choice_values(spec: FieldSpec) -> list[str] | None:
     return None
 
 
+def choice_value(spec: FieldSpec, text: str) -> Any:
+    """The value of a closed-set field written as ``text`` (one of ``choice_values``); KeyError if none."""
+    tp = spec.annotation
+    if tp is bool:
+        return {"true": True, "false": False}[text]
+    members = get_args(tp) if get_origin(tp) is Literal else list(tp) if isinstance(tp, type) and issubclass(tp, enum.Enum) else ()
+    for member in members:
+        if _text(member) == text:
+            return member
+    raise KeyError(text)
+
+
 def shown_choices(spec: FieldSpec) -> dict[str, str] | None:
     """How the compact adapter shows a closed-set field's values: ``lost_card`` as ``lost card``.
 

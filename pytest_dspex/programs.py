@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from . import _runtime, calibration, constrained, settings, tracing
+from .constrained import choice_value
 from ._exceptions import AdapterParseError, ConfigError, SignatureError
-from .adapters import Adapter, JSONAdapter, coerce, get_adapter
+from .adapters import Adapter, JSONAdapter, get_adapter, render_value
 from .primitives import Prediction
 from .signatures import OutputField, Signature, ensure_signature
 
@@ -249,22 +250,33 @@ class Predict(Module):
         request = adapter.format(self.signature, self.demos, inputs)
         calibrated = calibration.calibration_field(self, adapter) if self.calibration else None
         if calibrated is not None:
-            params = {**params, "logprobs": True, "top_logprobs": calibration.TOP_LOGPROBS}
-        completion = await constrained.acomplete(lm, request, **params)
-        if calibrated is not None:
-            spec, shown = calibrated
-            label = calibration.calibrated_label(shown, completion.top_logprobs, self.calibration or {})
-            if label is not None:
-                try:
-                    values = adapter.parse(self.signature, completion.text)
-                except AdapterParseError:
-                    if len(self.signature.output_fields()) > 1:
-                        raise
-                    values = {}
-                values[spec.name] = coerce(spec, label, adapter.name)
-                return Prediction(values)
+            completion = await calibration.acomplete(lm, request, params)
+        else:
+            completion = await constrained.acomplete(lm, request, **params)
+        if calibrated is None:
+            return Prediction(await self._parse(adapter, completion.text, lm, inputs, params))
+        spec, shown = calibrated
+        if len(self.signature.output_fields()) == 1:
+            try:
+                values = adapter.parse(self.signature, completion.text)
+            except AdapterParseError:
+                values = {}  # the calibrated label may still be the answer
+        else:
+            values = await self._parse(adapter, completion.text, lm, inputs, params)
+        written = values.get(spec.name)
+        label = calibration.calibrated_label(
+            shown, completion.top_logprobs, self.calibration or {}, None if written is None else render_value(written)
+        )
+        if label is not None:
+            values[spec.name] = choice_value(spec, label)
+        elif not values:
+            values = await self._parse(adapter, completion.text, lm, inputs, params)  # its error, or the JSON retry
+        return Prediction(values)
+
+    async def _parse(self, adapter: Adapter, text: str, lm: Any, inputs: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        """The answer's fields; a layout the adapter cannot read is asked again as JSON (``json_fallback``)."""
         try:
-            values = adapter.parse(self.signature, completion.text)
+            return adapter.parse(self.signature, text)
         except AdapterParseError as first:
             fallback = self.json_fallback if self.json_fallback is not None else settings.get("json_fallback")
             if not fallback or isinstance(adapter, JSONAdapter):
@@ -272,10 +284,9 @@ class Predict(Module):
             json_adapter = JSONAdapter()
             retry = await constrained.acomplete(lm, json_adapter.format(self.signature, self.demos, inputs), **params)
             try:
-                values = json_adapter.parse(self.signature, retry.text)
+                return json_adapter.parse(self.signature, retry.text)
             except AdapterParseError:
                 raise first from None
-        return Prediction(values)
 
     # -- state ----------------------------------------------------------------------------------
     def _dump(self) -> dict[str, Any]:

@@ -52,7 +52,7 @@ def test_unknown_adapter_name():
         dspex.Predict(QA, adapter="xml")
 
 
-def test_compact_answer_hint_only_without_demos_by_default_and_the_labels_still_parse_and_constrain():
+def test_compact_answer_hint_only_where_the_demos_do_not_show_every_label_and_the_labels_still_parse_and_constrain():
     from typing import Literal
 
     class Intent(dspex.Signature):
@@ -64,7 +64,10 @@ def test_compact_answer_hint_only_without_demos_by_default_and_the_labels_still_
     demos = [{"message": "card gone", "intent": "lost_card"}]
     zero_shot = CompactAdapter().format(Intent, [], {"message": "balance?"})
     assert "one of: lost card, check balance" in zero_shot.messages[0]["content"]  # no demo shows the labels
-    default = CompactAdapter().format(Intent, demos, {"message": "balance?"})
+    some = CompactAdapter().format(Intent, demos, {"message": "balance?"})
+    assert "one of: lost card, check balance" in some.messages[0]["content"]  # no demo shows "check balance"
+    every = [*demos, {"message": "how much do I have", "intent": "check_balance"}]
+    default = CompactAdapter().format(Intent, every, {"message": "balance?"})
     assert "one of" not in default.messages[0]["content"]
     forced = CompactAdapter(answer_hint=True).format(Intent, demos, {"message": "balance?"})
     assert "one of: lost card, check balance" in forced.messages[0]["content"]

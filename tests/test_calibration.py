@@ -326,13 +326,64 @@ def test_labels_whose_first_token_is_shared_are_not_calibrated(endpoint):
         message: str = dspex.InputField()
         intent: Literal["card_lost", "card_limit", "other"] = dspex.OutputField()
 
-    # " card" names two labels: the first token cannot tell "card lost" from "card limit"
-    _, lm = endpoint(alternatives={" card": 0.7, " other": 0.2, "\n": 0.1})
-    pred = dspex.Predict(Card, lm=lm)
-    report = asyncio.run(calibrate(pred, [{"message": m} for m in messages("lost_card", 4)]))
-    assert report.calibrated == {}
-    assert "share their first token" in report.skipped["self"] and "78%" in report.skipped["self"]
-    assert pred.calibration is None
+    class Bug(dspex.Signature):
+        """Classify the report."""
+
+        message: str = dspex.InputField()
+        kind: Literal["bug", "bug_critical", "other"] = dspex.OutputField()
+
+    _, lm = endpoint()
+    inputs = [{"message": m} for m in messages("lost_card", 4)]
+    for signature, pair in ((Card, "'card_lost' and 'card_limit'"), (Bug, "'bug' and 'bug_critical'")):
+        pred = dspex.Predict(signature, lm=lm)
+        report = asyncio.run(calibrate(pred, inputs))
+        assert report.calibrated == {} and pred.calibration is None
+        assert report.skipped["self"] == f"its labels share their first token ({pair})"
+
+    class Loan(dspex.Signature):
+        """Classify the message."""
+
+        message: str = dspex.InputField()
+        intent: Literal["lost_card", "loan_info", "other"] = dspex.OutputField()
+
+    # different first words, but the model's alternatives are " lo", which names two labels
+    _, lm = endpoint(alternatives={" lo": 0.7, " other": 0.2, "\n": 0.1})
+    pred = dspex.Predict(Loan, lm=lm)
+    report = asyncio.run(calibrate(pred, inputs))
+    assert report.calibrated == {} and "78%" in report.skipped["self"]
+
+
+def test_a_token_naming_the_written_label_and_the_calibrated_one_leaves_the_written_one():
+    shown = {"lost_card": "lost card", "loan_info": "loan info", "other": "other"}
+    top = [(" lo", math.log(0.6)), (" other", math.log(0.3))]
+    adjustments = {"lost_card": 1.0, "loan_info": -1.0, "other": 0.0}
+    assert calibrated_label(shown, top, adjustments) == "lost_card"
+    assert calibrated_label(shown, top, adjustments, answered="loan_info") == "loan_info"  # " lo" names both
+    assert calibrated_label(shown, top, {"other": 3.0}, answered="loan_info") == "other"  # " other" is its own
+
+
+def test_inputs_without_the_predictors_fields_are_not_used(endpoint):
+    _, lm = endpoint()
+    pred = dspex.Predict(Intent, lm=lm)
+    report = asyncio.run(calibrate(pred, [{"text": "I lost my card"}]))
+    assert report.skipped == {"self": "the inputs lack its field(s) message"} and pred.calibration is None
+
+
+def test_an_input_the_endpoint_fails_on_is_left_out(endpoint):
+    ep, lm = endpoint()
+    fails = {"I lost my card (1)"}
+    inner = ep.__call__
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        if asked_message(json.loads(request.content)) in fails:
+            return httpx.Response(200, text="<html>garbled</html>")  # an LMResponseError, not an HTTP error
+        return inner(request)
+
+    lm = dspex.LM("fake", base_url="http://mock/v1", api_key="k", cache=None, retries=0, transport=httpx.MockTransport(flaky))
+    pred = dspex.Predict(Intent, lm=lm)
+    msgs = [m for label in LABELS for m in messages(label, 3)]
+    report = asyncio.run(calibrate(pred, [{"message": m} for m in msgs]))
+    assert set(report.calibrated["self"]) == set(LABELS)  # one failed input of 9: the rest calibrate
 
 
 def test_a_calibrated_first_output_keeps_the_other_outputs_the_model_wrote(endpoint):
@@ -692,3 +743,66 @@ def test_the_plain_handler_answers_first_token_logprobs_itself_without_logits_al
     full._logits_all = True
     handler(llama=full, messages=messages_, logprobs=True, top_logprobs=2)
     assert calls[-1]["logprobs"] is True and calls[-1]["top_logprobs"] == 2 and full.evals == []
+
+
+def test_an_endpoint_that_refuses_logprobs_is_asked_without_them_and_remembered():
+    bodies: list[dict[str, Any]] = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        bodies.append(body)
+        if "logprobs" in body:
+            return httpx.Response(400, json={"error": {"message": "logprobs is not supported for this model"}})
+        return httpx.Response(200, json={"choices": [{"message": {"role": "assistant", "content": " check balance"}}]})
+
+    lm = dspex.LM("fake", base_url="http://mock/v1", api_key="k", cache=None, transport=httpx.MockTransport(refuse))
+    pred = dspex.Predict(Intent, lm=lm)
+    pred.calibration = {"lost_card": 1.0, "check_balance": -1.0, "transfer_money": 0.0}
+    assert pred(message="what is my balance").intent == "check_balance"  # the text decides
+    first = len(bodies)
+    assert "logprobs" in bodies[0] and "logprobs" not in bodies[-1]
+    assert pred(message="what is my balance now").intent == "check_balance"
+    assert len(bodies) == first + 1 and "logprobs" not in bodies[-1]  # remembered: asked once without
+    lm.close()
+
+
+def test_a_calibrated_multi_output_answer_still_gets_the_json_retry(endpoint):
+    calls: list[dict[str, Any]] = []
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        calls.append(body)
+        if "logprobs" in body:  # the compact answer: a label but no Reply line
+            top = [{"token": " check", "logprob": math.log(0.6)}, {"token": " lost", "logprob": math.log(0.4)}]
+            choice = {"message": {"role": "assistant", "content": " lost card"},
+                      "logprobs": {"content": [{**top[0], "top_logprobs": top}]}}  # fmt: skip
+            return httpx.Response(200, json={"choices": [choice]})
+        text = json.dumps({"intent": "lost_card", "reply": "ok"})
+        return httpx.Response(200, json={"choices": [{"message": {"role": "assistant", "content": text}}]})
+
+    lm = dspex.LM("fake", base_url="http://mock/v1", api_key="k", cache=None, transport=httpx.MockTransport(respond))
+    pred = dspex.Predict(IntentAndReply, lm=lm, json_fallback=True)
+    pred.calibration = {"lost_card": 0.0, "check_balance": 0.0, "transfer_money": 0.0}
+    out = pred(message="what is my balance")
+    assert out.reply == "ok" and out.intent == "check_balance"  # the JSON retry's reply, the calibrated label
+    assert len(calls) == 2
+    lm.close()
+
+
+def test_a_calibrated_label_is_the_fields_own_value():
+    class Verdict(dspex.Signature):
+        claim: str = dspex.InputField()
+        verdict: Literal['say "hi"', "not ok.", "fine"] = dspex.OutputField()
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        top = [{"token": " not", "logprob": math.log(0.5)}, {"token": " say", "logprob": math.log(0.3)}]
+        choice = {"message": {"role": "assistant", "content": " fine"}, "logprobs": {"content": [{**top[0], "top_logprobs": top}]}}
+        return httpx.Response(200, json={"choices": [choice]})
+
+    lm = dspex.LM("fake", base_url="http://mock/v1", api_key="k", cache=None, transport=httpx.MockTransport(respond))
+    pred = dspex.Predict(Verdict, lm=lm)
+    pred.calibration = {'say "hi"': 1.0, "not ok.": 0.0, "fine": 0.0}
+    assert pred(claim="x").verdict == 'say "hi"'
+    pred.calibration = {'say "hi"': 0.0, "not ok.": 0.0, "fine": 0.0}
+    assert pred(claim="x").verdict == "not ok."
+    lm.close()

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import _runtime, events, settings, tracing
+from .._exceptions import DspexError
 from ..evaluation import Evaluate, EvaluationResult, evaluate_records
 from ..lm.usage import Usage, track_usage
 from ..metrics import metric_name
@@ -279,9 +280,13 @@ class BootstrapFewShotWithRandomSearch:
             return best
         targets = {named[0][0]: [ex.get(found[0].name) for ex in trainset if ex.get(found[0].name) is not None]}
         self._say(f"calibrating {best.name} on {len(val)} inputs")
-        report = await calibrate(
-            program, [ex.inputs() for ex in val], targets, concurrency=self.concurrency, leave_out_own=val is trainset
-        )
+        try:
+            report = await calibrate(
+                program, [ex.inputs() for ex in val], targets, concurrency=self.concurrency, leave_out_own=val is trainset
+            )
+        except DspexError as exc:  # the compile keeps what it found: calibration is an extra
+            self._say(f"not calibrated: {exc}")
+            return best
         if not report.calibrated:
             self._say(f"not calibrated: {'; '.join(report.skipped.values())}")
             return best
