@@ -115,7 +115,7 @@ def main() -> None:
         theirs = run_case(dpy, "cases_dspy.py", "bootstrap", url=url, n=50) if dpy else None
         rows.append(("BootstrapFewShot, 50 train, 50 ms, 1 in 20 passes",
                      f"{ours['wall_s']:.2f} s, {ours['calls']} calls" + (f" ({ours['wall_s'] / theirs['wall_s']:.2f}x DSPy's time)" if theirs else ""),
-                     f"{theirs['wall_s']:.2f} s, {theirs['calls']} calls" if theirs else "-", "≤ 0.15x DSPy, calls ≤ DSPy", ""))  # fmt: skip
+                     f"{theirs['wall_s']:.2f} s, {theirs['calls']} calls" if theirs else "-", "≤ 0.10x DSPy, calls ≤ DSPy", ""))  # fmt: skip
     finally:
         server.kill()
 
