@@ -104,6 +104,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _alive(url: str) -> bool:
     import httpx
 
@@ -122,8 +134,15 @@ def ensure_server(run_id: str, owner_pid: int, *, n_ctx: int = 4096, startup_tim
     with FileLock(str(state_dir / "lock")):
         if state_file.exists():
             state = json.loads(state_file.read_text())
-            if _alive(state["url"]):
-                return str(state["url"])
+            # a running server that is slow to answer (busy decoding on a loaded machine) is waited
+            # for, not doubled: two servers would split the workers and the prefix cache
+            deadline = time.monotonic() + (30.0 if _pid_alive(int(state.get("pid", 0))) else 0.0)
+            while True:
+                if _alive(state["url"]):
+                    return str(state["url"])
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.5)
         path = model_path()
         port = _free_port()
         log_path = state_dir / "server.log"
