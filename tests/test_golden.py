@@ -365,3 +365,21 @@ def test_dspy_metadata_holds_only_keys_dspy_load_knows(tmp_path):
     state = to_dspy_state(GoldenStore(tmp_path).read(path), dspex.ChainOfThought("question -> answer"))
     assert set(state["metadata"]["dependency_versions"]) <= {"python", "dspy", "cloudpickle"}
     assert state["metadata"]["pytest_dspex"]["version"] == dspex.__version__
+
+
+def test_a_rerun_that_differs_only_in_the_candidates_race_scores_leaves_the_golden_alone(tmp_path):
+    """llama.cpp's numerics move a raced candidate's score by an example between runs: no diff for that."""
+    store = GoldenStore(tmp_path)
+    path = tmp_path / "p.json"
+
+    def record(labeled_score: float, chosen: str = "shuffled-1") -> dict:
+        rec = golden_record(compiled_program(), name="p", validation=(0.9, 10), datasets={"validation": "sha256:a"})
+        rec["optimizer"] = {"name": "BootstrapFewShotWithRandomSearch", "chosen": chosen, "candidates": [
+            {"name": "labeled", "score": labeled_score, "n": 10, "dropped_at": 10}, {"name": chosen, "score": 0.9, "n": 10}]}
+        return rec
+
+    assert store.write(path, record(0.8)) == "created"
+    before = path.read_bytes()
+    assert store.write(path, record(0.85)) == "unchanged"
+    assert path.read_bytes() == before
+    assert store.write(path, record(0.85, chosen="bootstrap")) == "updated"  # another choice is a change
