@@ -602,8 +602,11 @@ def test_the_search_keeps_the_uncalibrated_candidate_when_calibration_scores_wor
     result = search().compile(dspex.Predict(Intent, lm=lm), trainset=examples(4), valset=val)
     assert not result.best.name.endswith("+calibrated")
     assert result.best.score == 1.0
-    calibrated = result.candidates[-1]
-    assert calibrated.name == f"{result.best.name}+calibrated" and calibrated.score < result.best.score
+    calibrated = [c for c in result.candidates if c.name.endswith("+calibrated")]
+    # with a validation set up to three candidates are each tried calibrated: none is as good
+    assert 1 <= len(calibrated) <= 3
+    assert f"{result.best.name}+calibrated" in {c.name for c in calibrated}
+    assert all(c.score < result.best.score for c in calibrated)
     assert result.program.predictors()[0].calibration is None
 
 
