@@ -242,11 +242,18 @@ def _demos_show_every_choice(signature: type[Signature], demos: Sequence[Demo]) 
     """Whether the demos show every value of every closed-set output (trivially true without such outputs)."""
     if not demos:
         return False
-    for name, spec in signature.output_fields().items():
-        values = choice_values(spec)
-        if values is not None and not set(values) <= {render_value(d[name]) for d in demos if d.get(name) is not None}:
+    for name, values in _closed_outputs(signature):
+        shown = {v if isinstance(v, str) else render_value(v) for d in demos if (v := d.get(name)) is not None}
+        if not values <= shown:
             return False
     return True
+
+
+@functools.lru_cache(maxsize=256)
+def _closed_outputs(signature: type[Signature]) -> tuple[tuple[str, frozenset[str]], ...]:
+    """The closed-set output fields of a signature and their values, worked out once per signature."""
+    found = ((name, choice_values(spec)) for name, spec in signature.output_fields().items())
+    return tuple((name, frozenset(values)) for name, values in found if values is not None)
 
 
 @functools.lru_cache(maxsize=256)
