@@ -492,7 +492,7 @@ def test_a_refused_connection_lends_nothing():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    lm = dspex.LM("m", base_url=f"http://127.0.0.1:{port}/v1", api_key="k", cache=None, backoff_base=0.01)
+    lm = dspex.LM("m", base_url=f"http://127.0.0.1:{port}/v1", api_key="k", cache=None)  # defaults
     result = dspex.Evaluate(triage_examples(20), team_matches, concurrency=2)(dspex.Predict(Triage, lm=lm))
     assert result.errors_by_kind == {"lm_unavailable": 20}
     # 2 workers, no spares: the breaker opened after fail_max failed calls, the rest failed fast
