@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import time
 
@@ -252,3 +253,14 @@ def test_hedged_request_beats_a_stalled_connection(server, make_lm):
         assert lm.complete(LMRequest(messages=[{"role": "user", "content": f"Message: refund {i}"}])).text
     assert time.perf_counter() - t0 < 6
     assert lm.usage.hedges == 6 and server.counts["stall"] == 6
+
+
+@pytest.mark.parametrize(("url", "problem"), [("htp:/nowhere", "is not an http(s) URL"), ("http:///v1", "has no host"), ("127.0.0.1:8080/v1", "is not an http(s) URL")])
+def test_a_base_url_that_is_not_http_is_a_config_error_before_any_request(url, problem, server, make_lm):
+    with pytest.raises(dspex.ConfigError, match=re.escape(f"LM base_url: {url!r} {problem}")):
+        dspex.LM("m", base_url=url, api_key="k", cache=None)
+    lm = make_lm(server)
+    with pytest.raises(dspex.ConfigError, match=re.escape(f"LM base_url: {url!r} {problem}")):
+        lm.copy(base_url=url)
+    assert server.bodies == []
+

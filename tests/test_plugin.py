@@ -263,12 +263,22 @@ class TestOptionsAndMarkers:
             (["--dspex-concurrency=0"], "*--dspex-concurrency must be >= 1*"),
             (["--dspex-tolerance=3"], "*--dspex-tolerance must be between 0 and 1*"),
             (["--dspex-compile", "tests/"], "*--dspex-compile took 'tests/' as a program name*"),
+            (["--dspex-base-url", "htp:/nowhere"], "*--dspex-base-url / dspex_base_url: 'htp:/nowhere' is not an http(s) URL*"),
+            (["--dspex-base-url=http:///v1"], "*--dspex-base-url / dspex_base_url: 'http:///v1' has no host*"),
         ],
     )
     def test_conflicting_or_bad_options_are_usage_errors(self, pytester, project, args, message):
         result = pytester.runpytest_subprocess(*args, "-p", "no:xdist")
         assert result.ret == pytest.ExitCode.USAGE_ERROR
         result.stderr.fnmatch_lines([message])
+
+    def test_bad_base_url_from_the_environment_is_a_usage_error_before_any_example(self, pytester, project, monkeypatch):
+        monkeypatch.setenv("OPENAI_BASE_URL", "htp://user:sk-secret-1234@nowhere/v1")
+        result = pytester.runpytest_subprocess("-p", "no:xdist")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(["*OPENAI_BASE_URL: 'htp://***@nowhere/v1' is not an http(s) URL*"])
+        out = result.stdout.str() + result.stderr.str()
+        assert "sk-secret-1234" not in out and "passed" not in out and "failed" not in out
 
     def test_bad_ini_value_is_a_usage_error(self, pytester, project):
         pytester.makeini("[pytest]\ndspex_concurrency = lots\n")

@@ -9,11 +9,36 @@
 * ``usage``      token/call/cost accounting and the budget
 """
 
-from .cache import ResponseCache, Storage, cache_key
-from .client import LM, Completion
-from .resilience import AdaptiveLimiter, Breaker, RetryPolicy
-from .secrets import redact_url
-from .usage import Budget, Usage, track_usage
+from typing import TYPE_CHECKING, Any
+
+# Names load on first use (PEP 562): the plugin's option check needs only ``secrets``, and a pytest
+# run that does not use the plugin should not pay for the client (aiohttp, adapters, tracing).
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(["ResponseCache", "Storage", "cache_key"], ".cache"),
+    **dict.fromkeys(["LM", "Completion"], ".client"),
+    **dict.fromkeys(["AdaptiveLimiter", "Breaker", "RetryPolicy"], ".resilience"),
+    **dict.fromkeys(["redact_url"], ".secrets"),
+    **dict.fromkeys(["Budget", "Usage", "track_usage"], ".usage"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    where = _LAZY.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(where, __name__), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:
+    from .cache import ResponseCache, Storage, cache_key
+    from .client import LM, Completion
+    from .resilience import AdaptiveLimiter, Breaker, RetryPolicy
+    from .secrets import redact_url
+    from .usage import Budget, Usage, track_usage
 
 __all__ = [
     "LM",

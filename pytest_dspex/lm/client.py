@@ -28,7 +28,7 @@ from .._types import NOT_GIVEN, NotGiven
 from ..adapters import LMRequest
 from .cache import CacheMode, ResponseCache, cache_key
 from .resilience import AdaptiveLimiter, Breaker, RetryPolicy, send_with_retries
-from .secrets import Credentials, redact_url
+from .secrets import Credentials, base_url_problem, redact_url
 from .sharing import AutoHedge, HedgeSkipped, InflightRequests, hedged
 from .transport import HTTPTransport
 from .usage import Budget, Usage, record
@@ -124,6 +124,9 @@ class LM:
         self.model = model
         if _family is None:
             url = (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
+            if problem := base_url_problem(url):
+                source = "base_url" if base_url else "OPENAI_BASE_URL"
+                raise ConfigError(f"LM {source}: {problem}")
             if isinstance(api_key, NotGiven):  # from the environment: credentials in the URL win over it
                 credentials = Credentials(url, None, env_key=os.environ.get(api_key_env))
             else:
@@ -185,6 +188,8 @@ class LM:
         kwargs.update(overrides)
         if "api_key" in overrides or "base_url" in overrides:
             url = overrides.get("base_url") or self._credentials.url
+            if problem := base_url_problem(url):
+                raise ConfigError(f"LM base_url: {problem}")
             if "api_key" in overrides:
                 credentials = Credentials(url.rstrip("/"), overrides["api_key"])
             else:

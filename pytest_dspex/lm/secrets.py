@@ -22,13 +22,31 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
-__all__ = ["Credentials", "redact_url"]
+__all__ = ["Credentials", "base_url_problem", "redact_url"]
 
 _SECRET_PARAM = re.compile(r"key|token|secret|password|passwd|sig|auth", re.I)
 _USERINFO = re.compile(r"(?<=://)[^/?#@\s]*@")
 REDACTED = "***"
 _log = logging.getLogger("pytest_dspex.lm")
 _warned: set[str] = set()  # endpoints (redacted) already warned about dropped URL credentials
+
+
+def base_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be an LM endpoint (not ``http(s)://host...``), or ``None`` when it can.
+
+    Said before any request, so a typo (``htp:/host``) is a configuration error, not retries and a
+    tripped breaker on every example. The message shows the URL redacted.
+    """
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname
+    except ValueError as exc:
+        return f"{redact_url(url)!r} is not a URL ({exc})"
+    if parts.scheme.lower() not in ("http", "https"):
+        return f"{redact_url(url)!r} is not an http(s) URL; write e.g. http://127.0.0.1:8080/v1"
+    if not host:
+        return f"{redact_url(url)!r} has no host; write e.g. http://127.0.0.1:8080/v1"
+    return None
 
 
 def redact_url(url: str) -> str:

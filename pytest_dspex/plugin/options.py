@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from .._exceptions import ConfigError
+from ..lm.secrets import base_url_problem
 from ..sharding import Shard, resolve_shard
 
 __all__ = ["OPTIONS", "DspexOptions", "add_options", "resolve"]
@@ -206,8 +207,12 @@ def resolve(config: pytest.Config) -> DspexOptions:
             raw = config.getini(dest) or None
         value = _convert(name, kind, raw)
         values[name.replace("-", "_")] = default if value is None else value
+    base_url_source = "--dspex-base-url / dspex_base_url"
     if values["base_url"] is None and os.environ.get("OPENAI_BASE_URL"):
         values["base_url"] = os.environ["OPENAI_BASE_URL"]
+        base_url_source = "OPENAI_BASE_URL"
+    if values["base_url"] is not None and (problem := base_url_problem(values["base_url"])):
+        raise pytest.UsageError(f"{base_url_source}: {problem}")
     if values["model"] is None and os.environ.get("DSPEX_MODEL"):
         values["model"] = os.environ["DSPEX_MODEL"]
     compile_raw = config.getoption("dspex_compile") or (config.getini("dspex_compile") or None)
