@@ -6,18 +6,22 @@ Every example goes to exactly one of N shards, chosen by a stable hash of its ex
 every dataset, write their records with ``--dspex-report``, and ``python -m pytest_dspex combine``
 merges the reports into the verdict one unsharded run would give. Shards are numbered 1..N.
 
-Where the shard comes from, first match wins:
+Where the shard comes from — always something the user wrote for pytest-dspex:
 
-1. the option ``--dspex-shard=K/N`` (ini ``dspex_shard``); ``--dspex-shard=off`` ignores the CI
-   variables below;
+1. the option ``--dspex-shard=K/N`` (ini ``dspex_shard``); ``off`` (the default) is not sharded;
 2. ``DSPEX_SHARD=K/N`` (set it from a matrix on GitHub Actions, which has no built-in variable:
    ``DSPEX_SHARD: ${{ matrix.shard }}/3``);
-3. GitLab CI ``parallel:``: ``CI_NODE_INDEX`` (1-based) / ``CI_NODE_TOTAL``;
-4. CircleCI ``parallelism:``: ``CIRCLE_NODE_INDEX`` (0-based) / ``CIRCLE_NODE_TOTAL``;
-5. Buildkite ``parallelism:``: ``BUILDKITE_PARALLEL_JOB`` (0-based) / ``BUILDKITE_PARALLEL_JOB_COUNT``.
+3. only with ``--dspex-shard=ci`` (or ``DSPEX_SHARD=ci``, ini ``dspex_shard = ci``), the CI's
+   parallel-job variables:
 
-A CI total of 1 means "not parallel" (no shard). A malformed value is a ``ConfigError`` naming the
-variable — never a silent run of everything or nothing.
+   * GitLab CI ``parallel:``: ``CI_NODE_INDEX`` (1-based) / ``CI_NODE_TOTAL``;
+   * CircleCI ``parallelism:``: ``CIRCLE_NODE_INDEX`` (0-based) / ``CIRCLE_NODE_TOTAL``;
+   * Buildkite ``parallelism:``: ``BUILDKITE_PARALLEL_JOB`` (0-based) / ``BUILDKITE_PARALLEL_JOB_COUNT``.
+
+The CI variables are not read otherwise: many teams use ``parallel:`` only to split their unit tests,
+and a job that silently judged a third of the examples and deferred its gate to a ``combine`` job
+they never wrote would have no LM gate at all. A CI total of 1 means "not parallel" (no shard). A
+malformed value is a ``ConfigError`` naming the variable — never a silent run of everything or nothing.
 """
 
 from __future__ import annotations
@@ -30,7 +34,18 @@ from dataclasses import dataclass
 
 from ._exceptions import ConfigError
 
-__all__ = ["CI_VARIABLES", "Shard", "in_shard", "parse_shard", "resolve_shard", "shard_from_env", "shard_of"]
+__all__ = [
+    "CI",
+    "CI_VARIABLES",
+    "Shard",
+    "ci_parallel_variables",
+    "in_shard",
+    "parse_shard",
+    "resolve_shard",
+    "shard_from_ci",
+    "shard_from_env",
+    "shard_of",
+]
 
 #: (CI system, index variable, total variable, first index)
 CI_VARIABLES: tuple[tuple[str, str, str, int], ...] = (
@@ -39,6 +54,8 @@ CI_VARIABLES: tuple[tuple[str, str, str, int], ...] = (
     ("Buildkite", "BUILDKITE_PARALLEL_JOB", "BUILDKITE_PARALLEL_JOB_COUNT", 0),
 )
 OFF = ("off", "none", "no", "false", "0")
+#: ``--dspex-shard=ci``: take the shard from the CI's parallel-job variables
+CI = "ci"
 _SPEC = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
 
@@ -106,12 +123,9 @@ def _ci_int(env: Mapping[str, str], name: str) -> int:
     return int(raw)
 
 
-def shard_from_env(env: Mapping[str, str] | None = None) -> Shard | None:
-    """The shard the CI environment asks for (see the module doc), or None when not parallel."""
+def shard_from_ci(env: Mapping[str, str] | None = None) -> Shard | None:
+    """The shard the CI's parallel-job variables say (see the module doc), or None when not parallel."""
     env = os.environ if env is None else env
-    spec = env.get("DSPEX_SHARD", "").strip()
-    if spec:
-        return None if spec.lower() in OFF else parse_shard(spec, source="DSPEX_SHARD")
     for system, index_var, total_var, first in CI_VARIABLES:
         if index_var not in env or total_var not in env:
             continue
@@ -123,10 +137,35 @@ def shard_from_env(env: Mapping[str, str] | None = None) -> Shard | None:
     return None
 
 
+def ci_parallel_variables(env: Mapping[str, str] | None = None) -> str | None:
+    """``"CI_NODE_INDEX=1, CI_NODE_TOTAL=2"`` when a parallel CI job's variables are set (total > 1), else None:
+    the note a run that ignores them shows."""
+    env = os.environ if env is None else env
+    for _system, index_var, total_var, _first in CI_VARIABLES:
+        if index_var in env and total_var in env and env[total_var].strip() not in ("", "0", "1"):
+            return f"{index_var}={env[index_var]}, {total_var}={env[total_var]}"
+    return None
+
+
+def shard_from_env(env: Mapping[str, str] | None = None) -> Shard | None:
+    """The shard ``DSPEX_SHARD`` asks for (``K/N``, ``off``, or ``ci``: the CI's variables), or None."""
+    env = os.environ if env is None else env
+    spec = env.get("DSPEX_SHARD", "").strip()
+    if not spec or spec.lower() in OFF:
+        return None
+    if spec.lower() == CI:
+        return shard_from_ci(env)
+    return parse_shard(spec, source="DSPEX_SHARD")
+
+
 def resolve_shard(option: str | None, env: Mapping[str, str] | None = None) -> Shard | None:
-    """The option if given (``off`` = not sharded, whatever CI says), else the CI environment."""
+    """The option if given (``off`` = not sharded, ``ci`` = the CI's parallel-job variables), else
+    ``DSPEX_SHARD``. The CI's variables alone never shard a run."""
     if option is not None and option.strip():
-        if option.strip().lower() in OFF:
+        text = option.strip()
+        if text.lower() in OFF:
             return None
-        return parse_shard(option)
+        if text.lower() == CI:
+            return shard_from_ci(env)
+        return parse_shard(text)
     return shard_from_env(env)

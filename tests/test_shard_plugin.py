@@ -121,24 +121,51 @@ def test_three_shards_combine_into_the_unsharded_verdict(
     assert merged["passed"] == json.loads((root / "whole.json").read_text())["passed"]
 
 
-def test_the_shard_comes_from_the_ci_environment_and_bad_values_are_usage_errors(
+def test_the_shard_comes_from_the_ci_environment_only_when_asked_and_bad_values_are_usage_errors(
     project: pytest.Pytester, lm_server: FakeLMServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run(project, lm_server, "-p", "no:xdist", "--dspex-compile", "--dspex-cache=off")
     monkeypatch.setenv("CI_NODE_INDEX", "2")
     monkeypatch.setenv("CI_NODE_TOTAL", "3")
-    result = run(project, lm_server, "-p", "no:xdist", "-k", "each", "--co", "-q")
+
+    def collected(*args: str) -> list[str]:
+        result = run(project, lm_server, "-p", "no:xdist", "-k", "each", "--co", "-q", *args)
+        return sorted(line.split("[", 1)[1].rstrip("]") for line in result.stdout.lines if "test_triage_each[" in line)
+
+    # GitLab's parallel: alone does not shard the LM examples (issue 19): every example is collected
+    assert collected() == sorted(f"ex-{i}" for i in range(N))
     expected = sorted(f"ex-{i}" for i in range(N) if shard_of(f"ex-{i}", 3) == 2)
-    got = sorted(line.split("[", 1)[1].rstrip("]") for line in result.stdout.lines if "test_triage_each[" in line)
-    assert got == expected
+    assert collected("--dspex-shard=ci") == expected
+    project.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\ndspex_shard = ci\n")
+    assert collected() == expected
+    project.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     bad = run(project, lm_server, "-p", "no:xdist", "--dspex-shard=4/3")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     bad.stderr.fnmatch_lines(["*--dspex-shard='4/3': the shard index must be between 1 and 3*"])
     # compile is one writer: never sharded (here the shard comes from GitLab's variables)
-    compile_in_shard = run(project, lm_server, "-p", "no:xdist", "--dspex-compile")
+    compile_in_shard = run(project, lm_server, "-p", "no:xdist", "--dspex-compile", "--dspex-shard=ci")
     assert compile_in_shard.ret == pytest.ExitCode.USAGE_ERROR
     compile_in_shard.stderr.fnmatch_lines(["*--dspex-compile is not sharded*shard 2/3 (from GitLab CI*"])
-    assert run(project, lm_server, "-p", "no:xdist", "--dspex-compile", "--dspex-shard=off").ret == 0
+    assert run(project, lm_server, "-p", "no:xdist", "--dspex-compile").ret == 0
+
+
+@pytest.mark.parametrize("xdist", [["-p", "no:xdist"], ["-n", "2"]], ids=["no-xdist", "xdist"])
+def test_ci_parallel_variables_alone_keep_the_gate(
+    project: pytest.Pytester, lm_server: FakeLMServer, monkeypatch: pytest.MonkeyPatch, xdist: list[str]
+) -> None:
+    """Issue 19: with CI_NODE_INDEX=1 CI_NODE_TOTAL=2, a gate that fails unsharded exited 0 with "gate
+    deferred". The gate is judged on every example, and the summary says why the variables were ignored."""
+    run(project, lm_server, "-p", "no:xdist", "--dspex-compile", "--dspex-cache=off")
+    project.makepyfile(test_triage=TEST_FILE.replace("threshold=0.3", "threshold=0.9"))  # a third is right
+    monkeypatch.setenv("CI_NODE_INDEX", "1")
+    monkeypatch.setenv("CI_NODE_TOTAL", "2")
+    result = run(project, lm_server, *xdist, "--dspex-cache=off", "--dspex-report=r.json")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
+    report = json.loads((project.path / "r.json").read_text())
+    assert report["shard"] is None and not report["passed"]
+    assert all(p["n"] == N and p["verdict"]["kind"] == "below_threshold" for p in report["programs"])
+    assert "deferred" not in result.stdout.str()
+    result.stdout.fnmatch_lines(["*CI_NODE_INDEX=1, CI_NODE_TOTAL=2 are set: not sharded*--dspex-shard=ci*"])
 
 
 @pytest.fixture

@@ -8,7 +8,16 @@ import sys
 import pytest
 
 from pytest_dspex._exceptions import ConfigError
-from pytest_dspex.sharding import Shard, in_shard, parse_shard, resolve_shard, shard_from_env, shard_of
+from pytest_dspex.sharding import (
+    Shard,
+    ci_parallel_variables,
+    in_shard,
+    parse_shard,
+    resolve_shard,
+    shard_from_ci,
+    shard_from_env,
+    shard_of,
+)
 
 KEYS = [f"ex-{i}" for i in range(1000)] + [f"h:{i:016x}" for i in range(1000)]
 
@@ -69,7 +78,7 @@ def test_bad_shards_are_config_errors(text: str, message: str) -> None:
         parse_shard(text)
 
 
-def test_option_wins_over_ci_and_off_ignores_ci() -> None:
+def test_option_wins_over_dspex_shard_and_off_ignores_it() -> None:
     env = {"CI_NODE_INDEX": "2", "CI_NODE_TOTAL": "4", "DSPEX_SHARD": "3/5"}
     assert resolve_shard("1/2", env) == Shard(1, 2)
     assert resolve_shard("off", env) is None
@@ -77,11 +86,24 @@ def test_option_wins_over_ci_and_off_ignores_ci() -> None:
     assert resolve_shard("", {}) is None
 
 
+def test_ci_variables_shard_only_when_asked_for() -> None:
+    """Issue 19: GitLab's ``parallel:`` (used by many teams only to split their unit tests) set
+    CI_NODE_INDEX/CI_NODE_TOTAL, and the LM gate of every job was silently deferred to a combine
+    job nobody wrote. The CI's variables now shard only with ``ci`` (option, ini or DSPEX_SHARD)."""
+    env = {"CI_NODE_INDEX": "2", "CI_NODE_TOTAL": "4"}
+    assert resolve_shard(None, env) is None
+    assert resolve_shard("off", env) is None
+    assert resolve_shard("ci", env) == Shard(2, 4, "GitLab CI (CI_NODE_INDEX=2, CI_NODE_TOTAL=4)")
+    assert resolve_shard(None, {**env, "DSPEX_SHARD": "ci"}) == Shard(2, 4, "GitLab CI (CI_NODE_INDEX=2, CI_NODE_TOTAL=4)")
+    assert resolve_shard("ci", {}) is None  # not a parallel job: nothing to split
+    assert resolve_shard("3/4", env) == Shard(3, 4)  # --dspex-shard=K/N stays explicit
+    assert ci_parallel_variables(env) == "CI_NODE_INDEX=2, CI_NODE_TOTAL=4"
+    assert ci_parallel_variables({"CI_NODE_INDEX": "1", "CI_NODE_TOTAL": "1"}) is None
+
+
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
-        ({"DSPEX_SHARD": "2/3"}, (2, 3)),
-        ({"DSPEX_SHARD": "off", "CI_NODE_INDEX": "1", "CI_NODE_TOTAL": "2"}, None),
         ({"CI_NODE_INDEX": "1", "CI_NODE_TOTAL": "3"}, (1, 3)),  # GitLab: 1-based
         ({"CI_NODE_INDEX": "3", "CI_NODE_TOTAL": "3"}, (3, 3)),
         ({"CI_NODE_TOTAL": "1"}, None),  # GitLab sets the total to 1 for a job that is not parallel
@@ -95,7 +117,7 @@ def test_option_wins_over_ci_and_off_ignores_ci() -> None:
     ],
 )
 def test_ci_variables(env: dict[str, str], expected: tuple[int, int] | None) -> None:
-    s = shard_from_env(env)
+    s = shard_from_ci(env)
     assert (None if s is None else (s.index, s.count)) == expected
 
 
@@ -110,4 +132,18 @@ def test_ci_variables(env: dict[str, str], expected: tuple[int, int] | None) -> 
 )
 def test_bad_ci_variables_name_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        shard_from_env(env)
+        shard_from_env({**env, "DSPEX_SHARD": env.get("DSPEX_SHARD", "ci")})
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"DSPEX_SHARD": "2/3"}, (2, 3)),
+        ({"DSPEX_SHARD": "off", "CI_NODE_INDEX": "1", "CI_NODE_TOTAL": "2"}, None),
+        ({"DSPEX_SHARD": "ci", "CI_NODE_INDEX": "1", "CI_NODE_TOTAL": "2"}, (1, 2)),
+        ({"CI_NODE_INDEX": "1", "CI_NODE_TOTAL": "2"}, None),
+    ],
+)
+def test_dspex_shard_variable(env: dict[str, str], expected: tuple[int, int] | None) -> None:
+    s = shard_from_env(env)
+    assert (None if s is None else (s.index, s.count)) == expected

@@ -275,6 +275,16 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             tr.write_line(f"{row['program']}: {row['note']}", yellow=True)
         if row["verdict"].get("kind") == "deferred":  # a shard job: "shard 2/3: 340 of 1000 examples; ..."
             tr.write_line(f"{row['program']} [{row.get('mode', 'dataset')}]: {row['verdict']['reason']}")
+    dspex = config.stash.get(session_key, None)
+    if dspex is not None and dspex.options.shard is None:
+        from ..sharding import ci_parallel_variables
+
+        ci = ci_parallel_variables()
+        if ci is not None:  # a parallel CI job whose LM gate is judged whole, on purpose (issue 19)
+            tr.write_line(
+                f"dspex: {ci} are set: not sharded, every example ran in this job "
+                "(--dspex-shard=ci, or ini dspex_shard = ci, splits them across the parallel jobs)"
+            )
     from .report import gate_lines
 
     for text, style in gate_lines(rows):  # paired comparison with the golden, flaky examples

@@ -84,8 +84,9 @@ OPTIONS: list[tuple[str, str, Any, str]] = [
         "str",
         None,
         "run shard K of N (K/N, numbered from 1) of every dataset, examples assigned by their stable key; "
-        "'python -m pytest_dspex combine' merges the shards' --dspex-report files into one verdict. Default: "
-        "DSPEX_SHARD or the CI's parallel-job variables (GitLab, CircleCI, Buildkite); 'off' ignores them",
+        "'python -m pytest_dspex combine' merges the shards' --dspex-report files into one verdict. 'ci' takes "
+        "K/N from the CI's parallel-job variables (GitLab CI_NODE_INDEX/CI_NODE_TOTAL, CircleCI, Buildkite), "
+        "which are never read otherwise. Default: DSPEX_SHARD (K/N, ci or off), else not sharded",
     ),
     (
         "cache-url",
