@@ -53,6 +53,7 @@ def program_row(
     if alpha is None and comparison is not None and comparison.get("alpha") is not None:
         alpha = float(comparison["alpha"])
     repeats = max((len(r.repeats) for r in result.records if r.repeats), default=1)
+    usage = result.usage.to_dict()
     return {
         "program": result.program,
         "mode": mode,
@@ -70,7 +71,9 @@ def program_row(
         "errors": len(result.errors),
         "errors_by_kind": result.errors_by_kind,
         "infra_errors": result.infra_errors,
-        "usage": result.usage.to_dict(),
+        "usage": usage,
+        # every answer came from the response cache: the endpoint was not asked (said in the summary)
+        "cache_only": bool(usage["calls"]) and usage["cache_hits"] >= usage["calls"],
         "latency_s": result.latency_percentiles(),
         "golden": golden,
         "golden_score": verdict.golden_score,

@@ -433,6 +433,7 @@ class TestEveryOption:
         "cache": ("read-only", "lm.cache.mode == 'read-only'"),
         "cache-dir": ("mycache", "lm.cache.directory.endswith('mycache')"),
         "max-cost": ("2.5", "lm.budget.max_cost == 2.5"),
+        "price": ("0.15,0.6", "(round(lm.price_in * 1e6, 9), round(lm.price_out * 1e6, 9)) == (0.15, 0.6)"),
         "max-calls": ("99", "lm.budget.max_calls == 99"),
     }
 

@@ -120,6 +120,12 @@ class LM:
             pass
         elif isinstance(hedge_after, str) or (hedge_after is not None and hedge_after <= 0):
             raise ConfigError(f'LM hedge_after must be "auto", None or > 0 seconds, got {hedge_after!r}')
+        if budget is not None and budget.max_cost is not None and price_per_1m_input <= 0 and price_per_1m_output <= 0:
+            raise ConfigError(
+                f"LM {model!r}: the budget's max_cost (${budget.max_cost:g}) could never be reached without a "
+                "price; pass price_per_1m_input= and price_per_1m_output= (dollars per 1M tokens), or limit "
+                "calls with Budget(max_calls=...)"
+            )
         settings = {k: v for k, v in locals().items() if k in _SETTINGS}
         self.model = model
         if _family is None:

@@ -271,6 +271,14 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         if run.verdict is not None and run.result is not None and not run.verdict.passed:
             tr.write_line(run.verdict.headline(run.label, run.result.n, run.result.ci95), red=True, bold=True)
     for row in rows:
+        usage = row.get("usage") or {}
+        if row.get("cache_only"):  # nothing was asked of the endpoint: say so (issue 19)
+            tr.write_line(
+                f"{row['program']} [{row.get('mode', 'dataset')}]: every answer came from the LM cache "
+                f"({int(usage.get('cache_hits', 0))} cached, 0 requests): the endpoint was not asked; "
+                "--dspex-cache=off measures it as it answers now",
+                yellow=True,
+            )
         if row.get("note"):
             tr.write_line(f"{row['program']}: {row['note']}", yellow=True)
         if row["verdict"].get("kind") == "deferred":  # a shard job: "shard 2/3: 340 of 1000 examples; ..."

@@ -85,6 +85,8 @@ class SessionLMs:
                 concurrency=o.concurrency,
                 cache=open_response_cache(o.cache, directory=o.cache_dir, url=o.cache_url),  # type: ignore[arg-type]
                 budget=self.budget,
+                price_per_1m_input=o.price[0] if o.price else 0.0,
+                price_per_1m_output=o.price[1] if o.price else 0.0,
                 cache_identity=f"embedded:{model}" if o.local else None,
                 hedge_after=None if o.local else "auto",  # one request at a time: a duplicate only queues
             )

@@ -69,7 +69,19 @@ OPTIONS: list[tuple[str, str, Any, str]] = [
         "write a markdown summary (one row per program, then the regressions) to this path; "
         "it is also appended to $GITHUB_STEP_SUMMARY whenever that is set",
     ),
-    ("max-cost", "float", None, "session budget in dollars: past it no new LM calls are made"),
+    (
+        "max-cost",
+        "float",
+        None,
+        "session budget in dollars: past it no new LM calls are made (needs the model's price: --dspex-price)",
+    ),
+    (
+        "price",
+        "str",
+        None,
+        "the model's price in dollars per 1M input and output tokens, INPUT,OUTPUT (e.g. 0.15,0.60): "
+        "the cost column and --dspex-max-cost count with it",
+    ),
     ("max-calls", "int", None, "session budget in LM calls"),
     ("missing-golden", "choice:fail,zero-shot", "fail", "what a normal run does when a program has no golden file"),
     (
@@ -166,6 +178,8 @@ class DspexOptions:
     html: Path | None = None  # --dspex-html (relative to the invocation directory, like --dspex-report)
     markdown: Path | None = None  # --dspex-markdown
     calibrate: str = "on"  # --dspex-calibrate: on / off
+    #: --dspex-price: dollars per 1M (input, output) tokens; None = not known (costs show as $0)
+    price: tuple[float, float] | None = None
 
     @property
     def local(self) -> bool:
@@ -226,6 +240,7 @@ def resolve(config: pytest.Config) -> DspexOptions:
             )
         compile_names = frozenset(n.strip() for n in compile_raw.split(",") if n.strip())
     force = bool(config.getoption("dspex_force"))
+    values["price"] = _price(values["price"])
     _check(values, compile_names, force)
     try:
         values["shard"] = resolve_shard(values["shard"])
@@ -250,6 +265,49 @@ def resolve(config: pytest.Config) -> DspexOptions:
     )
 
 
+def _price(raw: str | None) -> tuple[float, float] | None:
+    """``--dspex-price=INPUT,OUTPUT`` (dollars per 1M tokens) as a pair, or a usage error saying the form."""
+    if raw is None or not raw.strip():
+        return None
+    parts = [p.strip().lstrip("$") for p in raw.replace("/", ",").split(",")]
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        price = (float(parts[0]), float(parts[1]))
+    except ValueError:
+        raise pytest.UsageError(
+            f"--dspex-price / dspex_price: {raw!r} is not a price; write INPUT,OUTPUT in dollars per 1M tokens, "
+            "e.g. --dspex-price=0.15,0.60"
+        ) from None
+    if min(price) < 0 or price[0] != price[0] or price[1] != price[1]:
+        raise pytest.UsageError(f"--dspex-price: prices must be >= 0, got {raw!r}")
+    return price
+
+
+def _check_budget(values: dict[str, Any]) -> None:
+    """``--dspex-max-cost`` without a price to count with would never stop anything: a usage error."""
+    if values["max_cost"] is None:
+        return
+    price = values["price"]
+    if price is not None and max(price) > 0:
+        return
+    local = values["model"] in (None, "local") and not values["base_url"]
+    model = "the embedded model" if local else f"model {values['model']!r}"
+    why = (
+        "the embedded model costs nothing"
+        if local and price is None
+        else f"no price is known for {model}"
+        if price is None
+        else f"--dspex-price gives {model} a price of 0"
+    )
+    raise pytest.UsageError(
+        f"--dspex-max-cost={values['max_cost']:g}: {why}, so the budget could never be reached. Set the "
+        "price in dollars per 1M input and output tokens with --dspex-price=INPUT,OUTPUT (e.g. "
+        "--dspex-price=0.15,0.60; ini dspex_price) — in Python, LM(..., price_per_1m_input=..., "
+        "price_per_1m_output=...) — or limit the calls with --dspex-max-calls"
+    )
+
+
 def _check(values: dict[str, Any], compile_names: frozenset[str] | None, force: bool) -> None:
     if force and compile_names is None:
         raise pytest.UsageError("--dspex-force only makes sense with --dspex-compile")
@@ -270,6 +328,7 @@ def _check(values: dict[str, Any], compile_names: frozenset[str] | None, force: 
         raise pytest.UsageError(f"--dspex-tolerance must be between 0 and 1, got {values['tolerance']}")
     if values["max_cost"] is not None and values["max_cost"] < 0:
         raise pytest.UsageError(f"--dspex-max-cost must be >= 0, got {values['max_cost']}")
+    _check_budget(values)
     if not 0 <= values["max_error_rate"] <= 1:
         raise pytest.UsageError(f"--dspex-max-error-rate must be between 0 and 1, got {values['max_error_rate']}")
     if not 0 < values["alpha"] < 1:
