@@ -8,6 +8,8 @@ import pytest
 import pytest_dspex as dspex
 from pytest_dspex.fake_server import FakeLMServer, Faults, triage_responder
 
+from .needs import say_skips
+
 
 class Triage(dspex.Signature):
     """Route a customer message to the team that should handle it."""
@@ -68,3 +70,8 @@ def make_lm(tmp_path: Any) -> Iterator[Callable[..., dspex.LM]]:
 
 
 __all__ = ["Faults", "Triage", "team_matches", "triage_examples", "triage_responder"]
+
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    say_skips(terminalreporter)

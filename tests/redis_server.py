@@ -19,6 +19,10 @@ __all__ = ["RedisServer", "free_port", "redis_server_binary"]
 
 
 def redis_server_binary() -> str | None:
+    """redis-server on this machine; ``DSPEX_REDIS_SERVER`` names another (a missing path: none)."""
+    explicit = os.environ.get("DSPEX_REDIS_SERVER")
+    if explicit:
+        return explicit if os.path.exists(explicit) else None
     return shutil.which("redis-server") or (
         "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
     )

@@ -7,7 +7,6 @@ Without a ``chromium`` executable the browser tests skip on a developer's machin
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterator
 from html import unescape
@@ -19,6 +18,7 @@ import pytest
 from pytest_dspex.reports import render_html, write_html
 
 from .chromium import Chromium, Page, find_chromium
+from .needs import CHROMIUM_INSTALL, need
 from .report_samples import EVIL, program_row, record, report
 
 
@@ -45,10 +45,7 @@ def _type(page: Page, selector: str, text: str) -> None:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
-    if find_chromium() is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed; .ci/run installs it (apt-get install chromium)")
-        pytest.skip("no chromium executable (apt-get install chromium, or set DSPEX_CHROMIUM)")
+    need("chromium", "no chromium executable" if find_chromium() is None else None, CHROMIUM_INSTALL)
     with Chromium.launch(tmp_path_factory.mktemp("chromium-profile")) as b:
         yield b
 

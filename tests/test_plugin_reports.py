@@ -14,6 +14,7 @@ import pytest
 
 from pytest_dspex.fake_server import FakeLMServer
 
+from .needs import CHROMIUM_INSTALL, need
 from .test_plugin import MODES, TEST_FILE, make_responder, rows
 
 CANARY = "canary-pw-31337"
@@ -164,10 +165,7 @@ def test_the_html_of_a_real_run_in_a_browser(pytester, project, server_factory, 
     """What a person sees in the HTML a pytest run wrote: both programs, their examples, the misses."""
     from .chromium import Chromium, find_chromium
 
-    if find_chromium() is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed; .ci/run installs it (apt-get install chromium)")
-        pytest.skip("no chromium executable (apt-get install chromium, or set DSPEX_CHROMIUM)")
+    need("chromium", "no chromium executable" if find_chromium() is None else None, CHROMIUM_INSTALL)
     assert run(pytester, server_factory(make_responder()), MODES["xdist"], "--dspex-compile").ret == 0
     project(threshold=0.95)
     wrong = server_factory(make_responder(wrong={3}, garbage={4}))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,6 +17,7 @@ from pytest_dspex.lm.cache import ResponseCache, cache_key
 from pytest_dspex.lm.redis_cache import KEY_PREFIX, RedisResponseCache, RedisStorage, open_response_cache, redact_url
 
 from .conftest import Triage, team_matches, triage_examples
+from .needs import REDIS_INSTALL, need
 from .redis_server import RedisServer, free_port, redis_server_binary
 
 pytest.importorskip("redis", reason="the Redis cache needs the [redis] extra (redis-py)")
@@ -28,10 +28,8 @@ CACHE_LOGGER = "pytest_dspex.cache"
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
     binary = redis_server_binary()
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed (.ci/run installs Debian's redis-server)")
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    need("redis-server", "not installed" if binary is None else None, REDIS_INSTALL)
+    assert binary is not None
     server = RedisServer(binary).start()
     try:
         yield server

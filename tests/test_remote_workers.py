@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from .needs import need
 from .netns import Lab, netns_unavailable
 from .test_plugin import TRIAGE_PROGRAM
 
@@ -144,9 +145,7 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    why = netns_unavailable()
-    if why is not None:
-        pytest.skip(f"remote-worker tests build network namespaces: {why}")
+    need("network namespaces (remote-worker tests)", netns_unavailable(), "Linux, root, iproute2")
     pytest.importorskip("execnet")
     lab = Lab(["controller", "w1", "w2", "lm"]).start()
     try:

@@ -8,7 +8,6 @@ loopback fake LM.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from pytest_dspex.combine import combine_files
 from pytest_dspex.fake_server import FakeLMServer, triage_responder
 from pytest_dspex.sharding import shard_of
 
+from .needs import REDIS_INSTALL, need
 from .redis_server import RedisServer, redis_server_binary
 from .test_plugin import TRIAGE_PROGRAM
 
@@ -171,10 +171,8 @@ def test_ci_parallel_variables_alone_keep_the_gate(
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     binary = redis_server_binary()
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed (.ci/run installs Debian's redis-server)")
-        pytest.skip("redis-server is not installed")
+    need("redis-server", "not installed" if binary is None else None, REDIS_INSTALL)
+    assert binary is not None
     pytest.importorskip("redis")
     server = RedisServer(binary).start()
     try:
