@@ -96,16 +96,34 @@ class SignatureDescription(_Model):
 
 
 class Demo(_Model):
-    """A demo as field values: ``inputs`` and ``outputs`` by field name, ``reasoning`` for CoT."""
+    """A demo as field values: ``inputs`` and ``outputs`` by field name, ``reasoning`` for CoT;
+    ``metadata``: the demo's other columns (a labeled demo's ``id``...), never shown to the LM."""
 
     inputs: dict[str, Any] = Field(default_factory=dict)
     outputs: dict[str, Any] = Field(default_factory=dict)
     bootstrapped: bool = False
     reasoning: Any = None
+    metadata: dict[str, Any] | None = None
+
+
+class FieldWording(_Model):
+    desc: str | None = None
+    prefix: str | None = None
+
+
+class Overrides(_Model):
+    """Wording the predictor runs with instead of its code's: instructions rewritten by an optimizer
+    (DSPy's MIPROv2/COPRO, imported) and field descriptions/prefixes. ``signature`` and
+    ``signature_fingerprint`` stay the code's; the instructions override applies while the code's
+    instructions are the ones fingerprinted (an edit in the code wins, and is gated as an edit)."""
+
+    instructions: str | None = None
+    fields: dict[str, FieldWording] = Field(default_factory=dict)
 
 
 class PredictorState(_Model):
     signature: SignatureDescription | None = None
+    overrides: Overrides | None = None
     demos: list[Demo] = Field(default_factory=list)
     #: a calibrated classifier's label -> score adjustment (``pytest_dspex.calibration``)
     calibration: dict[str, float] | None = None
@@ -194,11 +212,14 @@ def _demo_to_golden(predictor: Predict, demo: Mapping[str, Any]) -> dict[str, An
     entry: dict[str, Any] = {"inputs": ins, "outputs": outs, "bootstrapped": bool(demo.get("augmented"))}
     if "reasoning" in demo and "reasoning" in sig.fields:
         entry["reasoning"] = demo["reasoning"]
+    metadata = {k: v for k, v in demo.items() if k not in sig.fields and k != "augmented"}
+    if metadata:
+        entry["metadata"] = metadata
     return entry
 
 
 def _demo_from_golden(entry: Mapping[str, Any]) -> dict[str, Any]:
-    demo = {**entry.get("inputs", {}), **entry.get("outputs", {})}
+    demo = {**(entry.get("metadata") or {}), **entry.get("inputs", {}), **entry.get("outputs", {})}
     if entry.get("reasoning") is not None:
         demo["reasoning"] = entry["reasoning"]
     if entry.get("bootstrapped"):
@@ -263,7 +284,8 @@ def golden_record(
 
     predictors = {
         path: {
-            "signature": p.signature.describe(),
+            "signature": p.declared_signature.describe(),
+            **({"overrides": overrides} if (overrides := p.wording_overrides()) else {}),
             "demos": [_jsonable(_demo_to_golden(p, d)) for d in p.demos],
             **({"calibration": dict(p.calibration)} if p.calibration else {}),
         }
@@ -288,7 +310,7 @@ def golden_record(
         "schema_version": SCHEMA_VERSION,
         "program": name,
         "predictors": predictors,
-        "signature_fingerprint": {path: fingerprint(p.signature) for path, p in program.named_predictors()},
+        "signature_fingerprint": {path: fingerprint(p.declared_signature) for path, p in program.named_predictors()},
         "prompts": render_prompts(program, adapter),
         "scores": scores,
         "metric": metric,
@@ -401,7 +423,7 @@ class GoldenFile:
             if old is None:
                 changes += _demo_field_problems(path, pred, saved[path])
                 continue
-            now = fingerprint(pred.signature)
+            now = fingerprint(pred.declared_signature)
             if old["hash"] != now["hash"]:
                 label = "" if len(preds) == 1 else f"predictor {path!r}: "
                 changes += [label + c for c in diff_fingerprints(old, now)]
@@ -416,11 +438,30 @@ class GoldenFile:
         """Load this golden's demos into (a copy of) ``program``; a stale golden is a ``GoldenStaleError``."""
         self.check(program)
         program = program.deepcopy()
+        recorded = self.fingerprints()
         for path, pred in program.named_predictors():
             state = self.model.predictors[path]
             pred.demos = [_demo_from_golden(d.model_dump()) for d in state.demos]
             pred.calibration = dict(state.calibration) if state.calibration else None
+            _apply_overrides(pred, state.overrides, recorded.get(path))
         return program
+
+
+def _apply_overrides(pred: Predict, overrides: Overrides | None, recorded: Mapping[str, Any] | None) -> None:
+    """Run ``pred`` with the golden's wording (none: the code's). The instructions override holds
+    only while the code's instructions are the ones the golden fingerprinted."""
+    if overrides is None:
+        pred.set_wording()
+        return
+    instructions = overrides.instructions
+    if instructions is not None and recorded is not None and recorded.get("instructions") != pred.declared_signature.instructions:
+        instructions = None  # the code's instructions were edited since: the edit runs (and is gated)
+    fields = {
+        name: {"desc": w.desc, "prefix": w.prefix}
+        for name, w in overrides.fields.items()
+        if name in pred.declared_signature.fields
+    }
+    pred.set_wording(instructions, fields)
 
 
 def _demo_field_problems(path: str, pred: Predict, state: PredictorState) -> list[str]:

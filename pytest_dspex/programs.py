@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from . import _runtime, calibration, constrained, settings, tracing
-from .constrained import choice_value
 from ._exceptions import AdapterParseError, ConfigError, SignatureError
 from .adapters import Adapter, JSONAdapter, get_adapter, render_value
+from .constrained import choice_value
 from .primitives import Prediction
-from .signatures import OutputField, Signature, ensure_signature
+from .signatures import FieldSpec, OutputField, Signature, ensure_signature
 
 __all__ = ["ChainOfThought", "Module", "Predict", "TraceStep", "trace_scope"]
 
@@ -194,9 +194,57 @@ class Predict(Module):
         self.demos: list[dict[str, Any]] = []
         #: label -> score adjustment of a calibrated classifier (``pytest_dspex.calibration``), or None
         self.calibration: dict[str, float] | None = None
+        #: the signature as the code declares it, while ``signature`` runs with other wording (``set_wording``)
+        self._declared: type[Signature] | None = None
 
     def __repr__(self) -> str:
         return f"Predict({self.signature.signature_string()!r}, demos={len(self.demos)})"
+
+    # -- wording: instructions and field descriptions other than the code's -----------------------
+    @property
+    def declared_signature(self) -> type[Signature]:
+        """The signature as the code declares it (``signature`` is what runs: the same, or reworded)."""
+        return self._declared if self._declared is not None else self.signature
+
+    def set_wording(
+        self, instructions: str | None = None, fields: Mapping[str, Mapping[str, str | None]] | None = None
+    ) -> None:
+        """Run with other instructions and/or field ``desc``/``prefix`` than the code declares.
+
+        This is what a DSPy optimizer that rewrites instructions (MIPROv2, COPRO) leaves in a saved
+        program, and what a golden's ``overrides`` hold. Each call starts from the declared
+        signature (``set_wording()`` restores it); the declared signature is what golden files
+        fingerprint, so a reworded program is still the program its code describes.
+        """
+        base = self.declared_signature
+        self.signature = base.with_wording(instructions, fields) if instructions is not None or fields else base
+        self._declared = base if self.wording_overrides(base) else None
+        if self._declared is None:
+            self.signature = base
+
+    def wording_overrides(self, base: type[Signature] | None = None) -> dict[str, Any]:
+        """How the running wording differs from the declared: ``{"instructions": ..., "fields":
+        {name: {"desc"?: ..., "prefix"?: ...}}}``, only the parts that differ (``{}`` when none)."""
+        base = base if base is not None else self.declared_signature
+        now = self.signature
+        out: dict[str, Any] = {}
+        if now.instructions != base.instructions:
+            out["instructions"] = now.instructions
+        fields: dict[str, dict[str, str]] = {}
+        for name, spec in now.fields.items():
+            old = base.fields.get(name)
+            if old is None:
+                continue
+            change = {}
+            if spec.desc != old.desc:
+                change["desc"] = spec.desc
+            if _prefix(spec) != _prefix(old):
+                change["prefix"] = _prefix(spec)
+            if change:
+                fields[name] = change
+        if fields:
+            out["fields"] = fields
+        return out
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Predict:
         new = copy.copy(self)
@@ -295,7 +343,7 @@ class Predict(Module):
             "demos": [_jsonable_demo(d) for d in self.demos],
             "signature": {
                 "instructions": sig.instructions,
-                "fields": [{"prefix": f.label + ":", "description": f.desc or f"${{{f.name}}}"} for f in sig.fields.values()],
+                "fields": [{"prefix": _prefix(f), "description": f.desc or f"${{{f.name}}}"} for f in sig.ordered_fields()],
             },
             "lm": None,
             "traces": [],
@@ -307,20 +355,55 @@ class Predict(Module):
         demos = state.get("demos")
         if not isinstance(demos, list):
             raise ConfigError(f"saved state for predictor {path!r} has no 'demos' list")
-        names = set(self.signature.fields)
+        sig = self.declared_signature
+        inputs, outputs = list(sig.input_fields()), list(sig.output_fields())
         loaded = []
         for i, demo in enumerate(demos):
             if not isinstance(demo, dict):
                 raise ConfigError(f"predictor {path!r}, demo {i}: expected an object, got {type(demo).__name__}")
-            unknown = set(demo) - names - {"augmented"}
-            if unknown:
+            # other keys (a labeled demo's "id", "source"...) are kept as the demo's metadata: the
+            # adapters show signature fields only, golden files keep the rest under "metadata"
+            missing = [n for n in inputs if n not in demo]
+            if missing or not any(n in demo for n in outputs):
+                lacks = ", ".join(missing) if missing else "every output field (" + ", ".join(outputs) + ")"
                 raise ConfigError(
-                    f"predictor {path!r}, demo {i}: field(s) {', '.join(sorted(unknown))} are not in the "
-                    f"signature ({self.signature.signature_string()})"
+                    f"predictor {path!r}, demo {i} lacks {lacks}: it has {', '.join(sorted(demo)) or 'no fields'}, "
+                    f"the signature is ({sig.signature_string()}); the saved program was made for another signature"
                 )
             loaded.append(dict(demo))
         self.demos = loaded
         self.calibration = _load_calibration(state.get("calibration"), path)
+        self.set_wording(**_saved_wording(sig, state.get("signature"), path))
+
+
+def _prefix(spec: FieldSpec) -> str:
+    """A field's prefix as DSPy saves it: the one given, else its label and a colon."""
+    return spec.prefix or spec.label + ":"
+
+
+def _saved_wording(sig: type[Signature], saved: Any, path: str) -> dict[str, Any]:
+    """The instructions and field wording of a saved state (``program.save`` here or in DSPy), as
+    ``set_wording`` arguments. DSPy lists fields inputs first, each ``{"prefix", "description"}``,
+    with ``${name}`` as the description of a field that has none."""
+    if saved is None:
+        return {}
+    if not isinstance(saved, Mapping):
+        raise ConfigError(f"saved state for predictor {path!r}: 'signature' must be an object")
+    instructions = saved.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise ConfigError(f"saved state for predictor {path!r}: signature 'instructions' must be text")
+    fields: dict[str, dict[str, str | None]] = {}
+    for spec, entry in zip(sig.ordered_fields(), saved.get("fields") or [], strict=False):
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"saved state for predictor {path!r}: each signature field must be an object")
+        desc, prefix = entry.get("description"), entry.get("prefix")
+        change: dict[str, str | None] = {}
+        if isinstance(desc, str):
+            change["desc"] = "" if desc == f"${{{spec.name}}}" else desc
+        if isinstance(prefix, str) and prefix.strip():
+            change["prefix"] = prefix
+        fields[spec.name] = change
+    return {"instructions": instructions, "fields": fields}
 
 
 def _load_calibration(raw: Any, path: str) -> dict[str, float] | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import re
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal, Optional, Union, get_args, get_origin
 
@@ -166,6 +167,35 @@ class Signature(metaclass=SignatureMeta):
     @classmethod
     def with_instructions(cls, instructions: str) -> type[Signature]:
         return _derive(cls, instructions=instructions, fields=dict(cls.fields))
+
+    @classmethod
+    def with_wording(
+        cls, instructions: str | None = None, fields: Mapping[str, Mapping[str, str | None]] | None = None
+    ) -> type[Signature]:
+        """A copy with other instructions and/or other ``desc``/``prefix`` for some fields (by name).
+
+        Wording only: names, roles and types (what a golden's fingerprint pins) stay as they are; a
+        field name the signature does not have is a ``SignatureError``.
+        """
+        specs = dict(cls.fields)
+        for name, change in (fields or {}).items():
+            if name not in specs:
+                raise SignatureError(
+                    f"{cls.__name__} has no field {name!r} to reword (fields: {', '.join(specs)})"
+                )
+            spec = specs[name]
+            specs[name] = replace(
+                spec,
+                desc=spec.desc if change.get("desc") is None else str(change["desc"]),
+                prefix=spec.prefix if change.get("prefix") is None else str(change["prefix"]),
+            )
+        text = cls.instructions if instructions is None else instructions
+        return _derive(cls, instructions=text, fields=specs)
+
+    @classmethod
+    def ordered_fields(cls) -> list[FieldSpec]:
+        """Inputs, then outputs, each in declaration order (the order of DSPy's ``signature.fields``)."""
+        return [*cls.input_fields().values(), *cls.output_fields().values()]
 
     @classmethod
     def prepend_output(cls, name: str, spec: FieldSpec, annotation: Any = str) -> type[Signature]:

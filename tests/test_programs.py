@@ -128,8 +128,17 @@ def test_demos_serialize_in_dspy_layout_and_load_back(tmp_path):
     assert fresh.explain.predict.demos == program.explain.predict.demos
 
 
-def test_loading_demos_with_unknown_fields_is_an_error():
-    with pytest.raises(dspex.ConfigError, match="not in the signature"):
+def test_loaded_demos_keep_extra_columns_as_metadata_but_must_fit_the_signature():
+    # issue 25: DSPy's labeled demos carry the dataset's other columns (id, source...); they load,
+    # and stay with the demo (the adapters show signature fields only)
+    loaded = dspex.Predict(Triage).load_state({"demos": [{"id": "t-1", "message": "m", "team": "billing"}]})
+    assert loaded.demos == [{"id": "t-1", "message": "m", "team": "billing"}]
+    request = dspex.CompactAdapter().format(loaded.signature, loaded.demos, {"message": "x"})
+    assert "t-1" not in str(request.messages)
+    # a demo made for another signature is still an error, saying what it has
+    with pytest.raises(dspex.ConfigError, match=r"demo 0 lacks message: it has colour, text"):
+        dspex.Predict(Triage).load_state({"demos": [{"text": "m", "colour": "red"}]})
+    with pytest.raises(dspex.ConfigError, match=r"demo 0 lacks every output field \(team\)"):
         dspex.Predict(Triage).load_state({"demos": [{"message": "m", "colour": "red"}]})
 
 
