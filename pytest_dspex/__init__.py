@@ -24,7 +24,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(
         ["AdapterParseError", "BudgetExceededError", "CacheMissError", "CircuitOpenError", "ConfigError",
          "DatasetError", "DspexError", "GoldenFileError", "GoldenStaleError", "LMError", "LMHTTPError", "LMResponseError",
-         "LMTimeoutError", "LMUnavailableError", "MetricError", "SignatureError"],
+         "LMTimeoutError", "LMUnavailableError", "MetricError", "ModelRefusedError", "SignatureError"],
         "._exceptions",
     ),
     **dict.fromkeys(["ChatAdapter", "CompactAdapter", "JSONAdapter"], ".adapters"),
@@ -74,6 +74,7 @@ if _TYPE_CHECKING:
         LMTimeoutError,
         LMUnavailableError,
         MetricError,
+        ModelRefusedError,
         SignatureError,
     )
     from .adapters import ChatAdapter, CompactAdapter, JSONAdapter
@@ -115,6 +116,7 @@ __all__ = [
     "LMTimeoutError",
     "LMUnavailableError",
     "MetricError",
+    "ModelRefusedError",
     "Module",
     "OutputField",
     "Predict",

@@ -11,6 +11,7 @@ boundary each, with ``raise ... from exc``, so callers only ever catch our own c
     │   └── GoldenStaleError        the program's signature no longer matches its golden
     ├── MetricError                 a metric returned something that is not a score
     ├── AdapterParseError           an LM answer that does not fit the signature
+    ├── ModelRefusedError           the LM refused to answer (``content: null`` with a ``refusal``)
     └── LMError                     anything that went wrong talking to an LM
         ├── LMUnavailableError      the endpoint cannot be reached
         │   └── CircuitOpenError    the breaker is open: failing fast without a request
@@ -41,6 +42,7 @@ __all__ = [
     "LMTimeoutError",
     "LMUnavailableError",
     "MetricError",
+    "ModelRefusedError",
     "SignatureError",
 ]
 
@@ -93,6 +95,16 @@ class AdapterParseError(DspexError):
         super().__init__(message)
         self.completion = completion
         self.adapter = adapter
+
+
+class ModelRefusedError(DspexError):
+    """The model answered with a refusal instead of content: its answer, scored 0, said as "refused"."""
+
+    kind = "refused"
+
+    def __init__(self, message: str, *, refusal: str = "") -> None:
+        super().__init__(message)
+        self.refusal = refusal
 
 
 class LMError(DspexError):

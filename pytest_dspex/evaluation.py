@@ -75,6 +75,14 @@ def error_kind(exc: BaseException) -> str:
     return "program"
 
 
+class _MetricRaised(Exception):
+    """The metric (not the program) raised ``error``: the record's kind is ``metric``."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def describe_error(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError) and not str(exc):
         return "TimeoutError: the example did not finish within the example timeout"
@@ -212,7 +220,13 @@ async def _score_once(
     async def run() -> float:
         nonlocal pred
         pred = await program.acall(**inputs)
-        return to_score(await call_metric(example, pred), mname)
+        try:
+            value = await call_metric(example, pred)
+        except (DspexError, TimeoutError):
+            raise  # an LM judge's LM error, the example timeout: said as what they are
+        except Exception as exc:
+            raise _MetricRaised(exc) from exc
+        return to_score(value, mname)
 
     with track_usage() as usage:
         try:
@@ -223,6 +237,10 @@ async def _score_once(
                     score = await run()
         except asyncio.CancelledError:
             raise
+        except _MetricRaised as raised:
+            kind, message = "metric", f"metric {mname} raised {describe_error(raised.error)}"
+            if kind in keep:
+                error = raised.error
         except Exception as exc:
             kind, message = error_kind(exc), describe_error(exc)
             if kind in keep:
@@ -272,13 +290,16 @@ async def evaluate_records(
     queue = iter(enumerate(pending))
     traced = tracing.enabled()  # spans: evaluate -> example -> program -> LM call (off: no cost per example)
     spares: set[asyncio.Task[None]] = set()
+    # the evaluation's own context: a spare started from inside a waiting example must not run in that
+    # example's context, or its LM calls would be counted in the waiting example's usage as well
+    base = contextvars.copy_context()
 
     def lend() -> None:
         # an example waits to retry: one more example runs meanwhile (``_lending``), at most
         # ``concurrency`` of them at a time
         if len(spares) >= concurrency:
             return
-        spare = asyncio.get_running_loop().create_task(worker(1))
+        spare = asyncio.get_running_loop().create_task(worker(1), context=base.copy())
         spares.add(spare)
         spare.add_done_callback(spares.discard)
 
@@ -358,6 +379,8 @@ class EvaluationResult:
                         int(u.get("prompt_tokens", 0)),
                         int(u.get("completion_tokens", 0)),
                         float(u.get("cost", 0.0)),
+                        retries=int(u.get("retries", 0)),
+                        hedges=int(u.get("hedges", 0)),
                     )
                 )
         return cls(recs, usage, elapsed_s, program, metric)

@@ -10,7 +10,9 @@ It answers with a function you give it, after a fixed latency, and injects fault
 
 Faults: ``http_500``, ``http_429`` (with ``Retry-After: retry_after``), ``garbled`` (a 200 with a
 body that is not JSON), ``bad_shape`` (JSON without ``choices``), ``stall`` (sleeps ``stall_s``
-before answering). Each is a probability per request, drawn from a seeded RNG. Uses aiohttp's
+before answering), ``refusal`` (a 200 whose message has ``content: null`` and a ``refusal``, as
+OpenAI's models decline), ``http_404`` (the wrong path: a 404 with OpenAI's error body). Each is a
+probability per request, drawn from a seeded RNG. Uses aiohttp's
 server (aiohttp is already installed as httpx's transport) on its own thread and loop.
 """
 
@@ -39,6 +41,8 @@ class Faults:
     bad_shape: float = 0.0
     stall: float = 0.0
     stall_s: float = 5.0
+    refusal: float = 0.0
+    http_404: float = 0.0
     seed: int = 0
 
 
@@ -115,7 +119,7 @@ class FakeLMServer:
 
     def _pick_fault(self) -> str | None:
         f, r = self.faults, self._rng.random()
-        for name in ("http_500", "http_429", "garbled", "bad_shape", "stall"):
+        for name in ("http_500", "http_429", "garbled", "bad_shape", "stall", "refusal", "http_404"):
             p = getattr(f, name)
             if r < p:
                 return name
@@ -146,8 +150,22 @@ class FakeLMServer:
             return web.Response(status=200, text='{"choices": [{"mess\x00\x01garbled', content_type="application/json")
         if fault == "bad_shape":
             return web.json_response({"error": "unexpected"})
+        if fault == "http_404":
+            error = {"error": {"message": "Not Found", "type": "invalid_request_error", "code": "not_found"}}
+            return web.json_response(error, status=404)
         if fault == "stall":
             await asyncio.sleep(self.faults.stall_s)
+        if fault == "refusal":
+            message = {"role": "assistant", "content": None, "refusal": "I'm sorry, I can't help with that."}
+            return web.json_response(
+                {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion",
+                    "model": body.get("model", self.model),
+                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 8, "total_tokens": 18},
+                }
+            )
         text = self.responder(body)
         words = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
         return web.json_response(

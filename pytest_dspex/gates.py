@@ -178,7 +178,11 @@ def judge(
 
         comparison = compare(golden_outcomes, paired_outcomes(result.records), alpha=alpha, tolerance=tolerance)
 
+    refused = result.errors_by_kind.get("refused", 0)
+
     def v(passed: bool, reason: str, kind: str) -> Verdict:
+        if refused and not passed and kind != "no_examples":
+            reason += f"; the model refused {refused} of {n} examples (scored 0)"
         return Verdict(passed, reason, score, threshold, golden_score, tolerance, kind, comparison=comparison)
 
     if n == 0:

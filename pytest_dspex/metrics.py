@@ -71,14 +71,37 @@ def contains(field: str = "answer") -> Metric:
 
 
 def to_score(value: Any, metric_name: str) -> float:
-    """A metric's return value as a score in [0, 1]; anything else is a ``MetricError``."""
+    """A metric's return value as a score in [0, 1]; anything else is a ``MetricError``.
+
+    Any real number or bool-like value is a score: ``bool``, ``int``, ``float``, ``Fraction``,
+    ``Decimal``, NumPy's integer, floating and bool scalars (and 0-d arrays) — what a metric built
+    on NumPy or pandas returns. Its value must be in [0, 1].
+    """
     if isinstance(value, bool):
         return 1.0 if value else 0.0
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if type(value) is float or type(value) is int:
         v = float(value)
-        if v != v or not 0.0 <= v <= 1.0:
-            raise MetricError(f"metric {metric_name} returned {value!r}; a score must be in [0, 1]")
-        return v
+    else:
+        v = _real(value, metric_name)
+    if v != v or not 0.0 <= v <= 1.0:
+        raise MetricError(f"metric {metric_name} returned {value!r}; a score must be in [0, 1]")
+    return v
+
+
+def _real(value: Any, metric_name: str) -> float:
+    """A bool-like or real number that is not a plain ``bool``/``int``/``float``, as a float."""
+    import numbers
+    from decimal import Decimal
+
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and getattr(value, "shape", None) == () and getattr(dtype, "kind", "") in "biuf":
+        item = value.item()  # a NumPy scalar or 0-d array (np.bool_, np.int64, np.float32 …)
+        return float(item)
+    if isinstance(value, numbers.Real | Decimal):  # Fraction, Decimal, other registered reals
+        try:
+            return float(value)
+        except (TypeError, ValueError, OverflowError):
+            pass
     raise MetricError(
         f"metric {metric_name} returned {value!r} ({type(value).__name__}); return a bool or a number in [0, 1]"
     )

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _runtime, calibration, constrained, settings, tracing
-from ._exceptions import AdapterParseError, ConfigError, SignatureError
+from ._exceptions import AdapterParseError, ConfigError, ModelRefusedError, SignatureError
 from .adapters import Adapter, JSONAdapter, get_adapter, render_value
 from .constrained import choice_value
 from .primitives import Prediction
@@ -301,6 +301,8 @@ class Predict(Module):
             completion = await calibration.acomplete(lm, request, params)
         else:
             completion = await constrained.acomplete(lm, request, **params)
+        if completion.refusal is not None and not completion.text.strip():
+            raise ModelRefusedError(f"the model refused: {completion.refusal[:200]!r}", refusal=completion.refusal)
         if calibrated is None:
             return Prediction(await self._parse(adapter, completion.text, lm, inputs, params))
         spec, shown = calibrated

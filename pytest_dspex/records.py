@@ -19,15 +19,18 @@ from typing import Any
 from .datasets import example_key
 from .primitives import Example, Prediction
 
-__all__ = ["ERROR_KINDS", "INFRA_ERROR_KINDS", "ExampleRecord", "example_key", "jsonable"]
+__all__ = ["ANSWER_ERROR_KINDS", "ERROR_KINDS", "INFRA_ERROR_KINDS", "ExampleRecord", "example_key", "jsonable"]
 
 #: Errors of the infrastructure, not of the model: they count against the error budget
 #: (``--dspex-max-error-rate``) and are never read as a low score.
 INFRA_ERROR_KINDS = frozenset({"lm_unavailable", "lm_timeout", "lm_http", "lm_response", "budget", "cache_miss", "timeout"})
-#: Every kind a record may carry; ``parse``, ``metric`` and ``program`` are the model's (or the code's), scored 0.
-ERROR_KINDS = INFRA_ERROR_KINDS | {"parse", "metric", "program"}
+#: Errors that are the model's answer (one that did not parse, a refusal): scored 0, shown as a miss.
+ANSWER_ERROR_KINDS = frozenset({"parse", "refused"})
+#: Every kind a record may carry; ``parse``, ``refused``, ``metric`` and ``program`` are the model's
+#: (or the code's), scored 0.
+ERROR_KINDS = INFRA_ERROR_KINDS | ANSWER_ERROR_KINDS | {"metric", "program"}
 
-_USAGE_KEYS = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "cost")
+_USAGE_KEYS = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "cost", "retries", "hedges")
 
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})

@@ -132,7 +132,8 @@ class DiskStorage:
     def _unusable(self, exc: BaseException) -> ConfigError:
         return ConfigError(
             f"the LM cache directory {self.directory} cannot be used ({type(exc).__name__}: {exc}); "
-            "check its permissions, or choose another one (--dspex-cache-dir) or --dspex-cache=off"
+            "check its permissions, read it as it is with --dspex-cache=read-only (or replay), "
+            "or choose another one (--dspex-cache-dir) or --dspex-cache=off"
         )
 
     def get(self, key: str) -> str | None:
@@ -169,9 +170,7 @@ class ReadOnlyDiskStorage:
         self._shards: list[tuple[str, sqlite3.Connection]] = []
         try:
             for path in paths:
-                conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True, check_same_thread=False)
-                self._shards.append((os.path.dirname(path), conn))
-                conn.execute("SELECT rowid FROM Cache LIMIT 1").fetchall()  # damage shows here, not mid-run
+                self._shards.append((os.path.dirname(path), self._connect(path)))
         except (sqlite3.Error, OSError) as exc:
             self.close()
             if _corrupt(exc):
@@ -183,6 +182,33 @@ class ReadOnlyDiskStorage:
                 f"the LM cache directory {directory} cannot be used ({type(exc).__name__}: {exc}); "
                 "check its permissions, or choose another one (--dspex-cache-dir) or --dspex-cache=off"
             ) from None
+
+    @staticmethod
+    def _connect(path: str) -> sqlite3.Connection:
+        """A read-only connection to one shard; a shard in a folder we may not write is opened immutable.
+
+        diskcache's databases are in WAL mode, and SQLite's read-only mode still needs to create
+        the ``-shm`` file next to the database: in a read-only folder (a cache restored from CI, a
+        mounted volume) every read fails with "attempt to write a readonly database". Nobody can
+        write there, so reading the file as immutable is exact.
+        """
+        uri = f"file:{urllib.parse.quote(path)}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        try:
+            conn.execute("SELECT rowid FROM Cache LIMIT 1").fetchall()  # damage shows here, not mid-run
+            return conn
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            folder = os.path.dirname(path)
+            if _corrupt(exc) or os.access(folder, os.W_OK) or os.path.exists(path + "-wal"):
+                raise
+        conn = sqlite3.connect(uri + "&immutable=1", uri=True, check_same_thread=False)
+        try:
+            conn.execute("SELECT rowid FROM Cache LIMIT 1").fetchall()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def get(self, key: str) -> str | None:
         if not self._shards:

@@ -50,6 +50,8 @@ class Completion:
     finish_reason: str | None = None
     #: the first answer token's alternatives (text, logprob), when the request asked for ``logprobs``
     top_logprobs: tuple[tuple[str, float], ...] | None = None
+    #: the model's refusal (``message.refusal``), when it declined to answer
+    refusal: str | None = None
 
 
 _SETTINGS = (
@@ -424,17 +426,20 @@ class LM:
 
     def _completion(self, data: dict[str, Any], *, cached: bool, cost: bool = True) -> Completion:
         choice = data["choices"][0]
+        message = choice["message"]
         usage = data.get("usage") or {}
         pt = int(usage.get("prompt_tokens") or 0)
         ct = int(usage.get("completion_tokens") or 0)
+        refusal = message.get("refusal")
         return Completion(
-            choice["message"]["content"] or "",
+            message["content"] or "",
             pt,
             ct,
             pt * self.price_in + ct * self.price_out if cost else 0.0,
             cached,
             choice.get("finish_reason"),
             _first_top_logprobs(choice),
+            str(refusal) if refusal else None,
         )
 
 

@@ -217,7 +217,7 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -
         return None
     record = payload["record"]
     kind = record.get("error_kind")
-    if kind is not None and kind != "parse":
+    if kind is not None and kind not in ("parse", "refused"):  # records.ANSWER_ERROR_KINDS: the model's answer
         return "lm_error", "e", ("LM ERROR", {"yellow": True})
     if record["score"] < 1.0:
         return "missed", "m", ("MISS", {"yellow": True})
@@ -258,7 +258,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     collector = config.stash.get(_collector_key, None)
     if collector is None:
         return
-    from .report import format_table
+    from .report import format_table, run_spend, spend_text
 
     rows = collector.all_rows()
     tr = terminalreporter
@@ -300,6 +300,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     written = [(p, g) for p, g in collector.goldens.items() if g.get("outcome")]
     for rel, g in sorted(written):
         extra = f" (validation {g['score']:.3f}, n={g['n']}, chosen: {g['chosen']})" if "score" in g else ""
+        if g.get("compile_usage"):
+            extra += f"; compile spent {spend_text(g['compile_usage'])}"
         if g.get("reason") and g["outcome"] in ("kept", "updated"):
             extra += f": {g['reason']}"  # why compile replaced or kept it
         tr.write_line(f"golden {g['outcome']}: {rel}{extra}", green=g["outcome"] != "kept", yellow=g["outcome"] == "kept")
@@ -307,5 +309,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_line(text, red=is_error, yellow=not is_error)
     for rel in collector.unused_goldens():
         tr.write_line(f"golden unused: {rel} (no test used it in this run)", yellow=True)
+    total = run_spend(rows, collector.goldens.values())
+    if total is not None:  # the table's columns are the gates' alone: with a compile, the run's whole spend
+        tr.write_line(f"dspex LM spend in this run (gates and compile): {spend_text(total)}")
     for what, path in getattr(collector, "written", ()):
         tr.write_line(f"dspex {what} report: {path}")

@@ -96,6 +96,7 @@ class _TestContext:
         self.session = _session(request)
         self.spec: ProgramSpec = require(self.node, program_spec(self.node, self.base), "dspex_program", fixture)
         self.mspec: MetricSpec | None = metric_spec(self.node)
+        self.session.lms.check_cache(request.session)
 
     def dataset(self, path: Path, limit: int | None) -> Dataset:
         from .._exceptions import DatasetError

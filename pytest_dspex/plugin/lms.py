@@ -29,6 +29,8 @@ class SessionLMs:
         self._lm: LM | None = None
         self._teacher: LM | None = None
         self._budget: Budget | None = None
+        self._cache: Any = None
+        self._cache_error: str | None = None
         self._remove_defaults: Any = None
 
     def activate(self) -> None:
@@ -66,6 +68,26 @@ class SessionLMs:
             pytest.fail("pytest-dspex: --dspex-base-url is set but no --dspex-model (dspex_model) names the model", pytrace=False)
         return o.base_url or "https://api.openai.com/v1", o.model
 
+    def check_cache(self, session: pytest.Session) -> None:
+        """Open the session's response cache; an unusable one fails the test and stops the run.
+
+        An unusable cache (an unwritable folder in mode ``on``, a locked or damaged database) is
+        the run's configuration, not any program's score: said once, as what it is, instead of
+        every example becoming a ``program`` error and the gate a "regression".
+        """
+        if self._cache_error is None and self._cache is None and self.options.cache != "off":
+            from .._exceptions import ConfigError
+            from ..lm.redis_cache import open_response_cache
+
+            o = self.options
+            try:
+                self._cache = open_response_cache(o.cache, directory=o.cache_dir, url=o.cache_url)  # type: ignore[arg-type]
+            except ConfigError as exc:
+                self._cache_error = f"pytest-dspex: {exc}"
+        if self._cache_error is not None:
+            session.shouldstop = self._cache_error  # the same for every dspex test: stop here, say it once
+            pytest.fail(self._cache_error, pytrace=False)
+
     @property
     def lm(self) -> LM:
         if self._lm is None:
@@ -73,6 +95,8 @@ class SessionLMs:
             from ..lm.redis_cache import open_response_cache
 
             o = self.options
+            if self._cache is None and o.cache != "off":
+                self._cache = open_response_cache(o.cache, directory=o.cache_dir, url=o.cache_url)  # type: ignore[arg-type]
             url, model = self._endpoint()
             self._lm = LM(
                 model,
@@ -83,7 +107,7 @@ class SessionLMs:
                 timeout=o.timeout,
                 retries=o.retries,
                 concurrency=o.concurrency,
-                cache=open_response_cache(o.cache, directory=o.cache_dir, url=o.cache_url),  # type: ignore[arg-type]
+                cache=self._cache,
                 budget=self.budget,
                 price_per_1m_input=o.price[0] if o.price else 0.0,
                 price_per_1m_output=o.price[1] if o.price else 0.0,
@@ -137,6 +161,8 @@ class SessionLMs:
                 lm.close()
                 if lm.cache is not None:
                     lm.cache.close()
+        if self._lm is None and self._cache is not None:
+            self._cache.close()
         if not self.is_worker and self.options.local:
             from ..local_lm import stop_server
 

@@ -18,6 +18,7 @@ pytest serializes every report attribute for xdist, so it reaches the controller
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -289,6 +290,29 @@ def _gate_cell(row: dict[str, Any]) -> str:
         shown = f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
         return f"FAIL: regressed, {len(c.get('regressions') or [])} of {c.get('shared')} worse (p={shown})"
     return "FAIL: " + str(verdict["reason"])
+
+
+_SPEND_KEYS = ("calls", "cache_hits", "tokens", "cost", "retries")
+
+
+def spend_text(usage: dict[str, Any]) -> str:
+    """``"359 LM calls (12 cached), 104488 tokens, $0.0123"`` for a usage dict."""
+    text = f"{int(usage.get('calls', 0))} LM calls ({int(usage.get('cache_hits', 0))} cached), {int(usage.get('tokens', 0))} tokens"
+    if usage.get("retries"):
+        text += f", {int(usage['retries'])} retries"
+    return text + f", ${float(usage.get('cost', 0.0)):.4f}"
+
+
+def run_spend(rows: list[dict[str, Any]], goldens: Iterable[dict[str, Any]]) -> dict[str, float] | None:
+    """The gates' and the compiles' usage added up; None when nothing was compiled (the table says it all)."""
+    compiles = [g["compile_usage"] for g in goldens if g.get("compile_usage")]
+    if not compiles:
+        return None
+    total = dict.fromkeys(_SPEND_KEYS, 0.0)
+    for usage in [r.get("usage") or {} for r in rows] + compiles:
+        for k in _SPEND_KEYS:
+            total[k] += float(usage.get(k, 0) or 0)
+    return total
 
 
 def format_table(rows: list[dict[str, Any]]) -> list[str]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from ..records import ANSWER_ERROR_KINDS
+
 __all__ = [
     "Outcome",
     "ProgramView",
@@ -33,7 +35,7 @@ __all__ = [
 Outcome = str  # "pass" | "miss" | "error"
 
 #: Error kinds that are the model's answer, not a failure to get one: scored 0 and shown as a miss.
-_MISS_KINDS = frozenset({"parse"})
+_MISS_KINDS = ANSWER_ERROR_KINDS
 _SECRET_PARAMS = frozenset({"key", "api_key", "apikey", "token", "access_token", "secret", "password", "sig", "signature"})
 
 
