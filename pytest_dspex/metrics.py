@@ -79,10 +79,7 @@ def to_score(value: Any, metric_name: str) -> float:
     """
     if isinstance(value, bool):
         return 1.0 if value else 0.0
-    if type(value) is float or type(value) is int:
-        v = float(value)
-    else:
-        v = _real(value, metric_name)
+    v = float(value) if type(value) is float or type(value) is int else _real(value, metric_name)
     if v != v or not 0.0 <= v <= 1.0:
         raise MetricError(f"metric {metric_name} returned {value!r}; a score must be in [0, 1]")
     return v

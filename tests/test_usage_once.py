@@ -17,7 +17,13 @@ import pytest_dspex as dspex
 from pytest_dspex.fake_server import FakeLMServer, Faults
 
 from .conftest import Triage, team_matches, triage_examples
-from .test_infra_verdicts import TESTS, mode, project  # noqa: F401  (the mode fixture)
+from .test_infra_verdicts import TESTS, project
+from .test_plugin import MODES
+
+
+@pytest.fixture(params=list(MODES))
+def mode(request: pytest.FixtureRequest) -> list[str]:
+    return MODES[request.param]
 
 
 def test_each_record_counts_its_own_calls_and_retries(server_factory: Any) -> None:
