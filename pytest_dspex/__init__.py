@@ -32,6 +32,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(["example_key", "load_dataset", "split"], ".datasets"),
     **dict.fromkeys(["Evaluate", "EvaluationResult", "ExampleRecord", "evaluate"], ".evaluation"),
     **dict.fromkeys(["LM", "Budget", "ResponseCache", "Usage", "track_usage"], ".lm"),
+    **dict.fromkeys(["BootstrapFewShot", "BootstrapFewShotWithRandomSearch", "LabeledFewShot"], ".optimize"),
     **dict.fromkeys(["Example", "Prediction"], ".primitives"),
     **dict.fromkeys(["load_golden"], ".production"),
     **dict.fromkeys(["ChainOfThought", "Module", "Predict", "trace_scope"], ".programs"),
@@ -82,6 +83,7 @@ if _TYPE_CHECKING:
     from .datasets import example_key, load_dataset, split
     from .evaluation import Evaluate, EvaluationResult, ExampleRecord, evaluate
     from .lm import LM, Budget, ResponseCache, Usage, track_usage
+    from .optimize import BootstrapFewShot, BootstrapFewShotWithRandomSearch, LabeledFewShot
     from .primitives import Example, Prediction
     from .production import load_golden
     from .programs import ChainOfThought, Module, Predict, trace_scope
@@ -91,6 +93,8 @@ if _TYPE_CHECKING:
 __all__ = [
     "LM",
     "AdapterParseError",
+    "BootstrapFewShot",
+    "BootstrapFewShotWithRandomSearch",
     "Budget",
     "BudgetExceededError",
     "CacheMissError",
@@ -115,6 +119,7 @@ __all__ = [
     "LMResponseError",
     "LMTimeoutError",
     "LMUnavailableError",
+    "LabeledFewShot",
     "MetricError",
     "ModelRefusedError",
     "Module",

@@ -31,7 +31,7 @@ from ._exceptions import DspexError
 from ._threads import run_in_thread
 from .lm.usage import Usage, track_usage
 from .metrics import metric_name, to_score
-from .primitives import Example, Prediction
+from .primitives import Example, Prediction, as_example
 from .programs import Module
 from .records import ERROR_KINDS, INFRA_ERROR_KINDS, ExampleRecord
 from .stats import clustered_confidence_interval, confidence_interval
@@ -395,6 +395,11 @@ class EvaluationResult:
         return sum(r.score for r in self.records) / self.n if self.records else 0.0
 
     @property
+    def percent(self) -> float:
+        """``score`` on DSPy's 0–100 scale (DSPy's ``Evaluate`` returns ``round(100 * mean, 2)``)."""
+        return round(100 * self.score, 2)
+
+    @property
     def errors(self) -> list[ExampleRecord]:
         return [r for r in self.records if r.error_kind is not None]
 
@@ -518,18 +523,28 @@ class Evaluate:
         program_name: str = "",
         example_timeout: float | None = None,
         repeats: int = 1,
+        num_threads: int | None = None,
+        display_progress: bool = False,
+        **unknown: Any,
     ) -> None:
+        # DSPy's spellings: num_threads is concurrency; display_progress prints a progress line
+        if unknown:
+            from ._dspy_idioms import reject_unknown
+
+            reject_unknown(
+                "Evaluate", unknown,
+                ["devset", "metric", "concurrency", "progress", "program_name", "example_timeout", "repeats",
+                 "num_threads", "display_progress"],
+            )  # fmt: skip
+        if num_threads is not None:
+            concurrency = num_threads
+        if display_progress and progress is None:
+            progress = _print_progress
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {repeats}")
-        for i, ex in enumerate(devset):
-            if not isinstance(ex, Example) or ex.input_keys is None:
-                raise ValueError(
-                    f"devset item {i} is not an Example with input keys; load it with "
-                    "load_dataset(path, input_keys=[...]) or call .with_inputs(...)"
-                )
-        self.devset = list(devset)
+        self.devset = [as_example(ex, f"devset item {i}") for i, ex in enumerate(devset)]
         self.metric = metric
         self.concurrency = concurrency
         self.progress = progress
@@ -563,6 +578,12 @@ class Evaluate:
             usage=usage,
             elapsed_s=time.perf_counter() - started,
         )
+
+
+def _print_progress(done: int, total: int, score: float, errors: int) -> None:
+    import sys
+
+    sys.stderr.write(f"\rAverage metric: {score:.3f} ({done}/{total}, {errors} errors)" + ("\n" if done >= total else ""))
 
 
 def evaluate(

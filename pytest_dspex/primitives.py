@@ -166,6 +166,34 @@ class Prediction(Example):
         return f"Prediction({fields})"
 
 
+def as_example(obj: Any, where: str = "example") -> Example:
+    """``obj`` as an ``Example`` with input keys: one of ours, or one that looks like it (a
+    ``dspy.Example``: ``toDict()`` and ``_input_keys``/``inputs()``), its input keys kept in field order."""
+    if isinstance(obj, Example):
+        if obj.input_keys is None:
+            raise ValueError(
+                f"{where} is an Example without input keys; load it with load_dataset(path, input_keys=[...]) "
+                "or call .with_inputs(...)"
+            )
+        return obj
+    to_dict = getattr(obj, "toDict", None)
+    keys = getattr(obj, "_input_keys", None)
+    if keys is None and callable(getattr(obj, "inputs", None)):
+        try:
+            keys = list(obj.inputs().keys())
+        except Exception:
+            keys = None
+    if callable(to_dict) and keys:
+        fields = dict(to_dict())
+        ordered = [k for k in fields if k in set(keys)]
+        return Example(fields).with_inputs(*ordered)
+    kind = "an example without input keys (call .with_inputs(...))" if callable(to_dict) else type(obj).__name__
+    raise ValueError(
+        f"{where} is {kind}, not an Example with input keys; load the data with "
+        "load_dataset(path, input_keys=[...]) or build Example(...).with_inputs(...)"
+    )
+
+
 def as_examples(rows: Iterable[Mapping[str, Any] | Example], input_keys: Iterable[str]) -> list[Example]:
     """Turn dicts (or examples) into examples with ``input_keys`` marked as inputs."""
     keys = tuple(input_keys)

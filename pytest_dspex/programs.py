@@ -190,7 +190,7 @@ class Predict(Module):
         self.adapter = get_adapter(adapter) if adapter is not None else None
         self.lm = lm
         self.json_fallback = json_fallback
-        self.config = config
+        self.config = _request_config(config)
         self.demos: list[dict[str, Any]] = []
         #: label -> score adjustment of a calibrated classifier (``pytest_dspex.calibration``), or None
         self.calibration: dict[str, float] | None = None
@@ -376,6 +376,30 @@ class Predict(Module):
         self.demos = loaded
         self.calibration = _load_calibration(state.get("calibration"), path)
         self.set_wording(**_saved_wording(sig, state.get("signature"), path))
+
+
+#: what ``Predict(..., **config)`` may set on each request (beside ``extra_body={...}``, sent as given)
+REQUEST_SETTINGS = frozenset({
+    "temperature", "max_tokens", "max_completion_tokens", "stop", "top_p", "top_k", "min_p", "seed",
+    "presence_penalty", "frequency_penalty", "repeat_penalty", "logit_bias", "logprobs", "top_logprobs",
+    "response_format", "rollout_id",
+})  # fmt: skip
+
+
+def _request_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``Predict``'s request settings; an unknown keyword (a typo, DSPy's ``n=3``) is a ``TypeError``
+    naming the equivalent instead of a field silently sent in the request body."""
+    from ._dspy_idioms import reject_unknown
+
+    config = dict(config)
+    extra = config.pop("extra_body", None) or {}
+    if not isinstance(extra, Mapping):
+        raise TypeError(f"Predict(extra_body=...) must be a dict of request fields, got {type(extra).__name__}")
+    if config.get("n", 1) == 1:
+        config.pop("n", None)  # DSPy's default: one completion, as here
+    unknown = {k: v for k, v in config.items() if k not in REQUEST_SETTINGS}
+    reject_unknown("Predict", unknown, [*REQUEST_SETTINGS, "adapter", "lm", "json_fallback", "extra_body"])
+    return {**config, **extra}
 
 
 def _prefix(spec: FieldSpec) -> str:

@@ -38,9 +38,12 @@ class lazy:
 
 
 def _check(values: dict[str, Any], where: str) -> None:
-    unknown = set(values) - set(_DEFAULTS)
+    unknown = {k: values[k] for k in sorted(set(values) - set(_DEFAULTS))}
     if unknown:
-        raise TypeError(f"{where}() got unknown settings: {', '.join(sorted(unknown))}")
+        from ._dspy_idioms import HINTS
+
+        parts = [f"{k!r} (pytest-dspex: {HINTS['configure'][k]})" if k in HINTS["configure"] else repr(k) for k in unknown]
+        raise TypeError(f"{where}() got unknown setting{'s' if len(parts) > 1 else ''} {', '.join(parts)}; it takes {', '.join(sorted(_DEFAULTS))}")
 
 
 def configure(**values: Any) -> None:

@@ -83,6 +83,10 @@ class LM:
       is rare.
     * ``breaker_fail_max=5`` failed logical calls in a row open the circuit breaker for
       ``breaker_reset_timeout=30`` s (``resilience``).
+
+    DSPy's spellings are accepted: ``api_base`` for ``base_url``, ``num_retries`` for ``retries``,
+    ``cache=True``/``False`` for the default cache / none. Any other unknown keyword is a
+    ``TypeError`` naming what to use instead (``_dspy_idioms``).
     """
 
     def __init__(
@@ -100,7 +104,7 @@ class LM:
         retries: int = 3,
         backoff_base: float = 0.1,
         concurrency: int = 16,
-        cache: ResponseCache | NotGiven | None = NOT_GIVEN,
+        cache: ResponseCache | NotGiven | bool | None = NOT_GIVEN,
         cache_dir: str | os.PathLike[str] | None = None,
         cache_mode: CacheMode = "on",
         breaker_fail_max: int = 5,
@@ -113,7 +117,25 @@ class LM:
         hedge_after: float | Literal["auto"] | None = "auto",
         cache_identity: str | None = None,
         _family: tuple[Credentials, Breaker] | None = None,
+        api_base: str | None = None,
+        num_retries: int | None = None,
+        **unknown: Any,
     ) -> None:
+        # DSPy's spellings: api_base is base_url, num_retries is retries, cache=True/False is on/off
+        if unknown:
+            from .._dspy_idioms import reject_unknown
+
+            reject_unknown("LM", unknown, [*_SETTINGS, "model", "base_url", "api_key", "cache", "api_base", "num_retries"])
+        if api_base is not None:
+            if base_url is not None and base_url != api_base:
+                raise ConfigError(f"LM got base_url={base_url!r} and api_base={api_base!r}; api_base is DSPy's name for base_url, give one")
+            base_url = api_base
+        if num_retries is not None:
+            retries = num_retries
+        if cache is True:
+            cache = NOT_GIVEN
+        elif cache is False:
+            cache = None
         if not model:
             raise ConfigError("LM needs a model name")
         if concurrency < 1:

@@ -378,6 +378,7 @@ def dspex_evaluate(request: pytest.FixtureRequest) -> Evaluator:
 def dspex_example(request: pytest.FixtureRequest) -> Any:
     """One example of the ``dspex_dataset`` marker's dataset (the test is parametrized over them)."""
     if not hasattr(request, "param"):
+        program_spec(request.node, Path(request.node.path).parent)  # a bad dspex_program marker speaks first
         pytest.fail(f"{request.node.nodeid}: dspex_example needs @pytest.mark.dspex_dataset('path.jsonl') on the test", pytrace=False)
     node = request.node
     base = Path(node.path).parent

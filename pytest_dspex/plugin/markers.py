@@ -115,10 +115,17 @@ def program_spec(node: Any, base: Path) -> ProgramSpec | None:
         except Exception as exc:
             _bad(node, "dspex_program", f"program: {exc}")
     if not isinstance(program, Module):
+        from .._dspy_idioms import dspy_kind, dspy_program_message
+
+        kind = dspy_kind(program)
+        if kind is not None:
+            _bad(node, "dspex_program", dspy_program_message(kind))
+        shown = repr(program)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
         _bad(
             node,
             "dspex_program",
-            f"program must be a Predict, ChainOfThought or Module instance, got {program!r} ({type(program).__name__})",
+            f"program must be a Predict, ChainOfThought or Module instance, got {shown} ({type(program).__name__})",
         )
     name = mark.kwargs.get("name") or _default_name(program)
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):

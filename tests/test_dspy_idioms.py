@@ -1,0 +1,109 @@
+"""What a DSPy 3.4.1 user writes is accepted, or answered with the pytest-dspex equivalent (issue 25)."""
+
+from __future__ import annotations
+
+import pytest
+
+import pytest_dspex as dspex
+from pytest_dspex.fake_server import FakeLMServer
+
+
+class _DspyLikeExample:
+    """A ``dspy.Example`` as its duck type: ``toDict()``, ``_input_keys`` (a set) and ``inputs()``."""
+
+    def __init__(self, **fields: object) -> None:
+        self._store = dict(fields)
+        self._input_keys: set[str] | None = None
+
+    def with_inputs(self, *keys: str) -> _DspyLikeExample:
+        new = _DspyLikeExample(**self._store)
+        new._input_keys = set(keys)
+        return new
+
+    def toDict(self) -> dict[str, object]:
+        return dict(self._store)
+
+    def keys(self) -> list[str]:
+        return list(self._store)
+
+    def __getitem__(self, key: str) -> object:
+        return self._store[key]
+
+
+def _answer(body: dict) -> str:
+    return " 4"
+
+
+def _exact(example, prediction, trace=None) -> bool:
+    return bool(example.answer == prediction.answer)
+
+
+@pytest.fixture
+def server():
+    with FakeLMServer(_answer) as s:  # its own: these tests set the responder
+        yield s
+
+
+def test_lm_accepts_api_base_and_num_retries_as_dspy_spells_them(server):
+    lm = dspex.LM("fake", api_base=server.base_url, api_key="x", num_retries=1, cache=False)
+    assert lm.base_url == server.base_url and lm.retry.retries == 1 and lm.cache is None
+    assert dspex.Predict("question -> answer", lm=lm)(question="2 + 2?").answer == "4"
+    with pytest.raises(dspex.ConfigError, match="api_base is DSPy's name for base_url, give one"):
+        dspex.LM("fake", api_base=server.base_url, base_url="http://127.0.0.1:1/v1")
+    with pytest.raises(TypeError, match=r"LM\(\) got unexpected keyword argument 'model_type' \(pytest-dspex: not needed"):
+        dspex.LM("fake", base_url=server.base_url, model_type="chat")
+
+
+def test_evaluate_takes_num_threads_dspy_examples_and_reports_dspy_percent(server):
+    lm = dspex.LM("fake", base_url=server.base_url, api_key="x", cache=None)
+    devset = [_DspyLikeExample(id=i, question=f"{i} + 2?", answer="4" if i % 2 else "5").with_inputs("question") for i in range(4)]
+    evaluate = dspex.Evaluate(devset=devset, metric=_exact, num_threads=3)
+    assert evaluate.concurrency == 3
+    result = evaluate(dspex.Predict("question -> answer", lm=lm))
+    assert (result.n, result.score, result.percent) == (4, 0.5, 50.0)
+    assert result.records[0].inputs == {"question": "0 + 2?"}  # input keys kept, labels are labels
+    with pytest.raises(ValueError, match=r"devset item 0 is an example without input keys \(call \.with_inputs"):
+        dspex.Evaluate([_DspyLikeExample(question="q", answer="a")], _exact)
+    with pytest.raises(ValueError, match="devset item 1 is dict, not an Example with input keys"):
+        dspex.Evaluate([devset[0], {"question": "q"}], _exact)
+
+
+def test_evaluate_display_progress_prints_dspy_style_progress(server, capsys):
+    lm = dspex.LM("fake", base_url=server.base_url, api_key="x", cache=None)
+    devset = [dspex.Example(question="q", answer="4").with_inputs("question")]
+    dspex.Evaluate(devset, _exact, display_progress=True)(dspex.Predict("question -> answer", lm=lm))
+    assert "Average metric: 1.000 (1/1, 0 errors)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: dspex.Evaluate([], _exact, max_errors=5), r"'max_errors' \(pytest-dspex: never stops early.*--dspex-max-error-rate"),
+        (lambda: dspex.Evaluate([], _exact, display_table=5), r"'display_table' \(pytest-dspex: print\(result.summary\(\)\)"),
+        (lambda: dspex.Predict("q -> a", n=3), r"'n' \(pytest-dspex: one completion per call here: .*--dspex-repeats N"),
+        (lambda: dspex.Predict("q -> a", temprature=0.5), r"'temprature' \(did you mean 'temperature'\?\)"),
+        (lambda: dspex.ChainOfThought("q -> a", rationale_field="why"), r"'rationale_field' \(pytest-dspex: ChainOfThought\(\.\.\., rationale_desc="),
+        (lambda: dspex.configure(track_usage=True), r"configure\(\) got unknown setting 'track_usage' \(pytest-dspex: usage is always counted"),
+        (lambda: dspex.configure(max_errors=3), r"'max_errors' \(pytest-dspex: never stops early"),
+        (lambda: dspex.configure(num_threads=8), r"'num_threads' \(pytest-dspex: Evaluate\(concurrency=\.\.\.\)"),
+    ],
+)
+def test_dspy_options_without_a_twin_say_what_to_use(call, message):
+    with pytest.raises(TypeError, match=message):
+        call()
+
+
+def test_predict_sends_known_settings_and_extra_body_but_no_unknown_field(server):
+    lm = dspex.LM("fake", base_url=server.base_url, api_key="x", cache=None)
+    seen: list[dict] = []
+    server.responder = lambda body: (seen.append(body), " 4")[1]
+    assert dspex.Predict("q -> a", lm=lm, n=1, top_p=0.5, extra_body={"cache_prompt": True})(q="x").a == "4"
+    assert seen[-1]["top_p"] == 0.5 and seen[-1]["cache_prompt"] is True and "n" not in seen[-1]
+
+
+def test_optimizers_are_at_the_top_level():
+    from pytest_dspex.optimize import BootstrapFewShot, BootstrapFewShotWithRandomSearch, LabeledFewShot
+
+    assert dspex.BootstrapFewShot is BootstrapFewShot
+    assert dspex.LabeledFewShot is LabeledFewShot
+    assert dspex.BootstrapFewShotWithRandomSearch is BootstrapFewShotWithRandomSearch
