@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from .fixtures import (
+    DatasetProblem,
     NotAnswered,
     dspex_evaluate,
     dspex_example,
@@ -130,7 +131,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     try:
         examples = session.dataset(marked[0], spec.input_keys, marked[1]).examples
     except DatasetError as exc:
-        pytest.fail(f"{node.nodeid}: {exc}", pytrace=False)
+        # one item that fails with the message, not a collection error: under xdist every worker
+        # collects, and each would print it; one item is said once, by whichever worker runs it
+        problem = DatasetProblem(str(exc).replace(str(marked[0]), session.rel(marked[0])))
+        metafunc.parametrize("dspex_example", [problem], indirect=True, ids=["dataset-error"])
+        return
     ids = [example_id(ex, i) for i, ex in enumerate(examples)]
     indices = list(range(len(examples)))
     shard = session.options.shard
@@ -163,11 +168,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
             write_usage_error(dspex.run_id, worker, problem)
     chunks: dict[str, str] = {}
+    lowest: dict[str, int] = {}
     for item in session.items:
         callspec = getattr(item, "callspec", None)
-        if callspec is not None and "dspex_example" in callspec.params:
+        if callspec is not None and isinstance(callspec.params.get("dspex_example"), int):
             key, index = test_key(item), int(callspec.params["dspex_example"])
             dspex.selected.setdefault(key, set()).add(index)
+            if index < lowest.get(key, index + 1):  # the item that reports a failure its test shares
+                lowest[key], dspex.first_items[key] = index, item.nodeid
             chunks[item.nodeid] = f"dspex::{key}::{dspex.chunk_of(index)}"
     if dspex.is_worker and chunks:
         from .xdist import write_chunks

@@ -25,7 +25,7 @@ from .session import Dataset, DspexSession, Resolved, session_key
 if TYPE_CHECKING:
     from ..records import ExampleRecord
 
-__all__ = ["Evaluator", "NotAnswered", "Predictor", "index_key", "payload_key", "test_key"]
+__all__ = ["DatasetProblem", "Evaluator", "NotAnswered", "Predictor", "index_key", "payload_key", "test_key"]
 
 index_key = pytest.StashKey[int]()
 #: the JSON payload a test's report carries to the controller (see ``report``)
@@ -33,6 +33,10 @@ payload_key = pytest.StashKey[dict[str, Any]]()
 
 #: kinds that fail their item: the code under test is broken, not the model's answer
 ITEM_FAILING_KINDS = frozenset({"program", "metric"})
+
+
+class DatasetProblem(str):
+    """The ``dspex_example`` parameter of a per-example test whose dataset cannot be loaded: its message."""
 
 
 class NotAnswered(Exception):
@@ -104,7 +108,8 @@ class _TestContext:
         try:
             return self.session.dataset(path, self.spec.input_keys, limit)
         except DatasetError as exc:
-            pytest.fail(str(exc), pytrace=False)
+            problem = str(exc).replace(str(path), self.session.rel(path))
+        pytest.fail(problem, pytrace=False)  # outside the handler: no chained traceback
 
     def resolve(self, gate: Path | None) -> Resolved:
         progress = Progress.for_config(self.request.config, "")  # compile phases name the program
@@ -112,6 +117,22 @@ class _TestContext:
             progress,
             lambda: self.session.resolve(self.spec, self.mspec, self.test_file, gate, progress.say if progress else None),
         )
+
+    def resolve_item(self, gate: Path, key: str) -> Resolved:
+        """``resolve`` for a per-example item: a program that cannot be made ready (missing or stale
+        golden) fails the test's first selected item once; its other items are skipped, pointing there."""
+        first = self.session.first_items.get(key, self.node.nodeid)
+        try:
+            return self.resolve(gate)
+        except pytest.fail.Exception as exc:
+            problem = str(exc.msg)
+        others = len(self.session.selected.get(key, ())) - 1
+        if self.node.nodeid == first:
+            if others > 0:
+                problem += f"\n(one failure for the test: its other {others} selected example(s) are skipped)"
+            pytest.fail(problem, pytrace=False)
+        # located at the test, not here, so -rs groups the skipped items in one line
+        raise pytest.skip.Exception(f"program {self.spec.name!r} not ready: reported once, at {first}", _use_item_location=True)
 
     @property
     def tolerance(self) -> float:
@@ -162,10 +183,13 @@ class Evaluator:
             from ..datasets import fingerprint as fingerprint_of
 
             examples = as_examples(list(dataset), spec.input_keys)
+            problem = None
             try:  # records are matched with the golden's by key: two examples may not share one
                 check_unique_keys(examples, f"{node.nodeid}: the dataset given to dspex_evaluate")
             except DatasetError as exc:
-                pytest.fail(str(exc), pytrace=False)
+                problem = str(exc)
+            if problem is not None:  # outside the handler: no chained traceback
+                pytest.fail(problem, pytrace=False)
             fingerprint = fingerprint_of(examples)
         resolved = ctx.resolve(gate_path)
         dataset_size = len(examples)
@@ -254,9 +278,9 @@ class Predictor:
             example = self._request.getfixturevalue("dspex_example")
         index = node.stash.get(index_key, -1)
         data = ctx.dataset(path, limit)
-        resolved = ctx.resolve(path)
-        options = session.options
         key = test_key(node)
+        resolved = ctx.resolve_item(path, key)
+        options = session.options
 
         def evaluate(items: list[tuple[int, Any]]) -> list[ExampleRecord]:
             progress = Progress.for_config(self._request.config, spec.name) if len(items) > 1 else None
@@ -357,7 +381,8 @@ def dspex_load_dataset(request: pytest.FixtureRequest) -> Any:
         try:
             return session.dataset(p if p.is_absolute() else base / p, input_keys, limit).examples
         except DatasetError as exc:
-            pytest.fail(str(exc), pytrace=False)
+            problem = str(exc)
+        pytest.fail(problem, pytrace=False)  # outside the handler: no chained traceback
 
     return load
 
@@ -381,6 +406,8 @@ def dspex_example(request: pytest.FixtureRequest) -> Any:
         program_spec(request.node, Path(request.node.path).parent)  # a bad dspex_program marker speaks first
         pytest.fail(f"{request.node.nodeid}: dspex_example needs @pytest.mark.dspex_dataset('path.jsonl') on the test", pytrace=False)
     node = request.node
+    if isinstance(request.param, DatasetProblem):
+        pytest.fail(str(request.param), pytrace=False)  # the item is named in the header
     base = Path(node.path).parent
     spec = require(node, program_spec(node, base), "dspex_program", "dspex_example")
     path, limit = require(node, dataset_path(node, base), "dspex_dataset", "dspex_example")

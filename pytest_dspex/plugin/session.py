@@ -102,6 +102,10 @@ class DspexSession:
         self._evaluated_chunks: set[tuple[str, int]] = set()
         self._once: set[Any] = set()
         self._tallies: dict[str, Tally] = {}
+        #: golden path -> why its program could not be made ready (said once, by the first item: ``unavailable``)
+        self._unavailable: dict[Path, str] = {}
+        #: per-example test key -> node id of its first selected item (the one that reports a shared failure)
+        self.first_items: dict[str, str] = {}
 
     # -- LMs and events -------------------------------------------------------------------------
     @property
@@ -151,13 +155,27 @@ class DspexSession:
         hit = self._resolved.get(path)
         if hit is not None:
             return hit
+        if path in self._unavailable:
+            pytest.fail(self._unavailable[path], pytrace=False)
         self._activate()
-        if self.options.compiles(spec.name):
-            resolved = self._compile(spec, metric, path, gate_dataset, progress)
-        else:
-            resolved = self._load(spec, path)
+        try:
+            if self.options.compiles(spec.name):
+                resolved = self._compile(spec, metric, path, gate_dataset, progress)
+            else:
+                resolved = self._load(spec, path)
+        except pytest.fail.Exception as exc:  # one cause, one message: the next test using it is told the same
+            self._unavailable[path] = str(exc.msg)
+            raise
         self._resolved[path] = resolved
         return resolved
+
+    def unavailable(self, path: Path) -> str | None:
+        """Why the program of golden ``path`` could not be made ready in this process (None if it was)."""
+        return self._unavailable.get(path)
+
+    def _said(self, exc: Exception, path: Path) -> str:
+        """An error's message with the golden's path relative to the rootdir."""
+        return str(exc).replace(str(path), self.rel(path))
 
     def _load(self, spec: ProgramSpec, path: Path) -> Resolved:
         from .._exceptions import GoldenFileError
@@ -166,18 +184,33 @@ class DspexSession:
         if not path.exists():
             if self.options.missing_golden == "zero-shot":
                 return Resolved(spec.name, spec.program, path, None, note="no golden: zero-shot")
-            pytest.fail(
-                f"no golden file for program {spec.name!r}: {self.rel(path)}\n"
-                f"run `pytest --dspex-compile` (or --dspex-compile={spec.name}) to create it, "
-                "or set dspex_missing_golden = zero-shot to run without demos",
-                pytrace=False,
-            )
+            pytest.fail(self._missing(spec, path), pytrace=False)
+        problem: str | None = None
         try:
             golden = GoldenStore.read(path)
             program = golden.apply(spec.program)
         except GoldenFileError as exc:
-            pytest.fail(str(exc), pytrace=False)
+            problem = self._said(exc, path)
+        if problem is not None:  # outside the handler: one message, no chained traceback
+            pytest.fail(problem, pytrace=False)
         return Resolved(spec.name, program, path, golden)
+
+    def _missing(self, spec: ProgramSpec, path: Path) -> str:
+        """The missing-golden failure, naming the orphaned goldens that look like this program's."""
+        from ..orphans import look_alikes
+
+        text = f"no golden file for program {spec.name!r}: {self.rel(path)}\n"
+        alikes = look_alikes(path, spec.program, Path(self.config.rootpath))
+        if alikes:
+            shown = ", ".join(self.rel(p) for p in alikes[:3]) + (f" and {len(alikes) - 3} more" if len(alikes) > 3 else "")
+            text += (
+                f"an orphaned golden with this program's fields: {shown}; if the program was renamed or its test "
+                f"file moved, move it: git mv {self.rel(alikes[0])} {self.rel(path)}\n"
+            )
+        return text + (
+            f"{'else ' if alikes else ''}run `pytest --dspex-compile` (or --dspex-compile={spec.name}) to create it, "
+            "or set dspex_missing_golden = zero-shot to run without demos"
+        )
 
     def _compile(
         self, spec: ProgramSpec, metric: MetricSpec | None, path: Path, gate_dataset: Path | None, progress: Any
@@ -223,7 +256,11 @@ class DspexSession:
                 defer_write=self.is_worker,  # one golden writer: the controller, which owns the rootdir
             )
         except (DatasetError, GoldenFileError) as exc:
-            pytest.fail(str(exc), pytrace=False)
+            problem: str | None = self._said(exc, path)
+        else:
+            problem = None
+        if problem is not None:  # outside the handler: one message, no chained traceback
+            pytest.fail(problem, pytrace=False)
         if done.result is None:  # another worker of this run compiled it
             return Resolved(spec.name, done.program, path, done.golden, note="compiled by another worker")
         self.config.hook.pytest_dspex_compile_result(program=spec.name, result=done.result, outcome=done.outcome, path=path)
