@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import functools
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -67,7 +68,49 @@ def render_value(value: Any) -> str:
         return str(value)
 
 
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+#: a whole answer that is a number: sign, digits (commas only between thousands), decimals, exponent
+_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+|(?=\.\d))(?:\.\d*)?(?:[eE][-+]?\d+)?")
+
+
+def _coerce_number(spec: FieldSpec, raw: Any, adapter: str) -> int | float:
+    """An ``int`` or ``float`` field: the answer must be a number, nothing else.
+
+    Text is stripped of surrounding quotes, backticks, bold and one final period; digits inside other
+    text are not a number (``'version 3 of 5'``, ``'0x1A'``, ``'result2-039a'`` are parse misses), an
+    int field takes an integral value only (``'98.7'`` is a miss, ``'98.0'`` is 98), and a value out of
+    range (``1e400``, inf, NaN) is a miss. The same rule whatever the adapter (text or JSON value).
+    """
+    tp = spec.annotation
+    value: Any = raw
+    if isinstance(raw, str):
+        text = raw.strip().strip("`'\"*").strip()
+        if text.endswith(".") and not text.endswith(".."):
+            text = text[:-1]
+        if not _NUMBER.fullmatch(text):
+            value = None
+        else:
+            text = text.replace(",", "")
+            literal_int = not any(c in text for c in ".eE")
+            value = int(text) if literal_int else float(text)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise AdapterParseError(
+            f"field {spec.name!r}: expected a number ({spec.type_name}), got {_short(render_value(raw))!r}",
+            completion=render_value(raw), adapter=adapter,
+        )  # fmt: skip
+    if isinstance(value, float) and not math.isfinite(value):
+        raise AdapterParseError(
+            f"field {spec.name!r}: {_short(render_value(raw))!r} is out of range for {spec.type_name}",
+            completion=render_value(raw), adapter=adapter,
+        )  # fmt: skip
+    if tp is int and isinstance(value, float):
+        if not value.is_integer():
+            raise AdapterParseError(
+                f"field {spec.name!r}: expected a whole number (int), got {_short(render_value(raw))!r}",
+                completion=render_value(raw), adapter=adapter,
+            )  # fmt: skip
+        value = int(value)
+    result: int | float = spec.type_adapter.validate_python(value)
+    return result
 
 
 def coerce(spec: FieldSpec, raw: Any, adapter: str = "") -> Any:
@@ -75,6 +118,8 @@ def coerce(spec: FieldSpec, raw: Any, adapter: str = "") -> Any:
     tp = spec.annotation
     if tp is str:
         return raw.strip() if isinstance(raw, str) else render_value(raw)
+    if tp is int or tp is float:
+        return _coerce_number(spec, raw, adapter)
     if isinstance(raw, str) and (shown := shown_choices(spec)) is not None:
         back = {v.lower(): k for k, v in shown.items()}
         raw = back.get(raw.strip().strip("`'\"*").strip().rstrip(".!").strip().lower(), raw)
@@ -83,20 +128,6 @@ def coerce(spec: FieldSpec, raw: Any, adapter: str = "") -> Any:
         origin = get_origin(tp)
         if origin is Literal:
             return _coerce_literal(spec, text, adapter)
-        if tp in (int, float):
-            try:
-                return spec.type_adapter.validate_python(text)
-            except pydantic.ValidationError:
-                m = _NUMBER.search(text.replace(",", ""))
-                if m:
-                    try:
-                        return spec.type_adapter.validate_python(m.group(0) if tp is float else int(float(m.group(0))))
-                    except (pydantic.ValidationError, ValueError):
-                        pass
-                raise AdapterParseError(
-                    f"field {spec.name!r}: expected {spec.type_name}, got {_short(text)!r}",
-                    completion=raw, adapter=adapter,
-                ) from None
         if tp is bool:
             word = text.split()[0].strip(".,!").lower() if text else text
             try:

@@ -84,3 +84,78 @@ def test_compact_answer_hint_only_where_the_demos_do_not_show_every_label_and_th
     Bare.instructions = ""
     only_user = CompactAdapter(answer_hint=False).format(Bare, [], {"message": "x"})
     assert [m["role"] for m in only_user.messages] == ["user"]
+
+
+# -- strict typed parsing (issue 23): a number field takes a number, in every adapter -------------
+NUMBERS = dspex.make_signature("m -> n: int, x: float")
+
+
+def _each_adapter(n_text: str) -> list[tuple[str, object, str]]:
+    """The same answer for ``n`` in each adapter's layout (JSON: as a JSON string)."""
+    import json
+
+    return [
+        ("compact", CompactAdapter(), f"N: {n_text}\nX: 1.5"),
+        ("chat", ChatAdapter(), f"[[ ## n ## ]]\n{n_text}\n\n[[ ## x ## ]]\n1.5\n\n[[ ## completed ## ]]"),
+        ("json", JSONAdapter(), json.dumps({"n": n_text, "x": 1.5})),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("3", 3), (" 42.", 42), ("-5", -5), ("1,234", 1234), ("**7**", 7), ("`12`", 12), ("98.0", 98), ("1e3", 1000)],
+)
+def test_a_number_field_accepts_a_number(text, value):
+    for name, adapter, completion in _each_adapter(text):
+        assert adapter.parse(NUMBERS, completion) == {"n": value, "x": 1.5}, name
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("98.7", "expected a whole number"),
+        ("0x1A", "expected a number"),
+        ("version 3 of 5", "expected a number"),
+        ("result2-039a296fde", "expected a number"),
+        ("12,34", "expected a number"),
+        ("seven", "expected a number"),
+        ("1e400", "out of range"),
+        ("nan", "expected a number"),
+    ],
+)
+def test_digits_inside_other_text_or_out_of_range_are_parse_misses(text, message):
+    for name, adapter, completion in _each_adapter(text):
+        with pytest.raises(dspex.AdapterParseError, match=message):
+            adapter.parse(NUMBERS, completion)
+            pytest.fail(f"{name} parsed {text!r}")
+
+
+def test_json_numbers_follow_the_same_rules():
+    assert JSONAdapter().parse(NUMBERS, '{"n": 4, "x": 2}') == {"n": 4, "x": 2.0}
+    for body, message in [('{"n": 98.7, "x": 1}', "whole number"), ('{"n": 1e400, "x": 1}', "out of range"),
+                          ('{"n": true, "x": 1}', "expected a number"), ('{"n": 1, "x": 1e400}', "out of range")]:  # fmt: skip
+        with pytest.raises(dspex.AdapterParseError, match=message):
+            JSONAdapter().parse(NUMBERS, body)
+
+
+def test_an_out_of_range_answer_falls_back_to_json_and_is_a_parse_miss_not_a_program_error(server_factory, make_lm):
+    import asyncio
+
+    from pytest_dspex.evaluation import evaluate_records
+
+    sig = dspex.make_signature("m -> n: int")
+
+    def responder(body):
+        if "JSON" in body["messages"][0]["content"]:
+            return '{"n": 1e400}' if "huge" in body["messages"][-1]["content"] else '{"n": 7}'
+        return " 1e400"
+
+    server = server_factory(responder)
+    p = dspex.Predict(sig, lm=make_lm(server))
+    assert p(m="fine").n == 7 and server.requests == 2  # the compact answer was out of range: JSON asked
+    with pytest.raises(dspex.AdapterParseError, match="out of range"):
+        p(m="huge")
+    records = asyncio.run(
+        evaluate_records(p, [(0, dspex.Example(m="huge", n=1).with_inputs("m"))], lambda e, pr, t=None: pr.n == e.n)
+    )
+    assert records[0].error_kind == "parse" and records[0].score == 0.0
