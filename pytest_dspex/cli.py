@@ -2,6 +2,7 @@
 
     python -m pytest_dspex prompt tests/__dspex__/test_triage/triage.json --input message="I was charged twice"
     python -m pytest_dspex report dspex-report.json --html report.html --markdown summary.md
+    python -m pytest_dspex import optimized.json --test tests/test_triage.py::test_triage
 
 Each subcommand is a function that adds its parser to the ``subparsers`` it is given and sets
 ``handler`` (``Namespace -> exit code``); ``COMMANDS`` lists them in help order, so adding one is
@@ -149,6 +150,33 @@ def _report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- import (pytest_dspex.importer) -------------------------------------------------------------
+def _add_import(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "import",
+        help="turn a DSPy program's saved state into a test's golden, with a fresh baseline",
+        description="Load SAVED (a program saved by DSPy with program.save(), any optimizer) into the program of "
+        "TEST's @pytest.mark.dspex_program, write its golden file (demos, instructions and field wording kept) "
+        "and run TEST once: the gate's dataset is evaluated with the imported program and those outcomes are "
+        "the golden's baseline. Arguments after -- go to pytest (e.g. -- --dspex-model=gpt-4o-mini).",
+    )
+    p.add_argument("saved", metavar="SAVED", help="the JSON file written by DSPy's program.save()")
+    p.add_argument("--test", required=True, metavar="TEST", help="the pytest node id of the gate, e.g. tests/test_triage.py::test_triage")
+    p.add_argument("--force", action="store_true", help="replace the program's existing golden file")
+    p.set_defaults(handler=_import, takes_pytest_args=True)
+
+
+def _import(args: argparse.Namespace) -> int:
+    from ._exceptions import DspexError
+    from .importer import import_dspy_state
+
+    try:
+        result = import_dspy_state(args.saved, args.test, force=args.force, pytest_args=args.pytest_args, out=sys.stdout)
+    except DspexError as exc:
+        raise CommandError(str(exc)) from None
+    return result.exit_code
+
+
 # -- combine (pytest_dspex.combine) -------------------------------------------------------------
 def _add_combine(sub: Subparsers) -> None:
     from .combine import add_parser
@@ -158,7 +186,7 @@ def _add_combine(sub: Subparsers) -> None:
 
 # -- entry -------------------------------------------------------------------------------------
 #: The subcommands, in help order: each adds its parser and sets ``handler``.
-COMMANDS: list[Callable[[Subparsers], None]] = [_add_prompt, _add_report, _add_combine]
+COMMANDS: list[Callable[[Subparsers], None]] = [_add_prompt, _add_import, _add_report, _add_combine]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,7 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:  # what follows goes to pytest (``import``)
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1 :]
     args = parser.parse_args(argv)
+    if extra and not getattr(args, "takes_pytest_args", False):
+        parser.error(f"{args.command}: arguments after -- are for `import` (pytest's arguments)")
+    args.pytest_args = extra
     handler: Handler = args.handler
     try:
         return handler(args)
