@@ -126,3 +126,65 @@ def test_a_dspy_save_for_another_signature_is_a_clear_error(saves: dict[str, Pat
 
 def test_dspy_is_the_pinned_version() -> None:
     assert dspy.__version__ == "3.4.1"
+
+
+USER_TEST = '''
+import pytest
+import pytest_dspex as dspex
+
+
+class QA(dspex.Signature):
+    """Answer the arithmetic question."""
+
+    question: str = dspex.InputField(desc="a sum to work out")
+    answer: str = dspex.OutputField(desc="digits only")
+
+
+qa = dspex.Predict(QA, adapter="chat")
+
+
+def exact(example, prediction, trace=None):
+    return example.answer == prediction.answer
+
+
+@pytest.mark.dspex_program(qa, name="qa")
+@pytest.mark.dspex_metric(exact, threshold=0.5)
+def test_qa(dspex_evaluate):
+    dspex_evaluate("data/dev.jsonl")
+'''
+
+
+def test_the_import_command_turns_a_real_dspy_save_into_a_gated_golden_that_goes_back_to_dspy_unchanged(
+    saves: dict[str, Path], pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    from pytest_dspex.fake_server import FakeLMServer
+
+    from .dspy_saves import sum_responder
+
+    pytester.makepyfile(test_qa=USER_TEST)
+    dev = "\n".join(json.dumps({"id": f"d-{i}", "question": f"What is {i} + 7?", "answer": str(i + 7)}) for i in range(12))
+    pytester.makefile(".jsonl", **{"data/dev": dev + "\n"})
+    original = _state(saves["opt_predict"])
+    (pytester.path / "optimized.json").write_text(json.dumps(original), encoding="utf-8")
+    with FakeLMServer(sum_responder) as server:
+        result = pytester.run(
+            sys.executable, "-m", "pytest_dspex", "import", "optimized.json", "--test", "test_qa.py::test_qa", "--",
+            f"--dspex-base-url={server.base_url}", "--dspex-model=fake", "--dspex-cache=off", timeout=120,
+        )  # fmt: skip
+        assert result.ret == 0, result.stdout.str() + result.stderr.str()
+        result.stdout.fnmatch_lines(["*baseline on the gate's dataset: 1.000 over 12 examples*"])
+        again = pytester.runpytest_subprocess(f"--dspex-base-url={server.base_url}", "--dspex-model=fake", "--dspex-cache=off")
+        assert again.ret == 0
+    golden = GoldenStore(pytester.path / "__dspex__").read(pytester.path / "__dspex__/test_qa/qa.json")
+    assert len(golden.data["scores"]["validation"]["examples"]) == 12
+    assert golden.data["predictors"]["self"]["overrides"]["instructions"] == OPTIMIZED
+
+    # and back: the golden, exported, is DSPy's own save again (demos, instructions, field wording)
+    back = tmp_path / "back.json"
+    back.write_text(json.dumps(to_dspy_state(golden, make_dspex_programs()["predict"])), encoding="utf-8")
+    theirs = dspy_programs()["predict"]
+    theirs.load(str(back))
+    theirs.save(str(tmp_path / "again.json"))
+    again_state = _state(tmp_path / "again.json")
+    assert again_state["demos"] == original["demos"]
+    assert again_state["signature"] == original["signature"]
