@@ -116,8 +116,16 @@ def _submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
     return fut
 
 
+#: set by ``_threads.SyncCaller`` around a sync call it is learning about: each ``run_sync`` inside
+#: appends to the list, so a metric that waits on this loop (an LM judge) is never run on it.
+loop_waits: contextvars.ContextVar[list[None] | None] = contextvars.ContextVar("dspex_loop_waits", default=None)
+
+
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` on the background loop and wait for it (from any thread but that loop's)."""
+    waits = loop_waits.get()
+    if waits is not None:
+        waits.append(None)
     if in_runtime():
         coro.close()
         raise RuntimeError(

@@ -28,7 +28,7 @@ from typing import Any
 
 from . import _lending, _runtime, events, settings, tracing
 from ._exceptions import DspexError
-from ._threads import run_in_thread
+from ._threads import SyncCaller
 from .lm.usage import Usage, track_usage
 from .metrics import metric_name, to_score
 from .primitives import Example, Prediction, as_example
@@ -100,8 +100,10 @@ MetricCaller = Callable[[Example, Prediction], Awaitable[Any]]
 def metric_caller(metric: Callable[..., Any]) -> MetricCaller:
     """``await call(example, prediction)`` runs ``metric``, its kind (async, sync, inline) worked out once.
 
-    Async metrics run on the loop, sync ones in a worker thread (they may call an LM); metrics marked
-    ``_dspex_inline`` (the ready-made ones in ``metrics``) are pure and quick and run inline.
+    Async metrics run on the loop; sync ones in a worker thread (they may call an LM or block) until
+    their first calls show they are quick and never wait on the loop, then inline
+    (``_threads.SyncCaller``); metrics marked ``_dspex_inline`` (the ready-made ones in ``metrics``)
+    are pure and quick and run inline from the start.
     """
     if getattr(metric, "_dspex_inline", False):
 
@@ -116,9 +118,10 @@ def metric_caller(metric: Callable[..., Any]) -> MetricCaller:
             return await value if inspect.isawaitable(value) else value
 
     else:
+        sync = SyncCaller(metric)  # to_thread's semantics, less CPU; inline once known to be quick
 
         async def call(example: Example, prediction: Prediction) -> Any:
-            value = await run_in_thread(metric, example, prediction)  # to_thread's semantics, less CPU
+            value = await sync(example, prediction)
             return await value if inspect.isawaitable(value) else value
 
     return call
