@@ -132,7 +132,7 @@ def check_unique_keys(
 
 
 def _read_jsonl(p: Path) -> Iterable[tuple[int, dict[str, Any]]]:
-    with p.open(encoding="utf-8") as fh:
+    with p.open(encoding="utf-8-sig") as fh:
         for lineno, text in enumerate(fh, 1):
             if not text.strip():
                 continue
@@ -147,7 +147,7 @@ def _read_jsonl(p: Path) -> Iterable[tuple[int, dict[str, Any]]]:
 
 def _read_json(p: Path) -> Iterable[tuple[int, dict[str, Any]]]:
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = json.loads(p.read_text(encoding="utf-8-sig"))
     except ValueError as exc:
         raise DatasetError(f"{p}: not valid JSON ({exc})") from None
     if isinstance(data, dict) and isinstance(data.get("examples"), list):
@@ -161,7 +161,7 @@ def _read_json(p: Path) -> Iterable[tuple[int, dict[str, Any]]]:
 
 
 def _read_csv(p: Path) -> Iterable[tuple[int, dict[str, Any]]]:
-    with p.open(encoding="utf-8", newline="") as fh:
+    with p.open(encoding="utf-8-sig", newline="") as fh:  # a BOM (Excel's "CSV UTF-8") is not part of the first column
         reader = csv.DictReader(fh)
         if not reader.fieldnames:
             raise DatasetError(f"{p}: CSV has no header row")

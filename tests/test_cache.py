@@ -98,3 +98,21 @@ def test_a_damaged_cache_in_replay_mode_is_reported_and_left_alone(tmp_path):
     with pytest.raises(dspex.ConfigError, match=f"LM cache at {d} is damaged.*'replay' never writes"):
         dspex.ResponseCache(d, "replay")
     assert _snapshot(d) == before and not list(tmp_path.glob("c.corrupt-*"))
+
+
+def test_a_new_cache_folder_is_ignored_by_git_and_a_users_folder_is_left_alone(tmp_path):
+    """As pytest does for ``.pytest_cache``: ``git add -A`` never commits the cache (issue 23)."""
+    import subprocess
+
+    d = tmp_path / ".dspex_cache"
+    _filled(d)
+    assert (d / ".gitignore").read_text().splitlines()[-1] == "*"
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "kept.txt").write_text("x")
+    subprocess.run(["git", "-C", str(tmp_path), "add", "-A"], check=True)
+    staged = subprocess.run(["git", "-C", str(tmp_path), "diff", "--cached", "--name-only"], check=True, capture_output=True, text=True)
+    assert staged.stdout.split() == ["kept.txt"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    _filled(mine)
+    assert not (mine / ".gitignore").exists()  # a folder the user made is theirs

@@ -96,3 +96,17 @@ def test_check_unique_keys_returns_the_keys_in_order():
     assert keys == ["2", "1"]
     with pytest.raises(dspex.DatasetError, match=r"mem: .*'1' \(example 0, example 1\)"):
         check_unique_keys([{"id": 1}, {"id": "1"}], "mem")
+
+
+def test_a_utf8_bom_is_not_part_of_the_first_column(tmp_path):
+    """Excel's "CSV UTF-8" starts with a BOM: the first column (here ``id``) keeps its name (issue 23)."""
+    from pytest_dspex.datasets import example_key
+
+    (tmp_path / "bom.csv").write_bytes("\ufeffid,question,answer\nq-1,q1,a1\nq-2,q2,a2\n".encode())
+    (tmp_path / "bom.jsonl").write_bytes('\ufeff{"id": "q-1", "question": "q1", "answer": "a1"}\n'.encode())
+    (tmp_path / "bom.json").write_bytes('\ufeff[{"id": "q-1", "question": "q1", "answer": "a1"}]'.encode())
+    for name in ("bom.csv", "bom.jsonl", "bom.json"):
+        rows = dspex.load_dataset(tmp_path / name, input_keys=["question"])
+        assert example_key(rows[0]) == "q-1", name
+    (tmp_path / "bom2.csv").write_bytes("\ufeffquestion,answer\nq1,a1\n".encode())
+    assert dspex.load_dataset(tmp_path / "bom2.csv", input_keys=["question"])[0].question == "q1"

@@ -264,3 +264,29 @@ def test_a_base_url_that_is_not_http_is_a_config_error_before_any_request(url, p
         lm.copy(base_url=url)
     assert server.bodies == []
 
+
+
+def test_a_cache_mode_by_name_works_and_bad_arguments_are_clear_errors(server, tmp_path):
+    """``LM(..., cache="off")`` used to fail every call with 'str' object has no attribute 'reads' (issue 23)."""
+    off = dspex.LM("fake-model", base_url=server.base_url, api_key="k", cache="off")
+    assert off.cache is None
+    assert off("Message: case 1 charged").strip() and off("Message: case 1 charged").strip()
+    assert server.requests == 2  # nothing cached
+    off.close()
+    replay = dspex.LM("fake-model", base_url=server.base_url, api_key="k", cache="replay", cache_dir=tmp_path / "none")
+    assert replay.cache is not None and replay.cache.mode == "replay"
+    replay.close()
+    for kwargs, message in [
+        ({"cache": "of"}, r"LM cache='of': a cache mode is one of on, off, read-only, replay"),
+        ({"cache": 3}, r"LM cache=3: expected a ResponseCache, True, False, None or a mode"),
+        ({"temperature": "hot"}, r"LM temperature='hot': expected a number >= 0"),
+        ({"max_tokens": 0}, r"LM max_tokens=0: expected an integer >= 1"),
+        ({"max_tokens": 12.5}, r"LM max_tokens=12.5: expected an integer >= 1"),
+        ({"retries": -1}, r"LM retries=-1: expected an integer >= 0"),
+        ({"timeout": 0}, r"LM timeout=0: expected a number > 0"),
+        ({"concurrency": 0}, r"LM concurrency=0: expected an integer >= 1"),
+    ]:
+        with pytest.raises(dspex.ConfigError, match=message):
+            dspex.LM("fake-model", base_url=server.base_url, api_key="k", **kwargs)
+    with pytest.raises(dspex.ConfigError, match="model must be a model name"):
+        dspex.LM(None, base_url=server.base_url, api_key="k")  # type: ignore[arg-type]

@@ -284,7 +284,7 @@ class TestOptionsAndMarkers:
         pytester.makeini("[pytest]\ndspex_concurrency = lots\n")
         result = pytester.runpytest_subprocess("-p", "no:xdist")
         assert result.ret == pytest.ExitCode.USAGE_ERROR
-        result.stderr.fnmatch_lines(["*'lots' is not a int*"])
+        result.stderr.fnmatch_lines(["*'lots' is not an integer*"])
 
     @pytest.mark.parametrize(
         ("marker", "message"),

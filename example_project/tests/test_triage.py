@@ -11,7 +11,7 @@ from support_bot.programs import triage
 @pytest.mark.dspex_metric(team_matches, threshold=0.70)
 def test_triage(dspex_evaluate):
     result = dspex_evaluate("data/triage_dev.jsonl")
-    assert result.n == 40
+    print(result.summary())  # the gate above already checked threshold and regression
 
 
 # Per-example items: one test item per example (spread by -n), aggregated into one gate.

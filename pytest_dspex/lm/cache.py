@@ -120,6 +120,7 @@ class DiskStorage:
     def _try_open(self) -> Any:
         import diskcache
 
+        _ignore_in_git(self.directory)
         disk = diskcache.FanoutCache(self.directory, shards=4, timeout=5, eviction_policy="none")
         try:
             for shard in disk._shards:  # touch every shard: damage shows here rather than mid-run
@@ -244,6 +245,23 @@ class ReadOnlyDiskStorage:
         for _, conn in self._shards:
             for (key,) in conn.execute("SELECT key FROM Cache WHERE raw = 1").fetchall():
                 yield key
+
+
+_GITIGNORE = "# Created by pytest-dspex automatically (its LM response cache).\n*\n"
+
+
+def _ignore_in_git(directory: str) -> None:
+    """Create ``directory`` with a ``.gitignore`` of ``*`` in it, as pytest does for ``.pytest_cache``:
+    a ``git add -A`` never commits the cache's SQLite files. Only when this creates the folder — a
+    folder the user made (or keeps in git on purpose) is left as it is."""
+    if os.path.isdir(directory):
+        return
+    os.makedirs(directory, exist_ok=True)
+    try:
+        with open(os.path.join(directory, ".gitignore"), "x", encoding="utf-8") as fh:
+            fh.write(_GITIGNORE)
+    except FileExistsError:  # another worker wrote it
+        pass
 
 
 class ResponseCache:

@@ -62,6 +62,20 @@ _SETTINGS = (
 )  # fmt: skip
 
 
+def _check_settings(model: Any, **values: Any) -> None:
+    """The numeric settings of ``LM(...)``: a clear ``ConfigError`` naming the argument, before any call."""
+    if not isinstance(model, str):
+        raise ConfigError(f"LM model must be a model name (str), got {model!r}")
+    whole = {"max_tokens": 1, "retries": 0, "concurrency": 1}  # integers, and their least value
+    for name, value in values.items():
+        if name in whole:
+            if isinstance(value, bool) or not isinstance(value, int) or value < whole[name]:
+                raise ConfigError(f"LM {name}={value!r}: expected an integer >= {whole[name]}")
+        elif isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or (name.endswith("timeout") and value == 0):
+            limit = "> 0" if name.endswith("timeout") else ">= 0"
+            raise ConfigError(f"LM {name}={value!r}: expected a number {limit}")
+
+
 class LM:
     """A chat-completions client with cache, retries, breaker, limiter and accounting.
 
@@ -136,6 +150,15 @@ class LM:
             cache = NOT_GIVEN
         elif cache is False:
             cache = None
+        elif isinstance(cache, str):  # a cache mode by name: cache="off" is no cache, "replay" replays
+            from .cache import MODES
+
+            if cache not in MODES:
+                raise ConfigError(f"LM cache={cache!r}: a cache mode is one of {', '.join(MODES)} (or pass a ResponseCache, True, False or None)")
+            cache, cache_mode = (None, "off") if cache == "off" else (NOT_GIVEN, cache)
+        elif not isinstance(cache, NotGiven | ResponseCache) and cache is not None:
+            raise ConfigError(f"LM cache={cache!r}: expected a ResponseCache, True, False, None or a mode ('on', 'off', 'read-only', 'replay')")
+        _check_settings(model, temperature=temperature, max_tokens=max_tokens, timeout=timeout, connect_timeout=connect_timeout, retries=retries, backoff_base=backoff_base, concurrency=concurrency)
         if not model:
             raise ConfigError("LM needs a model name")
         if concurrency < 1:

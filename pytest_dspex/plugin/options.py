@@ -205,7 +205,8 @@ def _convert(name: str, kind: str, raw: Any) -> Any:
         if kind == "float":
             return float(raw)
     except ValueError:
-        raise pytest.UsageError(f"--dspex-{name} / dspex_{name.replace('-', '_')}: {raw!r} is not a {kind}") from None
+        what = "an integer" if kind == "int" else "a number"
+        raise pytest.UsageError(f"--dspex-{name} / dspex_{name.replace('-', '_')}: {raw!r} is not {what}") from None
     if kind.startswith("choice:"):
         choices = kind.split(":", 1)[1].split(",")
         if raw not in choices:
