@@ -383,3 +383,43 @@ def test_a_rerun_that_differs_only_in_the_candidates_race_scores_leaves_the_gold
     assert store.write(path, record(0.85)) == "unchanged"
     assert path.read_bytes() == before
     assert store.write(path, record(0.85, chosen="bootstrap")) == "updated"  # another choice is a change
+
+
+def test_reworded_instructions_and_demo_metadata_survive_the_golden_and_show_in_its_prompt(tmp_path):
+    # issue 25: what a DSPy optimizer leaves in a save (rewritten instructions, a new output prefix,
+    # labeled demos with the dataset's other columns) is kept, shown, and applied
+    program = dspex.Predict(Triage)
+    program.demos = [{"id": "t-7", "source": "tickets", "message": "refund", "team": "billing"}]
+    program.set_wording("Reply with the team only.", {"team": {"prefix": "Final Team:"}})
+    store = GoldenStore(tmp_path / "__dspex__")
+    path = store.path_for("test_triage", "triage")
+    store.write(path, golden_record(program, name="triage", validation=(1.0, 1)))
+    data = json.loads(path.read_text())
+    entry = data["predictors"]["self"]
+    assert entry["overrides"] == {"instructions": "Reply with the team only.", "fields": {"team": {"prefix": "Final Team:"}}}
+    assert entry["signature"]["instructions"] == Triage.instructions == data["signature_fingerprint"]["self"]["instructions"]
+    assert entry["demos"][0]["metadata"] == {"id": "t-7", "source": "tickets"}
+    assert "Reply with the team only." in data["prompts"]["self"][0]["content"]
+    assert "t-7" not in json.dumps(data["prompts"])
+
+    loaded = store.read(path).apply(dspex.Predict(Triage))
+    assert loaded.signature.instructions == "Reply with the team only." and loaded.signature.fields["team"].label == "Final Team"
+    assert loaded.declared_signature is Triage and loaded.demos == program.demos
+    assert golden_record(loaded, name="triage")["predictors"] == data["predictors"]
+    shown = subprocess.run(
+        [sys.executable, "-m", "pytest_dspex", "prompt", str(path)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "Reply with the team only." in shown and Triage.instructions not in shown and "Final Team:" in shown
+
+    # without overrides a golden leaves the code's wording: applying it resets a reworded program
+    plain = golden_record(dspex.Predict(Triage), name="triage")
+    store.write(path, plain, force=True)
+    assert store.read(path).apply(loaded).signature is Triage
+
+
+def test_set_wording_back_to_the_code_leaves_no_override():
+    program = dspex.Predict(Triage)
+    program.set_wording(Triage.instructions, {"message": {"prefix": "Message:"}})
+    assert program.wording_overrides() == {} and program.signature is Triage
+    with pytest.raises(dspex.SignatureError, match="has no field 'colour' to reword"):
+        program.set_wording(fields={"colour": {"desc": "x"}})
