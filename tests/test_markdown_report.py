@@ -90,14 +90,17 @@ def test_program_properties() -> None:
 def test_example_properties_tell_a_miss_from_an_error() -> None:
     ok, miss, parse, err = (record(1), record(2, outcome="miss"), record(3, outcome="parse"), record(4, outcome="error"))
     assert example_properties(ok) == [("dspex_key", "ex-1"), ("dspex_score", "1"), ("dspex_outcome", "pass")]
-    assert example_properties(miss) == [("dspex_key", "ex-2"), ("dspex_score", "0"), ("dspex_outcome", "miss")]
+    expected, got = miss["expected"]["team"], miss["prediction"]["team"]  # a miss shows both (issue 23)
+    assert example_properties(miss) == [("dspex_key", "ex-2"), ("dspex_score", "0"), ("dspex_outcome", "miss"),
+                                        ("dspex_expected", expected), ("dspex_got", got)]  # fmt: skip
     assert dict(example_properties(parse)) == {
-        "dspex_key": "ex-3", "dspex_score": "0", "dspex_outcome": "miss",
-        "dspex_error_kind": "parse", "dspex_error": "AdapterParseError: answer has no Team",
+        "dspex_key": "ex-3", "dspex_score": "0", "dspex_outcome": "miss", "dspex_expected": parse["expected"]["team"],
+        "dspex_got": "-", "dspex_error_kind": "parse", "dspex_error": "AdapterParseError: answer has no Team",
     }  # fmt: skip
     assert dict(example_properties(err))["dspex_outcome"] == "error"
     assert dict(example_properties(err))["dspex_error_kind"] == "lm_timeout"
     rec = ExampleRecord.from_json({**record(5), "repeats": [1.0, 0.0], "score": 0.5})
     assert dict(example_properties(rec)) == {
         "dspex_key": "ex-5", "dspex_score": "0.5", "dspex_outcome": "miss", "dspex_repeats": "1 0",
-    }
+        "dspex_expected": rec.expected["team"], "dspex_got": rec.prediction["team"],
+    }  # fmt: skip

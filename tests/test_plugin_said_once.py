@@ -140,3 +140,44 @@ class TestSaidOnce:
         assert out.count("dev.jsonl:2") == 1, out
         result.stdout.fnmatch_lines(["*test_each?dataset-error?*", "tests/data/dev.jsonl:2: not valid JSON*"])
         assert str(pytester.path) not in out.split("ERRORS", 1)[1]
+
+
+class TestMissEvidence:
+    """A miss in per-example mode shows expected vs got (and the parse error): -rA and JUnit (issue 23)."""
+
+    def test_rA_and_junit_show_expected_and_got(self, pytester, project, server_factory, mode):
+        import xml.etree.ElementTree as ET
+
+        project()
+        server = server_factory(make_responder(zero_shot_ok=True, wrong={3}, garbage={5}))
+        args = ["--dspex-missing-golden=zero-shot", "-rA", "-k", "ex-3 or ex-4 or ex-5", "--junitxml=j.xml"]
+        result = run(pytester, server, *mode, *args)
+        out = result.stdout.str()
+        result.stdout.fnmatch_lines([
+            "*= MISSES =*",
+            "*test_each?ex-3?*",
+            "example ex-3",
+            "  input    message: I was charged twice, case 3",
+            "  expected team: billing",
+            "  got      team: technical",
+            "*test_each?ex-5?*",
+            "  expected team: billing",
+            "  got      team: -",
+            "  parse error: *",
+        ])  # fmt: skip
+        assert "test_each[ex-4]" not in out.split("MISSES", 1)[1].split("dspex", 1)[0]  # a pass is not a miss
+        props = {
+            case.get("name"): {p.get("name"): p.get("value") for p in case.iter("property")}
+            for case in ET.parse(pytester.path / "j.xml").getroot().iter("testcase")
+        }
+        assert props["test_each[ex-3]"]["dspex_expected"] == "billing"
+        assert props["test_each[ex-3]"]["dspex_got"] == "technical"
+        assert props["test_each[ex-5]"]["dspex_got"] == "-" and props["test_each[ex-5]"]["dspex_error_kind"] == "parse"
+        assert "dspex_expected" not in props["test_each[ex-4]"]
+
+    def test_without_rA_no_miss_section(self, pytester, project, server_factory):
+        project()
+        server = server_factory(make_responder(zero_shot_ok=True, wrong={3}))
+        result = run(pytester, server, "-p", "no:xdist", "--dspex-missing-golden=zero-shot", "-k", "ex-3")
+        assert "MISSES" not in result.stdout.str()
+        assert run(pytester, server, "-p", "no:xdist", "--dspex-missing-golden=zero-shot", "-k", "ex-3", "-rm").stdout.str().count("expected team: billing") == 1

@@ -223,6 +223,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         payload = item.stash.get(payload_key, None)
         if payload is not None:
             report.dspex = payload  # type: ignore[attr-defined]  # JSON: travels with the report through xdist
+            if payload.get("kind") == "example" and report.passed:
+                from ..reports._format import miss_lines, outcome
+
+                if outcome(payload["record"]) != "pass":  # -rA shows it under the item: expected vs got
+                    report.sections.append(("dspex: " + outcome(payload["record"]), "\n".join(miss_lines(payload["record"]))))
     return report
 
 
@@ -271,6 +276,24 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             remove_usage_errors(dspex.run_id)
 
 
+def _misses(tr: Any) -> None:
+    """With ``-rA``, ``-rP`` or ``-rm``: each per-example miss (and LM error) with expected vs got.
+
+    Their items passed (the aggregate decides), so pytest's own PASSES section does not list them."""
+    chars = str(getattr(tr, "reportchars", ""))
+    if not any(c in chars for c in "APm"):
+        return
+    reports = [r for cat in ("missed", "lm_error") for r in tr.stats.get(cat, ()) if getattr(r, "when", "") == "call"]
+    if not reports:
+        return
+    tr.write_sep("=", "MISSES")
+    for r in sorted(reports, key=lambda r: r.nodeid):
+        tr.write_sep("_", r.head_line or r.nodeid)
+        for name, content in r.sections:
+            if name.startswith("dspex: "):
+                tr.write_line(content)
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     collector = config.stash.get(_collector_key, None)
     if collector is None:
@@ -279,6 +302,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
     rows = collector.all_rows()
     tr = terminalreporter
+    _misses(tr)
     if not rows and not collector.goldens:
         return
     tr.write_sep("=", "dspex")

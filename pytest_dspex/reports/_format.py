@@ -27,8 +27,10 @@ __all__ = [
     "fmt_num",
     "fmt_p",
     "fmt_score",
+    "miss_lines",
     "outcome",
     "record_json",
+    "split_expected",
     "value_text",
 ]
 
@@ -63,6 +65,53 @@ def record_json(record: Any) -> dict[str, Any]:
         if isinstance(data, dict):
             return data
     raise TypeError(f"expected an ExampleRecord or its JSON form, got {type(record).__name__}")
+
+
+#: columns of a dataset row that name or describe the example, never an expected output
+META_KEYS = frozenset({"id", "uid", "key", "example_id", "meta", "metadata", "source", "split", "tags"})
+
+
+def split_expected(record: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A record's ``expected`` as (expected outputs, metadata such as ``id``), shown apart.
+
+    With a prediction the outputs are its fields; without one (an error), every column but the
+    usual metadata names (``META_KEYS``)."""
+    expected = dict(record.get("expected") or {})
+    predicted = record.get("prediction")
+    if isinstance(predicted, Mapping) and predicted:
+        outs = {k: v for k, v in expected.items() if k in predicted}
+        if outs:
+            return outs, {k: v for k, v in expected.items() if k not in predicted}
+    return (
+        {k: v for k, v in expected.items() if k not in META_KEYS},
+        {k: v for k, v in expected.items() if k in META_KEYS},
+    )
+
+
+def miss_lines(record: Mapping[str, Any], width: int = 200) -> list[str]:
+    """What a reviewer needs to see of a miss: its key, inputs, expected vs got, and the parse error."""
+
+    def cut(text: str) -> str:
+        text = text.replace("\n", " ")
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    outs, meta = split_expected(record)
+    key = str(record.get("key") or record.get("index", ""))
+    extra = {k: v for k, v in meta.items() if value_text(v) != key}  # the key is often the id itself
+    lines = [f"example {key}" + (f" ({', '.join(f'{k}={value_text(v)}' for k, v in extra.items())})" if extra else "")]
+    for name, value in (record.get("inputs") or {}).items():
+        lines.append(cut(f"  input    {name}: {value_text(value)}"))
+    predicted = record.get("prediction") or {}
+    for name, value in outs.items():
+        got = value_text(predicted[name]) if name in predicted else "-"
+        lines.append(cut(f"  expected {name}: {value_text(value)}"))
+        lines.append(cut(f"  got      {name}: {got}"))
+    if not outs and predicted:
+        lines.append(cut(f"  got      {fields_text(predicted)}"))
+    if record.get("error_kind"):
+        lines.append(cut(f"  {record['error_kind']} error: {record.get('error') or ''}"))
+    lines.append(f"  score    {fmt_num(record.get('score'))}")
+    return lines
 
 
 def clean_url(url: Any) -> str:

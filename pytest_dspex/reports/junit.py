@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ._format import ProgramView, fmt_ci, fmt_delta, fmt_interval, outcome, record_json
+from ._format import ProgramView, fields_text, fmt_ci, fmt_delta, fmt_interval, outcome, record_json, split_expected
 
 __all__ = ["example_properties", "program_properties"]
 
@@ -67,8 +67,10 @@ def program_properties(row: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def example_properties(record: Any) -> list[tuple[str, str]]:
-    """``dspex_key``, ``dspex_score``, ``dspex_outcome`` (``pass``/``miss``/``error``) and, when the
-    example failed with one, ``dspex_error_kind`` and ``dspex_error``; ``dspex_repeats`` with repeats.
+    """``dspex_key``, ``dspex_score``, ``dspex_outcome`` (``pass``/``miss``/``error``), for a miss or an
+    error ``dspex_expected`` and ``dspex_got`` (the expected outputs and the answer; ``-`` without one)
+    and, when the example failed with one, ``dspex_error_kind`` and ``dspex_error``; ``dspex_repeats``
+    with repeats.
 
     ``record`` is an ``ExampleRecord`` or its JSON form."""
     rec = record_json(record)
@@ -79,6 +81,11 @@ def example_properties(record: Any) -> list[tuple[str, str]]:
     ]
     if rec.get("repeats"):
         out.append(("dspex_repeats", " ".join(_num(s) for s in rec["repeats"])))
+    if out[2][1] != "pass":  # a miss or an error: what was expected and what came back
+        expected, _meta = split_expected(rec)
+        out.append(("dspex_expected", fields_text(expected)))
+        predicted = rec.get("prediction") or {}
+        out.append(("dspex_got", fields_text({k: predicted[k] for k in expected if k in predicted} or predicted) or "-"))
     if rec.get("error_kind"):
         out.append(("dspex_error_kind", str(rec["error_kind"])))
         if rec.get("error"):
