@@ -21,9 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).parent
 INFRA = {"lm_unavailable", "lm_timeout", "lm_http", "lm_response", "budget", "cache_miss", "timeout"}
@@ -168,3 +170,20 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def section(ctx: Any) -> list[str]:
+    """bench/run.py section: the three fault rows, each target checked from its figures."""
+    seeds, repeat = (5, 1) if ctx.fast else (20, 3)
+    rows = [degraded_row(seeds), dead_row(), timing_row(repeat=repeat)]
+    deg, dead, timing = rows
+    worst = float(deg[1].split("worst seed ")[1].split("%")[0]) / 100
+    ctx.target(f"degraded endpoint, worst of {seeds} seeds: infrastructure errors", f"{worst:.1%}", "≤ 1.5%", worst <= 0.015)
+    dead_s = float(dead[1].split(" in ")[1].split(" s")[0])
+    ctx.target("dead endpoint, 1000 examples accounted", f"{dead_s:.2f} s", "≤ 2 s", dead_s <= 2)
+    ratios = [float(r) for r in timing[1].replace("x", "").split(" / ")]
+    med = statistics.median(ratios)
+    ctx.target("fault run vs fault-free (median)", f"x{med:.2f} ({timing[1]})", "≤ 1.5x", med <= 1.5)
+    return ["| what | pytest-dspex | target | notes |", "|---|---|---|---|"] + [
+        f"| {r[0]} | {r[1]} | {r[3]} | {r[4]} |" for r in rows
+    ]

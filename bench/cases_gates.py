@@ -177,3 +177,92 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# -- power: detection rate against the true drop, over random flips ------------------------------
+POWER_DROPS = (0.0, 0.02, 0.03, 0.05, 0.10)
+POWER_NS = (100, 300, 1000)
+
+
+def power_trial(rng: Any, n: int, drop: float, noisy: bool, base: float = 0.80) -> tuple[Outcomes, Outcomes]:
+    """One golden/run pair of outcomes on ``n`` examples, accuracy ``base`` and a true drop ``drop``.
+
+    * deterministic endpoints (temperature 0, a model change): the golden's outcomes are drawn once
+      (each right with probability ``base``), and the run turns each right answer wrong with
+      probability ``drop / base`` — a random number of pass -> fail flips, none the other way;
+    * noisy endpoints (sampling): example ``i`` is answered right with its own probability ``p_i``
+      (Beta(1.6, 0.4): mean 0.80, most examples nearly always or nearly never right, some in
+      between); the golden and the run are independent draws, the run's ``p_i`` scaled by
+      ``1 - drop / base`` — flips both ways, and at ``drop = 0`` only noise.
+    """
+    golden: Outcomes = {}
+    run: Outcomes = {}
+    for i in range(n):
+        k = f"e{i}"
+        if noisy:
+            p = rng.betavariate(1.6, 0.4)
+            golden[k] = float(rng.random() < p)
+            run[k] = float(rng.random() < p * (1 - drop / base))
+        else:
+            right = rng.random() < base
+            golden[k] = float(right)
+            run[k] = float(right and rng.random() >= drop / base)
+    return golden, run
+
+
+def power_curve(trials: int, alpha: float = 0.05, tolerance: float = 0.05, seed: int = 0) -> dict[str, Any]:
+    """Detection rates of the paired gate (``comparison.compare``, the gate's own code) and of the
+    tolerance gate, per endpoint kind, n and true drop, over ``trials`` random trials each."""
+    import random
+
+    out: dict[str, Any] = {"trials": trials, "alpha": alpha, "tolerance": tolerance, "cells": []}
+    for noisy in (False, True):
+        for n in POWER_NS:
+            for drop in POWER_DROPS:
+                rng = random.Random(f"{seed}-{noisy}-{n}-{drop}")
+                paired = tol = 0
+                for _ in range(trials):
+                    golden, run = power_trial(rng, n, drop, noisy)
+                    cmp = compare(golden, run, alpha=alpha, tolerance=tolerance)
+                    paired += cmp.verdict == "regressed"
+                    tol += cmp.current_score < cmp.baseline_score - tolerance - 1e-12
+                out["cells"].append({"noisy": noisy, "n": n, "drop": drop, "paired": paired / trials, "tolerance": tol / trials})
+    return out
+
+
+def power_section(ctx: Any) -> list[str]:
+    """bench/run.py section: the paired gate's power curve and false-alarm rate."""
+    import math
+    import time as _time
+
+    trials = 200 if ctx.fast else 1000
+    t0 = _time.process_time()
+    res = power_curve(trials)
+    cpu = _time.process_time() - t0
+    lines = [
+        f"`comparison.compare` (the gate's code) on random outcome pairs, {trials} trials per cell, golden accuracy",
+        "0.80, alpha 0.05; the tolerance gate (run score < golden score − 0.05) beside it. Counts of",
+        f"outcomes, not timings ({cpu:.0f} s of CPU). Drop 0 is the false-alarm rate.",
+        "",
+        "| endpoints | n | " + " | ".join(f"drop {d:.2f}" for d in POWER_DROPS) + " |",
+        "|---|---|" + "---|" * len(POWER_DROPS),
+    ]
+    cells = {(c["noisy"], c["n"], c["drop"]): c for c in res["cells"]}
+    for noisy in (False, True):
+        for n in POWER_NS:
+            row = [f"{cells[(noisy, n, d)]['paired']:.0%} (tol. {cells[(noisy, n, d)]['tolerance']:.0%})" for d in POWER_DROPS]
+            lines.append(f"| {'noisy (sampling)' if noisy else 'deterministic'} | {n} | " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "Deterministic: the golden's outcomes drawn once (each right with p 0.80), the run turns each",
+        "right answer wrong with probability drop/0.80 (pass → fail flips only). Noisy: each example its",
+        "own p_i ~ Beta(1.6, 0.4) (mean 0.80), golden and run independent draws, the run's p_i scaled by",
+        "1 − drop/0.80 (flips both ways). Cells: the paired gate's \"regressed\" rate (tolerance gate's fail rate).",
+    ]
+    se = math.sqrt(0.05 * 0.95 / trials)
+    worst = max(cells[(True, n, 0.0)]["paired"] for n in POWER_NS)
+    ctx.target("paired gate false alarms at no change, noisy endpoints (worst n)", f"{worst:.1%}",
+               f"≤ alpha 5% (+2 SE = {0.05 + 2 * se:.1%})", worst <= 0.05 + 2 * se)  # fmt: skip
+    d300 = cells[(False, 300, 0.03)]["paired"]
+    ctx.target("paired gate detects a 0.03 drop, n=300, deterministic endpoints", f"{d300:.0%}", "", None)
+    return lines
