@@ -73,7 +73,10 @@ def _prompt(args: argparse.Namespace) -> int:
     except DspexError as exc:
         raise CommandError(str(exc)) from None
     adapters = dict.fromkeys(requests, args.adapter) if args.adapter else golden_adapters(golden)
+    from .optimize.review import review_golden, summary_lines
+
     demos = {path: len(entry.get("demos", [])) for path, entry in golden.data["predictors"].items()}
+    review = review_golden(golden.data)
     calibrations = {path: entry.get("calibration") for path, entry in golden.data["predictors"].items()}
     if args.json:
         out = {
@@ -81,7 +84,7 @@ def _prompt(args: argparse.Namespace) -> int:
             "program": golden.data.get("program"),
             "predictors": {
                 path: {
-                    "adapter": adapters[path], "demos": demos[path],
+                    "adapter": adapters[path], "demos": demos[path], **review.get(path, {}),
                     "messages": r.messages, "stop": list(r.stop), "extra": dict(r.extra or {}),
                     **({"calibration": calibrations[path]} if calibrations.get(path) else {}),
                 }
@@ -91,6 +94,10 @@ def _prompt(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
         return EXIT_OK
     lines = [f"# {args.golden}: program {golden.data.get('program', '?')!s}"]
+    threshold = (golden.data.get("optimizer") or {}).get("metric_threshold")
+    if threshold is not None:
+        lines.append(f"# bootstrapped demos needed metric >= {threshold:g}")
+    lines += [f"# {line}" for line in summary_lines(review)]
     for path, r in requests.items():
         lines += ["", f"## predictor {path}: {adapters[path]} adapter, {demos[path]} demos"]
         for m in r.messages:

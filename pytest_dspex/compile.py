@@ -50,6 +50,8 @@ class CompileSettings:
     rounds: int = 1
     candidates: int = 4
     seed: int = 0
+    #: the metric value a teacher run needs for its trace to become demos (None: full credit, 1.0)
+    metric_threshold: float | None = None
     #: calibrate a classifier's label bias out (``pytest_dspex.calibration``) when it scores no worse
     calibrate: bool = True
     concurrency: int = 16
@@ -70,6 +72,7 @@ class CompileSettings:
             "num_candidates": self.candidates,
             "seed": self.seed,
             "calibrate": self.calibrate,
+            "metric_threshold": 1.0 if self.metric_threshold is None else self.metric_threshold,
         }
 
 
@@ -149,6 +152,7 @@ def compile_program(
         say(f"compiling {name}: {len(train)} training, {len(val)} validation examples")
         optimizer = BootstrapFewShotWithRandomSearch(
             metric,
+            metric_threshold=settings.metric_threshold,
             max_bootstrapped_demos=settings.demos,
             max_labeled_demos=settings.labeled_demos,
             max_rounds=settings.rounds,
@@ -174,6 +178,7 @@ def compile_program(
                 **settings.optimizer_record(),
                 "chosen": result.best.name,
                 "candidates": [c.to_dict() for c in result.candidates],
+                "demos": result.demo_review,
             },
             datasets={"train": fingerprint(train), "validation": fingerprint(val)},
             records=validation.records,

@@ -54,6 +54,7 @@ from ..primitives import Example
 from ..programs import Module
 from ..records import ExampleRecord
 from .bootstrap import BootstrapFewShot, LabeledFewShot
+from .review import review_program
 
 __all__ = ["BootstrapFewShotWithRandomSearch", "Candidate", "CompileResult", "sign_test_p"]
 
@@ -105,6 +106,9 @@ class CompileResult:
     usage: Usage = field(default_factory=Usage)
     elapsed_s: float = 0.0
     metric: str = ""
+    #: per predictor of the chosen program: labeled and bootstrapped demo counts, the fields no
+    #: training example holds, and flags a reviewer should see (``optimize.review``)
+    demo_review: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def table(self) -> str:
         rows = [f"{'candidate':<14} {'demos':>5} {'boot':>5} {'score':>7} {'n':>4}"]
@@ -270,6 +274,7 @@ class BootstrapFewShotWithRandomSearch:
             usage=usage,
             elapsed_s=time.perf_counter() - started,
             metric=metric_name(self.metric),
+            demo_review=review_program(best.program, trainset),
         )
 
     async def _choose_calibrated(

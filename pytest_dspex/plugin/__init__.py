@@ -346,6 +346,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         if g.get("reason") and g["outcome"] in ("kept", "updated"):
             extra += f": {g['reason']}"  # why compile replaced or kept it
         tr.write_line(f"golden {g['outcome']}: {rel}{extra}", green=g["outcome"] != "kept", yellow=g["outcome"] == "kept")
+        if g.get("demos") and g["outcome"] in ("created", "updated"):  # what a reviewer of the golden should know
+            from ..optimize.review import summary_lines
+
+            for line in summary_lines(g["demos"]):
+                tr.write_line(f"  {line}", yellow=line.lstrip().startswith("!"))
     for text, is_error in collector.golden_messages:  # goldens compiled on workers, written here
         tr.write_line(text, red=is_error, yellow=not is_error)
     for rel in collector.unused_goldens():

@@ -77,6 +77,7 @@ def _golden_info(session: DspexSession, resolved: Resolved) -> dict[str, Any]:
             candidates=[c.to_dict() for c in cr.candidates],
             compile_usage=cr.usage.to_dict(),
             compile_s=round(cr.elapsed_s, 3),
+            demos=cr.demo_review,
         )
     return d
 

@@ -1,7 +1,7 @@
 """The three markers, validated at collection with errors that name the test and the argument.
 
     @pytest.mark.dspex_program(program, name="triage", trainset="data/train.jsonl", valset=None, input_keys=None)
-    @pytest.mark.dspex_metric(metric, threshold=0.8, tolerance=None)
+    @pytest.mark.dspex_metric(metric, threshold=0.8, tolerance=None, metric_threshold=None)
     @pytest.mark.dspex_dataset("data/dev.jsonl", limit=None)
 """
 
@@ -20,7 +20,8 @@ __all__ = ["MARKERS", "MetricSpec", "ProgramSpec", "dataset_path", "metric_spec"
 
 MARKERS = [
     "dspex_program(program, name=None, trainset=None, valset=None, input_keys=None): the LM program under test",
-    "dspex_metric(metric, threshold=None, tolerance=None): how predictions are scored and the gate",
+    "dspex_metric(metric, threshold=None, tolerance=None, metric_threshold=None): how predictions are scored "
+    "and the gate; metric_threshold: the score a bootstrapped run needs to become demos (default full credit)",
     "dspex_dataset(path, limit=None): one test item per example of this dataset (per-example mode)",
 ]
 
@@ -39,6 +40,8 @@ class MetricSpec:
     metric: Callable[..., Any]
     threshold: float | None
     tolerance: float | None
+    #: the metric value a bootstrapped run needs for its trace to become demos (None: full credit)
+    metric_threshold: float | None = None
 
     @property
     def name(self) -> str:
@@ -149,7 +152,7 @@ def metric_spec(node: Any) -> MetricSpec | None:
     mark = node.get_closest_marker("dspex_metric")
     if mark is None:
         return None
-    known = {"threshold", "tolerance", "metric"}
+    known = {"threshold", "tolerance", "metric", "metric_threshold"}
     unknown = set(mark.kwargs) - known
     if unknown:
         _bad(node, "dspex_metric", f"unknown argument(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
@@ -158,10 +161,15 @@ def metric_spec(node: Any) -> MetricSpec | None:
         _bad(node, "dspex_metric", f"metric must be a function (example, prediction, trace=None) -> bool | float, got {metric!r}")
     threshold = mark.kwargs.get("threshold")
     tolerance = mark.kwargs.get("tolerance")
-    for arg, value in (("threshold", threshold), ("tolerance", tolerance)):
+    demo_bar = mark.kwargs.get("metric_threshold")
+    for arg, value in (("threshold", threshold), ("tolerance", tolerance), ("metric_threshold", demo_bar)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1):
             _bad(node, "dspex_metric", f"{arg}={value!r} must be a number between 0 and 1")
-    return MetricSpec(metric, None if threshold is None else float(threshold), None if tolerance is None else float(tolerance))
+
+    def number(value: Any) -> float | None:
+        return None if value is None else float(value)
+
+    return MetricSpec(metric, number(threshold), number(tolerance), number(demo_bar))
 
 
 def dataset_path(node: Any, base: Path) -> tuple[Path, int | None] | None:

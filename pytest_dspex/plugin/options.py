@@ -39,6 +39,13 @@ OPTIONS: list[tuple[str, str, Any, str]] = [
     ("candidates", "int", 4, "shuffled candidate programs tried by --dspex-compile"),
     ("seed", "int", 0, "optimizer seed"),
     (
+        "metric-threshold",
+        "float",
+        None,
+        "metric value a bootstrapped run needs for its trace to become demos (default: full credit, "
+        "True or 1.0; set e.g. 0.8 for a graded metric); a marker's metric_threshold= wins",
+    ),
+    (
         "calibrate",
         "choice:on,off",
         "on",
@@ -180,6 +187,7 @@ class DspexOptions:
     calibrate: str = "on"  # --dspex-calibrate: on / off
     #: --dspex-price: dollars per 1M (input, output) tokens; None = not known (costs show as $0)
     price: tuple[float, float] | None = None
+    metric_threshold: float | None = None  # --dspex-metric-threshold (None: full credit)
 
     @property
     def local(self) -> bool:
@@ -336,5 +344,7 @@ def _check(values: dict[str, Any], compile_names: frozenset[str] | None, force: 
         raise pytest.UsageError(f"--dspex-alpha must be between 0 and 1 (exclusive), got {values['alpha']}")
     if values["repeats"] < 1:
         raise pytest.UsageError(f"--dspex-repeats must be >= 1, got {values['repeats']}")
+    if values["metric_threshold"] is not None and not 0 <= values["metric_threshold"] <= 1:
+        raise pytest.UsageError(f"--dspex-metric-threshold must be between 0 and 1, got {values['metric_threshold']}")
     if values["example_timeout"] is not None and values["example_timeout"] <= 0:
         raise pytest.UsageError(f"--dspex-example-timeout must be > 0, got {values['example_timeout']}")

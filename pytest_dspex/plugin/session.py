@@ -233,6 +233,7 @@ class DspexSession:
             rounds=o.rounds,
             candidates=o.candidates,
             seed=o.seed,
+            metric_threshold=metric.metric_threshold if metric.metric_threshold is not None else o.metric_threshold,
             calibrate=o.calibrate == "on",
             concurrency=o.concurrency,
             teacher_lm=self.lms.teacher,

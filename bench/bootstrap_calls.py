@@ -1,0 +1,140 @@
+"""BootstrapFewShot: LM calls and demos, pytest-dspex vs DSPy 3.4.1 on the same data and endpoint.
+
+    python bench/bootstrap_calls.py                    # DSPy from bench/.dspy-venv (or DSPEX_BENCH_DSPY_VENV)
+    python bench/bootstrap_calls.py --accuracy 0.5 --n 50
+
+A loopback fake endpoint (``pytest_dspex.fake_server.FakeLMServer``, 50 ms a call) answers a
+billing/technical router; the teacher is right on training example ``i`` iff
+``floor((i + 1) * a) > floor(i * a)`` (accuracy ``a``, passes spread evenly, the first at
+``i = ceil(1 / a) - 1``; at 0.05, 2 of 50 pass and both walk the whole trainset). Both sides: ``max_bootstrapped_demos=4, max_labeled_demos=16``, no cache,
+a ``Predict("message -> team")`` and a two-step Module (``draft: message -> team``, then
+``check: message, draft -> team``). Calls are the requests the server received (exact, valid on a
+busy machine); wall times are rough on a shared machine. The Module's ``check`` step has a field
+(``draft``) no training example holds: DSPy gives it labeled demos without it, pytest-dspex none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent
+DSPY_VENV = Path(os.environ.get("DSPEX_BENCH_DSPY_VENV", HERE / ".dspy-venv"))
+
+CASE = r'''
+import json, os, sys, tempfile, time
+side, url, n, program = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+os.environ.setdefault("DSPY_CACHEDIR", tempfile.mkdtemp())
+if side == "dspy":
+    import dspy as lib
+    lm = lib.LM("openai/fake", api_base=url, api_key="bench", cache=False, num_retries=0)
+    lib.configure(lm=lm)
+    opt_cls = lib.BootstrapFewShot
+    kwargs = {}
+else:
+    import pytest_dspex as lib
+    from pytest_dspex.optimize import BootstrapFewShot as opt_cls
+    lib.configure(lm=lib.LM("fake", base_url=url, api_key="bench", cache=None, retries=0, concurrency=16))
+    kwargs = {"concurrency": 16}
+train = [lib.Example(message=f"case {i}: " + ("I was charged twice" if i % 2 else "the app crashes"),
+                     team="billing" if i % 2 else "technical").with_inputs("message") for i in range(n)]
+
+def metric(example, prediction, trace=None):
+    return example.team == prediction.team
+
+class TwoStep(lib.Module):
+    def __init__(self):
+        super().__init__()
+        self.draft = lib.Predict("message -> team")
+        self.check = lib.Predict("message, draft -> team")
+    def forward(self, message):
+        return self.check(message=message, draft=self.draft(message=message).team)
+
+student = lib.Predict("message -> team") if program == "predict" else TwoStep()
+opt = opt_cls(metric=metric, max_bootstrapped_demos=4, max_labeled_demos=16, **kwargs)
+t0 = time.perf_counter()
+compiled = opt.compile(student, trainset=train)
+wall = time.perf_counter() - t0
+demos = {name: [(d["message"].split(":")[0], bool(d.get("augmented"))) for d in p.demos] for name, p in compiled.named_predictors()}
+print(json.dumps({"wall_s": wall, "demos": demos}))
+'''
+
+
+def passes(i: int, accuracy: float) -> bool:
+    return math.floor((i + 1) * accuracy) > math.floor(i * accuracy)
+
+
+def responder(accuracy: float):
+    def respond(body: dict) -> str:
+        last = [m for m in body["messages"] if m.get("role") == "user"][-1]["content"]
+        last = last.rsplit("Message:", 1)[-1].rsplit("[[ ## message ## ]]", 1)[-1]
+        i = int(re.search(r"case (\d+)", last).group(1))  # type: ignore[union-attr]
+        team = ("billing" if "charged" in last else "technical") if passes(i, accuracy) else "other"
+        system = str(body["messages"][0].get("content", ""))
+        if "[[ ## " in system:
+            return f"[[ ## team ## ]]\n{team}\n\n[[ ## completed ## ]]"
+        return json.dumps({"team": team}) if "JSON" in system else f" {team}"
+
+    return respond
+
+
+def run(python: str, side: str, url: str, n: int, program: str) -> dict:
+    out = subprocess.run([python, "-c", CASE, side, url, str(n), program], capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(python: str, side: str, accuracy: float, n: int, program: str) -> dict:
+    sys.path.insert(0, str(ROOT))
+    from pytest_dspex.fake_server import FakeLMServer
+
+    server = FakeLMServer(responder(accuracy), latency=0.05)
+    server.keep_bodies = False
+    server.start()
+    try:
+        res = run(python, side, server.base_url, n, program)
+        res["calls"] = server.requests
+    finally:
+        server.stop()
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--accuracy", type=float, nargs="*", default=[0.05, 0.15, 0.5, 0.9])
+    ap.add_argument("--n", type=int, default=50)
+    ap.add_argument("--no-dspy", action="store_true")
+    args = ap.parse_args()
+    dspy = None if args.no_dspy else str(DSPY_VENV / "bin" / "python")
+    print("| program | accuracy | pytest-dspex calls | DSPy calls | wall (ours / DSPy) | same bootstrapped demos | labeled demos per predictor |")
+    print("|---|---|---|---|---|---|---|")
+    for program in ("predict", "module"):
+        for acc in args.accuracy:
+            ours = measure(sys.executable, "dspex", acc, args.n, program)
+            theirs = measure(dspy, "dspy", acc, args.n, program) if dspy else None
+            if theirs is None:
+                print(f"| {program} | {acc} | {ours['calls']} | - | {ours['wall_s']:.2f} s | - | - |")
+                continue
+            same_boot = all([d for d in ours["demos"][k] if d[1]] == [d for d in theirs["demos"][k] if d[1]] for k in ours["demos"])
+            same_lab = ", ".join(
+                f"{k}: " + ("same" if (a := [d for d in ours["demos"][k] if not d[1]]) == (b := [d for d in theirs["demos"][k] if not d[1]])
+                            else f"{len(a)} vs DSPy's {len(b)}")
+                for k in ours["demos"]
+            )  # fmt: skip
+            ratio = ours["wall_s"] / theirs["wall_s"]
+            print(f"| {program} | {acc} | {ours['calls']} | {theirs['calls']} | {ours['wall_s']:.2f} s / {theirs['wall_s']:.2f} s ({ratio:.3f}x) | {same_boot} | {same_lab} |")
+            sys.stdout.flush()
+        time.sleep(0)
+
+
+if __name__ == "__main__":
+    main()
