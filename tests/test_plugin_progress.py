@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -64,3 +65,73 @@ def test_progress_is_drawn_on_the_waiting_thread_with_capture_suspended_then_era
 def test_no_progress_line_off_a_terminal(pytester: pytest.Pytester) -> None:
     config = pytester.parseconfigure("-p", "no:xdist")
     assert Progress.for_config(config, "triage") is None  # pytester's output is not a TTY
+
+
+class LogReporter(FakeReporter):
+    def write_line(self, line: str, **markup: bool) -> None:
+        self.lines.append((line, self.capture.suspended))
+
+
+def test_without_a_tty_the_compile_writes_throttled_lines_with_a_heartbeat() -> None:
+    from pytest_dspex.plugin.progress import LOG_MAX_S, LOG_MIN_S, LogProgress
+
+    now = [100.0]
+    capture = FakeCapture()
+    reporter = LogReporter(capture)
+    progress = LogProgress(reporter, capture, "", clock=lambda: now[0])
+    written: list[tuple[float, str]] = []
+
+    clock = [0.0]
+
+    def at(t: float, text: str | None = None) -> None:
+        """Time runs on to ``t`` with the waiting thread polling every 0.1 s, then ``text`` is said."""
+        while clock[0] < t - 1e-9:
+            clock[0] = round(clock[0] + 0.1, 6)
+            now[0] = 100.0 + clock[0]
+            before = len(reporter.lines)
+            progress.poll()
+            written.extend((clock[0], line) for line, _ in reporter.lines[before:])
+        if text is not None:
+            progress.say(text)
+
+    at(0, "compiling triage: 24 training, 24 validation examples")
+    at(0.5, "compiling triage: bootstrapping 7 candidates on 24 training examples")  # too soon: waits
+    for k in range(1, 30):  # a running count every 0.4 s, within one phase
+        at(2.0 + 0.4 * k, f"compiling triage: evaluating bootstrap: {k}/24 examples, score 0.900")
+    at(40.0)  # nothing new for 26 s: the heartbeat repeats the latest text
+    times = [t for t, _ in written]
+    assert all(b - a >= LOG_MIN_S - 1e-6 for a, b in itertools.pairwise(times)), written
+    assert all(b - a <= LOG_MAX_S + 0.1 + 1e-6 for a, b in itertools.pairwise(times)), written  # polled every 0.1 s
+    assert times[-1] >= 40 - LOG_MAX_S - 0.1
+    texts = [line for _, line in written]
+    assert texts[0] == "[dspex] compiling triage: 24 training, 24 validation examples (0 s)"
+    assert texts[1] == "[dspex] compiling triage: bootstrapping 7 candidates on 24 training examples (2 s)"
+    assert texts[2].startswith("[dspex] compiling triage: evaluating bootstrap: ")
+    counts = [t for t in texts if "evaluating bootstrap" in t]
+    assert len(counts) < 29 / 4  # within one phase one line every 5 s, not one every 0.4 s
+    assert [t.rsplit(" (", 1)[0] for t in texts[-3:]] == ["[dspex] compiling triage: evaluating bootstrap: 29/24 examples, score 0.900"] * 3
+    assert all(suspended for _, suspended in reporter.lines)
+
+
+def test_the_compile_reports_progress_in_a_log_without_a_tty(pytester: pytest.Pytester, server_factory) -> None:
+    from .test_demos import pipeline_responder
+    from .test_plugin import run
+
+    pytester.makefile(".jsonl", **{"data/train": _review_rows(8), "data/dev": _review_rows(6)})
+    from .test_demos import RESPONDER_TEST
+
+    pytester.makepyfile(test_resp=RESPONDER_TEST.replace("MARKER", ""))
+    server = server_factory(pipeline_responder)
+    result = run(pytester, server, ["-p", "no:xdist"], "--dspex-compile", "--dspex-candidates=1")
+    assert result.ret == 0, result.stdout.str()
+    # the line's phase depends on the machine's speed (a poll shows the latest): any, with its elapsed time
+    result.stdout.re_match_lines([r"\[dspex\] compiling responder: .+ \(\d+ s\)$"])
+    # a normal run (the golden loaded, nothing compiled) writes no progress line
+    quiet = run(pytester, server, ["-p", "no:xdist"])
+    assert quiet.ret == 0 and "[dspex] " not in quiet.stdout.str()
+
+
+def _review_rows(n: int) -> str:
+    from .test_demos import review_rows
+
+    return review_rows(n)

@@ -193,6 +193,8 @@ class BootstrapFewShot:
         self.teacher_lm = teacher_lm
         self.concurrency = max(1, concurrency)
         self.report = BootstrapReport()
+        #: called after each training example is resolved with (resolved, passed) so far
+        self.on_outcome: Callable[[int, int], None] | None = None
 
     def compile(self, student: Module, *, trainset: Sequence[Example], teacher: Module | None = None) -> Module:
         return _runtime.run_sync(self.acompile(student, trainset=trainset, teacher=teacher))
@@ -350,6 +352,8 @@ class BootstrapFewShot:
                     done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                     for task in done:
                         outcomes[running.pop(task)] = task.result()
+                    if self.on_outcome is not None:
+                        self.on_outcome(len(outcomes), sum(1 for o in outcomes.values() if o is not None))
             finally:
                 for task in running:
                     task.cancel()

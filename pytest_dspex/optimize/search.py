@@ -364,17 +364,28 @@ class BootstrapFewShotWithRandomSearch:
         teacher = labeled.compile(student, trainset)
         shared_runs: dict[str, Any] = {}
 
+        ready = [0]
+
+        def tell(_resolved: int = 0, _passed: int = 0) -> None:
+            runs = sum(1 for entry in shared_runs.values() if entry.task.done())
+            self._say(f"bootstrapping: {ready[0]}/{len(specs)} candidates ready, {runs} of {len(trainset)} training examples run")
+
         async def build(name: str, spec: Any) -> Candidate:
             if name == "zero-shot":
-                return Candidate(name, student.reset_copy(), 0, 0)
-            if name == "labeled":
+                cand = Candidate(name, student.reset_copy(), 0, 0)
+            elif name == "labeled":
                 prog = labeled.compile(student, trainset)
-                return Candidate(name, prog, _count(prog), 0)
-            data, size = spec
-            boot = self._bootstrapper(size)
-            boot.shared_runs = shared_runs
-            prog = await boot.acompile(student, trainset=data, teacher=teacher)
-            return Candidate(name, prog, _count(prog), boot.report.passed)
+                cand = Candidate(name, prog, _count(prog), 0)
+            else:
+                data, size = spec
+                boot = self._bootstrapper(size)
+                boot.shared_runs = shared_runs
+                boot.on_outcome = tell
+                prog = await boot.acompile(student, trainset=data, teacher=teacher)
+                cand = Candidate(name, prog, _count(prog), boot.report.passed)
+            ready[0] += 1
+            tell()
+            return cand
 
         self._say(f"bootstrapping {len(specs)} candidates on {len(trainset)} training examples")
         return list(await asyncio.gather(*(build(n, s) for n, s in specs)))
@@ -393,17 +404,42 @@ class BootstrapFewShotWithRandomSearch:
         stops = _stages(len(order), self.race_first) if self.racing and len(candidates) > 1 else [len(order)]
         records: dict[str, list[ExampleRecord]] = {c.name: [] for c in candidates}
         alive = list(candidates)
+        started = time.perf_counter()
+        running: dict[str, int] = {}  # examples of the current step done, per candidate
+
+        def planned() -> int:
+            """Candidate-examples to evaluate in all, as racing stands now (drops shrink it)."""
+            return sum(len(records[c.name]) for c in candidates if c not in alive) + len(alive) * len(order)
+
+        def tell(cand: Candidate, done_now: int, step: int, score: float) -> None:
+            running[cand.name] = done_now
+            seen = len(records[cand.name]) + done_now
+            units = sum(len(r) for r in records.values()) + sum(running.values())
+            left = ""
+            elapsed = time.perf_counter() - started
+            if units and elapsed >= 1:
+                left = f", ~{elapsed / units * max(0, planned() - units):.0f} s left"
+            self._say(f"evaluating {cand.name}: {seen}/{step} examples, score {score:.3f}{left}")
         spans = {c.name: tracing.start_span("dspex.candidate", {"dspex.candidate": c.name, "dspex.demos": c.demos}) for c in candidates}
         done = 0
         for stop in stops:
             chunk = [(i, valset[i]) for i in order[done:stop]]
 
-            async def run(cand: Candidate, chunk: list[tuple[int, Example]] = chunk) -> None:
+            async def run(cand: Candidate, chunk: list[tuple[int, Example]] = chunk, stop: int = stop) -> None:
                 program = _WithoutOwnDemo(cand.program) if leave_one_out else cand.program
+                before = records[cand.name]
+                total_before = sum(r.score for r in before)
+
+                def progress(done: int, _total: int, score: float, _errors: int) -> None:
+                    tell(cand, done, stop, (total_before + score * done) / (len(before) + done))
+
                 with tracing.use_span(spans[cand.name]):  # compile -> candidate -> evaluate
-                    records[cand.name].extend(
-                        await evaluate_records(program, chunk, self.metric, concurrency=self.concurrency)
-                    )
+                    got = await evaluate_records(
+                        program, chunk, self.metric, concurrency=self.concurrency,
+                        progress=progress if self.progress is not None else None,
+                    )  # fmt: skip
+                running.pop(cand.name, None)
+                records[cand.name].extend(got)
 
             if serial:
                 for cand in alive:

@@ -113,7 +113,8 @@ class _TestContext:
         pytest.fail(problem, pytrace=False)  # outside the handler: no chained traceback
 
     def resolve(self, gate: Path | None) -> Resolved:
-        progress = Progress.for_config(self.request.config, "")  # compile phases name the program
+        # compile phases name the program; without a TTY they are written as throttled lines
+        progress = Progress.for_config(self.request.config, "", log=self.session.options.compiles(self.spec.name))
         return run_with_progress(
             progress,
             lambda: self.session.resolve(self.spec, self.mspec, self.test_file, gate, progress.say if progress else None),

@@ -4,8 +4,14 @@ Evaluation and compile run on pytest-dspex's event-loop thread; they only *repor
 (``update``/``say``, any thread). The test's own thread, waiting for them, calls ``poll`` a few
 times a second and draws the latest state the way pytest's live logging does: capture suspended
 (``capture_manager.global_and_fixture_disabled()``), drawn with the terminal reporter's public
-``rewrite``. Quiet when the terminal is not a TTY, under ``-qq``, in xdist workers, and off the
-main thread.
+``rewrite``. Quiet under ``-qq``, in xdist workers, and off the main thread.
+
+Without a TTY (a CI log) a live line cannot be redrawn: with ``log=True`` (the compile) the
+progress is written as lines instead, ``[dspex] <text> (<elapsed> s)``: one when the phase
+changes, one when the text changes within a phase, but never two within ``LOG_MIN_S`` of each
+other (``LOG_SAME_PHASE_S`` within a phase), and at least one every ``LOG_MAX_S`` while the work
+goes on (the latest text again), so a CI log shows a long compile moving and nothing floods it.
+Without ``log`` nothing is drawn off a TTY (an evaluation's running score would only add noise).
 """
 
 from __future__ import annotations
@@ -14,13 +20,22 @@ import concurrent.futures
 import contextlib
 import contextvars
 import os
+import re
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
 
-__all__ = ["Progress", "run_with_progress"]
+__all__ = ["LogProgress", "Progress", "run_with_progress"]
+
+#: lines written without a TTY: never two closer than this (seconds) ...
+LOG_MIN_S = 2.0
+#: ... nor two of the same phase closer than this ...
+LOG_SAME_PHASE_S = 5.0
+#: ... and at least one this often while the work goes on
+LOG_MAX_S = 10.0
 
 T = TypeVar("T")
 
@@ -44,16 +59,22 @@ class Progress:
         self._fspath: Any = None  # the test file whose results the interrupted line held
 
     @classmethod
-    def for_config(cls, config: pytest.Config, label: str) -> Progress | None:
-        """A progress line for this terminal, or None when nothing should be drawn."""
+    def for_config(cls, config: pytest.Config, label: str, *, log: bool = False) -> Progress | None:
+        """A progress line for this terminal, or None when nothing should be drawn.
+
+        ``log``: without a TTY, write throttled lines (``LogProgress``) rather than nothing.
+        """
         if hasattr(config, "workerinput") or config.get_verbosity() < -1:
             return None
         if threading.current_thread() is not threading.main_thread():
             return None  # pytest's capture belongs to the main thread (an async test's to_thread call)
         reporter = config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is None or not getattr(reporter, "isatty", False):
+        if reporter is None:
             return None
-        return cls(reporter, config.pluginmanager.get_plugin("capturemanager"), label)
+        capture = config.pluginmanager.get_plugin("capturemanager")
+        if not getattr(reporter, "isatty", False):
+            return LogProgress(reporter, capture, label) if log else None
+        return cls(reporter, capture, label)
 
     # -- reporting (any thread) -----------------------------------------------------------------
     def update(self, done: int, total: int, score: float, errors: int) -> None:
@@ -95,6 +116,56 @@ class Progress:
             self._reporter.rewrite(prefix)
         self._reporter.currentfspath = self._fspath
         self._drawn = None
+
+
+class LogProgress(Progress):
+    """``Progress`` for a terminal that is not a TTY: throttled whole lines (see the module doc)."""
+
+    def __init__(self, reporter: Any, capture: Any, label: str, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(reporter, capture, label)
+        self._clock = clock
+        self._started = clock()
+        self._last_at: float | None = None
+        self._last_text: str | None = None
+        self._opened = False
+
+    @staticmethod
+    def _phase(text: str) -> str:
+        """``a: b: counts`` -> ``a: b``; otherwise the text without its numbers."""
+        if text.count(": ") >= 2:
+            return text.rsplit(": ", 1)[0]
+        return re.sub(r"\d+(\.\d+)?", "#", text)
+
+    def line_due(self, text: str, now: float) -> bool:
+        """Whether ``text`` should be written at ``now`` (the throttling rule, kept pure for tests)."""
+        if self._last_at is None:
+            return True
+        since = now - self._last_at
+        if since >= LOG_MAX_S:
+            return True  # the heartbeat, even with the same text
+        if text == self._last_text or since < LOG_MIN_S:
+            return False
+        same_phase = self._last_text is not None and self._phase(text) == self._phase(self._last_text)
+        return not same_phase or since >= LOG_SAME_PHASE_S
+
+    def poll(self) -> None:
+        with self._lock:
+            text = self._text
+        now = self._clock()
+        if text is None or not self.line_due(text, now):
+            return
+        self._last_at, self._last_text = now, text
+        label = f"{self._label}: " if self._label else ""
+        with self._suspended():
+            if not self._opened:
+                self._reporter.ensure_newline()
+                self._opened = True
+            self._reporter.write_line(f"[dspex] {label}{text} ({now - self._started:.0f} s)")
+
+    def close(self) -> None:
+        if self._opened:
+            with self._suspended():
+                self._reporter.ensure_newline()
 
 
 def run_with_progress(progress: Progress | None, fn: Callable[[], T]) -> T:
