@@ -35,7 +35,7 @@ LOG_MIN_S = 2.0
 #: ... nor two of the same phase closer than this ...
 LOG_SAME_PHASE_S = 5.0
 #: ... and at least one this often while the work goes on
-LOG_MAX_S = 10.0
+LOG_MAX_S = 9.5  # polled every 0.1 s: a line within 10 s
 
 T = TypeVar("T")
 
