@@ -48,6 +48,8 @@ SECTIONS: list[tuple[str, str, str]] = [
     ("shards", "Shards and combine (issue 14)", "sections:shards"),
     ("remote", "Remote workers in network namespaces (issue 14)", "sections:remote"),
     ("embedded", "Embedded model: compile on Gemma 3 270M (issue 13)", "sections:embedded"),
+    ("bootstrap_calls", "BootstrapFewShot: calls and demos vs DSPy at four accuracies (issues 24, 25)", "bootstrap_calls:section"),
+    ("demo_quality", "Demos complete and earned: issue 24's reproductions", "demo_quality:section"),
 ]
 
 
