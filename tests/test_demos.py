@@ -300,3 +300,25 @@ def test_metric_threshold_from_the_marker_or_the_option_is_recorded(pytester, re
     result.stdout.fnmatch_lines(["*dspex_metric: metric_threshold=2 must be a number between 0 and 1*"])
     result = run(pytester, server, ["-p", "no:xdist"], "--dspex-compile", "--dspex-metric-threshold=1.5")
     result.stderr.fnmatch_lines(["*--dspex-metric-threshold must be between 0 and 1, got 1.5*"])
+
+
+def test_a_passing_run_that_leaves_a_field_empty_is_not_a_demo(server_factory, make_lm):
+    class Optional_(dspex.Signature):
+        """Extract the person's name and, when given, their age."""
+
+        text: str = dspex.InputField()
+        name: str = dspex.OutputField()
+        age: int | None = dspex.OutputField()
+
+    def respond(body):
+        text = body["messages"][-1]["content"].rsplit("Text:", 1)[-1]
+        name = re.search(r"case \d+: (\w+)", text).group(1)
+        return f" {name}\nAge: 30" if name != "Ann" else f" {name}\nAge: null"
+
+    server = server_factory(respond)
+    train = [dspex.Example(text=f"case {i}: {n} waved", name=n, age=30).with_inputs("text") for i, n in enumerate(["Ann", "Bob", "Cy"])]
+    opt = BootstrapFewShot(lambda e, p, t=None: p.name == e.name, max_bootstrapped_demos=2, max_labeled_demos=2)
+    compiled = opt.compile(dspex.Predict(Optional_, lm=make_lm(server)), trainset=train)
+    boot = [d for d in compiled.demos if d.get("augmented")]
+    assert [d["name"] for d in boot] == ["Bob", "Cy"] and all(d["age"] == 30 for d in boot)
+    assert opt.report.incomplete == 1 and opt.report.errors == 0  # Ann passed, without an age

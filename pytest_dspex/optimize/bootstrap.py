@@ -78,6 +78,8 @@ class BootstrapReport:
     runs: int = 0
     errors: int = 0
     bootstrapped_indices: list[int] = field(default_factory=list)
+    #: passing runs not kept because a traced step left one of its predictor's fields empty
+    incomplete: int = 0
     usage: Usage = field(default_factory=Usage)
     elapsed_s: float = 0.0
     #: predictor path -> its demos by kind
@@ -301,13 +303,17 @@ class BootstrapFewShot:
                     events.emit(events.OptimizerEvent("bootstrap_run", {"index": i, "round": round_, "passed": ok}))
                 if ok:
                     demos: dict[str, list[dict[str, Any]]] = {}
+                    complete = True
                     for pred, step_inputs, step_out in trace:
                         path = by_id.get(id(pred))
                         if path is None:
                             continue
                         demo = {**step_inputs, **step_out.toDict(), "augmented": True}
+                        complete = complete and not missing_fields(pred, demo)
                         demos.setdefault(path, []).append(demo)
-                    return demos
+                    if complete:  # a step that left a field empty would teach an incomplete answer
+                        return demos
+                    report.incomplete += 1
             return None
 
         async def run_shared(i: int, example: Example) -> dict[str, list[dict[str, Any]]] | None:
