@@ -406,10 +406,21 @@ class BootstrapFewShotWithRandomSearch:
         alive = list(candidates)
         started = time.perf_counter()
         running: dict[str, int] = {}  # examples of the current step done, per candidate
+        done = 0  # examples of the validation order every live candidate has been scored on
 
         def planned() -> int:
-            """Candidate-examples to evaluate in all, as racing stands now (drops shrink it)."""
-            return sum(len(records[c.name]) for c in candidates if c not in alive) + len(alive) * len(order)
+            """Candidate-examples to evaluate in all: those done, then the steps left, each with the
+            share of candidates successive halving keeps (racing may drop more)."""
+            total = sum(len(r) for r in records.values())
+            n, start = len(alive), done
+            for later in stops:
+                if later <= start:
+                    continue
+                total += n * (later - start)
+                start = later
+                if self.race_keep < 1:
+                    n = max(1, math.ceil(n * self.race_keep))
+            return total
 
         def tell(cand: Candidate, done_now: int, step: int, score: float) -> None:
             running[cand.name] = done_now
@@ -420,8 +431,8 @@ class BootstrapFewShotWithRandomSearch:
             if units and elapsed >= 1:
                 left = f", ~{elapsed / units * max(0, planned() - units):.0f} s left"
             self._say(f"evaluating {cand.name}: {seen}/{step} examples, score {score:.3f}{left}")
+
         spans = {c.name: tracing.start_span("dspex.candidate", {"dspex.candidate": c.name, "dspex.demos": c.demos}) for c in candidates}
-        done = 0
         for stop in stops:
             chunk = [(i, valset[i]) for i in order[done:stop]]
 
