@@ -326,7 +326,7 @@ class BootstrapFewShotWithRandomSearch:
         self._say(f"calibrating {cand.name} on {len(val)} inputs")
         try:
             report = await calibrate(
-                program, [ex.inputs() for ex in val], targets, concurrency=self.concurrency, leave_out_own=val is trainset
+                program, [dict(ex.inputs().items()) for ex in val], targets, concurrency=self.concurrency, leave_out_own=val is trainset
             )
         except DspexError as exc:  # the compile keeps what it found: calibration is an extra
             self._say(f"not calibrated: {exc}")
