@@ -85,6 +85,11 @@ class Comparison:
         if self.shared == 0:
             return "paired comparison: no examples shared with the golden"
         lo, hi = self.delta_ci95
+        if self.test == "mcnemar-exact" and not self.regressions and not self.fixes:  # nothing moved: no interval to show
+            text = f"{self.verdict}: no example changed outcome (delta +0.000), {self.shared} shared examples"
+            if self.underpowered and self.needed_n is not None:
+                text += f"; underpowered: needs n >= {self.needed_n} to detect a drop of {self.tolerance:g}"
+            return text
         text = (
             f"{self.verdict}: delta {self.delta:+.3f} (95% CI {lo:+.3f}..{hi:+.3f}), p={_fmt_p(self.p_value)} "
             f"[{self.test}], {len(self.regressions)} regressed, {len(self.fixes)} fixed, "

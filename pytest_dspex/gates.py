@@ -193,7 +193,10 @@ def judge(
         reason = lm_errors_reason(by_kind, n) or ""
         return v(False, f"{reason} — over the error budget of {max_error_rate:.0%} (not a low score)", "lm_errors")
     if threshold is not None and score < threshold:
-        return v(False, f"below threshold ({score:.3f} < {threshold:.3f})", "below_threshold")
+        reason = f"below threshold ({score:.3f} < {threshold:.3f})"
+        if comparison is not None and comparison.shared and comparison.regressed:  # every failed check is named
+            reason += "; and " + regression_reason(comparison)
+        return v(False, reason, "below_threshold")
     if comparison is not None and comparison.shared:
         c = comparison
         if c.regressed:

@@ -16,9 +16,10 @@ def test_one_row_per_program_with_its_verdict() -> None:
     lines = text.splitlines()
     assert lines[0] == "### ❌ pytest-dspex: 1 of 2 programs failed"
     table = [ln for ln in lines if ln.startswith("| ")]
-    assert table[0].startswith("| program | score (95% CI) | threshold | golden | delta |")
+    assert table[0].startswith("| program | mode | test | score (95% CI) | threshold | golden | delta |")  # issue 23
     assert len(table) == 3
-    assert "triage" in table[1] and "0.800 (0.70–0.88)" in table[1] and "❌ FAIL: regressed: 3 examples flipped (p=0.031)" in table[1]
+    assert "triage" in table[1] and "0.800 (0.70–0.88)" in table[1] and "❌ FAIL: regressed: 3 of 40 shared examples worse (p=0.031)" in table[1]
+    assert "| dataset | test\\_triage.py::test\\_triage |" in table[1]
     assert "-0.025 \\[-0.070, +0.020\\] p=0.031" in table[1] and "2 (lm\\_timeout 2)" in table[1]
     assert "find\\_product" in table[2] and "✅ pass" in table[2]
     assert "model gemma-3-270m" in lines[-1] and "commit 0123456789ab" in lines[-1]
@@ -37,7 +38,7 @@ def test_regressions_list_the_first_ten_and_count_the_rest() -> None:
     assert len(listed) == 10
     assert listed[0] == "- `ex-0`: I was charged twice for my subscription (#0) → expected billing, got technical"
     assert "- … and 4 more" in text
-    assert "**triage**: 14 examples regressed against the golden (paired mcnemar-exact, p=0.031)" in text
+    assert "**triage** (dataset, test\\_triage.py::test\\_triage): 14 examples regressed against the golden (paired mcnemar-exact, p=0.031)" in text
 
 
 def test_untrusted_text_cannot_format_or_inject() -> None:

@@ -91,7 +91,8 @@ def test_html_markdown_json_and_step_summary_from_one_run(pytester, project, ser
         assert row["dataset"] == "data/dev.jsonl" and row["golden"] == "__dspex__/test_triage/triage.json"
         assert row["test"].startswith("test_triage.py::") and row["verdict"]["passed"] is True
     text = md.read_text(encoding="utf-8")
-    assert text.startswith("### ✅ pytest-dspex: 2 programs passed")
+    assert text.startswith("### ✅ pytest-dspex: 1 program passed (2 tests)")  # one program in two modes (issue 23)
+    assert "| triage | dataset | test\\_triage.py::test\\_triage |" in text and "| triage | per-example |" in text
     assert text.count("| triage |") == 2 and "fake-model" in text
     assert summary.read_text(encoding="utf-8") == "earlier step\n" + text  # appended, same text
     page = html.read_text(encoding="utf-8")
@@ -106,7 +107,7 @@ def test_failing_gates_show_in_every_report_and_in_junit(pytester, project, serv
     result = run(pytester, wrong, mode, "--dspex-html=r.html", "--dspex-markdown=r.md", "--junitxml=junit.xml")
     assert result.ret == 1
     text = (pytester.path / "r.md").read_text(encoding="utf-8")
-    assert "2 of 2 programs failed" in text and text.count("❌") >= 3
+    assert "1 of 1 program failed (2 tests)" in text and text.count("❌") >= 3  # counts programs (issue 23)
     assert '"passed": false' in (pytester.path / "r.html").read_text(encoding="utf-8") or "failed" in text
     props = properties(pytester.path / "junit.xml")
     whole = props["test_triage"]

@@ -308,9 +308,15 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     tr.write_sep("=", "dspex")
     for line in format_table(rows):
         tr.write_line(line)
+    said = set()
     for run in collector.runs.values():
         if run.verdict is not None and run.result is not None and not run.verdict.passed:
             tr.write_line(run.verdict.headline(run.label, run.result.n, run.result.ci95), red=True, bold=True)
+            said.add(run.test)
+    from .report import verdict_lines
+
+    for text in verdict_lines(rows, frozenset(said)):  # a failed whole-dataset test: its verdict in words
+        tr.write_line(text, red=True, bold=True)
     for row in rows:
         usage = row.get("usage") or {}
         if row.get("cache_only"):  # nothing was asked of the endpoint: say so (issue 19)
@@ -325,6 +331,13 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         if row["verdict"].get("kind") == "deferred":  # a shard job: "shard 2/3: 340 of 1000 examples; ..."
             tr.write_line(f"{row['program']} [{row.get('mode', 'dataset')}]: {row['verdict']['reason']}")
     dspex = config.stash.get(session_key, None)
+    if dspex is not None and dspex.options.repeats > 1 and dspex.options.temperature == 0:
+        tr.write_line(
+            f"dspex: --dspex-repeats={dspex.options.repeats} at temperature 0: a greedy model gives every repeat "
+            f"the same answer, so the repeats cost {dspex.options.repeats}x the calls and add nothing "
+            "(sample with --dspex-temperature > 0, or drop --dspex-repeats)",
+            yellow=True,
+        )
     if dspex is not None and dspex.options.shard is None:
         from ..sharding import ci_parallel_variables
 
@@ -336,7 +349,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             )
     from .report import gate_lines
 
-    for text, style in gate_lines(rows):  # paired comparison with the golden, flaky examples
+    fresh = frozenset(p for p, g in collector.goldens.items() if g.get("outcome") in ("created", "updated"))
+    for text, style in gate_lines(rows, fresh):  # paired comparison with the golden, flaky examples
         tr.write_line(text, **style)
     written = [(p, g) for p, g in collector.goldens.items() if g.get("outcome")]
     for rel, g in sorted(written):

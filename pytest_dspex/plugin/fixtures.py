@@ -82,6 +82,21 @@ def _golden_info(session: DspexSession, resolved: Resolved) -> dict[str, Any]:
     return d
 
 
+def _note(session: DspexSession, resolved: Resolved) -> str:
+    """The row's note: the resolver's, and a sampling temperature that differs from the golden's."""
+    notes = [resolved.note] if resolved.note else []
+    golden = resolved.golden
+    if golden is not None and resolved.outcome is None:  # a golden loaded, not one this run compiled
+        recorded = (golden.data.get("model") or {}).get("temperature")
+        now = session.options.temperature
+        if isinstance(recorded, int | float) and float(recorded) != float(now):
+            notes.append(
+                f"sampled at temperature {now:g}, the golden at {float(recorded):g}: "
+                "a difference from the golden may be the sampling, not the program"
+            )
+    return "; ".join(notes)
+
+
 def _comparable_golden_score(resolved: Resolved, fingerprint: str | None) -> float | None:
     """The golden's score, if it was measured on this very dataset (else no regression gate)."""
     g = resolved.golden
@@ -238,7 +253,7 @@ class Evaluator:
             tolerance=verdict.tolerance,
             max_error_rate=options.max_error_rate,
             golden=session.rel(resolved.golden_path) if resolved.golden is not None else None,
-            note=resolved.note,
+            note=_note(session, resolved),
             prompts=resolved.golden.prompts if resolved.golden is not None else None,
             alpha=options.alpha,
         )
@@ -250,7 +265,8 @@ class Evaluator:
         if options.shard is None:
             self._request.config.hook.pytest_dspex_gate(program=spec.name, verdict=verdict, result=result)
         if not verdict.passed:
-            pytest.fail(verdict.headline(spec.name, result.n, result.ci95) + "\n" + result.summary(), pytrace=False)
+            said = verdict.headline(spec.name, result.n, result.ci95) + "\n" + result.summary()
+            pytest.fail(said + (f"\nnote: {row['note']}" if row.get("note") else ""), pytrace=False)
         return result
 
 
@@ -327,7 +343,7 @@ class Predictor:
             "golden": session.rel(resolved.golden_path) if resolved.golden is not None else None,
             "golden_score": _comparable_golden_score(resolved, data.fingerprint),
             "dataset_size": len(data.examples),
-            "note": resolved.note,
+            "note": _note(session, resolved),
             "prompts": session.once(("prompts", key), lambda: resolved.golden.prompts if resolved.golden else {}),
             # the golden's per-example outcomes for the controller's paired gate, sent once per process
             "golden_outcomes": session.once(

@@ -126,13 +126,15 @@ class SessionLMs:
 
     def model_info(self) -> dict[str, Any]:
         lm = self.lm
-        return {
+        info: dict[str, Any] = {
             "name": lm.model,
-            "endpoint": "embedded llama.cpp (local)" if self.options.local else lm.base_url,
             "temperature": lm.temperature,
             "max_tokens": lm.max_tokens,
             "teacher": self.options.teacher_model,
         }
+        if self.options.local:  # which server is the model's identity; a URL is not (it goes to the run report)
+            info["endpoint"] = "embedded llama.cpp (local)"
+        return info
 
     def model_name(self) -> str | None:
         """The model the session talks to (without starting anything)."""

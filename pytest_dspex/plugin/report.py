@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 from ..rows import program_row
 
-__all__ = ["Collector", "PerExampleRun", "format_table", "gate_lines", "program_row", "report_json"]
+__all__ = ["Collector", "PerExampleRun", "format_table", "gate_lines", "program_row", "report_json", "verdict_lines"]
 
 
 @dataclass
@@ -246,9 +246,12 @@ def _fmt_score(row: dict[str, Any]) -> str:
     return f"{row['score']:.3f} ({lo:.2f}-{hi:.2f})"
 
 
-def gate_lines(rows: list[dict[str, Any]]) -> list[tuple[str, dict[str, bool]]]:
+def gate_lines(rows: list[dict[str, Any]], fresh: frozenset[str] = frozenset()) -> list[tuple[str, dict[str, bool]]]:
     """Terminal lines under the table: each program's paired comparison with its golden (delta, 95% CI,
-    p, regressed and fixed keys, underpowered) and its flaky examples; ``(text, markup)`` pairs."""
+    p, regressed and fixed keys, underpowered) and its flaky examples; ``(text, markup)`` pairs.
+
+    ``fresh``: goldens this run has just written (created or replaced): no comparison with them is said.
+    A regression judged by the tolerance (the paired test underpowered) is said as one sentence."""
     from ..comparison import Comparison
     from ..gates import SHOWN_KEYS
 
@@ -259,15 +262,22 @@ def gate_lines(rows: list[dict[str, Any]]) -> list[tuple[str, dict[str, bool]]]:
     for r in rows:
         label = f"{r['program']} [{r.get('mode', 'dataset')}]"
         raw = r.get("comparison")
-        if raw:
+        if raw and r.get("golden") not in fresh:
             c = Comparison.from_json(raw)
             text = f"{label} vs golden: {c.summary()}"
+            by_tolerance = r["verdict"].get("kind") == "regression" and not c.regressed
+            if by_tolerance:  # the verdict and this line are one sentence, not two that disagree
+                text = (
+                    f"{label} vs golden: regression by the tolerance: {c.current_score:.3f} vs golden {c.baseline_score:.3f} "
+                    f"on {c.shared} shared examples (more than {c.tolerance:g} lower); the paired test alone would say "
+                    + c.summary()
+                )
             if c.regressions:
                 text += f"; pass -> fail: {keys(c.regressions)}"
             if c.fixes:
                 text += f"; fail -> pass: {keys(c.fixes)}"
-            style = {"red": True} if c.regressed else {"green": True} if c.verdict == "improved" else {}
-            if c.underpowered and not c.regressed:
+            style = {"red": True} if c.regressed or by_tolerance else {"green": True} if c.verdict == "improved" else {}
+            if c.underpowered and not c.regressed and not by_tolerance:
                 style = {"yellow": True}
             out.append((text, style))
         flaky = list(r.get("flaky") or [])
@@ -278,18 +288,27 @@ def gate_lines(rows: list[dict[str, Any]]) -> list[tuple[str, dict[str, bool]]]:
 
 
 def _gate_cell(row: dict[str, Any]) -> str:
-    """The table's gate column; a paired regression in short (its keys, CI and p are on the line below)."""
+    """The table's gate column in one word (``pass``, ``FAIL``, ``deferred``): the table fits 120 columns,
+    and each failed program's verdict is one sentence below it (``verdict_lines``), naming every check."""
     verdict = row["verdict"]
     if verdict.get("kind") == "deferred":  # a shard job: combine gates the merged records
         return "deferred"
-    if verdict["passed"]:
-        return "pass"
-    c = row.get("comparison")
-    if verdict.get("kind") == "regression" and c and c.get("verdict") == "regressed":
-        p = float(c["p_value"])
-        shown = f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
-        return f"FAIL: regressed, {len(c.get('regressions') or [])} of {c.get('shared')} worse (p={shown})"
-    return "FAIL: " + str(verdict["reason"])
+    return "pass" if verdict["passed"] else "FAIL"
+
+
+def verdict_lines(rows: list[dict[str, Any]], said: frozenset[str] = frozenset()) -> list[str]:
+    """One sentence per failed program in words, every failed check named (``said``: tests whose
+    verdict is already on screen, the per-example headline)."""
+    from ..reports._format import ProgramView
+
+    out = []
+    for r in rows:
+        view = ProgramView(r)
+        if view.passed or r["verdict"].get("kind") == "deferred" or r.get("test") in said:
+            continue
+        note = f" (note: {r['note']})" if r.get("note") and "temperature" in str(r["note"]) else ""
+        out.append(f"{view.name} [{view.mode}] {view.test_short}: {view.verdict_words}{note}")
+    return out
 
 
 _SPEND_KEYS = ("calls", "cache_hits", "tokens", "cost", "retries")
@@ -316,12 +335,15 @@ def run_spend(rows: list[dict[str, Any]], goldens: Iterable[dict[str, Any]]) -> 
 
 
 def format_table(rows: list[dict[str, Any]]) -> list[str]:
+    from ..reports._format import ProgramView
+
     header = ["program", "mode", "score (95% CI)", "thresh", "golden (delta)", "n", "err", "calls", "cached", "tokens", "cost", "gate"]
     lines = [header]
     for r in rows:
         usage = r.get("usage") or {}
-        golden = r.get("golden_score")
-        golden_txt = "-" if golden is None else f"{golden:.3f} ({round(r['score'] - golden, 3) + 0.0:+.3f})"
+        view = ProgramView(r)  # the golden's score on the shared examples when a paired comparison ran
+        golden, delta = view.baseline, view.delta
+        golden_txt = "-" if golden is None or delta is None else f"{golden:.3f} ({round(delta, 3) + 0.0:+.3f})"
         lines.append([
             str(r["program"]),
             str(r.get("mode", "dataset")),

@@ -130,8 +130,8 @@ class DspexSession:
         return self._datasets[key]
 
     def rel(self, path: Path | str) -> str:
-        """A path relative to the rootdir (every path in reports is)."""
-        p = Path(path)
+        """A path relative to the rootdir, normalised (every path in reports is): no ``..`` inside."""
+        p = Path(os.path.normpath(path))
         try:
             return p.relative_to(self.config.rootpath).as_posix()
         except ValueError:

@@ -20,6 +20,7 @@ __all__ = [
     "Outcome",
     "ProgramView",
     "clean_url",
+    "endpoint_text",
     "fields_text",
     "fmt_ci",
     "fmt_delta",
@@ -112,6 +113,14 @@ def miss_lines(record: Mapping[str, Any], width: int = 200) -> list[str]:
         lines.append(cut(f"  {record['error_kind']} error: {record.get('error') or ''}"))
     lines.append(f"  score    {fmt_num(record.get('score'))}")
     return lines
+
+
+def endpoint_text(url: Any) -> str:
+    """An endpoint for a footer or metadata: ``at <url>`` for a URL, the word alone otherwise (``embedded``)."""
+    text = clean_url(url)
+    if not text:
+        return ""
+    return f"at {text}" if "://" in text else f"({text})"
 
 
 def clean_url(url: Any) -> str:
@@ -220,6 +229,57 @@ class ProgramView:
             return "pass"
         reason = str(v.get("reason") or v.get("kind") or "")
         return f"FAIL: {reason}" if reason else "FAIL"
+
+    @property
+    def test_short(self) -> str:
+        """The test, without its directory: ``test_triage.py::test_each``."""
+        test = str(self.row.get("test") or "")
+        path, sep, rest = test.partition("::")
+        return (path.rsplit("/", 1)[-1] + sep + rest) if sep else test
+
+    @property
+    def baseline(self) -> float | None:
+        """The golden's score to compare with: on the examples both share when a paired comparison
+        ran (the dev set may have changed since compiling), else the golden's recorded score."""
+        c = self.comparison
+        if c is not None and c.get("shared") and c.get("baseline_score") is not None:
+            return float(c["baseline_score"])
+        golden = self.row.get("golden_score")
+        return None if golden is None else float(golden)
+
+    @property
+    def failed_checks(self) -> list[str]:
+        """Every check that failed, in words (a run below its threshold may also have regressed)."""
+        v = self.verdict
+        if v.get("passed"):
+            return []
+        kind = v.get("kind")
+        if kind in ("lm_errors", "no_examples", "deferred") or kind is None:
+            return [str(v.get("reason") or kind or "failed")]
+        row, c = self.row, self.comparison
+        out: list[str] = []
+        score, threshold = row.get("score"), row.get("threshold")
+        if threshold is not None and score is not None and float(score) < float(threshold):
+            out.append(f"below threshold ({fmt_num(score)} < {fmt_num(threshold, 2)})")
+        if c is not None and c.get("verdict") == "regressed":
+            out.append(f"regressed: {len(c.get('regressions') or [])} of {c.get('shared')} shared examples worse (p={fmt_p(c.get('p_value'))})")
+        elif kind == "regression":
+            tolerance = row.get("tolerance")
+            base = self.baseline
+            text = "regression: below the golden"
+            if base is not None:
+                text += f" {fmt_num(base)}"
+            if tolerance is not None:
+                text += f" − tolerance {fmt_num(tolerance, 2)}"
+            if c is not None and c.get("underpowered"):
+                text += " (the paired test is underpowered, so the tolerance decides)"
+            out.append(text)
+        return out or [str(v.get("reason") or kind)]
+
+    @property
+    def verdict_words(self) -> str:
+        """``pass``, or ``FAIL: `` and every failed check in words (no example keys: those are listed apart)."""
+        return "pass" if self.passed else "FAIL: " + "; ".join(self.failed_checks)
 
     @property
     def verdict_short(self) -> str:

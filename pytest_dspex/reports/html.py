@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .._atomic import atomic_write_text
-from ._format import ProgramView, clean_url, fields_text, fmt_num, fmt_score, outcome
+from ._format import ProgramView, clean_url, fields_text, fmt_num, fmt_score, outcome, split_expected
 
 __all__ = ["render_html", "write_html"]
 
@@ -98,7 +98,7 @@ def _rows(program: ProgramView) -> list[dict[str, Any]]:
             "i": rec.get("index"),
             "k": key,
             "in": fields_text(rec.get("inputs")),
-            "ex": fields_text(rec.get("expected")),
+            "ex": fields_text(split_expected(rec)[0]),  # the row's id is its key, not an expected output
             "got": fields_text(rec.get("prediction")),
             "s": rec.get("score"),
             "o": outcome(rec),
@@ -137,7 +137,7 @@ def _metadata(report: Mapping[str, Any]) -> str:
 
 
 _SUMMARY_COLUMNS = (
-    "program", "verdict", "score (95% CI)", "threshold", "golden", "delta", "n", "errors",
+    "program", "mode", "test", "verdict", "score (95% CI)", "threshold", "golden", "delta", "n", "errors",
     "calls", "cache hits", "tokens", "cost",
 )  # fmt: skip
 
@@ -147,7 +147,7 @@ def _summary_cells(p: ProgramView) -> list[str]:
     return [
         fmt_score(row.get("score"), row.get("ci95")),
         fmt_num(row.get("threshold"), 2),
-        fmt_num(row.get("golden_score")),
+        fmt_num(p.baseline),
         p.delta_text,
         str(row.get("n", "")),
         p.errors_text,
@@ -167,9 +167,10 @@ def _summary(programs: list[ProgramView]) -> str:
         cells = "".join(f"<td>{escape(c)}</td>" for c in _summary_cells(p))
         verdict = (
             f'<td class="verdict {"pass" if p.passed else "fail"}" title="{escape(p.verdict_text)}">'
-            f"{escape(p.verdict_short)}</td>"
+            f"{escape(p.verdict_words)}</td>"
         )
-        body.append(f'<tr><td><a href="#p{i}">{escape(p.name)}</a></td>{verdict}{cells}</tr>')
+        where = f"<td>{escape(p.mode)}</td><td>{escape(p.test_short)}</td>"
+        body.append(f'<tr><td><a href="#p{i}">{escape(p.name)}</a></td>{where}{verdict}{cells}</tr>')
     return (
         f'<div class="wide"><table class="summary" id="summary"><thead><tr>{head}</tr></thead>'
         f'<tbody>{"".join(body)}</tbody></table></div>'
@@ -205,7 +206,7 @@ def _program(i: int, p: ProgramView) -> str:
             facts.append(("power", f"underpowered: needs n ≥ {needed}" if needed else "underpowered"))
     if row.get("flaky"):
         facts.append(("flaky", ", ".join(str(k) for k in row["flaky"])))
-    badge = f'<span class="badge {"pass" if p.passed else "fail"}">{escape(p.verdict_text)}</span>'
+    badge = f'<span class="badge {"pass" if p.passed else "fail"}">{escape(p.verdict_words)}</span>'
     has_repeats = any(r.get("repeats") for r in p.records)
     columns = (
         ("#", "i"), ("key", ""), ("inputs", ""), ("expected", ""), ("got", ""),
@@ -221,7 +222,7 @@ def _program(i: int, p: ProgramView) -> str:
         for f, label in (("all", "all"), ("miss", "misses"), ("error", "errors"), ("regression", "regressions"), ("fix", "fixes"))
     )
     return (
-        f'<section class="program" id="p{i}" data-index="{i}"><h2>{escape(p.name)} {badge}</h2>'
+        f'<section class="program" id="p{i}" data-index="{i}"><h2>{escape(p.name)} <small>{escape(p.mode)} · {escape(p.test_short)}</small> {badge}</h2>'
         f'<p class="score">score {escape(fmt_score(row.get("score"), row.get("ci95")))} · n {escape(str(row.get("n", "")))}'
         f" · delta {escape(p.delta_text)}</p>"
         f"{_dl(facts)}{_prompts(row.get('prompts'))}"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .._atomic import atomic_write_text
-from ._format import ProgramView, clean_url, fields_text, fmt_num, fmt_score
+from ._format import ProgramView, endpoint_text, fields_text, fmt_num, fmt_score, split_expected
 
 __all__ = ["MAX_LISTED", "append_step_summary", "md_text", "render_markdown", "write_markdown"]
 
@@ -42,28 +42,24 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     failed = [p for p in programs if not p.passed]
     passed = bool(report.get("passed", not failed))
     icon = "✅" if passed else "❌"
-    if not programs:
-        headline = "no LM program was evaluated"
-    elif failed:
-        headline = f"{len(failed)} of {len(programs)} program{'s' if len(programs) != 1 else ''} failed"
-    else:
-        headline = f"{len(programs)} program{'s' if len(programs) != 1 else ''} passed"
-    lines = [f"### {icon} pytest-dspex: {headline}", ""]
+    lines = [f"### {icon} pytest-dspex: {_headline(programs)}", ""]
     if programs:
         lines += [
-            "| program | score (95% CI) | threshold | golden | delta | n | errors | cost | verdict |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| program | mode | test | score (95% CI) | threshold | golden | delta | n | errors | cost | verdict |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for p in programs:
             row = p.row
-            verdict = ("✅ " if p.passed else "❌ ") + md_text(p.verdict_text, 120)
+            verdict = ("✅ " if p.passed else "❌ ") + md_text(p.verdict_words, 160)
             lines.append(
                 "| "
                 + " | ".join([
                     md_text(p.name),
+                    md_text(p.mode),
+                    md_text(p.test_short, 60),
                     md_text(fmt_score(row.get("score"), row.get("ci95"))),
                     md_text(fmt_num(row.get("threshold"), 2)),
-                    md_text(fmt_num(row.get("golden_score"))),
+                    md_text(fmt_num(p.baseline)),
                     md_text(p.delta_text),
                     md_text(row.get("n", "")),
                     md_text(p.errors_text),
@@ -78,13 +74,29 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _headline(programs: list[ProgramView]) -> str:
+    """Counts of programs (a program gated by two tests is one program, failed if either failed)."""
+    if not programs:
+        return "no LM program was evaluated"
+    names = list(dict.fromkeys(p.name for p in programs))
+    failed = {p.name for p in programs if not p.passed}
+    tests = f" ({len(programs)} tests)" if len(programs) != len(names) else ""
+    plural = "s" if len(names) != 1 else ""
+    if failed:
+        return f"{len(failed)} of {len(names)} program{plural} failed{tests}"
+    return f"{len(names)} program{plural} passed{tests}"
+
+
 def _regressions(p: ProgramView) -> list[str]:
     keys = p.keys("regressions")
     if not keys:
         return []
     c = p.comparison or {}
     by_key = {str(r.get("key")): r for r in p.records}
-    title = f"**{md_text(p.name)}**: {len(keys)} example{'s' if len(keys) != 1 else ''} regressed against the golden"
+    title = (
+        f"**{md_text(p.name)}** ({md_text(p.mode)}, {md_text(p.test_short, 60)}): {len(keys)} "
+        f"example{'s' if len(keys) != 1 else ''} regressed against the golden"
+    )
     if c.get("p_value") is not None:
         title += f" (paired {md_text(c.get('test') or 'test')}, p={md_text(fmt_num(c['p_value']))})"
     out = ["", title, ""]
@@ -93,8 +105,9 @@ def _regressions(p: ProgramView) -> list[str]:
         detail = ""
         if rec is not None:
             got = rec.get("error") if rec.get("error_kind") else fields_text(rec.get("prediction"))
+            expected, _meta = split_expected(rec)  # the row's id is the key, not an expected output
             detail = (
-                f": {md_text(fields_text(rec.get('inputs')), 60)} → expected {md_text(fields_text(rec.get('expected')), 40)},"
+                f": {md_text(fields_text(rec.get('inputs')), 60)} → expected {md_text(fields_text(expected), 40)},"
                 f" got {md_text(got or '', 40)}"
             )
         code = " ".join(key.replace("`", "'").split())
@@ -109,9 +122,9 @@ def _footer(report: Mapping[str, Any]) -> str:
     bits = []
     if model.get("model") or model.get("name"):
         bits.append(f"model {md_text(model.get('model') or model.get('name'))}")
-    endpoint = clean_url(model.get("base_url") or model.get("endpoint"))
+    endpoint = endpoint_text(model.get("base_url") or model.get("endpoint"))
     if endpoint:
-        bits.append(f"at {md_text(endpoint)}")
+        bits.append(md_text(endpoint))
     if report.get("git_commit"):
         bits.append(f"commit {md_text(str(report['git_commit'])[:12])}")
     if report.get("plugin_version"):
