@@ -35,6 +35,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(["BootstrapFewShot", "BootstrapFewShotWithRandomSearch", "LabeledFewShot"], ".optimize"),
     **dict.fromkeys(["Example", "Prediction"], ".primitives"),
     **dict.fromkeys(["load_golden"], ".production"),
+    "embedded_lm": ".local_lm",
     **dict.fromkeys(["ChainOfThought", "Module", "Predict", "trace_scope"], ".programs"),
     **dict.fromkeys(["configure", "context"], ".settings"),
     **dict.fromkeys(["InputField", "OutputField", "Signature", "make_signature"], ".signatures"),
@@ -83,6 +84,7 @@ if _TYPE_CHECKING:
     from .datasets import example_key, load_dataset, split
     from .evaluation import Evaluate, EvaluationResult, ExampleRecord, evaluate
     from .lm import LM, Budget, ResponseCache, Usage, track_usage
+    from .local_lm import embedded_lm
     from .optimize import BootstrapFewShot, BootstrapFewShotWithRandomSearch, LabeledFewShot
     from .primitives import Example, Prediction
     from .production import load_golden
@@ -134,6 +136,7 @@ __all__ = [
     "compare",
     "configure",
     "context",
+    "embedded_lm",
     "evaluate",
     "events",
     "example_key",

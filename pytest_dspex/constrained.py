@@ -50,10 +50,12 @@ __all__ = [
     "Constraint",
     "Dialect",
     "acomplete",
+    "answer_tokens",
     "chat_grammar",
     "choice_values",
     "compact_grammar",
     "constrained_decoding",
+    "field_tokens",
     "json_schema_for",
     "set_constrained_decoding",
     "shown_choices",
@@ -148,10 +150,54 @@ def _value_rule(spec: FieldSpec, free: str, *, shown: bool = False) -> str:
     if choices is not None:
         return "(" + " | ".join(_gbnf_literal(c) for c in dict.fromkeys(choices)) + ")"
     if spec.annotation is int:
-        return '"-"? [0-9]+'
+        return _INT_RULE
     if spec.annotation is float:
-        return '"-"? [0-9]+ ("." [0-9]+)?'
+        return _FLOAT_RULE
     return free
+
+
+# Numbers are bounded: a small model under an unbounded ``[0-9]+`` that would rather end the line
+# keeps emitting digits up to the token limit (measured on Gemma 3 270M: ``20000000000…``, 12 s
+# an answer); after at most 15 digits (6 decimals) the field must end.
+_INT_RULE = '"-"? [0-9]{1,15}'
+_FLOAT_RULE = '"-"? [0-9]{1,15} ("." [0-9]{1,6})?'
+
+#: tokens a value may take by type when its field sets no ``max_tokens``; a free-text value is one
+#: line in the compact layout (a paragraph for ChainOfThought's reasoning)
+NUMBER_TOKENS = 16
+TEXT_TOKENS = 96
+REASONING_TOKENS = 192
+
+
+def field_tokens(spec: FieldSpec) -> int | None:
+    """The most tokens ``spec``'s value may take (None: no bound known, the LM's ``max_tokens`` applies).
+
+    ``OutputField(max_tokens=N)`` wins; a closed set is bounded by its longest value (about a token
+    for two characters, generously), a number by ``NUMBER_TOKENS``, free text by ``TEXT_TOKENS``
+    (``REASONING_TOKENS`` for ChainOfThought's reasoning). Lists and structured values have none.
+    """
+    if spec.max_tokens is not None:
+        return spec.max_tokens
+    choices = choice_values(spec)
+    if choices is not None:
+        return 4 + max(len(c) for c in choices) // 2 if choices else 4
+    if spec.annotation in (int, float):
+        return NUMBER_TOKENS
+    if spec.annotation is str:
+        return REASONING_TOKENS if spec.name == "reasoning" else TEXT_TOKENS
+    return None
+
+
+def answer_tokens(signature: type[Signature], per_field: int = 0) -> int | None:
+    """The most tokens a whole answer may take: each output's ``field_tokens`` plus ``per_field``
+    (its label or header) — None when some output has no bound."""
+    total = 0
+    for spec in signature.output_fields().values():
+        n = field_tokens(spec)
+        if n is None:
+            return None
+        total += n + per_field + len(spec.label) // 2
+    return total
 
 
 def constrainable(signature: type[Signature]) -> bool:
@@ -175,7 +221,11 @@ def compact_grammar(signature: type[Signature]) -> str | None:
     parts = [f'" "? {_value_rule(outs[0], line, shown=True)}']
     for f in outs[1:]:
         parts.append(f'{_gbnf_literal(chr(10) + f.label + ":")} " "? {_value_rule(f, line, shown=True)}')
-    return "root ::= " + " ".join(parts) + "\n"
+    # a number or free text may end its line, after which the grammar is complete and only
+    # end-of-text is left: a base model that never ends a turn by itself stops there instead of
+    # writing digits to the token limit (a closed-set value is complete once written)
+    end = "" if choice_values(outs[-1]) is not None else ' "\\n"?'
+    return "root ::= " + " ".join(parts) + end + "\n"
 
 
 @functools.lru_cache(maxsize=256)

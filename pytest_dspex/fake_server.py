@@ -166,14 +166,14 @@ class FakeLMServer:
                     "usage": {"prompt_tokens": 10, "completion_tokens": 8, "total_tokens": 18},
                 }
             )
-        text = self.responder(body)
+        text, finish = _limited(self.responder(body), body.get("max_tokens"))
         words = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
         return web.json_response(
             {
                 "id": "chatcmpl-fake",
                 "object": "chat.completion",
                 "model": body.get("model", self.model),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
                 "usage": {"prompt_tokens": words, "completion_tokens": len(text.split()), "total_tokens": words + len(text.split())},
             }
         )
@@ -277,3 +277,16 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _limited(text: str, max_tokens: Any) -> tuple[str, str]:
+    """``text`` cut at ``max_tokens`` tokens (a word is a token here), as a real server cuts an answer:
+    then ``finish_reason`` is ``length``."""
+    if not isinstance(max_tokens, int) or max_tokens <= 0:
+        return text, "stop"
+    import re
+
+    words = list(re.finditer(r"\S+", text))
+    if len(words) <= max_tokens:
+        return text, "stop"
+    return text[: words[max_tokens - 1].end()], "length"

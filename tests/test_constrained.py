@@ -47,10 +47,40 @@ def test_compact_grammar_is_the_completion_after_the_prompts_last_label():
     grammar = compact_grammar(Typed)
     assert grammar is not None
     assert '" "? ("true" | "false")' in grammar
-    assert '"\\nN:" " "? "-"? [0-9]+' in grammar
-    assert '"\\nX:" " "? "-"? [0-9]+ ("." [0-9]+)?' in grammar
+    # numbers are bounded (issue 26: an unbounded [0-9]+ let a small model write digits to the token limit)
+    assert '"\\nN:" " "? "-"? [0-9]{1,15}' in grammar
+    assert '"\\nX:" " "? "-"? [0-9]{1,15} ("." [0-9]{1,6})?' in grammar
     assert '"\\nColor:" " "? ("red" | "blue")' in grammar
-    assert '"\\nNote:" " "? [^\\n]*' in grammar
+    # free text is one line; the last field may end it, after which only end-of-text is left
+    assert grammar.endswith('"\\nNote:" " "? [^\\n]* "\\n"?\n')
+
+
+def test_a_number_last_may_end_its_line_a_label_last_is_complete_as_written():
+    assert compact_grammar(dspex.make_signature("q -> a: str, n: int")).endswith('"-"? [0-9]{1,15} "\\n"?\n')
+    assert compact_grammar(dspex.make_signature("q -> n: int, ok: bool")).endswith('("true" | "false")\n')
+
+
+def test_requests_ask_for_no_more_tokens_than_the_fields_can_take(server_factory, make_lm):
+    server = server_factory(lambda body: " mugs\nQuantity: 3")
+    lm = make_lm(server, max_tokens=256)
+    assert dspex.Predict("message -> item: str, quantity: int", lm=lm)(message="3 mugs").quantity == 3
+    bounded = server.bodies[-1]["max_tokens"]
+    assert bounded < 256  # a line of text and a number, not the LM's limit
+
+    class Long(dspex.Signature):
+        message: str = dspex.InputField()
+        item: str = dspex.OutputField(max_tokens=200)
+        quantity: int = dspex.OutputField()
+
+    dspex.Predict(Long, lm=lm)(message="3 mugs")
+    assert server.bodies[-1]["max_tokens"] > bounded
+    dspex.Predict(Long, lm=lm.copy(max_tokens=20))(message="3 mugs")
+    assert server.bodies[-1]["max_tokens"] == 20  # the LM's own limit still caps it
+
+
+def test_an_output_field_max_tokens_must_be_positive():
+    with pytest.raises(dspex.SignatureError, match="positive int"):
+        dspex.OutputField(max_tokens=0)
 
 
 def test_free_text_outputs_get_no_grammar():

@@ -216,3 +216,41 @@ def test_one_server_is_shared_by_xdist_workers(pytester, monkeypatch):
     assert result.ret == 0, result.stdout.str()
     urls = {p.read_text() for p in pytester.path.glob("url-gw*.txt")}
     assert len(list(pytester.path.glob("url-gw*.txt"))) == 2 and len(urls) == 1
+
+
+class Order(dspex.Signature):
+    """Extract the ordered item and its quantity from the customer's message."""
+
+    message: str = dspex.InputField()
+    item: str = dspex.OutputField(desc="the product as written, lower case")
+    quantity: int = dspex.OutputField()
+
+
+def test_a_line_of_text_and_a_number_end_by_themselves_zero_shot(lm):
+    from pytest_dspex.constrained import answer_tokens
+
+    lm = lm.copy(max_tokens=256)
+    p = dspex.Predict(Order, lm=lm)
+    pred = p(message="Hello, I need 8 coffee filters.")
+    assert isinstance(pred.quantity, int) and len(str(abs(pred.quantity))) <= 15
+    # the field descriptions are not continued as the item (they were, as "Answer with: Item: ...")
+    assert "as written" not in pred.item and "lower case" not in pred.item
+    # the answer ended on its own, well inside the fields' budget (an unbounded number ran to 256)
+    budget = answer_tokens(Order, per_field=2)
+    assert budget is not None and lm.usage.completion_tokens < budget
+
+
+def test_chain_of_thought_zero_shot_does_not_echo_the_hint(lm):
+    qa = dspex.ChainOfThought("question -> answer: bool", lm=lm.copy(max_tokens=256))
+    pred = qa(question="Do fish live in water?")
+    assert isinstance(pred.answer, bool)
+    assert "step by step" not in pred.reasoning.lower() and "(bool)" not in pred.reasoning
+
+
+def test_embedded_lm_tries_a_program_outside_pytest():
+    triage = dspex.Predict("message -> team: Literal['billing', 'technical', 'account', 'other']")
+    with dspex.embedded_lm(cache=None) as lm:
+        assert lm.model == "gemma-3-270m" and lm.base_url.startswith("http://127.0.0.1:")
+        assert triage(message="I was charged twice").team in ("billing", "technical", "account", "other")
+    with pytest.raises(dspex.ConfigError, match="has no LM"):  # the block's default is gone with it
+        triage(message="I was charged twice")

@@ -147,3 +147,28 @@ def test_reset_copy_clears_demos_but_keeps_the_original():
     program.route.demos = [{"message": "a", "team": "b"}]
     copy = program.reset_copy()
     assert copy.route.demos == [] and program.route.demos
+
+
+def test_an_answer_cut_at_the_token_limit_says_so_and_which_limit_to_raise(server_factory, make_lm):
+    server = server_factory(lambda body: " we will need to think about the age here carefully\nAge: 42")
+    lm = make_lm(server, max_tokens=5)
+    p = dspex.Predict("name -> reasoning: str, age: int", lm=lm, json_fallback=False)
+    with pytest.raises(dspex.AdapterParseError) as err:
+        p(name="Ada")
+    message = str(err.value)
+    assert "truncated at the token limit (5 tokens)" in message
+    assert "--dspex-max-tokens" in message and "has no age" in message
+    # the fields' own bound: named with the field option to raise
+    long = "word " * 400
+    server.responder = lambda body: long
+    with pytest.raises(dspex.AdapterParseError, match=r"OutputField\(max_tokens=\.\.\.\)") as err:
+        dspex.Predict("name -> reasoning: str, age: int", lm=make_lm(server), json_fallback=False)(name="Ada")
+    assert "--dspex-max-tokens" not in str(err.value)
+
+
+def test_an_answer_that_ends_normally_but_does_not_parse_is_not_called_truncated(server_factory, make_lm):
+    server = server_factory(lambda body: " no idea")
+    p = dspex.Predict("name -> age: int", lm=make_lm(server), json_fallback=False)
+    with pytest.raises(dspex.AdapterParseError) as err:
+        p(name="Ada")
+    assert "truncated" not in str(err.value)

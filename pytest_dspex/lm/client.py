@@ -290,7 +290,7 @@ class LM:
             "model": self.model,
             "messages": request.messages,
             "temperature": params.pop("temperature", self.temperature),
-            "max_tokens": params.pop("max_tokens", self.max_tokens),
+            "max_tokens": params.pop("max_tokens", _max_tokens(self.max_tokens, request.max_tokens)),
         }
         if stop:
             body["stop"] = stop[:4]  # the OpenAI API accepts at most four
@@ -486,6 +486,11 @@ class LM:
             _first_top_logprobs(choice),
             str(refusal) if refusal else None,
         )
+
+
+def _max_tokens(lm_limit: int, answer_limit: int | None) -> int:
+    """The tokens to ask for: the LM's limit, or less when the answer's fields cannot need more."""
+    return lm_limit if answer_limit is None else min(lm_limit, answer_limit)
 
 
 def _first_top_logprobs(choice: dict[str, Any]) -> tuple[tuple[str, float], ...] | None:

@@ -1,0 +1,71 @@
+"""The embedded model's state around the server: no wait for a zombie, stale folders pruned (no model needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_dspex import local_lm
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="zombies are read from /proc")
+def test_an_exited_server_not_yet_reaped_by_the_worker_that_started_it_counts_as_gone():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        for _ in range(200):  # until it has exited (a zombie: nobody has reaped it)
+            if Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+                break
+            time.sleep(0.05)
+        assert not local_lm._pid_alive(child.pid)
+        assert local_lm._pid_alive(os.getpid())
+    finally:
+        child.wait()
+    assert not local_lm._pid_alive(child.pid)
+
+
+def test_stop_server_of_another_process_does_not_wait_for_its_zombie(tmp_path, monkeypatch):
+    monkeypatch.setattr(local_lm.tempfile, "gettempdir", lambda: str(tmp_path))
+    # a server started by "a worker" (here: a child of ours we do not reap while stop_server runs)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    state = local_lm._state_dir("run-x")
+    (state / "server.json").write_text(json.dumps({"pid": child.pid, "owner": os.getpid(), "url": "http://127.0.0.1:9/v1"}))
+    polls = []
+    real_sleep = time.sleep
+    monkeypatch.setattr(local_lm.time, "sleep", lambda s: (polls.append(s), real_sleep(s)))
+    try:
+        local_lm.stop_server("run-x")
+        # stopped by SIGTERM, and found gone while still a zombie: no SIGKILL after the full wait
+        assert child.poll() is not None or not local_lm._pid_alive(child.pid)
+        assert sum(polls) < 2.0
+        assert not state.exists()
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_the_next_run_prunes_folders_of_runs_that_were_killed(tmp_path, monkeypatch):
+    monkeypatch.setattr(local_lm.tempfile, "gettempdir", lambda: str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    root = tmp_path / "pytest-dspex-local"
+    killed = root / "killed-run"
+    killed.mkdir(parents=True)
+    (killed / "server.json").write_text(json.dumps({"pid": dead.pid, "owner": dead.pid, "url": "x"}))
+    (killed / "server.log").write_text("log")
+    running = root / "running-run"
+    running.mkdir()
+    (running / "server.json").write_text(json.dumps({"pid": dead.pid, "owner": os.getpid(), "url": "x"}))
+    starting = root / "starting-run"  # no state file yet: a run starting its server right now
+    starting.mkdir()
+    old = root / "old-unfinished"
+    old.mkdir()
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+
+    local_lm._prune_stale(root, keep="mine")
+    assert sorted(p.name for p in root.iterdir()) == ["running-run", "starting-run"]
