@@ -1,4 +1,4 @@
-"""The bot's two LM programs. Nothing here knows about pytest."""
+"""The bot's three LM programs. Nothing here knows about pytest."""
 
 from __future__ import annotations
 
@@ -21,8 +21,17 @@ class FindProduct(dspex.Signature):
     product: str = dspex.OutputField()
 
 
+class TakeOrder(dspex.Signature):
+    """Extract the ordered item and its quantity from the customer's message."""
+
+    message: str = dspex.InputField()
+    item: str = dspex.OutputField(desc="the product as written, lower case")
+    quantity: int = dspex.OutputField()
+
+
 triage = dspex.Predict(Triage)
 find_product = dspex.ChainOfThought(FindProduct)
+take_order = dspex.Predict(TakeOrder)
 
 
 def route(message: str) -> str:
