@@ -22,7 +22,7 @@ from typing import Any as _Any
 _LAZY: dict[str, str] = {
     "events": "", "metrics": "",
     **dict.fromkeys(
-        ["AdapterParseError", "BudgetExceededError", "CacheMissError", "CircuitOpenError", "ConfigError",
+        ["AdapterParseError", "BudgetExceededError", "CacheMissError", "CircuitOpenError", "CompileStoppedError", "ConfigError",
          "DatasetError", "DspexError", "GoldenFileError", "GoldenStaleError", "LMError", "LMHTTPError", "LMResponseError",
          "LMTimeoutError", "LMUnavailableError", "MetricError", "ModelRefusedError", "SignatureError"],
         "._exceptions",
@@ -65,6 +65,7 @@ if _TYPE_CHECKING:
         BudgetExceededError,
         CacheMissError,
         CircuitOpenError,
+        CompileStoppedError,
         ConfigError,
         DatasetError,
         DspexError,
@@ -103,6 +104,7 @@ __all__ = [
     "ChainOfThought",
     "ChatAdapter",
     "CircuitOpenError",
+    "CompileStoppedError",
     "CompactAdapter",
     "Comparison",
     "ConfigError",

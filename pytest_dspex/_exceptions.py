@@ -10,6 +10,7 @@ boundary each, with ``raise ... from exc``, so callers only ever catch our own c
     ├── GoldenFileError             a corrupted, newer-schema or mismatched golden file
     │   └── GoldenStaleError        the program's signature no longer matches its golden
     ├── MetricError                 a metric returned something that is not a score
+    ├── CompileStoppedError         a compile stopped at its error budget (the LM errors, by kind)
     ├── AdapterParseError           an LM answer that does not fit the signature
     ├── ModelRefusedError           the LM refused to answer (``content: null`` with a ``refusal``)
     └── LMError                     anything that went wrong talking to an LM
@@ -31,6 +32,7 @@ __all__ = [
     "BudgetExceededError",
     "CacheMissError",
     "CircuitOpenError",
+    "CompileStoppedError",
     "ConfigError",
     "DatasetError",
     "DspexError",
@@ -95,6 +97,12 @@ class AdapterParseError(DspexError):
         super().__init__(message)
         self.completion = completion
         self.adapter = adapter
+
+
+class CompileStoppedError(DspexError):
+    """A compile stopped because its LM calls failed beyond the error budget: no golden from errors."""
+
+    kind = "compile_stopped"
 
 
 class ModelRefusedError(DspexError):

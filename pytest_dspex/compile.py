@@ -115,7 +115,8 @@ def compile_program(
 ) -> CompileOutcome:
     """Optimize ``program`` and write its golden file, once per ``run_id`` across processes.
 
-    Raises ``DatasetError`` for unreadable datasets and ``GoldenFileError`` when the golden may not
+    Raises ``DatasetError`` for unreadable datasets, ``CompileStoppedError`` when the LM calls fail
+    beyond the error budget (the compile stops there), and ``GoldenFileError`` when the golden may not
     be written (a run over its error budget, a corrupted golden without ``force``).
     """
     from ._exceptions import GoldenFileError
@@ -162,6 +163,7 @@ def compile_program(
             concurrency=settings.concurrency,
             calibrate=settings.calibrate,
             progress=lambda text: say(f"compiling {name}: {text}"),
+            max_error_rate=settings.max_error_rate,
         )
         traced = {"dspex.program": name, "dspex.golden": path.name} if tracing.enabled() else None
         with example_timeout(settings.example_timeout), tracing.span("dspex.compile", traced) if traced else tracing.NO_SPAN:

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from .. import _runtime, events, tracing
-from .._exceptions import BudgetExceededError, ConfigError, LMError
+from .._exceptions import BudgetExceededError, ConfigError, LMError, LMHTTPError
 from .._types import NOT_GIVEN, NotGiven
 from ..adapters import LMRequest
 from .cache import CacheMode, ResponseCache, cache_key
-from .resilience import AdaptiveLimiter, Breaker, RetryPolicy, send_with_retries
+from .resilience import AdaptiveLimiter, Breaker, RetryPolicy, Ticket, send_with_retries
 from .secrets import Credentials, base_url_problem, redact_url
 from .sharing import AutoHedge, HedgeSkipped, InflightRequests, hedged
 from .transport import HTTPTransport
@@ -345,7 +345,7 @@ class LM:
             if self.budget is not None:
                 self.budget.reserve()
             data, retries = await send_with_retries(
-                lambda: self._attempt(content),
+                lambda: self._attempt(content, ticket),
                 policy=self.retry,
                 breaker=self.breaker,
                 ticket=ticket,
@@ -397,7 +397,7 @@ class LM:
         record(delta)
         return completion
 
-    async def _attempt(self, content: bytes) -> dict[str, Any]:
+    async def _attempt(self, content: bytes, ticket: Ticket | None = None) -> dict[str, Any]:
         after: float | Callable[[], float | None]
         if self.auto_hedge is not None:
             self.auto_hedge.sent()
@@ -405,10 +405,10 @@ class LM:
         elif isinstance(self.hedge_after, float | int):
             after = self.hedge_after
         else:
-            return await self._send(content)
+            return await self._send(content, ticket=ticket)
         started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         return await hedged(
-            lambda: self._send(content, started=started),
+            lambda: self._send(content, started=started, ticket=ticket),
             lambda wanted: self._send(content, duplicate=wanted),
             after,
             self._count_extra,  # the loser's answer arrived too: its tokens count
@@ -424,8 +424,13 @@ class LM:
         *,
         duplicate: Callable[[], bool] | None = None,
         started: asyncio.Future[None] | None = None,
+        ticket: Ticket | None = None,
     ) -> dict[str, Any]:
         async with self.limiter.slot():  # a hedged duplicate takes a slot of its own
+            if ticket is not None and not self.breaker.may_retry(ticket):
+                # the breaker opened while this call waited for a slot: not on the wire yet, so it
+                # fails fast like a new call (an endpoint refusing everything gets no queued burst)
+                raise self.breaker.open_error()
             if started is not None and not started.done():
                 started.set_result(None)  # on the wire: the hedge clock starts
             if duplicate is not None:
@@ -441,7 +446,12 @@ class LM:
                 self.usage.hedges += 1
                 record(Usage(hedges=1))
             sent = time.perf_counter()
-            data = await self._http.post(content)
+            try:
+                data = await self._http.post(content)
+            except LMHTTPError as exc:
+                if ticket is not None:
+                    self.breaker.refused(ticket, exc)  # before the slot is given back (see ``Breaker.refused``)
+                raise
             if self.auto_hedge is not None:
                 self.auto_hedge.observe(time.perf_counter() - sent)
             return data

@@ -122,7 +122,7 @@ class HTTPTransport:
         if status != 200:
             detail = scrub(_text(body)[:200]).strip()
             raise LMHTTPError(
-                f"{self.label}: HTTP {status}" + (f": {detail}" if detail else ""),
+                f"{self.label}: HTTP {status}{_phrase(status)}" + (f": {detail}" if detail else ""),
                 status=status,
                 retry_after=parse_retry_after(retry_after),
             )
@@ -231,3 +231,13 @@ def _refused(exc: BaseException) -> bool:
             return True
         cause = cause.__cause__ or getattr(cause, "os_error", None)
     return False
+
+
+def _phrase(status: int) -> str:
+    """`` Not Found`` for 404: what the status means, for error messages."""
+    import http
+
+    try:
+        return " " + http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""

@@ -95,6 +95,7 @@ class DspexSession:
         self.lms = SessionLMs(options, self.run_id, owner_pid, is_worker=self.is_worker)
         self._datasets: dict[tuple[str, tuple[str, ...], int | None], Dataset] = {}
         self._resolved: dict[Path, Resolved] = {}
+        self._failed_compiles: dict[Path, str] = {}  # golden path -> why its compile failed
         self._unsubscribe: Callable[[], None] | None = None
         #: per-example items selected in this process: test function key -> example indices
         self.selected: dict[str, set[int]] = {}
@@ -215,7 +216,7 @@ class DspexSession:
     def _compile(
         self, spec: ProgramSpec, metric: MetricSpec | None, path: Path, gate_dataset: Path | None, progress: Any
     ) -> Resolved:
-        from .._exceptions import DatasetError, GoldenFileError
+        from .._exceptions import CompileStoppedError, DatasetError, GoldenFileError
         from ..compile import CompileSettings, compile_program
 
         if metric is None:
@@ -242,6 +243,10 @@ class DspexSession:
             example_timeout=o.example_timeout,
             model_info=self.lms.model_info(),
         )
+        failed = self._failed_compiles.get(path)
+        if failed is not None:  # every test of the program would compile it again, on the same errors
+            pytest.fail(f"the compile of {spec.name!r} failed earlier in this run (not tried again): {failed[:200]}", pytrace=False)
+        error: str | None = None
         try:
             done = compile_program(
                 spec.program,
@@ -256,12 +261,11 @@ class DspexSession:
                 progress=progress,
                 defer_write=self.is_worker,  # one golden writer: the controller, which owns the rootdir
             )
-        except (DatasetError, GoldenFileError) as exc:
-            problem: str | None = self._said(exc, path)
-        else:
-            problem = None
-        if problem is not None:  # outside the handler: one message, no chained traceback
-            pytest.fail(problem, pytrace=False)
+        except (DatasetError, GoldenFileError, CompileStoppedError) as exc:
+            error = self._said(exc, path)
+        if error is not None:  # outside the handler: one message, no chained traceback
+            self._failed_compiles[path] = error
+            pytest.fail(error, pytrace=False)
         if done.result is None:  # another worker of this run compiled it
             return Resolved(spec.name, done.program, path, done.golden, note="compiled by another worker")
         self.config.hook.pytest_dspex_compile_result(program=spec.name, result=done.result, outcome=done.outcome, path=path)
