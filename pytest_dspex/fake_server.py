@@ -87,10 +87,15 @@ class FakeLMServer:
         model: str = "fake-model",
         host: str = "127.0.0.1",
         reject_fields: tuple[str, ...] = (),
+        stall_if: Callable[[dict[str, Any], int], bool] | None = None,
     ) -> None:
         self.responder: Responder = responder or (lambda body: "ok")
         # body fields this server answers HTTP 400 to, as OpenAI does to a llama.cpp ``grammar``
         self.reject_fields = reject_fields
+        # ``stall_if(body, seen)``: stall this request (``faults.stall_s``)? ``seen``: earlier requests
+        # with the same messages (0 for the first), so a test can hang a chosen request but not its retry
+        self.stall_if = stall_if
+        self._seen: Counter[str] = Counter()
         self.latency = latency
         self.faults = faults or Faults()
         self.port = port
@@ -139,6 +144,11 @@ class FakeLMServer:
             error = {"error": {"message": f"Unrecognized request argument supplied: {rejected[0]}", "type": "invalid_request_error"}}
             return web.json_response(error, status=400)
         fault = self._pick_fault()
+        if fault is None and self.stall_if is not None:
+            seen_key = json.dumps(body.get("messages"), sort_keys=True)
+            if self.stall_if(body, self._seen[seen_key]):
+                fault = "stall"
+            self._seen[seen_key] += 1
         self.counts[fault or "ok"] += 1
         if self.latency:
             await asyncio.sleep(self.latency)

@@ -399,17 +399,23 @@ class LM:
 
     async def _attempt(self, content: bytes, ticket: Ticket | None = None) -> dict[str, Any]:
         after: float | Callable[[], float | None]
+        mark = [0]  # the answers the auto-hedge had seen when the first request went on the wire
         if self.auto_hedge is not None:
-            self.auto_hedge.sent()
-            after = self.auto_hedge.after
+            auto = self.auto_hedge
+            auto.sent()
+
+            def auto_after() -> float | None:  # no allowance yet: asked again shortly (a late request keeps its turn)
+                return auto.after() if auto.ready(mark[0]) else None
+
+            after = auto_after
         elif isinstance(self.hedge_after, float | int):
             after = self.hedge_after
         else:
             return await self._send(content, ticket=ticket)
         started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         return await hedged(
-            lambda: self._send(content, started=started, ticket=ticket),
-            lambda wanted: self._send(content, duplicate=wanted),
+            lambda: self._send(content, started=started, ticket=ticket, mark=mark),
+            lambda wanted: self._send(content, duplicate=wanted, mark=mark),
             after,
             self._count_extra,  # the loser's answer arrived too: its tokens count
             started=started,
@@ -425,6 +431,7 @@ class LM:
         duplicate: Callable[[], bool] | None = None,
         started: asyncio.Future[None] | None = None,
         ticket: Ticket | None = None,
+        mark: list[int] | None = None,
     ) -> dict[str, Any]:
         async with self.limiter.slot():  # a hedged duplicate takes a slot of its own
             if ticket is not None and not self.breaker.may_retry(ticket):
@@ -433,10 +440,12 @@ class LM:
                 raise self.breaker.open_error()
             if started is not None and not started.done():
                 started.set_result(None)  # on the wire: the hedge clock starts
+                if mark is not None and self.auto_hedge is not None:
+                    mark[0] = self.auto_hedge.answers
             if duplicate is not None:
                 if not duplicate():
                     raise HedgeSkipped  # the first finished while we waited for the slot
-                if self.auto_hedge is not None and not self.auto_hedge.take():
+                if self.auto_hedge is not None and not self.auto_hedge.take(mark[0] if mark else 0):
                     raise HedgeSkipped  # over the hedge allowance: the first carries on alone
                 if self.budget is not None:
                     try:

@@ -330,7 +330,7 @@ class Breaker:
             return
         self.refusals += 1
         limit = self.fail_max if exc.status in _REFUSING_STATUSES else 10 * self.fail_max
-        if self.refusals >= limit or ticket.trial and self._refused is not None:
+        if self.refusals >= limit or (ticket.trial and self._refused is not None):
             self.last_error = str(exc)
             self._refused = (
                 f"the endpoint refused {self.refusals} calls in a row with HTTP {exc.status} "

@@ -18,7 +18,12 @@ In a healthy run almost no request waits twice the 95th percentile, so almost no
 hedged; a request that hangs (a stuck connection, a lost server) is. A token bucket caps the
 duplicates at ``max_rate`` of the requests (each request earns ``max_rate`` of a token, a duplicate
 spends one): when the whole endpoint slows down, every request is late and hedging them all would
-double the load (and a paid API's bill) exactly when the endpoint can least take it.
+double the load (and a paid API's bill) exactly when the endpoint can least take it. A request
+that ``overtake`` answers have *overtaken* (they arrived after it was sent, it is still waiting) is
+hedged without a token: the endpoint is answering, this request is stuck. That is what the bucket
+cannot see at the end of a run, where no new request earns a token: measured with 5% of requests
+stalling 30 s, 64 examples took 31 s with the bucket alone (one stall left without a token), 0.8 s
+with overtaking. An endpoint slow across the board overtakes nothing.
 """
 
 from __future__ import annotations
@@ -105,8 +110,9 @@ async def hedged(
     duplicated into the same queue.
     """
     loop = asyncio.get_running_loop()
-    tasks = [asyncio.ensure_future(first())]
+    tasks: list[asyncio.Future[T]] = [asyncio.ensure_future(first())]
     pending: set[asyncio.Future[T]] = set(tasks)
+    not_before = 0.0  # after a duplicate that was not sent: when to ask again
     try:
         if started is not None and not started.done():
             await asyncio.wait((tasks[0], started), return_when=asyncio.FIRST_COMPLETED)
@@ -118,7 +124,7 @@ async def hedged(
                 if threshold is None:
                     timeout = poll
                 else:
-                    due = t0 + threshold * (2 ** len(tasks) - 1)  # after, then 3 × after, ...
+                    due = max(not_before, t0 + threshold * (2 ** len(tasks) - 1))  # after, then 3 × after, ...
                     timeout = due - loop.time()
                     if timeout <= 0:
                         extra = asyncio.ensure_future(duplicate(lambda: not tasks[0].done()))
@@ -128,7 +134,11 @@ async def hedged(
             done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if not done:
                 continue
-            finished = [f for f in done if f is tasks[0] or not (f.cancelled() or isinstance(f.exception(), HedgeSkipped))]
+            skipped = [f for f in done if f is not tasks[0] and not f.cancelled() and isinstance(f.exception(), HedgeSkipped)]
+            for f in skipped:  # not sent (no allowance or budget just now): it does not use up a duplicate
+                tasks.remove(f)
+                not_before = loop.time() + poll
+            finished = [f for f in done if f is tasks[0] or not (f.cancelled() or f in skipped)]
             if not finished:
                 continue  # a duplicate that was not sent: wait for the others
             answers = [f for f in finished if not f.cancelled() and f.exception() is None]
@@ -159,8 +169,9 @@ class AutoHedge:
         min_samples: int = 20,
         multiple: float = 2.0,
         floor: float = 0.1,
-        max_rate: float = 0.05,
+        max_rate: float = 0.1,
         burst: float = 5.0,
+        overtake: int = 5,
     ) -> None:
         self.min_samples = min_samples
         self.multiple = multiple
@@ -171,10 +182,14 @@ class AutoHedge:
         self._after: float | None = None
         self._fresh = 0  # samples since the threshold was last computed
         self._tokens = 0.0
+        self.overtake = overtake
+        #: answers observed so far (a request's mark: how many there were when it went on the wire)
+        self.answers = 0
 
     def observe(self, seconds: float) -> None:
         """The latency of a request that was answered."""
         self._latencies.append(seconds)
+        self.answers += 1
         self._fresh += 1
         if len(self._latencies) >= self.min_samples and (self._after is None or self._fresh >= 8):
             ordered = sorted(self._latencies)
@@ -186,12 +201,23 @@ class AutoHedge:
         """Seconds a request may wait before its duplicate goes out; None: no hedging (yet)."""
         return self._after
 
-    def sent(self) -> None:
-        """One request made: it earns the duplicate allowance its share."""
+    def sent(self) -> int:
+        """One request made: it earns the duplicate allowance its share. Returns its mark (see ``overtaken``)."""
         self._tokens = min(self.burst, self._tokens + self.max_rate)
+        return self.answers
 
-    def take(self) -> bool:
-        """May a duplicate go out now? (It spends one token.)"""
+    def overtaken(self, mark: int) -> bool:
+        """Have ``overtake`` answers arrived since the request marked ``mark`` was sent?"""
+        return self.answers - mark >= self.overtake
+
+    def ready(self, mark: int) -> bool:
+        """Is there allowance for a duplicate of the request marked ``mark`` now (without spending it)?"""
+        return self._tokens >= 1.0 or self.overtaken(mark)
+
+    def take(self, mark: int) -> bool:
+        """May a duplicate of the request marked ``mark`` go out now? (A token, unless it was overtaken.)"""
+        if self.overtaken(mark):
+            return True
         if self._tokens < 1.0:
             return False
         self._tokens -= 1.0
