@@ -121,8 +121,8 @@ def test_pytest_compile_against_a_404_endpoint_says_it_once_with_few_requests(
     assert result.ret == 1
     assert "compile stopped at its error budget" in out and "HTTP 404 Not Found" in out
     assert "During handling of the above exception" not in out
-    assert "failed earlier in this run" in out  # the next tests of the program do not compile it again
     workers = 2 if "-n" in mode else 1
+    assert result.parseoutcomes()["failed"] <= 2 * workers  # said once per program (and worker), not per item
     assert server.requests <= 20 * workers  # each worker's LM has its own breaker
 
 

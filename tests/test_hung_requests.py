@@ -11,13 +11,14 @@ later answers have overtaken is now hedged without allowance. No timing is asser
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
 
 import pytest_dspex as dspex
 from pytest_dspex.fake_server import Faults
-from pytest_dspex.lm.sharing import AutoHedge
+from pytest_dspex.lm.sharing import AutoHedge, WireMark
 
 from .conftest import Triage, team_matches, triage_examples
 from .test_infra_verdicts import project
@@ -31,17 +32,25 @@ def mode(request: pytest.FixtureRequest) -> list[str]:
     return MODES[request.param]
 
 
-def test_a_request_overtaken_by_later_answers_is_hedged_without_allowance() -> None:
+def test_a_request_overtaken_by_later_ones_is_hedged_without_allowance() -> None:
     auto = AutoHedge(overtake=5)
-    mark = auto.sent()  # a request goes on the wire...
-    assert not auto.ready(mark) and not auto.take(mark)  # ...no allowance yet (0.1 of a token)
+    auto.sent()
+    stuck = WireMark(auto.on_wire().seq, time.monotonic() - 10.0)  # on the wire for 10 s
+    assert not auto.ready(stuck) and not auto.take(stuck)  # no allowance yet (0.1 of a token)
     for _ in range(4):
-        auto.observe(0.05)
-    assert not auto.ready(mark)
-    auto.observe(0.05)  # five answers arrived after it: the endpoint answers, this request is stuck
-    assert auto.ready(mark) and auto.take(mark)
-    later = auto.sent()
-    assert not auto.ready(later)  # a request sent now is not overtaken
+        auto.observe(0.05, auto.on_wire())
+    assert not auto.ready(stuck)
+    auto.observe(0.05, auto.on_wire())  # five requests sent after it answered: the endpoint answers
+    assert auto.ready(stuck) and auto.take(stuck)
+    assert not auto.ready(auto.on_wire())  # a request sent now is not overtaken
+
+
+def test_an_endpoint_slow_across_the_board_overtakes_nothing() -> None:
+    auto = AutoHedge(overtake=5)
+    first = WireMark(auto.on_wire().seq, time.monotonic() - 0.3)  # waiting 0.3 s...
+    for _ in range(20):
+        auto.observe(0.3, auto.on_wire())  # ...as long as everything sent after it took
+    assert not auto.overtaken(first)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -29,7 +29,7 @@ from ..adapters import LMRequest
 from .cache import CacheMode, ResponseCache, cache_key
 from .resilience import AdaptiveLimiter, Breaker, RetryPolicy, Ticket, send_with_retries
 from .secrets import Credentials, base_url_problem, redact_url
-from .sharing import AutoHedge, HedgeSkipped, InflightRequests, hedged
+from .sharing import AutoHedge, HedgeSkipped, InflightRequests, WireMark, hedged
 from .transport import HTTPTransport
 from .usage import Budget, Usage, record
 
@@ -88,10 +88,11 @@ class LM:
     * ``hedge_after="auto"``: once this LM has seen 20 answers, a request still unanswered after
       ``max(0.1 s, 2 × p95)`` of its recent answers' latencies gets one duplicate (a second after
       twice that); the first answer wins, the other is cancelled. A duplicate takes its own
-      concurrency slot and budget call, its tokens are counted, and at most 5% of requests are
-      hedged, so an endpoint that is slow across the board is not sent double the load. In a
-      healthy run nothing is hedged; a hung request costs a fraction of a second instead of the
-      ``timeout``. A number is a fixed delay in seconds (always hedge after it); ``None`` never
+      concurrency slot and budget call, its tokens are counted, and at most 10% of requests are
+      hedged on allowance, so an endpoint that is slow across the board is not sent double the
+      load; a request that five requests sent after it have overtaken is stuck and is hedged
+      regardless (``sharing.AutoHedge``). In a healthy run nothing is hedged; a hung request costs
+      a fraction of a second instead of the ``timeout``. A number is a fixed delay in seconds (always hedge after it); ``None`` never
       hedges — right for a server that answers one request at a time (the embedded local model:
       a duplicate only queues behind the first), or when every request is billed and a hang
       is rare.
@@ -399,7 +400,7 @@ class LM:
 
     async def _attempt(self, content: bytes, ticket: Ticket | None = None) -> dict[str, Any]:
         after: float | Callable[[], float | None]
-        mark = [0]  # the answers the auto-hedge had seen when the first request went on the wire
+        mark: list[WireMark | None] = [None]  # when the first request went on the wire (auto-hedging)
         if self.auto_hedge is not None:
             auto = self.auto_hedge
             auto.sent()
@@ -431,7 +432,7 @@ class LM:
         duplicate: Callable[[], bool] | None = None,
         started: asyncio.Future[None] | None = None,
         ticket: Ticket | None = None,
-        mark: list[int] | None = None,
+        mark: list[WireMark | None] | None = None,
     ) -> dict[str, Any]:
         async with self.limiter.slot():  # a hedged duplicate takes a slot of its own
             if ticket is not None and not self.breaker.may_retry(ticket):
@@ -440,12 +441,10 @@ class LM:
                 raise self.breaker.open_error()
             if started is not None and not started.done():
                 started.set_result(None)  # on the wire: the hedge clock starts
-                if mark is not None and self.auto_hedge is not None:
-                    mark[0] = self.auto_hedge.answers
             if duplicate is not None:
                 if not duplicate():
                     raise HedgeSkipped  # the first finished while we waited for the slot
-                if self.auto_hedge is not None and not self.auto_hedge.take(mark[0] if mark else 0):
+                if self.auto_hedge is not None and not self.auto_hedge.take(mark[0] if mark else None):
                     raise HedgeSkipped  # over the hedge allowance: the first carries on alone
                 if self.budget is not None:
                     try:
@@ -455,6 +454,9 @@ class LM:
                 self.usage.hedges += 1
                 record(Usage(hedges=1))
             sent = time.perf_counter()
+            wire = self.auto_hedge.on_wire() if self.auto_hedge is not None else None
+            if wire is not None and duplicate is None and mark is not None:
+                mark[0] = wire  # the first request's: is it stuck? (``AutoHedge.overtaken``)
             try:
                 data = await self._http.post(content)
             except LMHTTPError as exc:
@@ -462,7 +464,7 @@ class LM:
                     self.breaker.refused(ticket, exc)  # before the slot is given back (see ``Breaker.refused``)
                 raise
             if self.auto_hedge is not None:
-                self.auto_hedge.observe(time.perf_counter() - sent)
+                self.auto_hedge.observe(time.perf_counter() - sent, wire)
             return data
 
     def _finish_cached(self, data: dict[str, Any]) -> Completion:

@@ -19,21 +19,24 @@ hedged; a request that hangs (a stuck connection, a lost server) is. A token buc
 duplicates at ``max_rate`` of the requests (each request earns ``max_rate`` of a token, a duplicate
 spends one): when the whole endpoint slows down, every request is late and hedging them all would
 double the load (and a paid API's bill) exactly when the endpoint can least take it. A request
-that ``overtake`` answers have *overtaken* (they arrived after it was sent, it is still waiting) is
-hedged without a token: the endpoint is answering, this request is stuck. That is what the bucket
-cannot see at the end of a run, where no new request earns a token: measured with 5% of requests
-stalling 30 s, 64 examples took 31 s with the bucket alone (one stall left without a token), 0.8 s
-with overtaking. An endpoint slow across the board overtakes nothing.
+that ``overtake`` requests sent after it have *overtaken* (answered, each in under a third of the time
+it has been waiting) is hedged without a token: the endpoint is answering, this request is stuck.
+That is what the bucket cannot see at the end of a run, where no new request earns a token:
+measured with 5% of requests stalling 30 s, 64 examples took 31 s with the bucket alone (one
+stall left without a token), 0.8 s with overtaking. An endpoint slow across the board overtakes
+nothing: what was sent after a request takes as long as it does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-__all__ = ["AutoHedge", "HedgeSkipped", "InflightRequests", "hedged"]
+__all__ = ["AutoHedge", "HedgeSkipped", "InflightRequests", "WireMark", "hedged"]
 
 T = TypeVar("T")
 
@@ -159,6 +162,14 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
         fut.exception()  # nobody waits for the loser: no "exception never retrieved"
 
 
+@dataclass(frozen=True, slots=True)
+class WireMark:
+    """When a request went on the wire: its place in the order of sends, and the monotonic time."""
+
+    seq: int
+    at: float
+
+
 class AutoHedge:
     """When to hedge, learnt from the endpoint's recent latencies (see the module docstring)."""
 
@@ -178,18 +189,24 @@ class AutoHedge:
         self.floor = floor
         self.max_rate = max_rate
         self.burst = burst
+        self.overtake = overtake
         self._latencies: collections.deque[float] = collections.deque(maxlen=window)
+        self._answered: collections.deque[tuple[int, float]] = collections.deque(maxlen=window)  # (seq, latency)
         self._after: float | None = None
         self._fresh = 0  # samples since the threshold was last computed
         self._tokens = 0.0
-        self.overtake = overtake
-        #: answers observed so far (a request's mark: how many there were when it went on the wire)
-        self.answers = 0
+        self._seq = 0
 
-    def observe(self, seconds: float) -> None:
-        """The latency of a request that was answered."""
+    def on_wire(self) -> WireMark:
+        """A request goes on the wire now (the first of a call or a duplicate)."""
+        self._seq += 1
+        return WireMark(self._seq, time.monotonic())
+
+    def observe(self, seconds: float, mark: WireMark | None = None) -> None:
+        """The latency of a request that was answered (``mark``: its ``on_wire``)."""
         self._latencies.append(seconds)
-        self.answers += 1
+        if mark is not None:
+            self._answered.append((mark.seq, seconds))
         self._fresh += 1
         if len(self._latencies) >= self.min_samples and (self._after is None or self._fresh >= 8):
             ordered = sorted(self._latencies)
@@ -201,21 +218,31 @@ class AutoHedge:
         """Seconds a request may wait before its duplicate goes out; None: no hedging (yet)."""
         return self._after
 
-    def sent(self) -> int:
-        """One request made: it earns the duplicate allowance its share. Returns its mark (see ``overtaken``)."""
+    def sent(self) -> None:
+        """One call made: it earns the duplicate allowance its share."""
         self._tokens = min(self.burst, self._tokens + self.max_rate)
-        return self.answers
 
-    def overtaken(self, mark: int) -> bool:
-        """Have ``overtake`` answers arrived since the request marked ``mark`` was sent?"""
-        return self.answers - mark >= self.overtake
+    def overtaken(self, mark: WireMark | None) -> bool:
+        """Is the request sent at ``mark`` stuck? ``overtake`` requests sent after it were answered,
+        each in less than a third of the time it has been waiting (an endpoint slow across the board
+        overtakes nothing: what was sent after it takes as long)."""
+        if mark is None:
+            return False
+        third = (time.monotonic() - mark.at) / 3
+        count = 0
+        for seq, latency in reversed(self._answered):
+            if seq > mark.seq and latency < third:
+                count += 1
+                if count >= self.overtake:
+                    return True
+        return False
 
-    def ready(self, mark: int) -> bool:
-        """Is there allowance for a duplicate of the request marked ``mark`` now (without spending it)?"""
+    def ready(self, mark: WireMark | None) -> bool:
+        """Is there allowance for a duplicate of the request sent at ``mark`` now (without spending it)?"""
         return self._tokens >= 1.0 or self.overtaken(mark)
 
-    def take(self, mark: int) -> bool:
-        """May a duplicate of the request marked ``mark`` go out now? (A token, unless it was overtaken.)"""
+    def take(self, mark: WireMark | None) -> bool:
+        """May a duplicate of the request sent at ``mark`` go out now? (A token, unless it is stuck.)"""
         if self.overtaken(mark):
             return True
         if self._tokens < 1.0:
