@@ -9,6 +9,10 @@
   stops (``CompileStoppedError``). Issue 19 measured 75,960 requests and 48 s before; target ≤ 20
   requests and ≤ 2 s.
 * compiledead: the same against a port nobody listens on. Before: 17 s, CPU-bound; target ≤ 2 s.
+* compilepytest: what issue 19 ran — ``pytest --dspex-compile -p no:xdist`` on a project with a
+  whole-dataset test and per-example items of one program (250 training, 250 validation
+  examples), against the all-404 endpoint and against a dead port: requests, wall seconds (with
+  pytest's start-up), and the first failure line.
 * hung: 200 examples, 50 ms latency, 5% of requests stalling 30 s, library defaults (concurrency
   16, ``hedge_after="auto"``), against the same run without stalls, in the same process: the wall
   time ratio, in-process ``Evaluate`` and through pytest in both test modes (a whole-dataset test
@@ -47,12 +51,12 @@ triage = dspex.Predict(Triage)
 def team_matches(example, prediction, trace=None):
     return example.team == prediction.team
 
-@pytest.mark.dspex_program(triage, name="triage")
+@pytest.mark.dspex_program(triage, name="triage", trainset="data/train.jsonl")
 @pytest.mark.dspex_metric(team_matches, threshold=0.5)
 def test_triage(dspex_evaluate):
     dspex_evaluate("data/dev.jsonl")
 
-@pytest.mark.dspex_program(triage, name="triage_each")
+@pytest.mark.dspex_program(triage, name="triage_each", trainset="data/train.jsonl")
 @pytest.mark.dspex_metric(team_matches, threshold=0.5)
 @pytest.mark.dspex_dataset("data/dev.jsonl")
 def test_triage_each(dspex_example, dspex_predict):
@@ -128,29 +132,58 @@ def _evaluate(url: str, n: int) -> tuple[float, int, int]:
     return wall, result.usage.hedges, result.n - len(result.errors)
 
 
-def _pytest(url: str, project: Path, mode: list[str], selection: str) -> float:
+def _pytest(url: str, project: Path, mode: list[str], selection: str, *extra: str, ok: bool = True) -> float:
+    return _pytest_run(url, project, mode, selection, *extra, ok=ok)[0]
+
+
+def _pytest_run(url: str, project: Path, mode: list[str], selection: str, *extra: str, ok: bool = True) -> tuple[float, str]:
     env = dict(os.environ, PYTHONPATH=str(HERE.parent))
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--dspex-base-url={url}", "--dspex-model=fake-model",
-           "--dspex-cache=off", "-k", selection, *mode]  # fmt: skip
+           "--dspex-cache=off", "-k", selection, *mode, *extra]  # fmt: skip
     t0 = time.perf_counter()
-    ran = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=900)
+    ran = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=1800)
     wall = time.perf_counter() - t0
-    if ran.returncode != 0:
+    if ok and ran.returncode != 0:
         raise RuntimeError(ran.stdout[-2000:])
-    return wall
+    return wall, ran.stdout
+
+
+def _project(d: str, n: int) -> Path:
+    project = Path(d)
+    (project / "data").mkdir()
+    for name, offset in (("dev", 0), ("train", 10_000)):
+        rows = [{"id": f"ex-{i}", "message": f"case {i}: " + ("I was charged twice" if i % 2 else "the app crashes"),
+                 "team": "billing" if i % 2 else "technical"} for i in range(offset, offset + n)]  # fmt: skip
+        (project / "data" / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (project / "test_triage.py").write_text(TEST_FILE)
+    (project / "pytest.ini").write_text("[pytest]\ndspex_missing_golden = zero-shot\n")
+    return project
+
+
+def compile_pytest(n: int = 250) -> str:
+    from pytest_dspex.fake_server import FakeLMServer, Faults, triage_responder
+
+    out = []
+    with tempfile.TemporaryDirectory() as d:
+        project = _project(d, n)
+        with FakeLMServer(triage_responder, faults=Faults(http_404=1.0)) as server:
+            server.keep_bodies = False
+            wall, stdout = _pytest_run(server.base_url, project, ["-p", "no:xdist"], "triage", "--dspex-compile", ok=False)
+            first = next((line for line in stdout.splitlines() if line.startswith("FAILED")), "")
+            out.append(f"all-404: {server.requests} requests, {wall:.1f} s ({first[:140]})")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        wall, stdout = _pytest_run(f"http://127.0.0.1:{port}/v1", project, ["-p", "no:xdist"], "triage", "--dspex-compile", ok=False)
+        out.append(f"dead port: {wall:.1f} s")
+    return f"pytest --dspex-compile, {n}+{n} examples, a whole-dataset test and {n} per-example items: " + "; ".join(out)
 
 
 def hung(n: int = 200, seed: int = 1) -> str:
     from pytest_dspex.fake_server import FakeLMServer, Faults, triage_responder
 
     with tempfile.TemporaryDirectory() as d:
-        project = Path(d)
-        (project / "data").mkdir()
-        rows = [{"id": f"ex-{i}", "message": f"case {i}: " + ("I was charged twice" if i % 2 else "the app crashes"),
-                 "team": "billing" if i % 2 else "technical"} for i in range(n)]  # fmt: skip
-        (project / "data" / "dev.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-        (project / "test_triage.py").write_text(TEST_FILE)
-        (project / "pytest.ini").write_text("[pytest]\ndspex_missing_golden = zero-shot\n")
+        project = _project(d, n)
         out = {}
         for label, faults in (("clean", Faults()), ("stall", Faults(stall=0.05, stall_s=30, seed=seed))):
             with FakeLMServer(triage_responder, latency=0.05, faults=faults) as server:
@@ -166,7 +199,7 @@ def hung(n: int = 200, seed: int = 1) -> str:
             f"x{s[4] / c[4]:.2f} ({s[4]:.1f}/{c[4]:.1f} s), per-example -n 2 x{s[5] / c[5]:.2f} ({s[5]:.1f}/{c[5]:.1f} s)")
 
 
-CASES = {"compile404": compile_404, "compiledead": compile_dead, "hung": hung}
+CASES = {"compile404": compile_404, "compiledead": compile_dead, "compilepytest": compile_pytest, "hung": hung}
 
 
 def main() -> None:
