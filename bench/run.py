@@ -50,6 +50,7 @@ SECTIONS: list[tuple[str, str, str]] = [
     ("embedded", "Embedded model: compile on Gemma 3 270M (issue 13)", "sections:embedded"),
     ("bootstrap_calls", "BootstrapFewShot: calls and demos vs DSPy at four accuracies (issues 24, 25)", "bootstrap_calls:section"),
     ("demo_quality", "Demos complete and earned: issue 24's reproductions", "demo_quality:section"),
+    ("dspy_migration", "DSPy users at home: saves imported (issue 25)", "sections:dspy_migration"),
 ]
 
 
@@ -90,10 +91,11 @@ def main() -> None:
     ctx = Context(fast=args.fast, py=sys.executable, dpy=None if args.no_dspy else dspy_python())
     started, t0 = datetime.now(UTC), time.perf_counter()
     header_machine = machine()
+    chosen = [(k, title, where) for k, title, where in SECTIONS if only is None or k in only]
+    out = HERE / ("RESULTS-fast.md" if args.fast else "RESULTS-partial.md" if only else "RESULTS.md")
+    cmd = "python bench/run.py" + (" --fast" if args.fast else "") + (f" --only {args.only}" if args.only else "")
     body: list[str] = []
-    for key, title, where in SECTIONS:
-        if only is not None and key not in only:
-            continue
+    for done, (_key, title, where) in enumerate(chosen, 1):
         module, func = where.split(":")
         fn: Callable[[Context], list[str]] = getattr(importlib.import_module(module), func)
         ctx.section = title
@@ -107,27 +109,33 @@ def main() -> None:
         took = time.perf_counter() - s0
         body += [f"## {title}", "", *lines, "", f"_Section took {took:.0f} s._", ""]
         print("\n".join(lines), flush=True)
-    total = time.perf_counter() - t0
-    mode = "fast mode (`--fast`)" if args.fast else "full run"
-    cmd = "python bench/run.py" + (" --fast" if args.fast else "") + (f" --only {args.only}" if args.only else "")
+        # written after every section (atomically), so an interrupted run still shows what it measured
+        status = "" if done == len(chosen) else f" — **incomplete: {done} of {len(chosen)} sections so far**"
+        write(out, cmd, args.fast, started, time.perf_counter() - t0, header_machine, ctx.targets, body, status)
+    print(f"wrote {out} ({(time.perf_counter() - t0) / 60:.1f} min)")
+    if not args.fast and only is None:
+        update_readme(ctx.targets, started, header_machine)
+
+
+def write(out: Path, cmd: str, fast: bool, started: datetime, total: float, where: str, targets: list[Target],
+          body: list[str], status: str) -> None:  # fmt: skip
+    mode = "fast mode" if fast else "full run"
     lines = [
         "# Benchmark results",
         "",
-        f"Written by `{cmd}` ({mode}) on {started.strftime('%Y-%m-%d %H:%M UTC')}, {total / 60:.1f} min — {header_machine}.",
+        f"Written by `{cmd}` ({mode}) on {started.strftime('%Y-%m-%d %H:%M UTC')}, {total / 60:.1f} min{status} — {where}.",
         "Client and servers on the same machine (loopback). Every line below comes from this run; regenerate",
         "with `python bench/run.py` (full run; `--fast` for a quick check that writes RESULTS-fast.md).",
         "",
         "## Targets",
         "",
-        *target_table(ctx.targets),
+        *target_table(targets),
         "",
         *body,
     ]
-    out = HERE / ("RESULTS-fast.md" if args.fast else "RESULTS-partial.md" if only else "RESULTS.md")
-    out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out} ({total / 60:.1f} min)")
-    if not args.fast and only is None:
-        update_readme(ctx.targets, started, header_machine)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(out)
 
 
 def verdict(t: Target) -> str:

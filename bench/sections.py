@@ -209,13 +209,16 @@ def ci_path(ctx: Any) -> list[str]:
 
 
 # -- sections that run another script as it is -------------------------------------------------
-def script_section(ctx: Any, args: list[str], fast_args: list[str] | None, why_skip_fast: str = "") -> tuple[list[str], str | None]:
+def script_section(
+    ctx: Any, args: list[str], fast_args: list[str] | None, why_skip_fast: str = "", python: str | None = None
+) -> tuple[list[str], str | None]:
     """Run ``python bench/<args>``; the section is its output, verbatim. Returns (lines, stdout or None)."""
     if ctx.fast and fast_args is None:
         return [f"Not run in fast mode ({why_skip_fast})."], None
     argv = fast_args if ctx.fast and fast_args is not None else args
     t0 = time.perf_counter()
-    out = subprocess.run([ctx.py, str(HERE / argv[0]), *argv[1:]], capture_output=True, text=True, cwd=ROOT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run([python or ctx.py, str(HERE / argv[0]), *argv[1:]], capture_output=True, text=True, cwd=ROOT, env=env)
     took = time.perf_counter() - t0
     cmd = "python bench/" + " ".join(argv)
     if out.returncode != 0:
@@ -280,4 +283,12 @@ def embedded(ctx: Any) -> list[str]:
                 score = row.get("score", row.get("test_score"))
                 if isinstance(score, int | float):
                     ctx.target(f"embedded model, {row.get('case', row.get('task', '?'))}: held-out score", f"{score:.3f}", "", None)
+    return lines
+
+
+def dspy_migration(ctx: Any) -> list[str]:
+    """Issue 25's reproductions (DSPy saves imported, round trips): outcomes, not times; needs DSPy."""
+    if ctx.dpy is None:
+        return ["Not run (`--no-dspy`)."]
+    lines, _ = script_section(ctx, ["dspy_migration.py"], ["dspy_migration.py"], python=ctx.dpy)
     return lines
