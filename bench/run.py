@@ -124,6 +124,7 @@ def write(out: Path, cmd: str, fast: bool, started: datetime, total: float, wher
         "# Benchmark results",
         "",
         f"Written by `{cmd}` ({mode}) on {started.strftime('%Y-%m-%d %H:%M UTC')}, {total / 60:.1f} min{status} — {where}.",
+        *busy_note(),
         "Client and servers on the same machine (loopback). Every line below comes from this run; regenerate",
         "with `python bench/run.py` (full run; `--fast` for a quick check that writes RESULTS-fast.md).",
         "",
@@ -136,6 +137,14 @@ def write(out: Path, cmd: str, fast: bool, started: datetime, total: float, wher
     tmp = out.with_suffix(".tmp")
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(out)
+
+
+def busy_note() -> list[str]:
+    """Said when the machine was busier than its cores: wall-clock figures are then upper bounds."""
+    if hasattr(os, "getloadavg") and os.getloadavg()[0] > (os.cpu_count() or 1):
+        return ["**The machine was busy (load average above its core count): wall-clock figures are upper bounds;",
+                "CPU times, peak RSS and counts hold.**"]  # fmt: skip
+    return []
 
 
 def verdict(t: Target) -> str:
@@ -164,6 +173,7 @@ def update_readme(targets: list[Target], started: datetime, where: str) -> None:
     table = [
         README_START,
         f"From `python bench/run.py`, {started.strftime('%Y-%m-%d')} ({where}); details in bench/RESULTS.md.",
+        *busy_note(),
         "",
         *target_table([t for t in targets if t.met is not None]),
         README_END,
