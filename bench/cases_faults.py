@@ -87,14 +87,14 @@ def case_timing(url: str, n: int) -> dict:
 # -- driver ------------------------------------------------------------------------------------
 def _case(name: str, **args: object) -> dict:
     sys.path.insert(0, str(HERE))
-    from run import run_case
+    from common import run_case
 
     return run_case(sys.executable, "cases_faults.py", name, **args)
 
 
 def _server(latency: float, faults: dict) -> tuple[object, str]:
     sys.path.insert(0, str(HERE))
-    from run import start_server
+    from common import start_server
 
     return start_server(latency, faults=json.dumps(faults))
 
