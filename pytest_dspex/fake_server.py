@@ -285,9 +285,6 @@ def main(argv: list[str] | None = None) -> None:
         server.stop()
 
 
-if __name__ == "__main__":
-    main()
-
 
 def _limited(text: str, max_tokens: Any) -> tuple[str, str]:
     """``text`` cut at ``max_tokens`` tokens (a word is a token here), as a real server cuts an answer:
@@ -300,3 +297,7 @@ def _limited(text: str, max_tokens: Any) -> tuple[str, str]:
     if len(words) <= max_tokens:
         return text, "stop"
     return text[: words[max_tokens - 1].end()], "length"
+
+
+if __name__ == "__main__":
+    main()
