@@ -444,12 +444,14 @@ def run(args: argparse.Namespace) -> int:
     if args.junit:
         write_junit(report, args.junit)
     out = sys.stderr if args.markdown == "-" else sys.stdout  # stdout carries the markdown then
+    from .reports._format import ProgramView
+
     for p in report["programs"]:
-        v = p["verdict"]
+        view = ProgramView(p)  # mode and test: a program gated by two tests is two different lines
         lo, hi = p["ci95"]
-        state = "passed" if v["passed"] else f"FAILED ({v['reason']})"
+        state = "passed" if view.passed else f"FAILED ({'; '.join(view.failed_checks)})"
         out.write(
-            f"{p['program']} [{p.get('dataset')}]: score {p['score']:.3f} (95% CI {lo:.3f}-{hi:.3f}) on n={p['n']} "
+            f"{p['program']} [{view.mode}] {view.test_short} on {p.get('dataset')}: score {p['score']:.3f} (95% CI {lo:.3f}-{hi:.3f}) on n={p['n']} "
             f"from {report['combined']['shards']} shard(s): gate {state}\n"
         )
     return EXIT_OK if report["passed"] else EXIT_FAILED

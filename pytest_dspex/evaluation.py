@@ -459,7 +459,10 @@ class EvaluationResult:
         """The ``k`` lowest-scoring examples (errors first)."""
         return sorted(self.records, key=lambda r: (r.score, r.error_kind is None, r.index))[:k]
 
-    def summary(self, worst: int = 5) -> str:
+    def summary(self, worst: int = 5, regressed: Sequence[str] = ()) -> str:
+        """Score, errors and usage, then the examples to look at: those that ``regressed`` against the
+        golden first (under a regression they are the news, not the ones that were always wrong), then
+        the worst others. Each is named by its key, with its inputs, expected outputs and answer."""
         lo, hi = self.ci95
         head = (
             f"{self.program or 'program'}: score {self.score:.3f} (95% CI {lo:.3f}–{hi:.3f}) on n={self.n}"
@@ -474,12 +477,24 @@ class EvaluationResult:
         lines = [head]
         if self.lm_unavailable:
             lines.append("LM unavailable: most examples could not reach the LM endpoint (this is not a low score)")
-        bad = [r for r in self.worst(worst) if r.score < 1.0]
+        from .reports._format import split_expected
+
+        def line(r: ExampleRecord) -> str:
+            got = r.error or r.prediction
+            expected, _meta = split_expected(r.to_json())  # the row's id is its key, not an expected output
+            return f"  {r.key} (#{r.index}) score={r.score:.2f} inputs={_short(r.inputs)} expected={_short(expected)} got={_short(got)}"
+
+        by_key = {r.key: r for r in self.records}
+        first = [by_key[k] for k in regressed if k in by_key][:worst]
+        if first:
+            more = len(regressed) - len(first)
+            lines.append(f"regressed examples (pass -> fail){f', first {len(first)} of {len(regressed)}' if more > 0 else ''}:")
+            lines += [line(r) for r in first]
+        shown = {r.key for r in first}
+        bad = [r for r in self.worst(worst + len(shown)) if r.score < 1.0 and r.key not in shown][:worst]
         if bad:
-            lines.append("worst examples:")
-            for r in bad:
-                got = r.error or r.prediction
-                lines.append(f"  #{r.index} score={r.score:.2f} inputs={_short(r.inputs)} expected={_short(r.expected)} got={_short(got)}")
+            lines.append("other low-scoring examples:" if first else "worst examples:")
+            lines += [line(r) for r in bad]
         return "\n".join(lines)
 
     def to_dict(self, *, records: bool = True) -> dict[str, Any]:

@@ -362,3 +362,19 @@ def test_combine_files_names_the_files_in_errors(tmp_path: Path) -> None:
     assert combine_files(paths)["programs"][0]["n"] == 30
     with pytest.raises(CombineError, match=r"shard-1.json and .*shard-1.json"):
         combine_files([paths[0], paths[0]])
+
+
+def test_a_program_in_two_modes_prints_two_different_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``combine`` printed two identical lines for a program gated in both modes (issue 23)."""
+    records = [record(i, 1.0) for i in range(30)]
+    each = {"mode": "per-example", "test": "tests/test_triage.py::test_triage_each", "golden": None, "golden_score": None}
+    shards = [
+        report([program_entry([r for r in records if shard_of(r["key"], 2) == k], golden=None, golden_score=None),
+                program_entry([r for r in records if shard_of(r["key"], 2) == k], **each)], Shard(k, 2))
+        for k in (1, 2)
+    ]  # fmt: skip
+    assert main([*write_reports(tmp_path, shards), "--rootdir", str(tmp_path)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "shard(s)" in line]
+    assert len(lines) == 2 and lines[0] != lines[1]
+    assert lines[0].startswith("triage [dataset] test_triage.py::test_triage on tests/data/triage.jsonl: score 1.000")
+    assert lines[1].startswith("triage [per-example] test_triage.py::test_triage_each on tests/data/triage.jsonl: score 1.000")

@@ -109,6 +109,26 @@ def test_summary_lists_worst_examples(server_factory, make_lm):
     assert "worst examples" in text and "charged twice" in text
 
 
+def test_summary_lists_the_regressed_examples_first_by_key_with_expected_apart_from_the_id():
+    """Under a regression the examples that went pass -> fail are the news (issue 23): listed first,
+    named by key, not the ones that were always wrong; the row's id is not an expected output."""
+    from pytest_dspex.evaluation import EvaluationResult
+    from pytest_dspex.records import ExampleRecord
+
+    def rec(i: int, score: float) -> ExampleRecord:
+        return ExampleRecord(i, f"dev-{i:04d}", {"message": f"case {i}"}, {"id": f"dev-{i:04d}", "team": "billing"},
+                             {"team": "billing" if score else "technical"}, score)  # fmt: skip
+
+    records = [rec(i, 0.0 if i < 6 else 1.0) for i in range(20)] + [rec(20, 0.0), rec(21, 0.0)]
+    text = EvaluationResult.from_records(records, program="triage").summary(worst=3, regressed=["dev-0020", "dev-0021"])
+    lines = text.splitlines()
+    at = lines.index("regressed examples (pass -> fail):")
+    assert lines[at + 1].startswith("  dev-0020 (#20) score=0.00 inputs={'message': 'case 20'} expected={'team': 'billing'}")
+    assert lines[at + 2].startswith("  dev-0021 (#21)")
+    assert lines[at + 3] == "other low-scoring examples:" and lines[at + 4].startswith("  dev-0000 (#0)")
+    assert "'id'" not in text
+
+
 @pytest.mark.parametrize("value", [None, "yes", 1.5, -0.1, float("nan"), [1]])
 def test_bad_metric_return_values_are_metric_errors_naming_the_metric(server, make_lm, value):
     def my_metric(example, prediction, trace=None):

@@ -265,7 +265,8 @@ class Evaluator:
         if options.shard is None:
             self._request.config.hook.pytest_dspex_gate(program=spec.name, verdict=verdict, result=result)
         if not verdict.passed:
-            said = verdict.headline(spec.name, result.n, result.ci95) + "\n" + result.summary()
+            regressed = verdict.comparison.regressions if verdict.comparison is not None else []
+            said = verdict.headline(spec.name, result.n, result.ci95) + "\n" + result.summary(regressed=regressed)
             pytest.fail(said + (f"\nnote: {row['note']}" if row.get("note") else ""), pytrace=False)
         return result
 

@@ -255,11 +255,14 @@ def gate_lines(rows: list[dict[str, Any]], fresh: frozenset[str] = frozenset()) 
     from ..comparison import Comparison
     from ..gates import SHOWN_KEYS
 
-    def keys(ks: list[str]) -> str:
-        return ", ".join(ks[:SHOWN_KEYS]) + (f" and {len(ks) - SHOWN_KEYS} more" if len(ks) > SHOWN_KEYS else "")
-
     out: list[tuple[str, dict[str, bool]]] = []
     for r in rows:
+        inputs = {str(rec.get("key")): rec.get("inputs") or {} for rec in r.get("records") or ()}
+
+        def keys(ks: list[str], inputs: dict[str, Any] = inputs) -> str:
+            named = [_named(k, inputs.get(k)) for k in ks[:SHOWN_KEYS]]
+            return ", ".join(named) + (f" and {len(ks) - SHOWN_KEYS} more" if len(ks) > SHOWN_KEYS else "")
+
         label = f"{r['program']} [{r.get('mode', 'dataset')}]"
         raw = r.get("comparison")
         if raw and r.get("golden") not in fresh:
@@ -285,6 +288,14 @@ def gate_lines(rows: list[dict[str, Any]], fresh: frozenset[str] = frozenset()) 
             repeats = r.get("repeats") or "several"
             out.append((f"{label}: {len(flaky)} flaky example(s), their {repeats} repeats disagree: {keys(flaky)}", {"yellow": True}))
     return out
+
+
+def _named(key: str, inputs: Any) -> str:
+    """An example as a reader finds it: its id, or its hash key with a short excerpt of its inputs."""
+    if not key.startswith("h:") or not inputs:
+        return key
+    text = " ".join(str(next(iter(inputs.values()), "")).split())
+    return f"{key[:10]} ({text[:24] + '…' if len(text) > 24 else text!s})" if text else key
 
 
 def _gate_cell(row: dict[str, Any]) -> str:
