@@ -50,7 +50,7 @@ def test_each(dspex_example, dspex_predict):
 def rows(n: int, off: int = 0) -> str:
     return "\n".join(
         json.dumps({"id": f"dev-{i:04d}", "message": f"I was charged twice, case {i}" if i % 2 else f"the app crashes, case {i}",
-                    "team": "billing" if i % 2 else "technical"})  # fmt: skip
+                    "team": "billing" if i % 2 else "technical"})
         for i in range(off, off + n)
     ) + "\n"
 
@@ -155,7 +155,7 @@ def test_whole(dspex_evaluate):
     for text in ["result2-039a296fde", "98.7", "0x1A", "version 3 of 5", "1e400", "42", "1,234"]:
         try:
             got = repr(CompactAdapter().parse(sig, f"N: {text}")["n"])
-        except Exception as exc:  # noqa: BLE001 - the reproduction shows whatever it raises
+        except Exception as exc:
             got = f"{type(exc).__name__}"
         print(f"  {text!r:24} -> {got}")
 
@@ -168,7 +168,7 @@ def test_whole(dspex_evaluate):
     try:
         lm = dspex.LM("m", base_url="http://127.0.0.1:9/v1", api_key="k", cache="off")
         print("  LM(cache='off'): its cache is a", type(lm.cache).__name__, "(a str fails every call: no attribute 'reads')")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         print("  LM(cache='off'):", type(exc).__name__, exc)
     cache = root / "cache"
     dspex.ResponseCache(cache).close()
