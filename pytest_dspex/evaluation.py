@@ -488,7 +488,7 @@ class EvaluationResult:
         first = [by_key[k] for k in regressed if k in by_key][:worst]
         if first:
             more = len(regressed) - len(first)
-            lines.append(f"regressed examples (pass -> fail){f', first {len(first)} of {len(regressed)}' if more > 0 else ''}:")
+            lines.append(f"examples that went pass -> fail against the golden{f', first {len(first)} of {len(regressed)}' if more > 0 else ''}:")
             lines += [line(r) for r in first]
         shown = {r.key for r in first}
         bad = [r for r in self.worst(worst + len(shown)) if r.score < 1.0 and r.key not in shown][:worst]

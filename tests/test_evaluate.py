@@ -122,7 +122,7 @@ def test_summary_lists_the_regressed_examples_first_by_key_with_expected_apart_f
     records = [rec(i, 0.0 if i < 6 else 1.0) for i in range(20)] + [rec(20, 0.0), rec(21, 0.0)]
     text = EvaluationResult.from_records(records, program="triage").summary(worst=3, regressed=["dev-0020", "dev-0021"])
     lines = text.splitlines()
-    at = lines.index("regressed examples (pass -> fail):")
+    at = lines.index("examples that went pass -> fail against the golden:")
     assert lines[at + 1].startswith("  dev-0020 (#20) score=0.00 inputs={'message': 'case 20'} expected={'team': 'billing'}")
     assert lines[at + 2].startswith("  dev-0021 (#21)")
     assert lines[at + 3] == "other low-scoring examples:" and lines[at + 4].startswith("  dev-0000 (#0)")
