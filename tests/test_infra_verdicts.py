@@ -25,6 +25,7 @@ from pytest_dspex.fake_server import FakeLMServer, Faults
 from pytest_dspex.metrics import to_score
 
 from .conftest import Triage, triage_examples
+from .needs import need
 from .test_plugin import MODES, TRIAGE_PROGRAM
 from .test_plugin import rows as plugin_rows
 
@@ -173,8 +174,8 @@ def test_read_only_modes_work_on_a_read_only_cache_folder(
     pytester: pytest.Pytester, server: FakeLMServer, cache_mode: str, request: pytest.FixtureRequest
 ) -> None:
     prefix = _as_nobody()
-    if prefix is None:
-        pytest.skip("running as root without setpriv: a read-only folder cannot be made")
+    need("a read-only folder", None if prefix is not None else "running as root without setpriv", "apt-get install util-linux")
+    assert prefix is not None
     project(pytester)
     recorded = run(pytester, server, "--dspex-cache-dir=.c", "-p", "no:xdist")
     assert recorded.ret == 0, recorded.stdout.str()
