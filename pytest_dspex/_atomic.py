@@ -24,11 +24,13 @@ def atomic_write_text(path: Path, text: str, *, mode: int = 0o644) -> None:
     """Write ``text`` (UTF-8) so that ``path`` holds either the old content or all of the new.
 
     The file gets ``mode`` before it appears (``mkstemp`` creates 0600; reports and goldens are shared).
+    Text UTF-8 cannot hold (a lone surrogate from a dataset row) is written as its ``\\udcxx`` escape —
+    inside a JSON string, the same character — rather than failing after every LM call was paid for.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as fh:
             fh.write(text)
             fh.flush()
             os.fchmod(fh.fileno(), mode)

@@ -146,6 +146,11 @@ def _report(args: argparse.Namespace) -> int:
     if not args.html and not args.markdown:
         raise CommandError("report: say what to write: --html PATH and/or --markdown PATH")
     data = read_report(args.report)
+    programs = data.get("programs") or []
+    incomplete = [p for p in programs if isinstance(p, dict) and (p.get("verdict") or {}).get("kind") == "incomplete"]
+    if not programs or incomplete:  # rendered as what it is (never a pass), and said here too
+        what = "no program was evaluated" if not programs else f"{len(incomplete)} program(s) incomplete: not all examples ran"
+        sys.stderr.write(f"pytest-dspex: {args.report}: {what}; no gate verdict\n")
     if args.html:
         write_html(data, args.html)
     if args.markdown == "-":

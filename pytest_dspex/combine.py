@@ -21,7 +21,9 @@ Refused with a :class:`CombineError` (exit code 2 on the command line), never a 
   that disagree on its metric, threshold, tolerance, golden or model, and a ``dataset_size`` that
   the merged records do not add up to;
 * a golden file named by the reports that cannot be read under ``rootdir`` (the paired comparison
-  needs its per-example outcomes).
+  needs its per-example outcomes);
+* reports that evaluated no program (an interrupted run), or a program whose examples did not all run
+  in its shard (verdict ``incomplete``: ``-x``, ``-k``, an interruption, a crashed worker).
 
 The command exits 1 when a gate fails, 0 when every gate passes.
 """
@@ -290,6 +292,11 @@ def combine(
     if len(models) > 1:
         raise CombineError(f"the shards used different models: {', '.join(sorted(models))}")
 
+    if not any(r["programs"] for r in reports):  # an interrupted or empty run: nothing to judge, never a pass
+        raise CombineError(
+            f"{', '.join(report_names)}: no program was evaluated (an interrupted run, or no dspex test selected); "
+            "a verdict needs the shards' records"
+        )
     groups: dict[tuple[str, str, str], list[tuple[int, int, Mapping[str, Any]]]] = {}
     for i, r in enumerate(reports):
         shard_index = int(r["shard"]["index"]) if r.get("shard") else 1
@@ -298,6 +305,12 @@ def combine(
             if not isinstance(entry, Mapping):
                 raise CombineError(f"{report_names[i]}: a program entry is not an object")
             key = _program_key(entry)
+            verdict = entry.get("verdict")
+            if isinstance(verdict, Mapping) and verdict.get("kind") == "incomplete":
+                raise CombineError(
+                    f"{report_names[i]}: {_label(key)} is {verdict.get('reason') or 'incomplete'}; run that shard "
+                    "whole (without -x, -k or an interruption) before combining"
+                )
             if key in seen:
                 raise CombineError(f"{report_names[i]}: {_label(key)} appears twice")
             seen.add(key)
@@ -334,7 +347,7 @@ def combine(
     out.update(
         {
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "passed": all(p["verdict"]["passed"] for p in programs),
+            "passed": bool(programs) and all(p["verdict"]["passed"] for p in programs),
             "shard": None,
             "combined": {"shards": count, "reports": len(reports)},
             "programs": programs,

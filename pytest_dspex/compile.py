@@ -21,9 +21,7 @@ carries it for the other workers of this host, which load it from there.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,12 +89,11 @@ class CompileOutcome:
     record: dict[str, Any] | None = None
 
 
-def _done_marker(path: Path) -> Path:
-    """Beside the golden's lock (outside the repo): which run last compiled ``path``."""
-    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:24]
-    folder = Path(tempfile.gettempdir()) / "pytest-dspex-locks"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{digest}.compiled"
+def _done_marker(path: Path, state_dir: Path | None) -> Path:
+    """Beside the golden's lock, in the private state folder (``_private``): which run last compiled ``path``."""
+    from .golden import state_file
+
+    return state_file(path, ".compiled", state_dir)
 
 
 def compile_program(
@@ -112,12 +109,15 @@ def compile_program(
     run_id: str = "",
     progress: Callable[[str], None] | None = None,
     defer_write: bool = False,
+    state_dir: Path | None = None,
 ) -> CompileOutcome:
     """Optimize ``program`` and write its golden file, once per ``run_id`` across processes.
 
     Raises ``DatasetError`` for unreadable datasets, ``CompileStoppedError`` when the LM calls fail
     beyond the error budget (the compile stops there), and ``GoldenFileError`` when the golden may not
-    be written (a run over its error budget, a corrupted golden without ``force``).
+    be written (a run over its error budget, a corrupted golden without ``force``, a folder that
+    cannot be written). ``state_dir``: the private folder of the golden's lock and compile marker
+    (``_private``; the plugin passes the project's, default the user's).
     """
     from ._exceptions import GoldenFileError
     from .datasets import fingerprint, load_dataset
@@ -130,11 +130,13 @@ def compile_program(
             return load_dataset(data, input_keys)
         return as_examples(list(data), input_keys)
 
-    store = GoldenStore(path.parent.parent)
-    marker = _done_marker(path)
+    from ._private import read_private, write_private
+
+    store = GoldenStore(path.parent.parent, state_dir=state_dir)
     say = progress or (lambda _text: None)
     with store.lock(path):
-        done_by, _, deferred = marker.read_text().partition("\n") if run_id and marker.exists() else ("", "", "")
+        marker = _done_marker(path, state_dir)
+        done_by, _, deferred = (read_private(marker) or "").partition("\n") if run_id else ("", "", "")
         if done_by == run_id and (deferred or path.exists()):
             # the record a deferring worker compiled (not on disk until the controller writes it)
             golden = GoldenFile(path, json.loads(deferred)) if deferred else GoldenStore.read(path)
@@ -197,7 +199,7 @@ def compile_program(
         outcome = written.outcome
         to_write = json.loads(json.dumps(record)) if defer_write and outcome in ("created", "updated") else None
         if run_id:
-            marker.write_text(run_id + ("\n" + json.dumps(to_write) if to_write is not None else ""))
+            write_private(marker, run_id + ("\n" + json.dumps(to_write) if to_write is not None else ""))
     golden = GoldenFile(path, to_write) if to_write is not None else GoldenStore.read(path)
     chosen = golden.apply(program) if outcome in ("kept", "unchanged") else result.program
     return CompileOutcome(name, path, chosen, golden, outcome, written.reason, result, record=to_write)

@@ -31,6 +31,11 @@ comparison: they were not measured (within the error budget they still count 0 i
 against the threshold). Without per-example outcomes (schema 1 goldens), or when the run shares no
 example with them, the gate is the tolerance against the golden's recorded score (``golden_score``).
 
+**A verdict only from a complete run.** A per-example test whose examples did not all run (``-x``,
+an interruption, a crashed xdist worker, a ``-k`` selection) is not judged on the part that ran:
+``incomplete(verdict, ran, expected, why)`` turns its verdict into ``incomplete`` ("incomplete: k of
+n examples ran"), never a pass and never a threshold or regression verdict on a subset.
+
 The plugin judges once per program (on the xdist controller for per-example items); shard
 ``combine`` calls the same function on merged records (``judge_records``).
 """
@@ -47,7 +52,19 @@ if TYPE_CHECKING:
     from .comparison import Comparison
     from .evaluation import EvaluationResult
 
-__all__ = ["DEFAULT_ALPHA", "DEFAULT_MAX_ERROR_RATE", "Verdict", "judge", "judge_records", "paired_outcomes"]
+__all__ = [
+    "DEFAULT_ALPHA",
+    "DEFAULT_MAX_ERROR_RATE",
+    "INCOMPLETE",
+    "Verdict",
+    "incomplete",
+    "judge",
+    "judge_records",
+    "paired_outcomes",
+]
+
+#: ``Verdict.kind`` of a program whose examples did not all run: no gate verdict
+INCOMPLETE = "incomplete"
 
 #: One-sided significance level of the paired regression test (``--dspex-alpha``).
 DEFAULT_ALPHA = 0.05
@@ -81,7 +98,7 @@ class Verdict:
     threshold: float | None
     golden_score: float | None
     tolerance: float
-    kind: str = "ok"  # ok / no_examples / lm_errors / below_threshold / regression
+    kind: str = "ok"  # ok / no_examples / lm_errors / below_threshold / regression / incomplete
     details: list[str] = field(default_factory=list)
     #: the paired comparison with the golden's per-example outcomes (None: no outcomes to pair with)
     comparison: Comparison | None = None
@@ -90,7 +107,13 @@ class Verdict:
     def delta(self) -> float | None:
         return None if self.golden_score is None else self.score - self.golden_score
 
+    @property
+    def incomplete(self) -> bool:
+        return self.kind == INCOMPLETE
+
     def headline(self, program: str, n: int, ci: tuple[float, float] | None = None) -> str:
+        if self.incomplete:
+            return f"dspex gate INCOMPLETE for {program!r}: {self.reason} (score {self.score:.3f} on those {n})"
         parts = [f"dspex gate {'passed' if self.passed else 'FAILED'} for {program!r}: score {self.score:.3f}"]
         if ci is not None:
             parts.append(f"(95% CI {ci[0]:.3f}-{ci[1]:.3f})")
@@ -116,6 +139,18 @@ class Verdict:
             "tolerance": self.tolerance,
             "comparison": self.comparison.to_json() if self.comparison is not None else None,
         }
+
+
+def incomplete(verdict: Verdict, ran: int, expected: int, why: str = "") -> Verdict:
+    """The verdict of a program of which only ``ran`` of its ``expected`` examples ran: ``incomplete``.
+
+    Not passed, and no threshold or regression verdict on the subset (the comparison is dropped);
+    ``why`` says what cut it short (a selection, ``-x``, an interruption, a crashed worker).
+    """
+    from dataclasses import replace
+
+    reason = f"incomplete: {ran} of {expected} examples ran" + (f" ({why})" if why else "")
+    return replace(verdict, passed=False, kind=INCOMPLETE, reason=reason + "; no gate verdict", details=[], comparison=None)
 
 
 def lm_errors_reason(errors_by_kind: Mapping[str, int], n: int) -> str | None:

@@ -42,7 +42,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,7 +51,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._atomic import atomic_write_json
-from ._exceptions import GoldenFileError, GoldenStaleError
+from ._exceptions import ConfigError, GoldenFileError, GoldenStaleError
 from .comparison import Comparison, compare, outcomes_from_records
 from .programs import Module, Predict, dspy_metadata
 from .signatures import diff_fingerprints, fingerprint, fingerprint_of
@@ -497,11 +496,14 @@ def _stable(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _lock_path(path: Path) -> Path:
+def state_file(path: Path, suffix: str, state_dir: Path | None = None) -> Path:
+    """The file (``<digest>.lock``, ``<digest>.compiled``) that belongs to the golden at ``path`` in the
+    private state folder (``_private``: mode 0700, never a shared folder of the temporary directory)."""
+    from ._private import default_state_dir, private_dir
+
     digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:24]
-    lock_dir = Path(tempfile.gettempdir()) / "pytest-dspex-locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    return lock_dir / f"{digest}.lock"
+    folder = private_dir(state_dir / "locks") if state_dir is not None else private_dir(default_state_dir() / "locks")
+    return folder / f"{digest}{suffix}"
 
 
 _locks: dict[str, Any] = {}
@@ -526,21 +528,26 @@ class WriteResult(str):
 class GoldenStore:
     """Reads and writes golden files under ``root`` (usually ``<test dir>/__dspex__``)."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, state_dir: Path | None = None) -> None:
         self.root = Path(root)
+        #: the private folder its locks live in (``_private``); None: the user's default one
+        self.state_dir = state_dir
 
     def path_for(self, module: str, program: str) -> Path:
         return self.root / module / f"{program}.json"
 
-    @staticmethod
-    def lock(path: Path, timeout: float = 3600) -> Any:
-        """A cross-process lock for ``path`` (kept outside the repo, so no stray lock files).
+    def lock(self, path: Path, timeout: float = 3600) -> Any:
+        """A cross-process lock for ``path``, in the private state folder (outside the repo, so no stray
+        lock files; 0700, so no other user can take or redirect it).
 
         The same lock object is returned for the same path, so it is re-entrant in a process.
         """
         from filelock import FileLock
 
-        key = str(_lock_path(path))
+        try:
+            key = str(state_file(path, ".lock", self.state_dir))
+        except (OSError, ConfigError) as exc:
+            raise GoldenFileError(f"{path}: no private folder for the golden's lock ({exc})") from None
         lock = _locks.get(key)
         if lock is None:
             lock = _locks[key] = FileLock(key, timeout=timeout)
@@ -633,8 +640,15 @@ class GoldenStore:
 
     @staticmethod
     def _write(path: Path, record: dict[str, Any]) -> None:
-        atomic_write_json(path, record)
-        os.chmod(path, _FILE_MODE)  # mkstemp creates 0600; a golden is a reviewed, shared file
+        try:
+            atomic_write_json(path, record)
+            os.chmod(path, _FILE_MODE)  # mkstemp creates 0600; a golden is a reviewed, shared file
+        except OSError as exc:  # a read-only folder, a path under a file: one clear line, not a tempfile traceback
+            folder = path.parent
+            raise GoldenFileError(
+                f"{path}: golden not written: cannot write in {folder} ({exc.strerror or exc}); make the folder "
+                "writable and re-run pytest --dspex-compile (the previous golden, if any, is unchanged)"
+            ) from None
 
     def all_files(self) -> list[Path]:
         if not self.root.exists():

@@ -28,7 +28,9 @@ def test_one_row_per_program_with_its_verdict() -> None:
 
 def test_all_passed_headline() -> None:
     assert render_markdown(report(program_row(passed=True))).startswith("### ✅ pytest-dspex: 1 program passed\n")
-    assert render_markdown({"programs": []}).startswith("### ✅ pytest-dspex: no LM program was evaluated")
+    # nothing evaluated passed nothing (issue 19: an interrupted run's empty report read as a pass)
+    assert render_markdown({"programs": []}).startswith("### ⚠️ pytest-dspex: no LM program was evaluated")
+    assert render_markdown({"passed": True, "programs": []}).startswith("### ⚠️ pytest-dspex: no LM program")
 
 
 def test_regressions_list_the_first_ten_and_count_the_rest() -> None:

@@ -130,3 +130,185 @@ class TestBudgetAndCache:
             "the endpoint was not asked; --dspex-cache=off measures it as it answers now"
         ])  # fmt: skip
         assert report(pytester)["programs"][0]["cache_only"] is True
+
+
+def junit_cases(pytester: pytest.Pytester, name: str = "junit.xml") -> tuple[Any, dict[str, Any]]:
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(pytester.path / name).getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    return suite, {case.get("name"): case for case in suite.iter("testcase")}
+
+
+class TestFailingAggregateIsAFailedTest:
+    def test_terminal_counts_lastfailed_and_junit_agree(self, pytester, server, mode):
+        """Issue 19: a failing aggregate said ``166 passed, 44 missed`` (exit 1), was not in the last-failed
+        cache, and JUnit put its failure on an example that passed, counting 2 failures for the terminal's 1."""
+        project(pytester, threshold=0.7)
+        result = run(pytester, server, *mode, "--junitxml=junit.xml")
+        assert result.ret == pytest.ExitCode.TESTS_FAILED
+        outcomes = result.parseoutcomes()
+        assert (outcomes["failed"], outcomes["passed"], outcomes["missed"]) == (1, N // 2 + 1, N // 2)
+        result.stdout.fnmatch_lines([
+            "*_ test_solve_each (dspex gate) _*",
+            "FAILED test_triage.py::test_solve_each - dspex gate FAILED*",
+        ])  # fmt: skip
+        assert "%]" not in result.stdout.str().replace("[100%]", "")  # no progress past the end
+        suite, cases = junit_cases(pytester)
+        failures = {name for name, case in cases.items() if case.find("failure") is not None}
+        assert failures == {"test_solve_each"}  # its own test case, not an example whose outcome is pass
+        assert int(suite.get("failures")) == outcomes["failed"] == 1
+        assert int(suite.get("tests")) == len(cases) == N + 2
+        props = {p.get("name"): p.get("value") for p in cases["test_solve_each"].iter("property")}
+        assert props["dspex_aggregate_score"] == "0.5" and props["dspex_aggregate_verdict"] == "below_threshold"
+        message = cases["test_solve_each"].find("failure").get("message")
+        assert message.startswith("dspex gate FAILED for 'triage on data/dev.jsonl': score 0.500")
+        # --lf runs the whole test again (a part would be "incomplete"), not test_other
+        again = run(pytester, server, *mode, "--lf")
+        outcomes = again.parseoutcomes()
+        assert (outcomes["failed"], outcomes["passed"], outcomes["missed"]) == (1, N // 2, N // 2)
+        project(pytester, threshold=0.4)  # the gate passes now: nothing is left to rerun
+        assert run(pytester, server, *mode, "--lf").ret == 0
+        lastfailed = pytester.path / ".pytest_cache/v/cache/lastfailed"
+        assert not lastfailed.exists() or json.loads(lastfailed.read_text()) == {}
+
+    def test_a_passing_aggregate_adds_no_test(self, pytester, server, mode):
+        project(pytester, threshold=0.4)
+        result = run(pytester, server, *mode, "--junitxml=junit.xml", "-p", "no:cacheprovider")
+        assert result.ret == 0
+        assert "failed" not in result.parseoutcomes()
+        suite, cases = junit_cases(pytester)
+        assert int(suite.get("failures")) == 0 and "test_solve_each" not in cases
+        last = next(case for name, case in cases.items() if name == f"test_solve_each[dev-{N - 1:04d}]")
+        props = {p.get("name"): p.get("value") for p in last.iter("property")}
+        assert props["dspex_aggregate_verdict"] == "pass"
+
+
+class TestIncompleteRuns:
+    def test_a_k_selection_is_incomplete_not_a_threshold_verdict(self, pytester, server, mode):
+        """Issue 19: ``-k "dev-0012 or dev-0013 or dev-0014"`` gave ``FAIL: below threshold (0.333 < 0.700)``,
+        exit 1. A selection is the user's focused run: exit 0 from its items, the gate says incomplete."""
+        project(pytester, threshold=0.7)
+        result = run(
+            pytester, server, *mode, "-p", "no:cacheprovider", "-k", "dev-0012 or dev-0013 or dev-0014",
+            "--dspex-report=r.json", "--dspex-markdown=r.md", "--junitxml=junit.xml",
+        )  # fmt: skip
+        assert result.ret == 0, result.stdout.str()
+        outcomes = result.parseoutcomes()
+        assert (outcomes["passed"], outcomes["missed"]) == (2, 1) and "failed" not in outcomes
+        result.stdout.fnmatch_lines([
+            "triage*per-example*0.667*0.70*3*incomplete: 3 of 40 examples ran",
+            "dspex gate INCOMPLETE for 'triage on data/dev.jsonl': incomplete: 3 of 40 examples ran "
+            "(3 selected with -k, --lf or node ids; run them all for a verdict); no gate verdict*",
+        ])  # fmt: skip
+        assert "below threshold" not in result.stdout.str()
+        data = report(pytester)
+        assert data["passed"] is False and data["complete"] is False
+        assert data["programs"][0]["verdict"]["kind"] == "incomplete"
+        assert data["programs"][0]["comparison"] is None
+        md = (pytester.path / "r.md").read_text(encoding="utf-8")
+        assert md.startswith("### ⚠️ pytest-dspex: 1 of 1 program incomplete") and "✅" not in md
+        suite, cases = junit_cases(pytester)
+        assert int(suite.get("failures")) == 0
+        props = {p.get("name"): p.get("value") for case in cases.values() for p in case.iter("property")}
+        assert props["dspex_aggregate_verdict"] == "incomplete"
+
+    def test_x_stopping_early_is_incomplete_never_a_pass(self, pytester, server):
+        """Issue 19: ``-x`` stopping after 4 of 40 examples showed ``pass`` with n 4."""
+        project(pytester, threshold=0.4, source=EACH_TEST.replace(
+            "    dspex_predict(dspex_example)", "    dspex_predict(dspex_example)\n    assert dspex_example.id != 'dev-0003'"
+        ))  # fmt: skip
+        result = run(pytester, server, "-p", "no:xdist", "-p", "no:cacheprovider", "-x", "--dspex-report=r.json")
+        assert result.ret == pytest.ExitCode.TESTS_FAILED
+        result.stdout.fnmatch_lines(["*incomplete: 4 of 40 examples ran (the run stopped early: stopping after 1 failures)*"])
+        data = report(pytester)
+        assert data["passed"] is False and data["programs"][0]["n"] == 4
+        assert data["programs"][0]["verdict"]["kind"] == "incomplete"
+
+    def test_a_crashed_worker_is_incomplete(self, pytester, server):
+        """Issue 19: a per-example run whose xdist worker crashed showed ``pass`` on n=399 of 400."""
+        project(pytester, threshold=0.4, source=EACH_TEST.replace(
+            "    dspex_predict(dspex_example)",
+            "    dspex_predict(dspex_example)\n    if dspex_example.id == 'dev-0005':\n        import os; os._exit(1)",
+        ))  # fmt: skip
+        result = run(pytester, server, "-n", "2", "-p", "no:cacheprovider", "--dspex-report=r.json")
+        assert result.ret == pytest.ExitCode.TESTS_FAILED
+        result.stdout.fnmatch_lines(["*crashed*", "*incomplete: 39 of 40 examples ran*"])
+        data = report(pytester)
+        assert data["passed"] is False and data["programs"][0]["verdict"]["kind"] == "incomplete"
+
+    def test_an_interrupted_run_never_overwrites_a_report(self, pytester, server):
+        """Issue 19: Ctrl-C overwrote an existing report with ``"passed": true, "programs": []``."""
+        interrupt_first = "def test_0_interrupt():\n    raise KeyboardInterrupt\n\n" + EACH_TEST
+        project(pytester, threshold=0.4, source=interrupt_first)
+        previous = '{"passed": false, "programs": [], "kept": true}\n'
+        (pytester.path / "r.json").write_text(previous)
+        result = run(pytester, server, "-p", "no:xdist", "-p", "no:cacheprovider", "--dspex-report=r.json")
+        assert result.ret == pytest.ExitCode.INTERRUPTED
+        assert (pytester.path / "r.json").read_text() == previous
+        result.stdout.fnmatch_lines(["*dspex json report not written: the run was interrupted; *r.json keeps the previous report"])
+        # interrupted half-way through the examples: incomplete, and a new report says so
+        project(pytester, threshold=0.4, source=EACH_TEST.replace(
+            "    dspex_predict(dspex_example)",
+            "    dspex_predict(dspex_example)\n    if dspex_example.id == 'dev-0009':\n        raise KeyboardInterrupt",
+        ))  # fmt: skip
+        result = run(pytester, server, "-p", "no:xdist", "-p", "no:cacheprovider", "--dspex-report=new.json")
+        assert result.ret == pytest.ExitCode.INTERRUPTED
+        result.stdout.fnmatch_lines(["*incomplete: 9 of 40 examples ran (the run was interrupted)*"])
+        data = report(pytester, "new.json")
+        assert data["passed"] is False and data["programs"][0]["verdict"]["kind"] == "incomplete"
+        # neither report passes anywhere else
+        from pytest_dspex.combine import CombineError, combine_files
+        from pytest_dspex.reports import render_markdown
+
+        with pytest.raises(CombineError, match="incomplete: 9 of 40 examples ran"):
+            combine_files([str(pytester.path / "new.json")])
+        with pytest.raises(CombineError, match="no program was evaluated"):
+            combine_files([str(pytester.path / "r.json")])
+        assert render_markdown({"passed": True, "programs": []}).startswith("### ⚠️ pytest-dspex: no LM program")
+
+
+class TestWritersNeverCrash:
+    @pytest.mark.parametrize("case", ["surrogate", "under-a-file", "unwritable", "step-summary"])
+    def test_a_report_that_cannot_be_written_is_one_line(self, pytester, server, mode, case, monkeypatch):
+        """Issue 19: the writers raised from pytest_sessionfinish (UnicodeEncodeError, FileExistsError,
+        PermissionError, FileNotFoundError) and the table, FAILURES and short summary were lost."""
+        project(pytester, threshold=0.7)
+        dev = pytester.path / "data/dev.jsonl"
+        dev.write_text(dev.read_text().rstrip("\n") + '\n{"id": "dev-odd", "message": "the app crashes \\ud800, case 40", "team": "technical"}\n')
+        (pytester.path / "afile").write_text("")
+        args = {
+            "surrogate": ["--dspex-report=r.json", "--dspex-html=r.html", "--dspex-markdown=r.md"],
+            "under-a-file": ["--dspex-report=afile/r.json"],
+            "unwritable": ["--dspex-html=/proc/dspex/r.html"],
+            "step-summary": [],
+        }[case]
+        if case == "step-summary":
+            monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(pytester.path / "missing" / "summary.md"))
+        result = run(pytester, server, *mode, "-p", "no:cacheprovider", *args)
+        assert result.ret == pytest.ExitCode.TESTS_FAILED  # the gate's own verdict, not a crash
+        assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+        result.stdout.fnmatch_lines([
+            "*= FAILURES =*", "*_ test_solve_each (dspex gate) _*", "*= dspex =*", "triage*per-example*FAIL*",
+            "FAILED test_triage.py::test_solve_each - dspex gate FAILED*",
+        ])  # fmt: skip
+        if case == "surrogate":
+            data = report(pytester)
+            odd = next(r for r in data["programs"][0]["records"] if r["key"] == "dev-odd")
+            assert odd["inputs"]["message"] == "the app crashes \ud800, case 40" and odd["error_kind"] is None
+            assert "\\ud800" in (pytester.path / "r.html").read_text(encoding="utf-8")
+        else:
+            what = {"under-a-file": "json", "unwritable": "html", "step-summary": "step summary"}[case]
+            result.stdout.fnmatch_lines([f"dspex {what} report not written: *"])
+
+    def test_a_golden_that_cannot_be_written_is_one_line_and_compiled_once(self, pytester, server, mode):
+        source = DATASET_TEST.replace('name="triage")', 'name="triage", trainset="data/dev.jsonl")')
+        project(pytester, threshold=0.4, source=source)
+        (pytester.path / "__dspex__").mkdir()
+        (pytester.path / "__dspex__/test_triage").write_text("")  # the golden's folder is a file
+        result = run(pytester, server, *mode, "-p", "no:cacheprovider", "--dspex-compile", "--dspex-candidates=0")
+        assert result.ret == pytest.ExitCode.TESTS_FAILED
+        result.stdout.fnmatch_lines([
+            "*__dspex__/test_triage/triage.json: golden not written: cannot write in *__dspex__/test_triage*"
+        ])  # fmt: skip
+        assert "Traceback" not in result.stdout.str() and "tempfile" not in result.stdout.str()

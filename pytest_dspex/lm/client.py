@@ -341,7 +341,8 @@ class LM:
         ticket = self.breaker.admit()  # only new calls fail fast
         started = time.perf_counter()
         outcome: BaseException | None = None
-        content = json.dumps(body, ensure_ascii=False).encode()
+        # a lone surrogate (from a dataset row) goes as its \udcxx escape: the same JSON string, valid UTF-8
+        content = json.dumps(body, ensure_ascii=False).encode("utf-8", "backslashreplace")
         try:
             if self.budget is not None:
                 self.budget.reserve()

@@ -9,6 +9,7 @@ so each worker evaluates whole chunks concurrently (see ``plugin/xdist.py``).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Generator
 from pathlib import Path
@@ -55,7 +56,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if not session.is_worker:
         from .report import Collector
 
-        collector = Collector(Path(config.rootpath), shard=session.options.shard, force=session.options.force)
+        collector = Collector(
+            Path(config.rootpath), shard=session.options.shard, force=session.options.force, state_dir=session.state_dir
+        )
         config.stash[_collector_key] = collector
         config.pluginmanager.register(_ControllerHooks(collector), "dspex-controller")
     if config.pluginmanager.hasplugin("xdist"):
@@ -72,14 +75,20 @@ class _ControllerHooks:
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        payload = getattr(report, "dspex", None)
+        payload = _payload(report)
         if payload:
             fspath = str(Path(self.collector.rootpath) / report.location[0])
-            self.collector.add(report.nodeid, fspath, payload)
+            self.collector.add(report.nodeid, fspath, payload, (report.location[0], report.location[1]))
             if payload.get("kind") == "example":
                 index = int(payload["record"]["index"])
                 if index >= self.last_items.get(payload["test"], (-1, ""))[0]:
                     self.last_items[payload["test"]] = (index, report.nodeid)
+
+
+def _payload(report: Any) -> dict[str, Any] | None:
+    """The dspex payload a test report carries (``pytest_runtest_makereport``), decoded if a worker sent it."""
+    payload = getattr(report, "dspex", None)
+    return json.loads(payload) if isinstance(payload, str) else payload
 
 
 class _XdistHooks:
@@ -97,7 +106,7 @@ class _XdistHooks:
     def pytest_xdist_node_collection_finished(self, node: Any, ids: Any) -> None:
         from .xdist import read_usage_error
 
-        problem = read_usage_error(self.session.run_id, node.workerinput["workerid"])
+        problem = read_usage_error(self.session.state_dir(), self.session.run_id, node.workerinput["workerid"])
         if problem is not None:
             pytest.exit(f"ERROR: {problem}", returncode=pytest.ExitCode.USAGE_ERROR)
 
@@ -107,7 +116,7 @@ class _XdistHooks:
             return None
         from .scheduling import ChunkScheduling
 
-        return ChunkScheduling(config, log, run_id=self.session.run_id)
+        return ChunkScheduling(config, log, run_id=self.session.run_id, state_dir=self.session.state_dir)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -143,6 +152,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         from ..datasets import example_key
 
         indices = shard.select([example_key(ex) for ex in examples])
+    session.expected[test_key(node)] = len(indices)  # a complete run of this job (the gate needs all)
     metafunc.parametrize("dspex_example", indices, indirect=True, ids=[ids[i] for i in indices])
 
 
@@ -166,7 +176,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         if worker == "gw0":  # the controller stops the run with it (it does not collect); the workers'
             from .xdist import write_usage_error  # collections are the same, one message is enough
 
-            write_usage_error(dspex.run_id, worker, problem)
+            write_usage_error(dspex.state_dir(), dspex.run_id, worker, problem)
     chunks: dict[str, str] = {}
     lowest: dict[str, int] = {}
     for item in session.items:
@@ -180,7 +190,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if dspex.is_worker and chunks:
         from .xdist import write_chunks
 
-        write_chunks(dspex.run_id, session.config.workerinput["workerid"], chunks)  # type: ignore[attr-defined]
+        write_chunks(dspex.state_dir(), dspex.run_id, session.config.workerinput["workerid"], chunks)  # type: ignore[attr-defined]
 
 
 def _check_compile_names(session: pytest.Session, dspex: DspexSession) -> str | None:
@@ -222,7 +232,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             report.longrepr = None
         payload = item.stash.get(payload_key, None)
         if payload is not None:
-            report.dspex = payload  # type: ignore[attr-defined]  # JSON: travels with the report through xdist
+            # JSON: travels with the report through xdist — as ASCII JSON text from a worker, so a lone
+            # surrogate from a dataset row crosses execnet (which refuses it in a str) and comes back the same
+            dspex = item.config.stash.get(session_key, None)
+            worker = dspex is not None and dspex.is_worker
+            report.dspex = json.dumps(payload) if worker else payload  # type: ignore[attr-defined]
             if payload.get("kind") == "example" and report.passed:
                 from ..reports._format import miss_lines, outcome
 
@@ -232,9 +246,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:
+    aggregate = getattr(report, "dspex_aggregate", False)
+    if aggregate:  # a failed gate, reported at the end (plugin/aggregate.py): counted, without a progress letter
+        if report.when != "call":
+            return ("", "", "")
+        return ("failed", "", "") if aggregate == "reporting" else ("failed", "F", ("FAILED", {"red": True}))
     if report.when != "call" or not report.passed:
         return None
-    payload = getattr(report, "dspex", None)
+    payload = _payload(report)
     if not payload or payload.get("kind") != "example":
         return None
     record = payload["record"]
@@ -255,9 +274,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     collector = config.stash.get(_collector_key, None)
     try:
         if collector is not None:
-            failed = collector.finish()
+            failed = collector.finish(_stopped(session, exitstatus))
             for run in collector.runs.values() if collector.shard is None else ():  # a shard defers its gate
                 config.hook.pytest_dspex_gate(program=run.program, verdict=run.verdict, result=run.result)
+            from .aggregate import report_aggregates
+
+            report_aggregates(config, collector)  # a failed gate is a failed test: counts, --lf, JUnit
             golden_failed = any(is_error for _, is_error in collector.golden_messages)
             if (failed or golden_failed) and session.exitstatus == 0:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -266,14 +288,26 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             controller = config.pluginmanager.get_plugin("dspex-controller")
             if controller is not None and controller.last_items:
                 add_junit_aggregates(config, collector, controller.last_items)
-            collector.written = write_reports(config, dspex, collector)  # JSON, HTML, markdown
+            interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
+            collector.written = write_reports(config, dspex, collector, interrupted=interrupted)  # never raises
     finally:
         dspex.close()
-        if not dspex.is_worker and config.pluginmanager.hasplugin("xdist"):
+        folder = dspex.state_dir_if_made()
+        if not dspex.is_worker and folder is not None and config.pluginmanager.hasplugin("xdist"):
             from .xdist import read_chunks, remove_usage_errors
 
-            read_chunks(dspex.run_id, remove=True)
-            remove_usage_errors(dspex.run_id)
+            read_chunks(folder, dspex.run_id, remove=True)
+            remove_usage_errors(folder, dspex.run_id)
+
+
+def _stopped(session: pytest.Session, exitstatus: int) -> str:
+    """Why the session ended before every selected test ran ("" when it did not, as far as pytest knows)."""
+    if exitstatus == pytest.ExitCode.INTERRUPTED:
+        return "the run was interrupted"
+    for reason in (session.shouldfail, session.shouldstop):
+        if reason:
+            return f"the run stopped early: {reason}" if isinstance(reason, str) else "the run stopped early (-x)"
+    return ""
 
 
 def _misses(tr: Any) -> None:
@@ -303,15 +337,16 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     rows = collector.all_rows()
     tr = terminalreporter
     _misses(tr)
-    if not rows and not collector.goldens:
+    if not rows and not collector.goldens and not collector.report_problems:
         return
     tr.write_sep("=", "dspex")
-    for line in format_table(rows):
+    for line in format_table(rows) if rows else ():
         tr.write_line(line)
     said = set()
     for run in collector.runs.values():
         if run.verdict is not None and run.result is not None and not run.verdict.passed:
-            tr.write_line(run.verdict.headline(run.label, run.result.n, run.result.ci95), red=True, bold=True)
+            style = {"yellow": True} if run.verdict.incomplete else {"red": True, "bold": True}
+            tr.write_line(run.verdict.headline(run.label, run.result.n, run.result.ci95), **style)
             said.add(run.test)
     from .report import verdict_lines
 
@@ -374,3 +409,5 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_line(f"dspex LM spend in this run (gates and compile): {spend_text(total)}")
     for what, path in getattr(collector, "written", ()):
         tr.write_line(f"dspex {what} report: {path}")
+    for text, is_error in collector.report_problems:  # a report that could not be written: one line each
+        tr.write_line(text, red=is_error, yellow=not is_error)

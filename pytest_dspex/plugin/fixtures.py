@@ -344,6 +344,9 @@ class Predictor:
             "golden": session.rel(resolved.golden_path) if resolved.golden is not None else None,
             "golden_score": _comparable_golden_score(resolved, data.fingerprint),
             "dataset_size": len(data.examples),
+            # what a complete run has and what this collection selected: the controller judges only a whole run
+            "expected": session.expected.get(key, len(data.examples)),
+            "selected": len(session.selected.get(key, ())) or None,
             "note": _note(session, resolved),
             "prompts": session.once(("prompts", key), lambda: resolved.golden.prompts if resolved.golden else {}),
             # the golden's per-example outcomes for the controller's paired gate, sent once per process

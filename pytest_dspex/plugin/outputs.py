@@ -12,14 +12,15 @@ JUnit: a whole-dataset test records its program's properties itself (``record_pr
 per-example test is judged here, after its items reported, so the aggregate's properties
 (``dspex_aggregate_score``, ``dspex_aggregate_verdict`` …: the program's properties renamed so
 they do not collide with the item's own ``dspex_score``) go on the test case of the item with the
-highest example index — the same item with and without ``-n``. A failed aggregate is also a
-``<failure>`` of that test case (its message the gate's headline), so a CI page that lists JUnit
-failures shows it; the suite's counts say one more failure.
+highest example index — the same item with and without ``-n``. A failed aggregate is a test case
+of its own instead (``aggregate``: ``<module>::<test function>``, with the ``<failure>`` and these
+properties), so JUnit's failure count agrees with the terminal's.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,32 +30,24 @@ if TYPE_CHECKING:
     from .report import Collector
     from .session import DspexSession
 
-__all__ = ["add_junit_aggregates", "aggregate_properties", "write_reports"]
-
-
-def _fail_case(xml: Any, case: Any, props: Any, run: Any) -> None:
-    """A failed aggregate as a ``<failure>`` of its test case (CI pages list failures, not properties).
-
-    The case passed as an item, so the suite's counts move one test from passed to failed.
-    """
-    import xml.etree.ElementTree as ET
-
-    from _pytest.junitxml import bin_xml_escape
-
-    verdict = run.verdict
-    failure = ET.Element("failure", message=bin_xml_escape(verdict.headline(run.label, run.result.n)))
-    failure.text = bin_xml_escape("\n".join([verdict.reason, *verdict.details]))
-    case.insert(list(case).index(props) + 1, failure)
-    xml.stats["failure"] += 1
-    xml.stats["passed"] = max(0, xml.stats["passed"] - 1)
+__all__ = ["add_junit_aggregates", "aggregate_properties", "describe_os_error", "write_reports"]
 
 
 def _target(config: pytest.Config, path: Path) -> Path:
     return path if path.is_absolute() else Path(config.invocation_params.dir) / path
 
 
-def write_reports(config: pytest.Config, dspex: DspexSession, collector: Collector) -> list[tuple[str, Path]]:
-    """Write the reports the options ask for; ``(what, path)`` of each file written."""
+def write_reports(
+    config: pytest.Config, dspex: DspexSession, collector: Collector, *, interrupted: bool = False
+) -> list[tuple[str, Path]]:
+    """Write the reports the options ask for; ``(what, path)`` of each file written.
+
+    Never raises: a report that cannot be written (a path under a file, an unwritable folder, a
+    ``GITHUB_STEP_SUMMARY`` naming a missing folder) is one line in ``collector.report_problems``,
+    shown under the dspex table, and the other reports, the table and the failures are still shown.
+    An interrupted run (Ctrl-C) never replaces a report that is already there: the one it would write
+    holds only what ran before the interruption.
+    """
     options = dspex.options
     step_summary = bool(os.environ.get("GITHUB_STEP_SUMMARY"))
     wanted = (options.report, options.html, options.markdown)
@@ -67,23 +60,52 @@ def write_reports(config: pytest.Config, dspex: DspexSession, collector: Collect
     shard = options.shard.to_json() if options.shard is not None else None
     report = report_json(collector, model=model, shard=shard)
     written: list[tuple[str, Path]] = []
+
+    def attempt(what: str, path: Path | None, write: Callable[[], object]) -> None:
+        if path is not None and interrupted and path.exists():
+            collector.report_problems.append((
+                f"dspex {what} report not written: the run was interrupted; {path} keeps the previous report", False
+            ))  # fmt: skip
+            return
+        try:
+            write()
+        except (OSError, UnicodeError, ValueError) as exc:
+            where = f"{path}" if path is not None else f"$GITHUB_STEP_SUMMARY ({os.environ.get('GITHUB_STEP_SUMMARY')})"
+            collector.report_problems.append((f"dspex {what} report not written: {where}: {describe_os_error(exc)}", True))
+            return
+        if path is not None:
+            written.append((what, path))
+
     if options.report is not None:
-        path = _target(config, options.report)
-        atomic_write_json(path, report)
-        written.append(("json", path))
+        json_path = _target(config, options.report)
+        attempt("json", json_path, lambda: atomic_write_json(json_path, report))
     if options.html is not None:
         from ..reports import write_html
 
-        written.append(("html", write_html(report, _target(config, options.html))))
+        html_path = _target(config, options.html)
+        attempt("html", html_path, lambda: write_html(report, html_path))
     append = step_summary and bool(report["programs"]) and not report.get("shard")
     if options.markdown is not None or append:
-        from ..reports import write_markdown
+        from ..reports import render_markdown, write_markdown
+        from ..reports.markdown import append_step_summary
 
-        md_path = _target(config, options.markdown) if options.markdown is not None else None
-        write_markdown(report, md_path, step_summary=append)
-        if md_path is not None:
-            written.append(("markdown", md_path))
+        if options.markdown is not None:
+            md_path = _target(config, options.markdown)
+            attempt("markdown", md_path, lambda: write_markdown(report, md_path, step_summary=False))
+        if append:
+            attempt("step summary", None, lambda: append_step_summary(render_markdown(report)))
     return written
+
+
+def describe_os_error(exc: BaseException) -> str:
+    """An I/O error in a line: what the system said and where (the folder, for a temporary file of ours)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = str(exc.filename or "")
+        name = os.path.basename(where)
+        if name.startswith(".") and name.endswith(".tmp"):  # atomic writes' temporary file: say the folder
+            where = f"cannot create a file in {os.path.dirname(where) or '.'}"
+        return exc.strerror + (f" ({where})" if where else "")
+    return f"{type(exc).__name__}: {exc}"
 
 
 def aggregate_properties(row: dict[str, Any]) -> list[tuple[str, str]]:
@@ -118,9 +140,11 @@ def add_junit_aggregates(config: pytest.Config, collector: Collector, last_items
             cases.setdefault((element.get("classname", ""), element.get("name", "")), element)
         import xml.etree.ElementTree as ET
 
+        from .aggregate import fails_on_its_own
+
         for run in collector.runs.values():
-            if run.verdict is None or run.test not in last_items:
-                continue
+            if run.verdict is None or run.test not in last_items or fails_on_its_own(run):
+                continue  # a failed gate has a test case of its own (``aggregate``), with these properties
             names = mangle_test_address(last_items[run.test][1])
             classnames = names[:-1]
             if xml.prefix:
@@ -134,8 +158,7 @@ def add_junit_aggregates(config: pytest.Config, collector: Collector, last_items
                 case.insert(0, props)
             for name, value in aggregate_properties(run.row()):
                 props.append(ET.Element("property", name=name, value=bin_xml_escape(value)))
-            if not run.verdict.passed and not any(case.find(tag) is not None for tag in ("failure", "error", "skipped")):
-                _fail_case(xml, case, props, run)
+
     except (AttributeError, TypeError, KeyError):  # pragma: no cover - pytest internals changed
         return False
     return True

@@ -18,7 +18,7 @@ pytest serializes every report attribute for xdist, so it reaches the controller
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,14 +57,29 @@ class PerExampleRun:
     result: EvaluationResult | None = None
     verdict: Verdict | None = None
     shard: Shard | None = None  # a shard job's run: its gate is deferred to ``combine``
+    #: how many of the test's items a whole run of this job has (the dataset, or the shard's share) …
+    expected: int | None = None
+    #: … and how many the collection selected (``-k``, ``--lf``, node ids); both from the items' payloads
+    selected: int | None = None
+    #: the test function's (path, 0-based line) and its items' node ids (the aggregate's own report)
+    location: tuple[str, int | None] | None = None
+    nodeids: list[str] = field(default_factory=list)
+    #: incomplete because the user selected a part of the examples (not cut short): no failure of its own
+    selection: bool = False
 
     @property
     def label(self) -> str:
         return f"{self.program} on {self.dataset}"
 
-    def judge(self) -> Verdict:
-        """The core gate on the gathered records (``gates.judge_records``, as shard ``combine`` calls it)."""
-        from ..gates import judge_records
+    def judge(self, stopped: str = "") -> Verdict:
+        """The core gate on the gathered records (``gates.judge_records``, as shard ``combine`` calls it).
+
+        Only from a complete run: when fewer records arrived than the test has examples, the verdict is
+        ``incomplete`` (``gates.incomplete``). ``stopped`` says why the session ended early, if it did
+        (``-x``, an interruption); examples that the collection did not select are a user's selection
+        (``-k``, ``--lf``): ``self.selection``, which does not fail the session on its own.
+        """
+        from ..gates import incomplete, judge_records
 
         self.result, self.verdict = judge_records(
             self.records.values(),
@@ -77,7 +92,17 @@ class PerExampleRun:
             golden_outcomes=self.golden_outcomes,
             alpha=self.alpha,
         )
-        if self.shard is not None:
+        ran = len(self.records)
+        expected = self.expected if self.expected is not None else self.dataset_size
+        if expected is not None and ran < expected:
+            selected = self.selected
+            self.selection = selected is not None and ran >= selected and not stopped
+            if self.selection:
+                why = f"{selected} selected with -k, --lf or node ids; run them all for a verdict"
+            else:
+                why = stopped or "the run stopped early: -x, an interruption or a crashed worker"
+            self.verdict = incomplete(self.verdict, ran, expected, why)
+        elif self.shard is not None:
             from .shards import defer
 
             self.verdict = defer(self.verdict, self.shard, self.result.n, self.dataset_size)
@@ -104,8 +129,16 @@ class PerExampleRun:
 class Collector:
     """On the controller (or the only process): every payload the test reports carry."""
 
-    def __init__(self, rootpath: Path, shard: Shard | None = None, *, force: bool = False) -> None:
+    def __init__(
+        self,
+        rootpath: Path,
+        shard: Shard | None = None,
+        *,
+        force: bool = False,
+        state_dir: Callable[[], Path] | None = None,
+    ) -> None:
         self.rootpath = rootpath
+        self.state_dir = state_dir  # the private folder of the goldens' locks (``DspexSession.state_dir``)
         self.shard = shard
         self.force = force  # --dspex-force, for the goldens workers compiled
         #: goldens written here from workers' records, by path relative to the rootdir: outcome and reason
@@ -116,8 +149,10 @@ class Collector:
         self.runs: dict[str, PerExampleRun] = {}
         self.goldens: dict[str, dict[str, Any]] = {}  # by path relative to the rootdir
         self.test_files: set[str] = set()
+        #: reports that could not be written at session end: (line, is_error), shown under the table
+        self.report_problems: list[tuple[str, bool]] = []
 
-    def add(self, nodeid: str, fspath: str, payload: dict[str, Any]) -> None:
+    def add(self, nodeid: str, fspath: str, payload: dict[str, Any], location: tuple[str, int | None] | None = None) -> None:
         from ..records import ExampleRecord
 
         self.test_files.add(fspath)
@@ -145,6 +180,12 @@ class Collector:
                 )
             if payload.get("prompts"):
                 run.prompts = payload["prompts"]
+            for name in ("expected", "selected"):
+                if payload.get(name) is not None:
+                    setattr(run, name, max(int(payload[name]), getattr(run, name) or 0))
+            if location is not None and run.location is None:
+                run.location = location
+            run.nodeids.append(nodeid)
             if payload.get("golden_outcomes") is not None:
                 run.golden_outcomes = dict(payload["golden_outcomes"])
             rec = ExampleRecord.from_json(payload["record"])
@@ -152,7 +193,7 @@ class Collector:
 
     def write_golden(self, rel: str, record: dict[str, Any], program: str) -> None:
         """Write a golden a worker compiled (its ``record``) into this rootdir: the one writer."""
-        from .._exceptions import GoldenFileError
+        from .._exceptions import ConfigError, GoldenFileError
         from ..golden import GoldenStore
 
         if rel in self.golden_writes:
@@ -164,16 +205,18 @@ class Collector:
             return
         path = self.rootpath / rel
         try:
-            written = GoldenStore(path.parent.parent).write(path, record, force=self.force)
-        except (GoldenFileError, OSError) as exc:
+            state_dir = self.state_dir() if self.state_dir is not None else None
+            written = GoldenStore(path.parent.parent, state_dir=state_dir).write(path, record, force=self.force)
+        except (GoldenFileError, ConfigError, OSError) as exc:
             self.golden_writes[rel] = {"outcome": "not written", "reason": str(exc)}
             self.golden_messages.append((f"golden {rel}: not written: {exc}", True))
             return
         self.golden_writes[rel] = {"outcome": written.outcome, "reason": written.reason}
 
-    def finish(self) -> list[PerExampleRun]:
-        """Judge every per-example run; the ones that failed."""
-        return [run for run in self.runs.values() if not run.judge().passed]
+    def finish(self, stopped: str = "") -> list[PerExampleRun]:
+        """Judge every per-example run; the ones that fail the session (an incomplete run does, unless the
+        user selected a part of its examples). ``stopped``: why the session ended early, if it did."""
+        return [run for run in self.runs.values() if not run.judge(stopped).passed and not run.selection]
 
     def all_rows(self) -> list[dict[str, Any]]:
         return self.rows + [run.row() for run in self.runs.values() if run.verdict is not None]
@@ -201,13 +244,16 @@ def report_json(collector: Collector, *, model: dict[str, Any] | None, shard: di
     from .. import __version__
 
     rows = collector.all_rows()
+    complete = not any(r["verdict"].get("kind") == "incomplete" for r in rows)
     return {
         "plugin_version": __version__,
         "created": datetime.now(UTC).replace(microsecond=0).isoformat(),
         "rootdir": ".",
         "git_commit": _git_commit(collector.rootpath),
         "model": model,
-        "passed": all(r["verdict"]["passed"] for r in rows),
+        # a gate passes only from programs that ran whole; a run that evaluated nothing passed nothing
+        "passed": bool(rows) and all(r["verdict"]["passed"] for r in rows),
+        "complete": complete,
         "shard": shard,
         "programs": rows,
         "goldens": collector.goldens,
@@ -304,6 +350,8 @@ def _gate_cell(row: dict[str, Any]) -> str:
     verdict = row["verdict"]
     if verdict.get("kind") == "deferred":  # a shard job: combine gates the merged records
         return "deferred"
+    if verdict.get("kind") == "incomplete":  # not all examples ran: no verdict (the sentence below says why)
+        return "incomplete"
     return "pass" if verdict["passed"] else "FAIL"
 
 

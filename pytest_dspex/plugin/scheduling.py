@@ -5,6 +5,8 @@ Its own module so that ``xdist.scheduler`` is imported only when a run actually 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from xdist.scheduler import LoadScheduling
@@ -22,14 +24,15 @@ class ChunkScheduling(LoadScheduling):  # type: ignore[misc]  # xdist is untyped
     all go to the node that got its first one. Other tests are scheduled exactly as by ``load``.
     """
 
-    def __init__(self, config: Any, log: Any = None, *, run_id: str) -> None:
+    def __init__(self, config: Any, log: Any = None, *, run_id: str, state_dir: Callable[[], Path]) -> None:
         super().__init__(config, log)
         self._run_id = run_id
+        self._state_dir = state_dir  # the session's private folder, where the workers left their chunk maps
         self._chunk_at: list[str | None] | None = None
 
     def _send_tests(self, node: Any, num: int) -> None:
         if self._chunk_at is None:  # the collection is complete before anything is sent
-            chunks = read_chunks(self._run_id)
+            chunks = read_chunks(self._state_dir(), self._run_id)
             self._chunk_at = [chunks.get(nodeid) for nodeid in self.collection]
         pending, chunk_at = self.pending, self._chunk_at
         if 0 < num < len(pending):

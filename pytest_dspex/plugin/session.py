@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from .._exceptions import ConfigError
 from .lms import SessionLMs
 from .options import DspexOptions
 
@@ -96,9 +97,12 @@ class DspexSession:
         self._datasets: dict[tuple[str, tuple[str, ...], int | None], Dataset] = {}
         self._resolved: dict[Path, Resolved] = {}
         self._failed_compiles: dict[Path, str] = {}  # golden path -> why its compile failed
+        self._state_dir: Path | None = None
         self._unsubscribe: Callable[[], None] | None = None
         #: per-example items selected in this process: test function key -> example indices
         self.selected: dict[str, set[int]] = {}
+        #: per-example items a whole run of this job has (after the shard, before -k): test key -> count
+        self.expected: dict[str, int] = {}
         self._records: dict[tuple[str, int], ExampleRecord] = {}
         self._evaluated_chunks: set[tuple[str, int]] = set()
         self._once: set[Any] = set()
@@ -107,6 +111,26 @@ class DspexSession:
         self._unavailable: dict[Path, str] = {}
         #: per-example test key -> node id of its first selected item (the one that reports a shared failure)
         self.first_items: dict[str, str] = {}
+
+    # -- the private state folder ---------------------------------------------------------------
+    def state_dir(self) -> Path:
+        """Where golden locks, compile markers and xdist hand-off files live (``_private``): the
+        project's ``.pytest_cache/d/dspex`` (mode 0700), else the user's private folder. Made on first use."""
+        if self._state_dir is None:
+            from .._private import default_state_dir, private_dir
+
+            cache = getattr(self.config, "cache", None)
+            folder: Path | None = None
+            if cache is not None:
+                try:
+                    folder = private_dir(Path(cache.mkdir("dspex")))
+                except (OSError, ConfigError):  # a read-only checkout, a folder of another user
+                    folder = None
+            self._state_dir = folder if folder is not None else default_state_dir()
+        return self._state_dir
+
+    def state_dir_if_made(self) -> Path | None:
+        return self._state_dir
 
     # -- LMs and events -------------------------------------------------------------------------
     @property
@@ -260,6 +284,7 @@ class DspexSession:
                 run_id=self.run_id,
                 progress=progress,
                 defer_write=self.is_worker,  # one golden writer: the controller, which owns the rootdir
+                state_dir=self.state_dir(),
             )
         except (DatasetError, GoldenFileError, CompileStoppedError) as exc:
             error = self._said(exc, path)

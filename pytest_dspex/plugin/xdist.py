@@ -7,13 +7,18 @@ node ids are per-example items. Instead each worker, right after collecting, wri
 ``--dist load``, the controller schedules with ``scheduling.ChunkScheduling``: xdist's ``load`` whose batches
 end on chunk boundaries. Without a shared filesystem (remote workers) it is plain ``load``: still
 correct, each worker then evaluates the examples of each chunk it was given.
+
+The files live in the session's private state folder (``DspexSession.state_dir``: the project's
+``.pytest_cache/d/dspex``, mode 0700), written without following symlinks (``_private``) — never
+in a shared folder of the temporary directory.
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
+
+from .._private import read_private, remove_private, write_private
 
 __all__ = [
     "chunk_file",
@@ -25,49 +30,45 @@ __all__ = [
 ]
 
 
-def chunk_file(run_id: str, worker: str) -> Path:
-    return Path(tempfile.gettempdir()) / f"pytest-dspex-chunks-{run_id}-{worker}.json"
+def chunk_file(folder: Path, run_id: str, worker: str) -> Path:
+    return folder / f"chunks-{run_id}-{worker}.json"
 
 
-def write_chunks(run_id: str, worker: str, chunks: dict[str, str]) -> None:
-    path = chunk_file(run_id, worker)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(chunks))
-    tmp.replace(path)
+def write_chunks(folder: Path, run_id: str, worker: str, chunks: dict[str, str]) -> None:
+    write_private(chunk_file(folder, run_id, worker), json.dumps(chunks))
 
 
-def read_chunks(run_id: str, *, remove: bool = False) -> dict[str, str]:
+def read_chunks(folder: Path, run_id: str, *, remove: bool = False) -> dict[str, str]:
     chunks: dict[str, str] = {}
-    for path in Path(tempfile.gettempdir()).glob(f"pytest-dspex-chunks-{run_id}-*.json"):
+    for path in folder.glob(f"chunks-{run_id}-*.json"):
+        text = read_private(path)
         try:
-            chunks.update(json.loads(path.read_text()))
-            if remove:
-                path.unlink()
-        except (OSError, ValueError):
-            continue
+            chunks.update(json.loads(text) if text else {})
+        except ValueError:
+            pass
+        if remove:
+            remove_private(path)
     return chunks
 
 
-def _usage_file(run_id: str, worker: str) -> Path:
-    return Path(tempfile.gettempdir()) / f"pytest-dspex-usage-{run_id}-{worker}.txt"
+def _usage_file(folder: Path, run_id: str, worker: str) -> Path:
+    return folder / f"usage-{run_id}-{worker}.txt"
 
 
-def write_usage_error(run_id: str, worker: str, message: str) -> None:
+def write_usage_error(folder: Path, run_id: str, worker: str, message: str) -> None:
     """A worker found a usage error in its collection (only it collects): left for the controller."""
-    _usage_file(run_id, worker).write_text(message, encoding="utf-8")
+    write_private(_usage_file(folder, run_id, worker), message)
 
 
-def read_usage_error(run_id: str, worker: str) -> str | None:
+def read_usage_error(folder: Path, run_id: str, worker: str) -> str | None:
     """The usage error a worker left (and removes it), or None. Remote workers leave none here."""
-    path = _usage_file(run_id, worker)
-    try:
-        message = path.read_text(encoding="utf-8")
-    except OSError:
-        return None
-    path.unlink(missing_ok=True)
+    path = _usage_file(folder, run_id, worker)
+    message = read_private(path)
+    if message is not None:
+        remove_private(path)
     return message
 
 
-def remove_usage_errors(run_id: str) -> None:
-    for path in Path(tempfile.gettempdir()).glob(f"pytest-dspex-usage-{run_id}-*.txt"):
-        path.unlink(missing_ok=True)
+def remove_usage_errors(folder: Path, run_id: str) -> None:
+    for path in folder.glob(f"usage-{run_id}-*.txt"):
+        remove_private(path)

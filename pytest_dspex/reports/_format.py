@@ -223,10 +223,17 @@ class ProgramView:
         return bool(self.verdict.get("passed"))
 
     @property
+    def incomplete(self) -> bool:
+        """Not all of its examples ran (``-x``, an interruption, ``-k``): no gate verdict at all."""
+        return self.verdict.get("kind") == "incomplete"
+
+    @property
     def verdict_text(self) -> str:
         v = self.verdict
         if v.get("passed"):
             return "pass"
+        if self.incomplete:
+            return str(v.get("reason") or "incomplete")
         reason = str(v.get("reason") or v.get("kind") or "")
         return f"FAIL: {reason}" if reason else "FAIL"
 
@@ -279,6 +286,8 @@ class ProgramView:
     @property
     def verdict_words(self) -> str:
         """``pass``, or ``FAIL: `` and every failed check in words (no example keys: those are listed apart)."""
+        if self.incomplete:  # "incomplete: 3 of 40 examples ran (...); no gate verdict"
+            return str(self.verdict.get("reason") or "incomplete")
         return "pass" if self.passed else "FAIL: " + "; ".join(self.failed_checks)
 
     @property
@@ -287,6 +296,8 @@ class ProgramView:
         v = self.verdict
         if v.get("passed"):
             return "pass"
+        if self.incomplete:
+            return "incomplete"
         return f"FAIL: {v['kind']}" if v.get("kind") else self.verdict_text
 
     @property

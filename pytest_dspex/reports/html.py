@@ -43,9 +43,15 @@ def render_html(report: Mapping[str, Any]) -> str:
     data = _script_json(payload)
     script_hash = base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest()).decode()
     csp = f"default-src 'none'; style-src 'unsafe-inline'; img-src data:; script-src 'sha256-{script_hash}'"
-    passed = bool(report.get("passed", all(p.passed for p in programs)))
+    passed = bool(programs) and bool(report.get("passed", all(p.passed for p in programs)))  # nothing ran: no pass
     failed = sum(1 for p in programs if not p.passed)
-    status = "passed" if passed else f"failed ({failed} of {len(programs)} programs)" if failed else "failed"
+    incomplete = sum(1 for p in programs if p.incomplete)
+    status = (
+        "passed" if passed
+        else f"incomplete ({incomplete} of {len(programs)} programs: not all examples ran)" if failed and incomplete == failed
+        else f"failed ({failed} of {len(programs)} programs)" if failed
+        else "no program was evaluated"
+    )  # fmt: skip
     parts = [
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
         f'<meta http-equiv="Content-Security-Policy" content="{escape(csp)}">',

@@ -40,8 +40,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     """The summary of ``report`` (the ``--dspex-report`` JSON) as GitHub-flavoured markdown."""
     programs = [ProgramView(row) for row in report.get("programs") or []]
     failed = [p for p in programs if not p.passed]
-    passed = bool(report.get("passed", not failed))
-    icon = "✅" if passed else "❌"
+    incomplete = [p for p in failed if p.incomplete]
+    passed = bool(programs) and bool(report.get("passed", not failed))  # nothing evaluated passed nothing
+    icon = "✅" if passed else "⚠️" if len(incomplete) == len(failed) else "❌"  # nothing, or only incomplete ones
     lines = [f"### {icon} pytest-dspex: {_headline(programs)}", ""]
     if programs:
         lines += [
@@ -50,7 +51,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         ]
         for p in programs:
             row = p.row
-            verdict = ("✅ " if p.passed else "❌ ") + md_text(p.verdict_words, 160)
+            verdict = ("✅ " if p.passed else "⚠️ " if p.incomplete else "❌ ") + md_text(p.verdict_words, 160)
             lines.append(
                 "| "
                 + " | ".join([
@@ -82,6 +83,8 @@ def _headline(programs: list[ProgramView]) -> str:
     failed = {p.name for p in programs if not p.passed}
     tests = f" ({len(programs)} tests)" if len(programs) != len(names) else ""
     plural = "s" if len(names) != 1 else ""
+    if failed and all(p.incomplete for p in programs if not p.passed):  # not all examples ran: no verdict
+        return f"{len(failed)} of {len(names)} program{plural} incomplete (not all examples ran){tests}"
     if failed:
         return f"{len(failed)} of {len(names)} program{plural} failed{tests}"
     return f"{len(names)} program{plural} passed{tests}"
@@ -138,7 +141,7 @@ def append_step_summary(text: str, env: Mapping[str, str] | None = None) -> Path
     if not target:
         return None
     path = Path(target)
-    with path.open("a", encoding="utf-8") as fh:
+    with path.open("a", encoding="utf-8", errors="backslashreplace") as fh:
         fh.write(text if text.endswith("\n") else text + "\n")
     return path
 
