@@ -197,7 +197,7 @@ class TestIncompleteRuns:
         outcomes = result.parseoutcomes()
         assert (outcomes["passed"], outcomes["missed"]) == (2, 1) and "failed" not in outcomes
         result.stdout.fnmatch_lines([
-            "triage*per-example*0.667*0.70*3*incomplete: 3 of 40 examples ran",
+            "triage*per-example*0.667*0.70*3*incomplete",
             "dspex gate INCOMPLETE for 'triage on data/dev.jsonl': incomplete: 3 of 40 examples ran "
             "(3 selected with -k, --lf or node ids; run them all for a verdict); no gate verdict*",
         ])  # fmt: skip
