@@ -222,7 +222,7 @@ def script_section(
     took = time.perf_counter() - t0
     cmd = "python bench/" + " ".join(argv)
     if out.returncode != 0:
-        last = (out.stderr.strip() or out.stdout.strip()).splitlines()[-1:] or ["(no output)"]
+        last = [line[:200] for line in (out.stderr.strip() or out.stdout.strip()).splitlines()[-1:]] or ["(no output)"]
         ctx.target(f"`{cmd}`", f"did not run: {last[0]}", "runs", False)
         return [f"`{cmd}` **did not run** (exit {out.returncode}, {took:.0f} s): {last[0]}"], None
     return [f"`{cmd}` ({took:.0f} s):", "", "```", *out.stdout.rstrip().splitlines(), "```"], out.stdout
