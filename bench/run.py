@@ -1,6 +1,6 @@
 """Benchmarks: every figure in bench/RESULTS.md and in the README's "Measured" table, from one run.
 
-    python bench/run.py              # the full run (~35-45 min on a quiet 2-core machine, see RESULTS.md)
+    python bench/run.py              # the full run (44 min on a busy 2-core machine; RESULTS.md says how long)
     python bench/run.py --fast       # smaller N, one repeat, long sections skipped (~5 min); writes
                                      # bench/RESULTS-fast.md and leaves RESULTS.md and the README alone
     python bench/run.py --only ci_path,gate_power   # some sections (written to RESULTS-partial.md)
