@@ -21,6 +21,7 @@ only when it runs (the CLI's other commands do not need it).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import json
 import os
@@ -199,7 +200,10 @@ def import_dspy_state(
             "(the old one stays in version control)"
         )
     optimizer = {"name": "dspy-import", "source": saved.name, **({"dspy": v} if (v := _dspy_version(state)) else {})}
-    record = golden_record(program, name=target.name, metric=target.metric, optimizer=optimizer)
+    # a golden that records how its program was chosen (the plugin with --dspex-rebaseline) says "imported"
+    chosen = {"set": "imported", "dataset": "", "n": 0, "score": 0.0, "chosen": f"DSPy save {saved.name}"}
+    extra: dict[str, Any] = {"selection": chosen} if "selection" in inspect.signature(golden_record).parameters else {}
+    record = golden_record(program, name=target.name, metric=target.metric, optimizer=optimizer, **extra)
     store = GoldenStore(path.parent.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
     store.write(path, record, force=True)
