@@ -78,10 +78,12 @@ def _prompt(args: argparse.Namespace) -> int:
     demos = {path: len(entry.get("demos", [])) for path, entry in golden.data["predictors"].items()}
     review = review_golden(golden.data)
     calibrations = {path: entry.get("calibration") for path, entry in golden.data["predictors"].items()}
+    provenance = golden.provenance()
     if args.json:
         out = {
             "golden": args.golden,
             "program": golden.data.get("program"),
+            "provenance": provenance,
             "predictors": {
                 path: {
                     "adapter": adapters[path], "demos": demos[path], **review.get(path, {}),
@@ -93,7 +95,7 @@ def _prompt(args: argparse.Namespace) -> int:
         }
         sys.stdout.write(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
         return EXIT_OK
-    lines = [f"# {args.golden}: program {golden.data.get('program', '?')!s}"]
+    lines = [f"# {args.golden}: program {golden.data.get('program', '?')!s}", f"# {provenance['text']}"]
     threshold = (golden.data.get("optimizer") or {}).get("metric_threshold")
     if threshold is not None:
         lines.append(f"# bootstrapped demos needed metric >= {threshold:g}")

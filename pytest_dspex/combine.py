@@ -123,14 +123,14 @@ def _check_shards(reports: Sequence[Mapping[str, Any]], names: Sequence[str] | N
     return count
 
 
-def golden_outcomes(path: Path) -> dict[str, float] | None:
+def golden_outcomes(path: Path) -> dict[str, float | list[float]] | None:
     """A golden file's per-example validation outcomes (schema 2), or None for a golden without them
     (schema 1: the gate falls back to the tolerance against its score, as in a single run)."""
     from ._exceptions import GoldenFileError
     from .golden import GoldenStore
 
     try:
-        return GoldenStore.read(path).validation_examples
+        return GoldenStore.read(path).baseline_outcomes
     except FileNotFoundError:
         raise CombineError(
             f"{path}: golden file named by the reports not found (run combine from the project's rootdir or pass --rootdir)"

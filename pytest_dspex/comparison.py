@@ -22,6 +22,16 @@ while two independent scores of equally good programs on 300 examples differ by 
   variance is the sum of the squared differences) and a seeded **paired bootstrap** percentile
   interval of the mean difference. Deterministic: the same inputs and seed give the same result.
 
+* A **noisy baseline** (a golden's baseline of several draws per example that disagree somewhere:
+  an endpoint that is not repeatable): ``S`` = the sum of the per-example differences (the run
+  minus the mean of the baseline's draws) is compared with a spread that adds the baseline's own
+  noise in full to the run's: ``z = S / (sqrt(sum d_i^2) + sd_baseline)``, ``sd_baseline`` =
+  sqrt(sum of each example's variance of its draws' mean). Adding the sds (not the variances) is
+  deliberate: a baseline that happened to draw 2 sd well would otherwise fail the unchanged program
+  about one run in four; with it, about one in twenty (``test`` = ``paired-noisy-baseline``;
+  measured in ``bench/cases_baseline.py``). Draws that agree on every example are no noise: the
+  tests above apply.
+
 ``p_value`` is one-sided in the direction of the observed delta: evidence of a regression when
 ``delta < 0``, of an improvement when ``delta > 0``; 1.0 when ``delta == 0``. The verdict is
 "regressed"/"improved" when that p-value is below ``alpha``, else "no change".
@@ -48,7 +58,7 @@ from .stats import wilson_interval
 __all__ = ["Comparison", "Verdict", "compare", "flaky_keys", "mcnemar_exact", "needed_n", "outcomes_from_records"]
 
 Verdict = Literal["regressed", "improved", "no change"]
-TestName = Literal["mcnemar-exact", "paired-permutation"]
+TestName = Literal["mcnemar-exact", "paired-permutation", "paired-noisy-baseline"]
 Score = float | Sequence[float]
 
 _EXACT_FLIPS_MAX = 12
@@ -207,6 +217,27 @@ def compare(
         return Comparison(0.0, (0.0, 0.0), 1.0, "no change", test="mcnemar-exact", **common)
     diffs = [c - b for b, c in zip(base, cur, strict=True)]
     delta = _mean(diffs)
+    baseline_sd = math.sqrt(sum(_draw_variance(baseline[k]) for k in keys))
+    if baseline_sd > 0:
+        # the baseline is several draws that disagree: its own noise is part of the comparison
+        rng = random.Random(seed)
+        total = sum(diffs)
+        spread = math.sqrt(sum(d * d for d in diffs)) + baseline_sd
+        p = 0.5 * math.erfc(abs(total) / spread / math.sqrt(2)) if total != 0 else 1.0
+        lo, hi = _bootstrap_ci(diffs, rng)
+        widen = 1.96 * baseline_sd / n
+        ci = (max(-1.0, lo - widen), min(1.0, hi + widen))
+        order = sorted(range(n), key=lambda i: diffs[i])
+        noisy_verdict: Verdict = "no change"
+        if p < alpha and delta < 0:
+            noisy_verdict = "regressed"
+        elif p < alpha and delta > 0:
+            noisy_verdict = "improved"
+        return Comparison(
+            delta, ci, p, noisy_verdict,
+            [keys[i] for i in order if diffs[i] < 0], [keys[i] for i in reversed(order) if diffs[i] > 0],
+            test="paired-noisy-baseline", **common,
+        )  # fmt: skip
     if binary:
         b = sum(1 for d in diffs if d < 0)
         c = sum(1 for d in diffs if d > 0)
@@ -230,6 +261,15 @@ def compare(
     elif p < alpha and delta > 0:
         verdict = "improved"
     return Comparison(delta, ci, p, verdict, regressions, fixes, test=test, **common)
+
+
+def _draw_variance(value: Score) -> float:
+    """The variance of an example's baseline mean over its draws (0 for one draw or draws that agree)."""
+    if isinstance(value, int | float) or len(value) < 2:
+        return 0.0
+    values = [float(v) for v in value]
+    m = _mean(values)
+    return sum((v - m) ** 2 for v in values) / (len(values) - 1) / len(values)
 
 
 def _newcombe_paired(a: int, b: int, c: int, d: int) -> tuple[float, float]:

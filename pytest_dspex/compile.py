@@ -32,11 +32,16 @@ from .evaluation import example_timeout
 from .gates import DEFAULT_MAX_ERROR_RATE
 
 if TYPE_CHECKING:
+    from .comparison import Comparison
     from .golden import GoldenFile
     from .optimize import CompileResult
     from .programs import Module
 
-__all__ = ["CompileOutcome", "CompileSettings", "compile_program"]
+__all__ = ["SELECTION_SETS", "CompileOutcome", "CompileSettings", "compile_program", "measure_baseline", "rebaseline_program"]
+
+#: where the compile chooses among candidates: the marker's valset, the trainset (leave-one-out), or,
+#: opted in, the gate's own examples (then every view says "in-sample")
+SELECTION_SETS = ("valset", "trainset", "in-sample")
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,8 @@ class CompileSettings:
     model_info: dict[str, Any] = field(default_factory=dict)
     #: renders the golden's prompts for predictors without an adapter of their own (None: the configured one)
     adapter: Any = None
+    #: fresh passes over the gate set that make the baseline (stops after two that agree on every example)
+    baseline_draws: int = 3
 
     def optimizer_record(self) -> dict[str, Any]:
         return {
@@ -82,11 +89,13 @@ class CompileOutcome:
     path: Path
     program: Module
     golden: GoldenFile
-    outcome: str  # created / updated / kept / unchanged / compiled elsewhere
+    outcome: str  # created / updated / kept / unchanged / rebaselined / compiled elsewhere
     reason: str = ""
-    result: CompileResult | None = None  # None when another worker of this run compiled it
+    result: CompileResult | None = None  # None when another worker of this run compiled it, or a re-baseline
     #: with ``defer_write``: the golden record to write (JSON), None when the golden is kept as it is
     record: dict[str, Any] | None = None
+    #: the new baseline paired with the golden it replaces (or would have replaced, when kept)
+    replaced: Comparison | None = None
 
 
 def _done_marker(path: Path, state_dir: Path | None) -> Path:
@@ -110,8 +119,16 @@ def compile_program(
     progress: Callable[[str], None] | None = None,
     defer_write: bool = False,
     state_dir: Path | None = None,
+    gateset: Path | Sequence[Any] | None = None,
+    in_sample: bool = False,
 ) -> CompileOutcome:
     """Optimize ``program`` and write its golden file, once per ``run_id`` across processes.
+
+    The candidates are chosen on ``valset``, else on the ``trainset`` (each example scored without
+    its own demo); ``in_sample=True`` chooses on ``gateset`` itself (the golden says so). Then the
+    chosen program is measured afresh on ``gateset`` (default: the selection set) — answers that
+    took no part in the choice, ``settings.baseline_draws`` passes with their own rollout ids — and
+    those outcomes are the golden's baseline, which later runs are paired with.
 
     Raises ``DatasetError`` for unreadable datasets, ``CompileStoppedError`` when the LM calls fail
     beyond the error budget (the compile stops there), and ``GoldenFileError`` when the golden may not
@@ -141,18 +158,27 @@ def compile_program(
             # the record a deferring worker compiled (not on disk until the controller writes it)
             golden = GoldenFile(path, json.loads(deferred)) if deferred else GoldenStore.read(path)
             return CompileOutcome(name, path, golden.apply(program), golden, "compiled elsewhere")
-        if path.exists() and not settings.force:
+        previous: GoldenFile | None = None
+        if path.exists():
             # a corrupted or newer-schema golden is never replaced without force: say so before optimizing
             try:
-                GoldenStore.read(path)
+                previous = GoldenStore.read(path)
             except GoldenFileError as exc:
-                raise GoldenFileError(
-                    f"{exc} — not replaced; restore it from version control, or re-run with "
-                    "pytest --dspex-compile --dspex-force to overwrite it"
-                ) from None
+                if not settings.force:
+                    raise GoldenFileError(
+                        f"{exc} — not replaced; restore it from version control, or re-run with "
+                        "pytest --dspex-compile --dspex-force to overwrite it"
+                    ) from None
         train = load(trainset)
-        val = load(valset) if valset is not None else train
-        say(f"compiling {name}: {len(train)} training, {len(val)} validation examples")
+        gate = load(gateset) if gateset is not None else None
+        if in_sample and gate is not None:
+            val, chosen_on = gate, "in-sample"
+        elif valset is not None:
+            val, chosen_on = load(valset), "valset"
+        else:
+            val, chosen_on = train, "trainset"
+        where = {"valset": "validation", "trainset": "training (each without its own demo)", "in-sample": "gate (in-sample)"}
+        say(f"compiling {name}: {len(train)} training examples; choosing on {len(val)} {where[chosen_on]} examples")
         optimizer = BootstrapFewShotWithRandomSearch(
             metric,
             metric_threshold=settings.metric_threshold,
@@ -166,11 +192,21 @@ def compile_program(
             calibrate=settings.calibrate,
             progress=lambda text: say(f"compiling {name}: {text}"),
             max_error_rate=settings.max_error_rate,
+            leave_one_out=chosen_on == "trainset",
         )
         traced = {"dspex.program": name, "dspex.golden": path.name} if tracing.enabled() else None
         with example_timeout(settings.example_timeout), tracing.span("dspex.compile", traced) if traced else tracing.NO_SPAN:
             result = optimizer.compile(program.reset_copy(), trainset=train, valset=val)  # joins this span
+            baseline_set = gate if gate is not None else val
+            say(f"compiling {name}: measuring the baseline of {result.best.name} on {len(baseline_set)} gate examples")
+            draws, baseline_error_rate = measure_baseline(
+                result.program, baseline_set, metric, draws=settings.baseline_draws, concurrency=settings.concurrency
+            )
         validation = result.validation
+        from .golden import baseline_entry
+
+        baseline = baseline_entry(draws, dataset=fingerprint(baseline_set))
+        replaced = _compare_baselines(previous, baseline)
         record = golden_record(
             result.program,
             name=name,
@@ -187,12 +223,17 @@ def compile_program(
             datasets={"train": fingerprint(train), "validation": fingerprint(val)},
             records=validation.records,
             adapter=settings.adapter,
-        )
+            selection={
+                "set": chosen_on, "dataset": fingerprint(val), "n": validation.n,
+                "score": round(validation.score, 6), "chosen": result.best.name,
+            },
+            baseline=baseline,
+        )  # fmt: skip
         written = store.write(
             path,
             record,
             force=settings.force,
-            error_rate=validation.error_rate,
+            error_rate=max(validation.error_rate, baseline_error_rate),
             max_error_rate=settings.max_error_rate,
             dry_run=defer_write,
         )
@@ -202,4 +243,144 @@ def compile_program(
             write_private(marker, run_id + ("\n" + json.dumps(to_write) if to_write is not None else ""))
     golden = GoldenFile(path, to_write) if to_write is not None else GoldenStore.read(path)
     chosen = golden.apply(program) if outcome in ("kept", "unchanged") else result.program
-    return CompileOutcome(name, path, chosen, golden, outcome, written.reason, result, record=to_write)
+    return CompileOutcome(name, path, chosen, golden, outcome, written.reason, result, record=to_write, replaced=replaced)
+
+
+def rebaseline_program(
+    program: Module,
+    *,
+    name: str,
+    metric: Callable[..., Any],
+    gateset: Path | Sequence[Any],
+    input_keys: Sequence[str],
+    path: Path,
+    settings: CompileSettings,
+    run_id: str = "",
+    progress: Callable[[str], None] | None = None,
+    defer_write: bool = False,
+    state_dir: Path | None = None,
+) -> CompileOutcome:
+    """Measure a fresh baseline for the golden at ``path`` without re-optimizing (``--dspex-rebaseline``).
+
+    The golden's demos (and calibration) are kept; the program is run as it is now — its current
+    instructions, the current model — ``settings.baseline_draws`` times on ``gateset``, and the golden
+    is rewritten with that baseline, the new instructions, prompts and model. How the program was
+    chosen stays as recorded. ``outcome`` is ``"rebaselined"``; ``replaced`` pairs the new baseline
+    with the one it replaces. For an accepted prompt edit or a model upgrade; fields that changed
+    still need a recompile (``GoldenStaleError``). Raises ``GoldenFileError`` when there is no
+    readable golden or the new baseline is over the error budget.
+    """
+    from ._exceptions import GoldenFileError
+    from .datasets import fingerprint, load_dataset
+    from .golden import GoldenFile, GoldenStore, baseline_entry, golden_record
+    from .primitives import as_examples
+
+    from ._private import read_private, write_private
+
+    store = GoldenStore(path.parent.parent, state_dir=state_dir)
+    say = progress or (lambda _text: None)
+    with store.lock(path):
+        marker = _done_marker(path, state_dir)
+        done_by, _, deferred = (read_private(marker) or "").partition("\n") if run_id else ("", "", "")
+        if done_by == run_id and (deferred or path.exists()):
+            golden = GoldenFile(path, json.loads(deferred)) if deferred else GoldenStore.read(path)
+            return CompileOutcome(name, path, golden.apply(program), golden, "compiled elsewhere")
+        if not path.exists():
+            raise GoldenFileError(f"{path}: no golden file to re-baseline; create it with pytest --dspex-compile={name}")
+        old = GoldenStore.read(path)
+        applied = old.apply(program, instructions=False)  # fields that changed: GoldenStaleError
+        gate = load_dataset(gateset, input_keys) if isinstance(gateset, Path) else as_examples(list(gateset), input_keys)
+        say(f"re-baselining {name}: {len(gate)} gate examples, the golden's demos, the program and model as they are now")
+        with example_timeout(settings.example_timeout):
+            draws, error_rate = measure_baseline(
+                applied, gate, metric, draws=settings.baseline_draws, concurrency=settings.concurrency
+            )
+        if error_rate > settings.max_error_rate:
+            raise GoldenFileError(
+                f"{path}: baseline not recorded: {error_rate:.0%} of the {len(gate)} gate examples failed with LM errors "
+                f"(the budget is {settings.max_error_rate:.0%}, --dspex-max-error-rate); the golden is unchanged. Fix "
+                f"the LM endpoint and re-run pytest --dspex-rebaseline={name}"
+            )
+        baseline = baseline_entry(draws, dataset=fingerprint(gate), how="rebaseline")
+        replaced = _compare_baselines(old, baseline)
+        m = old.model
+        if m.selection is not None:
+            selection = m.selection.model_dump()
+        else:  # an older or imported golden: what its provenance says, without unknowns
+            known = old.provenance()["selection"]
+            selection = {k: v for k, v in known.items() if v is not None} | {"dataset": old.validation_dataset or ""}
+        v, t = m.scores.validation, m.scores.train
+        record = golden_record(
+            applied,
+            name=name,
+            metric=m.metric,
+            validation=(v.score, v.n) if v is not None else None,
+            train=(t.score, t.n) if t is not None else None,
+            model=settings.model_info or m.model,
+            optimizer=m.optimizer,
+            datasets=m.datasets,
+            records=old.validation_examples,
+            adapter=settings.adapter,
+            selection=selection,
+            baseline=baseline,
+        )
+        written = store.write(
+            path, record, force=True, error_rate=error_rate, max_error_rate=settings.max_error_rate, dry_run=True
+        )  # the checks of a write (error budget, a valid record); the write itself is below
+        assert written.outcome in ("updated", "unchanged")
+        changed = old.instruction_changes(program)
+        what = "new instructions" if changed else "same instructions"
+        if m.model and settings.model_info and {k: m.model.get(k) for k in settings.model_info} != dict(settings.model_info):
+            what += ", another model"
+        reason = f"re-baselined ({what}; demos kept): {baseline['n']} gate examples x {baseline['draws']} draw(s), score {baseline['score']:.3f}"
+        if not defer_write:
+            store._write(path, record)
+        to_write = json.loads(json.dumps(record)) if defer_write else None
+        if run_id:
+            write_private(marker, run_id + ("\n" + json.dumps(to_write) if to_write is not None else ""))
+    golden = GoldenFile(path, record)
+    return CompileOutcome(name, path, applied, golden, "rebaselined", reason, None, record=to_write, replaced=replaced)
+
+
+def measure_baseline(
+    program: Module, examples: Sequence[Any], metric: Callable[..., Any], *, draws: int = 3, concurrency: int = 16,
+    rollout: str = "baseline",
+) -> tuple[list[dict[str, float]], float]:
+    """``draws`` fresh passes of ``program`` over ``examples``: each pass's ``{key: score}`` and the
+    worst pass's share of infrastructure errors.
+
+    Each pass has its own rollout id (``<rollout>-<d>``) in the cache key, so no answer of the
+    selection (or of an earlier pass) is reused, and a replay reproduces every pass. After two passes
+    that agree on every example the endpoint is taken as repeatable and no more are made.
+    """
+    from . import settings as dspex_settings
+    from ._runtime import run_sync
+    from .evaluation import evaluate_records
+    from .gates import paired_outcomes
+    from .records import INFRA_ERROR_KINDS
+
+    passes: list[dict[str, float]] = []
+    worst = 0.0
+    for d in range(max(1, draws)):
+        overrides = {**(dspex_settings.get("call_overrides") or {}), "rollout_id": f"{rollout}-{d}"}
+        with dspex_settings.context(call_overrides=overrides):
+            records = run_sync(evaluate_records(program, enumerate(examples), metric, concurrency=concurrency))
+        infra = sum(1 for r in records if r.error_kind in INFRA_ERROR_KINDS)
+        worst = max(worst, infra / len(records) if records else 0.0)
+        passes.append(paired_outcomes(records))
+        if d == 1 and passes[0] == passes[1]:
+            break
+    return passes, worst
+
+
+def _compare_baselines(previous: GoldenFile | None, baseline: dict[str, Any]) -> Comparison | None:
+    """The new baseline paired with the previous golden's (None without a previous golden or shared keys)."""
+    from .comparison import compare
+
+    if previous is None:
+        return None
+    old = previous.baseline_outcomes
+    if not old:
+        return None
+    cmp = compare(old, baseline["examples"])
+    return cmp if cmp.shared else None

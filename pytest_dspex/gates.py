@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .records import INFRA_ERROR_KINDS, ExampleRecord
 
 if TYPE_CHECKING:
-    from .comparison import Comparison
+    from .comparison import Comparison, Score
     from .evaluation import EvaluationResult
 
 __all__ = [
@@ -198,7 +198,7 @@ def judge(
     golden_score: float | None = None,
     tolerance: float = 0.05,
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE,
-    golden_outcomes: Mapping[str, float] | None = None,
+    golden_outcomes: Mapping[str, Score] | None = None,
     alpha: float = DEFAULT_ALPHA,
 ) -> Verdict:
     """The verdict on one program's result (see the module docstring for the order of the checks).
@@ -260,7 +260,7 @@ def judge_records(
     tolerance: float = 0.05,
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE,
     golden_score: float | None = None,
-    golden_outcomes: Mapping[str, float] | None = None,
+    golden_outcomes: Mapping[str, Score] | None = None,
     alpha: float = DEFAULT_ALPHA,
 ) -> tuple[EvaluationResult, Verdict]:
     """The result of ``records`` and its verdict: what the plugin's controller and shard ``combine`` call."""

@@ -15,16 +15,28 @@ One JSON file per program, ``<test dir>/__dspex__/<test module>/<program>.json``
                  "train": {"score": 0.9, "n": 30}},
       "metric": "team_matches", "model": {...}, "optimizer": {...},
       "datasets": {"train": "sha256:…", "validation": "sha256:…"},
-      "plugin_version": "0.1.0", "created_at": "2026-…"
+      "plugin_version": "0.1.0", "created_at": "2026-…",
+      "selection": {"set": "trainset", "dataset": "sha256:…", "n": 40, "score": 0.9, "chosen": "shuffled-2"},
+      "baseline": {"dataset": "sha256:…", "n": 200, "score": 0.85, "draws": 3, "how": "compile",
+                   "examples": {"ex-1": [1.0, 1.0, 1.0], ...}, "measured_at": "2026-…"}
     }
+
+Schema 3 keeps apart how the program was chosen (``selection``: on the ``valset``, the ``trainset``
+with each example scored without its own demo, or ``in-sample`` on the gate's own dataset, opted
+in) and what later runs are paired with (``baseline``: the chosen program measured afresh on the
+gate dataset after the choice, ``draws`` passes; ``how`` is ``compile`` or ``rebaseline``).
+``scores.validation`` is the selection pass. Older goldens have no ``baseline``: their selection
+pass's outcomes are their baseline, and ``GoldenFile.provenance`` says so.
 
 The pydantic models below (``GoldenModel`` and its parts) are the format's reference; a file that
 does not fit them is a ``GoldenFileError`` naming the file and the field path.
 
 * Demos are field values, not prompt text, so a golden stays valid across adapters.
 * ``signature_fingerprint`` (schema 2) pins the signature each predictor was compiled for: a program
-  whose signature differs is stale, a ``GoldenStaleError`` saying what changed (schema 1 files are
-  checked against the signature they recorded, else their demos' fields).
+  whose fields differ is stale, a ``GoldenStaleError`` saying what changed (schema 1 files are
+  checked against the signature they recorded, else their demos' fields). An edit of the
+  instructions alone is stale for ``apply()`` by default; ``apply(program, instructions=False)``
+  lets it through (the plugin gates it against the baseline; ``instruction_diff`` shows it).
 * ``prompts`` (schema 2) are the messages each predictor sends, inputs shown as ``{field}``
   placeholders, so a PR diff shows the prompt that changed. Informative only: never read back.
 * ``scores.validation.examples`` (schema 2) holds the per-example validation outcomes keyed by
@@ -42,7 +54,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -62,13 +74,14 @@ __all__ = [
     "GoldenModel",
     "GoldenStore",
     "WriteResult",
+    "baseline_entry",
     "from_dspy_state",
     "golden_record",
     "render_prompts",
     "to_dspy_state",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 WriteOutcome = Literal["created", "updated", "unchanged", "kept"]
 _VOLATILE = ("created_at", "plugin_version")
 _FILE_MODE = 0o644
@@ -155,6 +168,33 @@ class ScoreEntry(_Model):
     examples: dict[str, float] | None = None
 
 
+class Selection(_Model):
+    """How the program was chosen (schema 3): on which set, how many examples, the chosen candidate.
+
+    ``set`` is ``valset`` (the marker's), ``trainset`` (each example scored without its own demo) or
+    ``in-sample`` (the gate's own dataset, opted in: its score is not held out)."""
+
+    set: str
+    dataset: str = ""
+    n: int = 0
+    score: float | None = None
+    chosen: str = ""
+
+
+class Baseline(_Model):
+    """What every later run is paired with (schema 3): the chosen program measured *after* the choice,
+    on the gate dataset, with answers that took no part in it. ``examples`` maps each example key to its
+    ``draws`` scores (a number when one draw). ``how``: ``compile`` or ``rebaseline``."""
+
+    dataset: str
+    n: int
+    score: float
+    draws: int = 1
+    examples: dict[str, float | list[float]] = Field(default_factory=dict)
+    how: str = "compile"
+    measured_at: str = ""
+
+
 class Scores(_Model):
     validation: ScoreEntry | None = None
     train: ScoreEntry | None = None
@@ -175,6 +215,8 @@ class GoldenModel(_Model):
     datasets: dict[str, str] = Field(default_factory=dict)
     plugin_version: str = ""
     created_at: str = ""
+    selection: Selection | None = None
+    baseline: Baseline | None = None
 
 
 def _validation_error(path: Path, exc: pydantic.ValidationError) -> GoldenFileError:
@@ -271,13 +313,17 @@ def golden_record(
     datasets: dict[str, str] | None = None,
     records: Iterable[Any] | Mapping[str, float] | None = None,
     adapter: Any = None,
+    selection: Mapping[str, Any] | None = None,
+    baseline: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Build the JSON-able content of a (schema 2) golden file for ``program``.
+    """Build the JSON-able content of a (schema 3) golden file for ``program``.
 
     ``records`` are the validation run's per-example outcomes: ``ExampleRecord`` objects, their JSON
     dicts (``{"key", "score", ...}``), or a ``{key: score}`` mapping. Without ``validation`` the
     validation score and n are computed from them. ``adapter`` renders the recorded prompts for
     predictors that have no adapter of their own (default: the configured adapter).
+    ``selection`` (``Selection``'s fields) says how the program was chosen, ``baseline`` (``Baseline``'s
+    fields, see ``baseline_entry``) what later runs are paired with.
     """
     from . import __version__
 
@@ -318,6 +364,31 @@ def golden_record(
         "datasets": datasets or {},
         "plugin_version": __version__,
         "created_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
+        **({"selection": dict(selection)} if selection is not None else {}),
+        **({"baseline": dict(baseline)} if baseline is not None else {}),
+    }
+
+
+def baseline_entry(draws: Sequence[Mapping[str, float]], *, dataset: str, how: str = "compile") -> dict[str, Any]:
+    """The ``baseline`` of a golden from ``draws`` fresh passes over the gate set (``{key: score}`` each).
+
+    An example's entry is its list of draw scores (a number when there was one draw); the score is the
+    mean over examples of their mean. Keys missing from a draw (lost to LM errors) are left out of it.
+    """
+    keys = list(dict.fromkeys(k for d in draws for k in d))
+    examples: dict[str, float | list[float]] = {}
+    for k in keys:
+        values = [round(float(d[k]), 6) for d in draws if k in d]
+        examples[k] = values[0] if len(draws) == 1 else values
+    means = [v if isinstance(v, float) else sum(v) / len(v) for v in examples.values()]
+    return {
+        "dataset": dataset,
+        "n": len(examples),
+        "score": round(sum(means) / len(means), 6) if means else 0.0,
+        "draws": len(draws),
+        "examples": examples,
+        "how": how,
+        "measured_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
     }
 
 
@@ -326,6 +397,42 @@ _SECRET_KEYS = {"api_key", "authorization", "token", "secret", "password"}
 
 def _redact(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if k.lower() not in _SECRET_KEYS}
+
+
+def provenance_text(p: Mapping[str, Any]) -> str:
+    """``chosen on the trainset (n=30, leave-one-out) · baseline: fresh, 200 examples × 3 draws, 0.815``."""
+    sel, base = p.get("selection") or {}, p.get("baseline") or {}
+    where = {
+        "valset": "the valset",
+        "trainset": "the trainset, each example without its own demo",
+        "in-sample": "the gate's own examples (IN-SAMPLE: not held out)",
+        "validation": "a validation set",
+        "imported": "DSPy's side (an imported save)",
+    }.get(str(sel.get("set")), str(sel.get("set")))
+    facts = [f"n={sel['n']}"] if sel.get("n") else []
+    if sel.get("score") is not None and sel.get("n"):
+        facts.append(f"score {float(sel['score']):.3f}")
+    text = f"chosen on {where}" + (f" ({', '.join(facts)})" if facts else "")
+    score = base.get("score")
+    shown = f", score {float(score):.3f}" if score is not None else ""
+    if base.get("fresh"):
+        draws = int(base.get("draws") or 1)
+        how = "re-baselined" if base.get("how") == "rebaseline" else "measured after the choice"
+        text += f"; baseline {how} on the gate set: {base.get('n', 0)} examples x {draws} draw{'s' if draws != 1 else ''}{shown}"
+    else:
+        text += f"; baseline: the {base.get('how', 'selection pass')}{shown}, not a fresh measurement"
+    return text
+
+
+def instruction_diff(old: str, new: str, label: str = "") -> str:
+    """A unified diff of two instructions (``-`` the golden's, ``+`` the program's)."""
+    import difflib
+
+    name = f" ({label})" if label else ""
+    lines = difflib.unified_diff(
+        old.splitlines(), new.splitlines(), f"golden instructions{name}", f"program instructions{name}", lineterm="", n=1
+    )
+    return "\n".join(lines)
 
 
 # -- reading and applying ------------------------------------------------------------------------
@@ -373,6 +480,71 @@ class GoldenFile:
     def validation_dataset(self) -> str | None:
         return self.model.datasets.get("validation")
 
+    # -- the baseline: what every later run is paired with ----------------------------------------
+    @property
+    def baseline_outcomes(self) -> dict[str, float | list[float]] | None:
+        """Per-example baseline outcomes by key (a list of draws when there were several), or None.
+
+        Schema 3: the fresh baseline measured after the choice. Older goldens: the selection pass's
+        outcomes (``validation_examples``), which is what they were gated against.
+        """
+        b = self.model.baseline
+        if b is not None:
+            return dict(b.examples)
+        return self.validation_examples  # type: ignore[return-value]
+
+    @property
+    def baseline_score(self) -> float | None:
+        b = self.model.baseline
+        return float(b.score) if b is not None else self.validation_score
+
+    @property
+    def baseline_n(self) -> int | None:
+        b = self.model.baseline
+        return int(b.n) if b is not None else self.validation_n
+
+    @property
+    def baseline_dataset(self) -> str | None:
+        """The fingerprint of the dataset the baseline was measured on (older goldens: the selection set)."""
+        b = self.model.baseline
+        return b.dataset if b is not None else self.validation_dataset
+
+    def provenance(self, gate_fingerprint: str | None = None) -> dict[str, Any]:
+        """Where the golden's numbers come from, for every view: how the program was chosen (set, n,
+        score, chosen candidate) and how its baseline was measured (n, score, draws, fresh or not).
+
+        ``gate_fingerprint`` (the gate dataset's) lets an older golden say whether it was chosen on the
+        gate's own examples (in-sample). ``text`` is one line for people.
+        """
+        sel, base = self.model.selection, self.model.baseline
+        out: dict[str, Any] = {}
+        if sel is not None:
+            out["selection"] = sel.model_dump(include={"set", "n", "score", "chosen"})
+        else:
+            v = self.model.scores.validation
+            same = gate_fingerprint is not None and self.validation_dataset == gate_fingerprint
+            imported = self.model.optimizer.get("name") == "dspy-import"
+            out["selection"] = {
+                "set": "imported" if imported else "in-sample" if same else "validation",
+                "n": v.n if v is not None else 0,
+                "score": v.score if v is not None else None,
+                "chosen": str(self.model.optimizer.get("chosen", "")),
+            }
+        if base is not None:
+            out["baseline"] = {"n": base.n, "score": base.score, "draws": base.draws, "how": base.how, "fresh": True}
+        else:
+            v = self.model.scores.validation
+            out["baseline"] = {
+                "n": v.n if v is not None else 0,
+                "score": v.score if v is not None else None,
+                "draws": 1,
+                "how": f"selection pass (golden schema {self.schema_version})",
+                "fresh": False,
+            }
+        out["in_sample"] = out["selection"]["set"] == "in-sample"
+        out["text"] = provenance_text(out)
+        return out
+
     @property
     def prompts(self) -> dict[str, list[dict[str, str]]]:
         return {k: [m.model_dump() for m in v] for k, v in self.model.prompts.items()}
@@ -402,8 +574,35 @@ class GoldenFile:
         )
         return compare(base, current, alpha=alpha, tolerance=tolerance)
 
-    def check(self, program: Module) -> None:
-        """Raise ``GoldenStaleError`` when ``program`` is not the program this golden was compiled for."""
+    def instruction_changes(self, program: Module) -> dict[str, tuple[str, str]]:
+        """Predictors whose instructions alone differ from the golden's: ``{path: (golden's, now)}``.
+
+        Empty when nothing differs or when fields differ too (then ``check`` raises).
+        """
+        recorded = self.fingerprints()
+        out: dict[str, tuple[str, str]] = {}
+        for path, pred in program.named_predictors():
+            old = recorded.get(path)
+            if old is None:
+                continue
+            now = fingerprint(pred.declared_signature)
+            if old["hash"] != now["hash"] and diff_fingerprints(old, now) == ["instructions changed"]:
+                out[path] = (str(old.get("instructions", "")), str(now["instructions"]))
+        return out
+
+    def instruction_diff(self, program: Module) -> str:
+        """The diff of every predictor's instructions that changed since the golden ('' when none did)."""
+        changes = self.instruction_changes(program)
+        return "\n".join(
+            instruction_diff(old, new, "" if len(changes) == 1 else path) for path, (old, new) in changes.items()
+        )
+
+    def check(self, program: Module, *, instructions: bool = True) -> None:
+        """Raise ``GoldenStaleError`` when ``program`` is not the program this golden was compiled for.
+
+        ``instructions=False``: an edit of the instructions alone (same fields, roles and types, so the
+        golden's demos still fit) is not stale — the plugin gates it against the baseline instead.
+        """
         preds = dict(program.named_predictors())
         saved = self.model.predictors
         hint = _recompile_hint(self.program)
@@ -425,7 +624,10 @@ class GoldenFile:
             now = fingerprint(pred.declared_signature)
             if old["hash"] != now["hash"]:
                 label = "" if len(preds) == 1 else f"predictor {path!r}: "
-                changes += [label + c for c in diff_fingerprints(old, now)]
+                diff = diff_fingerprints(old, now)
+                if not instructions and diff == ["instructions changed"]:
+                    continue
+                changes += [label + c for c in diff]
         if changes:
             raise GoldenStaleError(
                 f"{self.path}: golden is stale, the signature changed since it was compiled: "
@@ -433,9 +635,13 @@ class GoldenFile:
                 changes=changes,
             )
 
-    def apply(self, program: Module) -> Module:
-        """Load this golden's demos into (a copy of) ``program``; a stale golden is a ``GoldenStaleError``."""
-        self.check(program)
+    def apply(self, program: Module, *, instructions: bool = True) -> Module:
+        """Load this golden's demos into (a copy of) ``program``; a stale golden is a ``GoldenStaleError``.
+
+        ``instructions=False`` lets an instructions-only edit through (the program keeps its own
+        instructions, with the golden's demos): see ``check``.
+        """
+        self.check(program, instructions=instructions)
         program = program.deepcopy()
         recorded = self.fingerprints()
         for path, pred in program.named_predictors():
@@ -493,6 +699,9 @@ def _stable(data: dict[str, Any]) -> dict[str, Any]:
     optimizer = out.get("optimizer")
     if isinstance(optimizer, dict):
         out["optimizer"] = {k: v for k, v in optimizer.items() if k != "candidates"}
+    baseline = out.get("baseline")
+    if isinstance(baseline, dict):
+        out["baseline"] = {k: v for k, v in baseline.items() if k != "measured_at"}
     return out
 
 
@@ -629,6 +838,12 @@ class GoldenStore:
                 return WriteResult("unchanged", "same demos, prompts and scores as the golden file")
             reason = _replace_reason(old, GoldenFile(path, record, new))
             if reason is None:
+                if old.model.baseline is not None and new.baseline is not None:
+                    return WriteResult(
+                        "kept",
+                        f"kept: the golden's baseline {old.baseline_score:.3f} is higher than this run's "
+                        f"{new.baseline.score:.3f} on the same signature and gate set; use --dspex-force to replace it",
+                    )
                 return WriteResult(
                     "kept",
                     f"kept: the golden's validation score {old.validation_score:.3f} is higher than this run's "
@@ -666,12 +881,19 @@ def _replace_reason(old: GoldenFile, new: GoldenFile) -> str | None:
         return "replaced because the validation set changed (scores on different sets are not comparable)"
     if old.model.metric and new.model.metric and old.model.metric != new.model.metric:
         return f"replaced because the metric changed ({old.model.metric} -> {new.model.metric})"
-    o, n = old.validation_score, new.validation_score
+    if old.model.baseline is not None and new.model.baseline is not None:
+        if old.baseline_dataset != new.baseline_dataset:
+            return "replaced because the gate dataset changed (baselines on different sets are not comparable)"
+        o, n = old.baseline_score, new.baseline_score
+        what = "baseline"
+    else:
+        o, n = old.validation_score, new.validation_score
+        what = "validation score"
     if o is None or n is None:
-        return "replaced because the golden has no validation score to compare with"
+        return f"replaced because the golden has no {what} to compare with"
     if o > n:
         return None
-    return f"replaced because this run's validation score {n:.3f} is at least the golden's {o:.3f}"
+    return f"replaced because this run's {what} {n:.3f} is at least the golden's {o:.3f}"
 
 
 # -- DSPy interop --------------------------------------------------------------------------------

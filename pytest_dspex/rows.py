@@ -36,12 +36,16 @@ def program_row(
     flaky: Sequence[str] | None = None,
     prompts: Mapping[str, Any] | None = None,
     alpha: float | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    instructions_diff: str = "",
 ) -> dict[str, Any]:
     """One program's row: the terminal summary, the JSON report (team contract), HTML/markdown, combine.
 
     ``comparison`` defaults to the verdict's paired comparison (``verdict.comparison``), ``flaky`` to
     the examples whose repeats disagree (``comparison.flaky_keys`` of the records), ``alpha`` to the
-    comparison's.
+    comparison's. ``provenance`` (``GoldenFile.provenance``) says how the golden's program was chosen and
+    its baseline measured; ``instructions_diff`` is set when the program's instructions differ from the
+    golden's (gated against its baseline).
     """
     from .comparison import flaky_keys
 
@@ -77,6 +81,8 @@ def program_row(
         "latency_s": result.latency_percentiles(),
         "golden": golden,
         "golden_score": verdict.golden_score,
+        "golden_provenance": dict(provenance) if provenance is not None else None,
+        "instructions_diff": instructions_diff,
         "verdict": {"passed": verdict.passed, "reason": verdict.reason, "kind": verdict.kind},
         "comparison": dict(comparison) if comparison is not None else None,
         "flaky": list(flaky),

@@ -97,7 +97,8 @@ def test_only_shared_keys_are_compared():
 
 
 def test_graded_scores_and_repeats_use_a_seeded_permutation_test():
-    base = {k: [1.0, 1.0, 0.0] if i % 3 else [1.0, 0.0] for i, k in enumerate(_keys(120))}
+    # a baseline of means (one number per example): its noise is not known, the permutation test decides
+    base = {k: 2 / 3 if i % 3 else 0.5 for i, k in enumerate(_keys(120))}
     cur = {k: ([0.0, 0.0, 1.0] if i < 30 else v) for i, (k, v) in enumerate(base.items())}
     result = compare(base, cur)
     assert result.test == "paired-permutation"
@@ -178,3 +179,31 @@ def test_paired_interval_is_symmetric_for_balanced_flips_and_tightens_with_n():
     assert small.delta == 0 and small.verdict == "no change" and small.p_value == 1.0
     assert small.delta_ci95[0] == pytest.approx(-small.delta_ci95[1])
     assert large.delta_ci95[1] - large.delta_ci95[0] < small.delta_ci95[1] - small.delta_ci95[0]
+
+
+def _draws(rng, p, k):
+    return [1.0 if rng.random() < p else 0.0 for _ in range(k)]
+
+
+def test_a_baseline_of_draws_that_disagree_allows_for_its_own_noise():
+    """A baseline of three draws per example on an endpoint that redraws answers: its luck is not a regression."""
+    import random
+
+    rng = random.Random(0)
+    probs = [0.97 if i % 5 else 0.12 for i in range(200)]
+    base = {f"ex-{i}": _draws(rng, p, 3) for i, p in enumerate(probs)}
+    # a lucky baseline: three of its rarely-right examples right in every draw (+2.6 answers, 1.5 sd)
+    lucky = {k: [1.0] * 3 if i in (0, 5, 10) else v for i, (k, v) in enumerate(base.items())}
+    runs = [{f"ex-{i}": _draws(rng, p, 1)[0] for i, p in enumerate(probs)} for _ in range(50)]
+    assert all(compare(base, run).test == "paired-noisy-baseline" for run in runs)
+    assert sum(compare(base, run).regressed for run in runs) <= 1
+    assert sum(compare(lucky, run).regressed for run in runs) <= 2
+    # the same lucky baseline as one draw (the first), paired by McNemar: far more false alarms
+    one = {k: v[0] for k, v in lucky.items()}
+    assert sum(compare(one, run).regressed for run in runs) >= 10
+    # a real drop (12 stably-right answers now always wrong) is still seen
+    dropped = [{k: (0.0 if i % 5 and i < 15 else v) for i, (k, v) in enumerate(run.items())} for run in runs]
+    assert sum(compare(base, run).regressed for run in dropped) >= 20
+    # draws that agree on every example: the exact McNemar test, as with one draw
+    same = {k: [v] * 3 for k, v in runs[0].items()}
+    assert compare(same, runs[1]).test == "mcnemar-exact"

@@ -11,7 +11,7 @@ import pytest
 
 import pytest_dspex as dspex
 from pytest_dspex._exceptions import GoldenStaleError
-from pytest_dspex.golden import GoldenStore, from_dspy_state, golden_record, to_dspy_state
+from pytest_dspex.golden import SCHEMA_VERSION, GoldenStore, from_dspy_state, golden_record, to_dspy_state
 
 from .conftest import Triage
 
@@ -175,7 +175,7 @@ def test_v2_records_fingerprint_prompts_and_per_example_outcomes(tmp_path):
                         datasets={"validation": "sha256:v"}, adapter="compact")
     store.write(path, rec)
     data = json.loads(path.read_text())
-    assert data["schema_version"] == 2
+    assert data["schema_version"] == SCHEMA_VERSION
     assert data["scores"]["validation"] == {"score": 0.8, "n": 10, "examples": {f"ex-{i}": (1.0 if i < 8 else 0.0) for i in range(10)}}
     fp = data["signature_fingerprint"]["self"]
     assert fp["hash"].startswith("sha256:") and fp["instructions"] == Triage.instructions
@@ -303,7 +303,7 @@ def test_files_are_written_0644(tmp_path):
     ("content", "message"),
     [
         ("{not json", r"corrupted golden file \(not valid JSON.* not replaced.*--dspex-force"),
-        ('{"schema_version": 3, "predictors": {}}', r"newer pytest-dspex \(schema 3.* not replaced"),
+        ('{"schema_version": 4, "predictors": {}}', r"newer pytest-dspex \(schema 4.* not replaced"),
     ],
 )
 def test_compile_never_replaces_a_corrupted_or_newer_golden_unless_forced(tmp_path, content, message):

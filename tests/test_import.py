@@ -87,8 +87,10 @@ def test_a_dspy_save_becomes_a_gated_golden_in_one_step(user_project, server_fac
     assert entry["signature"]["instructions"] == "Route a customer message to the team that should handle it."
     assert OPTIMIZED in data["prompts"]["self"][0]["content"]
     assert data["optimizer"] == {"name": "dspy-import", "source": "optimized.json", "dspy": "3.4.1"}
-    outcomes = data["scores"]["validation"]["examples"]
+    baseline = data["baseline"]  # measured by --dspex-rebaseline: each example's draws
+    outcomes = {k: sum(v) / len(v) for k, v in baseline["examples"].items()}
     assert len(outcomes) == 10 and outcomes["ex-3"] == 0.0 and outcomes["ex-1"] == 1.0
+    assert baseline["how"] == "rebaseline" and data["selection"]["set"] == "imported"
     assert "sk-CANARY" not in json.dumps(data)
 
     # a later run is gated on the imported program and paired with that baseline
@@ -124,7 +126,9 @@ def test_a_baseline_lost_to_lm_errors_leaves_the_previous_golden(user_project, s
     server.responder = lambda body: (_ for _ in ()).throw(RuntimeError("down"))  # every request a 500
     result = run_import(user_project, server, "optimized.json", "--test", "test_triage.py::test_triage", "--force")
     assert result.ret == 2
-    result.stderr.fnmatch_lines(["*baseline not recorded: 100% of the 10 gate examples failed with LM errors*"])
+    # --dspex-rebaseline refuses the baseline (its run says why); the import keeps the previous golden
+    result.stdout.fnmatch_lines(["*baseline not recorded: 100% of the 10 gate examples failed with LM errors*"])
+    result.stderr.fnmatch_lines(["*the previous golden is kept*"])
     assert golden(user_project) == before
 
 

@@ -136,7 +136,7 @@ class TestCompileAndGate:
         )
         result = run(pytester, fake, mode, "--dspex-compile")
         assert result.ret == 0, result.stdout.str()
-        result.stdout.fnmatch_lines(["*golden created: __dspex__/test_triage/triage.json (validation 1.000, n=10*"])
+        result.stdout.fnmatch_lines(["*golden created: __dspex__/test_triage/triage.json (selection 1.000, n=10*"])
         assert (pytester.path / "compiles.log").read_text() == "triage created\n"
         golden = json.loads((pytester.path / "__dspex__/test_triage/triage.json").read_text())
         validation = golden["scores"]["validation"]
@@ -155,7 +155,7 @@ class TestCompileAndGate:
         kept.stdout.fnmatch_lines(["*golden kept: __dspex__/test_triage/triage.json*"])
         assert json.loads((pytester.path / "__dspex__/test_triage/triage.json").read_text())["scores"]["validation"]["score"] == 1.0
         forced = run(pytester, worse, mode, "--dspex-compile=triage", "--dspex-force", "-k", "test_triage and not each")
-        forced.stdout.fnmatch_lines(["*golden updated: __dspex__/test_triage/triage.json (validation 0.700*"])
+        forced.stdout.fnmatch_lines(["*golden updated: __dspex__/test_triage/triage.json (selection 0.700*"])
         other = run(pytester, worse, mode, "--dspex-compile=something_else", "-k", "test_triage and not each")
         assert "golden updated" not in other.stdout.str() and "golden created" not in other.stdout.str()
 

@@ -175,7 +175,7 @@ def test_compile_calibrates_the_classifier_and_a_normal_run_answers_calibrated(p
     server = biased_server()
     compiled = run(pytester, server, mode, "--dspex-compile")
     assert compiled.ret == 0, compiled.stdout.str()
-    compiled.stdout.fnmatch_lines([f"*golden created: {GOLDEN} (validation 1.000, n=12, chosen: *+calibrated)*"])
+    compiled.stdout.fnmatch_lines([f"*golden created: {GOLDEN} (selection 1.000, n=12, chosen: *+calibrated)*"])
     record = golden(pytester)
     calibration = record["predictors"]["self"]["calibration"]
     assert set(calibration) == set(LABELS)
@@ -251,7 +251,7 @@ def test_an_endpoint_without_logprobs_compiles_uncalibrated(pytester, project, b
     server = biased_server(has_logprobs=False)
     compiled = run(pytester, server, ["-p", "no:xdist"], "--dspex-compile")
     assert compiled.ret == 0, compiled.stdout.str()
-    compiled.stdout.fnmatch_lines([f"*golden created: {GOLDEN} (validation 0.333, n=12, chosen: labeled)*"])
+    compiled.stdout.fnmatch_lines([f"*golden created: {GOLDEN} (selection 0.333, n=12, chosen: labeled)*"])
     record = golden(pytester)
     assert "calibration" not in record["predictors"]["self"]
     optimizer = record["optimizer"]

@@ -122,11 +122,12 @@ class TestPairedGate:
     def test_nine_flips_fail_the_paired_gate_that_the_tolerance_lets_through(self, pytester, server, model, mode):
         project(pytester, 200)
         golden = compile_golden(pytester, server, mode)
-        assert golden["schema_version"] == 2 and golden["scores"]["validation"]["score"] == 1.0
-        assert (
-            len(golden["scores"]["validation"]["examples"]) == 200
-            and "ex-7" in golden["scores"]["validation"]["examples"]
-        )
+        assert golden["schema_version"] == 3 and golden["scores"]["validation"]["score"] == 1.0
+        # chosen on the trainset (never on the gate's examples), then the baseline measured on the gate set
+        assert golden["selection"]["set"] == "trainset" and golden["selection"]["n"] == 4
+        baseline = golden["baseline"]
+        assert baseline["n"] == 200 and "ex-7" in baseline["examples"] and baseline["score"] == 1.0
+        assert baseline["draws"] == 2  # a repeatable endpoint: two draws that agree end it
         assert os.stat(pytester.path / GOLDEN).st_mode & 0o777 == 0o644
         flipped = [7, 20, 33, 46, 59, 72, 85, 98, 111]
         model.wrong = set(flipped)  # 9 of 200 right answers turn wrong: 1.000 -> 0.955
@@ -197,9 +198,10 @@ class TestPairedGate:
     def test_a_v1_golden_falls_back_to_the_tolerance_gate(self, pytester, server, model, mode):
         project(pytester, 10)
         golden = compile_golden(pytester, server, mode)
-        v1 = {k: v for k, v in golden.items() if k not in ("signature_fingerprint", "prompts")}
-        v1["schema_version"] = 1
-        del v1["scores"]["validation"]["examples"]
+        v1 = {k: v for k, v in golden.items() if k not in ("signature_fingerprint", "prompts", "selection", "baseline")}
+        v1["schema_version"] = 1  # a v1 golden was chosen and scored on the gate's dataset, no per-example outcomes
+        v1["datasets"]["validation"] = golden["baseline"]["dataset"]
+        v1["scores"]["validation"] = {"score": golden["baseline"]["score"], "n": golden["baseline"]["n"]}
         (pytester.path / GOLDEN).write_text(json.dumps(v1))
         passed = run(pytester, server, mode, "--dspex-report=report.json")
         assert passed.ret == 0, passed.stdout.str()
@@ -324,7 +326,7 @@ class TestStaleGoldensAndCompileGuards:
         forced.stdout.fnmatch_lines(
             ["*golden updated: __dspex__/test_triage/triage.json*replaced an unreadable golden file (forced)*"]
         )
-        assert json.loads(path.read_text())["schema_version"] == 2
+        assert json.loads(path.read_text())["schema_version"] == 3
 
     def test_keep_better_says_why_it_kept_or_replaced(self, pytester, server, model):
         project(pytester, 10)
@@ -332,9 +334,10 @@ class TestStaleGoldensAndCompileGuards:
         model.wrong = {1, 3}
         kept = run(pytester, server, ["-p", "no:xdist"], *COMPILE, "-k", "not each")
         kept.stdout.fnmatch_lines([
-            "*golden kept: __dspex__/test_triage/triage.json*: kept: the golden's validation score 1.000 is higher "
-            "than this run's 0.800 on the same signature and validation set; use --dspex-force to replace it*"
+            "*golden kept: __dspex__/test_triage/triage.json*: kept: the golden's baseline 1.000 is higher "
+            "than this run's 0.800 on the same signature and gate set; use --dspex-force to replace it*",
+            "*this run vs the golden's baseline: no change: delta -0.200*2 regressed, 0 fixed, 10 shared examples*",
         ])  # fmt: skip
-        pytester.makefile(".jsonl", **{"data/dev": rows(12)})  # another validation set: not comparable
+        pytester.makefile(".jsonl", **{"data/dev": rows(12)})  # another gate set: not comparable
         replaced = run(pytester, server, ["-p", "no:xdist"], *COMPILE, "-k", "not each")
-        replaced.stdout.fnmatch_lines(["*golden updated: *triage.json*replaced because the validation set changed*"])
+        replaced.stdout.fnmatch_lines(["*golden updated: *triage.json*replaced because the gate dataset changed*"])

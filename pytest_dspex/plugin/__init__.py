@@ -389,10 +389,10 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_line(text, **style)
     written = [(p, g) for p, g in collector.goldens.items() if g.get("outcome")]
     for rel, g in sorted(written):
-        extra = f" (validation {g['score']:.3f}, n={g['n']}, chosen: {g['chosen']})" if "score" in g else ""
+        extra = f" (selection {g['score']:.3f}, n={g['n']}, chosen: {g['chosen']})" if "score" in g else ""
         if g.get("compile_usage"):
             extra += f"; compile spent {spend_text(g['compile_usage'])}"
-        if g.get("reason") and g["outcome"] in ("kept", "updated"):
+        if g.get("reason") and g["outcome"] in ("kept", "updated", "rebaselined"):
             extra += f": {g['reason']}"  # why compile replaced or kept it
         tr.write_line(f"golden {g['outcome']}: {rel}{extra}", green=g["outcome"] != "kept", yellow=g["outcome"] == "kept")
         if g.get("demos") and g["outcome"] in ("created", "updated"):  # what a reviewer of the golden should know
@@ -400,6 +400,15 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
             for line in summary_lines(g["demos"]):
                 tr.write_line(f"  {line}", yellow=line.lstrip().startswith("!"))
+        if g.get("provenance"):
+            tr.write_line(f"  {g['provenance']['text']}")
+        if g.get("replaced"):  # the new baseline paired with the one it replaced
+            from ..comparison import Comparison
+
+            c = Comparison.from_json(g["replaced"])
+            kept = g["outcome"] == "kept"
+            tr.write_line(f"  {'this run' if kept else 'new baseline'} vs the golden's baseline: {c.summary()}",
+                          red=c.regressed, green=c.verdict == "improved")  # fmt: skip
     for text, is_error in collector.golden_messages:  # goldens compiled on workers, written here
         tr.write_line(text, red=is_error, yellow=not is_error)
     for rel in collector.unused_goldens():

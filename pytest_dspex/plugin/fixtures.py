@@ -68,6 +68,10 @@ def _golden_info(session: DspexSession, resolved: Resolved) -> dict[str, Any]:
         record = session.once(("golden_record", resolved.golden_path), lambda: resolved.golden_record)
         if record is not None:
             d["record"] = record
+    if resolved.replaced is not None:
+        d["replaced"] = resolved.replaced  # the new baseline paired with the golden's it replaced
+    if resolved.golden is not None:
+        d["provenance"] = resolved.golden.provenance()
     if resolved.compile_result is not None:
         cr = resolved.compile_result
         d.update(
@@ -97,12 +101,30 @@ def _note(session: DspexSession, resolved: Resolved) -> str:
     return "; ".join(notes)
 
 
+def where_from(row: dict[str, Any]) -> str:
+    """Lines for a failure message: where the golden's numbers come from, and an instructions edit's diff."""
+    text = ""
+    prov = row.get("golden_provenance")
+    if prov:
+        text += f"\ngolden: {prov['text']}"
+    if row.get("instructions_diff"):
+        text += "\n" + instructions_note(str(row["program"])) + "\n" + str(row["instructions_diff"])
+    return text
+
+
+def instructions_note(program: str) -> str:
+    return (
+        f"{program}: the instructions differ from the golden's (same fields): gated with the golden's demos against "
+        f"its baseline; to record the new baseline: pytest --dspex-rebaseline={program}"
+    )
+
+
 def _comparable_golden_score(resolved: Resolved, fingerprint: str | None) -> float | None:
     """The golden's score, if it was measured on this very dataset (else no regression gate)."""
     g = resolved.golden
-    if g is None or fingerprint is None or g.data.get("datasets", {}).get("validation") != fingerprint:
+    if g is None or fingerprint is None or g.baseline_dataset != fingerprint:
         return None
-    return g.validation_score
+    return g.baseline_score
 
 
 class _TestContext:
@@ -236,7 +258,7 @@ class Evaluator:
             golden_score=_comparable_golden_score(resolved, fingerprint),
             tolerance=ctx.tolerance,
             max_error_rate=options.max_error_rate,
-            golden_outcomes=resolved.golden.validation_examples if resolved.golden is not None else None,
+            golden_outcomes=resolved.golden.baseline_outcomes if resolved.golden is not None else None,
             alpha=options.alpha,
         )
         if options.shard is not None:  # a partial share is not judged: combine gates the merged records
@@ -256,6 +278,8 @@ class Evaluator:
             note=_note(session, resolved),
             prompts=resolved.golden.prompts if resolved.golden is not None else None,
             alpha=options.alpha,
+            provenance=resolved.golden.provenance(fingerprint) if resolved.golden is not None else None,
+            instructions_diff=resolved.instructions_diff,
         )
         row["dataset_size"] = dataset_size  # combine checks that the shards add up to it
         node.stash[payload_key] = {"kind": "program", "row": row, "golden_file": _golden_info(session, resolved)}
@@ -267,7 +291,8 @@ class Evaluator:
         if not verdict.passed:
             regressed = verdict.comparison.regressions if verdict.comparison is not None else []
             said = verdict.headline(spec.name, result.n, result.ci95) + "\n" + result.summary(regressed=regressed)
-            pytest.fail(said + (f"\nnote: {row['note']}" if row.get("note") else ""), pytrace=False)
+            said += f"\nnote: {row['note']}" if row.get("note") else ""
+            pytest.fail(said + where_from(row), pytrace=False)
         return result
 
 
@@ -349,9 +374,13 @@ class Predictor:
             "selected": len(session.selected.get(key, ())) or None,
             "note": _note(session, resolved),
             "prompts": session.once(("prompts", key), lambda: resolved.golden.prompts if resolved.golden else {}),
+            "provenance": session.once(
+                ("provenance", key), lambda: resolved.golden.provenance(data.fingerprint) if resolved.golden else None
+            ),
+            "instructions_diff": resolved.instructions_diff,
             # the golden's per-example outcomes for the controller's paired gate, sent once per process
             "golden_outcomes": session.once(
-                ("outcomes", key), lambda: resolved.golden.validation_examples if resolved.golden else None
+                ("outcomes", key), lambda: resolved.golden.baseline_outcomes if resolved.golden else None
             ),
             "record": record.to_json(),
             "golden_file": _golden_info(session, resolved),

@@ -1,6 +1,7 @@
 """The three markers, validated at collection with errors that name the test and the argument.
 
-    @pytest.mark.dspex_program(program, name="triage", trainset="data/train.jsonl", valset=None, input_keys=None)
+    @pytest.mark.dspex_program(program, name="triage", trainset="data/train.jsonl", valset=None, input_keys=None,
+                               select=None)  # select="in-sample": choose on the gate's own dataset
     @pytest.mark.dspex_metric(metric, threshold=0.8, tolerance=None, metric_threshold=None)
     @pytest.mark.dspex_dataset("data/dev.jsonl", limit=None)
 """
@@ -19,7 +20,8 @@ import pytest
 __all__ = ["MARKERS", "MetricSpec", "ProgramSpec", "dataset_path", "metric_spec", "program_spec"]
 
 MARKERS = [
-    "dspex_program(program, name=None, trainset=None, valset=None, input_keys=None): the LM program under test",
+    "dspex_program(program, name=None, trainset=None, valset=None, input_keys=None, select=None): the LM program "
+    "under test (select='in-sample' chooses among compile candidates on the gate's own dataset)",
     "dspex_metric(metric, threshold=None, tolerance=None, metric_threshold=None): how predictions are scored "
     "and the gate; metric_threshold: the score a bootstrapped run needs to become demos (default full credit)",
     "dspex_dataset(path, limit=None): one test item per example of this dataset (per-example mode)",
@@ -33,6 +35,7 @@ class ProgramSpec:
     trainset: Path | None
     valset: Path | None
     input_keys: tuple[str, ...]
+    select: str | None = None  # "in-sample" / "held-out" (None: the --dspex-select option decides)
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ def program_spec(node: Any, base: Path) -> ProgramSpec | None:
     from ..programs import Module, Predict
     from ..signatures import Signature
 
-    known = {"name", "trainset", "valset", "input_keys", "program"}
+    known = {"name", "trainset", "valset", "input_keys", "program", "select"}
     unknown = set(mark.kwargs) - known
     if unknown:
         _bad(node, "dspex_program", f"unknown argument(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
@@ -139,7 +142,11 @@ def program_spec(node: Any, base: Path) -> ProgramSpec | None:
     input_keys = tuple(keys) if keys is not None else _input_keys(program)
     if not input_keys:
         _bad(node, "dspex_program", "cannot tell the program's input fields; pass input_keys=[...]")
+    select = mark.kwargs.get("select")
+    if select is not None and select not in ("in-sample", "held-out"):
+        _bad(node, "dspex_program", f"select={select!r} must be 'in-sample' or 'held-out'")
     return ProgramSpec(
+        select=select,
         program=program,
         name=name,
         trainset=_path(node, "dspex_program", "trainset", mark.kwargs.get("trainset"), base),

@@ -52,6 +52,20 @@ OPTIONS: list[tuple[str, str, Any, str]] = [
         "calibrate the compiled classifier's label bias out when the endpoint returns logprobs and it "
         "scores no worse (pytest_dspex.calibration)",
     ),
+    (
+        "select",
+        "choice:held-out,in-sample",
+        "held-out",
+        "where --dspex-compile chooses among candidates: 'held-out' = the marker's valset, else the trainset "
+        "(each example without its own demo); 'in-sample' = the gate's own dataset (every view then says so)",
+    ),
+    (
+        "baseline-draws",
+        "int",
+        3,
+        "fresh passes over the gate dataset that make a golden's baseline after the choice (two that agree "
+        "on every example end it: a repeatable endpoint)",
+    ),
     ("tolerance", "float", 0.05, "allowed drop below the golden's recorded score before a regression fails"),
     (
         "alpha",
@@ -141,6 +155,17 @@ def add_options(parser: pytest.Parser) -> None:
         default=False,
         help="with --dspex-compile: replace goldens even when their recorded score is higher",
     )
+    group.addoption(
+        "--dspex-rebaseline",
+        dest="dspex_rebaseline",
+        nargs="?",
+        const="*",
+        default=None,
+        metavar="NAMES",
+        help="measure a fresh baseline for the goldens of all programs (or the comma-separated NAMES) without "
+        "re-optimizing: the golden's demos, the program's instructions and the model as they are now "
+        "(after an accepted prompt edit or a model upgrade); reports the comparison with the baseline it replaces",
+    )
     parser.addini("dspex_compile", "programs to compile (like --dspex-compile)", default=None)
     for name, kind, default, help_text in OPTIONS:
         dest = "dspex_" + name.replace("-", "_")
@@ -180,6 +205,7 @@ class DspexOptions:
     repeats: int
     compile: frozenset[str] | None  # None = normal run; {"*"} = all programs
     force: bool
+    rebaseline: frozenset[str] | None = None  # --dspex-rebaseline: None = no; {"*"} = all programs
     shard: Shard | None = None  # --dspex-shard / DSPEX_SHARD / CI parallel-job variables
     cache_url: str | None = None  # --dspex-cache-url: Redis instead of the cache directory
     html: Path | None = None  # --dspex-html (relative to the invocation directory, like --dspex-report)
@@ -188,6 +214,8 @@ class DspexOptions:
     #: --dspex-price: dollars per 1M (input, output) tokens; None = not known (costs show as $0)
     price: tuple[float, float] | None = None
     metric_threshold: float | None = None  # --dspex-metric-threshold (None: full credit)
+    select: str = "held-out"  # --dspex-select: held-out / in-sample
+    baseline_draws: int = 3  # --dspex-baseline-draws
 
     @property
     def local(self) -> bool:
@@ -202,6 +230,9 @@ class DspexOptions:
 
     def compiles(self, program: str) -> bool:
         return self.compile is not None and ("*" in self.compile or program in self.compile)
+
+    def rebaselines(self, program: str) -> bool:
+        return self.rebaseline is not None and ("*" in self.rebaseline or program in self.rebaseline)
 
 
 def _convert(name: str, kind: str, raw: Any) -> Any:
@@ -248,6 +279,20 @@ def resolve(config: pytest.Config) -> DspexOptions:
                 "or put --dspex-compile after the test paths"
             )
         compile_names = frozenset(n.strip() for n in compile_raw.split(",") if n.strip())
+    rebaseline_raw = config.getoption("dspex_rebaseline")
+    rebaseline_names: frozenset[str] | None = None
+    if rebaseline_raw is not None:
+        if rebaseline_raw != "*" and ("/" in rebaseline_raw or rebaseline_raw.endswith(".py") or os.path.exists(rebaseline_raw)):
+            raise pytest.UsageError(
+                f"--dspex-rebaseline took {rebaseline_raw!r} as a program name; write --dspex-rebaseline=NAMES, "
+                "or put --dspex-rebaseline after the test paths"
+            )
+        rebaseline_names = frozenset(n.strip() for n in rebaseline_raw.split(",") if n.strip())
+        if compile_names is not None:
+            raise pytest.UsageError(
+                "--dspex-rebaseline keeps the goldens' demos, --dspex-compile re-optimizes them (and measures its own "
+                "baseline): use one of them"
+            )
     force = bool(config.getoption("dspex_force"))
     values["price"] = _price(values["price"])
     _check(values, compile_names, force)
@@ -255,6 +300,11 @@ def resolve(config: pytest.Config) -> DspexOptions:
         values["shard"] = resolve_shard(values["shard"])
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
+    if values["shard"] is not None and rebaseline_names is not None:
+        raise pytest.UsageError(
+            f"--dspex-rebaseline is not sharded (one writer per golden file), but this run is shard {values['shard']} "
+            f"(from {values['shard'].source}); re-baseline in one job, or pass --dspex-shard=off"
+        )
     if values["shard"] is not None and compile_names is not None:
         raise pytest.UsageError(
             f"--dspex-compile is not sharded (one writer per golden file), but this run is shard "
@@ -271,6 +321,7 @@ def resolve(config: pytest.Config) -> DspexOptions:
         markdown=Path(markdown) if markdown else None,
         compile=compile_names,
         force=force,
+        rebaseline=rebaseline_names,
     )
 
 
@@ -342,6 +393,8 @@ def _check(values: dict[str, Any], compile_names: frozenset[str] | None, force: 
         raise pytest.UsageError(f"--dspex-max-error-rate must be between 0 and 1, got {values['max_error_rate']}")
     if not 0 < values["alpha"] < 1:
         raise pytest.UsageError(f"--dspex-alpha must be between 0 and 1 (exclusive), got {values['alpha']}")
+    if values["baseline_draws"] < 1:
+        raise pytest.UsageError(f"--dspex-baseline-draws must be >= 1, got {values['baseline_draws']}")
     if values["repeats"] < 1:
         raise pytest.UsageError(f"--dspex-repeats must be >= 1, got {values['repeats']}")
     if values["metric_threshold"] is not None and not 0 <= values["metric_threshold"] <= 1:

@@ -53,7 +53,7 @@ class PerExampleRun:
     dataset_size: int | None = None
     prompts: dict[str, Any] = field(default_factory=dict)
     alpha: float = 0.05
-    golden_outcomes: dict[str, float] | None = None
+    golden_outcomes: dict[str, float | list[float]] | None = None
     result: EvaluationResult | None = None
     verdict: Verdict | None = None
     shard: Shard | None = None  # a shard job's run: its gate is deferred to ``combine``
@@ -66,6 +66,8 @@ class PerExampleRun:
     nodeids: list[str] = field(default_factory=list)
     #: incomplete because the user selected a part of the examples (not cut short): no failure of its own
     selection: bool = False
+    provenance: dict[str, Any] | None = None  # how the golden's program was chosen and its baseline measured
+    instructions_diff: str = ""  # the program's instructions differ from the golden's
 
     @property
     def label(self) -> str:
@@ -123,6 +125,8 @@ class PerExampleRun:
             note=self.note,
             prompts=self.prompts,
             alpha=self.alpha,
+            provenance=self.provenance,
+            instructions_diff=self.instructions_diff,
         ) | ({"dataset_size": self.dataset_size} if self.dataset_size is not None else {})
 
 
@@ -160,8 +164,8 @@ class Collector:
         if golden:
             golden = dict(golden)
             record = golden.pop("record", None)
-            if record is not None:
-                self.write_golden(golden["path"], record, golden.get("program", ""))
+            if record is not None:  # a re-baselined golden replaces the old one whatever its score
+                self.write_golden(golden["path"], record, golden.get("program", ""), force=golden.get("outcome") == "rebaselined")
             prev = self.goldens.get(golden["path"], {})
             merged = {**prev, **{k: v for k, v in golden.items() if v is not None}}
             self.goldens[golden["path"]] = merged | self.golden_writes.get(golden["path"], {})  # the writer's word
@@ -186,12 +190,16 @@ class Collector:
             if location is not None and run.location is None:
                 run.location = location
             run.nodeids.append(nodeid)
+            if payload.get("provenance"):
+                run.provenance = payload["provenance"]
+            if payload.get("instructions_diff"):
+                run.instructions_diff = payload["instructions_diff"]
             if payload.get("golden_outcomes") is not None:
                 run.golden_outcomes = dict(payload["golden_outcomes"])
             rec = ExampleRecord.from_json(payload["record"])
             run.records[rec.index] = rec
 
-    def write_golden(self, rel: str, record: dict[str, Any], program: str) -> None:
+    def write_golden(self, rel: str, record: dict[str, Any], program: str, *, force: bool = False) -> None:
         """Write a golden a worker compiled (its ``record``) into this rootdir: the one writer."""
         from .._exceptions import ConfigError, GoldenFileError
         from ..golden import GoldenStore
@@ -206,10 +214,13 @@ class Collector:
         path = self.rootpath / rel
         try:
             state_dir = self.state_dir() if self.state_dir is not None else None
-            written = GoldenStore(path.parent.parent, state_dir=state_dir).write(path, record, force=self.force)
+            written = GoldenStore(path.parent.parent, state_dir=state_dir).write(path, record, force=self.force or force)
         except (GoldenFileError, ConfigError, OSError) as exc:
             self.golden_writes[rel] = {"outcome": "not written", "reason": str(exc)}
             self.golden_messages.append((f"golden {rel}: not written: {exc}", True))
+            return
+        if force:  # the worker's word (re-baselined, and why) stands
+            self.golden_writes[rel] = {}
             return
         self.golden_writes[rel] = {"outcome": written.outcome, "reason": written.reason}
 
@@ -329,6 +340,14 @@ def gate_lines(rows: list[dict[str, Any]], fresh: frozenset[str] = frozenset()) 
             if c.underpowered and not c.regressed and not by_tolerance:
                 style = {"yellow": True}
             out.append((text, style))
+        prov = r.get("golden_provenance")
+        if prov:
+            out.append((f"{label} golden: {prov['text']}", {"yellow": True} if prov.get("in_sample") or not prov["baseline"].get("fresh") else {}))
+        if r.get("instructions_diff"):
+            from .fixtures import instructions_note
+
+            out.append((instructions_note(str(r["program"])), {"yellow": True}))
+            out += [(line, {}) for line in str(r["instructions_diff"]).splitlines()]
         flaky = list(r.get("flaky") or [])
         if flaky:
             repeats = r.get("repeats") or "several"

@@ -48,6 +48,10 @@ class Resolved:
     reason: str = ""  # why compile replaced or kept the golden (``WriteResult.reason``)
     #: compiled on an xdist worker: the golden record the controller writes (JSON; the worker writes nothing)
     golden_record: dict[str, Any] | None = None
+    #: the program's instructions differ from the golden's (fields the same): the diff, gated against the baseline
+    instructions_diff: str = ""
+    #: a compile's new baseline paired with the golden it replaced (``Comparison.to_json()``)
+    replaced: dict[str, Any] | None = None
 
     @property
     def golden_score(self) -> float | None:
@@ -186,6 +190,8 @@ class DspexSession:
         try:
             if self.options.compiles(spec.name):
                 resolved = self._compile(spec, metric, path, gate_dataset, progress)
+            elif self.options.rebaselines(spec.name):
+                resolved = self._rebaseline(spec, metric, path, gate_dataset, progress)
             else:
                 resolved = self._load(spec, path)
         except pytest.fail.Exception as exc:  # one cause, one message: the next test using it is told the same
@@ -213,12 +219,12 @@ class DspexSession:
         problem: str | None = None
         try:
             golden = GoldenStore.read(path)
-            program = golden.apply(spec.program)
+            program = golden.apply(spec.program, instructions=False)  # an instructions-only edit is gated
         except GoldenFileError as exc:
             problem = self._said(exc, path)
         if problem is not None:  # outside the handler: one message, no chained traceback
             pytest.fail(problem, pytrace=False)
-        return Resolved(spec.name, program, path, golden)
+        return Resolved(spec.name, program, path, golden, instructions_diff=golden.instruction_diff(spec.program))
 
     def _missing(self, spec: ProgramSpec, path: Path) -> str:
         """The missing-golden failure, naming the orphaned goldens that look like this program's."""
@@ -252,21 +258,7 @@ class DspexSession:
                 pytrace=False,
             )
         o = self.options
-        settings = CompileSettings(
-            demos=o.demos,
-            labeled_demos=o.labeled_demos,
-            rounds=o.rounds,
-            candidates=o.candidates,
-            seed=o.seed,
-            metric_threshold=metric.metric_threshold if metric.metric_threshold is not None else o.metric_threshold,
-            calibrate=o.calibrate == "on",
-            concurrency=o.concurrency,
-            teacher_lm=self.lms.teacher,
-            force=o.force,
-            max_error_rate=o.max_error_rate,
-            example_timeout=o.example_timeout,
-            model_info=self.lms.model_info(),
-        )
+        settings: CompileSettings = self._settings(metric)
         failed = self._failed_compiles.get(path)
         if failed is not None:  # every test of the program would compile it again, on the same errors
             pytest.fail(f"the compile of {spec.name!r} failed earlier in this run (not tried again): {failed[:200]}", pytrace=False)
@@ -277,7 +269,9 @@ class DspexSession:
                 name=spec.name,
                 metric=metric.metric,
                 trainset=spec.trainset,
-                valset=spec.valset or gate_dataset or spec.trainset,
+                valset=spec.valset,  # None: the trainset, each example without its own demo
+                gateset=gate_dataset,
+                in_sample=(spec.select or o.select) == "in-sample",
                 input_keys=spec.input_keys,
                 path=path,
                 settings=settings,
@@ -295,7 +289,62 @@ class DspexSession:
             return Resolved(spec.name, done.program, path, done.golden, note="compiled by another worker")
         self.config.hook.pytest_dspex_compile_result(program=spec.name, result=done.result, outcome=done.outcome, path=path)
         return Resolved(
-            spec.name, done.program, path, done.golden, done.outcome, done.result, reason=done.reason, golden_record=done.record
+            spec.name, done.program, path, done.golden, done.outcome, done.result, reason=done.reason,
+            golden_record=done.record, replaced=done.replaced.to_json() if done.replaced is not None else None,
+        )  # fmt: skip
+
+    def _rebaseline(
+        self, spec: ProgramSpec, metric: MetricSpec | None, path: Path, gate_dataset: Path | None, progress: Any
+    ) -> Resolved:
+        from .._exceptions import DatasetError, GoldenFileError
+        from ..compile import rebaseline_program
+
+        if metric is None:
+            pytest.fail(f"--dspex-rebaseline: program {spec.name!r} needs @pytest.mark.dspex_metric(...)", pytrace=False)
+        if gate_dataset is None:
+            pytest.fail(
+                f"--dspex-rebaseline: program {spec.name!r} is evaluated on a dataset given in the test, not a file: "
+                "the baseline is measured on the gate's dataset file",
+                pytrace=False,
+            )
+        settings = self._settings(metric)
+        problem = ""
+        try:
+            done = rebaseline_program(
+                spec.program, name=spec.name, metric=metric.metric, gateset=gate_dataset, input_keys=spec.input_keys,
+                path=path, settings=settings, run_id=self.run_id, progress=progress, defer_write=self.is_worker,
+                state_dir=self.state_dir(),
+            )  # fmt: skip
+        except (DatasetError, GoldenFileError) as exc:
+            problem = str(exc)
+        if problem:
+            pytest.fail(problem, pytrace=False)
+        if done.outcome == "compiled elsewhere":
+            return Resolved(spec.name, done.program, path, done.golden, note="re-baselined by another worker")
+        return Resolved(
+            spec.name, done.program, path, done.golden, done.outcome, reason=done.reason, golden_record=done.record,
+            replaced=done.replaced.to_json() if done.replaced is not None else None,
+        )  # fmt: skip
+
+    def _settings(self, metric: MetricSpec) -> Any:
+        from ..compile import CompileSettings
+
+        o = self.options
+        return CompileSettings(
+            demos=o.demos,
+            labeled_demos=o.labeled_demos,
+            rounds=o.rounds,
+            candidates=o.candidates,
+            seed=o.seed,
+            metric_threshold=metric.metric_threshold if metric.metric_threshold is not None else o.metric_threshold,
+            calibrate=o.calibrate == "on",
+            concurrency=o.concurrency,
+            teacher_lm=self.lms.teacher,
+            force=o.force,
+            max_error_rate=o.max_error_rate,
+            example_timeout=o.example_timeout,
+            model_info=self.lms.model_info(),
+            baseline_draws=o.baseline_draws,
         )
 
     # -- per-example items ----------------------------------------------------------------------

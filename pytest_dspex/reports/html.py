@@ -197,6 +197,7 @@ def _program(i: int, p: ProgramView) -> str:
         ("dataset", row.get("dataset")),
         ("metric", row.get("metric")),
         ("golden", row.get("golden")),
+        ("golden from", (row.get("golden_provenance") or {}).get("text")),
         ("tolerance", row.get("tolerance")),
     ]
     if c is not None:
@@ -231,13 +232,25 @@ def _program(i: int, p: ProgramView) -> str:
         f'<section class="program" id="p{i}" data-index="{i}"><h2>{escape(p.name)} <small>{escape(p.mode)} · {escape(p.test_short)}</small> {badge}</h2>'
         f'<p class="score">score {escape(fmt_score(row.get("score"), row.get("ci95")))} · n {escape(str(row.get("n", "")))}'
         f" · delta {escape(p.delta_text)}</p>"
-        f"{_dl(facts)}{_prompts(row.get('prompts'))}"
+        f"{_dl(facts)}{_instructions(row)}{_prompts(row.get('prompts'))}"
         f'<div class="toolbar"><div class="filters" role="group" aria-label="filter examples">{filters}</div>'
         '<input type="search" class="search" placeholder="search key, inputs, answers, errors" aria-label="search examples">'
         '<span class="pager"><button type="button" class="prev" aria-label="previous page">‹</button>'
         '<span class="info"></span><button type="button" class="next" aria-label="next page">›</button></span></div>'
         f'<table class="examples"><thead><tr>{head}</tr></thead><tbody></tbody></table>'
         '<p class="empty-rows" hidden>No example matches.</p></section>'
+    )
+
+
+def _instructions(row: Mapping[str, Any]) -> str:
+    diff = row.get("instructions_diff")
+    if not diff:
+        return ""
+    name = escape(str(row.get("program", "")))
+    return (
+        '<div class="instructions"><p>The instructions differ from the golden\'s: gated with the golden\'s demos '
+        f"against its baseline. To record the new baseline: <code>pytest --dspex-rebaseline={name}</code></p>"
+        f"<pre>{escape(str(diff))}</pre></div>"
     )
 
 

@@ -70,6 +70,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 + " |"
             )  # fmt: skip
     for p in programs:
+        lines += _provenance(p)
         lines += _regressions(p)
     lines += ["", _footer(report)]
     return "\n".join(lines) + "\n"
@@ -88,6 +89,28 @@ def _headline(programs: list[ProgramView]) -> str:
     if failed:
         return f"{len(failed)} of {len(names)} program{plural} failed{tests}"
     return f"{len(names)} program{plural} passed{tests}"
+
+
+def _provenance(p: ProgramView) -> list[str]:
+    """Where the golden's numbers come from, and an instructions edit's diff (in a fenced block)."""
+    out: list[str] = []
+    prov = p.row.get("golden_provenance")
+    if prov:
+        out += ["", f"**{md_text(p.name)}** golden: {md_text(prov.get('text', ''), 300)}"]
+    diff = p.row.get("instructions_diff")
+    if diff:
+        fence = "~~~~"
+        body = str(diff).replace(fence, "~ ~ ~ ~")
+        out += [
+            "",
+            f"**{md_text(p.name)}**: the instructions differ from the golden's; gated with the golden's demos against "
+            f"its baseline. To record the new baseline: `pytest --dspex-rebaseline={md_text(p.name)}`",
+            "",
+            f"{fence}diff",
+            body,
+            fence,
+        ]
+    return out
 
 
 def _regressions(p: ProgramView) -> list[str]:

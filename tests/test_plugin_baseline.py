@@ -1,0 +1,283 @@
+"""Selection is not the baseline (issue 18), through pytest.
+
+The compile chooses on the trainset (or the valset; the gate's own dataset only when opted in),
+then measures the chosen program afresh on the gate dataset: that is the golden's baseline, and
+every view says where each number comes from. An edit of the instructions alone is gated against
+the baseline (not refused as stale); ``--dspex-rebaseline`` records a new baseline without
+re-optimizing; a recompile says what it replaced. A loopback endpoint answers deterministically.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from pytest_dspex.fake_server import FakeLMServer
+
+from .test_plugin import MODES
+from .test_plugin_gates import rows
+
+PROGRAM = '''
+import pytest
+import pytest_dspex as dspex
+
+class Triage(dspex.Signature):
+    """INSTRUCTIONS"""
+    message: str = dspex.InputField()
+    team: str = dspex.OutputField()
+
+triage = dspex.Predict(Triage)
+
+def team_matches(example, prediction, trace=None):
+    return example.team == prediction.team
+
+@pytest.mark.dspex_program(triage, name="triage", trainset="data/train.jsonl"MARKER)
+@pytest.mark.dspex_metric(team_matches, threshold=0.5)
+def test_triage(dspex_evaluate):
+    dspex_evaluate("data/dev.jsonl")
+
+@pytest.mark.dspex_program(triage, name="triage", trainset="data/train.jsonl"MARKER)
+@pytest.mark.dspex_metric(team_matches, threshold=0.5)
+@pytest.mark.dspex_dataset("data/dev.jsonl")
+def test_triage_each(dspex_example, dspex_predict):
+    dspex_predict(dspex_example)
+'''
+
+ORIGINAL = "Route a customer message to the team that should handle it."
+GOLDEN = "__dspex__/test_triage/triage.json"
+
+
+class Model:
+    """Right on every case, except that a system prompt containing ``worse_when`` answers the cases in
+    ``worse`` wrong (an instruction edit that breaks those)."""
+
+    def __init__(self) -> None:
+        self.worse_when: str | None = None
+        self.worse: set[int] = set()
+
+    def __call__(self, body: dict[str, Any]) -> str:
+        system = str(body["messages"][0]["content"])
+        last = body["messages"][-1]["content"].rsplit("Message:", 1)[-1]
+        case = int(re.search(r"case (\d+)", last).group(1))  # type: ignore[union-attr]
+        right = "billing" if "charged" in last else "technical"
+        wrong = "technical" if right == "billing" else "billing"
+        if self.worse_when is not None and self.worse_when in system and case in self.worse:
+            return f" {wrong}"
+        return f" {right}"
+
+
+@pytest.fixture(params=list(MODES))
+def mode(request: pytest.FixtureRequest) -> list[str]:
+    return MODES[request.param]
+
+
+@pytest.fixture
+def model() -> Model:
+    return Model()
+
+
+@pytest.fixture
+def server(server_factory: Any, model: Model) -> FakeLMServer:
+    s: FakeLMServer = server_factory(model)
+    s.keep_bodies = False
+    return s
+
+
+def project(pytester: pytest.Pytester, n: int = 200, *, instructions: str = ORIGINAL, marker: str = "") -> None:
+    pytester.makefile(".jsonl", **{"data/train": rows(8, 1000), "data/dev": rows(n)})
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    write_test(pytester, instructions, marker)
+
+
+def write_test(pytester: pytest.Pytester, instructions: str, marker: str = "") -> None:
+    pytester.makepyfile(test_triage=PROGRAM.replace("INSTRUCTIONS", instructions).replace("MARKER", marker))
+
+
+def run(pytester: pytest.Pytester, server: FakeLMServer, mode: list[str], *args: str) -> pytest.RunResult:
+    opts = [f"--dspex-base-url={server.base_url}", "--dspex-model=fake-model", "--dspex-cache=off", "--dspex-retries=0"]
+    return pytester.runpytest_subprocess(*opts, "-p", "no:cacheprovider", *mode, *args, timeout=300)
+
+
+COMPILE = ["--dspex-compile", "--dspex-candidates=0", "--dspex-demos=1", "--dspex-labeled-demos=1"]
+
+
+def golden(pytester: pytest.Pytester) -> dict[str, Any]:
+    return json.loads((pytester.path / GOLDEN).read_text())  # type: ignore[no-any-return]
+
+
+def report_rows(pytester: pytest.Pytester, name: str = "report.json") -> dict[str, dict[str, Any]]:
+    return {r["mode"]: r for r in json.loads((pytester.path / name).read_text())["programs"]}
+
+
+class TestSelectionAndBaseline:
+    def test_chosen_on_the_trainset_baseline_measured_on_the_gate_set_and_every_view_says_so(
+        self, pytester, server, mode
+    ):
+        project(pytester, 40)
+        compiled = run(pytester, server, mode, *COMPILE, "-k", "not each")
+        assert compiled.ret == 0, compiled.stdout.str()
+        g = golden(pytester)
+        assert g["selection"]["set"] == "trainset" and g["selection"]["n"] == 8
+        assert g["baseline"]["n"] == 40 and g["baseline"]["draws"] == 2 and g["baseline"]["how"] == "compile"
+        assert g["scores"]["validation"]["n"] == 8  # the selection pass: not what later runs are paired with
+        compiled.stdout.fnmatch_lines([
+            "*golden created: __dspex__/test_triage/triage.json*",
+            "*chosen on the trainset, each example without its own demo (n=8*); baseline measured after the choice "
+            "on the gate set: 40 examples x 2 draws, score 1.000*",
+        ])  # fmt: skip
+        out = run(pytester, server, mode, "--dspex-report=report.json", "--dspex-markdown=summary.md", "--dspex-html=r.html")
+        assert out.ret == 0, out.stdout.str()
+        out.stdout.fnmatch_lines(["*triage ?dataset? golden: chosen on the trainset*baseline measured after the choice*"])
+        out.stdout.fnmatch_lines(["*triage ?per-example? golden: chosen on the trainset*"])
+        for row in report_rows(pytester).values():
+            prov = row["golden_provenance"]
+            assert prov["selection"]["set"] == "trainset" and prov["in_sample"] is False
+            assert prov["baseline"] == {"n": 40, "score": 1.0, "draws": 2, "how": "compile", "fresh": True}
+        assert "golden: chosen on the trainset" in (pytester.path / "summary.md").read_text()
+        assert "chosen on the trainset" in (pytester.path / "r.html").read_text()
+        shown = subprocess.run(
+            [sys.executable, "-m", "pytest_dspex", "prompt", str(pytester.path / GOLDEN)], capture_output=True, text=True
+        )
+        assert shown.returncode == 0 and "# chosen on the trainset" in shown.stdout, shown.stderr
+        as_json = subprocess.run(
+            [sys.executable, "-m", "pytest_dspex", "prompt", "--json", str(pytester.path / GOLDEN)],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert json.loads(as_json.stdout)["provenance"]["baseline"]["n"] == 40
+
+    @pytest.mark.parametrize("how", ["marker", "option"])
+    def test_in_sample_is_an_opt_in_and_every_view_says_in_sample(self, pytester, server, how):
+        project(pytester, 20, marker=', select="in-sample"' if how == "marker" else "")
+        args = ["--dspex-select=in-sample"] if how == "option" else []
+        compiled = run(pytester, server, MODES["no-xdist"], *COMPILE, "-k", "not each", *args)
+        assert compiled.ret == 0, compiled.stdout.str()
+        g = golden(pytester)
+        assert g["selection"]["set"] == "in-sample" and g["selection"]["n"] == 20
+        out = run(pytester, server, MODES["no-xdist"], "-k", "not each", "--dspex-report=report.json")
+        assert out.ret == 0
+        out.stdout.fnmatch_lines(["*golden: chosen on the gate's own examples (IN-SAMPLE: not held out)*"])
+        assert report_rows(pytester)["dataset"]["golden_provenance"]["in_sample"] is True
+
+    def test_a_bad_select_argument_names_the_test(self, pytester, server):
+        project(pytester, 10, marker=', select="gate"')
+        out = run(pytester, server, MODES["no-xdist"], "-k", "not each")
+        assert out.ret != 0
+        out.stdout.fnmatch_lines(["*test_triage*dspex_program: select='gate' must be 'in-sample' or 'held-out'*"])
+
+    def test_an_older_golden_loads_and_says_its_baseline_was_the_selection_pass(self, pytester, server):
+        project(pytester, 20)
+        assert run(pytester, server, MODES["no-xdist"], *COMPILE, "-k", "not each").ret == 0
+        g = golden(pytester)
+        v2 = {k: v for k, v in g.items() if k not in ("selection", "baseline")}
+        v2["schema_version"] = 2  # chosen on the gate set, the chosen candidate's outcomes as the baseline
+        v2["datasets"]["validation"] = g["baseline"]["dataset"]
+        v2["scores"]["validation"] = {"score": 1.0, "n": 20, "examples": {f"ex-{i}": 1.0 for i in range(20)}}
+        (pytester.path / GOLDEN).write_text(json.dumps(v2))
+        out = run(pytester, server, MODES["no-xdist"], "-k", "not each", "--dspex-report=report.json")
+        assert out.ret == 0, out.stdout.str()
+        out.stdout.fnmatch_lines([
+            "*golden: chosen on the gate's own examples (IN-SAMPLE*; baseline: the selection pass (golden schema 2)*"
+            "not a fresh measurement*"
+        ])  # fmt: skip
+        assert report_rows(pytester)["dataset"]["comparison"]["shared"] == 20
+
+
+class TestInstructionEdits:
+    EDIT = "Route a customer message to the team that should handle it, in one word."
+
+    def test_an_edit_that_drops_accuracy_by_005_fails_as_regressed_with_the_diff(self, pytester, server, model, mode):
+        project(pytester, 200)
+        assert run(pytester, server, mode, *COMPILE).ret == 0
+        model.worse_when, model.worse = "in one word", set(range(0, 200, 20))  # 10 of 200: 1.000 -> 0.950
+        write_test(pytester, self.EDIT)
+        out = run(pytester, server, mode, "--dspex-report=report.json", "--dspex-markdown=summary.md")
+        assert out.ret == 1, out.stdout.str()
+        text = out.stdout.str()
+        assert "golden is stale" not in text and "During handling" not in text
+        assert "regression against the golden: 10 of 200 shared examples went pass -> fail" in text
+        out.stdout.fnmatch_lines([
+            "*triage: the instructions differ from the golden's (same fields): gated with the golden's demos against "
+            "its baseline; to record the new baseline: pytest --dspex-rebaseline=triage*",
+            "*--- golden instructions*",
+            "*+++ program instructions*",
+            f"*-{ORIGINAL}*",
+            f"*+{self.EDIT}*",
+        ])  # fmt: skip
+        for row in report_rows(pytester).values():
+            assert row["verdict"]["kind"] == "regression" and row["comparison"]["delta"] == pytest.approx(-0.05)
+            assert f"+{self.EDIT}" in row["instructions_diff"]
+        md = (pytester.path / "summary.md").read_text()
+        assert "--dspex-rebaseline=triage" in md and f"+{self.EDIT}" in md
+
+    def test_an_edit_that_changes_nothing_passes_and_shows_the_diff(self, pytester, server, model, mode):
+        project(pytester, 200)
+        assert run(pytester, server, mode, *COMPILE).ret == 0
+        write_test(pytester, self.EDIT)  # the model answers as before
+        out = run(pytester, server, mode)
+        assert out.ret == 0, out.stdout.str()
+        out.stdout.fnmatch_lines(["*the instructions differ from the golden's*--dspex-rebaseline=triage*", f"*+{self.EDIT}*"])
+
+    def test_a_field_change_is_stale_said_once_without_a_chained_traceback(self, pytester, server):
+        project(pytester, 10)
+        assert run(pytester, server, MODES["no-xdist"], *COMPILE, "-k", "not each").ret == 0
+        pytester.makepyfile(test_triage=(pytester.path / "test_triage.py").read_text().replace("team: str", "queue: str"))
+        out = run(pytester, server, MODES["no-xdist"], "-k", "not each")
+        assert out.ret == 1
+        text = out.stdout.str()
+        assert "During handling of the above exception" not in text
+        assert text.count("golden is stale, the signature changed since it was compiled") == 1, text
+
+
+class TestRebaselineAndRecompile:
+    EDIT = TestInstructionEdits.EDIT
+
+    def test_rebaseline_keeps_the_demos_records_the_instructions_and_reports_what_it_replaced(
+        self, pytester, server, model, mode
+    ):
+        project(pytester, 200)
+        assert run(pytester, server, mode, *COMPILE).ret == 0
+        before = golden(pytester)
+        model.worse_when, model.worse = "in one word", set(range(0, 200, 20))
+        write_test(pytester, self.EDIT)
+        out = run(pytester, server, mode, "--dspex-rebaseline=triage")
+        # this run's own gate pairs with the new baseline: it passes
+        assert out.ret == 0, out.stdout.str()
+        out.stdout.fnmatch_lines([
+            "*golden rebaselined: __dspex__/test_triage/triage.json*re-baselined (new instructions; demos kept): "
+            "200 gate examples x 2 draw(s), score 0.950*",
+            "*new baseline vs the golden's baseline: regressed: delta -0.050*10 regressed, 0 fixed, 200 shared*",
+        ])  # fmt: skip
+        after = golden(pytester)
+        assert after["baseline"]["how"] == "rebaseline" and after["baseline"]["score"] == 0.95
+        assert after["predictors"]["self"]["demos"] == before["predictors"]["self"]["demos"]
+        assert after["signature_fingerprint"]["self"]["instructions"] == self.EDIT
+        assert after["selection"] == before["selection"]
+        assert run(pytester, server, mode).ret == 0  # the normal run: no diff left, paired with the new baseline
+
+    def test_rebaseline_needs_a_golden_and_is_not_a_compile(self, pytester, server):
+        project(pytester, 10)
+        out = run(pytester, server, MODES["no-xdist"], "-k", "not each", "--dspex-rebaseline")
+        assert out.ret == 1
+        out.stdout.fnmatch_lines(["*no golden file*"])
+        both = run(pytester, server, MODES["no-xdist"], "--dspex-rebaseline", "--dspex-compile")
+        assert both.ret != 0
+        both.stderr.fnmatch_lines(["*--dspex-rebaseline keeps the goldens' demos, --dspex-compile re-optimizes them*"])
+
+    def test_a_recompile_after_a_signature_change_says_what_it_replaced(self, pytester, server, model):
+        project(pytester, 200)
+        assert run(pytester, server, MODES["no-xdist"], *COMPILE, "-k", "not each").ret == 0
+        model.worse_when, model.worse = "in one word", set(range(0, 200, 20))
+        write_test(pytester, self.EDIT)
+        source = (pytester.path / "test_triage.py").read_text()
+        source = "from typing import Literal\n" + source.replace("team: str", 'team: Literal["billing", "technical"]')
+        pytester.makepyfile(test_triage=source)  # the output's type changed: the golden's demos may not fit
+        out = run(pytester, server, MODES["no-xdist"], *COMPILE, "-k", "not each")
+        out.stdout.fnmatch_lines([
+            "*golden updated: __dspex__/test_triage/triage.json*replaced because the signature changed*",
+            "*new baseline vs the golden's baseline: regressed: delta -0.050*",
+        ])  # fmt: skip
