@@ -271,11 +271,10 @@ def rebaseline_program(
     readable golden or the new baseline is over the error budget.
     """
     from ._exceptions import GoldenFileError
+    from ._private import read_private, write_private
     from .datasets import fingerprint, load_dataset
     from .golden import GoldenFile, GoldenStore, baseline_entry, golden_record
     from .primitives import as_examples
-
-    from ._private import read_private, write_private
 
     store = GoldenStore(path.parent.parent, state_dir=state_dir)
     say = progress or (lambda _text: None)
