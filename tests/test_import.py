@@ -77,7 +77,7 @@ def test_a_dspy_save_becomes_a_gated_golden_in_one_step(user_project, server_fac
     result.stdout.fnmatch_lines([
         "*imported optimized.json as *__dspex__/test_triage/triage.json (program 'triage'; demos self: 4)*",
         f"*self: instructions from the save: {OPTIMIZED!r}*",
-        "*baseline on the gate's dataset: 0.900 over 10 examples; later runs are paired with it*",
+        "*baseline on the gate's dataset: 0.900 over 10 examples x 2 draws; later runs are paired with it*",
     ])  # fmt: skip
     data = golden(user_project)
     entry = data["predictors"]["self"]
@@ -87,17 +87,18 @@ def test_a_dspy_save_becomes_a_gated_golden_in_one_step(user_project, server_fac
     assert entry["signature"]["instructions"] == "Route a customer message to the team that should handle it."
     assert OPTIMIZED in data["prompts"]["self"][0]["content"]
     assert data["optimizer"] == {"name": "dspy-import", "source": "optimized.json", "dspy": "3.4.1"}
-    baseline = data["baseline"]  # measured by --dspex-rebaseline: each example's draws
-    outcomes = {k: sum(v) / len(v) for k, v in baseline["examples"].items()}
-    assert len(outcomes) == 10 and outcomes["ex-3"] == 0.0 and outcomes["ex-1"] == 1.0
-    assert baseline["how"] == "rebaseline" and data["selection"]["set"] == "imported"
+    assert data["selection"]["set"] == "imported"
+    baseline = data["baseline"]
+    assert (baseline["n"], baseline["score"], baseline["how"]) == (10, 0.9, "rebaseline")
+    assert baseline["examples"]["ex-3"] == [0.0, 0.0] and baseline["examples"]["ex-1"] == [1.0, 1.0]
     assert "sk-CANARY" not in json.dumps(data)
 
-    # a later run is gated on the imported program and paired with that baseline
-    again = user_project.runpytest_subprocess(*lm_args(server), "-p", "no:xdist", "-p", "no:cacheprovider")
-    assert again.ret == 0
-    again.stdout.fnmatch_lines(["*triage*0.900*0.50*0.900 (+0.000)*pass*"])
-    assert "no golden" not in again.stdout.str()
+    # a later run is gated on the imported program and paired with that baseline; so is a per-example one
+    for mode in (["-p", "no:xdist"], ["-n", "2"]):
+        again = user_project.runpytest_subprocess(*lm_args(server), *mode, "-p", "no:cacheprovider")
+        assert again.ret == 0, again.stdout.str()
+        again.stdout.fnmatch_lines(["*triage*vs golden*10 shared examples*"])
+        assert "no golden" not in again.stdout.str()
 
 
 def test_an_existing_golden_is_replaced_only_with_force(user_project, server_factory):
@@ -126,9 +127,8 @@ def test_a_baseline_lost_to_lm_errors_leaves_the_previous_golden(user_project, s
     server.responder = lambda body: (_ for _ in ()).throw(RuntimeError("down"))  # every request a 500
     result = run_import(user_project, server, "optimized.json", "--test", "test_triage.py::test_triage", "--force")
     assert result.ret == 2
-    # --dspex-rebaseline refuses the baseline (its run says why); the import keeps the previous golden
     result.stdout.fnmatch_lines(["*baseline not recorded: 100% of the 10 gate examples failed with LM errors*"])
-    result.stderr.fnmatch_lines(["*the previous golden is kept*"])
+    result.stderr.fnmatch_lines(["*no baseline was measured for 'triage'*the previous golden is kept*"])
     assert golden(user_project) == before
 
 
@@ -136,3 +136,15 @@ def test_a_test_without_a_program_is_a_clear_error(user_project, server_factory)
     result = run_import(user_project, server_factory(make_responder()), "optimized.json", "--test", "test_triage.py::test_other")
     assert result.ret == 2
     result.stderr.fnmatch_lines(["*--test test_triage.py::test_other: no collected test has @pytest.mark.dspex_program*"])
+
+
+def test_a_later_compile_must_beat_the_imported_program_on_the_same_gate_set(user_project, server_factory):
+    # the model answers case 3 right only under the imported (optimized) instructions
+    better, worse = make_responder(), make_responder(wrong={3})
+    server = server_factory(lambda body: (better if OPTIMIZED in body["messages"][0]["content"] else worse)(body))
+    assert run_import(user_project, server, "optimized.json", "--test", "test_triage.py::test_triage").ret == 0
+    assert golden(user_project)["baseline"]["score"] == 1.0
+    compiled = user_project.runpytest_subprocess(*lm_args(server), "-p", "no:xdist", "-p", "no:cacheprovider", "--dspex-compile")
+    assert compiled.ret == 0, compiled.stdout.str()
+    compiled.stdout.fnmatch_lines(["*kept: the golden's baseline 1.000 is higher than this run's 0.900 on the same signature and gate set*"])
+    assert golden(user_project)["predictors"]["self"]["overrides"] == {"instructions": OPTIMIZED}

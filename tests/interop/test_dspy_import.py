@@ -176,7 +176,7 @@ def test_the_import_command_turns_a_real_dspy_save_into_a_gated_golden_that_goes
         again = pytester.runpytest_subprocess(f"--dspex-base-url={server.base_url}", "--dspex-model=fake", "--dspex-cache=off")
         assert again.ret == 0
     golden = GoldenStore(pytester.path / "__dspex__").read(pytester.path / "__dspex__/test_qa/qa.json")
-    assert len(golden.data["scores"]["validation"]["examples"]) == 12
+    assert golden.data["baseline"]["n"] == 12 and golden.data["selection"]["set"] == "imported"
     assert golden.data["predictors"]["self"]["overrides"]["instructions"] == OPTIMIZED
 
     # and back: the golden, exported, is DSPy's own save again (demos, instructions, field wording)
