@@ -273,7 +273,10 @@ class TestCompile:
         result = run(project, server, mode, *args)
         assert result.ret == 0, result.stdout.str()
         golden = json.loads((project.path / "__dspex__/test_compile/triage.json").read_text())
-        assert golden["scores"]["validation"]["score"] == 0.9
+        # chosen on the trainset (no hang there); the baseline on the gate set, where case 3 times out:
+        # not measured, so not in the baseline (issue 18)
+        assert golden["selection"]["set"] == "trainset"
+        assert golden["baseline"]["n"] == 9 and golden["baseline"]["score"] == 1.0
         # off a terminal the compile's progress comes as whole lines (issue 24), nothing else
         shown = [line for line in result.stdout.lines if "[dspex]" in line]
         assert all(line.startswith("[dspex] compiling triage: ") for line in shown), shown
