@@ -145,7 +145,7 @@ def case_compile(url: str | None, args: argparse.Namespace) -> dict[str, Any]:
         if url:
             base += [f"--dspex-base-url={url}", "--dspex-model=gemma-3-270m"]
         t0 = time.perf_counter()
-        compiled = subprocess.run([*base, "--dspex-compile", "test_order.py::test_order"], cwd=d, env=env,
+        compiled = subprocess.run([*base, "test_order.py::test_order", "--dspex-compile"], cwd=d, env=env,
                                   capture_output=True, text=True)  # fmt: skip
         compile_s = time.perf_counter() - t0
         unseen = subprocess.run([*base, "test_order.py::test_order_unseen"], cwd=d, env=env, capture_output=True, text=True)
