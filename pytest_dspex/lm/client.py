@@ -309,7 +309,7 @@ class LM:
     async def _traced(self, request: LMRequest, params: dict[str, Any]) -> Completion:
         """``_complete`` inside an OpenTelemetry span (``tracing``: GenAI semantic conventions)."""
         temperature = params.get("temperature", self.temperature)
-        max_tokens = params.get("max_tokens", self.max_tokens)
+        max_tokens = params.get("max_tokens", _max_tokens(self.max_tokens, request.max_tokens))
         attributes = tracing.lm_attributes(self.model, self.base_url, temperature, max_tokens)
         with tracing.span(f"chat {self.model}", attributes, kind="CLIENT") as s:
             try:
