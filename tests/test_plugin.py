@@ -294,11 +294,9 @@ class TestOptionsAndMarkers:
         [
             ('@pytest.mark.dspex_program("not a program at all")', "*dspex_program: program: signature 'not a program at all' must have exactly one '->'*"),
             ("@pytest.mark.dspex_program(42)", "*dspex_program: program must be a Predict, ChainOfThought or Module instance, got 42*"),
-            ('@pytest.mark.dspex_program(triage, trainset="data/nope.jsonl")', "*dspex_program: trainset='data/nope.jsonl': file not found*"),
             ("@pytest.mark.dspex_program(triage, colour=1)", "*dspex_program: unknown argument(s) colour*"),
             ("@pytest.mark.dspex_metric(team_matches, threshold=2)", "*dspex_metric: threshold=2 must be a number between 0 and 1*"),
             ('@pytest.mark.dspex_metric("exact")', "*dspex_metric: metric must be a function*"),
-            ('@pytest.mark.dspex_dataset("data/missing.jsonl")', "*dspex_dataset: path='data/missing.jsonl': file not found*"),
         ],
     )
     def test_bad_marker_arguments_are_collection_errors_naming_the_test(self, pytester, project, marker, message, mode):

@@ -28,7 +28,7 @@ from .fixtures import (
     payload_key,
     test_key,
 )
-from .markers import MARKERS, dataset_path, example_id, metric_spec, program_spec
+from .markers import MARKERS, dataset_path, example_id, metric_spec, missing_file, program_spec
 from .options import add_options, resolve
 from .session import DspexSession, session_key
 
@@ -127,6 +127,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     mark = node.get_closest_marker("dspex_program")
     if mark is not None and mark.args and _foreign_program(mark.args[0]):
         return  # not a collection error stopping the file: the test's fixture fails it, saying what to do
+    missing = missing_file(node, base)
+    if missing is not None:  # not a collection error stopping the run: the test fails with it, said once
+        if "dspex_example" in metafunc.fixturenames:
+            metafunc.parametrize("dspex_example", [DatasetProblem(missing)], indirect=True, ids=["dataset-error"])
+        return  # a whole-dataset test: its fixture fails it with the same message
     spec = program_spec(node, base)
     metric_spec(node)
     marked = dataset_path(node, base)

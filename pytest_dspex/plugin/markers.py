@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-__all__ = ["MARKERS", "MetricSpec", "ProgramSpec", "dataset_path", "metric_spec", "program_spec"]
+__all__ = ["MARKERS", "MetricSpec", "ProgramSpec", "dataset_path", "metric_spec", "missing_file", "program_spec"]
 
 MARKERS = [
     "dspex_program(program, name=None, trainset=None, valset=None, input_keys=None, select=None): the LM program "
@@ -89,6 +89,15 @@ def _input_keys(program: Any) -> tuple[str, ...]:
     return ()
 
 
+def _shown(node: Any, path: Path) -> str:
+    """``path`` relative to the rootdir when under it (as users see paths in the report)."""
+    root = getattr(getattr(node, "config", None), "rootpath", None)
+    try:
+        return str(path.relative_to(root)) if root is not None else str(path)
+    except ValueError:
+        return str(path)
+
+
 def _path(node: Any, marker: str, arg: str, value: Any, base: Path) -> Path | None:
     if value is None:
         return None
@@ -97,8 +106,26 @@ def _path(node: Any, marker: str, arg: str, value: Any, base: Path) -> Path | No
     p = Path(value)
     p = p if p.is_absolute() else base / p
     if not p.exists():
-        _bad(node, marker, f"{arg}={str(value)!r}: file not found ({p})")
+        _bad(node, marker, f"{arg}={str(value)!r}: file not found ({_shown(node, p)})")
     return p
+
+
+def missing_file(node: Any, base: Path) -> str | None:
+    """The first marker path (dataset, trainset, valset) naming no file: the message the test fails with.
+
+    Checked at collection so that a missing file is not a collection error (which would stop the
+    whole run, and be printed by every xdist worker): the affected test fails with it instead.
+    """
+    marks = [("dspex_dataset", "path", m.args[0]) for m in [node.get_closest_marker("dspex_dataset")] if m and m.args]
+    program = node.get_closest_marker("dspex_program")
+    if program is not None:
+        marks += [("dspex_program", arg, program.kwargs.get(arg)) for arg in ("trainset", "valset")]
+    for marker, arg, value in marks:
+        if isinstance(value, str | Path):
+            p = Path(value) if Path(value).is_absolute() else base / value
+            if not p.exists():
+                return f"{_where(node)}: @pytest.mark.{marker}: {arg}={str(value)!r}: file not found ({_shown(node, p)})"
+    return None
 
 
 def program_spec(node: Any, base: Path) -> ProgramSpec | None:
