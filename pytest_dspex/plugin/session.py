@@ -234,9 +234,12 @@ class DspexSession:
         alikes = look_alikes(path, spec.program, Path(self.config.rootpath))
         if alikes:
             shown = ", ".join(self.rel(p) for p in alikes[:3]) + (f" and {len(alikes) - 3} more" if len(alikes) > 3 else "")
+            move = f"git mv {self.rel(alikes[0])} {self.rel(path)}"
+            if not path.parent.is_dir():  # git mv does not create the target folder
+                move = f"mkdir -p {self.rel(path.parent)} && {move}"
             text += (
                 f"an orphaned golden with this program's fields: {shown}; if the program was renamed or its test "
-                f"file moved, move it: git mv {self.rel(alikes[0])} {self.rel(path)}\n"
+                f"file moved, move it: {move}\n"
             )
         return text + (
             f"{'else ' if alikes else ''}run `pytest --dspex-compile` (or --dspex-compile={spec.name}) to create it, "

@@ -1,0 +1,37 @@
+"""The commands the plugin's messages suggest work when pasted (new-user trial)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from .test_plugin_said_once import EACH, compiled, fake, mode, project, run
+
+__all__ = ["fake", "mode", "project"]  # fixtures
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_git_mv_hint_for_a_moved_test_file_creates_the_missing_folder_and_works(pytester, project, fake, mode):
+    compiled(pytester, project, fake)
+    for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"]):
+        subprocess.run(["git", *args], cwd=pytester.path, check=True)
+    (pytester.path / "tests/test_triage.py").unlink()
+    project(where="tests/unit/test_triage.py", source=EACH.replace("data/", "../data/"))
+    result = run(pytester, fake, *mode)
+    assert result.ret == 1
+    found = re.search(r"move it: (.+? && git mv \S+ \S+)$", result.stdout.str(), re.M)
+    assert found, result.stdout.str()
+    assert found.group(1).startswith("mkdir -p tests/unit/__dspex__/test_triage && git mv ")
+    subprocess.run(found.group(1), shell=True, cwd=pytester.path, check=True)  # the hint, pasted
+    assert run(pytester, fake, *mode).ret == 0
+
+
+def test_git_mv_hint_without_mkdir_when_the_folder_exists(pytester, project, fake):
+    compiled(pytester, project, fake)
+    project(name="triage_v2")
+    out = run(pytester, fake, "-p", "no:xdist").stdout.str()
+    assert "move it: git mv tests/__dspex__/test_triage/triage.json tests/__dspex__/test_triage/triage_v2.json" in out
+    assert "mkdir -p" not in out
