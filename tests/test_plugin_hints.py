@@ -35,3 +35,17 @@ def test_git_mv_hint_without_mkdir_when_the_folder_exists(pytester, project, fak
     out = run(pytester, fake, "-p", "no:xdist").stdout.str()
     assert "move it: git mv tests/__dspex__/test_triage/triage.json tests/__dspex__/test_triage/triage_v2.json" in out
     assert "mkdir -p" not in out
+
+
+def test_replay_miss_says_once_what_to_do(pytester, project, fake, mode):
+    project()
+    opts = ["--dspex-model=fake-model", "--dspex-cache=replay", "--dspex-missing-golden=zero-shot", "-p", "no:cacheprovider"]
+    result = pytester.runpytest_subprocess(*opts, f"--dspex-base-url={fake.base_url}", *mode, timeout=120)
+    assert result.ret == 1
+    out = result.stdout.str()
+    said = (
+        "no recorded answer for 60 example(s) in replay mode: record them with a run in cache mode 'on' (the default), "
+        "or check the model/settings match the recording"
+    )
+    assert said in out, out
+    assert fake.requests == 0
