@@ -137,7 +137,7 @@ def compile_program(
     (``_private``; the plugin passes the project's, default the user's).
     """
     from ._exceptions import GoldenFileError
-    from .datasets import fingerprint, load_dataset
+    from .datasets import fingerprint, label_hashes, load_dataset
     from .golden import GoldenFile, GoldenStore, golden_record
     from .optimize import BootstrapFewShotWithRandomSearch
     from .primitives import as_examples
@@ -205,7 +205,7 @@ def compile_program(
         validation = result.validation
         from .golden import baseline_entry
 
-        baseline = baseline_entry(draws, dataset=fingerprint(baseline_set))
+        baseline = baseline_entry(draws, dataset=fingerprint(baseline_set), labels=label_hashes(baseline_set))
         replaced = _compare_baselines(previous, baseline)
         record = golden_record(
             result.program,
@@ -272,7 +272,7 @@ def rebaseline_program(
     """
     from ._exceptions import GoldenFileError
     from ._private import read_private, write_private
-    from .datasets import fingerprint, load_dataset
+    from .datasets import fingerprint, label_hashes, load_dataset
     from .golden import GoldenFile, GoldenStore, baseline_entry, golden_record
     from .primitives import as_examples
 
@@ -300,7 +300,7 @@ def rebaseline_program(
                 f"(the budget is {settings.max_error_rate:.0%}, --dspex-max-error-rate); the golden is unchanged. Fix "
                 f"the LM endpoint and re-run pytest --dspex-rebaseline={name}"
             )
-        baseline = baseline_entry(draws, dataset=fingerprint(gate), how="rebaseline")
+        baseline = baseline_entry(draws, dataset=fingerprint(gate), how="rebaseline", labels=label_hashes(gate))
         replaced = _compare_baselines(old, baseline)
         m = old.model
         if m.selection is not None:
@@ -381,5 +381,9 @@ def _compare_baselines(previous: GoldenFile | None, baseline: dict[str, Any]) ->
     old = previous.baseline_outcomes
     if not old:
         return None
+    b = previous.model.baseline
+    labels = baseline.get("labels") or {}
+    if b is not None and b.labels and labels:  # relabelled examples are not paired
+        old = {k: v for k, v in old.items() if not (k in b.labels and k in labels and b.labels[k] != labels[k])}
     cmp = compare(old, baseline["examples"])
     return cmp if cmp.shared else None

@@ -97,6 +97,21 @@ def example_key(example: Example | Mapping[str, Any]) -> str:
     return _key_of(example, None)
 
 
+def label_hash(example: Example | Mapping[str, Any]) -> str:
+    """A short hash of an example's expected outputs (its labels: the fields that are not inputs, nor
+    ``id``), recorded beside its baseline outcome so that a relabelled example is not paired with the
+    score its old label earned."""
+    keys = example.input_keys if isinstance(example, Example) else None
+    labels = {k: v for k, v in example.items() if k != "id" and (keys is None or k not in keys)}
+    text = json.dumps(labels, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_canonical)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def label_hashes(examples: Iterable[Example]) -> dict[str, str]:
+    """``{example_key: label_hash}`` of ``examples``."""
+    return {example_key(e): label_hash(e) for e in examples}
+
+
 def _key_of(example: Example | Mapping[str, Any], input_keys: tuple[str, ...] | None) -> str:
     ident = example.get("id")
     if ident is not None:

@@ -193,6 +193,7 @@ class Baseline(_Model):
     examples: dict[str, float | list[float]] = Field(default_factory=dict)
     how: str = "compile"
     measured_at: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
 
 
 class Scores(_Model):
@@ -369,8 +370,17 @@ def golden_record(
     }
 
 
-def baseline_entry(draws: Sequence[Mapping[str, float]], *, dataset: str, how: str = "compile") -> dict[str, Any]:
+def baseline_entry(
+    draws: Sequence[Mapping[str, float]],
+    *,
+    dataset: str,
+    how: str = "compile",
+    labels: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """The ``baseline`` of a golden from ``draws`` fresh passes over the gate set (``{key: score}`` each).
+
+    ``labels`` (``datasets.label_hashes`` of the gate set) records a short hash of each example's
+    expected outputs, so that a later run leaves out of the pairing the examples relabelled since.
 
     An example's entry is its list of draw scores (a number when there was one draw); the score is the
     mean over examples of their mean. Keys missing from a draw (lost to LM errors) are left out of it.
@@ -389,6 +399,7 @@ def baseline_entry(draws: Sequence[Mapping[str, float]], *, dataset: str, how: s
         "examples": examples,
         "how": how,
         "measured_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
+        **({"labels": {k: labels[k] for k in examples if k in labels}} if labels else {}),
     }
 
 
@@ -492,6 +503,20 @@ class GoldenFile:
         if b is not None:
             return dict(b.examples)
         return self.validation_examples  # type: ignore[return-value]
+
+    def paired_baseline(self, examples: Iterable[Any]) -> tuple[dict[str, float | list[float]] | None, int]:
+        """The baseline outcomes to pair a run on ``examples`` with, and how many were left out because
+        the example's labels (expected outputs) changed since the baseline was measured. Goldens
+        without recorded label hashes: every outcome, 0 left out."""
+        outcomes = self.baseline_outcomes
+        b = self.model.baseline
+        if outcomes is None or b is None or not b.labels:
+            return outcomes, 0
+        from .datasets import label_hashes
+
+        now = label_hashes(examples)
+        changed = {k for k, h in b.labels.items() if k in now and now[k] != h}
+        return {k: v for k, v in outcomes.items() if k not in changed}, len(changed)
 
     @property
     def baseline_score(self) -> float | None:

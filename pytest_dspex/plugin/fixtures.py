@@ -86,9 +86,12 @@ def _golden_info(session: DspexSession, resolved: Resolved) -> dict[str, Any]:
     return d
 
 
-def _note(session: DspexSession, resolved: Resolved) -> str:
-    """The row's note: the resolver's, and a sampling temperature that differs from the golden's."""
+def _note(session: DspexSession, resolved: Resolved, relabelled: int = 0) -> str:
+    """The row's note: the resolver's, examples relabelled since the baseline, and a sampling
+    temperature that differs from the golden's."""
     notes = [resolved.note] if resolved.note else []
+    if relabelled:
+        notes.append(relabelled_note(relabelled, resolved.golden.program if resolved.golden else ""))
     golden = resolved.golden
     if golden is not None and resolved.outcome is None:  # a golden loaded, not one this run compiled
         recorded = (golden.data.get("model") or {}).get("temperature")
@@ -99,6 +102,13 @@ def _note(session: DspexSession, resolved: Resolved) -> str:
                 "a difference from the golden may be the sampling, not the program"
             )
     return "; ".join(notes)
+
+
+def relabelled_note(k: int, program: str) -> str:
+    return (
+        f"{k} example{'s' if k != 1 else ''} relabelled since the baseline, not paired; record a new baseline "
+        f"with pytest --dspex-rebaseline={program}"
+    )
 
 
 def where_from(row: dict[str, Any]) -> str:
@@ -232,6 +242,7 @@ class Evaluator:
             fingerprint = fingerprint_of(examples)
         resolved = ctx.resolve(gate_path)
         dataset_size = len(examples)
+        golden_outcomes, relabelled = resolved.golden.paired_baseline(examples) if resolved.golden else (None, 0)
         positions: list[int] | None = None
         if options.shard is not None:  # the golden comparison keeps the whole dataset's fingerprint
             from ..datasets import example_key
@@ -258,7 +269,7 @@ class Evaluator:
             golden_score=_comparable_golden_score(resolved, fingerprint),
             tolerance=ctx.tolerance,
             max_error_rate=options.max_error_rate,
-            golden_outcomes=resolved.golden.baseline_outcomes if resolved.golden is not None else None,
+            golden_outcomes=golden_outcomes,
             alpha=options.alpha,
         )
         if options.shard is not None:  # a partial share is not judged: combine gates the merged records
@@ -275,7 +286,7 @@ class Evaluator:
             tolerance=verdict.tolerance,
             max_error_rate=options.max_error_rate,
             golden=session.rel(resolved.golden_path) if resolved.golden is not None else None,
-            note=_note(session, resolved),
+            note=_note(session, resolved, relabelled),
             prompts=resolved.golden.prompts if resolved.golden is not None else None,
             alpha=options.alpha,
             provenance=resolved.golden.provenance(fingerprint) if resolved.golden is not None else None,
@@ -356,6 +367,9 @@ class Predictor:
             record = session.example_record(key, index, lambda wanted: evaluate([(i, data.examples[i]) for i in wanted]))
         if record is None:  # an example of the test's own making, or a rerun
             record = evaluate([(index, example)])[0]
+        paired = session.memo(
+            ("paired", key), lambda: resolved.golden.paired_baseline(data.examples) if resolved.golden else (None, 0)
+        )
         node.stash[payload_key] = {
             "kind": "example",
             "program": spec.name,
@@ -372,16 +386,14 @@ class Predictor:
             # what a complete run has and what this collection selected: the controller judges only a whole run
             "expected": session.expected.get(key, len(data.examples)),
             "selected": len(session.selected.get(key, ())) or None,
-            "note": _note(session, resolved),
+            "note": _note(session, resolved, paired[1]),
             "prompts": session.once(("prompts", key), lambda: resolved.golden.prompts if resolved.golden else {}),
             "provenance": session.once(
                 ("provenance", key), lambda: resolved.golden.provenance(data.fingerprint) if resolved.golden else None
             ),
             "instructions_diff": resolved.instructions_diff,
             # the golden's per-example outcomes for the controller's paired gate, sent once per process
-            "golden_outcomes": session.once(
-                ("outcomes", key), lambda: resolved.golden.baseline_outcomes if resolved.golden else None
-            ),
+            "golden_outcomes": session.once(("outcomes", key), lambda: paired[0]),
             "record": record.to_json(),
             "golden_file": _golden_info(session, resolved),
         }

@@ -110,6 +110,7 @@ class DspexSession:
         self._records: dict[tuple[str, int], ExampleRecord] = {}
         self._evaluated_chunks: set[tuple[str, int]] = set()
         self._once: set[Any] = set()
+        self._memo: dict[Any, Any] = {}
         self._tallies: dict[str, Tally] = {}
         #: golden path -> why its program could not be made ready (said once, by the first item: ``unavailable``)
         self._unavailable: dict[Path, str] = {}
@@ -374,6 +375,12 @@ class DspexSession:
             return None
         self._once.add(key)
         return make()
+
+    def memo(self, key: Any, make: Callable[[], Any]) -> Any:
+        """``make()`` the first time ``key`` is asked for in this process, the same value after."""
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
 
     # -- end ------------------------------------------------------------------------------------
     def close(self) -> None:

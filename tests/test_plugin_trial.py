@@ -1,0 +1,54 @@
+"""A new user's trial of the paired gate (after issue 18): relabelled examples, a re-baseline that
+regresses, a compile whose fresh baseline is below the threshold, a model switch, nothing shared."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .test_plugin_baseline import COMPILE, golden, mode, model, project, run, server  # noqa: F401
+
+
+def relabel(pytester: pytest.Pytester, cases: range) -> None:
+    path = pytester.path / "data/dev.jsonl"
+    lines = []
+    for i, line in enumerate(path.read_text().splitlines()):
+        row = json.loads(line)
+        if i in cases:
+            row["team"] = "technical" if row["team"] == "billing" else "billing"
+        lines.append(json.dumps(row))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_relabelled_examples_are_left_out_of_the_pairing_and_said(pytester, server, mode):  # noqa: F811
+    project(pytester, 120)
+    assert run(pytester, server, mode, *COMPILE).ret == 0
+    assert len(golden(pytester)["baseline"]["labels"]) == 120
+    relabel(pytester, range(0, 120, 12))  # 10 labels corrected: same ids, same program, same answers
+    out = run(pytester, server, mode, "--dspex-report=report.json")
+    assert out.ret == 0, out.stdout.str()
+    out.stdout.fnmatch_lines(
+        ["*triage: 10 examples relabelled since the baseline, not paired; record a new baseline with "
+         "pytest --dspex-rebaseline=triage*"]
+    )  # fmt: skip
+    assert "regressed" not in out.stdout.str()
+    rows = json.loads((pytester.path / "report.json").read_text())["programs"]
+    assert {r["mode"] for r in rows} == {"dataset", "per-example"}
+    for r in rows:
+        assert "10 examples relabelled" in r["note"]
+        assert r["comparison"]["shared"] == 110
+
+
+def test_a_golden_without_label_hashes_pairs_every_example_as_before(pytester, server):  # noqa: F811
+    project(pytester, 120)
+    assert run(pytester, server, ["-p", "no:xdist"], *COMPILE).ret == 0
+    path = pytester.path / "__dspex__/test_triage/triage.json"
+    data = json.loads(path.read_text())
+    del data["baseline"]["labels"]
+    path.write_text(json.dumps(data))
+    relabel(pytester, range(0, 120, 12))
+    out = run(pytester, server, ["-p", "no:xdist"], "-k", "not each")
+    assert out.ret == 1
+    out.stdout.fnmatch_lines(["*10 of 120 shared examples went pass -> fail*"])
+    assert "relabelled" not in out.stdout.str()
