@@ -107,3 +107,10 @@ def test_example_properties_tell_a_miss_from_an_error() -> None:
         "dspex_key": "ex-5", "dspex_score": "0.5", "dspex_outcome": "miss", "dspex_repeats": "1 0",
         "dspex_expected": rec.expected["team"], "dspex_got": rec.prediction["team"],
     }  # fmt: skip
+
+
+def test_a_tiny_p_value_reads_p_less_than_not_p_equals_less_than() -> None:
+    row = program_row("triage", 40, passed=False)
+    row["comparison"]["p_value"] = 0.00001
+    text = render_markdown(report(row))
+    assert "p&lt;0.001" in text and "p=&lt;" not in text  # markdown-escaped "p<0.001"

@@ -197,6 +197,12 @@ def fmt_p(p: Any) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def p_text(p: Any) -> str:
+    """``p<0.001`` / ``p=0.012`` (not ``p=<0.001``)."""
+    shown = fmt_p(p)
+    return f"p{shown}" if shown.startswith("<") else f"p={shown}"
+
+
 @dataclass(frozen=True)
 class ProgramView:
     """One program row of the report, read the same way by every renderer."""
@@ -269,7 +275,7 @@ class ProgramView:
         if threshold is not None and score is not None and float(score) < float(threshold):
             out.append(f"below threshold ({fmt_num(score)} < {fmt_num(threshold, 2)})")
         if c is not None and c.get("verdict") == "regressed":
-            out.append(f"regressed: {len(c.get('regressions') or [])} of {c.get('shared')} shared examples worse (p={fmt_p(c.get('p_value'))})")
+            out.append(f"regressed: {len(c.get('regressions') or [])} of {c.get('shared')} shared examples worse ({p_text(c.get('p_value'))})")
         elif kind == "regression":
             tolerance = row.get("tolerance")
             base = self.baseline
@@ -326,7 +332,7 @@ class ProgramView:
         if c.get("delta_ci95"):
             text += " " + fmt_interval(c["delta_ci95"])
         if c.get("p_value") is not None:
-            text += f" p={fmt_p(c['p_value'])}"
+            text += f" {p_text(c['p_value'])}"
         return text
 
     @property

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .._atomic import atomic_write_text
-from ._format import ProgramView, endpoint_text, fields_text, fmt_num, fmt_p, fmt_score, split_expected
+from ._format import ProgramView, endpoint_text, fields_text, fmt_num, fmt_score, p_text, split_expected
 
 __all__ = ["MAX_LISTED", "append_step_summary", "md_text", "render_markdown", "write_markdown"]
 
@@ -124,7 +124,7 @@ def _regressions(p: ProgramView) -> list[str]:
         f"example{'s' if len(keys) != 1 else ''} regressed against the golden"
     )
     if c.get("p_value") is not None:
-        title += f" (paired {md_text(c.get('test') or 'test')}, p={md_text(fmt_p(c['p_value']))})"
+        title += f" (paired {md_text(c.get('test') or 'test')}, {md_text(p_text(c['p_value']))})"
     out = ["", title, ""]
     for key in keys[:MAX_LISTED]:
         rec = by_key.get(key)
