@@ -302,6 +302,12 @@ def rebaseline_program(
             )
         baseline = baseline_entry(draws, dataset=fingerprint(gate), how="rebaseline", labels=label_hashes(gate))
         replaced = _compare_baselines(old, baseline)
+        if replaced is not None and replaced.regressed and not settings.force:
+            raise GoldenFileError(
+                f"{path}: new baseline not recorded: it is worse than the one it would replace — "
+                f"{replaced.summary()}; the golden is unchanged. If this drop is intended (an accepted edit or "
+                f"model change): pytest --dspex-rebaseline={name} --dspex-force"
+            )
         m = old.model
         if m.selection is not None:
             selection = m.selection.model_dump()

@@ -261,7 +261,7 @@ class TestOptionsAndMarkers:
     @pytest.mark.parametrize(
         ("args", "message"),
         [
-            (["--dspex-force"], "*--dspex-force only makes sense with --dspex-compile*"),
+            (["--dspex-force"], "*--dspex-force only makes sense with --dspex-compile or --dspex-rebaseline*"),
             (["--dspex-model=local", "--dspex-base-url=http://127.0.0.1:1/v1"], "*conflicts with --dspex-base-url*"),
             (["--dspex-concurrency=0"], "*--dspex-concurrency must be >= 1*"),
             (["--dspex-tolerance=3"], "*--dspex-tolerance must be between 0 and 1*"),

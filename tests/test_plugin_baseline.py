@@ -202,7 +202,7 @@ class TestInstructionEdits:
         assert "regression against the golden: 10 of 200 shared examples went pass -> fail" in text
         out.stdout.fnmatch_lines([
             "*triage: the instructions differ from the golden's (same fields): gated with the golden's demos against "
-            "its baseline; to record the new baseline: pytest --dspex-rebaseline=triage*",
+            "its baseline; if this edit is intended, record its baseline: pytest --dspex-rebaseline=triage*",
             "*--- golden instructions*",
             "*+++ program instructions*",
             f"*-{ORIGINAL}*",
@@ -244,7 +244,15 @@ class TestRebaselineAndRecompile:
         before = golden(pytester)
         model.worse_when, model.worse = "in one word", set(range(0, 200, 20))
         write_test(pytester, self.EDIT)
-        out = run(pytester, server, mode, "--dspex-rebaseline=triage")
+        # a worse baseline is refused (issue: a re-baseline accepted a regression and exited 0)
+        refused = run(pytester, server, mode, "--dspex-rebaseline=triage")
+        assert refused.ret == 1, refused.stdout.str()
+        refused.stdout.fnmatch_lines([
+            "*new baseline not recorded: it is worse than the one it would replace*regressed: delta -0.050*"
+            "the golden is unchanged. If this drop is intended*pytest --dspex-rebaseline=triage --dspex-force*",
+        ])  # fmt: skip
+        assert golden(pytester) == before
+        out = run(pytester, server, mode, "--dspex-rebaseline=triage", "--dspex-force")
         # this run's own gate pairs with the new baseline: it passes
         assert out.ret == 0, out.stdout.str()
         out.stdout.fnmatch_lines([

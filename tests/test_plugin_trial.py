@@ -52,3 +52,14 @@ def test_a_golden_without_label_hashes_pairs_every_example_as_before(pytester, s
     assert out.ret == 1
     out.stdout.fnmatch_lines(["*10 of 120 shared examples went pass -> fail*"])
     assert "relabelled" not in out.stdout.str()
+
+
+def test_a_rebaseline_that_is_no_worse_is_written_without_force(pytester, server, model, mode):  # noqa: F811
+    project(pytester, 200)
+    assert run(pytester, server, mode, *COMPILE).ret == 0
+    before = golden(pytester)
+    out = run(pytester, server, mode, "--dspex-rebaseline=triage")
+    assert out.ret == 0, out.stdout.str()
+    out.stdout.fnmatch_lines(["*golden rebaselined*", "*new baseline vs the golden's baseline: no change*"])
+    after = golden(pytester)
+    assert after["baseline"]["how"] == "rebaseline" and before["baseline"]["how"] == "compile"

@@ -125,7 +125,8 @@ def where_from(row: dict[str, Any]) -> str:
 def instructions_note(program: str) -> str:
     return (
         f"{program}: the instructions differ from the golden's (same fields): gated with the golden's demos against "
-        f"its baseline; to record the new baseline: pytest --dspex-rebaseline={program}"
+        f"its baseline; if this edit is intended, record its baseline: pytest --dspex-rebaseline={program} "
+        "(a worse one needs --dspex-force)"
     )
 
 

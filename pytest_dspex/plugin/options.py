@@ -295,7 +295,7 @@ def resolve(config: pytest.Config) -> DspexOptions:
             )
     force = bool(config.getoption("dspex_force"))
     values["price"] = _price(values["price"])
-    _check(values, compile_names, force)
+    _check(values, compile_names, force, rebaseline_names is not None)
     try:
         values["shard"] = resolve_shard(values["shard"])
     except ConfigError as exc:
@@ -368,9 +368,11 @@ def _check_budget(values: dict[str, Any]) -> None:
     )
 
 
-def _check(values: dict[str, Any], compile_names: frozenset[str] | None, force: bool) -> None:
-    if force and compile_names is None:
-        raise pytest.UsageError("--dspex-force only makes sense with --dspex-compile")
+def _check(
+    values: dict[str, Any], compile_names: frozenset[str] | None, force: bool, rebaselining: bool = False
+) -> None:
+    if force and compile_names is None and not rebaselining:
+        raise pytest.UsageError("--dspex-force only makes sense with --dspex-compile or --dspex-rebaseline")
     if values["model"] == "local" and values["base_url"]:
         raise pytest.UsageError(
             "--dspex-model=local starts the embedded model; it conflicts with --dspex-base-url "

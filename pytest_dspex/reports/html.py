@@ -249,7 +249,7 @@ def _instructions(row: Mapping[str, Any]) -> str:
     name = escape(str(row.get("program", "")))
     return (
         '<div class="instructions"><p>The instructions differ from the golden\'s: gated with the golden\'s demos '
-        f"against its baseline. To record the new baseline: <code>pytest --dspex-rebaseline={name}</code></p>"
+        f"against its baseline. If this edit is intended, record its baseline: <code>pytest --dspex-rebaseline={name}</code> (a worse one needs <code>--dspex-force</code>)</p>"
         f"<pre>{escape(str(diff))}</pre></div>"
     )
 

@@ -104,7 +104,7 @@ def _provenance(p: ProgramView) -> list[str]:
         out += [
             "",
             f"**{md_text(p.name)}**: the instructions differ from the golden's; gated with the golden's demos against "
-            f"its baseline. To record the new baseline: `pytest --dspex-rebaseline={md_text(p.name)}`",
+            f"its baseline. If this edit is intended, record its baseline: `pytest --dspex-rebaseline={md_text(p.name)}` (a worse one needs `--dspex-force`)",
             "",
             f"{fence}diff",
             body,
