@@ -22,7 +22,7 @@ carries it for the other workers of this host, which load it from there.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -121,6 +121,7 @@ def compile_program(
     state_dir: Path | None = None,
     gateset: Path | Sequence[Any] | None = None,
     in_sample: bool = False,
+    threshold: float | None = None,
 ) -> CompileOutcome:
     """Optimize ``program`` and write its golden file, once per ``run_id`` across processes.
 
@@ -128,7 +129,9 @@ def compile_program(
     its own demo); ``in_sample=True`` chooses on ``gateset`` itself (the golden says so). Then the
     chosen program is measured afresh on ``gateset`` (default: the selection set) — answers that
     took no part in the choice, ``settings.baseline_draws`` passes with their own rollout ids — and
-    those outcomes are the golden's baseline, which later runs are paired with.
+    those outcomes are the golden's baseline, which later runs are paired with. A golden whose
+    baseline is below ``threshold`` (the marker's) never replaces an existing golden without
+    ``settings.force`` (``GoldenFileError``: the old one is kept, and said to be stale when it is).
 
     Raises ``DatasetError`` for unreadable datasets, ``CompileStoppedError`` when the LM calls fail
     beyond the error budget (the compile stops there), and ``GoldenFileError`` when the golden may not
@@ -207,6 +210,8 @@ def compile_program(
 
         baseline = baseline_entry(draws, dataset=fingerprint(baseline_set), labels=label_hashes(baseline_set))
         replaced = _compare_baselines(previous, baseline)
+        if previous is not None and threshold is not None and baseline["score"] < threshold and not settings.force:
+            raise GoldenFileError(_below_threshold(path, name, previous, program, baseline, threshold, replaced))
         record = golden_record(
             result.program,
             name=name,
@@ -376,6 +381,38 @@ def measure_baseline(
         if d == 1 and passes[0] == passes[1]:
             break
     return passes, worst
+
+
+def _below_threshold(
+    path: Path,
+    name: str,
+    previous: GoldenFile,
+    program: Module,
+    baseline: Mapping[str, Any],
+    threshold: float,
+    replaced: Comparison | None,
+) -> str:
+    """Why a compile kept the existing golden rather than write one below the marker's threshold."""
+    from ._exceptions import GoldenStaleError
+
+    try:
+        previous.check(program, instructions=False)
+        stale = ""
+    except GoldenStaleError as exc:
+        stale = f" — it is stale ({'; '.join(exc.changes) or 'the signature changed'}), so the tests still fail until this is fixed"
+    old = previous.baseline_score
+    text = (
+        f"{path}: golden not replaced: the newly compiled program's baseline scores {baseline['score']:.3f} on "
+        f"{baseline['n']} gate examples, below the threshold {threshold:.3f}"
+        + (f" (the golden it would replace: {old:.3f})" if old is not None else "")
+    )
+    if replaced is not None:
+        text += f"; new baseline vs the golden's baseline: {replaced.summary()}"
+    return text + (
+        f". Kept the existing golden{stale}. Check why the program scores so low (e.g. an output field the model "
+        f"never writes makes every answer a parse error), fix it and recompile with pytest --dspex-compile={name}; "
+        f"to write the low-scoring golden anyway: pytest --dspex-compile={name} --dspex-force"
+    )
 
 
 def _compare_baselines(previous: GoldenFile | None, baseline: dict[str, Any]) -> Comparison | None:

@@ -73,7 +73,7 @@ def test_a_step_the_trainset_does_not_label_gets_bootstrapped_demos_with_every_f
     review = review_program(compiled, reviews(12))
     assert summary_lines(review) == [
         "classify: 3 labeled, 3 bootstrapped demos",
-        "write: 0 labeled, 3 bootstrapped demos (no training example has reply: bootstrapped only)",
+        "write: 0 labeled, 3 bootstrapped demos (no training example gives reply: its demos come only from the teacher's runs)",
     ]
 
 
@@ -270,7 +270,7 @@ def test_compile_summary_and_prompt_list_demos_per_predictor(pytester, responder
     result.stdout.fnmatch_lines([
         "*golden created: __dspex__/test_resp/responder.json*",
         "*  classify: * labeled, * bootstrapped demos",
-        "*  write: 0 labeled, * bootstrapped demos (no training example has reply: *)",
+        "*  write: 0 labeled, * bootstrapped demos (no training example gives reply*)",
     ])  # fmt: skip
     golden_path = pytester.path / "__dspex__" / "test_resp" / "responder.json"
     golden = json.loads(golden_path.read_text())
@@ -280,7 +280,7 @@ def test_compile_summary_and_prompt_list_demos_per_predictor(pytester, responder
     assert golden["optimizer"]["demos"]["write"]["unlabeled_fields"] == ["reply"]
     shown = subprocess.run([sys.executable, "-m", "pytest_dspex", "prompt", str(golden_path)], capture_output=True, text=True, check=True).stdout
     assert "# bootstrapped demos needed metric >= 1" in shown
-    assert "# write: 0 labeled, " in shown and "(no training example has reply: " in shown
+    assert "# write: 0 labeled, " in shown and "(no training example gives reply" in shown
 
 
 def test_metric_threshold_from_the_marker_or_the_option_is_recorded(pytester, responder_project, server_factory):

@@ -63,3 +63,24 @@ def test_a_rebaseline_that_is_no_worse_is_written_without_force(pytester, server
     out.stdout.fnmatch_lines(["*golden rebaselined*", "*new baseline vs the golden's baseline: no change*"])
     after = golden(pytester)
     assert after["baseline"]["how"] == "rebaseline" and before["baseline"]["how"] == "compile"
+
+
+def test_a_compile_below_the_threshold_keeps_the_golden_it_would_replace(pytester, server, mode):  # noqa: F811
+    project(pytester, 40)
+    assert run(pytester, server, mode, *COMPILE).ret == 0
+    before = golden(pytester)
+    source = (pytester.path / "test_triage.py").read_text()
+    # an added output field the model never writes: every answer is a parse error, the score 0.000
+    source = source.replace("team: str = dspex.OutputField()", "team: str = dspex.OutputField()\n    urgent: bool = dspex.OutputField()")
+    pytester.makepyfile(test_triage=source)
+    out = run(pytester, server, mode, *COMPILE)
+    assert out.ret == 1
+    out.stdout.fnmatch_lines([
+        "*golden not replaced: the newly compiled program's baseline scores 0.000 on 40 gate examples, below the "
+        "threshold 0.500 (the golden it would replace: 1.000)*Kept the existing golden — it is stale (*urgent*)*"
+        "pytest --dspex-compile=triage --dspex-force*",
+    ])  # fmt: skip
+    assert golden(pytester) == before
+    forced = run(pytester, server, ["-p", "no:xdist"], *COMPILE, "--dspex-force")
+    assert forced.ret == 1  # written as asked, and the gate fails below its threshold
+    assert golden(pytester)["baseline"]["score"] == 0.0

@@ -2,7 +2,7 @@
 
     review = review_program(compiled, trainset)
     review["write"] == {"labeled": 0, "bootstrapped": 4, "unlabeled_fields": ["reply"], "flags": []}
-    summary_lines(review) -> ["write: 0 labeled, 4 bootstrapped (no training example has reply)", ...]
+    summary_lines(review) -> ["write: 0 labeled, 4 bootstrapped (no training example gives reply: ...)", ...]
 
 A golden file's demos are the program, reviewed like code. Flags name a demo (1-based, in prompt
 order) that misses one of its predictor's fields, or a bootstrapped demo whose output disagrees
@@ -101,8 +101,11 @@ def summary_lines(review: Mapping[str, Mapping[str, Any]]) -> list[str]:
         line = f"{path}: {r['labeled']} labeled, {r['bootstrapped']} bootstrapped demos"
         unlabeled = r.get("unlabeled_fields")
         if unlabeled:
-            kind = "bootstrapped only" if r["bootstrapped"] else "none"
-            line += f" (no training example has {_join(unlabeled)}: {kind})"
+            fields = _join(unlabeled)
+            if r["bootstrapped"]:
+                line += f" (no training example gives {fields}: its demos come only from the teacher's runs)"
+            else:
+                line += f" (no training example gives {fields}, and no teacher run earned a demo: no demos)"
         lines.append(line)
         lines += [f"  ! {flag}" for flag in r.get("flags", ())]
     return lines

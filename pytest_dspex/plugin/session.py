@@ -276,6 +276,7 @@ class DspexSession:
                 valset=spec.valset,  # None: the trainset, each example without its own demo
                 gateset=gate_dataset,
                 in_sample=(spec.select or o.select) == "in-sample",
+                threshold=metric.threshold,
                 input_keys=spec.input_keys,
                 path=path,
                 settings=settings,
