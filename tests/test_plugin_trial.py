@@ -84,3 +84,20 @@ def test_a_compile_below_the_threshold_keeps_the_golden_it_would_replace(pyteste
     forced = run(pytester, server, ["-p", "no:xdist"], *COMPILE, "--dspex-force")
     assert forced.ret == 1  # written as asked, and the gate fails below its threshold
     assert golden(pytester)["baseline"]["score"] == 0.0
+
+
+def test_a_model_switch_is_named_beside_the_verdict(pytester, server, mode):  # noqa: F811
+    project(pytester, 40)
+    assert run(pytester, server, mode, *COMPILE).ret == 0
+    out = run(pytester, server, mode, "--dspex-model=other-model", "--dspex-report=report.json", "--dspex-markdown=s.md")
+    assert out.ret == 0, out.stdout.str()
+    said = (
+        "golden measured with fake-model, this run with other-model; if the switch is intended, record its "
+        "baseline: pytest --dspex-rebaseline=triage"
+    )
+    out.stdout.fnmatch_lines([f"*triage: {said}*"])
+    rows = json.loads((pytester.path / "report.json").read_text())["programs"]
+    assert len(rows) == 2 and all(said in r["note"] for r in rows)
+    assert said in (pytester.path / "s.md").read_text()
+    same = run(pytester, server, mode, "--dspex-report=report.json")
+    assert "golden measured with" not in same.stdout.str()

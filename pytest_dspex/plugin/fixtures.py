@@ -94,6 +94,12 @@ def _note(session: DspexSession, resolved: Resolved, relabelled: int = 0) -> str
         notes.append(relabelled_note(relabelled, resolved.golden.program if resolved.golden else ""))
     golden = resolved.golden
     if golden is not None and resolved.outcome is None:  # a golden loaded, not one this run compiled
+        was, now_model = (golden.data.get("model") or {}).get("name"), session.lms.model_name()
+        if isinstance(was, str) and was and now_model and was != now_model:
+            notes.append(
+                f"golden measured with {was}, this run with {now_model}; if the switch is intended, record its "
+                f"baseline: pytest --dspex-rebaseline={golden.program or resolved.name}"
+            )
         recorded = (golden.data.get("model") or {}).get("temperature")
         now = session.options.temperature
         if isinstance(recorded, int | float) and float(recorded) != float(now):

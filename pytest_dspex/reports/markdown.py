@@ -97,6 +97,8 @@ def _provenance(p: ProgramView) -> list[str]:
     prov = p.row.get("golden_provenance")
     if prov:
         out += ["", f"**{md_text(p.name)}** golden: {md_text(prov.get('text', ''), 300)}"]
+    if p.row.get("note"):  # beside the verdict: relabelled examples, another model or temperature than the golden's
+        out += ["", f"**{md_text(p.name)}** ({md_text(p.mode)}) note: {md_text(p.row['note'], 400)}"]
     diff = p.row.get("instructions_diff")
     if diff:
         fence = "~~~~"
