@@ -101,3 +101,22 @@ def test_a_model_switch_is_named_beside_the_verdict(pytester, server, mode):  # 
     assert said in (pytester.path / "s.md").read_text()
     same = run(pytester, server, mode, "--dspex-report=report.json")
     assert "golden measured with" not in same.stdout.str()
+
+
+def test_nothing_shared_with_the_golden_shows_no_golden_score_nor_delta(pytester, server, mode):  # noqa: F811
+    from .test_plugin_gates import rows
+
+    project(pytester, 40)
+    assert run(pytester, server, mode, *COMPILE).ret == 0
+    pytester.makefile(".jsonl", **{"data/dev": rows(40, 500)})  # other ids: no example in common
+    out = run(pytester, server, mode, "--dspex-report=r.json", "--dspex-markdown=s.md", "--dspex-html=r.html")
+    text = out.stdout.str()
+    assert "+0.000" not in text, text
+    out.stdout.fnmatch_lines(["triage*dataset*n/a (none shared)*", "triage*per-example*n/a (none shared)*"])
+    out.stdout.fnmatch_lines(["*no examples shared with the golden*"])
+    md = (pytester.path / "s.md").read_text()
+    assert "+0.000" not in md and "| n/a | n/a (no examples shared with the golden) |" in md
+    html = (pytester.path / "r.html").read_text()
+    assert "n/a (no examples shared with the golden)" in html
+    rows_ = json.loads((pytester.path / "r.json").read_text())["programs"]
+    assert all(r["comparison"]["shared"] == 0 for r in rows_)

@@ -257,6 +257,8 @@ class ProgramView:
         c = self.comparison
         if c is not None and c.get("shared") and c.get("baseline_score") is not None:
             return float(c["baseline_score"])
+        if self.nothing_shared:
+            return None
         golden = self.row.get("golden_score")
         return None if golden is None else float(golden)
 
@@ -312,7 +314,20 @@ class ProgramView:
         return dict(c) if isinstance(c, Mapping) else None
 
     @property
+    def nothing_shared(self) -> bool:
+        """A paired comparison ran but no example was shared with the golden: nothing was compared."""
+        c = self.comparison
+        return c is not None and not c.get("shared")
+
+    @property
+    def golden_text(self) -> str:
+        """The golden column: its score to compare with, or ``n/a`` when nothing was compared."""
+        return "n/a" if self.nothing_shared else fmt_num(self.baseline)
+
+    @property
     def delta(self) -> float | None:
+        if self.nothing_shared:
+            return None
         c = self.comparison
         if c is not None and c.get("delta") is not None:
             return float(c["delta"])
@@ -326,6 +341,8 @@ class ProgramView:
     def delta_text(self) -> str:
         """``-0.025 [-0.070, +0.020] p=0.031`` with the paired comparison, else just the delta."""
         c = self.comparison
+        if self.nothing_shared:
+            return "n/a (no examples shared with the golden)"
         text = fmt_delta(self.delta)
         if c is None:
             return text

@@ -153,7 +153,7 @@ def _summary_cells(p: ProgramView) -> list[str]:
     return [
         fmt_score(row.get("score"), row.get("ci95")),
         fmt_num(row.get("threshold"), 2),
-        fmt_num(p.baseline),
+        p.golden_text,
         p.delta_text,
         str(row.get("n", "")),
         p.errors_text,

@@ -60,7 +60,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                     md_text(p.test_short, 60),
                     md_text(fmt_score(row.get("score"), row.get("ci95"))),
                     md_text(fmt_num(row.get("threshold"), 2)),
-                    md_text(fmt_num(p.baseline)),
+                    md_text(p.golden_text),
                     md_text(p.delta_text),
                     md_text(row.get("n", "")),
                     md_text(p.errors_text),
