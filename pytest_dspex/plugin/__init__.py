@@ -347,27 +347,27 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     tr.write_sep("=", "dspex")
     for line in format_table(rows) if rows else ():
         tr.write_line(line)
+    # a failed gate is a failed test whose sentence is under FAILURES: said there, once (unless --tb=no hides it)
+    shown_above = config.getoption("tbstyle", "auto") != "no"
     said = set()
     for run in collector.runs.values():
         if run.verdict is not None and run.result is not None and not run.verdict.passed:
             style = {"yellow": True} if run.verdict.incomplete else {"red": True, "bold": True}
-            tr.write_line(run.verdict.headline(run.label, run.result.n, run.result.ci95), **style)
+            if not shown_above or run.verdict.incomplete:  # an incomplete run is no failed test: said here
+                tr.write_line(run.verdict.headline(run.label, run.result.n, run.result.ci95), **style)
             said.add(run.test)
-    from .report import verdict_lines
+    from .report import cache_only_line, verdict_lines
 
-    for text in verdict_lines(rows, frozenset(said)):  # a failed whole-dataset test: its verdict in words
+    unsaid = [r for r in rows if not shown_above or r["verdict"].get("kind") == "incomplete"]
+    for text in verdict_lines(unsaid, frozenset(said)):  # a failed whole-dataset test (its own failure says it)
         tr.write_line(text, red=True, bold=True)
+    cached = cache_only_line(rows, collector.goldens.values())
+    if cached:  # nothing was asked of the endpoint in this run: say so, once (issue 19)
+        tr.write_line(cached, yellow=True)
+    notes = dict.fromkeys(f"{row['program']}: {row['note']}" for row in rows if row.get("note"))
+    for note in notes:  # a program's note, once (not once per test using it)
+        tr.write_line(note, yellow=True)
     for row in rows:
-        usage = row.get("usage") or {}
-        if row.get("cache_only"):  # nothing was asked of the endpoint: say so (issue 19)
-            tr.write_line(
-                f"{row['program']} [{row.get('mode', 'dataset')}]: every answer came from the LM cache "
-                f"({int(usage.get('cache_hits', 0))} cached, 0 requests): the endpoint was not asked; "
-                "--dspex-cache=off measures it as it answers now",
-                yellow=True,
-            )
-        if row.get("note"):
-            tr.write_line(f"{row['program']}: {row['note']}", yellow=True)
         if row["verdict"].get("kind") == "deferred":  # a shard job: "shard 2/3: 340 of 1000 examples; ..."
             tr.write_line(f"{row['program']} [{row.get('mode', 'dataset')}]: {row['verdict']['reason']}")
     dspex = config.stash.get(session_key, None)

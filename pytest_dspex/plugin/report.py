@@ -313,6 +313,7 @@ def gate_lines(rows: list[dict[str, Any]], fresh: frozenset[str] = frozenset()) 
     from ..gates import SHOWN_KEYS
 
     out: list[tuple[str, dict[str, bool]]] = []
+    said: set[tuple[str, Any]] = set()
     for r in rows:
         inputs = {str(rec.get("key")): rec.get("inputs") or {} for rec in r.get("records") or ()}
 
@@ -340,12 +341,15 @@ def gate_lines(rows: list[dict[str, Any]], fresh: frozenset[str] = frozenset()) 
             if c.underpowered and not c.regressed and not by_tolerance:
                 style = {"yellow": True}
             out.append((text, style))
-        prov = r.get("golden_provenance")
-        if prov:
-            out.append((f"{label} golden: {prov['text']}", {"yellow": True} if prov.get("in_sample") or not prov["baseline"].get("fresh") else {}))
-        if r.get("instructions_diff"):
+        prov = r.get("golden_provenance") or {}
+        warn = bool(prov) and (prov.get("in_sample") or not prov["baseline"].get("fresh"))
+        if warn and r.get("golden") not in fresh and ("prov", r.get("golden")) not in said:
+            said.add(("prov", r.get("golden")))  # once per golden, and only as a warning (reports keep it always)
+            out.append((f"{r['program']} golden: {prov['text']}", {"yellow": True}))
+        if r.get("instructions_diff") and ("diff", r["program"]) not in said:
             from .fixtures import instructions_note
 
+            said.add(("diff", r["program"]))  # once per program, not per test using it
             out.append((instructions_note(str(r["program"])), {"yellow": True}))
             out += [(line, {}) for line in str(r["instructions_diff"]).splitlines()]
         flaky = list(r.get("flaky") or [])
@@ -387,6 +391,23 @@ def verdict_lines(rows: list[dict[str, Any]], said: frozenset[str] = frozenset()
         note = f" (note: {r['note']})" if r.get("note") and "temperature" in str(r["note"]) else ""
         out.append(f"{view.name} [{view.mode}] {view.test_short}: {view.verdict_words}{note}")
     return out
+
+
+def cache_only_line(rows: list[dict[str, Any]], goldens: Iterable[dict[str, Any]]) -> str | None:
+    """One line when no request of this run reached the endpoint (every gate answered from the cache, no
+    compile asked it), naming the gates; None otherwise (a run that asked the endpoint was measured)."""
+    if not rows or not all(r.get("cache_only") for r in rows):
+        return None
+    for g in goldens:
+        usage = g.get("compile_usage") or {}
+        if float(usage.get("calls", 0) or 0) > float(usage.get("cache_hits", 0) or 0):
+            return None
+    labels = list(dict.fromkeys(f"{r['program']} [{r.get('mode', 'dataset')}]" for r in rows))
+    hits = sum(int((r.get("usage") or {}).get("cache_hits", 0)) for r in rows)
+    return (
+        f"{', '.join(labels)}: every answer came from the LM cache ({hits} cached, 0 requests): the endpoint was "
+        "not asked; --dspex-cache=off measures it as it answers now"
+    )
 
 
 _SPEND_KEYS = ("calls", "cache_hits", "tokens", "cost", "retries")
