@@ -33,6 +33,16 @@ def team_matches(example: Any, prediction: Any, trace: Any = None) -> bool:
 
 
 @pytest.fixture
+def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """pytest's own ``pytester``, its runs started without ``CI``/``BUILD_NUMBER``: under those
+    pytest prints the short summary untruncated (every failure message a second time), so the
+    output a test asserts would depend on where the suite runs. A test about CI sets them itself."""
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("BUILD_NUMBER", raising=False)
+    return pytester
+
+
+@pytest.fixture
 def server_factory() -> Iterator[Callable[..., FakeLMServer]]:
     started: list[FakeLMServer] = []
 

@@ -16,12 +16,16 @@ import pytest
 CHROMIUM_INSTALL = "apt-get install chromium, or set DSPEX_CHROMIUM"
 REDIS_INSTALL = "apt-get install redis-server, or set DSPEX_REDIS_SERVER"
 
+#: read once, when the suite is collected: the ``pytester`` fixture (conftest) takes ``CI`` out of the
+#: environment of the pytest runs it starts, which must not turn a CI failure here into a skip.
+UNDER_CI = bool(os.environ.get("CI"))
+
 
 def need(what: str, missing: str | None, install: str) -> None:
     """Skip (outside CI) or fail (under ``CI``) when ``missing`` says why ``what`` is unavailable."""
     if missing is None:
         return
-    if os.environ.get("CI"):
+    if UNDER_CI or os.environ.get("CI"):
         pytest.fail(f"CI needs {what}: {missing} ({install})", pytrace=False)
     pytest.skip(f"needs {what}: {missing} ({install})")
 
