@@ -210,8 +210,6 @@ def compile_program(
 
         baseline = baseline_entry(draws, dataset=fingerprint(baseline_set), labels=label_hashes(baseline_set))
         replaced = _compare_baselines(previous, baseline)
-        if previous is not None and threshold is not None and baseline["score"] < threshold and not settings.force:
-            raise GoldenFileError(_below_threshold(path, name, previous, program, baseline, threshold, replaced))
         record = golden_record(
             result.program,
             name=name,
@@ -234,6 +232,14 @@ def compile_program(
             },
             baseline=baseline,
         )  # fmt: skip
+        below = previous is not None and threshold is not None and baseline["score"] < threshold
+        if below and not settings.force:  # would it replace the existing golden? (keep-better may keep it)
+            would = store.write(
+                path, record, error_rate=max(validation.error_rate, baseline_error_rate),
+                max_error_rate=settings.max_error_rate, dry_run=True,
+            )  # fmt: skip
+            if previous is not None and threshold is not None and would.outcome == "updated":
+                raise GoldenFileError(_below_threshold(path, name, previous, program, baseline, threshold, replaced))
         written = store.write(
             path,
             record,
