@@ -62,9 +62,10 @@ OPTIONS: list[tuple[str, str, Any, str]] = [
     (
         "baseline-draws",
         "int",
-        3,
+        0,
         "fresh passes over the gate dataset that make a golden's baseline after the choice (two that agree "
-        "on every example end it: a repeatable endpoint)",
+        "on every example end it: a repeatable endpoint); 0 = auto: 1 on the embedded model at temperature 0 "
+        "(deterministic), else 3",
     ),
     ("tolerance", "float", 0.05, "allowed drop below the golden's recorded score before a regression fails"),
     (
@@ -215,7 +216,7 @@ class DspexOptions:
     price: tuple[float, float] | None = None
     metric_threshold: float | None = None  # --dspex-metric-threshold (None: full credit)
     select: str = "held-out"  # --dspex-select: held-out / in-sample
-    baseline_draws: int = 3  # --dspex-baseline-draws
+    baseline_draws: int = 0  # --dspex-baseline-draws (0 = auto, see baseline_draws_for)
 
     @property
     def local(self) -> bool:
@@ -395,8 +396,8 @@ def _check(
         raise pytest.UsageError(f"--dspex-max-error-rate must be between 0 and 1, got {values['max_error_rate']}")
     if not 0 < values["alpha"] < 1:
         raise pytest.UsageError(f"--dspex-alpha must be between 0 and 1 (exclusive), got {values['alpha']}")
-    if values["baseline_draws"] < 1:
-        raise pytest.UsageError(f"--dspex-baseline-draws must be >= 1, got {values['baseline_draws']}")
+    if values["baseline_draws"] < 0:
+        raise pytest.UsageError(f"--dspex-baseline-draws must be >= 1 (or 0 for auto), got {values['baseline_draws']}")
     if values["repeats"] < 1:
         raise pytest.UsageError(f"--dspex-repeats must be >= 1, got {values['repeats']}")
     if values["metric_threshold"] is not None and not 0 <= values["metric_threshold"] <= 1:

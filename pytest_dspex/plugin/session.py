@@ -349,7 +349,7 @@ class DspexSession:
             max_error_rate=o.max_error_rate,
             example_timeout=o.example_timeout,
             model_info=self.lms.model_info(),
-            baseline_draws=o.baseline_draws,
+            baseline_draws=o.baseline_draws or (1 if o.local and o.temperature == 0 else 3),
         )
 
     # -- per-example items ----------------------------------------------------------------------
