@@ -35,7 +35,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,9 +97,17 @@ def _missing_server_packages() -> list[str]:
     return missing
 
 
+def _local_root() -> Path:
+    """Where runs keep their server's state: a folder private to the user (``_private``), never a
+    shared, predictable folder of the temporary directory another user could take first."""
+    from ._private import default_state_dir, private_dir
+
+    return private_dir(default_state_dir() / "local")
+
+
 def _state_dir(run_id: str) -> Path:
-    d = Path(tempfile.gettempdir()) / "pytest-dspex-local" / run_id
-    d.mkdir(parents=True, exist_ok=True)
+    d = _local_root() / run_id
+    d.mkdir(mode=0o700, exist_ok=True)
     return d
 
 
@@ -216,7 +223,10 @@ def ensure_server(run_id: str, owner_pid: int, *, n_ctx: int = 4096, startup_tim
 
 
 def stop_server(run_id: str) -> None:
-    state_dir = Path(tempfile.gettempdir()) / "pytest-dspex-local" / run_id
+    try:
+        state_dir = _local_root() / run_id
+    except (OSError, ConfigError):
+        return
     state_file = state_dir / "server.json"
     own = _started.pop(run_id, None)
     try:

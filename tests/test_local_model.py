@@ -31,12 +31,13 @@ DATA = Path(__file__).parent.parent / "example_project" / "tests" / "data"
 
 @pytest.fixture(scope="module")
 def local_url():
+    from pytest_dspex import local_lm
     from pytest_dspex.local_lm import ensure_server, stop_server
 
     run_id = f"tests-{uuid.uuid4().hex[:8]}"
     url = ensure_server(run_id, os.getpid())
     yield url
-    state = json.loads((Path(__import__("tempfile").gettempdir()) / "pytest-dspex-local" / run_id / "server.json").read_text())
+    state = json.loads((local_lm._local_root() / run_id / "server.json").read_text())
     stop_server(run_id)
     if not _gone(state["pid"], within=10):
         pytest.fail("the llama.cpp server outlived stop_server()")
@@ -184,15 +185,15 @@ def test_the_embedded_server_answers_first_token_logprobs_and_calibration_uses_t
 def test_server_exits_when_its_owner_dies():
     import subprocess
     import sys
-    import tempfile
 
+    from pytest_dspex import local_lm
     from pytest_dspex.local_lm import ensure_server, stop_server
 
     owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     run_id = f"orphan-{uuid.uuid4().hex[:8]}"
     try:
         ensure_server(run_id, owner.pid)
-        state = json.loads((Path(tempfile.gettempdir()) / "pytest-dspex-local" / run_id / "server.json").read_text())
+        state = json.loads((local_lm._local_root() / run_id / "server.json").read_text())
         owner.kill()  # the test run that started the server crashes
         owner.wait()
         if not _gone(state["pid"], within=15):

@@ -30,7 +30,7 @@ def test_an_exited_server_not_yet_reaped_by_the_worker_that_started_it_counts_as
 
 
 def test_stop_server_of_another_process_does_not_wait_for_its_zombie(tmp_path, monkeypatch):
-    monkeypatch.setattr(local_lm.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     # a server started by "a worker" (here: a child of ours we do not reap while stop_server runs)
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
     state = local_lm._state_dir("run-x")
@@ -49,8 +49,7 @@ def test_stop_server_of_another_process_does_not_wait_for_its_zombie(tmp_path, m
         child.wait()
 
 
-def test_the_next_run_prunes_folders_of_runs_that_were_killed(tmp_path, monkeypatch):
-    monkeypatch.setattr(local_lm.tempfile, "gettempdir", lambda: str(tmp_path))
+def test_the_next_run_prunes_folders_of_runs_that_were_killed(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     root = tmp_path / "pytest-dspex-local"
@@ -69,3 +68,17 @@ def test_the_next_run_prunes_folders_of_runs_that_were_killed(tmp_path, monkeypa
 
     local_lm._prune_stale(root, keep="mine")
     assert sorted(p.name for p in root.iterdir()) == ["running-run", "starting-run"]
+
+
+def test_the_state_folder_is_private_to_the_user(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    state = local_lm._state_dir("run-y")
+    assert state.parent == tmp_path / "pytest-dspex" / "local"
+    for folder in (state.parent, tmp_path / "pytest-dspex"):
+        assert folder.stat().st_mode & 0o077 == 0
+    # a symlink planted where the folder goes is refused, never followed
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "other"))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "other" / "pytest-dspex").symlink_to(tmp_path / "elsewhere")
+    assert local_lm._local_root().parent != tmp_path / "other" / "pytest-dspex"
