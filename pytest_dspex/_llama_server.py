@@ -1,3 +1,6 @@
+# mypy: disable-error-code="arg-type,index"
+# (llama_cpp types its chat handlers with TypedDict messages and response unions; this module passes
+# plain dicts through them on purpose, so the two checks only restate that.)
 """Entry point of the embedded llama.cpp server: ``python -m pytest_dspex._llama_server ARGS``.
 
 It registers a ``dspex-plain`` chat format and hands over to ``llama_cpp.server``. The embedded
@@ -36,7 +39,7 @@ def first_token_logprobs(llama: Any, prompt: str, k: int) -> dict[str, Any] | No
         tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
         cached = list(llama._input_ids[: llama.n_tokens])
         prefix = 0
-        for a, b in zip(cached, tokens):
+        for a, b in zip(cached, tokens, strict=False):
             if a != b:
                 break
             prefix += 1
@@ -105,7 +108,7 @@ def main() -> None:
     from llama_cpp.llama_chat_format import LlamaChatCompletionHandlerRegistry
     from llama_cpp.server.__main__ import main as server_main
 
-    LlamaChatCompletionHandlerRegistry().register_chat_completion_handler("dspex-plain", plain_handler(), overwrite=True)
+    LlamaChatCompletionHandlerRegistry().register_chat_completion_handler("dspex-plain", plain_handler(), overwrite=True)  # type: ignore[no-untyped-call]
     server_main()  # type: ignore[no-untyped-call]
 
 

@@ -63,9 +63,9 @@ class CalibrationReport:
 
 def calibration_field(predictor: Predict, adapter: Any = None) -> tuple[FieldSpec, dict[str, str]] | None:
     """The field a calibration would apply to and its values as shown (value -> text), or None."""
+    from . import settings
     from .adapters import CompactAdapter, get_adapter
     from .constrained import choice_values, shown_choices
-    from . import settings
 
     adapter = adapter or predictor.adapter or get_adapter(settings.current_adapter())
     if not isinstance(adapter, CompactAdapter):
@@ -201,7 +201,7 @@ async def calibrate(
         if missing:
             report.skipped[path] = f"the inputs lack its field(s) {', '.join(missing)}"
             continue
-        spec, shown = found
+        _spec, shown = found
         clash = _first_word_clash(shown)
         if clash:
             report.skipped[path] = f"its labels share their first token ({clash[0]!r} and {clash[1]!r})"
@@ -218,7 +218,7 @@ async def calibrate(
         gate = asyncio.Semaphore(max(1, concurrency))
 
         async def probe(example: Mapping[str, Any], pred: Any = pred, adapter: Any = adapter, lm: Any = lm,
-                        shown: dict[str, str] = shown) -> dict[str, float] | None:  # fmt: skip
+                        shown: dict[str, str] = shown) -> tuple[dict[str, float], float] | None:  # fmt: skip
             async with gate:
                 asked = {n: example.get(n) for n in pred.signature.input_fields()}
                 demos = [d for d in pred.demos if not _same(d, asked)] if leave_out_own else pred.demos
