@@ -85,8 +85,9 @@ def test_both_checks_named_baseline_on_shared_examples_and_the_table_fits(pytest
         assert "1.000 (-0.150)" in line, line  # the golden's score on the 120 shared examples, not "-"
         assert line.endswith("FAIL"), line
     assert max(len(line) for line in dspex_section(result.stdout.str())[:4]) <= 120
+    # the failed gate's sentence is said once, under FAILURES, naming both checks
     result.stdout.fnmatch_lines([
-        "triage ?dataset? test_triage.py::test_triage: FAIL: below threshold (0.854 < 0.95); regressed: 18 of 120 shared examples worse*",
+        "dspex gate FAILED for 'triage': score 0.854*below threshold (0.854 < 0.950); and regression against the golden: 18 of 120 shared examples went pass -> fail*",
     ])  # fmt: skip
     md = (pytester.path / "r.md").read_text()
     assert "below threshold (0.854 &lt; 0.95); regressed: 18 of 120 shared examples worse" in md
@@ -105,7 +106,7 @@ def test_a_different_temperature_is_named_and_repeats_at_zero_are_flagged(pytest
     assert hot.ret == 1
     out = hot.stdout.str()
     assert "sampled at temperature 0.7, the golden at 0: a difference from the golden may be the sampling" in out
-    hot.stdout.fnmatch_lines(["triage ?dataset? test_triage.py::test_triage: FAIL: regressed*(note: sampled at temperature 0.7*"])
+    hot.stdout.fnmatch_lines(["*note: sampled at temperature 0.7, the golden at 0*"])  # said once, beside the failed gate
     assert "--dspex-repeats" not in out
     repeated = run(pytester, fake, *mode, "--dspex-repeats=2", "-k", "test_triage and not each")
     repeated.stdout.fnmatch_lines(["dspex: --dspex-repeats=2 at temperature 0: a greedy model gives every repeat the same answer*"])
