@@ -21,6 +21,8 @@ def record(score_delta: float = 0.0) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(EXAMPLE.read_text())
     data = copy.deepcopy(data)
     data["scores"]["validation"]["score"] = round(data["scores"]["validation"]["score"] + score_delta, 6)
+    if "baseline" in data:  # schema 3: keep-better compares the fresh baselines
+        data["baseline"]["score"] = round(data["baseline"]["score"] + score_delta, 6)
     return data
 
 
