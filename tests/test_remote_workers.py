@@ -194,9 +194,10 @@ def compile_golden(cluster: Cluster, project: Path) -> None:
 
 def test_per_example_records_reach_the_controller_which_gates(cluster: Cluster, project: Path) -> None:
     compile_golden(cluster, project)
-    result, checkouts = cluster.remote_run(project, "-k", "each", "--dspex-report=out/report.json")
+    # concurrency 1: chunks of 4 examples, so both workers get some of the 12
+    result, checkouts = cluster.remote_run(project, "-k", "each", "-v", "--dspex-concurrency=1", "--dspex-report=out/report.json")
     assert result.returncode == 0, output(result)
-    assert "[gw0]" in result.stdout and "[gw1]" in result.stdout  # both remote workers took part
+    assert "[gw0]" in result.stdout and "[gw1]" in result.stdout, output(result)  # both remote workers took part
     # the report is the controller's, with every example from both workers
     programs = report_programs(project / "out/report.json")
     row = programs["triage_each"]
