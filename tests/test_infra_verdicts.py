@@ -199,7 +199,8 @@ def test_read_only_modes_work_on_a_read_only_cache_folder(
         probe = subprocess.run([*prefix, sys.executable, "-c", "import pytest, pytest_dspex"], cwd=project_dir, env=env,
                                capture_output=True, text=True, timeout=60)  # fmt: skip
         if probe.returncode != 0:
-            pytest.skip(f"an unprivileged user cannot run this interpreter ({sys.executable}): {probe.stderr.strip()[-200:]}")
+            last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+            pytest.skip(f"an unprivileged user cannot run this interpreter ({sys.executable}): {last}")
     args = ["-m", "pytest", "-p", "no:xdist", "-p", "no:cacheprovider", f"--dspex-base-url={server.base_url}",
             "--dspex-model=fake-model", "--dspex-cache-dir=.c"]  # fmt: skip
     ran = subprocess.run([*prefix, sys.executable, *args, f"--dspex-cache={cache_mode}"], cwd=project_dir, env=env,
