@@ -124,16 +124,10 @@ def where_from(row: dict[str, Any]) -> str:
     if prov:
         text += f"\ngolden: {prov['text']}"
     if row.get("instructions_diff"):
+        from .report import instructions_note
+
         text += "\n" + instructions_note(str(row["program"])) + "\n" + str(row["instructions_diff"])
     return text
-
-
-def instructions_note(program: str) -> str:
-    return (
-        f"{program}: the instructions differ from the golden's (same fields): gated with the golden's demos against "
-        f"its baseline; if this edit is intended, record its baseline: pytest --dspex-rebaseline={program} "
-        "(a worse one needs --dspex-force)"
-    )
 
 
 def _comparable_golden_score(resolved: Resolved, fingerprint: str | None) -> float | None:

@@ -35,6 +35,14 @@ from ..rows import program_row
 __all__ = ["Collector", "PerExampleRun", "format_table", "gate_lines", "program_row", "report_json", "verdict_lines"]
 
 
+
+def instructions_note(program: str) -> str:
+    return (
+        f"{program}: the instructions differ from the golden's (same fields): gated with the golden's demos against "
+        f"its baseline; if this edit is intended, record its baseline: pytest --dspex-rebaseline={program} "
+        "(a worse one needs --dspex-force)"
+    )
+
 @dataclass
 class PerExampleRun:
     """The records of one per-example test function, with what is needed to judge them."""
@@ -347,7 +355,6 @@ def gate_lines(rows: list[dict[str, Any]], fresh: frozenset[str] = frozenset()) 
             said.add(("prov", r.get("golden")))  # once per golden, and only as a warning (reports keep it always)
             out.append((f"{r['program']} golden: {prov['text']}", {"yellow": True}))
         if r.get("instructions_diff") and ("diff", r["program"]) not in said:
-            from .fixtures import instructions_note
 
             said.add(("diff", r["program"]))  # once per program, not per test using it
             out.append((instructions_note(str(r["program"])), {"yellow": True}))
