@@ -3,7 +3,7 @@
     python bench/bootstrap_calls.py                    # DSPy from bench/.dspy-venv (or DSPEX_BENCH_DSPY_VENV)
     python bench/bootstrap_calls.py --accuracy 0.5 --n 50
 
-A loopback fake endpoint (``pytest_dspex.fake_server.FakeLMServer``, 50 ms a call) answers a
+A loopback fake endpoint (``pytest_dspex.testing.fake_server.FakeLMServer``, 50 ms a call) answers a
 billing/technical router; the teacher is right on training example ``i`` iff
 ``floor((i + 1) * a) > floor(i * a)`` (accuracy ``a``, passes spread evenly, the first at
 ``i = ceil(1 / a) - 1``; at 0.05, 2 of 50 pass and both walk the whole trainset). Both sides: ``max_bootstrapped_demos=4, max_labeled_demos=16``, no cache,
@@ -94,7 +94,7 @@ def run(python: str, side: str, url: str, n: int, program: str) -> dict:
 
 def measure(python: str, side: str, accuracy: float, n: int, program: str) -> dict:
     sys.path.insert(0, str(ROOT))
-    from pytest_dspex.fake_server import FakeLMServer
+    from pytest_dspex.testing.fake_server import FakeLMServer
 
     server = FakeLMServer(responder(accuracy), latency=0.05)
     server.keep_bodies = False

@@ -129,8 +129,8 @@ def case(seed: int, redraw: float, candidates: int, runs: int, drops: list[float
     import httpx
 
     import pytest_dspex as dspex
-    from pytest_dspex.compile import CompileSettings, compile_program
-    from pytest_dspex.gates import judge
+    from pytest_dspex.evaluation.gates import judge
+    from pytest_dspex.optimize.compile import CompileSettings, compile_program
 
     gate_q = [_question(i) for i in range(N_GATE)]
     train_q = [_question(1000 + i) for i in range(N_TRAIN)]

@@ -24,11 +24,11 @@ def preimport() -> None:
     import aiohttp  # noqa: F401  (the transport imports it when the first LM is made)
     import yarl  # noqa: F401
 
-    import pytest_dspex.adapters
-    import pytest_dspex.evaluation
+    import pytest_dspex.evaluation.scoring
     import pytest_dspex.lm.client
     import pytest_dspex.lm.transport
-    import pytest_dspex.programs  # noqa: F401
+    import pytest_dspex.programs.adapters
+    import pytest_dspex.programs.modules  # noqa: F401
 
 
 def metric(example, prediction, trace=None):

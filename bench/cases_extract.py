@@ -47,7 +47,7 @@ def order_program() -> Any:
 
 
 def order_matches(example: Any, prediction: Any, trace: Any = None) -> bool:
-    from pytest_dspex.metrics import normalize_text
+    from pytest_dspex.evaluation.metrics import normalize_text
 
     return bool(normalize_text(example.item) == normalize_text(prediction.item) and example.quantity == prediction.quantity)
 
@@ -61,7 +61,7 @@ def _lm(url: str) -> Any:
 
 
 def _evaluate(program: Any, lm: Any, data: list[Any], metric: Any) -> dict[str, Any]:
-    from pytest_dspex.evaluation import Evaluate
+    from pytest_dspex.evaluation.scoring import Evaluate
 
     program.set_lm(lm)
     calls0, tokens0 = lm.usage.calls, lm.usage.completion_tokens
@@ -77,7 +77,7 @@ def _evaluate(program: Any, lm: Any, data: list[Any], metric: Any) -> dict[str, 
 
 
 def case_zero(url: str, args: argparse.Namespace) -> dict[str, Any]:
-    from pytest_dspex.datasets import load_dataset
+    from pytest_dspex.evaluation.datasets import load_dataset
 
     lm = _lm(url)
     data = [*load_dataset(HERE / "data" / "order_dev.jsonl", ["message"]), *load_dataset(HERE / "data" / "order_test.jsonl", ["message"])]
@@ -90,7 +90,7 @@ def case_zero(url: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def case_cot(url: str, args: argparse.Namespace) -> dict[str, Any]:
     import pytest_dspex as dspex
-    from pytest_dspex.primitives import Example
+    from pytest_dspex.programs.primitives import Example
 
     questions = [
         ("Is water wet?", True), ("Is the sun cold?", False), ("Do fish live in water?", True),
@@ -110,7 +110,7 @@ def case_cot(url: str, args: argparse.Namespace) -> dict[str, Any]:
 PROJECT_TEST = '''
 import pytest
 import pytest_dspex as dspex
-from pytest_dspex.metrics import normalize_text
+from pytest_dspex.evaluation.metrics import normalize_text
 {signature}
 program = dspex.Predict(Order)
 
@@ -168,7 +168,7 @@ def main() -> None:
     url = args.url
     run_id = None
     if url is None and any(c != "compile" for c in args.cases):
-        from pytest_dspex.local_lm import ensure_server
+        from pytest_dspex.lm.local.embedded import ensure_server
 
         run_id = f"bench-{uuid.uuid4().hex[:8]}"
         url = ensure_server(run_id, os.getpid())
@@ -178,7 +178,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     finally:
         if run_id is not None:
-            from pytest_dspex.local_lm import stop_server
+            from pytest_dspex.lm.local.embedded import stop_server
 
             stop_server(run_id)
 

@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pytest_dspex.comparison import compare
+from pytest_dspex.evaluation.comparison import compare
 
 Outcomes = dict[str, float]
 
@@ -84,7 +84,7 @@ class Endpoint:
         self.right: Callable[[str], bool] = lambda q: True
 
     def __call__(self, body: dict[str, Any]) -> str:
-        from pytest_dspex.fake_server import last_user_message
+        from pytest_dspex.testing.fake_server import last_user_message
 
         text = last_user_message(body)
         q = text.rsplit("Question:", 1)[-1].split("\n")[0].strip()
@@ -98,7 +98,7 @@ def _answer(q: str) -> str:
 
 def evaluate_outcomes(endpoint: Endpoint, right: Callable[[str], bool], qs: list[str], base_url: str) -> Outcomes:
     import pytest_dspex as dspex
-    from pytest_dspex.comparison import outcomes_from_records
+    from pytest_dspex.evaluation.comparison import outcomes_from_records
 
     endpoint.right = right
     lm = dspex.LM("fake-model", base_url=base_url, api_key="test", cache=None, retries=0)
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
 
     server = endpoint = None
     if args.through_evaluate:
-        from pytest_dspex.fake_server import FakeLMServer
+        from pytest_dspex.testing.fake_server import FakeLMServer
 
         endpoint = Endpoint()
         server = FakeLMServer(endpoint).start()

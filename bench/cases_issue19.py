@@ -83,12 +83,12 @@ def _compile(url: str, n: int) -> dict:
 
     import pytest_dspex as dspex
     import pytest_dspex.optimize
-    from pytest_dspex.compile import CompileSettings, compile_program
+    from pytest_dspex.optimize.compile import CompileSettings, compile_program
 
     lm = dspex.LM("fake-model", base_url=url, api_key="bench", cache=None)
     wall, cpu = time.perf_counter(), time.process_time()
     error = ""
-    with tempfile.TemporaryDirectory() as d, dspex.settings.context(lm=lm):
+    with tempfile.TemporaryDirectory() as d, dspex.context(lm=lm):
         try:
             compile_program(
                 dspex.Predict("message -> team"), name="triage", metric=_metric, trainset=_examples(n, 10_000),
@@ -103,7 +103,7 @@ def _compile(url: str, n: int) -> dict:
 
 
 def compile_404(n: int = 250) -> str:
-    from pytest_dspex.fake_server import FakeLMServer, Faults, triage_responder
+    from pytest_dspex.testing.fake_server import FakeLMServer, Faults, triage_responder
 
     with FakeLMServer(triage_responder, faults=Faults(http_404=1.0)) as server:
         server.keep_bodies = False
@@ -161,7 +161,7 @@ def _project(d: str, n: int) -> Path:
 
 
 def compile_pytest(n: int = 250) -> str:
-    from pytest_dspex.fake_server import FakeLMServer, Faults, triage_responder
+    from pytest_dspex.testing.fake_server import FakeLMServer, Faults, triage_responder
 
     out = []
     with tempfile.TemporaryDirectory() as d:
@@ -180,7 +180,7 @@ def compile_pytest(n: int = 250) -> str:
 
 
 def hung(n: int = 200, seed: int = 1) -> str:
-    from pytest_dspex.fake_server import FakeLMServer, Faults, triage_responder
+    from pytest_dspex.testing.fake_server import FakeLMServer, Faults, triage_responder
 
     with tempfile.TemporaryDirectory() as d:
         project = _project(d, n)

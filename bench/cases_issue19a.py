@@ -95,7 +95,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--code", default=str(HERE.parent), help="the checkout whose pytest_dspex runs")
     code = Path(ap.parse_args().code).resolve()
-    from pytest_dspex.fake_server import FakeLMServer, triage_responder
+    from pytest_dspex.testing.fake_server import FakeLMServer, triage_responder
 
     server = FakeLMServer(lambda b: triage_responder(b, pass_every=2)).start()
     url = server.base_url

@@ -82,16 +82,16 @@ def _optimizer(metric: Any, args: argparse.Namespace, **kw: Any) -> Any:
 
 def _hint(program: Any, args: argparse.Namespace) -> None:
     if args.no_answer_hint:
-        from pytest_dspex.adapters import CompactAdapter
+        from pytest_dspex.programs.adapters import CompactAdapter
 
         for p in program.predictors():
             p.adapter = CompactAdapter(answer_hint=False)
 
 
 def case_intent(url: str, args: argparse.Namespace, task: str = "intent") -> dict[str, Any]:
-    from pytest_dspex.constrained import set_constrained_decoding
-    from pytest_dspex.datasets import load_dataset
-    from pytest_dspex.evaluation import Evaluate
+    from pytest_dspex.evaluation.datasets import load_dataset
+    from pytest_dspex.evaluation.scoring import Evaluate
+    from pytest_dspex.programs.constrained import set_constrained_decoding
 
     lm = _lm(url, 4)
     if args.no_grammar:
@@ -102,7 +102,7 @@ def case_intent(url: str, args: argparse.Namespace, task: str = "intent") -> dic
     program.set_lm(lm)
     _hint(program, args)
     if args.plugin_defaults:  # what `pytest --dspex-compile` uses (CompileSettings' defaults)
-        from pytest_dspex.compile import CompileSettings
+        from pytest_dspex.optimize.compile import CompileSettings
 
         cs = CompileSettings()
         opt = _optimizer(intent_matches, args, num_candidates=cs.candidates, max_bootstrapped_demos=cs.demos,
@@ -124,8 +124,8 @@ def case_intent(url: str, args: argparse.Namespace, task: str = "intent") -> dic
 
 def case_example(name: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
     """One example-project program, compiled as ``pytest --dspex-compile`` does (its pytest.ini settings)."""
-    from pytest_dspex.constrained import set_constrained_decoding
-    from pytest_dspex.datasets import load_dataset
+    from pytest_dspex.evaluation.datasets import load_dataset
+    from pytest_dspex.programs.constrained import set_constrained_decoding
 
     sys.path.insert(0, str(EXAMPLE))
     from support_bot import metrics, programs
@@ -185,7 +185,7 @@ def main() -> None:
     url = args.url
     run_id = None
     if url is None and any(c != "coverage" for c in args.cases):
-        from pytest_dspex.local_lm import ensure_server
+        from pytest_dspex.lm.local.embedded import ensure_server
 
         run_id = f"bench-{uuid.uuid4().hex[:8]}"
         url = ensure_server(run_id, os.getpid())
@@ -200,7 +200,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     finally:
         if run_id is not None:
-            from pytest_dspex.local_lm import stop_server
+            from pytest_dspex.lm.local.embedded import stop_server
 
             stop_server(run_id)
 

@@ -183,7 +183,7 @@ def main() -> None:
         sys.exit("redis-server is not installed (apt-get install redis-server)")
     redis_srv = RedisServer(binary).start()
     lm_srv = subprocess.Popen(
-        [sys.executable, "-m", "pytest_dspex.fake_server"], stdout=subprocess.PIPE, text=True, cwd=ROOT
+        [sys.executable, "-m", "pytest_dspex.testing.fake_server"], stdout=subprocess.PIPE, text=True, cwd=ROOT
     )
     try:
         assert lm_srv.stdout is not None

@@ -3,7 +3,7 @@
 On a loopback fake LM (``pass_every=3``: about a third of the answers are right... and a golden whose
 per-example outcomes differ on a few examples), evaluates a dataset of ``shards × per_shard``
 examples once unsharded and once per shard (each shard evaluates only the examples its key
-assigns to it, ``pytest_dspex.sharding``), writes one JSON report per run, then times
+assigns to it, ``pytest_dspex.evaluation.sharding``), writes one JSON report per run, then times
 ``python -m pytest_dspex combine``'s core (read + merge + judge) on the shard reports and checks
 that every verdict field equals the unsharded run's.
 
@@ -81,12 +81,12 @@ def main() -> None:
     args = parser.parse_args()
 
     import pytest_dspex as dspex
-    from pytest_dspex.combine import combine, combine_files
-    from pytest_dspex.sharding import Shard
+    from pytest_dspex.evaluation.sharding import Shard
+    from pytest_dspex.reports.combine import combine, combine_files
 
     n = args.shards * args.per_shard
     server = subprocess.Popen(
-        [sys.executable, "-m", "pytest_dspex.fake_server", "--pass-every", "3"],
+        [sys.executable, "-m", "pytest_dspex.testing.fake_server", "--pass-every", "3"],
         stdout=subprocess.PIPE,
         text=True,
         cwd=ROOT,
@@ -120,7 +120,7 @@ def main() -> None:
         )
         (work / "whole.json").write_text(json.dumps(_report(_entry(whole, golden, golden_score, n), None)))
 
-        keys = [dspex.datasets.example_key(e) for e in dev]
+        keys = [dspex.example_key(e) for e in dev]
         paths, sizes = [], []
         for k in range(1, args.shards + 1):
             shard = Shard(k, args.shards)

@@ -15,7 +15,7 @@ DSPY_VENV = Path(os.environ.get("DSPEX_BENCH_DSPY_VENV", HERE / ".dspy-venv"))  
 
 
 def start_server(latency: float, pass_every: int = 1, faults: str = "{}") -> tuple[subprocess.Popen[str], str]:
-    cmd = [sys.executable, "-m", "pytest_dspex.fake_server", "--latency", str(latency), "--pass-every", str(pass_every), "--faults", faults]
+    cmd = [sys.executable, "-m", "pytest_dspex.testing.fake_server", "--latency", str(latency), "--pass-every", str(pass_every), "--faults", faults]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert proc.stdout is not None
     line = proc.stdout.readline().split()

@@ -22,8 +22,8 @@ import json
 import re
 
 import pytest_dspex as dspex
-from pytest_dspex.fake_server import FakeLMServer
 from pytest_dspex.optimize import BootstrapFewShotWithRandomSearch
+from pytest_dspex.testing.fake_server import FakeLMServer
 
 
 class Classify(dspex.Signature):

@@ -20,8 +20,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import dspy
 
 import pytest_dspex as dspex
-from pytest_dspex.fake_server import FakeLMServer
-from pytest_dspex.golden import GoldenFile, from_dspy_state, golden_record, to_dspy_state
+from pytest_dspex.golden.file import GoldenFile, from_dspy_state, golden_record, to_dspy_state
+from pytest_dspex.testing.fake_server import FakeLMServer
 from tests.interop.dspy_saves import QA, dspy_saves, make_dspex_programs, sum_responder
 
 results: list[tuple[str, str]] = []

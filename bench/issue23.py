@@ -4,7 +4,7 @@
     python bench/issue23.py /path/to/tree   # another checkout (e.g. an older commit, for "before")
 
 Each scenario writes a small project under a temporary folder, runs pytest on it against the
-loopback fake server (``pytest_dspex.fake_server``) and prints what a user meets: how many lines the
+loopback fake server (``pytest_dspex.testing.fake_server``) and prints what a user meets: how many lines the
 failure output takes, whether the orphaned golden is named, whether tracebacks chain, how typed
 answers parse, and the small things (BOM CSV, ``LM(cache="off")``, ``.gitignore`` in the cache).
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 TREE = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent)
 sys.path.insert(0, str(TREE))
 
-from pytest_dspex.fake_server import FakeLMServer, triage_responder  # noqa: E402
+from pytest_dspex.testing.fake_server import FakeLMServer, triage_responder  # noqa: E402
 
 PY = sys.executable
 ENV = dict(os.environ, PYTHONPATH=str(TREE), OPENAI_API_KEY="sk-bench")
@@ -149,7 +149,7 @@ def test_whole(dspex_evaluate):
 
     print("\n## strict typed parsing (compact adapter, an int field)")
     import pytest_dspex as dspex
-    from pytest_dspex.adapters import CompactAdapter
+    from pytest_dspex.programs.adapters import CompactAdapter
 
     sig = dspex.make_signature("m -> n: int")
     for text in ["result2-039a296fde", "98.7", "0x1A", "version 3 of 5", "1e400", "42", "1,234"]:
@@ -162,7 +162,7 @@ def test_whole(dspex_evaluate):
     print("\n## small things")
     csv = root / "bom.csv"
     csv.write_bytes("\ufeffid,message,team\nq-1,hello,billing\n".encode())
-    from pytest_dspex.datasets import example_key
+    from pytest_dspex.evaluation.datasets import example_key
 
     print("  BOM CSV key:", example_key(dspex.load_dataset(csv, input_keys=["message"])[0]))
     try:

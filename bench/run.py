@@ -8,7 +8,7 @@
 
 DSPy 3.4.1 runs in its own venv: ``bench/.dspy-venv`` (made on first use, or a link to one;
 ``DSPEX_BENCH_DSPY_VENV`` names another). Each case runs in a fresh process against
-``pytest_dspex.fake_server`` (an OpenAI-compatible server with a fixed latency) in its own process.
+``pytest_dspex.testing.fake_server`` (an OpenAI-compatible server with a fixed latency) in its own process.
 
 **Adding a section is one line in SECTIONS**: a title and ``"module:function"`` in bench/, the function
 taking the run's ``Context`` and returning the section's markdown lines; it records its targets with

@@ -3,8 +3,8 @@
     python docs/make_report_screenshot.py            # writes docs/report.png (and docs/report-example.html with --keep)
 
 The examples are the example project's dev sets, the prompts are rendered from its golden files
-(``pytest_dspex.production.golden_requests``), and the comparison with the golden is computed by
-``pytest_dspex.comparison.compare``; which examples miss or fail is scripted (no model runs here),
+(``pytest_dspex.golden.production.golden_requests``), and the comparison with the golden is computed by
+``pytest_dspex.evaluation.comparison.compare``; which examples miss or fail is scripted (no model runs here),
 so the picture is the same on every machine.
 """
 
@@ -19,9 +19,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pytest_dspex.comparison import compare  # noqa: E402
-from pytest_dspex.datasets import example_key  # noqa: E402
-from pytest_dspex.production import golden_requests, read_golden  # noqa: E402
+from pytest_dspex.evaluation.comparison import compare  # noqa: E402
+from pytest_dspex.evaluation.datasets import example_key  # noqa: E402
+from pytest_dspex.golden.production import golden_requests, read_golden  # noqa: E402
 from pytest_dspex.reports import write_html  # noqa: E402
 from tests.chromium import Chromium  # noqa: E402
 
@@ -59,7 +59,7 @@ def _program(name: str, output: str, records: list[dict[str, Any]], *, flipped: 
     cmp = compare(baseline, current).to_json()
     n = len(records)
     score = sum(r["score"] for r in records) / n
-    from pytest_dspex.stats import confidence_interval
+    from pytest_dspex.evaluation.stats import confidence_interval
 
     lo, hi = confidence_interval([r["score"] for r in records])
     errors: dict[str, int] = {}

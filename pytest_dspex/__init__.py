@@ -12,34 +12,38 @@ The core (this package minus ``pytest_dspex.plugin``) never imports pytest::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
+
+from ._support.version import __version__
 
 # Names are imported on first use (PEP 562), so the pytest plugin, which is loaded in every
 # pytest run of a project that installs pytest-dspex, costs almost nothing when it is unused.
 _LAZY: dict[str, str] = {
-    "events": "", "metrics": "",
+    "events": ".observe.events", "metrics": ".evaluation.metrics",
     **dict.fromkeys(
         ["AdapterParseError", "BudgetExceededError", "CacheMissError", "CircuitOpenError", "CompileStoppedError", "ConfigError",
          "DatasetError", "DspexError", "GoldenFileError", "GoldenStaleError", "LMError", "LMHTTPError", "LMResponseError",
          "LMTimeoutError", "LMUnavailableError", "MetricError", "ModelRefusedError", "SignatureError"],
-        "._exceptions",
+        ".errors",
     ),
-    **dict.fromkeys(["ChatAdapter", "CompactAdapter", "JSONAdapter"], ".adapters"),
-    **dict.fromkeys(["Comparison", "compare"], ".comparison"),
-    **dict.fromkeys(["example_key", "load_dataset", "split"], ".datasets"),
-    **dict.fromkeys(["Evaluate", "EvaluationResult", "ExampleRecord", "evaluate"], ".evaluation"),
+    **dict.fromkeys(["ChatAdapter", "CompactAdapter", "JSONAdapter"], ".programs.adapters"),
+    **dict.fromkeys(["Comparison", "compare"], ".evaluation.comparison"),
+    **dict.fromkeys(["example_key", "load_dataset", "split"], ".evaluation.datasets"),
+    **dict.fromkeys(["Evaluate", "EvaluationResult", "ExampleRecord", "evaluate"], ".evaluation.scoring"),
     **dict.fromkeys(["LM", "Budget", "ResponseCache", "Usage", "track_usage"], ".lm"),
     **dict.fromkeys(["BootstrapFewShot", "BootstrapFewShotWithRandomSearch", "LabeledFewShot"], ".optimize"),
-    **dict.fromkeys(["Example", "Prediction"], ".primitives"),
-    **dict.fromkeys(["load_golden"], ".production"),
-    "embedded_lm": ".local_lm",
-    **dict.fromkeys(["ChainOfThought", "Module", "Predict", "trace_scope"], ".programs"),
-    **dict.fromkeys(["configure", "context"], ".settings"),
-    **dict.fromkeys(["InputField", "OutputField", "Signature", "make_signature"], ".signatures"),
+    **dict.fromkeys(["Example", "Prediction"], ".programs.primitives"),
+    **dict.fromkeys(["load_golden"], ".golden.production"),
+    "embedded_lm": ".programs.settings",
+    **dict.fromkeys(["ChainOfThought", "Module", "Predict", "trace_scope"], ".programs.modules"),
+    **dict.fromkeys(["configure", "context"], ".programs.settings"),
+    **dict.fromkeys(["InputField", "OutputField", "Signature", "make_signature"], ".programs.signatures"),
 }  # fmt: skip
+
+
+#: names above that are modules, not attributes of one
+_MODULES = frozenset({"events", "metrics"})
 
 
 def __getattr__(name: str) -> _Any:
@@ -48,8 +52,8 @@ def __getattr__(name: str) -> _Any:
     where = _LAZY.get(name)
     if where is None:
         raise AttributeError(f"module 'pytest_dspex' has no attribute {name!r}")
-    module = importlib.import_module(where or f".{name}", __name__)
-    value = module if not where else getattr(module, name)
+    module = importlib.import_module(where, __name__)
+    value = module if name in _MODULES else getattr(module, name)
     globals()[name] = value
     return value
 
@@ -59,8 +63,7 @@ def __dir__() -> list[str]:
 
 
 if _TYPE_CHECKING:
-    from . import events, metrics
-    from ._exceptions import (
+    from .errors import (
         AdapterParseError,
         BudgetExceededError,
         CacheMissError,
@@ -80,18 +83,19 @@ if _TYPE_CHECKING:
         ModelRefusedError,
         SignatureError,
     )
-    from .adapters import ChatAdapter, CompactAdapter, JSONAdapter
-    from .comparison import Comparison, compare
-    from .datasets import example_key, load_dataset, split
-    from .evaluation import Evaluate, EvaluationResult, ExampleRecord, evaluate
+    from .evaluation import metrics
+    from .evaluation.comparison import Comparison, compare
+    from .evaluation.datasets import example_key, load_dataset, split
+    from .evaluation.scoring import Evaluate, EvaluationResult, ExampleRecord, evaluate
+    from .golden.production import load_golden
     from .lm import LM, Budget, ResponseCache, Usage, track_usage
-    from .local_lm import embedded_lm
+    from .observe import events
     from .optimize import BootstrapFewShot, BootstrapFewShotWithRandomSearch, LabeledFewShot
-    from .primitives import Example, Prediction
-    from .production import load_golden
-    from .programs import ChainOfThought, Module, Predict, trace_scope
-    from .settings import configure, context
-    from .signatures import InputField, OutputField, Signature, make_signature
+    from .programs.adapters import ChatAdapter, CompactAdapter, JSONAdapter
+    from .programs.modules import ChainOfThought, Module, Predict, trace_scope
+    from .programs.primitives import Example, Prediction
+    from .programs.settings import configure, context, embedded_lm
+    from .programs.signatures import InputField, OutputField, Signature, make_signature
 
 __all__ = [
     "LM",

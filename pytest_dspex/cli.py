@@ -63,8 +63,8 @@ def _parse_inputs(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def _prompt(args: argparse.Namespace) -> int:
-    from ._exceptions import DspexError
-    from .production import golden_adapters, golden_requests, read_golden
+    from .errors import DspexError
+    from .golden.production import golden_adapters, golden_requests, read_golden
 
     inputs = _parse_inputs(args.input)
     try:
@@ -133,8 +133,8 @@ def _add_report(sub: Subparsers) -> None:
 
 def read_report(path: str) -> dict[str, Any]:
     """A JSON report from disk; a missing or corrupted one is a ``CommandError`` naming the file."""
-    from .combine import CombineError
-    from .combine import read_report as read
+    from .reports.combine import CombineError
+    from .reports.combine import read_report as read
 
     try:
         return read(path)
@@ -164,7 +164,7 @@ def _report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# -- import (pytest_dspex.importer) -------------------------------------------------------------
+# -- import (pytest_dspex.plugin.importer) -------------------------------------------------------------
 def _add_import(sub: Subparsers) -> None:
     p = sub.add_parser(
         "import",
@@ -181,8 +181,8 @@ def _add_import(sub: Subparsers) -> None:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from ._exceptions import DspexError
-    from .importer import import_dspy_state
+    from .errors import DspexError
+    from .plugin.importer import import_dspy_state
 
     try:
         result = import_dspy_state(args.saved, args.test, force=args.force, pytest_args=args.pytest_args, out=sys.stdout)
@@ -191,9 +191,9 @@ def _import(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-# -- combine (pytest_dspex.combine) -------------------------------------------------------------
+# -- combine (pytest_dspex.reports.combine) -------------------------------------------------------------
 def _add_combine(sub: Subparsers) -> None:
-    from .combine import add_parser
+    from .reports.combine import add_parser
 
     add_parser(sub)
 

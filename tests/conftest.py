@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 import pytest_dspex as dspex
-from pytest_dspex.fake_server import FakeLMServer, Faults, triage_responder
+from pytest_dspex.testing.fake_server import FakeLMServer, Faults, triage_responder
 
 from .needs import say_skips
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 import pytest_dspex as dspex
-from pytest_dspex.adapters import ChatAdapter, CompactAdapter, JSONAdapter
+from pytest_dspex.programs.adapters import ChatAdapter, CompactAdapter, JSONAdapter
 
 QA = dspex.make_signature("question -> answer", "Answer briefly.")
 DEMOS = [{"question": "1+1?", "answer": "2"}, {"question": "capital of France?", "answer": "Paris"}]
@@ -141,7 +141,7 @@ def test_json_numbers_follow_the_same_rules():
 def test_an_out_of_range_answer_falls_back_to_json_and_is_a_parse_miss_not_a_program_error(server_factory, make_lm):
     import asyncio
 
-    from pytest_dspex.evaluation import evaluate_records
+    from pytest_dspex.evaluation.scoring import evaluate_records
 
     sig = dspex.make_signature("m -> n: int")
 

@@ -16,9 +16,9 @@ import httpx
 import pytest
 
 import pytest_dspex as dspex
-from pytest_dspex.adapters import LMRequest
-from pytest_dspex.fake_server import triage_responder
 from pytest_dspex.lm import AdaptiveLimiter, Breaker
+from pytest_dspex.programs.adapters import LMRequest
+from pytest_dspex.testing.fake_server import triage_responder
 
 from .conftest import Triage, team_matches, triage_examples
 
@@ -441,8 +441,8 @@ def test_the_plugin_turns_hedging_off_for_the_embedded_model_only(monkeypatch, t
     from pytest_dspex.plugin.lms import SessionLMs
     from pytest_dspex.plugin.options import DspexOptions
 
-    monkeypatch.setattr("pytest_dspex.local_lm.ensure_server", lambda run_id, owner_pid: "http://127.0.0.1:9/v1")
-    monkeypatch.setattr("pytest_dspex.local_lm.stop_server", lambda run_id: None)
+    monkeypatch.setattr("pytest_dspex.lm.local.embedded.ensure_server", lambda run_id, owner_pid: "http://127.0.0.1:9/v1")
+    monkeypatch.setattr("pytest_dspex.lm.local.embedded.stop_server", lambda run_id: None)
 
     def options(**kw: Any) -> DspexOptions:
         base: dict[str, Any] = dict(

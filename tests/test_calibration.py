@@ -1,4 +1,4 @@
-"""Calibrated classifiers (``pytest_dspex.calibration``) end to end, against an in-test endpoint.
+"""Calibrated classifiers (``pytest_dspex.programs.calibration``) end to end, against an in-test endpoint.
 
 The endpoint (``BiasedEndpoint``, an ``httpx.MockTransport`` handler) answers like a small model
 with a label bias: the first answer token's alternatives always favour ``lost card`` strongly, with a
@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 
 import pytest_dspex as dspex
-from pytest_dspex import calibration
-from pytest_dspex.calibration import calibrate, calibrated_label, calibration_field, label_probabilities
-from pytest_dspex.golden import GoldenStore, golden_record
+from pytest_dspex.golden.file import GoldenStore, golden_record
 from pytest_dspex.optimize import BootstrapFewShotWithRandomSearch
+from pytest_dspex.programs import calibration
+from pytest_dspex.programs.calibration import calibrate, calibrated_label, calibration_field, label_probabilities
 
 LABELS = ("lost_card", "check_balance", "transfer_money")
 SHOWN = {"lost_card": "lost card", "check_balance": "check balance", "transfer_money": "transfer money"}
@@ -661,7 +661,7 @@ class FakeLlama:
 
 
 def test_first_token_logprobs_reuses_the_cached_prefix_and_returns_the_top_k_normalised():
-    from pytest_dspex._llama_server import first_token_logprobs
+    from pytest_dspex.lm.local._llama_server import first_token_logprobs
 
     llama = FakeLlama()
     first = first_token_logprobs(llama, "abc", 3)
@@ -698,7 +698,7 @@ def test_first_token_logprobs_reuses_the_cached_prefix_and_returns_the_top_k_nor
 
 
 def test_first_token_logprobs_is_none_without_the_llama_api():
-    from pytest_dspex._llama_server import first_token_logprobs
+    from pytest_dspex.lm.local._llama_server import first_token_logprobs
 
     assert first_token_logprobs(object(), "abc", 5) is None
 
@@ -716,7 +716,7 @@ def test_the_plain_handler_answers_first_token_logprobs_itself_without_logits_al
     pytest.importorskip("llama_cpp")
     import llama_cpp.llama_chat_format as chat_format
 
-    from pytest_dspex import _llama_server
+    from pytest_dspex.lm.local import _llama_server
 
     calls: list[dict[str, Any]] = []
 

@@ -14,8 +14,8 @@ import pytest
 
 import pytest_dspex as dspex
 from pytest_dspex.cli import main
-from pytest_dspex.fake_server import FakeLMServer
-from pytest_dspex.golden import GoldenStore, golden_record
+from pytest_dspex.golden.file import GoldenStore, golden_record
+from pytest_dspex.testing.fake_server import FakeLMServer
 
 from .report_samples import program_row, report
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from pytest_dspex.combine import CombineError, combine, combine_files, main
-from pytest_dspex.comparison import compare
-from pytest_dspex.evaluation import EvaluationResult
-from pytest_dspex.gates import judge, paired_outcomes
-from pytest_dspex.records import ExampleRecord
-from pytest_dspex.sharding import Shard, shard_of
+from pytest_dspex.evaluation.comparison import compare
+from pytest_dspex.evaluation.gates import judge, paired_outcomes
+from pytest_dspex.evaluation.records import ExampleRecord
+from pytest_dspex.evaluation.scoring import EvaluationResult
+from pytest_dspex.evaluation.sharding import Shard, shard_of
+from pytest_dspex.reports.combine import CombineError, combine, combine_files, main
 
 VERDICT_FIELDS = ("score", "n", "ci95", "errors", "errors_by_kind", "infra_errors", "verdict", "comparison")
 

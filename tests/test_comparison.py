@@ -6,9 +6,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from pytest_dspex.comparison import Comparison, compare, flaky_keys, mcnemar_exact, needed_n, outcomes_from_records
-from pytest_dspex.primitives import Example
-from pytest_dspex.stats import clustered_confidence_interval, clustered_mean, confidence_interval
+from pytest_dspex.evaluation.comparison import (
+    Comparison,
+    compare,
+    flaky_keys,
+    mcnemar_exact,
+    needed_n,
+    outcomes_from_records,
+)
+from pytest_dspex.evaluation.stats import clustered_confidence_interval, clustered_mean, confidence_interval
+from pytest_dspex.programs.primitives import Example
 
 
 # Exact one-sided McNemar = scipy.stats.binomtest(b, b + c, 0.5, alternative="greater").pvalue,
@@ -135,7 +142,7 @@ def test_outcomes_from_records_and_their_json():
     rec = SimpleNamespace(key=None, example=ex, score=1.0)  # an in-process record without a key
     keyed = SimpleNamespace(key="k", score=0.25)
     out = outcomes_from_records([rec, keyed, {"key": "ex-2", "score": 0.0}, {"key": 3, "score": None, "repeats": [1, 0]}])
-    from pytest_dspex.datasets import example_key
+    from pytest_dspex.evaluation.datasets import example_key
 
     assert out == {example_key(ex): 1.0, "k": 0.25, "ex-2": 0.0, "3": 0.5}
     with pytest.raises(Exception, match="duplicate example key 'x'"):

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 import pytest_dspex as dspex
-from pytest_dspex.fake_server import Faults
 from pytest_dspex.lm.resilience import Breaker
+from pytest_dspex.testing.fake_server import Faults
 
 from .conftest import Triage, team_matches, triage_examples
 from .test_infra_verdicts import TESTS, project
@@ -71,11 +71,11 @@ def test_an_all_404_endpoint_gets_a_handful_of_requests(server_factory: Any, mak
 
 
 def _compile(server_url: str, tmp_path: Any, **kwargs: Any) -> Any:
-    from pytest_dspex.compile import CompileSettings, compile_program
+    from pytest_dspex.optimize.compile import CompileSettings, compile_program
 
     lm = dspex.LM("fake-model", base_url=server_url, api_key="k", cache=None, backoff_base=0.01)
     try:
-        with dspex.settings.context(lm=lm):
+        with dspex.context(lm=lm):
             return compile_program(
                 dspex.Predict(Triage), name="triage", metric=team_matches, trainset=triage_examples(60),
                 valset=triage_examples(120), input_keys=("message",), path=tmp_path / "__dspex__" / "t" / "triage.json",

@@ -9,8 +9,8 @@ from typing import Any, Literal
 import pytest
 
 import pytest_dspex as dspex
-from pytest_dspex.adapters import ChatAdapter, CompactAdapter, JSONAdapter
-from pytest_dspex.constrained import (
+from pytest_dspex.programs.adapters import ChatAdapter, CompactAdapter, JSONAdapter
+from pytest_dspex.programs.constrained import (
     chat_grammar,
     compact_grammar,
     constrained_decoding,
@@ -202,7 +202,7 @@ def test_json_constraint_tries_both_openai_and_llama_cpp_forms_before_going_with
 
 
 def test_vllm_dialect_and_off():
-    from pytest_dspex.constrained import Constraint, body_fields
+    from pytest_dspex.programs.constrained import Constraint, body_fields
 
     c = Constraint("grammar", grammar="root ::= \"a\"\n")
     assert body_fields("vllm", c) == {"guided_grammar": c.grammar}
@@ -232,7 +232,7 @@ def test_compact_shows_snake_case_labels_as_words_and_maps_answers_back():
 
 
 def test_labels_that_would_collide_are_shown_as_they_are():
-    from pytest_dspex.constrained import shown_choices
+    from pytest_dspex.programs.constrained import shown_choices
 
     clash = dspex.make_signature("m -> x")
     spec = next(iter(Intent.output_fields().values()))

@@ -5,7 +5,7 @@ import json
 import pytest
 
 import pytest_dspex as dspex
-from pytest_dspex.datasets import fingerprint
+from pytest_dspex.evaluation.datasets import fingerprint
 
 
 def test_jsonl_json_and_csv_load_the_same_examples(tmp_path):
@@ -54,7 +54,7 @@ def test_split_is_seeded_and_disjoint():
 
 
 def test_example_key_is_the_id_else_a_hash_of_the_inputs():
-    from pytest_dspex.datasets import example_key
+    from pytest_dspex.evaluation.datasets import example_key
 
     assert example_key({"id": 17, "question": "q"}) == "17"
     a = dspex.Example(question="2+2?", answer="4").with_inputs("question")
@@ -90,7 +90,7 @@ def test_duplicate_inputs_without_ids_are_an_error(tmp_path):
 
 
 def test_check_unique_keys_returns_the_keys_in_order():
-    from pytest_dspex.datasets import check_unique_keys
+    from pytest_dspex.evaluation.datasets import check_unique_keys
 
     keys = check_unique_keys([{"id": 2}, {"id": 1}], "mem")
     assert keys == ["2", "1"]
@@ -100,7 +100,7 @@ def test_check_unique_keys_returns_the_keys_in_order():
 
 def test_a_utf8_bom_is_not_part_of_the_first_column(tmp_path):
     """Excel's "CSV UTF-8" starts with a BOM: the first column (here ``id``) keeps its name (issue 23)."""
-    from pytest_dspex.datasets import example_key
+    from pytest_dspex.evaluation.datasets import example_key
 
     (tmp_path / "bom.csv").write_bytes("\ufeffid,question,answer\nq-1,q1,a1\nq-2,q2,a2\n".encode())
     (tmp_path / "bom.jsonl").write_bytes('\ufeff{"id": "q-1", "question": "q1", "answer": "a1"}\n'.encode())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import pytest_dspex as dspex
-from pytest_dspex.fake_server import FakeLMServer
+from pytest_dspex.testing.fake_server import FakeLMServer
 
 
 class _DspyLikeExample:

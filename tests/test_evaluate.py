@@ -6,7 +6,7 @@ import pydantic
 import pytest
 
 import pytest_dspex as dspex
-from pytest_dspex.fake_server import Faults
+from pytest_dspex.testing.fake_server import Faults
 
 from .conftest import Triage, team_matches, triage_examples
 
@@ -112,8 +112,8 @@ def test_summary_lists_worst_examples(server_factory, make_lm):
 def test_summary_lists_the_regressed_examples_first_by_key_with_expected_apart_from_the_id():
     """Under a regression the examples that went pass -> fail are the news (issue 23): listed first,
     named by key, not the ones that were always wrong; the row's id is not an expected output."""
-    from pytest_dspex.evaluation import EvaluationResult
-    from pytest_dspex.records import ExampleRecord
+    from pytest_dspex.evaluation.records import ExampleRecord
+    from pytest_dspex.evaluation.scoring import EvaluationResult
 
     def rec(i: int, score: float) -> ExampleRecord:
         return ExampleRecord(i, f"dev-{i:04d}", {"message": f"case {i}"}, {"id": f"dev-{i:04d}", "team": "billing"},
@@ -155,7 +155,7 @@ class Route(dspex.Signature):
 def test_records_round_trip_through_json_with_pydantic_predictions(server_factory, make_lm):
     import json
 
-    from pytest_dspex.records import ExampleRecord
+    from pytest_dspex.evaluation.records import ExampleRecord
 
     server = server_factory(lambda body: '{"team": "billing", "urgent": true}')
     program = dspex.Predict(Route, lm=make_lm(server))
@@ -178,8 +178,8 @@ def test_records_round_trip_through_json_with_pydantic_predictions(server_factor
 
 
 def test_error_rate_counts_only_infrastructure_errors():
-    from pytest_dspex.gates import judge
-    from pytest_dspex.records import ExampleRecord
+    from pytest_dspex.evaluation.gates import judge
+    from pytest_dspex.evaluation.records import ExampleRecord
 
     def rec(i: int, kind: str | None) -> ExampleRecord:
         return ExampleRecord(i, f"k{i}", {}, {}, None, 0.0 if kind else 1.0, kind, kind and "boom")
@@ -211,7 +211,7 @@ def test_a_sync_metric_may_call_a_program_lm_as_judge(server, make_lm):
 
 
 def test_a_program_with_no_lm_uses_the_session_default_until_it_is_removed(server, make_lm):
-    from pytest_dspex import settings
+    from pytest_dspex.programs import settings
 
     lm = make_lm(server)
     remove = settings.session_defaults(lm=settings.lazy(lambda: lm), json_fallback=False)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 import pytest_dspex as dspex
-from pytest_dspex.fake_server import Faults
+from pytest_dspex.testing.fake_server import Faults
 
 from .conftest import Triage, team_matches, triage_examples
 

@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 
 import pytest_dspex as dspex
-from pytest_dspex.evaluation import Evaluate, EvaluationResult
-from pytest_dspex.gates import judge, judge_records
+from pytest_dspex.evaluation.gates import judge, judge_records
+from pytest_dspex.evaluation.records import ExampleRecord
+from pytest_dspex.evaluation.scoring import Evaluate, EvaluationResult
+from pytest_dspex.evaluation.stats import clustered_confidence_interval
 from pytest_dspex.lm.cache import ResponseCache
-from pytest_dspex.records import ExampleRecord
-from pytest_dspex.rows import program_row
-from pytest_dspex.stats import clustered_confidence_interval
+from pytest_dspex.reports.rows import program_row
 
 from .conftest import Triage, team_matches
 

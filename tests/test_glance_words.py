@@ -4,7 +4,7 @@ columns, the baseline on the shared examples."""
 
 from __future__ import annotations
 
-from pytest_dspex.comparison import compare
+from pytest_dspex.evaluation.comparison import compare
 from pytest_dspex.plugin.report import format_table, gate_lines, verdict_lines
 from pytest_dspex.reports._format import ProgramView, endpoint_text, split_expected
 

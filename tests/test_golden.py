@@ -10,8 +10,8 @@ import textwrap
 import pytest
 
 import pytest_dspex as dspex
-from pytest_dspex._exceptions import GoldenStaleError
-from pytest_dspex.golden import SCHEMA_VERSION, GoldenStore, from_dspy_state, golden_record, to_dspy_state
+from pytest_dspex.errors import GoldenStaleError
+from pytest_dspex.golden.file import SCHEMA_VERSION, GoldenStore, from_dspy_state, golden_record, to_dspy_state
 
 from .conftest import Triage
 
@@ -105,7 +105,7 @@ def test_interrupted_write_leaves_the_previous_file_intact(tmp_path):
     script = textwrap.dedent(
         f"""
         import os, sys, time
-        import pytest_dspex._atomic as a
+        import pytest_dspex._support.atomic as a
         real_fsync = os.fsync
         def slow_fsync(fd):
             print("writing", flush=True)
@@ -149,7 +149,7 @@ def test_concurrent_writers_leave_one_valid_file(tmp_path):
         f"""
         import sys
         import pytest_dspex as d
-        from pytest_dspex.golden import GoldenStore, golden_record
+        from pytest_dspex.golden.file import GoldenStore, golden_record
         p = d.Predict("message -> team")
         p.demos = [{{"message": "m" * 5000, "team": sys.argv[1]}}]
         for _ in range(20):

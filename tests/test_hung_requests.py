@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 import pytest_dspex as dspex
-from pytest_dspex.fake_server import Faults
 from pytest_dspex.lm.sharing import AutoHedge, WireMark
+from pytest_dspex.testing.fake_server import Faults
 
 from .conftest import Triage, team_matches, triage_examples
 from .test_infra_verdicts import project

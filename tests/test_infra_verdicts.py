@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 import pytest_dspex as dspex
-from pytest_dspex.fake_server import FakeLMServer, Faults
-from pytest_dspex.metrics import to_score
+from pytest_dspex.evaluation.metrics import to_score
+from pytest_dspex.testing.fake_server import FakeLMServer, Faults
 
 from .conftest import Triage, triage_examples
 from .needs import need

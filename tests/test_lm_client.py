@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 import pytest_dspex as dspex
-from pytest_dspex.adapters import LMRequest
-from pytest_dspex.fake_server import Faults
+from pytest_dspex.programs.adapters import LMRequest
+from pytest_dspex.testing.fake_server import Faults
 
 from .conftest import Triage
 

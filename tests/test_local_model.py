@@ -16,6 +16,7 @@ from typing import Literal
 import pytest
 
 import pytest_dspex as dspex
+from pytest_dspex.lm.types import LMRequest
 from pytest_dspex.optimize import BootstrapFewShot
 
 # find_spec, not importorskip: importing llama_cpp opens two /dev/null files it never closes, a
@@ -31,8 +32,8 @@ DATA = Path(__file__).parent.parent / "example_project" / "tests" / "data"
 
 @pytest.fixture(scope="module")
 def local_url():
-    from pytest_dspex import local_lm
-    from pytest_dspex.local_lm import ensure_server, stop_server
+    from pytest_dspex.lm.local import embedded as local_lm
+    from pytest_dspex.lm.local.embedded import ensure_server, stop_server
 
     run_id = f"tests-{uuid.uuid4().hex[:8]}"
     url = ensure_server(run_id, os.getpid())
@@ -71,7 +72,7 @@ def load(name: str, n: int) -> list[dspex.Example]:
 
 
 def test_deterministic_at_temperature_zero_with_usage(lm):
-    req = dspex.adapters.LMRequest(messages=[{"role": "user", "content": "Question: What color is the sky?\nAnswer:"}], stop=("\n",))
+    req = LMRequest(messages=[{"role": "user", "content": "Question: What color is the sky?\nAnswer:"}], stop=("\n",))
     a, b = lm.complete(req), lm.complete(req)
     assert a.text == b.text and a.text.strip()
     assert a.prompt_tokens > 5 and a.completion_tokens > 0
@@ -97,7 +98,7 @@ def metric(example, prediction, trace=None):
 
 
 def test_bootstrap_lifts_the_score_clearly_above_zero_shot(lm):
-    from pytest_dspex.constrained import set_constrained_decoding
+    from pytest_dspex.programs.constrained import set_constrained_decoding
 
     # free-form decoding: what demos alone do for a base model (a grammar lifts zero-shot by itself)
     set_constrained_decoding(lm, "off")
@@ -112,7 +113,7 @@ def test_bootstrap_lifts_the_score_clearly_above_zero_shot(lm):
 
 def test_constrained_decoding_turns_wrong_formats_into_labels(lm):
     """Zero-shot, the base model rambles; with the labels as a grammar every answer is a label."""
-    from pytest_dspex.constrained import constrained_decoding, set_constrained_decoding
+    from pytest_dspex.programs.constrained import constrained_decoding, set_constrained_decoding
 
     dev = load("triage_dev.jsonl", 8)
     program = dspex.Predict(Triage, lm=lm)
@@ -144,7 +145,7 @@ def test_typed_outputs_under_a_grammar_parse_on_the_real_server(lm):
 def test_json_adapter_with_a_schema_on_llama_cpp_python(lm):
     """llama-cpp-python takes ``response_format: json_object`` with a schema (not OpenAI's json_schema)."""
 
-    from pytest_dspex.constrained import constrained_decoding
+    from pytest_dspex.programs.constrained import constrained_decoding
 
     class Route(dspex.Signature):
         """Route the message."""
@@ -162,10 +163,10 @@ def test_the_embedded_server_answers_first_token_logprobs_and_calibration_uses_t
     """The server runs without ``logits_all`` and answers first-token logprobs itself (``_llama_server``)."""
     import asyncio
 
-    from pytest_dspex.calibration import calibrate
+    from pytest_dspex.programs.calibration import calibrate
 
     train = load("triage_train.jsonl", 8)
-    req = dspex.adapters.CompactAdapter().format(Triage, [e.toDict() for e in train], {"message": "I was charged twice"})
+    req = dspex.CompactAdapter().format(Triage, [e.toDict() for e in train], {"message": "I was charged twice"})
     plain = lm.complete(req)
     asked = lm.complete(req, logprobs=True, top_logprobs=5)
     assert plain.top_logprobs is None
@@ -186,8 +187,8 @@ def test_server_exits_when_its_owner_dies():
     import subprocess
     import sys
 
-    from pytest_dspex import local_lm
-    from pytest_dspex.local_lm import ensure_server, stop_server
+    from pytest_dspex.lm.local import embedded as local_lm
+    from pytest_dspex.lm.local.embedded import ensure_server, stop_server
 
     owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     run_id = f"orphan-{uuid.uuid4().hex[:8]}"
@@ -228,7 +229,7 @@ class Order(dspex.Signature):
 
 
 def test_a_line_of_text_and_a_number_end_by_themselves_zero_shot(lm):
-    from pytest_dspex.constrained import answer_tokens
+    from pytest_dspex.programs.constrained import answer_tokens
 
     lm = lm.copy(max_tokens=256)
     p = dspex.Predict(Order, lm=lm)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dspex import local_lm
+from pytest_dspex.lm.local import embedded as local_lm
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="zombies are read from /proc")

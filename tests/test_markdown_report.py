@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pytest_dspex.records import ExampleRecord
+from pytest_dspex.evaluation.records import ExampleRecord
 from pytest_dspex.reports import example_properties, program_properties, render_markdown, write_markdown
 from pytest_dspex.reports.markdown import md_text
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pytest_dspex.fake_server import FakeLMServer
+from pytest_dspex.testing.fake_server import FakeLMServer
 
 MODES = {"xdist": ["-n", "2"], "no-xdist": ["-p", "no:xdist"]}
 

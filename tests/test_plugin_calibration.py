@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from pytest_dspex.calibration import TOP_LOGPROBS
-from pytest_dspex.fake_server import FakeLMServer
+from pytest_dspex.programs.calibration import TOP_LOGPROBS
+from pytest_dspex.testing.fake_server import FakeLMServer
 
 from .test_calibration import FIRST_TOKEN, LABELS, SHOWN, messages, true_label
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pytest_dspex.fake_server import FakeLMServer
+from pytest_dspex.testing.fake_server import FakeLMServer
 
 from .test_plugin import MODES, make_responder, rows
 

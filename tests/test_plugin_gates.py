@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from pytest_dspex.fake_server import FakeLMServer
-from pytest_dspex.stats import clustered_confidence_interval
+from pytest_dspex.evaluation.stats import clustered_confidence_interval
+from pytest_dspex.testing.fake_server import FakeLMServer
 
 from .test_plugin import MODES, TRIAGE_PROGRAM
 from .test_plugin import rows as plugin_rows

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pytest_dspex.fake_server import FakeLMServer
+from pytest_dspex.testing.fake_server import FakeLMServer
 
 from .needs import CHROMIUM_INSTALL, need
 from .test_plugin import MODES, TEST_FILE, make_responder, rows

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pytest_dspex.fake_server import FakeLMServer, triage_responder
+from pytest_dspex.testing.fake_server import FakeLMServer, triage_responder
 
 from .test_plugin import MODES, TRIAGE_PROGRAM
 
@@ -258,8 +258,8 @@ class TestIncompleteRuns:
         data = report(pytester, "new.json")
         assert data["passed"] is False and data["programs"][0]["verdict"]["kind"] == "incomplete"
         # neither report passes anywhere else
-        from pytest_dspex.combine import CombineError, combine_files
         from pytest_dspex.reports import render_markdown
+        from pytest_dspex.reports.combine import CombineError, combine_files
 
         with pytest.raises(CombineError, match="incomplete: 9 of 40 examples ran"):
             combine_files([str(pytester.path / "new.json")])

@@ -7,8 +7,8 @@ import pickle
 
 import pytest
 
-from pytest_dspex.datasets import example_key
-from pytest_dspex.primitives import Example, Prediction
+from pytest_dspex.evaluation.datasets import example_key
+from pytest_dspex.programs.primitives import Example, Prediction
 
 
 def _example() -> Example:

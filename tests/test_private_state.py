@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from pytest_dspex._exceptions import ConfigError
-from pytest_dspex._private import private_dir, read_private, write_private
-from pytest_dspex.fake_server import FakeLMServer, triage_responder
+from pytest_dspex._support.private import private_dir, read_private, write_private
+from pytest_dspex.errors import ConfigError
+from pytest_dspex.testing.fake_server import FakeLMServer, triage_responder
 
 from .test_plugin import MODES
 from .test_plugin_verdicts import DATASET_TEST, EACH_TEST, dev_rows

@@ -16,7 +16,7 @@ def test_all_exports_exist_and_every_lazy_name_is_exported():
 
 
 def test_importing_the_plugin_does_not_import_the_core():
-    code = "import sys, pytest_dspex.plugin; print(sorted(m for m in ('httpx', 'pydantic', 'pytest_dspex.evaluation') if m in sys.modules))"
+    code = "import sys, pytest_dspex.plugin; print(sorted(m for m in ('httpx', 'pydantic', 'pytest_dspex.evaluation.scoring') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -30,8 +30,8 @@ def test_core_imports_and_runs_without_pytest():
         "            raise ImportError('pytest is blocked')\n"
         "sys.meta_path.insert(0, Block())\n"
         "import pytest_dspex as d\n"
-        "from pytest_dspex import cli, golden, fake_server, production, reports\n"
-        "from pytest_dspex import compile, evaluation, gates, records, rows\n"
+        "from pytest_dspex import cli, reports; from pytest_dspex.golden import file as golden, production; from pytest_dspex.testing import fake_server\n"
+        "from pytest_dspex.optimize import compile; from pytest_dspex.evaluation import scoring as evaluation, gates, records; from pytest_dspex.reports import rows\n"
         "from pytest_dspex.optimize import BootstrapFewShot\n"
         "p = d.Predict('question -> answer')\n"
         "assert 'pytest' not in sys.modules\n"
@@ -43,7 +43,10 @@ def test_core_imports_and_runs_without_pytest():
 
 
 def test_the_shared_record_and_gate_modules_export_what_the_others_build_on():
-    from pytest_dspex import compile, evaluation, gates, records, rows
+    from pytest_dspex.evaluation import gates, records
+    from pytest_dspex.evaluation import scoring as evaluation
+    from pytest_dspex.optimize import compile
+    from pytest_dspex.reports import rows
 
     for module in (compile, evaluation, gates, records, rows):
         for name in module.__all__:

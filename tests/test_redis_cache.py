@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 import pytest_dspex as dspex
-from pytest_dspex._exceptions import CacheMissError, ConfigError
-from pytest_dspex.fake_server import FakeLMServer
+from pytest_dspex.errors import CacheMissError, ConfigError
 from pytest_dspex.lm.cache import ResponseCache, cache_key
 from pytest_dspex.lm.redis_cache import KEY_PREFIX, RedisResponseCache, RedisStorage, open_response_cache, redact_url
+from pytest_dspex.testing.fake_server import FakeLMServer
 
 from .conftest import Triage, team_matches, triage_examples
 from .needs import REDIS_INSTALL, need

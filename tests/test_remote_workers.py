@@ -87,7 +87,7 @@ class Cluster:
         self.env.pop("PYTEST_ADDOPTS", None)
         lm = lab.popen(
             "lm",
-            [sys.executable, "-m", "pytest_dspex.fake_server", "--host", lab.addr("lm"), "--port", "8900",
+            [sys.executable, "-m", "pytest_dspex.testing.fake_server", "--host", lab.addr("lm"), "--port", "8900",
              "--pass-every", str(PASS_EVERY)],
             stdout=subprocess.PIPE, text=True, env=self.env,
         )  # fmt: skip

@@ -21,9 +21,9 @@ import httpx
 import pytest
 
 import pytest_dspex as dspex
-from pytest_dspex.adapters import LMRequest
 from pytest_dspex.lm import redact_url
 from pytest_dspex.lm.secrets import Credentials
+from pytest_dspex.programs.adapters import LMRequest
 
 CANARY = "sk-CANARY-7d1e4b90"
 REQ = LMRequest(messages=[{"role": "user", "content": "hi"}])

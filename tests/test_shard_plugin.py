@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from pytest_dspex.combine import combine_files
-from pytest_dspex.fake_server import FakeLMServer, triage_responder
-from pytest_dspex.sharding import shard_of
+from pytest_dspex.evaluation.sharding import shard_of
+from pytest_dspex.reports.combine import combine_files
+from pytest_dspex.testing.fake_server import FakeLMServer, triage_responder
 
 from .needs import REDIS_INSTALL, need
 from .redis_server import RedisServer, redis_server_binary

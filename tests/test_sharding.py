@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from pytest_dspex._exceptions import ConfigError
-from pytest_dspex.sharding import (
+from pytest_dspex.errors import ConfigError
+from pytest_dspex.evaluation.sharding import (
     Shard,
     ci_parallel_variables,
     in_shard,
@@ -34,7 +34,7 @@ def test_every_example_goes_to_exactly_one_shard_and_shards_are_balanced() -> No
 def test_assignment_is_a_stable_hash_not_pythons_hash() -> None:
     # fixed vectors: changing the function would split old shards' reports differently
     assert [shard_of(k, 3) for k in ("ex-0", "ex-1", "ex-17", "h:00000000000000ff")] == [3, 1, 2, 1]
-    code = "from pytest_dspex.sharding import shard_of; print([shard_of(f'ex-{i}', 5) for i in range(200)])"
+    code = "from pytest_dspex.evaluation.sharding import shard_of; print([shard_of(f'ex-{i}', 5) for i in range(200)])"
     outs = {
         subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": seed}

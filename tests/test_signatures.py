@@ -6,7 +6,7 @@ import pydantic
 import pytest
 
 import pytest_dspex as dspex
-from pytest_dspex.adapters import CompactAdapter
+from pytest_dspex.programs.adapters import CompactAdapter
 
 
 class Address(pydantic.BaseModel):
@@ -89,7 +89,7 @@ def test_literal_outside_the_choices_is_rejected():
 
 
 def test_fingerprint_covers_instructions_names_roles_and_types_only():
-    from pytest_dspex.signatures import diff_fingerprints, fingerprint
+    from pytest_dspex.programs.signatures import diff_fingerprints, fingerprint
 
     base = fingerprint(dspex.make_signature("question -> answer", "Answer it."))
     assert base["fields"] == [{"name": "question", "role": "input", "type": "str"},

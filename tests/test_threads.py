@@ -11,8 +11,8 @@ import time
 import pytest
 
 import pytest_dspex as dspex
-from pytest_dspex import _threads
-from pytest_dspex._threads import run_in_thread
+from pytest_dspex._support import threads as _threads
+from pytest_dspex._support.threads import run_in_thread
 
 from .conftest import Triage, triage_examples
 

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 import pytest_dspex as dspex
-from pytest_dspex import tracing
-from pytest_dspex.compile import CompileSettings, compile_program
-from pytest_dspex.fake_server import Faults
 from pytest_dspex.lm.cache import ResponseCache
+from pytest_dspex.observe import tracing
+from pytest_dspex.optimize.compile import CompileSettings, compile_program
+from pytest_dspex.testing.fake_server import Faults
 
 from .conftest import Triage, team_matches, triage_examples
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import pytest_dspex as dspex
-from pytest_dspex.fake_server import FakeLMServer, Faults
+from pytest_dspex.testing.fake_server import FakeLMServer, Faults
 
 from .conftest import Triage, team_matches, triage_examples
 from .test_infra_verdicts import TESTS, project

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pytest_dspex.metrics import normalize_text
+from pytest_dspex.evaluation.metrics import normalize_text
 
 
 def team_matches(example: Any, prediction: Any, trace: Any = None) -> bool:

@@ -41,7 +41,7 @@ import zlib
 from collections import OrderedDict
 from typing import Any, Literal, Protocol
 
-from .._exceptions import CacheMissError, ConfigError
+from ..errors import CacheMissError, ConfigError
 
 __all__ = ["CacheMode", "DiskStorage", "ReadOnlyDiskStorage", "ResponseCache", "Storage", "cache_key"]
 

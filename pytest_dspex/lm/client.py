@@ -22,15 +22,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from .. import _runtime, events, tracing
-from .._exceptions import BudgetExceededError, ConfigError, LMError, LMHTTPError
-from .._types import NOT_GIVEN, NotGiven
-from ..adapters import LMRequest
+from .._support import runtime as _runtime
+from .._support.types import NOT_GIVEN, NotGiven
+from ..errors import BudgetExceededError, ConfigError, LMError, LMHTTPError
+from ..observe import events, tracing
 from .cache import CacheMode, ResponseCache, cache_key
 from .resilience import AdaptiveLimiter, Breaker, RetryPolicy, Ticket, send_with_retries
 from .secrets import Credentials, base_url_problem, redact_url
 from .sharing import AutoHedge, HedgeSkipped, InflightRequests, WireMark, hedged
 from .transport import HTTPTransport
+from .types import LMRequest
 from .usage import Budget, Usage, record
 
 if TYPE_CHECKING:
@@ -138,7 +139,7 @@ class LM:
     ) -> None:
         # DSPy's spellings: api_base is base_url, num_retries is retries, cache=True/False is on/off
         if unknown:
-            from .._dspy_idioms import reject_unknown
+            from .._support.dspy_idioms import reject_unknown
 
             reject_unknown("LM", unknown, [*_SETTINGS, "model", "base_url", "api_key", "cache", "api_base", "num_retries"])
         if api_base is not None:

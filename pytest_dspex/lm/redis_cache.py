@@ -31,7 +31,7 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from .._exceptions import CacheMissError, ConfigError
+from ..errors import CacheMissError, ConfigError
 from .cache import CacheMode, ResponseCache, Storage
 
 __all__ = ["KEY_PREFIX", "RedisResponseCache", "RedisStorage", "open_response_cache", "redact_url"]

@@ -80,8 +80,8 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from .. import _lending
-from .._exceptions import (
+from .._support import lending as _lending
+from ..errors import (
     CircuitOpenError,
     LMError,
     LMHTTPError,

@@ -18,8 +18,8 @@ import os
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from .. import _runtime
-from .._exceptions import LMHTTPError, LMResponseError, LMTimeoutError, LMUnavailableError
+from .._support import runtime as _runtime
+from ..errors import LMHTTPError, LMResponseError, LMTimeoutError, LMUnavailableError
 from .resilience import parse_retry_after
 from .secrets import Credentials, redact_url
 

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .._exceptions import BudgetExceededError
+from ..errors import BudgetExceededError
 
 __all__ = ["Budget", "Usage", "record", "track_usage"]
 

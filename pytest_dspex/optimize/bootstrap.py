@@ -37,11 +37,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import _runtime, events, settings
+from .._support import runtime as _runtime
+from ..evaluation.metrics import metric_name
 from ..lm.usage import Usage, track_usage
-from ..metrics import metric_name
-from ..primitives import Example
-from ..programs import Module, Predict, trace_scope
+from ..observe import events
+from ..programs import settings
+from ..programs.modules import Module, Predict, trace_scope
+from ..programs.primitives import Example
 from .coverage import cover_sample, covered, label_function, spread
 
 __all__ = ["BootstrapFewShot", "BootstrapReport", "LabeledFewShot", "demo_fields", "full_credit", "missing_fields"]
@@ -223,7 +225,7 @@ class BootstrapFewShot:
         paths = [path for path, _ in program.named_predictors()]
         teacher_paths = [path for path, _ in base_teacher.named_predictors()]
         if paths != teacher_paths:
-            from .._exceptions import ConfigError
+            from ..errors import ConfigError
 
             raise ConfigError(f"teacher predictors {teacher_paths} do not match the student's {paths}")
 

@@ -14,8 +14,8 @@ import random
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, TypeVar
 
-from ..constrained import choices_of
-from ..programs import Module
+from ..programs.constrained import choices_of
+from ..programs.modules import Module
 
 __all__ = ["cover_sample", "label_function", "spread"]
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..programs import Module
+from ..programs.modules import Module
 from .bootstrap import GENERATED_FIELDS, _unlabeled_fields, missing_fields
 
 __all__ = ["review_golden", "review_program", "summary_lines"]

@@ -50,14 +50,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import _runtime, events, settings, tracing
-from .._exceptions import CompileStoppedError, DspexError
-from ..evaluation import Evaluate, EvaluationResult, evaluate_records
+from .._support import runtime as _runtime
+from ..errors import CompileStoppedError, DspexError
+from ..evaluation.metrics import metric_name
+from ..evaluation.records import ExampleRecord
+from ..evaluation.scoring import Evaluate, EvaluationResult, evaluate_records
 from ..lm.usage import Usage, track_usage
-from ..metrics import metric_name
-from ..primitives import Example
-from ..programs import Module
-from ..records import ExampleRecord
+from ..observe import events, tracing
+from ..programs import settings
+from ..programs.modules import Module
+from ..programs.primitives import Example
 from .bootstrap import BootstrapFewShot, LabeledFewShot
 from .review import review_program
 
@@ -287,7 +289,7 @@ class BootstrapFewShotWithRandomSearch:
     async def _choose_calibrated(
         self, best: Candidate, candidates: list[Candidate], trainset: list[Example], val: list[Example]
     ) -> Candidate:
-        """The best of ``best`` and calibrated finalists (``pytest_dspex.calibration``); a tie goes to calibration.
+        """The best of ``best`` and calibrated finalists (``pytest_dspex.programs.calibration``); a tie goes to calibration.
 
         With a validation set up to ``CALIBRATE_FINALISTS`` candidates are calibrated and scored on it:
         ``best``, the other finalists, then those racing dropped last (seen on at least half the set),
@@ -322,7 +324,7 @@ class BootstrapFewShotWithRandomSearch:
         self, cand: Candidate, candidates: list[Candidate], trainset: list[Example], val: list[Example]
     ) -> Candidate | None:
         """``cand`` calibrated and scored on ``val`` (added to ``candidates``), or None if it cannot be calibrated."""
-        from ..calibration import calibrate, calibration_field
+        from ..programs.calibration import calibrate, calibration_field
 
         program = cand.program.deepcopy()
         named = program.named_predictors()
@@ -477,8 +479,8 @@ class BootstrapFewShotWithRandomSearch:
         """Stop the compile when ``recs`` lost more answers to the infrastructure than the budget allows."""
         if self.max_error_rate is None or not recs:
             return
-        from ..gates import lm_errors_reason
-        from ..records import INFRA_ERROR_KINDS
+        from ..evaluation.gates import lm_errors_reason
+        from ..evaluation.records import INFRA_ERROR_KINDS
 
         lost = [r for r in recs if r.error_kind in INFRA_ERROR_KINDS]
         if len(lost) <= self.max_error_rate * len(recs) + 1e-9:

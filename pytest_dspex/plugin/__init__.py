@@ -139,7 +139,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     if marked is None or spec is None:
         pytest.fail(f"{node.nodeid}: dspex_example needs @pytest.mark.dspex_dataset(...) and @pytest.mark.dspex_program(...)", pytrace=False)
-    from .._exceptions import DatasetError
+    from ..errors import DatasetError
 
     session = metafunc.config.stash[session_key]
     try:
@@ -154,7 +154,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     indices = list(range(len(examples)))
     shard = session.options.shard
     if shard is not None:  # this job's share, by example key; combine merges the shards
-        from ..datasets import example_key
+        from ..evaluation.datasets import example_key
 
         indices = shard.select([example_key(ex) for ex in examples])
     session.expected[test_key(node)] = len(indices)  # a complete run of this job (the gate needs all)
@@ -162,7 +162,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def _foreign_program(program: Any) -> bool:
-    from .._dspy_idioms import dspy_kind
+    from .._support.dspy_idioms import dspy_kind
 
     return dspy_kind(program) is not None
 
@@ -379,7 +379,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             yellow=True,
         )
     if dspex is not None and dspex.options.shard is None:
-        from ..sharding import ci_parallel_variables
+        from ..evaluation.sharding import ci_parallel_variables
 
         ci = ci_parallel_variables()
         if ci is not None:  # a parallel CI job whose LM gate is judged whole, on purpose (issue 19)
@@ -408,7 +408,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         if g.get("provenance"):
             tr.write_line(f"  {g['provenance']['text']}")
         if g.get("replaced"):  # the new baseline paired with the one it replaced
-            from ..comparison import Comparison
+            from ..evaluation.comparison import Comparison
 
             c = Comparison.from_json(g["replaced"])
             kept = g["outcome"] == "kept"

@@ -10,7 +10,7 @@ __all__ = ["forward_events"]
 
 def forward_events(hook: Any) -> Callable[[], None]:
     """Subscribe to the core's events and call the matching hooks; returns the unsubscriber."""
-    from .. import events
+    from ..observe import events
 
     def dispatch(ev: events.Event) -> None:
         if isinstance(ev, events.LMCallEvent):

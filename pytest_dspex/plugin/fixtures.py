@@ -23,7 +23,7 @@ from .progress import Progress, run_with_progress
 from .session import Dataset, DspexSession, Resolved, session_key
 
 if TYPE_CHECKING:
-    from ..records import ExampleRecord
+    from ..evaluation.records import ExampleRecord
 
 __all__ = ["DatasetProblem", "Evaluator", "NotAnswered", "Predictor", "index_key", "payload_key", "test_key"]
 
@@ -152,7 +152,7 @@ class _TestContext:
         self.session.lms.check_cache(request.session)
 
     def dataset(self, path: Path, limit: int | None) -> Dataset:
-        from .._exceptions import DatasetError
+        from ..errors import DatasetError
 
         try:
             return self.session.dataset(path, self.spec.input_keys, limit)
@@ -205,9 +205,9 @@ class Evaluator:
 
     def _run(self, dataset: Any, metric: Any, limit: int | None) -> Any:
         __tracebackhide__ = True
-        from ..evaluation import Evaluate
-        from ..gates import judge
-        from ..primitives import as_examples
+        from ..evaluation.gates import judge
+        from ..evaluation.scoring import Evaluate
+        from ..programs.primitives import as_examples
         from .report import program_row
 
         ctx = _TestContext(self._request, "dspex_evaluate")
@@ -228,9 +228,9 @@ class Evaluator:
             loaded = ctx.dataset(gate_path, limit)
             examples, fingerprint = loaded.examples, loaded.fingerprint
         else:
-            from .._exceptions import DatasetError
-            from ..datasets import check_unique_keys
-            from ..datasets import fingerprint as fingerprint_of
+            from ..errors import DatasetError
+            from ..evaluation.datasets import check_unique_keys
+            from ..evaluation.datasets import fingerprint as fingerprint_of
 
             examples = as_examples(list(dataset), spec.input_keys)
             problem = None
@@ -246,7 +246,7 @@ class Evaluator:
         golden_outcomes, relabelled = resolved.golden.paired_baseline(examples) if resolved.golden else (None, 0)
         positions: list[int] | None = None
         if options.shard is not None:  # the golden comparison keeps the whole dataset's fingerprint
-            from ..datasets import example_key
+            from ..evaluation.datasets import example_key
 
             positions = options.shard.select([example_key(ex) for ex in examples])
             examples = [examples[i] for i in positions]
@@ -323,8 +323,8 @@ class Predictor:
 
     def _run(self, example: Any) -> Any:
         __tracebackhide__ = True
-        from .._runtime import run_sync
-        from ..evaluation import evaluate_records
+        from .._support.runtime import run_sync
+        from ..evaluation.scoring import evaluate_records
 
         ctx = _TestContext(self._request, "dspex_predict")
         node, session, spec = ctx.node, ctx.session, ctx.spec
@@ -434,7 +434,7 @@ def dspex_load_dataset(request: pytest.FixtureRequest) -> Any:
     session = _session(request)
 
     def load(path: str | Path, input_keys: Sequence[str] | None = None, limit: int | None = None) -> list[Any]:
-        from .._exceptions import DatasetError
+        from ..errors import DatasetError
 
         if input_keys is None:
             spec = program_spec(node, base)

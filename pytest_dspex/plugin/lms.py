@@ -37,7 +37,7 @@ class SessionLMs:
         """From the first dspex test on, programs without an LM use the session's (built lazily)."""
         if self._remove_defaults is not None:
             return
-        from .. import settings
+        from ..programs import settings
 
         defaults: dict[str, Any] = {"lm": settings.lazy(lambda: self.lm)}
         if self.options.local:
@@ -57,7 +57,7 @@ class SessionLMs:
     def _endpoint(self) -> tuple[str, str]:
         o = self.options
         if o.local:
-            from ..local_lm import LOCAL_MODEL_NAME, LocalModelError, ensure_server
+            from ..lm.local.embedded import LOCAL_MODEL_NAME, LocalModelError, ensure_server
 
             try:
                 url = ensure_server(self.run_id, self.owner_pid)
@@ -76,7 +76,7 @@ class SessionLMs:
         every example becoming a ``program`` error and the gate a "regression".
         """
         if self._cache_error is None and self._cache is None and self.options.cache != "off":
-            from .._exceptions import ConfigError
+            from ..errors import ConfigError
             from ..lm.redis_cache import open_response_cache
 
             o = self.options
@@ -141,7 +141,7 @@ class SessionLMs:
         if self._lm is not None:
             return self._lm.model
         if self.options.local:
-            from ..local_lm import LOCAL_MODEL_NAME
+            from ..lm.local.embedded import LOCAL_MODEL_NAME
 
             return LOCAL_MODEL_NAME
         return self.options.model
@@ -166,6 +166,6 @@ class SessionLMs:
         if self._lm is None and self._cache is not None:
             self._cache.close()
         if not self.is_worker and self.options.local:
-            from ..local_lm import stop_server
+            from ..lm.local.embedded import stop_server
 
             stop_server(self.run_id)

@@ -64,7 +64,7 @@ def _snake(name: str) -> str:
 
 
 def _default_name(program: Any) -> str:
-    from ..programs import ChainOfThought, Predict
+    from ..programs.modules import ChainOfThought, Predict
 
     if isinstance(program, Predict | ChainOfThought):
         sig = program.signature
@@ -73,7 +73,7 @@ def _default_name(program: Any) -> str:
 
 
 def _input_keys(program: Any) -> tuple[str, ...]:
-    from ..programs import ChainOfThought, Predict
+    from ..programs.modules import ChainOfThought, Predict
 
     if isinstance(program, Predict | ChainOfThought):
         return tuple(program.signature.input_fields())
@@ -132,8 +132,8 @@ def program_spec(node: Any, base: Path) -> ProgramSpec | None:
     mark = node.get_closest_marker("dspex_program")
     if mark is None:
         return None
-    from ..programs import Module, Predict
-    from ..signatures import Signature
+    from ..programs.modules import Module, Predict
+    from ..programs.signatures import Signature
 
     known = {"name", "trainset", "valset", "input_keys", "program", "select"}
     unknown = set(mark.kwargs) - known
@@ -148,7 +148,7 @@ def program_spec(node: Any, base: Path) -> ProgramSpec | None:
         except Exception as exc:
             _bad(node, "dspex_program", f"program: {exc}")
     if not isinstance(program, Module):
-        from .._dspy_idioms import dspy_kind, dspy_program_message
+        from .._support.dspy_idioms import dspy_kind, dspy_program_message
 
         kind = dspy_kind(program)
         if kind is not None:

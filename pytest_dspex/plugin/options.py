@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from .._exceptions import ConfigError
+from ..errors import ConfigError
+from ..evaluation.sharding import Shard, resolve_shard
 from ..lm.secrets import base_url_problem
-from ..sharding import Shard, resolve_shard
 
 __all__ = ["OPTIONS", "DspexOptions", "add_options", "resolve"]
 
@@ -50,7 +50,7 @@ OPTIONS: list[tuple[str, str, Any, str]] = [
         "choice:on,off",
         "on",
         "calibrate the compiled classifier's label bias out when the endpoint returns logprobs and it "
-        "scores no worse (pytest_dspex.calibration)",
+        "scores no worse (pytest_dspex.programs.calibration)",
     ),
     (
         "select",

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .report import Collector
     from .session import DspexSession
 
-__all__ = ["add_junit_aggregates", "aggregate_properties", "describe_os_error", "write_reports"]
+__all__ = ["add_junit_aggregates", "describe_os_error", "write_reports"]
 
 
 def _target(config: pytest.Config, path: Path) -> Path:
@@ -53,7 +53,7 @@ def write_reports(
     wanted = (options.report, options.html, options.markdown)
     if all(p is None for p in wanted) and not (step_summary and (collector.rows or collector.runs)):
         return []
-    from .._atomic import atomic_write_json
+    from .._support.atomic import atomic_write_json
     from .report import report_json
 
     model = {"model": dspex.lms.model_name(), "base_url": dspex.lms.redacted_base_url()}
@@ -108,16 +108,6 @@ def describe_os_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def aggregate_properties(row: dict[str, Any]) -> list[tuple[str, str]]:
-    """A per-example test's aggregate, as JUnit properties that do not collide with the item's own."""
-    from ..reports import program_properties
-
-    return [
-        (n if n == "dspex_program" else "dspex_aggregate_" + n.removeprefix("dspex_"), v)
-        for n, v in program_properties(row)
-    ]
-
-
 def add_junit_aggregates(config: pytest.Config, collector: Collector, last_items: dict[str, tuple[int, str]]) -> bool:
     """Put each judged per-example run's properties on its last item's JUnit test case.
 
@@ -140,7 +130,7 @@ def add_junit_aggregates(config: pytest.Config, collector: Collector, last_items
             cases.setdefault((element.get("classname", ""), element.get("name", "")), element)
         import xml.etree.ElementTree as ET
 
-        from .aggregate import fails_on_its_own
+        from .aggregate import aggregate_properties, fails_on_its_own
 
         for run in collector.runs.values():
             if run.verdict is None or run.test not in last_items or fails_on_its_own(run):

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..evaluation import EvaluationResult
-    from ..gates import Verdict
-    from ..records import ExampleRecord
-    from ..sharding import Shard
+    from ..evaluation.gates import Verdict
+    from ..evaluation.records import ExampleRecord
+    from ..evaluation.scoring import EvaluationResult
+    from ..evaluation.sharding import Shard
 
-from ..rows import program_row
+from ..reports.rows import program_row
 
 __all__ = ["Collector", "PerExampleRun", "format_table", "gate_lines", "program_row", "report_json", "verdict_lines"]
 
@@ -89,7 +89,7 @@ class PerExampleRun:
         (``-x``, an interruption); examples that the collection did not select are a user's selection
         (``-k``, ``--lf``): ``self.selection``, which does not fail the session on its own.
         """
-        from ..gates import incomplete, judge_records
+        from ..evaluation.gates import incomplete, judge_records
 
         self.result, self.verdict = judge_records(
             self.records.values(),
@@ -165,7 +165,7 @@ class Collector:
         self.report_problems: list[tuple[str, bool]] = []
 
     def add(self, nodeid: str, fspath: str, payload: dict[str, Any], location: tuple[str, int | None] | None = None) -> None:
-        from ..records import ExampleRecord
+        from ..evaluation.records import ExampleRecord
 
         self.test_files.add(fspath)
         golden = payload.get("golden_file")
@@ -209,8 +209,8 @@ class Collector:
 
     def write_golden(self, rel: str, record: dict[str, Any], program: str, *, force: bool = False) -> None:
         """Write a golden a worker compiled (its ``record``) into this rootdir: the one writer."""
-        from .._exceptions import ConfigError, GoldenFileError
-        from ..golden import GoldenStore
+        from ..errors import ConfigError, GoldenFileError
+        from ..golden.file import GoldenStore
 
         if rel in self.golden_writes:
             self.golden_messages.append((
@@ -260,7 +260,7 @@ class Collector:
 
 def report_json(collector: Collector, *, model: dict[str, Any] | None, shard: dict[str, int] | None = None) -> dict[str, Any]:
     """The ``--dspex-report`` document (team contract; every path relative to the rootdir)."""
-    from .. import __version__
+    from .._support.version import __version__
 
     rows = collector.all_rows()
     complete = not any(r["verdict"].get("kind") == "incomplete" for r in rows)
@@ -317,8 +317,8 @@ def gate_lines(rows: list[dict[str, Any]], fresh: frozenset[str] = frozenset()) 
 
     ``fresh``: goldens this run has just written (created or replaced): no comparison with them is said.
     A regression judged by the tolerance (the paired test underpowered) is said as one sentence."""
-    from ..comparison import Comparison
-    from ..gates import SHOWN_KEYS
+    from ..evaluation.comparison import Comparison
+    from ..evaluation.gates import SHOWN_KEYS
 
     out: list[tuple[str, dict[str, bool]]] = []
     said: set[tuple[str, Any]] = set()

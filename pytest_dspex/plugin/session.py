@@ -16,17 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .._exceptions import ConfigError
+from ..errors import ConfigError
 from .lms import SessionLMs
 from .options import DspexOptions
 
 if TYPE_CHECKING:
-    from ..golden import GoldenFile
+    from ..evaluation.records import ExampleRecord
+    from ..golden.file import GoldenFile
     from ..lm import LM
     from ..optimize import CompileResult
-    from ..primitives import Example
-    from ..programs import Module
-    from ..records import ExampleRecord
+    from ..programs.modules import Module
+    from ..programs.primitives import Example
     from .markers import MetricSpec, ProgramSpec
 
 __all__ = ["Dataset", "DspexSession", "Resolved", "session_key"]
@@ -69,7 +69,7 @@ class Dataset:
     @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            from ..datasets import fingerprint
+            from ..evaluation.datasets import fingerprint
 
             self._fingerprint = fingerprint(self.examples)
         return self._fingerprint
@@ -122,7 +122,7 @@ class DspexSession:
         """Where golden locks, compile markers and xdist hand-off files live (``_private``): the
         project's ``.pytest_cache/d/dspex`` (mode 0700), else the user's private folder. Made on first use."""
         if self._state_dir is None:
-            from .._private import default_state_dir, private_dir
+            from .._support.private import default_state_dir, private_dir
 
             cache = getattr(self.config, "cache", None)
             folder: Path | None = None
@@ -152,7 +152,7 @@ class DspexSession:
 
     # -- datasets -------------------------------------------------------------------------------
     def dataset(self, path: Path, input_keys: Sequence[str], limit: int | None = None) -> Dataset:
-        from ..datasets import load_dataset
+        from ..evaluation.datasets import load_dataset
 
         key = (str(path), tuple(input_keys), limit)
         if key not in self._datasets:
@@ -169,7 +169,7 @@ class DspexSession:
 
     # -- programs -------------------------------------------------------------------------------
     def golden_path(self, test_file: Path, program: str) -> Path:
-        from ..golden import GoldenStore
+        from ..golden.file import GoldenStore
 
         return GoldenStore(test_file.parent / "__dspex__").path_for(test_file.stem, program)
 
@@ -210,8 +210,8 @@ class DspexSession:
         return str(exc).replace(str(path), self.rel(path))
 
     def _load(self, spec: ProgramSpec, path: Path) -> Resolved:
-        from .._exceptions import GoldenFileError
-        from ..golden import GoldenStore
+        from ..errors import GoldenFileError
+        from ..golden.file import GoldenStore
 
         if not path.exists():
             if self.options.missing_golden == "zero-shot":
@@ -229,7 +229,7 @@ class DspexSession:
 
     def _missing(self, spec: ProgramSpec, path: Path) -> str:
         """The missing-golden failure, naming the orphaned goldens that look like this program's."""
-        from ..orphans import look_alikes
+        from ..golden.orphans import look_alikes
 
         text = f"no golden file for program {spec.name!r}: {self.rel(path)}\n"
         alikes = look_alikes(path, spec.program, Path(self.config.rootpath))
@@ -250,8 +250,8 @@ class DspexSession:
     def _compile(
         self, spec: ProgramSpec, metric: MetricSpec | None, path: Path, gate_dataset: Path | None, progress: Any
     ) -> Resolved:
-        from .._exceptions import CompileStoppedError, DatasetError, GoldenFileError
-        from ..compile import CompileSettings, compile_program
+        from ..errors import CompileStoppedError, DatasetError, GoldenFileError
+        from ..optimize.compile import CompileSettings, compile_program
 
         if metric is None:
             pytest.fail(f"--dspex-compile: program {spec.name!r} needs @pytest.mark.dspex_metric(...) to be compiled", pytrace=False)
@@ -301,8 +301,8 @@ class DspexSession:
     def _rebaseline(
         self, spec: ProgramSpec, metric: MetricSpec | None, path: Path, gate_dataset: Path | None, progress: Any
     ) -> Resolved:
-        from .._exceptions import DatasetError, GoldenFileError
-        from ..compile import rebaseline_program
+        from ..errors import DatasetError, GoldenFileError
+        from ..optimize.compile import rebaseline_program
 
         if metric is None:
             pytest.fail(f"--dspex-rebaseline: program {spec.name!r} needs @pytest.mark.dspex_metric(...)", pytrace=False)
@@ -332,7 +332,7 @@ class DspexSession:
         )  # fmt: skip
 
     def _settings(self, metric: MetricSpec) -> Any:
-        from ..compile import CompileSettings
+        from ..optimize.compile import CompileSettings
 
         o = self.options
         return CompileSettings(

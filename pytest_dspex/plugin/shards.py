@@ -14,8 +14,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..gates import Verdict
-    from ..sharding import Shard
+    from ..evaluation.gates import Verdict
+    from ..evaluation.sharding import Shard
 
 __all__ = ["DEFERRED", "defer"]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .._private import read_private, remove_private, write_private
+from .._support.private import read_private, remove_private, write_private
 
 __all__ = [
     "chunk_file",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from ..records import ANSWER_ERROR_KINDS
+from ..evaluation.records import ANSWER_ERROR_KINDS, split_expected
 
 __all__ = [
     "Outcome",
@@ -66,27 +66,6 @@ def record_json(record: Any) -> dict[str, Any]:
         if isinstance(data, dict):
             return data
     raise TypeError(f"expected an ExampleRecord or its JSON form, got {type(record).__name__}")
-
-
-#: columns of a dataset row that name or describe the example, never an expected output
-META_KEYS = frozenset({"id", "uid", "key", "example_id", "meta", "metadata", "source", "split", "tags"})
-
-
-def split_expected(record: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A record's ``expected`` as (expected outputs, metadata such as ``id``), shown apart.
-
-    With a prediction the outputs are its fields; without one (an error), every column but the
-    usual metadata names (``META_KEYS``)."""
-    expected = dict(record.get("expected") or {})
-    predicted = record.get("prediction")
-    if isinstance(predicted, Mapping) and predicted:
-        outs = {k: v for k, v in expected.items() if k in predicted}
-        if outs:
-            return outs, {k: v for k, v in expected.items() if k not in predicted}
-    return (
-        {k: v for k, v in expected.items() if k not in META_KEYS},
-        {k: v for k, v in expected.items() if k in META_KEYS},
-    )
 
 
 def miss_lines(record: Mapping[str, Any], width: int = 200) -> list[str]:

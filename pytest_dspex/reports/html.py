@@ -23,7 +23,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from .._atomic import atomic_write_text
+from .._support.atomic import atomic_write_text
 from ._format import ProgramView, clean_url, fields_text, fmt_num, fmt_score, outcome, split_expected
 
 __all__ = ["render_html", "write_html"]

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .._atomic import atomic_write_text
+from .._support.atomic import atomic_write_text
 from ._format import ProgramView, endpoint_text, fields_text, fmt_num, fmt_score, p_text, split_expected
 
 __all__ = ["MAX_LISTED", "append_step_summary", "md_text", "render_markdown", "write_markdown"]

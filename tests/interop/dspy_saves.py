@@ -19,7 +19,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm: no fet
 import dspy
 
 import pytest_dspex as dspex
-from pytest_dspex.fake_server import FakeLMServer, last_user_message
+from pytest_dspex.testing.fake_server import FakeLMServer, last_user_message
 
 OPTIMIZED = "OPTIMIZED: reply with digits only."
 INSTRUCTIONS = "Answer the arithmetic question."

@@ -23,7 +23,7 @@ except ImportError:
         raise
     pytest.skip("DSPy is not installed (tox -e dspy runs the interop tests)", allow_module_level=True)
 
-from pytest_dspex.golden import GoldenStore, from_dspy_state, golden_record, to_dspy_state
+from pytest_dspex.golden.file import GoldenStore, from_dspy_state, golden_record, to_dspy_state
 
 from .dspy_saves import INSTRUCTIONS, OPTIMIZED, dspy_programs, dspy_saves, make_dspex_programs
 
@@ -157,7 +157,7 @@ def test_qa(dspex_evaluate):
 def test_the_import_command_turns_a_real_dspy_save_into_a_gated_golden_that_goes_back_to_dspy_unchanged(
     saves: dict[str, Path], pytester: pytest.Pytester, tmp_path: Path
 ) -> None:
-    from pytest_dspex.fake_server import FakeLMServer
+    from pytest_dspex.testing.fake_server import FakeLMServer
 
     from .dspy_saves import sum_responder
 

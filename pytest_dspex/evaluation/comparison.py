@@ -1,0 +1,372 @@
+"""Paired comparison of two runs on the examples they share (the regression gate's statistics).
+
+    cmp = compare(golden_outcomes, run_outcomes, alpha=0.05, tolerance=0.05)
+    cmp.verdict        # "regressed" | "improved" | "no change"
+    cmp.regressions    # keys that went pass -> fail (or whose graded score dropped)
+
+Both sides map example keys (``datasets.example_key``) to scores in [0, 1]; a value may also be a
+list of per-repeat scores, whose mean is the example's score. Only keys present on both sides are
+compared. Why paired: 9 of 300 answers flipping right -> wrong is certain evidence of a regression,
+while two independent scores of equally good programs on 300 examples differ by +-0.05 by chance.
+
+* 0/1 scores: **exact McNemar** — a binomial test on the discordant pairs. ``b`` = pass -> fail,
+  ``c`` = fail -> pass; under "no change" each discordant pair is a fair coin, so the one-sided
+  p-value of a regression is P(X >= b), X ~ Binomial(b + c, 1/2) (of an improvement, P(X >= c)).
+  The 95% interval of the delta is Newcombe's hybrid score interval for paired proportions
+  (Newcombe 1998): Wilson intervals of both proportions joined by their correlation, the correlation
+  continuity-corrected as in Altman et al., "Statistics with confidence" (2000) — slightly wider
+  than the uncorrected method 10.
+* Graded scores (any score strictly between 0 and 1, e.g. a mean over repeats): a **paired
+  sign-flip permutation test** on the per-example differences (exact when at most 12 differ,
+  10,000 seeded random flips up to 100, beyond that the normal limit of the sign-flip sum, whose
+  variance is the sum of the squared differences) and a seeded **paired bootstrap** percentile
+  interval of the mean difference. Deterministic: the same inputs and seed give the same result.
+
+* A **noisy baseline** (a golden's baseline of several draws per example that disagree somewhere:
+  an endpoint that is not repeatable): ``S`` = the sum of the per-example differences (the run
+  minus the mean of the baseline's draws) is compared with a spread that adds the baseline's own
+  noise in full to the run's: ``z = S / (sqrt(sum d_i^2) + sd_baseline)``, ``sd_baseline`` =
+  sqrt(sum of each example's variance of its draws' mean). Adding the sds (not the variances) is
+  deliberate: a baseline that happened to draw 2 sd well would otherwise fail the unchanged program
+  about one run in four; with it, about one in twenty (``test`` = ``paired-noisy-baseline``;
+  measured in ``bench/cases_baseline.py``). Draws that agree on every example are no noise: the
+  tests above apply.
+
+``p_value`` is one-sided in the direction of the observed delta: evidence of a regression when
+``delta < 0``, of an improvement when ``delta > 0``; 1.0 when ``delta == 0``. The verdict is
+"regressed"/"improved" when that p-value is below ``alpha``, else "no change".
+
+**Power.** ``needed_n`` is the smallest number of shared examples at which a drop of ``tolerance``
+could be detected at ``alpha`` at all, under the most favourable assumption: every discordant pair
+points the same way. Then the exact p-value of ``k`` discordant pairs is ``0.5**k``, so at least
+``k* = min{k : 0.5**k < alpha}`` are needed (5 at alpha = 0.05), and a drop of ``tolerance`` over
+``n`` examples flips ``tolerance * n`` of them: ``n >= ceil(k* / tolerance)`` (100 at tolerance
+0.05). The same bound holds for the sign-flip test. ``underpowered`` is ``shared < needed_n``: such
+a run cannot show a regression of the tolerance's size, whatever happened.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .stats import wilson_interval
+
+__all__ = ["Comparison", "Verdict", "compare", "flaky_keys", "mcnemar_exact", "needed_n", "outcomes_from_records"]
+
+Verdict = Literal["regressed", "improved", "no change"]
+TestName = Literal["mcnemar-exact", "paired-permutation", "paired-noisy-baseline"]
+Score = float | Sequence[float]
+
+_EXACT_FLIPS_MAX = 12
+_MONTE_CARLO_MAX = 100
+_PERMUTATIONS = 10_000
+_BOOTSTRAPS = 2_000
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The outcome of ``compare``: delta, its interval, p, verdict and the examples that moved."""
+
+    delta: float
+    delta_ci95: tuple[float, float]
+    p_value: float
+    verdict: Verdict
+    regressions: list[str] = field(default_factory=list)
+    fixes: list[str] = field(default_factory=list)
+    shared: int = 0
+    underpowered: bool = False
+    needed_n: int | None = None
+    test: TestName = "mcnemar-exact"
+    baseline_score: float = 0.0
+    current_score: float = 0.0
+    alpha: float = 0.05
+    tolerance: float = 0.05
+
+    @property
+    def regressed(self) -> bool:
+        return self.verdict == "regressed"
+
+    def summary(self) -> str:
+        """One line for a terminal or a failure message."""
+        if self.shared == 0:
+            return "paired comparison: no examples shared with the golden"
+        lo, hi = self.delta_ci95
+        if self.test == "mcnemar-exact" and not self.regressions and not self.fixes:  # nothing moved: no interval to show
+            text = f"{self.verdict}: no example changed outcome (delta +0.000), {self.shared} shared examples"
+            if self.underpowered and self.needed_n is not None:
+                text += f"; underpowered: needs n >= {self.needed_n} to detect a drop of {self.tolerance:g}"
+            return text
+        text = (
+            f"{self.verdict}: delta {self.delta:+.3f} (95% CI {lo:+.3f}..{hi:+.3f}), p={_fmt_p(self.p_value)} "
+            f"[{self.test}], {len(self.regressions)} regressed, {len(self.fixes)} fixed, "
+            f"{self.shared} shared examples"
+        )
+        if self.underpowered and self.needed_n is not None:
+            text += f"; underpowered: needs n >= {self.needed_n} to detect a drop of {self.tolerance:g}"
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "delta": round(self.delta, 6),
+            "delta_ci95": [round(self.delta_ci95[0], 6), round(self.delta_ci95[1], 6)],
+            "p_value": self.p_value,
+            "verdict": self.verdict,
+            "regressions": list(self.regressions),
+            "fixes": list(self.fixes),
+            "shared": self.shared,
+            "underpowered": self.underpowered,
+            "needed_n": self.needed_n,
+            "test": self.test,
+            "baseline_score": round(self.baseline_score, 6),
+            "current_score": round(self.current_score, 6),
+            "alpha": self.alpha,
+            "tolerance": self.tolerance,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Comparison:
+        lo, hi = data["delta_ci95"]
+        return cls(
+            delta=float(data["delta"]),
+            delta_ci95=(float(lo), float(hi)),
+            p_value=float(data["p_value"]),
+            verdict=data["verdict"],
+            regressions=[str(k) for k in data.get("regressions", [])],
+            fixes=[str(k) for k in data.get("fixes", [])],
+            shared=int(data.get("shared", 0)),
+            underpowered=bool(data.get("underpowered", False)),
+            needed_n=None if data.get("needed_n") is None else int(data["needed_n"]),
+            test=data.get("test", "mcnemar-exact"),
+            baseline_score=float(data.get("baseline_score", 0.0)),
+            current_score=float(data.get("current_score", 0.0)),
+            alpha=float(data.get("alpha", 0.05)),
+            tolerance=float(data.get("tolerance", 0.05)),
+        )
+
+
+def _fmt_p(p: float) -> str:
+    return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
+
+
+def binomial_tail(k: int, n: int) -> float:
+    """P(X >= k) for X ~ Binomial(n, 1/2), exact (integer arithmetic)."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    return float(sum(math.comb(n, i) for i in range(k, n + 1)) / (1 << n))
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """One-sided exact McNemar p-value that ``b`` (pass -> fail) outweighs ``c`` (fail -> pass)."""
+    return binomial_tail(b, b + c)
+
+
+def needed_n(alpha: float, tolerance: float) -> int | None:
+    """Smallest n at which a drop of ``tolerance`` is detectable at ``alpha`` (see module docs)."""
+    if tolerance <= 0 or not 0 < alpha < 1:
+        return None
+    k = 1
+    while 0.5**k >= alpha:
+        k += 1
+    return math.ceil(k / tolerance - 1e-9)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _score(value: Score) -> float:
+    if isinstance(value, int | float):
+        return float(value)
+    values = [float(v) for v in value]
+    if not values:
+        raise ValueError("an example with an empty list of repeat scores")
+    return _mean(values)
+
+
+def compare(
+    baseline: Mapping[str, Score],
+    current: Mapping[str, Score],
+    *,
+    alpha: float = 0.05,
+    tolerance: float = 0.05,
+    seed: int = 0,
+) -> Comparison:
+    """Compare ``current`` with ``baseline`` on their shared example keys (see the module docs)."""
+    keys = [k for k in current if k in baseline]
+    base = [_score(baseline[k]) for k in keys]
+    cur = [_score(current[k]) for k in keys]
+    n = len(keys)
+    need = needed_n(alpha, tolerance)
+    common: dict[str, Any] = {
+        "shared": n,
+        "needed_n": need,
+        "underpowered": need is not None and n < need,
+        "baseline_score": _mean(base),
+        "current_score": _mean(cur),
+        "alpha": alpha,
+        "tolerance": tolerance,
+    }
+    binary = all(s in (0.0, 1.0) for s in (*base, *cur))
+    if n == 0:
+        return Comparison(0.0, (0.0, 0.0), 1.0, "no change", test="mcnemar-exact", **common)
+    diffs = [c - b for b, c in zip(base, cur, strict=True)]
+    delta = _mean(diffs)
+    baseline_sd = math.sqrt(sum(_draw_variance(baseline[k]) for k in keys))
+    if baseline_sd > 0:
+        # the baseline is several draws that disagree: its own noise is part of the comparison
+        rng = random.Random(seed)
+        total = sum(diffs)
+        spread = math.sqrt(sum(d * d for d in diffs)) + baseline_sd
+        p = 0.5 * math.erfc(abs(total) / spread / math.sqrt(2)) if total != 0 else 1.0
+        lo, hi = _bootstrap_ci(diffs, rng)
+        widen = 1.96 * baseline_sd / n
+        ci = (max(-1.0, lo - widen), min(1.0, hi + widen))
+        order = sorted(range(n), key=lambda i: diffs[i])
+        noisy_verdict: Verdict = "no change"
+        if p < alpha and delta < 0:
+            noisy_verdict = "regressed"
+        elif p < alpha and delta > 0:
+            noisy_verdict = "improved"
+        return Comparison(
+            delta, ci, p, noisy_verdict,
+            [keys[i] for i in order if diffs[i] < 0], [keys[i] for i in reversed(order) if diffs[i] > 0],
+            test="paired-noisy-baseline", **common,
+        )  # fmt: skip
+    if binary:
+        b = sum(1 for d in diffs if d < 0)
+        c = sum(1 for d in diffs if d > 0)
+        a = sum(1 for x, y in zip(base, cur, strict=True) if x == 1.0 and y == 1.0)
+        p = mcnemar_exact(b, c) if b > c else mcnemar_exact(c, b) if c > b else 1.0
+        ci = _newcombe_paired(a, b, c, n - a - b - c)
+        test: TestName = "mcnemar-exact"
+        regressions = [k for k, d in zip(keys, diffs, strict=True) if d < 0]
+        fixes = [k for k, d in zip(keys, diffs, strict=True) if d > 0]
+    else:
+        rng = random.Random(seed)
+        p = _sign_flip_p(diffs, rng) if delta != 0 else 1.0
+        ci = _bootstrap_ci(diffs, rng)
+        test = "paired-permutation"
+        order = sorted(range(n), key=lambda i: diffs[i])
+        regressions = [keys[i] for i in order if diffs[i] < 0]
+        fixes = [keys[i] for i in reversed(order) if diffs[i] > 0]
+    verdict: Verdict = "no change"
+    if p < alpha and delta < 0:
+        verdict = "regressed"
+    elif p < alpha and delta > 0:
+        verdict = "improved"
+    return Comparison(delta, ci, p, verdict, regressions, fixes, test=test, **common)
+
+
+def _draw_variance(value: Score) -> float:
+    """The variance of an example's baseline mean over its draws (0 for one draw or draws that agree)."""
+    if isinstance(value, int | float) or len(value) < 2:
+        return 0.0
+    values = [float(v) for v in value]
+    m = _mean(values)
+    return sum((v - m) ** 2 for v in values) / (len(values) - 1) / len(values)
+
+
+def _newcombe_paired(a: int, b: int, c: int, d: int) -> tuple[float, float]:
+    """95% interval of p_current - p_baseline for paired 0/1 outcomes (Newcombe 1998, method 10).
+
+    a = pass/pass, b = pass -> fail, c = fail -> pass, d = fail/fail.
+    """
+    n = a + b + c + d
+    p1, p2 = (a + b) / n, (a + c) / n  # baseline, current
+    l1, u1 = wilson_interval(a + b, n)
+    l2, u2 = wilson_interval(a + c, n)
+    denom = (a + b) * (c + d) * (a + c) * (b + d)
+    # the correlation of the two outcomes, shrunk towards 0 as in Newcombe's paper and Altman et al.,
+    # "Statistics with confidence" (2000), p. 52: ad - bc above n/2 is reduced by n/2, 0 < ad - bc <= n/2 is 0
+    raw = a * d - b * c
+    cross = raw - n / 2 if raw > n / 2 else float(raw) if raw < 0 else 0.0
+    phi = cross / math.sqrt(denom) if denom > 0 else 0.0
+    delta = p2 - p1
+    lo2 = (p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2
+    hi2 = (u2 - p2) ** 2 - 2 * phi * (u2 - p2) * (p1 - l1) + (p1 - l1) ** 2
+    return (max(-1.0, delta - math.sqrt(max(0.0, lo2))), min(1.0, delta + math.sqrt(max(0.0, hi2))))
+
+
+def _sign_flip_p(diffs: Sequence[float], rng: random.Random) -> float:
+    """One-sided p that the mean difference is this far from 0 in its direction, under sign symmetry."""
+    nz = [d for d in diffs if d != 0]
+    observed = sum(nz)
+    mags = [abs(d) for d in nz]
+    target = abs(observed) - 1e-12
+    k = len(mags)
+    if k <= _EXACT_FLIPS_MAX:
+        hits = 0
+        for mask in range(2**k):
+            s = sum(m if mask >> i & 1 else -m for i, m in enumerate(mags))
+            hits += s >= target
+        return hits / (1 << k)
+    if k > _MONTE_CARLO_MAX:
+        # many differing examples: the sign-flip sum is close to normal, mean 0, variance sum(d^2)
+        return 0.5 * math.erfc(abs(observed) / math.sqrt(2 * sum(m * m for m in mags)))
+    hits = 0
+    for _ in range(_PERMUTATIONS):
+        bits = rng.getrandbits(k)
+        s = sum(m if bits >> i & 1 else -m for i, m in enumerate(mags))
+        hits += s >= target
+    return (hits + 1) / (_PERMUTATIONS + 1)
+
+
+def _bootstrap_ci(diffs: Sequence[float], rng: random.Random) -> tuple[float, float]:
+    n = len(diffs)
+    means = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(_BOOTSTRAPS))
+    lo = means[int(0.025 * _BOOTSTRAPS)]
+    hi = means[min(_BOOTSTRAPS - 1, math.ceil(0.975 * _BOOTSTRAPS) - 1)]
+    return (lo, hi)
+
+
+def outcomes_from_records(records: Iterable[Any]) -> dict[str, float]:
+    """``{example key: score}`` from ``ExampleRecord`` objects or their JSON dicts.
+
+    A record's key is its ``key`` (``"key"``) when it has one, else ``example_key`` of its example;
+    its score is ``score`` (already the mean over repeats), or the mean of ``repeats`` when only those
+    are given. Two records with the same key are an error (the dataset must have unique keys).
+    """
+    from ..errors import DatasetError
+    from .datasets import example_key
+
+    out: dict[str, float] = {}
+    for rec in records:
+        get = rec.get if isinstance(rec, Mapping) else (lambda name, r=rec: getattr(r, name, None))
+        key = get("key")
+        if key is None:
+            example = get("example")
+            if example is None:
+                raise ValueError(f"record {rec!r} has neither a 'key' nor an 'example'")
+            key = example_key(example)
+        score = get("score")
+        if score is None:
+            repeats = get("repeats")
+            if not repeats:
+                raise ValueError(f"record {key!r} has no score")
+            score = _mean([float(s) for s in repeats])
+        key = str(key)
+        if key in out:
+            raise DatasetError(f"duplicate example key {key!r} among the records")
+        out[key] = float(score)
+    return out
+
+
+def flaky_keys(records: Iterable[Any]) -> list[str]:
+    """Keys of the examples whose repeats disagree (some repeats scored differently from others).
+
+    ``records`` are ``ExampleRecord`` objects or their JSON dicts; records without ``repeats`` (or with
+    one) are never flaky. Order: as given.
+    """
+    out: list[str] = []
+    for rec in records:
+        get = rec.get if isinstance(rec, Mapping) else (lambda name, r=rec: getattr(r, name, None))
+        repeats = get("repeats") or []
+        if len({float(s) for s in repeats}) > 1:
+            out.append(str(get("key")))
+    return out

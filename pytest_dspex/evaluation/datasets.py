@@ -1,0 +1,210 @@
+"""Datasets from JSONL, JSON and CSV files, with explicit input keys and seeded splits.
+
+    train = load_dataset("data/triage_train.jsonl", input_keys=["message"])
+    train, dev = split(load_dataset("data/all.csv", input_keys=["question"]), dev_fraction=0.3, seed=0)
+
+A bad row is a ``DatasetError`` naming the file and line; so are two rows with the same example key.
+
+Every example has a stable key (``example_key``): ``str(row["id"])`` when the row has an ``id``, else
+``"h:"`` + the first 16 hex digits of the sha256 of the canonical JSON of its inputs (sorted keys).
+Golden files, reports and the paired gate match examples across runs by this key.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import DatasetError
+from ..programs.primitives import Example
+
+__all__ = ["check_unique_keys", "example_key", "fingerprint", "load_dataset", "split"]
+
+
+def load_dataset(
+    path: str | os.PathLike[str],
+    input_keys: Iterable[str] | None = None,
+    *,
+    required_keys: Iterable[str] = (),
+    limit: int | None = None,
+) -> list[Example]:
+    """Read examples from ``.jsonl``, ``.json`` (a list of objects) or ``.csv``.
+
+    Every row must carry each of ``input_keys`` and ``required_keys``.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DatasetError(f"{p}: dataset file not found")
+    keys = tuple(input_keys) if input_keys is not None else None
+    needed = tuple(dict.fromkeys((*(keys or ()), *required_keys)))
+    suffix = p.suffix.lower()
+    if suffix == ".jsonl":
+        rows = _read_jsonl(p)
+    elif suffix == ".json":
+        rows = _read_json(p)
+    elif suffix == ".csv":
+        rows = _read_csv(p)
+    else:
+        raise DatasetError(f"{p}: unsupported dataset format {suffix or '(none)'}; use .jsonl, .json or .csv")
+    examples = []
+    lines: list[int] = []
+    for line, row in rows:
+        missing = [k for k in needed if k not in row or row[k] is None]
+        if missing:
+            raise DatasetError(f"{p}:{line}: row has no {', '.join(repr(k) for k in missing)} (has: {', '.join(row) or 'nothing'})")
+        ex = Example(row)
+        examples.append(ex.with_inputs(*keys) if keys is not None else ex)
+        lines.append(line)
+        if limit is not None and len(examples) >= limit:
+            break
+    if not examples:
+        raise DatasetError(f"{p}: dataset is empty")
+    where = "item" if suffix == ".json" else "line"
+    check_unique_keys(examples, str(p), positions=[f"{where} {n}" for n in lines])
+    return examples
+
+
+def _canonical(value: Any) -> Any:
+    import pydantic
+
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump(mode="json")
+    return str(value)
+
+
+def example_key(example: Example | Mapping[str, Any]) -> str:
+    """The stable key of an example: its ``id`` when it has one, else a hash of its inputs.
+
+    The hash covers the example's input fields (all its fields when it has no input keys) as
+    canonical JSON (sorted keys, no spaces, UTF-8): ``"h:" + sha256(...)[:16]``. The same inputs give
+    the same key in every run, on every machine, whatever the row order.
+
+    An ``Example`` remembers its key (loading a dataset computes it, every evaluation reuses it);
+    setting a field forgets it. A field value mutated in place is not seen: copy the example instead.
+    """
+    if isinstance(example, Example):
+        cached: str | None = getattr(example, "_key", None)
+        if cached is None:
+            cached = _key_of(example, example.input_keys)
+            object.__setattr__(example, "_key", cached)
+        return cached
+    return _key_of(example, None)
+
+
+def label_hash(example: Example | Mapping[str, Any]) -> str:
+    """A short hash of an example's expected outputs (its labels: the fields that are not inputs, nor
+    ``id``), recorded beside its baseline outcome so that a relabelled example is not paired with the
+    score its old label earned."""
+    keys = example.input_keys if isinstance(example, Example) else None
+    labels = {k: v for k, v in example.items() if k != "id" and (keys is None or k not in keys)}
+    text = json.dumps(labels, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_canonical)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def label_hashes(examples: Iterable[Example]) -> dict[str, str]:
+    """``{example_key: label_hash}`` of ``examples``."""
+    return {example_key(e): label_hash(e) for e in examples}
+
+
+def _key_of(example: Example | Mapping[str, Any], input_keys: tuple[str, ...] | None) -> str:
+    ident = example.get("id")
+    if ident is not None:
+        return str(ident)
+    inputs = {k: example[k] for k in input_keys if k in example} if input_keys is not None else dict(example.items())
+    text = json.dumps(inputs, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_canonical)
+    return "h:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def check_unique_keys(
+    examples: Sequence[Example | Mapping[str, Any]], source: str, *, positions: Sequence[str] | None = None
+) -> list[str]:
+    """The examples' keys, in order; two examples with the same key are a ``DatasetError`` naming them.
+
+    ``positions`` (one per example, e.g. ``"line 3"``) are quoted in the message when given.
+    """
+    keys = [example_key(ex) for ex in examples]
+    seen: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        seen.setdefault(key, []).append(i)
+    dups = {k: idx for k, idx in seen.items() if len(idx) > 1}
+    if dups:
+        def where(i: int) -> str:
+            return positions[i] if positions is not None and i < len(positions) else f"example {i}"
+
+        shown = [f"{k!r} ({', '.join(where(i) for i in idx)})" for k, idx in list(dups.items())[:10]]
+        more = f" and {len(dups) - 10} more" if len(dups) > 10 else ""
+        raise DatasetError(
+            f"{source}: duplicate example key(s) {'; '.join(shown)}{more}; every example needs a distinct "
+            "'id' (or distinct inputs when it has no id), so results can be matched across runs"
+        )
+    return keys
+
+
+def _read_jsonl(p: Path) -> Iterable[tuple[int, dict[str, Any]]]:
+    with p.open(encoding="utf-8-sig") as fh:
+        for lineno, text in enumerate(fh, 1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except ValueError as exc:
+                raise DatasetError(f"{p}:{lineno}: not valid JSON ({exc})") from None
+            if not isinstance(row, dict):
+                raise DatasetError(f"{p}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            yield lineno, row
+
+
+def _read_json(p: Path) -> Iterable[tuple[int, dict[str, Any]]]:
+    try:
+        data = json.loads(p.read_text(encoding="utf-8-sig"))
+    except ValueError as exc:
+        raise DatasetError(f"{p}: not valid JSON ({exc})") from None
+    if isinstance(data, dict) and isinstance(data.get("examples"), list):
+        data = data["examples"]
+    if not isinstance(data, list):
+        raise DatasetError(f"{p}: expected a JSON list of objects (or {{'examples': [...]}})")
+    for i, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise DatasetError(f"{p}: item {i}: expected an object, got {type(row).__name__}")
+        yield i, row
+
+
+def _read_csv(p: Path) -> Iterable[tuple[int, dict[str, Any]]]:
+    with p.open(encoding="utf-8-sig", newline="") as fh:  # a BOM (Excel's "CSV UTF-8") is not part of the first column
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames:
+            raise DatasetError(f"{p}: CSV has no header row")
+        for row in reader:
+            line = reader.line_num
+            if None in row:
+                raise DatasetError(f"{p}:{line}: more cells than header columns")
+            if any(v is None for v in row.values()):
+                raise DatasetError(f"{p}:{line}: fewer cells than header columns")
+            yield line, dict(row)
+
+
+def split(
+    examples: Sequence[Example], *, dev_fraction: float = 0.5, seed: int = 0
+) -> tuple[list[Example], list[Example]]:
+    """Shuffle with ``seed`` and cut into (train, dev); the same seed gives the same split."""
+    if not 0 < dev_fraction < 1:
+        raise ValueError(f"dev_fraction must be between 0 and 1, got {dev_fraction}")
+    items = list(examples)
+    random.Random(seed).shuffle(items)
+    cut = len(items) - max(1, round(len(items) * dev_fraction))
+    return items[:cut], items[cut:]
+
+
+def fingerprint(examples: Sequence[Example]) -> str:
+    """A short stable hash of a dataset's content (recorded in golden files)."""
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(json.dumps(ex.toDict(), sort_keys=True, default=str).encode())
+        h.update(b"\n")
+    return "sha256:" + h.hexdigest()[:16]

@@ -1,0 +1,284 @@
+"""Gates: one verdict per program, judged from an ``EvaluationResult`` (no pytest needed).
+
+    verdict = judge(result, threshold=0.8, golden_score=0.85, tolerance=0.05, max_error_rate=0.05)
+
+In order, the first that applies decides:
+
+* ``no_examples``     nothing was evaluated;
+* ``lm_errors``       more than ``max_error_rate`` of the examples were lost to infrastructure
+                      errors (``INFRA_ERROR_KINDS``: unreachable endpoint, timeouts, HTTP errors,
+                      spent budget, replay misses) — wherever in the run they fall. Not a low score:
+                      the model was not measured;
+* ``below_threshold`` the score is under the marker's threshold (an absolute floor);
+* ``regression``      against the golden (see below);
+* ``ok``.
+
+**Regression.** With the golden's per-example outcomes (``golden_outcomes``, golden schema 2) the
+run is compared with them *per example* on the keys both share (``comparison.compare``: exact
+McNemar for 0/1 scores, a paired permutation test for graded ones, e.g. means over repeats):
+
+* ``regressed`` (one-sided p < ``alpha``) fails the gate; the reason lists the regressed keys (the
+  first 10, then "and N more"), the delta with its 95% CI and p;
+* ``improved`` and ``no change`` pass — a same-accuracy run that moves the score by a few points
+  on noise is not a regression;
+* **underpowered** (fewer shared examples than ``needed_n``: even a drop of the whole tolerance
+  could not reach p < alpha) — the paired test cannot see a tolerance-sized drop, so the tolerance
+  gate applies as well, on the shared examples (golden's mean vs this run's mean on the same keys):
+  a small dataset is never gated more loosely than before. The verdict says it was underpowered.
+
+Examples this run lost to infrastructure errors (``INFRA_ERROR_KINDS``) are left out of the paired
+comparison: they were not measured (within the error budget they still count 0 in the score and
+against the threshold). Without per-example outcomes (schema 1 goldens), or when the run shares no
+example with them, the gate is the tolerance against the golden's recorded score (``golden_score``).
+
+**A verdict only from a complete run.** A per-example test whose examples did not all run (``-x``,
+an interruption, a crashed xdist worker, a ``-k`` selection) is not judged on the part that ran:
+``incomplete(verdict, ran, expected, why)`` turns its verdict into ``incomplete`` ("incomplete: k of
+n examples ran"), never a pass and never a threshold or regression verdict on a subset.
+
+The plugin judges once per program (on the xdist controller for per-example items); shard
+``combine`` calls the same function on merged records (``judge_records``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .records import INFRA_ERROR_KINDS, ExampleRecord
+
+if TYPE_CHECKING:
+    from .comparison import Comparison, Score
+    from .scoring import EvaluationResult
+
+__all__ = [
+    "DEFAULT_ALPHA",
+    "DEFAULT_MAX_ERROR_RATE",
+    "INCOMPLETE",
+    "Verdict",
+    "incomplete",
+    "judge",
+    "judge_records",
+    "paired_outcomes",
+]
+
+#: ``Verdict.kind`` of a program whose examples did not all run: no gate verdict
+INCOMPLETE = "incomplete"
+
+#: One-sided significance level of the paired regression test (``--dspex-alpha``).
+DEFAULT_ALPHA = 0.05
+#: Regressed / fixed keys named in a verdict's reason before "and N more".
+SHOWN_KEYS = 10
+
+#: Share of examples that may be lost to infrastructure errors before the verdict is "LM errors".
+#: 5%: a provider's bad minute with retries rarely costs more than 1–2% (issue 9's fault mix), and a
+#: score over 95% of the examples still says what the model does.
+DEFAULT_MAX_ERROR_RATE = 0.05
+
+
+class Judged(Protocol):
+    @property
+    def score(self) -> float: ...
+    @property
+    def n(self) -> int: ...
+    @property
+    def errors_by_kind(self) -> dict[str, int]: ...
+    @property
+    def records(self) -> Sequence[ExampleRecord]: ...
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the gate decided and why (``kind`` is machine-readable, ``reason`` is for people)."""
+
+    passed: bool
+    reason: str
+    score: float
+    threshold: float | None
+    golden_score: float | None
+    tolerance: float
+    kind: str = "ok"  # ok / no_examples / lm_errors / below_threshold / regression / incomplete
+    details: list[str] = field(default_factory=list)
+    #: the paired comparison with the golden's per-example outcomes (None: no outcomes to pair with)
+    comparison: Comparison | None = None
+
+    @property
+    def delta(self) -> float | None:
+        return None if self.golden_score is None else self.score - self.golden_score
+
+    @property
+    def incomplete(self) -> bool:
+        return self.kind == INCOMPLETE
+
+    def headline(self, program: str, n: int, ci: tuple[float, float] | None = None) -> str:
+        if self.incomplete:
+            return f"dspex gate INCOMPLETE for {program!r}: {self.reason} (score {self.score:.3f} on those {n})"
+        parts = [f"dspex gate {'passed' if self.passed else 'FAILED'} for {program!r}: score {self.score:.3f}"]
+        if ci is not None:
+            parts.append(f"(95% CI {ci[0]:.3f}-{ci[1]:.3f})")
+        parts.append(f"on n={n}")
+        if self.threshold is not None:
+            parts.append(f"| threshold {self.threshold:.3f}")
+        if self.golden_score is not None:
+            parts.append(f"| golden {self.golden_score:.3f} (delta {round(self.delta or 0.0, 3) + 0.0:+.3f}, tolerance {self.tolerance:.3f})")
+        if not self.passed:
+            parts.append(f"| {self.reason}")
+        elif self.comparison is not None and self.comparison.shared:
+            parts.append(f"| paired: {self.comparison.summary()}")
+        return " ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "reason": self.reason,
+            "kind": self.kind,
+            "score": self.score,
+            "threshold": self.threshold,
+            "golden_score": self.golden_score,
+            "tolerance": self.tolerance,
+            "comparison": self.comparison.to_json() if self.comparison is not None else None,
+        }
+
+
+def incomplete(verdict: Verdict, ran: int, expected: int, why: str = "") -> Verdict:
+    """The verdict of a program of which only ``ran`` of its ``expected`` examples ran: ``incomplete``.
+
+    Not passed, and no threshold or regression verdict on the subset (the comparison is dropped);
+    ``why`` says what cut it short (a selection, ``-x``, an interruption, a crashed worker).
+    """
+    from dataclasses import replace
+
+    reason = f"incomplete: {ran} of {expected} examples ran" + (f" ({why})" if why else "")
+    return replace(verdict, passed=False, kind=INCOMPLETE, reason=reason + "; no gate verdict", details=[], comparison=None)
+
+
+def lm_errors_reason(errors_by_kind: Mapping[str, int], n: int) -> str | None:
+    """``"LM errors: k of n examples could not be answered (kinds…)"``, or None without infra errors."""
+    infra = {k: v for k, v in errors_by_kind.items() if k in INFRA_ERROR_KINDS and v}
+    k = sum(infra.values())
+    if not k:
+        return None
+    kinds = ", ".join(f"{kind}: {count}" for kind, count in sorted(infra.items()))
+    reason = f"LM errors: {k} of {n} examples could not be answered ({kinds})"
+    if "budget" in infra:
+        reason += "; LM budget spent (raise --dspex-max-cost/--dspex-max-calls)"
+    if "cache_miss" in infra:  # said once here: the examples' own lines are cut short
+        reason += (
+            f"; no recorded answer for {infra['cache_miss']} example(s) in replay mode: record them with a run in "
+            "cache mode 'on' (the default), or check the model/settings match the recording"
+        )
+    return reason
+
+
+def paired_outcomes(records: Iterable[ExampleRecord]) -> dict[str, float]:
+    """``{key: score}`` of the records the model answered (infrastructure errors left out: not measured)."""
+    return {r.key: r.score for r in records if r.error_kind not in INFRA_ERROR_KINDS}
+
+
+def _keys(keys: Sequence[str]) -> str:
+    shown = ", ".join(keys[:SHOWN_KEYS])
+    return shown + (f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else "")
+
+
+def regression_reason(comparison: Comparison) -> str:
+    """Why a paired comparison is a regression, in words: which examples, delta, CI, p."""
+    c = comparison
+    lo, hi = c.delta_ci95
+    moved = "went pass -> fail" if c.test == "mcnemar-exact" else "scored lower"
+    text = (
+        f"regression against the golden: {len(c.regressions)} of {c.shared} shared examples {moved} "
+        f"({_keys(c.regressions)})"
+    )
+    if c.fixes:
+        text += f", {len(c.fixes)} improved"
+    p = f"{c.p_value:.2g}" if c.p_value < 0.001 else f"{c.p_value:.3f}"
+    return text + f"; delta {c.delta:+.3f} (95% CI {lo:+.3f}..{hi:+.3f}), p={p} < alpha {c.alpha:g} [{c.test}]"
+
+
+def judge(
+    result: Judged,
+    *,
+    threshold: float | None = None,
+    golden_score: float | None = None,
+    tolerance: float = 0.05,
+    max_error_rate: float = DEFAULT_MAX_ERROR_RATE,
+    golden_outcomes: Mapping[str, Score] | None = None,
+    alpha: float = DEFAULT_ALPHA,
+) -> Verdict:
+    """The verdict on one program's result (see the module docstring for the order of the checks).
+
+    ``golden_outcomes`` (the golden's per-example validation scores by key) turn the regression
+    check into the paired comparison; the verdict carries it (``verdict.comparison``).
+    """
+    score, n = result.score, result.n
+    comparison: Comparison | None = None
+    if golden_outcomes is not None:
+        from .comparison import compare
+
+        comparison = compare(golden_outcomes, paired_outcomes(result.records), alpha=alpha, tolerance=tolerance)
+
+    refused = result.errors_by_kind.get("refused", 0)
+
+    def v(passed: bool, reason: str, kind: str) -> Verdict:
+        if refused and not passed and kind != "no_examples":
+            reason += f"; the model refused {refused} of {n} examples (scored 0)"
+        return Verdict(passed, reason, score, threshold, golden_score, tolerance, kind, comparison=comparison)
+
+    if n == 0:
+        return v(False, "no examples were evaluated", "no_examples")
+    by_kind = result.errors_by_kind
+    infra = sum(count for kind, count in by_kind.items() if kind in INFRA_ERROR_KINDS)
+    if infra > max_error_rate * n + 1e-9:
+        reason = lm_errors_reason(by_kind, n) or ""
+        return v(False, f"{reason} — over the error budget of {max_error_rate:.0%} (not a low score)", "lm_errors")
+    if threshold is not None and score < threshold:
+        reason = f"below threshold ({score:.3f} < {threshold:.3f})"
+        if comparison is not None and comparison.shared and comparison.regressed:  # every failed check is named
+            reason += "; and " + regression_reason(comparison)
+        return v(False, reason, "below_threshold")
+    if comparison is not None and comparison.shared:
+        c = comparison
+        if c.regressed:
+            return v(False, regression_reason(c), "regression")
+        if c.underpowered and c.delta < -tolerance - 1e-9:
+            return v(
+                False,
+                f"regression: {c.current_score:.3f} < golden {c.baseline_score:.3f} - tolerance {tolerance:.3f} "
+                f"on the {c.shared} shared examples ({len(c.regressions)} went pass -> fail: "
+                f"{_keys(c.regressions)}); the paired test is underpowered (needs n >= {c.needed_n}), "
+                "so the tolerance applies",
+                "regression",
+            )
+        return v(True, "ok", "ok")
+    if golden_score is not None and score < golden_score - tolerance - 1e-9:
+        return v(False, f"regression: {score:.3f} < golden {golden_score:.3f} - tolerance {tolerance:.3f}", "regression")
+    return v(True, "ok", "ok")
+
+
+def judge_records(
+    records: Iterable[ExampleRecord],
+    *,
+    program: str = "",
+    metric: str = "",
+    threshold: float | None = None,
+    tolerance: float = 0.05,
+    max_error_rate: float = DEFAULT_MAX_ERROR_RATE,
+    golden_score: float | None = None,
+    golden_outcomes: Mapping[str, Score] | None = None,
+    alpha: float = DEFAULT_ALPHA,
+) -> tuple[EvaluationResult, Verdict]:
+    """The result of ``records`` and its verdict: what the plugin's controller and shard ``combine`` call."""
+    from .scoring import EvaluationResult
+
+    result = EvaluationResult.from_records(records, program=program, metric=metric)
+    verdict = judge(
+        result,
+        threshold=threshold,
+        golden_score=golden_score,
+        tolerance=tolerance,
+        max_error_rate=max_error_rate,
+        golden_outcomes=golden_outcomes,
+        alpha=alpha,
+    )
+    return result, verdict

@@ -1,0 +1,173 @@
+"""``ExampleRecord``: one evaluated example, the unit that crosses processes.
+
+Both test modes, xdist workers, the JSON report and shard ``combine`` all speak this record::
+
+    rec = ExampleRecord.from_json(json.loads(line))
+    result = EvaluationResult.from_records(records, program="triage", metric="team_matches")
+
+Everything in a record is JSON-able (pydantic values are dumped with ``model_dump(mode="json")``),
+so ``ExampleRecord.from_json(rec.to_json()) == rec``. The live ``Example``, ``Prediction`` and
+exception of an in-process evaluation ride along in fields that are never serialized.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..programs.primitives import Example, Prediction
+from .datasets import example_key
+
+__all__ = ["ANSWER_ERROR_KINDS", "ERROR_KINDS", "INFRA_ERROR_KINDS", "ExampleRecord", "example_key", "jsonable"]
+
+#: Errors of the infrastructure, not of the model: they count against the error budget
+#: (``--dspex-max-error-rate``) and are never read as a low score.
+INFRA_ERROR_KINDS = frozenset({"lm_unavailable", "lm_timeout", "lm_http", "lm_response", "budget", "cache_miss", "timeout"})
+#: Errors that are the model's answer (one that did not parse, a refusal): scored 0, shown as a miss.
+ANSWER_ERROR_KINDS = frozenset({"parse", "refused"})
+#: Every kind a record may carry; ``parse``, ``refused``, ``metric`` and ``program`` are the model's
+#: (or the code's), scored 0.
+ERROR_KINDS = INFRA_ERROR_KINDS | ANSWER_ERROR_KINDS | {"metric", "program"}
+
+_USAGE_KEYS = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "cost", "retries", "hedges")
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON data: pydantic models dumped, examples as dicts, the rest ``str``."""
+    if type(value) in _PLAIN or value is None or isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, Mapping | Example):
+        return {str(k): v if type(v) in _PLAIN else jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(v) for v in value]
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return dump(mode="json")
+    return str(value)
+
+
+def _usage(raw: Mapping[str, Any] | None) -> dict[str, float]:
+    raw = raw or {}
+    return {k: raw.get(k, 0) for k in _USAGE_KEYS}
+
+
+@dataclass(slots=True)
+class ExampleRecord:
+    """One evaluated example: what went in, what came out, its score and any error (JSON-able).
+
+    ``score`` is in [0, 1] (the mean over ``repeats`` when an example ran more than once); an
+    error scores 0 and names its ``error_kind`` (see ``ERROR_KINDS``).
+    """
+
+    index: int
+    key: str
+    inputs: dict[str, Any]
+    expected: dict[str, Any]
+    prediction: dict[str, Any] | None
+    score: float
+    error_kind: str | None = None
+    error: str | None = None
+    latency_s: float = 0.0
+    usage: dict[str, float] = field(default_factory=lambda: _usage(None))
+    repeats: list[float] | None = None
+    # the live objects of an in-process evaluation; never serialized, not part of equality
+    example: Example | None = field(default=None, repr=False, compare=False)
+    output: Prediction | None = field(default=None, repr=False, compare=False)
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def build(
+        cls,
+        index: int,
+        example: Example,
+        prediction: Prediction | None,
+        score: float,
+        *,
+        error_kind: str | None = None,
+        error: str | None = None,
+        latency_s: float = 0.0,
+        usage: Mapping[str, Any] | None = None,
+        key: str | None = None,
+        exception: BaseException | None = None,
+    ) -> ExampleRecord:
+        """A record from live objects (inputs and expected values split by the example's input keys)."""
+        in_keys = example.input_keys or ()
+        inputs: dict[str, Any] = {}
+        expected: dict[str, Any] = {}
+        for k, v in example.items():  # plain values (the usual case) as they are, the rest made JSON-able
+            (inputs if k in in_keys else expected)[k] = v if type(v) in _PLAIN else jsonable(v)
+        return cls(
+            index=index,
+            key=key if key is not None else example_key(example),
+            inputs=inputs,
+            expected=expected,
+            prediction=jsonable(prediction) if prediction is not None else None,
+            score=score,
+            error_kind=error_kind,
+            error=error,
+            latency_s=round(latency_s, 6),
+            usage=_usage(usage),
+            example=example,
+            output=prediction,
+            exception=exception,
+        )
+
+    @property
+    def is_infra_error(self) -> bool:
+        return self.error_kind in INFRA_ERROR_KINDS
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "key": self.key,
+            "inputs": self.inputs,
+            "expected": self.expected,
+            "prediction": self.prediction,
+            "score": self.score,
+            "repeats": self.repeats,
+            "error_kind": self.error_kind,
+            "error": self.error,
+            "latency_s": self.latency_s,
+            "usage": dict(self.usage),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ExampleRecord:
+        return cls(
+            index=int(data["index"]),
+            key=str(data["key"]),
+            inputs=dict(data.get("inputs") or {}),
+            expected=dict(data.get("expected") or {}),
+            prediction=data.get("prediction"),
+            score=float(data["score"]),
+            error_kind=data.get("error_kind"),
+            error=data.get("error"),
+            latency_s=float(data.get("latency_s") or 0.0),
+            usage=_usage(data.get("usage")),
+            repeats=list(data["repeats"]) if data.get("repeats") is not None else None,
+        )
+
+
+#: columns of a dataset row that name or describe the example, never an expected output
+META_KEYS = frozenset({"id", "uid", "key", "example_id", "meta", "metadata", "source", "split", "tags"})
+
+
+def split_expected(record: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A record's ``expected`` as (expected outputs, metadata such as ``id``), shown apart.
+
+    With a prediction the outputs are its fields; without one (an error), every column but the
+    usual metadata names (``META_KEYS``)."""
+    expected = dict(record.get("expected") or {})
+    predicted = record.get("prediction")
+    if isinstance(predicted, Mapping) and predicted:
+        outs = {k: v for k, v in expected.items() if k in predicted}
+        if outs:
+            return outs, {k: v for k, v in expected.items() if k not in predicted}
+    return (
+        {k: v for k, v in expected.items() if k not in META_KEYS},
+        {k: v for k, v in expected.items() if k in META_KEYS},
+    )

@@ -1,0 +1,438 @@
+"""The compile flow: datasets → optimizer → golden file, once per program and run.
+
+    outcome = compile_program(
+        triage, name="triage", metric=team_matches, trainset=Path("data/train.jsonl"),
+        valset=Path("data/dev.jsonl"), input_keys=("message",),
+        path=Path("tests/__dspex__/test_triage/triage.json"), settings=CompileSettings(demos=4),
+        run_id=run_id,
+    )
+    outcome.program, outcome.outcome ("created" / "updated" / "kept" / "unchanged" / "compiled elsewhere")
+
+With ``-n auto`` every worker that reaches a program asks to compile it; the first takes the
+golden's lock, compiles and leaves a marker naming the run; the others wait on the lock, see the
+marker and load the golden it wrote. The pytest plugin calls this; so can a script.
+
+``defer_write=True`` (an xdist worker: the golden has one writer, the controller, which owns the
+rootdir — a remote worker's file lock does not protect another machine's files): the keep-better
+decision is made as if writing (``GoldenStore.write(dry_run=True)``) but nothing is written; the
+outcome carries the golden ``record`` for the caller to send to the controller, and the marker
+carries it for the other workers of this host, which load it from there.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..evaluation.gates import DEFAULT_MAX_ERROR_RATE
+from ..evaluation.scoring import example_timeout
+from ..observe import tracing
+
+if TYPE_CHECKING:
+    from ..evaluation.comparison import Comparison
+    from ..golden.file import GoldenFile
+    from ..programs.modules import Module
+    from . import CompileResult
+
+__all__ = ["SELECTION_SETS", "CompileOutcome", "CompileSettings", "compile_program", "measure_baseline", "rebaseline_program"]
+
+#: where the compile chooses among candidates: the marker's valset, the trainset (leave-one-out), or,
+#: opted in, the gate's own examples (then every view says "in-sample")
+SELECTION_SETS = ("valset", "trainset", "in-sample")
+
+
+@dataclass(frozen=True)
+class CompileSettings:
+    """How to optimize: the ``--dspex-*`` optimizer options, the teacher and the error budget."""
+
+    demos: int = 4
+    labeled_demos: int = 16
+    rounds: int = 1
+    candidates: int = 4
+    seed: int = 0
+    #: the metric value a teacher run needs for its trace to become demos (None: full credit, 1.0)
+    metric_threshold: float | None = None
+    #: calibrate a classifier's label bias out (``pytest_dspex.programs.calibration``) when it scores no worse
+    calibrate: bool = True
+    concurrency: int = 16
+    teacher_lm: Any = None
+    force: bool = False
+    max_error_rate: float = DEFAULT_MAX_ERROR_RATE
+    example_timeout: float | None = None
+    model_info: dict[str, Any] = field(default_factory=dict)
+    #: renders the golden's prompts for predictors without an adapter of their own (None: the configured one)
+    adapter: Any = None
+    #: fresh passes over the gate set that make the baseline (stops after two that agree on every example)
+    baseline_draws: int = 3
+
+    def optimizer_record(self) -> dict[str, Any]:
+        return {
+            "name": "BootstrapFewShotWithRandomSearch",
+            "max_bootstrapped_demos": self.demos,
+            "max_labeled_demos": self.labeled_demos,
+            "max_rounds": self.rounds,
+            "num_candidates": self.candidates,
+            "seed": self.seed,
+            "calibrate": self.calibrate,
+            "metric_threshold": 1.0 if self.metric_threshold is None else self.metric_threshold,
+        }
+
+
+@dataclass
+class CompileOutcome:
+    """A compiled (or, when another worker compiled it, loaded) program and what happened to its golden."""
+
+    name: str
+    path: Path
+    program: Module
+    golden: GoldenFile
+    outcome: str  # created / updated / kept / unchanged / rebaselined / compiled elsewhere
+    reason: str = ""
+    result: CompileResult | None = None  # None when another worker of this run compiled it, or a re-baseline
+    #: with ``defer_write``: the golden record to write (JSON), None when the golden is kept as it is
+    record: dict[str, Any] | None = None
+    #: the new baseline paired with the golden it replaces (or would have replaced, when kept)
+    replaced: Comparison | None = None
+
+
+def _done_marker(path: Path, state_dir: Path | None) -> Path:
+    """Beside the golden's lock, in the private state folder (``_private``): which run last compiled ``path``."""
+    from ..golden.file import state_file
+
+    return state_file(path, ".compiled", state_dir)
+
+
+def compile_program(
+    program: Module,
+    *,
+    name: str,
+    metric: Callable[..., Any],
+    trainset: Path | Sequence[Any],
+    valset: Path | Sequence[Any] | None,
+    input_keys: Sequence[str],
+    path: Path,
+    settings: CompileSettings,
+    run_id: str = "",
+    progress: Callable[[str], None] | None = None,
+    defer_write: bool = False,
+    state_dir: Path | None = None,
+    gateset: Path | Sequence[Any] | None = None,
+    in_sample: bool = False,
+    threshold: float | None = None,
+) -> CompileOutcome:
+    """Optimize ``program`` and write its golden file, once per ``run_id`` across processes.
+
+    The candidates are chosen on ``valset``, else on the ``trainset`` (each example scored without
+    its own demo); ``in_sample=True`` chooses on ``gateset`` itself (the golden says so). Then the
+    chosen program is measured afresh on ``gateset`` (default: the selection set) — answers that
+    took no part in the choice, ``settings.baseline_draws`` passes with their own rollout ids — and
+    those outcomes are the golden's baseline, which later runs are paired with. A golden whose
+    baseline is below ``threshold`` (the marker's) never replaces an existing golden without
+    ``settings.force`` (``GoldenFileError``: the old one is kept, and said to be stale when it is).
+
+    Raises ``DatasetError`` for unreadable datasets, ``CompileStoppedError`` when the LM calls fail
+    beyond the error budget (the compile stops there), and ``GoldenFileError`` when the golden may not
+    be written (a run over its error budget, a corrupted golden without ``force``, a folder that
+    cannot be written). ``state_dir``: the private folder of the golden's lock and compile marker
+    (``_private``; the plugin passes the project's, default the user's).
+    """
+    from ..errors import GoldenFileError
+    from ..evaluation.datasets import fingerprint, label_hashes, load_dataset
+    from ..golden.file import GoldenFile, GoldenStore, golden_record
+    from ..programs.primitives import as_examples
+    from . import BootstrapFewShotWithRandomSearch
+
+    def load(data: Path | Sequence[Any]) -> list[Any]:
+        if isinstance(data, Path):
+            return load_dataset(data, input_keys)
+        return as_examples(list(data), input_keys)
+
+    from .._support.private import read_private, write_private
+
+    store = GoldenStore(path.parent.parent, state_dir=state_dir)
+    say = progress or (lambda _text: None)
+    with store.lock(path):
+        marker = _done_marker(path, state_dir)
+        done_by, _, deferred = (read_private(marker) or "").partition("\n") if run_id else ("", "", "")
+        if done_by == run_id and (deferred or path.exists()):
+            # the record a deferring worker compiled (not on disk until the controller writes it)
+            golden = GoldenFile(path, json.loads(deferred)) if deferred else GoldenStore.read(path)
+            return CompileOutcome(name, path, golden.apply(program), golden, "compiled elsewhere")
+        previous: GoldenFile | None = None
+        if path.exists():
+            # a corrupted or newer-schema golden is never replaced without force: say so before optimizing
+            try:
+                previous = GoldenStore.read(path)
+            except GoldenFileError as exc:
+                if not settings.force:
+                    raise GoldenFileError(
+                        f"{exc} — not replaced; restore it from version control, or re-run with "
+                        "pytest --dspex-compile --dspex-force to overwrite it"
+                    ) from None
+        train = load(trainset)
+        gate = load(gateset) if gateset is not None else None
+        if in_sample and gate is not None:
+            val, chosen_on = gate, "in-sample"
+        elif valset is not None:
+            val, chosen_on = load(valset), "valset"
+        else:
+            val, chosen_on = train, "trainset"
+        where = {"valset": "validation", "trainset": "training (each without its own demo)", "in-sample": "gate (in-sample)"}
+        say(f"compiling {name}: {len(train)} training examples; choosing on {len(val)} {where[chosen_on]} examples")
+        optimizer = BootstrapFewShotWithRandomSearch(
+            metric,
+            metric_threshold=settings.metric_threshold,
+            max_bootstrapped_demos=settings.demos,
+            max_labeled_demos=settings.labeled_demos,
+            max_rounds=settings.rounds,
+            num_candidates=settings.candidates,
+            seed=settings.seed,
+            teacher_lm=settings.teacher_lm,
+            concurrency=settings.concurrency,
+            calibrate=settings.calibrate,
+            progress=lambda text: say(f"compiling {name}: {text}"),
+            max_error_rate=settings.max_error_rate,
+            leave_one_out=chosen_on == "trainset",
+        )
+        traced = {"dspex.program": name, "dspex.golden": path.name} if tracing.enabled() else None
+        with example_timeout(settings.example_timeout), tracing.span("dspex.compile", traced) if traced else tracing.NO_SPAN:
+            result = optimizer.compile(program.reset_copy(), trainset=train, valset=val)  # joins this span
+            baseline_set = gate if gate is not None else val
+            say(f"compiling {name}: measuring the baseline of {result.best.name} on {len(baseline_set)} gate examples")
+            draws, baseline_error_rate = measure_baseline(
+                result.program, baseline_set, metric, draws=settings.baseline_draws, concurrency=settings.concurrency
+            )
+        validation = result.validation
+        from ..golden.file import baseline_entry
+
+        baseline = baseline_entry(draws, dataset=fingerprint(baseline_set), labels=label_hashes(baseline_set))
+        replaced = _compare_baselines(previous, baseline)
+        record = golden_record(
+            result.program,
+            name=name,
+            metric=result.metric,
+            validation=(validation.score, validation.n),
+            train=(result.train.score, result.train.n) if result.train is not None else None,
+            model=settings.model_info,
+            optimizer={
+                **settings.optimizer_record(),
+                "chosen": result.best.name,
+                "candidates": [c.to_dict() for c in result.candidates],
+                "demos": result.demo_review,
+            },
+            datasets={"train": fingerprint(train), "validation": fingerprint(val)},
+            records=validation.records,
+            adapter=settings.adapter,
+            selection={
+                "set": chosen_on, "dataset": fingerprint(val), "n": validation.n,
+                "score": round(validation.score, 6), "chosen": result.best.name,
+            },
+            baseline=baseline,
+        )  # fmt: skip
+        below = previous is not None and threshold is not None and baseline["score"] < threshold
+        if below and not settings.force:  # would it replace the existing golden? (keep-better may keep it)
+            would = store.write(
+                path, record, error_rate=max(validation.error_rate, baseline_error_rate),
+                max_error_rate=settings.max_error_rate, dry_run=True,
+            )  # fmt: skip
+            if previous is not None and threshold is not None and would.outcome == "updated":
+                raise GoldenFileError(_below_threshold(path, name, previous, program, baseline, threshold, replaced))
+        written = store.write(
+            path,
+            record,
+            force=settings.force,
+            error_rate=max(validation.error_rate, baseline_error_rate),
+            max_error_rate=settings.max_error_rate,
+            dry_run=defer_write,
+        )
+        outcome = written.outcome
+        to_write = json.loads(json.dumps(record)) if defer_write and outcome in ("created", "updated") else None
+        if run_id:
+            write_private(marker, run_id + ("\n" + json.dumps(to_write) if to_write is not None else ""))
+    golden = GoldenFile(path, to_write) if to_write is not None else GoldenStore.read(path)
+    chosen = golden.apply(program) if outcome in ("kept", "unchanged") else result.program
+    return CompileOutcome(name, path, chosen, golden, outcome, written.reason, result, record=to_write, replaced=replaced)
+
+
+def rebaseline_program(
+    program: Module,
+    *,
+    name: str,
+    metric: Callable[..., Any],
+    gateset: Path | Sequence[Any],
+    input_keys: Sequence[str],
+    path: Path,
+    settings: CompileSettings,
+    run_id: str = "",
+    progress: Callable[[str], None] | None = None,
+    defer_write: bool = False,
+    state_dir: Path | None = None,
+) -> CompileOutcome:
+    """Measure a fresh baseline for the golden at ``path`` without re-optimizing (``--dspex-rebaseline``).
+
+    The golden's demos (and calibration) are kept; the program is run as it is now — its current
+    instructions, the current model — ``settings.baseline_draws`` times on ``gateset``, and the golden
+    is rewritten with that baseline, the new instructions, prompts and model. How the program was
+    chosen stays as recorded. ``outcome`` is ``"rebaselined"``; ``replaced`` pairs the new baseline
+    with the one it replaces. For an accepted prompt edit or a model upgrade; fields that changed
+    still need a recompile (``GoldenStaleError``). Raises ``GoldenFileError`` when there is no
+    readable golden or the new baseline is over the error budget.
+    """
+    from .._support.private import read_private, write_private
+    from ..errors import GoldenFileError
+    from ..evaluation.datasets import fingerprint, label_hashes, load_dataset
+    from ..golden.file import GoldenFile, GoldenStore, baseline_entry, golden_record
+    from ..programs.primitives import as_examples
+
+    store = GoldenStore(path.parent.parent, state_dir=state_dir)
+    say = progress or (lambda _text: None)
+    with store.lock(path):
+        marker = _done_marker(path, state_dir)
+        done_by, _, deferred = (read_private(marker) or "").partition("\n") if run_id else ("", "", "")
+        if done_by == run_id and (deferred or path.exists()):
+            golden = GoldenFile(path, json.loads(deferred)) if deferred else GoldenStore.read(path)
+            return CompileOutcome(name, path, golden.apply(program), golden, "compiled elsewhere")
+        if not path.exists():
+            raise GoldenFileError(f"{path}: no golden file to re-baseline; create it with pytest --dspex-compile={name}")
+        old = GoldenStore.read(path)
+        applied = old.apply(program, instructions=False)  # fields that changed: GoldenStaleError
+        gate = load_dataset(gateset, input_keys) if isinstance(gateset, Path) else as_examples(list(gateset), input_keys)
+        say(f"re-baselining {name}: {len(gate)} gate examples, the golden's demos, the program and model as they are now")
+        with example_timeout(settings.example_timeout):
+            draws, error_rate = measure_baseline(
+                applied, gate, metric, draws=settings.baseline_draws, concurrency=settings.concurrency
+            )
+        if error_rate > settings.max_error_rate:
+            raise GoldenFileError(
+                f"{path}: baseline not recorded: {error_rate:.0%} of the {len(gate)} gate examples failed with LM errors "
+                f"(the budget is {settings.max_error_rate:.0%}, --dspex-max-error-rate); the golden is unchanged. Fix "
+                f"the LM endpoint and re-run pytest --dspex-rebaseline={name}"
+            )
+        baseline = baseline_entry(draws, dataset=fingerprint(gate), how="rebaseline", labels=label_hashes(gate))
+        replaced = _compare_baselines(old, baseline)
+        if replaced is not None and replaced.regressed and not settings.force:
+            raise GoldenFileError(
+                f"{path}: new baseline not recorded: it is worse than the one it would replace — "
+                f"{replaced.summary()}; the golden is unchanged. If this drop is intended (an accepted edit or "
+                f"model change): pytest --dspex-rebaseline={name} --dspex-force"
+            )
+        m = old.model
+        if m.selection is not None:
+            selection = m.selection.model_dump()
+        else:  # an older or imported golden: what its provenance says, without unknowns
+            known = old.provenance()["selection"]
+            selection = {k: v for k, v in known.items() if v is not None} | {"dataset": old.validation_dataset or ""}
+        v, t = m.scores.validation, m.scores.train
+        record = golden_record(
+            applied,
+            name=name,
+            metric=m.metric,
+            validation=(v.score, v.n) if v is not None else None,
+            train=(t.score, t.n) if t is not None else None,
+            model=settings.model_info or m.model,
+            optimizer=m.optimizer,
+            datasets=m.datasets,
+            records=old.validation_examples,
+            adapter=settings.adapter,
+            selection=selection,
+            baseline=baseline,
+        )
+        written = store.write(
+            path, record, force=True, error_rate=error_rate, max_error_rate=settings.max_error_rate, dry_run=True
+        )  # the checks of a write (error budget, a valid record); the write itself is below
+        assert written.outcome in ("updated", "unchanged")
+        changed = old.instruction_changes(program)
+        what = "new instructions" if changed else "same instructions"
+        if m.model and settings.model_info and {k: m.model.get(k) for k in settings.model_info} != dict(settings.model_info):
+            what += ", another model"
+        reason = f"re-baselined ({what}; demos kept): {baseline['n']} gate examples x {baseline['draws']} draw(s), score {baseline['score']:.3f}"
+        if not defer_write:
+            store._write(path, record)
+        to_write = json.loads(json.dumps(record)) if defer_write else None
+        if run_id:
+            write_private(marker, run_id + ("\n" + json.dumps(to_write) if to_write is not None else ""))
+    golden = GoldenFile(path, record)
+    return CompileOutcome(name, path, applied, golden, "rebaselined", reason, None, record=to_write, replaced=replaced)
+
+
+def measure_baseline(
+    program: Module, examples: Sequence[Any], metric: Callable[..., Any], *, draws: int = 3, concurrency: int = 16,
+    rollout: str = "baseline",
+) -> tuple[list[dict[str, float]], float]:
+    """``draws`` fresh passes of ``program`` over ``examples``: each pass's ``{key: score}`` and the
+    worst pass's share of infrastructure errors.
+
+    Each pass has its own rollout id (``<rollout>-<d>``) in the cache key, so no answer of the
+    selection (or of an earlier pass) is reused, and a replay reproduces every pass. After two passes
+    that agree on every example the endpoint is taken as repeatable and no more are made.
+    """
+    from .._support.runtime import run_sync
+    from ..evaluation.gates import paired_outcomes
+    from ..evaluation.records import INFRA_ERROR_KINDS
+    from ..evaluation.scoring import evaluate_records
+    from ..programs import settings as dspex_settings
+
+    passes: list[dict[str, float]] = []
+    worst = 0.0
+    for d in range(max(1, draws)):
+        overrides = {**(dspex_settings.get("call_overrides") or {}), "rollout_id": f"{rollout}-{d}"}
+        with dspex_settings.context(call_overrides=overrides):
+            records = run_sync(evaluate_records(program, enumerate(examples), metric, concurrency=concurrency))
+        infra = sum(1 for r in records if r.error_kind in INFRA_ERROR_KINDS)
+        worst = max(worst, infra / len(records) if records else 0.0)
+        passes.append(paired_outcomes(records))
+        if d == 1 and passes[0] == passes[1]:
+            break
+    return passes, worst
+
+
+def _below_threshold(
+    path: Path,
+    name: str,
+    previous: GoldenFile,
+    program: Module,
+    baseline: Mapping[str, Any],
+    threshold: float,
+    replaced: Comparison | None,
+) -> str:
+    """Why a compile kept the existing golden rather than write one below the marker's threshold."""
+    from ..errors import GoldenStaleError
+
+    try:
+        previous.check(program, instructions=False)
+        stale = ""
+    except GoldenStaleError as exc:
+        stale = f" — it is stale ({'; '.join(exc.changes) or 'the signature changed'}), so the tests still fail until this is fixed"
+    old = previous.baseline_score
+    text = (
+        f"{path}: golden not replaced: the newly compiled program's baseline scores {baseline['score']:.3f} on "
+        f"{baseline['n']} gate examples, below the threshold {threshold:.3f}"
+        + (f" (the golden it would replace: {old:.3f})" if old is not None else "")
+    )
+    if replaced is not None:
+        text += f"; new baseline vs the golden's baseline: {replaced.summary()}"
+    return text + (
+        f". Kept the existing golden{stale}. Check why the program scores so low (e.g. an output field the model "
+        f"never writes makes every answer a parse error), fix it and recompile with pytest --dspex-compile={name}; "
+        f"to write the low-scoring golden anyway: pytest --dspex-compile={name} --dspex-force"
+    )
+
+
+def _compare_baselines(previous: GoldenFile | None, baseline: dict[str, Any]) -> Comparison | None:
+    """The new baseline paired with the previous golden's (None without a previous golden or shared keys)."""
+    from ..evaluation.comparison import compare
+
+    if previous is None:
+        return None
+    old = previous.baseline_outcomes
+    if not old:
+        return None
+    b = previous.model.baseline
+    labels = baseline.get("labels") or {}
+    if b is not None and b.labels and labels:  # relabelled examples are not paired
+        old = {k: v for k, v in old.items() if not (k in b.labels and k in labels and b.labels[k] != labels[k])}
+    cmp = compare(old, baseline["examples"])
+    return cmp if cmp.shared else None

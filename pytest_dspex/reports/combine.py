@@ -1,0 +1,481 @@
+"""Merge the JSON reports of sharded runs into the one verdict an unsharded run would give.
+
+    pytest --dspex-shard=1/3 --dspex-report=shard-1.json     # ... one CI job per shard
+    python -m pytest_dspex combine shard-*.json --report combined.json --html report.html
+
+``combine(reports)`` takes the parsed reports (the team contract's report JSON, each with
+``"shard": {"index": K, "count": N}``) and returns one report of the same shape: per program and
+dataset, the shards' records are concatenated, and score, n, confidence interval, error counts,
+the paired comparison with the golden's per-example outcomes and the gate are computed from them
+by the same core functions a single run uses (``EvaluationResult.from_records``, ``compare``,
+``gates.judge_records``). Nothing is averaged across shards.
+
+Refused with a :class:`CombineError` (exit code 2 on the command line), never a silently smaller n:
+
+* a shard missing or given twice, reports of different shard counts, a sharded report mixed with
+  an unsharded one;
+* an example key in two shards (or twice in one), or a record in a shard that does not own it
+  (the shards evaluated different datasets or ran different versions);
+* a program evaluated by some shards but not others (unless the reports record its ``dataset_size``
+  and the merged records add up to it: a shard may own none of a small dataset's examples), shards
+  that disagree on its metric, threshold, tolerance, golden or model, and a ``dataset_size`` that
+  the merged records do not add up to;
+* a golden file named by the reports that cannot be read under ``rootdir`` (the paired comparison
+  needs its per-example outcomes);
+* reports that evaluated no program (an interrupted run), or a program whose examples did not all run
+  in its shard (verdict ``incomplete``: ``-x``, ``-k``, an interruption, a crashed worker).
+
+The command exits 1 when a gate fails, 0 when every gate passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..evaluation import gates
+from ..evaluation.gates import DEFAULT_MAX_ERROR_RATE
+from ..evaluation.records import ExampleRecord
+from ..evaluation.sharding import shard_of
+from .rows import program_row
+
+__all__ = [
+    "CombineError",
+    "add_parser",
+    "combine",
+    "combine_files",
+    "golden_outcomes",
+    "main",
+    "write_junit",
+]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: per-program fields computed from one shard's records: recomputed from all of them, never copied
+_PER_SHARD = frozenset(
+    {"records", "comparison", "verdict", "flaky", "usage", "passed", "elapsed_s", "lm_unavailable", "worst", "shards"}
+)
+#: per-program fields every shard must agree on
+_SAME = (
+    "mode",
+    "metric",
+    "threshold",
+    "tolerance",
+    "alpha",
+    "golden",
+    "golden_score",
+    "max_error_rate",
+    "dataset_size",
+)
+
+
+class CombineError(ValueError):
+    """Reports that cannot be combined into one honest verdict (the message says which and why)."""
+
+
+def _name(i: int, names: Sequence[str] | None) -> str:
+    return names[i] if names is not None and i < len(names) else f"report #{i + 1}"
+
+
+def _check_shards(reports: Sequence[Mapping[str, Any]], names: Sequence[str] | None) -> int:
+    """The shard count, after checking that every shard 1..N is there exactly once."""
+    shards = [r.get("shard") for r in reports]
+    if all(s is None for s in shards):
+        if len(reports) > 1:
+            raise CombineError(
+                f"{len(reports)} reports without shard metadata: combine merges the reports of one sharded run "
+                "(pytest --dspex-shard=K/N --dspex-report=...), one report per shard"
+            )
+        return 1
+    if any(s is None for s in shards):
+        bad = [_name(i, names) for i, s in enumerate(shards) if s is None]
+        raise CombineError(f"{', '.join(bad)}: not from a sharded run, but the other reports are")
+    seen: dict[int, str] = {}
+    counts: dict[int, list[str]] = {}
+    for i, s in enumerate(shards):
+        try:
+            k, n = int(s["index"]), int(s["count"])  # type: ignore[index]
+        except (KeyError, TypeError, ValueError):
+            raise CombineError(
+                f"{_name(i, names)}: malformed shard metadata {s!r} (expected {{'index': K, 'count': N}})"
+            ) from None
+        if not 1 <= k <= n:
+            raise CombineError(f"{_name(i, names)}: shard {k}/{n} is out of range")
+        counts.setdefault(n, []).append(_name(i, names))
+        if k in seen:
+            raise CombineError(f"shard {k}/{n} is given twice ({seen[k]} and {_name(i, names)})")
+        seen[k] = _name(i, names)
+    if len(counts) > 1:
+        detail = "; ".join(f"of {n}: {', '.join(v)}" for n, v in sorted(counts.items()))
+        raise CombineError(f"the reports come from runs with different shard counts ({detail})")
+    (count,) = counts
+    missing = sorted(set(range(1, count + 1)) - set(seen))
+    if missing:
+        raise CombineError(
+            f"shard{'s' if len(missing) > 1 else ''} {', '.join(f'{k}/{count}' for k in missing)} "
+            f"missing: got {', '.join(f'{k}/{count}' for k in sorted(seen))}; combining without "
+            f"{'them' if len(missing) > 1 else 'it'} would judge a smaller n"
+        )
+    return count
+
+
+def golden_outcomes(path: Path) -> dict[str, float | list[float]] | None:
+    """A golden file's per-example validation outcomes (schema 2), or None for a golden without them
+    (schema 1: the gate falls back to the tolerance against its score, as in a single run)."""
+    from ..errors import GoldenFileError
+    from ..golden.file import GoldenStore
+
+    try:
+        return GoldenStore.read(path).baseline_outcomes
+    except FileNotFoundError:
+        raise CombineError(
+            f"{path}: golden file named by the reports not found (run combine from the project's rootdir or pass --rootdir)"
+        ) from None
+    except GoldenFileError as exc:
+        raise CombineError(str(exc)) from None
+
+
+def _usage_sum(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for e in entries:
+        for k, v in (e.get("usage") or {}).items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                out[k] = out.get(k, 0) + v
+    for k, v in out.items():
+        if isinstance(v, float):
+            out[k] = round(v, 10)
+    return out
+
+
+def _program_key(entry: Mapping[str, Any]) -> tuple[str, str, str]:
+    return (str(entry.get("test") or ""), str(entry.get("program") or ""), str(entry.get("dataset") or ""))
+
+
+def _label(key: tuple[str, str, str]) -> str:
+    test, program, dataset = key
+    return f"program {program!r} on {dataset or '?'}" + (f" ({test})" if test else "")
+
+
+def _merge_program(
+    key: tuple[str, str, str],
+    parts: list[tuple[int, int, Mapping[str, Any]]],
+    count: int,
+    report_names: list[str],
+    rootdir: Path,
+    default_max_error_rate: float,
+) -> dict[str, Any]:
+    label = _label(key)
+    first = parts[0][2]
+    for field in _SAME:
+        values = {json.dumps(p[2].get(field), sort_keys=True) for p in parts}
+        if len(values) > 1:
+            shown = ", ".join(f"{report_names[i]}: {p.get(field)!r}" for i, _, p in parts)
+            raise CombineError(f"{label}: the shards disagree on {field} ({shown})")
+    records: list[ExampleRecord] = []
+    owner: dict[str, str] = {}
+    for i, shard_index, entry in parts:
+        raw_records = entry.get("records")
+        if not isinstance(raw_records, list):
+            raise CombineError(
+                f"{report_names[i]}: {label} has no records (write the shard reports with --dspex-report)"
+            )
+        for raw in raw_records:
+            try:
+                rec = ExampleRecord.from_json(raw)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise CombineError(f"{report_names[i]}: {label}: malformed record {str(raw)[:200]} ({exc})") from None
+            if rec.key in owner:
+                raise CombineError(
+                    f"{label}: example {rec.key!r} is in {owner[rec.key]} and {report_names[i]} "
+                    "(duplicated example keys or overlapping shards)"
+                )
+            if count > 1 and shard_of(rec.key, count) != shard_index:
+                raise CombineError(
+                    f"{report_names[i]}: {label}: example {rec.key!r} belongs to shard {shard_of(rec.key, count)}/{count}, "
+                    f"not {shard_index}/{count} (the shards evaluated different datasets or ran different versions)"
+                )
+            owner[rec.key] = report_names[i]
+            records.append(rec)
+    size = first.get("dataset_size")
+    if size is not None and int(size) != len(records):
+        raise CombineError(f"{label}: the shards hold {len(records)} examples, the dataset has {int(size)}")
+    indexes = [r.index for r in records]
+    if len(set(indexes)) != len(indexes):
+        dup = sorted({x for x in indexes if indexes.count(x) > 1})[:5]
+        raise CombineError(f"{label}: record index {dup} appears in more than one shard")
+
+    outcomes = golden_outcomes(rootdir / str(first["golden"])) if first.get("golden") else None
+    shard_cmp = next((p.get("comparison") for _, _, p in parts if isinstance(p.get("comparison"), Mapping)), None)
+    threshold, golden_score, max_error_rate = (
+        first.get("threshold"),
+        first.get("golden_score"),
+        first.get("max_error_rate"),
+    )
+    tolerance = float(first["tolerance"]) if first.get("tolerance") is not None else 0.05
+    # the shards' alpha (--dspex-alpha): the row's, else (older reports) their comparison's
+    alpha = 0.05
+    if first.get("alpha") is not None:
+        alpha = float(first["alpha"])
+    elif shard_cmp:
+        alpha = float(shard_cmp.get("alpha", 0.05))
+    result, verdict = gates.judge_records(
+        records,
+        program=key[1],
+        metric=str(first.get("metric") or ""),
+        threshold=None if threshold is None else float(threshold),
+        tolerance=tolerance,
+        max_error_rate=default_max_error_rate if max_error_rate is None else float(max_error_rate),
+        golden_score=None if golden_score is None else float(golden_score),
+        golden_outcomes=outcomes,
+        alpha=alpha,
+    )
+    # the row by the plugin's own function (rows.program_row), after the fields the shards share
+    # (and any the plugin adds, e.g. dataset_size); everything that depends on the examples is
+    # recomputed from all of them
+    row: dict[str, Any] = {k: v for k, v in first.items() if k not in _PER_SHARD}
+    row.update(
+        program_row(
+            result,
+            verdict,
+            mode=str(first.get("mode") or "dataset"),
+            dataset=first.get("dataset"),
+            test=str(first.get("test") or ""),
+            threshold=verdict.threshold,
+            tolerance=tolerance,
+            max_error_rate=default_max_error_rate if max_error_rate is None else float(max_error_rate),
+            golden=first.get("golden"),
+            note=str(first.get("note") or ""),
+            comparison=verdict.comparison.to_json() if verdict.comparison is not None else None,
+            flaky=None,  # recomputed from the merged records' repeats, as a single run does
+            prompts=next((p.get("prompts") for _, _, p in parts if p.get("prompts")), first.get("prompts")),
+        )
+    )
+    # the shards' own accounting (retries, hedges...) summed; the records' sums when they have none
+    row["usage"] = _usage_sum([p for _, _, p in parts]) or row["usage"]
+    row["shards"] = len(parts)
+    return row
+
+
+def combine(
+    reports: Sequence[Mapping[str, Any]],
+    *,
+    names: Sequence[str] | None = None,
+    rootdir: str | Path = ".",
+    max_error_rate: float | None = None,
+) -> dict[str, Any]:
+    """One report judged from the records of every shard (see the module docs for what is refused).
+
+    ``names`` label the reports in error messages (file names); ``rootdir`` is where the reports'
+    relative golden paths are read; ``max_error_rate`` applies when a report does not record its own.
+    """
+    if not reports:
+        raise CombineError("no reports to combine")
+    report_names = [_name(i, names) for i in range(len(reports))]
+    for i, r in enumerate(reports):
+        if not isinstance(r, Mapping) or not isinstance(r.get("programs"), list):
+            raise CombineError(
+                f"{report_names[i]}: not a pytest-dspex report (expected an object with a 'programs' list)"
+            )
+    count = _check_shards(reports, names)
+
+    for field in ("git_commit", "plugin_version"):
+        values = {r.get(field) for r in reports if r.get(field) is not None}
+        if len(values) > 1:
+            raise CombineError(
+                f"the shards ran different {field.replace('_', ' ')}s: {', '.join(sorted(map(str, values)))}"
+            )
+    models = {str((r.get("model") or {}).get("model")) for r in reports if (r.get("model") or {}).get("model")}
+    if len(models) > 1:
+        raise CombineError(f"the shards used different models: {', '.join(sorted(models))}")
+
+    if not any(r["programs"] for r in reports):  # an interrupted or empty run: nothing to judge, never a pass
+        raise CombineError(
+            f"{', '.join(report_names)}: no program was evaluated (an interrupted run, or no dspex test selected); "
+            "a verdict needs the shards' records"
+        )
+    groups: dict[tuple[str, str, str], list[tuple[int, int, Mapping[str, Any]]]] = {}
+    for i, r in enumerate(reports):
+        shard_index = int(r["shard"]["index"]) if r.get("shard") else 1
+        seen: set[tuple[str, str, str]] = set()
+        for entry in r["programs"]:
+            if not isinstance(entry, Mapping):
+                raise CombineError(f"{report_names[i]}: a program entry is not an object")
+            key = _program_key(entry)
+            verdict = entry.get("verdict")
+            if isinstance(verdict, Mapping) and verdict.get("kind") == "incomplete":
+                raise CombineError(
+                    f"{report_names[i]}: {_label(key)} is {verdict.get('reason') or 'incomplete'}; run that shard "
+                    "whole (without -x, -k or an interruption) before combining"
+                )
+            if key in seen:
+                raise CombineError(f"{report_names[i]}: {_label(key)} appears twice")
+            seen.add(key)
+            groups.setdefault(key, []).append((i, shard_index, entry))
+    for key, parts in groups.items():
+        # a shard may hold none of a small dataset's examples; without the dataset's size to prove
+        # that nothing is missing, a program absent from a shard is an error
+        if len(parts) != len(reports) and any(p.get("dataset_size") is None for _, _, p in parts):
+            have = {i for i, _, _ in parts}
+            lacking = [report_names[i] for i in range(len(reports)) if i not in have]
+            raise CombineError(
+                f"{_label(key)} is missing from {', '.join(lacking)}: every shard must report every program "
+                "(with its share of the examples, possibly none), or record the dataset's size (dataset_size)"
+            )
+
+    limit = DEFAULT_MAX_ERROR_RATE if max_error_rate is None else max_error_rate
+    base = reports[0]
+    report_limit = base.get("max_error_rate")
+    programs = [
+        _merge_program(
+            key, parts, count, report_names, Path(rootdir), limit if report_limit is None else float(report_limit)
+        )
+        for key, parts in groups.items()
+    ]
+    unused_sets = [set(r.get("unused_goldens") or []) for r in reports]
+    goldens: dict[str, Any] = {}
+    for r in reports:
+        g = r.get("goldens")
+        if isinstance(g, Mapping):
+            goldens.update(g)
+    out: dict[str, Any] = {
+        k: v for k, v in base.items() if k not in ("programs", "shard", "passed", "goldens", "unused_goldens")
+    }
+    out.update(
+        {
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "passed": bool(programs) and all(p["verdict"]["passed"] for p in programs),
+            "shard": None,
+            "combined": {"shards": count, "reports": len(reports)},
+            "programs": programs,
+            "goldens": goldens,
+            "unused_goldens": sorted(set.intersection(*unused_sets)) if unused_sets else [],
+        }
+    )
+    return out
+
+
+def read_report(path: str) -> dict[str, Any]:
+    """A JSON report from disk (also ``report`` on the command line); a missing or corrupted one is a
+    ``CombineError`` naming the file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CombineError(f"{path}: no such report (write one with pytest --dspex-report={path})") from None
+    except (OSError, ValueError) as exc:
+        raise CombineError(f"{path}: not a readable JSON report ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("programs", []), list):
+        raise CombineError(f"{path}: not a pytest-dspex report (expected an object with a 'programs' list)")
+    return data
+
+
+def combine_files(
+    paths: Sequence[str], *, rootdir: str | Path = ".", max_error_rate: float | None = None
+) -> dict[str, Any]:
+    """``combine`` of the reports at ``paths`` (named by their paths in errors)."""
+    return combine([read_report(p) for p in paths], names=list(paths), rootdir=rootdir, max_error_rate=max_error_rate)
+
+
+def write_junit(report: Mapping[str, Any], path: str | Path) -> None:
+    """A JUnit XML file with one test case per program gate, its figures as properties."""
+    import xml.etree.ElementTree as ET
+
+    from .._support.atomic import atomic_write_text
+    from . import program_properties
+
+    programs = list(report.get("programs") or [])
+    failures = sum(1 for p in programs if not (p.get("verdict") or {}).get("passed"))
+    suites = ET.Element("testsuites")
+    suite = ET.SubElement(
+        suites, "testsuite", name="pytest-dspex combine", tests=str(len(programs)), failures=str(failures), errors="0"
+    )
+    for p in programs:
+        case = ET.SubElement(suite, "testcase", classname=str(p.get("test") or "dspex"), name=str(p.get("program")))
+        props = ET.SubElement(case, "properties")
+        for name, value in program_properties(p):
+            ET.SubElement(props, "property", name=name, value=value)
+        verdict = p.get("verdict") or {}
+        if not verdict.get("passed"):
+            fail = ET.SubElement(case, "failure", message=str(verdict.get("reason") or "gate failed"))
+            fail.text = str(verdict.get("reason") or "")
+    text = ET.tostring(suites, encoding="unicode")
+    atomic_write_text(Path(path), '<?xml version="1.0" encoding="utf-8"?>\n' + text + "\n")
+
+
+def add_parser(sub: Any) -> None:
+    """Add the ``combine`` subcommand to an argparse ``subparsers`` (``python -m pytest_dspex combine``)."""
+    p = sub.add_parser(
+        "combine",
+        help="merge sharded runs' reports into one verdict",
+        description="Merge the JSON reports of a sharded run (pytest --dspex-shard=K/N --dspex-report=...) "
+        "into the verdict one unsharded run would give. Exit 1 when a gate fails, 2 on bad input "
+        "(a missing or duplicated shard, overlapping examples, an unreadable report).",
+    )
+    _arguments(p)
+    p.set_defaults(handler=run)
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("reports", nargs="+", metavar="REPORT", help="one JSON report per shard")
+    p.add_argument("--report", metavar="OUT", help="write the combined JSON report here")
+    p.add_argument("--html", metavar="PATH", help="write the HTML report here")
+    p.add_argument("--markdown", metavar="PATH", help="write the markdown summary here ('-' for stdout)")
+    p.add_argument("--junit", metavar="PATH", help="write a JUnit XML file (one test case per program gate)")
+    p.add_argument("--rootdir", default=".", help="the project root the reports' paths are relative to (default: .)")
+    p.add_argument(
+        "--max-error-rate", type=float, default=None,
+        help=f"error budget for reports that do not record theirs (default {DEFAULT_MAX_ERROR_RATE})",
+    )  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``combine`` command: 0 when every gate passes, 1 when one fails, 2 on bad input."""
+    try:
+        report = combine_files(args.reports, rootdir=args.rootdir, max_error_rate=args.max_error_rate)
+    except CombineError as exc:
+        sys.stderr.write(f"pytest-dspex: error: {exc}\n")
+        return EXIT_USAGE
+    from .._support.atomic import atomic_write_text
+
+    if args.report:
+        atomic_write_text(Path(args.report), json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    if args.html:
+        from . import write_html
+
+        write_html(report, args.html)
+    if args.markdown == "-":
+        from . import render_markdown
+
+        sys.stdout.write(render_markdown(report))
+    elif args.markdown:
+        from . import write_markdown
+
+        write_markdown(report, args.markdown)
+    if args.junit:
+        write_junit(report, args.junit)
+    out = sys.stderr if args.markdown == "-" else sys.stdout  # stdout carries the markdown then
+    from ._format import ProgramView
+
+    for p in report["programs"]:
+        view = ProgramView(p)  # mode and test: a program gated by two tests is two different lines
+        lo, hi = p["ci95"]
+        state = "passed" if view.passed else f"FAILED ({'; '.join(view.failed_checks)})"
+        out.write(
+            f"{p['program']} [{view.mode}] {view.test_short} on {p.get('dataset')}: score {p['score']:.3f} (95% CI {lo:.3f}-{hi:.3f}) on n={p['n']} "
+            f"from {report['combined']['shards']} shard(s): gate {state}\n"
+        )
+    return EXIT_OK if report["passed"] else EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m pytest_dspex.reports.combine REPORT...`` (the same as ``python -m pytest_dspex combine``)."""
+    parser = argparse.ArgumentParser(prog="python -m pytest_dspex combine", description=__doc__.split("\n\n")[0])
+    _arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,303 @@
+"""An OpenAI-compatible chat-completions server on 127.0.0.1 for tests and benchmarks.
+
+It answers with a function you give it, after a fixed latency, and injects faults on demand::
+
+    def answer(body: dict) -> str:
+        return "billing"
+
+    with FakeLMServer(answer, latency=0.05, faults=Faults(http_500=0.1, http_429=0.1)) as server:
+        lm = LM("fake", base_url=server.base_url, api_key="test")
+
+Faults: ``http_500``, ``http_429`` (with ``Retry-After: retry_after``), ``garbled`` (a 200 with a
+body that is not JSON), ``bad_shape`` (JSON without ``choices``), ``stall`` (sleeps ``stall_s``
+before answering), ``refusal`` (a 200 whose message has ``content: null`` and a ``refusal``, as
+OpenAI's models decline), ``http_404`` (the wrong path: a 404 with OpenAI's error body). Each is a
+probability per request, drawn from a seeded RNG. Uses aiohttp's
+server (aiohttp is already installed as httpx's transport) on its own thread and loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["FakeLMServer", "Faults"]
+
+Responder = Callable[[dict[str, Any]], str]
+
+
+@dataclass
+class Faults:
+    http_500: float = 0.0
+    http_429: float = 0.0
+    retry_after: float = 0.05
+    garbled: float = 0.0
+    bad_shape: float = 0.0
+    stall: float = 0.0
+    stall_s: float = 5.0
+    refusal: float = 0.0
+    http_404: float = 0.0
+    seed: int = 0
+
+
+def triage_responder(body: dict[str, Any], *, pass_every: int = 1) -> str:
+    """A perfect billing/technical router that answers in whichever layout the adapter asked for.
+
+    With ``pass_every=K``, only messages whose ``case N`` has N % K == 0 get the right answer.
+    """
+    import re
+
+    last = last_user_message(body)
+    last = last.rsplit("Message:", 1)[-1] if "Message:" in last else last
+    last = last.rsplit("[[ ## message ## ]]", 1)[-1]
+    team = "billing" if re.search(r"charge|refund|invoice", last, re.I) else "technical"
+    if pass_every > 1:
+        m = re.search(r"case (\d+)", last)
+        if m is None or int(m.group(1)) % pass_every:
+            team = "other"
+    system = str(body["messages"][0].get("content", ""))
+    if "[[ ## " in system:
+        return f"[[ ## team ## ]]\n{team}\n\n[[ ## completed ## ]]"
+    if "JSON" in system:
+        return json.dumps({"team": team})
+    return f" {team}"
+
+
+def last_user_message(body: dict[str, Any]) -> str:
+    for m in reversed(body.get("messages", [])):
+        if m.get("role") == "user":
+            return str(m.get("content", ""))
+    return ""
+
+
+class FakeLMServer:
+    def __init__(
+        self,
+        responder: Responder | None = None,
+        *,
+        latency: float = 0.0,
+        faults: Faults | None = None,
+        port: int = 0,
+        model: str = "fake-model",
+        host: str = "127.0.0.1",
+        reject_fields: tuple[str, ...] = (),
+        stall_if: Callable[[dict[str, Any], int], bool] | None = None,
+    ) -> None:
+        self.responder: Responder = responder or (lambda body: "ok")
+        # body fields this server answers HTTP 400 to, as OpenAI does to a llama.cpp ``grammar``
+        self.reject_fields = reject_fields
+        # ``stall_if(body, seen)``: stall this request (``faults.stall_s``)? ``seen``: earlier requests
+        # with the same messages (0 for the first), so a test can hang a chosen request but not its retry
+        self.stall_if = stall_if
+        self._seen: Counter[str] = Counter()
+        self.latency = latency
+        self.faults = faults or Faults()
+        self.port = port
+        self.host = host  # 127.0.0.1 unless a test serves another (network-namespace) address
+        self.model = model
+        self.counts: Counter[str] = Counter()
+        self.bodies: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.keep_bodies = True
+        self._rng = random.Random(self.faults.seed)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: Any = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def requests(self) -> int:
+        return sum(self.counts.values())
+
+    def set_faults(self, faults: Faults) -> None:
+        self.faults = faults
+        self._rng = random.Random(faults.seed)
+
+    def _pick_fault(self) -> str | None:
+        f, r = self.faults, self._rng.random()
+        for name in ("http_500", "http_429", "garbled", "bad_shape", "stall", "refusal", "http_404"):
+            p = getattr(f, name)
+            if r < p:
+                return name
+            r -= p
+        return None
+
+    async def _handle(self, request: Any) -> Any:
+        from aiohttp import web
+
+        body = await request.json()
+        if self.keep_bodies:
+            self.bodies.append(body)
+            self.headers.append(dict(request.headers))
+        rejected = [f for f in self.reject_fields if f in body]
+        if rejected:
+            self.counts["rejected"] += 1
+            error = {"error": {"message": f"Unrecognized request argument supplied: {rejected[0]}", "type": "invalid_request_error"}}
+            return web.json_response(error, status=400)
+        fault = self._pick_fault()
+        if fault is None and self.stall_if is not None:
+            seen_key = json.dumps(body.get("messages"), sort_keys=True)
+            if self.stall_if(body, self._seen[seen_key]):
+                fault = "stall"
+            self._seen[seen_key] += 1
+        self.counts[fault or "ok"] += 1
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        if fault == "http_500":
+            return web.Response(status=500, text="internal error (injected)")
+        if fault == "http_429":
+            return web.Response(status=429, text="slow down", headers={"Retry-After": str(self.faults.retry_after)})
+        if fault == "garbled":
+            return web.Response(status=200, text='{"choices": [{"mess\x00\x01garbled', content_type="application/json")
+        if fault == "bad_shape":
+            return web.json_response({"error": "unexpected"})
+        if fault == "http_404":
+            error = {"error": {"message": "Not Found", "type": "invalid_request_error", "code": "not_found"}}
+            return web.json_response(error, status=404)
+        if fault == "stall":
+            await asyncio.sleep(self.faults.stall_s)
+        if fault == "refusal":
+            message = {"role": "assistant", "content": None, "refusal": "I'm sorry, I can't help with that."}
+            return web.json_response(
+                {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion",
+                    "model": body.get("model", self.model),
+                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 8, "total_tokens": 18},
+                }
+            )
+        text, finish = _limited(self.responder(body), body.get("max_tokens"))
+        words = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+        return web.json_response(
+            {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "model": body.get("model", self.model),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+                "usage": {"prompt_tokens": words, "completion_tokens": len(text.split()), "total_tokens": words + len(text.split())},
+            }
+        )
+
+    async def _models(self, request: Any) -> Any:
+        from aiohttp import web
+
+        return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model"}]})
+
+    def start(self) -> FakeLMServer:
+        from aiohttp import web
+
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        errors: list[BaseException] = []
+
+        async def setup() -> None:
+            app = web.Application()
+            app.router.add_post("/v1/chat/completions", self._handle)
+            app.router.add_get("/v1/models", self._models)
+            self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
+            await site.start()
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(setup())
+            except BaseException as exc:
+                errors.append(exc)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+
+        self._loop = loop
+        self._thread = threading.Thread(target=run, name="fake-lm-server", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if errors:
+            raise errors[0]
+        return self
+
+    def stop(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        async def shutdown() -> None:
+            if self._runner is not None:
+                await self._runner.cleanup()
+            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        loop.close()
+        self._loop = None
+
+    def __enter__(self) -> FakeLMServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m pytest_dspex.testing.fake_server --port 8900 --latency 0.05``: serve until killed.
+
+    Answers like ``triage_responder`` (in the compact, DSPy chat or JSON layout); prints ``READY <base_url>`` once listening.
+    """
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--pass-every", type=int, default=1)
+    parser.add_argument("--faults", default="{}", help='JSON for Faults, e.g. {"http_500": 0.1}')
+    args = parser.parse_args(argv)
+
+    def respond(body: dict[str, Any]) -> str:
+        return triage_responder(body, pass_every=args.pass_every)
+
+    server = FakeLMServer(respond, latency=args.latency, port=args.port, host=args.host, faults=Faults(**json.loads(args.faults)))
+    server.keep_bodies = False
+    server.start()
+    print(f"READY {server.base_url}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+
+
+
+def _limited(text: str, max_tokens: Any) -> tuple[str, str]:
+    """``text`` cut at ``max_tokens`` tokens (a word is a token here), as a real server cuts an answer:
+    then ``finish_reason`` is ``length``."""
+    if not isinstance(max_tokens, int) or max_tokens <= 0:
+        return text, "stop"
+    import re
+
+    words = list(re.finditer(r"\S+", text))
+    if len(words) <= max_tokens:
+        return text, "stop"
+    return text[: words[max_tokens - 1].end()], "length"
+
+
+if __name__ == "__main__":
+    main()
