@@ -21,7 +21,7 @@ What differs, on purpose:
   kept are the first ``max_bootstrapped_demos`` passing examples, whatever order runs finish in),
   but runs start as a window: as many as demos are still needed (so when the first examples pass,
   exactly DSPy's calls: 4 for a Predict, 8 for a two-step Module), widened once runs fail often
-  (pass rate under ``WIDEN_BELOW``) to the still-needed count over the pass rate seen so far, at
+  (pass rate under ``WIDEN_BELOW``) to ``WIDEN_SHARE`` of the still-needed count over the pass rate seen so far, at
   most ``concurrency``: when few examples pass, runs go side by side. Once the prefix is settled, in-flight runs are
   cancelled (their requests are closed, not left dangling) and no new ones start.
 """
@@ -52,6 +52,12 @@ __all__ = ["BootstrapFewShot", "BootstrapReport", "LabeledFewShot", "demo_fields
 #: (simulated on 50-example trainsets, 4 demos: calls never above DSPy's at accuracy 0.9, above
 #: on 15% of trainsets at 0.5 by 1-2 calls, and 4-5x fewer sequential steps than DSPy at 0.15)
 WIDEN_BELOW = 1 / 3
+#: the share of the still-needed demos that the runs in flight are expected to bring once widened:
+#: under 1, so the window seldom reaches past the example DSPy's one-at-a-time walk stops at
+#: (bench/bootstrap_calls.py, median of 3 runs at accuracy 0.15: 33 -> 27 calls for a Predict, DSPy 27;
+#: 64 -> 54 for a two-step Module, DSPy 54; simulated with jittered latencies, the same number of
+#: sequential steps as a share of 1)
+WIDEN_SHARE = 0.7
 
 #: fields a labeled demo may lack: ChainOfThought's rationale, which no trainset holds (as in DSPy)
 GENERATED_FIELDS = frozenset({"reasoning"})
@@ -273,13 +279,13 @@ class BootstrapFewShot:
 
             While the pass rate seen so far, ``(passed + 1) / (resolved + 1)``, is at least
             ``WIDEN_BELOW``: as many as demos are still needed, so no run starts that DSPy's
-            one-at-a-time walk would not also make. Below it, the still-needed count over that
-            rate (at most ``concurrency``): when few examples pass, runs go side by side.
+            one-at-a-time walk would not also make. Below it, ``WIDEN_SHARE`` of the still-needed
+            count over that rate (at most ``concurrency``): when few examples pass, runs go side by side.
             """
             passed = sum(1 for o in outcomes.values() if o is not None)
             needed = max(1, wanted - passed)  # walking on for labels: one more at a time
             rate = (passed + 1) / (len(outcomes) + 1)
-            wide = needed if rate >= WIDEN_BELOW else math.floor(needed / rate + 0.5)
+            wide = needed if rate >= WIDEN_BELOW else math.floor(WIDEN_SHARE * needed / rate + 0.5)
             return max(1, min(self.concurrency, wide))
 
         async def run_example(i: int, example: Example) -> dict[str, list[dict[str, Any]]] | None:
