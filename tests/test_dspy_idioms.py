@@ -68,6 +68,18 @@ def test_evaluate_takes_num_threads_dspy_examples_and_reports_dspy_percent(serve
         dspex.Evaluate([devset[0], {"question": "q"}], _exact)
 
 
+def test_optimizers_take_a_trainset_of_dspy_examples(server):
+    lm = dspex.LM("fake", base_url=server.base_url, api_key="x", cache=None)
+    train = [_DspyLikeExample(id=i, question=f"{i} + 2?", answer="4").with_inputs("question") for i in range(6)]
+    labeled = dspex.LabeledFewShot(k=3).compile(dspex.Predict("question -> answer", lm=lm), trainset=train)
+    assert [set(d) for d in labeled.demos] == [{"question", "answer"}] * 3  # input and label fields, no stray id
+    boot = dspex.BootstrapFewShot(_exact, max_bootstrapped_demos=2, max_labeled_demos=0)
+    compiled = boot.compile(dspex.Predict("question -> answer", lm=lm), trainset=train)
+    assert [d["question"] for d in compiled.demos] == ["0 + 2?", "1 + 2?"]
+    with pytest.raises(ValueError, match=r"trainset item 1 is an example without input keys \(call \.with_inputs"):
+        boot.compile(dspex.Predict("question -> answer", lm=lm), trainset=[train[0], _DspyLikeExample(question="q", answer="a")])
+
+
 def test_evaluate_display_progress_prints_dspy_style_progress(server, capsys):
     lm = dspex.LM("fake", base_url=server.base_url, api_key="x", cache=None)
     devset = [dspex.Example(question="q", answer="4").with_inputs("question")]

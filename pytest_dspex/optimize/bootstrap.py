@@ -43,7 +43,7 @@ from ..lm.usage import Usage, track_usage
 from ..observe import events
 from ..programs import settings
 from ..programs.modules import Module, Predict, trace_scope
-from ..programs.primitives import Example
+from ..programs.primitives import Example, as_example_list
 from .coverage import cover_sample, covered, label_function, spread
 
 __all__ = ["BootstrapFewShot", "BootstrapReport", "LabeledFewShot", "demo_fields", "full_credit", "missing_fields"]
@@ -158,6 +158,7 @@ class LabeledFewShot:
         self.cover_labels = cover_labels
 
     def compile(self, student: Module, trainset: Sequence[Example]) -> Module:
+        trainset = as_example_list(trainset, "trainset")
         program = student.reset_copy()
         if self.k <= 0 or not trainset:
             return program
@@ -212,9 +213,10 @@ class BootstrapFewShot:
     async def acompile(
         self, student: Module, *, trainset: Sequence[Example], teacher: Module | None = None
     ) -> Module:
+        examples = as_example_list(trainset, "trainset")
         if _runtime.in_runtime():
-            return await self._compile(student, list(trainset), teacher)
-        return await _runtime.run_async(self._compile(student, list(trainset), teacher))
+            return await self._compile(student, examples, teacher)
+        return await _runtime.run_async(self._compile(student, examples, teacher))
 
     def _passes(self, example: Example, prediction: Any, trace: Any) -> bool:
         return full_credit(self.metric(example, prediction, trace), self.metric_threshold)

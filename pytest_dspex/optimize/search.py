@@ -59,7 +59,7 @@ from ..lm.usage import Usage, track_usage
 from ..observe import events, tracing
 from ..programs import settings
 from ..programs.modules import Module
-from ..programs.primitives import Example
+from ..programs.primitives import Example, as_example_list
 from .bootstrap import BootstrapFewShot, LabeledFewShot
 from .review import review_program
 
@@ -193,7 +193,7 @@ class BootstrapFewShotWithRandomSearch:
         self, student: Module, *, trainset: Sequence[Example], valset: Sequence[Example] | None = None
     ) -> CompileResult:
         with self._span(trainset, valset) as span:
-            result = _runtime.run_sync(self._compile(student, list(trainset), _valset(trainset, valset)))
+            result = _runtime.run_sync(self._compile(student, as_example_list(trainset, "trainset"), _valset(trainset, valset)))
             _span_result(span, result)
             return result
 
@@ -201,7 +201,7 @@ class BootstrapFewShotWithRandomSearch:
         self, student: Module, *, trainset: Sequence[Example], valset: Sequence[Example] | None = None
     ) -> CompileResult:
         with self._span(trainset, valset) as span:
-            result = await _runtime.run_async(self._compile(student, list(trainset), _valset(trainset, valset)))
+            result = await _runtime.run_async(self._compile(student, as_example_list(trainset, "trainset"), _valset(trainset, valset)))
             _span_result(span, result)
             return result
 
@@ -555,7 +555,7 @@ class _WithoutOwnDemo(Module):
 
 
 def _valset(trainset: Sequence[Example], valset: Sequence[Example] | None) -> list[Example] | None:
-    return None if valset is None or valset is trainset else list(valset)
+    return None if valset is None or valset is trainset else as_example_list(valset, "valset")
 
 
 def _stages(n: int, first: int) -> list[int]:

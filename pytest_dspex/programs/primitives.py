@@ -194,6 +194,11 @@ def as_example(obj: Any, where: str = "example") -> Example:
     )
 
 
+def as_example_list(items: Iterable[Any], where: str) -> list[Example]:
+    """Every item of a devset, trainset or valset ``as_example``, named ``{where} item {i}`` in errors."""
+    return [as_example(obj, f"{where} item {i}") for i, obj in enumerate(items)]
+
+
 def as_examples(rows: Iterable[Mapping[str, Any] | Example], input_keys: Iterable[str]) -> list[Example]:
     """Turn dicts (or examples) into examples with ``input_keys`` marked as inputs."""
     keys = tuple(input_keys)
