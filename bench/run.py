@@ -44,6 +44,7 @@ SECTIONS: list[tuple[str, str, str]] = [
     ("faults", "Faults (DESIGN §9)", "cases_faults:section"),
     ("gate_power", "The paired gate's power (DESIGN §5b)", "cases_gates:power_section"),
     ("gate_stability", "Gate stability after a compile (issue 18)", "cases_baseline:section"),
+    ("noisy_gate", "The paired gate against a noisy baseline, simulated (issue 18)", "sim_noisy_gate:section"),
     ("html", "HTML report (issue 12)", "sections:html_report"),
     ("redis", "Redis cache (issue 14)", "sections:redis"),
     ("shards", "Shards and combine (issue 14)", "sections:shards"),

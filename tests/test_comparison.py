@@ -214,3 +214,40 @@ def test_a_baseline_of_draws_that_disagree_allows_for_its_own_noise():
     # draws that agree on every example: the exact McNemar test, as with one draw
     same = {k: [v] * 3 for k, v in runs[0].items()}
     assert compare(same, runs[1]).test == "mcnemar-exact"
+
+
+def test_a_noisy_baseline_of_more_draws_catches_a_real_drop_more_often_at_the_same_false_alarm_rate():
+    """The allowance for the baseline's luck is its standard error, which shrinks with its draws; the
+    run's own noise comes from the baseline's draws, so a real drop does not widen the spread."""
+    import random
+
+    rng = random.Random(1)
+    probs = [0.97 if i % 5 else 0.12 for i in range(200)]
+    keys = [f"ex-{i}" for i in range(200)]
+    runs = [{k: _draws(rng, p, 1)[0] for k, p in zip(keys, probs, strict=True)} for _ in range(60)]
+    # ten stably-right answers always wrong now: a drop of ~0.05 on 200 examples
+    lost = {keys[i] for i in range(1, 13) if i % 5}
+    dropped = [{k: 0.0 if k in lost else v for k, v in run.items()} for run in runs]
+    caught, false = {}, {}
+    for draws in (3, 8):
+        base = {k: _draws(rng, p, draws) for k, p in zip(keys, probs, strict=True)}
+        false[draws] = sum(compare(base, run).regressed for run in runs)
+        caught[draws] = sum(compare(base, run).regressed for run in dropped)
+        c = compare(base, dropped[0])
+        assert c.test == "paired-noisy-baseline" and c.delta_ci95[0] < c.delta < c.delta_ci95[1]
+    assert false[3] <= 2 and false[8] <= 2
+    assert caught[8] >= 30 and caught[8] > caught[3]
+
+
+def test_a_noisy_baseline_judges_an_improvement_the_same_way():
+    import random
+
+    rng = random.Random(2)
+    probs = [0.97 if i % 5 else 0.12 for i in range(200)]
+    keys = [f"ex-{i}" for i in range(200)]
+    base = {k: _draws(rng, p, 8) for k, p in zip(keys, probs, strict=True)}
+    # the rarely-right examples now always right: +40 answers
+    better = {k: 1.0 if i % 5 == 0 else _draws(rng, p, 1)[0] for i, (k, p) in enumerate(zip(keys, probs, strict=True))}
+    c = compare(base, better)
+    # p is never below alpha / 5: the share of baselines allowed to be luckier than the allowance
+    assert c.verdict == "improved" and c.p_value == pytest.approx(0.01) and c.delta > 0.1

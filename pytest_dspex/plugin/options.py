@@ -65,7 +65,7 @@ OPTIONS: list[tuple[str, str, Any, str]] = [
         0,
         "fresh passes over the gate dataset that make a golden's baseline after the choice (two that agree "
         "on every example end it: a repeatable endpoint); 0 = auto: 1 on the embedded model at temperature 0 "
-        "(deterministic), else 3",
+        "(deterministic), else up to 8 (draws that disagree: a noisy endpoint; the paired gate's power grows with them)",
     ),
     ("tolerance", "float", 0.05, "allowed drop below the golden's recorded score before a regression fails"),
     (

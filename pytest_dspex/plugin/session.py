@@ -332,7 +332,7 @@ class DspexSession:
         )  # fmt: skip
 
     def _settings(self, metric: MetricSpec) -> Any:
-        from ..optimize.compile import CompileSettings
+        from ..optimize.compile import NOISY_BASELINE_DRAWS, CompileSettings
 
         o = self.options
         return CompileSettings(
@@ -349,7 +349,7 @@ class DspexSession:
             max_error_rate=o.max_error_rate,
             example_timeout=o.example_timeout,
             model_info=self.lms.model_info(),
-            baseline_draws=o.baseline_draws or (1 if o.local and o.temperature == 0 else 3),
+            baseline_draws=o.baseline_draws or (1 if o.local and o.temperature == 0 else NOISY_BASELINE_DRAWS),
         )
 
     # -- per-example items ----------------------------------------------------------------------
