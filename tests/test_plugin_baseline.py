@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from typing import Any
@@ -149,6 +150,21 @@ class TestSelectionAndBaseline:
             capture_output=True, text=True,
         )  # fmt: skip
         assert json.loads(as_json.stdout)["provenance"]["baseline"]["n"] == 40
+
+    def test_a_one_pass_baseline_answers_the_compile_runs_own_gate_from_the_cache(self, pytester, server):
+        project(pytester, 20)
+        args = [*COMPILE, "-k", "not each", "--dspex-cache=on", "--dspex-report=report.json"]
+        one = run(pytester, server, MODES["no-xdist"], *args, "--dspex-baseline-draws=1")
+        assert one.ret == 0, one.stdout.str()
+        assert golden(pytester)["baseline"]["draws"] == 1
+        row = report_rows(pytester)["dataset"]
+        assert row["cache_only"] and row["usage"]["cache_hits"] == 20  # the gate's 20 answers: the baseline's pass
+        # two passes (each with its own rollout id): the gate asks again
+        (pytester.path / GOLDEN).unlink()
+        shutil.rmtree(pytester.path / ".dspex_cache")
+        two = run(pytester, server, MODES["no-xdist"], *args, "--dspex-baseline-draws=2")
+        assert two.ret == 0, two.stdout.str()
+        assert report_rows(pytester)["dataset"]["usage"]["cache_hits"] == 0
 
     @pytest.mark.parametrize("how", ["marker", "option"])
     def test_in_sample_is_an_opt_in_and_every_view_says_in_sample(self, pytester, server, how):

@@ -210,8 +210,11 @@ def compile_program(
             result = optimizer.compile(program.reset_copy(), trainset=train, valset=val)  # joins this span
             baseline_set = gate if gate is not None else val
             say(f"compiling {name}: measuring the baseline of {result.best.name} on {len(baseline_set)} gate examples")
+            # one pass (a deterministic endpoint) under the gate's own cache key: the gate's pass in this
+            # run is then a cache hit. Never for an in-sample choice, whose pass answered these examples
             draws, baseline_error_rate = measure_baseline(
-                result.program, baseline_set, metric, draws=settings.baseline_draws, concurrency=settings.concurrency
+                result.program, baseline_set, metric, draws=settings.baseline_draws, concurrency=settings.concurrency,
+                shared_first=settings.baseline_draws == 1 and chosen_on != "in-sample",
             )
         validation = result.validation
         from ..golden.file import baseline_entry
@@ -311,7 +314,8 @@ def rebaseline_program(
         say(f"re-baselining {name}: {len(gate)} gate examples, the golden's demos, the program and model as they are now")
         with example_timeout(settings.example_timeout):
             draws, error_rate = measure_baseline(
-                applied, gate, metric, draws=settings.baseline_draws, concurrency=settings.concurrency
+                applied, gate, metric, draws=settings.baseline_draws, concurrency=settings.concurrency,
+                shared_first=settings.baseline_draws == 1,
             )
         if error_rate > settings.max_error_rate:
             raise GoldenFileError(
@@ -368,7 +372,7 @@ def rebaseline_program(
 
 def measure_baseline(
     program: Module, examples: Sequence[Any], metric: Callable[..., Any], *, draws: int = 3, concurrency: int = 16,
-    rollout: str = "baseline",
+    rollout: str = "baseline", shared_first: bool = False,
 ) -> tuple[list[dict[str, float]], float]:
     """``draws`` fresh passes of ``program`` over ``examples``: each pass's ``{key: score}`` and the
     worst pass's share of infrastructure errors.
@@ -376,6 +380,9 @@ def measure_baseline(
     Each pass has its own rollout id (``<rollout>-<d>``) in the cache key, so no answer of the
     selection (or of an earlier pass) is reused, and a replay reproduces every pass. After two passes
     that agree on every example the endpoint is taken as repeatable and no more are made.
+    ``shared_first``: the first pass under the caller's own cache key instead (for one pass on a
+    deterministic endpoint, whose answers are the same either way): the gate's pass over the same
+    examples later in the run is then answered from the cache, not asked again.
     """
     from .._support.runtime import run_sync
     from ..evaluation.gates import paired_outcomes
@@ -386,7 +393,9 @@ def measure_baseline(
     passes: list[dict[str, float]] = []
     worst = 0.0
     for d in range(max(1, draws)):
-        overrides = {**(dspex_settings.get("call_overrides") or {}), "rollout_id": f"{rollout}-{d}"}
+        overrides = dict(dspex_settings.get("call_overrides") or {})
+        if d or not shared_first:
+            overrides["rollout_id"] = f"{rollout}-{d}"
         with dspex_settings.context(call_overrides=overrides):
             records = run_sync(evaluate_records(program, enumerate(examples), metric, concurrency=concurrency))
         infra = sum(1 for r in records if r.error_kind in INFRA_ERROR_KINDS)
