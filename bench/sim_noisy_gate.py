@@ -52,7 +52,7 @@ def no_allowance(base: Mapping[str, Sequence[float]], run: Mapping[str, float]) 
 
 
 def shipped(base: Mapping[str, Sequence[float]], run: Mapping[str, float]) -> bool:
-    from pytest_dspex.comparison import compare
+    from pytest_dspex.evaluation.comparison import compare
 
     return compare(base, run, alpha=0.05).regressed
 
