@@ -53,6 +53,7 @@ SECTIONS: list[tuple[str, str, str]] = [
     ("bootstrap_calls", "BootstrapFewShot: calls and demos vs DSPy at four accuracies (issues 24, 25)", "bootstrap_calls:section"),
     ("demo_quality", "Demos complete and earned: issue 24's reproductions", "demo_quality:section"),
     ("dspy_migration", "DSPy users at home: saves imported (issue 25)", "sections:dspy_migration"),
+    ("loopback", "Any LM code under the gate: the loopback endpoint (issue 22)", "cases_loopback:section"),
 ]
 
 

@@ -31,6 +31,8 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(["Comparison", "compare"], ".evaluation.comparison"),
     **dict.fromkeys(["example_key", "load_dataset", "split"], ".evaluation.datasets"),
     **dict.fromkeys(["Evaluate", "EvaluationResult", "ExampleRecord", "evaluate"], ".evaluation.scoring"),
+    **dict.fromkeys(["FunctionProgram", "program"], ".programs.function"),
+    "LoopbackEndpoint": ".programs.loopback",
     **dict.fromkeys(["LM", "Budget", "ResponseCache", "Usage", "track_usage"], ".lm"),
     **dict.fromkeys(["BootstrapFewShot", "BootstrapFewShotWithRandomSearch", "LabeledFewShot"], ".optimize"),
     **dict.fromkeys(["Example", "Prediction"], ".programs.primitives"),
@@ -92,6 +94,8 @@ if _TYPE_CHECKING:
     from .observe import events
     from .optimize import BootstrapFewShot, BootstrapFewShotWithRandomSearch, LabeledFewShot
     from .programs.adapters import ChatAdapter, CompactAdapter, JSONAdapter
+    from .programs.function import FunctionProgram, program
+    from .programs.loopback import LoopbackEndpoint
     from .programs.modules import ChainOfThought, Module, Predict, trace_scope
     from .programs.primitives import Example, Prediction
     from .programs.settings import configure, context, embedded_lm
@@ -118,6 +122,7 @@ __all__ = [
     "EvaluationResult",
     "Example",
     "ExampleRecord",
+    "FunctionProgram",
     "GoldenFileError",
     "GoldenStaleError",
     "InputField",
@@ -128,6 +133,7 @@ __all__ = [
     "LMTimeoutError",
     "LMUnavailableError",
     "LabeledFewShot",
+    "LoopbackEndpoint",
     "MetricError",
     "ModelRefusedError",
     "Module",
@@ -150,6 +156,7 @@ __all__ = [
     "load_golden",
     "make_signature",
     "metrics",
+    "program",
     "split",
     "trace_scope",
     "track_usage",

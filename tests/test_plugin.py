@@ -293,7 +293,7 @@ class TestOptionsAndMarkers:
         ("marker", "message"),
         [
             ('@pytest.mark.dspex_program("not a program at all")', "*dspex_program: program: signature 'not a program at all' must have exactly one '->'*"),
-            ("@pytest.mark.dspex_program(42)", "*dspex_program: program must be a Predict, ChainOfThought or Module instance, got 42*"),
+            ("@pytest.mark.dspex_program(42)", "*dspex_program: program must be a Predict, ChainOfThought or Module instance, or a function, got 42*"),
             ("@pytest.mark.dspex_program(triage, colour=1)", "*dspex_program: unknown argument(s) colour*"),
             ("@pytest.mark.dspex_metric(team_matches, threshold=2)", "*dspex_metric: threshold=2 must be a number between 0 and 1*"),
             ('@pytest.mark.dspex_metric("exact")', "*dspex_metric: metric must be a function*"),

@@ -424,11 +424,13 @@ def provenance_text(p: Mapping[str, Any]) -> str:
     if sel.get("score") is not None and sel.get("n"):
         facts.append(f"score {float(sel['score']):.3f}")
     text = f"chosen on {where}" + (f" ({', '.join(facts)})" if facts else "")
+    if sel.get("set") == "none":  # baseline_only: a plain function, nothing was chosen
+        text = "nothing to optimize (no predictors: the program runs as written)"
     score = base.get("score")
     shown = f", score {float(score):.3f}" if score is not None else ""
     if base.get("fresh"):
         draws = int(base.get("draws") or 1)
-        how = "re-baselined" if base.get("how") == "rebaseline" else "measured after the choice"
+        how = "re-baselined" if base.get("how") == "rebaseline" else "measured" if sel.get("set") == "none" else "measured after the choice"
         text += f"; baseline {how} on the gate set: {base.get('n', 0)} examples x {draws} draw{'s' if draws != 1 else ''}{shown}"
     else:
         text += f"; baseline: the {base.get('how', 'selection pass')}{shown}, not a fresh measurement"

@@ -273,6 +273,14 @@ class LM:
             return await self._complete(request, **params)
         return await _runtime.run_async(self._complete(request, **params))
 
+    async def arespond(self, request: LMRequest, **params: Any) -> tuple[dict[str, Any], Completion]:
+        """``acomplete`` that also returns the endpoint's whole answer (the chat-completion JSON, from
+        the endpoint or the cache): the same path — cache, breaker, budget, retries, accounting. For
+        the loopback endpoint (``loopback``), which hands application code the answer as it came."""
+        if _runtime.in_runtime():
+            return await self._respond(request, params)
+        return await _runtime.run_async(self._respond(request, params))
+
     def close(self) -> None:
         if self._http.open:
             try:
@@ -303,39 +311,43 @@ class LM:
         return body
 
     async def _complete(self, request: LMRequest, **params: Any) -> Completion:
+        return (await self._respond(request, params))[1]
+
+    async def _respond(self, request: LMRequest, params: dict[str, Any]) -> tuple[dict[str, Any], Completion]:
         if tracing.enabled():
             return await self._traced(request, params)
-        return await self._complete_untraced(request, **params)
+        return await self._respond_untraced(request, params)
 
-    async def _traced(self, request: LMRequest, params: dict[str, Any]) -> Completion:
-        """``_complete`` inside an OpenTelemetry span (``tracing``: GenAI semantic conventions)."""
+    async def _traced(self, request: LMRequest, params: dict[str, Any]) -> tuple[dict[str, Any], Completion]:
+        """``_respond`` inside an OpenTelemetry span (``tracing``: GenAI semantic conventions)."""
         temperature = params.get("temperature", self.temperature)
         max_tokens = params.get("max_tokens", _max_tokens(self.max_tokens, request.max_tokens))
         attributes = tracing.lm_attributes(self.model, self.base_url, temperature, max_tokens)
         with tracing.span(f"chat {self.model}", attributes, kind="CLIENT") as s:
             try:
-                completion = await self._complete_untraced(request, **params)
+                data, completion = await self._respond_untraced(request, params)
             except Exception as exc:
                 tracing.lm_failed(s, exc)
                 raise
             tracing.lm_answered(s, completion)
-            return completion
+            return data, completion
 
-    async def _complete_untraced(self, request: LMRequest, **params: Any) -> Completion:
+    async def _respond_untraced(self, request: LMRequest, params: dict[str, Any]) -> tuple[dict[str, Any], Completion]:
+        params = dict(params)
         rollout = params.pop("rollout_id", None)
         body = self._payload(request, params)
         cache = self.cache
         if cache is None or not cache.reads:
-            return (await self._fetch(body, None))[1]
+            return await self._fetch(body, None)
         key = cache_key({"endpoint": self.cache_identity, "body": body, "rollout": rollout})
         hit = cache.get(key)
         if hit is not None:
-            return self._finish_cached(hit)
+            return hit, self._finish_cached(hit)
         cache.miss(key, self.model)  # replay mode: an error
         (data, completion), led = await self._inflight.share(key, lambda: self._fetch(body, key))
         if led:
-            return completion
-        return self._finish_cached(data)  # the same request, made by another caller
+            return data, completion
+        return data, self._finish_cached(data)  # the same request, made by another caller
 
     async def _fetch(self, body: dict[str, Any], key: str | None) -> tuple[dict[str, Any], Completion]:
         """One logical call: admitted by the breaker, within budget, with retries; counted."""

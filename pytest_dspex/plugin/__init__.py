@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from .endpoint import dspex_endpoint
 from .fixtures import (
     DatasetProblem,
     NotAnswered,
@@ -32,13 +33,16 @@ from .markers import MARKERS, dataset_path, example_id, metric_spec, missing_fil
 from .options import add_options, resolve
 from .session import DspexSession, session_key
 
-__all__ = ["dspex_evaluate", "dspex_example", "dspex_lm", "dspex_load_dataset", "dspex_predict"]
+__all__ = ["dspex_endpoint", "dspex_evaluate", "dspex_example", "dspex_lm", "dspex_load_dataset", "dspex_predict"]
 
 _collector_key = pytest.StashKey[Any]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    from . import endpoint
+
     add_options(parser)
+    endpoint.add_options(parser)
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -53,6 +57,9 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", line)
     session = DspexSession(config, resolve(config))
     config.stash[session_key] = session
+    from . import endpoint
+
+    endpoint.configure(config, session)
     if not session.is_worker:
         from .report import Collector
 

@@ -32,6 +32,8 @@ class SessionLMs:
         self._cache: Any = None
         self._cache_error: str | None = None
         self._remove_defaults: Any = None
+        #: the upstream key, when ``--dspex-openai-env`` replaced its variable (``endpoint.HeldKey``)
+        self.held_key: Any = None
 
     def activate(self) -> None:
         """From the first dspex test on, programs without an LM use the session's (built lazily)."""
@@ -91,6 +93,7 @@ class SessionLMs:
     @property
     def lm(self) -> LM:
         if self._lm is None:
+            from .._support.types import NOT_GIVEN
             from ..lm import LM
             from ..lm.redis_cache import open_response_cache
 
@@ -101,6 +104,7 @@ class SessionLMs:
             self._lm = LM(
                 model,
                 base_url=url,
+                api_key=self.held_key.reveal() if self.held_key is not None else NOT_GIVEN,
                 api_key_env=o.api_key_env,
                 temperature=o.temperature,
                 max_tokens=o.max_tokens,

@@ -2,6 +2,7 @@
 
     @pytest.mark.dspex_program(program, name="triage", trainset="data/train.jsonl", valset=None, input_keys=None,
                                select=None)  # select="in-sample": choose on the gate's own dataset
+    @pytest.mark.dspex_program(function, outputs=["team"])  # a plain function (programs/function)
     @pytest.mark.dspex_metric(metric, threshold=0.8, tolerance=None, metric_threshold=None)
     @pytest.mark.dspex_dataset("data/dev.jsonl", limit=None)
 """
@@ -20,8 +21,9 @@ import pytest
 __all__ = ["MARKERS", "MetricSpec", "ProgramSpec", "dataset_path", "metric_spec", "missing_file", "program_spec"]
 
 MARKERS = [
-    "dspex_program(program, name=None, trainset=None, valset=None, input_keys=None, select=None): the LM program "
-    "under test (select='in-sample' chooses among compile candidates on the gate's own dataset)",
+    "dspex_program(program, name=None, trainset=None, valset=None, input_keys=None, select=None, outputs=None): the LM "
+    "program under test, or a plain function (outputs= names its output fields; select='in-sample' chooses among "
+    "compile candidates on the gate's own dataset)",
     "dspex_metric(metric, threshold=None, tolerance=None, metric_threshold=None): how predictions are scored "
     "and the gate; metric_threshold: the score a bootstrapped run needs to become demos (default full credit)",
     "dspex_dataset(path, limit=None): one test item per example of this dataset (per-example mode)",
@@ -64,7 +66,11 @@ def _snake(name: str) -> str:
 
 
 def _default_name(program: Any) -> str:
+    from ..programs.function import FunctionProgram
     from ..programs.modules import ChainOfThought, Predict
+
+    if isinstance(program, FunctionProgram):
+        return program.name
 
     if isinstance(program, Predict | ChainOfThought):
         sig = program.signature
@@ -73,7 +79,11 @@ def _default_name(program: Any) -> str:
 
 
 def _input_keys(program: Any) -> tuple[str, ...]:
+    from ..programs.function import FunctionProgram
     from ..programs.modules import ChainOfThought, Predict
+
+    if isinstance(program, FunctionProgram):
+        return program.input_keys
 
     if isinstance(program, Predict | ChainOfThought):
         return tuple(program.signature.input_fields())
@@ -110,6 +120,16 @@ def _path(node: Any, marker: str, arg: str, value: Any, base: Path) -> Path | No
     return p
 
 
+def _function_program(node: Any, fn: Any, outputs: Any, inputs: Any) -> Any:
+    from .._exceptions import ConfigError
+    from ..programs.function import FunctionProgram
+
+    try:
+        return FunctionProgram(fn, outputs=outputs, inputs=inputs)
+    except ConfigError as exc:
+        _bad(node, "dspex_program", str(exc))
+
+
 def missing_file(node: Any, base: Path) -> str | None:
     """The first marker path (dataset, trainset, valset) naming no file: the message the test fails with.
 
@@ -135,7 +155,7 @@ def program_spec(node: Any, base: Path) -> ProgramSpec | None:
     from ..programs.modules import Module, Predict
     from ..programs.signatures import Signature
 
-    known = {"name", "trainset", "valset", "input_keys", "program", "select"}
+    known = {"name", "trainset", "valset", "input_keys", "program", "select", "outputs"}
     unknown = set(mark.kwargs) - known
     if unknown:
         _bad(node, "dspex_program", f"unknown argument(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
@@ -147,18 +167,24 @@ def program_spec(node: Any, base: Path) -> ProgramSpec | None:
             program = Predict(program)
         except Exception as exc:
             _bad(node, "dspex_program", f"program: {exc}")
+    outputs = mark.kwargs.get("outputs")
     if not isinstance(program, Module):
         from .._support.dspy_idioms import dspy_kind, dspy_program_message
 
         kind = dspy_kind(program)
         if kind is not None:
             _bad(node, "dspex_program", dspy_program_message(kind))
+        if callable(program) and not isinstance(program, type):  # a plain function (programs/function)
+            program = _function_program(node, program, outputs, mark.kwargs.get("input_keys"))
+    elif outputs is not None:
+        _bad(node, "dspex_program", "outputs= names the output fields of a plain function; this program has its own")
+    if not isinstance(program, Module):
         shown = repr(program)
         shown = shown if len(shown) <= 80 else shown[:77] + "..."
         _bad(
             node,
             "dspex_program",
-            f"program must be a Predict, ChainOfThought or Module instance, got {shown} ({type(program).__name__})",
+            f"program must be a Predict, ChainOfThought or Module instance, or a function, got {shown} ({type(program).__name__})",
         )
     name = mark.kwargs.get("name") or _default_name(program)
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):

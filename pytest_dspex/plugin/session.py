@@ -255,6 +255,8 @@ class DspexSession:
 
         if metric is None:
             pytest.fail(f"--dspex-compile: program {spec.name!r} needs @pytest.mark.dspex_metric(...) to be compiled", pytrace=False)
+        if not spec.program.predictors():  # a plain function: its baseline only
+            return self._baseline_only(spec, metric, path, gate_dataset, progress)
         if spec.trainset is None:
             pytest.fail(
                 f"--dspex-compile: program {spec.name!r} has no trainset; "
@@ -296,6 +298,38 @@ class DspexSession:
         return Resolved(
             spec.name, done.program, path, done.golden, done.outcome, done.result, reason=done.reason,
             golden_record=done.record, replaced=done.replaced.to_json() if done.replaced is not None else None,
+        )  # fmt: skip
+
+    def _baseline_only(
+        self, spec: ProgramSpec, metric: MetricSpec, path: Path, gate_dataset: Path | None, progress: Any
+    ) -> Resolved:
+        from .._exceptions import DatasetError, GoldenFileError
+        from ..optimize.baseline_only import record_baseline_only
+
+        gateset = gate_dataset or spec.valset or spec.trainset
+        if gateset is None:
+            pytest.fail(
+                f"--dspex-compile: program {spec.name!r} has nothing to optimize and its baseline is measured on a "
+                "dataset file; this test gives its examples in code: use @pytest.mark.dspex_dataset or a dataset path",
+                pytrace=False,
+            )
+        problem = ""
+        try:
+            done = record_baseline_only(
+                spec.program, name=spec.name, metric=metric.metric, gateset=gateset, input_keys=spec.input_keys,
+                path=path, settings=self._settings(metric), run_id=self.run_id, progress=progress,
+                defer_write=self.is_worker, state_dir=self.state_dir(),
+            )  # fmt: skip
+        except (DatasetError, GoldenFileError) as exc:
+            problem = self._said(exc, path)
+        if problem:
+            self._failed_compiles[path] = problem
+            pytest.fail(problem, pytrace=False)
+        if done.outcome == "compiled elsewhere":
+            return Resolved(spec.name, done.program, path, done.golden, note="compiled by another worker")
+        return Resolved(
+            spec.name, done.program, path, done.golden, done.outcome, reason=done.reason, golden_record=done.record,
+            replaced=done.replaced.to_json() if done.replaced is not None else None,
         )  # fmt: skip
 
     def _rebaseline(

@@ -1,0 +1,105 @@
+"""``--dspex-compile`` on a program with nothing to optimize: its baseline, and a golden to pair with.
+
+A plain function (``programs/function``) or a ``Module`` that calls no ``Predict`` has no demos or
+instructions an optimizer could choose. Its compile says so, measures the program as it is on the
+gate dataset (``measure_baseline``: fresh draws, own rollout ids) and writes a golden holding that
+baseline only — so later runs get the paired gate (regressed / improved / no change) like any
+program. The golden's lock, the once-per-run marker, keep-better and the error budget are the
+compile's own (``compile``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..evaluation.scoring import example_timeout
+from ..programs.modules import Module
+from .compile import CompileOutcome, CompileSettings, _compare_baselines, _done_marker, measure_baseline
+
+__all__ = ["NOTHING_TO_OPTIMIZE", "record_baseline_only"]
+
+NOTHING_TO_OPTIMIZE = "nothing to optimize (no predictors: it runs as written)"
+
+
+def record_baseline_only(
+    program: Module,
+    *,
+    name: str,
+    metric: Callable[..., Any],
+    gateset: Path | Sequence[Any],
+    input_keys: Sequence[str],
+    path: Path,
+    settings: CompileSettings,
+    run_id: str = "",
+    progress: Callable[[str], None] | None = None,
+    defer_write: bool = False,
+    state_dir: Path | None = None,
+) -> CompileOutcome:
+    """Measure ``program``'s baseline on ``gateset`` and write its golden (no optimizing).
+
+    ``outcome`` is the store's (``created`` / ``updated`` / ``kept`` / ``unchanged``) or
+    ``compiled elsewhere``; ``reason`` starts with ``NOTHING_TO_OPTIMIZE``. Raises
+    ``GoldenFileError`` for a golden that may not be replaced (corrupted, without force) or a
+    baseline over the error budget (``GoldenStore.write``).
+    """
+    from .._support.private import read_private, write_private
+    from ..errors import GoldenFileError
+    from ..evaluation.datasets import fingerprint, label_hashes, load_dataset
+    from ..evaluation.metrics import metric_name
+    from ..golden.file import GoldenFile, GoldenStore, baseline_entry, golden_record
+    from ..programs.primitives import as_examples
+
+    store = GoldenStore(path.parent.parent, state_dir=state_dir)
+    say = progress or (lambda _text: None)
+    with store.lock(path):
+        marker = _done_marker(path, state_dir)
+        done_by, _, deferred = (read_private(marker) or "").partition("\n") if run_id else ("", "", "")
+        if done_by == run_id and (deferred or path.exists()):
+            golden = GoldenFile(path, json.loads(deferred)) if deferred else GoldenStore.read(path)
+            return CompileOutcome(name, path, program, golden, "compiled elsewhere")
+        previous: GoldenFile | None = None
+        if path.exists():
+            try:
+                previous = GoldenStore.read(path)
+            except GoldenFileError as exc:
+                if not settings.force:
+                    raise GoldenFileError(
+                        f"{exc} — not replaced; restore it from version control, or re-run with "
+                        "pytest --dspex-compile --dspex-force to overwrite it"
+                    ) from None
+        gate = load_dataset(gateset, input_keys) if isinstance(gateset, Path) else as_examples(list(gateset), input_keys)
+        say(f"compiling {name}: {NOTHING_TO_OPTIMIZE}; measuring its baseline on {len(gate)} gate examples")
+        with example_timeout(settings.example_timeout):
+            draws, error_rate = measure_baseline(
+                program, gate, metric, draws=settings.baseline_draws, concurrency=settings.concurrency
+            )
+        baseline = baseline_entry(draws, dataset=fingerprint(gate), labels=label_hashes(gate))
+        replaced = _compare_baselines(previous, baseline)
+        score, n = float(baseline["score"]), int(baseline["n"])
+        record = golden_record(
+            program,
+            name=name,
+            metric=metric_name(metric),
+            validation=(score, n),
+            model=settings.model_info,
+            optimizer={"name": "none", "reason": NOTHING_TO_OPTIMIZE},
+            datasets={"validation": fingerprint(gate)},
+            records=draws[0],
+            adapter=settings.adapter,
+            selection={"set": "none", "dataset": fingerprint(gate), "n": n, "score": round(score, 6), "chosen": "as written"},
+            baseline=baseline,
+        )
+        written = store.write(
+            path, record, force=settings.force, error_rate=error_rate, max_error_rate=settings.max_error_rate,
+            dry_run=defer_write,
+        )  # fmt: skip
+        outcome = written.outcome
+        to_write = json.loads(json.dumps(record)) if defer_write and outcome in ("created", "updated") else None
+        if run_id:
+            write_private(marker, run_id + ("\n" + json.dumps(to_write) if to_write is not None else ""))
+    golden = GoldenFile(path, to_write) if to_write is not None else GoldenStore.read(path)
+    reason = f"{NOTHING_TO_OPTIMIZE}; baseline {score:.3f} on {n} gate examples" + (f" ({written.reason})" if written.reason else "")
+    return CompileOutcome(name, path, program, golden, outcome, reason, None, record=to_write, replaced=replaced)

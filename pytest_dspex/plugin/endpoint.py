@@ -1,0 +1,132 @@
+"""The session's loopback endpoint (``programs/loopback``): the ``dspex_endpoint`` fixture and ``--dspex-openai-env``.
+
+One endpoint per process that runs tests (each xdist worker has its own; the controller of an
+xdist run runs none), in front of the session's LM, started on first use. With
+``--dspex-openai-env`` (ini ``dspex_openai_env = true``) it starts with the session and the run's
+environment points the usual variables at it — ``OPENAI_BASE_URL`` its ``/v1`` URL,
+``OPENAI_API_KEY`` a placeholder — before test modules are imported, so application code that
+builds its client from the environment (``OpenAI()``, LiteLLM, DSPy's ``dspy.LM("openai/...")``)
+goes through the session's cache, replay, limits and budget without a change. The real key is
+read first and handed to the session's LM only (``HeldKey``): the application never sees it. Both
+variables are restored when the session ends.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import pytest
+
+if TYPE_CHECKING:
+    from ..programs.loopback import LoopbackEndpoint
+    from .session import DspexSession
+
+__all__ = ["HeldKey", "SessionEndpoint", "add_options", "dspex_endpoint"]
+
+PLACEHOLDER_KEY = "sk-dspex-loopback"  # what the application is given instead of a key: not a secret
+_key = pytest.StashKey["SessionEndpoint"]()
+
+
+def add_options(parser: pytest.Parser) -> None:
+    parser.getgroup("dspex").addoption(
+        "--dspex-openai-env",
+        dest="dspex_openai_env",
+        action="store_true",
+        default=None,
+        help="point OPENAI_BASE_URL / OPENAI_API_KEY at the session's loopback endpoint for the run, so LM code "
+        "that builds its client from the environment uses the session's cache, replay, limits and budget",
+    )
+    parser.addini("dspex_openai_env", "like --dspex-openai-env", type="bool", default=False)
+
+
+def openai_env_wanted(config: pytest.Config) -> bool:
+    flag = config.getoption("dspex_openai_env", None)
+    return bool(flag) if flag is not None else bool(config.getini("dspex_openai_env"))
+
+
+class HeldKey:
+    """The upstream API key read before ``--dspex-openai-env`` replaced its variable: handed to the
+    session's LM only; never shown, never pickled (it would otherwise travel with the session)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str | None) -> None:
+        self._value = value
+
+    def reveal(self) -> str | None:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "HeldKey(***)"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("an API key is not serializable")
+
+
+class SessionEndpoint:
+    """The process's loopback endpoint and the environment it replaced."""
+
+    def __init__(self, session: DspexSession) -> None:
+        self.session = session
+        self.endpoint: LoopbackEndpoint | None = None
+        self._saved_env: dict[str, str | None] | None = None
+
+    def get(self) -> LoopbackEndpoint:
+        if self.endpoint is None:
+            from ..programs.loopback import LoopbackEndpoint
+
+            self.endpoint = LoopbackEndpoint(lambda: self.session.lm).start()
+        return self.endpoint
+
+    def export_env(self) -> None:
+        """Point ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY`` at the endpoint, keeping the real key for the LM."""
+        lms = self.session.lms
+        key_env = self.session.options.api_key_env
+        names = {"OPENAI_BASE_URL", "OPENAI_API_KEY", key_env}
+        self._saved_env = {name: os.environ.get(name) for name in names}
+        url = self.session.options.base_url or ""
+        if not (url and "@" in urlsplit(url).netloc):  # credentials in the base URL win over any key anyway
+            lms.held_key = HeldKey(os.environ.get(key_env))
+        endpoint = self.get()
+        os.environ["OPENAI_BASE_URL"] = endpoint.base_url
+        os.environ["OPENAI_API_KEY"] = PLACEHOLDER_KEY
+        if key_env != "OPENAI_API_KEY":
+            os.environ.pop(key_env, None)
+
+    def close(self) -> None:
+        if self._saved_env is not None:
+            for name, value in self._saved_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            self._saved_env = None
+        if self.endpoint is not None:
+            self.endpoint.stop()
+            self.endpoint = None
+
+
+def configure(config: pytest.Config, session: DspexSession) -> None:
+    """Called from the plugin's ``pytest_configure``, once the session exists."""
+    holder = SessionEndpoint(session)
+    config.stash[_key] = holder
+    config.add_cleanup(holder.close)
+    distributing = not session.is_worker and config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") != "no"
+    if openai_env_wanted(config) and not distributing:  # an xdist controller runs no tests: its workers export their own
+        holder.export_env()
+
+
+@pytest.fixture(scope="session")
+def dspex_endpoint(request: pytest.FixtureRequest) -> LoopbackEndpoint:
+    """The session's loopback OpenAI-compatible endpoint: point any LM code at ``dspex_endpoint.base_url``.
+
+    Every request goes through the session's LM (cache and ``--dspex-cache=replay``, retries,
+    breaker, limits, budget, accounting), and counts for the example being evaluated::
+
+        @pytest.fixture
+        def client(dspex_endpoint):
+            return openai.OpenAI(base_url=dspex_endpoint.base_url, api_key="unused")
+    """
+    return request.config.stash[_key].get()

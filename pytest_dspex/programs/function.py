@@ -1,0 +1,128 @@
+"""Plain functions as programs: code you already have, evaluated and gated like any program.
+
+    def triage(message: str) -> str:                       # calls the openai SDK, LiteLLM, ...
+        reply = client.chat.completions.create(model="gpt-4o-mini", messages=[...])
+        return reply.choices[0].message.content.strip()
+
+    @pytest.mark.dspex_program(triage, outputs=["team"])   # or dspex.program(triage, outputs=["team"])
+    @pytest.mark.dspex_metric(team_matches, threshold=0.8)
+    def test_triage(dspex_evaluate): ...
+
+The function takes the example's input fields as keyword arguments (its parameter names are the
+input keys, unless ``inputs=`` says otherwise) and returns a dict, a pydantic model, a
+``Prediction``, or a string when the program has one output field (``outputs=["team"]``). Sync
+functions run in a worker thread, async ones on pytest-dspex's loop. It has no predictors, so a
+compile has nothing to optimize: it records the function's baseline only (the paired gate works).
+
+An LM error answered by the loopback endpoint to a call the function made (a spent budget, a
+replay miss, an unreachable endpoint) is what the example failed with, whatever the client library
+raised on top of it: the record's error kind is the LM's, so the error budget counts it.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .._support.threads import run_in_thread
+from ..errors import AdapterParseError, ConfigError
+from ..lm import callers
+from .modules import Module
+from .primitives import Prediction
+
+__all__ = ["FunctionProgram", "program"]
+
+
+class FunctionProgram(Module):
+    """A sync or async callable as a program (``program(fn, outputs=[...])``)."""
+
+    def __init__(self, fn: Callable[..., Any], *, outputs: Sequence[str] | None = None, inputs: Sequence[str] | None = None) -> None:
+        if not callable(fn) or isinstance(fn, type):
+            raise ConfigError(f"program(fn): expected a function, got {fn!r}")
+        if isinstance(outputs, str) or (outputs is not None and not all(isinstance(o, str) for o in outputs)):
+            raise ConfigError(f"program({_name(fn)}, outputs={outputs!r}): outputs is a list of field names")
+        self._fn = fn
+        self._async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
+        self.outputs = tuple(outputs) if outputs else ()
+        self.input_keys = tuple(inputs) if inputs is not None else _parameters(fn)
+        self.name = _name(fn)
+
+    @property
+    def fn(self) -> Callable[..., Any]:
+        return self._fn
+
+    def __repr__(self) -> str:
+        outputs = f", outputs={list(self.outputs)!r}" if self.outputs else ""
+        return f"program({self.name}{outputs})"
+
+    def reset_copy(self) -> FunctionProgram:
+        return self  # nothing learned, nothing to reset
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FunctionProgram:
+        return self  # the function and what it closes over are the user's: shared, never copied
+
+    async def aforward(self, **inputs: Any) -> Prediction:
+        with callers.lm_errors() as errors:
+            try:
+                if self._async:
+                    value = await self._fn(**inputs)
+                else:  # its LM calls block: never on the loop (which answers them, for the loopback endpoint)
+                    value = await run_in_thread(functools.partial(self._fn, **inputs))
+            except Exception as exc:
+                if errors:  # the LM error behind what the client library raised
+                    raise errors[0] from exc
+                raise
+        return self.prediction(value)
+
+    def prediction(self, value: Any) -> Prediction:
+        """What the function returned, as a ``Prediction`` of the program's output fields."""
+        if isinstance(value, Prediction):
+            fields = dict(value.items())
+        elif isinstance(value, dict):
+            fields = dict(value)
+        elif hasattr(value, "model_dump") and callable(value.model_dump):
+            fields = dict(value.model_dump())
+        elif isinstance(value, str):
+            if len(self.outputs) != 1:
+                raise ConfigError(
+                    f"{self.name} returned a string; a string answers one output field: name it with "
+                    f"dspex.program({self.name}, outputs=['answer']) or @pytest.mark.dspex_program({self.name}, outputs=['answer'])"
+                    + (f" (it has {len(self.outputs)}: {', '.join(self.outputs)}; return a dict)" if self.outputs else "")
+                )
+            fields = {self.outputs[0]: value}
+        else:
+            raise ConfigError(
+                f"{self.name} returned {type(value).__name__}; a program function returns a dict, a pydantic model, "
+                "a Prediction or a string (one output field)"
+            )
+        missing = [o for o in self.outputs if o not in fields]
+        if missing:  # the answer lacks a field: the model's wrong format, scored 0, not a program bug
+            raise AdapterParseError(
+                f"{self.name} returned no {', '.join(repr(m) for m in missing)} (got {', '.join(map(repr, fields)) or 'nothing'})",
+                completion=repr(value)[:200],
+            )
+        return Prediction(fields)
+
+
+def program(fn: Callable[..., Any], *, outputs: Sequence[str] | None = None, inputs: Sequence[str] | None = None) -> FunctionProgram:
+    """A plain function (sync or async) as a program: ``dspex.program(triage, outputs=["team"])``.
+
+    ``fn`` takes the example's input fields as keyword arguments and returns a dict, a pydantic
+    model, a ``Prediction``, or a string when ``outputs`` names one field. ``inputs`` overrides the
+    input keys read from ``fn``'s parameters.
+    """
+    return FunctionProgram(fn, outputs=outputs, inputs=inputs)
+
+
+def _name(fn: Any) -> str:
+    return str(getattr(fn, "__name__", None) or type(fn).__name__)
+
+
+def _parameters(fn: Callable[..., Any]) -> tuple[str, ...]:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return ()
+    return tuple(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self")
