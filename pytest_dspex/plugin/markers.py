@@ -121,7 +121,7 @@ def _path(node: Any, marker: str, arg: str, value: Any, base: Path) -> Path | No
 
 
 def _function_program(node: Any, fn: Any, outputs: Any, inputs: Any) -> Any:
-    from .._exceptions import ConfigError
+    from ..errors import ConfigError
     from ..programs.function import FunctionProgram
 
     try:

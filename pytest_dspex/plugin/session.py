@@ -303,7 +303,7 @@ class DspexSession:
     def _baseline_only(
         self, spec: ProgramSpec, metric: MetricSpec, path: Path, gate_dataset: Path | None, progress: Any
     ) -> Resolved:
-        from .._exceptions import DatasetError, GoldenFileError
+        from ..errors import DatasetError, GoldenFileError
         from ..optimize.baseline_only import record_baseline_only
 
         gateset = gate_dataset or spec.valset or spec.trainset
