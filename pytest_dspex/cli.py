@@ -119,15 +119,16 @@ def _prompt(args: argparse.Namespace) -> int:
 
 # -- report ------------------------------------------------------------------------------------
 def _add_report(sub: Subparsers) -> None:
+    from .reports.formats import add_format_arguments
+
     p = sub.add_parser(
         "report",
-        help="render a JSON report (--dspex-report) as HTML or markdown",
+        help="render a JSON report (--dspex-report) as HTML, markdown or JUnit XML",
         description="Render a JSON report written by pytest --dspex-report (or merged by another command) "
-        "as a self-contained HTML file and/or a PR-ready markdown summary.",
+        "in the formats asked for: a self-contained HTML file, a PR-ready markdown summary, JUnit XML.",
     )
     p.add_argument("report", metavar="REPORT", help="the JSON report")
-    p.add_argument("--html", metavar="PATH", help="write the HTML report here")
-    p.add_argument("--markdown", metavar="PATH", help="write the markdown summary here ('-' for stdout)")
+    add_format_arguments(p, exclude=("json",))  # the input is the JSON report
     p.set_defaults(handler=_report)
 
 
@@ -143,24 +144,20 @@ def read_report(path: str) -> dict[str, Any]:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .reports import render_markdown, write_html
+    from .reports.formats import wanted_formats, write_formats
 
-    if not args.html and not args.markdown:
-        raise CommandError("report: say what to write: --html PATH and/or --markdown PATH")
+    if not wanted_formats(args):
+        from .reports.formats import FORMATS
+
+        flags = [f"--{f.option} PATH" for f in FORMATS.values() if f.name != "json"]
+        raise CommandError(f"report: say what to write: {', '.join(flags[:-1])} and/or {flags[-1]}")
     data = read_report(args.report)
     programs = data.get("programs") or []
     incomplete = [p for p in programs if isinstance(p, dict) and (p.get("verdict") or {}).get("kind") == "incomplete"]
     if not programs or incomplete:  # rendered as what it is (never a pass), and said here too
         what = "no program was evaluated" if not programs else f"{len(incomplete)} program(s) incomplete: not all examples ran"
         sys.stderr.write(f"pytest-dspex: {args.report}: {what}; no gate verdict\n")
-    if args.html:
-        write_html(data, args.html)
-    if args.markdown == "-":
-        sys.stdout.write(render_markdown(data))
-    elif args.markdown:
-        from .reports import write_markdown
-
-        write_markdown(data, args.markdown, step_summary=False)
+    write_formats(data, args)
     return EXIT_OK
 
 

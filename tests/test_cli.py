@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -201,8 +202,13 @@ def test_report_renders_html_and_markdown(tmp_path: Path, capsys: pytest.Capture
     code, out, _ = _run(capsys, "report", str(src), "--markdown", "-")
     assert code == 0 and out.startswith("### ❌")
 
+    code, out, err = _run(capsys, "report", str(src), "--junit", str(tmp_path / "r.xml"))  # every format of the registry
+    assert (code, out, err) == (0, "", "")
+    case = ET.parse(tmp_path / "r.xml").getroot().find("testsuite/testcase")
+    assert case is not None and case.find("failure") is not None
+
     code, _, err = _run(capsys, "report", str(src))
-    assert code == 2 and "--html PATH and/or --markdown PATH" in err
+    assert code == 2 and "--html PATH, --markdown PATH and/or --junit PATH" in err
     code, _, err = _run(capsys, "report", str(tmp_path / "none.json"), "--markdown", "-")
     assert code == 2 and "none.json: no such report" in err
     (tmp_path / "bad.json").write_text("[1]", encoding="utf-8")

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import pytest_dspex as dspex
-from pytest_dspex.evaluation.gates import judge, judge_records
+from pytest_dspex.evaluation.gates import Verdict, judge
 from pytest_dspex.evaluation.records import ExampleRecord
 from pytest_dspex.evaluation.scoring import Evaluate, EvaluationResult
 from pytest_dspex.evaluation.stats import clustered_confidence_interval
@@ -29,6 +29,11 @@ def rec(i: int, score: float, error_kind: str | None = None, repeats: list[float
         error_kind=error_kind,
         repeats=repeats,
     )
+
+
+def judge_records(records: list[ExampleRecord], **gate: Any) -> tuple[EvaluationResult, Verdict]:
+    result = EvaluationResult.from_records(records)
+    return result, judge(result, **gate)
 
 
 def golden_all_pass(n: int) -> dict[str, float]:

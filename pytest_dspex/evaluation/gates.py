@@ -37,7 +37,7 @@ an interruption, a crashed xdist worker, a ``-k`` selection) is not judged on th
 n examples ran"), never a pass and never a threshold or regression verdict on a subset.
 
 The plugin judges once per program (on the xdist controller for per-example items); shard
-``combine`` calls the same function on merged records (``judge_records``).
+``combine`` calls the same function on merged records (both through ``reports.run.ProgramRun.judge``).
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ from .records import INFRA_ERROR_KINDS, ExampleRecord
 
 if TYPE_CHECKING:
     from .comparison import Comparison, Score
-    from .scoring import EvaluationResult
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -59,7 +58,6 @@ __all__ = [
     "Verdict",
     "incomplete",
     "judge",
-    "judge_records",
     "paired_outcomes",
 ]
 
@@ -254,31 +252,3 @@ def judge(
     if golden_score is not None and score < golden_score - tolerance - 1e-9:
         return v(False, f"regression: {score:.3f} < golden {golden_score:.3f} - tolerance {tolerance:.3f}", "regression")
     return v(True, "ok", "ok")
-
-
-def judge_records(
-    records: Iterable[ExampleRecord],
-    *,
-    program: str = "",
-    metric: str = "",
-    threshold: float | None = None,
-    tolerance: float = 0.05,
-    max_error_rate: float = DEFAULT_MAX_ERROR_RATE,
-    golden_score: float | None = None,
-    golden_outcomes: Mapping[str, Score] | None = None,
-    alpha: float = DEFAULT_ALPHA,
-) -> tuple[EvaluationResult, Verdict]:
-    """The result of ``records`` and its verdict: what the plugin's controller and shard ``combine`` call."""
-    from .scoring import EvaluationResult
-
-    result = EvaluationResult.from_records(records, program=program, metric=metric)
-    verdict = judge(
-        result,
-        threshold=threshold,
-        golden_score=golden_score,
-        tolerance=tolerance,
-        max_error_rate=max_error_rate,
-        golden_outcomes=golden_outcomes,
-        alpha=alpha,
-    )
-    return result, verdict

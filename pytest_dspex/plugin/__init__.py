@@ -87,9 +87,9 @@ class _ControllerHooks:
             fspath = str(Path(self.collector.rootpath) / report.location[0])
             self.collector.add(report.nodeid, fspath, payload, (report.location[0], report.location[1]))
             if payload.get("kind") == "example":
-                index = int(payload["record"]["index"])
-                if index >= self.last_items.get(payload["test"], (-1, ""))[0]:
-                    self.last_items[payload["test"]] = (index, report.nodeid)
+                index, test = int(payload["record"]["index"]), str(payload["settings"]["test"])
+                if index >= self.last_items.get(test, (-1, ""))[0]:
+                    self.last_items[test] = (index, report.nodeid)
 
 
 def _payload(report: Any) -> dict[str, Any] | None:
@@ -242,8 +242,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         if call.excinfo is not None and isinstance(call.excinfo.value, NotAnswered):
             report.outcome = "passed"
             report.longrepr = None
-        payload = item.stash.get(payload_key, None)
-        if payload is not None:
+        carried = item.stash.get(payload_key, None)
+        if carried is not None:
+            payload = carried.to_json()
             # JSON: travels with the report through xdist — as ASCII JSON text from a worker, so a lone
             # surrogate from a dataset row crosses execnet (which refuses it in a str) and comes back the same
             dspex = item.config.stash.get(session_key, None)

@@ -45,6 +45,8 @@ def _longrepr(run: PerExampleRun) -> str:
 
 
 def _reports(run: PerExampleRun) -> list[pytest.TestReport]:
+    from ..reports.junit import aggregate_properties
+
     path, lineno = run.location if run.location is not None else (run.test.split("::", 1)[0], None)
     location = (path, lineno, run.test.rsplit("::", 1)[-1] + " (dspex gate)")
     common: dict[str, Any] = {"nodeid": run.test, "location": location, "keywords": {run.test.rsplit("::", 1)[-1]: 1}}
@@ -55,16 +57,6 @@ def _reports(run: PerExampleRun) -> list[pytest.TestReport]:
     for rep in (call, teardown):
         setattr(rep, AGGREGATE, True)
     return [call, teardown]
-
-
-def aggregate_properties(row: dict[str, Any]) -> list[tuple[str, str]]:
-    """A per-example test's aggregate, as JUnit properties that do not collide with the item's own."""
-    from ..reports import program_properties
-
-    return [
-        (n if n == "dspex_program" else "dspex_aggregate_" + n.removeprefix("dspex_"), v)
-        for n, v in program_properties(row)
-    ]
 
 
 def fails_on_its_own(run: PerExampleRun) -> bool:

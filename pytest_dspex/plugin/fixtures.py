@@ -24,12 +24,13 @@ from .session import Dataset, DspexSession, Resolved, session_key
 
 if TYPE_CHECKING:
     from ..evaluation.records import ExampleRecord
+    from .report import Payload
 
 __all__ = ["DatasetProblem", "Evaluator", "NotAnswered", "Predictor", "index_key", "payload_key", "test_key"]
 
 index_key = pytest.StashKey[int]()
-#: the JSON payload a test's report carries to the controller (see ``report``)
-payload_key = pytest.StashKey[dict[str, Any]]()
+#: what a test's report carries to the controller (``report.Payload``)
+payload_key: pytest.StashKey[Payload] = pytest.StashKey()
 
 #: kinds that fail their item: the code under test is broken, not the model's answer
 ITEM_FAILING_KINDS = frozenset({"program", "metric"})
@@ -125,7 +126,6 @@ def where_from(row: dict[str, Any]) -> str:
         text += f"\ngolden: {prov['text']}"
     if row.get("instructions_diff"):
         from .report import instructions_note
-
         text += "\n" + instructions_note(str(row["program"])) + "\n" + str(row["instructions_diff"])
     return text
 
@@ -205,10 +205,10 @@ class Evaluator:
 
     def _run(self, dataset: Any, metric: Any, limit: int | None) -> Any:
         __tracebackhide__ = True
-        from ..evaluation.gates import judge
         from ..evaluation.scoring import Evaluate
         from ..programs.primitives import as_examples
-        from .report import program_row
+        from ..reports.run import ProgramRun, RunSettings
+        from .report import Payload
 
         ctx = _TestContext(self._request, "dspex_evaluate")
         node, session, spec, mspec = ctx.node, ctx.session, ctx.spec, ctx.mspec
@@ -264,37 +264,28 @@ class Evaluator:
         if positions is not None:
             for rec in result.records:
                 rec.index = positions[rec.index]
-        verdict = judge(
-            result,
-            threshold=mspec.threshold if mspec is not None else None,
-            golden_score=_comparable_golden_score(resolved, fingerprint),
-            tolerance=ctx.tolerance,
-            max_error_rate=options.max_error_rate,
-            golden_outcomes=golden_outcomes,
-            alpha=options.alpha,
-        )
-        if options.shard is not None:  # a partial share is not judged: combine gates the merged records
-            from .shards import defer
-
-            verdict = defer(verdict, options.shard, result.n, dataset_size)
-        row = program_row(
-            result,
-            verdict,
+        settings = RunSettings(
+            result.program,
             mode="dataset",
-            dataset=session.rel(gate_path) if gate_path is not None else None,
             test=node.nodeid,
-            threshold=verdict.threshold,
-            tolerance=verdict.tolerance,
+            dataset=session.rel(gate_path) if gate_path is not None else None,
+            metric=result.metric,
+            threshold=mspec.threshold if mspec is not None else None,
+            tolerance=ctx.tolerance,
+            alpha=options.alpha,
             max_error_rate=options.max_error_rate,
             golden=session.rel(resolved.golden_path) if resolved.golden is not None else None,
+            golden_score=_comparable_golden_score(resolved, fingerprint),
+            dataset_size=dataset_size,  # combine checks that the shards add up to it
             note=_note(session, resolved, relabelled),
-            prompts=resolved.golden.prompts if resolved.golden is not None else None,
-            alpha=options.alpha,
+            prompts=resolved.golden.prompts if resolved.golden is not None else {},
             provenance=resolved.golden.provenance(fingerprint) if resolved.golden is not None else None,
             instructions_diff=resolved.instructions_diff,
         )
-        row["dataset_size"] = dataset_size  # combine checks that the shards add up to it
-        node.stash[payload_key] = {"kind": "program", "row": row, "golden_file": _golden_info(session, resolved)}
+        run = ProgramRun(settings, golden_outcomes=golden_outcomes, shard=options.shard, expected=len(examples))
+        verdict = run.judge(result=result)
+        row = run.row()
+        node.stash[payload_key] = Payload("program", _golden_info(session, resolved), row=row)
         from ..reports import program_properties
 
         node.user_properties.extend(program_properties(row))  # JUnit: score, CI, delta, verdict
@@ -325,6 +316,8 @@ class Predictor:
         __tracebackhide__ = True
         from .._support.runtime import run_sync
         from ..evaluation.scoring import evaluate_records
+        from ..reports.run import RunSettings
+        from .report import Payload
 
         ctx = _TestContext(self._request, "dspex_predict")
         node, session, spec = ctx.node, ctx.session, ctx.spec
@@ -371,33 +364,38 @@ class Predictor:
         paired = session.memo(
             ("paired", key), lambda: resolved.golden.paired_baseline(data.examples) if resolved.golden else (None, 0)
         )
-        node.stash[payload_key] = {
-            "kind": "example",
-            "program": spec.name,
-            "test": key,
-            "dataset": session.rel(path),
-            "metric": mspec.name,
-            "threshold": mspec.threshold,
-            "tolerance": ctx.tolerance,
-            "alpha": options.alpha,
-            "max_error_rate": options.max_error_rate,
-            "golden": session.rel(resolved.golden_path) if resolved.golden is not None else None,
-            "golden_score": _comparable_golden_score(resolved, data.fingerprint),
-            "dataset_size": len(data.examples),
-            # what a complete run has and what this collection selected: the controller judges only a whole run
-            "expected": session.expected.get(key, len(data.examples)),
-            "selected": len(session.selected.get(key, ())) or None,
-            "note": _note(session, resolved, paired[1]),
-            "prompts": session.once(("prompts", key), lambda: resolved.golden.prompts if resolved.golden else {}),
-            "provenance": session.once(
+        settings = RunSettings(
+            spec.name,
+            mode="per-example",
+            test=key,
+            dataset=session.rel(path),
+            metric=mspec.name,
+            threshold=mspec.threshold,
+            tolerance=ctx.tolerance,
+            alpha=options.alpha,
+            max_error_rate=options.max_error_rate,
+            golden=session.rel(resolved.golden_path) if resolved.golden is not None else None,
+            golden_score=_comparable_golden_score(resolved, data.fingerprint),
+            dataset_size=len(data.examples),
+            note=_note(session, resolved, paired[1]),
+            # the large parts once per process: the controller keeps the first it gets
+            prompts=session.once(("prompts", key), lambda: resolved.golden.prompts if resolved.golden else {}) or {},
+            provenance=session.once(
                 ("provenance", key), lambda: resolved.golden.provenance(data.fingerprint) if resolved.golden else None
             ),
-            "instructions_diff": resolved.instructions_diff,
+            instructions_diff=resolved.instructions_diff,
+        )
+        node.stash[payload_key] = Payload(
+            "example",
+            _golden_info(session, resolved),
+            settings=settings,
+            record=record,
+            # what a complete run has and what this collection selected: the controller judges only a whole run
+            expected=session.expected.get(key, len(data.examples)),
+            selected=len(session.selected.get(key, ())) or None,
             # the golden's per-example outcomes for the controller's paired gate, sent once per process
-            "golden_outcomes": session.once(("outcomes", key), lambda: paired[0]),
-            "record": record.to_json(),
-            "golden_file": _golden_info(session, resolved),
-        }
+            golden_outcomes=session.once(("outcomes", key), lambda: paired[0]),
+        )
         from ..reports import example_properties
 
         node.user_properties.extend(example_properties(record))  # JUnit: score, outcome (pass/miss/error), error

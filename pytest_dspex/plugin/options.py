@@ -8,7 +8,7 @@ win over the defaults below. This module imports only pytest so an unused plugin
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import pytest
 from ..errors import ConfigError
 from ..evaluation.sharding import Shard, resolve_shard
 from ..lm.secrets import base_url_problem
+from ..reports.formats import FORMATS
 
 __all__ = ["OPTIONS", "DspexOptions", "add_options", "resolve"]
 
@@ -82,15 +83,8 @@ OPTIONS: list[tuple[str, str, Any, str]] = [
         "evaluate each example N times (each repeat its own rollout id in the cache key); the example's score "
         "is the mean, examples whose repeats disagree are listed as flaky",
     ),
-    ("report", "str", None, "write a JSON report of every evaluation to this path"),
-    ("html", "str", None, "write a self-contained HTML report (filters, search, prompts) to this path"),
-    (
-        "markdown",
-        "str",
-        None,
-        "write a markdown summary (one row per program, then the regressions) to this path; "
-        "it is also appended to $GITHUB_STEP_SUMMARY whenever that is set",
-    ),
+    # --dspex-report (json), --dspex-html, --dspex-markdown: one per output format the plugin writes
+    *((f.option, "str", None, f.help) for f in FORMATS.values() if f.plugin),
     (
         "max-cost",
         "float",
@@ -196,7 +190,6 @@ class DspexOptions:
     candidates: int
     seed: int
     tolerance: float
-    report: Path | None
     max_cost: float | None
     max_calls: int | None
     missing_golden: str
@@ -209,8 +202,8 @@ class DspexOptions:
     rebaseline: frozenset[str] | None = None  # --dspex-rebaseline: None = no; {"*"} = all programs
     shard: Shard | None = None  # --dspex-shard / DSPEX_SHARD / CI parallel-job variables
     cache_url: str | None = None  # --dspex-cache-url: Redis instead of the cache directory
-    html: Path | None = None  # --dspex-html (relative to the invocation directory, like --dspex-report)
-    markdown: Path | None = None  # --dspex-markdown
+    #: report files by format name (``reports.formats``), relative to the invocation directory
+    outputs: dict[str, Path] = field(default_factory=dict)
     calibrate: str = "on"  # --dspex-calibrate: on / off
     #: --dspex-price: dollars per 1M (input, output) tokens; None = not known (costs show as $0)
     price: tuple[float, float] | None = None
@@ -312,14 +305,11 @@ def resolve(config: pytest.Config) -> DspexOptions:
             f"{values['shard']} (from {values['shard'].source}); compile in one job, or pass --dspex-shard=off"
         )
     cache_dir = Path(values.pop("cache_dir"))
-    report = values.pop("report")
-    html, markdown = values.pop("html"), values.pop("markdown")
+    outputs = {f.name: Path(path) for f in FORMATS.values() if f.plugin and (path := values.pop(f.option.replace("-", "_")))}
     return DspexOptions(
         **values,
         cache_dir=cache_dir if cache_dir.is_absolute() else Path(config.rootpath) / cache_dir,
-        report=Path(report) if report else None,
-        html=Path(html) if html else None,
-        markdown=Path(markdown) if markdown else None,
+        outputs=outputs,
         compile=compile_names,
         force=force,
         rebaseline=rebaseline_names,

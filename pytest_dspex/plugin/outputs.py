@@ -1,8 +1,9 @@
 """What the controller writes at session end: the JSON, HTML and markdown reports, and JUnit's
 per-example aggregate.
 
-All three files come from one report dict (``report.report_json``), built once however many are
-asked for. Their paths are relative to the invocation directory (like ``--junitxml``); every path
+Every file is one format of the run's document (``report.report_json``: ``reports.document``), built
+once however many are asked for, and written through the format registry (``reports.formats``: each
+``--dspex-<option>`` names one). Their paths are relative to the invocation directory (like ``--junitxml``); every path
 inside them is relative to the rootdir. The markdown summary is also appended to
 ``$GITHUB_STEP_SUMMARY`` whenever that is set and the run evaluated a program — what GitHub users
 expect from a test tool on a job page; an empty ``GITHUB_STEP_SUMMARY`` in the step's ``env``
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,16 +50,15 @@ def write_reports(
     An interrupted run (Ctrl-C) never replaces a report that is already there: the one it would write
     holds only what ran before the interruption.
     """
-    options = dspex.options
+    outputs = dspex.options.outputs
     step_summary = bool(os.environ.get("GITHUB_STEP_SUMMARY"))
-    wanted = (options.report, options.html, options.markdown)
-    if all(p is None for p in wanted) and not (step_summary and (collector.rows or collector.runs)):
+    if not outputs and not (step_summary and (collector.rows or collector.runs)):
         return []
-    from .._support.atomic import atomic_write_json
+    from ..reports.formats import FORMATS
     from .report import report_json
 
     model = {"model": dspex.lms.model_name(), "base_url": dspex.lms.redacted_base_url()}
-    shard = options.shard.to_json() if options.shard is not None else None
+    shard = dspex.options.shard.to_json() if dspex.options.shard is not None else None
     report = report_json(collector, model=model, shard=shard)
     written: list[tuple[str, Path]] = []
 
@@ -76,24 +77,13 @@ def write_reports(
         if path is not None:
             written.append((what, path))
 
-    if options.report is not None:
-        json_path = _target(config, options.report)
-        attempt("json", json_path, lambda: atomic_write_json(json_path, report))
-    if options.html is not None:
-        from ..reports import write_html
+    for name, path in outputs.items():
+        target = _target(config, path)
+        attempt(name, target, partial(FORMATS[name].write, report, target))
+    if step_summary and report["programs"] and not report.get("shard"):  # a shard's is not the job's: combine's is
+        from ..reports.markdown import append_step_summary, render_markdown
 
-        html_path = _target(config, options.html)
-        attempt("html", html_path, lambda: write_html(report, html_path))
-    append = step_summary and bool(report["programs"]) and not report.get("shard")
-    if options.markdown is not None or append:
-        from ..reports import render_markdown, write_markdown
-        from ..reports.markdown import append_step_summary
-
-        if options.markdown is not None:
-            md_path = _target(config, options.markdown)
-            attempt("markdown", md_path, lambda: write_markdown(report, md_path, step_summary=False))
-        if append:
-            attempt("step summary", None, lambda: append_step_summary(render_markdown(report)))
+        attempt("step summary", None, lambda: append_step_summary(render_markdown(report)))
     return written
 
 
@@ -130,7 +120,8 @@ def add_junit_aggregates(config: pytest.Config, collector: Collector, last_items
             cases.setdefault((element.get("classname", ""), element.get("name", "")), element)
         import xml.etree.ElementTree as ET
 
-        from .aggregate import aggregate_properties, fails_on_its_own
+        from ..reports.junit import aggregate_properties
+        from .aggregate import fails_on_its_own
 
         for run in collector.runs.values():
             if run.verdict is None or run.test not in last_items or fails_on_its_own(run):
@@ -146,7 +137,7 @@ def add_junit_aggregates(config: pytest.Config, collector: Collector, last_items
             if props is None:
                 props = ET.Element("properties")
                 case.insert(0, props)
-            for name, value in aggregate_properties(run.row()):
+            for name, value in aggregate_properties(run.row()):  # the same figures as the junit format's
                 props.append(ET.Element("property", name=name, value=bin_xml_escape(value)))
 
     except (AttributeError, TypeError, KeyError):  # pragma: no cover - pytest internals changed

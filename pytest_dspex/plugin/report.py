@@ -1,13 +1,13 @@
-"""Report rows (built here, once), what the controller gathers, the summary table and the JSON report.
+"""What the controller gathers from the test reports, the summary table and the terminal's lines.
 
-Each test report carries a JSON payload in ``report.dspex`` (set in ``pytest_runtest_makereport``;
+Each test report carries a ``Payload`` as JSON in ``report.dspex`` (set in ``pytest_runtest_makereport``;
 pytest serializes every report attribute for xdist, so it reaches the controller unchanged):
 
-* ``{"kind": "program", "row": {...}}`` from a whole-dataset test — judged in the test itself;
-* ``{"kind": "example", "record": {...}, ...}`` from a per-example item — the controller gathers
-  the records of one test function and judges them once with ``EvaluationResult.from_records``
-  and ``gates.judge``, the same code as the whole-dataset mode: the verdict is the same with
-  ``-n`` and without, by construction;
+* ``kind="program"`` from a whole-dataset test: its row, judged in the test itself (``ProgramRun``);
+* ``kind="example"`` from a per-example item: its record and its program's ``RunSettings``; the
+  controller gathers the records of one test function into one ``ProgramRun`` and judges them once,
+  the same code as the whole-dataset mode and shard ``combine``: the verdict is the same with ``-n``
+  and without, by construction;
 * ``"golden_file": {...}`` on either: the golden used or written. A program compiled on an xdist
   worker carries its golden ``"record"`` once: the controller writes it (``Collector.write_golden``:
   ``GoldenStore.write``, atomic under the file lock, keep-better and force as ever) — the golden file
@@ -18,22 +18,18 @@ pytest serializes every report attribute for xdist, so it reaches the controller
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..reports.run import ProgramRun, RunSettings
+
 if TYPE_CHECKING:
-    from ..evaluation.gates import Verdict
     from ..evaluation.records import ExampleRecord
-    from ..evaluation.scoring import EvaluationResult
     from ..evaluation.sharding import Shard
 
-from ..reports.rows import program_row
-
-__all__ = ["Collector", "PerExampleRun", "format_table", "gate_lines", "program_row", "report_json", "verdict_lines"]
-
+__all__ = ["Collector", "Payload", "PerExampleRun", "format_table", "gate_lines", "report_json", "verdict_lines"]
 
 
 def instructions_note(program: str) -> str:
@@ -43,99 +39,68 @@ def instructions_note(program: str) -> str:
         "(a worse one needs --dspex-force)"
     )
 
-@dataclass
-class PerExampleRun:
-    """The records of one per-example test function, with what is needed to judge them."""
 
-    program: str
-    test: str
-    dataset: str
-    metric: str
-    threshold: float | None
-    tolerance: float
-    max_error_rate: float
-    golden: str | None
-    golden_score: float | None
-    records: dict[int, ExampleRecord] = field(default_factory=dict)
-    note: str = ""
-    dataset_size: int | None = None
-    prompts: dict[str, Any] = field(default_factory=dict)
-    alpha: float = 0.05
-    golden_outcomes: dict[str, float | list[float]] | None = None
-    result: EvaluationResult | None = None
-    verdict: Verdict | None = None
-    shard: Shard | None = None  # a shard job's run: its gate is deferred to ``combine``
-    #: how many of the test's items a whole run of this job has (the dataset, or the shard's share) …
+@dataclass
+class Payload:
+    """What a test's report carries to the controller (``report.dspex``, JSON through xdist).
+
+    ``kind`` "program": a whole-dataset test's judged ``row``; "example": a per-example item's ``record``
+    with its program's ``settings`` (the large parts, prompts, provenance and ``golden_outcomes``, sent
+    once per process), how many items a whole run has (``expected``) and the collection ``selected``.
+    ``golden_file``: the golden used or written (with its ``record`` when a worker compiled it)."""
+
+    kind: str
+    golden_file: dict[str, Any] | None = None
+    row: dict[str, Any] | None = None
+    settings: RunSettings | None = None
+    record: ExampleRecord | None = None
     expected: int | None = None
-    #: … and how many the collection selected (``-k``, ``--lf``, node ids); both from the items' payloads
     selected: int | None = None
+    golden_outcomes: dict[str, float | list[float]] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "golden_file": self.golden_file}
+        if self.row is not None:
+            out["row"] = self.row
+        if self.settings is not None:
+            out["settings"] = self.settings.to_json()
+        if self.record is not None:
+            out |= {"record": self.record.to_json(), "expected": self.expected, "selected": self.selected}
+            out["golden_outcomes"] = self.golden_outcomes
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Payload:
+        from ..evaluation.records import ExampleRecord
+
+        settings, record = data.get("settings"), data.get("record")
+        return cls(
+            kind=str(data.get("kind") or ""),
+            golden_file=dict(data["golden_file"]) if data.get("golden_file") else None,
+            row=dict(data["row"]) if data.get("row") is not None else None,
+            settings=RunSettings.from_json(settings) if settings is not None else None,
+            record=ExampleRecord.from_json(record) if record is not None else None,
+            expected=data.get("expected"),
+            selected=data.get("selected"),
+            golden_outcomes=dict(data["golden_outcomes"]) if data.get("golden_outcomes") is not None else None,
+        )
+
+
+@dataclass
+class PerExampleRun(ProgramRun):
+    """The records of one per-example test function (``ProgramRun``) and where its items are."""
+
     #: the test function's (path, 0-based line) and its items' node ids (the aggregate's own report)
     location: tuple[str, int | None] | None = None
     nodeids: list[str] = field(default_factory=list)
-    #: incomplete because the user selected a part of the examples (not cut short): no failure of its own
-    selection: bool = False
-    provenance: dict[str, Any] | None = None  # how the golden's program was chosen and its baseline measured
-    instructions_diff: str = ""  # the program's instructions differ from the golden's
 
     @property
-    def label(self) -> str:
-        return f"{self.program} on {self.dataset}"
+    def program(self) -> str:
+        return self.settings.program
 
-    def judge(self, stopped: str = "") -> Verdict:
-        """The core gate on the gathered records (``gates.judge_records``, as shard ``combine`` calls it).
-
-        Only from a complete run: when fewer records arrived than the test has examples, the verdict is
-        ``incomplete`` (``gates.incomplete``). ``stopped`` says why the session ended early, if it did
-        (``-x``, an interruption); examples that the collection did not select are a user's selection
-        (``-k``, ``--lf``): ``self.selection``, which does not fail the session on its own.
-        """
-        from ..evaluation.gates import incomplete, judge_records
-
-        self.result, self.verdict = judge_records(
-            self.records.values(),
-            program=self.program,
-            metric=self.metric,
-            threshold=self.threshold,
-            golden_score=self.golden_score,
-            tolerance=self.tolerance,
-            max_error_rate=self.max_error_rate,
-            golden_outcomes=self.golden_outcomes,
-            alpha=self.alpha,
-        )
-        ran = len(self.records)
-        expected = self.expected if self.expected is not None else self.dataset_size
-        if expected is not None and ran < expected:
-            selected = self.selected
-            self.selection = selected is not None and ran >= selected and not stopped
-            if self.selection:
-                why = f"{selected} selected with -k, --lf or node ids; run them all for a verdict"
-            else:
-                why = stopped or "the run stopped early: -x, an interruption or a crashed worker"
-            self.verdict = incomplete(self.verdict, ran, expected, why)
-        elif self.shard is not None:
-            from .shards import defer
-
-            self.verdict = defer(self.verdict, self.shard, self.result.n, self.dataset_size)
-        return self.verdict
-
-    def row(self) -> dict[str, Any]:
-        assert self.result is not None and self.verdict is not None
-        return program_row(
-            self.result,
-            self.verdict,
-            mode="per-example",
-            dataset=self.dataset,
-            test=self.test,
-            threshold=self.threshold,
-            tolerance=self.tolerance,
-            max_error_rate=self.max_error_rate,
-            golden=self.golden,
-            note=self.note,
-            prompts=self.prompts,
-            alpha=self.alpha,
-            provenance=self.provenance,
-            instructions_diff=self.instructions_diff,
-        ) | ({"dataset_size": self.dataset_size} if self.dataset_size is not None else {})
+    @property
+    def test(self) -> str:
+        return self.settings.test
 
 
 class Collector:
@@ -164,48 +129,36 @@ class Collector:
         #: reports that could not be written at session end: (line, is_error), shown under the table
         self.report_problems: list[tuple[str, bool]] = []
 
-    def add(self, nodeid: str, fspath: str, payload: dict[str, Any], location: tuple[str, int | None] | None = None) -> None:
-        from ..evaluation.records import ExampleRecord
-
+    def add(self, nodeid: str, fspath: str, data: Mapping[str, Any], location: tuple[str, int | None] | None = None) -> None:
+        payload = Payload.from_json(data)
         self.test_files.add(fspath)
-        golden = payload.get("golden_file")
+        golden = payload.golden_file
         if golden:
-            golden = dict(golden)
             record = golden.pop("record", None)
             if record is not None:  # a re-baselined golden replaces the old one whatever its score
                 self.write_golden(golden["path"], record, golden.get("program", ""), force=golden.get("outcome") == "rebaselined")
             prev = self.goldens.get(golden["path"], {})
             merged = {**prev, **{k: v for k, v in golden.items() if v is not None}}
             self.goldens[golden["path"]] = merged | self.golden_writes.get(golden["path"], {})  # the writer's word
-        if payload.get("kind") == "program":
-            self.rows.append({**payload["row"], "test": nodeid})
-        elif payload.get("kind") == "example":
-            run = self.runs.get(payload["test"])
+        if payload.kind == "program" and payload.row is not None:
+            self.rows.append({**payload.row, "test": nodeid})
+        elif payload.kind == "example" and payload.settings is not None and payload.record is not None:
+            settings = payload.settings
+            run = self.runs.get(settings.test)
             if run is None:
-                run = self.runs[payload["test"]] = PerExampleRun(
-                    **{k: payload[k] for k in ("program", "test", "dataset", "metric", "threshold", "tolerance", "max_error_rate", "golden", "golden_score")},
-                    note=payload.get("note", ""),
-                    dataset_size=payload.get("dataset_size"),
-                    shard=self.shard,
-                    prompts=payload.get("prompts") or {},
-                    alpha=float(payload.get("alpha", 0.05)),
-                )
-            if payload.get("prompts"):
-                run.prompts = payload["prompts"]
+                run = self.runs[settings.test] = PerExampleRun(settings, shard=self.shard)
+            else:
+                run.settings.update(settings)
             for name in ("expected", "selected"):
-                if payload.get(name) is not None:
-                    setattr(run, name, max(int(payload[name]), getattr(run, name) or 0))
+                value = getattr(payload, name)
+                if value is not None:
+                    setattr(run, name, max(int(value), getattr(run, name) or 0))
             if location is not None and run.location is None:
                 run.location = location
             run.nodeids.append(nodeid)
-            if payload.get("provenance"):
-                run.provenance = payload["provenance"]
-            if payload.get("instructions_diff"):
-                run.instructions_diff = payload["instructions_diff"]
-            if payload.get("golden_outcomes") is not None:
-                run.golden_outcomes = dict(payload["golden_outcomes"])
-            rec = ExampleRecord.from_json(payload["record"])
-            run.records[rec.index] = rec
+            if payload.golden_outcomes is not None:
+                run.golden_outcomes = payload.golden_outcomes
+            run.add([payload.record])
 
     def write_golden(self, rel: str, record: dict[str, Any], program: str, *, force: bool = False) -> None:
         """Write a golden a worker compiled (its ``record``) into this rootdir: the one writer."""
@@ -235,7 +188,7 @@ class Collector:
     def finish(self, stopped: str = "") -> list[PerExampleRun]:
         """Judge every per-example run; the ones that fail the session (an incomplete run does, unless the
         user selected a part of its examples). ``stopped``: why the session ended early, if it did."""
-        return [run for run in self.runs.values() if not run.judge(stopped).passed and not run.selection]
+        return [run for run in self.runs.values() if not run.judge(stopped=stopped).passed and not run.selection]
 
     def all_rows(self) -> list[dict[str, Any]]:
         return self.rows + [run.row() for run in self.runs.values() if run.verdict is not None]
@@ -260,50 +213,16 @@ class Collector:
 
 def report_json(collector: Collector, *, model: dict[str, Any] | None, shard: dict[str, int] | None = None) -> dict[str, Any]:
     """The ``--dspex-report`` document (team contract; every path relative to the rootdir)."""
-    from .._support.version import __version__
+    from ..reports.document import RunDocument
 
-    rows = collector.all_rows()
-    complete = not any(r["verdict"].get("kind") == "incomplete" for r in rows)
-    return {
-        "plugin_version": __version__,
-        "created": datetime.now(UTC).replace(microsecond=0).isoformat(),
-        "rootdir": ".",
-        "git_commit": _git_commit(collector.rootpath),
-        "model": model,
-        # a gate passes only from programs that ran whole; a run that evaluated nothing passed nothing
-        "passed": bool(rows) and all(r["verdict"]["passed"] for r in rows),
-        "complete": complete,
-        "shard": shard,
-        "programs": rows,
-        "goldens": collector.goldens,
-        "unused_goldens": collector.unused_goldens(),
-    }
-
-
-def _git_commit(root: Path) -> str | None:
-    """HEAD's commit, read from ``.git`` (no subprocess); None outside a git checkout."""
-    for d in (root, *root.parents):
-        git = d / ".git"
-        if git.is_file():  # a worktree: "gitdir: <path>"
-            git = Path(git.read_text().split(":", 1)[1].strip())
-        if not git.is_dir():
-            continue
-        try:
-            head = (git / "HEAD").read_text().strip()
-            if not head.startswith("ref:"):
-                return head
-            ref = head.split(":", 1)[1].strip()
-            ref_file = git / ref
-            if ref_file.exists():
-                return ref_file.read_text().strip()
-            packed = git / "packed-refs"
-            for line in packed.read_text().splitlines() if packed.exists() else []:
-                if line.endswith(" " + ref):
-                    return line.split(" ", 1)[0]
-        except OSError:
-            return None
-        return None
-    return None
+    return RunDocument.build(
+        collector.all_rows(),
+        goldens=collector.goldens,
+        unused_goldens=collector.unused_goldens(),
+        model=model,
+        shard=shard,
+        root=collector.rootpath,
+    ).to_json()
 
 
 def _fmt_score(row: dict[str, Any]) -> str:

@@ -7,8 +7,8 @@
 ``"shard": {"index": K, "count": N}``) and returns one report of the same shape: per program and
 dataset, the shards' records are concatenated, and score, n, confidence interval, error counts,
 the paired comparison with the golden's per-example outcomes and the gate are computed from them
-by the same core functions a single run uses (``EvaluationResult.from_records``, ``compare``,
-``gates.judge_records``). Nothing is averaged across shards.
+by the function a single run uses (``reports.run.ProgramRun``: ``EvaluationResult.from_records``,
+``gates.judge``, the row). Nothing is averaged across shards.
 
 Refused with a :class:`CombineError` (exit code 2 on the command line), never a silently smaller n:
 
@@ -34,15 +34,15 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..evaluation import gates
 from ..evaluation.gates import DEFAULT_MAX_ERROR_RATE
 from ..evaluation.records import ExampleRecord
 from ..evaluation.sharding import shard_of
-from .rows import program_row
+from .document import RunDocument
+from .formats import add_format_arguments, write_formats
+from .run import ProgramRun, RunSettings
 
 __all__ = [
     "CombineError",
@@ -51,7 +51,6 @@ __all__ = [
     "combine_files",
     "golden_outcomes",
     "main",
-    "write_junit",
 ]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -208,52 +207,17 @@ def _merge_program(
         dup = sorted({x for x in indexes if indexes.count(x) > 1})[:5]
         raise CombineError(f"{label}: record index {dup} appears in more than one shard")
 
-    outcomes = golden_outcomes(rootdir / str(first["golden"])) if first.get("golden") else None
-    shard_cmp = next((p.get("comparison") for _, _, p in parts if isinstance(p.get("comparison"), Mapping)), None)
-    threshold, golden_score, max_error_rate = (
-        first.get("threshold"),
-        first.get("golden_score"),
-        first.get("max_error_rate"),
-    )
-    tolerance = float(first["tolerance"]) if first.get("tolerance") is not None else 0.05
-    # the shards' alpha (--dspex-alpha): the row's, else (older reports) their comparison's
-    alpha = 0.05
-    if first.get("alpha") is not None:
-        alpha = float(first["alpha"])
-    elif shard_cmp:
-        alpha = float(shard_cmp.get("alpha", 0.05))
-    result, verdict = gates.judge_records(
-        records,
-        program=key[1],
-        metric=str(first.get("metric") or ""),
-        threshold=None if threshold is None else float(threshold),
-        tolerance=tolerance,
-        max_error_rate=default_max_error_rate if max_error_rate is None else float(max_error_rate),
-        golden_score=None if golden_score is None else float(golden_score),
-        golden_outcomes=outcomes,
-        alpha=alpha,
-    )
-    # the row by the plugin's own function (rows.program_row), after the fields the shards share
-    # (and any the plugin adds, e.g. dataset_size); everything that depends on the examples is
-    # recomputed from all of them
-    row: dict[str, Any] = {k: v for k, v in first.items() if k not in _PER_SHARD}
-    row.update(
-        program_row(
-            result,
-            verdict,
-            mode=str(first.get("mode") or "dataset"),
-            dataset=first.get("dataset"),
-            test=str(first.get("test") or ""),
-            threshold=verdict.threshold,
-            tolerance=tolerance,
-            max_error_rate=default_max_error_rate if max_error_rate is None else float(max_error_rate),
-            golden=first.get("golden"),
-            note=str(first.get("note") or ""),
-            comparison=verdict.comparison.to_json() if verdict.comparison is not None else None,
-            flaky=None,  # recomputed from the merged records' repeats, as a single run does
-            prompts=next((p.get("prompts") for _, _, p in parts if p.get("prompts")), first.get("prompts")),
-        )
-    )
+    # the merged run: the first shard's settings (all agree, checked above) with every shard's records,
+    # judged and made a row by the functions a single run uses; nothing per shard is copied
+    settings = RunSettings.from_json(first)
+    for _, _, entry in parts[1:]:
+        settings.update(RunSettings.from_json(entry))  # the prompts, provenance and instructions diff any shard recorded
+    if first.get("max_error_rate") is None:
+        settings.max_error_rate = default_max_error_rate
+    merged = ProgramRun(settings, golden_outcomes=golden_outcomes(rootdir / str(first["golden"])) if first.get("golden") else None)
+    merged.add(records)
+    merged.judge()
+    row = merged.row()
     # the shards' own accounting (retries, hedges...) summed; the records' sums when they have none
     row["usage"] = _usage_sum([p for _, _, p in parts]) or row["usage"]
     row["shards"] = len(parts)
@@ -341,21 +305,16 @@ def combine(
         g = r.get("goldens")
         if isinstance(g, Mapping):
             goldens.update(g)
-    out: dict[str, Any] = {
-        k: v for k, v in base.items() if k not in ("programs", "shard", "passed", "goldens", "unused_goldens")
-    }
-    out.update(
-        {
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "passed": bool(programs) and all(p["verdict"]["passed"] for p in programs),
-            "shard": None,
-            "combined": {"shards": count, "reports": len(reports)},
-            "programs": programs,
-            "goldens": goldens,
-            "unused_goldens": sorted(set.intersection(*unused_sets)) if unused_sets else [],
-        }
+    return (
+        RunDocument.from_json(base)
+        .merged(
+            programs,
+            goldens=goldens,
+            unused_goldens=sorted(set.intersection(*unused_sets)) if unused_sets else [],
+            combined={"shards": count, "reports": len(reports)},
+        )
+        .to_json()
     )
-    return out
 
 
 def read_report(path: str) -> dict[str, Any]:
@@ -379,32 +338,6 @@ def combine_files(
     return combine([read_report(p) for p in paths], names=list(paths), rootdir=rootdir, max_error_rate=max_error_rate)
 
 
-def write_junit(report: Mapping[str, Any], path: str | Path) -> None:
-    """A JUnit XML file with one test case per program gate, its figures as properties."""
-    import xml.etree.ElementTree as ET
-
-    from .._support.atomic import atomic_write_text
-    from . import program_properties
-
-    programs = list(report.get("programs") or [])
-    failures = sum(1 for p in programs if not (p.get("verdict") or {}).get("passed"))
-    suites = ET.Element("testsuites")
-    suite = ET.SubElement(
-        suites, "testsuite", name="pytest-dspex combine", tests=str(len(programs)), failures=str(failures), errors="0"
-    )
-    for p in programs:
-        case = ET.SubElement(suite, "testcase", classname=str(p.get("test") or "dspex"), name=str(p.get("program")))
-        props = ET.SubElement(case, "properties")
-        for name, value in program_properties(p):
-            ET.SubElement(props, "property", name=name, value=value)
-        verdict = p.get("verdict") or {}
-        if not verdict.get("passed"):
-            fail = ET.SubElement(case, "failure", message=str(verdict.get("reason") or "gate failed"))
-            fail.text = str(verdict.get("reason") or "")
-    text = ET.tostring(suites, encoding="unicode")
-    atomic_write_text(Path(path), '<?xml version="1.0" encoding="utf-8"?>\n' + text + "\n")
-
-
 def add_parser(sub: Any) -> None:
     """Add the ``combine`` subcommand to an argparse ``subparsers`` (``python -m pytest_dspex combine``)."""
     p = sub.add_parser(
@@ -420,10 +353,7 @@ def add_parser(sub: Any) -> None:
 
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("reports", nargs="+", metavar="REPORT", help="one JSON report per shard")
-    p.add_argument("--report", metavar="OUT", help="write the combined JSON report here")
-    p.add_argument("--html", metavar="PATH", help="write the HTML report here")
-    p.add_argument("--markdown", metavar="PATH", help="write the markdown summary here ('-' for stdout)")
-    p.add_argument("--junit", metavar="PATH", help="write a JUnit XML file (one test case per program gate)")
+    add_format_arguments(p)
     p.add_argument("--rootdir", default=".", help="the project root the reports' paths are relative to (default: .)")
     p.add_argument(
         "--max-error-rate", type=float, default=None,
@@ -438,25 +368,12 @@ def run(args: argparse.Namespace) -> int:
     except CombineError as exc:
         sys.stderr.write(f"pytest-dspex: error: {exc}\n")
         return EXIT_USAGE
-    from .._support.atomic import atomic_write_text
+    to_stdout = write_formats(report, args)
+    if args.format_markdown and args.format_markdown != "-":  # the whole run's summary on the job page
+        from .markdown import append_step_summary, render_markdown
 
-    if args.report:
-        atomic_write_text(Path(args.report), json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    if args.html:
-        from . import write_html
-
-        write_html(report, args.html)
-    if args.markdown == "-":
-        from . import render_markdown
-
-        sys.stdout.write(render_markdown(report))
-    elif args.markdown:
-        from . import write_markdown
-
-        write_markdown(report, args.markdown)
-    if args.junit:
-        write_junit(report, args.junit)
-    out = sys.stderr if args.markdown == "-" else sys.stdout  # stdout carries the markdown then
+        append_step_summary(render_markdown(report))
+    out = sys.stderr if to_stdout else sys.stdout  # stdout carries a report then
     from ._format import ProgramView
 
     for p in report["programs"]:
@@ -471,7 +388,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m pytest_dspex.reports.combine REPORT...`` (the same as ``python -m pytest_dspex combine``)."""
+    """``python -m pytest_dspex.combine REPORT...`` (the same as ``python -m pytest_dspex combine``)."""
     parser = argparse.ArgumentParser(prog="python -m pytest_dspex combine", description=__doc__.split("\n\n")[0])
     _arguments(parser)
     return run(parser.parse_args(argv))

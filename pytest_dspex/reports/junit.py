@@ -1,4 +1,4 @@
-"""JUnit XML properties for a program's gate and for one example, as ``(name, value)`` pairs.
+"""JUnit XML: properties for a program's gate and for one example, and the ``junit`` report format.
 
 The plugin passes them to ``record_property`` (``item.user_properties``), so CI dashboards that read
 JUnit XML show the score, its interval, the delta against the golden and the verdict::
@@ -9,6 +9,10 @@ JUnit XML show the score, its interval, the delta against the golden and the ver
 Per example, ``dspex_outcome`` tells a miss (a wrong or unparseable answer, scored below 1) from an
 error (no answer to score: the LM was unreachable, timed out, the budget ran out, the program or
 the metric raised); ``dspex_error_kind`` names which.
+
+In a pytest run, pytest's own ``--junitxml`` writes the file and these properties go on its test cases
+(a per-example test's aggregate as ``aggregate_properties``); ``render_junit`` is the ``junit`` format of
+a report document (``python -m pytest_dspex combine/report --junit``): one test case per program gate.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 
 from ._format import ProgramView, fields_text, fmt_ci, fmt_delta, fmt_interval, outcome, record_json, split_expected
 
-__all__ = ["example_properties", "program_properties"]
+__all__ = ["aggregate_properties", "example_properties", "program_properties", "render_junit"]
 
 
 def _num(value: Any) -> str:
@@ -64,6 +68,35 @@ def program_properties(row: Mapping[str, Any]) -> list[tuple[str, str]]:
     if not p.passed and verdict.get("reason"):
         out.append(("dspex_verdict_reason", str(verdict["reason"])))
     return out
+
+
+def aggregate_properties(row: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A per-example test's aggregate, as properties that do not collide with its items' own."""
+    return [
+        (n if n == "dspex_program" else "dspex_aggregate_" + n.removeprefix("dspex_"), v) for n, v in program_properties(row)
+    ]
+
+
+def render_junit(document: Mapping[str, Any]) -> str:
+    """A JUnit XML file with one test case per program gate, its figures as properties."""
+    import xml.etree.ElementTree as ET
+
+    programs = list(document.get("programs") or [])
+    failures = sum(1 for p in programs if not (p.get("verdict") or {}).get("passed"))
+    suites = ET.Element("testsuites")
+    suite = ET.SubElement(
+        suites, "testsuite", name="pytest-dspex combine", tests=str(len(programs)), failures=str(failures), errors="0"
+    )
+    for p in programs:
+        case = ET.SubElement(suite, "testcase", classname=str(p.get("test") or "dspex"), name=str(p.get("program")))
+        props = ET.SubElement(case, "properties")
+        for name, value in program_properties(p):
+            ET.SubElement(props, "property", name=name, value=value)
+        verdict = p.get("verdict") or {}
+        if not verdict.get("passed"):
+            fail = ET.SubElement(case, "failure", message=str(verdict.get("reason") or "gate failed"))
+            fail.text = str(verdict.get("reason") or "")
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
 
 
 def example_properties(record: Any) -> list[tuple[str, str]]:
