@@ -20,7 +20,9 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import dspy
 
 import pytest_dspex as dspex
-from pytest_dspex.golden.file import GoldenFile, from_dspy_state, golden_record, to_dspy_state
+from pytest_dspex.golden.dspy_state import from_dspy_state, to_dspy_state
+from pytest_dspex.golden.file import GoldenFile
+from pytest_dspex.golden.record import golden_record
 from pytest_dspex.testing.fake_server import FakeLMServer
 from tests.interop.dspy_saves import QA, dspy_saves, make_dspex_programs, sum_responder
 

@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 import pytest_dspex as dspex
-from pytest_dspex.golden.file import GoldenStore, golden_record
+from pytest_dspex.golden.record import golden_record
+from pytest_dspex.golden.store import GoldenStore
 from pytest_dspex.optimize import BootstrapFewShotWithRandomSearch
 from pytest_dspex.programs import calibration
 from pytest_dspex.programs.calibration import calibrate, calibrated_label, calibration_field, label_probabilities

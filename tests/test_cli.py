@@ -15,7 +15,8 @@ import pytest
 
 import pytest_dspex as dspex
 from pytest_dspex.cli import main
-from pytest_dspex.golden.file import GoldenStore, golden_record
+from pytest_dspex.golden.record import golden_record
+from pytest_dspex.golden.store import GoldenStore
 from pytest_dspex.testing.fake_server import FakeLMServer
 
 from .report_samples import program_row, report

@@ -11,7 +11,10 @@ import pytest
 
 import pytest_dspex as dspex
 from pytest_dspex.errors import GoldenStaleError
-from pytest_dspex.golden.file import SCHEMA_VERSION, GoldenStore, from_dspy_state, golden_record, to_dspy_state
+from pytest_dspex.golden.dspy_state import from_dspy_state, to_dspy_state
+from pytest_dspex.golden.record import golden_record
+from pytest_dspex.golden.schema import SCHEMA_VERSION
+from pytest_dspex.golden.store import GoldenStore
 
 from .conftest import Triage
 
@@ -149,7 +152,8 @@ def test_concurrent_writers_leave_one_valid_file(tmp_path):
         f"""
         import sys
         import pytest_dspex as d
-        from pytest_dspex.golden.file import GoldenStore, golden_record
+        from pytest_dspex.golden.record import golden_record
+        from pytest_dspex.golden.store import GoldenStore
         p = d.Predict("message -> team")
         p.demos = [{{"message": "m" * 5000, "team": sys.argv[1]}}]
         for _ in range(20):

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pytest_dspex.golden.file import GoldenStore
+from pytest_dspex.golden.store import GoldenStore
 from pytest_dspex.plugin.report import Collector
 
 EXAMPLE = Path(__file__).parent.parent / "example_project/tests/__dspex__/test_triage/triage.json"

@@ -116,10 +116,6 @@ class ExampleRecord:
             exception=exception,
         )
 
-    @property
-    def is_infra_error(self) -> bool:
-        return self.error_kind in INFRA_ERROR_KINDS
-
     def to_json(self) -> dict[str, Any]:
         return {
             "index": self.index,

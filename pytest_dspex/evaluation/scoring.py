@@ -44,7 +44,6 @@ __all__ = [
     "Evaluate",
     "EvaluationResult",
     "ExampleRecord",
-    "current_example_timeout",
     "evaluate",
     "evaluate_records",
     "example_timeout",
@@ -90,11 +89,6 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError) and not str(exc):
         return "TimeoutError: the example did not finish within the example timeout"
     return f"{type(exc).__name__}: {exc}"
-
-
-async def current_example_timeout() -> float | None:
-    """The timeout ``example_timeout`` set for this context (for optimizers bounding their own calls)."""
-    return _timeout.get()
 
 
 MetricCaller = Callable[[Example, Prediction], Awaitable[Any]]

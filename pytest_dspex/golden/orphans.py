@@ -56,7 +56,7 @@ def look_alikes(missing: Path, program: Any, root: Path) -> list[Path]:
     """Golden files under ``root`` that look like the missing golden ``missing`` of ``program``."""
     from ..errors import GoldenFileError
     from ..programs.signatures import fingerprint
-    from .file import GoldenStore
+    from .file import read_golden
 
     want = _shape({path: fingerprint(p.signature) for path, p in program.named_predictors()})
     module_dir = missing.parent
@@ -67,7 +67,7 @@ def look_alikes(missing: Path, program: Any, root: Path) -> list[Path]:
     found = []
     for path in candidates:
         try:
-            golden = GoldenStore.read(path)
+            golden = read_golden(path)
         except (GoldenFileError, OSError):
             continue
         if _shape(golden.fingerprints()) == want:

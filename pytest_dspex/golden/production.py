@@ -20,30 +20,18 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from ..errors import GoldenFileError
 from ..programs.adapters import Adapter, LMRequest, get_adapter
 from ..programs.modules import Module, Predict
 from ..programs.signatures import FieldSpec, Signature, _parse_type, make_signature
-from .file import GoldenFile, GoldenStore
+from .file import GoldenFile, read_golden
+from .record import placeholder_messages
 
 __all__ = ["golden_adapters", "golden_predictors", "golden_requests", "load_golden", "read_golden"]
 
 ModuleT = TypeVar("ModuleT", bound=Module)
-
-
-def read_golden(path: str | os.PathLike[str]) -> GoldenFile:
-    """Read and check a golden file; a missing, unreadable or corrupted one is a ``GoldenFileError``
-    whose message names the file."""
-    p = Path(path)
-    if p.is_dir():
-        raise GoldenFileError(f"{p}: is a directory, not a golden file (they are <test dir>/__dspex__/<module>/<program>.json)")
-    try:
-        return GoldenStore.read(p)
-    except FileNotFoundError:
-        raise GoldenFileError(f"{p}: no such golden file; compile one with pytest --dspex-compile") from None
 
 
 def load_golden(program: ModuleT, path: str | os.PathLike[str]) -> ModuleT:
@@ -145,16 +133,10 @@ def golden_adapters(golden: GoldenFile, predictors: Mapping[str, Predict] | None
     for path, predictor in predictors.items():
         messages = recorded.get(path)
         out[path] = next(
-            (n for n in _ADAPTERS if messages and _placeholder_messages(get_adapter(n), predictor) == list(messages)),
+            (n for n in _ADAPTERS if messages and placeholder_messages(get_adapter(n), predictor) == list(messages)),
             "compact",
         )
     return out
-
-
-def _placeholder_messages(adapter: Adapter, predictor: Predict) -> list[dict[str, str]]:
-    values = {n: f"{{{n}}}" for n in predictor.signature.input_fields()}
-    request = adapter.format(predictor.signature, predictor.demos, values)
-    return [{"role": str(m["role"]), "content": str(m["content"])} for m in request.messages]
 
 
 def golden_requests(

@@ -1,9 +1,9 @@
-"""Observability: typed events, subscribers, structured logging, optional OpenTelemetry spans.
+"""Observability: typed events, subscribers, structured logging.
 
 Every LM call, every evaluated example and every optimizer step emits one event. Subscribe with::
 
-    from pytest_dspex.observe import events
-    unsubscribe = events.subscribe(lambda ev: print(ev))
+    import pytest_dspex as dspex
+    unsubscribe = dspex.events.subscribe(lambda ev: print(ev))
 
 Subscribers run on the thread that emitted the event (often pytest-dspex's background loop), so
 they must be quick and thread-safe. When nobody listens and logging is off, emitting costs one
@@ -13,22 +13,19 @@ check. Each event is also logged on the ``pytest_dspex`` logger at DEBUG with it
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 __all__ = [
     "Event",
     "ExampleEvent",
-    "GateEvent",
     "LMCallEvent",
     "OptimizerEvent",
     "emit",
     "has_listeners",
-    "span",
     "subscribe",
 ]
 
@@ -72,15 +69,6 @@ class OptimizerEvent(Event):
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class GateEvent(Event):
-    program: str
-    passed: bool
-    score: float
-    threshold: float | None
-    reason: str
-
-
 Subscriber = Callable[[Event], None]
 _subscribers: tuple[Subscriber, ...] = ()
 _lock = threading.Lock()
@@ -113,34 +101,3 @@ def emit(event: Event) -> None:
     if logger.isEnabledFor(logging.DEBUG):
         data = event.to_dict()
         logger.debug("%s %s", data["event"], data, extra={"dspex": data})
-
-
-_tracer: Any = None
-_tracer_checked = False
-
-
-def _get_tracer() -> Any:
-    global _tracer, _tracer_checked
-    if not _tracer_checked:
-        _tracer_checked = True
-        try:
-            from opentelemetry import trace
-        except ImportError:
-            _tracer = None
-        else:
-            _tracer = trace.get_tracer("pytest_dspex")
-    return _tracer
-
-
-@contextlib.contextmanager
-def span(name: str, **attributes: Any) -> Iterator[Any]:
-    """An OpenTelemetry span when ``opentelemetry-api`` is installed, else nothing."""
-    tracer = _get_tracer()
-    if tracer is None:
-        yield None
-        return
-    with tracer.start_as_current_span(name) as s:
-        for k, v in attributes.items():
-            if v is not None:
-                s.set_attribute(f"dspex.{k}", v)
-        yield s

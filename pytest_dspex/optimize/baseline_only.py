@@ -49,7 +49,9 @@ def record_baseline_only(
     from ..errors import GoldenFileError
     from ..evaluation.datasets import fingerprint, label_hashes, load_dataset
     from ..evaluation.metrics import metric_name
-    from ..golden.file import GoldenFile, GoldenStore, baseline_entry, golden_record
+    from ..golden.file import GoldenFile
+    from ..golden.record import baseline_entry, golden_record
+    from ..golden.store import GoldenStore
     from ..programs.primitives import as_examples
 
     store = GoldenStore(path.parent.parent, state_dir=state_dir)

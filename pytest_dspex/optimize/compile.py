@@ -108,7 +108,7 @@ class CompileOutcome:
 
 def _done_marker(path: Path, state_dir: Path | None) -> Path:
     """Beside the golden's lock, in the private state folder (``_private``): which run last compiled ``path``."""
-    from ..golden.file import state_file
+    from ..golden.store import state_file
 
     return state_file(path, ".compiled", state_dir)
 
@@ -149,7 +149,9 @@ def compile_program(
     """
     from ..errors import GoldenFileError
     from ..evaluation.datasets import fingerprint, label_hashes, load_dataset
-    from ..golden.file import GoldenFile, GoldenStore, golden_record
+    from ..golden.file import GoldenFile, read_golden
+    from ..golden.record import golden_record
+    from ..golden.store import GoldenStore, not_replaced
     from ..programs.primitives import as_examples
     from . import BootstrapFewShotWithRandomSearch
 
@@ -167,19 +169,16 @@ def compile_program(
         done_by, _, deferred = (read_private(marker) or "").partition("\n") if run_id else ("", "", "")
         if done_by == run_id and (deferred or path.exists()):
             # the record a deferring worker compiled (not on disk until the controller writes it)
-            golden = GoldenFile(path, json.loads(deferred)) if deferred else GoldenStore.read(path)
+            golden = GoldenFile(path, json.loads(deferred)) if deferred else read_golden(path)
             return CompileOutcome(name, path, golden.apply(program), golden, "compiled elsewhere")
         previous: GoldenFile | None = None
         if path.exists():
             # a corrupted or newer-schema golden is never replaced without force: say so before optimizing
             try:
-                previous = GoldenStore.read(path)
+                previous = read_golden(path)
             except GoldenFileError as exc:
                 if not settings.force:
-                    raise GoldenFileError(
-                        f"{exc} — not replaced; restore it from version control, or re-run with "
-                        "pytest --dspex-compile --dspex-force to overwrite it"
-                    ) from None
+                    raise not_replaced(exc) from None
         train = load(trainset)
         gate = load(gateset) if gateset is not None else None
         if in_sample and gate is not None:
@@ -217,7 +216,7 @@ def compile_program(
                 shared_first=settings.baseline_draws == 1 and chosen_on != "in-sample",
             )
         validation = result.validation
-        from ..golden.file import baseline_entry
+        from ..golden.record import baseline_entry
 
         baseline = baseline_entry(draws, dataset=fingerprint(baseline_set), labels=label_hashes(baseline_set))
         replaced = _compare_baselines(previous, baseline)
@@ -263,7 +262,7 @@ def compile_program(
         to_write = json.loads(json.dumps(record)) if defer_write and outcome in ("created", "updated") else None
         if run_id:
             write_private(marker, run_id + ("\n" + json.dumps(to_write) if to_write is not None else ""))
-    golden = GoldenFile(path, to_write) if to_write is not None else GoldenStore.read(path)
+    golden = GoldenFile(path, to_write) if to_write is not None else read_golden(path)
     chosen = golden.apply(program) if outcome in ("kept", "unchanged") else result.program
     return CompileOutcome(name, path, chosen, golden, outcome, written.reason, result, record=to_write, replaced=replaced)
 
@@ -295,7 +294,9 @@ def rebaseline_program(
     from .._support.private import read_private, write_private
     from ..errors import GoldenFileError
     from ..evaluation.datasets import fingerprint, label_hashes, load_dataset
-    from ..golden.file import GoldenFile, GoldenStore, baseline_entry, golden_record
+    from ..golden.file import GoldenFile, read_golden
+    from ..golden.record import baseline_entry, golden_record
+    from ..golden.store import GoldenStore
     from ..programs.primitives import as_examples
 
     store = GoldenStore(path.parent.parent, state_dir=state_dir)
@@ -304,11 +305,9 @@ def rebaseline_program(
         marker = _done_marker(path, state_dir)
         done_by, _, deferred = (read_private(marker) or "").partition("\n") if run_id else ("", "", "")
         if done_by == run_id and (deferred or path.exists()):
-            golden = GoldenFile(path, json.loads(deferred)) if deferred else GoldenStore.read(path)
+            golden = GoldenFile(path, json.loads(deferred)) if deferred else read_golden(path)
             return CompileOutcome(name, path, golden.apply(program), golden, "compiled elsewhere")
-        if not path.exists():
-            raise GoldenFileError(f"{path}: no golden file to re-baseline; create it with pytest --dspex-compile={name}")
-        old = GoldenStore.read(path)
+        old = read_golden(path, missing=f"no golden file to re-baseline; create it with pytest --dspex-compile={name}")
         applied = old.apply(program, instructions=False)  # fields that changed: GoldenStaleError
         gate = load_dataset(gateset, input_keys) if isinstance(gateset, Path) else as_examples(list(gateset), input_keys)
         say(f"re-baselining {name}: {len(gate)} gate examples, the golden's demos, the program and model as they are now")

@@ -112,7 +112,7 @@ def _collect(test: str, pytest_args: Sequence[str]) -> _Target:
             "e.g. tests/test_x.py::test_y"
         )
     item, spec, metric = specs[0]
-    from ..golden.file import GoldenStore
+    from ..golden.store import GoldenStore
 
     test_file = Path(item.path)
     return _Target(
@@ -157,7 +157,9 @@ def import_dspy_state(
     """
     import pytest
 
-    from ..golden.file import GoldenStore, from_dspy_state, golden_record
+    from ..golden.dspy_state import from_dspy_state
+    from ..golden.record import golden_record
+    from ..golden.store import GoldenStore
 
     saved = Path(saved)
     state = _read_state(saved)

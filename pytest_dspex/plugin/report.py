@@ -163,7 +163,7 @@ class Collector:
     def write_golden(self, rel: str, record: dict[str, Any], program: str, *, force: bool = False) -> None:
         """Write a golden a worker compiled (its ``record``) into this rootdir: the one writer."""
         from ..errors import ConfigError, GoldenFileError
-        from ..golden.file import GoldenStore
+        from ..golden.store import GoldenStore
 
         if rel in self.golden_writes:
             self.golden_messages.append((

@@ -169,7 +169,7 @@ class DspexSession:
 
     # -- programs -------------------------------------------------------------------------------
     def golden_path(self, test_file: Path, program: str) -> Path:
-        from ..golden.file import GoldenStore
+        from ..golden.store import GoldenStore
 
         return GoldenStore(test_file.parent / "__dspex__").path_for(test_file.stem, program)
 
@@ -211,7 +211,7 @@ class DspexSession:
 
     def _load(self, spec: ProgramSpec, path: Path) -> Resolved:
         from ..errors import GoldenFileError
-        from ..golden.file import GoldenStore
+        from ..golden.file import read_golden
 
         if not path.exists():
             if self.options.missing_golden == "zero-shot":
@@ -219,7 +219,7 @@ class DspexSession:
             pytest.fail(self._missing(spec, path), pytrace=False)
         problem: str | None = None
         try:
-            golden = GoldenStore.read(path)
+            golden = read_golden(path)
             program = golden.apply(spec.program, instructions=False)  # an instructions-only edit is gated
         except GoldenFileError as exc:
             problem = self._said(exc, path)

@@ -33,6 +33,7 @@ from ..observe import tracing
 from . import calibration, constrained, settings
 from .adapters import Adapter, JSONAdapter, get_adapter
 from .constrained import choice_value
+from .demos import jsonable
 from .primitives import Prediction
 from .signatures import FieldSpec, OutputField, Signature, ensure_signature, render_value
 
@@ -352,7 +353,7 @@ class Predict(Module):
     def _dump(self) -> dict[str, Any]:
         sig = self.signature
         return {
-            "demos": [_jsonable_demo(d) for d in self.demos],
+            "demos": [jsonable(dict(d)) for d in self.demos],
             "signature": {
                 "instructions": sig.instructions,
                 "fields": [{"prefix": _prefix(f), "description": f.desc or f"${{{f.name}}}"} for f in sig.ordered_fields()],
@@ -468,15 +469,6 @@ def _load_calibration(raw: Any, path: str) -> dict[str, float] | None:
     if not isinstance(raw, dict) or not all(isinstance(v, (int, float)) for v in raw.values()):
         raise ConfigError(f"saved state for predictor {path!r}: 'calibration' must map labels to numbers")
     return {str(k): float(v) for k, v in raw.items()}
-
-
-def _jsonable_demo(demo: Mapping[str, Any]) -> dict[str, Any]:
-    import pydantic
-
-    out = {}
-    for k, v in demo.items():
-        out[k] = v.model_dump(mode="json") if isinstance(v, pydantic.BaseModel) else v
-    return out
 
 
 def _record(pred: Predict, inputs: dict[str, Any], prediction: Prediction) -> None:

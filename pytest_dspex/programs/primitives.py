@@ -157,10 +157,6 @@ class Prediction(Example):
 
     __slots__ = ()
 
-    @classmethod
-    def from_completions(cls, fields: Mapping[str, Any]) -> Prediction:
-        return cls(fields)
-
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self._store.items())
         return f"Prediction({fields})"

@@ -176,10 +176,6 @@ class Signature(metaclass=SignatureMeta):
         return f"{ins} -> {outs}"
 
     @classmethod
-    def with_instructions(cls, instructions: str) -> type[Signature]:
-        return _derive(cls, instructions=instructions, fields=dict(cls.fields))
-
-    @classmethod
     def with_wording(
         cls, instructions: str | None = None, fields: Mapping[str, Mapping[str, str | None]] | None = None
     ) -> type[Signature]:

@@ -126,14 +126,11 @@ def golden_outcomes(path: Path) -> dict[str, float | list[float]] | None:
     """A golden file's per-example validation outcomes (schema 2), or None for a golden without them
     (schema 1: the gate falls back to the tolerance against its score, as in a single run)."""
     from ..errors import GoldenFileError
-    from ..golden.file import GoldenStore
+    from ..golden.file import read_golden
 
     try:
-        return GoldenStore.read(path).baseline_outcomes
-    except FileNotFoundError:
-        raise CombineError(
-            f"{path}: golden file named by the reports not found (run combine from the project's rootdir or pass --rootdir)"
-        ) from None
+        missing = "golden file named by the reports not found (run combine from the project's rootdir or pass --rootdir)"
+        return read_golden(path, missing=missing).baseline_outcomes
     except GoldenFileError as exc:
         raise CombineError(str(exc)) from None
 

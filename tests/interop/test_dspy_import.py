@@ -23,7 +23,9 @@ except ImportError:
         raise
     pytest.skip("DSPy is not installed (tox -e dspy runs the interop tests)", allow_module_level=True)
 
-from pytest_dspex.golden.file import GoldenStore, from_dspy_state, golden_record, to_dspy_state
+from pytest_dspex.golden.dspy_state import from_dspy_state, to_dspy_state
+from pytest_dspex.golden.record import golden_record
+from pytest_dspex.golden.store import GoldenStore
 
 from .dspy_saves import INSTRUCTIONS, OPTIMIZED, dspy_programs, dspy_saves, make_dspex_programs
 

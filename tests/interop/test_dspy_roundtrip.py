@@ -21,7 +21,9 @@ except ImportError:
     pytest.skip("DSPy is not installed (tox -e dspy runs the interop tests)", allow_module_level=True)
 
 import pytest_dspex as dspex
-from pytest_dspex.golden.file import GoldenStore, from_dspy_state, golden_record, to_dspy_state
+from pytest_dspex.golden.dspy_state import from_dspy_state, to_dspy_state
+from pytest_dspex.golden.record import golden_record
+from pytest_dspex.golden.store import GoldenStore
 
 
 class Triage(dspex.Signature):

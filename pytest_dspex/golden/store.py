@@ -1,0 +1,224 @@
+"""Writing golden files: ``GoldenStore`` (one per ``__dspex__`` folder) and its locks.
+
+Writes are atomic (temp file + rename) under a cross-process file lock, mode 0644. ``write`` never
+replaces a corrupted or newer-schema file unless forced, refuses a run over its error budget, and
+keeps the better program only when the two are comparable (same signature, same validation set).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from .._support.atomic import atomic_write_json
+from ..errors import ConfigError, GoldenFileError
+from .file import GoldenFile, read_golden
+from .schema import validate
+
+__all__ = ["GoldenStore", "WriteResult", "not_replaced", "state_file"]
+
+WriteOutcome = Literal["created", "updated", "unchanged", "kept"]
+
+
+_VOLATILE = ("created_at", "plugin_version")
+
+
+_FILE_MODE = 0o644
+
+
+def not_replaced(exc: GoldenFileError) -> GoldenFileError:
+    """A golden that cannot be read (corrupted, newer schema) is never replaced unless forced: say so."""
+    return GoldenFileError(
+        f"{exc} — not replaced; restore it from version control, or re-run with "
+        "pytest --dspex-compile --dspex-force to overwrite it"
+    )
+
+
+def _stable(data: dict[str, Any]) -> dict[str, Any]:
+    """What makes two goldens the same: all but the timestamps and the optimizer's candidate table.
+
+    The candidates' race scores are a record of the search, not of the program: on llama.cpp they
+    move by an example or two between runs (its numerics depend on the cached prompt prefix) while
+    the chosen demos, prompts and validation outcomes stay the same, and a golden rewritten for that
+    would be a diff to review for nothing.
+    """
+    out = {k: v for k, v in data.items() if k not in _VOLATILE}
+    optimizer = out.get("optimizer")
+    if isinstance(optimizer, dict):
+        out["optimizer"] = {k: v for k, v in optimizer.items() if k != "candidates"}
+    baseline = out.get("baseline")
+    if isinstance(baseline, dict):
+        out["baseline"] = {k: v for k, v in baseline.items() if k != "measured_at"}
+    return out
+
+
+def state_file(path: Path, suffix: str, state_dir: Path | None = None) -> Path:
+    """The file (``<digest>.lock``, ``<digest>.compiled``) that belongs to the golden at ``path`` in the
+    private state folder (``_private``: mode 0700, never a shared folder of the temporary directory)."""
+    from .._support.private import default_state_dir, private_dir
+
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:24]
+    folder = private_dir(state_dir / "locks") if state_dir is not None else private_dir(default_state_dir() / "locks")
+    return folder / f"{digest}{suffix}"
+
+
+_locks: dict[str, Any] = {}
+
+
+class WriteResult(str):
+    """What ``GoldenStore.write`` did — ``"created"``, ``"updated"``, ``"unchanged"`` or ``"kept"``
+    (it compares equal to those strings) — and ``reason``, why, in words."""
+
+    reason: str
+
+    def __new__(cls, outcome: WriteOutcome, reason: str = "") -> WriteResult:
+        obj = super().__new__(cls, outcome)
+        obj.reason = reason
+        return obj
+
+    @property
+    def outcome(self) -> WriteOutcome:
+        return str(self)  # type: ignore[return-value]
+
+
+class GoldenStore:
+    """Reads and writes golden files under ``root`` (usually ``<test dir>/__dspex__``)."""
+
+    def __init__(self, root: str | os.PathLike[str], *, state_dir: Path | None = None) -> None:
+        self.root = Path(root)
+        #: the private folder its locks live in (``_private``); None: the user's default one
+        self.state_dir = state_dir
+
+    def path_for(self, module: str, program: str) -> Path:
+        return self.root / module / f"{program}.json"
+
+    def lock(self, path: Path, timeout: float = 3600) -> Any:
+        """A cross-process lock for ``path``, in the private state folder (outside the repo, so no stray
+        lock files; 0700, so no other user can take or redirect it).
+
+        The same lock object is returned for the same path, so it is re-entrant in a process.
+        """
+        from filelock import FileLock
+
+        try:
+            key = str(state_file(path, ".lock", self.state_dir))
+        except (OSError, ConfigError) as exc:
+            raise GoldenFileError(f"{path}: no private folder for the golden's lock ({exc})") from None
+        lock = _locks.get(key)
+        if lock is None:
+            lock = _locks[key] = FileLock(key, timeout=timeout)
+        return lock
+
+    #: the one reader (``file.read_golden``): a missing file is a ``GoldenFileError`` too
+    read = staticmethod(read_golden)
+
+    def write(
+        self,
+        path: Path,
+        record: dict[str, Any],
+        *,
+        force: bool = False,
+        error_rate: float | None = None,
+        max_error_rate: float | None = None,
+        over_error_budget: bool = False,
+        dry_run: bool = False,
+    ) -> WriteResult:
+        """Write ``record`` atomically (mode 0644), or keep the existing golden and say why.
+
+        ``dry_run``: decide and say what would happen, write nothing (an xdist worker compiles, the
+        controller writes: the worker evaluates with the program the controller will keep).
+
+        * A run over its error budget (``over_error_budget``, or ``error_rate > max_error_rate``) is
+          never written, forced or not: a golden of errors is worse than none.
+        * An existing file that is corrupted or from a newer schema is never replaced unless ``force``.
+        * Keep-better (unless ``force``): the existing golden is kept when its validation score is
+          higher *and* it is comparable — same signature fingerprints, same validation set. A golden
+          for another signature or validation set is replaced (the reason says which).
+        """
+        new = validate(path, record)
+        if over_error_budget or (
+            error_rate is not None and max_error_rate is not None and error_rate > max_error_rate
+        ):
+            detail = []
+            if error_rate is not None:
+                detail.append(f"{error_rate:.0%} of the validation examples failed with LM errors")
+            if max_error_rate is not None:
+                detail.append(f"the budget is {max_error_rate:.0%} (--dspex-max-error-rate)")
+            why = f" ({', '.join(detail)})" if detail else ""
+            raise GoldenFileError(
+                f"{path}: golden not written: the compile run was over its error budget{why}; a golden of "
+                "errors is worse than none. Fix the LM endpoint and re-run pytest --dspex-compile"
+            )
+        write = (lambda p, r: None) if dry_run else self._write
+        with self.lock(path):
+            if not path.exists():
+                write(path, record)
+                return WriteResult("created", "no golden file yet")
+            try:
+                old = self.read(path)
+            except GoldenFileError as exc:
+                if not force:
+                    raise not_replaced(exc) from None
+                write(path, record)
+                return WriteResult("updated", "replaced an unreadable golden file (forced)")
+            if force:
+                write(path, record)
+                return WriteResult("updated", "replaced (forced)")
+            if _stable(old.data) == _stable(json.loads(json.dumps(record))):
+                return WriteResult("unchanged", "same demos, prompts and scores as the golden file")
+            reason = _replace_reason(old, GoldenFile(path, record, new))
+            if reason is None:
+                if old.model.baseline is not None and new.baseline is not None:
+                    return WriteResult(
+                        "kept",
+                        f"kept: the golden's baseline {old.baseline_score:.3f} is higher than this run's "
+                        f"{new.baseline.score:.3f} on the same signature and gate set; use --dspex-force to replace it",
+                    )
+                return WriteResult(
+                    "kept",
+                    f"kept: the golden's validation score {old.validation_score:.3f} is higher than this run's "
+                    f"{new.scores.validation.score if new.scores.validation else 0.0:.3f} on the same signature "
+                    "and validation set; use --dspex-force to replace it",
+                )
+            write(path, record)
+            return WriteResult("updated", reason)
+
+    @staticmethod
+    def _write(path: Path, record: dict[str, Any]) -> None:
+        try:
+            atomic_write_json(path, record)
+            os.chmod(path, _FILE_MODE)  # mkstemp creates 0600; a golden is a reviewed, shared file
+        except OSError as exc:  # a read-only folder, a path under a file: one clear line, not a tempfile traceback
+            folder = path.parent
+            raise GoldenFileError(
+                f"{path}: golden not written: cannot write in {folder} ({exc.strerror or exc}); make the folder "
+                "writable and re-run pytest --dspex-compile (the previous golden, if any, is unchanged)"
+            ) from None
+
+
+def _replace_reason(old: GoldenFile, new: GoldenFile) -> str | None:
+    """Why ``new`` replaces ``old``, or None when ``old`` is comparable and better (keep it)."""
+    old_fp = {k: v["hash"] for k, v in old.fingerprints().items()}
+    new_fp = {k: v["hash"] for k, v in new.fingerprints().items()}
+    if old_fp != new_fp:
+        return "replaced because the signature changed since the golden was compiled"
+    if old.validation_dataset and new.validation_dataset and old.validation_dataset != new.validation_dataset:
+        return "replaced because the validation set changed (scores on different sets are not comparable)"
+    if old.model.metric and new.model.metric and old.model.metric != new.model.metric:
+        return f"replaced because the metric changed ({old.model.metric} -> {new.model.metric})"
+    if old.model.baseline is not None and new.model.baseline is not None:
+        if old.baseline_dataset != new.baseline_dataset:
+            return "replaced because the gate dataset changed (baselines on different sets are not comparable)"
+        o, n = old.baseline_score, new.baseline_score
+        what = "baseline"
+    else:
+        o, n = old.validation_score, new.validation_score
+        what = "validation score"
+    if o is None or n is None:
+        return f"replaced because the golden has no {what} to compare with"
+    if o > n:
+        return None
+    return f"replaced because this run's {what} {n:.3f} is at least the golden's {o:.3f}"
