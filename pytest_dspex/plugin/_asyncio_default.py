@@ -2,31 +2,27 @@
 
 pytest-dspex depends on pytest-asyncio, so every project that installs pytest-dspex gets
 pytest-asyncio's ``PytestDeprecationWarning`` on every run unless it sets
-``asyncio_default_fixture_loop_scope``. pytest-asyncio's documented remedy is to set that option;
-when the project has not set it (ini file or ``-o``), this sets it for the run, before
-pytest-asyncio reads it, to the value that keeps pytest-asyncio's current behaviour: ``fixture-scope``
-where pytest-asyncio knows it (each async fixture's loop has the fixture's scope, what "unset" means
-today), else ``function``. A project that sets the option keeps its value.
+``asyncio_default_fixture_loop_scope``. When the project has not set it (ini file or ``-o``), this
+ignores that one warning, by its message, while pytest-asyncio configures: with the option unset
+pytest-asyncio runs each async fixture in a loop of the fixture's own scope, which is what the
+project gets, so nothing but the warning changes. A project that sets the option keeps its value.
 
-Registered by the plugin with ``register(pluginmanager)``; its ``pytest_configure`` runs first.
+Only public interfaces: ``config.getini`` and a ``warnings`` filter added in this plugin's
+``pytest_configure``, which runs first (``tryfirst``) inside the warning filters pytest sets up for
+configuration (ahead of ``-W`` and ``filterwarnings``, and gone with them when the run ends).
+
+Registered by the plugin with ``register(pluginmanager)``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
 
 import pytest
 
 OPTION = "asyncio_default_fixture_loop_scope"
-
-
-def default_scope() -> str:
-    """``fixture-scope`` where pytest-asyncio accepts it (no change of behaviour), else ``function``."""
-    try:
-        from pytest_asyncio import plugin
-    except ImportError:  # pragma: no cover - a declared dependency
-        return "function"
-    return str(getattr(plugin, "_MATCH_FIXTURE_SCOPE", "function"))
+#: the start of pytest-asyncio's warning (a regular expression for ``warnings.filterwarnings``)
+UNSET_MESSAGE = r'The configuration option "asyncio_default_fixture_loop_scope" is unset'
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -35,11 +31,10 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     try:
         value = config.getini(OPTION)
-    except ValueError:  # pytest-asyncio without this option: nothing to fill
+    except ValueError:  # pytest-asyncio without this option: nothing to quiet
         return
-    cache: Any = getattr(config, "_inicache", None)
-    if not value and isinstance(cache, dict):
-        cache[OPTION] = default_scope()
+    if not value:
+        warnings.filterwarnings("ignore", message=UNSET_MESSAGE, category=pytest.PytestDeprecationWarning)
 
 
 def register(pluginmanager: pytest.PytestPluginManager) -> None:

@@ -70,6 +70,10 @@ def report_aggregates(config: pytest.Config, collector: Collector) -> int:
     Runs in ``pytest_sessionfinish`` (tryfirst), before the terminal summary, the last-failed cache
     and JUnit are written.
     """
+    # The last-failed plugin's ``lastfailed`` dict (read through its public registration name; the
+    # attribute itself is not documented): pytest offers no public way to mark a node id failed for
+    # ``--lf`` without reporting a test of it, and the aggregate's items passed one by one. When the
+    # attribute is missing, --lf simply reruns the aggregate's own id.
     lastfailed = getattr(config.pluginmanager.get_plugin("lfplugin"), "lastfailed", None)
     failed = 0
     for run in collector.runs.values():
@@ -87,7 +91,9 @@ def report_aggregates(config: pytest.Config, collector: Collector) -> int:
 
 
 def _lastfailed_key(nodeid: str) -> Any:
-    """The last-failed cache's key for ``nodeid``: a ``NodeId`` from pytest 9, the string before."""
+    """The last-failed cache's key for ``nodeid``: a ``NodeId`` from pytest 9, the string before.
+
+    ``_pytest.nodeid`` is private: read only, because the cache's keys are its objects from pytest 9."""
     try:
         from _pytest.nodeid import NodeId
     except ImportError:  # pragma: no cover - pytest < 9

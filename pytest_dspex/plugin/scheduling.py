@@ -30,6 +30,12 @@ class ChunkScheduling(LoadScheduling):  # type: ignore[misc]  # xdist is untyped
         self._state_dir = state_dir  # the session's private folder, where the workers left their chunk maps
         self._chunk_at: list[str | None] | None = None
 
+    # ``_send_tests`` is xdist's own (underscored) step that hands ``num`` pending tests to a node;
+    # it is overridden because xdist has no public way to shape a batch: its public extension point
+    # (``pytest_xdist_make_scheduler``) takes a whole scheduler, and writing one would copy all of
+    # ``load``'s bookkeeping (crashed nodes, rescheduling, the initial distribution) to change one
+    # number. If xdist renames it, runs still work: batches may then split a chunk, which only
+    # costs concurrency (a chunk's examples evaluated on two workers), never correctness.
     def _send_tests(self, node: Any, num: int) -> None:
         if self._chunk_at is None:  # the collection is complete before anything is sent
             chunks = read_chunks(self._state_dir(), self._run_id)
