@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_dspex.golden.store import GoldenStore
-from pytest_dspex.plugin.report import Collector
+from pytest_dspex.plugin.collector import Collector
 
 EXAMPLE = Path(__file__).parent.parent / "example_project/tests/__dspex__/test_triage/triage.json"
 REL = "tests/__dspex__/test_triage/triage.json"

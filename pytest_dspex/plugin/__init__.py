@@ -61,7 +61,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     endpoint.configure(config, session)
     if not session.is_worker:
-        from .report import Collector
+        from .collector import Collector
 
         collector = Collector(
             Path(config.rootpath), shard=session.options.shard, force=session.options.force, state_dir=session.state_dir

@@ -1,7 +1,7 @@
 """A failing per-example aggregate is a failed test pytest knows about.
 
 A per-example test's items report one example each; its gate is judged on the controller once all
-have reported (``report.PerExampleRun``). When that gate fails, the controller reports a test of its
+have reported (``collector.PerExampleRun``). When that gate fails, the controller reports a test of its
 own, node id ``<module>::<test function>`` (the function, without a parameter), through
 ``pytest_runtest_logreport`` — the hook every reporter listens to:
 
@@ -14,7 +14,7 @@ own, node id ``<module>::<test function>`` (the function, without a parameter), 
 
 A passing aggregate adds no test (its properties stay on its last example's JUnit test case), and
 an incomplete one (``gates.incomplete``) is not a failure of its own: what cut the run short
-already failed it, or the user chose a subset (see ``report.PerExampleRun.judge``).
+already failed it, or the user chose a subset (see ``reports.run.ProgramRun.judge``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from .report import Collector, PerExampleRun
+    from .collector import Collector, PerExampleRun
 
 __all__ = ["AGGREGATE", "is_aggregate", "report_aggregates"]
 

@@ -24,12 +24,12 @@ from .session import Dataset, DspexSession, Resolved, session_key
 
 if TYPE_CHECKING:
     from ..evaluation.records import ExampleRecord
-    from .report import Payload
+    from .collector import Payload
 
 __all__ = ["DatasetProblem", "Evaluator", "NotAnswered", "Predictor", "index_key", "payload_key", "test_key"]
 
 index_key = pytest.StashKey[int]()
-#: what a test's report carries to the controller (``report.Payload``)
+#: what a test's report carries to the controller (``collector.Payload``)
 payload_key: pytest.StashKey[Payload] = pytest.StashKey()
 
 #: kinds that fail their item: the code under test is broken, not the model's answer
@@ -208,7 +208,7 @@ class Evaluator:
         from ..evaluation.scoring import Evaluate
         from ..programs.primitives import as_examples
         from ..reports.run import ProgramRun, RunSettings
-        from .report import Payload
+        from .collector import Payload
 
         ctx = _TestContext(self._request, "dspex_evaluate")
         node, session, spec, mspec = ctx.node, ctx.session, ctx.spec, ctx.mspec
@@ -317,7 +317,7 @@ class Predictor:
         from .._support.runtime import run_sync
         from ..evaluation.scoring import evaluate_records
         from ..reports.run import RunSettings
-        from .report import Payload
+        from .collector import Payload
 
         ctx = _TestContext(self._request, "dspex_predict")
         node, session, spec = ctx.node, ctx.session, ctx.spec

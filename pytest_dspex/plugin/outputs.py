@@ -1,7 +1,7 @@
 """What the controller writes at session end: the JSON, HTML and markdown reports, and JUnit's
 per-example aggregate.
 
-Every file is one format of the run's document (``report.report_json``: ``reports.document``), built
+Every file is one format of the run's document (``collector.report_json``: ``reports.document``), built
 once however many are asked for, and written through the format registry (``reports.formats``: each
 ``--dspex-<option>`` names one). Their paths are relative to the invocation directory (like ``--junitxml``); every path
 inside them is relative to the rootdir. The markdown summary is also appended to
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from .report import Collector
+    from .collector import Collector
     from .session import DspexSession
 
 __all__ = ["add_junit_aggregates", "describe_os_error", "write_reports"]
@@ -55,7 +55,7 @@ def write_reports(
     if not outputs and not (step_summary and (collector.rows or collector.runs)):
         return []
     from ..reports.formats import FORMATS
-    from .report import report_json
+    from .collector import report_json
 
     model = {"model": dspex.lms.model_name(), "base_url": dspex.lms.redacted_base_url()}
     shard = dspex.options.shard.to_json() if dspex.options.shard is not None else None

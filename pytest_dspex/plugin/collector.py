@@ -1,0 +1,219 @@
+"""What the controller gathers from the test reports: their payloads, the per-example runs, the goldens.
+
+Each test report carries a ``Payload`` as JSON in ``report.dspex`` (set in ``pytest_runtest_makereport``;
+pytest serializes every report attribute for xdist, so it reaches the controller unchanged):
+
+* ``kind="program"`` from a whole-dataset test: its row, judged in the test itself (``ProgramRun``);
+* ``kind="example"`` from a per-example item: its record and its program's ``RunSettings``; the
+  controller gathers the records of one test function into one ``ProgramRun`` and judges them once,
+  the same code as the whole-dataset mode and shard ``combine``: the verdict is the same with ``-n``
+  and without, by construction;
+* ``"golden_file": {...}`` on either: the golden used or written. A program compiled on an xdist
+  worker carries its golden ``"record"`` once: the controller writes it (``Collector.write_golden``:
+  ``GoldenStore.write``, atomic under the file lock, keep-better and force as ever) — the golden file
+  has one writer, the process that owns the rootdir, never a worker (a remote worker's lock does not
+  protect the controller's files). A second record for the same file in one run (two remote hosts
+  each compiled the program: the compile-once marker is per host) is not written: the first stays.
+
+``report_json`` is the run's document (``reports.document.RunDocument``) built from what was gathered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..reports.run import ProgramRun, RunSettings
+
+if TYPE_CHECKING:
+    from ..evaluation.records import ExampleRecord
+    from ..evaluation.sharding import Shard
+
+__all__ = ["Collector", "Payload", "PerExampleRun", "report_json"]
+
+
+@dataclass
+class Payload:
+    """What a test's report carries to the controller (``report.dspex``, JSON through xdist).
+
+    ``kind`` "program": a whole-dataset test's judged ``row``; "example": a per-example item's ``record``
+    with its program's ``settings`` (the large parts, prompts, provenance and ``golden_outcomes``, sent
+    once per process), how many items a whole run has (``expected``) and the collection ``selected``.
+    ``golden_file``: the golden used or written (with its ``record`` when a worker compiled it)."""
+
+    kind: str
+    golden_file: dict[str, Any] | None = None
+    row: dict[str, Any] | None = None
+    settings: RunSettings | None = None
+    record: ExampleRecord | None = None
+    expected: int | None = None
+    selected: int | None = None
+    golden_outcomes: dict[str, float | list[float]] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "golden_file": self.golden_file}
+        if self.row is not None:
+            out["row"] = self.row
+        if self.settings is not None:
+            out["settings"] = self.settings.to_json()
+        if self.record is not None:
+            out |= {"record": self.record.to_json(), "expected": self.expected, "selected": self.selected}
+            out["golden_outcomes"] = self.golden_outcomes
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Payload:
+        from ..evaluation.records import ExampleRecord
+
+        settings, record = data.get("settings"), data.get("record")
+        return cls(
+            kind=str(data.get("kind") or ""),
+            golden_file=dict(data["golden_file"]) if data.get("golden_file") else None,
+            row=dict(data["row"]) if data.get("row") is not None else None,
+            settings=RunSettings.from_json(settings) if settings is not None else None,
+            record=ExampleRecord.from_json(record) if record is not None else None,
+            expected=data.get("expected"),
+            selected=data.get("selected"),
+            golden_outcomes=dict(data["golden_outcomes"]) if data.get("golden_outcomes") is not None else None,
+        )
+
+
+@dataclass
+class PerExampleRun(ProgramRun):
+    """The records of one per-example test function (``ProgramRun``) and where its items are."""
+
+    #: the test function's (path, 0-based line) and its items' node ids (the aggregate's own report)
+    location: tuple[str, int | None] | None = None
+    nodeids: list[str] = field(default_factory=list)
+
+    @property
+    def program(self) -> str:
+        return self.settings.program
+
+    @property
+    def test(self) -> str:
+        return self.settings.test
+
+
+class Collector:
+    """On the controller (or the only process): every payload the test reports carry."""
+
+    def __init__(
+        self,
+        rootpath: Path,
+        shard: Shard | None = None,
+        *,
+        force: bool = False,
+        state_dir: Callable[[], Path] | None = None,
+    ) -> None:
+        self.rootpath = rootpath
+        self.state_dir = state_dir  # the private folder of the goldens' locks (``DspexSession.state_dir``)
+        self.shard = shard
+        self.force = force  # --dspex-force, for the goldens workers compiled
+        #: goldens written here from workers' records, by path relative to the rootdir: outcome and reason
+        self.golden_writes: dict[str, dict[str, str]] = {}
+        #: what the controller has to say about them (second records refused, writes that failed)
+        self.golden_messages: list[tuple[str, bool]] = []  # (text, is_error)
+        self.rows: list[dict[str, Any]] = []
+        self.runs: dict[str, PerExampleRun] = {}
+        self.goldens: dict[str, dict[str, Any]] = {}  # by path relative to the rootdir
+        self.test_files: set[str] = set()
+        #: reports that could not be written at session end: (line, is_error), shown under the table
+        self.report_problems: list[tuple[str, bool]] = []
+
+    def add(self, nodeid: str, fspath: str, data: Mapping[str, Any], location: tuple[str, int | None] | None = None) -> None:
+        payload = Payload.from_json(data)
+        self.test_files.add(fspath)
+        golden = payload.golden_file
+        if golden:
+            record = golden.pop("record", None)
+            if record is not None:  # a re-baselined golden replaces the old one whatever its score
+                self.write_golden(golden["path"], record, golden.get("program", ""), force=golden.get("outcome") == "rebaselined")
+            prev = self.goldens.get(golden["path"], {})
+            merged = {**prev, **{k: v for k, v in golden.items() if v is not None}}
+            self.goldens[golden["path"]] = merged | self.golden_writes.get(golden["path"], {})  # the writer's word
+        if payload.kind == "program" and payload.row is not None:
+            self.rows.append({**payload.row, "test": nodeid})
+        elif payload.kind == "example" and payload.settings is not None and payload.record is not None:
+            settings = payload.settings
+            run = self.runs.get(settings.test)
+            if run is None:
+                run = self.runs[settings.test] = PerExampleRun(settings, shard=self.shard)
+            else:
+                run.settings.update(settings)
+            for name in ("expected", "selected"):
+                value = getattr(payload, name)
+                if value is not None:
+                    setattr(run, name, max(int(value), getattr(run, name) or 0))
+            if location is not None and run.location is None:
+                run.location = location
+            run.nodeids.append(nodeid)
+            if payload.golden_outcomes is not None:
+                run.golden_outcomes = payload.golden_outcomes
+            run.add([payload.record])
+
+    def write_golden(self, rel: str, record: dict[str, Any], program: str, *, force: bool = False) -> None:
+        """Write a golden a worker compiled (its ``record``) into this rootdir: the one writer."""
+        from ..errors import ConfigError, GoldenFileError
+        from ..golden.store import GoldenStore
+
+        if rel in self.golden_writes:
+            self.golden_messages.append((
+                f"golden {rel}: program {program!r} was compiled again by another worker in this run (the "
+                "compile-once marker is per host); this second golden was not written, the first stays",
+                False,
+            ))  # fmt: skip
+            return
+        path = self.rootpath / rel
+        try:
+            state_dir = self.state_dir() if self.state_dir is not None else None
+            written = GoldenStore(path.parent.parent, state_dir=state_dir).write(path, record, force=self.force or force)
+        except (GoldenFileError, ConfigError, OSError) as exc:
+            self.golden_writes[rel] = {"outcome": "not written", "reason": str(exc)}
+            self.golden_messages.append((f"golden {rel}: not written: {exc}", True))
+            return
+        if force:  # the worker's word (re-baselined, and why) stands
+            self.golden_writes[rel] = {}
+            return
+        self.golden_writes[rel] = {"outcome": written.outcome, "reason": written.reason}
+
+    def finish(self, stopped: str = "") -> list[PerExampleRun]:
+        """Judge every per-example run; the ones that fail the session (an incomplete run does, unless the
+        user selected a part of its examples). ``stopped``: why the session ended early, if it did."""
+        return [run for run in self.runs.values() if not run.judge(stopped=stopped).passed and not run.selection]
+
+    def all_rows(self) -> list[dict[str, Any]]:
+        return self.rows + [run.row() for run in self.runs.values() if run.verdict is not None]
+
+    def unused_goldens(self) -> list[str]:
+        """Golden files beside the test files that ran which no test used (like syrupy's unused)."""
+        used = set(self.goldens)
+        unused = []
+        dirs = {Path(f).parent / "__dspex__" for f in self.test_files}
+        for d in sorted(dirs):
+            if not d.is_dir():
+                continue
+            for module_dir in sorted(p for p in d.iterdir() if p.is_dir()):
+                test_file = d.parent / f"{module_dir.name}.py"
+                if str(test_file) in self.test_files or not test_file.exists():
+                    for g in sorted(module_dir.glob("*.json")):
+                        rel = g.relative_to(self.rootpath).as_posix() if g.is_relative_to(self.rootpath) else str(g)
+                        if rel not in used:
+                            unused.append(rel)
+        return unused
+
+
+def report_json(collector: Collector, *, model: dict[str, Any] | None, shard: dict[str, int] | None = None) -> dict[str, Any]:
+    """The ``--dspex-report`` document (team contract; every path relative to the rootdir)."""
+    from ..reports.document import RunDocument
+
+    return RunDocument.build(
+        collector.all_rows(),
+        goldens=collector.goldens,
+        unused_goldens=collector.unused_goldens(),
+        model=model,
+        shard=shard,
+        root=collector.rootpath,
+    ).to_json()
