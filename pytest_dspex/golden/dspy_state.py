@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, GoldenFileError
-from ..programs.modules import Module, Predict, dspy_metadata
+from ..programs.modules import Module, Predict
+from ..programs.saved_state import dspy_metadata
 from .file import GoldenFile
 
 __all__ = ["from_dspy_state", "to_dspy_state"]

@@ -30,12 +30,12 @@ from .._support import runtime as _runtime
 from ..errors import AdapterParseError, ConfigError, ModelRefusedError, SignatureError
 from ..lm.types import LMRequest
 from ..observe import tracing
-from . import calibration, constrained, settings
+from . import calibration, constrained, saved_state, settings
 from .adapters import Adapter, JSONAdapter, get_adapter
 from .constrained import choice_value
-from .demos import jsonable
 from .primitives import Prediction
-from .signatures import FieldSpec, OutputField, Signature, ensure_signature, render_value
+from .saved_state import field_prefix
+from .signatures import OutputField, Signature, ensure_signature, render_value
 
 __all__ = ["ChainOfThought", "Module", "Predict", "TraceStep", "trace_scope"]
 
@@ -136,46 +136,32 @@ class Module:
             p.calibration = None
         return new
 
-    # -- state (DSPy layout) --------------------------------------------------------------------
+    # -- state (DSPy layout: ``saved_state``) ------------------------------------------------------
     def dump_state(self) -> dict[str, Any]:
         if isinstance(self, Predict):
-            return self._dump()
-        return {path: p._dump() for path, p in self.named_predictors()}
+            return saved_state.dump(self)
+        return {path: saved_state.dump(p) for path, p in self.named_predictors()}
 
     def load_state(self, state: Mapping[str, Any]) -> Module:
         if isinstance(self, Predict):
-            self._load(state, "self")
+            saved_state.load(self, state, "self")
             return self
         preds = dict(self.named_predictors())
         for path, pred in preds.items():
             if path not in state:
                 raise ConfigError(f"saved state has no entry for predictor {path!r} (has: {', '.join(k for k in state if k != 'metadata')})")
-            pred._load(state[path], path)
+            saved_state.load(pred, state[path], path)
         return self
 
     def save(self, path: str | Path) -> None:
         from .._support.atomic import atomic_write_json
 
         state = self.dump_state()
-        state["metadata"] = dspy_metadata()
+        state["metadata"] = saved_state.dspy_metadata()
         atomic_write_json(Path(path), state)
 
     def load(self, path: str | Path) -> Module:
         return self.load_state(json.loads(Path(path).read_text(encoding="utf-8")))
-
-
-def dspy_metadata() -> dict[str, Any]:
-    """The ``metadata`` of a state DSPy's ``program.load()`` reads (``save`` and golden exports).
-
-    DSPy 3.4.1's ``BaseModule.load`` looks every key of ``dependency_versions`` up in its own
-    ``get_dependency_versions()`` (python, dspy, cloudpickle; any other key is a KeyError), so only
-    the python version goes there (no version of DSPy was involved) and pytest-dspex's beside it."""
-    import sys
-
-    from .._support.version import __version__
-
-    python = f"{sys.version_info.major}.{sys.version_info.minor}"
-    return {"dependency_versions": {"python": python}, "pytest_dspex": {"version": __version__}}
 
 
 class Predict(Module):
@@ -242,8 +228,8 @@ class Predict(Module):
             change = {}
             if spec.desc != old.desc:
                 change["desc"] = spec.desc
-            if _prefix(spec) != _prefix(old):
-                change["prefix"] = _prefix(spec)
+            if field_prefix(spec) != field_prefix(old):
+                change["prefix"] = field_prefix(spec)
             if change:
                 fields[name] = change
         if fields:
@@ -349,46 +335,6 @@ class Predict(Module):
             except AdapterParseError:
                 raise first from None
 
-    # -- state ----------------------------------------------------------------------------------
-    def _dump(self) -> dict[str, Any]:
-        sig = self.signature
-        return {
-            "demos": [jsonable(dict(d)) for d in self.demos],
-            "signature": {
-                "instructions": sig.instructions,
-                "fields": [{"prefix": _prefix(f), "description": f.desc or f"${{{f.name}}}"} for f in sig.ordered_fields()],
-            },
-            "lm": None,
-            "traces": [],
-            "train": [],
-            **({"calibration": dict(self.calibration)} if self.calibration else {}),
-        }
-
-    def _load(self, state: Mapping[str, Any], path: str) -> None:
-        demos = state.get("demos")
-        if not isinstance(demos, list):
-            raise ConfigError(f"saved state for predictor {path!r} has no 'demos' list")
-        sig = self.declared_signature
-        inputs, outputs = list(sig.input_fields()), list(sig.output_fields())
-        loaded = []
-        for i, demo in enumerate(demos):
-            if not isinstance(demo, dict):
-                raise ConfigError(f"predictor {path!r}, demo {i}: expected an object, got {type(demo).__name__}")
-            # other keys (a labeled demo's "id", "source"...) are kept as the demo's metadata: the
-            # adapters show signature fields only, golden files keep the rest under "metadata"
-            missing = [n for n in inputs if n not in demo]
-            if missing or not any(n in demo for n in outputs):
-                lacks = ", ".join(missing) if missing else "every output field (" + ", ".join(outputs) + ")"
-                raise ConfigError(
-                    f"predictor {path!r}, demo {i} lacks {lacks}: it has {', '.join(sorted(demo)) or 'no fields'}, "
-                    f"the signature is ({sig.signature_string()}); the saved program was made for another signature"
-                )
-            loaded.append(dict(demo))
-        self.demos = loaded
-        self.calibration = _load_calibration(state.get("calibration"), path)
-        self.set_wording(**_saved_wording(sig, state.get("signature"), path))
-
-
 #: what ``Predict(..., **config)`` may set on each request (beside ``extra_body={...}``, sent as given)
 REQUEST_SETTINGS = frozenset({
     "temperature", "max_tokens", "max_completion_tokens", "stop", "top_p", "top_k", "min_p", "seed",
@@ -413,36 +359,6 @@ def _request_config(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, **extra}
 
 
-def _prefix(spec: FieldSpec) -> str:
-    """A field's prefix as DSPy saves it: the one given, else its label and a colon."""
-    return spec.prefix or spec.label + ":"
-
-
-def _saved_wording(sig: type[Signature], saved: Any, path: str) -> dict[str, Any]:
-    """The instructions and field wording of a saved state (``program.save`` here or in DSPy), as
-    ``set_wording`` arguments. DSPy lists fields inputs first, each ``{"prefix", "description"}``,
-    with ``${name}`` as the description of a field that has none."""
-    if saved is None:
-        return {}
-    if not isinstance(saved, Mapping):
-        raise ConfigError(f"saved state for predictor {path!r}: 'signature' must be an object")
-    instructions = saved.get("instructions")
-    if instructions is not None and not isinstance(instructions, str):
-        raise ConfigError(f"saved state for predictor {path!r}: signature 'instructions' must be text")
-    fields: dict[str, dict[str, str | None]] = {}
-    for spec, entry in zip(sig.ordered_fields(), saved.get("fields") or [], strict=False):
-        if not isinstance(entry, Mapping):
-            raise ConfigError(f"saved state for predictor {path!r}: each signature field must be an object")
-        desc, prefix = entry.get("description"), entry.get("prefix")
-        change: dict[str, str | None] = {}
-        if isinstance(desc, str):
-            change["desc"] = "" if desc == f"${{{spec.name}}}" else desc
-        if isinstance(prefix, str) and prefix.strip():
-            change["prefix"] = prefix
-        fields[spec.name] = change
-    return {"instructions": instructions, "fields": fields}
-
-
 def _truncated(error: AdapterParseError, signature: type[Signature], lm: Any, params: Mapping[str, Any],
                request: LMRequest) -> AdapterParseError:  # fmt: skip
     """``error`` said as what it is: the answer was cut at the token limit before every field was written."""
@@ -461,14 +377,6 @@ def _truncated(error: AdapterParseError, signature: type[Signature], lm: Any, pa
         f"answer truncated at the token limit ({limit} tokens) before every field was written; {how}. {error}",
         completion=error.completion, adapter=error.adapter,
     )
-
-
-def _load_calibration(raw: Any, path: str) -> dict[str, float] | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, dict) or not all(isinstance(v, (int, float)) for v in raw.values()):
-        raise ConfigError(f"saved state for predictor {path!r}: 'calibration' must map labels to numbers")
-    return {str(k): float(v) for k, v in raw.items()}
 
 
 def _record(pred: Predict, inputs: dict[str, Any], prediction: Prediction) -> None:
