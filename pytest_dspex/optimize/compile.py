@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from ..evaluation.gates import DEFAULT_MAX_ERROR_RATE
 from ..evaluation.scoring import example_timeout
 from ..observe import tracing
+from .protocol import OptimizerSettings
 
 if TYPE_CHECKING:
     from ..evaluation.comparison import Comparison
@@ -53,40 +54,17 @@ NOISY_BASELINE_DRAWS = 8
 
 
 @dataclass(frozen=True)
-class CompileSettings:
-    """How to optimize: the ``--dspex-*`` optimizer options, the teacher and the error budget."""
+class CompileSettings(OptimizerSettings):
+    """How to optimize: the optimizer and its options (``OptimizerSettings``), the error budget, the baseline."""
 
-    demos: int = 4
-    labeled_demos: int = 16
-    rounds: int = 1
-    candidates: int = 4
-    seed: int = 0
-    #: the metric value a teacher run needs for its trace to become demos (None: full credit, 1.0)
-    metric_threshold: float | None = None
-    #: calibrate a classifier's label bias out (``pytest_dspex.programs.calibration``) when it scores no worse
-    calibrate: bool = True
-    concurrency: int = 16
-    teacher_lm: Any = None
-    force: bool = False
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE
+    force: bool = False
     example_timeout: float | None = None
     model_info: dict[str, Any] = field(default_factory=dict)
     #: renders the golden's prompts for predictors without an adapter of their own (None: the configured one)
     adapter: Any = None
     #: fresh passes over the gate set that make the baseline (stops after two that agree on every example)
     baseline_draws: int = NOISY_BASELINE_DRAWS
-
-    def optimizer_record(self) -> dict[str, Any]:
-        return {
-            "name": "BootstrapFewShotWithRandomSearch",
-            "max_bootstrapped_demos": self.demos,
-            "max_labeled_demos": self.labeled_demos,
-            "max_rounds": self.rounds,
-            "num_candidates": self.candidates,
-            "seed": self.seed,
-            "calibrate": self.calibrate,
-            "metric_threshold": 1.0 if self.metric_threshold is None else self.metric_threshold,
-        }
 
 
 @dataclass
@@ -153,7 +131,7 @@ def compile_program(
     from ..golden.record import golden_record
     from ..golden.store import GoldenStore, not_replaced
     from ..programs.primitives import as_examples
-    from . import BootstrapFewShotWithRandomSearch
+    from .registry import make_optimizer
 
     def load(data: Path | Sequence[Any]) -> list[Any]:
         if isinstance(data, Path):
@@ -189,20 +167,8 @@ def compile_program(
             val, chosen_on = train, "trainset"
         where = {"valset": "validation", "trainset": "training (each without its own demo)", "in-sample": "gate (in-sample)"}
         say(f"compiling {name}: {len(train)} training examples; choosing on {len(val)} {where[chosen_on]} examples")
-        optimizer = BootstrapFewShotWithRandomSearch(
-            metric,
-            metric_threshold=settings.metric_threshold,
-            max_bootstrapped_demos=settings.demos,
-            max_labeled_demos=settings.labeled_demos,
-            max_rounds=settings.rounds,
-            num_candidates=settings.candidates,
-            seed=settings.seed,
-            teacher_lm=settings.teacher_lm,
-            concurrency=settings.concurrency,
-            calibrate=settings.calibrate,
-            progress=lambda text: say(f"compiling {name}: {text}"),
-            max_error_rate=settings.max_error_rate,
-            leave_one_out=chosen_on == "trainset",
+        optimizer = make_optimizer(
+            metric, settings, progress=lambda text: say(f"compiling {name}: {text}"), leave_one_out=chosen_on == "trainset"
         )
         traced = {"dspex.program": name, "dspex.golden": path.name} if tracing.enabled() else None
         with example_timeout(settings.example_timeout), tracing.span("dspex.compile", traced) if traced else tracing.NO_SPAN:
@@ -228,7 +194,7 @@ def compile_program(
             train=(result.train.score, result.train.n) if result.train is not None else None,
             model=settings.model_info,
             optimizer={
-                **settings.optimizer_record(),
+                **optimizer.describe(),
                 "chosen": result.best.name,
                 "candidates": [c.to_dict() for c in result.candidates],
                 "demos": result.demo_review,

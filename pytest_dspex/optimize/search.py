@@ -47,21 +47,22 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from .._support import runtime as _runtime
-from ..errors import CompileStoppedError, DspexError
+from ..errors import DspexError
 from ..evaluation.metrics import metric_name
 from ..evaluation.records import ExampleRecord
 from ..evaluation.scoring import Evaluate, EvaluationResult, evaluate_records
-from ..lm.usage import Usage, track_usage
+from ..lm.usage import track_usage
 from ..observe import events, tracing
 from ..programs import settings
 from ..programs.modules import Module
 from ..programs.primitives import Example, as_example_list
 from .bootstrap import BootstrapFewShot, LabeledFewShot
+from .protocol import Candidate, CompileResult, OptimizerSettings
 from .review import review_program
+from .selection import WithoutOwnDemo, check_error_budget, demo_count
 
 __all__ = ["BootstrapFewShotWithRandomSearch", "Candidate", "CompileResult", "sign_test_p"]
 
@@ -69,63 +70,6 @@ __all__ = ["BootstrapFewShotWithRandomSearch", "Candidate", "CompileResult", "si
 CALIBRATE_FINALISTS = 3
 #: ... those within this much of the best score (calibration lifted a candidate by 0.04-0.13 here)
 CALIBRATE_MARGIN = 0.15
-
-
-@dataclass
-class Candidate:
-    name: str
-    program: Module
-    demos: int
-    bootstrapped: int
-    result: EvaluationResult | None = None
-    dropped_at: int | None = None  # examples seen when racing dropped it
-    duplicate_of: str | None = None  # same demos as this earlier candidate: not evaluated again
-
-    @property
-    def score(self) -> float:
-        return self.result.score if self.result is not None else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {
-            "name": self.name,
-            "demos": self.demos,
-            "bootstrapped": self.bootstrapped,
-            "score": self.score,
-            "n": self.result.n if self.result else 0,
-            "errors": len(self.result.errors) if self.result else 0,
-        }
-        if self.dropped_at is not None:
-            out["dropped_at"] = self.dropped_at
-        if self.duplicate_of is not None:
-            out["duplicate_of"] = self.duplicate_of
-        return out
-
-
-@dataclass
-class CompileResult:
-    """What compiling produced: the chosen program, every candidate and what it cost."""
-
-    program: Module
-    best: Candidate
-    candidates: list[Candidate]
-    validation: EvaluationResult
-    train: EvaluationResult | None
-    usage: Usage = field(default_factory=Usage)
-    elapsed_s: float = 0.0
-    metric: str = ""
-    #: per predictor of the chosen program: labeled and bootstrapped demo counts, the fields no
-    #: training example holds, and flags a reviewer should see (``optimize.review``)
-    demo_review: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def table(self) -> str:
-        rows = [f"{'candidate':<14} {'demos':>5} {'boot':>5} {'score':>7} {'n':>4}"]
-        for c in self.candidates:
-            mark = " *" if c is self.best else ""
-            note = f" (dropped after {c.dropped_at})" if c.dropped_at is not None else ""
-            note += f" (= {c.duplicate_of})" if c.duplicate_of else ""
-            n = c.result.n if c.result else 0
-            rows.append(f"{c.name:<14} {c.demos:>5} {c.bootstrapped:>5} {c.score:>7.3f} {n:>4}{mark}{note}")
-        return "\n".join(rows)
 
 
 def sign_test_p(worse: int, better: int) -> float:
@@ -188,6 +132,44 @@ class BootstrapFewShotWithRandomSearch:
         self.leave_one_out = leave_one_out
         self.calibrate = calibrate
         self.max_error_rate = max_error_rate
+
+    @classmethod
+    def from_settings(
+        cls,
+        metric: Callable[..., Any],
+        settings: OptimizerSettings,
+        *,
+        progress: Callable[[str], None] | None = None,
+        leave_one_out: bool = False,
+    ) -> BootstrapFewShotWithRandomSearch:
+        """The search the compile flow runs by default (``--dspex-optimizer=random-search``)."""
+        return cls(
+            metric,
+            metric_threshold=settings.metric_threshold,
+            max_bootstrapped_demos=settings.demos,
+            max_labeled_demos=settings.labeled_demos,
+            max_rounds=settings.rounds,
+            num_candidates=settings.candidates,
+            seed=settings.seed,
+            teacher_lm=settings.teacher_lm,
+            concurrency=settings.concurrency,
+            calibrate=settings.calibrate,
+            progress=progress,
+            max_error_rate=settings.max_error_rate,
+            leave_one_out=leave_one_out,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": "BootstrapFewShotWithRandomSearch",
+            "max_bootstrapped_demos": self.max_bootstrapped_demos,
+            "max_labeled_demos": self.max_labeled_demos,
+            "max_rounds": self.max_rounds,
+            "num_candidates": self.num_candidates,
+            "seed": self.seed,
+            "calibrate": self.calibrate,
+            "metric_threshold": 1.0 if self.metric_threshold is None else self.metric_threshold,
+        }
 
     def compile(
         self, student: Module, *, trainset: Sequence[Example], valset: Sequence[Example] | None = None
@@ -344,7 +326,7 @@ class BootstrapFewShotWithRandomSearch:
             self._say(f"not calibrated: {'; '.join(report.skipped.values())}")
             return None
         # scored as the candidates were (``_race``): without each example's own demo under leave_one_out
-        scored = _WithoutOwnDemo(program) if val is trainset and self.leave_one_out else program
+        scored = WithoutOwnDemo(program) if val is trainset and self.leave_one_out else program
         recs = await evaluate_records(scored, enumerate(val), self.metric, concurrency=self.concurrency)
         result = EvaluationResult.from_records(recs, metric=metric_name(self.metric))
         calibrated = Candidate(f"{cand.name}+calibrated", program, cand.demos, cand.bootstrapped, result)
@@ -384,14 +366,14 @@ class BootstrapFewShotWithRandomSearch:
                 cand = Candidate(name, student.reset_copy(), 0, 0)
             elif name == "labeled":
                 prog = labeled.compile(student, trainset)
-                cand = Candidate(name, prog, _count(prog), 0)
+                cand = Candidate(name, prog, demo_count(prog), 0)
             else:
                 data, size = spec
                 boot = self._bootstrapper(size)
                 boot.shared_runs = shared_runs
                 boot.on_outcome = tell
                 prog = await boot.acompile(student, trainset=data, teacher=teacher)
-                cand = Candidate(name, prog, _count(prog), boot.report.passed)
+                cand = Candidate(name, prog, demo_count(prog), boot.report.passed)
             ready[0] += 1
             tell()
             return cand
@@ -446,7 +428,7 @@ class BootstrapFewShotWithRandomSearch:
             chunk = [(i, valset[i]) for i in order[done:stop]]
 
             async def run(cand: Candidate, chunk: list[tuple[int, Example]] = chunk, stop: int = stop) -> None:
-                program = _WithoutOwnDemo(cand.program) if leave_one_out else cand.program
+                program = WithoutOwnDemo(cand.program) if leave_one_out else cand.program
                 before = records[cand.name]
                 total_before = sum(r.score for r in before)
 
@@ -476,30 +458,7 @@ class BootstrapFewShotWithRandomSearch:
             tracing.end_span(spans[cand.name], {"dspex.score": cand.result.score, "dspex.n": cand.result.n, "dspex.dropped_at": cand.dropped_at})
 
     def _check_errors(self, recs: list[ExampleRecord]) -> None:
-        """Stop the compile when ``recs`` lost more answers to the infrastructure than the budget allows."""
-        if self.max_error_rate is None or not recs:
-            return
-        from ..evaluation.gates import lm_errors_reason
-        from ..evaluation.records import INFRA_ERROR_KINDS
-
-        lost = [r for r in recs if r.error_kind in INFRA_ERROR_KINDS]
-        if len(lost) <= self.max_error_rate * len(recs) + 1e-9:
-            return
-        by_kind: dict[str, int] = {}
-        for r in lost:
-            by_kind[r.error_kind or ""] = by_kind.get(r.error_kind or "", 0) + 1
-        reason = lm_errors_reason(by_kind, len(recs)) or ""
-        first: list[str] = []
-        for r in lost:
-            text = (r.error or "").split(": ", 1)[-1][:300]
-            if text and text not in first:
-                first.append(text)
-            if len(first) == 2:
-                break
-        raise CompileStoppedError(
-            f"compile stopped at its error budget: {reason.replace('examples', 'validation answers')} — over "
-            f"{self.max_error_rate:.0%} (--dspex-max-error-rate); " + "; ".join(first)
-        )
+        check_error_budget(recs, self.max_error_rate)
 
     def _drop_worse(self, alive: list[Candidate], records: dict[str, list[ExampleRecord]], seen: int) -> list[Candidate]:
         scores = {c.name: {r.index: r.score for r in records[c.name]} for c in alive}
@@ -534,24 +493,6 @@ class BootstrapFewShotWithRandomSearch:
 def _span_result(span: Any, result: CompileResult) -> None:
     if span is not None:
         span.set_attributes({"dspex.chosen": result.best.name, "dspex.score": result.validation.score, "dspex.n": result.validation.n})
-
-
-class _WithoutOwnDemo(Module):
-    """Runs ``program`` on an example with the demos that are that example removed."""
-
-    def __init__(self, program: Module) -> None:
-        self._program = program
-
-    async def aforward(self, **inputs: Any) -> Any:
-        def own(demo: dict[str, Any]) -> bool:
-            return all(k in demo and demo[k] == v for k, v in inputs.items())
-
-        program = self._program
-        if any(own(d) for p in program.predictors() for d in p.demos):
-            program = program.deepcopy()
-            for p in program.predictors():
-                p.demos = [d for d in p.demos if not own(d)]
-        return await program.acall(**inputs)
 
 
 def _valset(trainset: Sequence[Example], valset: Sequence[Example] | None) -> list[Example] | None:
@@ -591,6 +532,3 @@ def _one_at_a_time(program: Module) -> bool:
     lms = [p.lm for p in program.predictors() if p.lm is not None] or [settings.current_lm()]
     return any(str(getattr(lm, "cache_identity", "")).startswith("embedded:") for lm in lms if lm is not None)
 
-
-def _count(program: Module) -> int:
-    return sum(len(p.demos) for p in program.predictors())

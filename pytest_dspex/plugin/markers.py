@@ -1,7 +1,7 @@
 """The three markers, validated at collection with errors that name the test and the argument.
 
     @pytest.mark.dspex_program(program, name="triage", trainset="data/train.jsonl", valset=None, input_keys=None,
-                               select=None)  # select="in-sample": choose on the gate's own dataset
+                               select=None, optimizer=None)  # select="in-sample": choose on the gate's own dataset
     @pytest.mark.dspex_program(function, outputs=["team"])  # a plain function (programs/function)
     @pytest.mark.dspex_metric(metric, threshold=0.8, tolerance=None, metric_threshold=None)
     @pytest.mark.dspex_dataset("data/dev.jsonl", limit=None)
@@ -21,9 +21,10 @@ import pytest
 __all__ = ["MARKERS", "MetricSpec", "ProgramSpec", "dataset_path", "metric_spec", "missing_file", "program_spec"]
 
 MARKERS = [
-    "dspex_program(program, name=None, trainset=None, valset=None, input_keys=None, select=None, outputs=None): the LM "
-    "program under test, or a plain function (outputs= names its output fields; select='in-sample' chooses among "
-    "compile candidates on the gate's own dataset)",
+    "dspex_program(program, name=None, trainset=None, valset=None, input_keys=None, select=None, outputs=None, "
+    "optimizer=None): the LM program under test, or a plain function (outputs= names its output fields; "
+    "select='in-sample' chooses among compile candidates on the gate's own dataset; optimizer= names the optimizer "
+    "--dspex-compile runs, as --dspex-optimizer)",
     "dspex_metric(metric, threshold=None, tolerance=None, metric_threshold=None): how predictions are scored "
     "and the gate; metric_threshold: the score a bootstrapped run needs to become demos (default full credit)",
     "dspex_dataset(path, limit=None): one test item per example of this dataset (per-example mode)",
@@ -38,6 +39,7 @@ class ProgramSpec:
     valset: Path | None
     input_keys: tuple[str, ...]
     select: str | None = None  # "in-sample" / "held-out" (None: the --dspex-select option decides)
+    optimizer: str | None = None  # a name in optimize.registry (None: the --dspex-optimizer option decides)
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ def program_spec(node: Any, base: Path) -> ProgramSpec | None:
     from ..programs.modules import Module, Predict
     from ..programs.signatures import Signature
 
-    known = {"name", "trainset", "valset", "input_keys", "program", "select", "outputs"}
+    known = {"name", "trainset", "valset", "input_keys", "program", "select", "outputs", "optimizer"}
     unknown = set(mark.kwargs) - known
     if unknown:
         _bad(node, "dspex_program", f"unknown argument(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
@@ -198,8 +200,15 @@ def program_spec(node: Any, base: Path) -> ProgramSpec | None:
     select = mark.kwargs.get("select")
     if select is not None and select not in ("in-sample", "held-out"):
         _bad(node, "dspex_program", f"select={select!r} must be 'in-sample' or 'held-out'")
+    optimizer = mark.kwargs.get("optimizer")
+    if optimizer is not None:
+        from ..optimize.registry import unknown_optimizer
+
+        if (problem := unknown_optimizer(optimizer)) is not None:
+            _bad(node, "dspex_program", f"optimizer={optimizer!r}: {problem}")
     return ProgramSpec(
         select=select,
+        optimizer=optimizer,
         program=program,
         name=name,
         trainset=_path(node, "dspex_program", "trainset", mark.kwargs.get("trainset"), base),

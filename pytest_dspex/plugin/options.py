@@ -17,6 +17,7 @@ import pytest
 from ..errors import ConfigError
 from ..evaluation.sharding import Shard, resolve_shard
 from ..lm.secrets import base_url_problem
+from ..optimize.registry import DEFAULT_OPTIMIZER, OPTIMIZERS, unknown_optimizer
 from ..reports.formats import FORMATS
 
 __all__ = ["OPTIONS", "DspexOptions", "add_options", "resolve"]
@@ -34,6 +35,14 @@ OPTIONS: list[tuple[str, str, Any, str]] = [
     ("cache-dir", "str", ".dspex_cache", "LM response cache directory (relative to rootdir)"),
     ("cache", "choice:on,off,read-only,replay", "on", "cache mode; 'replay' fails on a miss (offline CI)"),
     ("teacher-model", "str", None, "model used as the teacher while compiling (same endpoint)"),
+    (
+        "optimizer",
+        "str",
+        DEFAULT_OPTIMIZER,
+        f"how --dspex-compile optimizes: {', '.join(sorted(OPTIMIZERS))} ('random-search' races candidate programs; "
+        "'bootstrap' is BootstrapFewShot, 'labeled' LabeledFewShot: k demos from the trainset, no teacher calls); "
+        "a marker's optimizer= wins",
+    ),
     ("demos", "int", 4, "max bootstrapped demos per predictor"),
     ("labeled-demos", "int", 16, "max labeled demos per predictor"),
     ("rounds", "int", 1, "bootstrap rounds per training example"),
@@ -210,6 +219,7 @@ class DspexOptions:
     metric_threshold: float | None = None  # --dspex-metric-threshold (None: full credit)
     select: str = "held-out"  # --dspex-select: held-out / in-sample
     baseline_draws: int = 0  # --dspex-baseline-draws (0 = auto, see baseline_draws_for)
+    optimizer: str = DEFAULT_OPTIMIZER  # --dspex-optimizer: a name in optimize.registry
 
     @property
     def local(self) -> bool:
@@ -392,5 +402,7 @@ def _check(
         raise pytest.UsageError(f"--dspex-repeats must be >= 1, got {values['repeats']}")
     if values["metric_threshold"] is not None and not 0 <= values["metric_threshold"] <= 1:
         raise pytest.UsageError(f"--dspex-metric-threshold must be between 0 and 1, got {values['metric_threshold']}")
+    if (problem := unknown_optimizer(values["optimizer"])) is not None:
+        raise pytest.UsageError(f"--dspex-optimizer / dspex_optimizer: {problem}")
     if values["example_timeout"] is not None and values["example_timeout"] <= 0:
         raise pytest.UsageError(f"--dspex-example-timeout must be > 0, got {values['example_timeout']}")

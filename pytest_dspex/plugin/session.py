@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -265,6 +265,8 @@ class DspexSession:
             )
         o = self.options
         settings: CompileSettings = self._settings(metric)
+        if spec.optimizer is not None:  # the marker's optimizer= wins over --dspex-optimizer
+            settings = replace(settings, optimizer=spec.optimizer)
         failed = self._failed_compiles.get(path)
         if failed is not None:  # every test of the program would compile it again, on the same errors
             pytest.fail(f"the compile of {spec.name!r} failed earlier in this run (not tried again): {failed[:200]}", pytrace=False)
@@ -370,6 +372,7 @@ class DspexSession:
 
         o = self.options
         return CompileSettings(
+            optimizer=o.optimizer,
             demos=o.demos,
             labeled_demos=o.labeled_demos,
             rounds=o.rounds,
