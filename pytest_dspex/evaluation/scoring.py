@@ -33,7 +33,7 @@ from ..errors import DspexError
 from ..lm.usage import Usage, track_usage
 from ..observe import events, tracing
 from ..programs import settings
-from ..programs.modules import Module
+from ..programs.modules import Module, trace_scope
 from ..programs.primitives import Example, Prediction, as_example
 from .metrics import metric_name, to_score
 from .records import ERROR_KINDS, INFRA_ERROR_KINDS, ExampleRecord
@@ -44,6 +44,7 @@ __all__ = [
     "Evaluate",
     "EvaluationResult",
     "ExampleRecord",
+    "current_example_timeout",
     "evaluate",
     "evaluate_records",
     "example_timeout",
@@ -91,11 +92,16 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-MetricCaller = Callable[[Example, Prediction], Awaitable[Any]]
+def current_example_timeout() -> float | None:
+    """The timeout ``example_timeout`` set for this context (what an evaluation started here would use)."""
+    return _timeout.get()
+
+
+MetricCaller = Callable[..., Awaitable[Any]]
 
 
 def metric_caller(metric: Callable[..., Any]) -> MetricCaller:
-    """``await call(example, prediction)`` runs ``metric``, its kind (async, sync, inline) worked out once.
+    """``await call(example, prediction[, trace])`` runs ``metric``, its kind (async, sync, inline) worked out once.
 
     Async metrics run on the loop; sync ones in a worker thread (they may call an LM or block) until
     their first calls show they are quick and never wait on the loop, then inline
@@ -104,21 +110,21 @@ def metric_caller(metric: Callable[..., Any]) -> MetricCaller:
     """
     if getattr(metric, "_dspex_inline", False):
 
-        async def call(example: Example, prediction: Prediction) -> Any:
-            value = metric(example, prediction)
+        async def call(example: Example, prediction: Prediction, *trace: Any) -> Any:
+            value = metric(example, prediction, *trace)
             return await value if inspect.isawaitable(value) else value
 
     elif inspect.iscoroutinefunction(metric) or inspect.iscoroutinefunction(getattr(metric, "__call__", None)):  # noqa: B004
 
-        async def call(example: Example, prediction: Prediction) -> Any:
-            value = await metric(example, prediction)
+        async def call(example: Example, prediction: Prediction, *trace: Any) -> Any:
+            value = await metric(example, prediction, *trace)
             return await value if inspect.isawaitable(value) else value
 
     else:
         sync = SyncCaller(metric)  # to_thread's semantics, less CPU; inline once known to be quick
 
-        async def call(example: Example, prediction: Prediction) -> Any:
-            value = await sync(example, prediction)
+        async def call(example: Example, prediction: Prediction, *trace: Any) -> Any:
+            value = await sync(example, prediction, *trace)
             return await value if inspect.isawaitable(value) else value
 
     return call
@@ -136,8 +142,14 @@ async def score_example(
     repeats: int = 1,
     keep_exceptions: Container[str] = (),
     call_metric: MetricCaller | None = None,
+    trace: list[Any] | None = None,
 ) -> ExampleRecord:
     """Run ``program`` on one example, score it with ``metric`` and account for it, never raising.
+
+    Every place that scores an example goes through here: evaluations, the optimizers' teacher runs
+    (``optimize.bootstrap``) and candidate scoring. With ``trace`` (a list), the program's predictor
+    calls are recorded into it and the metric is called as ``metric(example, prediction, trace)``:
+    DSPy's call while bootstrapping, whose steps become demos.
 
     The record keeps the live exception (with its traceback, hence every frame and local of the
     failed call) only when its error kind is in ``keep_exceptions`` (the plugin's per-example items
@@ -159,7 +171,9 @@ async def score_example(
     mname = mname or metric_name(metric)
 
     def once() -> Awaitable[ExampleRecord]:
-        return _score_once(program, example, call, mname, index=index, key=key, timeout=timeout, keep=keep_exceptions)
+        return _score_once(
+            program, example, call, mname, index=index, key=key, timeout=timeout, keep=keep_exceptions, trace=trace
+        )
 
     if repeats <= 1:
         return await once()
@@ -211,6 +225,7 @@ async def _score_once(
     key: str | None = None,
     timeout: float | None = None,
     keep: Container[str] = (),
+    trace: list[Any] | None = None,
 ) -> ExampleRecord:
     t0 = time.perf_counter()
     inputs = {k: example[k] for k in example.input_keys or ()}
@@ -219,9 +234,14 @@ async def _score_once(
 
     async def run() -> float:
         nonlocal pred
-        pred = await program.acall(**inputs)
+        if trace is None:
+            pred = await program.acall(**inputs)
+        else:
+            with trace_scope() as steps:
+                pred = await program.acall(**inputs)
+            trace.extend(steps)
         try:
-            value = await call_metric(example, pred)
+            value = await (call_metric(example, pred) if trace is None else call_metric(example, pred, trace))
         except (DspexError, TimeoutError):
             raise  # an LM judge's LM error, the example timeout: said as what they are
         except Exception as exc:

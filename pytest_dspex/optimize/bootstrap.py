@@ -39,10 +39,11 @@ from typing import Any
 
 from .._support import runtime as _runtime
 from ..evaluation.metrics import metric_name
+from ..evaluation.scoring import current_example_timeout, metric_caller, score_example
 from ..lm.usage import Usage, track_usage
 from ..observe import events
 from ..programs import settings
-from ..programs.modules import Module, Predict, trace_scope
+from ..programs.modules import Module, Predict
 from ..programs.primitives import Example, as_example_list
 from .coverage import cover_sample, covered, label_function, spread
 
@@ -218,9 +219,6 @@ class BootstrapFewShot:
             return await self._compile(student, examples, teacher)
         return await _runtime.run_async(self._compile(student, examples, teacher))
 
-    def _passes(self, example: Example, prediction: Any, trace: Any) -> bool:
-        return full_credit(self.metric(example, prediction, trace), self.metric_threshold)
-
     async def _compile(self, student: Module, trainset: list[Example], teacher: Module | None) -> Module:
         started = time.perf_counter()
         program = student.reset_copy()
@@ -290,25 +288,26 @@ class BootstrapFewShot:
             wide = needed if rate >= WIDEN_BELOW else math.floor(WIDEN_SHARE * needed / rate + 0.5)
             return max(1, min(self.concurrency, wide))
 
+        # a teacher run is scored as every example is (``evaluation.score_example``): the example
+        # timeout, the metric's value checked (a number in [0, 1]), a sync metric off the loop
+        call_metric, mname, timeout = metric_caller(self.metric), metric_name(self.metric), current_example_timeout()
+
         async def run_example(i: int, example: Example) -> dict[str, list[dict[str, Any]]] | None:
             teacher_copy = base_teacher.deepcopy()
             for p in teacher_copy.predictors():
                 p.demos = [d for d in p.demos if not _same_inputs(d, example)]
             by_id = {id(p): path for path, p in teacher_copy.named_predictors()}
-            inputs = {k: example[k] for k in example.input_keys or ()}
             for round_ in range(self.max_rounds):
-                overrides = {"temperature": 1.0, "rollout_id": round_} if round_ else None
+                # later rounds resample the teacher (the metric, an LM judge maybe, runs as it is)
+                run = _Resampled(teacher_copy, {"temperature": 1.0, "rollout_id": round_}) if round_ else teacher_copy
                 report.runs += 1
-                try:
-                    with settings.context(call_overrides=overrides), trace_scope() as trace:
-                        prediction = await teacher_copy.acall(**inputs)
-                    ok = self._passes(example, prediction, trace)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
+                trace: list[Any] = []
+                scored = await score_example(
+                    run, example, self.metric, index=i, timeout=timeout, mname=mname, call_metric=call_metric, trace=trace
+                )
+                ok = scored.error_kind is None and full_credit(scored.score, self.metric_threshold)
+                if scored.error_kind is not None:
                     report.errors += 1
-                    ok = False
-                    trace = []
                 if events.has_listeners():
                     events.emit(events.OptimizerEvent("bootstrap_run", {"index": i, "round": round_, "passed": ok}))
                 if ok:
@@ -418,6 +417,18 @@ class BootstrapFewShot:
                 )
             )
         return program
+
+
+class _Resampled(Module):
+    """``program`` run with ``call_overrides`` (a later round's temperature and rollout id)."""
+
+    def __init__(self, program: Module, overrides: dict[str, Any]) -> None:
+        self._program = program
+        self._overrides = overrides
+
+    async def aforward(self, **inputs: Any) -> Any:
+        with settings.context(call_overrides=self._overrides):
+            return await self._program.acall(**inputs)
 
 
 @dataclass
