@@ -387,6 +387,32 @@ def test_an_input_the_endpoint_fails_on_is_left_out(endpoint):
     assert set(report.calibrated["self"]) == set(LABELS)  # one failed input of 9: the rest calibrate
 
 
+def test_an_input_whose_probe_hangs_is_cut_at_the_timeout_and_left_out(endpoint):
+    ep, _ = endpoint()
+    hangs = "I lost my card (1)"
+    cut: list[str] = []
+
+    async def stalls(request: httpx.Request) -> httpx.Response:
+        if asked_message(json.loads(request.content)) == hangs:
+            try:
+                await asyncio.sleep(30)  # far past the timeout below: without it, answered after this
+            except asyncio.CancelledError:
+                cut.append(hangs)
+                raise
+        return ep(request)
+
+    lm = dspex.LM("fake", base_url="http://mock/v1", api_key="k", cache=None, retries=0, hedge_after=None,
+                  transport=httpx.MockTransport(stalls))  # fmt: skip
+    pred = dspex.Predict(Intent, lm=lm)
+    msgs = [m for label in LABELS for m in messages(label, 3)]
+    try:
+        report = asyncio.run(calibrate(pred, [{"message": m} for m in msgs], timeout=0.5))
+    finally:
+        lm.close()
+    assert cut == [hangs]  # the hung probe was cancelled, not waited for
+    assert set(report.calibrated["self"]) == set(LABELS)  # the other 8 inputs calibrate
+
+
 def test_a_calibrated_first_output_keeps_the_other_outputs_the_model_wrote(endpoint):
     ep, lm = endpoint(reply="we are on it")
     pred = dspex.Predict(IntentAndReply, lm=lm)

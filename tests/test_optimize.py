@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import threading
 from typing import Literal
 
 import pytest
@@ -137,6 +138,50 @@ def test_bad_metric_values_in_bootstrap_count_as_failures(server_factory, make_l
     compiled = opt.compile(dspex.Predict(Triage, lm=make_lm(server)), trainset=numbered_examples(3))
     assert opt.report.passed == 0 and opt.report.errors == 3
     assert not any(d.get("augmented") for d in compiled.demos)
+
+
+# -- teacher runs are scored as every example is (evaluation.score_example) -------------------------
+def test_a_metric_that_hangs_while_bootstrapping_is_cut_at_the_example_timeout(server_factory, make_lm):
+    from pytest_dspex.evaluation.scoring import example_timeout
+
+    release = threading.Event()
+
+    def hangs(example, prediction, trace=None):  # sync: it runs in a worker thread, which the timeout leaves behind
+        release.wait(60)
+        return True
+
+    server = server_factory(picky_responder(set(range(10))))
+    opt = BootstrapFewShot(hangs, max_bootstrapped_demos=2, max_labeled_demos=2)
+    try:
+        with example_timeout(0.2):
+            compiled = opt.compile(dspex.Predict(Triage, lm=make_lm(server)), trainset=numbered_examples(3))
+    finally:
+        release.set()
+    # every run cut and counted as failed (without the timeout the first two would pass after the wait)
+    assert (opt.report.attempted, opt.report.errors, opt.report.passed) == (3, 3, 0)
+    assert len(compiled.demos) == 2 and not any(d.get("augmented") for d in compiled.demos)
+
+
+def test_a_metric_value_out_of_range_earns_no_demo(server_factory, make_lm):
+    server = server_factory(picky_responder(set(range(10))))
+    opt = BootstrapFewShot(lambda e, p, t=None: 2, max_bootstrapped_demos=2)  # not a score in [0, 1]
+    compiled = opt.compile(dspex.Predict(Triage, lm=make_lm(server)), trainset=numbered_examples(3))
+    assert (opt.report.errors, opt.report.passed) == (3, 0)
+    assert not any(d.get("augmented") for d in compiled.demos)
+
+
+def test_a_sync_lm_judge_metric_runs_off_the_loop_while_bootstrapping(server_factory, make_lm):
+    server = server_factory(picky_responder(set(range(10))))
+    lm = make_lm(server)
+    judge = dspex.Predict(Triage, lm=lm)
+
+    def judged(example, prediction, trace=None):  # a sync program call: only possible off the event loop
+        return judge(message=example.message).team == prediction.team
+
+    opt = BootstrapFewShot(judged, max_bootstrapped_demos=2)
+    compiled = opt.compile(dspex.Predict(Triage, lm=lm), trainset=numbered_examples(3))
+    assert (opt.report.errors, opt.report.passed) == (0, 2)
+    assert [d["message"] for d in compiled.demos if d.get("augmented")] == ["case 0: crash", "case 1: refund"]
 
 
 @pytest.mark.parametrize("threshold, expected", [(None, 0), (0.5, 3), (0.9, 0)])

@@ -53,7 +53,7 @@ from .._support import runtime as _runtime
 from ..errors import DspexError
 from ..evaluation.metrics import metric_name
 from ..evaluation.records import ExampleRecord
-from ..evaluation.scoring import Evaluate, EvaluationResult, evaluate_records
+from ..evaluation.scoring import Evaluate, EvaluationResult, current_example_timeout, evaluate_records
 from ..lm.usage import track_usage
 from ..observe import events, tracing
 from ..programs import settings
@@ -317,8 +317,9 @@ class BootstrapFewShotWithRandomSearch:
         self._say(f"calibrating {cand.name} on {len(val)} inputs")
         try:
             report = await calibrate(
-                program, [dict(ex.inputs().items()) for ex in val], targets, concurrency=self.concurrency, leave_out_own=val is trainset
-            )
+                program, [dict(ex.inputs().items()) for ex in val], targets, concurrency=self.concurrency,
+                leave_out_own=val is trainset, timeout=current_example_timeout(),
+            )  # fmt: skip
         except DspexError as exc:  # the compile keeps what it found: calibration is an extra
             self._say(f"not calibrated: {exc}")
             return None

@@ -173,6 +173,7 @@ async def calibrate(
     *,
     concurrency: int = 8,
     leave_out_own: bool = False,
+    timeout: float | None = None,
 ) -> CalibrationReport:
     """Calibrate every calibratable predictor of ``program`` (in place) on ``inputs``.
 
@@ -182,7 +183,9 @@ async def calibrate(
     (uniform when not given). With ``leave_out_own`` (the inputs are the trainset) an input is asked
     without the demo that is itself: a model that sees its own answer copies it, which hides its bias
     (measured on the 6-intent task: held-out 0.85 calibrated on the trainset with own demos, 0.92
-    without).
+    without). ``timeout`` bounds each input's probe as the example timeout bounds an example (the
+    compile passes ``--dspex-example-timeout``); an input over it, like one the endpoint failed on, is
+    left out of the estimate.
     """
     from ..errors import LMError
 
@@ -226,8 +229,9 @@ async def calibrate(
                 demos = [d for d in pred.demos if not _same(d, asked)] if leave_out_own else pred.demos
                 request = adapter.format(pred.signature, demos, asked)
                 try:
-                    completion = await acomplete(lm, request, pred.config)
-                except LMError:  # an input the endpoint failed on is left out of the estimate
+                    async with asyncio.timeout(timeout):
+                        completion = await acomplete(lm, request, pred.config)
+                except (LMError, TimeoutError):  # an input the endpoint failed on is left out of the estimate
                     return None
                 if not completion.top_logprobs:
                     return None
