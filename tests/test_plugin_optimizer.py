@@ -33,11 +33,8 @@ def test_triage_each(dspex_example, dspex_predict):
 )
 
 GOLDEN = "__dspex__/test_triage/triage.json"
-
-
-@pytest.fixture(params=list(MODES))
-def mode(request: pytest.FixtureRequest) -> list[str]:
-    return MODES[request.param]
+#: every scenario with -n 2 and with -p no:xdist
+BOTH_MODES = pytest.mark.parametrize("mode", list(MODES.values()), ids=list(MODES))
 
 
 @pytest.fixture
@@ -86,6 +83,7 @@ def demos(record: dict[str, Any]) -> list[dict[str, Any]]:
     return record["predictors"]["self"]["demos"]
 
 
+@BOTH_MODES
 class TestChoosingTheOptimizer:
     def test_labeled_compiles_with_no_teacher_call_and_the_golden_says_so(self, pytester, project, asked, mode):
         responder, server = asked
@@ -134,6 +132,7 @@ class TestChoosingTheOptimizer:
         assert golden(pytester)["optimizer"]["name"] == "BootstrapFewShot" and responder.teacher_runs > 0
 
 
+@BOTH_MODES
 class TestUnknownOptimizer:
     def test_on_the_command_line_a_usage_error_lists_the_known_ones(self, pytester, project, asked, mode):
         responder, server = asked
@@ -171,6 +170,7 @@ async def team_matches(example, prediction, trace=None):
 '''
 
 
+@BOTH_MODES
 def test_a_metric_that_hangs_while_bootstrapping_is_cut_by_the_example_timeout(pytester, project, asked, mode):
     responder, server = asked
     project(source=TEST_FILE.replace("\ndef team_matches", HANGING_METRIC + "\ndef _unused", 1))

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from .._support import runtime as _runtime
 from ..evaluation.metrics import metric_name
@@ -28,34 +29,19 @@ from .selection import score_candidate
 __all__ = ["Bootstrap", "Labeled"]
 
 
+@dataclass
 class _OneProgram:
     """Build one program from the trainset, then score it on the selection set."""
 
-    name = ""
-
-    def __init__(
-        self,
-        metric: Callable[..., Any],
-        settings: OptimizerSettings,
-        *,
-        progress: Callable[[str], None] | None = None,
-        leave_one_out: bool = False,
-    ) -> None:
-        self.metric = metric
-        self.settings = settings
-        self.progress = progress
-        self.leave_one_out = leave_one_out
+    metric: Callable[..., Any]
+    settings: OptimizerSettings
+    progress: Callable[[str], None] | None = None
+    leave_one_out: bool = False
+    name: ClassVar[str] = ""
 
     @classmethod
-    def from_settings(
-        cls,
-        metric: Callable[..., Any],
-        settings: OptimizerSettings,
-        *,
-        progress: Callable[[str], None] | None = None,
-        leave_one_out: bool = False,
-    ) -> _OneProgram:
-        return cls(metric, settings, progress=progress, leave_one_out=leave_one_out)
+    def from_settings(cls, metric: Callable[..., Any], settings: OptimizerSettings, **how: Any) -> _OneProgram:
+        return cls(metric, settings, **how)
 
     def describe(self) -> dict[str, Any]:
         raise NotImplementedError
