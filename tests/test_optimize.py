@@ -360,3 +360,14 @@ def test_leave_one_out_scores_no_example_with_its_own_demo_in_the_prompt(server_
     labeled = next(c for c in result.candidates if c.name == "labeled")
     assert labeled.score < 0.2  # "other" examples aside, copying never pays
     assert len(labeled.program.demos) == 6  # the candidate itself keeps all its demos
+
+
+def test_the_registry_builds_each_optimizer_and_refuses_an_unknown_name():
+    from pytest_dspex.errors import ConfigError
+    from pytest_dspex.optimize import OptimizerSettings, make_optimizer
+
+    described = {name: make_optimizer(team_matches, OptimizerSettings(optimizer=name)).describe()["name"]
+                 for name in ("random-search", "bootstrap", "labeled")}  # fmt: skip
+    assert described == {"random-search": "BootstrapFewShotWithRandomSearch", "bootstrap": "BootstrapFewShot", "labeled": "LabeledFewShot"}
+    with pytest.raises(ConfigError, match=r"unknown optimizer 'mipro'; known: bootstrap, labeled, random-search"):
+        make_optimizer(team_matches, OptimizerSettings(optimizer="mipro"))
