@@ -13,8 +13,8 @@ The core (this package minus ``pytest_dspex.plugin``) never imports pytest::
 from __future__ import annotations
 
 from typing import TYPE_CHECKING as _TYPE_CHECKING
-from typing import Any as _Any
 
+from ._support.lazy import lazy_attributes as _lazy_attributes
 from ._support.version import __version__
 
 # Names are imported on first use (PEP 562), so the pytest plugin, which is loaded in every
@@ -47,17 +47,7 @@ _LAZY: dict[str, str] = {
 #: names above that are modules, not attributes of one
 _MODULES = frozenset({"events", "metrics"})
 
-
-def __getattr__(name: str) -> _Any:
-    import importlib
-
-    where = _LAZY.get(name)
-    if where is None:
-        raise AttributeError(f"module 'pytest_dspex' has no attribute {name!r}")
-    module = importlib.import_module(where, __name__)
-    value = module if name in _MODULES else getattr(module, name)
-    globals()[name] = value
-    return value
+__getattr__ = _lazy_attributes(__name__, _LAZY, _MODULES)
 
 
 def __dir__() -> list[str]:

@@ -9,7 +9,9 @@
 * ``usage``      token/call/cost accounting and the budget
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._support.lazy import lazy_attributes
 
 # Names load on first use (PEP 562): the plugin's option check needs only ``secrets``, and a pytest
 # run that does not use the plugin should not pay for the client (aiohttp, adapters, tracing).
@@ -21,16 +23,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(["Budget", "Usage", "track_usage"], ".usage"),
 }
 
-
-def __getattr__(name: str) -> Any:
-    import importlib
-
-    where = _LAZY.get(name)
-    if where is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(where, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 if TYPE_CHECKING:

@@ -9,7 +9,9 @@
 * ``coverage``, ``review``  demos spread over a classifier's labels; the demo review a golden records
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._support.lazy import lazy_attributes
 
 # Names load on first use (PEP 562): the plugin's option check reads ``registry`` alone, and a pytest
 # run that does not compile should not pay for the optimizers.
@@ -20,16 +22,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(["BootstrapFewShotWithRandomSearch"], ".search"),
 }
 
-
-def __getattr__(name: str) -> Any:
-    import importlib
-
-    where = _LAZY.get(name)
-    if where is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(where, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 if TYPE_CHECKING:
