@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_json", "atomic_write_text", "dumps_stable"]
+__all__ = ["atomic_write_json", "atomic_write_text", "dumps_stable", "replace_with"]
 
 
 def dumps_stable(data: Any) -> str:
@@ -29,12 +29,21 @@ def atomic_write_text(path: Path, text: str, *, mode: int = 0o644) -> None:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    replace_with(fd, tmp, path, text, mode=mode, sync=True)
+
+
+def replace_with(fd: int, tmp: str | os.PathLike[str], path: Path, text: str, *, mode: int | None = None, sync: bool = False) -> None:
+    """Write ``text`` (UTF-8; what it cannot hold as ``\\udcxx`` escapes) through ``fd``, a new temporary
+    file ``tmp`` beside ``path``, then rename it over ``path``. ``mode``: set before the rename;
+    ``sync``: on disk before the rename. On any failure the temporary file is removed."""
     try:
         with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as fh:
             fh.write(text)
-            fh.flush()
-            os.fchmod(fh.fileno(), mode)
-            os.fsync(fh.fileno())
+            if mode is not None:
+                os.fchmod(fh.fileno(), mode)
+            if sync:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError
+from .atomic import replace_with
 
 __all__ = ["default_state_dir", "private_dir", "read_private", "remove_private", "write_private"]
 
@@ -80,16 +81,7 @@ def write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` (0600) without following a symlink: a fresh temporary file, renamed over it."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    replace_with(fd, tmp, path, text)
 
 
 def read_private(path: Path) -> str | None:
