@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import string
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,17 @@ from ..errors import MetricError
 __all__ = ["contains", "exact_match", "f1", "normalize_text", "normalized_match", "to_score"]
 
 Metric = Callable[..., Any]
+
+#: the ready-made metrics: pure and quick, so evaluation runs them inline on the loop (``is_inline``)
+_inline: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
+
+
+def is_inline(metric: Any) -> bool:
+    """Is ``metric`` one of the ready-made metrics (pure and quick: no thread needed)?"""
+    try:
+        return metric in _inline
+    except TypeError:  # not weakly referenceable: not one of ours
+        return False
 _PUNCT = str.maketrans("", "", string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
@@ -30,7 +42,7 @@ def normalize_text(text: Any) -> str:
 def _named(fn: Metric, name: str) -> Metric:
     fn.__name__ = name
     fn.__qualname__ = name
-    fn._dspex_inline = True  # type: ignore[attr-defined]  # pure and quick: evaluation runs it on the loop
+    _inline.add(fn)  # pure and quick: evaluation runs it on the loop
     return fn
 
 

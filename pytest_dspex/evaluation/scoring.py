@@ -35,7 +35,7 @@ from ..observe import events, tracing
 from ..programs import settings
 from ..programs.modules import Module, trace_scope
 from ..programs.primitives import Example, Prediction, as_example
-from .metrics import metric_name, to_score
+from .metrics import is_inline, metric_name, to_score
 from .records import ERROR_KINDS, INFRA_ERROR_KINDS, ExampleRecord
 from .stats import clustered_confidence_interval, confidence_interval
 
@@ -105,10 +105,10 @@ def metric_caller(metric: Callable[..., Any]) -> MetricCaller:
 
     Async metrics run on the loop; sync ones in a worker thread (they may call an LM or block) until
     their first calls show they are quick and never wait on the loop, then inline
-    (``_threads.SyncCaller``); metrics marked ``_dspex_inline`` (the ready-made ones in ``metrics``)
+    (``_threads.SyncCaller``); the ready-made metrics (``metrics.is_inline``)
     are pure and quick and run inline from the start.
     """
-    if getattr(metric, "_dspex_inline", False):
+    if is_inline(metric):
 
         async def call(example: Example, prediction: Prediction, *trace: Any) -> Any:
             value = metric(example, prediction, *trace)

@@ -27,6 +27,7 @@ from .._support.types import NOT_GIVEN, NotGiven
 from ..errors import BudgetExceededError, ConfigError, LMError, LMHTTPError
 from ..observe import events, tracing
 from .cache import CacheMode, ResponseCache, cache_key
+from .capabilities import Capabilities
 from .resilience import AdaptiveLimiter, Breaker, RetryPolicy, Ticket, send_with_retries
 from .secrets import Credentials, base_url_problem, redact_url
 from .sharing import AutoHedge, HedgeSkipped, InflightRequests, WireMark, hedged
@@ -214,6 +215,8 @@ class LM:
         if cache_identity:
             settings["cache_identity"] = self.cache_identity
         self.usage = Usage()
+        #: what the endpoint turned out to accept (constrained-decoding dialects, logprobs)
+        self.capabilities = Capabilities()
         self.limiter = AdaptiveLimiter(concurrency)
         self._http = HTTPTransport(
             credentials,

@@ -1,13 +1,22 @@
 """One HTTP attempt: POST a chat-completions body, get the parsed JSON or an ``LMError``.
 
-By default the request goes straight through an ``aiohttp.ClientSession`` made per event loop on
-first use and closed at shutdown: measured on a loopback endpoint at 64 concurrent requests, httpx's
-own pool costs several ms of CPU per request, and httpx in front of aiohttp (``httpx-aiohttp``) still
-spends ~0.1 ms per request building and parsing its own request/response objects, plus ~0.1 s to
-import. A caller-supplied ``httpx.AsyncBaseTransport`` (``LM(transport=...)``, e.g.
-``httpx.MockTransport`` in tests) goes through an ``httpx.AsyncClient`` instead. Both paths give the
-same errors. Every message is built from the redacted URL and scrubbed of the credentials' secrets;
-the ``Authorization`` header is set per request from the holder (no client keeps a copy).
+``HTTPTransport`` is the one client path every request takes: the headers (``Authorization`` set
+per request from the credentials holder; no client keeps a copy), the overall timeout, the status
+and body checks and every error message (built from the redacted URL, scrubbed of the credentials'
+secrets). Below it, a :class:`Wire` — one HTTP library on one event loop — only moves bytes:
+
+* :class:`AiohttpWire` (the default): an ``aiohttp.ClientSession`` made per event loop on first use
+  and closed at shutdown. Measured on a loopback endpoint at 64 concurrent requests, httpx's own
+  pool costs several ms of CPU per request, and httpx in front of aiohttp (``httpx-aiohttp``) still
+  spends ~0.1 ms per request building and parsing its own request/response objects, plus ~0.1 s to
+  import.
+* :class:`HttpxWire`: an ``httpx.AsyncClient`` over a caller-supplied ``httpx.AsyncBaseTransport``
+  (``LM(transport=...)``, e.g. ``httpx.MockTransport`` in tests): the tests that use a mock
+  transport run the same client code as production, only the bytes move differently.
+
+A wire reports what went wrong in three words every wire speaks: ``TimeoutError`` (no answer in
+time), ``ConnectionRefusedError`` (nobody listens), :class:`WireError` (anything else, with the
+library's exception); ``HTTPTransport`` turns them into ``LMTimeoutError`` / ``LMUnavailableError``.
 """
 
 from __future__ import annotations
@@ -16,7 +25,8 @@ import asyncio
 import json
 import os
 import weakref
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._support import runtime as _runtime
 from ..errors import LMHTTPError, LMResponseError, LMTimeoutError, LMUnavailableError
@@ -24,10 +34,85 @@ from .resilience import parse_retry_after
 from .secrets import Credentials, redact_url
 
 if TYPE_CHECKING:
-    import aiohttp
     import httpx
 
-__all__ = ["HTTPTransport"]
+__all__ = ["AiohttpWire", "HTTPTransport", "HttpxWire", "Wire", "WireError"]
+
+
+class WireError(Exception):
+    """A request a wire could not make (not a timeout, not a refused connection): ``error`` says why."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class Wire(Protocol):
+    """One HTTP library on one event loop: POST bytes, return ``(status, body, Retry-After)``."""
+
+    async def post(self, content: bytes, headers: Mapping[str, str]) -> tuple[int, bytes, str | None]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class AiohttpWire:
+    """The production wire: an ``aiohttp.ClientSession`` (no cookies, no redirects)."""
+
+    def __init__(self, endpoint: str, *, timeout: float, connect_timeout: float, max_connections: int) -> None:
+        import aiohttp
+        import yarl
+
+        self._url = yarl.URL(endpoint)  # parsed once, not per request
+        ssl: Any = _ssl_context() if self._url.scheme == "https" else True
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=max_connections, ssl=ssl),
+            cookie_jar=aiohttp.DummyCookieJar(),  # an API client keeps no cookies
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=timeout),
+        )
+
+    async def post(self, content: bytes, headers: Mapping[str, str]) -> tuple[int, bytes, str | None]:
+        import aiohttp
+
+        try:
+            async with self._session.post(self._url, data=content, headers=headers, allow_redirects=False) as resp:
+                return resp.status, await resp.read(), resp.headers.get("retry-after")
+        except TimeoutError:  # aiohttp's own timeouts are TimeoutErrors too
+            raise
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, ConnectionRefusedError):
+                raise ConnectionRefusedError from None
+            raise WireError(exc) from None
+        except (aiohttp.ClientError, OSError, ValueError) as exc:  # ValueError: e.g. a URL aiohttp cannot use
+            raise WireError(exc) from None
+
+    async def aclose(self) -> None:
+        await self._session.close()
+
+
+class HttpxWire:
+    """An ``httpx.AsyncClient`` over the caller's ``httpx.AsyncBaseTransport`` (e.g. ``MockTransport``)."""
+
+    def __init__(self, endpoint: str, transport: httpx.AsyncBaseTransport, *, timeout: float, connect_timeout: float) -> None:
+        import httpx
+
+        self._endpoint = endpoint
+        self._client = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(timeout, connect=connect_timeout, pool=None))
+
+    async def post(self, content: bytes, headers: Mapping[str, str]) -> tuple[int, bytes, str | None]:
+        import httpx
+
+        try:
+            resp = await self._client.post(self._endpoint, content=content, headers=dict(headers))
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            if _refused(exc):  # a caller's transport may report a refused connection as a timeout
+                raise ConnectionRefusedError from None
+            raise TimeoutError from None
+        except (httpx.HTTPError, ValueError) as exc:
+            raise WireError(exc) from None
+        return resp.status_code, resp.content, resp.headers.get("retry-after")
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
 
 
 class HTTPTransport:
@@ -55,69 +140,51 @@ class HTTPTransport:
             # and a pytest run that makes no LM stay free of it.
             import aiohttp  # noqa: F401
             import yarl  # noqa: F401
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
-        self._url: Any = None  # the endpoint as a parsed ``yarl.URL`` (parsed once, not per request)
+        self._wires: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Wire] = weakref.WeakKeyDictionary()
 
-    # -- clients, one per event loop ------------------------------------------------------------
-    def _session(self) -> aiohttp.ClientSession:
+    # -- wires, one per event loop --------------------------------------------------------------
+    def _wire(self) -> Wire:
         loop = asyncio.get_running_loop()
-        session = self._clients.get(loop)
-        if session is None:
-            import aiohttp  # imported on first use: keeps `import pytest_dspex` fast
-            import yarl
-
-            if self._url is None:
-                self._url = yarl.URL(self._endpoint)
-            ssl: Any = _ssl_context() if self._url.scheme == "https" else True
-            connector = aiohttp.TCPConnector(limit=self.max_connections, ssl=ssl)
-            session = self._clients[loop] = aiohttp.ClientSession(
-                connector=connector,
-                cookie_jar=aiohttp.DummyCookieJar(),  # an API client keeps no cookies
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout, sock_read=self.timeout),
-            )
-            self._on_shutdown()
-        return session
-
-    def _httpx_client(self) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            import httpx
-
-            client = self._clients[loop] = httpx.AsyncClient(
-                transport=self._transport,
-                headers={"content-type": "application/json"},
-                auth=_holder_auth(self._credentials) if self._credentials.authorization else None,
-                timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout, pool=None),
-            )
-            self._on_shutdown()
-        return client
-
-    def _on_shutdown(self) -> None:
-        if _runtime.in_runtime():
-            _runtime.on_shutdown(self.aclose)
+        wire = self._wires.get(loop)
+        if wire is None:
+            if self._transport is None:
+                wire = AiohttpWire(self._endpoint, timeout=self.timeout, connect_timeout=self.connect_timeout, max_connections=self.max_connections)
+            else:
+                wire = HttpxWire(self._endpoint, self._transport, timeout=self.timeout, connect_timeout=self.connect_timeout)
+            self._wires[loop] = wire
+            if _runtime.in_runtime():
+                _runtime.on_shutdown(self.aclose)
+        return wire
 
     async def aclose(self) -> None:
-        """Close the client of the running loop (clients of other loops go with their loop)."""
+        """Close the wire of the running loop (wires of other loops go with their loop)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # pragma: no cover - always awaited
             return
-        client = self._clients.pop(loop, None)
-        if client is not None:
-            await (client.aclose() if self._transport is not None else client.close())
+        wire = self._wires.pop(loop, None)
+        if wire is not None:
+            await wire.aclose()
 
     @property
     def open(self) -> bool:
-        return bool(self._clients)
+        return bool(self._wires)
 
     # -- one request ----------------------------------------------------------------------------
     async def post(self, content: bytes) -> dict[str, Any]:
         """One request; the parsed chat completion, or an ``LMError`` saying what went wrong."""
-        if self._transport is not None:
-            status, body, retry_after = await self._post_httpx(content)
-        else:
-            status, body, retry_after = await self._post_aiohttp(content)
+        wire = self._wire()
+        auth = self._credentials.authorization
+        headers = {"content-type": "application/json", "authorization": auth} if auth else _JSON_HEADERS
+        try:
+            async with asyncio.timeout(self.timeout + self.connect_timeout):
+                status, body, retry_after = await wire.post(content, headers)
+        except TimeoutError:
+            raise LMTimeoutError(f"{self.label}: no answer within {self.timeout:g}s") from None
+        except ConnectionRefusedError:
+            raise LMUnavailableError(f"{self.label}: connection refused") from None
+        except WireError as exc:
+            raise self._unavailable(exc.error) from None
         scrub = self._credentials.scrub
         if status != 200:
             detail = scrub(_text(body)[:200]).strip()
@@ -136,40 +203,6 @@ class HTTPTransport:
                 f"{self.label}: the body is not a chat completion ({type(exc).__name__}): {scrub(_text(body)[:120])!r}"
             ) from None
         return data  # type: ignore[no-any-return]
-
-    async def _post_aiohttp(self, content: bytes) -> tuple[int, bytes, str | None]:
-        import aiohttp
-
-        session = self._session()
-        auth = self._credentials.authorization
-        headers = {"content-type": "application/json", "authorization": auth} if auth else _JSON_HEADERS
-        try:
-            async with asyncio.timeout(self.timeout + self.connect_timeout):
-                async with session.post(self._url, data=content, headers=headers, allow_redirects=False) as resp:
-                    return resp.status, await resp.read(), resp.headers.get("retry-after")
-        except TimeoutError:  # aiohttp's own timeouts are TimeoutErrors too
-            raise LMTimeoutError(f"{self.label}: no answer within {self.timeout:g}s") from None
-        except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, ConnectionRefusedError):
-                raise LMUnavailableError(f"{self.label}: connection refused") from None
-            raise self._unavailable(exc) from None
-        except (aiohttp.ClientError, OSError, ValueError) as exc:  # ValueError: e.g. a URL aiohttp cannot use
-            raise self._unavailable(exc) from None
-
-    async def _post_httpx(self, content: bytes) -> tuple[int, bytes, str | None]:
-        import httpx
-
-        client = self._httpx_client()
-        try:
-            async with asyncio.timeout(self.timeout + self.connect_timeout):
-                resp = await client.post(self._endpoint, content=content)
-        except (TimeoutError, httpx.TimeoutException) as exc:
-            if _refused(exc):
-                raise LMUnavailableError(f"{self.label}: connection refused") from None
-            raise LMTimeoutError(f"{self.label}: no answer within {self.timeout:g}s") from None
-        except (httpx.HTTPError, ValueError) as exc:
-            raise self._unavailable(exc) from None
-        return resp.status_code, resp.content, resp.headers.get("retry-after")
 
     def _unavailable(self, exc: BaseException) -> LMUnavailableError:
         return LMUnavailableError(f"{self.label}: {type(exc).__name__}: {self._credentials.scrub(str(exc))}")
@@ -200,27 +233,6 @@ def _ssl_context() -> Any:
 
             _ssl = ssl.create_default_context(cafile=certifi.where())
     return _ssl
-
-
-_auth_class: type | None = None
-
-
-def _holder_auth(credentials: Credentials) -> Any:
-    """An ``httpx.Auth`` setting ``Authorization`` per request from the holder (the client keeps no copy)."""
-    global _auth_class
-    if _auth_class is None:
-        import httpx
-
-        class HolderAuth(httpx.Auth):
-            def __init__(self, credentials: Credentials) -> None:
-                self._credentials = credentials
-
-            def auth_flow(self, request: httpx.Request) -> Any:
-                request.headers["authorization"] = self._credentials.authorization or ""
-                yield request
-
-        _auth_class = HolderAuth
-    return _auth_class(credentials)
 
 
 def _refused(exc: BaseException) -> bool:

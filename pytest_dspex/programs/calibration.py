@@ -39,6 +39,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..lm.capabilities import capabilities_of
+
 if TYPE_CHECKING:
     from .signatures import FieldSpec
 
@@ -152,17 +154,15 @@ async def acomplete(lm: Any, request: Any, params: Mapping[str, Any]) -> Any:
     from ..errors import LMHTTPError
     from . import constrained
 
-    if getattr(lm, "_dspex_no_logprobs", False):
+    capabilities = capabilities_of(lm)
+    if capabilities.logprobs_refused:
         return await constrained.acomplete(lm, request, **params)
     try:
         return await constrained.acomplete(lm, request, **{**params, "logprobs": True, "top_logprobs": TOP_LOGPROBS})
     except LMHTTPError as exc:
         if exc.status not in (400, 422) and "logprob" not in str(exc).lower():
             raise
-        try:
-            lm._dspex_no_logprobs = True
-        except AttributeError:  # an LM-like object that takes no attributes: asked again each time
-            pass
+        capabilities.logprobs_refused = True
         return await constrained.acomplete(lm, request, **params)
 
 

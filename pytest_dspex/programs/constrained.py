@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
 from ..errors import LMHTTPError
+from ..lm.capabilities import Capabilities, capabilities_of
 from ..lm.types import Constraint, LMRequest
 
 if TYPE_CHECKING:
@@ -261,33 +262,12 @@ def _build_schema(signature: type[Signature]) -> dict[str, Any]:
     return out
 
 
-# -- the per-endpoint memo --------------------------------------------------------------------------
-class _Memo:
-    """Per LM object: the mode chosen by the user and what each endpoint turned out to accept."""
-
-    def __init__(self) -> None:
-        self.mode: Mode = "auto"
-        self.rejected: set[tuple[str, str, str]] = set()  # (base_url, model, dialect)
-        self.working: dict[tuple[str, str, str], Dialect | None] = {}  # (base_url, model, kind)
-        self.probes: dict[tuple[str, str, str], asyncio.Future[None]] = {}
-
-
-def _memo(lm: Any) -> _Memo:
-    memo = getattr(lm, "_dspex_constrained", None)
-    if not isinstance(memo, _Memo):
-        memo = _Memo()
-        try:
-            lm._dspex_constrained = memo
-        except AttributeError:  # an LM-like object that takes no attributes: no memory
-            pass
-    return memo
-
-
+# -- what the endpoint accepts (kept by the LM: ``lm.capabilities``) --------------------------------
 def set_constrained_decoding(lm: Any, mode: Mode) -> None:
     """Choose how typed outputs are enforced on ``lm``: ``auto``, ``off`` or one dialect."""
     if mode not in _MODES:
         raise ValueError(f"constrained decoding mode must be one of {', '.join(_MODES)}, got {mode!r}")
-    memo = _memo(lm)
+    memo = capabilities_of(lm)
     memo.mode = mode
     memo.working.clear()
     memo.rejected.clear()
@@ -295,7 +275,7 @@ def set_constrained_decoding(lm: Any, mode: Mode) -> None:
 
 def constrained_decoding(lm: Any) -> dict[str, Any]:
     """What is known about ``lm``'s endpoint: the mode and the dialect that works per constraint kind."""
-    memo = _memo(lm)
+    memo = capabilities_of(lm)
     return {"mode": memo.mode, "working": {k[2]: v for k, v in memo.working.items()}}
 
 
@@ -303,14 +283,14 @@ def _endpoint(lm: Any) -> tuple[str, str]:
     return str(getattr(lm, "base_url", "")), str(getattr(lm, "model", ""))
 
 
-def _candidates(lm: Any, memo: _Memo, constraint: Constraint) -> list[Dialect]:
+def _candidates(lm: Any, memo: Capabilities, constraint: Constraint) -> list[Dialect]:
     mode = memo.mode
     if mode == "off":
         return []
     grammar_ok = constraint.kind == "grammar"
     if mode != "auto":
         fits = mode in ("grammar", "vllm") if grammar_ok else mode in ("vllm", "json_schema", "json_object")
-        return [mode] if fits else []
+        return [mode] if fits else []  # type: ignore[list-item]  # set_constrained_decoding checked it
     host = urlsplit(_endpoint(lm)[0]).hostname or ""
     if grammar_ok:
         return [] if host.endswith("openai.com") else ["grammar"]
@@ -368,7 +348,7 @@ async def acomplete(lm: Any, request: LMRequest, **params: Any) -> Any:
     constraint = request.constraint
     if constraint is None:
         return await lm.acomplete(request, **params)
-    memo = _memo(lm)
+    memo = capabilities_of(lm)
     base_url, model = _endpoint(lm)
     key = (base_url, model, constraint.kind)
     if key in memo.working:
