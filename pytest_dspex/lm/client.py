@@ -38,6 +38,8 @@ from .usage import Budget, Usage, record
 if TYPE_CHECKING:
     import httpx
 
+    from .link import RunLink, SharedLimiter
+
 __all__ = ["LM", "Completion"]
 
 
@@ -60,7 +62,7 @@ _SETTINGS = (
     "api_key_env", "temperature", "max_tokens", "stop", "timeout", "connect_timeout", "retries",
     "backoff_base", "concurrency", "cache_dir", "cache_mode", "breaker_fail_max", "breaker_reset_timeout",
     "price_per_1m_input", "price_per_1m_output", "budget", "transport", "extra_body", "hedge_after",
-    "cache_identity",
+    "cache_identity", "limits",
 )  # fmt: skip
 
 
@@ -133,6 +135,7 @@ class LM:
         extra_body: dict[str, Any] | None = None,
         hedge_after: float | Literal["auto"] | None = "auto",
         cache_identity: str | None = None,
+        limits: RunLink | None = None,
         _family: tuple[Credentials, Breaker] | None = None,
         api_base: str | None = None,
         num_retries: int | None = None,
@@ -217,7 +220,13 @@ class LM:
         self.usage = Usage()
         #: what the endpoint turned out to accept (constrained-decoding dialects, logprobs)
         self.capabilities = Capabilities()
-        self.limiter = AdaptiveLimiter(concurrency)
+        self.limits = limits
+        self.limiter: AdaptiveLimiter | SharedLimiter
+        if limits is None:
+            self.limiter = AdaptiveLimiter(concurrency)
+        else:  # the run's limits, shared with every worker (``link``)
+            self.limiter = limits.limiter(self.base_url, concurrency)
+            limits.watch(self.base_url, breaker)
         self._http = HTTPTransport(
             credentials,
             model=model,
@@ -361,7 +370,7 @@ class LM:
         content = json.dumps(body, ensure_ascii=False).encode("utf-8", "backslashreplace")
         try:
             if self.budget is not None:
-                self.budget.reserve()
+                await self.budget.areserve()
             data, retries = await send_with_retries(
                 lambda: self._attempt(content, ticket),
                 policy=self.retry,
@@ -465,7 +474,7 @@ class LM:
                     raise HedgeSkipped  # over the hedge allowance: the first carries on alone
                 if self.budget is not None:
                     try:
-                        self.budget.reserve()
+                        await self.budget.areserve()
                     except BudgetExceededError:
                         raise HedgeSkipped from None
                 self.usage.hedges += 1

@@ -290,6 +290,10 @@ class Breaker:
         self.last_error: str | None = None
         self.refusals = 0  # logical calls in a row the endpoint refused with a 4xx (see the module docstring)
         self._refused: str | None = None  # why it is open, when the endpoint refuses everything
+        #: told each opening of this breaker (its message): the run's limits (``link``) share it
+        self.on_open: Callable[[str], None] | None = None
+        self._run_message: str | None = None  # opened because another worker's breaker opened
+        self._opening_for_run = False
 
     @property
     def state(self) -> str:
@@ -337,6 +341,17 @@ class Breaker:
                 f"(last: {exc}); no other request would fare better"
             )
             self._cb.open()
+
+    def open_for_run(self, message: str) -> None:
+        """Another process of this run found the endpoint down: fail fast here too (``message`` says why)."""
+        if self._cb.current_state == pybreaker.STATE_OPEN:
+            return
+        self._run_message = message
+        self._opening_for_run = True
+        try:
+            self._cb.open()
+        finally:
+            self._opening_for_run = False
 
     def open_error(self) -> CircuitOpenError:
         """The error a call failing fast gets."""
@@ -400,6 +415,12 @@ class Breaker:
         for fut in self._sleepers:
             if not fut.done():
                 fut.set_result(None)
+        if self._opening_for_run:
+            logger.info("LM endpoint %s: circuit breaker opened for the run: %s", self.name, self._run_message)
+            return
+        self._run_message = None
+        if self.on_open is not None:
+            self.on_open(self._message())
         if self._refused is not None:
             logger.warning("LM endpoint %s: circuit breaker opened: %s", self.name, self._refused)
             return
@@ -411,6 +432,8 @@ class Breaker:
         )
 
     def _message(self) -> str:
+        if self._run_message is not None:
+            return self._run_message
         if self._refused is not None:
             return f"LM endpoint {self.name} is unavailable: {self._refused}; failing fast for {self.reset_timeout:g}s"
         last = f" (last error: {self.last_error})" if self.last_error else ""
@@ -452,7 +475,7 @@ async def send_with_retries(
     policy: RetryPolicy,
     breaker: Breaker,
     ticket: Ticket,
-    limiter: AdaptiveLimiter,
+    limiter: AdaptiveLimiter | Any,
     label: str = "LM",
 ) -> tuple[T, int]:
     """Run ``attempt`` until it succeeds or should stop; return its result and the retries made.

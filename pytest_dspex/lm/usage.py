@@ -93,6 +93,10 @@ class Budget:
             self._check()
             self.calls += 1
 
+    async def areserve(self) -> None:
+        """``reserve`` from the request path (a run-wide budget asks the run's coordinator: ``link``)."""
+        self.reserve()
+
     def _check(self) -> None:
         if self.max_calls is not None and self.calls >= self.max_calls:
             raise BudgetExceededError(

@@ -108,6 +108,8 @@ class _XdistHooks:
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput["dspex_run_id"] = self.session.run_id
         node.workerinput["dspex_owner_pid"] = os.getpid()
+        if getattr(getattr(node.gateway, "spec", None), "popen", False):  # a worker on this machine
+            node.workerinput["dspex_limits"] = self.session.run_limits()  # one set of LM limits per run
 
     @pytest.hookimpl
     def pytest_xdist_node_collection_finished(self, node: Any, ids: Any) -> None:

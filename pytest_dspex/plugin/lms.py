@@ -8,6 +8,7 @@ process-wide settings behind the user's back, nor outlives itself.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -21,8 +22,10 @@ __all__ = ["SessionLMs"]
 
 
 class SessionLMs:
-    def __init__(self, options: DspexOptions, run_id: str, owner_pid: int, *, is_worker: bool) -> None:
+    def __init__(self, options: DspexOptions, run_id: str, owner_pid: int, *, is_worker: bool, limits: str | None = None) -> None:
         self.options = options
+        self._limits_address = limits  # "address token" of the controller's coordinator (xdist workers)
+        self._link: Any = None
         self.run_id = run_id
         self.owner_pid = owner_pid
         self.is_worker = is_worker
@@ -48,12 +51,23 @@ class SessionLMs:
         self._remove_defaults = settings.session_defaults(**defaults)
 
     @property
+    def link(self) -> Any:
+        """This worker's link to the run's limits (``lm.link.RunLink``), or None outside xdist."""
+        if self._link is None and self._limits_address:
+            from ..lm.link import RunLink
+
+            address, _, token = self._limits_address.partition(" ")
+            self._link = RunLink(address, token, name=f"pid {os.getpid()}")
+        return self._link
+
+    @property
     def budget(self) -> Budget | None:
         o = self.options
         if self._budget is None and (o.max_cost is not None or o.max_calls is not None):
             from ..lm import Budget
 
-            self._budget = Budget(o.max_cost, o.max_calls)
+            link = self.link
+            self._budget = link.budget(o.max_cost, o.max_calls) if link is not None else Budget(o.max_cost, o.max_calls)
         return self._budget
 
     def _endpoint(self) -> tuple[str, str]:
@@ -117,6 +131,7 @@ class SessionLMs:
                 price_per_1m_output=o.price[1] if o.price else 0.0,
                 cache_identity=f"embedded:{model}" if o.local else None,
                 hedge_after=None if o.local else "auto",  # one request at a time: a duplicate only queues
+                limits=self.link,
             )
         return self._lm
 
@@ -169,6 +184,13 @@ class SessionLMs:
                     lm.cache.close()
         if self._lm is None and self._cache is not None:
             self._cache.close()
+        if self._link is not None:
+            from .. import _runtime
+
+            try:
+                _runtime.run_sync(self._link.aclose())
+            except RuntimeError:
+                pass
         if not self.is_worker and self.options.local:
             from ..lm.local.embedded import stop_server
 

@@ -97,7 +97,8 @@ class DspexSession:
         self.is_worker = workerinput is not None
         self.run_id: str = (workerinput or {}).get("dspex_run_id") or uuid.uuid4().hex
         owner_pid = int((workerinput or {}).get("dspex_owner_pid") or os.getpid())
-        self.lms = SessionLMs(options, self.run_id, owner_pid, is_worker=self.is_worker)
+        self.lms = SessionLMs(options, self.run_id, owner_pid, is_worker=self.is_worker, limits=(workerinput or {}).get("dspex_limits"))
+        self._coordinator: Any = None
         self._datasets: dict[tuple[str, tuple[str, ...], int | None], Dataset] = {}
         self._resolved: dict[Path, Resolved] = {}
         self._failed_compiles: dict[Path, str] = {}  # golden path -> why its compile failed
@@ -421,8 +422,23 @@ class DspexSession:
         return self._memo[key]
 
     # -- end ------------------------------------------------------------------------------------
+    def run_limits(self) -> str:
+        """The controller's coordinator of the run's LM limits (started on first use): ``address token``."""
+        if self._coordinator is None:
+            from ..lm.coordinator import Coordinator
+
+            self._coordinator = Coordinator(max_cost=self.options.max_cost, max_calls=self.options.max_calls)
+            self._coordinator.start()
+        return f"{self._coordinator.address} {self._coordinator.token}"
+
+    def limits_stats(self) -> dict[str, Any]:
+        """What the run's shared limits saw (empty without workers)."""
+        return self._coordinator.stats() if self._coordinator is not None else {}
+
     def close(self) -> None:
         self.lms.close()
+        if self._coordinator is not None:
+            self._coordinator.stop()
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None

@@ -12,7 +12,10 @@ Faults: ``http_500``, ``http_429`` (with ``Retry-After: retry_after``), ``garble
 body that is not JSON), ``bad_shape`` (JSON without ``choices``), ``stall`` (sleeps ``stall_s``
 before answering), ``refusal`` (a 200 whose message has ``content: null`` and a ``refusal``, as
 OpenAI's models decline), ``http_404`` (the wrong path: a 404 with OpenAI's error body). Each is a
-probability per request, drawn from a seeded RNG. Uses aiohttp's
+probability per request, drawn from a seeded RNG. ``max_in_flight=N`` is a provider's concurrency
+cap: a request arriving while N are in flight gets a 429 (``Retry-After: faults.retry_after``),
+counted as ``over_cap``; ``peak_in_flight`` is the most it held at once. ``GET /v1/_counts`` returns
+the counts as JSON (for a server in another process). Uses aiohttp's
 server (aiohttp is already installed as httpx's transport) on its own thread and loop.
 """
 
@@ -88,6 +91,7 @@ class FakeLMServer:
         host: str = "127.0.0.1",
         reject_fields: tuple[str, ...] = (),
         stall_if: Callable[[dict[str, Any], int], bool] | None = None,
+        max_in_flight: int | None = None,
     ) -> None:
         self.responder: Responder = responder or (lambda body: "ok")
         # body fields this server answers HTTP 400 to, as OpenAI does to a llama.cpp ``grammar``
@@ -96,6 +100,9 @@ class FakeLMServer:
         # with the same messages (0 for the first), so a test can hang a chosen request but not its retry
         self.stall_if = stall_if
         self._seen: Counter[str] = Counter()
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        self.peak_in_flight = 0
         self.latency = latency
         self.faults = faults or Faults()
         self.port = port
@@ -132,6 +139,24 @@ class FakeLMServer:
         return None
 
     async def _handle(self, request: Any) -> Any:
+        from aiohttp import web
+
+        if self.max_in_flight is not None and self.in_flight >= self.max_in_flight:
+            self.counts["over_cap"] += 1
+            return web.Response(status=429, text="too many requests in flight", headers={"Retry-After": str(self.faults.retry_after)})
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            return await self._answer(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _counts(self, request: Any) -> Any:
+        from aiohttp import web
+
+        return web.json_response({**self.counts, "requests": self.requests, "peak_in_flight": self.peak_in_flight})
+
+    async def _answer(self, request: Any) -> Any:
         from aiohttp import web
 
         body = await request.json()
@@ -204,6 +229,7 @@ class FakeLMServer:
             app = web.Application()
             app.router.add_post("/v1/chat/completions", self._handle)
             app.router.add_get("/v1/models", self._models)
+            app.router.add_get("/v1/_counts", self._counts)
             self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
             await self._runner.setup()
             site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
@@ -269,12 +295,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--pass-every", type=int, default=1)
     parser.add_argument("--faults", default="{}", help='JSON for Faults, e.g. {"http_500": 0.1}')
+    parser.add_argument("--max-in-flight", type=int, default=None, help="answer 429 to a request arriving while this many are in flight")
     args = parser.parse_args(argv)
 
     def respond(body: dict[str, Any]) -> str:
         return triage_responder(body, pass_every=args.pass_every)
 
-    server = FakeLMServer(respond, latency=args.latency, port=args.port, host=args.host, faults=Faults(**json.loads(args.faults)))
+    server = FakeLMServer(respond, latency=args.latency, port=args.port, host=args.host, faults=Faults(**json.loads(args.faults)), max_in_flight=args.max_in_flight)
     server.keep_bodies = False
     server.start()
     print(f"READY {server.base_url}", flush=True)

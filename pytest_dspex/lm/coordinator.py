@@ -1,0 +1,305 @@
+"""The run's limits in one place: a small coordinator the controller hosts for its workers.
+
+With ``pytest -n N`` every worker has its own LM client; left alone, each would keep its own
+in-flight limit, back-pressure state, breaker and budget, and a run would be N times what the user
+asked for. The controller starts one :class:`Coordinator` (its own thread and event loop, a TCP
+socket on 127.0.0.1, a random token every client must present first) and hands its address to the
+workers it starts; each worker's LM talks to it through a ``link.RunLink``. It keeps, per endpoint:
+
+* **the in-flight limit**, lent out as *slots*. A worker asks for as many slots as it has requests
+  waiting and keeps the ones it gets while nobody else needs them, so a busy worker reuses its slots
+  without a message per request. When a slot is wanted and none is free — or the limit came down
+  below what is lent — the coordinator says so (``tight``, with each worker's fair share): workers
+  then give back every slot they hold beyond their share as it is released, and idle ones at once;
+  the slots go to the waiting workers that hold the fewest first.
+* **the back-pressure state**: workers report their answers (429 or not, in batches); the limit is
+  halved while 429s keep coming (half of a window of ``max(8, 2 × limit)`` answers) and grows back
+  by one per ``limit`` good answers, as ``resilience.AdaptiveLimiter`` does in one process.
+* **the breaker**: a worker whose breaker opens says so; the coordinator counts the opening once
+  for the run (another worker's opening while it is open is the same one) and tells every other
+  worker, whose breakers then fail fast too.
+
+And **the budget** (calls and cost) for the run: every call is reserved here before it is made, its
+cost charged when its answer arrives.
+
+A worker whose connection drops has its slots taken back. The protocol is one JSON object a line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Coordinator"]
+
+logger = logging.getLogger("pytest_dspex.lm")
+
+
+@dataclass
+class _Client:
+    writer: asyncio.StreamWriter
+    name: str = "?"
+
+
+@dataclass
+class _Endpoint:
+    """One endpoint's slots and back-pressure (AIMD) state."""
+
+    maximum: int
+    limit: int
+    lent: int = 0
+    held: dict[int, int] = field(default_factory=dict)  # client id → slots it holds
+    wants: dict[int, int] = field(default_factory=dict)  # client id → slots it waits for (FIFO order)
+    recent: collections.deque[bool] = field(default_factory=collections.deque)
+    credit: int = 0
+    decreases: int = 0
+    throttled: int = 0
+    answered: int = 0
+    share: int = -1  # -1: relaxed (keep what you hold); >= 0: tight, give back beyond this
+    told: dict[int, int] = field(default_factory=dict)  # client id → the share it was last told
+    breaker_until: float = 0.0  # monotonic: open until then
+    breaker_message: str = ""
+    trips: int = 0
+    peak_lent: int = 0
+
+    @property
+    def window(self) -> int:
+        return max(8, 2 * self.limit)
+
+    def observe(self, ok: int, throttled: int) -> None:
+        self.answered += ok + throttled
+        self.throttled += throttled
+        if ok:
+            self.recent.extend([False] * min(ok, self.window))
+        if throttled:
+            self.recent.extend([True] * throttled)
+        while len(self.recent) > self.window:
+            self.recent.popleft()
+        if throttled and sum(self.recent) * 2 >= self.window:
+            self.limit = max(1, self.limit // 2)
+            self.decreases += 1
+            self.recent.clear()
+            self.credit = 0
+            logger.info("LM endpoint keeps answering 429: the run's in-flight limit lowered to %d", self.limit)
+        elif ok and self.limit < self.maximum:
+            self.credit += ok
+            while self.credit >= self.limit and self.limit < self.maximum:
+                self.credit -= self.limit
+                self.limit += 1
+
+
+class Coordinator:
+    """The run-wide limits server (see the module docstring). ``start()`` → its address for workers."""
+
+    def __init__(self, *, max_cost: float | None = None, max_calls: int | None = None) -> None:
+        self.max_cost = max_cost
+        self.max_calls = max_calls
+        self.calls = 0
+        self.cost = 0.0
+        self.refused_calls = 0
+        self.token = secrets.token_hex(16)
+        self.address: str | None = None
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._clients: dict[int, _Client] = {}
+        self._next_id = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.AbstractServer | None = None
+
+    # -- life ----------------------------------------------------------------------------------
+    def start(self) -> str:
+        """Listen on 127.0.0.1 (its own thread and loop); the address workers connect to."""
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        errors: list[BaseException] = []
+
+        async def setup() -> None:
+            self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=1 << 20)
+            port = self._server.sockets[0].getsockname()[1]
+            self.address = f"127.0.0.1:{port}"
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(setup())
+            except BaseException as exc:  # pragma: no cover - no free port
+                errors.append(exc)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+
+        self._loop = loop
+        self._thread = threading.Thread(target=run, name="pytest-dspex-coordinator", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if errors:
+            raise errors[0]
+        assert self.address is not None
+        return self.address
+
+    def stop(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        self._loop = None
+
+        async def close() -> None:
+            if self._server is not None:
+                self._server.close()
+            for client in list(self._clients.values()):
+                client.writer.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            asyncio.run_coroutine_threadsafe(close(), loop).result(timeout=5)
+        except Exception:  # pragma: no cover - a loop already gone
+            pass
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        loop.close()
+
+    def stats(self) -> dict[str, Any]:
+        """What the run's limits saw: per endpoint, and the budget (for reports and tests)."""
+
+        async def read() -> dict[str, Any]:
+            return {
+                "calls": self.calls,
+                "cost": self.cost,
+                "refused_calls": self.refused_calls,
+                "endpoints": {
+                    name: {"limit": e.limit, "maximum": e.maximum, "decreases": e.decreases, "throttled": e.throttled,
+                           "answered": e.answered, "trips": e.trips, "peak_lent": e.peak_lent}
+                    for name, e in self._endpoints.items()
+                },
+            }  # fmt: skip
+
+        if self._loop is None:
+            return {}
+        return asyncio.run_coroutine_threadsafe(read(), self._loop).result(timeout=5)
+
+    # -- one client ----------------------------------------------------------------------------
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            hello = json.loads(await asyncio.wait_for(reader.readline(), 5))
+        except (TimeoutError, ValueError, OSError):
+            writer.close()
+            return
+        if not isinstance(hello, dict) or not secrets.compare_digest(str(hello.get("token", "")), self.token):
+            writer.close()  # not one of this run's workers
+            return
+        self._next_id += 1
+        cid = self._next_id
+        self._clients[cid] = _Client(writer, str(hello.get("name", "?")))
+        try:
+            while line := await reader.readline():
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    continue
+                self._handle(cid, message)
+        except (OSError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # the worker went away, or the run is over
+        finally:
+            self._drop(cid)
+            writer.close()
+
+    def _send(self, cid: int, message: dict[str, Any]) -> None:
+        client = self._clients.get(cid)
+        if client is not None and not client.writer.is_closing():
+            client.writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+
+    def _drop(self, cid: int) -> None:
+        self._clients.pop(cid, None)
+        for name, ep in self._endpoints.items():
+            ep.lent -= ep.held.pop(cid, 0)
+            ep.wants.pop(cid, None)
+            ep.told.pop(cid, None)
+            self._pump(name, ep)
+
+    def _endpoint(self, name: str, maximum: int) -> _Endpoint:
+        ep = self._endpoints.get(name)
+        if ep is None:
+            ep = self._endpoints[name] = _Endpoint(maximum=maximum, limit=maximum)
+        return ep
+
+    def _handle(self, cid: int, m: dict[str, Any]) -> None:
+        op = m.get("op")
+        if op == "reserve":
+            self._send(cid, {"op": "reserved", "id": m.get("id"), "error": self._reserve(int(m.get("n", 1)))})
+            return
+        if op == "charge":
+            self.cost += float(m.get("cost", 0.0))
+            return
+        name = str(m.get("ep", ""))
+        ep = self._endpoint(name, max(1, int(m.get("max", 16))))
+        if m.get("ok") or m.get("thr"):
+            ep.observe(int(m.get("ok", 0)), int(m.get("thr", 0)))
+        if op == "want":
+            ep.wants[cid] = ep.wants.get(cid, 0) + int(m.get("n", 1))
+        elif op == "ret":
+            n = min(int(m.get("n", 1)), ep.held.get(cid, 0))
+            ep.held[cid] = ep.held.get(cid, 0) - n
+            ep.lent -= n
+        elif op == "trip":
+            self._trip(cid, name, ep, str(m.get("message", "")), float(m.get("reset", 30.0)))
+            return
+        self._pump(name, ep)
+
+    def _reserve(self, n: int) -> str | None:
+        if self.max_calls is not None and self.calls + n > self.max_calls:
+            self.refused_calls += n
+            return f"the run's LM call budget is spent ({self.calls} of {self.max_calls} calls); no further calls are made"
+        if self.max_cost is not None and self.cost >= self.max_cost:
+            self.refused_calls += n
+            return f"the run's LM cost budget is spent (${self.cost:.4f} of ${self.max_cost:.4f}); no further calls are made"
+        self.calls += n
+        return None
+
+    def _trip(self, cid: int, name: str, ep: _Endpoint, message: str, reset: float) -> None:
+        now = time.monotonic()
+        if now < ep.breaker_until:
+            return  # already open for the run: the same opening
+        ep.trips += 1
+        ep.breaker_until = now + reset
+        ep.breaker_message = message
+        for other in self._clients:
+            if other != cid:
+                self._send(other, {"op": "open", "ep": name, "message": message, "reset": reset})
+
+    def _pump(self, name: str, ep: _Endpoint) -> None:
+        """Lend free slots to the waiting clients (fewest held first); say whether slots are tight."""
+        grants: dict[int, int] = {}
+        while ep.wants and ep.lent < ep.limit:
+            cid = min(ep.wants, key=lambda c: ep.held.get(c, 0) + grants.get(c, 0))
+            grants[cid] = grants.get(cid, 0) + 1
+            ep.lent += 1
+            ep.wants[cid] -= 1
+            if ep.wants[cid] <= 0:
+                del ep.wants[cid]
+        for cid, n in grants.items():
+            ep.held[cid] = ep.held.get(cid, 0) + n
+            self._send(cid, {"op": "grant", "ep": name, "n": n})
+        ep.peak_lent = max(ep.peak_lent, ep.lent)
+        tight = bool(ep.wants) or ep.lent > ep.limit
+        if tight:
+            active = {c for c, h in ep.held.items() if h > 0} | set(ep.wants)
+            share = ep.limit // max(1, len(active))
+        else:
+            share = -1
+        ep.share = share
+        for cid in {c for c, h in ep.held.items() if h > 0} | set(ep.wants):
+            if ep.told.get(cid, -1) != share:
+                ep.told[cid] = share
+                self._send(cid, {"op": "share", "ep": name, "share": share})

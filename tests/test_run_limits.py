@@ -1,0 +1,160 @@
+"""One run, one set of LM limits: the in-flight limit, back-pressure, breaker and budget are shared by
+every xdist worker (the controller's coordinator), not multiplied by ``-n``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+import pytest_dspex as dspex
+from pytest_dspex import _runtime
+from pytest_dspex.adapters import LMRequest
+from pytest_dspex.fake_server import FakeLMServer
+from pytest_dspex.lm.coordinator import Coordinator
+from pytest_dspex.lm.link import RunLink
+
+from .conftest import triage_examples
+
+PER_EXAMPLE = '''
+import pytest
+import pytest_dspex as dspex
+
+@pytest.mark.dspex_program(dspex.Predict("message -> team"), name="triage")
+@pytest.mark.dspex_metric(lambda e, p, t=None: e.team == p.team, threshold=0.0)
+@pytest.mark.dspex_dataset("data/dev.jsonl")
+def test_each(dspex_example, dspex_predict):
+    dspex_predict(dspex_example)
+'''
+
+
+def _project(pytester: pytest.Pytester, n: int) -> None:
+    pytester.makefile(".jsonl", **{"data/dev": "\n".join(json.dumps(e.toDict()) for e in triage_examples(n)) + "\n"})
+    pytester.makepyfile(test_limits=PER_EXAMPLE)
+
+
+def _args(server: FakeLMServer, *more: str) -> list[str]:
+    return [f"--dspex-base-url={server.base_url}", "--dspex-model=fake-model", "--dspex-cache=off",
+            "--dspex-missing-golden=zero-shot", *more]  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", [["-n", "4"], ["-p", "no:xdist"]], ids=["xdist-4", "no-xdist"])
+def test_one_in_flight_limit_for_the_run(pytester, server_factory, monkeypatch, mode):
+    """An endpoint that refuses above 8 in flight, --dspex-concurrency 8: with four workers the run
+    still has 8 in flight at most, so nothing is refused (per process it would be up to 32)."""
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    server = server_factory(latency=0.05, max_in_flight=8)
+    _project(pytester, 120)
+    result = pytester.runpytest_subprocess(*_args(server, "--dspex-concurrency=8"), *mode)
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    assert server.counts["over_cap"] == 0, dict(server.counts)
+    assert server.counts["ok"] == 120 and server.peak_in_flight <= 8
+
+
+def test_budget_holds_for_the_run_across_workers(pytester, server_factory, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    server = server_factory(latency=0.02)
+    _project(pytester, 80)
+    result = pytester.runpytest_subprocess(*_args(server, "--dspex-max-calls=20", "--dspex-max-error-rate=1"), "-n", "4")
+    assert server.requests <= 20, dict(server.counts)
+    assert server.requests >= 10  # the budget was used, not refused from the start
+    out = result.stdout.str()
+    assert "budget" in out.lower()
+
+
+def test_dead_endpoint_under_workers_every_example_accounted(pytester, monkeypatch):
+    """Nothing listens: every example ends as an LM error, the run does not hang."""
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    _project(pytester, 64)
+    result = pytester.runpytest_subprocess(
+        "--dspex-base-url=http://127.0.0.1:9/v1", "--dspex-model=fake-model", "--dspex-cache=off",
+        "--dspex-missing-golden=zero-shot", "--dspex-retries=1", "-n", "4",
+    )  # fmt: skip
+    out = result.stdout.str()
+    assert result.ret != 0
+    assert "LM error" in out or "LM ERROR" in out, out[-3000:]
+
+
+def _lms(server: FakeLMServer, links: list[RunLink | None], concurrency: int) -> list[dspex.LM]:
+    return [dspex.LM("m", base_url=server.base_url, api_key="k", cache=None, concurrency=concurrency, limits=link, hedge_after=None)
+            for link in links]  # fmt: skip
+
+
+def _ask_all(lms: list[dspex.LM], n: int) -> list[Any]:
+    import asyncio
+
+    async def main() -> list[Any]:
+        async def one(i: int) -> Any:
+            return await lms[i % len(lms)].acomplete(LMRequest(messages=[{"role": "user", "content": f"q{i}"}]))
+
+        return await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
+
+    return _runtime.run_sync(main())
+
+
+def test_four_clients_share_one_limit_and_one_budget():
+    with FakeLMServer(latency=0.02, max_in_flight=12) as server:
+        coordinator = Coordinator(max_calls=150)
+        address = coordinator.start()
+        try:
+            links = [RunLink(address, coordinator.token) for _ in range(4)]
+            lms = _lms(server, links, 12)
+            for lm, link in zip(lms, links, strict=True):
+                lm.budget = link.budget(None, 150)
+            outcomes = _ask_all(lms, 200)
+            assert server.counts["over_cap"] == 0 and server.peak_in_flight <= 12
+            answered = [o for o in outcomes if not isinstance(o, BaseException)]
+            refused = [o for o in outcomes if isinstance(o, dspex.BudgetExceededError)]
+            assert len(answered) == 150 and len(refused) == 50
+            assert coordinator.stats()["calls"] == 150
+        finally:
+            coordinator.stop()
+
+
+def test_a_lost_coordinator_falls_back_to_own_limits(caplog):
+    with FakeLMServer(latency=0.01) as server:
+        coordinator = Coordinator()
+        address = coordinator.start()
+        link = RunLink(address, coordinator.token)
+        (lm,) = _lms(server, [link], 4)
+        assert all(not isinstance(o, BaseException) for o in _ask_all([lm], 10))
+        coordinator.stop()
+        outcomes = _ask_all([lm], 20)  # nothing hangs: the process carries on under its own limit
+        assert all(not isinstance(o, BaseException) for o in outcomes)
+        assert link.state == "lost"
+        assert sum("keeps its own LM limits" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_an_unreachable_coordinator_is_one_warning(caplog):
+    with FakeLMServer() as server:
+        link = RunLink("127.0.0.1:9", "token")
+        (lm,) = _lms(server, [link], 4)
+        assert all(not isinstance(o, BaseException) for o in _ask_all([lm], 10))
+        assert sum("cannot reach the run's coordinator" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_breaker_opening_is_the_runs():
+    coordinator = Coordinator()
+    address = coordinator.start()
+    try:
+        links = [RunLink(address, coordinator.token) for _ in range(3)]
+        lms = [dspex.LM("m", base_url="http://127.0.0.1:9/v1", api_key="k", cache=None, retries=0, limits=link, breaker_fail_max=2)
+               for link in links]  # fmt: skip
+        for lm in lms[1:]:
+            _ask_all([lm], 0)
+            _runtime.run_sync(lm.limits.ensure())  # type: ignore[union-attr]
+        outcomes = _ask_all([lms[0]], 2)  # two refused connections open the first breaker
+        assert all(isinstance(o, dspex.LMError) for o in outcomes)
+        assert lms[0].breaker.state == "open"
+        import time
+
+        for _ in range(100):  # the others hear of it (no timing asserted: polled until told)
+            if all(lm.breaker.state == "open" for lm in lms):
+                break
+            time.sleep(0.02)
+        assert all(lm.breaker.state == "open" for lm in lms)
+        assert isinstance(_ask_all([lms[2]], 1)[0], dspex.CircuitOpenError)
+        assert coordinator.stats()["endpoints"]["http://127.0.0.1:9/v1"]["trips"] == 1
+    finally:
+        coordinator.stop()
