@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Coordinator"]
+__all__ = ["Coordinator", "describe"]
 
 logger = logging.getLogger("pytest_dspex.lm")
 
@@ -175,6 +175,7 @@ class Coordinator:
 
         async def read() -> dict[str, Any]:
             return {
+                "clients": self._next_id,
                 "calls": self.calls,
                 "cost": self.cost,
                 "refused_calls": self.refused_calls,
@@ -188,6 +189,11 @@ class Coordinator:
         if self._loop is None:
             return {}
         return asyncio.run_coroutine_threadsafe(read(), self._loop).result(timeout=5)
+
+    @property
+    def clients(self) -> int:
+        """How many workers connected over the run."""
+        return self._next_id
 
     # -- one client ----------------------------------------------------------------------------
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -303,3 +309,30 @@ class Coordinator:
             if ep.told.get(cid, -1) != share:
                 ep.told[cid] = share
                 self._send(cid, {"op": "share", "ep": name, "share": share})
+
+
+def describe(stats: dict[str, Any], *, verbose: bool = False) -> str | None:
+    """One line on what the run's shared limits did; None when there is nothing to say.
+
+    Said when an endpoint answered 429, a breaker opened or the budget refused calls (or ``verbose``).
+    """
+    if not stats or not stats.get("clients"):
+        return None
+    parts = []
+    notable = bool(stats.get("refused_calls"))
+    for e in stats.get("endpoints", {}).values():
+        notable = notable or e["throttled"] or e["trips"]
+        part = f"in flight at most {e['peak_lent']} of {e['maximum']}"
+        if e["throttled"]:
+            part += f", {e['throttled']} of {e['answered']} answers were 429 (limit now {e['limit']})"
+        if e["trips"]:
+            part += f", circuit breaker opened {e['trips']}x for the run"
+        parts.append(part)
+    if stats.get("calls") or stats.get("refused_calls"):
+        budget = f"budget: {stats['calls']} calls made"
+        if stats.get("refused_calls"):
+            budget += f", {stats['refused_calls']} refused"
+        parts.append(budget)
+    if not (notable or verbose) or not parts:
+        return None
+    return f"dspex: LM limits shared by {stats['clients']} workers: " + "; ".join(parts)

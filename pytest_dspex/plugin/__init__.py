@@ -431,6 +431,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     total = run_spend(rows, collector.goldens.values())
     if total is not None:  # the table's columns are the gates' alone: with a compile, the run's whole spend
         tr.write_line(f"dspex LM spend in this run (gates and compile): {spend_text(total)}")
+    if dspex is not None:
+        from ..lm.coordinator import describe
+
+        limits = describe(dspex.limits_stats(), verbose=config.getoption("verbose", 0) > 0)
+        if limits is not None:  # what the run's shared LM limits did (xdist)
+            tr.write_line(limits)
     for what, path in getattr(collector, "written", ()):
         tr.write_line(f"dspex {what} report: {path}")
     for text, is_error in collector.report_problems:  # a report that could not be written: one line each

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ..evaluation.records import ExampleRecord
     from ..golden.file import GoldenFile
     from ..lm import LM
+    from ..lm.coordinator import Coordinator
     from ..optimize import CompileResult
     from ..programs.modules import Module
     from ..programs.primitives import Example
@@ -98,7 +99,8 @@ class DspexSession:
         self.run_id: str = (workerinput or {}).get("dspex_run_id") or uuid.uuid4().hex
         owner_pid = int((workerinput or {}).get("dspex_owner_pid") or os.getpid())
         self.lms = SessionLMs(options, self.run_id, owner_pid, is_worker=self.is_worker, limits=(workerinput or {}).get("dspex_limits"))
-        self._coordinator: Any = None
+        self._coordinator: Coordinator | None = None
+        self._final_limits: dict[str, Any] = {}
         self._datasets: dict[tuple[str, tuple[str, ...], int | None], Dataset] = {}
         self._resolved: dict[Path, Resolved] = {}
         self._failed_compiles: dict[Path, str] = {}  # golden path -> why its compile failed
@@ -433,12 +435,16 @@ class DspexSession:
 
     def limits_stats(self) -> dict[str, Any]:
         """What the run's shared limits saw (empty without workers)."""
-        return self._coordinator.stats() if self._coordinator is not None else {}
+        if self._coordinator is not None:
+            return self._coordinator.stats()
+        return self._final_limits
 
     def close(self) -> None:
         self.lms.close()
         if self._coordinator is not None:
+            self._final_limits = self._coordinator.stats()
             self._coordinator.stop()
+            self._coordinator = None
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None

@@ -1,0 +1,178 @@
+"""Run-wide LM limits (issue 21): one in-flight limit, back-pressure, breaker and budget per run.
+
+Each case is a real ``pytest`` run of a per-example test over N examples against the fake server
+(50 ms) in another process that answers 429 to a request arriving while 32 are in flight; the
+server counts what reached it (``GET /v1/_counts``). CPU is the pytest process tree's (controller
+and workers: ``RUSAGE_CHILDREN``), the server's excluded. Wall time is noisy on a shared machine.
+
+    python bench/cases_limits.py [N]         # prints the rows
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+LATENCY = 0.05
+CAP = 32
+
+TEST = '''
+import pytest
+import pytest_dspex as dspex
+
+@pytest.mark.dspex_program(dspex.Predict("message -> team"), name="triage")
+@pytest.mark.dspex_metric(lambda e, p, t=None: e.team == p.team, threshold=0.0)
+@pytest.mark.dspex_dataset("data/dev.jsonl")
+def test_each(dspex_example, dspex_predict):
+    dspex_predict(dspex_example)
+'''
+
+
+CONFTEST = '''
+import os, time
+
+def pytest_runtest_setup(item):
+    _mark("start")
+
+def pytest_runtest_teardown(item):
+    _mark("end")
+
+def _mark(what):
+    path = os.environ.get("DSPEX_BENCH_TIMES")
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{what} {time.monotonic()}\\n")
+'''
+
+
+def project(n: int) -> Path:
+    from tests.conftest import triage_examples
+
+    folder = Path(tempfile.mkdtemp(prefix="dspex-bench-limits-"))
+    (folder / "data").mkdir()
+    (folder / "data" / "dev.jsonl").write_text("\n".join(json.dumps(e.toDict()) for e in triage_examples(n)) + "\n")
+    (folder / "test_limits.py").write_text(TEST)
+    (folder / "pytest.ini").write_text("[pytest]\n")
+    (folder / "conftest.py").write_text(CONFTEST)
+    return folder
+
+
+def _server(cap: int | None) -> tuple[subprocess.Popen[str], str]:
+    cmd = [sys.executable, "-m", "pytest_dspex.fake_server", "--latency", str(LATENCY)]
+    if cap is not None:
+        cmd += ["--max-in-flight", str(cap)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().split()
+    assert line and line[0] == "READY", line
+    return proc, line[1]
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run(folder: Path, *args: str, url: str | None = None, cap: int | None = CAP) -> dict[str, Any]:
+    """One pytest run against a fresh server; its counts, wall and CPU."""
+    server, base = _server(cap) if url is None else (None, url)
+    try:
+        times = folder / "times.txt"
+        times.unlink(missing_ok=True)
+        env = {"PYTHONPATH": str(ROOT), **os.environ, "OPENAI_API_KEY": "k", "DSPEX_BENCH_TIMES": str(times)}
+        cpu = _children_cpu()
+        t = time.perf_counter()
+        out = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--dspex-cache=off", f"--dspex-base-url={base}",
+             "--dspex-model=fake-model", "--dspex-missing-golden=zero-shot", "-v", "--tb=no", *args],
+            cwd=folder, env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        wall = time.perf_counter() - t
+        cpu = _children_cpu() - cpu
+        marks = [line.split() for line in times.read_text().splitlines()] if times.exists() else []
+        starts = [float(v) for k, v in marks if k == "start"]
+        ends = [float(v) for k, v in marks if k == "end"]
+        tests_s = max(ends) - min(starts) if starts and ends else 0.0
+        counts: dict[str, Any] = {}
+        if server is not None:
+            with urllib.request.urlopen(base + "/_counts") as resp:
+                counts = json.loads(resp.read())
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+    text = out.stdout
+    trips = re.search(r"circuit breaker opened (\d+)x", text)
+    return {"wall": wall, "tests_s": tests_s, "cpu": cpu, "counts": counts, "ret": out.returncode, "trips": int(trips.group(1)) if trips else 0,
+            "passed": _count(text, "passed"), "lm_error": _count(text, "lm_error"), "tail": text[-1500:]}  # fmt: skip
+
+
+def _count(text: str, outcome: str) -> int:
+    """``N outcome`` from pytest's last line."""
+    found = re.findall(rf"(\d+) {outcome}\b", text.strip().splitlines()[-1] if text.strip() else "")
+    return int(found[-1]) if found else 0
+
+
+def _share(r: dict[str, Any]) -> tuple[int, int, float]:
+    c = r["counts"]
+    requests = int(c.get("requests", 0))
+    refused = int(c.get("over_cap", 0))
+    return requests, refused, refused / requests if requests else 0.0
+
+
+def rows(n: int = 1000) -> list[tuple[str, str, str, bool | None]]:
+    """(what, figure, target, met) rows."""
+    folder = project(n)
+    out: list[tuple[str, str, str, bool | None]] = []
+    one = run(folder, "-p", "no:xdist", "--dspex-concurrency=32")
+    req, ref, share = _share(one)
+    out.append((f"one process, C=32, N={n}", f"{req} requests, {ref} refused ({share:.1%}); wall {one['wall']:.2f} s, CPU {one['cpu']:.2f} s "
+                f"({1000 * one['cpu'] / n:.2f} ms/example)", "baseline", None))  # fmt: skip
+    for workers in (4, 8):
+        for conc in (None, 32):
+            args = ["-n", str(workers)] + ([f"--dspex-concurrency={conc}"] if conc else [])
+            r = run(folder, *args)
+            req, ref, share = _share(r)
+            label = f"-n {workers}, {'default concurrency (16 per run)' if conc is None else f'C={conc} per run'}"
+            out.append((label, f"{req} requests, {ref} refused ({share:.1%}); wall {r['wall']:.2f} s = {r['wall'] / one['wall']:.2f}x one process; "
+                        f"CPU {r['cpu']:.2f} s ({1000 * r['cpu'] / n:.2f} ms/example); {r['passed']} passed", "≤ 1% refused, wall ≤ 1.2x",
+                        share <= 0.01 and r["wall"] <= 1.2 * one["wall"] and r["passed"] == n))  # fmt: skip
+    r = run(folder, "-n", "4", "--dspex-max-calls=100", "--dspex-max-error-rate=1")
+    req, _, _ = _share(r)
+    out.append(("-n 4 --dspex-max-calls 100, cache off", f"{req} requests reached the endpoint", "≤ 100", req <= 100))
+    dead = run(folder, "-n", "8", url="http://127.0.0.1:9/v1")
+    out.append(("dead endpoint (nothing listens), -n 8",
+                f"every example accounted: {dead['lm_error']} LM errors of {n}, {dead['tests_s']:.2f} s from the first test's start to the "
+                f"last one's end (CPU {dead['cpu']:.2f} s); breaker opened {dead['trips']}x for the run", "≤ 2 s, once",
+                dead["lm_error"] == n and dead["tests_s"] <= 2 and dead["trips"] == 1))  # fmt: skip
+    return out
+
+
+def section(ctx: Any) -> list[str]:
+    n = 300 if ctx.fast else 1000
+    lines = [__doc__.split("\n\n")[1].replace("\n", " "), "", "| run | figure | target |", "|---|---|---|"]
+    for what, figure, target, met in rows(n):
+        lines.append(f"| {what} | {figure} | {target} |")
+        if met is not None:
+            ctx.target(what, figure, target, met)
+    return lines
+
+
+if __name__ == "__main__":
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
+    for row in rows(n):
+        print(" | ".join(str(x) for x in row))
