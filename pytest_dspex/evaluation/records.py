@@ -59,7 +59,8 @@ def _usage(raw: Mapping[str, Any] | None) -> dict[str, float]:
 class ExampleRecord:
     """One evaluated example: what went in, what came out, its score and any error (JSON-able).
 
-    ``score`` is in [0, 1] (the mean over ``repeats`` when an example ran more than once); an
+    ``score`` is in [0, 1] (the mean over ``repeats`` when an example ran more than once, or their
+    worst / best draw with ``reduction`` ``all`` / ``any``); an
     error scores 0 and names its ``error_kind`` (see ``ERROR_KINDS``).
     """
 
@@ -74,6 +75,8 @@ class ExampleRecord:
     latency_s: float = 0.0
     usage: dict[str, float] = field(default_factory=lambda: _usage(None))
     repeats: list[float] | None = None
+    #: how ``score`` was made from ``repeats`` when not their mean: ``all`` (pass^k), ``any`` (pass@k)
+    reduction: str | None = None
     # the live objects of an in-process evaluation; never serialized, not part of equality
     example: Example | None = field(default=None, repr=False, compare=False)
     output: Prediction | None = field(default=None, repr=False, compare=False)
@@ -117,7 +120,7 @@ class ExampleRecord:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "index": self.index,
             "key": self.key,
             "inputs": self.inputs,
@@ -130,6 +133,9 @@ class ExampleRecord:
             "latency_s": self.latency_s,
             "usage": dict(self.usage),
         }
+        if self.reduction is not None:
+            data["reduction"] = self.reduction
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ExampleRecord:
@@ -145,6 +151,7 @@ class ExampleRecord:
             latency_s=float(data.get("latency_s") or 0.0),
             usage=_usage(data.get("usage")),
             repeats=list(data["repeats"]) if data.get("repeats") is not None else None,
+            reduction=data.get("reduction"),
         )
 
 

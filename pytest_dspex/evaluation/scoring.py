@@ -143,6 +143,7 @@ async def score_example(
     keep_exceptions: Container[str] = (),
     call_metric: MetricCaller | None = None,
     trace: list[Any] | None = None,
+    repeat_reduction: str = "mean",
 ) -> ExampleRecord:
     """Run ``program`` on one example, score it with ``metric`` and account for it, never raising.
 
@@ -162,8 +163,9 @@ async def score_example(
 
     ``repeats`` > 1 runs the example that many times, one after the other, repeat ``r`` with
     ``rollout_id=r`` in its LM calls (repeat 0 with none), so each repeat has its own cache entry and
-    replay mode reproduces every one of them. The record's ``score`` is the mean over the repeats,
-    ``repeats`` the per-repeat scores; its prediction is the first repeat's that produced one; an
+    replay mode reproduces every one of them. The record's ``score`` reduces the repeats
+    (``repeat_reduction``: ``mean``; ``all``, the worst draw: pass^k for 0/1 scores; ``any``, the
+    best draw: pass@k), ``repeats`` the per-repeat scores; its prediction is the first repeat's that produced one; an
     error in any repeat scores that repeat 0 and is the record's error (the first one), so an LM
     error in any repeat counts against the error budget.
     """
@@ -185,10 +187,18 @@ async def score_example(
         overrides = {**(settings.get("call_overrides") or {}), "rollout_id": r}
         with settings.context(call_overrides=overrides):
             runs.append(await once())
-    return _merge_repeats(runs)
+    return _merge_repeats(runs, repeat_reduction)
 
 
-def _merge_repeats(runs: list[ExampleRecord]) -> ExampleRecord:
+#: how an example's repeats make its score: the mean, the worst draw (pass^k), the best (pass@k)
+REPEAT_REDUCTIONS: dict[str, Callable[[list[float]], float]] = {
+    "mean": lambda scores: sum(scores) / len(scores),
+    "all": min,
+    "any": max,
+}
+
+
+def _merge_repeats(runs: list[ExampleRecord], reduction: str = "mean") -> ExampleRecord:
     first = runs[0]
     answered = next((r for r in runs if r.prediction is not None), first)
     failed = next((r for r in runs if r.error_kind is not None), None)
@@ -203,12 +213,13 @@ def _merge_repeats(runs: list[ExampleRecord]) -> ExampleRecord:
         inputs=first.inputs,
         expected=first.expected,
         prediction=answered.prediction,
-        score=sum(scores) / len(scores),
+        score=REPEAT_REDUCTIONS[reduction](scores),
         error_kind=failed.error_kind if failed is not None else None,
         error=failed.error if failed is not None else None,
         latency_s=round(sum(r.latency_s for r in runs), 6),
         usage=usage,
         repeats=scores,
+        reduction=None if reduction == "mean" else reduction,
         example=first.example,
         output=answered.output,
         exception=failed.exception if failed is not None else None,
@@ -291,6 +302,7 @@ async def evaluate_records(
     program_name: str = "",
     repeats: int = 1,
     keep_exceptions: Container[str] = (),
+    repeat_reduction: str = "mean",
 ) -> list[ExampleRecord]:
     """Score ``(index, example)`` pairs with ``concurrency`` workers; records in input order.
 
@@ -329,7 +341,7 @@ async def evaluate_records(
             started = tracing.example_started(i) if traced else None
             rec = await score_example(
                 program, ex, metric, index=i, timeout=timeout, mname=mname, repeats=repeats,
-                keep_exceptions=keep_exceptions, call_metric=call,
+                keep_exceptions=keep_exceptions, call_metric=call, repeat_reduction=repeat_reduction,
             )  # fmt: skip
             if started is not None:
                 tracing.example_finished(started, rec)
@@ -446,8 +458,9 @@ class EvaluationResult:
     @property
     def ci95(self) -> tuple[float, float]:
         """95% confidence interval of the score (Wilson for pass/fail scores, normal otherwise);
-        with repeats, clustered by example (``stats.clustered_confidence_interval``)."""
-        if any(r.repeats is not None and len(r.repeats) > 1 for r in self.records):
+        with repeats scored by their mean, clustered by example (``stats.clustered_confidence_interval``);
+        a pass^k / pass@k score is one outcome per example."""
+        if any(r.repeats is not None and len(r.repeats) > 1 and r.reduction is None for r in self.records):
             return clustered_confidence_interval([r.repeats or [r.score] for r in self.records])
         return confidence_interval([r.score for r in self.records])
 
@@ -545,7 +558,9 @@ class Evaluate:
 
     ``progress(done, total, score_so_far, errors)`` is called at most ten times a second and at the end;
     ``example_timeout`` (seconds) cancels an example whose program and metric take longer (``timeout``);
-    ``repeats`` runs each example that many times, each repeat with its own rollout id (``score_example``).
+    ``repeats`` runs each example that many times, each repeat with its own rollout id (``score_example``);
+    ``repeat_reduction`` makes an example's score from its repeats: ``mean`` (default), ``all``
+    (pass^k: it passes only if every draw does) or ``any`` (pass@k).
     """
 
     def __init__(
@@ -558,6 +573,7 @@ class Evaluate:
         program_name: str = "",
         example_timeout: float | None = None,
         repeats: int = 1,
+        repeat_reduction: str = "mean",
         num_threads: int | None = None,
         display_progress: bool = False,
         **unknown: Any,
@@ -569,7 +585,7 @@ class Evaluate:
             reject_unknown(
                 "Evaluate", unknown,
                 ["devset", "metric", "concurrency", "progress", "program_name", "example_timeout", "repeats",
-                 "num_threads", "display_progress"],
+                 "repeat_reduction", "num_threads", "display_progress"],
             )  # fmt: skip
         if num_threads is not None:
             concurrency = num_threads
@@ -579,6 +595,9 @@ class Evaluate:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {repeats}")
+        if repeat_reduction not in REPEAT_REDUCTIONS:
+            raise ValueError(f"repeat_reduction must be one of {', '.join(REPEAT_REDUCTIONS)}, got {repeat_reduction!r}")
+        self.repeat_reduction = repeat_reduction
         self.devset = [as_example(ex, f"devset item {i}") for i, ex in enumerate(devset)]
         self.metric = metric
         self.concurrency = concurrency
@@ -605,6 +624,7 @@ class Evaluate:
                 progress=self.progress,
                 program_name=self.program_name,
                 repeats=self.repeats,
+                repeat_reduction=self.repeat_reduction,
             )
         return EvaluationResult.from_records(
             records,

@@ -258,7 +258,8 @@ class Evaluator:
             progress=progress.update if progress else None,
             program_name=spec.name,
             example_timeout=options.example_timeout,
-            repeats=options.repeats,
+            repeats=(mspec.repeats if mspec is not None else None) or options.repeats,
+            repeat_reduction=(mspec.repeat_reduction if mspec is not None else None) or options.repeat_reduction,
         )
         result = run_with_progress(progress, lambda: evaluate(resolved.program))
         if positions is not None:
@@ -349,7 +350,8 @@ class Predictor:
                 timeout=options.example_timeout,
                 progress=on_progress if progress else None,
                 program_name=spec.name,
-                repeats=options.repeats,
+                repeats=mspec.repeats or options.repeats,
+                repeat_reduction=mspec.repeat_reduction or options.repeat_reduction,
                 keep_exceptions=ITEM_FAILING_KINDS,  # re-raised below: the item fails with the original traceback
             )
             records = run_with_progress(progress, lambda: run_sync(coro))

@@ -25,8 +25,9 @@ MARKERS = [
     "optimizer=None): the LM program under test, or a plain function (outputs= names its output fields; "
     "select='in-sample' chooses among compile candidates on the gate's own dataset; optimizer= names the optimizer "
     "--dspex-compile runs, as --dspex-optimizer)",
-    "dspex_metric(metric, threshold=None, tolerance=None, metric_threshold=None): how predictions are scored "
-    "and the gate; metric_threshold: the score a bootstrapped run needs to become demos (default full credit)",
+    "dspex_metric(metric, threshold=None, tolerance=None, metric_threshold=None, repeats=None, repeat_reduction=None): "
+    "how predictions are scored and the gate; metric_threshold: the score a bootstrapped run needs to become demos "
+    "(default full credit); repeats / repeat_reduction: this test's --dspex-repeats / --dspex-repeat-reduction",
     "dspex_dataset(path, limit=None): one test item per example of this dataset (per-example mode)",
 ]
 
@@ -49,6 +50,9 @@ class MetricSpec:
     tolerance: float | None
     #: the metric value a bootstrapped run needs for its trace to become demos (None: full credit)
     metric_threshold: float | None = None
+    #: this test's ``--dspex-repeats`` / ``--dspex-repeat-reduction`` (None: the options decide)
+    repeats: int | None = None
+    repeat_reduction: str | None = None
 
     @property
     def name(self) -> str:
@@ -221,7 +225,7 @@ def metric_spec(node: Any) -> MetricSpec | None:
     mark = node.get_closest_marker("dspex_metric")
     if mark is None:
         return None
-    known = {"threshold", "tolerance", "metric", "metric_threshold"}
+    known = {"threshold", "tolerance", "metric", "metric_threshold", "repeats", "repeat_reduction"}
     unknown = set(mark.kwargs) - known
     if unknown:
         _bad(node, "dspex_metric", f"unknown argument(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
@@ -235,10 +239,17 @@ def metric_spec(node: Any) -> MetricSpec | None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1):
             _bad(node, "dspex_metric", f"{arg}={value!r} must be a number between 0 and 1")
 
+    repeats = mark.kwargs.get("repeats")
+    if repeats is not None and (isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1):
+        _bad(node, "dspex_metric", f"repeats={repeats!r} must be a whole number >= 1")
+    reduction = mark.kwargs.get("repeat_reduction")
+    if reduction is not None and reduction not in ("mean", "all", "any"):
+        _bad(node, "dspex_metric", f"repeat_reduction={reduction!r} must be 'mean', 'all' (pass^k) or 'any' (pass@k)")
+
     def number(value: Any) -> float | None:
         return None if value is None else float(value)
 
-    return MetricSpec(metric, number(threshold), number(tolerance), number(demo_bar))
+    return MetricSpec(metric, number(threshold), number(tolerance), number(demo_bar), repeats, reduction)
 
 
 def dataset_path(node: Any, base: Path) -> tuple[Path, int | None] | None:

@@ -29,7 +29,7 @@ OPTIONS: list[tuple[str, str, Any, str]] = [
     ("api-key-env", "str", "OPENAI_API_KEY", "name of the environment variable holding the API key"),
     ("temperature", "float", 0.0, "sampling temperature"),
     ("max-tokens", "int", 256, "max tokens per LM answer"),
-    ("concurrency", "int", 16, "concurrent LM requests per process"),
+    ("concurrency", "int", 16, "LM requests in flight per endpoint for the whole run (xdist workers share it)"),
     ("timeout", "float", 120.0, "seconds to wait for one LM answer (servers that queue need more)"),
     ("retries", "int", 3, "retries on 429/5xx/timeouts/transport errors"),
     ("cache-dir", "str", ".dspex_cache", "LM response cache directory (relative to rootdir)"),
@@ -90,7 +90,14 @@ OPTIONS: list[tuple[str, str, Any, str]] = [
         "int",
         1,
         "evaluate each example N times (each repeat its own rollout id in the cache key); the example's score "
-        "is the mean, examples whose repeats disagree are listed as flaky",
+        "reduces them (--dspex-repeat-reduction), examples whose repeats disagree are listed as flaky",
+    ),
+    (
+        "repeat-reduction",
+        "choice:mean,all,any",
+        "mean",
+        "an example's score from its repeats: mean; all = pass^k (it passes only if every draw passes: the "
+        "worst draw); any = pass@k (the best draw). The gate, flaky list and reports use it",
     ),
     # --dspex-report (json), --dspex-html, --dspex-markdown: one per output format the plugin writes
     *((f.option, "str", None, f.help) for f in FORMATS.values() if f.plugin),
@@ -98,7 +105,7 @@ OPTIONS: list[tuple[str, str, Any, str]] = [
         "max-cost",
         "float",
         None,
-        "session budget in dollars: past it no new LM calls are made (needs the model's price: --dspex-price)",
+        "the run's budget in dollars, shared by xdist workers: past it no new LM calls are made (needs the model's price: --dspex-price)",
     ),
     (
         "price",
@@ -107,7 +114,7 @@ OPTIONS: list[tuple[str, str, Any, str]] = [
         "the model's price in dollars per 1M input and output tokens, INPUT,OUTPUT (e.g. 0.15,0.60): "
         "the cost column and --dspex-max-cost count with it",
     ),
-    ("max-calls", "int", None, "session budget in LM calls"),
+    ("max-calls", "int", None, "the run's budget in LM calls, shared by xdist workers"),
     ("missing-golden", "choice:fail,zero-shot", "fail", "what a normal run does when a program has no golden file"),
     (
         "max-error-rate",
@@ -210,6 +217,7 @@ class DspexOptions:
     force: bool
     rebaseline: frozenset[str] | None = None  # --dspex-rebaseline: None = no; {"*"} = all programs
     shard: Shard | None = None  # --dspex-shard / DSPEX_SHARD / CI parallel-job variables
+    repeat_reduction: str = "mean"  # --dspex-repeat-reduction: mean, all (pass^k), any (pass@k)
     cache_url: str | None = None  # --dspex-cache-url: Redis instead of the cache directory
     #: report files by format name (``reports.formats``), relative to the invocation directory
     outputs: dict[str, Path] = field(default_factory=dict)

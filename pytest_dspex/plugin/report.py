@@ -73,7 +73,8 @@ def gate_lines(rows: list[dict[str, Any]], fresh: frozenset[str] = frozenset()) 
         flaky = list(r.get("flaky") or [])
         if flaky:
             repeats = r.get("repeats") or "several"
-            out.append((f"{label}: {len(flaky)} flaky example(s), their {repeats} repeats disagree: {keys(flaky)}", {"yellow": True}))
+            reduced = {"all": f"; pass^{repeats} scores each by its worst draw", "any": f"; pass@{repeats} scores each by its best draw"}.get(str(r.get("repeat_reduction")), "")
+            out.append((f"{label}: {len(flaky)} flaky example(s), their {repeats} repeats disagree{reduced}: {keys(flaky)}", {"yellow": True}))
     return out
 
 

@@ -68,6 +68,8 @@ def program_row(
         "tolerance": tolerance,
         "alpha": alpha,
         "repeats": repeats,
+        # how an example's repeats make its score: mean, all (pass^k), any (pass@k)
+        "repeat_reduction": next((r.reduction for r in result.records if r.reduction), "mean"),
         "max_error_rate": max_error_rate,
         "score": result.score,
         "n": result.n,
