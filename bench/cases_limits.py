@@ -72,7 +72,7 @@ def project(n: int) -> Path:
 
 
 def _server(cap: int | None) -> tuple[subprocess.Popen[str], str]:
-    cmd = [sys.executable, "-m", "pytest_dspex.fake_server", "--latency", str(LATENCY)]
+    cmd = [sys.executable, "-m", "pytest_dspex.testing.fake_server", "--latency", str(LATENCY)]
     if cap is not None:
         cmd += ["--max-in-flight", str(cap)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 
 import pytest_dspex as dspex
-from pytest_dspex import _runtime
-from pytest_dspex.adapters import LMRequest
-from pytest_dspex.fake_server import FakeLMServer
+from pytest_dspex._support import runtime as _runtime
 from pytest_dspex.lm.coordinator import Coordinator
 from pytest_dspex.lm.link import RunLink
+from pytest_dspex.lm.types import LMRequest
+from pytest_dspex.testing.fake_server import FakeLMServer
 
 from .conftest import triage_examples
 

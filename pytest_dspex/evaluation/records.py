@@ -52,7 +52,10 @@ def jsonable(value: Any) -> Any:
 
 def _usage(raw: Mapping[str, Any] | None) -> dict[str, float]:
     raw = raw or {}
-    return {k: raw.get(k, 0) for k in _USAGE_KEYS}
+    out = {k: raw.get(k, 0) for k in _USAGE_KEYS}
+    if raw.get("estimated"):  # calls an estimate run would make (``--dspex-estimate``)
+        out["estimated"] = raw["estimated"]
+    return out
 
 
 @dataclass(slots=True)

@@ -413,6 +413,7 @@ class EvaluationResult:
                         float(u.get("cost", 0.0)),
                         retries=int(u.get("retries", 0)),
                         hedges=int(u.get("hedges", 0)),
+                        estimated=int(u.get("estimated", 0)),
                     )
                 )
         return cls(recs, usage, elapsed_s, program, metric)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .._support import runtime as _runtime
 from .._support.types import NOT_GIVEN, NotGiven
-from ..errors import BudgetExceededError, ConfigError, LMError, LMHTTPError
+from ..errors import BudgetExceededError, CacheMissError, ConfigError, LMError, LMHTTPError
 from ..observe import events, tracing
 from .cache import CacheMode, ResponseCache, cache_key
 from .capabilities import Capabilities
@@ -62,7 +62,7 @@ _SETTINGS = (
     "api_key_env", "temperature", "max_tokens", "stop", "timeout", "connect_timeout", "retries",
     "backoff_base", "concurrency", "cache_dir", "cache_mode", "breaker_fail_max", "breaker_reset_timeout",
     "price_per_1m_input", "price_per_1m_output", "budget", "transport", "extra_body", "hedge_after",
-    "cache_identity", "limits",
+    "cache_identity", "limits", "estimate",
 )  # fmt: skip
 
 
@@ -136,6 +136,7 @@ class LM:
         hedge_after: float | Literal["auto"] | None = "auto",
         cache_identity: str | None = None,
         limits: RunLink | None = None,
+        estimate: bool = False,
         _family: tuple[Credentials, Breaker] | None = None,
         api_base: str | None = None,
         num_retries: int | None = None,
@@ -221,6 +222,9 @@ class LM:
         #: what the endpoint turned out to accept (constrained-decoding dialects, logprobs)
         self.capabilities = Capabilities()
         self.limits = limits
+        #: an estimate (``--dspex-estimate``): a request the cache cannot answer is counted, never sent
+        self.estimate = estimate
+        self._seen = [0, 0, 0, 0]  # cache hits: count, prompt characters, prompt tokens, completion tokens
         self.limiter: AdaptiveLimiter | SharedLimiter
         if limits is None:
             self.limiter = AdaptiveLimiter(concurrency)
@@ -350,11 +354,17 @@ class LM:
         body = self._payload(request, params)
         cache = self.cache
         if cache is None or not cache.reads:
+            if self.estimate:
+                raise self._would_call(body)
             return await self._fetch(body, None)
         key = cache_key({"endpoint": self.cache_identity, "body": body, "rollout": rollout})
         hit = cache.get(key)
         if hit is not None:
+            if self.estimate:
+                self._learn(body, hit)
             return hit, self._finish_cached(hit)
+        if self.estimate:
+            raise self._would_call(body)
         cache.miss(key, self.model)  # replay mode: an error
         (data, completion), led = await self._inflight.share(key, lambda: self._fetch(body, key))
         if led:
@@ -493,6 +503,27 @@ class LM:
                 self.auto_hedge.observe(time.perf_counter() - sent, wire)
             return data
 
+    # -- an estimate: what the calls the cache cannot answer would cost ------------------------------
+    def _learn(self, body: dict[str, Any], data: dict[str, Any]) -> None:
+        """A cached answer: how many tokens this endpoint counts per prompt character, and answers take."""
+        usage = data.get("usage") or {}
+        seen = self._seen
+        seen[0] += 1
+        seen[1] += _prompt_chars(body)
+        seen[2] += int(usage.get("prompt_tokens") or 0)
+        seen[3] += int(usage.get("completion_tokens") or 0)
+
+    def _would_call(self, body: dict[str, Any]) -> CacheMissError:
+        """Count a call an estimate would make (tokens from the cached answers seen, else ~4 characters
+        a token and the answer's token limit) and say so as the call's error."""
+        hits, chars, prompt, answer = self._seen
+        pt = round(_prompt_chars(body) * (prompt / chars if hits and chars and prompt else 0.25))
+        ct = round(answer / hits) if hits and answer else int(body.get("max_tokens") or self.max_tokens)
+        delta = Usage(calls=1, prompt_tokens=pt, completion_tokens=ct, cost=pt * self.price_in + ct * self.price_out, estimated=1)
+        self.usage.add(delta)
+        record(delta)
+        return CacheMissError(f"--dspex-estimate: no cached answer for this {self.model} request; a run would call the LM (about {pt} + {ct} tokens)")
+
     def _finish_cached(self, data: dict[str, Any]) -> Completion:
         completion = self._completion(data, cached=True, cost=False)  # a cached answer costs nothing
         delta = Usage(calls=1, cache_hits=1)
@@ -533,6 +564,10 @@ class LM:
             _first_top_logprobs(choice),
             str(refusal) if refusal else None,
         )
+
+
+def _prompt_chars(body: dict[str, Any]) -> int:
+    return sum(len(str(m.get("content") or "")) for m in body.get("messages") or ())
 
 
 def _max_tokens(lm_limit: int, answer_limit: int | None) -> int:

@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from .._exceptions import BudgetExceededError
+from ..errors import BudgetExceededError
 from .resilience import AdaptiveLimiter, Breaker
 from .usage import Budget
 

@@ -23,6 +23,8 @@ class Usage:
     retries: int = 0
     errors: int = 0
     hedges: int = 0
+    #: calls an estimate (``LM(estimate=True)``) found no cached answer for: they would be made
+    estimated: int = 0
 
     @property
     def tokens(self) -> int:
@@ -37,10 +39,11 @@ class Usage:
         self.retries += other.retries
         self.errors += other.errors
         self.hedges += other.hedges
+        self.estimated += other.estimated
 
     def to_dict(self) -> dict[str, float | int]:
         # by hand: dataclasses.asdict deep-copies field by field (~10 µs; this runs once per example)
-        return {
+        out: dict[str, float | int] = {
             "calls": self.calls,
             "cache_hits": self.cache_hits,
             "prompt_tokens": self.prompt_tokens,
@@ -51,6 +54,9 @@ class Usage:
             "hedges": self.hedges,
             "tokens": self.prompt_tokens + self.completion_tokens,
         }
+        if self.estimated:  # only an estimate run has them
+            out["estimated"] = self.estimated
+        return out
 
 
 _trackers: contextvars.ContextVar[tuple[Usage, ...]] = contextvars.ContextVar("dspex_usage", default=())

@@ -290,6 +290,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     try:
         if collector is not None:
             failed = collector.finish(_stopped(session, exitstatus))
+            if dspex.options.estimate:
+                return  # an estimate: no gate, no golden, no report (the summary prints what a run would cost)
             for run in collector.runs.values() if collector.shard is None else ():  # a shard defers its gate
                 config.hook.pytest_dspex_gate(program=run.program, verdict=run.verdict, result=run.result)
             from .aggregate import report_aggregates
@@ -351,6 +353,15 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
     rows = collector.all_rows()
     tr = terminalreporter
+    dspex = config.stash.get(session_key, None)
+    if dspex is not None and dspex.options.estimate:
+        from .estimate import estimate_lines
+
+        tr.write_sep("=", "dspex estimate (no LM call made)")
+        o = dspex.options
+        for text, markup in estimate_lines(rows, priced=dspex.lms.priced(), max_calls=o.max_calls, max_cost=o.max_cost):
+            tr.write_line(text, **markup)
+        return
     _misses(tr)
     if not rows and not collector.goldens and not collector.report_problems:
         return

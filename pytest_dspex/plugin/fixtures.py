@@ -287,6 +287,8 @@ class Evaluator:
         verdict = run.judge(result=result)
         row = run.row()
         node.stash[payload_key] = Payload("program", _golden_info(session, resolved), row=row)
+        if options.estimate:  # no verdict from an estimate: the summary says what a run would cost
+            pytest.skip("--dspex-estimate: no LM call made")
         from ..reports import program_properties
 
         node.user_properties.extend(program_properties(row))  # JUnit: score, CI, delta, verdict
@@ -398,6 +400,8 @@ class Predictor:
             # the golden's per-example outcomes for the controller's paired gate, sent once per process
             golden_outcomes=session.once(("outcomes", key), lambda: paired[0]),
         )
+        if options.estimate:  # no verdict from an estimate: the summary says what a run would cost
+            pytest.skip("--dspex-estimate: no LM call made")
         from ..reports import example_properties
 
         node.user_properties.extend(example_properties(record))  # JUnit: score, outcome (pass/miss/error), error

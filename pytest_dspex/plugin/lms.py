@@ -127,13 +127,29 @@ class SessionLMs:
                 concurrency=o.concurrency,
                 cache=self._cache,
                 budget=self.budget,
-                price_per_1m_input=o.price[0] if o.price else 0.0,
-                price_per_1m_output=o.price[1] if o.price else 0.0,
+                price_per_1m_input=self._price(model)[0],
+                price_per_1m_output=self._price(model)[1],
                 cache_identity=f"embedded:{model}" if o.local else None,
                 hedge_after=None if o.local else "auto",  # one request at a time: a duplicate only queues
                 limits=self.link,
+                estimate=o.estimate,  # --dspex-estimate: a request the cache cannot answer is counted, not sent
             )
         return self._lm
+
+    def _price(self, model: str) -> tuple[float, float]:
+        """``--dspex-price``; in an estimate, else the table's list price of a well-known model."""
+        if self.options.price:
+            return self.options.price
+        if self.options.estimate:
+            from ..lm.prices import known_price
+
+            return known_price(model) or (0.0, 0.0)
+        return (0.0, 0.0)
+
+    def priced(self) -> bool:
+        """Is a cost counted (a price set, or in an estimate one from the table)?"""
+        name = self.model_name()
+        return self._price(name)[0] > 0 or self._price(name)[1] > 0 if name else bool(self.options.price)
 
     @property
     def teacher(self) -> LM | None:
@@ -185,7 +201,7 @@ class SessionLMs:
         if self._lm is None and self._cache is not None:
             self._cache.close()
         if self._link is not None:
-            from .. import _runtime
+            from .._support import runtime as _runtime
 
             try:
                 _runtime.run_sync(self._link.aclose())

@@ -167,6 +167,15 @@ def add_options(parser: pytest.Parser) -> None:
         help="with --dspex-compile: replace goldens even when their recorded score is higher",
     )
     group.addoption(
+        "--dspex-estimate",
+        dest="dspex_estimate",
+        action="store_true",
+        default=False,
+        help="make no LM call: run the tests against the response cache and print, per program, the examples, "
+        "cached answers, the calls a run would make and their estimated tokens and cost (with --dspex-compile: "
+        "the compile's plan); exit 0",
+    )
+    group.addoption(
         "--dspex-rebaseline",
         dest="dspex_rebaseline",
         nargs="?",
@@ -218,6 +227,7 @@ class DspexOptions:
     rebaseline: frozenset[str] | None = None  # --dspex-rebaseline: None = no; {"*"} = all programs
     shard: Shard | None = None  # --dspex-shard / DSPEX_SHARD / CI parallel-job variables
     repeat_reduction: str = "mean"  # --dspex-repeat-reduction: mean, all (pass^k), any (pass@k)
+    estimate: bool = False  # --dspex-estimate: no LM call; what a run would cost
     cache_url: str | None = None  # --dspex-cache-url: Redis instead of the cache directory
     #: report files by format name (``reports.formats``), relative to the invocation directory
     outputs: dict[str, Path] = field(default_factory=dict)
@@ -324,8 +334,12 @@ def resolve(config: pytest.Config) -> DspexOptions:
         )
     cache_dir = Path(values.pop("cache_dir"))
     outputs = {f.name: Path(path) for f in FORMATS.values() if f.plugin and (path := values.pop(f.option.replace("-", "_")))}
+    estimate = bool(config.getoption("dspex_estimate", False))
+    if estimate:
+        values["missing_golden"] = "zero-shot"  # an estimate counts the calls of a program without its golden too
     return DspexOptions(
         **values,
+        estimate=estimate,
         cache_dir=cache_dir if cache_dir.is_absolute() else Path(config.rootpath) / cache_dir,
         outputs=outputs,
         compile=compile_names,

@@ -192,7 +192,11 @@ class DspexSession:
             pytest.fail(self._unavailable[path], pytrace=False)
         self._activate()
         try:
-            if self.options.compiles(spec.name):
+            if self.options.estimate:  # no compile, no rebaseline: the program as it stands, and the compile's plan
+                resolved = self._load(spec, path)
+                if self.options.compiles(spec.name):
+                    resolved.note = "; ".join(filter(None, [resolved.note, self._compile_plan(spec, metric, gate_dataset)]))
+            elif self.options.compiles(spec.name):
                 resolved = self._compile(spec, metric, path, gate_dataset, progress)
             elif self.options.rebaselines(spec.name):
                 resolved = self._rebaseline(spec, metric, path, gate_dataset, progress)
@@ -369,6 +373,31 @@ class DspexSession:
             spec.name, done.program, path, done.golden, done.outcome, reason=done.reason, golden_record=done.record,
             replaced=done.replaced.to_json() if done.replaced is not None else None,
         )  # fmt: skip
+
+    def _compile_plan(self, spec: ProgramSpec, metric: MetricSpec | None, gate_dataset: Path | None) -> str:
+        """What ``--dspex-compile`` would run for ``spec`` (``--dspex-estimate``): program runs at most."""
+        from ..evaluation.datasets import load_dataset
+
+        if metric is None or spec.trainset is None:
+            return "compile plan: cannot compile (needs a dspex_metric marker and a trainset)"
+        o = self.options
+
+        def size(path: Path | None) -> int:
+            try:
+                return len(load_dataset(path, input_keys=spec.input_keys)) if path is not None else 0
+            except Exception:  # the compile itself would say what is wrong with the file
+                return 0
+
+        train, select, gate = size(spec.trainset), size(spec.valset) or size(spec.trainset), size(gate_dataset)
+        draws = o.baseline_draws or (1 if o.local and o.temperature == 0 else 3)
+        teacher = train * o.rounds
+        runs = teacher + o.candidates * select + draws * gate
+        predictors = max(1, len(list(spec.program.named_predictors())))
+        return (
+            f"compile plan: up to {teacher} teacher runs ({train} training examples x {o.rounds} rounds), "
+            f"{o.candidates} candidates x {select} selection examples, a baseline of {draws} x {gate} gate examples: "
+            f"at most {runs} program runs, about {runs * predictors} LM calls before the cache"
+        )
 
     def _settings(self, metric: MetricSpec) -> Any:
         from ..optimize.compile import NOISY_BASELINE_DRAWS, CompileSettings

@@ -1,0 +1,44 @@
+"""``--dspex-estimate``: what a run would cost, said per program from the rows the tests produced.
+
+In an estimate the session LM answers from the response cache only (``LM(estimate=True)``): a request
+the cache cannot answer is counted as a call a run would make, with its tokens estimated from the
+cached answers seen (else ~4 characters a token and the answer's token limit), and the test is
+skipped. The controller then prints this table instead of the gate's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["estimate_lines"]
+
+
+def estimate_lines(rows: list[dict[str, Any]], *, priced: bool, max_calls: int | None, max_cost: float | None) -> list[tuple[str, dict[str, bool]]]:
+    """``(text, markup)`` lines: a table per program, the total, and the budget when the estimate exceeds it."""
+    out: list[tuple[str, dict[str, bool]]] = []
+    header = ("program", "mode", "examples", "cached", "calls", "est. tokens", "est. cost")
+    table = [header]
+    calls = tokens = 0
+    cost = 0.0
+    for r in rows:
+        u = r.get("usage") or {}
+        would = int(u.get("estimated", 0))
+        t = int(u.get("prompt_tokens", 0)) + int(u.get("completion_tokens", 0))
+        calls, tokens, cost = calls + would, tokens + t, cost + float(u.get("cost", 0.0))
+        table.append((str(r["program"]), str(r.get("mode", "dataset")), str(r.get("n", 0)), str(int(u.get("cache_hits", 0))),
+                      str(would), f"{t:,}", f"${float(u.get('cost', 0.0)):.4f}" if priced else "-"))  # fmt: skip
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        out.append(("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(), {}))
+    total = f"a run would make {calls} LM calls, about {tokens:,} tokens" + (f", ${cost:.4f}" if priced else "")
+    out.append((total + " (no LM call was made)", {"bold": True}))
+    if not priced:
+        out.append(("no price known for this model: set --dspex-price=INPUT,OUTPUT (dollars per 1M tokens) to estimate cost", {"yellow": True}))
+    plans = dict.fromkeys(f"{r['program']}: {part}" for r in rows for part in str(r.get("note") or "").split("; ") if part.startswith("compile plan"))
+    out += [(plan, {}) for plan in plans]
+    if max_calls is not None and calls > max_calls:
+        out.append((f"over the budget: {calls} calls estimated, --dspex-max-calls={max_calls}: the run would stop "
+                    f"after {max_calls} and the rest would be LM errors", {"red": True, "bold": True}))  # fmt: skip
+    if max_cost is not None and priced and cost > max_cost:
+        out.append((f"over the budget: ${cost:.4f} estimated, --dspex-max-cost={max_cost:g}", {"red": True, "bold": True}))
+    return out
