@@ -162,10 +162,53 @@ def rows(n: int = 1000) -> list[tuple[str, str, str, bool | None]]:
     return out
 
 
+def _cold(url: str, n: int, concurrency: int, limits: str | None) -> dict[str, float]:
+    """``cases_dspex.case_cold`` (a new LM, Evaluate of N examples, CPU of this process), its LM linked to a
+    coordinator in another process when ``limits`` ("address token") is given."""
+    import cases_dspex as cd
+
+    import pytest_dspex as dspex
+    from pytest_dspex.lm.link import RunLink
+
+    cd.preimport()
+    devset = cd.dev(n)
+    cpu0 = time.process_time()
+    link = RunLink(*limits.split(" ")) if limits else None
+    lm = dspex.LM("fake", base_url=url, api_key="bench", concurrency=concurrency, limits=link)
+    res = dspex.Evaluate(devset, cd.metric, concurrency=concurrency)(cd.program(lm))
+    cpu = time.process_time() - cpu0
+    assert res.usage.calls == n and not res.errors and (link is None or link.state == "up"), (res.usage, link)
+    return {"cpu_ms_per_example": cpu / n * 1e3}
+
+
+def overhead(n: int = 2000, runs: int = 5) -> list[tuple[str, str, str, bool | None]]:
+    """Client CPU per example, cold, C=64: an LM of its own vs one whose slots a coordinator lends (in another process)."""
+    import statistics
+
+    server, url = _server(None)
+    coord = subprocess.Popen([sys.executable, __file__, "coordinator"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert coord.stdout is not None
+    limits = coord.stdout.readline().strip()
+    try:
+        got: dict[str, list[float]] = {"own": [], "linked": []}
+        for _ in range(runs):
+            for mode in got:
+                out = subprocess.run([sys.executable, __file__, "cold", url, str(n), "64", limits if mode == "linked" else ""],
+                                     capture_output=True, text=True, cwd=ROOT, check=True)  # fmt: skip
+                got[mode].append(json.loads(out.stdout.strip().splitlines()[-1])["cpu_ms_per_example"])
+    finally:
+        coord.kill()
+        server.kill()
+    own, linked = statistics.median(got["own"]), statistics.median(got["linked"])
+    return [(f"client CPU per example, Evaluate N={n}, C=64, cold ({runs} runs each, alternating)",
+             f"own limits {own:.3f} ms; slots from the run's coordinator {linked:.3f} ms ({linked / own - 1:+.0%})",
+             "within 10%", linked <= 1.1 * own)]  # fmt: skip
+
+
 def section(ctx: Any) -> list[str]:
     n = 300 if ctx.fast else 1000
     lines = [__doc__.split("\n\n")[1].replace("\n", " "), "", "| run | figure | target |", "|---|---|---|"]
-    for what, figure, target, met in rows(n):
+    for what, figure, target, met in rows(n) + overhead(500 if ctx.fast else 2000, 1 if ctx.fast else 5):
         lines.append(f"| {what} | {figure} | {target} |")
         if met is not None:
             ctx.target(what, figure, target, met)
@@ -173,6 +216,18 @@ def section(ctx: Any) -> list[str]:
 
 
 if __name__ == "__main__":
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
-    for row in rows(n):
-        print(" | ".join(str(x) for x in row))
+    if sys.argv[1:2] == ["coordinator"]:  # a coordinator in a process of its own, as a controller hosts it
+        from pytest_dspex.lm.coordinator import Coordinator
+
+        c = Coordinator()
+        print(c.start(), c.token, flush=True)
+        time.sleep(3600)
+    elif sys.argv[1:2] == ["cold"]:
+        print(json.dumps(_cold(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] or None)))
+    elif sys.argv[1:2] == ["overhead"]:
+        for row in overhead(int(sys.argv[2]) if len(sys.argv) > 2 else 2000):
+            print(" | ".join(str(x) for x in row))
+    else:
+        n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
+        for row in rows(n):
+            print(" | ".join(str(x) for x in row))
