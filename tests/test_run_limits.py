@@ -158,3 +158,22 @@ def test_a_breaker_opening_is_the_runs():
         assert coordinator.stats()["endpoints"]["http://127.0.0.1:9/v1"]["trips"] == 1
     finally:
         coordinator.stop()
+
+
+def test_a_worker_without_the_coordinator_carries_on_with_one_warning(pytester, server_factory, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    server = server_factory(latency=0.01)
+    _project(pytester, 20)
+    pytester.makeconftest(
+        "import pytest\n"
+        "@pytest.hookimpl(trylast=True)\n"
+        "def pytest_configure_node(node):\n"
+        "    node.workerinput['dspex_limits'] = '127.0.0.1:9 not-the-token'  # nothing listens there\n"
+    )
+    result = pytester.runpytest_subprocess(*_args(server), "-n", "2")
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    assert server.counts["ok"] == 20
+    out = result.stdout.str()
+    # said as a warning, once (the one worker that made calls: 20 examples are one chunk), not once per call
+    assert out.count("cannot reach the run's coordinator at 127.0.0.1:9") == 1, out[-3000:]
+    assert "1 warning" in out

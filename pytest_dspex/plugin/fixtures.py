@@ -287,6 +287,7 @@ class Evaluator:
         verdict = run.judge(result=result)
         row = run.row()
         node.stash[payload_key] = Payload("program", _golden_info(session, resolved), row=row)
+        session.lms.warn_if_alone()
         if options.estimate:  # no verdict from an estimate: the summary says what a run would cost
             pytest.skip("--dspex-estimate: no LM call made")
         from ..reports import program_properties
@@ -400,6 +401,7 @@ class Predictor:
             # the golden's per-example outcomes for the controller's paired gate, sent once per process
             golden_outcomes=session.once(("outcomes", key), lambda: paired[0]),
         )
+        session.lms.warn_if_alone()
         if options.estimate:  # no verdict from an estimate: the summary says what a run would cost
             pytest.skip("--dspex-estimate: no LM call made")
         from ..reports import example_properties

@@ -26,6 +26,7 @@ class SessionLMs:
         self.options = options
         self._limits_address = limits  # "address token" of the controller's coordinator (xdist workers)
         self._link: Any = None
+        self._warned = False
         self.run_id = run_id
         self.owner_pid = owner_pid
         self.is_worker = is_worker
@@ -59,6 +60,16 @@ class SessionLMs:
             address, _, token = self._limits_address.partition(" ")
             self._link = RunLink(address, token, name=f"pid {os.getpid()}")
         return self._link
+
+    def warn_if_alone(self) -> None:
+        """Once per process, in a test (so pytest reports it, from a worker too): the run's limits were lost."""
+        link = self._link
+        if link is not None and link.lost_reason is not None and not self._warned:
+            self._warned = True
+            import warnings
+
+            warnings.warn(f"pytest-dspex: {link.lost_reason}; this worker kept its own LM limits (in-flight, budget, breaker) "
+                          "from then on", RuntimeWarning, stacklevel=2)  # fmt: skip
 
     @property
     def budget(self) -> Budget | None:
