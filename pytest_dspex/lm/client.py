@@ -19,7 +19,6 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from .._support import runtime as _runtime
@@ -32,7 +31,7 @@ from .resilience import AdaptiveLimiter, Breaker, RetryPolicy, Ticket, send_with
 from .secrets import Credentials, base_url_problem, redact_url
 from .sharing import AutoHedge, HedgeSkipped, InflightRequests, WireMark, hedged
 from .transport import HTTPTransport
-from .types import LMRequest
+from .types import Completion, LMRequest
 from .usage import Budget, Usage, record
 
 if TYPE_CHECKING:
@@ -42,20 +41,6 @@ if TYPE_CHECKING:
 
 __all__ = ["LM", "Completion"]
 
-
-
-@dataclass(frozen=True, slots=True)
-class Completion:
-    text: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float = 0.0
-    cached: bool = False
-    finish_reason: str | None = None
-    #: the first answer token's alternatives (text, logprob), when the request asked for ``logprobs``
-    top_logprobs: tuple[tuple[str, float], ...] | None = None
-    #: the model's refusal (``message.refusal``), when it declined to answer
-    refusal: str | None = None
 
 
 _SETTINGS = (

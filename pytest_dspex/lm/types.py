@@ -1,4 +1,5 @@
-"""What the LM client is asked: a chat request, and the constraint its answer must match.
+"""What the LM client is asked and what it answers: a chat request, the constraint its answer must
+match, and the completion.
 
 The prompt layer (``programs.adapters``) builds an ``LMRequest``; the client (``lm.client``) sends it.
 Neither the request nor the constraint knows an endpoint's dialect: ``programs.constrained`` turns a
@@ -11,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["Constraint", "LMRequest"]
+__all__ = ["Completion", "Constraint", "LMRequest"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,3 +41,19 @@ class LMRequest:
     extra: Mapping[str, Any] | None = None
     constraint: Constraint | None = None
     max_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What the LM answered: the text, its tokens and cost (0 for a cached answer), and why it stopped."""
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    cached: bool = False
+    finish_reason: str | None = None
+    #: the first answer token's alternatives (text, logprob), when the request asked for ``logprobs``
+    top_logprobs: tuple[tuple[str, float], ...] | None = None
+    #: the model's refusal (``message.refusal``), when it declined to answer
+    refusal: str | None = None
