@@ -112,10 +112,10 @@ class RunLink:
             try:
                 self._writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
             except (OSError, RuntimeError) as exc:
-                self._lose(f"lost the run's coordinator ({type(exc).__name__})")
+                self._lose(f"lost the run's coordinator at {self.address} ({type(exc).__name__})")
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
-        why = "the run's coordinator closed the connection"
+        why = f"the run's coordinator at {self.address} closed the connection"
         try:
             while line := await reader.readline():
                 try:
@@ -123,9 +123,9 @@ class RunLink:
                 except ValueError:
                     continue
         except (OSError, asyncio.IncompleteReadError) as exc:
-            why = f"lost the run's coordinator ({type(exc).__name__})"
+            why = f"lost the run's coordinator at {self.address} ({type(exc).__name__})"
         except asyncio.CancelledError:
-            why = "the run's coordinator link was closed"
+            why = f"the link to the run's coordinator at {self.address} was closed"
         self._lose(why)
 
     def _dispatch(self, m: dict[str, Any]) -> None:
