@@ -141,3 +141,27 @@ def test_the_plugin_gates_a_dspy_program_and_replays_it(
     for path in Path(pytester.path).rglob("*"):
         if path.is_file():
             assert CANARY.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.filterwarnings("ignore:Item.*ReadOnly. qualifier:UserWarning")  # LiteLLM's types, on first use
+def test_litellm_records_and_replays_through_the_endpoint(upstream: FakeLMServer, tmp_path: Path) -> None:
+    """LiteLLM on its own (DSPy's former client; installed with DSPy): ``litellm.completion(api_base=...)``."""
+    litellm = pytest.importorskip("litellm")
+
+    def triage(message: str) -> str:
+        reply = litellm.completion(model="openai/gpt-4o-mini", api_base=endpoint.base_url, api_key="not-the-key",
+                                   messages=[{"role": "user", "content": f"Message: {message}"}], num_retries=0)  # fmt: skip
+        return str(reply.choices[0].message.content).strip()
+
+    lm = session_lm(upstream, tmp_path)
+    with LoopbackEndpoint(lm) as endpoint:
+        recorded = evaluate(triage)
+    lm.close()
+    assert recorded.score == 1.0 and upstream.requests == len(MESSAGES), [r.error or r.prediction for r in recorded.records]
+    assert [r.usage["calls"] for r in recorded.records] == [1] * len(MESSAGES)
+    replay = session_lm(upstream, tmp_path, "replay")
+    with LoopbackEndpoint(replay) as endpoint:
+        replayed = evaluate(triage)
+    replay.close()
+    assert upstream.requests == len(MESSAGES) and replayed.score == 1.0
+    assert [r.usage["cache_hits"] for r in replayed.records] == [1] * len(MESSAGES)
