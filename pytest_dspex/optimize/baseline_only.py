@@ -17,7 +17,15 @@ from typing import Any
 
 from ..evaluation.scoring import example_timeout
 from ..programs.modules import Module
-from .compile import CompileOutcome, CompileSettings, _compare_baselines, _done_marker, measure_baseline
+from .compile import (
+    CompileOutcome,
+    CompileSettings,
+    _compare_baselines,
+    compiled_elsewhere,
+    mark_compiled,
+    measure_baseline,
+    previous_golden,
+)
 
 __all__ = ["NOTHING_TO_OPTIMIZE", "record_baseline_only"]
 
@@ -45,11 +53,9 @@ def record_baseline_only(
     ``GoldenFileError`` for a golden that may not be replaced (corrupted, without force) or a
     baseline over the error budget (``GoldenStore.write``).
     """
-    from .._support.private import read_private, write_private
-    from ..errors import GoldenFileError
     from ..evaluation.datasets import fingerprint, label_hashes, load_dataset
     from ..evaluation.metrics import metric_name
-    from ..golden.file import GoldenFile
+    from ..golden.file import GoldenFile, read_golden
     from ..golden.record import baseline_entry, golden_record
     from ..golden.store import GoldenStore
     from ..programs.primitives import as_examples
@@ -57,21 +63,10 @@ def record_baseline_only(
     store = GoldenStore(path.parent.parent, state_dir=state_dir)
     say = progress or (lambda _text: None)
     with store.lock(path):
-        marker = _done_marker(path, state_dir)
-        done_by, _, deferred = (read_private(marker) or "").partition("\n") if run_id else ("", "", "")
-        if done_by == run_id and (deferred or path.exists()):
-            golden = GoldenFile(path, json.loads(deferred)) if deferred else GoldenStore.read(path)
-            return CompileOutcome(name, path, program, golden, "compiled elsewhere")
-        previous: GoldenFile | None = None
-        if path.exists():
-            try:
-                previous = GoldenStore.read(path)
-            except GoldenFileError as exc:
-                if not settings.force:
-                    raise GoldenFileError(
-                        f"{exc} — not replaced; restore it from version control, or re-run with "
-                        "pytest --dspex-compile --dspex-force to overwrite it"
-                    ) from None
+        elsewhere = compiled_elsewhere(path, run_id, state_dir)
+        if elsewhere is not None:
+            return CompileOutcome(name, path, program, elsewhere, "compiled elsewhere")
+        previous = previous_golden(path, settings.force)
         gate = load_dataset(gateset, input_keys) if isinstance(gateset, Path) else as_examples(list(gateset), input_keys)
         say(f"compiling {name}: {NOTHING_TO_OPTIMIZE}; measuring its baseline on {len(gate)} gate examples")
         with example_timeout(settings.example_timeout):
@@ -100,8 +95,7 @@ def record_baseline_only(
         )  # fmt: skip
         outcome = written.outcome
         to_write = json.loads(json.dumps(record)) if defer_write and outcome in ("created", "updated") else None
-        if run_id:
-            write_private(marker, run_id + ("\n" + json.dumps(to_write) if to_write is not None else ""))
-    golden = GoldenFile(path, to_write) if to_write is not None else GoldenStore.read(path)
+        mark_compiled(path, run_id, state_dir, to_write)
+    golden = GoldenFile(path, to_write) if to_write is not None else read_golden(path)
     reason = f"{NOTHING_TO_OPTIMIZE}; baseline {score:.3f} on {n} gate examples" + (f" ({written.reason})" if written.reason else "")
     return CompileOutcome(name, path, program, golden, outcome, reason, None, record=to_write, replaced=replaced)

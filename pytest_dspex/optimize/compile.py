@@ -90,6 +90,44 @@ def _done_marker(path: Path, state_dir: Path | None) -> Path:
 
     return state_file(path, ".compiled", state_dir)
 
+def compiled_elsewhere(path: Path, run_id: str, state_dir: Path | None) -> GoldenFile | None:
+    """The golden another process of this run compiled (its marker names ``run_id``), else None.
+
+    Read under the golden's lock. A deferring worker's record is not on disk until the controller
+    writes it: the marker carries it."""
+    from .._support.private import read_private
+    from ..golden.file import GoldenFile, read_golden
+
+    done_by, _, deferred = (read_private(_done_marker(path, state_dir)) or "").partition("\n") if run_id else ("", "", "")
+    if done_by != run_id or not (deferred or path.exists()):
+        return None
+    return GoldenFile(path, json.loads(deferred)) if deferred else read_golden(path)
+
+
+def previous_golden(path: Path, force: bool) -> GoldenFile | None:
+    """The golden a compile would replace; a corrupted or newer-schema one is an error unless ``force``
+    (said before any LM call)."""
+    from ..errors import GoldenFileError
+    from ..golden.file import read_golden
+    from ..golden.store import not_replaced
+
+    if not path.exists():
+        return None
+    try:
+        return read_golden(path)
+    except GoldenFileError as exc:
+        if not force:
+            raise not_replaced(exc) from None
+    return None
+
+
+def mark_compiled(path: Path, run_id: str, state_dir: Path | None, record: dict[str, Any] | None) -> None:
+    """Leave the marker saying this run compiled ``path`` (with the ``record`` a deferring worker did not write)."""
+    from .._support.private import write_private
+
+    if run_id:
+        write_private(_done_marker(path, state_dir), run_id + ("\n" + json.dumps(record) if record is not None else ""))
+
 
 def compile_program(
     program: Module,
@@ -129,7 +167,7 @@ def compile_program(
     from ..evaluation.datasets import fingerprint, label_hashes, load_dataset
     from ..golden.file import GoldenFile, read_golden
     from ..golden.record import golden_record
-    from ..golden.store import GoldenStore, not_replaced
+    from ..golden.store import GoldenStore
     from ..programs.primitives import as_examples
     from .registry import make_optimizer
 
@@ -138,25 +176,13 @@ def compile_program(
             return load_dataset(data, input_keys)
         return as_examples(list(data), input_keys)
 
-    from .._support.private import read_private, write_private
-
     store = GoldenStore(path.parent.parent, state_dir=state_dir)
     say = progress or (lambda _text: None)
     with store.lock(path):
-        marker = _done_marker(path, state_dir)
-        done_by, _, deferred = (read_private(marker) or "").partition("\n") if run_id else ("", "", "")
-        if done_by == run_id and (deferred or path.exists()):
-            # the record a deferring worker compiled (not on disk until the controller writes it)
-            golden = GoldenFile(path, json.loads(deferred)) if deferred else read_golden(path)
-            return CompileOutcome(name, path, golden.apply(program), golden, "compiled elsewhere")
-        previous: GoldenFile | None = None
-        if path.exists():
-            # a corrupted or newer-schema golden is never replaced without force: say so before optimizing
-            try:
-                previous = read_golden(path)
-            except GoldenFileError as exc:
-                if not settings.force:
-                    raise not_replaced(exc) from None
+        elsewhere = compiled_elsewhere(path, run_id, state_dir)
+        if elsewhere is not None:
+            return CompileOutcome(name, path, elsewhere.apply(program), elsewhere, "compiled elsewhere")
+        previous = previous_golden(path, settings.force)  # before optimizing
         train = load(trainset)
         gate = load(gateset) if gateset is not None else None
         if in_sample and gate is not None:
@@ -226,8 +252,7 @@ def compile_program(
         )
         outcome = written.outcome
         to_write = json.loads(json.dumps(record)) if defer_write and outcome in ("created", "updated") else None
-        if run_id:
-            write_private(marker, run_id + ("\n" + json.dumps(to_write) if to_write is not None else ""))
+        mark_compiled(path, run_id, state_dir, to_write)
     golden = GoldenFile(path, to_write) if to_write is not None else read_golden(path)
     chosen = golden.apply(program) if outcome in ("kept", "unchanged") else result.program
     return CompileOutcome(name, path, chosen, golden, outcome, written.reason, result, record=to_write, replaced=replaced)
@@ -257,7 +282,6 @@ def rebaseline_program(
     still need a recompile (``GoldenStaleError``). Raises ``GoldenFileError`` when there is no
     readable golden or the new baseline is over the error budget.
     """
-    from .._support.private import read_private, write_private
     from ..errors import GoldenFileError
     from ..evaluation.datasets import fingerprint, label_hashes, load_dataset
     from ..golden.file import GoldenFile, read_golden
@@ -268,11 +292,9 @@ def rebaseline_program(
     store = GoldenStore(path.parent.parent, state_dir=state_dir)
     say = progress or (lambda _text: None)
     with store.lock(path):
-        marker = _done_marker(path, state_dir)
-        done_by, _, deferred = (read_private(marker) or "").partition("\n") if run_id else ("", "", "")
-        if done_by == run_id and (deferred or path.exists()):
-            golden = GoldenFile(path, json.loads(deferred)) if deferred else read_golden(path)
-            return CompileOutcome(name, path, golden.apply(program), golden, "compiled elsewhere")
+        elsewhere = compiled_elsewhere(path, run_id, state_dir)
+        if elsewhere is not None:
+            return CompileOutcome(name, path, elsewhere.apply(program), elsewhere, "compiled elsewhere")
         old = read_golden(path, missing=f"no golden file to re-baseline; create it with pytest --dspex-compile={name}")
         applied = old.apply(program, instructions=False)  # fields that changed: GoldenStaleError
         gate = load_dataset(gateset, input_keys) if isinstance(gateset, Path) else as_examples(list(gateset), input_keys)
@@ -329,8 +351,7 @@ def rebaseline_program(
         if not defer_write:
             store._write(path, record)
         to_write = json.loads(json.dumps(record)) if defer_write else None
-        if run_id:
-            write_private(marker, run_id + ("\n" + json.dumps(to_write) if to_write is not None else ""))
+        mark_compiled(path, run_id, state_dir, to_write)
     golden = GoldenFile(path, record)
     return CompileOutcome(name, path, applied, golden, "rebaselined", reason, None, record=to_write, replaced=replaced)
 
