@@ -1,0 +1,131 @@
+"""Collection: one item per example for a per-example test, and what the collection selected.
+
+``parametrize_examples`` (``pytest_generate_tests``) gives a ``dspex_example`` test one item per
+example of its dataset (this shard's share); ``note_selection`` (``pytest_collection_finish``)
+records which examples this process may run, writes a worker's xdist chunks, and checks
+``--dspex-compile=NAMES`` against the programs the selected tests use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .fixtures import DatasetProblem, test_key
+from .markers import dataset_path, example_id, metric_spec, missing_file, program_spec
+from .session import DspexSession, session_key
+
+__all__ = ["note_selection", "parametrize_examples"]
+
+
+def parametrize_examples(metafunc: pytest.Metafunc) -> None:
+    """A per-example test gets one item per example of its dataset (this shard's share); a test with a
+    missing or unreadable dataset gets one item that fails saying so."""
+    node = metafunc.definition
+    if not any(node.get_closest_marker(m) for m in ("dspex_program", "dspex_metric", "dspex_dataset")):
+        return
+    base = Path(node.path).parent
+    mark = node.get_closest_marker("dspex_program")
+    if mark is not None and mark.args and _foreign_program(mark.args[0]):
+        return  # not a collection error stopping the file: the test's fixture fails it, saying what to do
+    missing = missing_file(node, base)
+    if missing is not None:  # not a collection error stopping the run: the test fails with it, said once
+        if "dspex_example" in metafunc.fixturenames:
+            metafunc.parametrize("dspex_example", [DatasetProblem(missing)], indirect=True, ids=["dataset-error"])
+        return  # a whole-dataset test: its fixture fails it with the same message
+    spec = program_spec(node, base)
+    metric_spec(node)
+    marked = dataset_path(node, base)
+    if "dspex_example" not in metafunc.fixturenames:
+        return
+    if marked is None or spec is None:
+        pytest.fail(f"{node.nodeid}: dspex_example needs @pytest.mark.dspex_dataset(...) and @pytest.mark.dspex_program(...)", pytrace=False)
+    from ..errors import DatasetError
+
+    session = metafunc.config.stash[session_key]
+    try:
+        examples = session.dataset(marked[0], spec.input_keys, marked[1]).examples
+    except DatasetError as exc:
+        # one item that fails with the message, not a collection error: under xdist every worker
+        # collects, and each would print it; one item is said once, by whichever worker runs it
+        problem = DatasetProblem(str(exc).replace(str(marked[0]), session.rel(marked[0])))
+        metafunc.parametrize("dspex_example", [problem], indirect=True, ids=["dataset-error"])
+        return
+    ids = [example_id(ex, i) for i, ex in enumerate(examples)]
+    indices = list(range(len(examples)))
+    shard = session.options.shard
+    if shard is not None:  # this job's share, by example key; combine merges the shards
+        from ..evaluation.datasets import example_key
+
+        indices = shard.select([example_key(ex) for ex in examples])
+    session.expected[test_key(node)] = len(indices)  # a complete run of this job (the gate needs all)
+    metafunc.parametrize("dspex_example", indices, indirect=True, ids=[ids[i] for i in indices])
+
+
+def _foreign_program(program: Any) -> bool:
+    from .._support.dspy_idioms import dspy_kind
+
+    return dspy_kind(program) is not None
+
+
+def note_selection(session: pytest.Session) -> None:
+    """Which examples of each per-example test this process may run (``-k``, ``--lf`` applied), their
+    xdist chunks, and ``--dspex-compile=NAMES`` checked against the collection."""
+    dspex = session.config.stash.get(session_key, None)
+    if dspex is None:
+        return
+    problem = _check_compile_names(session, dspex)
+    if problem is not None:
+        if not dspex.is_worker:
+            raise pytest.UsageError(problem)
+        worker = session.config.workerinput["workerid"]  # type: ignore[attr-defined]
+        if worker == "gw0":  # the controller stops the run with it (it does not collect); the workers'
+            from .xdist import write_usage_error  # collections are the same, one message is enough
+
+            write_usage_error(dspex.state_dir(), dspex.run_id, worker, problem)
+    chunks: dict[str, str] = {}
+    lowest: dict[str, int] = {}
+    for item in session.items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and isinstance(callspec.params.get("dspex_example"), int):
+            key, index = test_key(item), int(callspec.params["dspex_example"])
+            dspex.selected.setdefault(key, set()).add(index)
+            if index < lowest.get(key, index + 1):  # the item that reports a failure its test shares
+                lowest[key], dspex.first_items[key] = index, item.nodeid
+            chunks[item.nodeid] = f"dspex::{key}::{dspex.chunk_of(index)}"
+    if dspex.is_worker and chunks:
+        from .xdist import write_chunks
+
+        write_chunks(dspex.state_dir(), dspex.run_id, session.config.workerinput["workerid"], chunks)  # type: ignore[attr-defined]
+
+
+def _check_compile_names(session: pytest.Session, dspex: DspexSession) -> str | None:
+    """``--dspex-compile=NAMES`` naming a program no selected test uses: the usage error listing the known ones.
+
+    Checked once the collection is known. Under xdist the controller does not collect: each worker
+    checks its (identical) collection and leaves the message for the controller, which stops the run
+    with it (``_XdistHooks.pytest_xdist_node_collection_finished``).
+    """
+    wanted = dspex.options.compile
+    if not wanted or "*" in wanted or session.testsfailed:  # collection errors speak first
+        return None
+    known: set[str] = set()
+    for item in session.items:
+        if item.get_closest_marker("dspex_program") is None:
+            continue
+        try:
+            spec = program_spec(item, Path(item.path).parent)
+        except (Exception, pytest.fail.Exception):  # a bad marker fails its own test
+            continue
+        if spec is not None:
+            known.add(spec.name)
+    unknown = sorted(wanted - known)
+    if unknown:
+        names = ", ".join(sorted(known)) if known else "none (no selected test has @pytest.mark.dspex_program)"
+        return (
+            f"--dspex-compile={','.join(sorted(wanted))}: no selected test uses program"
+            f"{'s' if len(unknown) > 1 else ''} {', '.join(repr(n) for n in unknown)}; known program names: {names}"
+        )
+    return None
