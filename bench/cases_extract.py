@@ -61,7 +61,7 @@ def _lm(url: str) -> Any:
 
 
 def _evaluate(program: Any, lm: Any, data: list[Any], metric: Any) -> dict[str, Any]:
-    from pytest_dspex.evaluation.scoring import Evaluate
+    from pytest_dspex.evaluation.evaluate import Evaluate
 
     program.set_lm(lm)
     calls0, tokens0 = lm.usage.calls, lm.usage.completion_tokens

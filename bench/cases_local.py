@@ -90,7 +90,7 @@ def _hint(program: Any, args: argparse.Namespace) -> None:
 
 def case_intent(url: str, args: argparse.Namespace, task: str = "intent") -> dict[str, Any]:
     from pytest_dspex.evaluation.datasets import load_dataset
-    from pytest_dspex.evaluation.scoring import Evaluate
+    from pytest_dspex.evaluation.evaluate import Evaluate
     from pytest_dspex.programs.constrained import set_constrained_decoding
 
     lm = _lm(url, 4)

@@ -30,7 +30,8 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(["ChatAdapter", "CompactAdapter", "JSONAdapter"], ".programs.adapters"),
     **dict.fromkeys(["Comparison", "compare"], ".evaluation.comparison"),
     **dict.fromkeys(["example_key", "load_dataset", "split"], ".evaluation.datasets"),
-    **dict.fromkeys(["Evaluate", "EvaluationResult", "ExampleRecord", "evaluate"], ".evaluation.scoring"),
+    **dict.fromkeys(["Evaluate", "EvaluationResult", "evaluate"], ".evaluation.evaluate"),
+    **dict.fromkeys(["ExampleRecord"], ".evaluation.records"),
     **dict.fromkeys(["FunctionProgram", "program"], ".programs.function"),
     "LoopbackEndpoint": ".programs.loopback",
     **dict.fromkeys(["LM", "Budget", "ResponseCache", "Usage", "track_usage"], ".lm"),
@@ -78,7 +79,8 @@ if _TYPE_CHECKING:
     from .evaluation import metrics
     from .evaluation.comparison import Comparison, compare
     from .evaluation.datasets import example_key, load_dataset, split
-    from .evaluation.scoring import Evaluate, EvaluationResult, ExampleRecord, evaluate
+    from .evaluation.evaluate import Evaluate, EvaluationResult, evaluate
+    from .evaluation.records import ExampleRecord
     from .golden.production import load_golden
     from .lm import LM, Budget, ResponseCache, Usage, track_usage
     from .observe import events

@@ -15,7 +15,7 @@ import pytest
 from pytest_dspex.evaluation.comparison import compare
 from pytest_dspex.evaluation.gates import judge, paired_outcomes
 from pytest_dspex.evaluation.records import ExampleRecord
-from pytest_dspex.evaluation.scoring import EvaluationResult
+from pytest_dspex.evaluation.result import EvaluationResult
 from pytest_dspex.evaluation.sharding import Shard, shard_of
 from pytest_dspex.reports.combine import CombineError, combine, combine_files, main
 

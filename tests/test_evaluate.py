@@ -113,7 +113,7 @@ def test_summary_lists_the_regressed_examples_first_by_key_with_expected_apart_f
     """Under a regression the examples that went pass -> fail are the news (issue 23): listed first,
     named by key, not the ones that were always wrong; the row's id is not an expected output."""
     from pytest_dspex.evaluation.records import ExampleRecord
-    from pytest_dspex.evaluation.scoring import EvaluationResult
+    from pytest_dspex.evaluation.result import EvaluationResult
 
     def rec(i: int, score: float) -> ExampleRecord:
         return ExampleRecord(i, f"dev-{i:04d}", {"message": f"case {i}"}, {"id": f"dev-{i:04d}", "team": "billing"},

@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 
 import pytest_dspex as dspex
+from pytest_dspex.evaluation.evaluate import Evaluate
 from pytest_dspex.evaluation.gates import Verdict, judge
 from pytest_dspex.evaluation.records import ExampleRecord
-from pytest_dspex.evaluation.scoring import Evaluate, EvaluationResult
+from pytest_dspex.evaluation.result import EvaluationResult
 from pytest_dspex.evaluation.stats import clustered_confidence_interval
 from pytest_dspex.lm.cache import ResponseCache
 from pytest_dspex.reports.rows import program_row

@@ -14,7 +14,7 @@ import pytest
 
 from pytest_dspex.evaluation.gates import DEFAULT_MAX_ERROR_RATE
 from pytest_dspex.evaluation.records import ExampleRecord
-from pytest_dspex.evaluation.scoring import EvaluationResult
+from pytest_dspex.evaluation.result import EvaluationResult
 from pytest_dspex.evaluation.sharding import Shard, shard_of
 from pytest_dspex.plugin.options import OPTIONS
 from pytest_dspex.reports.combine import combine

@@ -1,10 +1,8 @@
 """Concurrent evaluation in which every example ends scored or with its error recorded.
 
-    result = Evaluate(devset, metric=team_matches, concurrency=32)(program)
-    result.score, result.n, result.ci95, result.errors_by_kind, result.records[0]
-
 One function, ``score_example``, turns one example into an ``ExampleRecord`` (program call →
-metric → score → error kind → usage); ``Evaluate`` and the plugin's per-example items both use it,
+metric → score → error kind → usage); ``evaluate_records`` runs it over a dataset for ``Evaluate``
+(``evaluate.py``), the optimizers and the plugin's whole-dataset tests, and the plugin's per-example items call it directly,
 so the two test modes agree by construction. ``concurrency`` workers pull examples from a shared
 iterator on pytest-dspex's event loop (no task per example, no O(N²) bookkeeping).
 
@@ -21,31 +19,24 @@ import contextlib
 import contextvars
 import inspect
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Container, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Container, Iterable, Iterator
 from typing import Any
 
 from .._support import lending as _lending
-from .._support import runtime as _runtime
 from .._support.threads import SyncCaller
 from ..errors import DspexError
-from ..lm.usage import Usage, track_usage
+from ..lm.usage import track_usage
 from ..observe import events, tracing
 from ..programs import settings
 from ..programs.modules import Module, trace_scope
-from ..programs.primitives import Example, Prediction, as_example
+from ..programs.primitives import Example, Prediction
 from .metrics import is_inline, metric_name, to_score
 from .records import ERROR_KINDS, INFRA_ERROR_KINDS, ExampleRecord
-from .stats import clustered_confidence_interval, confidence_interval
 
 __all__ = [
     "INFRA_ERROR_KINDS",
-    "Evaluate",
-    "EvaluationResult",
     "ExampleRecord",
     "current_example_timeout",
-    "evaluate",
     "evaluate_records",
     "example_timeout",
     "score_example",
@@ -376,278 +367,3 @@ async def evaluate_records(
     done = [r for r in records if r is not None]
     assert len(done) == len(pending), "every example must be accounted for"
     return done
-
-
-@dataclass
-class EvaluationResult:
-    """Scores and accounting of one evaluation, built from its records."""
-
-    records: list[ExampleRecord]
-    usage: Usage = field(default_factory=Usage)
-    elapsed_s: float = 0.0
-    program: str = ""
-    metric: str = ""
-
-    @classmethod
-    def from_records(
-        cls,
-        records: Iterable[ExampleRecord],
-        *,
-        program: str = "",
-        metric: str = "",
-        usage: Usage | None = None,
-        elapsed_s: float = 0.0,
-    ) -> EvaluationResult:
-        """The result of records gathered anywhere (workers, shards); usage summed from them if not given."""
-        recs = sorted(records, key=lambda r: r.index)
-        if usage is None:
-            usage = Usage()
-            for r in recs:
-                u = r.usage
-                usage.add(
-                    Usage(
-                        int(u.get("calls", 0)),
-                        int(u.get("cache_hits", 0)),
-                        int(u.get("prompt_tokens", 0)),
-                        int(u.get("completion_tokens", 0)),
-                        float(u.get("cost", 0.0)),
-                        retries=int(u.get("retries", 0)),
-                        hedges=int(u.get("hedges", 0)),
-                        estimated=int(u.get("estimated", 0)),
-                    )
-                )
-        return cls(recs, usage, elapsed_s, program, metric)
-
-    @property
-    def n(self) -> int:
-        return len(self.records)
-
-    @property
-    def score(self) -> float:
-        """Mean score over every example, errors included as 0 (in [0, 1])."""
-        return sum(r.score for r in self.records) / self.n if self.records else 0.0
-
-    @property
-    def percent(self) -> float:
-        """``score`` on DSPy's 0–100 scale (DSPy's ``Evaluate`` returns ``round(100 * mean, 2)``)."""
-        return round(100 * self.score, 2)
-
-    @property
-    def errors(self) -> list[ExampleRecord]:
-        return [r for r in self.records if r.error_kind is not None]
-
-    @property
-    def errors_by_kind(self) -> dict[str, int]:
-        return dict(Counter(r.error_kind for r in self.records if r.error_kind is not None))
-
-    @property
-    def infra_errors(self) -> int:
-        """Examples lost to the infrastructure (``INFRA_ERROR_KINDS``), not to the model."""
-        return sum(1 for r in self.records if r.error_kind in INFRA_ERROR_KINDS)
-
-    @property
-    def error_rate(self) -> float:
-        """Share of examples lost to infrastructure errors (what ``--dspex-max-error-rate`` bounds)."""
-        return self.infra_errors / self.n if self.n else 0.0
-
-    @property
-    def lm_unavailable(self) -> bool:
-        """True when most examples failed because the LM could not be reached."""
-        down = sum(1 for r in self.records if r.error_kind == "lm_unavailable")
-        return self.n > 0 and down * 2 > self.n
-
-    @property
-    def ci95(self) -> tuple[float, float]:
-        """95% confidence interval of the score (Wilson for pass/fail scores, normal otherwise);
-        with repeats scored by their mean, clustered by example (``stats.clustered_confidence_interval``);
-        a pass^k / pass@k score is one outcome per example."""
-        if any(r.repeats is not None and len(r.repeats) > 1 and r.reduction is None for r in self.records):
-            return clustered_confidence_interval([r.repeats or [r.score] for r in self.records])
-        return confidence_interval([r.score for r in self.records])
-
-    @property
-    def flaky(self) -> list[str]:
-        """Keys of the examples whose repeats disagree (empty without repeats)."""
-        from .comparison import flaky_keys
-
-        return flaky_keys(self.records)
-
-    def by_key(self) -> dict[str, float]:
-        """Per-example scores keyed by the stable example key (what the paired gate compares)."""
-        return {r.key: r.score for r in self.records}
-
-    def latency_percentiles(self) -> dict[str, float]:
-        lat = sorted(r.latency_s for r in self.records)
-        if not lat:
-            return {"p50": 0.0, "p90": 0.0, "p99": 0.0}
-
-        def pct(p: float) -> float:
-            return lat[min(len(lat) - 1, int(p * len(lat)))]
-
-        return {"p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99)}
-
-    def worst(self, k: int = 5) -> list[ExampleRecord]:
-        """The ``k`` lowest-scoring examples (errors first)."""
-        return sorted(self.records, key=lambda r: (r.score, r.error_kind is None, r.index))[:k]
-
-    def summary(self, worst: int = 5, regressed: Sequence[str] = ()) -> str:
-        """Score, errors and usage, then the examples to look at: those that ``regressed`` against the
-        golden first (under a regression they are the news, not the ones that were always wrong), then
-        the worst others. Each is named by its key, with its inputs, expected outputs and answer."""
-        lo, hi = self.ci95
-        head = (
-            f"{self.program or 'program'}: score {self.score:.3f} (95% CI {lo:.3f}–{hi:.3f}) on n={self.n}"
-            f"; errors {len(self.errors)}"
-        )
-        if self.errors_by_kind:
-            head += " (" + ", ".join(f"{k}: {v}" for k, v in sorted(self.errors_by_kind.items())) + ")"
-        head += (
-            f"; LM calls {self.usage.calls} (cache hits {self.usage.cache_hits}), tokens {self.usage.tokens}"
-            f", cost ${self.usage.cost:.4f}"
-        )
-        lines = [head]
-        if self.lm_unavailable:
-            lines.append("LM unavailable: most examples could not reach the LM endpoint (this is not a low score)")
-        from .records import split_expected
-
-        def line(r: ExampleRecord) -> str:
-            got = r.error or r.prediction
-            expected, _meta = split_expected(r.to_json())  # the row's id is its key, not an expected output
-            return f"  {r.key} (#{r.index}) score={r.score:.2f} inputs={_short(r.inputs)} expected={_short(expected)} got={_short(got)}"
-
-        by_key = {r.key: r for r in self.records}
-        first = [by_key[k] for k in regressed if k in by_key][:worst]
-        if first:
-            more = len(regressed) - len(first)
-            lines.append(f"examples that went pass -> fail against the golden{f', first {len(first)} of {len(regressed)}' if more > 0 else ''}:")
-            lines += [line(r) for r in first]
-        shown = {r.key for r in first}
-        bad = [r for r in self.worst(worst + len(shown)) if r.score < 1.0 and r.key not in shown][:worst]
-        if bad:
-            lines.append("other low-scoring examples:" if first else "worst examples:")
-            lines += [line(r) for r in bad]
-        return "\n".join(lines)
-
-    def to_dict(self, *, records: bool = True) -> dict[str, Any]:
-        lo, hi = self.ci95
-        d: dict[str, Any] = {
-            "program": self.program,
-            "metric": self.metric,
-            "score": self.score,
-            "n": self.n,
-            "ci95": [lo, hi],
-            "errors": len(self.errors),
-            "errors_by_kind": self.errors_by_kind,
-            "infra_errors": self.infra_errors,
-            "lm_unavailable": self.lm_unavailable,
-            "usage": self.usage.to_dict(),
-            "latency_s": self.latency_percentiles(),
-            "elapsed_s": self.elapsed_s,
-        }
-        if records:
-            d["records"] = [r.to_json() for r in self.records]
-        return d
-
-
-def _short(value: Any, n: int = 100) -> str:
-    text = repr(value)
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
-class Evaluate:
-    """Evaluate programs on a dataset with a metric, concurrently.
-
-    ``progress(done, total, score_so_far, errors)`` is called at most ten times a second and at the end;
-    ``example_timeout`` (seconds) cancels an example whose program and metric take longer (``timeout``);
-    ``repeats`` runs each example that many times, each repeat with its own rollout id (``score_example``);
-    ``repeat_reduction`` makes an example's score from its repeats: ``mean`` (default), ``all``
-    (pass^k: it passes only if every draw does) or ``any`` (pass@k).
-    """
-
-    def __init__(
-        self,
-        devset: Sequence[Example],
-        metric: Callable[..., Any],
-        *,
-        concurrency: int = 16,
-        progress: ProgressCallback | None = None,
-        program_name: str = "",
-        example_timeout: float | None = None,
-        repeats: int = 1,
-        repeat_reduction: str = "mean",
-        num_threads: int | None = None,
-        display_progress: bool = False,
-        **unknown: Any,
-    ) -> None:
-        # DSPy's spellings: num_threads is concurrency; display_progress prints a progress line
-        if unknown:
-            from .._support.dspy_idioms import reject_unknown
-
-            reject_unknown(
-                "Evaluate", unknown,
-                ["devset", "metric", "concurrency", "progress", "program_name", "example_timeout", "repeats",
-                 "repeat_reduction", "num_threads", "display_progress"],
-            )  # fmt: skip
-        if num_threads is not None:
-            concurrency = num_threads
-        if display_progress and progress is None:
-            progress = _print_progress
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-        if repeats < 1:
-            raise ValueError(f"repeats must be >= 1, got {repeats}")
-        if repeat_reduction not in REPEAT_REDUCTIONS:
-            raise ValueError(f"repeat_reduction must be one of {', '.join(REPEAT_REDUCTIONS)}, got {repeat_reduction!r}")
-        self.repeat_reduction = repeat_reduction
-        self.devset = [as_example(ex, f"devset item {i}") for i, ex in enumerate(devset)]
-        self.metric = metric
-        self.concurrency = concurrency
-        self.progress = progress
-        self.program_name = program_name
-        self.example_timeout = example_timeout
-        self.repeats = repeats
-
-    def __call__(self, program: Module) -> EvaluationResult:
-        return _runtime.run_sync(self._run(program))
-
-    async def acall(self, program: Module) -> EvaluationResult:
-        return await _runtime.run_async(self._run(program))
-
-    async def _run(self, program: Module) -> EvaluationResult:
-        started = time.perf_counter()
-        with track_usage() as usage:
-            records = await evaluate_records(
-                program,
-                enumerate(self.devset),
-                self.metric,
-                concurrency=self.concurrency,
-                timeout=self.example_timeout,
-                progress=self.progress,
-                program_name=self.program_name,
-                repeats=self.repeats,
-                repeat_reduction=self.repeat_reduction,
-            )
-        return EvaluationResult.from_records(
-            records,
-            program=self.program_name,
-            metric=metric_name(self.metric),
-            usage=usage,
-            elapsed_s=time.perf_counter() - started,
-        )
-
-
-def _print_progress(done: int, total: int, score: float, errors: int) -> None:
-    import sys
-
-    sys.stderr.write(f"\rAverage metric: {score:.3f} ({done}/{total}, {errors} errors)" + ("\n" if done >= total else ""))
-
-
-def evaluate(
-    program: Module,
-    devset: Sequence[Example],
-    metric: Callable[..., Any],
-    **kwargs: Any,
-) -> EvaluationResult:
-    """Shorthand for ``Evaluate(devset, metric, **kwargs)(program)``."""
-    return Evaluate(devset, metric, **kwargs)(program)
-

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # annotations only: the plugin's option check imports the registry, which imports this
-    from ..evaluation.scoring import EvaluationResult
+    from ..evaluation.result import EvaluationResult
     from ..lm.usage import Usage
     from ..programs.modules import Module
     from ..programs.primitives import Example

@@ -51,9 +51,11 @@ from typing import Any
 
 from .._support import runtime as _runtime
 from ..errors import DspexError
+from ..evaluation.evaluate import Evaluate
 from ..evaluation.metrics import metric_name
 from ..evaluation.records import ExampleRecord
-from ..evaluation.scoring import Evaluate, EvaluationResult, current_example_timeout, evaluate_records
+from ..evaluation.result import EvaluationResult
+from ..evaluation.scoring import current_example_timeout, evaluate_records
 from ..lm.usage import track_usage
 from ..observe import events, tracing
 from ..programs import settings

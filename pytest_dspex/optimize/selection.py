@@ -17,7 +17,8 @@ from typing import Any
 from ..errors import CompileStoppedError
 from ..evaluation.metrics import metric_name
 from ..evaluation.records import INFRA_ERROR_KINDS, ExampleRecord
-from ..evaluation.scoring import EvaluationResult, evaluate_records
+from ..evaluation.result import EvaluationResult
+from ..evaluation.scoring import evaluate_records
 from ..observe import events
 from ..programs.modules import Module
 from ..programs.primitives import Example

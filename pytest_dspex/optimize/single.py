@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .._support import runtime as _runtime
+from ..evaluation.evaluate import Evaluate
 from ..evaluation.metrics import metric_name
-from ..evaluation.scoring import Evaluate
 from ..lm.usage import track_usage
 from ..programs.modules import Module
 from ..programs.primitives import Example

@@ -205,7 +205,7 @@ class Evaluator:
 
     def _run(self, dataset: Any, metric: Any, limit: int | None) -> Any:
         __tracebackhide__ = True
-        from ..evaluation.scoring import Evaluate
+        from ..evaluation.evaluate import Evaluate
         from ..programs.primitives import as_examples
         from ..reports.run import ProgramRun, RunSettings
         from .collector import Payload

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..evaluation.gates import Verdict
-    from ..evaluation.scoring import EvaluationResult
+    from ..evaluation.result import EvaluationResult
 
 __all__ = ["program_row"]
 

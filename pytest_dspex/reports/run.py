@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # imported where used: the plugin's start-up reads this module
     from ..evaluation.gates import Verdict
     from ..evaluation.records import ExampleRecord
-    from ..evaluation.scoring import EvaluationResult
+    from ..evaluation.result import EvaluationResult
     from ..evaluation.sharding import Shard
 
 __all__ = ["DEFERRED", "ProgramRun", "RunSettings"]
@@ -135,7 +135,7 @@ class ProgramRun:
         is ``deferred`` to ``combine``.
         """
         from ..evaluation.gates import DEFAULT_ALPHA, incomplete, judge
-        from ..evaluation.scoring import EvaluationResult
+        from ..evaluation.result import EvaluationResult
 
         s = self.settings
         if result is None:

@@ -1,0 +1,120 @@
+"""``Evaluate`` / ``evaluate``: DSPy's evaluation API over the one scoring path (``scoring``)::
+
+    result = Evaluate(devset, metric=team_matches, concurrency=32)(program)
+    result.score, result.n, result.ci95, result.errors_by_kind, result.records[0]
+"""
+
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .._support import runtime as _runtime
+from ..lm.usage import track_usage
+from ..programs.modules import Module
+from ..programs.primitives import Example, as_example
+from .metrics import metric_name
+from .result import EvaluationResult
+from .scoring import REPEAT_REDUCTIONS, ProgressCallback, evaluate_records
+
+__all__ = ["Evaluate", "EvaluationResult", "evaluate"]
+
+
+class Evaluate:
+    """Evaluate programs on a dataset with a metric, concurrently.
+
+    ``progress(done, total, score_so_far, errors)`` is called at most ten times a second and at the end;
+    ``example_timeout`` (seconds) cancels an example whose program and metric take longer (``timeout``);
+    ``repeats`` runs each example that many times, each repeat with its own rollout id (``score_example``);
+    ``repeat_reduction`` makes an example's score from its repeats: ``mean`` (default), ``all``
+    (pass^k: it passes only if every draw does) or ``any`` (pass@k).
+    """
+
+    def __init__(
+        self,
+        devset: Sequence[Example],
+        metric: Callable[..., Any],
+        *,
+        concurrency: int = 16,
+        progress: ProgressCallback | None = None,
+        program_name: str = "",
+        example_timeout: float | None = None,
+        repeats: int = 1,
+        repeat_reduction: str = "mean",
+        num_threads: int | None = None,
+        display_progress: bool = False,
+        **unknown: Any,
+    ) -> None:
+        # DSPy's spellings: num_threads is concurrency; display_progress prints a progress line
+        if unknown:
+            from .._support.dspy_idioms import reject_unknown
+
+            reject_unknown(
+                "Evaluate", unknown,
+                ["devset", "metric", "concurrency", "progress", "program_name", "example_timeout", "repeats",
+                 "repeat_reduction", "num_threads", "display_progress"],
+            )  # fmt: skip
+        if num_threads is not None:
+            concurrency = num_threads
+        if display_progress and progress is None:
+            progress = _print_progress
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}")
+        if repeat_reduction not in REPEAT_REDUCTIONS:
+            raise ValueError(f"repeat_reduction must be one of {', '.join(REPEAT_REDUCTIONS)}, got {repeat_reduction!r}")
+        self.repeat_reduction = repeat_reduction
+        self.devset = [as_example(ex, f"devset item {i}") for i, ex in enumerate(devset)]
+        self.metric = metric
+        self.concurrency = concurrency
+        self.progress = progress
+        self.program_name = program_name
+        self.example_timeout = example_timeout
+        self.repeats = repeats
+
+    def __call__(self, program: Module) -> EvaluationResult:
+        return _runtime.run_sync(self._run(program))
+
+    async def acall(self, program: Module) -> EvaluationResult:
+        return await _runtime.run_async(self._run(program))
+
+    async def _run(self, program: Module) -> EvaluationResult:
+        started = time.perf_counter()
+        with track_usage() as usage:
+            records = await evaluate_records(
+                program,
+                enumerate(self.devset),
+                self.metric,
+                concurrency=self.concurrency,
+                timeout=self.example_timeout,
+                progress=self.progress,
+                program_name=self.program_name,
+                repeats=self.repeats,
+                repeat_reduction=self.repeat_reduction,
+            )
+        return EvaluationResult.from_records(
+            records,
+            program=self.program_name,
+            metric=metric_name(self.metric),
+            usage=usage,
+            elapsed_s=time.perf_counter() - started,
+        )
+
+
+def _print_progress(done: int, total: int, score: float, errors: int) -> None:
+    import sys
+
+    sys.stderr.write(f"\rAverage metric: {score:.3f} ({done}/{total}, {errors} errors)" + ("\n" if done >= total else ""))
+
+
+def evaluate(
+    program: Module,
+    devset: Sequence[Example],
+    metric: Callable[..., Any],
+    **kwargs: Any,
+) -> EvaluationResult:
+    """Shorthand for ``Evaluate(devset, metric, **kwargs)(program)``."""
+    return Evaluate(devset, metric, **kwargs)(program)
