@@ -178,3 +178,39 @@ def test_a_worker_without_the_coordinator_carries_on_with_one_warning(pytester, 
     # said as a warning, once (the one worker that made calls: 20 examples are one chunk), not once per call
     assert out.count("cannot reach the run's coordinator at 127.0.0.1:9") == 1, out[-3000:]
     assert "1 warning" in out
+
+
+def _until(condition: Any) -> bool:
+    """Poll ``condition`` (messages cross a socket); no timing is asserted."""
+    import time
+
+    for _ in range(200):
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_one_trial_call_for_the_run_closes_every_breaker():
+    from pytest_dspex.testing.fake_server import Faults
+
+    with FakeLMServer(faults=Faults(http_500=1.0)) as server:
+        coordinator = Coordinator()
+        address = coordinator.start()
+        try:
+            links = [RunLink(address, coordinator.token) for _ in range(3)]
+            lms = [dspex.LM("m", base_url=server.base_url, api_key="k", cache=None, retries=0, limits=link,
+                            breaker_fail_max=1, breaker_reset_timeout=0.2, hedge_after=None) for link in links]  # fmt: skip
+            for lm in lms:
+                _runtime.run_sync(lm.limits.ensure())  # type: ignore[union-attr]
+            assert isinstance(_ask_all([lms[0]], 1)[0], dspex.LMError)  # a 500: the first breaker opens
+            assert _until(lambda: all(lm.breaker.state == "open" for lm in lms))
+            server.set_faults(Faults())  # the endpoint recovers
+            assert _until(lambda: not isinstance(_ask_all([lms[0]], 1)[0], dspex.CircuitOpenError))  # its trial call
+            assert lms[0].breaker.state == "closed"
+            assert _until(lambda: all(lm.breaker.state == "closed" for lm in lms))  # the others close without a call
+            assert server.requests == 2
+            stats = coordinator.stats()["endpoints"][lms[0].base_url]
+            assert stats["trips"] == 1 and stats["trials"] == 1
+        finally:
+            coordinator.stop()

@@ -17,7 +17,8 @@ workers it starts; each worker's LM talks to it through a ``link.RunLink``. It k
   by one per ``limit`` good answers, as ``resilience.AdaptiveLimiter`` does in one process.
 * **the breaker**: a worker whose breaker opens says so; the coordinator counts the opening once
   for the run (another worker's opening while it is open is the same one) and tells every other
-  worker, whose breakers then fail fast too.
+  worker, whose breakers then fail fast too. When one worker's breaker lets its half-open trial
+  call through, the others are told to hold (stay open); the trial's success closes them all.
 
 And **the budget** (calls and cost) for the run: every call is reserved here before it is made, its
 cost charged when its answer arrives.
@@ -67,6 +68,7 @@ class _Endpoint:
     breaker_until: float = 0.0  # monotonic: open until then
     breaker_message: str = ""
     trips: int = 0
+    trials: int = 0
     peak_lent: int = 0
 
     @property
@@ -181,7 +183,7 @@ class Coordinator:
                 "refused_calls": self.refused_calls,
                 "endpoints": {
                     name: {"limit": e.limit, "maximum": e.maximum, "decreases": e.decreases, "throttled": e.throttled,
-                           "answered": e.answered, "trips": e.trips, "peak_lent": e.peak_lent}
+                           "answered": e.answered, "trips": e.trips, "trials": e.trials, "peak_lent": e.peak_lent}
                     for name, e in self._endpoints.items()
                 },
             }  # fmt: skip
@@ -261,6 +263,14 @@ class Coordinator:
         elif op == "trip":
             self._trip(cid, name, ep, str(m.get("message", "")), float(m.get("reset", 30.0)))
             return
+        elif op == "trial":  # one worker tries the endpoint again: the others wait for its outcome
+            ep.trials += 1
+            self._tell_others(cid, {"op": "hold", "ep": name, "message": f"{ep.breaker_message} (a trial call is under way)"})
+            return
+        elif op == "closed":  # its trial succeeded: every worker's breaker closes
+            ep.breaker_until = 0.0
+            self._tell_others(cid, {"op": "close", "ep": name})
+            return
         self._pump(name, ep)
 
     def _reserve(self, n: int) -> str | None:
@@ -280,9 +290,12 @@ class Coordinator:
         ep.trips += 1
         ep.breaker_until = now + reset
         ep.breaker_message = message
-        for other in self._clients:
+        self._tell_others(cid, {"op": "open", "ep": name, "message": message, "reset": reset})
+
+    def _tell_others(self, cid: int, message: dict[str, Any]) -> None:
+        for other in list(self._clients):
             if other != cid:
-                self._send(other, {"op": "open", "ep": name, "message": message, "reset": reset})
+                self._send(other, message)
 
     def _pump(self, name: str, ep: _Endpoint) -> None:
         """Lend free slots to the waiting clients (fewest held first); say whether slots are tight."""

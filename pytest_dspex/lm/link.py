@@ -8,8 +8,10 @@
   worker makes no round trip per request; answers (429 or not) are reported in batches, a 429 at once;
 * its budget from a :class:`SharedBudget`: each call is reserved with the coordinator (one round
   trip per call, only when a budget is set), its cost charged as it arrives;
-* its breaker's openings from the run: an opening here is told to the coordinator, another
-  worker's opening opens this breaker too (``Breaker.open_for_run``).
+* its breaker's state from the run: an opening here is told to the coordinator, another worker's
+  opening opens this breaker too (``Breaker.open_for_run``); when one worker's breaker lets its
+  half-open trial call through, the others stay open until it ends (``hold_for_run``), and its
+  success closes them all (``close_for_run``): one trial for the run, not one per worker.
 
 A link that cannot connect, or loses its connection, falls back to the process's own limits (an
 ``AdaptiveLimiter`` of the same concurrency, the budget counted here) with one warning; every
@@ -77,6 +79,8 @@ class RunLink:
         """``breaker``'s openings are the run's; the run's openings open it."""
         self._breakers[endpoint].add(breaker)
         breaker.on_open = lambda message: self.send({"op": "trip", "ep": endpoint, "message": message, "reset": breaker.reset_timeout})
+        breaker.on_trial = lambda: self.send({"op": "trial", "ep": endpoint})
+        breaker.on_closed = lambda: self.send({"op": "closed", "ep": endpoint})
 
     # -- the connection --------------------------------------------------------------------------
     @property
@@ -136,9 +140,14 @@ class RunLink:
                 fut.set_result(m.get("error"))
             return
         endpoint = str(m.get("ep", ""))
-        if op == "open":
+        if op in ("open", "hold", "close"):
             for breaker in list(self._breakers.get(endpoint, ())):
-                breaker.open_for_run(str(m.get("message", "")))
+                if op == "open":
+                    breaker.open_for_run(str(m.get("message", "")))
+                elif op == "hold":
+                    breaker.hold_for_run(str(m.get("message", "")))
+                else:
+                    breaker.close_for_run()
             return
         limiter = self._limiters.get(endpoint)
         if limiter is None:

@@ -294,6 +294,11 @@ class Breaker:
         self.on_open: Callable[[str], None] | None = None
         self._run_message: str | None = None  # opened because another worker's breaker opened
         self._opening_for_run = False
+        #: told when this breaker lets its half-open trial call through, and when it closes again
+        #: (``link``: one trial for the run, whose success closes every worker's breaker)
+        self.on_trial: Callable[[], None] | None = None
+        self.on_closed: Callable[[], None] | None = None
+        self._closing_for_run = False
 
     @property
     def state(self) -> str:
@@ -319,6 +324,8 @@ class Breaker:
         if self._trial_running:
             raise CircuitOpenError(self._message())
         self._trial_running = True
+        if self.on_trial is not None:
+            self.on_trial()
         return Ticket(self._generation, True)
 
     def refused(self, ticket: Ticket, exc: LMHTTPError) -> None:
@@ -352,6 +359,32 @@ class Breaker:
             self._cb.open()
         finally:
             self._opening_for_run = False
+
+    def hold_for_run(self, message: str) -> None:
+        """Another worker's trial call is under way: stay open (a full ``reset_timeout`` more at most)."""
+        state = self._cb.current_state
+        if state == pybreaker.STATE_CLOSED or self._trial_running:
+            return
+        if state == pybreaker.STATE_HALF_OPEN:
+            self.open_for_run(message)
+        self._opened_at = time.monotonic()
+
+    def close_for_run(self) -> None:
+        """Another worker's trial call succeeded: the endpoint answers again, close."""
+        if self._cb.current_state == pybreaker.STATE_CLOSED or self._trial_running:
+            return
+        self._closing_for_run = True
+        try:
+            self._cb.close()
+        finally:
+            self._closing_for_run = False
+        self._run_message = None
+        self.refusals = 0
+        self._refused = None
+
+    def _closed(self) -> None:
+        if not self._closing_for_run and self.on_closed is not None:
+            self.on_closed()
 
     def open_error(self) -> CircuitOpenError:
         """The error a call failing fast gets."""
@@ -458,6 +491,8 @@ class _Watch(pybreaker.CircuitBreakerListener):
     def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
         if new_state is not None and new_state.name == pybreaker.STATE_OPEN:
             self._breaker._opened()
+        elif new_state is not None and new_state.name == pybreaker.STATE_CLOSED and old_state is not None:
+            self._breaker._closed()
 
 
 def _noop() -> None:
