@@ -448,7 +448,7 @@ def test_the_plugin_turns_hedging_off_for_the_embedded_model_only(monkeypatch, t
         base: dict[str, Any] = dict(
             model=None, base_url=None, api_key_env="OPENAI_API_KEY", temperature=0.0, max_tokens=64, concurrency=4,
             timeout=60.0, retries=3, cache_dir=tmp_path, cache="off", teacher_model=None, demos=2, labeled_demos=2,
-            rounds=1, candidates=2, seed=0, tolerance=0.05, report=None, max_cost=None, max_calls=None,
+            rounds=1, candidates=2, seed=0, tolerance=0.05, max_cost=None, max_calls=None,
             missing_golden="fail", max_error_rate=0.02, example_timeout=None, alpha=0.05, repeats=1, compile=None,
             force=False,
         )  # fmt: skip

@@ -33,10 +33,11 @@ import collections
 import json
 import logging
 import secrets
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from .._support.loop_thread import LoopThread
 
 __all__ = ["Coordinator", "describe"]
 
@@ -111,66 +112,30 @@ class Coordinator:
         self._endpoints: dict[str, _Endpoint] = {}
         self._clients: dict[int, _Client] = {}
         self._next_id = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._thread = LoopThread("pytest-dspex-coordinator")
         self._server: asyncio.AbstractServer | None = None
 
     # -- life ----------------------------------------------------------------------------------
     def start(self) -> str:
         """Listen on 127.0.0.1 (its own thread and loop); the address workers connect to."""
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        errors: list[BaseException] = []
 
         async def setup() -> None:
             self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=1 << 20)
             port = self._server.sockets[0].getsockname()[1]
             self.address = f"127.0.0.1:{port}"
 
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(setup())
-            except BaseException as exc:  # pragma: no cover - no free port
-                errors.append(exc)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-
-        self._loop = loop
-        self._thread = threading.Thread(target=run, name="pytest-dspex-coordinator", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if errors:
-            raise errors[0]
+        self._thread.start(setup)
         assert self.address is not None
         return self.address
 
     def stop(self) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        self._loop = None
-
         async def close() -> None:
             if self._server is not None:
                 self._server.close()
             for client in list(self._clients.values()):
                 client.writer.close()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
 
-        try:
-            asyncio.run_coroutine_threadsafe(close(), loop).result(timeout=5)
-        except Exception:  # pragma: no cover - a loop already gone
-            pass
-        loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        loop.close()
+        self._thread.stop(close, timeout=5)
 
     def stats(self) -> dict[str, Any]:
         """What the run's limits saw: per endpoint, and the budget (for reports and tests)."""
@@ -188,9 +153,9 @@ class Coordinator:
                 },
             }  # fmt: skip
 
-        if self._loop is None:
+        if self._thread.loop is None:
             return {}
-        return asyncio.run_coroutine_threadsafe(read(), self._loop).result(timeout=5)
+        return self._thread.run(read())
 
     @property
     def clients(self) -> int:

@@ -24,11 +24,12 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from .._support.loop_thread import LoopThread
 
 __all__ = ["FakeLMServer", "Faults"]
 
@@ -113,8 +114,7 @@ class FakeLMServer:
         self.headers: list[dict[str, str]] = []
         self.keep_bodies = True
         self._rng = random.Random(self.faults.seed)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._thread = LoopThread("fake-lm-server")
         self._runner: Any = None
 
     @property
@@ -221,10 +221,6 @@ class FakeLMServer:
     def start(self) -> FakeLMServer:
         from aiohttp import web
 
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        errors: list[BaseException] = []
-
         async def setup() -> None:
             app = web.Application()
             app.router.add_post("/v1/chat/completions", self._handle)
@@ -236,43 +232,15 @@ class FakeLMServer:
             await site.start()
             self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(setup())
-            except BaseException as exc:
-                errors.append(exc)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-
-        self._loop = loop
-        self._thread = threading.Thread(target=run, name="fake-lm-server", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if errors:
-            raise errors[0]
+        self._thread.start(setup)
         return self
 
     def stop(self) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        async def shutdown() -> None:
+        async def cleanup() -> None:
             if self._runner is not None:
                 await self._runner.cleanup()
-            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
 
-        asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        loop.close()
-        self._loop = None
+        self._thread.stop(cleanup)
 
     def __enter__(self) -> FakeLMServer:
         return self.start()
