@@ -55,6 +55,7 @@ SECTIONS: list[tuple[str, str, str]] = [
     ("dspy_migration", "DSPy users at home: saves imported (issue 25)", "sections:dspy_migration"),
     ("loopback", "Any LM code under the gate: the loopback endpoint (issue 22)", "cases_loopback:section"),
     ("run_limits", "Run-wide LM limits under xdist (issue 21)", "cases_limits:section"),
+    ("layers", "The package's structure drawn from its imports (issue 20)", "layers:section"),
 ]
 
 
