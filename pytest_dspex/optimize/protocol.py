@@ -52,7 +52,7 @@ class OptimizerSettings:
     seed: int = 0
     #: the metric value a teacher run needs for its trace to become demos (None: full credit, 1.0)
     metric_threshold: float | None = None
-    #: calibrate a classifier's label bias out (``pytest_dspex.calibration``) when it scores no worse
+    #: calibrate a classifier's label bias out (``pytest_dspex.programs.calibration``) when it scores no worse
     calibrate: bool = True
     concurrency: int = 16
     teacher_lm: Any = None

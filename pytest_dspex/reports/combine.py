@@ -385,7 +385,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m pytest_dspex.combine REPORT...`` (the same as ``python -m pytest_dspex combine``)."""
+    """``python -m pytest_dspex.reports.combine REPORT...`` (the same as ``python -m pytest_dspex combine``)."""
     parser = argparse.ArgumentParser(prog="python -m pytest_dspex combine", description=__doc__.split("\n\n")[0])
     _arguments(parser)
     return run(parser.parse_args(argv))
