@@ -214,3 +214,70 @@ def test_one_trial_call_for_the_run_closes_every_breaker():
             assert stats["trips"] == 1 and stats["trials"] == 1
         finally:
             coordinator.stop()
+
+
+def test_the_runs_budget_in_redis_holds_across_processes(server_factory):
+    """Workers on other machines cannot reach the coordinator: with a Redis cache, every worker counts the
+    run's budget there (two budgets of one run id stand for two workers)."""
+    pytest.importorskip("redis")
+    from pytest_dspex.lm.redis_budget import RedisBudget
+
+    from .needs import REDIS_INSTALL, need
+    from .redis_server import RedisServer, redis_server_binary
+
+    binary = redis_server_binary()
+    need("redis-server", "not installed" if binary is None else None, REDIS_INSTALL)
+    assert binary is not None
+    redis = RedisServer(binary).start()
+    try:
+        server = server_factory()
+        budgets = [RedisBudget(redis.url, "run-1", None, 30) for _ in range(2)]
+        lms = [dspex.LM("m", base_url=server.base_url, api_key="k", cache=None, budget=b) for b in budgets]
+        outcomes = _ask_all(lms, 50)
+        assert server.requests == 30
+        assert sum(isinstance(o, dspex.BudgetExceededError) for o in outcomes) == 20
+        other_run = RedisBudget(redis.url, "run-2", None, 30)  # another run's budget is its own
+        (lm,) = [dspex.LM("m", base_url=server.base_url, api_key="k", cache=None, budget=other_run)]
+        assert not isinstance(_ask_all([lm], 1)[0], BaseException)
+        for b in [*budgets, other_run]:
+            _runtime.run_sync(b.aclose())
+    finally:
+        redis.stop()
+
+
+def test_a_lost_redis_budget_is_one_warning_and_the_processs_own(server_factory, caplog):
+    from pytest_dspex.lm.redis_budget import RedisBudget
+
+    pytest.importorskip("redis")
+    server = server_factory()
+    budget = RedisBudget("redis://127.0.0.1:9/0", "run-x", None, 5, timeout=0.5)
+    lm = dspex.LM("m", base_url=server.base_url, api_key="k", cache=None, budget=budget)
+    outcomes = _ask_all([lm], 8)
+    assert server.requests == 5 and sum(isinstance(o, dspex.BudgetExceededError) for o in outcomes) == 3
+    assert sum("budget in Redis" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_workers_with_a_redis_cache_count_the_budget_there(pytester, server_factory, monkeypatch):
+    pytest.importorskip("redis")
+    from .needs import REDIS_INSTALL, need
+    from .redis_server import RedisServer, redis_server_binary
+
+    binary = redis_server_binary()
+    need("redis-server", "not installed" if binary is None else None, REDIS_INSTALL)
+    assert binary is not None
+    redis = RedisServer(binary).start()
+    try:
+        monkeypatch.setenv("OPENAI_API_KEY", "k")
+        server = server_factory(latency=0.01)
+        _project(pytester, 40)
+        args = [f"--dspex-base-url={server.base_url}", "--dspex-model=fake-model", f"--dspex-cache-url={redis.url}",
+                "--dspex-missing-golden=zero-shot", "--dspex-max-calls=10", "--dspex-max-error-rate=1", "-n", "2"]  # fmt: skip
+        pytester.runpytest_subprocess(*args)
+        assert server.requests == 10, dict(server.counts)
+        client = redis.client()
+        try:
+            assert [k for k in client.keys("dspex:run:*:calls")], "the budget was counted in Redis"
+        finally:
+            client.close()
+    finally:
+        redis.stop()

@@ -78,7 +78,14 @@ class SessionLMs:
             from ..lm import Budget
 
             link = self.link
-            self._budget = link.budget(o.max_cost, o.max_calls) if link is not None else Budget(o.max_cost, o.max_calls)
+            if self.is_worker and o.cache_url:  # every worker, on this machine or another: the budget in Redis
+                from ..lm.redis_budget import RedisBudget
+
+                self._budget = RedisBudget(o.cache_url, self.run_id, o.max_cost, o.max_calls)
+            elif link is not None:
+                self._budget = link.budget(o.max_cost, o.max_calls)
+            else:
+                self._budget = Budget(o.max_cost, o.max_calls)
         return self._budget
 
     def _endpoint(self) -> tuple[str, str]:
@@ -211,13 +218,15 @@ class SessionLMs:
                     lm.cache.close()
         if self._lm is None and self._cache is not None:
             self._cache.close()
-        if self._link is not None:
+        closers = [c.aclose for c in (self._link, self._budget) if c is not None and hasattr(c, "aclose")]
+        if closers:
             from .._support import runtime as _runtime
 
-            try:
-                _runtime.run_sync(self._link.aclose())
-            except RuntimeError:
-                pass
+            for close in closers:
+                try:
+                    _runtime.run_sync(close())
+                except RuntimeError:
+                    pass
         if not self.is_worker and self.options.local:
             from ..lm.local.embedded import stop_server
 
