@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["get_loop", "in_runtime", "on_shutdown", "run_async", "run_sync", "shutdown"]
+__all__ = ["Interrupt", "get_loop", "in_runtime", "on_shutdown", "raise_if_interrupted", "run_async", "run_sync", "shutdown"]
 
 T = TypeVar("T")
 
@@ -121,6 +121,47 @@ def _submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
 loop_waits: contextvars.ContextVar[list[None] | None] = contextvars.ContextVar("dspex_loop_waits", default=None)
 
 
+class Interrupt:
+    """Ctrl-C for work that a helper thread runs (``run_with_progress``): the main thread gets the
+    KeyboardInterrupt, so it calls ``interrupt()``, which cancels the helper's ``run_sync`` waits; they,
+    and any later ``run_sync`` or ``raise_if_interrupted`` in that context, raise KeyboardInterrupt.
+    Without it the helper ran on after the signal and wrote what it had (a half-compiled golden)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waits: set[concurrent.futures.Future[Any]] = set()
+        self.interrupted = False
+
+    def interrupt(self) -> None:
+        with self._lock:
+            self.interrupted = True
+            waits = list(self._waits)
+        for fut in waits:
+            fut.cancel()
+
+    def _watch(self, fut: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            self._waits.add(fut)
+            interrupted = self.interrupted
+        if interrupted:
+            fut.cancel()
+
+    def _unwatch(self, fut: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            self._waits.discard(fut)
+
+
+#: the ``Interrupt`` of the work running in this context (set by the caller that runs it in a helper thread)
+interrupt_scope: contextvars.ContextVar[Interrupt | None] = contextvars.ContextVar("dspex_interrupt", default=None)
+
+
+def raise_if_interrupted() -> None:
+    """KeyboardInterrupt when this context's work was interrupted (before writing anything to disk)."""
+    scope = interrupt_scope.get()
+    if scope is not None and scope.interrupted:
+        raise KeyboardInterrupt
+
+
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` on the background loop and wait for it (from any thread but that loop's)."""
     waits = loop_waits.get()
@@ -132,12 +173,25 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
             "a synchronous pytest-dspex call was made from inside its own event loop; "
             "use `await program.acall(...)` in async code"
         )
+    scope = interrupt_scope.get()
+    if scope is not None and scope.interrupted:
+        coro.close()
+        raise KeyboardInterrupt
     fut = _submit(coro)
+    if scope is not None:
+        scope._watch(fut)
     try:
         return fut.result()
     except KeyboardInterrupt:
         fut.cancel()
         raise
+    except concurrent.futures.CancelledError:
+        if scope is not None and scope.interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if scope is not None:
+            scope._unwatch(fut)
 
 
 async def run_async(coro: Coroutine[Any, Any, T]) -> T:

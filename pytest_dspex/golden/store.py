@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .._support.atomic import atomic_write_json
+from .._support.runtime import raise_if_interrupted
 from ..errors import ConfigError, GoldenFileError
 from .file import GoldenFile, read_golden
 from .schema import validate
@@ -188,6 +189,7 @@ class GoldenStore:
 
     @staticmethod
     def _write(path: Path, record: dict[str, Any]) -> None:
+        raise_if_interrupted()  # Ctrl-C during the compile: nothing half-decided reaches the disk
         try:
             atomic_write_json(path, record)
             os.chmod(path, _FILE_MODE)  # mkstemp creates 0600; a golden is a reviewed, shared file

@@ -176,7 +176,11 @@ def run_with_progress(progress: Progress | None, fn: Callable[[], T]) -> T:
     """
     if progress is None:
         return fn()
+    from .._support.runtime import Interrupt, interrupt_scope
+
     ctx = contextvars.copy_context()
+    scope = Interrupt()
+    ctx.run(interrupt_scope.set, scope)
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dspex-wait") as pool:
         fut = pool.submit(ctx.run, fn)
         try:
@@ -187,5 +191,12 @@ def run_with_progress(progress: Progress | None, fn: Callable[[], T]) -> T:
                     if fut.done():  # fn's own TimeoutError
                         raise
                     progress.poll()
+        except KeyboardInterrupt:  # Ctrl-C reaches this thread: stop fn's waits now, not after it ran on
+            scope.interrupt()
+            concurrent.futures.wait([fut])
+            own = fut.exception() if not fut.cancelled() else None
+            if isinstance(own, KeyboardInterrupt) and own.args:  # fn said what the interrupt left undone
+                raise own from None
+            raise
         finally:
             progress.close()

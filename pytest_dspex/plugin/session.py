@@ -191,6 +191,7 @@ class DspexSession:
         if path in self._unavailable:
             pytest.fail(self._unavailable[path], pytrace=False)
         self._activate()
+        before = _stamp(path)
         try:
             if self.options.estimate:  # no compile, no rebaseline: the program as it stands, and the compile's plan
                 resolved = self._load(spec, path)
@@ -205,6 +206,13 @@ class DspexSession:
         except pytest.fail.Exception as exc:  # one cause, one message: the next test using it is told the same
             self._unavailable[path] = str(exc.msg)
             raise
+        except KeyboardInterrupt:  # Ctrl-C during a compile or re-baseline: say whether the golden was touched
+            o = self.options
+            what = "compile" if o.compiles(spec.name) else "re-baseline" if o.rebaselines(spec.name) else None
+            if what is None or o.estimate or _stamp(path) != before:
+                raise
+            said = "unchanged" if before is not None else "not created"
+            raise KeyboardInterrupt(f"{what} of {spec.name!r} interrupted: golden not written ({self.rel(path)} {said})") from None
         self._resolved[path] = resolved
         return resolved
 
@@ -477,3 +485,12 @@ class DspexSession:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """The golden's size and modification time (None: no file), to tell whether an interrupted compile wrote it."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
