@@ -74,6 +74,8 @@ def test_dead_endpoint_under_workers_every_example_accounted(pytester, monkeypat
     out = result.stdout.str()
     assert result.ret != 0
     assert "LM error" in out or "LM ERROR" in out, out[-3000:]
+    # the workers found it dead together: one opening for the run, said in the summary
+    assert "circuit breaker opened 1x for the run" in out, out[-3000:]
 
 
 def _lms(server: FakeLMServer, links: list[RunLink | None], concurrency: int) -> list[dspex.LM]:
