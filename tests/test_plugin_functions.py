@@ -163,3 +163,39 @@ def test_wrong_shape(dspex_evaluate):
     result = run(project, upstream, "-p", "no:xdist", "--dspex-missing-golden=zero-shot", "test_more.py")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*two_fields returned a string; a string answers one output field*"])
+
+
+AROUND = '''
+import openai
+import pytest
+
+client = openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-app", max_retries=0)  # around the session
+
+def triage(message: str) -> str:
+    reply = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": message}])
+    return reply.choices[0].message.content.strip()
+
+def team_matches(example, prediction, trace=None):
+    return example.team == prediction.team
+
+@pytest.mark.dspex_program(triage, outputs=["team"])
+@pytest.mark.dspex_metric(team_matches, threshold=0.8)
+def test_dataset(dspex_evaluate):
+    dspex_evaluate("data/dev.jsonl")
+'''
+
+
+@pytest.mark.parametrize("xdist", [["-p", "no:xdist"], ["-n", "2"]], ids=["no-xdist", "n2"])
+def test_calls_that_go_around_the_session_are_lm_errors_with_the_way_through(
+    pytester: pytest.Pytester, upstream: FakeLMServer, xdist: list[str]
+) -> None:
+    pytester.makefile(".jsonl", **{"data/dev": rows(4)})
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\ndspex_missing_golden = zero-shot\n")
+    pytester.makepyfile(test_app=AROUND)
+    result = run(pytester, upstream, *xdist)
+    out = result.stdout.str()
+    result.assert_outcomes(failed=1)
+    assert "lm_unavailable" in out and "not a low score" in out, out
+    assert "below threshold" not in out
+    assert "not through pytest-dspex (use --dspex-openai-env or dspex_endpoint): APIConnec" in out
+    assert upstream.requests == 0

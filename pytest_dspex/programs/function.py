@@ -16,7 +16,11 @@ compile has nothing to optimize: it records the function's baseline only (the pa
 
 An LM error answered by the loopback endpoint to a call the function made (a spent budget, a
 replay miss, an unreachable endpoint) is what the example failed with, whatever the client library
-raised on top of it: the record's error kind is the LM's, so the error budget counts it.
+raised on top of it: the record's error kind is the LM's, so the error budget counts it. A client
+library's own connection, timeout or server-status error (openai, httpx, aiohttp, LiteLLM, ... or a
+``ConnectionError``) is an LM error too, never a low score; when the example made no call through
+the session at all, its message starts by saying so and how to route the calls (README: "Gating
+code you already have").
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._support.threads import run_in_thread
-from ..errors import AdapterParseError, ConfigError
+from ..errors import AdapterParseError, ConfigError, LMError, LMHTTPError, LMTimeoutError, LMUnavailableError
 from ..lm import callers
+from ..lm.usage import track_usage
 from .modules import Module
 from .primitives import Prediction
 
@@ -64,7 +69,7 @@ class FunctionProgram(Module):
         return self  # the function and what it closes over are the user's: shared, never copied
 
     async def aforward(self, **inputs: Any) -> Prediction:
-        with callers.lm_errors() as errors:
+        with callers.lm_errors() as errors, track_usage() as usage:
             try:
                 if self._async:
                     value = await self._fn(**inputs)
@@ -73,7 +78,12 @@ class FunctionProgram(Module):
             except Exception as exc:
                 if errors:  # the LM error behind what the client library raised
                     raise errors[0] from exc
-                raise
+                # first in the message, so a shortened one still says how to route the calls
+                hint = "" if usage.calls or usage.cache_hits else "not through pytest-dspex (use --dspex-openai-env or dspex_endpoint): "
+                infra = client_lm_error(exc, hint)
+                if infra is None:
+                    raise
+                raise infra from exc
         return self.prediction(value)
 
     def prediction(self, value: Any) -> Prediction:
@@ -104,6 +114,42 @@ class FunctionProgram(Module):
                 completion=repr(value)[:200],
             )
         return Prediction(fields)
+
+
+#: client libraries whose errors are about reaching the LM, not about the program (by module prefix)
+_CLIENT_PACKAGES = frozenset({"openai", "httpx", "httpcore", "aiohttp", "litellm", "anthropic", "requests", "urllib3", "google"})
+_TIMEOUT_NAMES = frozenset({"APITimeoutError", "Timeout", "TimeoutException", "ReadTimeout", "ConnectTimeout",
+                            "WriteTimeout", "PoolTimeout", "ServerTimeoutError", "TimeoutError"})  # fmt: skip
+_CONNECT_NAMES = frozenset({"APIConnectionError", "ConnectError", "ConnectionError", "ClientConnectorError", "ClientConnectionError",
+                            "ServerDisconnectedError", "RemoteProtocolError", "ServiceUnavailableError", "NetworkError"})  # fmt: skip
+
+
+def client_lm_error(exc: BaseException, hint: str = "") -> LMError | None:
+    """The LM error a client library's exception stands for (or one in its cause chain), else None.
+
+    Known by class name and module alone, so no optional package is imported: a connection error
+    is ``lm_unavailable``, a timeout ``lm_timeout``, a 429 or 5xx status ``lm_http``; anything else
+    (a 400, a bug in the code) stays the program's. ``hint`` starts the message.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < 8:
+        seen.add(id(current))
+        if isinstance(current, LMError):
+            return current
+        text = f"{hint}{type(current).__name__}: {current}"
+        if isinstance(current, ConnectionError):  # the builtin (refused, reset, aborted)
+            return LMUnavailableError(text)
+        names = {c.__name__ for c in type(current).__mro__ if c.__module__.split(".")[0] in _CLIENT_PACKAGES}
+        if names & _TIMEOUT_NAMES:
+            return LMTimeoutError(text)
+        if names & _CONNECT_NAMES:
+            return LMUnavailableError(text)
+        status = getattr(current, "status_code", None) or getattr(current, "status", None)
+        if names and isinstance(status, int) and (status == 429 or status >= 500):
+            return LMHTTPError(text, status=status)
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def program(fn: Callable[..., Any], *, outputs: Sequence[str] | None = None, inputs: Sequence[str] | None = None) -> FunctionProgram:
