@@ -152,12 +152,15 @@ class TestUnknownOptimizer:
         assert result.ret == pytest.ExitCode.USAGE_ERROR
         result.stderr.fnmatch_lines([f"*unknown optimizer 'Bootstrap'; {KNOWN}"])
 
-    def test_in_a_marker_collection_fails_naming_the_test_and_the_known_ones(self, pytester, project, asked, mode):
+    def test_in_a_marker_only_that_test_fails_naming_it_and_the_known_ones(self, pytester, project, asked, mode):
         responder, server = asked
         project(marker=', optimizer="mipro"')
-        result = run(pytester, server, mode, "--dspex-compile", "-k", "not each")
-        assert result.ret in (pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.INTERRUPTED)  # a collection error (xdist: 1)
+        pytester.makepyfile(test_other="def test_other():\n    pass\n")
+        result = run(pytester, server, mode, "--dspex-compile")
+        assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
         result.stdout.fnmatch_lines([f"*test_triage.py::test_triage: @pytest.mark.dspex_program: optimizer='mipro': unknown optimizer 'mipro'; {KNOWN}"])
+        assert "Interrupted" not in result.stdout.str() and "error during collection" not in result.stdout.str()
+        assert result.parseoutcomes()["passed"] >= 1  # the other file ran
         assert responder.cases == [] and not (pytester.path / GOLDEN).exists()
 
 
