@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..evaluation.scoring import example_timeout
+from ..lm.usage import track_usage
 from ..programs.modules import Module
 from .compile import (
     CompileOutcome,
@@ -69,7 +70,7 @@ def record_baseline_only(
         previous = previous_golden(path, settings.force)
         gate = load_dataset(gateset, input_keys) if isinstance(gateset, Path) else as_examples(list(gateset), input_keys)
         say(f"compiling {name}: {NOTHING_TO_OPTIMIZE}; measuring its baseline on {len(gate)} gate examples")
-        with example_timeout(settings.example_timeout):
+        with track_usage() as spent, example_timeout(settings.example_timeout):
             draws, error_rate = measure_baseline(
                 program, gate, metric, draws=settings.baseline_draws, concurrency=settings.concurrency
             )
@@ -98,4 +99,4 @@ def record_baseline_only(
         mark_compiled(path, run_id, state_dir, to_write)
     golden = GoldenFile(path, to_write) if to_write is not None else read_golden(path)
     reason = f"{NOTHING_TO_OPTIMIZE}; baseline {score:.3f} on {n} gate examples" + (f" ({written.reason})" if written.reason else "")
-    return CompileOutcome(name, path, program, golden, outcome, reason, None, record=to_write, replaced=replaced)
+    return CompileOutcome(name, path, program, golden, outcome, reason, None, record=to_write, replaced=replaced, usage=spent)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..evaluation.gates import DEFAULT_MAX_ERROR_RATE
 from ..evaluation.scoring import example_timeout
+from ..lm.usage import Usage, track_usage
 from ..observe import tracing
 from .protocol import OptimizerSettings
 
@@ -82,6 +83,8 @@ class CompileOutcome:
     record: dict[str, Any] | None = None
     #: the new baseline paired with the golden it replaces (or would have replaced, when kept)
     replaced: Comparison | None = None
+    #: every LM call this process made for it: the optimizer's and the baseline's draws (None: compiled elsewhere)
+    usage: Usage | None = None
 
 
 def _done_marker(path: Path, state_dir: Path | None) -> Path:
@@ -197,7 +200,11 @@ def compile_program(
             metric, settings, progress=lambda text: say(f"compiling {name}: {text}"), leave_one_out=chosen_on == "trainset"
         )
         traced = {"dspex.program": name, "dspex.golden": path.name} if tracing.enabled() else None
-        with example_timeout(settings.example_timeout), tracing.span("dspex.compile", traced) if traced else tracing.NO_SPAN:
+        with (
+            track_usage() as spent,  # the optimizer's calls and the baseline's draws: all the compile spent
+            example_timeout(settings.example_timeout),
+            tracing.span("dspex.compile", traced) if traced else tracing.NO_SPAN,
+        ):
             result = optimizer.compile(program.reset_copy(), trainset=train, valset=val)  # joins this span
             baseline_set = gate if gate is not None else val
             say(f"compiling {name}: measuring the baseline of {result.best.name} on {len(baseline_set)} gate examples")
@@ -255,7 +262,9 @@ def compile_program(
         mark_compiled(path, run_id, state_dir, to_write)
     golden = GoldenFile(path, to_write) if to_write is not None else read_golden(path)
     chosen = golden.apply(program) if outcome in ("kept", "unchanged") else result.program
-    return CompileOutcome(name, path, chosen, golden, outcome, written.reason, result, record=to_write, replaced=replaced)
+    return CompileOutcome(
+        name, path, chosen, golden, outcome, written.reason, result, record=to_write, replaced=replaced, usage=spent
+    )
 
 
 def rebaseline_program(
@@ -299,7 +308,7 @@ def rebaseline_program(
         applied = old.apply(program, instructions=False)  # fields that changed: GoldenStaleError
         gate = load_dataset(gateset, input_keys) if isinstance(gateset, Path) else as_examples(list(gateset), input_keys)
         say(f"re-baselining {name}: {len(gate)} gate examples, the golden's demos, the program and model as they are now")
-        with example_timeout(settings.example_timeout):
+        with track_usage() as spent, example_timeout(settings.example_timeout):
             draws, error_rate = measure_baseline(
                 applied, gate, metric, draws=settings.baseline_draws, concurrency=settings.concurrency,
                 shared_first=settings.baseline_draws == 1,
@@ -353,7 +362,9 @@ def rebaseline_program(
         to_write = json.loads(json.dumps(record)) if defer_write else None
         mark_compiled(path, run_id, state_dir, to_write)
     golden = GoldenFile(path, record)
-    return CompileOutcome(name, path, applied, golden, "rebaselined", reason, None, record=to_write, replaced=replaced)
+    return CompileOutcome(
+        name, path, applied, golden, "rebaselined", reason, None, record=to_write, replaced=replaced, usage=spent
+    )
 
 
 def measure_baseline(

@@ -317,7 +317,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     for rel, g in sorted(written):
         extra = f" (selection {g['score']:.3f}, n={g['n']}, chosen: {g['chosen']})" if "score" in g else ""
         if g.get("compile_usage"):
-            extra += f"; compile spent {spend_text(g['compile_usage'])}"
+            what = "re-baseline" if g["outcome"] == "rebaselined" else "compile"
+            extra += f"; {what} spent {spend_text(g['compile_usage'])}"
         if g.get("reason") and g["outcome"] in ("kept", "updated", "rebaselined"):
             extra += f": {g['reason']}"  # why compile replaced or kept it
         tr.write_line(f"golden {g['outcome']}: {rel}{extra}", green=g["outcome"] != "kept", yellow=g["outcome"] == "kept")
@@ -341,7 +342,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_line(f"golden unused: {rel} (no test used it in this run)", yellow=True)
     total = run_spend(rows, collector.goldens.values())
     if total is not None:  # the table's columns are the gates' alone: with a compile, the run's whole spend
-        tr.write_line(f"dspex LM spend in this run (gates and compile): {spend_text(total)}")
+        what = "re-baseline" if all(g.get("outcome") == "rebaselined" for _, g in written) else "compile"
+        tr.write_line(f"dspex LM spend in this run (gates and {what}): {spend_text(total)}")
     if dspex is not None:
         from ..lm.coordinator import describe
 

@@ -73,6 +73,8 @@ def _golden_info(session: DspexSession, resolved: Resolved) -> dict[str, Any]:
         d["replaced"] = resolved.replaced  # the new baseline paired with the golden's it replaced
     if resolved.golden is not None:
         d["provenance"] = resolved.golden.provenance()
+    if resolved.spent is not None:  # the optimizer's calls and the baseline's draws (a re-baseline's too)
+        d["compile_usage"] = resolved.spent
     if resolved.compile_result is not None:
         cr = resolved.compile_result
         d.update(
@@ -80,7 +82,6 @@ def _golden_info(session: DspexSession, resolved: Resolved) -> dict[str, Any]:
             n=cr.validation.n,
             chosen=cr.best.name,
             candidates=[c.to_dict() for c in cr.candidates],
-            compile_usage=cr.usage.to_dict(),
             compile_s=round(cr.elapsed_s, 3),
             demos=cr.demo_review,
         )

@@ -53,6 +53,8 @@ class Resolved:
     instructions_diff: str = ""
     #: a compile's new baseline paired with the golden it replaced (``Comparison.to_json()``)
     replaced: dict[str, Any] | None = None
+    #: every LM call this process's compile or re-baseline made (``Usage.to_dict()``; baseline draws included)
+    spent: dict[str, Any] | None = None
 
     @property
     def golden_score(self) -> float | None:
@@ -315,6 +317,7 @@ class DspexSession:
         return Resolved(
             spec.name, done.program, path, done.golden, done.outcome, done.result, reason=done.reason,
             golden_record=done.record, replaced=done.replaced.to_json() if done.replaced is not None else None,
+            spent=done.usage.to_dict() if done.usage is not None else None,
         )  # fmt: skip
 
     def _baseline_only(
@@ -347,6 +350,7 @@ class DspexSession:
         return Resolved(
             spec.name, done.program, path, done.golden, done.outcome, reason=done.reason, golden_record=done.record,
             replaced=done.replaced.to_json() if done.replaced is not None else None,
+            spent=done.usage.to_dict() if done.usage is not None else None,
         )  # fmt: skip
 
     def _rebaseline(
@@ -380,6 +384,7 @@ class DspexSession:
         return Resolved(
             spec.name, done.program, path, done.golden, done.outcome, reason=done.reason, golden_record=done.record,
             replaced=done.replaced.to_json() if done.replaced is not None else None,
+            spent=done.usage.to_dict() if done.usage is not None else None,
         )  # fmt: skip
 
     def _compile_plan(self, spec: ProgramSpec, metric: MetricSpec | None, gate_dataset: Path | None) -> str:
