@@ -56,6 +56,7 @@ __all__ = [
     "DEFAULT_MAX_ERROR_RATE",
     "INCOMPLETE",
     "Verdict",
+    "against_golden",
     "incomplete",
     "judge",
     "paired_outcomes",
@@ -84,6 +85,30 @@ class Judged(Protocol):
     def errors_by_kind(self) -> dict[str, int]: ...
     @property
     def records(self) -> Sequence[ExampleRecord]: ...
+
+
+def against_golden(
+    score: float | None, golden_score: float | None, comparison: Mapping[str, Any] | None, *, incomplete: bool = False
+) -> tuple[float | None, float | None, str]:
+    """``(golden, delta, why_not)``: the golden's score to set this run against and the delta — the one
+    computation behind the failure sentence, the terminal table and every report.
+
+    With a paired comparison that shared examples, the golden's score on those examples and the paired
+    delta (examples lost to LM errors were not measured, so are not compared); a comparison that shared
+    none, or an incomplete run (a subset is not set against the whole golden), compares nothing:
+    ``(None, None, "none shared" | "incomplete")``. Otherwise the golden's recorded score.
+    """
+    if comparison is not None and not comparison.get("shared"):
+        return None, None, "none shared"
+    paired = comparison is not None and comparison.get("baseline_score") is not None
+    golden = float(comparison["baseline_score"]) if paired and comparison is not None else golden_score
+    if golden is None:
+        return None, None, ""
+    if incomplete and comparison is None:
+        return None, None, "incomplete"
+    if comparison is not None and comparison.get("delta") is not None:
+        return float(golden), float(comparison["delta"]), ""
+    return float(golden), None if score is None else round(float(score) - float(golden), 6), ""
 
 
 @dataclass(frozen=True)
@@ -118,8 +143,12 @@ class Verdict:
         parts.append(f"on n={n}")
         if self.threshold is not None:
             parts.append(f"| threshold {self.threshold:.3f}")
-        if self.golden_score is not None:
-            parts.append(f"| golden {self.golden_score:.3f} (delta {round(self.delta or 0.0, 3) + 0.0:+.3f}, tolerance {self.tolerance:.3f})")
+        c = self.comparison.to_json() if self.comparison is not None else None
+        golden, delta, why_not = against_golden(self.score, self.golden_score, c)  # as the table says it
+        if golden is not None and delta is not None:
+            parts.append(f"| golden {golden:.3f} (delta {round(delta, 3) + 0.0:+.3f}, tolerance {self.tolerance:.3f})")
+        elif why_not:
+            parts.append(f"| golden n/a ({why_not})")
         if not self.passed:
             parts.append(f"| {self.reason}")
         elif self.comparison is not None and self.comparison.shared:

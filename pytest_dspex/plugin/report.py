@@ -162,8 +162,8 @@ def format_table(rows: list[dict[str, Any]]) -> list[str]:
         view = ProgramView(r)  # the golden's score on the shared examples when a paired comparison ran
         golden, delta = view.baseline, view.delta
         golden_txt = "-" if golden is None or delta is None else f"{golden:.3f} ({round(delta, 3) + 0.0:+.3f})"
-        if view.nothing_shared:  # a paired comparison with no example in common: nothing was compared
-            golden_txt = "n/a (none shared)"
+        if view.not_compared:  # no example in common, or an incomplete run: nothing was compared
+            golden_txt = f"n/a ({view.not_compared})"
         lines.append([
             str(r["program"]),
             str(r.get("mode", "dataset")),

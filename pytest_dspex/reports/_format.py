@@ -233,13 +233,14 @@ class ProgramView:
     def baseline(self) -> float | None:
         """The golden's score to compare with: on the examples both share when a paired comparison
         ran (the dev set may have changed since compiling), else the golden's recorded score."""
-        c = self.comparison
-        if c is not None and c.get("shared") and c.get("baseline_score") is not None:
-            return float(c["baseline_score"])
-        if self.nothing_shared:
-            return None
-        golden = self.row.get("golden_score")
-        return None if golden is None else float(golden)
+        return self._against[0]
+
+    @property
+    def _against(self) -> tuple[float | None, float | None, str]:
+        """``(golden, delta, why_not)``, computed as the failure sentence computes it (``against_golden``)."""
+        from ..evaluation.gates import against_golden
+
+        return against_golden(self.row.get("score"), self.row.get("golden_score"), self.comparison, incomplete=self.incomplete)
 
     @property
     def failed_checks(self) -> list[str]:
@@ -299,22 +300,19 @@ class ProgramView:
         return c is not None and not c.get("shared")
 
     @property
+    def not_compared(self) -> str:
+        """Why there is no golden score to compare with (``""``: there is one, or no golden at all):
+        a paired comparison that shared no example, or an incomplete run (only some examples ran)."""
+        return self._against[2]
+
+    @property
     def golden_text(self) -> str:
         """The golden column: its score to compare with, or ``n/a`` when nothing was compared."""
-        return "n/a" if self.nothing_shared else fmt_num(self.baseline)
+        return "n/a" if self.not_compared else fmt_num(self.baseline)  # why: in the delta column
 
     @property
     def delta(self) -> float | None:
-        if self.nothing_shared:
-            return None
-        c = self.comparison
-        if c is not None and c.get("delta") is not None:
-            return float(c["delta"])
-        golden = self.row.get("golden_score")
-        score = self.row.get("score")
-        if golden is None or score is None:
-            return None
-        return round(float(score) - float(golden), 6)
+        return self._against[1]
 
     @property
     def delta_text(self) -> str:
@@ -322,6 +320,8 @@ class ProgramView:
         c = self.comparison
         if self.nothing_shared:
             return "n/a (no examples shared with the golden)"
+        if self.not_compared:  # incomplete: the examples that ran are not the golden's whole set
+            return "n/a (incomplete: not all examples ran)"
         text = fmt_delta(self.delta)
         if c is None:
             return text
