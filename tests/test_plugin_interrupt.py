@@ -7,6 +7,8 @@ while the compile or the gate is in flight, at a point that does not depend on t
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from .test_plugin_baseline import COMPILE, GOLDEN, mode, model, project, run, server  # noqa: F401
@@ -63,3 +65,44 @@ def test_ctrl_c_during_a_compile_keeps_the_golden_and_stops_the_compile(pytester
         out.stdout.fnmatch_lines(["*compile of 'triage' interrupted: golden not written (__dspex__/test_triage/triage.json unchanged)*"])
     assert calls(pytester) < full // 2  # the compile stopped at the signal, it did not run on to its end
     assert "Traceback" not in out.stdout.str() + out.stderr.str()
+
+
+# a second Ctrl-C (a real SIGINT) where it hurt: while pytest reports the first (making a traceback's
+# source lines), or while the run finishes (the terminal summary)
+SECOND_CTRL_C = """
+import os, signal, time
+
+def _again(where):
+    if os.environ.get("SECOND_AT") == where:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(30)  # the signal ends this sleep at once
+
+def pytest_keyboard_interrupt(excinfo):
+    _again("report")
+
+def pytest_terminal_summary(terminalreporter):
+    _again("summary")
+"""
+
+
+@pytest.mark.parametrize("second_at", ["report", "summary"])
+def test_ctrl_c_twice_keeps_the_previous_report_and_says_it_in_one_line(pytester, server, mode, monkeypatch, second_at):  # noqa: F811
+    """Finding 5: two Ctrl-Cs 20 ms apart printed an 87-line traceback and replaced the existing report
+    with one of the part that had run ("programs": [] when nothing had)."""
+    killing_project(pytester)
+    pytester.makeconftest(SECOND_CTRL_C)
+    assert run(pytester, server, mode, *COMPILE).ret == 0
+    first = run(pytester, server, mode, "--dspex-report=r.json")
+    assert first.ret == 0, first.stdout.str()
+    before = (pytester.path / "r.json").read_bytes()
+    assert json.loads(before)["programs"]
+    calls(pytester)  # the metric counts from here
+    monkeypatch.setenv("KILL_AT", "5")
+    monkeypatch.setenv("SECOND_AT", second_at)
+    out = run(pytester, server, mode, "--dspex-report=r.json")
+    assert out.ret == pytest.ExitCode.INTERRUPTED, out.stdout.str() + out.stderr.str()
+    assert (pytester.path / "r.json").read_bytes() == before
+    again = {"report": "interrupted again while pytest reported the interruption", "summary": "interrupted while the run was finishing"}
+    out.stdout.fnmatch_lines([f"dspex: {again[second_at]}: stopping*"])
+    assert "Traceback" not in out.stdout.str() + out.stderr.str()
+    assert "INTERNALERROR" not in out.stdout.str() + out.stderr.str()

@@ -61,6 +61,9 @@ def pytest_configure(config: pytest.Config) -> None:
     endpoint.configure(config, session)
     if not session.is_worker:
         from .collector import Collector
+        from .interrupts import InterruptHooks
+
+        config.pluginmanager.register(InterruptHooks(config), "dspex-interrupts")
 
         collector = Collector(
             Path(config.rootpath), shard=session.options.shard, force=session.options.force, state_dir=session.state_dir
@@ -187,6 +190,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if dspex is None:
         return
     collector = config.stash.get(_collector_key, None)
+    from .interrupts import was_interrupted
+
+    if was_interrupted(config):  # Ctrl-C twice: pytest's status may not say it (``interrupts``)
+        exitstatus = pytest.ExitCode.INTERRUPTED
     try:
         if collector is not None:
             failed = collector.finish(_stopped(session, exitstatus))
