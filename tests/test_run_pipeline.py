@@ -20,7 +20,7 @@ from pytest_dspex.plugin.options import OPTIONS
 from pytest_dspex.reports.combine import combine
 from pytest_dspex.reports.document import RunDocument
 from pytest_dspex.reports.formats import FORMATS, add_format_arguments, write_formats
-from pytest_dspex.reports.run import ProgramRun, RunSettings
+from pytest_dspex.reports.run import COMPUTED, ProgramRun, RunSettings
 
 
 def rec(i: int, score: float, error_kind: str | None = None) -> ExampleRecord:
@@ -50,6 +50,14 @@ def test_settings_round_trip_through_a_row_and_keep_fields_they_do_not_know() ->
     row = run.row()
     assert row["golden_provenance"] == {"text": "held-out"} and row["per_example_cost_p95"] == 0.002
     assert RunSettings.from_json(row) == s  # the figures of the row are not settings
+    # every key of a row is a setting or computed from the records (a new computed key belongs in COMPUTED)
+    assert set(row) <= set(s.to_json()) | COMPUTED
+    stale = RunSettings.from_json(row | {"per_example_cost_p95": 0.002})
+    stale.extra["score"] = 0.0  # carried along by mistake: the records' figure still wins
+    again = ProgramRun(stale)
+    again.add(rec(i, 1.0) for i in range(10))
+    again.judge()
+    assert again.row()["score"] == 1.0
     assert RunSettings("p").max_error_rate == DEFAULT_MAX_ERROR_RATE
 
 

@@ -38,7 +38,7 @@ DEFERRED = "deferred"
 #: ``passed``, ``elapsed_s``, ``lm_unavailable`` and ``worst`` are older reports' flat fields
 COMPUTED = frozenset({
     "repeats", "score", "n", "ci95", "errors", "errors_by_kind", "infra_errors", "usage", "cache_only",
-    "latency_s", "verdict", "comparison", "flaky", "records", "shards",
+    "latency_s", "verdict", "comparison", "flaky", "records", "shards", "repeat_reduction",
     "passed", "elapsed_s", "lm_unavailable", "worst",
 })  # fmt: skip
 
@@ -191,4 +191,4 @@ class ProgramRun:
         )
         if s.dataset_size is not None:
             row["dataset_size"] = s.dataset_size
-        return row | s.extra
+        return s.extra | row  # what the records say wins over anything carried along
