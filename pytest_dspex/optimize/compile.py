@@ -386,6 +386,7 @@ def measure_baseline(
     from ..evaluation.records import INFRA_ERROR_KINDS
     from ..evaluation.scoring import evaluate_records
     from ..programs import settings as dspex_settings
+    from .selection import check_budget
 
     passes: list[dict[str, float]] = []
     worst = 0.0
@@ -395,6 +396,7 @@ def measure_baseline(
             overrides["rollout_id"] = f"{rollout}-{d}"
         with dspex_settings.context(call_overrides=overrides):
             records = run_sync(evaluate_records(program, enumerate(examples), metric, concurrency=concurrency))
+        check_budget(records, "gate answers")  # --dspex-max-calls/-cost spent: no baseline of part of the set
         infra = sum(1 for r in records if r.error_kind in INFRA_ERROR_KINDS)
         worst = max(worst, infra / len(records) if records else 0.0)
         passes.append(paired_outcomes(records))

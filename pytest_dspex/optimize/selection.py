@@ -6,6 +6,8 @@
 * ``check_error_budget(records, max_error_rate)``: the compile stops (``CompileStoppedError``) when
   the selection answers were lost to the infrastructure beyond the budget, naming the kinds and the
   first errors, rather than choosing among candidates scored on errors.
+* ``check_budget(records)``: the compile stops when the run's LM budget (``--dspex-max-calls`` /
+  ``--dspex-max-cost``) refused any of the answers: said as the budget spent, not an endpoint fault.
 * ``score_candidate(...)``: one candidate on the whole selection set, both of the above applied.
 """
 
@@ -24,7 +26,7 @@ from ..programs.modules import Module
 from ..programs.primitives import Example
 from .protocol import Candidate
 
-__all__ = ["WithoutOwnDemo", "check_error_budget", "demo_count", "score_candidate"]
+__all__ = ["WithoutOwnDemo", "check_budget", "check_error_budget", "demo_count", "score_candidate"]
 
 
 class WithoutOwnDemo(Module):
@@ -45,8 +47,23 @@ class WithoutOwnDemo(Module):
         return await program.acall(**inputs)
 
 
+def check_budget(records: Sequence[ExampleRecord], what: str = "validation answers") -> None:
+    """Stop the compile when the run's LM budget refused any of ``records``' calls: a choice or a baseline
+    made on part of the examples is not one (and the endpoint is not at fault)."""
+    refused = [r for r in records if r.error_kind == "budget"]
+    if not refused:
+        return
+    spent = (refused[0].error or "LM budget spent").split(": ", 1)[-1]  # "LM call budget spent (150 of 150 calls); ..."
+    option = "--dspex-max-cost" if "cost" in spent else "--dspex-max-calls"
+    raise CompileStoppedError(
+        f"stopped by the run's LM budget: {spent.split(';')[0]} — {len(refused)} of {len(records)} {what} were not asked; "
+        f"golden not written (an existing one is kept). Raise {option} (or leave it unset) and re-run"
+    )
+
+
 def check_error_budget(records: Sequence[ExampleRecord], max_error_rate: float | None) -> None:
     """Stop the compile when ``records`` lost more answers to the infrastructure than the budget allows."""
+    check_budget(records)
     if max_error_rate is None or not records:
         return
     from ..evaluation.gates import lm_errors_reason

@@ -323,7 +323,7 @@ class DspexSession:
     def _baseline_only(
         self, spec: ProgramSpec, metric: MetricSpec, path: Path, gate_dataset: Path | None, progress: Any
     ) -> Resolved:
-        from ..errors import DatasetError, GoldenFileError
+        from ..errors import CompileStoppedError, DatasetError, GoldenFileError
         from ..optimize.baseline_only import record_baseline_only
 
         gateset = gate_dataset or spec.valset or spec.trainset
@@ -340,7 +340,7 @@ class DspexSession:
                 path=path, settings=self._settings(metric), run_id=self.run_id, progress=progress,
                 defer_write=self.is_worker, state_dir=self.state_dir(),
             )  # fmt: skip
-        except (DatasetError, GoldenFileError) as exc:
+        except (DatasetError, GoldenFileError, CompileStoppedError) as exc:
             problem = self._said(exc, path)
         if problem:
             self._failed_compiles[path] = problem
@@ -356,7 +356,7 @@ class DspexSession:
     def _rebaseline(
         self, spec: ProgramSpec, metric: MetricSpec | None, path: Path, gate_dataset: Path | None, progress: Any
     ) -> Resolved:
-        from ..errors import DatasetError, GoldenFileError
+        from ..errors import CompileStoppedError, DatasetError, GoldenFileError
         from ..optimize.compile import rebaseline_program
 
         if metric is None:
@@ -375,7 +375,7 @@ class DspexSession:
                 path=path, settings=settings, run_id=self.run_id, progress=progress, defer_write=self.is_worker,
                 state_dir=self.state_dir(),
             )  # fmt: skip
-        except (DatasetError, GoldenFileError) as exc:
+        except (DatasetError, GoldenFileError, CompileStoppedError) as exc:
             problem = str(exc)
         if problem:
             pytest.fail(problem, pytrace=False)
