@@ -187,6 +187,18 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def section(ctx: Any) -> list[str]:
+    """bench/run.py section: gate-set baseline beside unseen examples, default selection vs in-sample."""
+    names = ["triage", "take_order"] if ctx.fast else ["triage", "find_product", "take_order", "intent", "travel"]
+    log = Path(os.environ.setdefault("DSPEX_BENCH_SERVER_LOG", str(Path(tempfile.mkdtemp(prefix="dspex-gen-log-")) / "server.log")))
+    rows = run(names, list(RULES), log, None)
+    inside = [r for r in rows if r["rule"] == "loo" and r["gate_ci95"][0] <= r["unseen_score"] <= r["gate_ci95"][1]]
+    loo = [r for r in rows if r["rule"] == "loo"]
+    ctx.target("unseen score within the gate-set baseline's 95% CI (default selection)", f"{len(inside)} of {len(loo)} tasks",
+               "every task", len(inside) == len(loo))  # fmt: skip
+    return ["`bench/generalisation.py`: the embedded model, the example's compile settings; counts, not timings.", "", *table(rows)]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tasks", nargs="+", default=["triage", "find_product", "take_order", "intent", "travel"])

@@ -45,6 +45,8 @@ SECTIONS: list[tuple[str, str, str]] = [
     ("gate_power", "The paired gate's power (DESIGN §5b)", "cases_gates:power_section"),
     ("gate_stability", "Gate stability after a compile (issue 18)", "cases_baseline:section"),
     ("noisy_gate", "The paired gate against a noisy baseline, simulated (issue 18)", "sim_noisy_gate:section"),
+    ("example_compile", "The example project's compile: the embedded server's work (issue 18)", "example_compile:section"),
+    ("generalisation", "Gate-set scores beside unseen examples, by selection rule (issue 18)", "generalisation:section"),
     ("html", "HTML report (issue 12)", "sections:html_report"),
     ("redis", "Redis cache (issue 14)", "sections:redis"),
     ("shards", "Shards and combine (issue 14)", "sections:shards"),
