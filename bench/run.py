@@ -53,6 +53,7 @@ SECTIONS: list[tuple[str, str, str]] = [
     ("remote", "Remote workers in network namespaces (issue 14)", "sections:remote"),
     ("embedded", "Embedded model: compile on Gemma 3 270M (issue 13)", "sections:embedded"),
     ("bootstrap_calls", "BootstrapFewShot: calls and demos vs DSPy at four accuracies (issues 24, 25)", "bootstrap_calls:section"),
+    ("optimizers", "Each --dspex-optimizer: one compile's LM calls by kind (issue 20)", "optimizers:section"),
     ("demo_quality", "Demos complete and earned: issue 24's reproductions", "demo_quality:section"),
     ("dspy_migration", "DSPy users at home: saves imported (issue 25)", "sections:dspy_migration"),
     ("loopback", "Any LM code under the gate: the loopback endpoint (issue 22)", "cases_loopback:section"),
