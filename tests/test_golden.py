@@ -389,6 +389,28 @@ def test_a_rerun_that_differs_only_in_the_candidates_race_scores_leaves_the_gold
     assert store.write(path, record(0.85, chosen="bootstrap")) == "updated"  # another choice is a change
 
 
+def test_a_recompile_that_chose_the_same_program_leaves_the_golden_alone(tmp_path):
+    """Trial: every `tox -e example` rewrote the goldens for timestamps and calibration offsets that
+    llama.cpp moves in the 3rd decimal; the same demos, instructions and score are no change."""
+    store = GoldenStore(tmp_path)
+    path = tmp_path / "p.json"
+
+    def record(offset: float, score: float = 0.9) -> dict:
+        rec = golden_record(compiled_program(), name="p", validation=(score, 10), datasets={"validation": "sha256:a"})
+        rec["created_at"] = f"2026-01-0{1 + int(offset * 1000) % 8}T00:00:00Z"
+        for predictor in rec["predictors"].values():
+            predictor["calibration"] = {"billing": -0.398 + offset, "technical": 0.487 - offset}
+        return rec
+
+    assert store.write(path, record(0.0)) == "created"
+    before = path.read_bytes()
+    same = store.write(path, record(0.002))
+    assert same == "unchanged" and "same demos and instructions" in same.reason
+    assert path.read_bytes() == before
+    assert store.write(path, record(0.05)) == "updated"  # calibration that moved: another program
+    assert store.write(path, record(0.05, score=0.95)) == "updated"  # a better score replaces as before
+
+
 def test_reworded_instructions_and_demo_metadata_survive_the_golden_and_show_in_its_prompt(tmp_path):
     # issue 25: what a DSPy optimizer leaves in a save (rewritten instructions, a new output prefix,
     # labeled demos with the dataset's other columns) is kept, shown, and applied
