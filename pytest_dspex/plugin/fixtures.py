@@ -467,6 +467,10 @@ def dspex_evaluate(request: pytest.FixtureRequest) -> Evaluator:
         def test_triage(dspex_evaluate):
             result = dspex_evaluate("data/dev.jsonl")   # fails the test if the gate fails
     """
+    if request.node.get_closest_marker("dspex_program") is not None:  # a bad marker fails the test at setup
+        program_spec(request.node, Path(request.node.path).parent)
+    if request.node.get_closest_marker("dspex_metric") is not None:
+        metric_spec(request.node)
     return Evaluator(request)
 
 
