@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .markers import MetricSpec, ProgramSpec, dataset_path, metric_spec, program_spec, require
+from .markers import MetricSpec, ProgramSpec, dataset_path, metric_spec, missing_file, program_spec, require
 from .progress import Progress, run_with_progress
 from .session import Dataset, DspexSession, Resolved, session_key
 
@@ -467,10 +467,12 @@ def dspex_evaluate(request: pytest.FixtureRequest) -> Evaluator:
         def test_triage(dspex_evaluate):
             result = dspex_evaluate("data/dev.jsonl")   # fails the test if the gate fails
     """
-    if request.node.get_closest_marker("dspex_program") is not None:  # a bad marker fails the test at setup
-        program_spec(request.node, Path(request.node.path).parent)
-    if request.node.get_closest_marker("dspex_metric") is not None:
-        metric_spec(request.node)
+    node, base = request.node, Path(request.node.path).parent
+    if missing_file(node, base) is None:  # a bad marker fails the test at setup (a missing file: when it runs)
+        if node.get_closest_marker("dspex_program") is not None:
+            program_spec(node, base)
+        if node.get_closest_marker("dspex_metric") is not None:
+            metric_spec(node)
     return Evaluator(request)
 
 
