@@ -121,7 +121,9 @@ def test_the_compile_reports_progress_in_a_log_without_a_tty(pytester: pytest.Py
     from .test_demos import RESPONDER_TEST
 
     pytester.makepyfile(test_resp=RESPONDER_TEST.replace("MARKER", ""))
-    server = server_factory(pipeline_responder)
+    # 50 ms an answer: the compile outlasts the progress poll (0.1 s) on any machine (at 0 ms a fast one
+    # compiled in under a poll, and a compile that short has nothing to show)
+    server = server_factory(pipeline_responder, latency=0.05)
     result = run(pytester, server, ["-p", "no:xdist"], "--dspex-compile", "--dspex-candidates=1")
     assert result.ret == 0, result.stdout.str()
     # the line's phase depends on the machine's speed (a poll shows the latest): any, with its elapsed time
