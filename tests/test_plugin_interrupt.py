@@ -18,13 +18,21 @@ from .test_plugin_baseline import COMPILE, GOLDEN, mode, model, project, run, se
 KILLING_METRIC = '''
 import os, signal
 
+def _claim(path):
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL))
+        return True
+    except FileExistsError:
+        return False
+
 def team_matches(example, prediction, trace=None):
     with open("calls.log", "a") as f:
         f.write("x\\n")
     with open("calls.log") as f:
         calls = len(f.readlines())
     kill_at = int(os.environ.get("KILL_AT") or 0)
-    if calls == kill_at:
+    # metrics run side by side: two calls may both count past KILL_AT, so the first to claim the flag kills
+    if kill_at and calls >= kill_at and _claim("killed.flag"):
         if os.environ.get("PYTEST_XDIST_WORKER"):
             os.kill(os.getppid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)
