@@ -283,3 +283,23 @@ def test_workers_with_a_redis_cache_count_the_budget_there(pytester, server_fact
             client.close()
     finally:
         redis.stop()
+
+
+@pytest.mark.parametrize("mode", [["-n", "4"], ["-p", "no:xdist"]], ids=["xdist-4", "no-xdist"])
+def test_a_retry_after_holds_every_worker(pytester, server_factory, monkeypatch, mode):
+    """One 429 with Retry-After: 1.5 (the 40th request): no worker sends a new request to the
+    endpoint before that time is up. The server counts the requests that arrive too early: at most
+    the few already leaving as the news spread (at 4 in flight and 0.1 s an answer, ignoring it
+    would be some 60)."""
+    from pytest_dspex.testing.fake_server import Faults
+
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    server = server_factory(latency=0.1, hold_at=40, faults=Faults(retry_after=1.5))
+    _project(pytester, 128)
+    result = pytester.runpytest_subprocess(*_args(server, "--dspex-concurrency=4"), *mode)
+    out = result.stdout.str()
+    assert result.ret == 0, out[-3000:]
+    assert server.counts["hold"] == 1 and server.counts["ok"] == 128, dict(server.counts)
+    assert server.early <= 8, (server.early, dict(server.counts))
+    if mode[0] == "-n":
+        assert "held 1x for the endpoint's Retry-After" in out, out[-3000:]

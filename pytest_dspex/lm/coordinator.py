@@ -15,6 +15,9 @@ workers it starts; each worker's LM talks to it through a ``link.RunLink``. It k
 * **the back-pressure state**: workers report their answers (429 or not, in batches); the limit is
   halved while 429s keep coming (half of a window of ``max(8, 2 × limit)`` answers) and grows back
   by one per ``limit`` good answers, as ``resilience.AdaptiveLimiter`` does in one process.
+* **the hold**: a worker that got a 429 with ``Retry-After`` says so (``pause``); the coordinator
+  keeps the endpoint held until then and tells every other worker, whose requests to it wait too
+  (a later, longer Retry-After extends it; a shorter one inside the hold is the same hold).
 * **the breaker**: a worker whose breaker opens says so; the coordinator counts the opening once
   for the run (another worker's opening while it is open is the same one) and tells every other
   worker, whose breakers then fail fast too. When one worker's breaker lets its half-open trial
@@ -70,6 +73,8 @@ class _Endpoint:
     breaker_message: str = ""
     trips: int = 0
     trials: int = 0
+    held_until: float = 0.0  # monotonic: the endpoint asked (Retry-After) for no request before then
+    holds: int = 0
     peak_lent: int = 0
 
     @property
@@ -148,7 +153,8 @@ class Coordinator:
                 "refused_calls": self.refused_calls,
                 "endpoints": {
                     name: {"limit": e.limit, "maximum": e.maximum, "decreases": e.decreases, "throttled": e.throttled,
-                           "answered": e.answered, "trips": e.trips, "trials": e.trials, "peak_lent": e.peak_lent}
+                           "answered": e.answered, "trips": e.trips, "trials": e.trials, "peak_lent": e.peak_lent,
+                           "holds": e.holds}
                     for name, e in self._endpoints.items()
                 },
             }  # fmt: skip
@@ -228,6 +234,14 @@ class Coordinator:
         elif op == "trip":
             self._trip(cid, name, ep, str(m.get("message", "")), float(m.get("reset", 30.0)))
             return
+        elif op == "pause":
+            seconds = max(0.0, float(m.get("s", 0.0)))
+            until = time.monotonic() + seconds
+            if until > ep.held_until + 0.01:
+                ep.held_until = until
+                ep.holds += 1
+                self._tell_others(cid, {"op": "pause", "ep": name, "s": round(seconds, 3)})
+            return
         elif op == "trial":  # one worker tries the endpoint again: the others wait for its outcome
             ep.trials += 1
             self._tell_others(cid, {"op": "hold", "ep": name, "message": f"{ep.breaker_message} (a trial call is under way)"})
@@ -303,6 +317,8 @@ def describe(stats: dict[str, Any], *, verbose: bool = False) -> str | None:
         part = f"in flight at most {e['peak_lent']} of {e['maximum']}"
         if e["throttled"]:
             part += f", {e['throttled']} of {e['answered']} answers were 429 (limit now {e['limit']})"
+        if e.get("holds"):
+            part += f", held {e['holds']}x for the endpoint's Retry-After"
         if e["trips"]:
             part += f", circuit breaker opened {e['trips']}x for the run"
         parts.append(part)

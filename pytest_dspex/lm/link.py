@@ -8,6 +8,8 @@
   worker makes no round trip per request; answers (429 or not) are reported in batches, a 429 at once;
 * its budget from a :class:`SharedBudget`: each call is reserved with the coordinator (one round
   trip per call, only when a budget is set), its cost charged as it arrives;
+* its back-pressure hold from the run: a 429 with ``Retry-After`` here holds every worker's
+  requests to that endpoint until then (``AdaptiveLimiter.hold``), and another's holds this one;
 * its breaker's state from the run: an opening here is told to the coordinator, another worker's
   opening opens this breaker too (``Breaker.open_for_run``); when one worker's breaker lets its
   half-open trial call through, the others stay open until it ends (``hold_for_run``), and its
@@ -140,6 +142,11 @@ class RunLink:
                 fut.set_result(m.get("error"))
             return
         endpoint = str(m.get("ep", ""))
+        if op == "pause":  # another worker's 429 said Retry-After: hold here too
+            limiter = self._limiters.get(endpoint)
+            if limiter is not None:
+                limiter.hold(float(m.get("s", 0.0)), tell=False)
+            return
         if op in ("open", "hold", "close"):
             for breaker in list(self._breakers.get(endpoint, ())):
                 if op == "open":
@@ -210,6 +217,19 @@ class SharedLimiter:
         self._ok = 0  # good answers not yet reported
         self._waiters: collections.deque[asyncio.Future[bool]] = collections.deque()
         self.local = AdaptiveLimiter(maximum)  # the fallback: this process's own limit
+        self.local.on_hold = self._told_hold  # the hold (Retry-After) is kept here, and told to the run
+
+    def hold(self, seconds: float, *, tell: bool = True) -> bool:
+        """No new request to this endpoint for ``seconds`` — in this process and, told, in the run's others."""
+        return self.local.hold(seconds, tell=tell)
+
+    def _told_hold(self, seconds: float) -> None:
+        if self._link.state == "up":
+            self._link.send({"op": "pause", "ep": self.endpoint, "max": self.maximum, "s": round(seconds, 3)})
+
+    @property
+    def held_until(self) -> float:
+        return self.local.held_until
 
     # what ``AdaptiveLimiter`` shows
     @property
@@ -228,6 +248,8 @@ class SharedLimiter:
     async def slot(self) -> AsyncIterator[None]:
         shared = await self._acquire()
         try:
+            if self.local.held_until:
+                await self.local.wait_hold()
             yield
         finally:
             self._release(shared)

@@ -21,6 +21,11 @@ Back-pressure (:class:`AdaptiveLimiter`, AIMD on the in-flight limit)
     server's bad minute, handled by the retry; a server that is over its capacity answers mostly
     429 and the limit comes down to what it can take.
 
+    A 429 with ``Retry-After`` also *holds* the endpoint: no new request leaves for it until then
+    (``AdaptiveLimiter.hold``; a request already holding a slot waits in it). One state per
+    endpoint: every LM copy of the process shares the limiter, and with xdist the hold is the
+    run's (``link``: told to every worker through the coordinator).
+
 Circuit breaker (:class:`Breaker`, a ``pybreaker.CircuitBreaker`` driven per logical call)::
 
                      admit(): new calls pass
@@ -198,6 +203,26 @@ class AdaptiveLimiter:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._recent: collections.deque[bool] = collections.deque(maxlen=max(8, 2 * maximum))
         self._credit = 0
+        self.held_until = 0.0  # monotonic: no request leaves before then (a ``Retry-After``)
+        self.holds = 0  # how many times a hold started or was extended
+        #: told each hold this process starts (``link``: the run's other processes hold too)
+        self.on_hold: Callable[[float], None] | None = None
+
+    def hold(self, seconds: float, *, tell: bool = True) -> bool:
+        """Send no new request for ``seconds`` (a ``Retry-After``); False if already held that long."""
+        until = time.monotonic() + seconds
+        if until <= self.held_until + 0.01:
+            return False
+        self.held_until = until
+        self.holds += 1
+        if tell and self.on_hold is not None:
+            self.on_hold(seconds)
+        return True
+
+    async def wait_hold(self) -> None:
+        """Until the endpoint's hold ends (at once when there is none: one comparison)."""
+        while (left := self.held_until - time.monotonic()) > 0:
+            await asyncio.sleep(left)
 
     @property
     def window(self) -> int:
@@ -233,6 +258,8 @@ class AdaptiveLimiter:
     async def slot(self) -> AsyncIterator[None]:
         await self.acquire()
         try:
+            if self.held_until:
+                await self.wait_hold()
             yield
         finally:
             self.release()
@@ -530,7 +557,10 @@ async def send_with_retries(
             spent = throttled >= policy.throttle_retries if throttle else failed >= policy.retries
             if not exc.retryable or spent:
                 raise _gave_up(exc, failed + throttled, "") from None
-            delay = policy.delay(throttled if throttle else failed, getattr(exc, "retry_after", None))
+            retry_after = getattr(exc, "retry_after", None)
+            delay = policy.delay(throttled if throttle else failed, retry_after)
+            if throttle and retry_after and hasattr(limiter, "hold"):
+                limiter.hold(min(retry_after, policy.retry_after_max))  # the endpoint's, not this call's alone
             if isinstance(exc, LMHTTPError | LMResponseError):
                 # the endpoint answered (5xx, 429, garbled): it is alive, so an evaluation may start
                 # another example meanwhile; not for refused connections or timeouts (a dead or hung

@@ -14,7 +14,9 @@ before answering), ``refusal`` (a 200 whose message has ``content: null`` and a 
 OpenAI's models decline), ``http_404`` (the wrong path: a 404 with OpenAI's error body). Each is a
 probability per request, drawn from a seeded RNG. ``max_in_flight=N`` is a provider's concurrency
 cap: a request arriving while N are in flight gets a 429 (``Retry-After: faults.retry_after``),
-counted as ``over_cap``; ``peak_in_flight`` is the most it held at once. ``GET /v1/_counts`` returns
+counted as ``over_cap``; ``peak_in_flight`` is the most it held at once. ``hold_at=N``: the Nth
+request gets a 429 with ``Retry-After: faults.retry_after``; each request arriving before that time
+is up is counted as ``early`` (and answered as usual: did the clients respect the Retry-After?). ``GET /v1/_counts`` returns
 the counts as JSON (for a server in another process). Uses aiohttp's
 server (aiohttp is already installed as httpx's transport) on its own thread and loop.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -93,6 +96,7 @@ class FakeLMServer:
         reject_fields: tuple[str, ...] = (),
         stall_if: Callable[[dict[str, Any], int], bool] | None = None,
         max_in_flight: int | None = None,
+        hold_at: int | None = None,
     ) -> None:
         self.responder: Responder = responder or (lambda body: "ok")
         # body fields this server answers HTTP 400 to, as OpenAI does to a llama.cpp ``grammar``
@@ -104,6 +108,10 @@ class FakeLMServer:
         self.max_in_flight = max_in_flight
         self.in_flight = 0
         self.peak_in_flight = 0
+        self.hold_at = hold_at
+        self.arrived = 0
+        self.early = 0
+        self.held_until = 0.0  # monotonic: a 429 with Retry-After asked clients to wait until then
         self.latency = latency
         self.faults = faults or Faults()
         self.port = port
@@ -141,6 +149,15 @@ class FakeLMServer:
     async def _handle(self, request: Any) -> Any:
         from aiohttp import web
 
+        self.arrived += 1
+        if self.hold_at is not None:
+            now = time.monotonic()
+            if self.arrived == self.hold_at:
+                self.held_until = now + self.faults.retry_after
+                self.counts["hold"] += 1
+                return web.Response(status=429, text="slow down", headers={"Retry-After": f"{self.faults.retry_after:g}"})
+            if now < self.held_until:
+                self.early += 1
         if self.max_in_flight is not None and self.in_flight >= self.max_in_flight:
             self.counts["over_cap"] += 1
             return web.Response(status=429, text="too many requests in flight", headers={"Retry-After": str(self.faults.retry_after)})
@@ -154,7 +171,8 @@ class FakeLMServer:
     async def _counts(self, request: Any) -> Any:
         from aiohttp import web
 
-        return web.json_response({**self.counts, "requests": self.requests, "peak_in_flight": self.peak_in_flight})
+        return web.json_response({**self.counts, "requests": self.requests, "peak_in_flight": self.peak_in_flight,
+                                  "early": self.early})
 
     async def _answer(self, request: Any) -> Any:
         from aiohttp import web
