@@ -9,6 +9,7 @@ import pytest
 
 import pytest_dspex as dspex
 from pytest_dspex.optimize import BootstrapFewShot, BootstrapFewShotWithRandomSearch, LabeledFewShot
+from pytest_dspex.testing.fake_server import Faults
 
 from .conftest import Triage, team_matches
 
@@ -64,6 +65,24 @@ def test_stops_early_and_cancels_in_flight_runs(server_factory, make_lm):
     opt.compile(dspex.Predict(Triage, lm=lm), trainset=numbered_examples(100))
     assert opt.report.passed == 2
     assert server.requests == 2  # as many runs as demos needed: DSPy's count, not a wave of 4
+
+
+def test_a_wave_is_judged_whole_so_calls_stop_where_dspys_walk_stops(server_factory, make_lm):
+    """Passes at 6, 13, 19 and 26 of 50, answered 20 ms after the failures started with them: the window
+    waits for a wave's late answers before widening, so it makes DSPy's 27 calls in 3 waits (4, 14, 9
+    runs), not more because a wave's failures came in first."""
+    passing = {6, 13, 19, 26}
+    server = server_factory(
+        picky_responder(passing),
+        latency=0.2,
+        faults=Faults(stall_s=0.02),
+        stall_if=lambda body, seen: int(re.search(r"case (\d+)", body["messages"][-1]["content"].rsplit("Message:", 1)[-1]).group(1)) in passing,
+    )
+    opt = BootstrapFewShot(team_matches, max_bootstrapped_demos=4, max_labeled_demos=4, concurrency=16)
+    opt.compile(dspex.Predict(Triage, lm=make_lm(server, concurrency=16)), trainset=numbered_examples(50))
+    assert opt.report.bootstrapped_indices == [6, 13, 19, 26]
+    assert server.requests == 27 and opt.report.attempted == 27
+    assert opt.report.waits == 3
 
 
 def test_example_is_left_out_of_the_teachers_demos(server_factory, make_lm):

@@ -5,6 +5,9 @@ span carries (GenAI semantic conventions), and that no secret reaches any attrib
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+ROOT = Path(__file__).resolve().parent.parent
 CANARY_KEY = "sk-CANARY-tracing-4242"
 CANARY_PASSWORD = "pw-CANARY-tracing"
 
@@ -196,6 +200,36 @@ def test_off_without_a_provider(server, make_lm):
     """No provider configured (the API's default): nothing is traced."""
     assert tracing.enabled() is False
     assert dspex.Evaluate(triage_examples(2), team_matches)(dspex.Predict(Triage, lm=make_lm(server))).n == 2
+
+
+FRESH_PROCESS = """
+import sys
+import pytest_dspex as dspex
+from pytest_dspex.testing.fake_server import FakeLMServer, triage_responder
+with FakeLMServer(triage_responder) as server:
+    predict = dspex.Predict("message -> team", lm=dspex.LM("fake", base_url=server.base_url, api_key="k", cache=None))
+    print(predict(message="I was charged twice").team, "opentelemetry" in sys.modules)
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    exporter, provider = InMemorySpanExporter(), TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    print(predict(message="the app crashes").team, sorted(s.name for s in exporter.get_finished_spans()))
+"""
+
+
+def test_no_import_until_someone_sets_a_provider(tmp_path):
+    """A new process's LM calls do not import OpenTelemetry (its import sat on the first call's path)
+    while nothing has imported it; a global provider set later, after calls were made, gets spans."""
+    script = tmp_path / "fresh.py"
+    script.write_text(FRESH_PROCESS)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env.pop("OTEL_PYTHON_TRACER_PROVIDER", None)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["billing False", "technical ['chat fake', 'dspex.predict']"]
 
 
 PLUGIN_CONFTEST = """

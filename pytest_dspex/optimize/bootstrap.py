@@ -22,7 +22,10 @@ What differs, on purpose:
   but runs start as a window: as many as demos are still needed (so when the first examples pass,
   exactly DSPy's calls: 4 for a Predict, 8 for a two-step Module), widened once runs fail often
   (pass rate under ``WIDEN_BELOW``) to ``WIDEN_SHARE`` of the still-needed count over the pass rate seen so far, at
-  most ``concurrency``: when few examples pass, runs go side by side. Once the prefix is settled, in-flight runs are
+  most ``concurrency``: when few examples pass, runs go side by side. The window is sized on whole
+  waves: when a run finishes, the runs started with it are given ``WAVE_GRACE`` of its time to finish
+  too (a run once started cannot be taken back, and sizing on a wave's first answers overshot DSPy's
+  count whenever its failures came in before its passes). Once the prefix is settled, in-flight runs are
   cancelled (their requests are closed, not left dangling) and no new ones start.
 """
 
@@ -60,6 +63,10 @@ WIDEN_BELOW = 1 / 3
 #: sequential steps as a share of 1)
 WIDEN_SHARE = 0.7
 
+#: how long the window waits, once a run finishes, for the runs started with it (a share of that run's
+#: time) before it is sized on what is known: runs started together mostly finish together
+WAVE_GRACE = 0.5
+
 #: fields a labeled demo may lack: ChainOfThought's rationale, which no trainset holds (as in DSPy)
 GENERATED_FIELDS = frozenset({"reasoning"})
 
@@ -89,6 +96,8 @@ class BootstrapReport:
     bootstrapped_indices: list[int] = field(default_factory=list)
     #: passing runs not kept because a traced step left one of its predictor's fields empty
     incomplete: int = 0
+    #: how many times the window waited for answers (a run's latency each, or a grace period)
+    waits: int = 0
     usage: Usage = field(default_factory=Usage)
     elapsed_s: float = 0.0
     #: predictor path -> its demos by kind
@@ -353,20 +362,36 @@ class BootstrapFewShot:
 
         with track_usage() as usage:
             running: dict[asyncio.Future[Any], int] = {}
-            next_index = 0
+            launched: dict[asyncio.Future[Any], tuple[int, float]] = {}  # a run's wave (launch step) and start time
+            wave = next_index = 0
             try:
                 while settled_prefix() is None:
                     room = window() - len(running)
+                    wave += 1
+                    now = time.perf_counter()
                     while room > 0 and next_index < len(trainset):
-                        running[asyncio.ensure_future(run_shared(next_index, trainset[next_index]))] = next_index
+                        run = asyncio.ensure_future(run_shared(next_index, trainset[next_index]))
+                        running[run], launched[run] = next_index, (wave, now)
                         report.attempted += 1
                         next_index += 1
                         room -= 1
                     if not running:
                         break
                     done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                    for task in done:
-                        outcomes[running.pop(task)] = task.result()
+                    # the runs started with (or before) the ones that finished are finishing too: wait
+                    # for them a little before sizing the window on what is known. Deciding on the first
+                    # answers of a wave overshot: a run once started cannot be taken back, so a wave's
+                    # early failures widened the window past DSPy's stopping point (28 calls for DSPy's 27)
+                    last_wave = max(launched[t][0] for t in done)
+                    mates = {t for t in running if t not in done and launched[t][0] <= last_wave}
+                    if mates:
+                        took = time.perf_counter() - min(launched[t][1] for t in done)
+                        more, _ = await asyncio.wait(mates, timeout=WAVE_GRACE * took)
+                        done |= more
+                    report.waits += 1
+                    for finished in done:
+                        del launched[finished]
+                        outcomes[running.pop(finished)] = finished.result()
                     if self.on_outcome is not None:
                         self.on_outcome(len(outcomes), sum(1 for o in outcomes.values() if o is not None))
             finally:
