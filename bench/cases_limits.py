@@ -162,9 +162,10 @@ def rows(n: int = 1000) -> list[tuple[str, str, str, bool | None]]:
     return out
 
 
-def _cold(url: str, n: int, concurrency: int, limits: str | None) -> dict[str, float]:
+def _cold(url: str, n: int, concurrency: int, limits: str | None, redis_url: str | None = None) -> dict[str, float]:
     """``cases_dspex.case_cold`` (a new LM, Evaluate of N examples, CPU of this process), its LM linked to a
-    coordinator in another process when ``limits`` ("address token") is given."""
+    coordinator in another process when ``limits`` ("address token") is given, its endpoint's hold and
+    breaker read from Redis (``redis_limits``) when ``redis_url`` is."""
     import cases_dspex as cd
 
     import pytest_dspex as dspex
@@ -174,11 +175,38 @@ def _cold(url: str, n: int, concurrency: int, limits: str | None) -> dict[str, f
     devset = cd.dev(n)
     cpu0 = time.process_time()
     link = RunLink(*limits.split(" ")) if limits else None
-    lm = dspex.LM("fake", base_url=url, api_key="bench", concurrency=concurrency, limits=link)
+    shared = None
+    if redis_url:
+        from pytest_dspex.lm.redis_limits import RedisLimits
+
+        shared = RedisLimits(redis_url)
+    lm = dspex.LM("fake", base_url=url, api_key="bench", concurrency=concurrency, limits=link, shared_limits=shared)
     res = dspex.Evaluate(devset, cd.metric, concurrency=concurrency)(cd.program(lm))
     cpu = time.process_time() - cpu0
     assert res.usage.calls == n and not res.errors and (link is None or link.state == "up"), (res.usage, link)
-    return {"cpu_ms_per_example": cpu / n * 1e3}
+    assert shared is None or (shared.lost is None and shared.reads > 0), shared
+    return {"cpu_ms_per_example": cpu / n * 1e3, "redis_reads": shared.reads if shared else 0}
+
+
+def _redis_server() -> tuple[subprocess.Popen[bytes] | None, str]:
+    """A throwaway redis-server on a free loopback port (no persistence), if one is installed."""
+    import shutil
+    import socket
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return None, ""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    for _ in range(100):
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    return proc, f"redis://127.0.0.1:{port}/0"
 
 
 def overhead(n: int = 2000, runs: int = 5) -> list[tuple[str, str, str, bool | None]]:
@@ -189,20 +217,31 @@ def overhead(n: int = 2000, runs: int = 5) -> list[tuple[str, str, str, bool | N
     coord = subprocess.Popen([sys.executable, __file__, "coordinator"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert coord.stdout is not None
     limits = coord.stdout.readline().strip()
+    redis_proc, redis_url = _redis_server()
     try:
-        got: dict[str, list[float]] = {"own": [], "linked": []}
+        got: dict[str, list[float]] = {"own": [], "linked": [], **({"redis": []} if redis_proc else {})}
         for _ in range(runs):
             for mode in got:
-                out = subprocess.run([sys.executable, __file__, "cold", url, str(n), "64", limits if mode == "linked" else ""],
-                                     capture_output=True, text=True, cwd=ROOT, check=True)  # fmt: skip
+                argv = [sys.executable, __file__, "cold", url, str(n), "64", limits if mode == "linked" else "",
+                        redis_url if mode == "redis" else ""]  # fmt: skip
+                out = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, check=True)
                 got[mode].append(json.loads(out.stdout.strip().splitlines()[-1])["cpu_ms_per_example"])
     finally:
         coord.kill()
         server.kill()
+        if redis_proc is not None:
+            redis_proc.kill()
+            redis_proc.wait()
     own, linked = statistics.median(got["own"]), statistics.median(got["linked"])
-    return [(f"client CPU per example, Evaluate N={n}, C=64, cold ({runs} runs each, alternating)",
+    rows = [(f"client CPU per example, Evaluate N={n}, C=64, cold ({runs} runs each, alternating)",
              f"own limits {own:.3f} ms; slots from the run's coordinator {linked:.3f} ms ({linked / own - 1:+.0%})",
              "within 10%", linked <= 1.1 * own)]  # fmt: skip
+    if got.get("redis"):
+        shared = statistics.median(got["redis"])
+        rows.append((f"client CPU per example, Evaluate N={n}, C=64, cold, the endpoint's hold and breaker read from Redis",
+                     f"own limits {own:.3f} ms; with Redis {shared:.3f} ms ({shared / own - 1:+.0%})",
+                     "within 10%", shared <= 1.1 * own))  # fmt: skip
+    return rows
 
 
 def section(ctx: Any) -> list[str]:
@@ -223,7 +262,8 @@ if __name__ == "__main__":
         print(c.start(), c.token, flush=True)
         time.sleep(3600)
     elif sys.argv[1:2] == ["cold"]:
-        print(json.dumps(_cold(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] or None)))
+        print(json.dumps(_cold(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] or None,
+                               (sys.argv[6] if len(sys.argv) > 6 else "") or None)))
     elif sys.argv[1:2] == ["overhead"]:
         for row in overhead(int(sys.argv[2]) if len(sys.argv) > 2 else 2000):
             print(" | ".join(str(x) for x in row))

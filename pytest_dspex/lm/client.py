@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     import httpx
 
     from .link import RunLink, SharedLimiter
+    from .redis_limits import RedisLimits
 
 __all__ = ["LM", "Completion"]
 
@@ -47,7 +48,7 @@ _SETTINGS = (
     "api_key_env", "temperature", "max_tokens", "stop", "timeout", "connect_timeout", "retries",
     "backoff_base", "concurrency", "cache_dir", "cache_mode", "breaker_fail_max", "breaker_reset_timeout",
     "price_per_1m_input", "price_per_1m_output", "budget", "transport", "extra_body", "hedge_after",
-    "cache_identity", "limits", "estimate",
+    "cache_identity", "limits", "estimate", "shared_limits",
 )  # fmt: skip
 
 
@@ -122,6 +123,7 @@ class LM:
         cache_identity: str | None = None,
         limits: RunLink | None = None,
         estimate: bool = False,
+        shared_limits: RedisLimits | None = None,
         _family: tuple[Credentials, Breaker] | None = None,
         api_base: str | None = None,
         num_retries: int | None = None,
@@ -216,6 +218,10 @@ class LM:
         else:  # the run's limits, shared with every worker (``link``)
             self.limiter = limits.limiter(self.base_url, concurrency)
             limits.watch(self.base_url, breaker)
+        #: the endpoint's hold and breaker shared through Redis with processes no coordinator reaches
+        self.shared_limits = shared_limits
+        if shared_limits is not None:
+            shared_limits.attach(self.base_url, self.limiter, breaker)
         self._http = HTTPTransport(
             credentials,
             model=model,
@@ -358,6 +364,8 @@ class LM:
 
     async def _fetch(self, body: dict[str, Any], key: str | None) -> tuple[dict[str, Any], Completion]:
         """One logical call: admitted by the breaker, within budget, with retries; counted."""
+        if self.shared_limits is not None:
+            self.shared_limits.check(self.base_url)  # a background read of Redis, at most every 0.25 s
         ticket = self.breaker.admit()  # only new calls fail fast
         started = time.perf_counter()
         outcome: BaseException | None = None

@@ -22,9 +22,9 @@ Back-pressure (:class:`AdaptiveLimiter`, AIMD on the in-flight limit)
     429 and the limit comes down to what it can take.
 
     A 429 with ``Retry-After`` also *holds* the endpoint: no new request leaves for it until then
-    (``AdaptiveLimiter.hold``; a request already holding a slot waits in it). One state per
-    endpoint: every LM copy of the process shares the limiter, and with xdist the hold is the
-    run's (``link``: told to every worker through the coordinator).
+    (``AdaptiveLimiter.hold``; a request already holding a slot waits in it): the limiter's whole
+    traffic waits, not only the refused call. With xdist the hold is the run's (``link``: told to
+    every worker through the coordinator), and with a Redis URL every process's (``redis_limits``).
 
 Circuit breaker (:class:`Breaker`, a ``pybreaker.CircuitBreaker`` driven per logical call)::
 

@@ -26,7 +26,9 @@ class SessionLMs:
         self.options = options
         self._limits_address = limits  # "address token" of the controller's coordinator (xdist workers)
         self._link: Any = None
+        self._shared: Any = None  # the endpoint's hold and breaker in Redis (``lm.redis_limits``)
         self._warned = False
+        self._warned_shared = False
         self.run_id = run_id
         self.owner_pid = owner_pid
         self.is_worker = is_worker
@@ -61,6 +63,17 @@ class SessionLMs:
             self._link = RunLink(address, token, name=f"pid {os.getpid()}")
         return self._link
 
+    @property
+    def shared_limits(self) -> Any:
+        """With a Redis cache URL: the endpoint's hold and breaker shared with every process using it
+        (remote workers and shards, which no coordinator reaches); None otherwise."""
+        o = self.options
+        if self._shared is None and o.cache_url and not o.estimate and not o.local:
+            from ..lm.redis_limits import RedisLimits
+
+            self._shared = RedisLimits(o.cache_url)
+        return self._shared
+
     def warn_if_alone(self) -> None:
         """Once per process, in a test (so pytest reports it, from a worker too): the run's limits were lost."""
         link = self._link
@@ -70,6 +83,15 @@ class SessionLMs:
 
             warnings.warn(f"pytest-dspex: {link.lost_reason}; this worker kept its own LM limits (in-flight, budget, breaker) "
                           "from then on", RuntimeWarning, stacklevel=2)  # fmt: skip
+        shared = self._shared
+        if shared is not None and shared.lost is not None and not self._warned_shared:
+            self._warned_shared = True
+            import warnings
+
+            from ..lm.secrets import redact_url
+
+            warnings.warn(f"pytest-dspex: the LM limits in Redis at {redact_url(shared.url)} are unreachable ({shared.lost}); "
+                          "this process kept its own back-pressure hold and breaker from then on", RuntimeWarning, stacklevel=2)  # fmt: skip
 
     @property
     def budget(self) -> Budget | None:
@@ -150,6 +172,7 @@ class SessionLMs:
                 cache_identity=f"embedded:{model}" if o.local else None,
                 hedge_after=None if o.local else "auto",  # one request at a time: a duplicate only queues
                 limits=self.link,
+                shared_limits=self.shared_limits,
                 estimate=o.estimate,  # --dspex-estimate: a request the cache cannot answer is counted, not sent
             )
         return self._lm
@@ -218,7 +241,7 @@ class SessionLMs:
                     lm.cache.close()
         if self._lm is None and self._cache is not None:
             self._cache.close()
-        closers = [c.aclose for c in (self._link, self._budget) if c is not None and hasattr(c, "aclose")]
+        closers = [c.aclose for c in (self._link, self._budget, self._shared) if c is not None and hasattr(c, "aclose")]
         if closers:
             from .._support import runtime as _runtime
 
