@@ -333,3 +333,36 @@ def test_a_sync_client_on_the_loop_itself_is_an_error_not_a_hang(endpoint: Loopb
         dspex.program(wrong, outputs=["team"])
     )
     assert "use the async client" in (result.records[0].error or "")
+
+
+def test_the_session_lm_is_built_once_when_two_threads_ask_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The endpoint's first requests (sync clients in worker threads) may ask for the session's LM
+    at the same moment: one LM (one cache, one budget) for both, not one each."""
+    import time
+
+    from pytest_dspex.plugin.lms import SessionLMs
+    from pytest_dspex.plugin.options import DspexOptions
+
+    built: list[object] = []
+
+    class SlowLM:
+        def __init__(self, model: str, **kwargs: Any) -> None:
+            built.append(self)
+            time.sleep(0.2)  # widens the window in which a second thread would build its own
+
+    monkeypatch.setattr("pytest_dspex.lm.LM", SlowLM)
+    options = DspexOptions(
+        model="m", base_url="http://127.0.0.1:9/v1", api_key_env="OPENAI_API_KEY", temperature=0.0, max_tokens=64, concurrency=4,
+        timeout=60.0, retries=3, cache_dir=tmp_path, cache="off", teacher_model=None, demos=2, labeled_demos=2, rounds=1,
+        candidates=2, seed=0, tolerance=0.05, max_cost=None, max_calls=10, missing_golden="fail", max_error_rate=0.02,
+        example_timeout=None, alpha=0.05, repeats=1, compile=None, force=False,
+    )  # fmt: skip
+    lms = SessionLMs(options, "run", 1, is_worker=False)
+    got: list[object] = []
+    threads = [threading.Thread(target=lambda: got.append((lms.lm, lms.budget))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(built) == 1
+    assert len({id(lm) for lm, _ in got}) == 1 and len({id(budget) for _, budget in got}) == 1

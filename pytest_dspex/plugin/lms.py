@@ -9,6 +9,7 @@ process-wide settings behind the user's back, nor outlives itself.
 from __future__ import annotations
 
 import os
+import threading
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -38,6 +39,9 @@ class SessionLMs:
         self._cache: Any = None
         self._cache_error: str | None = None
         self._remove_defaults: Any = None
+        # the LMs are built on first use, which may come from several threads at once (the loopback
+        # endpoint's first requests, sync programs in worker threads): one builds, the others wait
+        self._build_lock = threading.RLock()
         #: the upstream key, when ``--dspex-openai-env`` replaced its variable (``endpoint.HeldKey``)
         self.held_key: Any = None
 
@@ -59,8 +63,10 @@ class SessionLMs:
         if self._link is None and self._limits_address:
             from ..lm.link import RunLink
 
-            address, _, token = self._limits_address.partition(" ")
-            self._link = RunLink(address, token, name=f"pid {os.getpid()}")
+            with self._build_lock:
+                if self._link is None:
+                    address, _, token = self._limits_address.partition(" ")
+                    self._link = RunLink(address, token, name=f"pid {os.getpid()}")
         return self._link
 
     @property
@@ -71,7 +77,9 @@ class SessionLMs:
         if self._shared is None and o.cache_url and not o.estimate and not o.local:
             from ..lm.redis_limits import RedisLimits
 
-            self._shared = RedisLimits(o.cache_url)
+            with self._build_lock:
+                if self._shared is None:
+                    self._shared = RedisLimits(o.cache_url)
         return self._shared
 
     def warn_if_alone(self) -> None:
@@ -97,18 +105,23 @@ class SessionLMs:
     def budget(self) -> Budget | None:
         o = self.options
         if self._budget is None and (o.max_cost is not None or o.max_calls is not None):
-            from ..lm import Budget
-
-            link = self.link
-            if self.is_worker and o.cache_url:  # every worker, on this machine or another: the budget in Redis
-                from ..lm.redis_budget import RedisBudget
-
-                self._budget = RedisBudget(o.cache_url, self.run_id, o.max_cost, o.max_calls)
-            elif link is not None:
-                self._budget = link.budget(o.max_cost, o.max_calls)
-            else:
-                self._budget = Budget(o.max_cost, o.max_calls)
+            with self._build_lock:
+                if self._budget is None:
+                    self._budget = self._build_budget()
         return self._budget
+
+    def _build_budget(self) -> Budget:
+        from ..lm import Budget
+
+        o = self.options
+        link = self.link
+        if self.is_worker and o.cache_url:  # every worker, on this machine or another: the budget in Redis
+            from ..lm.redis_budget import RedisBudget
+
+            return RedisBudget(o.cache_url, self.run_id, o.max_cost, o.max_calls)
+        if link is not None:
+            return link.budget(o.max_cost, o.max_calls)  # type: ignore[no-any-return]
+        return Budget(o.max_cost, o.max_calls)
 
     def _endpoint(self) -> tuple[str, str]:
         o = self.options
@@ -147,35 +160,40 @@ class SessionLMs:
     @property
     def lm(self) -> LM:
         if self._lm is None:
-            from .._support.types import NOT_GIVEN
-            from ..lm import LM
-            from ..lm.redis_cache import open_response_cache
-
-            o = self.options
-            if self._cache is None and o.cache != "off":
-                self._cache = open_response_cache(o.cache, directory=o.cache_dir, url=o.cache_url)  # type: ignore[arg-type]
-            url, model = self._endpoint()
-            self._lm = LM(
-                model,
-                base_url=url,
-                api_key=self.held_key.reveal() if self.held_key is not None else NOT_GIVEN,
-                api_key_env=o.api_key_env,
-                temperature=o.temperature,
-                max_tokens=o.max_tokens,
-                timeout=o.timeout,
-                retries=o.retries,
-                concurrency=o.concurrency,
-                cache=self._cache,
-                budget=self.budget,
-                price_per_1m_input=self._price(model)[0],
-                price_per_1m_output=self._price(model)[1],
-                cache_identity=f"embedded:{model}" if o.local else None,
-                hedge_after=None if o.local else "auto",  # one request at a time: a duplicate only queues
-                limits=self.link,
-                shared_limits=self.shared_limits,
-                estimate=o.estimate,  # --dspex-estimate: a request the cache cannot answer is counted, not sent
-            )
+            with self._build_lock:
+                if self._lm is None:
+                    self._lm = self._build_lm()
         return self._lm
+
+    def _build_lm(self) -> LM:
+        from .._support.types import NOT_GIVEN
+        from ..lm import LM
+        from ..lm.redis_cache import open_response_cache
+
+        o = self.options
+        if self._cache is None and o.cache != "off":
+            self._cache = open_response_cache(o.cache, directory=o.cache_dir, url=o.cache_url)  # type: ignore[arg-type]
+        url, model = self._endpoint()
+        return LM(
+            model,
+            base_url=url,
+            api_key=self.held_key.reveal() if self.held_key is not None else NOT_GIVEN,
+            api_key_env=o.api_key_env,
+            temperature=o.temperature,
+            max_tokens=o.max_tokens,
+            timeout=o.timeout,
+            retries=o.retries,
+            concurrency=o.concurrency,
+            cache=self._cache,
+            budget=self.budget,
+            price_per_1m_input=self._price(model)[0],
+            price_per_1m_output=self._price(model)[1],
+            cache_identity=f"embedded:{model}" if o.local else None,
+            hedge_after=None if o.local else "auto",  # one request at a time: a duplicate only queues
+            limits=self.link,
+            shared_limits=self.shared_limits,
+            estimate=o.estimate,  # --dspex-estimate: a request the cache cannot answer is counted, not sent
+        )
 
     def _price(self, model: str) -> tuple[float, float]:
         """``--dspex-price``; in an estimate, else the table's list price of a well-known model."""
@@ -197,7 +215,9 @@ class SessionLMs:
         if self.options.teacher_model is None:
             return None
         if self._teacher is None:
-            self._teacher = self.lm.copy(model=self.options.teacher_model)
+            with self._build_lock:
+                if self._teacher is None:
+                    self._teacher = self.lm.copy(model=self.options.teacher_model)
         return self._teacher
 
     def model_info(self) -> dict[str, Any]:
