@@ -7,6 +7,10 @@
 * ``throughput``: ``n`` examples of a plain function calling the ``openai`` SDK (sync client,
   one shared by every thread), evaluated at ``concurrency``; records into ``cache_dir``.
 * ``replay``: the same examples in a new process, ``replay`` mode on that cache: upstream calls.
+* ``pytest``: the same function gated by pytest itself (``--dspex-openai-env``, the application's
+  module-level ``OpenAI()``), in per-example or dataset mode, in one process or under ``-n 2``:
+  examples per second from the first test's start to the last one's end, CPU of every process of
+  the run (pytest's, its workers') per example, upstream calls and the verdict.
 """
 
 from __future__ import annotations
@@ -129,6 +133,199 @@ def case_replay(url: str, n: int, concurrency: int, cache_dir: str, client: str 
     return _evaluate(url, n, concurrency, cache_dir, "replay", client)
 
 
+def _triage(sdk: Any, client: str) -> Any:
+    """The function under the gate, on ``sdk`` (an ``openai`` client built by the caller)."""
+    if client == "sync":
+
+        def triage(message: str) -> str:
+            reply = sdk.chat.completions.create(model="m", messages=[{"role": "user", "content": message}])
+            return (reply.choices[0].message.content or "").strip()
+
+        return triage
+
+    async def atriage(message: str) -> str:
+        reply = await sdk.chat.completions.create(model="m", messages=[{"role": "user", "content": message}])
+        return (reply.choices[0].message.content or "").strip()
+
+    return atriage
+
+
+def _examples(n: int) -> list[Any]:
+    import pytest_dspex as dspex
+
+    return [dspex.Example(message=_messages(i)[0]["content"], team="billing" if i % 2 else "technical").with_inputs("message") for i in range(n)]
+
+
+def case_floor(n: int, concurrency: int, client: str = "sync", latency: float = 0.05) -> dict[str, Any]:
+    """The SDK and the evaluation alone: the in-process hop answered after ``latency`` from pre-built
+    bytes, no LM client, no cache. What the evaluating process spends whatever the endpoint does."""
+    import asyncio
+
+    import openai
+
+    import pytest_dspex as dspex
+    from pytest_dspex.lm import callers
+
+    def body(team: str) -> bytes:
+        return json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
+                           "choices": [{"index": 0, "message": {"role": "assistant", "content": team}, "finish_reason": "stop"}],
+                           "usage": {"prompt_tokens": 12, "completion_tokens": 1, "total_tokens": 13}}).encode()  # fmt: skip
+
+    answers = {team: body(team) for team in ("billing", "technical")}
+
+    async def respond(method: str, path: str, raw: bytes) -> callers.Reply:
+        await asyncio.sleep(latency)
+        return 200, {"content-type": "application/json"}, answers["billing" if b"charged" in raw else "technical"]
+
+    with callers.open_address("127.0.0.1", 9, respond):  # nothing listens there: every request is answered in process
+        base = "http://127.0.0.1:9/v1"
+        sdk = (openai.OpenAI if client == "sync" else openai.AsyncOpenAI)(base_url=base, api_key="x", max_retries=0)
+        program = dspex.program(_triage(sdk, client), outputs=["team"])
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        result = dspex.Evaluate(_examples(n), lambda e, p, t=None: e.team == p.team, concurrency=concurrency)(program)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return {"wall_s": wall, "ex_per_s": n / wall, "cpu_ms_per_example": cpu / n * 1e3, "score": result.score}
+
+
+def case_split(url: str, n: int, concurrency: int, cache_dir: str, client: str = "sync") -> dict[str, Any]:
+    """Option (b)'s best case: the loopback endpoint and its LM in a process of their own, the SDK
+    in the evaluating one, over TCP (no attribution to examples). CPU of each process per example."""
+    import os
+    import subprocess
+
+    import openai
+
+    import pytest_dspex as dspex
+
+    def cpu_of(pid: int) -> float:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    serve = f"""
+import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+import cases_loopback as cl
+from pytest_dspex.programs.loopback import LoopbackEndpoint
+with LoopbackEndpoint(cl._lm({url!r}, {concurrency}, {cache_dir!r}, "on"), in_process=False) as endpoint:
+    print("READY", endpoint.base_url, flush=True)
+    sys.stdin.read()
+"""
+    server = subprocess.Popen([sys.executable, "-c", serve], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        base = server.stdout.readline().split()[1]
+        sdk = (openai.OpenAI if client == "sync" else openai.AsyncOpenAI)(base_url=base, api_key="x", max_retries=0)
+        program = dspex.program(_triage(sdk, client), outputs=["team"])
+        serve0, cpu0, t0 = cpu_of(server.pid), time.process_time(), time.perf_counter()
+        result = dspex.Evaluate(_examples(n), lambda e, p, t=None: e.team == p.team, concurrency=concurrency)(program)
+        wall, cpu, serve_cpu = time.perf_counter() - t0, time.process_time() - cpu0, cpu_of(server.pid) - serve0
+    finally:
+        server.kill()
+    return {"wall_s": wall, "ex_per_s": n / wall, "cpu_ms_per_example": cpu / n * 1e3, "serve_cpu_ms_per_example": serve_cpu / n * 1e3,
+            "score": result.score}  # fmt: skip
+
+
+APP = '''
+import os, time
+import openai
+
+client = openai.OpenAI(max_retries=0)  # the application's client: OPENAI_BASE_URL / OPENAI_API_KEY
+
+
+def triage(message: str) -> str:
+    reply = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": message}])
+    return (reply.choices[0].message.content or "").strip()
+'''
+
+TESTS = '''
+import pytest
+from app import triage
+
+team = lambda e, p, t=None: e.team == p.team
+
+
+@pytest.mark.dspex_program(triage, outputs=["team"], name="triage_each")
+@pytest.mark.dspex_metric(team, threshold=0.9)
+@pytest.mark.dspex_dataset("data/dev.jsonl")
+def test_each(dspex_example, dspex_predict):
+    dspex_predict(dspex_example)
+
+
+@pytest.mark.dspex_program(triage, outputs=["team"], name="triage_all")
+@pytest.mark.dspex_metric(team, threshold=0.9)
+def test_all(dspex_evaluate):
+    dspex_evaluate("data/dev.jsonl")
+'''
+
+CONFTEST = '''
+import os, time
+
+def pytest_runtest_setup(item):
+    _mark("start")
+
+def pytest_runtest_teardown(item):
+    _mark("end")
+
+def _mark(what):
+    with open(os.environ["DSPEX_BENCH_TIMES"], "a") as f:
+        f.write(f"{what} {time.monotonic()}\\n")
+'''
+
+
+def _project(n: int) -> str:
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.mkdtemp(prefix="dspex-bench-loopback-pytest-"))
+    (folder / "data").mkdir()
+    rows = [{"message": _messages(i)[0]["content"], "team": "billing" if i % 2 else "technical"} for i in range(n)]
+    (folder / "data" / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "app.py").write_text(APP)
+    (folder / "test_app.py").write_text(TESTS)
+    (folder / "conftest.py").write_text(CONFTEST)
+    (folder / "pytest.ini").write_text("[pytest]\ndspex_openai_env = true\n")
+    return str(folder)
+
+
+def case_pytest(url: str, n: int, concurrency: int, folder: str, mode: str, workers: int, cache: str, cache_dir: str) -> dict[str, Any]:
+    """One pytest run of ``folder``'s ``test_each`` (``mode="each"``) or ``test_all``, ``workers`` 0: one process;
+    the response cache in ``cache_dir`` (a new folder: cold)."""
+    import os
+    import re
+    import resource
+    import subprocess
+    import urllib.request
+    from pathlib import Path
+
+    times = Path(folder) / "times.txt"
+    times.unlink(missing_ok=True)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "OPENAI_API_KEY": "bench", "DSPEX_BENCH_TIMES": str(times)}
+    with urllib.request.urlopen(url + "/_counts") as resp:
+        before = json.loads(resp.read()).get("requests", 0)
+    spread_args = ["-n", str(workers)] if workers else ["-p", "no:xdist"]
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu0 = ru.ru_utime + ru.ru_stime
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--dspex-base-url={url}", "--dspex-model=fake-model",
+         f"--dspex-cache={cache}", f"--dspex-cache-dir={cache_dir}", f"--dspex-concurrency={concurrency}",
+         "--dspex-missing-golden=zero-shot", "--tb=short", *spread_args, f"test_app.py::test_{mode}"],
+        cwd=folder, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = ru.ru_utime + ru.ru_stime - cpu0
+    with urllib.request.urlopen(url + "/_counts") as resp:
+        after = json.loads(resp.read()).get("requests", 0)
+    marks = [line.split() for line in times.read_text().splitlines()] if times.exists() else []
+    starts, ends = [float(v) for k, v in marks if k == "start"], [float(v) for k, v in marks if k == "end"]
+    tests_s = max(ends) - min(starts) if starts and ends else float("nan")
+    last = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+    if out.returncode != 0:
+        raise RuntimeError(f"pytest failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-2000:]}")
+    return {"tests_s": tests_s, "ex_per_s": n / tests_s, "cpu_ms_per_example": cpu / n * 1e3, "upstream_calls": after - before,
+            "summary": re.sub(r" in [0-9.]+s.*", "", last.strip("= "))}  # fmt: skip
+
+
 def section(ctx: Any) -> list[str]:
     """bench/run.py's ``loopback`` section: the hop's cost, and 1,000 examples of an openai-SDK function."""
     import tempfile
@@ -188,8 +385,64 @@ def section(ctx: Any) -> list[str]:
                 ok = all(r["score"] == 1.0 and r["errors"] == 0 and r["attributed_calls"] == n for r in cold + replay)
                 ctx.target(f"loopback: {n} openai-SDK examples, C={c}, 50 ms: share of the limit", f"{share:.2f}", "≥ 0.7", share >= 0.7 and ok)
                 ctx.target(f"loopback: replay of the {n}: upstream calls", str(upstream), "0", upstream == 0 and ok)
+        lines += where_the_cpu_goes(ctx, url, n, c, limit, runs)
+        lines += under_pytest(ctx, url, n, c, limit)
     finally:
         server.kill()
+    return lines
+
+
+def where_the_cpu_goes(ctx: Any, url: str, n: int, c: int, limit: float, runs: int) -> list[str]:
+    """Issue 22's options, measured in one run: what the SDK and the evaluation cost alone (the floor),
+    and the loopback endpoint with its LM moved to a process of their own (option b)."""
+    import tempfile
+
+    from common import run_case, spread
+
+    lines = ["", f"Where the evaluating process's CPU goes (N={n}, C={c}, 50 ms): the same function, first with the hop",
+             "answered in 50 ms from pre-built bytes (no LM client, no cache: the `openai` SDK and the evaluation alone),",
+             "then with the loopback endpoint and its LM in a process of their own, the SDK reaching it over TCP",
+             "(no attribution to examples: the best case of moving the serving out).", "",
+             "| client | path | ex/s | share of the limit | CPU per example, evaluating process | CPU per example, serving process |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for client in ("sync", "async"):
+        floor = [run_case(ctx.py, "cases_loopback.py", "floor", n=n, concurrency=c, client=client) for _ in range(runs)]
+        split = [run_case(ctx.py, "cases_loopback.py", "split", url=url, n=n, concurrency=c, client=client,
+                          cache_dir=tempfile.mkdtemp(prefix="dspex-bench-loopback-")) for _ in range(runs)]  # fmt: skip
+        name = "OpenAI" if client == "sync" else "AsyncOpenAI"
+        for label, rs in (("SDK + evaluation only (floor)", floor), ("endpoint + LM in another process, SDK over TCP", split)):
+            serving = spread([r["serve_cpu_ms_per_example"] for r in rs], "{:.3f}") + " ms" if "serve_cpu_ms_per_example" in rs[0] else "-"
+            lines.append(f"| `{name}` | {label} | {spread([r['ex_per_s'] for r in rs], '{:.0f}')} | {spread([r['ex_per_s'] / limit for r in rs])} | "
+                         f"{spread([r['cpu_ms_per_example'] for r in rs], '{:.3f}')} ms | {serving} |")  # fmt: skip
+        ctx.target(f"loopback: `{name}` SDK + evaluation alone (no LM), N={n}: CPU per example", f"{statistics.median(r['cpu_ms_per_example'] for r in floor):.3f} ms",
+                   "figure", None)  # fmt: skip
+    return lines
+
+
+def under_pytest(ctx: Any, url: str, n: int, c: int, limit: float) -> list[str]:
+    """The same function gated by pytest (``--dspex-openai-env``): each test mode, one process and ``-n 2``."""
+    import tempfile
+
+    folder = _project(n)
+    lines = ["", f"Through pytest (`dspex_openai_env = true`, the application's module-level `OpenAI()`), N={n},",
+             f"`--dspex-concurrency={c}` (run-wide under `-n 2`), 50 ms endpoint: examples per second from the first test's",
+             "start to the last one's end; CPU of every process of the run per example (pytest's start-up included);",
+             "a cold run (new cache), then `--dspex-cache=replay` on it.", "",
+             "| test mode | processes | run | ex/s | share of the limit | CPU per example, whole run | upstream calls | pytest says |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for mode, label in (("all", "dataset (`dspex_evaluate`)"), ("each", "per-example")):
+        for workers in (0, 2):
+            cache_dir = tempfile.mkdtemp(prefix="dspex-bench-loopback-")
+            for cache in ("on", "replay"):
+                from common import run_case
+
+                r = run_case(ctx.py, "cases_loopback.py", "pytest", url=url, n=n, concurrency=c, folder=folder, mode=mode,
+                             workers=workers, cache=cache, cache_dir=cache_dir)  # fmt: skip
+                lines.append(f"| {label} | {'-n 2' if workers else 'one'} | {'cold' if cache == 'on' else 'replay'} | {r['ex_per_s']:.0f} | "
+                             f"{r['ex_per_s'] / limit:.2f} | {r['cpu_ms_per_example']:.2f} ms | {r['upstream_calls']} | {r['summary']} |")  # fmt: skip
+                if cache == "on":
+                    ctx.target(f"loopback through pytest, {label}, {'-n 2' if workers else 'one process'}, cold: share of the limit",
+                               f"{r['ex_per_s'] / limit:.2f}", "figure", None)  # fmt: skip
     return lines
 
 
