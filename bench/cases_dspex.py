@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -162,14 +163,35 @@ def case_replay(n: int, cache_dir: str, url: str, adapter: str = "chat") -> dict
     (``--dspex-cache=replay``: the default memory tier, a miss is an error), ChatAdapter, a plain
     sync metric (a user's function). The LM is built before the timer; peak RSS is the process's."""
     import pytest_dspex as dspex
+    from pytest_dspex._support import runtime
 
     devset = dev(n)
     lm = lm_for(url, 16, dspex.ResponseCache(cache_dir, "replay"))
+    delays0, waits0 = _run_delays(), resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
     cpu0, t0 = time.process_time(), time.perf_counter()
     res = dspex.Evaluate(devset, metric, concurrency=64)(program(lm, adapter))
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    waits, delays1 = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - waits0, _run_delays()
     assert res.usage.cache_hits == n and res.score == 1.0 and not res.errors, (res.usage, res.errors_by_kind)
-    return {"ms_per_example": wall / n * 1e3, "cpu_ms_per_example": cpu / n * 1e3, "peak_rss_mb": _peak_mb(), "n": n}
+    runq = None
+    if delays0 is not None and delays1 is not None and runtime._current is not None:
+        loop = runtime._current.thread.native_id  # the thread every example runs on
+        runq = (delays1.get(loop, 0) - delays0.get(loop, 0)) / 1e6 / n
+    return {"ms_per_example": wall / n * 1e3, "cpu_ms_per_example": cpu / n * 1e3, "peak_rss_mb": _peak_mb(), "n": n,
+            "runq_ms_per_example": runq, "waits": waits}  # fmt: skip
+
+
+def _run_delays() -> dict[int, int] | None:
+    """Linux: each thread's time so far waiting for a CPU while runnable (ns, ``/proc/self/task/*/schedstat``),
+    by thread id; None elsewhere. On a busy machine it is most of the gap between wall time and CPU."""
+    try:
+        out = {}
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                out[int(tid)] = int(f.read().split()[1])
+        return out
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _peak_mb() -> float:
