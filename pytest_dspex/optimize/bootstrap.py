@@ -378,12 +378,13 @@ class BootstrapFewShot:
                     if not running:
                         break
                     done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                    # the runs started with (or before) the ones that finished are finishing too: wait
-                    # for them a little before sizing the window on what is known. Deciding on the first
-                    # answers of a wave overshot: a run once started cannot be taken back, so a wave's
-                    # early failures widened the window past DSPy's stopping point (28 calls for DSPy's 27)
-                    last_wave = max(launched[t][0] for t in done)
-                    mates = {t for t in running if t not in done and launched[t][0] <= last_wave}
+                    # the runs started with the ones that finished are finishing too: wait for them a
+                    # little before sizing the window on what is known. Deciding on the first answers of
+                    # a wave overshot: a run once started cannot be taken back, so a wave's early
+                    # failures widened the window past DSPy's stopping point (28 calls for DSPy's 27).
+                    # A straggler of an earlier wave is not waited for again: it costs one grace at most
+                    waves = {launched[t][0] for t in done}
+                    mates = {t for t in running if t not in done and launched[t][0] in waves}
                     if mates:
                         took = time.perf_counter() - min(launched[t][1] for t in done)
                         more, _ = await asyncio.wait(mates, timeout=WAVE_GRACE * took)
