@@ -120,6 +120,12 @@ class _XdistHooks:
         problem = read_usage_error(self.session.state_dir(), self.session.run_id, node.workerinput["workerid"])
         if problem is not None:
             pytest.exit(f"ERROR: {problem}", returncode=pytest.ExitCode.USAGE_ERROR)
+        if node.workerinput["workerid"] == "gw0":  # the budget said up front (``upfront``), before any test runs
+            from .xdist import read_budget_notice
+
+            notice = read_budget_notice(self.session.state_dir(), self.session.run_id)
+            if notice is not None:
+                _say_budget(node.config, notice)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
@@ -136,8 +142,33 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.hookimpl(tryfirst=True)  # before an xdist worker reports its collection
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Which examples of each per-example test this process may run (``-k``, ``--lf`` applied)."""
+    """Which examples of each per-example test this process may run (``-k``, ``--lf`` applied); with a
+    budget set, whether the run's estimate exceeds it (said once, before any LM call: ``upfront``)."""
     note_selection(session)
+    dspex = session.config.stash.get(session_key, None)
+    if dspex is None or (dspex.options.max_calls is None and dspex.options.max_cost is None):
+        return
+    worker = getattr(session.config, "workerinput", {}).get("workerid")
+    if worker not in (None, "gw0"):  # every worker collects the same: one works it out
+        return
+    from .upfront import budget_notice
+
+    notice = budget_notice(session, dspex)
+    if notice is None:
+        return
+    if worker is None:
+        _say_budget(session.config, notice)
+    else:
+        from .xdist import write_budget_notice
+
+        write_budget_notice(dspex.state_dir(), dspex.run_id, notice)
+
+
+def _say_budget(config: pytest.Config, notice: str) -> None:
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if tr is not None:
+        tr.ensure_newline()
+        tr.write_line(notice, yellow=True, bold=True)
 
 
 @pytest.hookimpl(wrapper=True)

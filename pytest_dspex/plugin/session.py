@@ -389,10 +389,22 @@ class DspexSession:
 
     def _compile_plan(self, spec: ProgramSpec, metric: MetricSpec | None, gate_dataset: Path | None) -> str:
         """What ``--dspex-compile`` would run for ``spec`` (``--dspex-estimate``): program runs at most."""
+        plan = self.compile_size(spec, metric, gate_dataset)
+        if plan is None:
+            return "compile plan: cannot compile (needs a dspex_metric marker and a trainset)"
+        o = self.options
+        return (
+            f"compile plan: up to {plan['teacher']} teacher runs ({plan['train']} training examples x {o.rounds} rounds), "
+            f"{o.candidates} candidates x {plan['select']} selection examples, a baseline of {plan['draws']} x {plan['gate']} gate examples: "
+            f"at most {plan['runs']} program runs, about {plan['calls']} LM calls before the cache"
+        )
+
+    def compile_size(self, spec: ProgramSpec, metric: MetricSpec | None, gate_dataset: Path | None) -> dict[str, int] | None:
+        """The numbers of ``_compile_plan`` (program runs and LM calls before the cache); None if it cannot compile."""
         from ..evaluation.datasets import load_dataset
 
         if metric is None or spec.trainset is None:
-            return "compile plan: cannot compile (needs a dspex_metric marker and a trainset)"
+            return None
         o = self.options
 
         def size(path: Path | None) -> int:
@@ -406,11 +418,7 @@ class DspexSession:
         teacher = train * o.rounds
         runs = teacher + o.candidates * select + draws * gate
         predictors = max(1, len(list(spec.program.named_predictors())))
-        return (
-            f"compile plan: up to {teacher} teacher runs ({train} training examples x {o.rounds} rounds), "
-            f"{o.candidates} candidates x {select} selection examples, a baseline of {draws} x {gate} gate examples: "
-            f"at most {runs} program runs, about {runs * predictors} LM calls before the cache"
-        )
+        return {"train": train, "select": select, "gate": gate, "draws": draws, "teacher": teacher, "runs": runs, "calls": runs * predictors}
 
     def _settings(self, metric: MetricSpec) -> Any:
         from ..optimize.compile import NOISY_BASELINE_DRAWS, CompileSettings

@@ -22,9 +22,11 @@ from .._support.private import read_private, remove_private, write_private
 
 __all__ = [
     "chunk_file",
+    "read_budget_notice",
     "read_chunks",
     "read_usage_error",
     "remove_usage_errors",
+    "write_budget_notice",
     "write_chunks",
     "write_usage_error",
 ]
@@ -72,3 +74,21 @@ def read_usage_error(folder: Path, run_id: str, worker: str) -> str | None:
 def remove_usage_errors(folder: Path, run_id: str) -> None:
     for path in folder.glob(f"usage-{run_id}-*.txt"):
         remove_private(path)
+
+
+def _notice_file(folder: Path, run_id: str) -> Path:
+    return folder / f"budget-{run_id}.txt"
+
+
+def write_budget_notice(folder: Path, run_id: str, message: str) -> None:
+    """Worker gw0's estimate is over the budget (``upfront``): left for the controller to say."""
+    write_private(_notice_file(folder, run_id), message)
+
+
+def read_budget_notice(folder: Path, run_id: str) -> str | None:
+    """The line gw0 left (and removes it), or None."""
+    path = _notice_file(folder, run_id)
+    message = read_private(path)
+    if message is not None:
+        remove_private(path)
+    return message

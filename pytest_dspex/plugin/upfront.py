@@ -1,0 +1,102 @@
+"""The budget said up front: with ``--dspex-max-calls``/``--dspex-max-cost`` set, a run whose estimate
+exceeds the budget says so once, after collection and before any LM call.
+
+The estimate is ``--dspex-estimate``'s: each selected dspex test's program runs on its examples
+against the response cache only (``LM(estimate=True)``: a request the cache cannot answer is
+counted, never sent), a compiled program counts its compile plan's calls before the cache. Only
+done when a budget is set (and not for the embedded model, which costs nothing). Under xdist the
+controller does not collect: worker ``gw0`` works it out and leaves the line for the controller
+(``xdist.write_budget_notice``), which prints it as that worker's collection arrives.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .fixtures import test_key
+from .markers import dataset_path, metric_spec, program_spec
+from .session import DspexSession
+
+__all__ = ["budget_notice"]
+
+
+def budget_notice(session: pytest.Session, dspex: DspexSession) -> str | None:
+    """The line to say, or None (no budget, within it, or nothing to estimate)."""
+    o = dspex.options
+    if o.estimate or o.local or (o.max_calls is None and o.max_cost is None) or session.testsfailed:
+        return None
+    tests: dict[str, tuple[Any, list[int] | None]] = {}  # test key → (a node, the selected example indices)
+    for item in session.items:
+        if item.get_closest_marker("dspex_program") is None:
+            continue
+        key = test_key(item)
+        if key in tests:
+            continue
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and isinstance(callspec.params.get("dspex_example"), int):
+            tests[key] = (item, sorted(dspex.selected.get(key, ())))
+        elif "dspex_evaluate" in getattr(item, "fixturenames", ()):
+            tests[key] = (item, None)
+    if not tests:
+        return None
+    try:
+        calls, cost = _estimate(dspex, tests)
+    except (Exception, pytest.fail.Exception):  # no endpoint configured, …: the tests say what is wrong
+        return None
+    over = []
+    if o.max_calls is not None and calls > o.max_calls:
+        over.append(f"--dspex-max-calls={o.max_calls}")
+    if o.max_cost is not None and dspex.lms.priced() and cost > o.max_cost:
+        over.append(f"--dspex-max-cost={o.max_cost:g} (about ${cost:.4f} estimated)")
+    if not over:
+        return None
+    return (f"dspex: over the budget: this run is estimated to make about {calls} LM calls (from the response cache, "
+            f"no LM call made) and the budget is {' and '.join(over)}; the examples beyond it will not be answered: "
+            "infrastructure errors of kind 'budget' in the verdict (LM errors), not failures of the program")  # fmt: skip
+
+
+def _estimate(dspex: DspexSession, tests: dict[str, tuple[Any, list[int] | None]]) -> tuple[int, float]:
+    from ..evaluation.evaluate import Evaluate
+    from ..lm.usage import track_usage
+    from ..programs import settings
+
+    o = dspex.options
+    lm = dspex.lms.lm.copy(estimate=True, budget=None, limits=None, shared_limits=None)
+    calls, cost = 0, 0.0
+    try:
+        with track_usage() as usage, settings.context(lm=lm):
+            for node, indices in tests.values():
+                base = Path(node.path).parent
+                try:
+                    spec = program_spec(node, base)
+                    marked = dataset_path(node, base)
+                    if spec is None or marked is None:
+                        continue
+                    if o.compiles(spec.name):
+                        plan = dspex.compile_size(spec, metric_spec(node), marked[0])
+                        calls += plan["calls"] if plan else 0
+                        continue
+                    path = dspex.golden_path(Path(node.path), spec.name)
+                    program = dspex._load(spec, path).program
+                    examples = dspex.dataset(marked[0], spec.input_keys, marked[1]).examples
+                except (pytest.fail.Exception, Exception):  # the test itself says what is wrong
+                    continue
+                if indices is not None:
+                    examples = [examples[i] for i in indices if i < len(examples)]
+                elif o.shard is not None:
+                    from ..evaluation.datasets import example_key
+
+                    examples = [examples[i] for i in o.shard.select([example_key(ex) for ex in examples])]
+                Evaluate(examples, _no_score, concurrency=o.concurrency, repeats=o.repeats)(program)
+        calls += usage.estimated
+        cost += usage.cost
+    finally:
+        lm.close()
+    return calls, cost
+
+
+def _no_score(example: Any, prediction: Any, trace: Any = None) -> float:
+    return 0.0
