@@ -168,3 +168,22 @@ def test_workers_without_the_coordinator_hold_together_through_redis(
     assert result.ret == 0, result.stdout.str()[-3000:]
     assert server.counts["hold"] == 1 and server.counts["ok"] == 128, dict(server.counts)
     assert server.early <= 24, (server.early, dict(server.counts))
+
+
+def test_processes_share_the_in_flight_limit_through_redis(redis_server: RedisServer) -> None:
+    """Three processes at concurrency 6 against an endpoint that refuses above 6 in flight: each
+    counts the live processes in Redis and keeps a fair share (2), so together they stay within 6
+    (each on its own would allow 18)."""
+    import asyncio
+
+    with FakeLMServer(latency=0.05, max_in_flight=6) as server:
+        lms = [_process_lm(server, redis_server.url, concurrency=6) for _ in range(3)]
+        assert _until(lambda: all(lm.limiter.maximum == 2 for lm in lms), lambda: [_check(lm) for lm in lms])
+
+        async def main() -> list[Any]:
+            return await asyncio.gather(*(lms[i % 3].acomplete(LMRequest(messages=[{"role": "user", "content": f"s{i}"}]))
+                                          for i in range(90)), return_exceptions=True)  # fmt: skip
+
+        outcomes = _runtime.run_sync(main())
+        assert all(not isinstance(o, BaseException) for o in outcomes)
+        assert server.counts["over_cap"] == 0 and server.peak_in_flight <= 6, (dict(server.counts), server.peak_in_flight)

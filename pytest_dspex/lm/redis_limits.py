@@ -11,11 +11,17 @@ per endpoint in Redis, under ``dspex:ep:<hash of the endpoint's redacted URL>``:
   message; every other process's breaker opens on seeing it (``Breaker.open_for_run``) instead of
   discovering the dead endpoint with ``fail_max`` calls of its own. A successful trial call deletes it.
 
-Reading is cheap: a process reads both keys (one pipelined round trip) at most every ``every``
-seconds (0.25 s), in the background, started by a call that finds its last read stale; no request
-waits for Redis. Writing is one background command per opening or hold. Keys expire with what they
-say, so nothing is left behind. The in-flight limit is not shared this way (a lease per request
-would be a round trip per request); each process keeps ``--dspex-concurrency`` of its own.
+* ``…:procs``: the processes calling the endpoint (a sorted set, each process's last read as its
+  score; a process silent for ``ALIVE_S`` drops out). The in-flight limit is shared as a fair share:
+  a process's own limiter allows ``concurrency // live processes`` (at least 1), so N processes
+  together keep about the one limit. Not a lease per request (that would be a round trip per
+  request); local xdist workers take their slots from the coordinator as before, this share only
+  limits a process that has none (a remote worker, a shard, or one that lost the coordinator).
+
+Reading is cheap: a process reads the keys and beats its heart (one pipelined round trip) at most
+every ``every`` seconds (0.25 s), in the background, started by a call that finds its last read
+stale; no request waits for Redis. Writing is one background command per opening or hold. Keys
+expire with what they say, so nothing is left behind.
 
 Losing Redis is never a failed example: the first error logs one warning and the process keeps its
 own hold and breaker from then on.
@@ -27,6 +33,8 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
+import socket
 import time
 import weakref
 from collections.abc import Callable
@@ -39,11 +47,15 @@ __all__ = ["RedisLimits"]
 
 logger = logging.getLogger("pytest_dspex.lm")
 
+#: a process that has not read the endpoint's keys for this long no longer counts for the fair share
+ALIVE_S = 5.0
+
 
 class _Watched:
     def __init__(self, key: str) -> None:
         self.key = key
         self.limiters: weakref.WeakSet[AdaptiveLimiter] = weakref.WeakSet()
+        self.configured: weakref.WeakKeyDictionary[AdaptiveLimiter, int] = weakref.WeakKeyDictionary()
         self.breakers: weakref.WeakSet[Breaker] = weakref.WeakSet()
         self.read_at = 0.0  # monotonic: the last read began then
         self.reading = False
@@ -57,11 +69,13 @@ class RedisLimits:
         self.every = every
         self.timeout = timeout
         self.lost: str | None = None
+        self.live = 1  # processes calling the endpoint, at the last read
         self.reads = 0
         self.writes = 0
         self._client: Any = None
         self._endpoints: dict[str, _Watched] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._me = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
 
     def __repr__(self) -> str:
         return f"RedisLimits({redact_url(self.url)!r}, lost={self.lost is not None})"
@@ -76,6 +90,7 @@ class RedisLimits:
         own: AdaptiveLimiter = getattr(limiter, "local", limiter)  # a SharedLimiter keeps its hold in .local
         if own not in watched.limiters:
             watched.limiters.add(own)
+            watched.configured[own] = own.maximum
             own.on_hold = _chain(own.on_hold, lambda seconds: self._spawn(self._hold(watched, seconds)))
         if breaker not in watched.breakers:
             watched.breakers.add(breaker)
@@ -124,20 +139,31 @@ class RedisLimits:
                            "back-pressure hold and breaker", redact_url(self.url), self.lost)  # fmt: skip
 
     async def _read(self, watched: _Watched) -> None:
+        now = time.time()
+        procs = f"{watched.key}:procs"
         try:
             pipe = self._redis().pipeline(transaction=False)
             pipe.pttl(f"{watched.key}:hold")
             pipe.get(f"{watched.key}:breaker")
-            hold_ms, breaker = await pipe.execute()
+            pipe.zadd(procs, {self._me: now})
+            pipe.zremrangebyscore(procs, "-inf", now - ALIVE_S)
+            pipe.zcard(procs)
+            pipe.expire(procs, int(4 * ALIVE_S))
+            hold_ms, breaker, _, _, live, _ = await pipe.execute()
             self.reads += 1
         except Exception as exc:  # a Redis that is gone or hangs: this process's own limits from now on
             self._lose(exc)
             return
         finally:
             watched.reading = False
-        if hold_ms and hold_ms > 0:
-            for limiter in list(watched.limiters):
+        self.live = max(1, int(live or 1))
+        for limiter in list(watched.limiters):
+            if hold_ms and hold_ms > 0:
                 limiter.hold(hold_ms / 1000, tell=False)
+            share = max(1, watched.configured.get(limiter, limiter.maximum) // self.live)
+            if share != limiter.maximum:
+                limiter.maximum = share  # AIMD grows back to it; a smaller share takes effect as slots come back
+                limiter.limit = min(limiter.limit, share)
         if breaker:
             try:
                 message = str(json.loads(breaker)["message"])
