@@ -256,3 +256,43 @@ def test_embedded_lm_tries_a_program_outside_pytest():
         assert triage(message="I was charged twice").team in ("billing", "technical", "account", "other")
     with pytest.raises(dspex.ConfigError, match="has no LM"):  # the block's default is gone with it
         triage(message="I was charged twice")
+
+
+_SAME_TOKENS = r"""
+import json, sys
+from llama_cpp import Llama, LlamaGrammar
+from pytest_dspex.lm.local import _llama_server as server
+from pytest_dspex.lm.local.embedded import model_path
+
+llm = Llama(model_path=str(model_path()), n_ctx=1024, n_threads=1, logits_all=False, verbose=False)
+grammars = ['root ::= " "? ("billing" | "technical" | "account" | "sales")\n',
+            'root ::= " "? [^\\n]* "\\n" "Quantity:" " "? "-"? [0-9]{1,15} "\\n"?\n']
+prompts = ["Message: my invoice was charged twice\nTeam:", "Order: two large pizzas and a coke please\nItem:"]
+
+def answers():
+    out = []
+    for g in grammars:
+        for p in prompts:
+            for temp, seed in ((0.0, 0), (0.8, 1)):
+                r = llm.create_completion(p, grammar=LlamaGrammar.from_string(g, verbose=False), max_tokens=16, temperature=temp, seed=seed)
+                out.append(r["choices"][0]["text"])
+    return out
+
+whole = answers()
+server.install_pruned_grammar()
+print(json.dumps({"whole": whole, "pruned": answers()}))
+"""
+
+
+def test_the_pruned_grammar_samples_the_tokens_of_the_whole_vocabulary_pass():
+    """The embedded server checks a grammar on the best candidates first (``PrunedGrammar``): greedy
+    and top-k draws come out token for token as with llama.cpp's pass over the whole vocabulary."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _SAME_TOKENS], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["pruned"] == got["whole"]
+    assert all(a.strip() for a in got["whole"])  # real answers, not empty ones
+    assert {a.strip() for a in got["whole"][:4]} <= {"billing", "technical", "account", "sales"}
