@@ -381,6 +381,42 @@ def test_leave_one_out_scores_no_example_with_its_own_demo_in_the_prompt(server_
     assert len(labeled.program.demos) == 6  # the candidate itself keeps all its demos
 
 
+def test_leave_one_out_asks_the_examples_keeping_every_demo_first_then_by_the_demo_they_lose(server_factory, make_lm):
+    """A server that reuses the previous prompt's prefix re-reads each prompt only from the demo it
+    lost; the answers, the records and their order are those of asking in the seeded order."""
+    import asyncio
+
+    from pytest_dspex.evaluation.scoring import evaluate_records
+    from pytest_dspex.optimize.selection import WithoutOwnDemo, evaluate_without_own_demo
+
+    asked: list[str] = []
+
+    def respond(body):  # right when the asked message's own demo is absent, wrong when copied
+        user = body["messages"][-1]["content"]
+        message = user.rsplit("Message: ", 1)[-1].split("\n")[0]
+        asked.append(message)
+        label = re.search(r"about (\w+)", message).group(1)
+        return f" {label}" if user.count(message) == 1 else " other"
+
+    server = server_factory(respond)
+    train = intent_examples(2)  # 12 examples
+    program = dspex.Predict(Intent, lm=make_lm(server, concurrency=1))
+    program.demos = [dict(train[k]) for k in (7, 2, 9, 4)]
+    items = [(i, train[i]) for i in (5, 9, 0, 2, 11, 4, 7, 3)]
+
+    ordered = asyncio.run(evaluate_without_own_demo(program, items, intent_matches, concurrency=1))
+    asked_then, asked[:] = list(asked), []
+    plain = asyncio.run(evaluate_records(WithoutOwnDemo(program), items, intent_matches, concurrency=1))
+
+    # first those keeping every demo (in the given order), then those losing demo 3, 2, 1, 0
+    keep = [train[i].message for i in (5, 0, 11, 3)]
+    assert asked_then == [*keep, train[4].message, train[9].message, train[2].message, train[7].message]
+    assert asked == [train[i].message for i, _ in items]  # plain evaluation: the given order
+    assert [r.index for r in ordered] == [i for i, _ in items]  # records come back in the given order
+    assert [(r.index, r.score, r.prediction) for r in ordered] == [(r.index, r.score, r.prediction) for r in plain]
+    assert sum(r.score for r in ordered) == len(items)  # nobody copied its own demo
+
+
 def test_the_registry_builds_each_optimizer_and_refuses_an_unknown_name():
     from pytest_dspex.errors import ConfigError
     from pytest_dspex.optimize import OptimizerSettings, make_optimizer

@@ -64,7 +64,7 @@ from ..programs.primitives import Example, as_example_list
 from .bootstrap import BootstrapFewShot, LabeledFewShot
 from .protocol import Candidate, CompileResult, OptimizerSettings
 from .review import review_program
-from .selection import WithoutOwnDemo, check_error_budget, demo_count
+from .selection import check_error_budget, demo_count, evaluate_without_own_demo
 
 __all__ = ["BootstrapFewShotWithRandomSearch", "Candidate", "CompileResult", "sign_test_p"]
 
@@ -329,8 +329,10 @@ class BootstrapFewShotWithRandomSearch:
             self._say(f"not calibrated: {'; '.join(report.skipped.values())}")
             return None
         # scored as the candidates were (``_race``): without each example's own demo under leave_one_out
-        scored = WithoutOwnDemo(program) if val is trainset and self.leave_one_out else program
-        recs = await evaluate_records(scored, enumerate(val), self.metric, concurrency=self.concurrency)
+        if val is trainset and self.leave_one_out:
+            recs = await evaluate_without_own_demo(program, list(enumerate(val)), self.metric, concurrency=self.concurrency)
+        else:
+            recs = await evaluate_records(program, enumerate(val), self.metric, concurrency=self.concurrency)
         result = EvaluationResult.from_records(recs, metric=metric_name(self.metric))
         calibrated = Candidate(f"{cand.name}+calibrated", program, cand.demos, cand.bootstrapped, result)
         result.program = calibrated.name
@@ -431,7 +433,6 @@ class BootstrapFewShotWithRandomSearch:
             chunk = [(i, valset[i]) for i in order[done:stop]]
 
             async def run(cand: Candidate, chunk: list[tuple[int, Example]] = chunk, stop: int = stop) -> None:
-                program = WithoutOwnDemo(cand.program) if leave_one_out else cand.program
                 before = records[cand.name]
                 total_before = sum(r.score for r in before)
 
@@ -439,8 +440,9 @@ class BootstrapFewShotWithRandomSearch:
                     tell(cand, done, stop, (total_before + score * done) / (len(before) + done))
 
                 with tracing.use_span(spans[cand.name]):  # compile -> candidate -> evaluate
-                    got = await evaluate_records(
-                        program, chunk, self.metric, concurrency=self.concurrency,
+                    evaluate = evaluate_without_own_demo if leave_one_out else evaluate_records
+                    got = await evaluate(
+                        cand.program, chunk, self.metric, concurrency=self.concurrency,
                         progress=progress if self.progress is not None else None,
                     )  # fmt: skip
                 running.pop(cand.name, None)

@@ -3,6 +3,10 @@
 * ``WithoutOwnDemo(program)``: when the selection set is the trainset, an example is answered without
   the demos that are that example (a small model copies a demo's answer, which would make the
   candidate with the most labeled demos look best).
+* ``evaluate_without_own_demo(program, items, metric, ...)``: ``evaluate_records`` of ``WithoutOwnDemo``,
+  asked in ``prefix_order`` (the examples keeping every demo first, then those missing one by where
+  their demo stood, last first): a server that reuses the previous prompt's prefix (llama.cpp)
+  re-reads each prompt only from the demo it lost. Records come back in ``items``' order.
 * ``check_error_budget(records, max_error_rate)``: the compile stops (``CompileStoppedError``) when
   the selection answers were lost to the infrastructure beyond the budget, naming the kinds and the
   first errors, rather than choosing among candidates scored on errors.
@@ -26,7 +30,19 @@ from ..programs.modules import Module
 from ..programs.primitives import Example
 from .protocol import Candidate
 
-__all__ = ["WithoutOwnDemo", "check_budget", "check_error_budget", "demo_count", "score_candidate"]
+__all__ = [
+    "WithoutOwnDemo",
+    "check_budget",
+    "check_error_budget",
+    "demo_count",
+    "evaluate_without_own_demo",
+    "prefix_order",
+    "score_candidate",
+]
+
+
+def _is_own(demo: dict[str, Any], inputs: dict[str, Any]) -> bool:
+    return all(k in demo and demo[k] == v for k, v in inputs.items())
 
 
 class WithoutOwnDemo(Module):
@@ -37,7 +53,7 @@ class WithoutOwnDemo(Module):
 
     async def aforward(self, **inputs: Any) -> Any:
         def own(demo: dict[str, Any]) -> bool:
-            return all(k in demo and demo[k] == v for k, v in inputs.items())
+            return _is_own(demo, inputs)
 
         program = self._program
         if any(own(d) for p in program.predictors() for d in p.demos):
@@ -45,6 +61,42 @@ class WithoutOwnDemo(Module):
             for p in program.predictors():
                 p.demos = [d for d in p.demos if not own(d)]
         return await program.acall(**inputs)
+
+
+def prefix_order(program: Module, items: Sequence[tuple[int, Example]]) -> list[tuple[int, Example]]:
+    """``items`` in the order that keeps ``WithoutOwnDemo(program)``'s prompts sharing the longest prefixes.
+
+    An example whose own demo is among ``program``'s demos is asked with a prompt that differs from
+    the full one from that demo on. Asked in a seeded order, those examples alternate with the
+    others and the server re-reads the demos after each left-out one twice (there and back). Here
+    the examples keeping every demo come first, then the others by the position of the demo they
+    lose, last first (ties keep ``items``' order): each prompt differs from the one before only from
+    the lost demo on. The answers do not change, only when they are asked.
+    """
+
+    def key(item: tuple[int, Example]) -> tuple[int, ...]:
+        inputs = dict(item[1].inputs().items())
+        where: list[int] = []
+        for n, predictor in enumerate(program.predictors()):
+            for pos, demo in enumerate(predictor.demos):
+                if _is_own(demo, inputs):
+                    where += [n, -pos]
+                    break
+        return (1, *where) if where else (0,)
+
+    return sorted(items, key=key)
+
+
+async def evaluate_without_own_demo(
+    program: Module, items: Sequence[tuple[int, Example]], metric: Callable[..., Any], **kwargs: Any
+) -> list[ExampleRecord]:
+    """``evaluate_records`` of ``WithoutOwnDemo(program)`` on ``items``, asked in ``prefix_order``;
+    the records come back in ``items``' order."""
+    items = list(items)
+    asked = prefix_order(program, items)
+    records = await evaluate_records(WithoutOwnDemo(program), asked, metric, **kwargs)
+    where = {index: k for k, (index, _) in enumerate(items)}
+    return sorted(records, key=lambda r: where[r.index])
 
 
 def check_budget(records: Sequence[ExampleRecord], what: str = "validation answers") -> None:
@@ -104,8 +156,10 @@ async def score_candidate(
     max_error_rate: float | None = None,
 ) -> Candidate:
     """``program`` scored on the whole selection set ``valset`` as the candidate ``name``."""
-    scored = WithoutOwnDemo(program) if leave_one_out else program
-    records = await evaluate_records(scored, enumerate(valset), metric, concurrency=concurrency)
+    if leave_one_out:
+        records = await evaluate_without_own_demo(program, list(enumerate(valset)), metric, concurrency=concurrency)
+    else:
+        records = await evaluate_records(program, enumerate(valset), metric, concurrency=concurrency)
     check_error_budget(records, max_error_rate)
     result = EvaluationResult.from_records(records, program=name, metric=metric_name(metric))
     candidate = Candidate(name, program, demo_count(program), bootstrapped, result)

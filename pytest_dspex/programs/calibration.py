@@ -237,7 +237,12 @@ async def calibrate(
                     return None
                 return _label_mass(shown, completion.top_logprobs)
 
-        found_probs = [p for p in await asyncio.gather(*(probe(x) for x in inputs)) if p is not None]
+        # asked as the candidate search asks (``optimize.selection.prefix_order``): the inputs keeping
+        # every demo first, then by the position of the demo they lose, last first, so each prompt
+        # shares its prefix with the one before up to that demo; read back in the inputs' order
+        order = sorted(range(len(inputs)), key=lambda k: _lost_demo(pred, inputs[k])) if leave_out_own else list(range(len(inputs)))
+        answered = dict(zip(order, await asyncio.gather(*(probe(inputs[k]) for k in order)), strict=True))
+        found_probs = [p for k in range(len(inputs)) if (p := answered[k]) is not None]
         probs = [p for p, _ in found_probs]
         if len(probs) < max(1, len(inputs) // 2):
             report.skipped[path] = (
@@ -267,6 +272,15 @@ def _first_word_clash(shown: Mapping[str, str]) -> tuple[str, str] | None:
             if not ta or not tb or ta.split()[0] == tb.split()[0] or ta.startswith(tb) or tb.startswith(ta):
                 return a, b
     return None
+
+
+def _lost_demo(pred: Any, example: Mapping[str, Any]) -> tuple[int, ...]:
+    """``(0,)`` when ``example`` is none of ``pred``'s demos, else ``(1, -position)`` of the one it is."""
+    asked = {n: example.get(n) for n in pred.signature.input_fields()}
+    for pos, demo in enumerate(pred.demos):
+        if _same(demo, asked):
+            return (1, -pos)
+    return (0,)
 
 
 def _same(demo: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
