@@ -36,3 +36,26 @@ class _Subprocess:
 
 
 _local_lm().subprocess = _Subprocess()
+
+
+def _record_requests(path: str) -> None:
+    """With ``$DSPEX_BENCH_REQUEST_LOG``: every request body the LM client sends, one JSON a line, in the
+    order sent (``bench/embedded_replay.py`` replays them against server variants)."""
+    import json
+    import threading
+
+    from pytest_dspex.lm.client import LM
+
+    send = LM._attempt
+    lock = threading.Lock()
+
+    async def _attempt(self: Any, content: bytes, *args: Any, **kwargs: Any) -> Any:
+        with lock, open(path, "a", encoding="utf-8") as out:
+            out.write(json.dumps(json.loads(content)) + "\n")
+        return await send(self, content, *args, **kwargs)
+
+    LM._attempt = _attempt  # type: ignore[method-assign]
+
+
+if os.environ.get("DSPEX_BENCH_REQUEST_LOG"):
+    _record_requests(os.environ["DSPEX_BENCH_REQUEST_LOG"])
