@@ -13,7 +13,7 @@ from pytest_dspex._support import runtime as _runtime
 from pytest_dspex.lm.coordinator import Coordinator
 from pytest_dspex.lm.link import RunLink
 from pytest_dspex.lm.types import LMRequest
-from pytest_dspex.testing.fake_server import FakeLMServer
+from pytest_dspex.testing.fake_server import FakeLMServer, Faults
 
 from .conftest import triage_examples
 
@@ -161,6 +161,27 @@ def test_a_breaker_opening_is_the_runs():
         assert coordinator.stats()["endpoints"]["http://127.0.0.1:9/v1"]["trips"] == 1
     finally:
         coordinator.stop()
+
+
+def test_a_worker_starting_after_the_opening_sends_nothing():
+    """A worker whose first request comes after another's breaker opened is told before it sends:
+    it fails fast, no connection of its own (it would retry each call into the dead endpoint)."""
+    with FakeLMServer(faults=Faults(http_500=1.0)) as server:  # every request fails
+        coordinator = Coordinator()
+        address = coordinator.start()
+        try:
+            early, late = RunLink(address, coordinator.token), RunLink(address, coordinator.token)
+            first, second = [dspex.LM("m", base_url=server.base_url, api_key="k", cache=None, retries=0, limits=link,
+                                      breaker_fail_max=2, hedge_after=None) for link in (early, late)]  # fmt: skip
+            assert all(isinstance(o, dspex.LMError) for o in _ask_all([first], 2))  # two failed calls
+            assert first.breaker.state == "open"
+            seen = server.requests
+            outcomes = _ask_all([second], 3)  # its first words to the coordinator: told the breaker is open
+            assert all(isinstance(o, dspex.CircuitOpenError) for o in outcomes), outcomes
+            assert server.requests == seen
+            assert coordinator.stats()["endpoints"][server.base_url]["trips"] == 1
+        finally:
+            coordinator.stop()
 
 
 def test_a_worker_without_the_coordinator_carries_on_with_one_warning(pytester, server_factory, monkeypatch):

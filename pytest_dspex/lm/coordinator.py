@@ -20,7 +20,8 @@ workers it starts; each worker's LM talks to it through a ``link.RunLink``. It k
   (a later, longer Retry-After extends it; a shorter one inside the hold is the same hold).
 * **the breaker**: a worker whose breaker opens says so; the coordinator counts the opening once
   for the run (another worker's opening while it is open is the same one) and tells every other
-  worker, whose breakers then fail fast too. When one worker's breaker lets its half-open trial
+  worker, whose breakers then fail fast too — a worker that first asks for the endpoint while it is
+  open is told before it sends anything (a late worker does not find the dead endpoint anew). When one worker's breaker lets its half-open trial
   call through, the others are told to hold (stay open); the trial's success closes them all.
 
 And **the budget** (calls and cost) for the run: every call is reserved here before it is made, its
@@ -69,6 +70,7 @@ class _Endpoint:
     answered: int = 0
     share: int = -1  # -1: relaxed (keep what you hold); >= 0: tight, give back beyond this
     told: dict[int, int] = field(default_factory=dict)  # client id → the share it was last told
+    seen: set[int] = field(default_factory=set)  # clients that asked about this endpoint (told its open breaker)
     breaker_until: float = 0.0  # monotonic: open until then
     breaker_message: str = ""
     trips: int = 0
@@ -205,6 +207,7 @@ class Coordinator:
             ep.lent -= ep.held.pop(cid, 0)
             ep.wants.pop(cid, None)
             ep.told.pop(cid, None)
+            ep.seen.discard(cid)
             self._pump(name, ep)
 
     def _endpoint(self, name: str, maximum: int) -> _Endpoint:
@@ -223,6 +226,10 @@ class Coordinator:
             return
         name = str(m.get("ep", ""))
         ep = self._endpoint(name, max(1, int(m.get("max", 16))))
+        if cid not in ep.seen:  # a worker that starts late: told the run's breaker is open before it sends anything
+            ep.seen.add(cid)
+            if time.monotonic() < ep.breaker_until:
+                self._send(cid, {"op": "open", "ep": name, "message": ep.breaker_message, "reset": ep.breaker_until - time.monotonic()})
         if m.get("ok") or m.get("thr"):
             ep.observe(int(m.get("ok", 0)), int(m.get("thr", 0)))
         if op == "want":
