@@ -78,6 +78,21 @@ def test_dead_endpoint_under_workers_every_example_accounted(pytester, monkeypat
     assert "circuit breaker opened 1x for the run" in out, out[-3000:]
 
 
+def test_lm_error_items_pass_without_a_traceback_and_pdb_does_not_stop_there(pytester, monkeypatch):
+    """An LM ERROR item passes (the aggregate gate decides): no failure is formatted for it, so
+    ``--pdb`` does not open the debugger at each one (it did: one prompt per LM error)."""
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    _project(pytester, 6)
+    result = pytester.runpytest_subprocess(
+        "--dspex-base-url=http://127.0.0.1:9/v1", "--dspex-model=fake-model", "--dspex-cache=off",
+        "--dspex-missing-golden=zero-shot", "--dspex-retries=0", "-p", "no:xdist", "--pdb", "-rA",
+    )  # fmt: skip
+    out = result.stdout.str()
+    assert "6 lm_error" in out, out[-3000:]
+    assert "PDB post_mortem" not in out and "NotAnswered" not in out, out[-3000:]
+    assert "connection refused" in out  # -rA still shows each LM error (expected vs got)
+
+
 def _lms(server: FakeLMServer, links: list[RunLink | None], concurrency: int) -> list[dspex.LM]:
     return [dspex.LM("m", base_url=server.base_url, api_key="k", cache=None, concurrency=concurrency, limits=link, hedge_after=None)
             for link in links]  # fmt: skip
