@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from . import _plain_imports  # noqa: F401  (first: the package's other modules import plainly, see there)
 from .collection import note_selection, parametrize_examples
 from .endpoint import dspex_endpoint
 from .fixtures import (
