@@ -15,14 +15,16 @@ boundary each, with ``raise ... from exc``, so callers only ever catch our own c
     ├── ModelRefusedError           the LM refused to answer (``content: null`` with a ``refusal``)
     └── LMError                     anything that went wrong talking to an LM
         ├── LMUnavailableError      the endpoint cannot be reached
-        │   └── CircuitOpenError    the breaker is open: failing fast without a request
+        │   └── CircuitOpenError    the breaker is open: failing fast without a request (kind
+        │                           ``rate_limited`` when nothing but 429s opened it)
         ├── LMTimeoutError          no answer within the timeout (after retries)
         ├── LMHTTPError             a non-success HTTP status (after retries)
         ├── LMResponseError         a body that is not a chat completion (garbled, non-JSON)
         ├── CacheMissError          replay mode and the request is not in the cache
         └── BudgetExceededError     the session's cost or call budget is spent
 
-Each class has a short ``kind`` used to group errors in evaluation results and reports.
+Each class has a short ``kind`` used to group errors in evaluation results and reports (a 429, or
+a breaker opened by nothing but 429s, is ``rate_limited``).
 """
 
 from __future__ import annotations
@@ -137,10 +139,14 @@ class LMTimeoutError(LMError):
 
 
 class LMHTTPError(LMError):
+    """A non-success status; a 429's ``kind`` is ``rate_limited`` (the endpoint's quota or rate limit)."""
+
     kind = "lm_http"
 
     def __init__(self, message: str, *, status: int, retry_after: float | None = None) -> None:
         super().__init__(message)
+        if status == 429:
+            self.kind = "rate_limited"
         self.status = status
         self.retry_after = retry_after
         self.retryable = status == 429 or status == 408 or status >= 500

@@ -22,7 +22,7 @@ from pytest_dspex.testing.fake_server import triage_responder
 
 from .conftest import Triage, team_matches, triage_examples
 
-INFRA = {"lm_unavailable", "lm_timeout", "lm_http", "lm_response", "budget", "cache_miss", "timeout"}
+INFRA = {"lm_unavailable", "lm_timeout", "lm_http", "rate_limited", "lm_response", "budget", "cache_miss", "timeout"}
 
 
 def chat(text: str, tokens: int = 3) -> httpx.Response:

@@ -51,5 +51,5 @@ def test_the_shared_record_and_gate_modules_export_what_the_others_build_on():
     for module in (compile, evaluation, gates, records, rows):
         for name in module.__all__:
             assert getattr(module, name) is not None, f"{module.__name__}.{name}"
-    assert {"lm_unavailable", "lm_timeout", "lm_http", "lm_response", "budget", "cache_miss", "timeout"} == records.INFRA_ERROR_KINDS
+    assert {"lm_unavailable", "lm_timeout", "lm_http", "rate_limited", "lm_response", "budget", "cache_miss", "timeout"} == records.INFRA_ERROR_KINDS
     assert pytest_dspex.ExampleRecord is records.ExampleRecord

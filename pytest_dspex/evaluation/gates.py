@@ -190,6 +190,11 @@ def lm_errors_reason(errors_by_kind: Mapping[str, int], n: int) -> str | None:
     reason = f"LM errors: {k} of {n} examples could not be answered ({kinds})"
     if "budget" in infra:
         reason += "; LM budget spent (raise --dspex-max-cost/--dspex-max-calls)"
+    if "rate_limited" in infra:
+        reason += (
+            "; rate limited: the endpoint answered HTTP 429 (a spent quota or a rate limit): check the key's quota "
+            "and billing, or lower --dspex-concurrency"
+        )
     if "cache_miss" in infra:  # said once here: the examples' own lines are cut short
         reason += (
             f"; no recorded answer for {infra['cache_miss']} example(s) in replay mode: record them with a run in "

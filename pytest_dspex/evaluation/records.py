@@ -23,7 +23,9 @@ __all__ = ["ANSWER_ERROR_KINDS", "ERROR_KINDS", "INFRA_ERROR_KINDS", "ExampleRec
 
 #: Errors of the infrastructure, not of the model: they count against the error budget
 #: (``--dspex-max-error-rate``) and are never read as a low score.
-INFRA_ERROR_KINDS = frozenset({"lm_unavailable", "lm_timeout", "lm_http", "lm_response", "budget", "cache_miss", "timeout"})
+INFRA_ERROR_KINDS = frozenset(
+    {"lm_unavailable", "lm_timeout", "lm_http", "rate_limited", "lm_response", "budget", "cache_miss", "timeout"}
+)
 #: Errors that are the model's answer (one that did not parse, a refusal): scored 0, shown as a miss.
 ANSWER_ERROR_KINDS = frozenset({"parse", "refused"})
 #: Every kind a record may carry; ``parse``, ``refused``, ``metric`` and ``program`` are the model's

@@ -47,7 +47,7 @@ __all__ = ["LM", "Completion"]
 _SETTINGS = (
     "api_key_env", "temperature", "max_tokens", "stop", "timeout", "connect_timeout", "retries",
     "backoff_base", "concurrency", "cache_dir", "cache_mode", "breaker_fail_max", "breaker_reset_timeout",
-    "price_per_1m_input", "price_per_1m_output", "budget", "transport", "extra_body", "hedge_after",
+    "rate_limit_patience",    "price_per_1m_input", "price_per_1m_output", "budget", "transport", "extra_body", "hedge_after",
     "cache_identity", "limits", "estimate", "shared_limits",
 )  # fmt: skip
 
@@ -88,6 +88,10 @@ class LM:
       is rare.
     * ``breaker_fail_max=5`` failed logical calls in a row open the circuit breaker for
       ``breaker_reset_timeout=30`` s (``resilience``).
+    * A 429 is retried after its ``Retry-After`` up to 10 times (its own allowance, not ``retries``);
+      an endpoint answering nothing but 429 for ``rate_limit_patience=60`` s (at least
+      ``breaker_fail_max`` requests in a row) opens the breaker as *rate limited*: the calls then fail
+      fast with ``kind`` ``rate_limited`` instead of waiting out a spent quota.
 
     DSPy's spellings are accepted: ``api_base`` for ``base_url``, ``num_retries`` for ``retries``,
     ``cache=True``/``False`` for the default cache / none. Any other unknown keyword is a
@@ -114,6 +118,7 @@ class LM:
         cache_mode: CacheMode = "on",
         breaker_fail_max: int = 5,
         breaker_reset_timeout: float = 30.0,
+        rate_limit_patience: float = 60.0,
         price_per_1m_input: float = 0.0,
         price_per_1m_output: float = 0.0,
         budget: Budget | None = None,
@@ -152,7 +157,7 @@ class LM:
             cache, cache_mode = (None, "off") if cache == "off" else (NOT_GIVEN, cache)
         elif not isinstance(cache, NotGiven | ResponseCache) and cache is not None:
             raise ConfigError(f"LM cache={cache!r}: expected a ResponseCache, True, False, None or a mode ('on', 'off', 'read-only', 'replay')")
-        _check_settings(model, temperature=temperature, max_tokens=max_tokens, timeout=timeout, connect_timeout=connect_timeout, retries=retries, backoff_base=backoff_base, concurrency=concurrency)
+        _check_settings(model, temperature=temperature, max_tokens=max_tokens, timeout=timeout, connect_timeout=connect_timeout, retries=retries, backoff_base=backoff_base, concurrency=concurrency, rate_limit_patience=rate_limit_patience)
         if not model:
             raise ConfigError("LM needs a model name")
         if concurrency < 1:
@@ -178,7 +183,7 @@ class LM:
                 credentials = Credentials(url, None, env_key=os.environ.get(api_key_env))
             else:
                 credentials = Credentials(url, api_key)
-            breaker = Breaker(redact_url(credentials.url), breaker_fail_max, breaker_reset_timeout)
+            breaker = Breaker(redact_url(credentials.url), breaker_fail_max, breaker_reset_timeout, rate_limit_patience)
         else:
             credentials, breaker = _family
         self._credentials = credentials
@@ -258,10 +263,10 @@ class LM:
                 credentials = self._credentials.with_url(url.rstrip("/"))
             kwargs.pop("api_key", None)
             kwargs.pop("base_url", None)
-            breaker = Breaker(redact_url(credentials.url), kwargs["breaker_fail_max"], kwargs["breaker_reset_timeout"])
+            breaker = Breaker(redact_url(credentials.url), kwargs["breaker_fail_max"], kwargs["breaker_reset_timeout"], kwargs["rate_limit_patience"])
             kwargs["_family"] = (credentials, breaker)
-        elif "breaker_fail_max" in overrides or "breaker_reset_timeout" in overrides:
-            breaker = Breaker(self.breaker.name, kwargs["breaker_fail_max"], kwargs["breaker_reset_timeout"])
+        elif {"breaker_fail_max", "breaker_reset_timeout", "rate_limit_patience"} & overrides.keys():
+            breaker = Breaker(self.breaker.name, kwargs["breaker_fail_max"], kwargs["breaker_reset_timeout"], kwargs["rate_limit_patience"])
             kwargs["_family"] = (self._credentials, breaker)
         else:
             kwargs["_family"] = (self._credentials, self.breaker)

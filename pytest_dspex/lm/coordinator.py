@@ -239,7 +239,7 @@ class Coordinator:
             ep.held[cid] = ep.held.get(cid, 0) - n
             ep.lent -= n
         elif op == "trip":
-            self._trip(cid, name, ep, str(m.get("message", "")), float(m.get("reset", 30.0)))
+            self._trip(cid, name, ep, str(m.get("message", "")), float(m.get("reset", 30.0)), str(m.get("kind") or "lm_unavailable"))
             return
         elif op == "pause":
             seconds = max(0.0, float(m.get("s", 0.0)))
@@ -269,14 +269,14 @@ class Coordinator:
         self.calls += n
         return None
 
-    def _trip(self, cid: int, name: str, ep: _Endpoint, message: str, reset: float) -> None:
+    def _trip(self, cid: int, name: str, ep: _Endpoint, message: str, reset: float, kind: str = "lm_unavailable") -> None:
         now = time.monotonic()
         if now < ep.breaker_until:
             return  # already open for the run: the same opening
         ep.trips += 1
         ep.breaker_until = now + reset
         ep.breaker_message = message
-        self._tell_others(cid, {"op": "open", "ep": name, "message": message, "reset": reset})
+        self._tell_others(cid, {"op": "open", "ep": name, "message": message, "reset": reset, "kind": kind})
 
     def _tell_others(self, cid: int, message: dict[str, Any]) -> None:
         for other in list(self._clients):

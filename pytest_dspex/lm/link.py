@@ -80,7 +80,9 @@ class RunLink:
     def watch(self, endpoint: str, breaker: Breaker) -> None:
         """``breaker``'s openings are the run's; the run's openings open it."""
         self._breakers[endpoint].add(breaker)
-        breaker.on_open = lambda message: self.send({"op": "trip", "ep": endpoint, "message": message, "reset": breaker.reset_timeout})
+        breaker.on_open = lambda message: self.send(
+            {"op": "trip", "ep": endpoint, "message": message, "reset": breaker.reset_timeout, "kind": breaker.open_kind}
+        )
         breaker.on_trial = lambda: self.send({"op": "trial", "ep": endpoint})
         breaker.on_closed = lambda: self.send({"op": "closed", "ep": endpoint})
 
@@ -150,7 +152,7 @@ class RunLink:
         if op in ("open", "hold", "close"):
             for breaker in list(self._breakers.get(endpoint, ())):
                 if op == "open":
-                    breaker.open_for_run(str(m.get("message", "")))
+                    breaker.open_for_run(str(m.get("message", "")), str(m.get("kind") or "lm_unavailable"))
                 elif op == "hold":
                     breaker.hold_for_run(str(m.get("message", "")))
                 else:

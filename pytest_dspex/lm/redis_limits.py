@@ -165,13 +165,16 @@ class RedisLimits:
                 limiter.maximum = share  # AIMD grows back to it; a smaller share takes effect as slots come back
                 limiter.limit = min(limiter.limit, share)
         if breaker:
+            kind = "lm_unavailable"
             try:
-                message = str(json.loads(breaker)["message"])
-            except (ValueError, KeyError, TypeError):
+                said = json.loads(breaker)
+                message = str(said["message"])
+                kind = str(said.get("kind") or kind)
+            except (ValueError, KeyError, TypeError, AttributeError):
                 message = "another process of this run found the LM endpoint unavailable"
             for b in list(watched.breakers):
                 if b.state == "closed":
-                    b.open_for_run(message)
+                    b.open_for_run(message, kind)
 
     async def _hold(self, watched: _Watched, seconds: float) -> None:
         ms = max(1, int(seconds * 1000))
@@ -185,7 +188,7 @@ class RedisLimits:
 
     async def _open(self, watched: _Watched, breaker: Breaker, message: str) -> None:
         try:
-            value = json.dumps({"message": message})
+            value = json.dumps({"message": message, "kind": breaker.open_kind})
             await self._redis().set(f"{watched.key}:breaker", value, px=max(1, int(breaker.reset_timeout * 1000)), nx=True)
             self.writes += 1
         except Exception as exc:

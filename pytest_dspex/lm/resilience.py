@@ -10,7 +10,8 @@ Retries
     ``RetryPolicy.retries`` times with full-jitter exponential backoff (a random wait up to
     ``backoff_base × 2^retry``, 0.1 s base, capped at ``backoff_max`` = 20 s). A 429 is back-pressure,
     not a failure: the wait is the server's ``Retry-After`` (or the backoff when it sends none),
-    and 429s draw on their own allowance (``throttle_retries``), not on ``retries``.
+    and 429s draw on their own allowance (``throttle_retries`` = 10), not on ``retries``: a call
+    gives up after 10 retries on 429, whatever ``--dspex-retries`` says.
 
 Back-pressure (:class:`AdaptiveLimiter`, AIMD on the in-flight limit)
     Every answered attempt is an observation. While 429s keep coming — at least half of the last
@@ -55,6 +56,14 @@ Circuit breaker (:class:`Breaker`, a ``pybreaker.CircuitBreaker`` driven per log
   own problem — a rejected ``grammar`` field is asked again without it). An answer in between
   starts the count again. Measured: a compile against a base URL answering 404 made 75,960
   requests; now the first ``fail_max`` 404s (plus what was already in flight) are all it sends.
+* An endpoint that answers *nothing but 429* opens it too, *rate limited*: at least ``fail_max``
+  requests in a row answered 429 (no answer in between) over at least ``throttle_patience``
+  seconds (60 s). 429s are back-pressure, excluded from pybreaker's count (to pybreaker an answer
+  is a success) and retried after ``Retry-After`` under a hold, so a spent quota — 429 forever —
+  used to keep a run waiting without end (326 refusals in 10 minutes, one in flight). A rate limit
+  that clears (a per-minute window, a burst) answers again within the patience: a single answer
+  starts the count again. The fast-failing calls carry ``kind`` ``rate_limited``; a trial call
+  answered 429 re-opens it at once.
 * Each opening starts a new *generation*. A call admitted before the breaker opened keeps going:
   its in-flight attempt completes and its answer is returned to its caller (a response that
   arrived is never discarded); it only makes no *new* attempt (no further retry) while the
@@ -296,9 +305,10 @@ class Ticket:
 class Breaker:
     """A per-LM-family circuit breaker counting failed logical calls (see the module docstring)."""
 
-    def __init__(self, name: str, fail_max: int = 5, reset_timeout: float = 30.0) -> None:
+    def __init__(self, name: str, fail_max: int = 5, reset_timeout: float = 30.0, throttle_patience: float = 60.0) -> None:
         self.name = name
         self.reset_timeout = reset_timeout
+        self.throttle_patience = throttle_patience
         self._cb = pybreaker.CircuitBreaker(
             fail_max=fail_max,
             reset_timeout=reset_timeout,
@@ -317,6 +327,10 @@ class Breaker:
         self.last_error: str | None = None
         self.refusals = 0  # logical calls in a row the endpoint refused with a 4xx (see the module docstring)
         self._refused: str | None = None  # why it is open, when the endpoint refuses everything
+        self.throttled_in_row = 0  # requests in a row answered 429, none answered in between
+        self._throttled_since = 0.0  # monotonic: the first of them
+        #: the ``kind`` of the error a call failing fast gets: ``rate_limited`` when 429s opened it
+        self.open_kind = "lm_unavailable"
         #: told each opening of this breaker (its message): the run's limits (``link``) share it
         self.on_open: Callable[[str], None] | None = None
         self._run_message: str | None = None  # opened because another worker's breaker opened
@@ -346,10 +360,10 @@ class Breaker:
             return Ticket(self._generation, False)
         if state == pybreaker.STATE_OPEN:
             if time.monotonic() < self._opened_at + self.reset_timeout:
-                raise CircuitOpenError(self._message())
+                raise self.open_error()
             self._cb.half_open()
         if self._trial_running:
-            raise CircuitOpenError(self._message())
+            raise self.open_error()
         self._trial_running = True
         if self.on_trial is not None:
             self.on_trial()
@@ -362,6 +376,9 @@ class Breaker:
         queued for that slot see the breaker open and fail fast instead of sending more requests
         into a refusal (``done`` still reports the call's outcome).
         """
+        if _is_throttle(exc):
+            self._throttled(ticket, exc)
+            return
         if not _refusal(exc):
             return
         if not ticket.trial and (ticket.generation != self._generation or self._cb.current_state != pybreaker.STATE_CLOSED):
@@ -370,17 +387,44 @@ class Breaker:
         limit = self.fail_max if exc.status in _REFUSING_STATUSES else 10 * self.fail_max
         if self.refusals >= limit or (ticket.trial and self._refused is not None):
             self.last_error = str(exc)
+            self.open_kind = "lm_unavailable"
             self._refused = (
                 f"the endpoint refused {self.refusals} calls in a row with HTTP {exc.status} "
                 f"(last: {exc}); no other request would fare better"
             )
             self._cb.open()
 
-    def open_for_run(self, message: str) -> None:
+    def _throttled(self, ticket: Ticket, exc: LMHTTPError) -> None:
+        """A request answered 429: open, rate limited, once nothing but 429s came for ``throttle_patience``."""
+        if ticket.trial:
+            if self.open_kind == "rate_limited" and ticket.generation == self._generation:
+                self.throttled_in_row += 1
+                self._cb.open()  # still refusing: another ``reset_timeout`` (its retries stop: ``may_retry``)
+            return
+        if ticket.generation != self._generation or self._cb.current_state != pybreaker.STATE_CLOSED:
+            return
+        now = time.monotonic()
+        if not self.throttled_in_row:
+            self._throttled_since = now
+        self.throttled_in_row += 1
+        waited = now - self._throttled_since
+        if self.throttled_in_row >= self.fail_max and waited >= self.throttle_patience:
+            self.last_error = str(exc)
+            self.open_kind = "rate_limited"
+            self._refused = (
+                f"the endpoint answered every request with HTTP 429 for {waited:.0f}s "
+                f"({self.throttled_in_row} requests in a row, none answered; last: {exc}) - a spent quota or a "
+                "rate limit this run cannot wait out; check the key's quota and billing, lower --dspex-concurrency, "
+                "or wait longer with --dspex-rate-limit-patience"
+            )
+            self._cb.open()
+
+    def open_for_run(self, message: str, kind: str = "lm_unavailable") -> None:
         """Another process of this run found the endpoint down: fail fast here too (``message`` says why)."""
         if self._cb.current_state == pybreaker.STATE_OPEN:
             return
         self._run_message = message
+        self.open_kind = kind
         self._opening_for_run = True
         try:
             self._cb.open()
@@ -408,19 +452,23 @@ class Breaker:
         self._run_message = None
         self.refusals = 0
         self._refused = None
+        self.throttled_in_row = 0
+        self.open_kind = "lm_unavailable"
 
     def _closed(self) -> None:
         if not self._closing_for_run and self.on_closed is not None:
             self.on_closed()
 
     def open_error(self) -> CircuitOpenError:
-        """The error a call failing fast gets."""
-        return CircuitOpenError(self._message())
+        """The error a call failing fast gets (its ``kind`` says why: ``rate_limited`` or ``lm_unavailable``)."""
+        error = CircuitOpenError(self._message())
+        error.kind = self.open_kind
+        return error
 
     def may_retry(self, ticket: Ticket) -> bool:
         """May the call holding ``ticket`` make another attempt? Not once the breaker opened under it."""
         if ticket.trial:
-            return True
+            return ticket.generation == self._generation  # not once its own answer re-opened the breaker
         return ticket.generation == self._generation and self._cb.current_state == pybreaker.STATE_CLOSED
 
     async def pause(self, seconds: float, ticket: Ticket) -> None:
@@ -438,6 +486,8 @@ class Breaker:
 
     def done(self, ticket: Ticket, exc: BaseException | None) -> None:
         """Report the outcome of a logical call (``None``: it succeeded)."""
+        if exc is None:
+            self.throttled_in_row = 0  # the endpoint answered (whichever generation asked)
         if ticket.trial:
             self._trial_running = False
             if exc is not None and not _is_verdict(exc):
@@ -447,17 +497,21 @@ class Breaker:
         if exc is None:
             self.refusals = 0
             self._refused = None
+            self.open_kind = "lm_unavailable"
             if ticket.trial or self._cb.fail_counter:  # else nothing to reset: skip pybreaker's bookkeeping
                 self._cb.call(_noop)
             return
         if not _is_verdict(exc):
             return
+        if ticket.trial and _is_throttle(exc) and self.open_kind == "rate_limited":
+            return  # ``_throttled`` re-opened the breaker on this very answer
         if _refusal(exc):
             if self._refused is not None:
                 return  # ``refused`` opened the breaker on this very answer
         else:
             self.refusals = 0
             self._refused = None
+            self.open_kind = "lm_unavailable"
         if is_endpoint_failure(exc):
             self.failures += 1
             self.last_error = str(exc)
@@ -495,7 +549,8 @@ class Breaker:
         if self._run_message is not None:
             return self._run_message
         if self._refused is not None:
-            return f"LM endpoint {self.name} is unavailable: {self._refused}; failing fast for {self.reset_timeout:g}s"
+            state = "is rate limited" if self.open_kind == "rate_limited" else "is unavailable"
+            return f"LM endpoint {self.name} {state}: {self._refused}; failing fast for {self.reset_timeout:g}s"
         last = f" (last error: {self.last_error})" if self.last_error else ""
         return (
             f"LM endpoint {self.name} is unavailable: circuit breaker open after "

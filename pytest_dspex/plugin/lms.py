@@ -183,6 +183,7 @@ class SessionLMs:
             max_tokens=o.max_tokens,
             timeout=o.timeout,
             retries=o.retries,
+            rate_limit_patience=o.rate_limit_patience,
             concurrency=o.concurrency,
             cache=self._cache,
             budget=self.budget,

@@ -31,7 +31,14 @@ OPTIONS: list[tuple[str, str, Any, str]] = [
     ("max-tokens", "int", 256, "max tokens per LM answer"),
     ("concurrency", "int", 16, "LM requests in flight per endpoint for the whole run (xdist workers share it)"),
     ("timeout", "float", 120.0, "seconds to wait for one LM answer (servers that queue need more)"),
-    ("retries", "int", 3, "retries on 429/5xx/timeouts/transport errors"),
+    ("retries", "int", 3, "retries on 5xx/timeouts/transport errors/garbled bodies (a 429 has its own 10, after its Retry-After)"),
+    (
+        "rate-limit-patience",
+        "float",
+        60.0,
+        "seconds an endpoint may answer nothing but HTTP 429 (at least 5 requests in a row) before the run stops "
+        "waiting: the breaker opens and calls fail fast as 'rate limited' (a spent quota)",
+    ),
     ("cache-dir", "str", ".dspex_cache", "LM response cache directory (relative to rootdir)"),
     ("cache", "choice:on,off,read-only,replay", "on", "cache mode; 'replay' fails on a miss (offline CI)"),
     ("teacher-model", "str", None, "model used as the teacher while compiling (same endpoint)"),
@@ -238,6 +245,7 @@ class DspexOptions:
     select: str = "held-out"  # --dspex-select: held-out / in-sample
     baseline_draws: int = 0  # --dspex-baseline-draws (0 = auto, see baseline_draws_for)
     optimizer: str = DEFAULT_OPTIMIZER  # --dspex-optimizer: a name in optimize.registry
+    rate_limit_patience: float = 60.0  # --dspex-rate-limit-patience: seconds of nothing but 429 before failing fast
 
     @property
     def local(self) -> bool:
@@ -409,6 +417,8 @@ def _check(
             raise pytest.UsageError(f"--dspex-{name.replace('_', '-')} must be >= 0, got {values[name]}")
     if values["timeout"] <= 0:
         raise pytest.UsageError(f"--dspex-timeout must be > 0, got {values['timeout']}")
+    if values["rate_limit_patience"] < 0:
+        raise pytest.UsageError(f"--dspex-rate-limit-patience must be >= 0, got {values['rate_limit_patience']}")
     if not 0 <= values["tolerance"] <= 1:
         raise pytest.UsageError(f"--dspex-tolerance must be between 0 and 1, got {values['tolerance']}")
     if values["max_cost"] is not None and values["max_cost"] < 0:
