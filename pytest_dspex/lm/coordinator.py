@@ -73,6 +73,7 @@ class _Endpoint:
     seen: set[int] = field(default_factory=set)  # clients that asked about this endpoint (told its open breaker)
     breaker_until: float = 0.0  # monotonic: open until then
     breaker_message: str = ""
+    breaker_kind: str = "lm_unavailable"  # the error kind of its fast failures (``rate_limited``: 429s opened it)
     trips: int = 0
     trials: int = 0
     held_until: float = 0.0  # monotonic: the endpoint asked (Retry-After) for no request before then
@@ -229,7 +230,8 @@ class Coordinator:
         if cid not in ep.seen:  # a worker that starts late: told the run's breaker is open before it sends anything
             ep.seen.add(cid)
             if time.monotonic() < ep.breaker_until:
-                self._send(cid, {"op": "open", "ep": name, "message": ep.breaker_message, "reset": ep.breaker_until - time.monotonic()})
+                self._send(cid, {"op": "open", "ep": name, "message": ep.breaker_message, "reset": ep.breaker_until - time.monotonic(),
+                                "kind": ep.breaker_kind})
         if m.get("ok") or m.get("thr"):
             ep.observe(int(m.get("ok", 0)), int(m.get("thr", 0)))
         if op == "want":
@@ -276,6 +278,7 @@ class Coordinator:
         ep.trips += 1
         ep.breaker_until = now + reset
         ep.breaker_message = message
+        ep.breaker_kind = kind
         self._tell_others(cid, {"op": "open", "ep": name, "message": message, "reset": reset, "kind": kind})
 
     def _tell_others(self, cid: int, message: dict[str, Any]) -> None:
