@@ -290,3 +290,20 @@ def test_a_cache_mode_by_name_works_and_bad_arguments_are_clear_errors(server, t
             dspex.LM("fake-model", base_url=server.base_url, api_key="k", **kwargs)
     with pytest.raises(dspex.ConfigError, match="model must be a model name"):
         dspex.LM(None, base_url=server.base_url, api_key="k")  # type: ignore[arg-type]
+
+
+def test_cache_keys_are_those_earlier_versions_wrote():
+    """A cache recorded by an earlier version keeps hitting: the key is the SHA-256 of the request's
+    canonical JSON (keys sorted, compact, non-ASCII as it is, other objects as their str)."""
+    import datetime
+    import hashlib
+
+    from pytest_dspex.lm.cache import cache_key
+
+    request = {
+        "endpoint": "http://127.0.0.1:8000/v1",
+        "body": {"model": "m", "messages": [{"role": "user", "content": "héllo ☃"}], "temperature": 0.0, "when": datetime.date(2026, 1, 2)},
+        "rollout": None,
+    }
+    canonical = '{"body":{"messages":[{"content":"héllo ☃","role":"user"}],"model":"m","temperature":0.0,"when":"2026-01-02"},"endpoint":"http://127.0.0.1:8000/v1","rollout":null}'
+    assert cache_key(request) == hashlib.sha256(canonical.encode()).hexdigest()

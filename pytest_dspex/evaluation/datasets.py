@@ -78,6 +78,10 @@ def _canonical(value: Any) -> Any:
     return str(value)
 
 
+#: the keys' JSON (``json.dumps`` with these options), the encoder made once rather than per example
+_KEY_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_canonical)
+
+
 def example_key(example: Example | Mapping[str, Any]) -> str:
     """The stable key of an example: its ``id`` when it has one, else a hash of its inputs.
 
@@ -103,7 +107,7 @@ def label_hash(example: Example | Mapping[str, Any]) -> str:
     score its old label earned."""
     keys = example.input_keys if isinstance(example, Example) else None
     labels = {k: v for k, v in example.items() if k != "id" and (keys is None or k not in keys)}
-    text = json.dumps(labels, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_canonical)
+    text = _KEY_JSON.encode(labels)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
@@ -117,7 +121,7 @@ def _key_of(example: Example | Mapping[str, Any], input_keys: tuple[str, ...] | 
     if ident is not None:
         return str(ident)
     inputs = {k: example[k] for k in input_keys if k in example} if input_keys is not None else dict(example.items())
-    text = json.dumps(inputs, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_canonical)
+    text = _KEY_JSON.encode(inputs)
     return "h:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 

@@ -54,8 +54,13 @@ MODES = ("on", "off", "read-only", "replay")
 logger = logging.getLogger("pytest_dspex.cache")
 
 
+#: ``json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)``,
+#: made once (``dumps`` with options builds an encoder per call: ~0.7 µs of a replayed example's ~80)
+_KEY_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
 def cache_key(request: dict[str, Any]) -> str:
-    blob = json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    blob = _KEY_JSON.encode(request)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
