@@ -108,7 +108,7 @@ def case_bootstrap(url: str, n: int) -> dict:
     compiled = opt.compile(program(lm), trainset=dev(n))
     wall = time.perf_counter() - t0
     demos = [d for d in compiled.demos if d.get("augmented")] if hasattr(compiled, "demos") else []
-    return {"wall_s": wall, "calls": lm.usage.calls, "passed": opt.report.passed, "bootstrapped": len(demos)}
+    return {"wall_s": wall, "calls": lm.usage.calls, "passed": opt.report.passed, "bootstrapped": len(demos), "waits": opt.report.waits}
 
 
 def case_import_use() -> dict:
