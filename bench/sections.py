@@ -91,9 +91,10 @@ def vs_dspy(ctx: Any) -> list[str]:
         f", DSPy {sorted({r['bootstrapped'] for r in theirs})}" + ("" if same else " — **differ**") if theirs else ""
     )
     calls_o, calls_t = max(r["calls"] for r in ours), (max(r["calls"] for r in theirs) if theirs else None)
-    waits = sorted({r.get("waits") for r in ours if r.get("waits") is not None})
+    waited = sorted({r["waits"] for r in ours if r.get("waits") is not None})
+    waits = f" in {', '.join(map(str, waited))} waits for answers" if waited else ""
     rows.append(f"| BootstrapFewShot, 50 train, 50 ms, 1 in 20 passes (LM built before the timer, both) | {spread(o)} s, "
-                f"{calls_o} calls{f' in {waits} waits for answers' if waits else ''} | {spread(t) + f' s, {calls_t} calls' if t else '-'} | "
+                f"{calls_o} calls{waits} | {spread(t) + f' s, {calls_t} calls' if t else '-'} | "
                 f"{f'{statistics.median(o) / statistics.median(t):.3f}x the time' if t else '-'} | {checks} |")  # fmt: skip
     if t:
         r = statistics.median(o) / statistics.median(t)
