@@ -3,7 +3,8 @@ exceeds the budget says so once, after collection and before any LM call.
 
 The estimate is ``--dspex-estimate``'s: each selected dspex test's program runs on its examples
 against the response cache only (``LM(estimate=True)``: a request the cache cannot answer is
-counted, never sent), a compiled program counts its compile plan's calls before the cache. Only
+counted, never sent), a compiled program counts its compile plan's calls before the cache; a
+program with a predictor holding an LM of its own is left out (that LM would be called). Only
 done when a budget is set (and not for the embedded model, which costs nothing). Under xdist the
 controller does not collect: worker ``gw0`` works it out and leaves the line for the controller
 (``xdist.write_budget_notice``), which prints it as that worker's collection arrives.
@@ -81,6 +82,8 @@ def _estimate(dspex: DspexSession, tests: dict[str, tuple[Any, list[int] | None]
                         continue
                     path = dspex.golden_path(Path(node.path), spec.name)
                     program = dspex._load(spec, path).program
+                    if any(getattr(p, "lm", None) is not None for _, p in program.named_predictors()):
+                        continue  # an LM of its own would be called: not estimated up front
                     examples = dspex.dataset(marked[0], spec.input_keys, marked[1]).examples
                 except (pytest.fail.Exception, Exception):  # the test itself says what is wrong
                     continue
