@@ -237,6 +237,53 @@ class TestIncompleteRuns:
         data = report(pytester)
         assert data["passed"] is False and data["programs"][0]["verdict"]["kind"] == "incomplete"
 
+    def test_a_crash_while_a_chunk_is_evaluated_names_its_examples_and_is_incomplete(self, pytester, server):
+        """Trial 6 #12: a metric that kills the worker on one example blamed the chunk's first item, then the
+        next on each replacement worker (9 innocent examples), until xdist gave up: no table, no "incomplete"
+        line, and the JSON report said ``"complete": true, "programs": []``."""
+        crashing = TRIAGE_PROGRAM.replace(
+            "def team_matches(example, prediction, trace=None):\n",
+            "def team_matches(example, prediction, trace=None):\n    if example.id == 'dev-0013':\n        import os; os._exit(1)\n",
+        ) + EACH_TEST[len(TRIAGE_PROGRAM):]  # fmt: skip
+        project(pytester, threshold=0.4, source=crashing)
+        # chunks of 8 examples (concurrency 2): dev-0013 is in the second, dev-0008..dev-0015
+        result = run(pytester, server, "-n", "2", "-p", "no:cacheprovider", "--dspex-concurrency=2", "--dspex-report=r.json")
+        assert result.ret == pytest.ExitCode.TESTS_FAILED
+        out = result.stdout.str()
+        assert out.count("replacing crashed worker") == 1 and "maximum crashed workers" not in out  # no cascade
+        result.stdout.fnmatch_lines([
+            "worker 'gw*' crashed while evaluating one of dev-0008–dev-0015 (8 examples evaluated together; not run again)",
+            "triage*per-example*incomplete*",
+            "*incomplete: 32 of 40 examples ran (worker 'gw*' crashed while evaluating one of dev-0008–dev-0015*",
+        ])  # fmt: skip
+        outcomes = result.parseoutcomes()
+        assert outcomes["failed"] == 1 and outcomes["passed"] + outcomes["missed"] == 33  # 32 examples and test_other
+        data = report(pytester)
+        assert data["passed"] is False and data["complete"] is False
+        assert "dev-0008–dev-0015" in data["stopped"]
+        assert data["programs"][0]["verdict"]["kind"] == "incomplete" and data["programs"][0]["n"] == 32
+        # the whole dataset in one chunk: not one record, still said, and the report is not complete
+        result = run(pytester, server, "-n", "2", "-p", "no:cacheprovider", "--dspex-report=r.json")
+        assert result.ret == pytest.ExitCode.TESTS_FAILED
+        result.stdout.fnmatch_lines([
+            "dspex gate INCOMPLETE for test_triage.py::test_solve_each: incomplete: 0 of 40 examples ran "
+            "(worker 'gw*' crashed while evaluating one of dev-0000–dev-0039 (40 examples*); no gate verdict",
+        ])  # fmt: skip
+        data = report(pytester)
+        assert data["passed"] is False and data["complete"] is False and data["programs"] == []
+
+    @pytest.mark.parametrize("mode", list(MODES))
+    def test_a_collection_error_is_never_a_complete_report(self, pytester, server, mode):
+        """Trial 6 #12: a run stopped by a collection error wrote ``"complete": true``."""
+        project(pytester, threshold=0.4)
+        pytester.makepyfile(test_broken="undefined_name\n")
+        result = run(pytester, server, *MODES[mode], "-p", "no:cacheprovider", "--dspex-report=r.json")
+        # pytest stops at a collection error; xdist runs the other tests (and may pass them)
+        assert result.ret == (pytest.ExitCode.INTERRUPTED if mode == "no-xdist" else pytest.ExitCode.TESTS_FAILED)
+        data = report(pytester)
+        assert data["complete"] is False and data["passed"] is False
+        assert data["stopped"] == "a collection error in test_broken.py: not every test ran"
+
     def test_an_interrupted_run_never_overwrites_a_report(self, pytester, server):
         """Issue 19: Ctrl-C overwrote an existing report with ``"passed": true, "programs": []``."""
         interrupt_first = "def test_0_interrupt():\n    raise KeyboardInterrupt\n\n" + EACH_TEST

@@ -95,6 +95,12 @@ class _ControllerHooks:
                     self.last_items[test] = (index, report.nodeid)
 
 
+    @pytest.hookimpl
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:  # under xdist, each worker's collection errors are reported here too
+            self.collector.collect_errors.add(report.nodeid or ".")
+
+
 def _payload(report: Any) -> dict[str, Any] | None:
     """The dspex payload a test report carries (``pytest_runtest_makereport``), decoded if a worker sent it."""
     payload = getattr(report, "dspex", None)
@@ -106,6 +112,22 @@ class _XdistHooks:
 
     def __init__(self, session: DspexSession) -> None:
         self.session = session
+
+    @pytest.hookimpl
+    def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport, sched: Any) -> None:
+        """A worker died on a per-example item: name what was in flight (``xdist.crash_of``)."""
+        from .xdist import crash_of, read_chunks
+
+        worker = getattr(getattr(report, "node", None), "workerinput", {}).get("workerid", "?")
+        chunks = read_chunks(self.session.state_dir(), self.session.run_id)
+        in_flight = getattr(sched, "in_flight", {}).get(crashitem)  # ``ChunkScheduling``: a chunk's evaluation
+        crash = crash_of(crashitem, worker, chunks, list(getattr(sched, "collection", None) or ()), in_flight)
+        if crash is None:
+            return
+        report.longrepr = crash.text
+        collector = self.session.config.stash.get(_collector_key, None)
+        if collector is not None:
+            collector.crashes.setdefault(crash.test, []).append((crash.text, crash.total))
 
     @pytest.hookimpl
     def pytest_configure_node(self, node: Any) -> None:
@@ -229,7 +251,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         exitstatus = pytest.ExitCode.INTERRUPTED
     try:
         if collector is not None:
-            failed = collector.finish(_stopped(session, exitstatus))
+            failed = collector.finish(_stopped(session, exitstatus, collector))
             if dspex.options.estimate:
                 return  # an estimate: no gate, no golden, no report (the summary prints what a run would cost)
             for run in collector.runs.values() if collector.shard is None else ():  # a shard defers its gate
@@ -257,8 +279,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             remove_usage_errors(folder, dspex.run_id)
 
 
-def _stopped(session: pytest.Session, exitstatus: int) -> str:
+def _stopped(session: pytest.Session, exitstatus: int, collector: Any) -> str:
     """Why the session ended before every selected test ran ("" when it did not, as far as pytest knows)."""
+    if collector.collect_errors:  # pytest stops there; xdist runs the rest: either way, not every test ran
+        errors = sorted(collector.collect_errors)
+        more = f" and {len(errors) - 1} more" if len(errors) > 1 else ""
+        return f"a collection error in {errors[0]}{more}: not every test ran"
+    crashed = str(collector.crash_reason())
+    if crashed:
+        return crashed
     if exitstatus == pytest.ExitCode.INTERRUPTED:
         return "the run was interrupted"
     for reason in (session.shouldfail, session.shouldstop):
@@ -303,11 +332,14 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             tr.write_line(text, **markup)
         return
     _misses(tr)
-    if not rows and not collector.goldens and not collector.report_problems:
+    unjudged = collector.unjudged_crashes()
+    if not rows and not collector.goldens and not collector.report_problems and not unjudged:
         return
     tr.write_sep("=", "dspex")
     for line in format_table(rows) if rows else ():
         tr.write_line(line)
+    for line in unjudged:  # a crash left a per-example test without one record: no row, still said
+        tr.write_line(line, yellow=True)
     # a failed gate is a failed test whose sentence is under FAILURES: said there, once (unless --tb=no hides it)
     shown_above = config.getoption("tbstyle", "auto") != "no"
     said = set()

@@ -122,6 +122,10 @@ class Collector:
         self.test_files: set[str] = set()
         #: reports that could not be written at session end: (line, is_error), shown under the table
         self.report_problems: list[tuple[str, bool]] = []
+        #: crashed xdist workers, per per-example test: (what was in flight, how many items the test has)
+        self.crashes: dict[str, list[tuple[str, int]]] = {}
+        self.collect_errors: set[str] = set()  # node ids of the collection errors seen
+        self.stopped = ""  # why the session ended before every selected test ran ("" if it did not)
 
     def add(self, nodeid: str, fspath: str, data: Mapping[str, Any], location: tuple[str, int | None] | None = None) -> None:
         payload = Payload.from_json(data)
@@ -179,9 +183,24 @@ class Collector:
             return
         self.golden_writes[rel] = {"outcome": written.outcome, "reason": written.reason}
 
+    def crash_reason(self) -> str:
+        """What crashed workers cut short, in one phrase ("" when none crashed)."""
+        return "; ".join(text for crashes in self.crashes.values() for text, _ in crashes)
+
+    def unjudged_crashes(self) -> list[str]:
+        """A sentence per per-example test a crash left without a single record (so without a verdict)."""
+        out = []
+        for test, crashes in self.crashes.items():
+            if test not in self.runs:
+                total = max(n for _, n in crashes)
+                why = "; ".join(text for text, _ in crashes)
+                out.append(f"dspex gate INCOMPLETE for {test}: incomplete: 0 of {total} examples ran ({why}); no gate verdict")
+        return out
+
     def finish(self, stopped: str = "") -> list[PerExampleRun]:
         """Judge every per-example run; the ones that fail the session (an incomplete run does, unless the
         user selected a part of its examples). ``stopped``: why the session ended early, if it did."""
+        self.stopped = stopped
         return [run for run in self.runs.values() if not run.judge(stopped=stopped).passed and not run.selection]
 
     def all_rows(self) -> list[dict[str, Any]]:
@@ -216,4 +235,5 @@ def report_json(collector: Collector, *, model: dict[str, Any] | None, shard: di
         model=model,
         shard=shard,
         root=collector.rootpath,
+        stopped=collector.stopped,
     ).to_json()

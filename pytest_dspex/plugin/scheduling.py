@@ -29,6 +29,33 @@ class ChunkScheduling(LoadScheduling):  # type: ignore[misc]  # xdist is untyped
         self._run_id = run_id
         self._state_dir = state_dir  # the session's private folder, where the workers left their chunk maps
         self._chunk_at: list[str | None] | None = None
+        self._done: set[tuple[Any, str]] = set()  # (node, chunk) of which the node completed an item
+        #: crashed item -> the node ids of its chunk's evaluation the crash cut short (read by the crash hook)
+        self.in_flight: dict[str, list[str]] = {}
+
+    def mark_test_complete(self, node: Any, item_index: int, duration: float = 0) -> None:
+        chunk = self._chunk_at[item_index] if self._chunk_at is not None else None
+        if chunk is not None:
+            self._done.add((node, chunk))
+        super().mark_test_complete(node, item_index, duration)
+
+    def remove_node(self, node: Any) -> str | None:
+        """A crashed node's chunk whose evaluation was under way is not sent elsewhere.
+
+        A chunk's examples are evaluated together in a worker's first item of the chunk, so a crash
+        there is one of the chunk's examples (a native crash, ``os._exit`` in a metric), and xdist names
+        that first item. Sent to another worker, the rest of the chunk would crash it and blame the next
+        example, until xdist's restarts run out and the whole run is lost. They are left unrun instead
+        (the per-example test is then incomplete: k of n examples ran) and named in the crash report."""
+        pending = self.node2pending.get(node) or []
+        chunk_at, collection = self._chunk_at, self.collection
+        if pending and chunk_at is not None and collection is not None:
+            chunk = chunk_at[pending[0]]
+            if chunk is not None and (node, chunk) not in self._done:
+                rest = [i for i in pending if chunk_at[i] == chunk]
+                self.node2pending[node] = [pending[0], *(i for i in pending if chunk_at[i] != chunk)]
+                self.in_flight[collection[pending[0]]] = [collection[i] for i in rest]
+        return super().remove_node(node)  # type: ignore[no-any-return]
 
     # ``_send_tests`` is xdist's own (underscored) step that hands ``num`` pending tests to a node;
     # it is overridden because xdist has no public way to shape a batch: its public extension point

@@ -16,12 +16,16 @@ in a shared folder of the temporary directory.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from .._support.private import read_private, remove_private, write_private
 
 __all__ = [
+    "Crash",
     "chunk_file",
+    "crash_of",
     "read_budget_notice",
     "read_chunks",
     "read_usage_error",
@@ -92,3 +96,38 @@ def read_budget_notice(folder: Path, run_id: str) -> str | None:
     if message is not None:
         remove_private(path)
     return message
+
+
+@dataclass
+class Crash:
+    """A worker that died while running a per-example item (``crash_of``)."""
+
+    test: str  # the per-example test (``<module>::<function>``)
+    text: str  # "worker 'gw0' crashed while evaluating one of …"
+    total: int  # how many items the test has in this collection
+
+
+def _param(nodeid: str) -> str:
+    return nodeid[nodeid.index("[") + 1 : -1] if nodeid.endswith("]") and "[" in nodeid else nodeid
+
+
+def crash_of(
+    crashitem: str, worker: str, chunks: Mapping[str, str], collection: Sequence[str], in_flight: Sequence[str] | None
+) -> Crash | None:
+    """What a worker's crash on ``crashitem`` cut short, or None when it is no per-example item.
+
+    ``in_flight``: the items of a chunk whose evaluation the crash cut short (``ChunkScheduling``
+    does not run them again, see there), else None: the crash is the named item's own.
+    """
+    if crashitem not in chunks:
+        return None
+    test = crashitem.split("[", 1)[0]
+    total = sum(1 for n in collection if n in chunks and n.split("[", 1)[0] == test)
+    if not in_flight or len(in_flight) == 1:
+        return Crash(test, f"worker {worker!r} crashed while running {_param(crashitem)}", total)
+    first, last = _param(in_flight[0]), _param(in_flight[-1])
+    text = (
+        f"worker {worker!r} crashed while evaluating one of {first}–{last} ({len(in_flight)} examples "
+        "evaluated together; not run again)"
+    )
+    return Crash(test, text, total)

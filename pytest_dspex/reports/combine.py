@@ -276,6 +276,9 @@ def combine(
                 raise CombineError(f"{report_names[i]}: {_label(key)} appears twice")
             seen.add(key)
             groups.setdefault(key, []).append((i, shard_index, entry))
+    for name, r in zip(report_names, reports, strict=True):
+        if r.get("stopped"):  # the session ended early (a crashed worker, a collection error, ...): not whole
+            raise CombineError(f"{name}: the run stopped early ({r['stopped']}); run that shard whole before combining")
     for key, parts in groups.items():
         # a shard may hold none of a small dataset's examples; without the dataset's size to prove
         # that nothing is missing, a program absent from a shard is an error

@@ -38,6 +38,9 @@ class RunDocument:
     rootdir: str = "."
     git_commit: str | None = None
     combined: dict[str, int] | None = None  # a combine's {"shards": N, "reports": M}
+    #: why the session ended before every selected test ran (a crashed worker, a collection error,
+    #: an interruption, -x), or None: such a run is never ``complete``, whatever its programs say
+    stopped: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -50,6 +53,7 @@ class RunDocument:
         model: Mapping[str, Any] | None,
         shard: Mapping[str, int] | None,
         root: Path,
+        stopped: str | None = None,
     ) -> RunDocument:
         """This process's run: created now, at the rootdir's git commit, by this plugin version."""
         from .._support.version import __version__
@@ -62,21 +66,25 @@ class RunDocument:
             shard=dict(shard) if shard is not None else None,
             plugin_version=__version__,
             git_commit=git_commit(root),
+            stopped=stopped or None,
         )
 
     def merged(self, programs: list[dict[str, Any]], *, goldens: dict[str, dict[str, Any]], unused_goldens: list[str], combined: dict[str, int]) -> RunDocument:
         """The document ``combine`` writes: this (the first shard's) run's metadata, the merged programs."""
         return replace(
-            self, programs=programs, goldens=goldens, unused_goldens=unused_goldens, shard=None, combined=combined, created=_now()
+            self, programs=programs, goldens=goldens, unused_goldens=unused_goldens, shard=None, combined=combined, created=_now(), stopped=None
         )
 
     @property
     def passed(self) -> bool:
-        """A gate passes only from programs that ran whole; a run that evaluated nothing passed nothing."""
-        return bool(self.programs) and all((r.get("verdict") or {}).get("passed") for r in self.programs)
+        """A gate passes only from programs that ran whole; a run that evaluated nothing passed nothing,
+        and a session that stopped early (``stopped``) passed nothing either."""
+        return not self.stopped and bool(self.programs) and all((r.get("verdict") or {}).get("passed") for r in self.programs)
 
     @property
     def complete(self) -> bool:
+        if self.stopped:
+            return False
         return not any((r.get("verdict") or {}).get("kind") == "incomplete" for r in self.programs)
 
     def to_json(self) -> dict[str, Any]:
@@ -88,6 +96,7 @@ class RunDocument:
             "model": self.model,
             "passed": self.passed,
             "complete": self.complete,
+            "stopped": self.stopped,
             "shard": self.shard,
             "programs": self.programs,
             "goldens": self.goldens,
