@@ -251,3 +251,26 @@ def test_a_noisy_baseline_judges_an_improvement_the_same_way():
     c = compare(base, better)
     # p is never below alpha / 5: the share of baselines allowed to be luckier than the allowance
     assert c.verdict == "improved" and c.p_value == pytest.approx(0.01) and c.delta > 0.1
+
+
+def test_against_a_noisy_baseline_only_examples_whose_draws_agreed_count_as_fixed_or_regressed():
+    """Trial 6 #11: an unchanged program against a baseline of 8 draws (15% refusals) said "no change …
+    10 regressed, 41 fixed" every run: each example above its graded draw mean counted as fixed."""
+    import random
+
+    rng = random.Random(6)
+    keys = [f"d{i}" for i in range(60)]
+    base = {k: _draws(rng, 0.85, 8) for k in keys}
+    stable_right = {k for k, v in base.items() if min(v) == 1.0}
+    for _ in range(6):
+        run = {k: _draws(rng, 0.85, 1)[0] for k in keys}
+        c = compare(base, run)
+        assert c.test == "paired-noisy-baseline" and c.verdict == "no change"
+        assert not c.fixes  # nothing can be fixed that was right in every draw (and no other example counts)
+        assert set(c.regressions) == {k for k in stable_right if run[k] == 0.0}
+        assert len(c.regressions) <= 8, c.summary()
+        assert "regressed" in c.summary() and "(of the examples whose baseline draws agreed)" in c.summary()
+    # a stably-wrong example now right is a fix; a stably-right one now wrong a regression
+    base2 = {**base, "d0": [0.0] * 8, "d1": [1.0] * 8}
+    c = compare(base2, {**{k: base[k][0] for k in keys}, "d0": 1.0, "d1": 0.0})
+    assert "d0" in c.fixes and "d1" in c.regressions

@@ -2,7 +2,8 @@
 
     cmp = compare(golden_outcomes, run_outcomes, alpha=0.05, tolerance=0.05)
     cmp.verdict        # "regressed" | "improved" | "no change"
-    cmp.regressions    # keys that went pass -> fail (or whose graded score dropped)
+    cmp.regressions    # keys that went pass -> fail (or whose graded score dropped; against a noisy
+                       # baseline, only keys whose baseline draws all agreed)
 
 Both sides map example keys (``datasets.example_key``) to scores in [0, 1]; a value may also be a
 list of per-repeat scores, whose mean is the example's score. Only keys present on both sides are
@@ -109,8 +110,9 @@ class Comparison:
             return text
         text = (
             f"{self.verdict}: delta {self.delta:+.3f} (95% CI {lo:+.3f}..{hi:+.3f}), p={_fmt_p(self.p_value)} "
-            f"[{self.test}], {len(self.regressions)} regressed, {len(self.fixes)} fixed, "
-            f"{self.shared} shared examples"
+            f"[{self.test}], {len(self.regressions)} regressed, {len(self.fixes)} fixed"
+            + (" (of the examples whose baseline draws agreed)" if self.test == "paired-noisy-baseline" else "")
+            + f", {self.shared} shared examples"
         )
         if self.underpowered and self.needed_n is not None:
             text += f"; underpowered: needs n >= {self.needed_n} to detect a drop of {self.tolerance:g}"
@@ -239,9 +241,13 @@ def compare(
             noisy_verdict = "regressed"
         elif p < alpha and delta > 0:
             noisy_verdict = "improved"
+        # fixed / regressed: only an example whose baseline draws all agreed can flip; against a graded
+        # mean, every example would count as above or below it (an unchanged program: "41 fixed")
+        stable = {i for i in range(n) if noise[i][0] == 0}
         return Comparison(
             delta, ci, p, noisy_verdict,
-            [keys[i] for i in order if diffs[i] < 0], [keys[i] for i in reversed(order) if diffs[i] > 0],
+            [keys[i] for i in order if diffs[i] < 0 and i in stable],
+            [keys[i] for i in reversed(order) if diffs[i] > 0 and i in stable],
             test="paired-noisy-baseline", **common,
         )  # fmt: skip
     if binary:
