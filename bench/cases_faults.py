@@ -14,6 +14,9 @@
   concurrency (32) is set — retries 3 with a 0.1 s full-jitter backoff base, ``hedge_after="auto"``
   (a request unanswered after max(0.1 s, 2 × the recent p95 latency) gets a duplicate), timeout 120 s.
   The hedge count of the fault-free run is reported too: it must be ~0.
+* quota: 60 examples against an endpoint answering 429 (``Retry-After: 2``) to every request — a spent
+  quota (TRIAL finding 2), library defaults: time and requests until every example is accounted for,
+  and their error kinds (all ``rate_limited``; before, the run was still waiting after 10 minutes).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).parent
-INFRA = {"lm_unavailable", "lm_timeout", "lm_http", "lm_response", "budget", "cache_miss", "timeout"}
+INFRA = {"lm_unavailable", "lm_timeout", "lm_http", "rate_limited", "lm_response", "budget", "cache_miss", "timeout"}
 
 
 def _dev(n: int):
@@ -92,6 +95,30 @@ def _case(name: str, **args: object) -> dict:
     return run_case(sys.executable, "cases_faults.py", name, **args)
 
 
+def case_quota(url: str, n: int) -> dict:
+    import urllib.request
+
+    import pytest_dspex as dspex
+
+    lm = dspex.LM("fake", base_url=url, api_key="bench", cache=None, concurrency=16)
+    wall, res = _run(lm, n, 16)
+    with urllib.request.urlopen(url + "/_counts") as answer:  # the bench server on 127.0.0.1
+        counts = json.loads(answer.read())
+    return {"n": res.n, "wall_s": wall, "kinds": res.errors_by_kind, "requests": counts["requests"], "trips": lm.breaker.trips}
+
+
+def quota_row(n: int = 60) -> tuple[str, ...]:
+    server, url = _server(0.0, {"http_429": 1.0, "retry_after": 2})
+    try:
+        r = _case("quota", url=url, n=n)
+    finally:
+        server.kill()  # type: ignore[attr-defined]
+        server.wait()  # type: ignore[attr-defined]
+    return (f"endpoint answering 429 (Retry-After 2 s) to everything, {n} examples, defaults",
+            f"{r['n']} accounted in {r['wall_s']:.1f} s, {r['requests']} requests ({r['kinds']})",
+            "-", "every example rate_limited, ≤ 90 s", f"breaker trips {r['trips']}; before: still waiting after 10 min")  # fmt: skip
+
+
 def _server(latency: float, faults: dict) -> tuple[object, str]:
     sys.path.insert(0, str(HERE))
     from common import start_server
@@ -153,7 +180,7 @@ def main() -> None:
         print(json.dumps(globals()[f"case_{sys.argv[1]}"](**json.loads(sys.argv[2]))))
         return
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["degraded", "dead", "timing"])
+    ap.add_argument("--only", choices=["degraded", "dead", "timing", "quota"])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seeds", type=int, default=20)
     args = ap.parse_args()
@@ -164,6 +191,8 @@ def main() -> None:
         rows.append(dead_row())
     if args.only in (None, "timing"):
         rows.append(timing_row(repeat=args.repeat))
+    if args.only in (None, "quota"):
+        rows.append(quota_row())
     for row in rows:
         print("| " + " | ".join(row) + " |", flush=True)
 
@@ -175,8 +204,8 @@ if __name__ == "__main__":
 def section(ctx: Any) -> list[str]:
     """bench/run.py section: the three fault rows, each target checked from its figures."""
     seeds, repeat = (5, 1) if ctx.fast else (20, 3)
-    rows = [degraded_row(seeds), dead_row(), timing_row(repeat=repeat)]
-    deg, dead, timing = rows
+    rows = [degraded_row(seeds), dead_row(), timing_row(repeat=repeat), quota_row()]
+    deg, dead, timing, quota = rows
     worst = float(deg[1].split("worst seed ")[1].split("%")[0]) / 100
     ctx.target(f"degraded endpoint, worst of {seeds} seeds: infrastructure errors", f"{worst:.1%}", "≤ 1.5%", worst <= 0.015)
     dead_s = float(dead[1].split(" in ")[1].split(" s")[0])
@@ -184,6 +213,10 @@ def section(ctx: Any) -> list[str]:
     ratios = [float(r) for r in timing[1].replace("x", "").split(" / ")]
     med = statistics.median(ratios)
     ctx.target("fault run vs fault-free (median)", f"x{med:.2f} ({timing[1]})", "≤ 1.5x", med <= 1.5)
+    quota_s = float(quota[1].split(" in ")[1].split(" s")[0])
+    only_rate_limited = quota[1].endswith("({'rate_limited': 60})")
+    ctx.target("endpoint refusing everything with 429, 60 examples accounted", quota[1], "all rate_limited, ≤ 90 s",
+               only_rate_limited and quota_s <= 90)  # fmt: skip
     return ["| what | pytest-dspex | target | notes |", "|---|---|---|---|"] + [
         f"| {r[0]} | {r[1]} | {r[3]} | {r[4]} |" for r in rows
     ]
