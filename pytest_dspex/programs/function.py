@@ -128,7 +128,7 @@ def client_lm_error(exc: BaseException, hint: str = "") -> LMError | None:
     """The LM error a client library's exception stands for (or one in its cause chain), else None.
 
     Known by class name and module alone, so no optional package is imported: a connection error
-    is ``lm_unavailable``, a timeout ``lm_timeout``, a 429 or 5xx status ``lm_http``; anything else
+    is ``lm_unavailable``, a timeout ``lm_timeout``, a 429 ``rate_limited``, a 5xx ``lm_http``; anything else
     (a 400, a bug in the code) stays the program's. ``hint`` starts the message.
     """
     seen: set[int] = set()
