@@ -264,6 +264,8 @@ class TestOptionsAndMarkers:
             (["--dspex-force"], "*--dspex-force only makes sense with --dspex-compile or --dspex-rebaseline*"),
             (["--dspex-model=local", "--dspex-base-url=http://127.0.0.1:1/v1"], "*conflicts with --dspex-base-url*"),
             (["--dspex-concurrency=0"], "*--dspex-concurrency must be >= 1*"),
+            (["--dspex-max-calls=-3"], "*--dspex-max-calls must be >= 0, got -3*"),
+            (["--dspex-max-cost=-1"], "*--dspex-max-cost must be >= 0, got -1*"),
             (["--dspex-tolerance=3"], "*--dspex-tolerance must be between 0 and 1*"),
             (["--dspex-compile", "tests/"], "*--dspex-compile took 'tests/' as a program name*"),
             (["--dspex-base-url", "htp:/nowhere"], "*--dspex-base-url / dspex_base_url: 'htp:/nowhere' is not an http(s) URL*"),
@@ -344,6 +346,9 @@ class TestOutputs:
         stale.write_text((pytester.path / "__dspex__/test_triage/triage.json").read_text())
         result = run(pytester, fake, mode)
         result.stdout.fnmatch_lines(["*golden unused: __dspex__/test_triage/old_program.json*"])
+        # under -k its test may only have been deselected: not called unused (trial 6 #10)
+        result = run(pytester, fake, mode, "-k", "test_triage_each")
+        assert result.ret == 0 and "golden unused" not in result.stdout.str()
 
     def test_hooks_observe_lm_calls_and_gates(self, pytester, project, server_factory, mode):
         server = server_factory(make_responder(zero_shot_ok=True))

@@ -70,6 +70,12 @@ def pytest_configure(config: pytest.Config) -> None:
             Path(config.rootpath), shard=session.options.shard, force=session.options.force, state_dir=session.state_dir
         )
         config.stash[_collector_key] = collector
+        # a deliberate selection: a golden whose test was only deselected is not "unused"
+        o = config.option
+        collector.selection = bool(
+            getattr(o, "keyword", "") or getattr(o, "markexpr", "") or getattr(o, "deselect", None)
+            or getattr(o, "lf", False) or any("::" in str(a) for a in config.args)
+        )  # fmt: skip
         config.pluginmanager.register(_ControllerHooks(collector), "dspex-controller")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(session), "dspex-xdist")

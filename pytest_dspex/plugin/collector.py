@@ -124,6 +124,7 @@ class Collector:
         self.report_problems: list[tuple[str, bool]] = []
         #: crashed xdist workers, per per-example test: (what was in flight, how many items the test has)
         self.crashes: dict[str, list[tuple[str, int]]] = {}
+        self.selection = False  # -k, -m, --deselect, --lf or node ids: some tests were deselected
         self.collect_errors: set[str] = set()  # node ids of the collection errors seen
         self.stopped = ""  # why the session ended before every selected test ran ("" if it did not)
 
@@ -207,7 +208,10 @@ class Collector:
         return self.rows + [run.row() for run in self.runs.values() if run.verdict is not None]
 
     def unused_goldens(self) -> list[str]:
-        """Golden files beside the test files that ran which no test used (like syrupy's unused)."""
+        """Golden files beside the test files that ran which no test used (like syrupy's unused); none
+        under a selection (``-k`` …): the test of a golden may only have been deselected."""
+        if self.selection:
+            return []
         used = set(self.goldens)
         unused = []
         dirs = {Path(f).parent / "__dspex__" for f in self.test_files}

@@ -421,6 +421,8 @@ def _check(
         raise pytest.UsageError(f"--dspex-rate-limit-patience must be >= 0, got {values['rate_limit_patience']}")
     if not 0 <= values["tolerance"] <= 1:
         raise pytest.UsageError(f"--dspex-tolerance must be between 0 and 1, got {values['tolerance']}")
+    if values["max_calls"] is not None and values["max_calls"] < 0:  # -3 behaved as 0: every example an LM error
+        raise pytest.UsageError(f"--dspex-max-calls must be >= 0, got {values['max_calls']}")
     if values["max_cost"] is not None and values["max_cost"] < 0:
         raise pytest.UsageError(f"--dspex-max-cost must be >= 0, got {values['max_cost']}")
     _check_budget(values)
