@@ -151,12 +151,28 @@ def test_labeled_few_shot_is_seeded():
     assert a.demos == b.demos and len(a.demos) == 4
 
 
-def test_bad_metric_values_in_bootstrap_count_as_failures(server_factory, make_lm):
+def test_a_metric_raising_on_some_teacher_runs_counts_them_as_failures(server_factory, make_lm):
+    server = server_factory(picky_responder(set(range(10))))
+
+    def metric(example, prediction, trace=None):
+        if example.message.startswith("case 0:"):
+            raise ZeroDivisionError("division by zero")
+        return example.team == prediction.team
+
+    opt = BootstrapFewShot(metric, max_bootstrapped_demos=2)
+    compiled = opt.compile(dspex.Predict(Triage, lm=make_lm(server)), trainset=numbered_examples(3))
+    assert opt.report.errors == 1 and opt.report.passed == 2
+    assert [d["message"] for d in compiled.demos if d.get("augmented")] == ["case 1: refund", "case 2: crash"]
+
+
+# trial finding 6 changed this: a metric raising on every run of the first wave was read as "no demos
+# earned" and the compile went on to a golden of metric exceptions; it is a bug in the test code
+def test_a_metric_raising_on_every_teacher_run_of_the_first_wave_stops_the_compile(server_factory, make_lm):
     server = server_factory(picky_responder(set(range(10))))
     opt = BootstrapFewShot(lambda e, p, t=None: 1 / 0, max_bootstrapped_demos=2)
-    compiled = opt.compile(dspex.Predict(Triage, lm=make_lm(server)), trainset=numbered_examples(3))
-    assert opt.report.passed == 0 and opt.report.errors == 3
-    assert not any(d.get("augmented") for d in compiled.demos)
+    with pytest.raises(dspex.CompileStoppedError, match=r"metric raised on 2 of 2 teacher runs: ZeroDivisionError"):
+        opt.compile(dspex.Predict(Triage, lm=make_lm(server)), trainset=numbered_examples(10))
+    assert server.requests == 2  # the first wave, not the whole trainset
 
 
 # -- teacher runs are scored as every example is (evaluation.score_example) -------------------------
@@ -184,9 +200,9 @@ def test_a_metric_that_hangs_while_bootstrapping_is_cut_at_the_example_timeout(s
 def test_a_metric_value_out_of_range_earns_no_demo(server_factory, make_lm):
     server = server_factory(picky_responder(set(range(10))))
     opt = BootstrapFewShot(lambda e, p, t=None: 2, max_bootstrapped_demos=2)  # not a score in [0, 1]
-    compiled = opt.compile(dspex.Predict(Triage, lm=make_lm(server)), trainset=numbered_examples(3))
-    assert (opt.report.errors, opt.report.passed) == (3, 0)
-    assert not any(d.get("augmented") for d in compiled.demos)
+    # every run of the first wave: the metric is broken (trial finding 6: it stops, it was "no demos")
+    with pytest.raises(dspex.CompileStoppedError, match=r"returned 2; a score must be in \[0, 1\]"):
+        opt.compile(dspex.Predict(Triage, lm=make_lm(server)), trainset=numbered_examples(3))
 
 
 def test_a_sync_lm_judge_metric_runs_off_the_loop_while_bootstrapping(server_factory, make_lm):

@@ -9,6 +9,10 @@ In order, the first that applies decides:
                       errors (``INFRA_ERROR_KINDS``: unreachable endpoint, timeouts, HTTP errors,
                       spent budget, replay misses) — wherever in the run they fall. Not a low score:
                       the model was not measured;
+* ``metric_errors``   the metric raised on more than ``max_error_rate`` of the examples (a typo such
+                      as ``prediction.teem``): a bug in the test code, not a low score — the verdict
+                      leads with "metric raised on k of n examples: <first exception>". A metric that
+                      raises on a few examples (within the budget) scores them 0, as before;
 * ``below_threshold`` the score is under the marker's threshold (an absolute floor);
 * ``regression``      against the golden (see below);
 * ``ok``.
@@ -55,15 +59,19 @@ __all__ = [
     "DEFAULT_ALPHA",
     "DEFAULT_MAX_ERROR_RATE",
     "INCOMPLETE",
+    "METRIC_ERRORS",
     "Verdict",
     "against_golden",
     "incomplete",
     "judge",
+    "metric_errors_reason",
     "paired_outcomes",
 ]
 
 #: ``Verdict.kind`` of a program whose examples did not all run: no gate verdict
 INCOMPLETE = "incomplete"
+#: ``Verdict.kind`` of a program whose metric raised beyond the error budget: a test-code bug, no score
+METRIC_ERRORS = "metric_errors"
 
 #: One-sided significance level of the paired regression test (``--dspex-alpha``).
 DEFAULT_ALPHA = 0.05
@@ -121,7 +129,7 @@ class Verdict:
     threshold: float | None
     golden_score: float | None
     tolerance: float
-    kind: str = "ok"  # ok / no_examples / lm_errors / below_threshold / regression / incomplete
+    kind: str = "ok"  # ok / no_examples / lm_errors / metric_errors / below_threshold / regression / incomplete
     details: list[str] = field(default_factory=list)
     #: the paired comparison with the golden's per-example outcomes (None: no outcomes to pair with)
     comparison: Comparison | None = None
@@ -137,6 +145,8 @@ class Verdict:
     def headline(self, program: str, n: int, ci: tuple[float, float] | None = None) -> str:
         if self.incomplete:
             return f"dspex gate INCOMPLETE for {program!r}: {self.reason} (score {self.score:.3f} on those {n})"
+        if self.kind == METRIC_ERRORS:  # a bug in the test code leads, not a score
+            return f"dspex gate FAILED for {program!r}: {self.reason} (score {self.score:.3f} on n={n} not judged)"
         parts = [f"dspex gate {'passed' if self.passed else 'FAILED'} for {program!r}: score {self.score:.3f}"]
         if ci is not None:
             parts.append(f"(95% CI {ci[0]:.3f}-{ci[1]:.3f})")
@@ -203,6 +213,15 @@ def lm_errors_reason(errors_by_kind: Mapping[str, int], n: int) -> str | None:
     return reason
 
 
+def metric_errors_reason(records: Iterable[ExampleRecord], n: int, what: str = "examples") -> str | None:
+    """``"metric raised on k of n examples: AttributeError: …"`` (the first exception), or None when it never raised."""
+    raised = [r for r in records if r.error_kind == "metric"]
+    if not raised:
+        return None
+    first = (raised[0].error or "").split(" raised ", 1)[-1][:300]
+    return f"metric raised on {len(raised)} of {n} {what}" + (f": {first}" if first else "")
+
+
 def paired_outcomes(records: Iterable[ExampleRecord]) -> dict[str, float]:
     """``{key: score}`` of the records the model answered (infrastructure errors left out: not measured)."""
     return {r.key: r.score for r in records if r.error_kind not in INFRA_ERROR_KINDS}
@@ -264,6 +283,14 @@ def judge(
     if infra > max_error_rate * n + 1e-9:
         reason = lm_errors_reason(by_kind, n) or ""
         return v(False, f"{reason} — over the error budget of {max_error_rate:.0%} (not a low score)", "lm_errors")
+    raised = by_kind.get("metric", 0)
+    if raised > max_error_rate * n + 1e-9:
+        reason = metric_errors_reason(result.records, n) or f"metric raised on {raised} of {n} examples"
+        return v(
+            False,
+            f"{reason} — a bug in the test's metric, not a low score (over the error budget of {max_error_rate:.0%})",
+            METRIC_ERRORS,
+        )
     if threshold is not None and score < threshold:
         reason = f"below threshold ({score:.3f} < {threshold:.3f})"
         if comparison is not None and comparison.shared and comparison.regressed:  # every failed check is named

@@ -72,7 +72,8 @@ def record_baseline_only(
         say(f"compiling {name}: {NOTHING_TO_OPTIMIZE}; measuring its baseline on {len(gate)} gate examples")
         with track_usage() as spent, example_timeout(settings.example_timeout):
             draws, error_rate = measure_baseline(
-                program, gate, metric, draws=settings.baseline_draws, concurrency=settings.concurrency
+                program, gate, metric, draws=settings.baseline_draws, concurrency=settings.concurrency,
+                max_error_rate=settings.max_error_rate,
             )
         baseline = baseline_entry(draws, dataset=fingerprint(gate), labels=label_hashes(gate))
         replaced = _compare_baselines(previous, baseline)

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._support import runtime as _runtime
+from ..errors import CompileStoppedError
 from ..evaluation.metrics import metric_name
 from ..evaluation.scoring import current_example_timeout, metric_caller, score_example
 from ..lm.usage import Usage, track_usage
@@ -301,7 +302,12 @@ class BootstrapFewShot:
         # timeout, the metric's value checked (a number in [0, 1]), a sync metric off the loop
         call_metric, mname, timeout = metric_caller(self.metric), metric_name(self.metric), current_example_timeout()
 
-        async def run_example(i: int, example: Example) -> dict[str, list[dict[str, Any]]] | None:
+        # the training examples on whose teacher run the metric raised (its first exception): when it
+        # raised on every run of the first wave, the compile stops (a bug in the test's metric)
+        raised: dict[int, str] = {}
+
+        async def run_example(i: int, example: Example) -> _Run:
+            metric_error: str | None = None
             teacher_copy = base_teacher.deepcopy()
             for p in teacher_copy.predictors():
                 p.demos = [d for d in p.demos if not _same_inputs(d, example)]
@@ -317,6 +323,8 @@ class BootstrapFewShot:
                 ok = scored.error_kind is None and full_credit(scored.score, self.metric_threshold)
                 if scored.error_kind is not None:
                     report.errors += 1
+                    if scored.error_kind == "metric" and metric_error is None:
+                        metric_error = scored.error or "metric raised"
                 if events.has_listeners():
                     events.emit(events.OptimizerEvent("bootstrap_run", {"index": i, "round": round_, "passed": ok}))
                 if ok:
@@ -330,9 +338,9 @@ class BootstrapFewShot:
                         complete = complete and not missing_fields(pred, demo)
                         demos.setdefault(path, []).append(demo)
                     if complete:  # a step that left a field empty would teach an incomplete answer
-                        return demos
+                        return demos, None
                     report.incomplete += 1
-            return None
+            return None, metric_error
 
         async def run_shared(i: int, example: Example) -> dict[str, list[dict[str, Any]]] | None:
             """``run_example``, run once per example for every bootstrapper sharing ``shared_runs``.
@@ -342,14 +350,17 @@ class BootstrapFewShot:
             """
             shared = self.shared_runs
             if shared is None:
-                return await run_example(i, example)
+                out, metric_error = await run_example(i, example)
+                if metric_error is not None:
+                    raised[i] = metric_error
+                return out
             key = json.dumps({k: example[k] for k in example.input_keys or ()}, sort_keys=True, default=str)
             entry = shared.get(key)
             if entry is None:
                 entry = shared[key] = _SharedRun(asyncio.ensure_future(run_example(i, example)))
             entry.waiters += 1
             try:
-                out = await asyncio.shield(entry.task)
+                ran = await asyncio.shield(entry.task)
             except asyncio.CancelledError:
                 if not entry.task.done() or entry.task.cancelled():
                     entry.waiters -= 1
@@ -358,12 +369,15 @@ class BootstrapFewShot:
                         del shared[key]
                 raise
             entry.waiters -= 1
+            out, metric_error = ran
+            if metric_error is not None:
+                raised[i] = metric_error
             return None if out is None else {path: [dict(d) for d in ds] for path, ds in out.items()}
 
         with track_usage() as usage:
             running: dict[asyncio.Future[Any], int] = {}
             launched: dict[asyncio.Future[Any], tuple[int, float]] = {}  # a run's wave (launch step) and start time
-            wave = next_index = 0
+            wave = next_index = first_wave = 0
             try:
                 while settled_prefix() is None:
                     room = window() - len(running)
@@ -375,6 +389,8 @@ class BootstrapFewShot:
                         report.attempted += 1
                         next_index += 1
                         room -= 1
+                    if wave == 1:
+                        first_wave = len(running)
                     if not running:
                         break
                     done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
@@ -395,6 +411,13 @@ class BootstrapFewShot:
                         outcomes[running.pop(finished)] = finished.result()
                     if self.on_outcome is not None:
                         self.on_outcome(len(outcomes), sum(1 for o in outcomes.values() if o is not None))
+                    if raised and len(raised) == len(outcomes) >= first_wave:
+                        from .selection import metric_stop_reason
+
+                        first = raised[min(raised)].split(" raised ", 1)[-1][:300]
+                        raise CompileStoppedError(
+                            metric_stop_reason(f"metric raised on {len(raised)} of {len(outcomes)} teacher runs: {first}")
+                        )
             finally:
                 for task in running:
                     task.cancel()
@@ -457,11 +480,15 @@ class _Resampled(Module):
             return await self._program.acall(**inputs)
 
 
+#: a teacher run's demos by predictor path (None: it earned none) and the metric's exception, if it raised
+_Run = tuple[dict[str, list[dict[str, Any]]] | None, str | None]
+
+
 @dataclass
 class _SharedRun:
     """One teacher run on one training example, shared by the bootstrappers of a search."""
 
-    task: asyncio.Future[dict[str, list[dict[str, Any]]] | None]
+    task: asyncio.Future[_Run]
     waiters: int = 0
 
 

@@ -213,6 +213,7 @@ def compile_program(
             draws, baseline_error_rate = measure_baseline(
                 result.program, baseline_set, metric, draws=settings.baseline_draws, concurrency=settings.concurrency,
                 shared_first=settings.baseline_draws == 1 and chosen_on != "in-sample",
+                max_error_rate=settings.max_error_rate,
             )
         validation = result.validation
         from ..golden.record import baseline_entry
@@ -311,7 +312,7 @@ def rebaseline_program(
         with track_usage() as spent, example_timeout(settings.example_timeout):
             draws, error_rate = measure_baseline(
                 applied, gate, metric, draws=settings.baseline_draws, concurrency=settings.concurrency,
-                shared_first=settings.baseline_draws == 1,
+                shared_first=settings.baseline_draws == 1, max_error_rate=settings.max_error_rate,
             )
         if error_rate > settings.max_error_rate:
             raise GoldenFileError(
@@ -369,7 +370,7 @@ def rebaseline_program(
 
 def measure_baseline(
     program: Module, examples: Sequence[Any], metric: Callable[..., Any], *, draws: int = 3, concurrency: int = 16,
-    rollout: str = "baseline", shared_first: bool = False,
+    rollout: str = "baseline", shared_first: bool = False, max_error_rate: float = DEFAULT_MAX_ERROR_RATE,
 ) -> tuple[list[dict[str, float]], float]:
     """``draws`` fresh passes of ``program`` over ``examples``: each pass's ``{key: score}`` and the
     worst pass's share of infrastructure errors.
@@ -379,14 +380,15 @@ def measure_baseline(
     that agree on every example the endpoint is taken as repeatable and no more are made.
     ``shared_first``: the first pass under the caller's own cache key instead (for one pass on a
     deterministic endpoint, whose answers are the same either way): the gate's pass over the same
-    examples later in the run is then answered from the cache, not asked again.
+    examples later in the run is then answered from the cache, not asked again. Raises
+    ``CompileStoppedError`` when the metric raised on more than ``max_error_rate`` of a pass's examples.
     """
     from .._support.runtime import run_sync
     from ..evaluation.gates import paired_outcomes
     from ..evaluation.records import INFRA_ERROR_KINDS
     from ..evaluation.scoring import evaluate_records
     from ..programs import settings as dspex_settings
-    from .selection import check_budget
+    from .selection import check_budget, check_metric
 
     passes: list[dict[str, float]] = []
     worst = 0.0
@@ -397,6 +399,7 @@ def measure_baseline(
         with dspex_settings.context(call_overrides=overrides):
             records = run_sync(evaluate_records(program, enumerate(examples), metric, concurrency=concurrency))
         check_budget(records, "gate answers")  # --dspex-max-calls/-cost spent: no baseline of part of the set
+        check_metric(records, max_error_rate, "gate examples")  # a baseline of metric exceptions is none
         infra = sum(1 for r in records if r.error_kind in INFRA_ERROR_KINDS)
         worst = max(worst, infra / len(records) if records else 0.0)
         passes.append(paired_outcomes(records))

@@ -10,6 +10,9 @@
 * ``check_error_budget(records, max_error_rate)``: the compile stops (``CompileStoppedError``) when
   the selection answers were lost to the infrastructure beyond the budget, naming the kinds and the
   first errors, rather than choosing among candidates scored on errors.
+* ``check_metric(records, max_error_rate)``: the compile stops when the metric raised on more of the
+  answers than the budget allows (every one of them without a budget): a bug in the test's metric,
+  not a score to choose a candidate or write a golden by.
 * ``check_budget(records)``: the compile stops when the run's LM budget (``--dspex-max-calls`` /
   ``--dspex-max-cost``) refused any of the answers: said as the budget spent, not an endpoint fault.
 * ``score_candidate(...)``: one candidate on the whole selection set, both of the above applied.
@@ -34,6 +37,7 @@ __all__ = [
     "WithoutOwnDemo",
     "check_budget",
     "check_error_budget",
+    "check_metric",
     "demo_count",
     "evaluate_without_own_demo",
     "prefix_order",
@@ -113,9 +117,30 @@ def check_budget(records: Sequence[ExampleRecord], what: str = "validation answe
     )
 
 
+def check_metric(records: Sequence[ExampleRecord], max_error_rate: float | None, what: str = "validation answers") -> None:
+    """Stop the compile when the metric raised on more of ``records`` than ``max_error_rate`` allows (on all
+    of them when None): its exceptions are a bug in the test code, and a golden of them would be worthless."""
+    raised = sum(1 for r in records if r.error_kind == "metric")
+    if not raised or raised <= (len(records) - 1 if max_error_rate is None else max_error_rate * len(records) + 1e-9):
+        return
+    from ..evaluation.gates import metric_errors_reason
+
+    raise CompileStoppedError(metric_stop_reason(metric_errors_reason(records, len(records), what) or ""))
+
+
+def metric_stop_reason(reason: str) -> str:
+    """The sentence of a compile stopped by its metric's exceptions."""
+    return (
+        f"compile stopped: {reason} — a bug in the test's metric, not a score; golden not written "
+        "(an existing one is kept). Fix the metric and re-run"
+    )
+
+
 def check_error_budget(records: Sequence[ExampleRecord], max_error_rate: float | None) -> None:
-    """Stop the compile when ``records`` lost more answers to the infrastructure than the budget allows."""
+    """Stop the compile when ``records`` lost more answers to the infrastructure than the budget allows,
+    or the metric raised on more of them than it allows (``check_metric``)."""
     check_budget(records)
+    check_metric(records, max_error_rate)
     if max_error_rate is None or not records:
         return
     from ..evaluation.gates import lm_errors_reason

@@ -249,7 +249,7 @@ class ProgramView:
         if v.get("passed"):
             return []
         kind = v.get("kind")
-        if kind in ("lm_errors", "no_examples", "deferred") or kind is None:
+        if kind in ("lm_errors", "metric_errors", "no_examples", "deferred") or kind is None:
             return [str(v.get("reason") or kind or "failed")]
         row, c = self.row, self.comparison
         out: list[str] = []

@@ -1,0 +1,104 @@
+"""A metric that raises is a bug in the test code, not a score (trial finding 6).
+
+Before: a metric with a typo (``prediction.teem``) raising on every example gave the verdict
+"score 0.000 … below threshold", and ``--dspex-compile`` spent 210 LM calls and wrote a golden whose
+baseline was 60 metric exceptions. Now the verdict leads with "metric raised on k of n examples:
+AttributeError: …", and the compile stops after its first wave of teacher runs, writing nothing.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_dspex.evaluation.gates import judge
+from pytest_dspex.evaluation.records import ExampleRecord
+from pytest_dspex.evaluation.result import EvaluationResult
+from pytest_dspex.testing.fake_server import FakeLMServer
+
+from .test_infra_verdicts import project, run
+from .test_plugin import MODES, TRIAGE_PROGRAM
+
+TYPO = (
+    TRIAGE_PROGRAM
+    + '''
+def wrong_metric(example, prediction, trace=None):
+    return prediction.teem == example.team
+
+@pytest.mark.dspex_program(triage, name="triage", trainset="data/dev.jsonl")
+@pytest.mark.dspex_metric(wrong_metric, threshold=0.5)
+def test_triage(dspex_evaluate):
+    dspex_evaluate("data/dev.jsonl")
+
+@pytest.mark.dspex_program(triage, name="triage_each", trainset="data/dev.jsonl")
+@pytest.mark.dspex_metric(wrong_metric, threshold=0.5)
+@pytest.mark.dspex_dataset("data/dev.jsonl")
+def test_triage_each(dspex_example, dspex_predict):
+    dspex_predict(dspex_example)
+'''
+)
+
+
+@pytest.fixture(params=list(MODES))
+def mode(request: pytest.FixtureRequest) -> list[str]:
+    return MODES[request.param]
+
+
+def _records(n: int, raised: int) -> list[ExampleRecord]:
+    out = []
+    for i in range(n):
+        bad = i < raised
+        out.append(
+            ExampleRecord(
+                index=i, key=f"k{i}", inputs={}, expected={}, prediction={"team": "x"}, score=0.0 if bad else 1.0,
+                error_kind="metric" if bad else None,
+                error="metric m raised AttributeError: Prediction has no field 'teem'" if bad else None,
+            )
+        )  # fmt: skip
+    return out
+
+
+def test_a_metric_raising_on_every_example_is_its_own_verdict_not_a_low_score() -> None:
+    result = EvaluationResult.from_records(_records(20, 20), program="p", metric="m")
+    v = judge(result, threshold=0.8)
+    assert not v.passed and v.kind == "metric_errors"
+    assert v.reason.startswith("metric raised on 20 of 20 examples: AttributeError: Prediction has no field 'teem'")
+    assert "below threshold" not in v.reason
+    headline = v.headline("p", 20)
+    assert headline.startswith("dspex gate FAILED for 'p': metric raised on 20 of 20 examples: AttributeError")
+
+
+def test_a_metric_raising_on_a_few_examples_scores_them_zero_as_before() -> None:
+    v = judge(EvaluationResult.from_records(_records(40, 1), program="p", metric="m"), threshold=0.8)
+    assert v.passed and v.kind == "ok"  # 1 of 40 is within the 5% budget: scored 0
+    v = judge(EvaluationResult.from_records(_records(40, 1), program="p", metric="m"), threshold=0.99)
+    assert v.kind == "below_threshold"
+
+
+def test_pytest_says_the_metric_raised_rather_than_below_threshold(
+    pytester: pytest.Pytester, server: FakeLMServer, mode: list[str]
+) -> None:
+    project(pytester, n=10, source=TYPO)
+    result = run(pytester, server, *mode)
+    out = result.stdout.str()
+    assert result.ret == 1
+    for name in ("triage", "triage_each"):
+        result.stdout.re_match_lines(
+            [rf"dspex gate FAILED for '{name}( on data/dev.jsonl)?': metric raised on 10 of 10 examples: "
+             r"AttributeError: Prediction has no field 'teem' — a bug in the test's metric, not a low score.*"]
+        )  # fmt: skip
+    assert "below threshold" not in out
+
+
+def test_compile_with_a_raising_metric_stops_early_and_writes_no_golden(
+    pytester: pytest.Pytester, server: FakeLMServer, mode: list[str]
+) -> None:
+    project(pytester, n=30, source=TYPO)
+    result = run(pytester, server, *mode, "--dspex-compile=triage", "--dspex-cache=off", "-k", "not each")
+    out = result.stdout.str()
+    assert result.ret == 1
+    assert "compile stopped: metric raised on" in out and "AttributeError: Prediction has no field 'teem'" in out
+    assert "golden not written" in out
+    assert not list(pytester.path.rglob("__dspex__/**/triage.json"))
+    workers = 2 if "-n" in mode else 1
+    # the first wave of teacher runs (4; 9 requests in all), not a whole search (before: 250 requests and a golden of 0.000)
+    assert server.requests <= 16 * workers, server.requests
