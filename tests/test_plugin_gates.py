@@ -296,6 +296,19 @@ class TestStaleGoldensAndCompileGuards:
         )
         assert server.requests == 0 and not (pytester.path / GOLDEN).exists()
 
+    def test_an_unknown_rebaseline_name_is_the_same_usage_error(self, pytester, server, mode):
+        # trial finding 8: a typo (--dspex-rebaseline=triag) was a normal run, exit 0, nothing recorded
+        project(pytester, 4)
+        compile_golden(pytester, server, mode)
+        before, requests = (pytester.path / GOLDEN).read_text(), server.requests
+        result = run(pytester, server, mode, "--dspex-rebaseline=triag")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        assert (
+            "--dspex-rebaseline=triag: no selected test uses program 'triag'; known program names: triage"
+            in result.stdout.str() + result.stderr.str()
+        )
+        assert server.requests == requests and (pytester.path / GOLDEN).read_text() == before
+
     def test_duplicate_example_keys_are_an_error_naming_them_and_the_file(self, pytester, server, mode):
         dev = rows(4) + json.dumps({"id": "ex-1", "message": "again, case 9", "team": "billing"}) + "\n"
         project(pytester, dev=dev)

@@ -107,14 +107,15 @@ def note_selection(session: pytest.Session) -> None:
 
 
 def _check_compile_names(session: pytest.Session, dspex: DspexSession) -> str | None:
-    """``--dspex-compile=NAMES`` naming a program no selected test uses: the usage error listing the known ones.
+    """``--dspex-compile=NAMES`` or ``--dspex-rebaseline=NAMES`` naming a program no selected test uses:
+    the usage error listing the known ones (a typo must not pass for a compile or a recorded baseline).
 
     Checked once the collection is known. Under xdist the controller does not collect: each worker
     checks its (identical) collection and leaves the message for the controller, which stops the run
     with it (``_XdistHooks.pytest_xdist_node_collection_finished``).
     """
-    wanted = dspex.options.compile
-    if not wanted or "*" in wanted or session.testsfailed:  # collection errors speak first
+    options = [(o, w) for o, w in (("compile", dspex.options.compile), ("rebaseline", dspex.options.rebaseline)) if w and "*" not in w]
+    if not options or session.testsfailed:  # collection errors speak first
         return None
     known: set[str] = set()
     for item in session.items:
@@ -126,11 +127,12 @@ def _check_compile_names(session: pytest.Session, dspex: DspexSession) -> str | 
             continue
         if spec is not None:
             known.add(spec.name)
-    unknown = sorted(wanted - known)
-    if unknown:
-        names = ", ".join(sorted(known)) if known else "none (no selected test has @pytest.mark.dspex_program)"
-        return (
-            f"--dspex-compile={','.join(sorted(wanted))}: no selected test uses program"
-            f"{'s' if len(unknown) > 1 else ''} {', '.join(repr(n) for n in unknown)}; known program names: {names}"
-        )
+    for option, wanted in options:
+        unknown = sorted(wanted - known)
+        if unknown:
+            names = ", ".join(sorted(known)) if known else "none (no selected test has @pytest.mark.dspex_program)"
+            return (
+                f"--dspex-{option}={','.join(sorted(wanted))}: no selected test uses program"
+                f"{'s' if len(unknown) > 1 else ''} {', '.join(repr(n) for n in unknown)}; known program names: {names}"
+            )
     return None
