@@ -119,6 +119,25 @@ def report_rows(pytester: pytest.Pytester, name: str = "report.json") -> dict[st
 
 
 class TestPairedGate:
+    def test_examples_all_lost_to_lm_errors_are_none_measured_not_none_shared(self, pytester, server_factory, mode):
+        # trial finding 3: every key is in the golden; they were not measured, not "not shared"
+        from pytest_dspex.testing.fake_server import Faults
+
+        project(pytester, 6)
+        compile_golden(pytester, server_factory(), mode)
+        failing = server_factory(faults=Faults(http_404=1.0))
+        reports = ["--dspex-report=r.json", "--dspex-markdown=r.md", "--dspex-html=r.html"]
+        result = run(pytester, failing, mode, *reports)
+        assert result.ret == 1
+        out = result.stdout.str()
+        assert "LM errors: 6 of 6 examples could not be answered" in out
+        for text in [out, *((pytester.path / f).read_text() for f in ("r.md", "r.html"))]:
+            assert "none measured (6 lost to LM errors)" in text
+            assert "none shared" not in text and "no examples shared" not in text
+        assert "golden n/a (none measured (6 lost to LM errors))" in out
+        comparisons = [r["comparison"] for r in json.loads((pytester.path / "r.json").read_text())["programs"]]
+        assert [(c["shared"], c["lost"]) for c in comparisons] == [(0, 6), (0, 6)]
+
     def test_nine_flips_fail_the_paired_gate_that_the_tolerance_lets_through(self, pytester, server, model, mode):
         project(pytester, 200)
         golden = compile_golden(pytester, server, mode)

@@ -93,6 +93,8 @@ class Comparison:
     current_score: float = 0.0
     alpha: float = 0.05
     tolerance: float = 0.05
+    #: examples this run lost to LM errors: not measured, so not compared (``gates.judge`` sets it)
+    lost: int = 0
 
     @property
     def regressed(self) -> bool:
@@ -101,7 +103,7 @@ class Comparison:
     def summary(self) -> str:
         """One line for a terminal or a failure message."""
         if self.shared == 0:
-            return "paired comparison: no examples shared with the golden"
+            return f"paired comparison: {nothing_compared(self.lost)}"
         lo, hi = self.delta_ci95
         if self.test == "mcnemar-exact" and not self.regressions and not self.fixes:  # nothing moved: no interval to show
             text = f"{self.verdict}: no example changed outcome (delta +0.000), {self.shared} shared examples"
@@ -134,6 +136,7 @@ class Comparison:
             "current_score": round(self.current_score, 6),
             "alpha": self.alpha,
             "tolerance": self.tolerance,
+            "lost": self.lost,
         }
 
     @classmethod
@@ -154,7 +157,15 @@ class Comparison:
             current_score=float(data.get("current_score", 0.0)),
             alpha=float(data.get("alpha", 0.05)),
             tolerance=float(data.get("tolerance", 0.05)),
+            lost=int(data.get("lost", 0)),
         )
+
+
+def nothing_compared(lost: int, long: bool = True) -> str:
+    """Why a paired comparison compared no example: none measured (all lost to LM errors) or none shared."""
+    if lost:
+        return f"none measured ({lost} lost to LM errors)"
+    return "no examples shared with the golden" if long else "none shared"
 
 
 def _fmt_p(p: float) -> str:

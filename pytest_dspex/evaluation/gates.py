@@ -104,10 +104,12 @@ def against_golden(
     With a paired comparison that shared examples, the golden's score on those examples and the paired
     delta (examples lost to LM errors were not measured, so are not compared); a comparison that shared
     none, or an incomplete run (a subset is not set against the whole golden), compares nothing:
-    ``(None, None, "none shared" | "incomplete")``. Otherwise the golden's recorded score.
+    ``(None, None, "none shared" | "none measured (k lost to LM errors)" | "incomplete")``. Otherwise the golden's recorded score.
     """
     if comparison is not None and not comparison.get("shared"):
-        return None, None, "none shared"
+        from .comparison import nothing_compared
+
+        return None, None, nothing_compared(int(comparison.get("lost") or 0), long=False)
     paired = comparison is not None and comparison.get("baseline_score") is not None
     golden = float(comparison["baseline_score"]) if paired and comparison is not None else golden_score
     if golden is None:
@@ -265,9 +267,14 @@ def judge(
     score, n = result.score, result.n
     comparison: Comparison | None = None
     if golden_outcomes is not None:
+        from dataclasses import replace
+
         from .comparison import compare
 
         comparison = compare(golden_outcomes, paired_outcomes(result.records), alpha=alpha, tolerance=tolerance)
+        lost = sum(1 for r in result.records if r.error_kind in INFRA_ERROR_KINDS)
+        if lost:
+            comparison = replace(comparison, lost=lost)
 
     refused = result.errors_by_kind.get("refused", 0)
 

@@ -319,7 +319,9 @@ class ProgramView:
         """``-0.025 [-0.070, +0.020] p=0.031`` with the paired comparison, else just the delta."""
         c = self.comparison
         if self.nothing_shared:
-            return "n/a (no examples shared with the golden)"
+            from ..evaluation.comparison import nothing_compared
+
+            return f"n/a ({nothing_compared(int((c or {}).get('lost') or 0))})"
         if self.not_compared:  # incomplete: the examples that ran are not the golden's whole set
             return "n/a (incomplete: not all examples ran)"
         text = fmt_delta(self.delta)
