@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_dspex.testing.fake_server import triage_responder
+
 from .test_plugin import MODES, TRIAGE_PROGRAM, make_responder, rows
 
 EACH = (
@@ -174,6 +176,24 @@ class TestMissEvidence:
         assert props["test_each[ex-3]"]["dspex_got"] == "technical"
         assert props["test_each[ex-5]"]["dspex_got"] == "-" and props["test_each[ex-5]"]["dspex_error_kind"] == "parse"
         assert "dspex_expected" not in props["test_each[ex-4]"]
+
+    def test_after_an_output_rename_got_shows_what_the_prediction_has(self, pytester, project, server_factory, mode):
+        # trial finding 4: the output renamed team -> department, the dataset still says team: the miss
+        # said "got team: -" as if nothing was parsed, though the model answered department: other
+        renamed = EACH.replace("team: str = dspex.OutputField()", "department: str = dspex.OutputField()")
+        renamed = renamed.replace("example.team == prediction.team", "example.team == prediction.department")
+        project(source=renamed.replace("dspex_predict(dspex_example).team", "dspex_predict(dspex_example).department"))
+        server = server_factory(lambda body: triage_responder(body).replace("technical", "other").replace("team", "department"))
+        result = run(pytester, server, *mode, "--dspex-missing-golden=zero-shot", "-rm", "-k", "ex-1")
+        result.stdout.fnmatch_lines([
+            "*= MISSES =*",
+            "*test_each?ex-10?*",
+            "example ex-10",
+            "  input    message: the app crashes, case 10",
+            "  expected team: technical",
+            "  got      team: - (no such field in the prediction)",
+            "  got      department: other",
+        ])  # fmt: skip
 
     def test_without_rA_no_miss_section(self, pytester, project, server_factory):
         project()

@@ -83,11 +83,16 @@ def miss_lines(record: Mapping[str, Any], width: int = 200) -> list[str]:
         lines.append(cut(f"  input    {name}: {value_text(value)}"))
     predicted = record.get("prediction") or {}
     for name, value in outs.items():
-        got = value_text(predicted[name]) if name in predicted else "-"
+        got = value_text(predicted[name]) if name in predicted else "-" + (" (no such field in the prediction)" if predicted else "")
         lines.append(cut(f"  expected {name}: {value_text(value)}"))
         lines.append(cut(f"  got      {name}: {got}"))
     if not outs and predicted:
         lines.append(cut(f"  got      {fields_text(predicted)}"))
+    elif predicted and any(name not in predicted for name in outs):
+        # an expected field the prediction lacks (an output renamed, the dataset not): show what it has
+        for name, value in predicted.items():
+            if name not in outs:
+                lines.append(cut(f"  got      {name}: {value_text(value)}"))
     if record.get("error_kind"):
         lines.append(cut(f"  {record['error_kind']} error: {record.get('error') or ''}"))
     lines.append(f"  score    {fmt_num(record.get('score'))}")
