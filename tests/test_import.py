@@ -108,8 +108,22 @@ def test_an_existing_golden_is_replaced_only_with_force(user_project, server_fac
     second = run_import(user_project, server, "optimized.json", "--test", "test_triage.py::test_triage")
     assert second.ret == 2
     second.stderr.fnmatch_lines(["*'triage' already has a golden file; --force replaces it*"])
+    # the golden's path relative to the rootdir, as every path pytest-dspex shows (trial finding 9)
+    assert "__dspex__/test_triage/triage.json: 'triage' already has a golden file" in second.stderr.str()
+    assert str(user_project.path) not in second.stderr.str()
     assert golden(user_project) == before
     assert run_import(user_project, server, "optimized.json", "--test", "test_triage.py::test_triage", "--force").ret == 0
+
+
+def test_a_test_that_does_not_exist_is_said_without_pytests_unrelated_warnings(user_project, server_factory):
+    # trial finding 7: the error was followed by a warnings summary ("Module already imported so cannot
+    # be rewritten") about this process, nothing to do with the user's mistake
+    result = run_import(user_project, server_factory(make_responder()), "optimized.json", "--test", "test_triage.py::test_nope")
+    assert result.ret == 2
+    out = result.stdout.str() + result.stderr.str()
+    assert "--test test_triage.py::test_nope: pytest could not collect it (exit code 4)" in out
+    assert "warnings summary" not in out and "PytestAssertRewriteWarning" not in out
+    assert not (user_project.path / "__dspex__").exists()
 
 
 def test_a_save_for_another_signature_writes_nothing(user_project, server_factory):

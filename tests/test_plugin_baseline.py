@@ -263,8 +263,11 @@ class TestRebaselineAndRecompile:
         # a worse baseline is refused (issue: a re-baseline accepted a regression and exited 0)
         refused = run(pytester, server, mode, "--dspex-rebaseline=triage")
         assert refused.ret == 1, refused.stdout.str()
+        # the golden's path relative to the rootdir (trial finding 9: it was absolute)
+        assert f"{pytester.path}/__dspex__" not in refused.stdout.str()
         refused.stdout.fnmatch_lines([
-            "*new baseline not recorded: it is worse than the one it would replace*regressed: delta -0.050*"
+            "__dspex__/test_triage/triage.json: new baseline not recorded: it is worse than the one it would "
+            "replace*regressed: delta -0.050*"
             "the golden is unchanged. If this drop is intended*pytest --dspex-rebaseline=triage --dspex-force*",
         ])  # fmt: skip
         assert golden(pytester) == before

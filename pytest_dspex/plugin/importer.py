@@ -49,6 +49,7 @@ class _Target:
     program: Any
     golden: Path
     metric: str
+    rootdir: Path | None = None  # the collection's: paths in messages are relative to it
 
 
 @dataclass
@@ -89,7 +90,10 @@ def _collect(test: str, pytest_args: Sequence[str]) -> _Target:
 
     shown = io.StringIO()
     with contextlib.redirect_stdout(shown):
-        code = pytest.main([test, "--collect-only", "-q", "-p", "no:cacheprovider", *_xdist_off(), *pytest_args], plugins=[Grab()])
+        # no warnings summary: pytest's own (e.g. "Module already imported so cannot be rewritten", as this
+        # process has imported the plugin) would bury the user's mistake below lines about something else
+        args = [test, "--collect-only", "-q", "-p", "no:cacheprovider", "-p", "no:warnings", *_xdist_off(), *pytest_args]
+        code = pytest.main(args, plugins=[Grab()])
     if code not in (0, pytest.ExitCode.OK) or not found:
         tail = "\n".join(shown.getvalue().strip().splitlines()[-15:])
         raise DspyImportError(f"--test {test}: pytest could not collect it (exit code {int(code)}):\n{tail}")
@@ -121,6 +125,7 @@ def _collect(test: str, pytest_args: Sequence[str]) -> _Target:
         program=spec.program,
         golden=GoldenStore(test_file.parent / "__dspex__").path_for(test_file.stem, spec.name),
         metric=metric_name(metric.metric) if metric is not None else "",
+        rootdir=Path(config_seen[0].rootpath) if config_seen else None,
     )
 
 
@@ -172,7 +177,7 @@ def import_dspy_state(
     previous = path.read_text(encoding="utf-8") if path.exists() else None
     if previous is not None and not force:
         raise DspyImportError(
-            f"{path}: {target.name!r} already has a golden file; --force replaces it with the imported program "
+            f"{_rel(path, target.rootdir)}: {target.name!r} already has a golden file; --force replaces it with the imported program "
             "(the old one stays in version control)"
         )
     optimizer = {"name": "dspy-import", "source": saved.name, **({"dspy": v} if (v := _dspy_version(state)) else {})}
@@ -217,6 +222,14 @@ def import_dspy_state(
     if out is not None:
         out.write(_summary(result, saved) + "\n")
     return result
+
+
+def _rel(path: Path, rootdir: Path | None) -> str:
+    """``path`` relative to the rootdir (as every path pytest-dspex shows), else as it is."""
+    if rootdir is not None:
+        with contextlib.suppress(ValueError):
+            return path.relative_to(rootdir).as_posix()
+    return str(path)
 
 
 def _summary(result: ImportedGolden, saved: Path) -> str:

@@ -376,7 +376,7 @@ class DspexSession:
                 state_dir=self.state_dir(),
             )  # fmt: skip
         except (DatasetError, GoldenFileError, CompileStoppedError) as exc:
-            problem = str(exc)
+            problem = self._said(exc, path)  # the golden's path relative to the rootdir
         if problem:
             pytest.fail(problem, pytrace=False)
         if done.outcome == "compiled elsewhere":
