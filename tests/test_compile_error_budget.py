@@ -135,3 +135,23 @@ def test_the_half_open_trial_refused_again_opens_the_breaker_again() -> None:
     trial = b.admit()
     b.done(trial, None)  # the endpoint answers again (the URL was fixed)
     assert b.state == "closed" and b.refusals == 0
+
+
+def test_a_404_from_a_base_url_without_v1_hints_at_it(server_factory: Any) -> None:
+    """Trial 6 #10: ``--dspex-base-url=http://127.0.0.1:8911`` (no /v1) gave the right verdict but no hint."""
+    server = server_factory()
+    bare = server.base_url.removesuffix("/v1")
+    lm = dspex.LM("fake-model", base_url=bare, api_key="k", cache=None, backoff_base=0.01)
+    try:
+        result = dspex.Evaluate(triage_examples(3), team_matches)(dspex.Predict(Triage, lm=lm))
+    finally:
+        lm.close()
+    assert "HTTP 404" in (result.records[0].error or "")
+    assert "has no /v1: OpenAI-compatible servers answer at <host>/v1/chat/completions" in (result.records[0].error or "")
+    # a 404 from a /v1 URL (a wrong model, say) gets no such hint
+    lm = dspex.LM("fake-model", base_url=server_factory(faults=Faults(http_404=1.0)).base_url, api_key="k", cache=None)
+    try:
+        result = dspex.Evaluate(triage_examples(1), team_matches)(dspex.Predict(Triage, lm=lm))
+    finally:
+        lm.close()
+    assert "HTTP 404" in (result.records[0].error or "") and "has no /v1" not in (result.records[0].error or "")

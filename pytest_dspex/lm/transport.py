@@ -170,6 +170,15 @@ class HTTPTransport:
     def open(self) -> bool:
         return bool(self._wires)
 
+    def _hint(self, status: int) -> str:
+        """A 404 from a base URL whose path has no ``/v1``: the usual slip (``http://host:8000``)."""
+        from urllib.parse import urlsplit
+
+        path = urlsplit(self._credentials.url).path.rstrip("/")
+        if status != 404 or "/v1" in path:
+            return ""
+        return f" (the base URL's path {path or '/'!r} has no /v1: OpenAI-compatible servers answer at <host>/v1/chat/completions)"
+
     # -- one request ----------------------------------------------------------------------------
     async def post(self, content: bytes) -> dict[str, Any]:
         """One request; the parsed chat completion, or an ``LMError`` saying what went wrong."""
@@ -189,7 +198,7 @@ class HTTPTransport:
         if status != 200:
             detail = scrub(_text(body)[:200]).strip()
             raise LMHTTPError(
-                f"{self.label}: HTTP {status}{_phrase(status)}" + (f": {detail}" if detail else ""),
+                f"{self.label}: HTTP {status}{_phrase(status)}" + (f": {detail}" if detail else "") + self._hint(status),
                 status=status,
                 retry_after=parse_retry_after(retry_after),
             )
