@@ -308,3 +308,27 @@ class TestRebaselineAndRecompile:
             "*golden updated: __dspex__/test_triage/triage.json*replaced because the signature changed*",
             "*new baseline vs the golden's baseline: regressed: delta -0.050*",
         ])  # fmt: skip
+
+
+def test_a_new_baseline_within_its_noise_of_the_threshold_is_said_at_compile(pytester, server_factory):
+    """Trial 6 #11: a baseline 0.819 of 8 noisy draws sat 0.02 above the threshold 0.80; nothing warned,
+    and a later run of the unchanged program failed the threshold by chance."""
+    import random
+
+    rng = random.Random(3)
+
+    def noisy(body: dict[str, Any]) -> str:  # right 3 times in 4, redrawn on every call
+        last = body["messages"][-1]["content"].rsplit("Message:", 1)[-1]
+        right = "billing" if "charged" in last else "technical"
+        return f" {right}" if rng.random() < 0.75 else " other"
+
+    server = server_factory(noisy)
+    project(pytester, 40)
+    pytester.makepyfile(test_triage=PROGRAM.replace("INSTRUCTIONS", ORIGINAL).replace("MARKER", "").replace("0.5", "0.68"))  # ~0.07 under the baseline
+    result = run(pytester, server, MODES["no-xdist"], *COMPILE, "-k", "not each")
+    assert golden(pytester)["baseline"]["draws"] > 1, result.stdout.str()
+    result.stdout.fnmatch_lines([
+        "golden created: __dspex__/test_triage/triage.json*",
+        "*! baseline 0.7* is within the endpoint's own noise of the threshold 0.68 (a run's score varies by +-0.*"
+        "over the baseline's draws): about *% of runs of this unchanged program will fail it",
+    ])  # fmt: skip

@@ -407,6 +407,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
                 tr.write_line(f"  {line}", yellow=line.lstrip().startswith("!"))
         if g.get("provenance"):
             tr.write_line(f"  {g['provenance']['text']}")
+        if g.get("near_threshold") and g["outcome"] in ("created", "updated", "rebaselined"):
+            tr.write_line(f"  {g['near_threshold']}", yellow=True)
         if g.get("replaced"):  # the new baseline paired with the one it replaced
             from ..evaluation.comparison import Comparison
 

@@ -61,8 +61,37 @@ def _session(request: pytest.FixtureRequest) -> DspexSession:
     return request.config.stash[session_key]
 
 
-def _golden_info(session: DspexSession, resolved: Resolved) -> dict[str, Any]:
+def _near_threshold(golden: Any, threshold: float | None) -> str | None:
+    """A line when a new baseline of draws that disagree sits within two of a run's standard deviations
+    above the absolute threshold: the unchanged program will then fail that floor by chance."""
+    import math
+    from statistics import NormalDist, fmean, pvariance
+
+    outcomes = golden.baseline_outcomes if golden is not None else None
+    if not outcomes or threshold is None:
+        return None
+    values = [v if isinstance(v, list) else [float(v)] for v in outcomes.values()]
+    if not all(values):
+        return None
+    n = len(values)
+    sd = math.sqrt(sum(pvariance(v) for v in values if len(v) > 1)) / n  # one run's score, one draw each
+    score = fmean(fmean(v) for v in values)
+    margin = score - threshold
+    if sd == 0 or margin < 0 or margin >= 2 * sd:
+        return None
+    chance = NormalDist().cdf(-margin / sd)
+    return (
+        f"! baseline {score:.3f} is within the endpoint's own noise of the threshold {threshold:g} (a run's score "
+        f"varies by +-{2 * sd:.3f} over the baseline's draws): about {chance:.0%} of runs of this unchanged program will fail it"
+    )
+
+
+def _golden_info(session: DspexSession, resolved: Resolved, threshold: float | None = None) -> dict[str, Any]:
     d: dict[str, Any] = {"path": session.rel(resolved.golden_path), "program": resolved.name, "outcome": resolved.outcome}
+    if resolved.outcome in ("created", "updated", "rebaselined"):
+        near = _near_threshold(resolved.golden, threshold)
+        if near is not None:
+            d["near_threshold"] = near
     if resolved.reason:
         d["reason"] = resolved.reason  # why compile replaced or kept the golden
     if resolved.golden_record is not None:  # compiled on a worker: the controller writes it (sent once)
@@ -287,7 +316,7 @@ class Evaluator:
         run = ProgramRun(settings, golden_outcomes=golden_outcomes, shard=options.shard, expected=len(examples))
         verdict = run.judge(result=result)
         row = run.row()
-        node.stash[payload_key] = Payload("program", _golden_info(session, resolved), row=row)
+        node.stash[payload_key] = Payload("program", _golden_info(session, resolved, settings.threshold), row=row)
         session.lms.warn_if_alone()
         if options.estimate:  # no verdict from an estimate: the summary says what a run would cost
             pytest.skip("--dspex-estimate: no LM call made")
@@ -393,7 +422,7 @@ class Predictor:
         )
         node.stash[payload_key] = Payload(
             "example",
-            _golden_info(session, resolved),
+            _golden_info(session, resolved, settings.threshold),
             settings=settings,
             record=record,
             # what a complete run has and what this collection selected: the controller judges only a whole run
