@@ -45,7 +45,8 @@ def test_replay_miss_says_once_what_to_do(pytester, project, fake, mode):
     out = result.stdout.str()
     said = (
         "no recorded answer for 60 example(s) in replay mode: record them with a run in cache mode 'on' (the default), "
-        "or check the model/settings match the recording"
+        "or check the model/settings match the recording — the endpoint URL (--dspex-base-url) is part of the cache "
+        "key, so a recording made at another URL does not replay"
     )
     assert said in out, out
     assert fake.requests == 0

@@ -210,7 +210,8 @@ def lm_errors_reason(errors_by_kind: Mapping[str, int], n: int) -> str | None:
     if "cache_miss" in infra:  # said once here: the examples' own lines are cut short
         reason += (
             f"; no recorded answer for {infra['cache_miss']} example(s) in replay mode: record them with a run in "
-            "cache mode 'on' (the default), or check the model/settings match the recording"
+            "cache mode 'on' (the default), or check the model/settings match the recording — the endpoint URL "
+            "(--dspex-base-url) is part of the cache key, so a recording made at another URL does not replay"
         )
     return reason
 
