@@ -114,3 +114,16 @@ def test_a_tiny_p_value_reads_p_less_than_not_p_equals_less_than() -> None:
     row["comparison"]["p_value"] = 0.00001
     text = render_markdown(report(row))
     assert "p&lt;0.001" in text and "p=&lt;" not in text  # markdown-escaped "p<0.001"
+
+
+def test_a_programs_golden_line_is_said_once_for_both_modes() -> None:
+    # trial finding 5: the same program in dataset and per-example mode printed the identical golden line twice
+    rows = [program_row("triage", 10, passed=True), program_row("triage", 10, passed=True)]
+    rows[1]["mode"] = "per-example"
+    for row in rows:
+        row["golden_provenance"] = {"text": "chosen on the validation set (40 examples)"}
+    text = render_markdown(report(*rows))
+    assert text.count("**triage** golden: chosen on the validation set (40 examples)") == 1
+    other = program_row("other", 10, passed=True)
+    other["golden_provenance"] = {"text": "chosen on the validation set (40 examples)"}
+    assert render_markdown(report(*rows, other)).count("golden: chosen on the validation set") == 2  # one per program

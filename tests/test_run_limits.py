@@ -339,3 +339,13 @@ def test_a_retry_after_holds_every_worker(pytester, server_factory, monkeypatch,
     assert server.early <= 8, (server.early, dict(server.counts))
     if mode[0] == "-n":
         assert "held 1x for the endpoint's Retry-After" in out, out[-3000:]
+
+
+def test_the_limits_line_counts_one_worker_in_the_singular() -> None:
+    from pytest_dspex.lm.coordinator import describe
+
+    endpoint = {"peak_lent": 2, "maximum": 16, "throttled": 3, "answered": 10, "limit": 8, "trips": 0}
+    one = describe({"clients": 1, "endpoints": {"e": endpoint}})
+    assert one is not None and one.startswith("dspex: LM limits shared by 1 worker: in flight at most 2 of 16")
+    two = describe({"clients": 2, "endpoints": {"e": endpoint}})
+    assert two is not None and two.startswith("dspex: LM limits shared by 2 workers: ")

@@ -339,4 +339,5 @@ def describe(stats: dict[str, Any], *, verbose: bool = False) -> str | None:
         parts.append(budget)
     if not (notable or verbose) or not parts:
         return None
-    return f"dspex: LM limits shared by {stats['clients']} workers: " + "; ".join(parts)
+    clients = stats["clients"]
+    return f"dspex: LM limits shared by {clients} worker{'' if clients == 1 else 's'}: " + "; ".join(parts)

@@ -69,8 +69,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 ])
                 + " |"
             )  # fmt: skip
+    said: set[tuple[str, str]] = set()  # a program's golden line once, not once per mode (the same golden)
     for p in programs:
-        lines += _provenance(p)
+        lines += _provenance(p, said)
         lines += _regressions(p)
     lines += ["", _footer(report)]
     return "\n".join(lines) + "\n"
@@ -91,12 +92,15 @@ def _headline(programs: list[ProgramView]) -> str:
     return f"{len(names)} program{plural} passed{tests}"
 
 
-def _provenance(p: ProgramView) -> list[str]:
-    """Where the golden's numbers come from, and an instructions edit's diff (in a fenced block)."""
+def _provenance(p: ProgramView, said: set[tuple[str, str]]) -> list[str]:
+    """Where the golden's numbers come from (once per program and golden: ``said``), and an instructions
+    edit's diff (in a fenced block)."""
     out: list[str] = []
     prov = p.row.get("golden_provenance")
-    if prov:
-        out += ["", f"**{md_text(p.name)}** golden: {md_text(prov.get('text', ''), 300)}"]
+    line = f"**{md_text(p.name)}** golden: {md_text(prov.get('text', ''), 300)}" if prov else ""
+    if line and (p.name, line) not in said:
+        said.add((p.name, line))
+        out += ["", line]
     if p.row.get("note"):  # beside the verdict: relabelled examples, another model or temperature than the golden's
         out += ["", f"**{md_text(p.name)}** ({md_text(p.mode)}) note: {md_text(p.row['note'], 400)}"]
     diff = p.row.get("instructions_diff")
