@@ -322,3 +322,14 @@ def test_a_passing_run_that_leaves_a_field_empty_is_not_a_demo(server_factory, m
     boot = [d for d in compiled.demos if d.get("augmented")]
     assert [d["name"] for d in boot] == ["Bob", "Cy"] and all(d["age"] == 30 for d in boot)
     assert opt.report.incomplete == 1 and opt.report.errors == 0  # Ann passed, without an age
+
+
+def test_no_demos_for_an_unlabeled_field_does_not_claim_no_teacher_run_earned_one() -> None:
+    # trial finding 1: other candidates had bootstrapped demos; zero-shot was chosen. The line said
+    # "no teacher run earned a demo", which the golden's own candidates contradicted
+    line = summary_lines({"self": {"labeled": 0, "bootstrapped": 0, "unlabeled_fields": ["department"]}})[0]
+    assert line == (
+        "self: 0 labeled, 0 bootstrapped demos (no training example gives department, and the chosen candidate "
+        "has no demo from a teacher run: no demos)"
+    )
+    assert "no teacher run earned" not in line

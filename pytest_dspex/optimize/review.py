@@ -105,7 +105,8 @@ def summary_lines(review: Mapping[str, Mapping[str, Any]]) -> list[str]:
             if r["bootstrapped"]:
                 line += f" (no training example gives {fields}: its demos come only from the teacher's runs)"
             else:
-                line += f" (no training example gives {fields}, and no teacher run earned a demo: no demos)"
+                # the chosen candidate has none (others may have: zero-shot may simply have won)
+                line += f" (no training example gives {fields}, and the chosen candidate has no demo from a teacher run: no demos)"
         lines.append(line)
         lines += [f"  ! {flag}" for flag in r.get("flags", ())]
     return lines
