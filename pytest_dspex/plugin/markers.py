@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,7 +155,31 @@ def missing_file(node: Any, base: Path) -> str | None:
     return None
 
 
+#: marker -> what it parsed to, per marker object (its weak reference tells a reused id apart)
+_parsed: dict[tuple[str, int, str], tuple[weakref.ref[Any], Any]] = {}
+
+
+def _remembered(marker: str, node: Any, base: Path | None, parse: Callable[[], Any]) -> Any:
+    """``parse()`` once per marker object: every per-example item of a test carries the same markers,
+    and parsing them again for each item (twice, by the fixtures) was a tenth of a millisecond an
+    item. A marker that fails to parse is not remembered: each item fails with its own message."""
+    mark = node.get_closest_marker(marker)
+    if mark is None:
+        return None
+    key = (marker, id(mark), str(base))
+    hit = _parsed.get(key)
+    if hit is not None and hit[0]() is mark:
+        return hit[1]
+    spec = parse()
+    _parsed[key] = (weakref.ref(mark), spec)
+    return spec
+
+
 def program_spec(node: Any, base: Path) -> ProgramSpec | None:
+    return _remembered("dspex_program", node, base, lambda: _program_spec(node, base))  # type: ignore[no-any-return]
+
+
+def _program_spec(node: Any, base: Path) -> ProgramSpec | None:
     mark = node.get_closest_marker("dspex_program")
     if mark is None:
         return None
@@ -222,6 +247,10 @@ def program_spec(node: Any, base: Path) -> ProgramSpec | None:
 
 
 def metric_spec(node: Any) -> MetricSpec | None:
+    return _remembered("dspex_metric", node, None, lambda: _metric_spec(node))  # type: ignore[no-any-return]
+
+
+def _metric_spec(node: Any) -> MetricSpec | None:
     mark = node.get_closest_marker("dspex_metric")
     if mark is None:
         return None
@@ -253,6 +282,10 @@ def metric_spec(node: Any) -> MetricSpec | None:
 
 
 def dataset_path(node: Any, base: Path) -> tuple[Path, int | None] | None:
+    return _remembered("dspex_dataset", node, base, lambda: _dataset_path(node, base))  # type: ignore[no-any-return]
+
+
+def _dataset_path(node: Any, base: Path) -> tuple[Path, int | None] | None:
     mark = node.get_closest_marker("dspex_dataset")
     if mark is None:
         return None

@@ -116,6 +116,8 @@ class DspexSession:
         self._evaluated_chunks: set[tuple[str, int]] = set()
         self._once: set[Any] = set()
         self._memo: dict[Any, Any] = {}
+        self._rels: dict[str, str] = {}
+        self._golden_paths: dict[tuple[str, str], Path] = {}
         self._tallies: dict[str, Tally] = {}
         #: golden path -> why its program could not be made ready (said once, by the first item: ``unavailable``)
         self._unavailable: dict[Path, str] = {}
@@ -165,18 +167,30 @@ class DspexSession:
         return self._datasets[key]
 
     def rel(self, path: Path | str) -> str:
-        """A path relative to the rootdir, normalised (every path in reports is): no ``..`` inside."""
-        p = Path(os.path.normpath(path))
-        try:
-            return p.relative_to(self.config.rootpath).as_posix()
-        except ValueError:
-            return os.path.relpath(p, self.config.rootpath) if p.is_absolute() else p.as_posix()
+        """A path relative to the rootdir, normalised (every path in reports is): no ``..`` inside.
+
+        Remembered: every per-example item asks for the same few paths."""
+        key = str(path)
+        found = self._rels.get(key)
+        if found is None:
+            p = Path(os.path.normpath(path))
+            try:
+                found = p.relative_to(self.config.rootpath).as_posix()
+            except ValueError:
+                found = os.path.relpath(p, self.config.rootpath) if p.is_absolute() else p.as_posix()
+            self._rels[key] = found
+        return found
 
     # -- programs -------------------------------------------------------------------------------
     def golden_path(self, test_file: Path, program: str) -> Path:
-        from ..golden.store import GoldenStore
+        """Where ``program``'s golden for ``test_file`` lives (remembered: asked by every per-example item)."""
+        key = (str(test_file), program)
+        found = self._golden_paths.get(key)
+        if found is None:
+            from ..golden.store import GoldenStore
 
-        return GoldenStore(test_file.parent / "__dspex__").path_for(test_file.stem, program)
+            found = self._golden_paths[key] = GoldenStore(test_file.parent / "__dspex__").path_for(test_file.stem, program)
+        return found
 
     def resolve(
         self,
