@@ -32,6 +32,8 @@ def test_the_sentence_and_the_row_agree_when_examples_timed_out() -> None:
 
 def test_nothing_shared_and_an_incomplete_run_compare_nothing() -> None:
     assert against_golden(0.0, 1.0, {"shared": 0, "delta": 0.0}) == (None, None, "none shared")
+    lost = {"shared": 0, "delta": 0.0, "lost": 10}
+    assert against_golden(0.0, 1.0, lost) == (None, None, "none measured (10 lost to LM errors)")
     assert against_golden(1.0, 0.9, None, incomplete=True) == (None, None, "incomplete")
     assert against_golden(0.8, 0.9, None) == (0.9, -0.1, "")
     assert against_golden(0.8, None, None, incomplete=True) == (None, None, "")  # no golden: nothing to say
@@ -44,8 +46,11 @@ def test_a_dead_endpoints_failure_sentence_says_what_the_table_says(pytester, se
     out = dead.stdout.str()
     assert dead.ret == 1, out
     assert "golden 1.000 (delta -1.000" not in out
-    assert re.search(r"dspex gate FAILED for 'triage.*golden n/a \(none shared\).*LM errors: 10 of 10", out), out
-    dead.stdout.fnmatch_lines(["triage*dataset*n/a (none shared)*", "triage*per-example*n/a (none shared)*"])
+    # every key is the golden's, none was measured (trial finding 3: this said "none shared")
+    lost = "none measured (10 lost to LM errors)"
+    assert re.search(rf"dspex gate FAILED for 'triage.*golden n/a \({re.escape(lost)}\).*LM errors: 10 of 10", out), out
+    dead.stdout.fnmatch_lines([f"triage*dataset*n/a ({lost})*", f"triage*per-example*n/a ({lost})*"])
+    assert "none shared" not in out
 
 
 def test_an_incomplete_row_shows_no_golden_delta(pytester, server, model, mode):  # noqa: F811
