@@ -302,6 +302,24 @@ def _stopped(session: pytest.Session, exitstatus: int, collector: Any) -> str:
     return ""
 
 
+def _interrupted_compile_line(config: pytest.Config, collector: Any) -> str | None:
+    """Ctrl-C under xdist during a compile or re-baseline: the workers' "golden not written" is lost with
+    them, but the controller is the goldens' one writer, so it knows: none it did not write changed."""
+    from .interrupts import was_interrupted
+
+    dspex = config.stash.get(session_key, None)
+    if dspex is None or config.pluginmanager.get_plugin("dsession") is None or not was_interrupted(config):
+        return None
+    o = dspex.options
+    names, what = (o.compile, "compile") if o.compile is not None else (o.rebaseline, "re-baseline")
+    if names is None:
+        return None
+    written = [rel for rel, w in collector.golden_writes.items() if w.get("outcome") not in (None, "not written")]
+    which = "every program" if "*" in names else ", ".join(repr(n) for n in sorted(names))
+    rest = f"; written before it: {', '.join(sorted(written))}" if written else ""
+    return f"dspex: {what} of {which} interrupted: golden not written (the goldens are unchanged{' but those' if written else ''}{rest})"
+
+
 def _misses(tr: Any) -> None:
     """With ``-rA``, ``-rP`` or ``-rm``: each per-example miss (and LM error) with expected vs got.
 
@@ -339,7 +357,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         return
     _misses(tr)
     unjudged = collector.unjudged_crashes()
-    if not rows and not collector.goldens and not collector.report_problems and not unjudged:
+    said_interrupted = _interrupted_compile_line(config, collector)
+    if not rows and not collector.goldens and not collector.report_problems and not unjudged and not said_interrupted:
         return
     tr.write_sep("=", "dspex")
     for line in format_table(rows) if rows else ():
@@ -416,6 +435,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             kept = g["outcome"] == "kept"
             tr.write_line(f"  {'this run' if kept else 'new baseline'} vs the golden's baseline: {c.summary()}",
                           red=c.regressed, green=c.verdict == "improved")  # fmt: skip
+    if said_interrupted:
+        tr.write_line(said_interrupted, yellow=True)
     for text, is_error in collector.golden_messages:  # goldens compiled on workers, written here
         tr.write_line(text, red=is_error, yellow=not is_error)
     for rel in collector.unused_goldens():
