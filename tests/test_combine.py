@@ -126,7 +126,9 @@ def test_shards_combine_into_the_unsharded_verdict(tmp_path: Path) -> None:
     assert (row["score"], row["n"], row["ci95"]) == (result.score, 300, list(result.ci95))
     # examples lost to infrastructure errors were not measured: left out of the paired comparison
     answered = paired_outcomes(result.records)
-    assert row["comparison"] == compare({r["key"]: 1.0 for r in records}, answered).to_json()
+    # ... and counted as lost (trial finding 3: the comparison says how many were not measured)
+    expected = {**compare({r["key"]: 1.0 for r in records}, answered).to_json(), "lost": result.infra_errors}
+    assert row["comparison"] == expected and expected["lost"] == 6
     assert row["comparison"]["shared"] == len(answered) == 300 - result.infra_errors
     assert row["usage"]["calls"] == 300
 
