@@ -136,7 +136,7 @@ class TestExampleTimeout:
     def test_a_hung_program_or_metric_is_cancelled_and_recorded_as_timeout(self, project, server_factory, mode):
         project.makepyfile(test_timeout=source(HANGING, program="Hangs()", metric="slow_metric"))
         server = server_factory(make_responder(zero_shot_ok=True))
-        result = run(project, server, mode, "--dspex-example-timeout=0.5", "--dspex-report=r.json")
+        result = run(project, server, mode, "--dspex-example-timeout=5", "--dspex-report=r.json")
         assert result.ret == 1
         result.stdout.fnmatch_lines(["*LM errors: 2 of 10 examples could not be answered (timeout: 2)*"])
         report = json.loads((project.path / "r.json").read_text())
@@ -146,7 +146,7 @@ class TestExampleTimeout:
 
     def test_with_budget_for_them_the_run_passes(self, project, server_factory, mode):
         project.makepyfile(test_timeout=source(HANGING, program="Hangs()", metric="slow_metric"))
-        project.makeini("[pytest]\ndspex_example_timeout = 0.5\ndspex_max_error_rate = 0.2\n")
+        project.makeini("[pytest]\ndspex_example_timeout = 5\ndspex_max_error_rate = 0.2\n")
         server = server_factory(make_responder(zero_shot_ok=True))
         result = run(project, server, mode)
         assert result.ret == 0, result.stdout.str()
@@ -269,7 +269,7 @@ class TestCompile:
         project.makefile(".jsonl", **{"data/train": rows(10, 100)})
         project.makepyfile(test_compile=self.compile_source(HANGING, program="Hangs()"))
         server = server_factory(make_responder(zero_shot_ok=True))
-        args = ["--dspex-compile", "-k", "test_dataset", "--dspex-example-timeout=0.5", "--dspex-max-error-rate=0.2"]
+        args = ["--dspex-compile", "-k", "test_dataset", "--dspex-example-timeout=5", "--dspex-max-error-rate=0.2"]
         result = run(project, server, mode, *args)
         assert result.ret == 0, result.stdout.str()
         golden = json.loads((project.path / "__dspex__/test_compile/triage.json").read_text())
