@@ -46,6 +46,7 @@ SECTIONS: list[tuple[str, str, str]] = [
     ("gate_stability", "Gate stability after a compile (issue 18)", "cases_baseline:section"),
     ("noisy_gate", "The paired gate against a noisy baseline, simulated (issue 18)", "sim_noisy_gate:section"),
     ("example_compile", "The example project's compile: the embedded server's work (issue 18)", "example_compile:section"),
+    ("extract", "The embedded model on an extraction task with a number (issue 26)", "cases_extract:section"),
     ("generalisation", "Gate-set scores beside unseen examples, by selection rule (issue 18)", "generalisation:section"),
     ("html", "HTML report (issue 12)", "sections:html_report"),
     ("redis", "Redis cache (issue 14)", "sections:redis"),
