@@ -116,3 +116,46 @@ def test_a_new_cache_folder_is_ignored_by_git_and_a_users_folder_is_left_alone(t
     mine.mkdir()
     _filled(mine)
     assert not (mine / ".gitignore").exists()  # a folder the user made is theirs
+
+
+def test_answers_set_from_many_threads_are_all_on_disk_for_the_next_run(tmp_path):
+    """The writer takes the entries waiting together (one transaction per shard): none is lost."""
+    import threading
+
+    cache = dspex.ResponseCache(tmp_path / "c")
+
+    def fill(t: int) -> None:
+        for i in range(50):
+            cache.set(f"t{t}-{i}", {**ANSWER, "n": i})
+
+    threads = [threading.Thread(target=fill, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    cache.set("last", ANSWER)
+    cache.flush()
+    on_disk = DiskStorage(str(tmp_path / "c"))
+    assert on_disk.get("last") is not None  # flushed: on disk before close
+    on_disk.close()
+    cache.close()
+    replay = dspex.ResponseCache(tmp_path / "c", "replay")
+    assert all(replay.get(f"t{t}-{i}") == {**ANSWER, "n": i} for t in range(8) for i in range(50))
+    assert len(replay) == 401
+
+
+def test_a_batch_the_storage_refuses_is_written_one_entry_at_a_time(tmp_path, monkeypatch):
+    refused = []
+
+    def refuse(self, items):
+        refused.append(len(items))
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(DiskStorage, "set_many", refuse)
+    cache = dspex.ResponseCache(tmp_path / "c")
+    for i in range(20):
+        cache.set(f"k{i}", ANSWER)
+    cache.close()
+    assert refused and sum(refused) <= 20  # the batch was tried, then each entry on its own
+    replay = dspex.ResponseCache(tmp_path / "c", "replay")
+    assert all(replay.get(f"k{i}") == ANSWER for i in range(20))
