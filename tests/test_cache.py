@@ -159,3 +159,31 @@ def test_a_batch_the_storage_refuses_is_written_one_entry_at_a_time(tmp_path, mo
     assert refused and sum(refused) <= 20  # the batch was tried, then each entry on its own
     replay = dspex.ResponseCache(tmp_path / "c", "replay")
     assert all(replay.get(f"k{i}") == ANSWER for i in range(20))
+
+
+def test_a_writer_that_falls_behind_holds_at_most_max_pending_entries(tmp_path, monkeypatch):
+    """Answers arriving faster than the disk takes them: the backlog stays bounded, nothing is lost."""
+    import threading
+
+    from pytest_dspex.lm import cache as cache_module
+
+    monkeypatch.setattr(cache_module, "MAX_PENDING", 16)
+    gate = threading.Event()
+    real = DiskStorage.set_many
+
+    def slow(self, items):
+        if threading.current_thread().name.startswith("dspex-cache"):
+            gate.wait(5)  # the writer thread is stuck until every answer has been set
+        real(self, items)
+
+    monkeypatch.setattr(DiskStorage, "set_many", slow)
+    cache = dspex.ResponseCache(tmp_path / "c")
+    seen = []
+    for i in range(200):
+        cache.set(f"k{i}", {**ANSWER, "n": i})
+        seen.append(len(cache._pending))
+    gate.set()
+    cache.close()
+    assert max(seen) < 16
+    replay = dspex.ResponseCache(tmp_path / "c", "replay")
+    assert all(replay.get(f"k{i}") == {**ANSWER, "n": i} for i in range(200))
