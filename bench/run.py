@@ -128,7 +128,7 @@ def main() -> None:
 
 def write(out: Path, cmd: str, fast: bool, started: datetime, total: float, where: str, targets: list[Target],
           body: list[str], status: str) -> None:  # fmt: skip
-    mode = "fast mode" if fast else "full run"
+    mode = "fast mode" if fast else ("some sections" if "--only" in cmd else "full run")
     lines = [
         "# Benchmark results",
         "",
