@@ -18,6 +18,20 @@ class Triage(dspex.Signature):
     team: str = dspex.OutputField()
 
 
+#: a per-example test of a triage Predict over data/dev.jsonl that never fails on its score (the
+#: run-wide limits and budget tests count requests, not scores)
+PER_EXAMPLE = '''
+import pytest
+import pytest_dspex as dspex
+
+@pytest.mark.dspex_program(dspex.Predict("message -> team"), name="triage")
+@pytest.mark.dspex_metric(lambda e, p, t=None: e.team == p.team, threshold=0.0)
+@pytest.mark.dspex_dataset("data/dev.jsonl")
+def test_each(dspex_example, dspex_predict):
+    dspex_predict(dspex_example)
+'''
+
+
 def triage_examples(n: int) -> list[dspex.Example]:
     out = []
     for i in range(n):
@@ -40,6 +54,23 @@ def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pyte
     monkeypatch.delenv("CI", raising=False)
     monkeypatch.delenv("BUILD_NUMBER", raising=False)
     return pytester
+
+
+@pytest.fixture
+def redis_server() -> Iterator[Any]:
+    """A redis-server of its own on a loopback port (the shared cache and limits tests); under CI a
+    missing binary fails the test, elsewhere it is a named skip."""
+    from .needs import REDIS_INSTALL, need
+    from .redis_server import RedisServer, redis_server_binary
+
+    binary = redis_server_binary()
+    need("redis-server", "not installed" if binary is None else None, REDIS_INSTALL)
+    assert binary is not None
+    server = RedisServer(binary).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

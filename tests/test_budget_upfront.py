@@ -7,18 +7,7 @@ import json
 
 import pytest
 
-from .conftest import triage_examples
-
-PER_EXAMPLE = '''
-import pytest
-import pytest_dspex as dspex
-
-@pytest.mark.dspex_program(dspex.Predict("message -> team"), name="triage")
-@pytest.mark.dspex_metric(lambda e, p, t=None: e.team == p.team, threshold=0.0)
-@pytest.mark.dspex_dataset("data/dev.jsonl")
-def test_each(dspex_example, dspex_predict):
-    dspex_predict(dspex_example)
-'''
+from .conftest import PER_EXAMPLE, triage_examples
 
 NOTICE = "dspex: over the budget: this run is estimated to make about"
 

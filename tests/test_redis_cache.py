@@ -17,24 +17,11 @@ from pytest_dspex.lm.redis_cache import KEY_PREFIX, RedisResponseCache, RedisSto
 from pytest_dspex.testing.fake_server import FakeLMServer
 
 from .conftest import Triage, team_matches, triage_examples
-from .needs import REDIS_INSTALL, need
-from .redis_server import RedisServer, free_port, redis_server_binary
+from .redis_server import RedisServer, free_port
 
 pytest.importorskip("redis", reason="the Redis cache needs the [redis] extra (redis-py)")
 
 CACHE_LOGGER = "pytest_dspex.cache"
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    binary = redis_server_binary()
-    need("redis-server", "not installed" if binary is None else None, REDIS_INSTALL)
-    assert binary is not None
-    server = RedisServer(binary).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -17,23 +17,10 @@ from pytest_dspex.lm.redis_limits import RedisLimits
 from pytest_dspex.lm.types import LMRequest
 from pytest_dspex.testing.fake_server import FakeLMServer, Faults
 
-from .conftest import triage_examples
-from .needs import REDIS_INSTALL, need
-from .redis_server import RedisServer, free_port, redis_server_binary
+from .conftest import PER_EXAMPLE, triage_examples
+from .redis_server import RedisServer, free_port
 
 pytest.importorskip("redis", reason="the shared limits need the [redis] extra (redis-py)")
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    binary = redis_server_binary()
-    need("redis-server", "not installed" if binary is None else None, REDIS_INSTALL)
-    assert binary is not None
-    server = RedisServer(binary).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _until(condition: Any, poke: Any = None) -> bool:
@@ -132,16 +119,6 @@ def test_a_lost_redis_is_one_warning_and_nothing_hangs(caplog: pytest.LogCapture
         assert server.counts["ok"] == 15
 
 
-PER_EXAMPLE = '''
-import pytest
-import pytest_dspex as dspex
-
-@pytest.mark.dspex_program(dspex.Predict("message -> team"), name="triage")
-@pytest.mark.dspex_metric(lambda e, p, t=None: e.team == p.team, threshold=0.0)
-@pytest.mark.dspex_dataset("data/dev.jsonl")
-def test_each(dspex_example, dspex_predict):
-    dspex_predict(dspex_example)
-'''
 
 NO_COORDINATOR = (
     "import pytest\n"

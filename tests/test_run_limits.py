@@ -15,18 +15,7 @@ from pytest_dspex.lm.link import RunLink
 from pytest_dspex.lm.types import LMRequest
 from pytest_dspex.testing.fake_server import FakeLMServer, Faults
 
-from .conftest import triage_examples
-
-PER_EXAMPLE = '''
-import pytest
-import pytest_dspex as dspex
-
-@pytest.mark.dspex_program(dspex.Predict("message -> team"), name="triage")
-@pytest.mark.dspex_metric(lambda e, p, t=None: e.team == p.team, threshold=0.0)
-@pytest.mark.dspex_dataset("data/dev.jsonl")
-def test_each(dspex_example, dspex_predict):
-    dspex_predict(dspex_example)
-'''
+from .conftest import PER_EXAMPLE, triage_examples
 
 
 def _project(pytester: pytest.Pytester, n: int) -> None:
