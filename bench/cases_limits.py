@@ -71,10 +71,12 @@ def project(n: int) -> Path:
     return folder
 
 
-def _server(cap: int | None) -> tuple[subprocess.Popen[str], str]:
+def _server(cap: int | None, faults: dict[str, float] | None = None) -> tuple[subprocess.Popen[str], str]:
     cmd = [sys.executable, "-m", "pytest_dspex.testing.fake_server", "--latency", str(LATENCY)]
     if cap is not None:
         cmd += ["--max-in-flight", str(cap)]
+    if faults:
+        cmd += ["--faults", json.dumps(faults)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert proc.stdout is not None
     line = proc.stdout.readline().split()
@@ -87,13 +89,14 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run(folder: Path, *args: str, url: str | None = None, cap: int | None = CAP) -> dict[str, Any]:
+def run(folder: Path, *args: str, url: str | None = None, cap: int | None = CAP, faults: dict[str, float] | None = None) -> dict[str, Any]:
     """One pytest run against a fresh server; its counts, wall and CPU."""
-    server, base = _server(cap) if url is None else (None, url)
+    server, base = _server(cap, faults) if url is None else (None, url)
     try:
         times = folder / "times.txt"
         times.unlink(missing_ok=True)
-        env = {"PYTHONPATH": str(ROOT), **os.environ, "OPENAI_API_KEY": "k", "DSPEX_BENCH_TIMES": str(times)}
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)  # this checkout's package first
+        env = {**os.environ, "PYTHONPATH": path, "OPENAI_API_KEY": "k", "DSPEX_BENCH_TIMES": str(times)}
         cpu = _children_cpu()
         t = time.perf_counter()
         out = subprocess.run(
@@ -159,6 +162,12 @@ def rows(n: int = 1000) -> list[tuple[str, str, str, bool | None]]:
                 f"every example accounted: {dead['lm_error']} LM errors of {n}, {dead['tests_s']:.2f} s from the first test's start to the "
                 f"last one's end (CPU {dead['cpu']:.2f} s); breaker opened {dead['trips']}x for the run", "≤ 2 s, once",
                 dead["lm_error"] == n and dead["tests_s"] <= 2 and dead["trips"] == 1))  # fmt: skip
+    broken = run(folder, "-n", "8", "--dspex-concurrency=1", "--dspex-retries=0", cap=None, faults={"http_500": 1.0})
+    req, _, _ = _share(broken)
+    out.append(("endpoint answering 500 to everything, -n 8, one request in flight for the run, no retries",
+                f"{req} requests reached it before every worker failed fast ({broken['lm_error']} LM errors of {n}); breaker opened "
+                f"{broken['trips']}x", "≤ 5 + 7 (the run's fail_max, and one per other worker at most)",
+                req <= 12 and broken["lm_error"] == n))  # fmt: skip
     return out
 
 

@@ -338,3 +338,68 @@ def test_the_limits_line_counts_one_worker_in_the_singular() -> None:
     assert one is not None and one.startswith("dspex: LM limits shared by 1 worker: in flight at most 2 of 16")
     two = describe({"clients": 2, "endpoints": {"e": endpoint}})
     assert two is not None and two.startswith("dspex: LM limits shared by 2 workers: ")
+
+
+def test_the_runs_failures_open_every_breaker_at_the_runs_fail_max():
+    """Three workers, one failed call each: the run's third failure in a row opens every breaker
+    (each worker's own count is 1 of 3); the fourth call sends nothing."""
+    with FakeLMServer(faults=Faults(http_500=1.0)) as server:
+        coordinator = Coordinator()
+        address = coordinator.start()
+        try:
+            links = [RunLink(address, coordinator.token) for _ in range(3)]
+            lms = [dspex.LM("m", base_url=server.base_url, api_key="k", cache=None, retries=0, limits=link,
+                            breaker_fail_max=3, hedge_after=None) for link in links]  # fmt: skip
+            for lm in lms:
+                assert isinstance(_ask_all([lm], 1)[0], dspex.LMHTTPError)
+                assert lm.breaker.fail_counter == 1  # its own count: far from opening alone
+            assert _until(lambda: all(lm.breaker.state == "open" for lm in lms))
+            assert isinstance(_ask_all([lms[0]], 1)[0], dspex.CircuitOpenError)
+            assert "3 failed calls in a row across the run's workers" in str(_ask_all([lms[1]], 1)[0])
+            assert server.requests == 3
+            assert coordinator.stats()["endpoints"][server.base_url]["trips"] == 1
+        finally:
+            coordinator.stop()
+
+
+def test_an_answer_in_any_worker_starts_the_runs_count_again():
+    """Failures in a row across the run: an answer in between (another worker's) starts the count again,
+    as one process's breaker does; a healthy run sends the coordinator nothing for it."""
+    with FakeLMServer(faults=Faults(http_500=1.0)) as server:
+        coordinator = Coordinator()
+        address = coordinator.start()
+        try:
+            links = [RunLink(address, coordinator.token) for _ in range(2)]
+            a, b = [dspex.LM("m", base_url=server.base_url, api_key="k", cache=None, retries=0, limits=link,
+                             breaker_fail_max=3, hedge_after=None) for link in links]  # fmt: skip
+            _runtime.run_sync(b.limits.ensure())  # type: ignore[union-attr]
+            _ask_all([a], 1)
+            _ask_all([a], 1)  # the run's count: 2 of 3
+            assert _until(lambda: b.breaker.run_failing)  # b was told the count is rising
+            server.set_faults(Faults())
+            assert not isinstance(_ask_all([b], 1)[0], BaseException)  # b's answer: the run's count starts again
+            assert _until(lambda: coordinator.stats()["endpoints"][server.base_url]["failing"] == 0)
+            server.set_faults(Faults(http_500=1.0))
+            _ask_all([b], 1)
+            _ask_all([b], 1)  # 2 in a row again, not 4
+            assert _until(lambda: coordinator.stats()["endpoints"][server.base_url]["failing"] == 2)
+            assert a.breaker.state == b.breaker.state == "closed"
+            assert coordinator.stats()["endpoints"][server.base_url]["trips"] == 0
+        finally:
+            coordinator.stop()
+
+
+@pytest.mark.parametrize("workers", ["2", "4"])
+def test_a_dead_endpoint_gets_the_runs_fail_max_calls_not_each_workers(pytester, server_factory, monkeypatch, workers):
+    """Every request answered 500, one request in flight for the run, no retries: the run's fifth
+    failed call opens the breaker of every worker, so about five requests reach the endpoint (with
+    each worker counting its own, every worker needed five: up to five times -n)."""
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    server = server_factory(faults=Faults(http_500=1.0))
+    _project(pytester, 200)
+    result = pytester.runpytest_subprocess(*_args(server, "--dspex-concurrency=1", "--dspex-retries=0"), "-n", workers)
+    out = result.stdout.str()
+    assert "200 lm_error" in out, out[-3000:]  # every example accounted
+    assert "circuit breaker opened 1x for the run" in out, out[-3000:]
+    # 5, and at most one more per other worker (a request that left as the fifth failure was told)
+    assert 5 <= server.requests <= 5 + int(workers) - 1, dict(server.counts)

@@ -18,7 +18,10 @@ workers it starts; each worker's LM talks to it through a ``link.RunLink``. It k
 * **the hold**: a worker that got a 429 with ``Retry-After`` says so (``pause``); the coordinator
   keeps the endpoint held until then and tells every other worker, whose requests to it wait too
   (a later, longer Retry-After extends it; a shorter one inside the hold is the same hold).
-* **the breaker**: a worker whose breaker opens says so; the coordinator counts the opening once
+* **the breaker**: workers tell every failed logical call (a refused connection, a timeout, a 5xx
+  after its retries); the run's ``fail_max``-th in a row opens the breaker for every worker at once
+  (the first answer after the count started, any worker's, starts it again). A worker whose
+  breaker opens on its own (a refusing endpoint, a spent quota) says so; the coordinator counts the opening once
   for the run (another worker's opening while it is open is the same one) and tells every other
   worker, whose breakers then fail fast too — a worker that first asks for the endpoint while it is
   open is told before it sends anything (a late worker does not find the dead endpoint anew). When one worker's breaker lets its half-open trial
@@ -71,6 +74,7 @@ class _Endpoint:
     share: int = -1  # -1: relaxed (keep what you hold); >= 0: tight, give back beyond this
     told: dict[int, int] = field(default_factory=dict)  # client id → the share it was last told
     seen: set[int] = field(default_factory=set)  # clients that asked about this endpoint (told its open breaker)
+    failing: int = 0  # the run's failed logical calls in a row (every worker's), while the breaker is closed
     breaker_until: float = 0.0  # monotonic: open until then
     breaker_message: str = ""
     breaker_kind: str = "lm_unavailable"  # the error kind of its fast failures (``rate_limited``: 429s opened it)
@@ -157,7 +161,7 @@ class Coordinator:
                 "endpoints": {
                     name: {"limit": e.limit, "maximum": e.maximum, "decreases": e.decreases, "throttled": e.throttled,
                            "answered": e.answered, "trips": e.trips, "trials": e.trials, "peak_lent": e.peak_lent,
-                           "holds": e.holds}
+                           "holds": e.holds, "failing": e.failing}
                     for name, e in self._endpoints.items()
                 },
             }  # fmt: skip
@@ -240,6 +244,12 @@ class Coordinator:
             n = min(int(m.get("n", 1)), ep.held.get(cid, 0))
             ep.held[cid] = ep.held.get(cid, 0) - n
             ep.lent -= n
+        elif op == "fail":
+            self._failed(cid, name, ep, m)
+            return
+        elif op == "alive":  # an answer: the run's count of failures in a row starts again
+            ep.failing = 0
+            return
         elif op == "trip":
             self._trip(cid, name, ep, str(m.get("message", "")), float(m.get("reset", 30.0)), str(m.get("kind") or "lm_unavailable"))
             return
@@ -257,6 +267,7 @@ class Coordinator:
             return
         elif op == "closed":  # its trial succeeded: every worker's breaker closes
             ep.breaker_until = 0.0
+            ep.failing = 0
             self._tell_others(cid, {"op": "close", "ep": name})
             return
         self._pump(name, ep)
@@ -271,17 +282,34 @@ class Coordinator:
         self.calls += n
         return None
 
-    def _trip(self, cid: int, name: str, ep: _Endpoint, message: str, reset: float, kind: str = "lm_unavailable") -> None:
+    def _failed(self, cid: int, name: str, ep: _Endpoint, m: dict[str, Any]) -> None:
+        """A worker's logical call failed (the endpoint is down or broken): count it for the run."""
+        if time.monotonic() < ep.breaker_until:
+            return  # already open: a call admitted before the opening
+        ep.failing += 1
+        if ep.failing == 1:  # the others say their next answer, which starts the count again
+            self._tell_others(cid, {"op": "failing", "ep": name})
+        fail_max = max(1, int(m.get("fail_max", 5)))
+        if ep.failing < fail_max:
+            return
+        reset = float(m.get("reset", 30.0))
+        message = (f"LM endpoint {m.get('name') or name} is unavailable: circuit breaker open after {ep.failing} failed calls "
+                   f"in a row across the run's workers (last error: {m.get('error', '')}); failing fast for {reset:g}s")  # fmt: skip
+        ep.failing = 0
+        self._trip(None, name, ep, message, reset)
+
+    def _trip(self, cid: int | None, name: str, ep: _Endpoint, message: str, reset: float, kind: str = "lm_unavailable") -> None:
         now = time.monotonic()
         if now < ep.breaker_until:
             return  # already open for the run: the same opening
         ep.trips += 1
+        ep.failing = 0
         ep.breaker_until = now + reset
         ep.breaker_message = message
         ep.breaker_kind = kind
         self._tell_others(cid, {"op": "open", "ep": name, "message": message, "reset": reset, "kind": kind})
 
-    def _tell_others(self, cid: int, message: dict[str, Any]) -> None:
+    def _tell_others(self, cid: int | None, message: dict[str, Any]) -> None:
         for other in list(self._clients):
             if other != cid:
                 self._send(other, message)

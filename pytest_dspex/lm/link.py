@@ -10,8 +10,9 @@
   trip per call, only when a budget is set), its cost charged as it arrives;
 * its back-pressure hold from the run: a 429 with ``Retry-After`` here holds every worker's
   requests to that endpoint until then (``AdaptiveLimiter.hold``), and another's holds this one;
-* its breaker's state from the run: an opening here is told to the coordinator, another worker's
-  opening opens this breaker too (``Breaker.open_for_run``); when one worker's breaker lets its
+* its breaker's state from the run: each failed logical call is counted by the coordinator, whose
+  ``fail_max``-th failure in a row (any worker's) opens every worker's breaker; an opening here is
+  told to the coordinator, another worker's opening opens this breaker too (``Breaker.open_for_run``); when one worker's breaker lets its
   half-open trial call through, the others stay open until it ends (``hold_for_run``), and its
   success closes them all (``close_for_run``): one trial for the run, not one per worker.
 
@@ -84,6 +85,11 @@ class RunLink:
             {"op": "trip", "ep": endpoint, "message": message, "reset": breaker.reset_timeout, "kind": breaker.open_kind}
         )
         breaker.on_trial = lambda: self.send({"op": "trial", "ep": endpoint})
+        breaker.on_failure = lambda error: self.send(
+            {"op": "fail", "ep": endpoint, "name": breaker.name, "error": error, "fail_max": breaker.fail_max,
+             "reset": breaker.reset_timeout}
+        )  # fmt: skip
+        breaker.on_alive = lambda: self.send({"op": "alive", "ep": endpoint})
         breaker.on_closed = lambda: self.send({"op": "closed", "ep": endpoint})
 
     # -- the connection --------------------------------------------------------------------------
@@ -149,9 +155,11 @@ class RunLink:
             if limiter is not None:
                 limiter.hold(float(m.get("s", 0.0)), tell=False)
             return
-        if op in ("open", "hold", "close"):
+        if op in ("open", "hold", "close", "failing"):
             for breaker in list(self._breakers.get(endpoint, ())):
-                if op == "open":
+                if op == "failing":  # the run's count of failed calls in a row started: say the next answer
+                    breaker.run_failing = True
+                elif op == "open":
                     breaker.open_for_run(str(m.get("message", "")), str(m.get("kind") or "lm_unavailable"))
                 elif op == "hold":
                     breaker.hold_for_run(str(m.get("message", "")))

@@ -64,6 +64,12 @@ Circuit breaker (:class:`Breaker`, a ``pybreaker.CircuitBreaker`` driven per log
   that clears (a per-minute window, a burst) answers again within the patience: a single answer
   starts the count again. The fast-failing calls carry ``kind`` ``rate_limited``; a trial call
   answered 429 re-opens it at once.
+* Under xdist the count is the run's, not the worker's: each failed logical call is told to the
+  run's coordinator (``Breaker.on_failure``), which opens every worker's breaker at the run's
+  ``fail_max``-th failure in a row; the first answer after that count started (any worker's)
+  starts it again (``on_alive``, said once per worker while the run's count is rising, so a
+  healthy run sends nothing). Measured with 8 workers and a dead endpoint: each worker used to
+  need ``fail_max`` failures of its own before the first opening reached the others.
 * Each opening starts a new *generation*. A call admitted before the breaker opened keeps going:
   its in-flight attempt completes and its answer is returned to its caller (a response that
   arrived is never discarded); it only makes no *new* attempt (no further retry) while the
@@ -340,6 +346,12 @@ class Breaker:
         self.on_trial: Callable[[], None] | None = None
         self.on_closed: Callable[[], None] | None = None
         self._closing_for_run = False
+        #: told each failed logical call this breaker counts (its error): the run's limits (``link``)
+        #: count them run-wide, so the run's ``fail_max``-th failure opens every worker's breaker
+        self.on_failure: Callable[[str], None] | None = None
+        #: told the first answer after the run's count was said to be rising (``run_failing``): it resets it
+        self.on_alive: Callable[[], None] | None = None
+        self.run_failing = False
 
     @property
     def state(self) -> str:
@@ -494,6 +506,10 @@ class Breaker:
                 return  # cancelled or never sent: the next new call is the trial
         elif ticket.generation != self._generation or self._cb.current_state != pybreaker.STATE_CLOSED:
             return  # admitted before the breaker opened: its outcome is its caller's alone
+        if self.run_failing and (exc is None or _endpoint_answered(exc)):
+            self.run_failing = False  # the endpoint answered: the run's count of failures in a row starts again
+            if self.on_alive is not None:
+                self.on_alive()
         if exc is None:
             self.refusals = 0
             self._refused = None
@@ -515,6 +531,9 @@ class Breaker:
         if is_endpoint_failure(exc):
             self.failures += 1
             self.last_error = str(exc)
+            if self.on_failure is not None and not ticket.trial:
+                self.run_failing = True
+                self.on_failure(self.last_error)
         try:
             self._cb.call(_raise, exc)
         except BaseException:  # the caller raises the error itself
