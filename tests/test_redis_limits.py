@@ -164,3 +164,22 @@ def test_processes_share_the_in_flight_limit_through_redis(redis_server: RedisSe
         outcomes = _runtime.run_sync(main())
         assert all(not isinstance(o, BaseException) for o in outcomes)
         assert server.counts["over_cap"] == 0 and server.peak_in_flight <= 6, (dict(server.counts), server.peak_in_flight)
+
+
+def test_429s_without_retry_after_halve_other_processes_limits_through_redis(redis_server: RedisServer) -> None:
+    """The first process's requests are all answered 429 without a Retry-After: its limit comes down
+    (AIMD). The second, which has not sent anything yet, halves its own once through Redis instead of
+    finding the provider over capacity with a full share of requests of its own."""
+    with FakeLMServer(faults=Faults(http_429=1.0, retry_after=0)) as server:
+        first, second = _process_lm(server, redis_server.url, concurrency=8), _process_lm(server, redis_server.url, concurrency=8)
+        both = [first, second]
+        assert _until(lambda: all(lm.limiter.maximum == 4 for lm in both), lambda: [_check(lm) for lm in both])  # a fair share each
+        assert all(isinstance(o, dspex.LMHTTPError) for o in _ask(first, 8))
+        assert first.limiter.decreases >= 1
+        seen = server.requests
+        assert _until(lambda: second.limiter.decreases == 1, lambda: _check(second))
+        assert second.limiter.limit == 2 and server.requests == seen  # halved once, with no 429 of its own
+        for _ in range(5):
+            _check(second)
+            time.sleep(0.02)
+        assert second.limiter.decreases == 1  # the same cut is applied once

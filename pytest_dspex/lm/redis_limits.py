@@ -11,6 +11,12 @@ per endpoint in Redis, under ``dspex:ep:<hash of the endpoint's redacted URL>``:
   message; every other process's breaker opens on seeing it (``Breaker.open_for_run``) instead of
   discovering the dead endpoint with ``fail_max`` calls of its own. A successful trial call deletes it.
 
+* ``…:cut``: 429s without ``Retry-After`` halving a process's in-flight limit (AIMD) set it, once
+  per ``CUT_S`` (``SET … NX PX``), with an id; every other process that reads a cut it has not seen
+  halves its own limit once (``AdaptiveLimiter.cut``; not if it halved within the last second itself:
+  the same burst), then grows back one slot per ``limit`` good answers as usual. A provider over its
+  capacity is then backed off by every process, not only by the ones its 429s happened to hit.
+
 * ``…:procs``: the processes calling the endpoint (a sorted set, each process's last read as its
   score; a process silent for ``ALIVE_S`` drops out). The in-flight limit is shared as a fair share:
   a process's own limiter allows ``concurrency // live processes`` (at least 1), so N processes
@@ -49,6 +55,8 @@ logger = logging.getLogger("pytest_dspex.lm")
 
 #: a process that has not read the endpoint's keys for this long no longer counts for the fair share
 ALIVE_S = 5.0
+#: one run-wide halving (``…:cut``) per this many seconds at most; a process reads it within that time
+CUT_S = 2.0
 
 
 class _Watched:
@@ -59,6 +67,7 @@ class _Watched:
         self.breakers: weakref.WeakSet[Breaker] = weakref.WeakSet()
         self.read_at = 0.0  # monotonic: the last read began then
         self.reading = False
+        self.cut_seen: str | None = None  # the id of the last run-wide halving applied (or made) here
 
 
 class RedisLimits:
@@ -72,6 +81,8 @@ class RedisLimits:
         self.live = 1  # processes calling the endpoint, at the last read
         self.reads = 0
         self.writes = 0
+        self.cuts = 0  # halvings told to the others, and
+        self.cuts_applied = 0  # others' halvings applied here
         self._client: Any = None
         self._endpoints: dict[str, _Watched] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -92,6 +103,7 @@ class RedisLimits:
             watched.limiters.add(own)
             watched.configured[own] = own.maximum
             own.on_hold = _chain(own.on_hold, lambda seconds: self._spawn(self._hold(watched, seconds)))
+            own.on_decrease = _chain(own.on_decrease, lambda limit: self._spawn(self._cut(watched)))
         if breaker not in watched.breakers:
             watched.breakers.add(breaker)
             breaker.on_open = _chain(breaker.on_open, lambda message: self._spawn(self._open(watched, breaker, message)))
@@ -145,11 +157,12 @@ class RedisLimits:
             pipe = self._redis().pipeline(transaction=False)
             pipe.pttl(f"{watched.key}:hold")
             pipe.get(f"{watched.key}:breaker")
+            pipe.get(f"{watched.key}:cut")
             pipe.zadd(procs, {self._me: now})
             pipe.zremrangebyscore(procs, "-inf", now - ALIVE_S)
             pipe.zcard(procs)
             pipe.expire(procs, int(4 * ALIVE_S))
-            hold_ms, breaker, _, _, live, _ = await pipe.execute()
+            hold_ms, breaker, cut, _, _, live, _ = await pipe.execute()
             self.reads += 1
         except Exception as exc:  # a Redis that is gone or hangs: this process's own limits from now on
             self._lose(exc)
@@ -157,6 +170,10 @@ class RedisLimits:
         finally:
             watched.reading = False
         self.live = max(1, int(live or 1))
+        cut_id = (cut.decode() if isinstance(cut, bytes) else str(cut)) if cut else None
+        fresh_cut = cut_id is not None and cut_id != watched.cut_seen and not cut_id.startswith(self._me + "/")
+        if cut_id is not None:
+            watched.cut_seen = cut_id  # applied once, whatever the limiters say
         for limiter in list(watched.limiters):
             if hold_ms and hold_ms > 0:
                 limiter.hold(hold_ms / 1000, tell=False)
@@ -164,6 +181,8 @@ class RedisLimits:
             if share != limiter.maximum:
                 limiter.maximum = share  # AIMD grows back to it; a smaller share takes effect as slots come back
                 limiter.limit = min(limiter.limit, share)
+            if fresh_cut and limiter.cut():
+                self.cuts_applied += 1
         if breaker:
             kind = "lm_unavailable"
             try:
@@ -191,6 +210,16 @@ class RedisLimits:
             value = json.dumps({"message": message, "kind": breaker.open_kind})
             await self._redis().set(f"{watched.key}:breaker", value, px=max(1, int(breaker.reset_timeout * 1000)), nx=True)
             self.writes += 1
+        except Exception as exc:
+            self._lose(exc)
+
+    async def _cut(self, watched: _Watched) -> None:
+        """429s halved this process's limit: the others halve theirs once (one cut per ``CUT_S`` for the run)."""
+        self.cuts += 1
+        cut_id = f"{self._me}/{self.cuts}"
+        try:
+            if await self._redis().set(f"{watched.key}:cut", cut_id, px=int(CUT_S * 1000), nx=True):
+                self.writes += 1
         except Exception as exc:
             self._lose(exc)
 

@@ -22,6 +22,9 @@ Back-pressure (:class:`AdaptiveLimiter`, AIMD on the in-flight limit)
     server's bad minute, handled by the retry; a server that is over its capacity answers mostly
     429 and the limit comes down to what it can take.
 
+    With a Redis URL the halving is every process's (``redis_limits``): one process's halving halves
+    the others' limits once (a remote worker or shard seeing no 429 of its own yet).
+
     A 429 with ``Retry-After`` also *holds* the endpoint: no new request leaves for it until then
     (``AdaptiveLimiter.hold``; a request already holding a slot waits in it): the limiter's whole
     traffic waits, not only the refused call. With xdist the hold is the run's (``link``: told to
@@ -222,6 +225,9 @@ class AdaptiveLimiter:
         self.holds = 0  # how many times a hold started or was extended
         #: told each hold this process starts (``link``: the run's other processes hold too)
         self.on_hold: Callable[[float], None] | None = None
+        #: told each time 429s halve the limit here (``redis_limits``: the run's other processes halve too)
+        self.on_decrease: Callable[[int], None] | None = None
+        self.decreased_at = 0.0  # monotonic: the last halving (its own or another process's)
 
     def hold(self, seconds: float, *, tell: bool = True) -> bool:
         """Send no new request for ``seconds`` (a ``Retry-After``); False if already held that long."""
@@ -242,6 +248,22 @@ class AdaptiveLimiter:
     @property
     def window(self) -> int:
         return max(8, 2 * self.limit)
+
+    def _halve(self) -> None:
+        self.limit = max(1, self.limit // 2)
+        self.decreases += 1
+        self.decreased_at = time.monotonic()
+        self._recent.clear()
+        self._credit = 0
+
+    def cut(self, *, unless_within: float = 1.0) -> bool:
+        """Another process of the run halved its limit for 429s: halve here too, once — unless this
+        limiter halved within ``unless_within`` seconds (the same burst of 429s, already answered)."""
+        if time.monotonic() - self.decreased_at < unless_within:
+            return False
+        self._halve()
+        logger.info("LM endpoint answers 429 to another process of the run: in-flight limit lowered to %d", self.limit)
+        return True
 
     async def acquire(self) -> None:
         if self.in_flight < self.limit and not self._waiters:
@@ -286,11 +308,10 @@ class AdaptiveLimiter:
             window = self.window
             recent = list(self._recent)[-window:]
             if sum(recent) * 2 >= window:
-                self.limit = max(1, self.limit // 2)
-                self.decreases += 1
-                self._recent.clear()
-                self._credit = 0
+                self._halve()
                 logger.info("LM endpoint keeps answering 429: in-flight limit lowered to %d", self.limit)
+                if self.on_decrease is not None:
+                    self.on_decrease(self.limit)
         elif self.limit < self.maximum:
             self._credit += 1
             if self._credit >= self.limit:
