@@ -42,29 +42,35 @@ def _table(out: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("mode", MODES.values(), ids=MODES.keys())
-def test_estimate_makes_no_call_and_matches_the_run(pytester, server_factory, monkeypatch, mode):
+@pytest.mark.parametrize("cached", [0, 4], ids=["empty-cache", "half-cache"])
+def test_estimate_makes_no_call_and_matches_the_run(pytester, server_factory, monkeypatch, mode, cached):
     monkeypatch.setenv("OPENAI_API_KEY", "k")
     server = server_factory()
     args = [f"--dspex-base-url={server.base_url}", "--dspex-model=fake-model", "--dspex-cache-dir=cache",
             "--dspex-missing-golden=zero-shot", *mode]  # fmt: skip
-    _project(pytester, 4)  # half the cache: 4 of the 10 examples answered once
-    assert pytester.runpytest_subprocess(*args).ret == 0
-    assert server.requests == 4
+    if cached:
+        _project(pytester, cached)  # half the cache: 4 of the 10 examples answered once
+        assert pytester.runpytest_subprocess(*args).ret == 0
+    assert server.requests == cached
     _project(pytester, None)
     estimate = pytester.runpytest_subprocess(*args, "--dspex-estimate", "--dspex-max-calls=5")
     assert estimate.ret == 0, estimate.stdout.str()[-3000:]
-    assert server.requests == 4  # no LM call
+    assert server.requests == cached  # no LM call
     out = estimate.stdout.str()
     got = _table(out)
-    assert got == {"examples": 10, "cached": 4, "calls": 6, "tokens": got["tokens"], "total_calls": 6}
-    assert "over the budget: 6 calls estimated, --dspex-max-calls=5" in out
+    would = 10 - cached
+    assert got == {"examples": 10, "cached": cached, "calls": would, "tokens": got["tokens"], "total_calls": would}
+    assert f"over the budget: {would} calls estimated, --dspex-max-calls=5" in out
     assert "no price known for this model" in out
     real = pytester.runpytest_subprocess(*args, "--dspex-report=report.json")
     assert real.ret == 0
-    assert server.requests == 4 + 6  # the calls the estimate named
+    assert server.requests == cached + would  # the calls the estimate named
     (row,) = json.loads((pytester.path / "report.json").read_text())["programs"]
     tokens = row["usage"]["prompt_tokens"] + row["usage"]["completion_tokens"]
-    assert abs(got["tokens"] - tokens) <= 0.1 * tokens, (got["tokens"], tokens)  # learned from the cached answers
+    if cached:
+        assert abs(got["tokens"] - tokens) <= 0.1 * tokens, (got["tokens"], tokens)  # learned from the cached answers
+    else:  # nothing to learn from: ~4 characters a token and each answer's token limit, an upper bound
+        assert got["tokens"] >= tokens, (got["tokens"], tokens)
 
 
 def test_estimate_prices_a_known_model_and_plans_a_compile(pytester, server_factory, monkeypatch):
@@ -78,5 +84,52 @@ def test_estimate_prices_a_known_model_and_plans_a_compile(pytester, server_fact
     assert result.ret == 0 and server.requests == 0
     out = result.stdout.str()
     assert re.search(r"triage\s+dataset\s+10\s+0\s+10\s+[\d,]+\s+\$0\.\d{4}", out), out[-2000:]
-    assert "triage: compile plan: up to 10 teacher runs (10 training examples x 1 rounds), 4 candidates x 10 selection examples" in out
+    # zero-shot, labeled, bootstrap and 4 shuffled: 7 candidates; a hosted endpoint's baseline: up to 8 draws
+    assert ("triage: compile plan: up to 10 teacher runs (10 training examples x 1 rounds), 7 candidates x 10 selection "
+            "examples, a baseline of up to 8 x 10 gate examples: at most 160 program runs, at most 160 LM calls") in out  # fmt: skip
     assert not (pytester.path / "__dspex__").exists()  # nothing compiled, no golden written
+
+
+CALIBRATED = TEST.replace(
+    'triage = dspex.Predict("message -> team")',
+    """from typing import Literal
+
+class Triage(dspex.Signature):
+    message: str = dspex.InputField()
+    team: Literal["billing", "technical"] = dspex.OutputField()
+
+triage = dspex.Predict(Triage)""",
+).replace('trainset="data/dev.jsonl"', 'trainset="data/train.jsonl", valset="data/val.jsonl"')
+
+
+@pytest.mark.parametrize("mode", MODES.values(), ids=MODES.keys())
+@pytest.mark.parametrize("cached", [0, 6], ids=["empty-cache", "half-cache"])
+def test_compile_plan_is_an_upper_bound_of_the_real_compile(pytester, server_factory, monkeypatch, mode, cached):
+    """The plan counts every candidate the search builds, the calibration's probes and passes and every
+    baseline draw: the compile that follows never makes more calls than it said (trial finding F1)."""
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    server = server_factory()
+    data = {name: "\n".join(json.dumps(e.toDict()) for e in triage_examples(n)) + "\n"
+            for name, n in (("data/train", 12), ("data/val", 10), ("data/dev", 10))}  # fmt: skip
+    pytester.makefile(".jsonl", **data)
+    pytester.makepyfile(test_estimate=CALIBRATED.replace("LIMIT", repr(cached or None)))
+    args = [f"--dspex-base-url={server.base_url}", "--dspex-model=fake-model", "--dspex-cache-dir=cache",
+            "--dspex-missing-golden=zero-shot", *mode]  # fmt: skip
+    if cached:  # half the gate's answers in the cache (the zero-shot program's)
+        assert pytester.runpytest_subprocess(*args).ret == 0
+        pytester.makepyfile(test_estimate=CALIBRATED.replace("LIMIT", "None"))
+    before = server.requests
+    estimate = pytester.runpytest_subprocess(*args, "--dspex-estimate", "--dspex-compile")
+    assert estimate.ret == 0 and server.requests == before
+    out = estimate.stdout.str()
+    plan = re.search(r"triage: compile plan: .*7 candidates x 10 selection examples, calibration of up to 3 of them "
+                     r"\(30 probes and 3 x 10 runs\), a baseline of up to 8 x 10 gate examples: at most (\d+) program runs "
+                     r"and 30 calibration probes, at most (\d+) LM calls before the cache", out)  # fmt: skip
+    assert plan is not None, out[-3000:]
+    assert (int(plan.group(1)), int(plan.group(2))) == (12 + 10 * (7 + 3) + 8 * 10, 12 + 100 + 80 + 30)
+    real = pytester.runpytest_subprocess(*args, "--dspex-compile")
+    assert real.ret == 0, real.stdout.str()[-3000:]
+    spent = re.search(r"compile spent (\d+) LM calls \((\d+) cached\)", real.stdout.str())
+    assert spent is not None, real.stdout.str()[-3000:]
+    assert int(spent.group(1)) <= int(plan.group(2)), (spent.group(0), plan.group(0))
+    assert server.requests - before <= int(plan.group(2)) + 10  # and the gate's own pass after it

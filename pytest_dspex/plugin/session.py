@@ -402,24 +402,43 @@ class DspexSession:
         )  # fmt: skip
 
     def _compile_plan(self, spec: ProgramSpec, metric: MetricSpec | None, gate_dataset: Path | None) -> str:
-        """What ``--dspex-compile`` would run for ``spec`` (``--dspex-estimate``): program runs at most."""
+        """What ``--dspex-compile`` would run for ``spec`` (``--dspex-estimate``): an upper bound of its LM calls."""
         plan = self.compile_size(spec, metric, gate_dataset)
         if plan is None:
             return "compile plan: cannot compile (needs a dspex_metric marker and a trainset)"
-        o = self.options
+        parts = []
+        if plan["teacher"]:
+            parts.append(f"up to {plan['teacher']} teacher runs ({plan['train']} training examples x {plan['rounds']} rounds)")
+        if plan["candidates"]:
+            parts.append(f"{plan['candidates']} candidates x {plan['select']} selection examples")
+        if plan["calibrated"]:
+            parts.append(f"calibration of up to {plan['calibrated']} of them ({plan['probes']} probes and {plan['calibrated']} x {plan['select']} runs)")
+        parts.append(f"a baseline of up to {plan['draws']} x {plan['gate']} gate examples")
         return (
-            f"compile plan: up to {plan['teacher']} teacher runs ({plan['train']} training examples x {o.rounds} rounds), "
-            f"{o.candidates} candidates x {plan['select']} selection examples, a baseline of {plan['draws']} x {plan['gate']} gate examples: "
-            f"at most {plan['runs']} program runs, about {plan['calls']} LM calls before the cache"
+            "compile plan: " + ", ".join(parts) + f": at most {plan['runs']} program runs"
+            + (f" and {plan['probes']} calibration probes" if plan["probes"] else "")
+            + f", at most {plan['calls']} LM calls before the cache"
+            + (" (plus one JSON retry per answer that cannot be read)" if plan["json_retry"] else "")
+            + "; racing drops candidates and a repeatable endpoint stops the baseline after 2 passes, so it usually makes fewer"
         )
 
     def compile_size(self, spec: ProgramSpec, metric: MetricSpec | None, gate_dataset: Path | None) -> dict[str, int] | None:
-        """The numbers of ``_compile_plan`` (program runs and LM calls before the cache); None if it cannot compile."""
-        from ..evaluation.datasets import load_dataset
+        """The numbers of ``_compile_plan``, each the most the compile can make (``optimize.compile``,
+        ``optimize.search``); None if it cannot compile.
 
-        if metric is None or spec.trainset is None:
-            return None
+        ``runs`` counts program runs (teacher runs, every candidate on every selection example, the
+        calibrated candidates' passes, every baseline draw), ``probes`` the calibration's one-call probes,
+        ``calls`` both in LM calls (a run calls each predictor once)."""
+        from ..evaluation.datasets import load_dataset
+        from ..optimize.compile import NOISY_BASELINE_DRAWS
+        from ..optimize.search import CALIBRATE_FINALISTS
+        from ..programs import settings as dspex_settings
+        from ..programs.calibration import calibration_field
+
         o = self.options
+        predictors = spec.program.named_predictors()
+        if metric is None or (predictors and spec.trainset is None):
+            return None
 
         def size(path: Path | None) -> int:
             try:
@@ -427,12 +446,33 @@ class DspexSession:
             except Exception:  # the compile itself would say what is wrong with the file
                 return 0
 
-        train, select, gate = size(spec.trainset), size(spec.valset) or size(spec.trainset), size(gate_dataset)
-        draws = o.baseline_draws or (1 if o.local and o.temperature == 0 else 3)
-        teacher = train * o.rounds
-        runs = teacher + o.candidates * select + draws * gate
-        predictors = max(1, len(list(spec.program.named_predictors())))
-        return {"train": train, "select": select, "gate": gate, "draws": draws, "teacher": teacher, "runs": runs, "calls": runs * predictors}
+        gate = size(gate_dataset)
+        draws = o.baseline_draws or (1 if o.local and o.temperature == 0 else NOISY_BASELINE_DRAWS)
+        plan = {"train": 0, "rounds": o.rounds, "teacher": 0, "candidates": 0, "select": 0, "calibrated": 0, "probes": 0,
+                "gate": gate, "draws": draws}  # fmt: skip
+        if predictors:  # else nothing to optimize: the baseline only (``optimize.baseline_only``)
+            optimizer = spec.optimizer or o.optimizer
+            in_sample = (spec.select or o.select) == "in-sample" and gate_dataset is not None
+            train = size(spec.trainset)
+            select = gate if in_sample else size(spec.valset) or train
+            plan |= {"train": train, "select": select, "candidates": 1}
+            if gate_dataset is None:  # the baseline is measured on the selection set
+                plan["gate"] = gate = select
+            if optimizer != "labeled":
+                plan["teacher"] = train * o.rounds  # one teacher run per example and round, shared by the candidates
+            if optimizer == "random-search":
+                plan["candidates"] = 3 + o.candidates  # zero-shot, labeled, bootstrap, shuffled-0..k-1 (``search``)
+                if o.calibrate == "on":
+                    try:
+                        found = calibration_field(predictors[0][1])
+                    except Exception:
+                        found = None
+                    if found is not None:  # the finalists (the best only when choosing on the trainset)
+                        plan["calibrated"] = min(plan["candidates"], CALIBRATE_FINALISTS if spec.valset is not None or in_sample else 1)
+                        plan["probes"] = plan["calibrated"] * select
+        runs = plan["teacher"] + (plan["candidates"] + plan["calibrated"]) * plan["select"] + draws * gate
+        json_retry = bool(predictors) and bool(dspex_settings.get("json_fallback"))  # off for the embedded model
+        return plan | {"runs": runs, "calls": runs * max(1, len(predictors)) + plan["probes"], "json_retry": int(json_retry)}
 
     def _settings(self, metric: MetricSpec) -> Any:
         from ..optimize.compile import NOISY_BASELINE_DRAWS, CompileSettings
