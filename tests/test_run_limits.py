@@ -403,3 +403,26 @@ def test_a_dead_endpoint_gets_the_runs_fail_max_calls_not_each_workers(pytester,
     assert "circuit breaker opened 1x for the run" in out, out[-3000:]
     # 5, and at most one more per other worker (a request that left as the fifth failure was told)
     assert 5 <= server.requests <= 5 + int(workers) - 1, dict(server.counts)
+
+
+@pytest.mark.parametrize("mode", [["-p", "no:xdist"], ["-n", "2"]], ids=["no-xdist", "xdist-2"])
+def test_the_shards_of_one_run_share_its_budget_in_redis(pytester, server_factory, monkeypatch, redis_server, mode):
+    """Two shards of one GitHub Actions run (the same GITHUB_RUN_ID), --dspex-max-calls=20, 60 examples:
+    together they make 20 calls, not 20 each (each shard counted its own budget before); the shards of
+    the next run (another GITHUB_RUN_ID) have a budget of their own."""
+    pytest.importorskip("redis")
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    monkeypatch.setenv("GITHUB_RUN_ATTEMPT", "1")
+    server = server_factory(latency=0.01)
+    _project(pytester, 60)
+
+    def shard(k: int, run: str) -> None:
+        monkeypatch.setenv("GITHUB_RUN_ID", run)
+        pytester.runpytest_subprocess(*_args(server, f"--dspex-cache-url={redis_server.url}", "--dspex-max-calls=20",
+                                             "--dspex-max-error-rate=1", f"--dspex-shard={k}/2"), *mode)  # fmt: skip
+
+    shard(1, "4242")
+    shard(2, "4242")
+    assert server.requests == 20, dict(server.counts)
+    shard(1, "4243")  # another run: its own budget (shard 1 has about 30 examples)
+    assert server.requests == 40, dict(server.counts)

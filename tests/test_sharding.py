@@ -11,6 +11,7 @@ from pytest_dspex.errors import ConfigError
 from pytest_dspex.evaluation.sharding import (
     Shard,
     ci_parallel_variables,
+    ci_run_id,
     in_shard,
     parse_shard,
     resolve_shard,
@@ -147,3 +148,12 @@ def test_bad_ci_variables_name_the_variable(env: dict[str, str], message: str) -
 def test_dspex_shard_variable(env: dict[str, str], expected: tuple[int, int] | None) -> None:
     s = shard_from_env(env)
     assert (None if s is None else (s.index, s.count)) == expected
+
+
+def test_the_ci_build_names_the_run_its_shards_share():
+    """All parallel jobs of one CI build see the same build id: it names the run (its shards' one budget)."""
+    assert ci_run_id({"GITHUB_RUN_ID": "123", "GITHUB_RUN_ATTEMPT": "2"}) == "GITHUB_RUN_ID=123-2"
+    assert ci_run_id({"CI_PIPELINE_ID": "77", "CI_NODE_INDEX": "1"}) == "CI_PIPELINE_ID=77"
+    assert ci_run_id({"CIRCLE_WORKFLOW_ID": "w-1"}) == "CIRCLE_WORKFLOW_ID=w-1"
+    assert ci_run_id({"BUILDKITE_BUILD_ID": "b"}) == "BUILDKITE_BUILD_ID=b"
+    assert ci_run_id({"HOME": "/root"}) is None

@@ -39,6 +39,7 @@ __all__ = [
     "CI_VARIABLES",
     "Shard",
     "ci_parallel_variables",
+    "ci_run_id",
     "in_shard",
     "parse_shard",
     "resolve_shard",
@@ -134,6 +135,26 @@ def shard_from_ci(env: Mapping[str, str] | None = None) -> Shard | None:
         if total <= 1:
             return None
         return Shard(index - first + 1, total, f"{system} ({index_var}={env[index_var]}, {total_var}={env[total_var]})")
+    return None
+
+
+#: (CI system, the variables naming one build or pipeline run: all its parallel jobs see the same values)
+CI_RUN_VARIABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("GitHub Actions", ("GITHUB_RUN_ID", "GITHUB_RUN_ATTEMPT")),
+    ("GitLab CI", ("CI_PIPELINE_ID",)),
+    ("CircleCI", ("CIRCLE_WORKFLOW_ID",)),
+    ("Buildkite", ("BUILDKITE_BUILD_ID",)),
+)
+
+
+def ci_run_id(env: Mapping[str, str] | None = None) -> str | None:
+    """The CI build that every shard of one run shares (``"GITHUB_RUN_ID=123-1"``), or None outside CI.
+
+    Only read for a sharded run: its shards then share one budget (``--dspex-run-id``)."""
+    env = os.environ if env is None else env
+    for _system, names in CI_RUN_VARIABLES:
+        if env.get(names[0], "").strip():
+            return names[0] + "=" + "-".join(env.get(n, "").strip() for n in names)
     return None
 
 

@@ -115,10 +115,12 @@ class SessionLMs:
 
         o = self.options
         link = self.link
-        if self.is_worker and o.cache_url:  # every worker, on this machine or another: the budget in Redis
+        if o.cache_url and (self.is_worker or o.run_id):
+            # every worker, on this machine or another, and every shard of a named run: the budget in Redis,
+            # keyed by the run (the shards' name for it, else the controller's id: two runs never share one)
             from ..lm.redis_budget import RedisBudget
 
-            return RedisBudget(o.cache_url, self.run_id, o.max_cost, o.max_calls)
+            return RedisBudget(o.cache_url, f"shards:{o.run_id}" if o.run_id else self.run_id, o.max_cost, o.max_calls)
         if link is not None:
             return link.budget(o.max_cost, o.max_calls)  # type: ignore[no-any-return]
         return Budget(o.max_cost, o.max_calls)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from ..errors import ConfigError
-from ..evaluation.sharding import Shard, resolve_shard
+from ..evaluation.sharding import Shard, ci_run_id, resolve_shard
 from ..lm.secrets import base_url_problem
 from ..optimize.registry import DEFAULT_OPTIMIZER, OPTIMIZERS, unknown_optimizer
 from ..reports.formats import FORMATS
@@ -146,6 +146,15 @@ OPTIONS: list[tuple[str, str, Any, str]] = [
         "shared response cache, redis://HOST:PORT/DB (pytest-dspex[redis]); same keys and modes as the disk cache",
     ),
     (
+        "run-id",
+        "str",
+        None,
+        "names the run across the shards of a CI job: with --dspex-cache-url (Redis), shards with the same run id "
+        "share one --dspex-max-calls / --dspex-max-cost (without it each shard counts its own). Default: DSPEX_RUN_ID, "
+        "else, in a sharded run, the CI's build id (GITHUB_RUN_ID and GITHUB_RUN_ATTEMPT, CI_PIPELINE_ID, "
+        "CIRCLE_WORKFLOW_ID, BUILDKITE_BUILD_ID)",
+    ),
+    (
         "example-timeout",
         "float",
         None,
@@ -236,6 +245,7 @@ class DspexOptions:
     repeat_reduction: str = "mean"  # --dspex-repeat-reduction: mean, all (pass^k), any (pass@k)
     estimate: bool = False  # --dspex-estimate: no LM call; what a run would cost
     cache_url: str | None = None  # --dspex-cache-url: Redis instead of the cache directory
+    run_id: str | None = None  # --dspex-run-id / DSPEX_RUN_ID / the CI's build id when sharded: the shards' one budget
     #: report files by format name (``reports.formats``), relative to the invocation directory
     outputs: dict[str, Path] = field(default_factory=dict)
     calibrate: str = "on"  # --dspex-calibrate: on / off
@@ -330,6 +340,7 @@ def resolve(config: pytest.Config) -> DspexOptions:
         values["shard"] = resolve_shard(values["shard"])
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
+    values["run_id"] = values["run_id"] or os.environ.get("DSPEX_RUN_ID", "").strip() or (ci_run_id() if values["shard"] else None)
     if values["shard"] is not None and rebaseline_names is not None:
         raise pytest.UsageError(
             f"--dspex-rebaseline is not sharded (one writer per golden file), but this run is shard {values['shard']} "
