@@ -102,3 +102,45 @@ def test_compile_with_a_raising_metric_stops_early_and_writes_no_golden(
     workers = 2 if "-n" in mode else 1
     # the first wave of teacher runs (4; 9 requests in all), not a whole search (before: 250 requests and a golden of 0.000)
     assert server.requests <= 16 * workers, server.requests
+
+
+def test_examples_whose_metric_raised_are_not_paired_with_the_golden(pytester: pytest.Pytester, server_factory, mode) -> None:
+    """Trial finding F2: the verdict said "a bug in the test's metric", but the comparison with the golden
+    still paired the examples the metric raised on (scored 0) as "10 regressed" under the table, in the
+    markdown and the JSON. They were not measured: none measured, like LM errors, in every view."""
+    import json
+    import re
+
+    from .test_plugin_gates import GOLDEN, TEST_FILE, compile_golden
+    from .test_plugin_gates import project as gates_project
+    from .test_plugin_gates import run as gates_run
+
+    gates_project(pytester, 10)
+    compile_golden(pytester, server_factory(), mode)
+    assert (pytester.path / GOLDEN).exists()
+    pytester.makepyfile(test_triage=TEST_FILE.replace("return example.team == prediction.team", "return example.team == prediction.teem"))
+    reports = ["--dspex-report=r.json", "--dspex-markdown=r.md", "--dspex-html=r.html"]
+    result = gates_run(pytester, server_factory(), mode, *reports)
+    assert result.ret == 1
+    out = result.stdout.str()
+    assert "metric raised on 10 of 10 examples: AttributeError" in out
+    result.stdout.fnmatch_lines(["triage*dataset*0.000*n/a (none measured (10 metric errors))*FAIL"])
+    assert "triage [dataset] vs golden: paired comparison: none measured (10 metric errors)" in out
+    for text in [out, *((pytester.path / f).read_text() for f in ("r.md", "r.html"))]:
+        assert "none measured (10 metric errors)" in text
+        shown = re.sub(r"<(style|script)\b.*?</\1>", "", text, flags=re.S)  # the HTML page's text
+        said = [line for line in shown.splitlines() if re.search(r"\bregressed\b|pass -(>|&gt;) fail", line)]
+        assert not said, said
+    rows = json.loads((pytester.path / "r.json").read_text())["programs"]
+    assert [r["verdict"]["kind"] for r in rows] == ["metric_errors", "metric_errors"]
+    for c in (r["comparison"] for r in rows):
+        assert (c["shared"], c["regressions"], c["metric_errors"], c["lost"]) == (0, [], 10, 0)
+        assert c["verdict"] != "regressed"
+
+
+def test_an_example_whose_metric_raised_within_the_budget_scores_zero_but_is_not_paired() -> None:
+    result = EvaluationResult.from_records(_records(40, 1), program="p", metric="m")
+    v = judge(result, threshold=0.8, golden_outcomes={f"k{i}": 1.0 for i in range(40)})
+    assert v.passed and v.score == pytest.approx(39 / 40)  # counted 0 in the score, as before
+    assert v.comparison is not None and v.comparison.shared == 39 and v.comparison.regressions == []
+    assert v.comparison.metric_errors == 1

@@ -95,6 +95,8 @@ class Comparison:
     tolerance: float = 0.05
     #: examples this run lost to LM errors: not measured, so not compared (``gates.judge`` sets it)
     lost: int = 0
+    #: examples whose metric raised: not measured either, so not compared (``gates.judge`` sets it)
+    metric_errors: int = 0
 
     @property
     def regressed(self) -> bool:
@@ -103,7 +105,7 @@ class Comparison:
     def summary(self) -> str:
         """One line for a terminal or a failure message."""
         if self.shared == 0:
-            return f"paired comparison: {nothing_compared(self.lost)}"
+            return f"paired comparison: {nothing_compared(self.lost, metric_errors=self.metric_errors)}"
         lo, hi = self.delta_ci95
         if self.test == "mcnemar-exact" and not self.regressions and not self.fixes:  # nothing moved: no interval to show
             text = f"{self.verdict}: no example changed outcome (delta +0.000), {self.shared} shared examples"
@@ -137,6 +139,7 @@ class Comparison:
             "alpha": self.alpha,
             "tolerance": self.tolerance,
             "lost": self.lost,
+            "metric_errors": self.metric_errors,
         }
 
     @classmethod
@@ -158,13 +161,16 @@ class Comparison:
             alpha=float(data.get("alpha", 0.05)),
             tolerance=float(data.get("tolerance", 0.05)),
             lost=int(data.get("lost", 0)),
+            metric_errors=int(data.get("metric_errors", 0)),
         )
 
 
-def nothing_compared(lost: int, long: bool = True) -> str:
-    """Why a paired comparison compared no example: none measured (all lost to LM errors) or none shared."""
-    if lost:
-        return f"none measured ({lost} lost to LM errors)"
+def nothing_compared(lost: int, long: bool = True, *, metric_errors: int = 0) -> str:
+    """Why a paired comparison compared no example: none measured (all lost to LM errors or to a
+    metric that raised) or none shared."""
+    if lost or metric_errors:
+        why = [f"{lost} lost to LM errors"] * bool(lost) + [f"{metric_errors} metric errors"] * bool(metric_errors)
+        return f"none measured ({', '.join(why)})"
     return "no examples shared with the golden" if long else "none shared"
 
 

@@ -30,8 +30,8 @@ McNemar for 0/1 scores, a paired permutation test for graded ones, e.g. means ov
   gate applies as well, on the shared examples (golden's mean vs this run's mean on the same keys):
   a small dataset is never gated more loosely than before. The verdict says it was underpowered.
 
-Examples this run lost to infrastructure errors (``INFRA_ERROR_KINDS``) are left out of the paired
-comparison: they were not measured (within the error budget they still count 0 in the score and
+Examples this run lost to infrastructure errors (``INFRA_ERROR_KINDS``), and those whose metric raised,
+are left out of the paired comparison: they were not measured (within the error budget they still count 0 in the score and
 against the threshold). Without per-example outcomes (schema 1 goldens), or when the run shares no
 example with them, the gate is the tolerance against the golden's recorded score (``golden_score``).
 
@@ -109,7 +109,8 @@ def against_golden(
     if comparison is not None and not comparison.get("shared"):
         from .comparison import nothing_compared
 
-        return None, None, nothing_compared(int(comparison.get("lost") or 0), long=False)
+        lost, raised = int(comparison.get("lost") or 0), int(comparison.get("metric_errors") or 0)
+        return None, None, nothing_compared(lost, long=False, metric_errors=raised)
     paired = comparison is not None and comparison.get("baseline_score") is not None
     golden = float(comparison["baseline_score"]) if paired and comparison is not None else golden_score
     if golden is None:
@@ -226,8 +227,9 @@ def metric_errors_reason(records: Iterable[ExampleRecord], n: int, what: str = "
 
 
 def paired_outcomes(records: Iterable[ExampleRecord]) -> dict[str, float]:
-    """``{key: score}`` of the records the model answered (infrastructure errors left out: not measured)."""
-    return {r.key: r.score for r in records if r.error_kind not in INFRA_ERROR_KINDS}
+    """``{key: score}`` of the records measured: infrastructure errors and examples whose metric raised
+    are left out (not measured, so never paired as a regression)."""
+    return {r.key: r.score for r in records if r.error_kind not in INFRA_ERROR_KINDS and r.error_kind != "metric"}
 
 
 def _keys(keys: Sequence[str]) -> str:
@@ -274,8 +276,9 @@ def judge(
 
         comparison = compare(golden_outcomes, paired_outcomes(result.records), alpha=alpha, tolerance=tolerance)
         lost = sum(1 for r in result.records if r.error_kind in INFRA_ERROR_KINDS)
-        if lost:
-            comparison = replace(comparison, lost=lost)
+        raised = sum(1 for r in result.records if r.error_kind == "metric")
+        if lost or raised:
+            comparison = replace(comparison, lost=lost, metric_errors=raised)
 
     refused = result.errors_by_kind.get("refused", 0)
 

@@ -326,7 +326,8 @@ class ProgramView:
         if self.nothing_shared:
             from ..evaluation.comparison import nothing_compared
 
-            return f"n/a ({nothing_compared(int((c or {}).get('lost') or 0))})"
+            c = c or {}
+            return f"n/a ({nothing_compared(int(c.get('lost') or 0), metric_errors=int(c.get('metric_errors') or 0))})"
         if self.not_compared:  # incomplete: the examples that ran are not the golden's whole set
             return "n/a (incomplete: not all examples ran)"
         text = fmt_delta(self.delta)
