@@ -13,7 +13,11 @@ In order, the first that applies decides:
                       as ``prediction.teem``): a bug in the test code, not a low score — the verdict
                       leads with "metric raised on k of n examples: <first exception>". A metric that
                       raises on a few examples (within the budget) scores them 0, as before;
-* ``below_threshold`` the score is under the marker's threshold (an absolute floor);
+* ``program_errors``  the program itself raised on more than ``max_error_rate`` of the examples (a
+                      client without credentials, a bug in the code under test): "program raised on k
+                      of n examples: <first exception> — not a low score", not paired with the golden;
+* ``below_threshold`` the score is under the marker's threshold (an absolute floor); a regression
+                      against the golden is named with it (every failed check is);
 * ``regression``      against the golden (see below);
 * ``ok``.
 
@@ -60,18 +64,23 @@ __all__ = [
     "DEFAULT_MAX_ERROR_RATE",
     "INCOMPLETE",
     "METRIC_ERRORS",
+    "PROGRAM_ERRORS",
     "Verdict",
     "against_golden",
     "incomplete",
     "judge",
     "metric_errors_reason",
     "paired_outcomes",
+    "program_errors_reason",
+    "tolerance_regression",
 ]
 
 #: ``Verdict.kind`` of a program whose examples did not all run: no gate verdict
 INCOMPLETE = "incomplete"
 #: ``Verdict.kind`` of a program whose metric raised beyond the error budget: a test-code bug, no score
 METRIC_ERRORS = "metric_errors"
+#: ``Verdict.kind`` of a program that itself raised beyond the error budget: not a low score, not paired
+PROGRAM_ERRORS = "program_errors"
 
 #: One-sided significance level of the paired regression test (``--dspex-alpha``).
 DEFAULT_ALPHA = 0.05
@@ -132,7 +141,8 @@ class Verdict:
     threshold: float | None
     golden_score: float | None
     tolerance: float
-    kind: str = "ok"  # ok / no_examples / lm_errors / metric_errors / below_threshold / regression / incomplete
+    # ok / no_examples / lm_errors / program_errors / metric_errors / below_threshold / regression / incomplete
+    kind: str = "ok"
     details: list[str] = field(default_factory=list)
     #: the paired comparison with the golden's per-example outcomes (None: no outcomes to pair with)
     comparison: Comparison | None = None
@@ -148,7 +158,7 @@ class Verdict:
     def headline(self, program: str, n: int, ci: tuple[float, float] | None = None) -> str:
         if self.incomplete:
             return f"dspex gate INCOMPLETE for {program!r}: {self.reason} (score {self.score:.3f} on those {n})"
-        if self.kind == METRIC_ERRORS:  # a bug in the test code leads, not a score
+        if self.kind in (METRIC_ERRORS, PROGRAM_ERRORS):  # a bug in the code leads, not a score
             return f"dspex gate FAILED for {program!r}: {self.reason} (score {self.score:.3f} on n={n} not judged)"
         parts = [f"dspex gate {'passed' if self.passed else 'FAILED'} for {program!r}: score {self.score:.3f}"]
         if ci is not None:
@@ -226,6 +236,36 @@ def metric_errors_reason(records: Iterable[ExampleRecord], n: int, what: str = "
     return f"metric raised on {len(raised)} of {n} {what}" + (f": {first}" if first else "")
 
 
+def program_errors_reason(records: Iterable[ExampleRecord], n: int) -> str | None:
+    """``"program raised on k of n examples: OpenAIError: …"`` (the first exception), or None when it never raised."""
+    raised = [r for r in records if r.error_kind == "program"]
+    if not raised:
+        return None
+    first = (raised[0].error or "")[:300]
+    return f"program raised on {len(raised)} of {n} examples" + (f": {first}" if first else "")
+
+
+def tolerance_regression(comparison: Comparison | Mapping[str, Any] | None) -> bool:
+    """A drop of more than the tolerance that the paired test is too small to call (underpowered, not
+    regressed): a regression by the tolerance — whatever else failed (a threshold too)."""
+    if comparison is None:
+        return False
+    c = comparison if isinstance(comparison, Mapping) else comparison.to_json()
+    if not c.get("shared") or c.get("verdict") == "regressed" or not c.get("underpowered"):
+        return False
+    return float(c.get("delta") or 0.0) < -float(c.get("tolerance") or 0.0) - 1e-9
+
+
+def tolerance_reason(c: Comparison) -> str:
+    """Why an underpowered paired comparison is a regression by the tolerance, in words."""
+    return (
+        f"regression: {c.current_score:.3f} < golden {c.baseline_score:.3f} - tolerance {c.tolerance:.3f} "
+        f"on the {c.shared} shared examples ({len(c.regressions)} went pass -> fail: "
+        f"{_keys(c.regressions)}); the paired test is underpowered (needs n >= {c.needed_n}), "
+        "so the tolerance applies"
+    )
+
+
 def paired_outcomes(records: Iterable[ExampleRecord]) -> dict[str, float]:
     """``{key: score}`` of the records measured: infrastructure errors and examples whose metric raised
     are left out (not measured, so never paired as a regression)."""
@@ -267,11 +307,11 @@ def judge(
     ``golden_outcomes`` (the golden's per-example validation scores by key) turn the regression
     check into the paired comparison; the verdict carries it (``verdict.comparison``).
     """
+    from dataclasses import replace
+
     score, n = result.score, result.n
     comparison: Comparison | None = None
     if golden_outcomes is not None:
-        from dataclasses import replace
-
         from .comparison import compare
 
         comparison = compare(golden_outcomes, paired_outcomes(result.records), alpha=alpha, tolerance=tolerance)
@@ -294,6 +334,13 @@ def judge(
     if infra > max_error_rate * n + 1e-9:
         reason = lm_errors_reason(by_kind, n) or ""
         return v(False, f"{reason} — over the error budget of {max_error_rate:.0%} (not a low score)", "lm_errors")
+    crashed = by_kind.get("program", 0)
+    if crashed > max_error_rate * n + 1e-9:  # the code under test raised: not measured, so not paired
+        reason = program_errors_reason(result.records, n) or f"program raised on {crashed} of {n} examples"
+        return replace(
+            v(False, f"{reason} — not a low score (over the error budget of {max_error_rate:.0%})", PROGRAM_ERRORS),
+            comparison=None,
+        )
     raised = by_kind.get("metric", 0)
     if raised > max_error_rate * n + 1e-9:
         reason = metric_errors_reason(result.records, n) or f"metric raised on {raised} of {n} examples"
@@ -306,20 +353,15 @@ def judge(
         reason = f"below threshold ({score:.3f} < {threshold:.3f})"
         if comparison is not None and comparison.shared and comparison.regressed:  # every failed check is named
             reason += "; and " + regression_reason(comparison)
+        elif comparison is not None and tolerance_regression(comparison):
+            reason += "; and " + tolerance_reason(comparison)
         return v(False, reason, "below_threshold")
     if comparison is not None and comparison.shared:
         c = comparison
         if c.regressed:
             return v(False, regression_reason(c), "regression")
-        if c.underpowered and c.delta < -tolerance - 1e-9:
-            return v(
-                False,
-                f"regression: {c.current_score:.3f} < golden {c.baseline_score:.3f} - tolerance {tolerance:.3f} "
-                f"on the {c.shared} shared examples ({len(c.regressions)} went pass -> fail: "
-                f"{_keys(c.regressions)}); the paired test is underpowered (needs n >= {c.needed_n}), "
-                "so the tolerance applies",
-                "regression",
-            )
+        if tolerance_regression(c):
+            return v(False, tolerance_reason(c), "regression")
         return v(True, "ok", "ok")
     if golden_score is not None and score < golden_score - tolerance - 1e-9:
         return v(False, f"regression: {score:.3f} < golden {golden_score:.3f} - tolerance {tolerance:.3f}", "regression")

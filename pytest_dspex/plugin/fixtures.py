@@ -160,6 +160,13 @@ def where_from(row: dict[str, Any]) -> str:
     return text
 
 
+def _plain_function(resolved: Resolved) -> bool:
+    """A plain function (``dspex.program(fn)``): its LM calls reach the session only if it is told to."""
+    from ..programs.function import FunctionProgram
+
+    return isinstance(resolved.program, FunctionProgram)
+
+
 def _comparable_golden_score(resolved: Resolved, fingerprint: str | None) -> float | None:
     """The golden's score, if it was measured on this very dataset (else no regression gate)."""
     g = resolved.golden
@@ -312,6 +319,7 @@ class Evaluator:
             prompts=resolved.golden.prompts if resolved.golden is not None else {},
             provenance=resolved.golden.provenance(fingerprint) if resolved.golden is not None else None,
             instructions_diff=resolved.instructions_diff,
+            plain_function=_plain_function(resolved),
         )
         run = ProgramRun(settings, golden_outcomes=golden_outcomes, shard=options.shard, expected=len(examples))
         verdict = run.judge(result=result)
@@ -419,6 +427,7 @@ class Predictor:
                 ("provenance", key), lambda: resolved.golden.provenance(data.fingerprint) if resolved.golden else None
             ),
             instructions_diff=resolved.instructions_diff,
+            plain_function=_plain_function(resolved),
         )
         node.stash[payload_key] = Payload(
             "example",

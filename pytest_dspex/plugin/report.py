@@ -29,7 +29,7 @@ def gate_lines(rows: list[dict[str, Any]], fresh: frozenset[str] = frozenset()) 
     ``fresh``: goldens this run has just written (created or replaced): no comparison with them is said.
     A regression judged by the tolerance (the paired test underpowered) is said as one sentence."""
     from ..evaluation.comparison import Comparison
-    from ..evaluation.gates import SHOWN_KEYS
+    from ..evaluation.gates import SHOWN_KEYS, tolerance_regression
 
     out: list[tuple[str, dict[str, bool]]] = []
     said: set[tuple[str, Any]] = set()
@@ -45,8 +45,9 @@ def gate_lines(rows: list[dict[str, Any]], fresh: frozenset[str] = frozenset()) 
         if raw and r.get("golden") not in fresh:
             c = Comparison.from_json(raw)
             text = f"{label} vs golden: {c.summary()}"
-            by_tolerance = r["verdict"].get("kind") == "regression" and not c.regressed
-            if by_tolerance:  # the verdict and this line are one sentence, not two that disagree
+            # said the same whether or not the threshold failed too: the verdict and this line agree
+            by_tolerance = tolerance_regression(raw)
+            if by_tolerance:
                 text = (
                     f"{label} vs golden: regression by the tolerance: {c.current_score:.3f} vs golden {c.baseline_score:.3f} "
                     f"on {c.shared} shared examples (more than {c.tolerance:g} lower); the paired test alone would say "

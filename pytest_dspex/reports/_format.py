@@ -243,18 +243,22 @@ class ProgramView:
     @property
     def _against(self) -> tuple[float | None, float | None, str]:
         """``(golden, delta, why_not)``, computed as the failure sentence computes it (``against_golden``)."""
-        from ..evaluation.gates import against_golden
+        from ..evaluation.gates import PROGRAM_ERRORS, against_golden
 
+        if self.verdict.get("kind") == PROGRAM_ERRORS:  # the program raised: nothing measured to compare
+            return None, None, "program raised"
         return against_golden(self.row.get("score"), self.row.get("golden_score"), self.comparison, incomplete=self.incomplete)
 
     @property
     def failed_checks(self) -> list[str]:
         """Every check that failed, in words (a run below its threshold may also have regressed)."""
+        from ..evaluation.gates import tolerance_regression
+
         v = self.verdict
         if v.get("passed"):
             return []
         kind = v.get("kind")
-        if kind in ("lm_errors", "metric_errors", "no_examples", "deferred") or kind is None:
+        if kind in ("lm_errors", "program_errors", "metric_errors", "no_examples", "deferred") or kind is None:
             return [str(v.get("reason") or kind or "failed")]
         row, c = self.row, self.comparison
         out: list[str] = []
@@ -263,7 +267,7 @@ class ProgramView:
             out.append(f"below threshold ({fmt_num(score)} < {fmt_num(threshold, 2)})")
         if c is not None and c.get("verdict") == "regressed":
             out.append(f"regressed: {len(c.get('regressions') or [])} of {c.get('shared')} shared examples worse ({p_text(c.get('p_value'))})")
-        elif kind == "regression":
+        elif kind == "regression" or tolerance_regression(c):  # by the tolerance, with a failed threshold too
             tolerance = row.get("tolerance")
             base = self.baseline
             text = "regression: below the golden"
@@ -329,7 +333,7 @@ class ProgramView:
             c = c or {}
             return f"n/a ({nothing_compared(int(c.get('lost') or 0), metric_errors=int(c.get('metric_errors') or 0))})"
         if self.not_compared:  # incomplete: the examples that ran are not the golden's whole set
-            return "n/a (incomplete: not all examples ran)"
+            return "n/a (incomplete: not all examples ran)" if self.incomplete else f"n/a ({self.not_compared})"
         text = fmt_delta(self.delta)
         if c is None:
             return text

@@ -34,6 +34,12 @@ __all__ = ["DEFERRED", "ProgramRun", "RunSettings"]
 #: ``Verdict.kind`` of a shard job's program: its gate is judged by ``combine`` on the merged records
 DEFERRED = "deferred"
 
+#: said when a plain function raised beyond the error budget and made no LM call through the session
+NO_CALLS_HINT = (
+    "it made no LM call through the session, so its LM calls did not reach the session's endpoint: set "
+    "dspex_openai_env = true (or --dspex-openai-env) or build its client from dspex_endpoint.base_url"
+)
+
 #: row keys computed from the records and the verdict (never settings): recomputed, never copied;
 #: ``passed``, ``elapsed_s``, ``lm_unavailable`` and ``worst`` are older reports' flat fields
 COMPUTED = frozenset({
@@ -65,6 +71,7 @@ class RunSettings:
     prompts: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] | None = None  # how the golden's program was chosen and its baseline measured
     instructions_diff: str = ""  # the program's instructions differ from the golden's
+    plain_function: bool = False  # a plain function (``dspex.program(fn)``): its LM calls may bypass the session
     extra: dict[str, Any] = field(default_factory=dict)
 
     _KEYS = {"provenance": "golden_provenance"}
@@ -134,7 +141,7 @@ class ProgramRun:
         ``stopped`` (why the session ended early), else a cut-short run. A shard job's complete share
         is ``deferred`` to ``combine``.
         """
-        from ..evaluation.gates import DEFAULT_ALPHA, incomplete, judge
+        from ..evaluation.gates import DEFAULT_ALPHA, PROGRAM_ERRORS, incomplete, judge
         from ..evaluation.result import EvaluationResult
 
         s = self.settings
@@ -151,6 +158,8 @@ class ProgramRun:
             golden_outcomes=self.golden_outcomes,
             alpha=s.alpha if s.alpha is not None else DEFAULT_ALPHA,
         )
+        if verdict.kind == PROGRAM_ERRORS and s.plain_function and not result.usage.calls:
+            verdict = replace(verdict, reason=f"{verdict.reason}; {NO_CALLS_HINT}")
         ran = result.n
         expected = self.expected if self.expected is not None else s.dataset_size
         if expected is not None and ran < expected:
