@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from .test_plugin_baseline import COMPILE, golden, mode, model, project, run, server  # noqa: F401
+from .test_plugin_baseline import COMPILE, golden, mode, model, project, run, server, write_test  # noqa: F401
 
 
 def relabel(pytester: pytest.Pytester, cases: range) -> None:
@@ -63,6 +63,31 @@ def test_a_rebaseline_that_is_no_worse_is_written_without_force(pytester, server
     out.stdout.fnmatch_lines(["*golden rebaselined*", "*new baseline vs the golden's baseline: no change*"])
     after = golden(pytester)
     assert after["baseline"]["how"] == "rebaseline" and before["baseline"]["how"] == "compile"
+
+
+def test_a_rebaseline_the_gate_calls_a_regression_by_the_tolerance_is_refused(pytester, server, model, mode):  # noqa: F811
+    """Trial finding F12: on 40 examples the paired test is underpowered, so the gate fails a drop of more
+    than the tolerance; a re-baseline recorded that drop without --dspex-force and called it "no change"."""
+    project(pytester, 40)
+    assert run(pytester, server, mode, *COMPILE).ret == 0
+    before = golden(pytester)
+    model.worse_when, model.worse = "in one word", {0, 10, 20, 30}  # 1.000 -> 0.900: p=0.0625, not significant
+    write_test(pytester, "Route a customer message to the team that should handle it, in one word.")
+    gate = run(pytester, server, mode, "-k", "not each")
+    assert gate.ret == 1  # the gate: a regression by the tolerance
+    gate.stdout.fnmatch_lines(["*triage ?dataset? vs golden: regression by the tolerance: 0.900 vs golden 1.000*"])
+    refused = run(pytester, server, mode, "--dspex-rebaseline=triage")
+    assert refused.ret == 1, refused.stdout.str()
+    refused.stdout.fnmatch_lines([
+        "*__dspex__/test_triage/triage.json: new baseline not recorded: it is worse than the one it would replace — "
+        "regression by the tolerance: 0.900 vs 1.000 on 40 shared examples (more than 0.05 lower); the paired test "
+        "alone would say no change*the golden is unchanged*pytest --dspex-rebaseline=triage --dspex-force*",
+    ])  # fmt: skip
+    assert golden(pytester) == before
+    forced = run(pytester, server, mode, "--dspex-rebaseline=triage", "--dspex-force")
+    assert forced.ret == 0, forced.stdout.str()
+    forced.stdout.fnmatch_lines(["*new baseline vs the golden's baseline: regression by the tolerance: 0.900 vs 1.000*"])
+    assert golden(pytester)["baseline"]["score"] == 0.9
 
 
 def test_a_compile_below_the_threshold_keeps_the_golden_it_would_replace(pytester, server, mode):  # noqa: F811

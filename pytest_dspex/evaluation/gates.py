@@ -67,6 +67,8 @@ __all__ = [
     "PROGRAM_ERRORS",
     "Verdict",
     "against_golden",
+    "comparison_text",
+    "gate_would_fail",
     "incomplete",
     "judge",
     "metric_errors_reason",
@@ -290,6 +292,25 @@ def regression_reason(comparison: Comparison) -> str:
         text += f", {len(c.fixes)} improved"
     p = f"{c.p_value:.2g}" if c.p_value < 0.001 else f"{c.p_value:.3f}"
     return text + f"; delta {c.delta:+.3f} (95% CI {lo:+.3f}..{hi:+.3f}), p={p} < alpha {c.alpha:g} [{c.test}]"
+
+
+def gate_would_fail(comparison: Comparison) -> bool:
+    """Whether the gate calls this comparison a regression (``judge``'s rule): the paired test says
+    regressed, or it is underpowered and the shared examples' mean is more than the tolerance lower."""
+    c = comparison
+    return c.shared > 0 and (c.regressed or (c.underpowered and c.delta < -c.tolerance - 1e-9))
+
+
+def comparison_text(comparison: Comparison) -> str:
+    """``comparison.summary()``, led by "regression by the tolerance" when that is what fails it (never
+    "no change" for a drop the gate fails)."""
+    c = comparison
+    if gate_would_fail(c) and not c.regressed:
+        return (
+            f"regression by the tolerance: {c.current_score:.3f} vs {c.baseline_score:.3f} on {c.shared} shared examples "
+            f"(more than {c.tolerance:g} lower); the paired test alone would say {c.summary()}"
+        )
+    return c.summary()
 
 
 def judge(

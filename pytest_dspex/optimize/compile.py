@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..evaluation.gates import DEFAULT_MAX_ERROR_RATE
+from ..evaluation.gates import DEFAULT_ALPHA, DEFAULT_MAX_ERROR_RATE, comparison_text, gate_would_fail
 from ..evaluation.scoring import example_timeout
 from ..lm.usage import Usage, track_usage
 from ..observe import tracing
@@ -66,6 +66,10 @@ class CompileSettings(OptimizerSettings):
     adapter: Any = None
     #: fresh passes over the gate set that make the baseline (stops after two that agree on every example)
     baseline_draws: int = NOISY_BASELINE_DRAWS
+    #: the gate's own rule for a worse baseline (the marker's tolerance, ``--dspex-alpha``): a re-baseline
+    #: the gate would call a regression is refused without ``force``
+    tolerance: float = 0.05
+    alpha: float = DEFAULT_ALPHA
 
 
 @dataclass
@@ -321,11 +325,11 @@ def rebaseline_program(
                 f"the LM endpoint and re-run pytest --dspex-rebaseline={name}"
             )
         baseline = baseline_entry(draws, dataset=fingerprint(gate), how="rebaseline", labels=label_hashes(gate))
-        replaced = _compare_baselines(old, baseline)
-        if replaced is not None and replaced.regressed and not settings.force:
+        replaced = _compare_baselines(old, baseline, alpha=settings.alpha, tolerance=settings.tolerance)
+        if replaced is not None and gate_would_fail(replaced) and not settings.force:
             raise GoldenFileError(
                 f"{path}: new baseline not recorded: it is worse than the one it would replace — "
-                f"{replaced.summary()}; the golden is unchanged. If this drop is intended (an accepted edit or "
+                f"{comparison_text(replaced)}; the golden is unchanged. If this drop is intended (an accepted edit or "
                 f"model change): pytest --dspex-rebaseline={name} --dspex-force"
             )
         m = old.model
@@ -440,7 +444,9 @@ def _below_threshold(
     )
 
 
-def _compare_baselines(previous: GoldenFile | None, baseline: dict[str, Any]) -> Comparison | None:
+def _compare_baselines(
+    previous: GoldenFile | None, baseline: dict[str, Any], *, alpha: float = DEFAULT_ALPHA, tolerance: float = 0.05
+) -> Comparison | None:
     """The new baseline paired with the previous golden's (None without a previous golden or shared keys)."""
     from ..evaluation.comparison import compare
 
@@ -453,5 +459,5 @@ def _compare_baselines(previous: GoldenFile | None, baseline: dict[str, Any]) ->
     labels = baseline.get("labels") or {}
     if b is not None and b.labels and labels:  # relabelled examples are not paired
         old = {k: v for k, v in old.items() if not (k in b.labels and k in labels and b.labels[k] != labels[k])}
-    cmp = compare(old, baseline["examples"])
+    cmp = compare(old, baseline["examples"], alpha=alpha, tolerance=tolerance)
     return cmp if cmp.shared else None

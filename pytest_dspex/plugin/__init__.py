@@ -430,11 +430,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             tr.write_line(f"  {g['near_threshold']}", yellow=True)
         if g.get("replaced"):  # the new baseline paired with the one it replaced
             from ..evaluation.comparison import Comparison
+            from ..evaluation.gates import comparison_text, gate_would_fail
 
             c = Comparison.from_json(g["replaced"])
             kept = g["outcome"] == "kept"
-            tr.write_line(f"  {'this run' if kept else 'new baseline'} vs the golden's baseline: {c.summary()}",
-                          red=c.regressed, green=c.verdict == "improved")  # fmt: skip
+            tr.write_line(f"  {'this run' if kept else 'new baseline'} vs the golden's baseline: {comparison_text(c)}",
+                          red=gate_would_fail(c), green=c.verdict == "improved")  # fmt: skip
     if said_interrupted:
         tr.write_line(said_interrupted, yellow=True)
     for text, is_error in collector.golden_messages:  # goldens compiled on workers, written here

@@ -494,6 +494,8 @@ class DspexSession:
             example_timeout=o.example_timeout,
             model_info=self.lms.model_info(),
             baseline_draws=o.baseline_draws or (1 if o.local and o.temperature == 0 else NOISY_BASELINE_DRAWS),
+            tolerance=metric.tolerance if metric.tolerance is not None else o.tolerance,
+            alpha=o.alpha,
         )
 
     # -- per-example items ----------------------------------------------------------------------
