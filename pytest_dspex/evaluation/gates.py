@@ -297,15 +297,14 @@ def regression_reason(comparison: Comparison) -> str:
 def gate_would_fail(comparison: Comparison) -> bool:
     """Whether the gate calls this comparison a regression (``judge``'s rule): the paired test says
     regressed, or it is underpowered and the shared examples' mean is more than the tolerance lower."""
-    c = comparison
-    return c.shared > 0 and (c.regressed or (c.underpowered and c.delta < -c.tolerance - 1e-9))
+    return comparison.shared > 0 and (comparison.regressed or tolerance_regression(comparison))
 
 
 def comparison_text(comparison: Comparison) -> str:
     """``comparison.summary()``, led by "regression by the tolerance" when that is what fails it (never
     "no change" for a drop the gate fails)."""
     c = comparison
-    if gate_would_fail(c) and not c.regressed:
+    if tolerance_regression(c):
         return (
             f"regression by the tolerance: {c.current_score:.3f} vs {c.baseline_score:.3f} on {c.shared} shared examples "
             f"(more than {c.tolerance:g} lower); the paired test alone would say {c.summary()}"
