@@ -14,7 +14,9 @@ answers of every variant are compared with the first's (they must be the same).
 
 Variants: ``before`` (llama.cpp's grammar pass over the whole vocabulary, OpenMP threads spinning:
 the server as it was), ``now`` (the server as ``ensure_server`` starts it), ``spin`` (now, with
-spinning threads), ``full-grammar`` (now, with the whole-vocabulary grammar pass), ``one-thread``.
+spinning threads), ``full-grammar`` (now, with the whole-vocabulary grammar pass), ``one-thread``,
+``serial`` and ``batched`` (the batch engine off and on: ``DSPEX_BATCHED``), ``batched-1`` (on, the
+requests sent one at a time).
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "spin": {"full_grammar": False, "env": {"OMP_WAIT_POLICY": "ACTIVE"}},
     "full-grammar": {"full_grammar": True, "env": {}},
     "one-thread": {"full_grammar": False, "env": {}, "threads": 1},
+    # the batch engine (pytest_dspex/lm/local/_batched.py) off and on; "-1": its requests sent one at a time
+    "serial": {"full_grammar": False, "env": {"OMP_WAIT_POLICY": "PASSIVE", "DSPEX_BATCHED": "0"}},
+    "batched": {"full_grammar": False, "env": {"OMP_WAIT_POLICY": "PASSIVE", "DSPEX_BATCHED": "1"}},
+    "batched-1": {"full_grammar": False, "env": {"OMP_WAIT_POLICY": "PASSIVE", "DSPEX_BATCHED": "1"}, "concurrency": 1},
 }
 
 
@@ -124,7 +130,7 @@ def replay(name: str, bodies: list[dict[str, Any]], concurrency: int) -> dict[st
                     raise RuntimeError(f"server did not start: {log_path.read_text()[-2000:]}")
                 time.sleep(0.25)
             cpu0, t0 = _cpu_seconds(proc.pid), time.perf_counter()
-            answers = asyncio.run(_send_all(url, bodies, concurrency))
+            answers = asyncio.run(_send_all(url, bodies, variant.get("concurrency", concurrency)))
             wall, cpu = time.perf_counter() - t0, _cpu_seconds(proc.pid) - cpu0
         finally:
             proc.terminate()
@@ -139,8 +145,42 @@ def replay(name: str, bodies: list[dict[str, Any]], concurrency: int) -> dict[st
         **counts,
         "prompt_eval_ms_per_request": round(counts["prompt_eval_s"] * 1000 / n, 1),
         "generate_ms_per_request": round(counts["generate_s"] * 1000 / n, 1),
+        "ms_cpu_per_generated_token": round(cpu * 1000 / max(1, counts["generated_tokens"]), 1),
         "answers": answers,
     }
+
+
+#: 48 requests of the example's find_product compile (ChainOfThought), in the order it sent them
+FIND_PRODUCT = Path(__file__).resolve().parent / "data" / "find_product_requests.jsonl"
+
+
+def section(ctx: Any) -> list[str]:
+    """bench/run.py section: the batch engine against the serial server on the same requests."""
+    bodies = [json.loads(line) for line in FIND_PRODUCT.read_text().splitlines() if line.strip()]
+    rows = [
+        "`bench/embedded_replay.py`: 48 requests of the example's find_product compile (ChainOfThought),",
+        "replayed 8 at a time as the compile sends them. `serial`: llama-cpp-python's server as it was (one",
+        "request at a time); `batched`: the batch engine (`DSPEX_BATCHED=1`), also with the requests sent one",
+        "at a time (`batched-1`). Server CPU is from /proc; answers are compared with `batched-1`'s.",
+        "",
+        "| variant | wall | server CPU | CPU per generated token | prompt tokens evaluated | generated | answers differing |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    first: list[str] | None = None
+    results = {}
+    for name in ("batched-1", "batched", "serial", "batched"):
+        r = replay(name, bodies, 8)
+        answers = r.pop("answers")
+        first = answers if first is None else first
+        differing = sum(a != b for a, b in zip(answers, first, strict=True))
+        results[name] = r
+        rows.append(
+            f"| {name} | {r['wall_s']:.0f} s | {r['server_cpu_s']:.1f} s | {r['ms_cpu_per_generated_token']:.0f} ms | "
+            f"{r['prompt_tokens_evaluated']} | {r['generated_tokens']} | {differing} of {len(answers)} |"
+        )
+    ratio = results["batched"]["server_cpu_s"] / max(0.1, results["serial"]["server_cpu_s"])
+    ctx.target("batch engine: server CPU, batched / serial (48 find_product requests)", f"{ratio:.2f}", "", None)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:

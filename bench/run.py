@@ -47,6 +47,7 @@ SECTIONS: list[tuple[str, str, str]] = [
     ("noisy_gate", "The paired gate against a noisy baseline, simulated (issue 18)", "sim_noisy_gate:section"),
     ("example_compile", "The example project's compile: the embedded server's work (issue 18)", "example_compile:section"),
     ("extract", "The embedded model on an extraction task with a number (issue 26)", "cases_extract:section"),
+    ("batched", "The embedded server's batch engine: 48 find_product requests, serial vs batched (issues 18, 26)", "embedded_replay:section"),
     ("generalisation", "Gate-set scores beside unseen examples, by selection rule (issue 18)", "generalisation:section"),
     ("html", "HTML report (issue 12)", "sections:html_report"),
     ("redis", "Redis cache (issue 14)", "sections:redis"),

@@ -23,6 +23,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._batched import first_token_logprobs, logprobs_entries
+
+__all__ = ["first_token_logprobs", "logprobs_entries", "main"]
+
 
 def format_plain(messages: list[dict[str, Any]], **kwargs: Any) -> Any:
     from llama_cpp.llama_chat_format import ChatFormatterResponse
@@ -31,45 +35,26 @@ def format_plain(messages: list[dict[str, Any]], **kwargs: Any) -> Any:
     return ChatFormatterResponse(prompt="\n\n".join(p for p in parts if p))
 
 
-def first_token_logprobs(llama: Any, prompt: str, k: int) -> dict[str, Any] | None:
-    """OpenAI ``choices[0].logprobs`` for the first token after ``prompt`` (None if it cannot be read)."""
-    import numpy as np
-
-    try:
-        tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
-        cached = list(llama._input_ids[: llama.n_tokens])
-        prefix = 0
-        for a, b in zip(cached, tokens, strict=False):
-            if a != b:
-                break
-            prefix += 1
-        prefix = min(prefix, len(tokens) - 1)  # evaluate at least the last token: its logits are needed
-        llama.n_tokens = prefix  # eval drops the cached positions from here on
-        llama.eval(tokens[prefix:])
-        logits = np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(llama.n_vocab(),)).astype(np.float64)
-    except Exception:  # an API this llama-cpp-python does not have: answer without logprobs
-        return None
-    top = np.argpartition(-logits, k)[:k] if 0 < k < logits.size else np.arange(logits.size)
-    log_z = float(logits.max() + np.log(np.exp(logits - logits.max()).sum()))
-    ranked = sorted(((float(logits[i]) - log_z, int(i)) for i in top), reverse=True)
-    entries = [
-        {"token": llama.detokenize([i]).decode("utf-8", errors="replace"), "logprob": lp, "bytes": None}
-        for lp, i in ranked
-    ]
-    first = dict(entries[0])
-    return {"content": [{**first, "top_logprobs": entries}], "refusal": None}
-
-
 def plain_handler() -> Any:
     """The ``dspex-plain`` chat handler: llama-cpp-python's, plus first-token logprobs without ``logits_all``."""
     from llama_cpp.llama_chat_format import chat_formatter_to_chat_completion_handler
+
+    from ._batched import EngineLlama
 
     base = chat_formatter_to_chat_completion_handler(format_plain)
 
     def handler(*, llama: Any, messages: list[dict[str, Any]], logprobs: bool | None = None,
                 top_logprobs: int | None = None, stream: bool = False, **kwargs: Any) -> Any:  # fmt: skip
         wanted = bool(logprobs) and not stream and not getattr(llama, "_logits_all", False)
-        found = first_token_logprobs(llama, format_plain(messages).prompt, top_logprobs or 1) if wanted else None
+        if isinstance(llama, EngineLlama):  # the batch engine (or its fallback) reads them on the way
+            llama.top_logprobs = (top_logprobs or 1) if wanted else 0
+            response = base(llama=llama, messages=messages, stream=stream, **kwargs)
+            if wanted and llama.found_logprobs is not None:
+                response["choices"][0]["logprobs"] = llama.found_logprobs
+            return response
+        found = None
+        if wanted:
+            found = first_token_logprobs(llama, format_plain(messages).prompt, top_logprobs or 1)
         if getattr(llama, "_logits_all", False):
             return base(llama=llama, messages=messages, logprobs=logprobs, top_logprobs=top_logprobs, stream=stream, **kwargs)
         response = base(llama=llama, messages=messages, stream=stream, **kwargs)
@@ -239,7 +224,12 @@ def main() -> None:
     from llama_cpp.llama_chat_format import LlamaChatCompletionHandlerRegistry
     from llama_cpp.server.__main__ import main as server_main
 
+    from . import _batched as batched
+
     install_pruned_grammar()
+    if batched.enabled():
+        batched.without_repacked_weights()
+        batched.install()
     LlamaChatCompletionHandlerRegistry().register_chat_completion_handler("dspex-plain", plain_handler(), overwrite=True)  # type: ignore[no-untyped-call]
     server_main()  # type: ignore[no-untyped-call]
 

@@ -6,9 +6,13 @@ base URL. ``stop_server(run_id)`` stops it. The server watches ``owner_pid`` and
 process is gone, so a Ctrl-C or a crash leaves no orphan behind.
 
 Throughput, measured here (llama-cpp-python 0.3.36, 2 cores shared with other jobs, a 40-call
-triage evaluation with 8 demos, back to back): the server decodes one request at a time — its app
-holds one lock around the one ``Llama`` object, which decodes a single sequence, so there is no
-batched decoding to turn on and concurrent requests queue. ``n_threads`` = the core count (2)
+triage evaluation with 8 demos, back to back): llama-cpp-python's app holds one lock around its one
+``Llama``, which decodes a single sequence, so concurrent requests queue. ``_batched`` (with
+``DSPEX_BATCHED=1``) answers chat completions from up to 8 requests at once instead, one token of
+each in the same ``llama_decode`` (a step of 8 sequences cost ~3x the CPU of a step of one: the
+output layer over Gemma's 262k-token vocabulary is computed per sequence, the weights are read
+once); streaming and anything else it does not do keep the original path, one at a time.
+``n_threads`` = the core count (2)
 beats 1 (11–19 s vs 17–33 s); ``n_ctx`` 2048 with ``n_batch`` 256 and ``flash_attn`` measured no
 better than the defaults (14–23 s, 10–31 s vs 11–19 s), so the defaults stay. What does pay:
 keeping one prompt prefix back to back (the server reuses its cached prefix: 0.2–0.3 s a call
