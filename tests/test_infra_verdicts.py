@@ -148,6 +148,30 @@ def test_a_refused_run_says_refused_in_the_verdict(pytester: pytest.Pytester, se
     assert result.parseoutcomes().get("missed") == 10
 
 
+def test_an_endpoint_answering_404_is_named_in_the_verdict_and_not_flooded(
+    pytester: pytest.Pytester, server_factory: Any, mode: list[str]
+) -> None:
+    """Trial finding F3: a 404 read as "could not reach the LM endpoint" (lm_unavailable). The endpoint was
+    reached and refused: the verdict names the status and what to check; the kind stays machine-readable."""
+    server = server_factory(faults=Faults(http_404=1.0))
+    project(pytester, 40)
+    opts = [f"--dspex-base-url={server.base_url}", "--dspex-model=fake-model", "--dspex-cache=off", "-p", "no:cacheprovider"]
+    result = pytester.runpytest_subprocess(*opts, *mode, "--dspex-report=report.json", timeout=300)
+    out = result.stdout.str()
+    assert result.ret == 1
+    said = ("LM errors: 40 of 40 examples could not be answered (lm_http: 40); the endpoint answered HTTP 404 Not Found: "
+            "check --dspex-base-url (the URL up to /v1, e.g. http://host:8000/v1) and --dspex-model — over the error "
+            "budget of 5% (not a low score)")  # fmt: skip
+    assert out.count(said) >= 2, out[-3000:]  # both tests' verdicts
+    assert "could not reach" not in out and "lm_unavailable" not in out
+    for row in report_rows(pytester).values():
+        assert row["errors_by_kind"] == {"lm_http": 40} and row["verdict"]["kind"] == "lm_errors"
+        assert said in row["verdict"]["reason"]
+    # the breaker stops it early: a handful of requests per process, not one per example and test (80)
+    workers = 2 if "-n" in mode else 1
+    assert server.requests <= 20 * workers, server.requests
+
+
 # -- the cache ----------------------------------------------------------------------------------
 def test_an_unusable_cache_is_one_clear_error_not_a_regression(pytester: pytest.Pytester, server: FakeLMServer, mode: list[str]) -> None:
     project(pytester)

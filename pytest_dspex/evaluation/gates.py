@@ -54,7 +54,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .records import INFRA_ERROR_KINDS, ExampleRecord
+from .records import INFRA_ERROR_KINDS, ExampleRecord, refused_with
 
 if TYPE_CHECKING:
     from .comparison import Comparison, Score
@@ -205,14 +205,18 @@ def incomplete(verdict: Verdict, ran: int, expected: int, why: str = "") -> Verd
     return replace(verdict, passed=False, kind=INCOMPLETE, reason=reason + "; no gate verdict", details=[], comparison=None)
 
 
-def lm_errors_reason(errors_by_kind: Mapping[str, int], n: int) -> str | None:
-    """``"LM errors: k of n examples could not be answered (kinds…)"``, or None without infra errors."""
+def lm_errors_reason(errors_by_kind: Mapping[str, int], n: int, records: Iterable[ExampleRecord] = ()) -> str | None:
+    """``"LM errors: k of n examples could not be answered (kinds…)"``, or None without infra errors;
+    with ``records``, the HTTP status an endpoint refused them with and what to check (``refused_with``)."""
     infra = {k: v for k, v in errors_by_kind.items() if k in INFRA_ERROR_KINDS and v}
     k = sum(infra.values())
     if not k:
         return None
     kinds = ", ".join(f"{kind}: {count}" for kind, count in sorted(infra.items()))
     reason = f"LM errors: {k} of {n} examples could not be answered ({kinds})"
+    refused = refused_with(records) if "lm_http" in infra else None
+    if refused:
+        reason += f"; {refused}"
     if "budget" in infra:
         reason += "; LM budget spent (raise --dspex-max-cost/--dspex-max-calls)"
     if "rate_limited" in infra:
@@ -352,7 +356,7 @@ def judge(
     by_kind = result.errors_by_kind
     infra = sum(count for kind, count in by_kind.items() if kind in INFRA_ERROR_KINDS)
     if infra > max_error_rate * n + 1e-9:
-        reason = lm_errors_reason(by_kind, n) or ""
+        reason = lm_errors_reason(by_kind, n, result.records) or ""
         return v(False, f"{reason} — over the error budget of {max_error_rate:.0%} (not a low score)", "lm_errors")
     crashed = by_kind.get("program", 0)
     if crashed > max_error_rate * n + 1e-9:  # the code under test raised: not measured, so not paired

@@ -12,14 +12,14 @@ exception of an in-process evaluation ride along in fields that are never serial
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..programs.primitives import Example, Prediction
 from .datasets import example_key
 
-__all__ = ["ANSWER_ERROR_KINDS", "ERROR_KINDS", "INFRA_ERROR_KINDS", "ExampleRecord", "example_key", "jsonable"]
+__all__ = ["ANSWER_ERROR_KINDS", "ERROR_KINDS", "INFRA_ERROR_KINDS", "ExampleRecord", "example_key", "jsonable", "refused_with"]
 
 #: Errors of the infrastructure, not of the model: they count against the error budget
 #: (``--dspex-max-error-rate``) and are never read as a low score.
@@ -31,6 +31,41 @@ ANSWER_ERROR_KINDS = frozenset({"parse", "refused"})
 #: Every kind a record may carry; ``parse``, ``refused``, ``metric`` and ``program`` are the model's
 #: (or the code's), scored 0.
 ERROR_KINDS = INFRA_ERROR_KINDS | ANSWER_ERROR_KINDS | {"metric", "program"}
+
+#: what to check when the endpoint answered a status (the endpoint was reached: not a network problem)
+_REFUSAL_HINTS = {
+    401: "check the API key (--dspex-api-key-env names its variable)",
+    403: "check the API key and that it may use this model",
+    404: "check --dspex-base-url (the URL up to /v1, e.g. http://host:8000/v1) and --dspex-model",
+    405: "check --dspex-base-url (the URL up to /v1, e.g. http://host:8000/v1)",
+    410: "check --dspex-base-url and --dspex-model",
+}
+
+
+def refused_with(records: Iterable[ExampleRecord]) -> str | None:
+    """``"the endpoint answered HTTP 404 Not Found: check --dspex-base-url …"`` when ``records`` lost
+    answers to an endpoint that answered a 4xx (``lm_http``: it was reached, it refused), else None.
+    The status is the one most of them got, read from their errors (a fail-fast error names it too)."""
+    import http
+    import re
+    from collections import Counter
+
+    seen: Counter[int] = Counter()
+    for r in records:
+        if r.error_kind == "lm_http" and r.error:
+            m = re.search(r"HTTP (4\d\d)\b", r.error)
+            if m:
+                seen[int(m.group(1))] += 1
+    if not seen:
+        return None
+    status = seen.most_common(1)[0][0]
+    try:
+        phrase = " " + http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    hint = _REFUSAL_HINTS.get(status, "check --dspex-model and the request's settings")
+    return f"the endpoint answered HTTP {status}{phrase}: {hint}"
+
 
 _USAGE_KEYS = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "cost", "retries", "hedges")
 

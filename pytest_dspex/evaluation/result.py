@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..lm.usage import Usage
-from .records import INFRA_ERROR_KINDS, ExampleRecord
+from .records import INFRA_ERROR_KINDS, ExampleRecord, refused_with
 from .stats import clustered_confidence_interval, confidence_interval
 
 __all__ = ["EvaluationResult"]
@@ -146,6 +146,8 @@ class EvaluationResult:
         lines = [head]
         if self.lm_unavailable:
             lines.append("LM unavailable: most examples could not reach the LM endpoint (this is not a low score)")
+        elif sum(1 for r in self.records if r.error_kind == "lm_http") * 2 > self.n and (refused := refused_with(self.records)):
+            lines.append(f"LM endpoint refused most examples: {refused} (this is not a low score)")
         from .records import split_expected
 
         def line(r: ExampleRecord) -> str:

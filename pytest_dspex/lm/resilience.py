@@ -420,7 +420,7 @@ class Breaker:
         limit = self.fail_max if exc.status in _REFUSING_STATUSES else 10 * self.fail_max
         if self.refusals >= limit or (ticket.trial and self._refused is not None):
             self.last_error = str(exc)
-            self.open_kind = "lm_unavailable"
+            self.open_kind = "lm_http"  # reached, and refusing: the calls failing fast say so (their kind, HTTP status)
             self._refused = (
                 f"the endpoint refused {self.refusals} calls in a row with HTTP {exc.status} "
                 f"(last: {exc}); no other request would fare better"
@@ -589,7 +589,7 @@ class Breaker:
         if self._run_message is not None:
             return self._run_message
         if self._refused is not None:
-            state = "is rate limited" if self.open_kind == "rate_limited" else "is unavailable"
+            state = {"rate_limited": "is rate limited", "lm_http": "refuses every request"}.get(self.open_kind, "is unavailable")
             return f"LM endpoint {self.name} {state}: {self._refused}; failing fast for {self.reset_timeout:g}s"
         last = f" (last error: {self.last_error})" if self.last_error else ""
         return (

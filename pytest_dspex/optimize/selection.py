@@ -151,7 +151,7 @@ def check_error_budget(records: Sequence[ExampleRecord], max_error_rate: float |
     by_kind: dict[str, int] = {}
     for r in lost:
         by_kind[r.error_kind or ""] = by_kind.get(r.error_kind or "", 0) + 1
-    reason = lm_errors_reason(by_kind, len(records)) or ""
+    reason = lm_errors_reason(by_kind, len(records), lost) or ""
     first: list[str] = []
     for r in lost:
         text = (r.error or "").split(": ", 1)[-1][:300]
