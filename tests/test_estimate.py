@@ -133,3 +133,32 @@ def test_compile_plan_is_an_upper_bound_of_the_real_compile(pytester, server_fac
     assert spent is not None, real.stdout.str()[-3000:]
     assert int(spent.group(1)) <= int(plan.group(2)), (spent.group(0), plan.group(0))
     assert server.requests - before <= int(plan.group(2)) + 10  # and the gate's own pass after it
+
+
+BOTH_MODES = TEST.replace("LIMIT", "None") + '''
+@pytest.mark.dspex_program(triage, name="triage", trainset="data/dev.jsonl")
+@pytest.mark.dspex_metric(team_matches, threshold=0.5)
+@pytest.mark.dspex_dataset("data/dev.jsonl")
+def test_triage_each(dspex_example, dspex_predict):
+    dspex_predict(dspex_example)
+'''
+
+
+def test_a_program_gated_in_both_modes_is_counted_once(pytester, server_factory, monkeypatch):
+    """Trial finding F10: the dataset test and the per-example items ask the same 10 questions; a run
+    answers the second asking from the cache, so the estimate counts 10 calls, not 20."""
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    server = server_factory()
+    pytester.makefile(".jsonl", **{"data/dev": "\n".join(json.dumps(e.toDict()) for e in triage_examples(10)) + "\n"})
+    pytester.makepyfile(test_estimate=BOTH_MODES)
+    args = [f"--dspex-base-url={server.base_url}", "--dspex-model=fake-model", "--dspex-cache-dir=cache",
+            "--dspex-missing-golden=zero-shot", "-p", "no:xdist"]  # fmt: skip
+    estimate = pytester.runpytest_subprocess(*args, "--dspex-estimate", "--dspex-max-calls=15")
+    assert estimate.ret == 0 and server.requests == 0
+    out = estimate.stdout.str()
+    assert re.search(r"a run would make 10 LM calls", out), out[-2000:]
+    assert "over the budget" not in out
+    assert re.search(r"triage\s+per-example\s+10\s+10\s+0\s", out), out[-2000:]  # every question cached by then
+    real = pytester.runpytest_subprocess(*args, "--dspex-max-calls=15")
+    assert real.ret == 0, real.stdout.str()[-2000:]
+    assert server.requests == 10  # as estimated

@@ -217,6 +217,8 @@ class LM:
         #: an estimate (``--dspex-estimate``): a request the cache cannot answer is counted, never sent
         self.estimate = estimate
         self._seen = [0, 0, 0, 0]  # cache hits: count, prompt characters, prompt tokens, completion tokens
+        #: an estimate's requests counted as calls: the same request again is answered from the cache in a run
+        self._estimated: set[str] = set()
         self.limiter: AdaptiveLimiter | SharedLimiter
         if limits is None:
             self.limiter = AdaptiveLimiter(concurrency)
@@ -360,7 +362,7 @@ class LM:
                 self._learn(body, hit)
             return hit, self._finish_cached(hit)
         if self.estimate:
-            raise self._would_call(body)
+            raise self._would_call(body, key)
         cache.miss(key, self.model)  # replay mode: an error
         (data, completion), led = await self._inflight.share(key, lambda: self._fetch(body, key))
         if led:
@@ -511,9 +513,18 @@ class LM:
         seen[2] += int(usage.get("prompt_tokens") or 0)
         seen[3] += int(usage.get("completion_tokens") or 0)
 
-    def _would_call(self, body: dict[str, Any]) -> CacheMissError:
+    def _would_call(self, body: dict[str, Any], key: str | None = None) -> CacheMissError:
         """Count a call an estimate would make (tokens from the cached answers seen, else ~4 characters
-        a token and the answer's token limit) and say so as the call's error."""
+        a token and the answer's token limit) and say so as the call's error. A request (cache ``key``)
+        counted before in this estimate is counted as a cache hit: a run answers it from the cache (a
+        program gated in both modes asks each question twice)."""
+        if key is not None and key in self._estimated:
+            delta = Usage(calls=1, cache_hits=1)
+            self.usage.add(delta)
+            record(delta)
+            return CacheMissError(f"--dspex-estimate: this {self.model} request is counted once already; a run answers it from the cache")
+        if key is not None:
+            self._estimated.add(key)
         hits, chars, prompt, answer = self._seen
         pt = round(_prompt_chars(body) * (prompt / chars if hits and chars and prompt else 0.25))
         ct = round(answer / hits) if hits and answer else int(body.get("max_tokens") or self.max_tokens)
