@@ -48,3 +48,35 @@ def test_within_the_budget_or_cached_nothing_is_said(pytester, server_factory, m
     cached = pytester.runpytest_subprocess(*_args(server, cache, "--dspex-max-calls=5"), "-p", "no:xdist")
     assert cached.ret == 0 and NOTICE not in cached.stdout.str(), cached.stdout.str()[-3000:]  # the cache answers all 30
     assert server.requests == 30
+
+
+DATASET_IN_THE_CALL = """
+import pytest
+import pytest_dspex as dspex
+
+triage = dspex.Predict("message -> team")
+
+def team_matches(example, prediction, trace=None):
+    return example.team == prediction.team
+
+@pytest.mark.dspex_program(triage, name="triage")
+@pytest.mark.dspex_metric(team_matches, threshold=0.5)
+def test_triage(dspex_evaluate):
+    dspex_evaluate("data/dev.jsonl", limit=30)
+"""
+
+
+@pytest.mark.parametrize("mode", [["-n", "2"], ["-p", "no:xdist"]], ids=["xdist-2", "no-xdist"])
+def test_a_dataset_named_in_the_dspex_evaluate_call_is_estimated_too(pytester, server_factory, monkeypatch, mode):
+    """Trial finding F19: only a dspex_dataset marker's dataset was estimated; the README's main pattern,
+    dspex_evaluate("data/dev.jsonl"), never got the notice."""
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    server = server_factory()
+    pytester.makefile(".jsonl", **{"data/dev": "\n".join(json.dumps(e.toDict()) for e in triage_examples(40)) + "\n"})
+    pytester.makepyfile(test_limits=DATASET_IN_THE_CALL)
+    result = pytester.runpytest_subprocess(*_args(server, "--dspex-cache=off", "--dspex-max-calls=10"), *mode)
+    out = result.stdout.str()
+    assert out.count(NOTICE) == 1, out[-3000:]
+    line = next(li for li in out.splitlines() if NOTICE in li)
+    assert "about 30 LM calls" in line and "--dspex-max-calls=10" in line  # the call's limit=30 of the 40
+    assert server.requests <= 10

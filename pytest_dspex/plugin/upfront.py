@@ -2,6 +2,7 @@
 exceeds the budget says so once, after collection and before any LM call.
 
 The estimate is ``--dspex-estimate``'s: each selected dspex test's program runs on its examples
+(a ``dspex_dataset`` marker's, or the literal path of the test's ``dspex_evaluate("data/dev.jsonl")`` call)
 against the response cache only (``LM(estimate=True)``: a request the cache cannot answer is
 counted, never sent), a compiled program counts its compile plan's calls before the cache; a
 program with a predictor holding an LM of its own is left out (that LM would be called). Only
@@ -73,7 +74,7 @@ def _estimate(dspex: DspexSession, tests: dict[str, tuple[Any, list[int] | None]
                 base = Path(node.path).parent
                 try:
                     spec = program_spec(node, base)
-                    marked = dataset_path(node, base)
+                    marked = dataset_path(node, base) or _evaluated_path(node, base)
                     if spec is None or marked is None:
                         continue
                     if o.compiles(spec.name):
@@ -99,6 +100,34 @@ def _estimate(dspex: DspexSession, tests: dict[str, tuple[Any, list[int] | None]
     finally:
         lm.close()
     return calls, cost
+
+
+def _evaluated_path(node: Any, base: Path) -> tuple[Path, int | None] | None:
+    """The dataset a ``dspex_evaluate("data/dev.jsonl", limit=N)`` test evaluates, read from the test
+    function's source (its first such call with a literal path; the path is the call's, not a marker's),
+    or None (no such call, a path computed at run time: that test is not estimated up front)."""
+    import ast
+    import inspect
+    import textwrap
+
+    function = getattr(node, "function", None)
+    if function is None or "dspex_evaluate" not in getattr(node, "fixturenames", ()):
+        return None
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    except (OSError, TypeError, SyntaxError):
+        return None
+    for call in ast.walk(tree):
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "dspex_evaluate"):
+            continue
+        first = call.args[0] if call.args else next((k.value for k in call.keywords if k.arg == "dataset"), None)
+        if not (isinstance(first, ast.Constant) and isinstance(first.value, str)):
+            return None
+        limit = next((k.value for k in call.keywords if k.arg == "limit"), None)
+        n = limit.value if isinstance(limit, ast.Constant) and isinstance(limit.value, int) else None
+        path = Path(first.value)
+        return (path if path.is_absolute() else base / path), n
+    return None
 
 
 def _no_score(example: Any, prediction: Any, trace: Any = None) -> float:
