@@ -110,3 +110,31 @@ def test_a_utf8_bom_is_not_part_of_the_first_column(tmp_path):
         assert example_key(rows[0]) == "q-1", name
     (tmp_path / "bom2.csv").write_bytes("\ufeffquestion,answer\nq1,a1\n".encode())
     assert dspex.load_dataset(tmp_path / "bom2.csv", input_keys=["question"])[0].question == "q1"
+
+
+def test_csv_cells_are_read_as_their_fields_types(tmp_path):
+    from typing import Literal
+
+    from pytest_dspex.errors import DatasetError
+    from pytest_dspex.programs.fields import dataset_fields
+
+    class Order(dspex.Signature):
+        """Read an order."""
+
+        message: str = dspex.InputField()
+        quantity: int = dspex.OutputField()
+        price: float = dspex.OutputField()
+        urgent: bool = dspex.OutputField()
+        size: Literal["small", "large"] = dspex.OutputField()
+        note: str = dspex.OutputField()
+
+    fields = dataset_fields(dspex.Predict(Order))
+    (tmp_path / "d.csv").write_text("message,quantity,price,urgent,size,note\nm1,8,2.5,true,large,8\nm2,12,3,no,small,\n")
+    first, second = dspex.load_dataset(tmp_path / "d.csv", input_keys=["message"], fields=fields)
+    assert (first.quantity, first.price, first.urgent, first.size, first.note) == (8, 2.5, True, "large", "8")
+    assert (second.quantity, second.price, second.urgent, second.size) == (12, 3, False, "small")
+    (tmp_path / "bad.csv").write_text("message,quantity,price,urgent,size,note\nm1,8,2.5,true,large,x\nm2,8,2.5,true,medium,x\n")
+    with pytest.raises(DatasetError, match=r"bad.csv:3: column 'size': 'medium' is not one of small, large"):
+        dspex.load_dataset(tmp_path / "bad.csv", input_keys=["message"], fields=fields)
+    # without the program's fields a cell stays text (a plain load_dataset call, as before)
+    assert dspex.load_dataset(tmp_path / "d.csv", input_keys=["message"])[0].quantity == "8"

@@ -4,6 +4,10 @@
     train, dev = split(load_dataset("data/all.csv", input_keys=["question"]), dev_fraction=0.3, seed=0)
 
 A bad row is a ``DatasetError`` naming the file and line; so are two rows with the same example key.
+Given the program's ``fields`` (``programs.fields.dataset_fields``), a CSV cell of a field typed
+``int``/``float``/``bool``/``Literal``/... is read as that type (a cell that does not parse is an
+error naming the line and column; an empty one is no value), and a row without a label (an output
+field) that other rows of the file carry is an error when the file loads, before any LM call.
 
 Every example has a stable key (``example_key``): ``str(row["id"])`` when the row has an ``id``, else
 ``"h:"`` + the first 16 hex digits of the sha256 of the canonical JSON of its inputs (sorted keys).
@@ -21,7 +25,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import DatasetError
+from ..errors import AdapterParseError, DatasetError
+from ..programs.coerce import coerce
+from ..programs.fields import DatasetFields
 from ..programs.primitives import Example
 
 __all__ = ["check_unique_keys", "example_key", "fingerprint", "load_dataset", "split"]
@@ -33,10 +39,12 @@ def load_dataset(
     *,
     required_keys: Iterable[str] = (),
     limit: int | None = None,
+    fields: DatasetFields | None = None,
 ) -> list[Example]:
     """Read examples from ``.jsonl``, ``.json`` (a list of objects) or ``.csv``.
 
-    Every row must carry each of ``input_keys`` and ``required_keys``.
+    Every row must carry each of ``input_keys`` and ``required_keys``; with ``fields``, CSV cells are
+    read as their fields' types and every row carries the labels any row of the file carries.
     """
     p = Path(path)
     if not p.exists():
@@ -49,7 +57,7 @@ def load_dataset(
     elif suffix == ".json":
         rows = _read_json(p)
     elif suffix == ".csv":
-        rows = _read_csv(p)
+        rows = _read_csv(p, dict(fields.types) if fields is not None else {})
     else:
         raise DatasetError(f"{p}: unsupported dataset format {suffix or '(none)'}; use .jsonl, .json or .csv")
     examples = []
@@ -66,6 +74,8 @@ def load_dataset(
     if not examples:
         raise DatasetError(f"{p}: dataset is empty")
     where = "item" if suffix == ".json" else "line"
+    if fields is not None and fields.labels:
+        _check_labels(examples, fields, [f"{p}:{n}" if where == "line" else f"{p}: item {n}" for n in lines])
     check_unique_keys(examples, str(p), positions=[f"{where} {n}" for n in lines])
     return examples
 
@@ -179,7 +189,33 @@ def _read_json(p: Path) -> Iterable[tuple[int, dict[str, Any]]]:
         yield i, row
 
 
-def _read_csv(p: Path) -> Iterable[tuple[int, dict[str, Any]]]:
+def _check_labels(examples: Sequence[Example], fields: DatasetFields, where: Sequence[str]) -> None:
+    """Every row carries each label (output field) that some row of the file carries: a row without
+    one would be scored by a metric reading a field it does not have (or trained on as a demo)."""
+    carried = [n for n in fields.labels if any(ex.get(n) is not None for ex in examples)]
+    for ex, at in zip(examples, where, strict=True):
+        missing = [n for n in carried if ex.get(n) is None]
+        if missing:
+            key = ex.get("id")
+            who = f" (id {key})" if key is not None else ""
+            names = ", ".join(repr(n) for n in missing)
+            raise DatasetError(
+                f"{at}{who}: no {names} (an output field of {fields.owner}, the label the other rows carry); "
+                "label the row or remove it"
+            )
+
+
+def _cell(p: Path, line: int, spec: Any, text: str) -> Any:
+    if not text.strip():
+        return None  # an empty cell: no value (a missing label or input is said as such)
+    try:
+        return coerce(spec, text)
+    except AdapterParseError as exc:
+        problem = str(exc).removeprefix(f"field {spec.name!r}: ")
+        raise DatasetError(f"{p}:{line}: column {spec.name!r}: {problem}") from None
+
+
+def _read_csv(p: Path, types: Mapping[str, Any] | None = None) -> Iterable[tuple[int, dict[str, Any]]]:
     with p.open(encoding="utf-8-sig", newline="") as fh:  # a BOM (Excel's "CSV UTF-8") is not part of the first column
         reader = csv.DictReader(fh)
         if not reader.fieldnames:
@@ -190,7 +226,7 @@ def _read_csv(p: Path) -> Iterable[tuple[int, dict[str, Any]]]:
                 raise DatasetError(f"{p}:{line}: more cells than header columns")
             if any(v is None for v in row.values()):
                 raise DatasetError(f"{p}:{line}: fewer cells than header columns")
-            yield line, dict(row)
+            yield line, {k: _cell(p, line, types[k], v) if types and k in types else v for k, v in row.items()}
 
 
 def split(

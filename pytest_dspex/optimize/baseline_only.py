@@ -59,6 +59,7 @@ def record_baseline_only(
     from ..golden.file import GoldenFile, read_golden
     from ..golden.record import baseline_entry, golden_record
     from ..golden.store import GoldenStore
+    from ..programs.fields import dataset_fields
     from ..programs.primitives import as_examples
 
     store = GoldenStore(path.parent.parent, state_dir=state_dir)
@@ -68,7 +69,7 @@ def record_baseline_only(
         if elsewhere is not None:
             return CompileOutcome(name, path, program, elsewhere, "compiled elsewhere")
         previous = previous_golden(path, settings.force)
-        gate = load_dataset(gateset, input_keys) if isinstance(gateset, Path) else as_examples(list(gateset), input_keys)
+        gate = load_dataset(gateset, input_keys, fields=dataset_fields(program)) if isinstance(gateset, Path) else as_examples(list(gateset), input_keys)
         say(f"compiling {name}: {NOTHING_TO_OPTIMIZE}; measuring its baseline on {len(gate)} gate examples")
         with track_usage() as spent, example_timeout(settings.example_timeout):
             draws, error_rate = measure_baseline(

@@ -175,12 +175,13 @@ def compile_program(
     from ..golden.file import GoldenFile, read_golden
     from ..golden.record import golden_record
     from ..golden.store import GoldenStore
+    from ..programs.fields import dataset_fields
     from ..programs.primitives import as_examples
     from .registry import make_optimizer
 
     def load(data: Path | Sequence[Any]) -> list[Any]:
         if isinstance(data, Path):
-            return load_dataset(data, input_keys)
+            return load_dataset(data, input_keys, fields=dataset_fields(program))
         return as_examples(list(data), input_keys)
 
     store = GoldenStore(path.parent.parent, state_dir=state_dir)
@@ -301,6 +302,7 @@ def rebaseline_program(
     from ..golden.file import GoldenFile, read_golden
     from ..golden.record import baseline_entry, golden_record
     from ..golden.store import GoldenStore
+    from ..programs.fields import dataset_fields
     from ..programs.primitives import as_examples
 
     store = GoldenStore(path.parent.parent, state_dir=state_dir)
@@ -311,7 +313,7 @@ def rebaseline_program(
             return CompileOutcome(name, path, elsewhere.apply(program), elsewhere, "compiled elsewhere")
         old = read_golden(path, missing=f"no golden file to re-baseline; create it with pytest --dspex-compile={name}")
         applied = old.apply(program, instructions=False)  # fields that changed: GoldenStaleError
-        gate = load_dataset(gateset, input_keys) if isinstance(gateset, Path) else as_examples(list(gateset), input_keys)
+        gate = load_dataset(gateset, input_keys, fields=dataset_fields(program)) if isinstance(gateset, Path) else as_examples(list(gateset), input_keys)
         say(f"re-baselining {name}: {len(gate)} gate examples, the golden's demos, the program and model as they are now")
         with track_usage() as spent, example_timeout(settings.example_timeout):
             draws, error_rate = measure_baseline(

@@ -51,7 +51,7 @@ def parametrize_examples(metafunc: pytest.Metafunc) -> None:
 
     session = metafunc.config.stash[session_key]
     try:
-        examples = session.dataset(marked[0], spec.input_keys, marked[1]).examples
+        examples = session.dataset(marked[0], spec.input_keys, marked[1], spec.program).examples
     except DatasetError as exc:
         # one item that fails with the message, not a collection error: under xdist every worker
         # collects, and each would print it; one item is said once, by whichever worker runs it

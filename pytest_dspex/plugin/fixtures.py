@@ -192,7 +192,7 @@ class _TestContext:
         from ..errors import DatasetError
 
         try:
-            return self.session.dataset(path, self.spec.input_keys, limit)
+            return self.session.dataset(path, self.spec.input_keys, limit, self.spec.program)
         except DatasetError as exc:
             problem = str(exc).replace(str(path), self.session.rel(path))
         pytest.fail(problem, pytrace=False)  # outside the handler: no chained traceback
@@ -481,14 +481,14 @@ def dspex_load_dataset(request: pytest.FixtureRequest) -> Any:
     def load(path: str | Path, input_keys: Sequence[str] | None = None, limit: int | None = None) -> list[Any]:
         from ..errors import DatasetError
 
+        spec = program_spec(node, base)
         if input_keys is None:
-            spec = program_spec(node, base)
             input_keys = spec.input_keys if spec is not None else None
         if input_keys is None:
             pytest.fail(f"{node.nodeid}: dspex_load_dataset({str(path)!r}) needs input_keys=[...] (no dspex_program marker)", pytrace=False)
         p = Path(path)
         try:
-            return session.dataset(p if p.is_absolute() else base / p, input_keys, limit).examples
+            return session.dataset(p if p.is_absolute() else base / p, input_keys, limit, spec.program if spec is not None else None).examples
         except DatasetError as exc:
             problem = str(exc)
         pytest.fail(problem, pytrace=False)  # outside the handler: no chained traceback
@@ -527,7 +527,7 @@ def dspex_example(request: pytest.FixtureRequest) -> Any:
     spec = require(node, program_spec(node, base), "dspex_program", "dspex_example")
     path, limit = require(node, dataset_path(node, base), "dspex_dataset", "dspex_example")
     node.stash[index_key] = request.param
-    return _session(request).dataset(path, spec.input_keys, limit).examples[request.param]
+    return _session(request).dataset(path, spec.input_keys, limit, spec.program).examples[request.param]
 
 
 @pytest.fixture

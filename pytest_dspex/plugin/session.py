@@ -103,7 +103,7 @@ class DspexSession:
         self.lms = SessionLMs(options, self.run_id, owner_pid, is_worker=self.is_worker, limits=(workerinput or {}).get("dspex_limits"))
         self._coordinator: Coordinator | None = None
         self._final_limits: dict[str, Any] = {}
-        self._datasets: dict[tuple[str, tuple[str, ...], int | None], Dataset] = {}
+        self._datasets: dict[tuple[Any, ...], Dataset] = {}
         self._resolved: dict[Path, Resolved] = {}
         self._failed_compiles: dict[Path, str] = {}  # golden path -> why its compile failed
         self._state_dir: Path | None = None
@@ -158,12 +158,16 @@ class DspexSession:
             self._unsubscribe = forward_events(self.config.hook)
 
     # -- datasets -------------------------------------------------------------------------------
-    def dataset(self, path: Path, input_keys: Sequence[str], limit: int | None = None) -> Dataset:
+    def dataset(self, path: Path, input_keys: Sequence[str], limit: int | None = None, program: Any = None) -> Dataset:
+        """The examples of ``path`` (loaded once); with ``program``, read and checked as its signature
+        says (``programs.fields``: CSV cells as the fields' types, every row labelled)."""
         from ..evaluation.datasets import load_dataset
+        from ..programs.fields import dataset_fields
 
-        key = (str(path), tuple(input_keys), limit)
+        fields = dataset_fields(program) if program is not None else None
+        key = (str(path), tuple(input_keys), limit, fields.key if fields is not None else None)
         if key not in self._datasets:
-            self._datasets[key] = Dataset(path, load_dataset(path, input_keys, limit=limit))
+            self._datasets[key] = Dataset(path, load_dataset(path, input_keys, limit=limit, fields=fields))
         return self._datasets[key]
 
     def rel(self, path: Path | str) -> str:

@@ -85,7 +85,7 @@ def _estimate(dspex: DspexSession, tests: dict[str, tuple[Any, list[int] | None]
                     program = dspex._load(spec, path).program
                     if any(getattr(p, "lm", None) is not None for _, p in program.named_predictors()):
                         continue  # an LM of its own would be called: not estimated up front
-                    examples = dspex.dataset(marked[0], spec.input_keys, marked[1]).examples
+                    examples = dspex.dataset(marked[0], spec.input_keys, marked[1], spec.program).examples
                 except (pytest.fail.Exception, Exception):  # the test itself says what is wrong
                     continue
                 if indices is not None:
