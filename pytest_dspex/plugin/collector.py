@@ -41,7 +41,8 @@ class Payload:
     ``kind`` "program": a whole-dataset test's judged ``row``; "example": a per-example item's ``record``
     with its program's ``settings`` (the large parts, prompts, provenance and ``golden_outcomes``, sent
     once per process), how many items a whole run has (``expected``) and the collection ``selected``.
-    ``golden_file``: the golden used or written (with its ``record`` when a worker compiled it)."""
+    ``golden_file``: the golden used or written (with its ``record`` when a worker compiled it).
+    ``earlier``: the rows of the test's earlier ``dspex_evaluate`` calls (one row per call)."""
 
     kind: str
     golden_file: dict[str, Any] | None = None
@@ -51,11 +52,14 @@ class Payload:
     expected: int | None = None
     selected: int | None = None
     golden_outcomes: dict[str, float | list[float]] | None = None
+    earlier: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "golden_file": self.golden_file}
         if self.row is not None:
             out["row"] = self.row
+        if self.earlier:
+            out["earlier"] = self.earlier
         if self.settings is not None:
             out["settings"] = self.settings.to_json()
         if self.record is not None:
@@ -77,6 +81,7 @@ class Payload:
             expected=data.get("expected"),
             selected=data.get("selected"),
             golden_outcomes=dict(data["golden_outcomes"]) if data.get("golden_outcomes") is not None else None,
+            earlier=[dict(r) for r in data.get("earlier") or ()],
         )
 
 
@@ -140,7 +145,7 @@ class Collector:
             merged = {**prev, **{k: v for k, v in golden.items() if v is not None}}
             self.goldens[golden["path"]] = merged | self.golden_writes.get(golden["path"], {})  # the writer's word
         if payload.kind == "program" and payload.row is not None:
-            self.rows.append({**payload.row, "test": nodeid})
+            self.rows.extend({**row, "test": nodeid} for row in [*payload.earlier, payload.row])
         elif payload.kind == "example" and payload.settings is not None and payload.record is not None:
             settings = payload.settings
             run = self.runs.get(settings.test)

@@ -324,7 +324,11 @@ class Evaluator:
         run = ProgramRun(settings, golden_outcomes=golden_outcomes, shard=options.shard, expected=len(examples))
         verdict = run.judge(result=result)
         row = run.row()
-        node.stash[payload_key] = Payload("program", _golden_info(session, resolved, settings.threshold), row=row)
+        before = node.stash.get(payload_key, None)
+        earlier = [*before.earlier, before.row] if before is not None and before.kind == "program" and before.row is not None else []
+        if earlier:  # a test evaluating several datasets: a row each, named by its dataset
+            _name_evaluations([*earlier, row])
+        node.stash[payload_key] = Payload("program", _golden_info(session, resolved, settings.threshold), row=row, earlier=earlier)
         session.lms.warn_if_alone()
         if options.estimate:  # no verdict from an estimate: the summary says what a run would cost
             pytest.skip("--dspex-estimate: no LM call made")
@@ -339,6 +343,16 @@ class Evaluator:
             said += f"\nnote: {row['note']}" if row.get("note") else ""
             pytest.fail(said + where_from(row), pytrace=False)
         return result
+
+
+def _name_evaluations(rows: list[dict[str, Any]]) -> None:
+    """The mode of each of a test's ``dspex_evaluate`` rows says its dataset (``dataset: dev.jsonl``;
+    the path when two share a file name, ``dataset #2`` for one given in the test): a row each in the
+    table and the reports, each paired with the golden on its own shared examples."""
+    names = [Path(r["dataset"]).name if r.get("dataset") else None for r in rows]
+    for i, (r, name) in enumerate(zip(rows, names, strict=True), 1):
+        shown = r["dataset"] if name is not None and names.count(name) > 1 else name
+        r["mode"] = f"dataset: {shown}" if shown is not None else f"dataset #{i}"
 
 
 class Predictor:
