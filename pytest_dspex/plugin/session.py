@@ -104,6 +104,7 @@ class DspexSession:
         self._coordinator: Coordinator | None = None
         self._final_limits: dict[str, Any] = {}
         self._datasets: dict[tuple[Any, ...], Dataset] = {}
+        self._fields: dict[int, tuple[Any, Any, Any]] = {}  # id(program): (program, its DatasetFields, their key)
         self._resolved: dict[Path, Resolved] = {}
         self._failed_compiles: dict[Path, str] = {}  # golden path -> why its compile failed
         self._state_dir: Path | None = None
@@ -164,8 +165,14 @@ class DspexSession:
         from ..evaluation.datasets import load_dataset
         from ..programs.fields import dataset_fields
 
-        fields = dataset_fields(program) if program is not None else None
-        key = (str(path), tuple(input_keys), limit, fields.key if fields is not None else None)
+        fields, fields_key = None, None
+        if program is not None:  # asked by every per-example item: worked out once per program
+            held = self._fields.get(id(program))
+            if held is None or held[0] is not program:
+                made = dataset_fields(program)
+                held = self._fields[id(program)] = (program, made, made.key)
+            fields, fields_key = held[1], held[2]
+        key = (str(path), tuple(input_keys), limit, fields_key)
         if key not in self._datasets:
             self._datasets[key] = Dataset(path, load_dataset(path, input_keys, limit=limit, fields=fields))
         return self._datasets[key]
