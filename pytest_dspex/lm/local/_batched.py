@@ -20,6 +20,13 @@ or top-k/top-p/temperature with the request's seed), so answers follow the same 
 serial path; stop strings, ``max_tokens`` and the end-of-generation token end a request as
 ``Llama.create_completion`` does, and its response has the same shape.
 
+Determinism, measured on the example's 48 find_product requests (temperature 0, ~330-token
+prompts): 4-8 answers differ sent 8 at a time vs one at a time, though a token decoded alone or
+beside 1-7 short sequences has bit-identical logits (repacked weights off, flash attention, prompts
+in fixed chunks: each of those mattered). With one sequence per ``llama_decode`` the 48 are
+identical; reusing prefixes only from a slot's own cache, or grouping sequences by cache length,
+left 4-5 different. Hence off by default (``DEFAULT``).
+
 What the engine does not do goes through the original ``Llama`` under a lock of its own
 (``EngineLlama``): streaming, logits processors and ``logit_bias``, ``echo``, ``suffix``, stopping
 criteria, and prompts that do not fit a slot.
