@@ -8,13 +8,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .._support import runtime as _runtime
 from ..lm.usage import track_usage
 from ..programs.modules import Module
 from ..programs.primitives import Example, as_example
+from .comparison import RedrawPlan
 from .metrics import metric_name
 from .result import EvaluationResult
 from .scoring import REPEAT_REDUCTIONS, ProgressCallback, evaluate_records
@@ -30,6 +31,10 @@ class Evaluate:
     ``repeats`` runs each example that many times, each repeat with its own rollout id (``score_example``);
     ``repeat_reduction`` makes an example's score from its repeats: ``mean`` (default), ``all``
     (pass^k: it passes only if every draw does) or ``any`` (pass@k).
+    ``golden_outcomes`` (a golden's baseline, ``{key: score or [draws]}``) with ``redraws`` > 0: when
+    the baseline's draws disagree (a noisy endpoint), an example whose first answer disagrees with its
+    baseline is asked again up to ``redraws`` times (``comparison.RedrawPlan``); pass the same
+    ``redraws`` to ``gates.judge`` as ``redraw_limit``. A repeatable baseline makes no extra call.
     """
 
     def __init__(
@@ -45,6 +50,8 @@ class Evaluate:
         repeat_reduction: str = "mean",
         num_threads: int | None = None,
         display_progress: bool = False,
+        golden_outcomes: Mapping[str, Any] | None = None,
+        redraws: int = 0,
         **unknown: Any,
     ) -> None:
         # DSPy's spellings: num_threads is concurrency; display_progress prints a progress line
@@ -54,7 +61,7 @@ class Evaluate:
             reject_unknown(
                 "Evaluate", unknown,
                 ["devset", "metric", "concurrency", "progress", "program_name", "example_timeout", "repeats",
-                 "repeat_reduction", "num_threads", "display_progress"],
+                 "repeat_reduction", "num_threads", "display_progress", "golden_outcomes", "redraws"],
             )  # fmt: skip
         if num_threads is not None:
             concurrency = num_threads
@@ -64,6 +71,8 @@ class Evaluate:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {repeats}")
+        if redraws < 0:
+            raise ValueError(f"redraws must be >= 0, got {redraws}")
         if repeat_reduction not in REPEAT_REDUCTIONS:
             raise ValueError(f"repeat_reduction must be one of {', '.join(REPEAT_REDUCTIONS)}, got {repeat_reduction!r}")
         self.repeat_reduction = repeat_reduction
@@ -74,6 +83,7 @@ class Evaluate:
         self.program_name = program_name
         self.example_timeout = example_timeout
         self.repeats = repeats
+        self.redraw = RedrawPlan.of(golden_outcomes, redraws) if repeats == 1 else None
 
     def __call__(self, program: Module) -> EvaluationResult:
         return _runtime.run_sync(self._run(program))
@@ -94,6 +104,7 @@ class Evaluate:
                 program_name=self.program_name,
                 repeats=self.repeats,
                 repeat_reduction=self.repeat_reduction,
+                redraw=self.redraw,
             )
         return EvaluationResult.from_records(
             records,

@@ -278,6 +278,11 @@ def paired_outcomes(records: Iterable[ExampleRecord]) -> dict[str, float]:
     return {r.key: r.score for r in records if r.error_kind not in INFRA_ERROR_KINDS and r.error_kind != "metric"}
 
 
+def redrawn(records: Iterable[ExampleRecord]) -> dict[str, list[float] | None]:
+    """``{key: scores of its redraws}`` of the records asked again (None: a redraw lost to an LM error)."""
+    return {r.key: None if r.redraw_lost else list(r.redraws or ()) for r in records if r.redraws is not None or r.redraw_lost}
+
+
 def _keys(keys: Sequence[str]) -> str:
     shown = ", ".join(keys[:SHOWN_KEYS])
     return shown + (f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else "")
@@ -287,7 +292,7 @@ def regression_reason(comparison: Comparison) -> str:
     """Why a paired comparison is a regression, in words: which examples, delta, CI, p."""
     c = comparison
     lo, hi = c.delta_ci95
-    moved = "went pass -> fail" if c.test == "mcnemar-exact" else "scored lower"
+    moved = {"mcnemar-exact": "went pass -> fail", "paired-redrawn": "were wrong on every answer"}.get(c.test, "scored lower")
     text = (
         f"regression against the golden: {len(c.regressions)} of {c.shared} shared examples {moved} "
         f"({_keys(c.regressions)})"
@@ -295,7 +300,8 @@ def regression_reason(comparison: Comparison) -> str:
     if c.fixes:
         text += f", {len(c.fixes)} improved"
     p = f"{c.p_value:.2g}" if c.p_value < 0.001 else f"{c.p_value:.3f}"
-    return text + f"; delta {c.delta:+.3f} (95% CI {lo:+.3f}..{hi:+.3f}), p={p} < alpha {c.alpha:g} [{c.test}]"
+    text += f"; delta {c.delta:+.3f} (95% CI {lo:+.3f}..{hi:+.3f}), p={p} < alpha {c.alpha:g} [{c.test}]"
+    return text + (f"; {c.redrawn_note()} against the golden's noisy baseline" if c.test == "paired-redrawn" else "")
 
 
 def gate_would_fail(comparison: Comparison) -> bool:
@@ -325,11 +331,14 @@ def judge(
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE,
     golden_outcomes: Mapping[str, Score] | None = None,
     alpha: float = DEFAULT_ALPHA,
+    redraw_limit: int = 0,
 ) -> Verdict:
     """The verdict on one program's result (see the module docstring for the order of the checks).
 
     ``golden_outcomes`` (the golden's per-example validation scores by key) turn the regression
     check into the paired comparison; the verdict carries it (``verdict.comparison``).
+    ``redraw_limit``: the evaluation re-asked examples against a noisy baseline up to this many times
+    (``comparison.RedrawPlan``); their answers (``record.redraws``) go into the paired test.
     """
     from dataclasses import replace
 
@@ -338,7 +347,10 @@ def judge(
     if golden_outcomes is not None:
         from .comparison import compare
 
-        comparison = compare(golden_outcomes, paired_outcomes(result.records), alpha=alpha, tolerance=tolerance)
+        comparison = compare(
+            golden_outcomes, paired_outcomes(result.records), alpha=alpha, tolerance=tolerance,
+            redraws=redrawn(result.records) if redraw_limit > 0 else None, redraw_limit=redraw_limit,
+        )  # fmt: skip
         lost = sum(1 for r in result.records if r.error_kind in INFRA_ERROR_KINDS)
         raised = sum(1 for r in result.records if r.error_kind == "metric")
         if lost or raised:

@@ -117,6 +117,11 @@ class ExampleRecord:
     repeats: list[float] | None = None
     #: how ``score`` was made from ``repeats`` when not their mean: ``all`` (pass^k), ``any`` (pass@k)
     reduction: str | None = None
+    #: against a noisy golden baseline: the scores of the fresh answers asked after a first answer that
+    #: disagreed with it (``comparison.RedrawPlan``); ``score`` stays the first answer's. None: not asked
+    redraws: list[float] | None = None
+    #: a redraw was lost to an LM error: the paired gate leaves the example out
+    redraw_lost: bool = False
     # the live objects of an in-process evaluation; never serialized, not part of equality
     example: Example | None = field(default=None, repr=False, compare=False)
     output: Prediction | None = field(default=None, repr=False, compare=False)
@@ -175,6 +180,10 @@ class ExampleRecord:
         }
         if self.reduction is not None:
             data["reduction"] = self.reduction
+        if self.redraws is not None:
+            data["redraws"] = list(self.redraws)
+        if self.redraw_lost:
+            data["redraw_lost"] = True
         return data
 
     @classmethod
@@ -192,6 +201,8 @@ class ExampleRecord:
             usage=_usage(data.get("usage")),
             repeats=list(data["repeats"]) if data.get("repeats") is not None else None,
             reduction=data.get("reduction"),
+            redraws=[float(v) for v in data["redraws"]] if data.get("redraws") is not None else None,
+            redraw_lost=bool(data.get("redraw_lost", False)),
         )
 
 

@@ -20,7 +20,7 @@ import contextvars
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Container, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._support import lending as _lending
 from .._support.threads import SyncCaller
@@ -32,6 +32,9 @@ from ..programs.modules import Module, trace_scope
 from ..programs.primitives import Example, Prediction
 from .metrics import is_inline, metric_name, to_score
 from .records import ERROR_KINDS, INFRA_ERROR_KINDS, ExampleRecord
+
+if TYPE_CHECKING:
+    from .comparison import RedrawPlan
 
 __all__ = [
     "INFRA_ERROR_KINDS",
@@ -135,6 +138,7 @@ async def score_example(
     call_metric: MetricCaller | None = None,
     trace: list[Any] | None = None,
     repeat_reduction: str = "mean",
+    redraw: RedrawPlan | None = None,
 ) -> ExampleRecord:
     """Run ``program`` on one example, score it with ``metric`` and account for it, never raising.
 
@@ -159,6 +163,12 @@ async def score_example(
     best draw: pass@k), ``repeats`` the per-repeat scores; its prediction is the first repeat's that produced one; an
     error in any repeat scores that repeat 0 and is the record's error (the first one), so an LM
     error in any repeat counts against the error budget.
+
+    ``redraw`` (a noisy golden baseline's ``comparison.RedrawPlan``; one draw, no repeats): when the
+    first answer disagrees with the side the example's baseline leans to, ask again with fresh draws
+    (``rollout_id=redraw-<j>``: their own cache entries, replayed in CI) up to the plan's limit, stopping
+    at one on the baseline's side. Their scores go to ``record.redraws`` for the paired gate; the score
+    stays the first answer's, their calls count in the record's usage.
     """
     call = call_metric if call_metric is not None else metric_caller(metric)
     mname = mname or metric_name(metric)
@@ -169,7 +179,9 @@ async def score_example(
         )
 
     if repeats <= 1:
-        return await once()
+        first = await once()
+        ask = redraw.ask(first.key, first.score) if redraw is not None and first.error_kind not in INFRA_ERROR_KINDS else None
+        return first if ask is None else await _redraw(first, once, *ask)
     runs: list[ExampleRecord] = []
     for r in range(repeats):
         if r == 0:
@@ -179,6 +191,28 @@ async def score_example(
         with settings.context(call_overrides=overrides):
             runs.append(await once())
     return _merge_repeats(runs, repeat_reduction)
+
+
+async def _redraw(first: ExampleRecord, once: Callable[[], Awaitable[ExampleRecord]], target: float, limit: int) -> ExampleRecord:
+    """``first`` with up to ``limit`` fresh answers' scores in ``redraws`` (stopping at one scoring ``target``)."""
+    scores: list[float] = []
+    lost = False
+    for j in range(1, limit + 1):
+        overrides = {**(settings.get("call_overrides") or {}), "rollout_id": f"redraw-{j}"}
+        with settings.context(call_overrides=overrides):
+            again = await once()
+        for k, v in again.usage.items():
+            first.usage[k] = first.usage.get(k, 0) + v
+        first.latency_s = round(first.latency_s + again.latency_s, 6)
+        if again.error_kind in INFRA_ERROR_KINDS or again.error_kind == "metric":  # not measured
+            lost = True
+            break
+        scores.append(again.score)
+        if again.score == target:
+            break
+    first.redraws = scores
+    first.redraw_lost = lost
+    return first
 
 
 #: how an example's repeats make its score: the mean, the worst draw (pass^k), the best (pass@k)
@@ -294,11 +328,13 @@ async def evaluate_records(
     repeats: int = 1,
     keep_exceptions: Container[str] = (),
     repeat_reduction: str = "mean",
+    redraw: RedrawPlan | None = None,
 ) -> list[ExampleRecord]:
     """Score ``(index, example)`` pairs with ``concurrency`` workers; records in input order.
 
     ``repeats`` runs each example that many times; a record keeps its live exception only when its
-    error kind is in ``keep_exceptions`` (see ``score_example``).
+    error kind is in ``keep_exceptions``; ``redraw`` re-asks the examples whose first answer disagrees
+    with a noisy baseline (see ``score_example``).
 
     ``progress(done, total, score_so_far, errors)`` is called at most ten times a second and at the end.
     """
@@ -333,6 +369,7 @@ async def evaluate_records(
             rec = await score_example(
                 program, ex, metric, index=i, timeout=timeout, mname=mname, repeats=repeats,
                 keep_exceptions=keep_exceptions, call_metric=call, repeat_reduction=repeat_reduction,
+                redraw=redraw,
             )  # fmt: skip
             if started is not None:
                 tracing.example_finished(started, rec)

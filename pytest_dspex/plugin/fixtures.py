@@ -297,6 +297,8 @@ class Evaluator:
             example_timeout=options.example_timeout,
             repeats=(mspec.repeats if mspec is not None else None) or options.repeats,
             repeat_reduction=(mspec.repeat_reduction if mspec is not None else None) or options.repeat_reduction,
+            golden_outcomes=golden_outcomes,
+            redraws=options.redraws,  # a noisy baseline: discordant first answers asked again
         )
         result = run_with_progress(progress, lambda: evaluate(resolved.program))
         if positions is not None:
@@ -320,6 +322,7 @@ class Evaluator:
             provenance=resolved.golden.provenance(fingerprint) if resolved.golden is not None else None,
             instructions_diff=resolved.instructions_diff,
             plain_function=_plain_function(resolved),
+            redraws=options.redraws if evaluate.redraw is not None else 0,
         )
         run = ProgramRun(settings, golden_outcomes=golden_outcomes, shard=options.shard, expected=len(examples))
         verdict = run.judge(result=result)
@@ -371,6 +374,7 @@ class Predictor:
     def _run(self, example: Any) -> Any:
         __tracebackhide__ = True
         from .._support.runtime import run_sync
+        from ..evaluation.comparison import RedrawPlan
         from ..evaluation.scoring import evaluate_records
         from ..reports.run import RunSettings
         from .collector import Payload
@@ -386,6 +390,11 @@ class Predictor:
         key = test_key(node)
         resolved = ctx.resolve_item(path, key)
         options = session.options
+        paired = session.memo(
+            ("paired", key), lambda: resolved.golden.paired_baseline(data.examples) if resolved.golden else (None, 0)
+        )
+        repeats = mspec.repeats or options.repeats
+        redraw = session.memo(("redraw", key), lambda: RedrawPlan.of(paired[0], options.redraws) if repeats == 1 else None)
 
         def evaluate(items: list[tuple[int, Any]]) -> list[ExampleRecord]:
             progress = Progress.for_config(self._request.config, spec.name) if len(items) > 1 else None
@@ -405,9 +414,10 @@ class Predictor:
                 timeout=options.example_timeout,
                 progress=on_progress if progress else None,
                 program_name=spec.name,
-                repeats=mspec.repeats or options.repeats,
+                repeats=repeats,
                 repeat_reduction=mspec.repeat_reduction or options.repeat_reduction,
                 keep_exceptions=ITEM_FAILING_KINDS,  # re-raised below: the item fails with the original traceback
+                redraw=redraw,  # a noisy baseline: discordant first answers asked again
             )
             records = run_with_progress(progress, lambda: run_sync(coro))
             tally.add(records)
@@ -418,9 +428,6 @@ class Predictor:
             record = session.example_record(key, index, lambda wanted: evaluate([(i, data.examples[i]) for i in wanted]))
         if record is None:  # an example of the test's own making, or a rerun
             record = evaluate([(index, example)])[0]
-        paired = session.memo(
-            ("paired", key), lambda: resolved.golden.paired_baseline(data.examples) if resolved.golden else (None, 0)
-        )
         settings = RunSettings(
             spec.name,
             mode="per-example",
@@ -442,6 +449,7 @@ class Predictor:
             ),
             instructions_diff=resolved.instructions_diff,
             plain_function=_plain_function(resolved),
+            redraws=options.redraws if redraw is not None else 0,
         )
         node.stash[payload_key] = Payload(
             "example",

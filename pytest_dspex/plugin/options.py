@@ -100,6 +100,15 @@ OPTIONS: list[tuple[str, str, Any, str]] = [
         "reduces them (--dspex-repeat-reduction), examples whose repeats disagree are listed as flaky",
     ),
     (
+        "redraws",
+        "int",
+        1,
+        "against a noisy golden baseline (its draws disagree: a sampled or hosted model), ask each example whose "
+        "first answer disagrees with its baseline up to N more times with fresh draws: an answer lost for good "
+        "stays wrong, a noise flip is redrawn, so the paired gate catches real drops with fewer false alarms. "
+        "0 = never; a repeatable endpoint makes no extra call",
+    ),
+    (
         "repeat-reduction",
         "choice:mean,all,any",
         "mean",
@@ -254,6 +263,7 @@ class DspexOptions:
     metric_threshold: float | None = None  # --dspex-metric-threshold (None: full credit)
     select: str = "held-out"  # --dspex-select: held-out / in-sample
     baseline_draws: int = 0  # --dspex-baseline-draws (0 = auto, see baseline_draws_for)
+    redraws: int = 1  # --dspex-redraws: re-asks of an example whose first answer disagrees with a noisy baseline
     optimizer: str = DEFAULT_OPTIMIZER  # --dspex-optimizer: a name in optimize.registry
     rate_limit_patience: float = 60.0  # --dspex-rate-limit-patience: seconds of nothing but 429 before failing fast
 
@@ -443,6 +453,8 @@ def _check(
         raise pytest.UsageError(f"--dspex-alpha must be between 0 and 1 (exclusive), got {values['alpha']}")
     if values["baseline_draws"] < 0:
         raise pytest.UsageError(f"--dspex-baseline-draws must be >= 1 (or 0 for auto), got {values['baseline_draws']}")
+    if values["redraws"] < 0:
+        raise pytest.UsageError(f"--dspex-redraws must be >= 0 (0: never re-ask), got {values['redraws']}")
     if values["repeats"] < 1:
         raise pytest.UsageError(f"--dspex-repeats must be >= 1, got {values['repeats']}")
     if values["metric_threshold"] is not None and not 0 <= values["metric_threshold"] <= 1:

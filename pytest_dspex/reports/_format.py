@@ -303,6 +303,17 @@ class ProgramView:
         return dict(c) if isinstance(c, Mapping) else None
 
     @property
+    def redrawn_text(self) -> str:
+        """``"7 examples re-asked (7 extra calls) against the golden's noisy baseline"`` when the run re-asked
+        examples whose first answer disagreed with a noisy baseline (``--dspex-redraws``), else empty."""
+        c = self.comparison or {}
+        if c.get("test") != "paired-redrawn":
+            return ""
+        from ..evaluation.comparison import Comparison
+
+        return Comparison.from_json(c).redrawn_note() + " against the golden's noisy baseline"
+
+    @property
     def nothing_shared(self) -> bool:
         """A paired comparison ran but no example was shared with the golden: nothing was compared."""
         c = self.comparison

@@ -207,6 +207,7 @@ def _program(i: int, p: ProgramView) -> str:
             ("compared", c.get("verdict")),
             ("regressions", len(c.get("regressions") or [])),
             ("fixes", len(c.get("fixes") or [])),
+            ("re-asked", p.redrawn_text),
         ]
         if c.get("underpowered"):
             needed = c.get("needed_n")

@@ -103,6 +103,8 @@ def _provenance(p: ProgramView, said: set[tuple[str, str]]) -> list[str]:
         out += ["", line]
     if p.row.get("note"):  # beside the verdict: relabelled examples, another model or temperature than the golden's
         out += ["", f"**{md_text(p.name)}** ({md_text(p.mode)}) note: {md_text(p.row['note'], 400)}"]
+    if p.redrawn_text:  # the extra calls of --dspex-redraws
+        out += ["", f"**{md_text(p.name)}** ({md_text(p.mode)}): {md_text(p.redrawn_text, 200)}"]
     diff = p.row.get("instructions_diff")
     if diff:
         fence = "~~~~"

@@ -72,6 +72,8 @@ class RunSettings:
     provenance: dict[str, Any] | None = None  # how the golden's program was chosen and its baseline measured
     instructions_diff: str = ""  # the program's instructions differ from the golden's
     plain_function: bool = False  # a plain function (``dspex.program(fn)``): its LM calls may bypass the session
+    #: re-asks of an example whose first answer disagreed with a noisy baseline (0: none; ``comparison.RedrawPlan``)
+    redraws: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     _KEYS = {"provenance": "golden_provenance"}
@@ -91,6 +93,8 @@ class RunSettings:
                 values[name] = float(values[name])
         if "dataset_size" in values:
             values["dataset_size"] = int(values["dataset_size"])
+        if "redraws" in values:
+            values["redraws"] = int(values["redraws"])
         values["prompts"] = dict(values.get("prompts") or {})
         comparison = data.get("comparison")
         if "alpha" not in values and isinstance(comparison, Mapping) and comparison.get("alpha") is not None:
@@ -157,6 +161,7 @@ class ProgramRun:
             max_error_rate=s.max_error_rate,
             golden_outcomes=self.golden_outcomes,
             alpha=s.alpha if s.alpha is not None else DEFAULT_ALPHA,
+            redraw_limit=s.redraws,
         )
         if verdict.kind == PROGRAM_ERRORS and s.plain_function and not result.usage.calls:
             verdict = replace(verdict, reason=f"{verdict.reason}; {NO_CALLS_HINT}")
@@ -200,4 +205,6 @@ class ProgramRun:
         )
         if s.dataset_size is not None:
             row["dataset_size"] = s.dataset_size
+        if s.redraws:  # combine judges the merged records with the same redraw rule
+            row["redraws"] = s.redraws
         return s.extra | row  # what the records say wins over anything carried along
