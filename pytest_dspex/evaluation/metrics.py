@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import MetricError
 
-__all__ = ["contains", "exact_match", "f1", "normalize_text", "normalized_match", "to_score"]
+__all__ = ["contains", "exact_match", "f1", "metric_fingerprint", "normalize_text", "normalized_match", "to_score"]
 
 Metric = Callable[..., Any]
 
@@ -118,3 +118,44 @@ def _real(value: Any, metric_name: str) -> float:
 
 def metric_name(metric: Metric) -> str:
     return getattr(metric, "__name__", None) or type(metric).__name__
+
+
+def metric_fingerprint(metric: Any) -> str | None:
+    """A short hash of what ``metric`` computes, recorded with a golden's baseline so a later run can
+    tell "the metric changed" from "the program regressed" (None: its source cannot be read).
+
+    The hash covers the metric's source tokens without comments or blank lines (the same on every
+    Python version, unlike bytecode) and the plain values its closure holds (``exact_match("team")``
+    and ``exact_match("answer")`` share their source). A ``functools.partial`` is its function and
+    arguments; a callable object, its class's source.
+    """
+    import functools
+    import hashlib
+    import inspect
+    import io
+    import textwrap
+    import tokenize
+
+    parts: list[str] = []
+    target: Any = metric
+    while isinstance(target, functools.partial):
+        parts.append(repr((target.args, sorted(target.keywords.items()))))
+        target = target.func
+    target = inspect.unwrap(target) if callable(target) else target
+    if not (inspect.isfunction(target) or inspect.ismethod(target)):
+        target = type(target)
+    try:
+        source = textwrap.dedent(inspect.getsource(target))
+        tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+        skip = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}
+        parts.append(" ".join(t.string for t in tokens if t.type not in skip))
+    except (OSError, TypeError, tokenize.TokenError, IndentationError, SyntaxError):
+        return None
+    for cell in getattr(getattr(target, "__func__", target), "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if isinstance(value, str | int | float | bool | tuple | type(None)):
+            parts.append(repr(value))
+    return "sha256:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

@@ -158,6 +158,17 @@ class GoldenFile:
         changed = {k for k, h in b.labels.items() if k in now and now[k] != h}
         return {k: v for k, v in outcomes.items() if k not in changed}, len(changed)
 
+    def metric_changed(self, metric: Any) -> bool:
+        """Was the baseline scored by another metric than ``metric`` (its source or closure differ)?
+        Older goldens without a recorded fingerprint, or a metric whose source cannot be read: no."""
+        from ..evaluation.metrics import metric_fingerprint
+
+        b = self.model.baseline
+        if b is None or not b.metric_fingerprint:
+            return False
+        now = metric_fingerprint(metric)
+        return now is not None and now != b.metric_fingerprint
+
     @property
     def baseline_score(self) -> float | None:
         b = self.model.baseline

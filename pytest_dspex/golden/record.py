@@ -124,11 +124,14 @@ def baseline_entry(
     dataset: str,
     how: str = "compile",
     labels: Mapping[str, str] | None = None,
+    metric_fingerprint: str | None = None,
 ) -> dict[str, Any]:
     """The ``baseline`` of a golden from ``draws`` fresh passes over the gate set (``{key: score}`` each).
 
     ``labels`` (``datasets.label_hashes`` of the gate set) records a short hash of each example's
-    expected outputs, so that a later run leaves out of the pairing the examples relabelled since.
+    expected outputs, so that a later run leaves out of the pairing the examples relabelled since;
+    ``metric_fingerprint`` (``metrics.metric_fingerprint``) the metric that scored it, so that a later
+    run with an edited metric says so rather than reading the new scores as the program's.
 
     An example's entry is its list of draw scores (a number when there was one draw); the score is the
     mean over examples of their mean. Keys missing from a draw (lost to LM errors) are left out of it.
@@ -148,6 +151,7 @@ def baseline_entry(
         "how": how,
         "measured_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
         **({"labels": {k: labels[k] for k in examples if k in labels}} if labels else {}),
+        **({"metric_fingerprint": metric_fingerprint} if metric_fingerprint else {}),
     }
 
 

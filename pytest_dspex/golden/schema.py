@@ -156,6 +156,8 @@ class Baseline(_Model):
     how: str = "compile"
     measured_at: str = ""
     labels: dict[str, str] = Field(default_factory=dict)
+    #: ``metrics.metric_fingerprint`` of the metric the baseline was scored with ("": older goldens)
+    metric_fingerprint: str = ""
 
 
 class Scores(_Model):

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..evaluation.metrics import metric_fingerprint
 from ..evaluation.scoring import example_timeout
 from ..lm.usage import track_usage
 from ..programs.modules import Module
@@ -76,7 +77,9 @@ def record_baseline_only(
                 program, gate, metric, draws=settings.baseline_draws, concurrency=settings.concurrency,
                 max_error_rate=settings.max_error_rate,
             )
-        baseline = baseline_entry(draws, dataset=fingerprint(gate), labels=label_hashes(gate))
+        baseline = baseline_entry(
+            draws, dataset=fingerprint(gate), labels=label_hashes(gate), metric_fingerprint=metric_fingerprint(metric)
+        )
         replaced = _compare_baselines(previous, baseline)
         score, n = float(baseline["score"]), int(baseline["n"])
         record = golden_record(

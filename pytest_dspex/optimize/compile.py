@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..evaluation.gates import DEFAULT_ALPHA, DEFAULT_MAX_ERROR_RATE, comparison_text, gate_would_fail
+from ..evaluation.metrics import metric_fingerprint
 from ..evaluation.scoring import example_timeout
 from ..lm.usage import Usage, track_usage
 from ..observe import tracing
@@ -223,7 +224,10 @@ def compile_program(
         validation = result.validation
         from ..golden.record import baseline_entry
 
-        baseline = baseline_entry(draws, dataset=fingerprint(baseline_set), labels=label_hashes(baseline_set))
+        baseline = baseline_entry(
+            draws, dataset=fingerprint(baseline_set), labels=label_hashes(baseline_set),
+            metric_fingerprint=metric_fingerprint(metric),
+        )  # fmt: skip
         replaced = _compare_baselines(previous, baseline)
         record = golden_record(
             result.program,
@@ -326,8 +330,14 @@ def rebaseline_program(
                 f"(the budget is {settings.max_error_rate:.0%}, --dspex-max-error-rate); the golden is unchanged. Fix "
                 f"the LM endpoint and re-run pytest --dspex-rebaseline={name}"
             )
-        baseline = baseline_entry(draws, dataset=fingerprint(gate), how="rebaseline", labels=label_hashes(gate))
-        replaced = _compare_baselines(old, baseline, alpha=settings.alpha, tolerance=settings.tolerance)
+        baseline = baseline_entry(
+            draws, dataset=fingerprint(gate), how="rebaseline", labels=label_hashes(gate),
+            metric_fingerprint=metric_fingerprint(metric),
+        )  # fmt: skip
+        # scored by another metric, the old baseline is no measure of the new one: not compared
+        replaced = None if old.metric_changed(metric) else _compare_baselines(
+            old, baseline, alpha=settings.alpha, tolerance=settings.tolerance
+        )  # fmt: skip
         if replaced is not None and gate_would_fail(replaced) and not settings.force:
             raise GoldenFileError(
                 f"{path}: new baseline not recorded: it is worse than the one it would replace — "

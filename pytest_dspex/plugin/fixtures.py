@@ -117,13 +117,15 @@ def _golden_info(session: DspexSession, resolved: Resolved, threshold: float | N
     return d
 
 
-def _note(session: DspexSession, resolved: Resolved, relabelled: int = 0) -> str:
-    """The row's note: the resolver's, examples relabelled since the baseline, and a sampling
-    temperature that differs from the golden's."""
+def _note(session: DspexSession, resolved: Resolved, relabelled: int = 0, metric: Any = None) -> str:
+    """The row's note: the resolver's, a metric edited since the baseline, examples relabelled since,
+    and a sampling temperature that differs from the golden's."""
     notes = [resolved.note] if resolved.note else []
+    golden = resolved.golden
+    if golden is not None and metric is not None and golden.metric_changed(metric):
+        notes.append(metric_changed_note(golden.program or resolved.name))
     if relabelled:
         notes.append(relabelled_note(relabelled, resolved.golden.program if resolved.golden else ""))
-    golden = resolved.golden
     if golden is not None and resolved.outcome is None:  # a golden loaded, not one this run compiled
         was, now_model = (golden.data.get("model") or {}).get("name"), session.lms.model_name()
         if isinstance(was, str) and was and now_model and was != now_model:
@@ -139,6 +141,14 @@ def _note(session: DspexSession, resolved: Resolved, relabelled: int = 0) -> str
                 "a difference from the golden may be the sampling, not the program"
             )
     return "; ".join(notes)
+
+
+def metric_changed_note(program: str) -> str:
+    return (
+        "the metric changed since the baseline (its source differs from the one that scored the golden): a "
+        "different score may be the metric's, not the program's; if the edit is intended, record a new baseline "
+        f"with pytest --dspex-rebaseline={program}"
+    )
 
 
 def relabelled_note(k: int, program: str) -> str:
@@ -317,7 +327,7 @@ class Evaluator:
             golden=session.rel(resolved.golden_path) if resolved.golden is not None else None,
             golden_score=_comparable_golden_score(resolved, fingerprint),
             dataset_size=dataset_size,  # combine checks that the shards add up to it
-            note=_note(session, resolved, relabelled),
+            note=_note(session, resolved, relabelled, metric_fn),
             prompts=resolved.golden.prompts if resolved.golden is not None else {},
             provenance=resolved.golden.provenance(fingerprint) if resolved.golden is not None else None,
             instructions_diff=resolved.instructions_diff,
@@ -441,7 +451,7 @@ class Predictor:
             golden=session.rel(resolved.golden_path) if resolved.golden is not None else None,
             golden_score=_comparable_golden_score(resolved, data.fingerprint),
             dataset_size=len(data.examples),
-            note=_note(session, resolved, paired[1]),
+            note=_note(session, resolved, paired[1], mspec.metric),
             # the large parts once per process: the controller keeps the first it gets
             prompts=session.once(("prompts", key), lambda: resolved.golden.prompts if resolved.golden else {}) or {},
             provenance=session.once(
