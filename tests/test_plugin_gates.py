@@ -368,7 +368,8 @@ class TestStaleGoldensAndCompileGuards:
         kept.stdout.fnmatch_lines([
             "*golden kept: __dspex__/test_triage/triage.json*: kept: the golden's baseline 1.000 is higher "
             "than this run's 0.800 on the same signature and gate set; use --dspex-force to replace it*",
-            "*this run vs the golden's baseline: no change: delta -0.200*2 regressed, 0 fixed, 10 shared examples*",
+            "*this run vs the golden's baseline: regression by the tolerance: 0.800 vs 1.000 on 10 shared examples*"
+            "the paired test alone would say no change: delta -0.200*2 regressed, 0 fixed, 10 shared examples*",
         ])  # fmt: skip
         pytester.makefile(".jsonl", **{"data/dev": rows(12)})  # another gate set: not comparable
         replaced = run(pytester, server, ["-p", "no:xdist"], *COMPILE, "-k", "not each")
