@@ -58,11 +58,26 @@ def test_a_rebaseline_that_is_no_worse_is_written_without_force(pytester, server
     project(pytester, 200)
     assert run(pytester, server, mode, *COMPILE).ret == 0
     before = golden(pytester)
+    write_test(pytester, "Route a customer message to the team that should handle it, please.")  # every answer the same
     out = run(pytester, server, mode, "--dspex-rebaseline=triage")
     assert out.ret == 0, out.stdout.str()
     out.stdout.fnmatch_lines(["*golden rebaselined*", "*new baseline vs the golden's baseline: no change*"])
     after = golden(pytester)
     assert after["baseline"]["how"] == "rebaseline" and before["baseline"]["how"] == "compile"
+
+
+def test_a_rebaseline_that_changes_nothing_leaves_the_golden_untouched(pytester, server, mode):  # noqa: F811
+    """Trial finding F15: nothing changed, yet the golden was rewritten (how, timestamps): git noise."""
+    project(pytester, 40)
+    assert run(pytester, server, mode, *COMPILE).ret == 0
+    path = pytester.path / "__dspex__/test_triage/triage.json"
+    before = path.read_bytes()
+    out = run(pytester, server, mode, "--dspex-rebaseline=triage")
+    assert out.ret == 0, out.stdout.str()
+    out.stdout.fnmatch_lines(["*golden unchanged: __dspex__/test_triage/triage.json*re-baseline changed nothing (same "
+                              "instructions, model and baseline outcomes: 40 gate examples, score 1.000): golden unchanged*"])  # fmt: skip
+    assert "golden rebaselined" not in out.stdout.str()
+    assert path.read_bytes() == before
 
 
 def test_a_rebaseline_the_gate_calls_a_regression_by_the_tolerance_is_refused(pytester, server, model, mode):  # noqa: F811

@@ -374,6 +374,11 @@ def rebaseline_program(
         if m.model and settings.model_info and {k: m.model.get(k) for k in settings.model_info} != dict(settings.model_info):
             what += ", another model"
         reason = f"re-baselined ({what}; demos kept): {baseline['n']} gate examples x {baseline['draws']} draw(s), score {baseline['score']:.3f}"
+        if _same_but_when(old.data, record):  # nothing changed: rewriting it would be a diff to review for nothing
+            mark_compiled(path, run_id, state_dir, None)
+            reason = (f"re-baseline changed nothing (same instructions, model and baseline outcomes: "
+                      f"{baseline['n']} gate examples, score {baseline['score']:.3f}): golden unchanged")  # fmt: skip
+            return CompileOutcome(name, path, applied, old, "unchanged", reason, None, record=None, replaced=replaced, usage=spent)
         if not defer_write:
             store._write(path, record)
         to_write = json.loads(json.dumps(record)) if defer_write else None
@@ -382,6 +387,19 @@ def rebaseline_program(
     return CompileOutcome(
         name, path, applied, golden, "rebaselined", reason, None, record=to_write, replaced=replaced, usage=spent
     )
+
+
+def _same_but_when(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """The same golden but for when and how its baseline was measured (timestamps, compile or re-baseline)."""
+    from ..golden.store import _stable
+
+    def stable(data: Mapping[str, Any]) -> dict[str, Any]:
+        out = _stable(json.loads(json.dumps(data)))
+        if isinstance(out.get("baseline"), dict):
+            out["baseline"] = {k: v for k, v in out["baseline"].items() if k != "how"}
+        return out
+
+    return stable(old) == stable(new)
 
 
 def measure_baseline(

@@ -416,7 +416,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         if g.get("compile_usage"):
             what = "re-baseline" if g["outcome"] == "rebaselined" else "compile"
             extra += f"; {what} spent {spend_text(g['compile_usage'])}"
-        if g.get("reason") and g["outcome"] in ("kept", "updated", "rebaselined"):
+        if g.get("reason") and (g["outcome"] in ("kept", "updated", "rebaselined") or str(g["reason"]).startswith("re-baseline")):
             extra += f": {g['reason']}"  # why compile replaced or kept it
         tr.write_line(f"golden {g['outcome']}: {rel}{extra}", green=g["outcome"] != "kept", yellow=g["outcome"] == "kept")
         if g.get("demos") and g["outcome"] in ("created", "updated"):  # what a reviewer of the golden should know
