@@ -119,3 +119,12 @@ def test_optimizers_are_at_the_top_level():
     assert dspex.BootstrapFewShot is BootstrapFewShot
     assert dspex.LabeledFewShot is LabeledFewShot
     assert dspex.BootstrapFewShotWithRandomSearch is BootstrapFewShotWithRandomSearch
+
+
+def test_evaluate_refuses_a_dspy_module_as_the_marker_does() -> None:
+    """Trial finding F5: a dspy.Predict given to dspex.Evaluate ran as a plain function ("No LM is
+    loaded" on every example, or DSPy's own LM, uncached and uncounted); now the marker's TypeError."""
+    predict_class = type("Predict", (), {"__module__": "dspy.predict.predict", "__call__": lambda self, **kw: None})
+    devset = [dspex.Example(question="q", answer="a").with_inputs("question")]
+    with pytest.raises(TypeError, match=r"Evaluate\(\.\.\.\)\(program\): program is a DSPy module, dspy\.Predict; .*import pytest_dspex as dspex"):
+        dspex.Evaluate(devset, _exact)(predict_class())

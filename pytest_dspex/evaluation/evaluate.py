@@ -86,9 +86,11 @@ class Evaluate:
         self.redraw = RedrawPlan.of(golden_outcomes, redraws) if repeats == 1 else None
 
     def __call__(self, program: Module) -> EvaluationResult:
+        _not_dspy(program)
         return _runtime.run_sync(self._run(program))
 
     async def acall(self, program: Module) -> EvaluationResult:
+        _not_dspy(program)
         return await _runtime.run_async(self._run(program))
 
     async def _run(self, program: Module) -> EvaluationResult:
@@ -113,6 +115,16 @@ class Evaluate:
             usage=usage,
             elapsed_s=time.perf_counter() - started,
         )
+
+
+def _not_dspy(program: Any) -> None:
+    """A DSPy module is a TypeError, as in the marker: run as a plain function it would fail on every
+    example ("No LM is loaded") or call DSPy's own LM, uncached and uncounted."""
+    from .._support.dspy_idioms import dspy_kind, dspy_program_message
+
+    kind = dspy_kind(program)
+    if kind is not None:
+        raise TypeError(f"Evaluate(...)(program): {dspy_program_message(kind)}")
 
 
 def _print_progress(done: int, total: int, score: float, errors: int) -> None:
