@@ -23,6 +23,9 @@ def test_jsonl_json_and_csv_load_the_same_examples(tmp_path):
     ("name", "content", "message"),
     [
         ("bad.jsonl", '{"question": "q", "answer": "a"}\n{"question": "q2", oops}\n', r"bad.jsonl:2: not valid JSON"),
+        # a row cut short: the column in that line, not the decoder's "line 2" of its trailing newline (trial F9)
+        ("cut.jsonl", '{"question": "q"}\n{"question": "q2",\n', r"cut.jsonl:2: not valid JSON \(Expecting property name enclosed in double quotes: at the end of the line\)$"),
+        ("col.jsonl", '{"question": "q", oops}\n', r"col.jsonl:1: not valid JSON \(Expecting property name enclosed in double quotes: column 19\)$"),
         ("list.jsonl", '{"question": "q"}\n[1, 2]\n', r"list.jsonl:2: expected a JSON object"),
         ("missing.jsonl", '{"question": "q"}\n{"answer": "a"}\n', r"missing.jsonl:2: row has no 'question'"),
         ("bad.csv", "question,answer\nq1,a1\nq2,a2,extra\n", r"bad.csv:3: more cells"),

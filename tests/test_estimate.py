@@ -162,3 +162,13 @@ def test_a_program_gated_in_both_modes_is_counted_once(pytester, server_factory,
     real = pytester.runpytest_subprocess(*args, "--dspex-max-calls=15")
     assert real.ret == 0, real.stdout.str()[-2000:]
     assert server.requests == 10  # as estimated
+
+
+def test_the_embedded_model_is_estimated_at_no_cost(pytester):
+    """Trial finding F9: an estimate on the embedded model asked for --dspex-price; it costs nothing."""
+    _project(pytester, None)
+    result = pytester.runpytest_subprocess("--dspex-estimate", "--dspex-cache-dir=cache", "--dspex-missing-golden=zero-shot", "-p", "no:xdist")
+    assert result.ret == 0
+    out = result.stdout.str()
+    assert re.search(r"a run would make 10 LM calls, about [\d,]+ tokens, \$0\.0000 \(no LM call was made\)", out), out[-2000:]
+    assert "no price known" not in out

@@ -144,3 +144,15 @@ def test_an_example_whose_metric_raised_within_the_budget_scores_zero_but_is_not
     assert v.passed and v.score == pytest.approx(39 / 40)  # counted 0 in the score, as before
     assert v.comparison is not None and v.comparison.shared == 39 and v.comparison.regressions == []
     assert v.comparison.metric_errors == 1
+
+
+def test_a_metric_returning_no_score_is_not_said_to_have_raised() -> None:
+    """Trial finding F9: "metric yes_metric returned 'yes' (str)" was announced as "metric raised"."""
+    records = [
+        ExampleRecord(index=i, key=f"k{i}", inputs={}, expected={}, prediction={}, score=0.0, error_kind="metric",
+                      error="MetricError: metric yes_metric returned 'yes' (str); return a bool or a number in [0, 1]")
+        for i in range(20)
+    ]  # fmt: skip
+    v = judge(EvaluationResult.from_records(records, program="p", metric="yes_metric"), threshold=0.8)
+    assert v.kind == "metric_errors"
+    assert v.reason.startswith("metric returned no score on 20 of 20 examples: MetricError: metric yes_metric returned 'yes' (str)")

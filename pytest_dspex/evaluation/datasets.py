@@ -168,7 +168,11 @@ def _read_jsonl(p: Path) -> Iterable[tuple[int, dict[str, Any]]]:
             try:
                 row = json.loads(text)
             except ValueError as exc:
-                raise DatasetError(f"{p}:{lineno}: not valid JSON ({exc})") from None
+                where = ""
+                if isinstance(exc, json.JSONDecodeError):
+                    where = ": at the end of the line" if exc.pos >= len(text.rstrip()) else f": column {exc.pos + 1}"
+                # the column in this line (the decoder's own "line 2" would be inside it: a trailing newline)
+                raise DatasetError(f"{p}:{lineno}: not valid JSON ({getattr(exc, 'msg', exc)}{where})") from None
             if not isinstance(row, dict):
                 raise DatasetError(f"{p}:{lineno}: expected a JSON object, got {type(row).__name__}")
             yield lineno, row

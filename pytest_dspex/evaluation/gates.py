@@ -239,7 +239,10 @@ def metric_errors_reason(records: Iterable[ExampleRecord], n: int, what: str = "
     if not raised:
         return None
     first = (raised[0].error or "").split(" raised ", 1)[-1][:300]
-    return f"metric raised on {len(raised)} of {n} {what}" + (f": {first}" if first else "")
+    # a metric that returned what is not a score ("metric m returned 'yes' (str)") did not raise
+    returned = sum(1 for r in raised if " raised " not in (r.error or "") and " returned " in (r.error or ""))
+    did = "returned no score" if returned == len(raised) else "raised" if not returned else "raised or returned no score"
+    return f"metric {did} on {len(raised)} of {n} {what}" + (f": {first}" if first else "")
 
 
 def program_errors_reason(records: Iterable[ExampleRecord], n: int) -> str | None:

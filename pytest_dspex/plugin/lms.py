@@ -209,7 +209,9 @@ class SessionLMs:
         return (0.0, 0.0)
 
     def priced(self) -> bool:
-        """Is a cost counted (a price set, or in an estimate one from the table)?"""
+        """Is a cost counted (a price set, or in an estimate one from the table; the embedded model is free)?"""
+        if self.options.local and not self.options.price:
+            return True  # costs nothing: $0, never "no price known"
         name = self.model_name()
         return self._price(name)[0] > 0 or self._price(name)[1] > 0 if name else bool(self.options.price)
 
