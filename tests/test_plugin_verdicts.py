@@ -284,16 +284,29 @@ class TestIncompleteRuns:
         assert data["complete"] is False and data["passed"] is False
         assert data["stopped"] == "a collection error in test_broken.py: not every test ran"
 
-    def test_an_interrupted_run_never_overwrites_a_report(self, pytester, server):
-        """Issue 19: Ctrl-C overwrote an existing report with ``"passed": true, "programs": []``."""
+    def test_an_interrupted_run_writes_an_incomplete_report_and_keeps_the_previous(self, pytester, server):
+        """Issue 19: Ctrl-C overwrote an existing report with ``"passed": true, "programs": []``. Trial F4:
+        keeping the previous (passing) report as the newest file left a green verdict beside a red job.
+        Now the interrupted run's report says complete: false, passed: false; the previous is ``.prev``."""
         interrupt_first = "def test_0_interrupt():\n    raise KeyboardInterrupt\n\n" + EACH_TEST
         project(pytester, threshold=0.4, source=interrupt_first)
-        previous = '{"passed": false, "programs": [], "kept": true}\n'
+        previous = '{"passed": true, "programs": [], "kept": true}\n'
         (pytester.path / "r.json").write_text(previous)
-        result = run(pytester, server, "-p", "no:xdist", "-p", "no:cacheprovider", "--dspex-report=r.json")
+        (pytester.path / "ci.md").write_text("### ✅ pytest-dspex: 1 program passed\n")
+        result = run(
+            pytester, server, "-p", "no:xdist", "-p", "no:cacheprovider", "--dspex-report=r.json", "--dspex-markdown=ci.md"
+        )
         assert result.ret == pytest.ExitCode.INTERRUPTED
-        assert (pytester.path / "r.json").read_text() == previous
-        result.stdout.fnmatch_lines(["*dspex json report not written: the run was interrupted; *r.json keeps the previous report"])
+        assert (pytester.path / "r.json.prev").read_text() == previous
+        now = report(pytester, "r.json")
+        assert now["complete"] is False and now["passed"] is False and "kept" not in now
+        assert (pytester.path / "ci.md.prev").read_text() == "### ✅ pytest-dspex: 1 program passed\n"
+        assert "✅" not in (pytester.path / "ci.md").read_text()
+        result.stdout.fnmatch_lines([
+            "*dspex json report: the run was interrupted, so *r.json holds an incomplete report (complete: false, "
+            "passed: false); the previous report is kept as *r.json.prev",
+        ])  # fmt: skip
+        assert not list(pytester.path.glob(".*.tmp"))
         # interrupted half-way through the examples: incomplete, and a new report says so
         project(pytester, threshold=0.4, source=EACH_TEST.replace(
             "    dspex_predict(dspex_example)",
@@ -311,7 +324,7 @@ class TestIncompleteRuns:
         with pytest.raises(CombineError, match="incomplete: 9 of 40 examples ran"):
             combine_files([str(pytester.path / "new.json")])
         with pytest.raises(CombineError, match="no program was evaluated"):
-            combine_files([str(pytester.path / "r.json")])
+            combine_files([str(pytester.path / "r.json.prev")])
         assert render_markdown({"passed": True, "programs": []}).startswith("### ⚠️ pytest-dspex: no LM program")
 
 

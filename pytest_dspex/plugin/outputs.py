@@ -47,8 +47,9 @@ def write_reports(
     Never raises: a report that cannot be written (a path under a file, an unwritable folder, a
     ``GITHUB_STEP_SUMMARY`` naming a missing folder) is one line in ``collector.report_problems``,
     shown under the dspex table, and the other reports, the table and the failures are still shown.
-    An interrupted run (Ctrl-C) never replaces a report that is already there: the one it would write
-    holds only what ran before the interruption.
+    An interrupted run (Ctrl-C) writes its report (``"complete": false``, ``"passed": false``: what ran
+    before the interruption), so no earlier run's verdict stays the newest file; a report already there
+    is kept beside it as ``<name>.prev`` (copied atomically first), and a line says so.
     """
     outputs = dspex.options.outputs
     step_summary = bool(os.environ.get("GITHUB_STEP_SUMMARY"))
@@ -63,11 +64,17 @@ def write_reports(
     written: list[tuple[str, Path]] = []
 
     def attempt(what: str, path: Path | None, write: Callable[[], object]) -> None:
-        if path is not None and interrupted and path.exists():
+        if path is not None and interrupted and path.is_file():
+            try:
+                prev = keep_previous(path)
+            except OSError as exc:
+                said = f"the previous report could not be kept ({describe_os_error(exc)})"
+            else:
+                said = f"the previous report is kept as {prev}"
             collector.report_problems.append((
-                f"dspex {what} report not written: the run was interrupted; {path} keeps the previous report", False
+                f"dspex {what} report: the run was interrupted, so {path} holds an incomplete report "
+                f"(complete: false, passed: false); {said}", False,
             ))  # fmt: skip
-            return
         try:
             write()
         except (OSError, UnicodeError, ValueError) as exc:
@@ -85,6 +92,26 @@ def write_reports(
 
         attempt("step summary", None, lambda: append_step_summary(render_markdown(report)))
     return written
+
+
+def keep_previous(path: Path) -> Path:
+    """Copy ``path`` to ``<path>.prev`` atomically (a temporary file beside it, then a rename); the copy."""
+    import tempfile
+
+    prev = path.with_name(path.name + ".prev")
+    fd, tmp = tempfile.mkstemp(prefix=f".{prev.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(path.read_bytes())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, prev)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return prev
 
 
 def describe_os_error(exc: BaseException) -> str:
