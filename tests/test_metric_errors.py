@@ -124,7 +124,7 @@ def test_examples_whose_metric_raised_are_not_paired_with_the_golden(pytester: p
     assert result.ret == 1
     out = result.stdout.str()
     assert "metric raised on 10 of 10 examples: AttributeError" in out
-    result.stdout.fnmatch_lines(["triage*dataset*0.000*n/a (none measured (10 metric errors))*FAIL"])
+    result.stdout.fnmatch_lines(["triage*dataset*0.000*n/a (none measured) *FAIL"])  # short in the table (trial F14)
     assert "triage [dataset] vs golden: paired comparison: none measured (10 metric errors)" in out
     for text in [out, *((pytester.path / f).read_text() for f in ("r.md", "r.html"))]:
         assert "none measured (10 metric errors)" in text

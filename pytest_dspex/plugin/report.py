@@ -164,7 +164,8 @@ def format_table(rows: list[dict[str, Any]]) -> list[str]:
         golden, delta = view.baseline, view.delta
         golden_txt = "-" if golden is None or delta is None else f"{golden:.3f} ({round(delta, 3) + 0.0:+.3f})"
         if view.not_compared:  # no example in common, or an incomplete run: nothing was compared
-            golden_txt = f"n/a ({view.not_compared})"
+            # short: the line under the table (and the verdict) says how many were lost and to what
+            golden_txt = f"n/a ({view.not_compared.split(' (', 1)[0]})"
         lines.append([
             str(r["program"]),
             str(r.get("mode", "dataset")),
