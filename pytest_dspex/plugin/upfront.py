@@ -5,7 +5,8 @@ The estimate is ``--dspex-estimate``'s: each selected dspex test's program runs 
 (a ``dspex_dataset`` marker's, or the literal path of the test's ``dspex_evaluate("data/dev.jsonl")`` call)
 against the response cache only (``LM(estimate=True)``: a request the cache cannot answer is
 counted, never sent), a compiled program counts its compile plan's calls before the cache; a
-program with a predictor holding an LM of its own is left out (that LM would be called). Only
+program with a predictor holding an LM of its own is left out (that LM would be called), and so is a
+plain function (it would be run, and its calls made through the session's endpoint for real). Only
 done when a budget is set (and not for the embedded model, which costs nothing). Under xdist the
 controller does not collect: worker ``gw0`` works it out and leaves the line for the controller
 (``xdist.write_budget_notice``), which prints it as that worker's collection arrives.
@@ -64,6 +65,7 @@ def _estimate(dspex: DspexSession, tests: dict[str, tuple[Any, list[int] | None]
     from ..evaluation.evaluate import Evaluate
     from ..lm.usage import track_usage
     from ..programs import settings
+    from ..programs.function import FunctionProgram
 
     o = dspex.options
     lm = dspex.lms.lm.copy(estimate=True, budget=None, limits=None, shared_limits=None)
@@ -81,6 +83,8 @@ def _estimate(dspex: DspexSession, tests: dict[str, tuple[Any, list[int] | None]
                         plan = dspex.compile_size(spec, metric_spec(node), marked[0])
                         calls += plan["calls"] if plan else 0
                         continue
+                    if isinstance(spec.program, FunctionProgram):
+                        continue  # a plain function's calls are known only by running it: not estimated up front
                     path = dspex.golden_path(Path(node.path), spec.name)
                     program = dspex._load(spec, path).program
                     if any(getattr(p, "lm", None) is not None for _, p in program.named_predictors()):
