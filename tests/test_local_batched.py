@@ -147,3 +147,44 @@ def test_a_streamed_request_takes_llama_cpp_pythons_own_path(url):
     assert chunks and chunks[0]["object"] == "chat.completion.chunk"
     assert text.strip()
     assert plain["choices"][0]["message"]["content"].strip()
+
+
+_ROWS = """
+import json, sys
+import numpy as np
+from llama_cpp import Llama
+from pytest_dspex.lm.local import _batched
+from pytest_dspex.lm.local.embedded import model_path
+_batched.without_repacked_weights()
+if sys.argv[1] == "engine":
+    _batched.without_tiled_matmul()
+m = Llama(str(model_path()), n_ctx=256, n_batch=64, n_ubatch=64, logits_all=True, verbose=False, flash_attn=True)
+toks = m.tokenize(b"The quick brown fox jumps over the lazy dog while the cat sleeps on a warm mat.")[:16]
+def logits(step):
+    m.reset()
+    for i in range(0, len(toks), step):
+        m.eval(toks[i:i + step])
+    return np.array(m.scores[:len(toks)], dtype=np.float32)
+alone = logits(1)
+print(json.dumps({n: int((logits(n) != alone).any(axis=1).sum()) for n in (2, 7, 8, 16)}))
+"""
+
+
+@pytest.mark.parametrize("settings", ["engine", "default"])
+def test_a_tokens_logits_do_not_depend_on_how_many_rows_its_batch_has(settings):
+    """The engine's process settings give bit-identical logits whether a sequence's tokens are decoded
+    one per llama_decode or 2, 7, 8, 16 at a time; llama.cpp's defaults do not from 8 rows (the tiled
+    K-quant kernel), which is what the engine turns off."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "GGML_CPU_TILED_MM"}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", _ROWS, settings], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows_differing = json.loads(out.stdout.strip().splitlines()[-1])
+    if settings == "engine":
+        assert rows_differing == {"2": 0, "7": 0, "8": 0, "16": 0}
+    else:
+        assert rows_differing["2"] == rows_differing["7"] == 0
+        assert rows_differing["8"] > 0 and rows_differing["16"] > 0

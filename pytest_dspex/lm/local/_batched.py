@@ -571,6 +571,23 @@ def without_repacked_weights() -> None:
     lib.llama_model_default_params = model_default_params
 
 
+#: ggml's CPU backend computes K-quant matrix products (Q4_K, Q6_K) with a tiled kernel when a batch
+#: has 8 rows or more, and with one dot product per row below that; the two round differently
+TILED_ENV = "GGML_CPU_TILED_MM"
+
+
+def without_tiled_matmul() -> None:
+    """Turn off ggml's tiled K-quant matrix product (``GGML_CPU_TILED_MM=0``) for this process.
+
+    It takes over from 8 rows a batch: a sequence decoded one token at a time, or beside up to six
+    others, got logits bit-identical to its own, and beside seven others logits up to 1.3 apart
+    (15 of 17 positions, the top token changed at one). Without it every batch size gives
+    bit-identical logits. ggml reads the variable once, at the first matrix product: this must run
+    before the model decodes anything. A value already set is left as it is.
+    """
+    os.environ.setdefault(TILED_ENV, "0")
+
+
 def install(slots: int = SLOTS) -> None:
     """Route llama-cpp-python's chat and completion endpoints through the batch engine: the app's
     ``get_llama_proxy`` (its lock around the one ``Llama``) is replaced, for those two routes, by one

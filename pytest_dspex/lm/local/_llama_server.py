@@ -229,6 +229,7 @@ def main() -> None:
     install_pruned_grammar()
     if batched.enabled():
         batched.without_repacked_weights()
+        batched.without_tiled_matmul()
         batched.install()
     LlamaChatCompletionHandlerRegistry().register_chat_completion_handler("dspex-plain", plain_handler(), overwrite=True)  # type: ignore[no-untyped-call]
     server_main()  # type: ignore[no-untyped-call]
