@@ -21,9 +21,10 @@ serial path; stop strings, ``max_tokens`` and the end-of-generation token end a 
 ``Llama.create_completion`` does, and its response has the same shape.
 
 Determinism, measured on the example's 48 find_product requests (temperature 0, ~330-token
-prompts): 4-8 answers differ sent 8 at a time vs one at a time, though a token decoded alone or
-beside 1-7 short sequences has bit-identical logits (repacked weights off, flash attention, prompts
-in fixed chunks: each of those mattered). With one sequence per ``llama_decode`` the 48 are
+prompts): 1 answer differs sent 8 at a time vs one at a time (4-8 with ggml's tiled K-quant
+product on, see ``without_tiled_matmul``), though a token's logits are bit-identical whatever the
+number of rows in its batch (repacked weights off, tiled product off, flash attention, prompts in
+fixed chunks: each of those mattered). With one sequence per ``llama_decode`` the 48 are
 identical; reusing prefixes only from a slot's own cache, or grouping sequences by cache length,
 left 4-5 different. Hence off by default (``DEFAULT``).
 
