@@ -106,6 +106,23 @@ class TestSaidOnce:
             "*git mv tests/__dspex__/test_triage/triage.json tests/unit/__dspex__/test_triage/triage.json*",
         ])  # fmt: skip
 
+    def test_a_golden_still_used_by_another_module_is_named_in_use(self, pytester, project, fake, mode):
+        # the same program gated from a second test module: the first module's golden is in use there,
+        # so moving it (the orphan hint) would break that test; say so and how to get this module's own
+        compiled(pytester, project, fake)
+        project(where="tests/test_again.py")
+        result = run(pytester, fake, *mode, "tests/test_again.py")
+        assert result.ret == 1
+        out = result.stdout.str()
+        assert "an orphaned golden" not in out and "git mv" not in out, out
+        result.stdout.fnmatch_lines([
+            "*no golden file for program 'triage': tests/__dspex__/test_again/triage.json*",
+            "*the same program has a golden for tests/test_triage.py (tests/__dspex__/test_triage/triage.json), still in use there*"
+            "*pytest --dspex-compile=triage tests/test_again.py*"
+            "*cp tests/__dspex__/test_triage/triage.json tests/__dspex__/test_again/triage.json*",
+        ])  # fmt: skip
+        assert (pytester.path / "tests/__dspex__/test_triage/triage.json").exists()
+
     def test_a_golden_of_another_shape_is_not_named(self, pytester, project, fake):
         compiled(pytester, project, fake)
         other = EACH.replace("team: str = dspex.OutputField()", "queue: str = dspex.OutputField()")

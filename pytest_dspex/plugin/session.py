@@ -274,16 +274,27 @@ class DspexSession:
         from ..golden.orphans import look_alikes
 
         text = f"no golden file for program {spec.name!r}: {self.rel(path)}\n"
-        alikes = look_alikes(path, spec.program, Path(self.config.rootpath))
+        found = look_alikes(path, spec.program, Path(self.config.rootpath))
+        # a golden whose test module is still there is in use by that module, not orphaned (goldens are
+        # per test module): moving it would break the other test
+        in_use = [p for p in found if p.parent != path.parent and (p.parent.parent.parent / f"{p.parent.name}.py").is_file()]
+        alikes = [p for p in found if p not in in_use]
+        mkdir = f"mkdir -p {self.rel(path.parent)} && " if not path.parent.is_dir() else ""  # git mv / cp do not create it
         if alikes:
             shown = ", ".join(self.rel(p) for p in alikes[:3]) + (f" and {len(alikes) - 3} more" if len(alikes) > 3 else "")
-            move = f"git mv {self.rel(alikes[0])} {self.rel(path)}"
-            if not path.parent.is_dir():  # git mv does not create the target folder
-                move = f"mkdir -p {self.rel(path.parent)} && {move}"
             text += (
                 f"an orphaned golden with this program's fields: {shown}; if the program was renamed or its test "
-                f"file moved, move it: {move}\n"
+                f"file moved, move it: {mkdir}git mv {self.rel(alikes[0])} {self.rel(path)}\n"
             )
+        elif in_use:
+            other = in_use[0]
+            module = self.rel(other.parent.parent.parent / f"{other.parent.name}.py")
+            text += (
+                f"the same program has a golden for {module} ({self.rel(other)}), still in use there: goldens are per "
+                f"test module; compile this module's with `pytest --dspex-compile={spec.name} {self.rel(path.parent.parent.parent / (path.parent.name + '.py'))}`, "
+                f"or start from a copy: {mkdir}cp {self.rel(other)} {self.rel(path)}\n"
+            )
+            alikes = in_use
         return text + (
             f"{'else ' if alikes else ''}run `pytest --dspex-compile` (or --dspex-compile={spec.name}) to create it, "
             "or set dspex_missing_golden = zero-shot to run without demos"
