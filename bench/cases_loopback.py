@@ -7,6 +7,7 @@
 * ``throughput``: ``n`` examples of a plain function calling the ``openai`` SDK (sync client,
   one shared by every thread), evaluated at ``concurrency``; records into ``cache_dir``.
 * ``replay``: the same examples in a new process, ``replay`` mode on that cache: upstream calls.
+* ``floor`` / ``split`` / ``piped``: where the evaluating process's CPU goes (``where_the_cpu_goes``).
 * ``pytest``: the same function gated by pytest itself (``--dspex-openai-env``, the application's
   module-level ``OpenAI()``), in per-example or dataset mode, in one process or under ``-n 2``:
   examples per second from the first test's start to the last one's end, CPU of every process of
@@ -225,6 +226,131 @@ with LoopbackEndpoint(cl._lm({url!r}, {concurrency}, {cache_dir!r}, "on"), in_pr
             "score": result.score}  # fmt: skip
 
 
+_PIPED_SERVE = """
+import asyncio, json, struct, sys
+sys.path.insert(0, {here!r})
+import cases_loopback as cl
+from pytest_dspex.programs.loopback import LoopbackEndpoint
+
+endpoint = LoopbackEndpoint(cl._lm({url!r}, {concurrency}, {cache_dir!r}, "on"))
+
+
+async def serve(reader, writer):
+    out = []
+
+    def flush():
+        writer.write(b"".join(out))
+        out.clear()
+
+    async def one(rid, method, path, body):
+        status, headers, content = await endpoint.respond(method, path, body)
+        head = json.dumps(headers).encode()
+        if not out:  # the replies ready in one turn of the loop go in one write
+            asyncio.get_running_loop().call_soon(flush)
+        out.append(struct.pack("!IHII", rid, status, len(head), len(content)) + head + content)
+
+    tasks = set()
+    while True:
+        try:
+            rid, size = struct.unpack("!II", await reader.readexactly(8))
+        except asyncio.IncompleteReadError:
+            return
+        method, path, body = (await reader.readexactly(size)).split(b"\\0", 2)
+        task = asyncio.ensure_future(one(rid, method.decode(), path.decode(), body))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+
+async def main():
+    from pytest_dspex._support import runtime
+    server = await asyncio.start_unix_server(serve, {sock!r})
+    print("READY", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+from pytest_dspex._support import runtime
+runtime.run_sync(main())
+"""
+
+
+def case_piped(url: str, n: int, concurrency: int, cache_dir: str, client: str = "sync") -> dict[str, Any]:
+    """The design not built: the in-process hop kept (the SDK's request answered in the process), its
+    raw bytes forwarded over one unix-socket pipe to a helper process that owns the endpoint and its
+    LM (cache, upstream call), the reply's bytes sent back; no attribution to examples. CPU of each
+    process per example: what moving the hop's work out of the evaluating process would leave it."""
+    import asyncio
+    import itertools
+    import os
+    import struct
+    import subprocess
+    import tempfile
+
+    import openai
+
+    import pytest_dspex as dspex
+    from pytest_dspex._support import runtime as _runtime
+    from pytest_dspex.lm import callers
+
+    def cpu_of(pid: int) -> float:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    sock = os.path.join(tempfile.mkdtemp(prefix="dspex-pipe-"), "s")
+    serve = _PIPED_SERVE.format(here=os.path.dirname(os.path.abspath(__file__)), url=url, concurrency=concurrency, cache_dir=cache_dir, sock=sock)
+    server = subprocess.Popen([sys.executable, "-c", serve], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline().startswith("READY")
+        waiting: dict[int, asyncio.Future[callers.Reply]] = {}
+        ids = itertools.count()
+        conn: dict[str, Any] = {}
+
+        async def connect() -> None:
+            reader, writer = await asyncio.open_unix_connection(sock)
+            conn["writer"] = writer
+
+            async def read() -> None:
+                while True:
+                    try:
+                        rid, status, hlen, blen = struct.unpack("!IHII", await reader.readexactly(14))
+                    except asyncio.IncompleteReadError:  # the helper is gone: the run is over
+                        return
+                    rest = await reader.readexactly(hlen + blen)
+                    waiting.pop(rid).set_result((status, json.loads(rest[:hlen]), rest[hlen:]))
+
+            conn["reader"] = asyncio.ensure_future(read())
+
+        _runtime.run_sync(connect())
+
+        out: list[bytes] = []
+
+        def flush() -> None:
+            conn["writer"].write(b"".join(out))
+            out.clear()
+
+        async def respond(method: str, path: str, raw: bytes) -> callers.Reply:
+            rid = next(ids)
+            fut = asyncio.get_running_loop().create_future()
+            waiting[rid] = fut
+            payload = method.encode() + b"\0" + path.encode() + b"\0" + raw
+            if not out:  # the requests sent in one turn of the loop go in one write
+                asyncio.get_running_loop().call_soon(flush)
+            out.append(struct.pack("!II", rid, len(payload)) + payload)
+            return await fut
+
+        with callers.open_address("127.0.0.1", 9, respond):
+            base = "http://127.0.0.1:9/v1"
+            sdk = (openai.OpenAI if client == "sync" else openai.AsyncOpenAI)(base_url=base, api_key="x", max_retries=0)
+            program = dspex.program(_triage(sdk, client), outputs=["team"])
+            serve0, cpu0, t0 = cpu_of(server.pid), time.process_time(), time.perf_counter()
+            result = dspex.Evaluate(_examples(n), lambda e, p, t=None: e.team == p.team, concurrency=concurrency)(program)
+            wall, cpu, serve_cpu = time.perf_counter() - t0, time.process_time() - cpu0, cpu_of(server.pid) - serve0
+    finally:
+        server.kill()
+    return {"wall_s": wall, "ex_per_s": n / wall, "cpu_ms_per_example": cpu / n * 1e3, "serve_cpu_ms_per_example": serve_cpu / n * 1e3,
+            "score": result.score, "errors": len(result.errors)}  # fmt: skip
+
+
 APP = '''
 import os, time
 import openai
@@ -401,8 +527,9 @@ def where_the_cpu_goes(ctx: Any, url: str, n: int, c: int, limit: float, runs: i
 
     lines = ["", f"Where the evaluating process's CPU goes (N={n}, C={c}, 50 ms): the same function, first with the hop",
              "answered in 50 ms from pre-built bytes (no LM client, no cache: the `openai` SDK and the evaluation alone),",
-             "then with the loopback endpoint and its LM in a process of their own, the SDK reaching it over TCP",
-             "(no attribution to examples: the best case of moving the serving out).", "",
+             "then with the loopback endpoint and its LM in a process of their own, the SDK reaching it over TCP,",
+             "then with the in-process hop kept and the request's bytes forwarded over one unix-socket pipe to that",
+             "process (no attribution to examples in either: the best cases of moving the serving out).", "",
              "| client | path | ex/s | share of the limit | CPU per example, evaluating process | CPU per example, serving process |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     for client in ("sync", "async"):
@@ -410,11 +537,16 @@ def where_the_cpu_goes(ctx: Any, url: str, n: int, c: int, limit: float, runs: i
         split = [run_case(ctx.py, "cases_loopback.py", "split", url=url, n=n, concurrency=c, client=client,
                           cache_dir=tempfile.mkdtemp(prefix="dspex-bench-loopback-")) for _ in range(runs)]  # fmt: skip
         name = "OpenAI" if client == "sync" else "AsyncOpenAI"
-        for label, rs in (("SDK + evaluation only (floor)", floor), ("endpoint + LM in another process, SDK over TCP", split)):
+        piped = [run_case(ctx.py, "cases_loopback.py", "piped", url=url, n=n, concurrency=c, client=client,
+                          cache_dir=tempfile.mkdtemp(prefix="dspex-bench-loopback-")) for _ in range(runs)]  # fmt: skip
+        for label, rs in (("SDK + evaluation only (floor)", floor), ("endpoint + LM in another process, SDK over TCP", split),
+                          ("hop in process, its bytes piped to endpoint + LM in another process", piped)):  # fmt: skip
             serving = spread([r["serve_cpu_ms_per_example"] for r in rs], "{:.3f}") + " ms" if "serve_cpu_ms_per_example" in rs[0] else "-"
             lines.append(f"| `{name}` | {label} | {spread([r['ex_per_s'] for r in rs], '{:.0f}')} | {spread([r['ex_per_s'] / limit for r in rs])} | "
                          f"{spread([r['cpu_ms_per_example'] for r in rs], '{:.3f}')} ms | {serving} |")  # fmt: skip
         ctx.target(f"loopback: `{name}` SDK + evaluation alone (no LM), N={n}: CPU per example", f"{statistics.median(r['cpu_ms_per_example'] for r in floor):.3f} ms",
+                   "figure", None)  # fmt: skip
+        ctx.target(f"loopback: `{name}`, hop piped to a serving process, N={n}: share of the limit", f"{statistics.median(r['ex_per_s'] for r in piped) / limit:.2f}",
                    "figure", None)  # fmt: skip
     return lines
 
