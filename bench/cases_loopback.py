@@ -313,7 +313,10 @@ def case_piped(url: str, n: int, concurrency: int, cache_dir: str, client: str =
                 while True:
                     try:
                         rid, status, hlen, blen = struct.unpack("!IHII", await reader.readexactly(14))
-                    except asyncio.IncompleteReadError:  # the helper is gone: the run is over
+                    except asyncio.IncompleteReadError:  # the helper is gone: whoever waits fails, nothing hangs
+                        for fut in waiting.values():
+                            if not fut.done():
+                                fut.set_exception(RuntimeError("the serving process is gone"))
                         return
                     rest = await reader.readexactly(hlen + blen)
                     waiting.pop(rid).set_result((status, json.loads(rest[:hlen]), rest[hlen:]))
@@ -329,6 +332,8 @@ def case_piped(url: str, n: int, concurrency: int, cache_dir: str, client: str =
             out.clear()
 
         async def respond(method: str, path: str, raw: bytes) -> callers.Reply:
+            if conn["reader"].done():
+                raise RuntimeError("the serving process is gone")
             rid = next(ids)
             fut = asyncio.get_running_loop().create_future()
             waiting[rid] = fut
