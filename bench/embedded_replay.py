@@ -52,7 +52,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "now": {"full_grammar": False, "env": {}},
     "spin": {"full_grammar": False, "env": {"OMP_WAIT_POLICY": "ACTIVE"}},
     "full-grammar": {"full_grammar": True, "env": {}},
-    "one-thread": {"full_grammar": False, "env": {}, "threads": 1},
+    "one-thread": {"full_grammar": False, "env": {"DSPEX_INSTANCES": "1"}, "threads": 1},
+    # the server before the instance pool: one instance with every core (threads waiting passively)
+    "one-instance": {"full_grammar": False, "env": {"OMP_WAIT_POLICY": "PASSIVE", "DSPEX_INSTANCES": "1"}, "threads": 0},
+    # the pool (pytest_dspex/lm/local/_pool.py): one single-thread instance per core
+    "pool": {"full_grammar": False, "env": {"OMP_WAIT_POLICY": "PASSIVE", "DSPEX_INSTANCES": str(os.cpu_count() or 2)}, "threads": 1},
     # the batch engine (pytest_dspex/lm/local/_batched.py) off and on; "-1": its requests sent one at a time
     "serial": {"full_grammar": False, "env": {"OMP_WAIT_POLICY": "PASSIVE", "DSPEX_BATCHED": "0"}},
     "batched": {"full_grammar": False, "env": {"OMP_WAIT_POLICY": "PASSIVE", "DSPEX_BATCHED": "1"}},
@@ -106,7 +110,17 @@ def replay(name: str, bodies: list[dict[str, Any]], concurrency: int) -> dict[st
 
     variant = VARIANTS[name]
     port = _free_port()
-    threads = variant.get("threads", os.cpu_count() or 2)
+    from pytest_dspex.lm.local.embedded import _threads
+
+    threads = variant.get("threads") or (os.cpu_count() or 2)
+    if "threads" not in variant:  # as ensure_server starts it
+        env0 = os.environ.copy()
+        os.environ.update(variant["env"])
+        try:
+            threads = _threads()
+        finally:
+            os.environ.clear()
+            os.environ.update(env0)
     args = ["--model", str(model_path()), "--model_alias", LOCAL_MODEL_NAME, "--host", "127.0.0.1", "--port", str(port),
             "--chat_format", "dspex-plain", "--n_ctx", "4096", "--verbose", "True", "--n_threads", str(threads),
             "--logits_all", "False"]  # fmt: skip

@@ -225,12 +225,15 @@ def main() -> None:
     from llama_cpp.server.__main__ import main as server_main
 
     from . import _batched as batched
+    from . import _pool as pool
 
     install_pruned_grammar()
     if batched.enabled():
         batched.without_repacked_weights()
         batched.without_tiled_matmul()
         batched.install()
+    elif pool.instances() > 1:
+        pool.install()
     LlamaChatCompletionHandlerRegistry().register_chat_completion_handler("dspex-plain", plain_handler(), overwrite=True)  # type: ignore[no-untyped-call]
     server_main()  # type: ignore[no-untyped-call]
 

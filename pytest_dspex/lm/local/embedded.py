@@ -12,8 +12,10 @@ triage evaluation with 8 demos, back to back): llama-cpp-python's app holds one 
 each in the same ``llama_decode`` (a step of 8 sequences cost ~3x the CPU of a step of one: the
 output layer over Gemma's 262k-token vocabulary is computed per sequence, the weights are read
 once); streaming and anything else it does not do keep the original path, one at a time.
-``n_threads`` = the core count (2)
-beats 1 (11–19 s vs 17–33 s); ``n_ctx`` 2048 with ``n_batch`` 256 and ``flash_attn`` measured no
+``_pool`` (the default) keeps one single-thread instance of the model per core instead, and runs
+concurrent requests side by side (``n_threads`` 1 on 2 cores: llama.cpp's threads meet at a barrier
+after every operation of a token, which is what a token costs once anything else runs; 2 threads beat
+1 only on an idle machine). ``n_ctx`` 2048 with ``n_batch`` 256 and ``flash_attn`` measured no
 better than the defaults (14–23 s, 10–31 s vs 11–19 s), so the defaults stay. What does pay:
 keeping one prompt prefix back to back (the server reuses its cached prefix: 0.2–0.3 s a call
 instead of 1.4–1.8 s), which the candidate search does, and a grammar for closed-set outputs
@@ -219,7 +221,7 @@ def ensure_server(run_id: str, owner_pid: int, *, n_ctx: int = 4096, startup_tim
             "--model", str(path), "--model_alias", LOCAL_MODEL_NAME,
             "--host", "127.0.0.1", "--port", str(port),
             "--chat_format", "dspex-plain", "--n_ctx", str(n_ctx), "--verbose", "False",
-            "--n_threads", str(os.cpu_count() or 2), "--logits_all", "False",
+            "--n_threads", str(_threads()), "--logits_all", "False",
         ]  # fmt: skip
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -237,6 +239,16 @@ def ensure_server(run_id: str, owner_pid: int, *, n_ctx: int = 4096, startup_tim
         proc.kill()
         proc.wait()
         raise LocalModelError(f"the embedded llama.cpp server did not answer within {startup_timeout:.0f}s (log: {log_path})")
+
+
+def _threads() -> int:
+    """Threads of each model instance: the cores, or the cores shared by the server's instances
+    (``_pool``; the batch engine keeps one instance with every core)."""
+    from . import _batched, _pool
+
+    if _batched.enabled():
+        return max(1, os.cpu_count() or 2)
+    return _pool.threads_per_instance()
 
 
 def stop_server(run_id: str) -> None:
