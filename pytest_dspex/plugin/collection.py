@@ -8,16 +8,18 @@ records which examples this process may run, writes a worker's xdist chunks, and
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .fixtures import DatasetProblem, test_key
-from .markers import dataset_path, example_id, metric_spec, missing_file, program_spec
+from .markers import dataset_path, metric_spec, missing_file, program_spec
 from .session import DspexSession, session_key
 
-__all__ = ["note_selection", "parametrize_examples"]
+__all__ = ["example_ids", "note_selection", "parametrize_examples"]
 
 
 def parametrize_examples(metafunc: pytest.Metafunc) -> None:
@@ -58,7 +60,7 @@ def parametrize_examples(metafunc: pytest.Metafunc) -> None:
         problem = DatasetProblem(str(exc).replace(str(marked[0]), session.rel(marked[0])))
         metafunc.parametrize("dspex_example", [problem], indirect=True, ids=["dataset-error"])
         return
-    ids = [example_id(ex, i) for i, ex in enumerate(examples)]
+    ids = example_ids(examples)
     indices = list(range(len(examples)))
     shard = session.options.shard
     if shard is not None:  # this job's share, by example key; combine merges the shards
@@ -67,6 +69,35 @@ def parametrize_examples(metafunc: pytest.Metafunc) -> None:
         indices = shard.select([example_key(ex) for ex in examples])
     session.expected[test_key(node)] = len(indices)  # a complete run of this job (the gate needs all)
     metafunc.parametrize("dspex_example", indices, indirect=True, ids=[ids[i] for i in indices])
+
+
+def example_ids(examples: Sequence[Any]) -> list[str]:
+    """The per-example items' ids: each example's stable key, readable, unique within the test.
+
+    A row with an ``id`` is that id (``dev0``). Otherwise a slug of its first input and the first six
+    hex digits of its key, the hash of its inputs the gate pairs examples by
+    (``The-invoice-shows-the-wr-3fa2b1``): the row's position is not in it, so inserting, deleting or
+    reordering rows leaves every other item's id, ``--lf``, CI test history and flaky-test tools
+    following the same example. Two ids that still meet (inputs alike up to the slug and six hex
+    digits, or an ``id`` looking like one) get the whole key.
+    """
+    from ..evaluation.datasets import example_key
+
+    keys = [example_key(ex) for ex in examples]
+    ids = [_short_id(ex, key, 6) for ex, key in zip(examples, keys, strict=True)]
+    counts: dict[str, int] = {}
+    for ident in ids:
+        counts[ident] = counts.get(ident, 0) + 1
+    return [ident if counts[ident] == 1 else _short_id(ex, key, 16) for ident, ex, key in zip(ids, examples, keys, strict=True)]
+
+
+def _short_id(example: Any, key: str, digits: int) -> str:
+    if not key.startswith("h:"):  # the row's own id
+        return key
+    input_keys = getattr(example, "input_keys", None) or tuple(example.keys())
+    first = next((example[k] for k in input_keys if k in example), "")
+    text = re.sub(r"\W+", "-", str(first)).strip("-")[:24].strip("-")
+    return f"{text}-{key[2 : 2 + digits]}" if text else key[2 : 2 + digits]
 
 
 def _foreign_program(program: Any) -> bool:

@@ -306,12 +306,3 @@ def require(node: Any, spec: Any, marker: str, fixture: str) -> Any:
     if spec is None:
         pytest.fail(f"{_where(node)}: the {fixture} fixture needs @pytest.mark.{marker}(...) on the test", pytrace=False)
     return spec
-
-
-def example_id(example: Any, index: int) -> str:
-    for key in ("id", "uid", "name"):
-        if key in example and isinstance(example[key], str | int):
-            return str(example[key])
-    first = next(iter(example.values()), "")
-    text = re.sub(r"\W+", "-", str(first)).strip("-")[:24]
-    return f"{index}-{text}" if text else str(index)
