@@ -162,3 +162,23 @@ def test_a_later_compile_must_beat_the_imported_program_on_the_same_gate_set(use
     assert compiled.ret == 0, compiled.stdout.str()
     compiled.stdout.fnmatch_lines(["*kept: the golden's baseline 1.000 is higher than this run's 0.900 on the same signature and gate set*"])
     assert golden(user_project)["predictors"]["self"]["overrides"] == {"instructions": OPTIMIZED}
+
+
+def test_the_import_says_what_it_baselined_and_a_later_edit_diffs_against_what_the_golden_sent(user_project, server_factory):
+    # trial F9: the import's baseline run said "re-baselined (same instructions; demos kept)" while the
+    # golden now runs the save's instructions and demos; a docstring edit afterwards was diffed against the
+    # code's old docstring, not against the instructions the golden actually sent (the save's)
+    server = server_factory(make_responder())
+    result = run_import(user_project, server, "optimized.json", "--test", "test_triage.py::test_triage", "--force")
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    out = result.stdout.str()
+    assert "same instructions" not in out and "demos kept" not in out
+    result.stdout.fnmatch_lines(["*baseline measured for the program imported from optimized.json (its instructions and 4 demos)*"])
+    test_file = user_project.path / "test_triage.py"
+    edited = "Route the customer message to one team."
+    test_file.write_text(test_file.read_text().replace("Route a customer message to the team that should handle it.", edited))
+    for mode in (["-p", "no:xdist"], ["-n", "2"]):
+        again = user_project.runpytest_subprocess(*lm_args(server), *mode, "-p", "no:cacheprovider")
+        diff = again.stdout.str()
+        assert f"-{OPTIMIZED}" in diff and f"+{edited}" in diff, diff
+        assert "-Route a customer message to the team that should handle it." not in diff

@@ -256,7 +256,9 @@ class GoldenFile:
     def instruction_changes(self, program: Module) -> dict[str, tuple[str, str]]:
         """Predictors whose instructions alone differ from the golden's: ``{path: (golden's, now)}``.
 
-        Empty when nothing differs or when fields differ too (then ``check`` raises).
+        The golden's are the instructions it sent: an override's (an imported or optimizer-rewritten
+        prompt) when it has one, else the code's it fingerprinted. Empty when nothing differs or when
+        fields differ too (then ``check`` raises).
         """
         recorded = self.fingerprints()
         out: dict[str, tuple[str, str]] = {}
@@ -266,7 +268,9 @@ class GoldenFile:
                 continue
             now = fingerprint(pred.declared_signature)
             if old["hash"] != now["hash"] and diff_fingerprints(old, now) == ["instructions changed"]:
-                out[path] = (str(old.get("instructions", "")), str(now["instructions"]))
+                state = self.model.predictors.get(path)
+                sent = state.overrides.instructions if state is not None and state.overrides is not None else None
+                out[path] = (str(sent if sent is not None else old.get("instructions", "")), str(now["instructions"]))
         return out
 
     def instruction_diff(self, program: Module) -> str:

@@ -374,6 +374,8 @@ def rebaseline_program(
         if m.model and settings.model_info and {k: m.model.get(k) for k in settings.model_info} != dict(settings.model_info):
             what += ", another model"
         reason = f"re-baselined ({what}; demos kept): {baseline['n']} gate examples x {baseline['draws']} draw(s), score {baseline['score']:.3f}"
+        if m.baseline is None and m.optimizer.get("name") == "dspy-import":  # the import's own baseline run
+            reason = f"baseline measured for {_imported(old, applied)}: {baseline['n']} gate examples x {baseline['draws']} draw(s), score {baseline['score']:.3f}"
         if _same_but_when(old.data, record):  # nothing changed: rewriting it would be a diff to review for nothing
             mark_compiled(path, run_id, state_dir, None)
             reason = (f"re-baseline changed nothing (same instructions, model and baseline outcomes: "
@@ -387,6 +389,17 @@ def rebaseline_program(
     return CompileOutcome(
         name, path, applied, golden, "rebaselined", reason, None, record=to_write, replaced=replaced, usage=spent
     )
+
+
+def _imported(golden: Any, program: Module) -> str:
+    """What an imported golden runs: 'the program imported from optimized.json (its instructions and 4 demos)'."""
+    overridden = [p for p, state in golden.model.predictors.items() if state.overrides is not None and state.overrides.instructions]
+    demos = sum(len(pred.demos) for _path, pred in program.named_predictors())
+    instructions = "its instructions" if overridden else "the code's instructions"
+    if overridden and len(overridden) < len(golden.model.predictors):
+        instructions = f"its instructions for {', '.join(overridden)}"
+    source = golden.model.optimizer.get("source") or "a DSPy save"
+    return f"the program imported from {source} ({instructions} and {demos} demo{'s' if demos != 1 else ''})"
 
 
 def _same_but_when(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
