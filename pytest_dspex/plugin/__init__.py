@@ -361,7 +361,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if not rows and not collector.goldens and not collector.report_problems and not unjudged and not said_interrupted:
         return
     tr.write_sep("=", "dspex")
-    for line in format_table(rows) if rows else ():
+    # goldens this run wrote: no comparison with them (it would compare the run with its own baseline)
+    fresh = frozenset(p for p, g in collector.goldens.items() if g.get("outcome") in ("created", "updated", "rebaselined"))
+    for line in format_table(rows, fresh) if rows else ():
         tr.write_line(line)
     for line in unjudged:  # a crash left a per-example test without one record: no row, still said
         tr.write_line(line, yellow=True)
@@ -407,7 +409,6 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             )
     from .report import gate_lines
 
-    fresh = frozenset(p for p, g in collector.goldens.items() if g.get("outcome") in ("created", "updated"))
     for text, style in gate_lines(rows, fresh):  # paired comparison with the golden, flaky examples
         tr.write_line(text, **style)
     written = [(p, g) for p, g in collector.goldens.items() if g.get("outcome")]

@@ -26,7 +26,8 @@ def gate_lines(rows: list[dict[str, Any]], fresh: frozenset[str] = frozenset()) 
     """Terminal lines under the table: each program's paired comparison with its golden (delta, 95% CI,
     p, regressed and fixed keys, underpowered) and its flaky examples; ``(text, markup)`` pairs.
 
-    ``fresh``: goldens this run has just written (created or replaced): no comparison with them is said.
+    ``fresh``: goldens this run has just written (created, replaced or re-baselined): no comparison with
+    them is said.
     A regression judged by the tolerance (the paired test underpowered) is said as one sentence."""
     from ..evaluation.comparison import Comparison
     from ..evaluation.gates import SHOWN_KEYS, tolerance_regression
@@ -153,7 +154,10 @@ def run_spend(rows: list[dict[str, Any]], goldens: Iterable[dict[str, Any]]) -> 
     return total
 
 
-def format_table(rows: list[dict[str, Any]]) -> list[str]:
+def format_table(rows: list[dict[str, Any]], fresh: frozenset[str] = frozenset()) -> list[str]:
+    """The dspex table, one row per program and mode. ``fresh``: goldens this run has just written
+    (created, replaced or re-baselined): their golden column says ``written``, not a delta against the
+    baseline the run itself measured (the compile summary compares with the golden it replaced)."""
     from ..reports._format import ProgramView
 
     header = ["program", "mode", "score (95% CI)", "thresh", "golden (delta)", "n", "err", "calls", "cached", "tokens", "cost", "gate"]
@@ -166,6 +170,8 @@ def format_table(rows: list[dict[str, Any]]) -> list[str]:
         if view.not_compared:  # no example in common, or an incomplete run: nothing was compared
             # short: the line under the table (and the verdict) says how many were lost and to what
             golden_txt = f"n/a ({view.not_compared.split(' (', 1)[0]})"
+        if r.get("golden") in fresh:
+            golden_txt = "written"
         lines.append([
             str(r["program"]),
             str(r.get("mode", "dataset")),
