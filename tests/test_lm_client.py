@@ -140,10 +140,19 @@ def test_cache_key_includes_the_endpoint_and_sampling_parameters(server_factory,
 
 
 def test_replay_mode_fails_clearly_on_a_miss(server, tmp_path):
+    (tmp_path / "c").mkdir()  # a recording folder without this answer
     lm = dspex.LM("fake-model", base_url=server.base_url, api_key="k", cache_dir=tmp_path / "c", cache_mode="replay")
     with pytest.raises(dspex.CacheMissError, match=r"replay mode: no cached answer.*--dspex-cache=on"):
         lm.complete(REQ)
     assert server.requests == 0
+    lm.close()
+
+
+def test_replay_from_a_folder_that_does_not_exist_names_it(server, tmp_path):
+    lm = dspex.LM("fake-model", base_url=server.base_url, api_key="k", cache_dir=tmp_path / "typo", cache_mode="replay")
+    with pytest.raises(dspex.CacheMissError, match=r"the answer cache folder \S*typo does not exist.*--dspex-cache=on --dspex-cache-dir="):
+        lm.complete(REQ)
+    assert server.requests == 0 and not (tmp_path / "typo").exists()
     lm.close()
 
 

@@ -39,6 +39,7 @@ def test_git_mv_hint_without_mkdir_when_the_folder_exists(pytester, project, fak
 
 def test_replay_miss_says_once_what_to_do(pytester, project, fake, mode):
     project()
+    (pytester.path / ".dspex_cache").mkdir()  # a recording folder without these answers (a missing one: below)
     opts = ["--dspex-model=fake-model", "--dspex-cache=replay", "--dspex-missing-golden=zero-shot", "-p", "no:cacheprovider"]
     result = pytester.runpytest_subprocess(*opts, f"--dspex-base-url={fake.base_url}", *mode, timeout=120)
     assert result.ret == 1
@@ -50,3 +51,21 @@ def test_replay_miss_says_once_what_to_do(pytester, project, fake, mode):
     )
     assert said in out, out
     assert fake.requests == 0
+
+
+def test_replay_from_a_cache_folder_that_does_not_exist_names_it_and_how_to_record(pytester, project, fake, mode):
+    # trial: a typo in --dspex-cache-dir gave 60 cache misses and the hint about the endpoint URL in the
+    # key, with no word that the folder does not exist
+    project()
+    opts = ["--dspex-model=fake-model", "--dspex-cache=replay", "--dspex-missing-golden=zero-shot", "-p", "no:cacheprovider"]
+    result = pytester.runpytest_subprocess(*opts, "--dspex-cache-dir=emptycache", f"--dspex-base-url={fake.base_url}", *mode, timeout=120)
+    assert result.ret == 1
+    out = result.stdout.str()
+    said = (
+        "no recorded answer for 60 example(s) in replay mode: the answer cache folder emptycache does not exist, so nothing "
+        "can be replayed from it: record the answers there with a run in cache mode 'on' (--dspex-cache=on "
+        "--dspex-cache-dir=emptycache), or point --dspex-cache-dir at the folder that holds the recording"
+    )
+    assert said in out, out
+    assert "is part of the cache key" not in out  # not the hint for a recording made elsewhere
+    assert fake.requests == 0 and not (pytester.path / "emptycache").exists()

@@ -209,6 +209,7 @@ def lm_errors_reason(errors_by_kind: Mapping[str, int], n: int, records: Iterabl
     """``"LM errors: k of n examples could not be answered (kinds…)"``, or None without infra errors;
     with ``records``, the HTTP status an endpoint refused them with and what to check (``refused_with``)."""
     infra = {k: v for k, v in errors_by_kind.items() if k in INFRA_ERROR_KINDS and v}
+    records = list(records)  # read twice below
     k = sum(infra.values())
     if not k:
         return None
@@ -224,7 +225,10 @@ def lm_errors_reason(errors_by_kind: Mapping[str, int], n: int, records: Iterabl
             "; rate limited: the endpoint answered HTTP 429 (a spent quota or a rate limit): check the key's quota "
             "and billing, or lower --dspex-concurrency"
         )
-    if "cache_miss" in infra:  # said once here: the examples' own lines are cut short
+    missing_folder = next((e for r in records if r.error_kind == "cache_miss" and " does not exist" in (e := r.error or "")), None)
+    if "cache_miss" in infra and missing_folder:  # the folder itself is missing: no other hint applies
+        reason += f"; no recorded answer for {infra['cache_miss']} example(s) in replay mode: " + missing_folder.split("replay mode: ", 1)[-1]
+    elif "cache_miss" in infra:  # said once here: the examples' own lines are cut short
         reason += (
             f"; no recorded answer for {infra['cache_miss']} example(s) in replay mode: record them with a run in "
             "cache mode 'on' (the default), or check the model/settings match the recording — the endpoint URL "

@@ -175,6 +175,13 @@ class DiskStorage:
         return iter(self._cache)
 
 
+def _shown(directory: str) -> str:
+    """``directory`` relative to the working directory when it lies under it (as the user typed it)."""
+    here = os.getcwd()
+    absolute = os.path.abspath(directory)
+    return os.path.relpath(absolute, here) if absolute.startswith(here + os.sep) else directory
+
+
 class ReadOnlyDiskStorage:
     """A diskcache directory read through SQLite's read-only mode: it never writes a byte.
 
@@ -358,6 +365,13 @@ class ResponseCache:
         """Called on a miss: in replay mode, that is an error."""
         if self.mode == "replay":
             where = self.directory or "(memory)"
+            if self.directory is not None and not os.path.isdir(self.directory):  # a typo, or never recorded here
+                shown = _shown(self.directory)
+                raise CacheMissError(
+                    f"replay mode: the answer cache folder {shown} does not exist, so nothing can be replayed from it: "
+                    f"record the answers there with a run in cache mode 'on' (--dspex-cache=on --dspex-cache-dir={shown}), "
+                    "or point --dspex-cache-dir at the folder that holds the recording"
+                )
             raise CacheMissError(
                 f"replay mode: no cached answer for this {model} request (key {key[:12]}…) in {where}; "
                 "record it with a run using cache mode 'on' (--dspex-cache=on)"
