@@ -72,7 +72,8 @@ def test_ctrl_c_during_a_compile_keeps_the_golden_and_stops_the_compile(pytester
     if "no:xdist" in mode:
         out.stdout.fnmatch_lines(["*compile of 'triage' interrupted: golden not written (__dspex__/test_triage/triage.json unchanged)*"])
     else:  # the controller, the goldens' one writer, says it (trial 6 #10: nothing was said)
-        out.stdout.fnmatch_lines(["dspex: compile of every program interrupted: golden not written (the goldens are unchanged)"])
+        # not "compile of every program": programs may have finished before it (trial: garbled wording)
+        out.stdout.fnmatch_lines(["dspex: compile interrupted: no golden written in this run (the goldens are unchanged)"])
     assert calls(pytester) < full // 2  # the compile stopped at the signal, it did not run on to its end
     assert "Traceback" not in out.stdout.str() + out.stderr.str()
 
@@ -119,3 +120,18 @@ def test_ctrl_c_twice_keeps_the_previous_report_and_says_it_in_one_line(pytester
     out.stdout.fnmatch_lines([f"dspex: {again[second_at]}: stopping*"])
     assert "Traceback" not in out.stdout.str() + out.stderr.str()
     assert "INTERNALERROR" not in out.stdout.str() + out.stderr.str()
+
+
+def test_the_controllers_interrupted_compile_line_says_what_it_wrote_and_nothing_more():
+    # trial: "compile of every program interrupted: golden not written (the goldens are unchanged but those;
+    # written before it: a.json, b.json)" -- garbled, and "every program" though some had finished
+    from pytest_dspex.plugin import interrupted_compile_text
+
+    both = ["tests/__dspex__/test_b/b.json", "tests/__dspex__/test_a/a.json"]
+    assert interrupted_compile_text("compile", {"*"}, both) == (
+        "dspex: compile interrupted: written before the interrupt: tests/__dspex__/test_a/a.json, "
+        "tests/__dspex__/test_b/b.json; no other golden written (the others are unchanged)"
+    )
+    assert interrupted_compile_text("re-baseline", {"triage"}, []) == (
+        "dspex: re-baseline of 'triage' interrupted: no golden written in this run (the goldens are unchanged)"
+    )

@@ -315,9 +315,21 @@ def _interrupted_compile_line(config: pytest.Config, collector: Any) -> str | No
     if names is None:
         return None
     written = [rel for rel, w in collector.golden_writes.items() if w.get("outcome") not in (None, "not written")]
-    which = "every program" if "*" in names else ", ".join(repr(n) for n in sorted(names))
-    rest = f"; written before it: {', '.join(sorted(written))}" if written else ""
-    return f"dspex: {what} of {which} interrupted: golden not written (the goldens are unchanged{' but those' if written else ''}{rest})"
+    return interrupted_compile_text(what, names, written)
+
+
+def interrupted_compile_text(what: str, names: Any, written: list[str]) -> str:
+    """The controller's line after Ctrl-C: what it wrote before the interrupt, and that nothing else was.
+
+    It does not know which programs were still compiling (the workers were), so it names none of them
+    as interrupted: ``compile interrupted`` for all programs, ``compile of 'a', 'b' interrupted`` when named."""
+    which = "" if "*" in names else " of " + ", ".join(repr(n) for n in sorted(names))
+    if not written:
+        return f"dspex: {what}{which} interrupted: no golden written in this run (the goldens are unchanged)"
+    return (
+        f"dspex: {what}{which} interrupted: written before the interrupt: {', '.join(sorted(written))}; "
+        "no other golden written (the others are unchanged)"
+    )
 
 
 def _misses(tr: Any) -> None:
