@@ -225,6 +225,19 @@ class TestIncompleteRuns:
         assert data["passed"] is False and data["programs"][0]["n"] == 4
         assert data["programs"][0]["verdict"]["kind"] == "incomplete"
 
+    def test_x_under_xdist_says_the_run_stopped_early_not_interrupted(self, pytester, server):
+        """Trial: ``-x`` said ``(the run stopped early: stopping after 1 failures)`` without xdist but
+        ``(the run was interrupted)`` with ``-n 2`` (xdist ends such a run as interrupted)."""
+        project(pytester, threshold=0.4, source=EACH_TEST.replace(
+            "    dspex_predict(dspex_example)", "    dspex_predict(dspex_example)\n    assert dspex_example.id != 'dev-0003'"
+        ))  # fmt: skip
+        result = run(pytester, server, "-n", "2", "-p", "no:cacheprovider", "-x", "--dspex-report=r.json")
+        out = result.stdout.str()
+        assert "the run was interrupted" not in out, out
+        result.stdout.fnmatch_lines(["*incomplete: * of 40 examples ran (the run stopped early: stopping after 1 failures)*"])
+        data = report(pytester)
+        assert data["passed"] is False and data["stopped"] == "the run stopped early: stopping after 1 failures"
+
     def test_a_crashed_worker_is_incomplete(self, pytester, server):
         """Issue 19: a per-example run whose xdist worker crashed showed ``pass`` on n=399 of 400."""
         project(pytester, threshold=0.4, source=EACH_TEST.replace(

@@ -295,6 +295,11 @@ def _stopped(session: pytest.Session, exitstatus: int, collector: Any) -> str:
     if crashed:
         return crashed
     if exitstatus == pytest.ExitCode.INTERRUPTED:
+        # xdist ends a run stopped by -x/--maxfail as interrupted: its controller knows why
+        dsession = session.config.pluginmanager.get_plugin("dsession")
+        reason = getattr(dsession, "shouldstop", None)
+        if isinstance(reason, str) and reason.startswith("stopping after"):
+            return f"the run stopped early: {reason}"
         return "the run was interrupted"
     for reason in (session.shouldfail, session.shouldstop):
         if reason:
