@@ -156,6 +156,15 @@ class _XdistHooks:
             if notice is not None:
                 _say_budget(node.config, notice)
 
+    @pytest.hookimpl(tryfirst=True)  # a worker, its collection reported: before xdist waits for its tests
+    def pytest_runtestloop(self, session: pytest.Session) -> None:
+        """The first dspex test's one-time imports, made while the worker waits for its tests (``warmup``)."""
+        if self.session.is_worker and not session.config.option.collectonly:
+            from .warmup import uses_dspex, warm_up
+
+            if uses_dspex(session.items):
+                warm_up()
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
         if config.getvalue("dist") != "load":

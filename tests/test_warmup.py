@@ -1,0 +1,54 @@
+"""An xdist worker makes the first dspex test's one-time imports (the LM client's aiohttp, the golden
+store) while it waits for its tests, not inside its first test; a run without a dspex test does not."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .conftest import PER_EXAMPLE, triage_examples
+
+# records, at each process's first test, which of the heavy modules were already imported
+CONFTEST = '''
+import json, os, sys
+
+_seen = []
+
+def pytest_runtest_setup(item):
+    if not _seen:
+        _seen.append(1)
+        worker = getattr(item.config, "workerinput", {}).get("workerid", "main")
+        found = {m: m in sys.modules for m in ("aiohttp", "pytest_dspex.golden.store", "pytest_dspex.lm.client")}
+        with open(os.path.join(str(item.config.rootpath), f"first-{worker}.json"), "w") as f:
+            json.dump(found, f)
+'''
+
+
+def _first_tests(pytester: pytest.Pytester) -> dict[str, dict[str, bool]]:
+    return {p.stem: json.loads(p.read_text()) for p in pytester.path.glob("first-*.json")}
+
+
+def test_a_worker_imports_the_lm_client_before_its_first_test(pytester, server_factory, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    server = server_factory(latency=0.0)
+    pytester.makefile(".jsonl", **{"data/dev": "\n".join(json.dumps(e.toDict()) for e in triage_examples(4)) + "\n"})
+    pytester.makepyfile(test_each=PER_EXAMPLE)
+    pytester.makeconftest(CONFTEST)
+    result = pytester.runpytest_subprocess(
+        f"--dspex-base-url={server.base_url}", "--dspex-model=fake-model", "--dspex-cache=off",
+        "--dspex-missing-golden=zero-shot", "-n", "2",
+    )  # fmt: skip
+    result.assert_outcomes(passed=4)
+    seen = _first_tests(pytester)
+    assert seen and all(k.startswith("first-gw") for k in seen), seen
+    assert all(all(found.values()) for found in seen.values()), seen
+
+
+def test_a_run_without_dspex_tests_imports_none_of_it(pytester):
+    pytester.makepyfile(test_plain="def test_one():\n    pass\n\ndef test_two():\n    pass\n")
+    pytester.makeconftest(CONFTEST)
+    result = pytester.runpytest_subprocess("-n", "2")
+    result.assert_outcomes(passed=2)
+    seen = _first_tests(pytester)
+    assert seen and not any(any(found.values()) for found in seen.values()), seen
