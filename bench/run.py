@@ -58,6 +58,7 @@ SECTIONS: list[tuple[str, str, str]] = [
     ("optimizers", "Each --dspex-optimizer: one compile's LM calls by kind (issue 20)", "optimizers:section"),
     ("demo_quality", "Demos complete and earned: issue 24's reproductions", "demo_quality:section"),
     ("dspy_migration", "DSPy users at home: saves imported (issue 25)", "sections:dspy_migration"),
+    ("estimate", "--dspex-estimate against the run that follows: calls and tokens (issue 21)", "estimate_tokens:section"),
     ("loopback", "Any LM code under the gate: the loopback endpoint (issue 22)", "cases_loopback:section"),
     ("run_limits", "Run-wide LM limits under xdist (issue 21)", "cases_limits:section"),
     ("layers", "The package's structure drawn from its imports (issue 20)", "layers:section"),

@@ -92,6 +92,7 @@ def _usage(raw: Mapping[str, Any] | None) -> dict[str, float]:
     out = {k: raw.get(k, 0) for k in _USAGE_KEYS}
     if raw.get("estimated"):  # calls an estimate run would make (``--dspex-estimate``)
         out["estimated"] = raw["estimated"]
+        out["estimated_limit"] = raw.get("estimated_limit", 0)
     return out
 
 

@@ -52,6 +52,7 @@ class EvaluationResult:
                         retries=int(u.get("retries", 0)),
                         hedges=int(u.get("hedges", 0)),
                         estimated=int(u.get("estimated", 0)),
+                        estimated_limit=int(u.get("estimated_limit", 0)),
                     )
                 )
         return cls(recs, usage, elapsed_s, program, metric)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .._support import lending as _lending
 from .._support.threads import SyncCaller
 from ..errors import DspexError
+from ..lm import estimates
 from ..lm.usage import track_usage
 from ..observe import events, tracing
 from ..programs import settings
@@ -270,7 +271,10 @@ async def _score_once(
 
     async def run() -> float:
         nonlocal pred
-        if trace is None:
+        if getattr(settings.current_lm(), "estimate", False):  # --dspex-estimate: its answers are the labels'
+            with estimates.labelled({k: v for k, v in example.items() if k not in inputs}):
+                pred = await program.acall(**inputs)
+        elif trace is None:
             pred = await program.acall(**inputs)
         else:
             with trace_scope() as steps:

@@ -12,6 +12,7 @@
 * ``coordinator`` the run's limits (in flight, back-pressure, breaker, budget), hosted by the xdist controller
 * ``link``       a worker's side of them: ``RunLink``, ``SharedLimiter``, ``SharedBudget`` (own limits when lost)
 * ``prices``     list prices of well-known models (``--dspex-estimate``)
+* ``estimates``  the tokens an estimate reckons a call would take (prompt by the model's rule, answer from the labels)
 """
 
 from typing import TYPE_CHECKING

@@ -27,6 +27,7 @@ from ..errors import BudgetExceededError, CacheMissError, ConfigError, LMError, 
 from ..observe import events, tracing
 from .cache import CacheMode, ResponseCache, cache_key
 from .capabilities import Capabilities
+from .estimates import Reckoner, current_expected
 from .resilience import AdaptiveLimiter, Breaker, RetryPolicy, Ticket, send_with_retries
 from .secrets import Credentials, base_url_problem, redact_url
 from .sharing import AutoHedge, HedgeSkipped, InflightRequests, WireMark, hedged
@@ -216,7 +217,7 @@ class LM:
         self.limits = limits
         #: an estimate (``--dspex-estimate``): a request the cache cannot answer is counted, never sent
         self.estimate = estimate
-        self._seen = [0, 0, 0, 0]  # cache hits: count, prompt characters, prompt tokens, completion tokens
+        self._reckoner: Reckoner | None = None  # an estimate's token counts (``estimates``), made on first use
         #: an estimate's requests counted as calls: the same request again is answered from the cache in a run
         self._estimated: set[str] = set()
         self.limiter: AdaptiveLimiter | SharedLimiter
@@ -504,20 +505,20 @@ class LM:
             return data
 
     # -- an estimate: what the calls the cache cannot answer would cost ------------------------------
+    def _reckon(self) -> Reckoner:
+        if self._reckoner is None:
+            self._reckoner = Reckoner(self.model)
+        return self._reckoner
+
     def _learn(self, body: dict[str, Any], data: dict[str, Any]) -> None:
-        """A cached answer: how many tokens this endpoint counts per prompt character, and answers take."""
-        usage = data.get("usage") or {}
-        seen = self._seen
-        seen[0] += 1
-        seen[1] += _prompt_chars(body)
-        seen[2] += int(usage.get("prompt_tokens") or 0)
-        seen[3] += int(usage.get("completion_tokens") or 0)
+        """A cached answer: how this endpoint's counts differ from the rule's, and how long answers run."""
+        self._reckon().learn(body, data, current_expected())
 
     def _would_call(self, body: dict[str, Any], key: str | None = None) -> CacheMissError:
-        """Count a call an estimate would make (tokens from the cached answers seen, else ~4 characters
-        a token and the answer's token limit) and say so as the call's error. A request (cache ``key``)
-        counted before in this estimate is counted as a cache hit: a run answers it from the cache (a
-        program gated in both modes asks each question twice)."""
+        """Count a call an estimate would make (its tokens reckoned by ``estimates``: the prompt as sent,
+        the answer the example's labels make; the answer's token limit is the upper bound) and say so as
+        the call's error. A request (cache ``key``) counted before in this estimate is counted as a cache
+        hit: a run answers it from the cache (a program gated in both modes asks each question twice)."""
         if key is not None and key in self._estimated:
             delta = Usage(calls=1, cache_hits=1)
             self.usage.add(delta)
@@ -525,10 +526,10 @@ class LM:
             return CacheMissError(f"--dspex-estimate: this {self.model} request is counted once already; a run answers it from the cache")
         if key is not None:
             self._estimated.add(key)
-        hits, chars, prompt, answer = self._seen
-        pt = round(_prompt_chars(body) * (prompt / chars if hits and chars and prompt else 0.25))
-        ct = round(answer / hits) if hits and answer else int(body.get("max_tokens") or self.max_tokens)
-        delta = Usage(calls=1, prompt_tokens=pt, completion_tokens=ct, cost=pt * self.price_in + ct * self.price_out, estimated=1)
+        pt, ct = self._reckon().reckon(body, current_expected())
+        limit = int(body.get("max_tokens") or self.max_tokens)
+        delta = Usage(calls=1, prompt_tokens=pt, completion_tokens=ct, cost=pt * self.price_in + ct * self.price_out,
+                      estimated=1, estimated_limit=pt + limit)  # fmt: skip
         self.usage.add(delta)
         record(delta)
         return CacheMissError(f"--dspex-estimate: no cached answer for this {self.model} request; a run would call the LM (about {pt} + {ct} tokens)")
@@ -573,10 +574,6 @@ class LM:
             _first_top_logprobs(choice),
             str(refusal) if refusal else None,
         )
-
-
-def _prompt_chars(body: dict[str, Any]) -> int:
-    return sum(len(str(m.get("content") or "")) for m in body.get("messages") or ())
 
 
 def _max_tokens(lm_limit: int, answer_limit: int | None) -> int:

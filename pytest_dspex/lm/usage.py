@@ -25,6 +25,8 @@ class Usage:
     hedges: int = 0
     #: calls an estimate (``LM(estimate=True)``) found no cached answer for: they would be made
     estimated: int = 0
+    #: those calls' tokens at most: their prompts and each answer's token limit (an estimate's upper bound)
+    estimated_limit: int = 0
 
     @property
     def tokens(self) -> int:
@@ -40,6 +42,7 @@ class Usage:
         self.errors += other.errors
         self.hedges += other.hedges
         self.estimated += other.estimated
+        self.estimated_limit += other.estimated_limit
 
     def to_dict(self) -> dict[str, float | int]:
         # by hand: dataclasses.asdict deep-copies field by field (~10 µs; this runs once per example)
@@ -56,6 +59,7 @@ class Usage:
         }
         if self.estimated:  # only an estimate run has them
             out["estimated"] = self.estimated
+            out["estimated_limit"] = self.estimated_limit
         return out
 
 

@@ -378,7 +378,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
         tr.write_sep("=", "dspex estimate (no LM call made)")
         o = dspex.options
-        for text, markup in estimate_lines(rows, priced=dspex.lms.priced(), max_calls=o.max_calls, max_cost=o.max_cost):
+        from ..lm.estimates import counting
+
+        lines = estimate_lines(rows, priced=dspex.lms.priced(), max_calls=o.max_calls, max_cost=o.max_cost,
+                               counting=counting(dspex.lms.model_name() or ""))  # fmt: skip
+        for text, markup in lines:
             tr.write_line(text, **markup)
         return
     _misses(tr)

@@ -1,9 +1,10 @@
 """``--dspex-estimate``: what a run would cost, said per program from the rows the tests produced.
 
 In an estimate the session LM answers from the response cache only (``LM(estimate=True)``): a request
-the cache cannot answer is counted as a call a run would make, with its tokens estimated from the
-cached answers seen (else ~4 characters a token and the answer's token limit), and the test is
-skipped. The controller then prints this table instead of the gate's.
+the cache cannot answer is counted as a call a run would make, and the test is skipped. Its tokens
+(``lm.estimates``): the prompt the adapter formatted, counted by the model's rule, and the answer the
+example's labels make as the adapter writes one, both corrected by the cached answers met; the
+answers' token limits give the upper bound. The controller then prints this table instead of the gate's.
 """
 
 from __future__ import annotations
@@ -13,18 +14,20 @@ from typing import Any
 __all__ = ["estimate_lines"]
 
 
-def estimate_lines(rows: list[dict[str, Any]], *, priced: bool, max_calls: int | None, max_cost: float | None) -> list[tuple[str, dict[str, bool]]]:
+def estimate_lines(rows: list[dict[str, Any]], *, priced: bool, max_calls: int | None, max_cost: float | None,
+                   counting: str = "") -> list[tuple[str, dict[str, bool]]]:  # fmt: skip
     """``(text, markup)`` lines: a table per program, the total, and the budget when the estimate exceeds it."""
     out: list[tuple[str, dict[str, bool]]] = []
     header = ("program", "mode", "examples", "cached", "calls", "est. tokens", "est. cost")
     table = [header]
-    calls = tokens = 0
+    calls = tokens = prompt = limit = 0
     cost = 0.0
     for r in rows:
         u = r.get("usage") or {}
         would = int(u.get("estimated", 0))
         t = int(u.get("prompt_tokens", 0)) + int(u.get("completion_tokens", 0))
         calls, tokens, cost = calls + would, tokens + t, cost + float(u.get("cost", 0.0))
+        prompt, limit = prompt + int(u.get("prompt_tokens", 0)), limit + int(u.get("estimated_limit", 0))
         table.append((str(r["program"]), str(r.get("mode", "dataset")), str(r.get("n", 0)), str(int(u.get("cache_hits", 0))),
                       str(would), f"{t:,}", f"${float(u.get('cost', 0.0)):.4f}" if priced else "-"))  # fmt: skip
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
@@ -32,6 +35,10 @@ def estimate_lines(rows: list[dict[str, Any]], *, priced: bool, max_calls: int |
         out.append(("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(), {}))
     total = f"a run would make {calls} LM calls, about {tokens:,} tokens" + (f", ${cost:.4f}" if priced else "")
     out.append((total + " (no LM call was made)", {"bold": True}))
+    if calls:
+        how = f"; counted as {counting}" if counting else ""
+        out.append((f"  {prompt:,} prompt + {tokens - prompt:,} completion tokens, at most {max(limit, tokens):,} "
+                    f"(each answer at its token limit){how}", {}))  # fmt: skip
     if not priced:
         out.append(("no price known for this model: set --dspex-price=INPUT,OUTPUT (dollars per 1M tokens) to estimate cost", {"yellow": True}))
     plans = dict.fromkeys(f"{r['program']}: {part}" for r in rows for part in str(r.get("note") or "").split("; ") if part.startswith("compile plan"))

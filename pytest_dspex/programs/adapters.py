@@ -20,6 +20,7 @@ from typing import Any, Literal, Protocol, get_args, get_origin
 import pydantic
 
 from ..errors import AdapterParseError
+from ..lm.estimates import Expected
 from ..lm.types import LMRequest
 from .coerce import coerce
 from .constrained import (
@@ -33,7 +34,7 @@ from .constrained import (
 )
 from .signatures import FieldSpec, Signature, render_value
 
-__all__ = ["Adapter", "ChatAdapter", "CompactAdapter", "JSONAdapter", "LMRequest", "get_adapter"]
+__all__ = ["Adapter", "ChatAdapter", "CompactAdapter", "JSONAdapter", "LMRequest", "expected_answer", "get_adapter"]
 
 Demo = Mapping[str, Any]
 
@@ -342,6 +343,26 @@ def _jsonable(value: Any) -> Any:
 
 
 _BY_NAME: dict[str, type[Any]] = {"compact": CompactAdapter, "chat": ChatAdapter, "json": JSONAdapter}
+
+
+def expected_answer(adapter: Adapter, signature: type[Signature], labels: Mapping[str, Any], demos: Sequence[Demo] = ()) -> Expected:
+    """The answer ``labels`` make, written as ``adapter`` writes one (``--dspex-estimate`` counts its
+    tokens): each output field the labels hold, with its markers; a field they lack is left empty
+    and counted apart (a ChainOfThought's ``reasoning``, an intermediate field)."""
+    outs = signature.output_fields()
+    known = {n: labels[n] for n in outs if labels.get(n) is not None}
+    if isinstance(adapter, ChatAdapter):
+        text = "\n\n".join([*(f"[[ ## {n} ## ]]\n{render_value(known[n]) if n in known else ''}" for n in outs), "[[ ## completed ## ]]"])
+    elif isinstance(adapter, JSONAdapter):
+        text = json.dumps({n: _jsonable(known.get(n, "")) for n in outs}, ensure_ascii=False, default=str)
+    elif isinstance(adapter, CompactAdapter):  # the prompt ends with the first field's label
+        lines = [f"{f.label}: {_shown_value(f, known[n]) if n in known else ''}" for n, f in outs.items()]
+        text = " " + "\n".join(lines).split(": ", 1)[1] if lines else ""
+    else:  # an adapter of the user's: the values, a line each
+        text = "\n".join(render_value(known[n]) for n in outs if n in known)
+    missing = [n for n in outs if n not in known]
+    rationales = tuple(render_value(d["reasoning"]) for d in demos if "reasoning" in missing and d.get("reasoning"))
+    return Expected(text, reasoning="reasoning" in missing, unknown=len(missing) - ("reasoning" in missing), rationales=rationales)
 
 
 def get_adapter(adapter: str | Adapter | None) -> Adapter:

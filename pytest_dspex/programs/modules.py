@@ -28,10 +28,11 @@ from typing import Any
 
 from .._support import runtime as _runtime
 from ..errors import AdapterParseError, ConfigError, ModelRefusedError, SignatureError
+from ..lm import estimates
 from ..lm.types import LMRequest
 from ..observe import tracing
 from . import calibration, constrained, saved_state, settings
-from .adapters import Adapter, JSONAdapter, get_adapter
+from .adapters import Adapter, JSONAdapter, expected_answer, get_adapter
 from .constrained import choice_value
 from .primitives import Prediction
 from .saved_state import field_prefix
@@ -286,6 +287,12 @@ class Predict(Module):
         adapter = self.adapter or get_adapter(settings.current_adapter())
         params = {**self.config, **(settings.get("call_overrides") or {}), **overrides}
         request = adapter.format(self.signature, self.demos, inputs)
+        if getattr(lm, "estimate", False):  # --dspex-estimate: the answer the example's labels make is counted
+            with estimates.expecting(expected_answer(adapter, self.signature, estimates.current_labels() or {}, self.demos)):
+                return await self._answer(lm, adapter, request, inputs, params)
+        return await self._answer(lm, adapter, request, inputs, params)
+
+    async def _answer(self, lm: Any, adapter: Adapter, request: LMRequest, inputs: dict[str, Any], params: dict[str, Any]) -> Prediction:
         calibrated = calibration.calibration_field(self, adapter) if self.calibration else None
         if calibrated is not None:
             completion = await calibration.acomplete(lm, request, params)

@@ -34,7 +34,7 @@ from typing import Any
 
 from .._support.loop_thread import LoopThread
 
-__all__ = ["FakeLMServer", "Faults"]
+__all__ = ["FakeLMServer", "Faults", "labels_responder"]
 
 Responder = Callable[[dict[str, Any]], str]
 
@@ -74,6 +74,53 @@ def triage_responder(body: dict[str, Any], *, pass_every: int = 1) -> str:
     if "JSON" in system:
         return json.dumps({"team": team})
     return f" {team}"
+
+
+def labels_responder(examples: list[dict[str, Any]], inputs: list[str], outputs: list[str], *,
+                     reasoning: Callable[[dict[str, Any]], str] | None = None) -> Responder:  # fmt: skip
+    """A responder that answers each request with the labels of the example whose inputs it asks
+    about, in the layout the adapter asked for (compact ``Label: value`` lines, DSPy's chat sections,
+    JSON): a model that is always right. ``reasoning(example)`` writes a ChainOfThought's rationale,
+    first, as its ``reasoning`` field; a question no example matches is answered with empty fields."""
+    import re
+
+    def key(values: dict[str, Any]) -> tuple[str, ...]:
+        return tuple(" ".join(str(values.get(n, "")).split()) for n in inputs)
+
+    by_inputs = {key(e): e for e in examples}
+
+    def shown(value: Any) -> str:
+        return value if isinstance(value, str) else json.dumps(value)
+
+    def respond(body: dict[str, Any]) -> str:
+        last = last_user_message(body)
+        if last.lstrip().startswith("{"):  # the JSON layout: the inputs as an object
+            try:
+                asked = json.loads(last)
+            except ValueError:
+                asked = {}
+            example = by_inputs.get(key(asked), {})
+            fields = (["reasoning"] if reasoning else []) + outputs
+            return json.dumps({n: reasoning(example) if n == "reasoning" and reasoning else example.get(n, "") for n in fields})
+        chat = "[[ ## " in last
+        values = {}
+        for n in inputs:
+            if chat:
+                found = re.search(rf"\[\[ ## {n} ## \]\]\n(.*?)(?:\n\n|$)", last, re.S)
+            else:  # the last block of ``Label: value`` lines
+                label = n.replace("_", " ").title()
+                found = re.search(rf"(?:^|\n){label}: (.*?)(?:\n|$)", last.rsplit("\n\n", 1)[-1], re.S)
+            values[n] = found.group(1) if found else ""
+        example = by_inputs.get(key(values), {})
+        answer = {n: shown(example.get(n, "")) for n in outputs}
+        if reasoning is not None:
+            answer = {"reasoning": reasoning(example), **answer}
+        if chat:
+            return "\n\n".join([*(f"[[ ## {n} ## ]]\n{v}" for n, v in answer.items()), "[[ ## completed ## ]]"])
+        items = list(answer.items())  # the prompt ends with the first field's label
+        return " " + "\n".join([items[0][1], *(f"{n.replace('_', ' ').title()}: {v}" for n, v in items[1:])])
+
+    return respond
 
 
 def last_user_message(body: dict[str, Any]) -> str:
