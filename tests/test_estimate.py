@@ -263,3 +263,51 @@ def test_estimated_tokens_are_within_ten_percent_of_the_run(pytester, server_fac
     for part in ("prompt", "completion"):
         assert abs(got[part] - u[f"{part}_tokens"]) <= 0.1 * u[f"{part}_tokens"], (part, got, u)
     assert got["at_most"] > got["prompt"] + got["completion"]  # each answer at its token limit: an upper bound, said apart
+
+
+@pytest.mark.parametrize("adapter", ["compact", "chat", "json"])
+def test_the_answer_an_estimate_counts_is_one_the_adapter_reads_back_as_the_labels(adapter):
+    """What ``--dspex-estimate`` counts as an answer is the adapter's own layout of the example's labels:
+    parsed back, it gives the labels (an int too); a ChainOfThought's missing rationale is said apart."""
+    import pytest_dspex as dspex
+    from pytest_dspex.programs.adapters import expected_answer, get_adapter
+
+    class Order(dspex.Signature):
+        message: str = dspex.InputField()
+        item: str = dspex.OutputField()
+        quantity: int = dspex.OutputField()
+
+    chosen = get_adapter(adapter)
+    labels = {"item": "coffee filters", "quantity": 8}
+    expected = expected_answer(chosen, Order, labels)
+    assert chosen.parse(Order, expected.text) == labels
+    assert (expected.reasoning, expected.unknown) == (False, 0)
+    cot = dspex.ChainOfThought(Order).predict.signature
+    demos = [{"message": "m", "reasoning": "Eight filters are asked for.", "item": "coffee filters", "quantity": 8}]
+    said = expected_answer(chosen, cot, labels, demos)
+    assert (said.reasoning, said.unknown, said.rationales) == (True, 0, ("Eight filters are asked for.",))
+    assert expected_answer(chosen, Order, {"item": "tea"}).unknown == 1  # no quantity: counted apart
+
+
+def test_the_reckoner_learns_from_cached_answers_and_keeps_fractions():
+    """A rationale is as long as this layout's cached answers ran beyond their labels, else as the
+    demos' rationales, else the constant; 1.4 tokens an answer stays 14 over ten calls, not 10."""
+    from pytest_dspex.lm.estimates import REASONING_TOKENS, Expected, Reckoner
+
+    def body(system: str, user: str) -> dict[str, Any]:
+        return {"messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
+
+    label = Expected("Team: billing", reasoning=True)
+    fresh = Reckoner("fake-model")
+    assert fresh.reckon(body("cot", "a b c"), label) == (4, 2 + REASONING_TOKENS)  # a word a token, as the fake server counts
+    demos = Expected(label.text, reasoning=True, rationales=("one two three four five six", "one two"))
+    assert fresh.reckon(body("cot", "a b c"), demos)[1] == 2 + 4
+    learned = Reckoner("fake-model")
+    for extra in (20, 30):  # cached answers of this layout: the labels' 2 tokens and a rationale
+        learned.learn(body("cot", "x y"), {"usage": {"prompt_tokens": 6, "completion_tokens": 2 + extra}}, label)
+    assert learned.reckon(body("cot", "a b c"), label) == (8, 2 + 25)  # the endpoint counted 6 where the rule said 3: x2
+    assert learned.reckon(body("other", "a b c"), label)[1] == 2 + REASONING_TOKENS  # another layout learns nothing from it
+    partial = Reckoner("fake-model")
+    for extra in (0, 1, 0, 1, 1):
+        partial.learn(body("s", "q"), {"usage": {"prompt_tokens": 2, "completion_tokens": 1 + extra}}, Expected("billing"))
+    assert sum(partial.reckon(body("s", "q"), Expected("billing"))[1] for _ in range(10)) == 16
