@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import enum
 import json
+from typing import Literal
 
 import pytest
 
@@ -116,8 +118,6 @@ def test_a_utf8_bom_is_not_part_of_the_first_column(tmp_path):
 
 
 def test_csv_cells_are_read_as_their_fields_types(tmp_path):
-    from typing import Literal
-
     from pytest_dspex.errors import DatasetError
     from pytest_dspex.programs.fields import dataset_fields
 
@@ -141,3 +141,40 @@ def test_csv_cells_are_read_as_their_fields_types(tmp_path):
         dspex.load_dataset(tmp_path / "bad.csv", input_keys=["message"], fields=fields)
     # without the program's fields a cell stays text (a plain load_dataset call, as before)
     assert dspex.load_dataset(tmp_path / "d.csv", input_keys=["message"])[0].quantity == "8"
+
+
+class Team(enum.Enum):
+    BILLING = "billing"
+    TECH = "tech"
+
+
+class Route(dspex.Signature):
+    """Route a message."""
+
+    channel: Literal["mail", "chat"] = dspex.InputField()
+    message: str = dspex.InputField()
+    team: Team = dspex.OutputField()
+    size: Literal["small", "large"] = dspex.OutputField()
+
+
+def test_a_json_value_outside_a_literal_or_enum_field_is_an_error_naming_the_line(tmp_path):
+    """Trial2 F-b: a JSONL label outside the output field's Literal was accepted (a miss forever)."""
+    from pytest_dspex.errors import DatasetError
+    from pytest_dspex.programs.fields import dataset_fields
+
+    fields = dataset_fields(dspex.Predict(Route))
+    good = [{"channel": "mail", "message": "m1", "team": "billing", "size": "small"},
+            {"channel": "chat", "message": "m2", "team": "TECH", "size": "large"}]  # fmt: skip
+    (tmp_path / "ok.jsonl").write_text("".join(json.dumps(r) + "\n" for r in good))
+    assert len(dspex.load_dataset(tmp_path / "ok.jsonl", input_keys=["channel", "message"], fields=fields)) == 2
+    for field, value, allowed in (("size", "medum", "'small', 'large'"), ("team", "biling", "'billing', 'tech'"),
+                                  ("channel", "phone", "'mail', 'chat'")):  # fmt: skip
+        bad = [dict(good[0]), dict(good[1], **{field: value})]
+        (tmp_path / "bad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in bad))
+        with pytest.raises(DatasetError, match=rf"bad.jsonl:2: field '{field}': '{value}' is not one of {allowed}"):
+            dspex.load_dataset(tmp_path / "bad.jsonl", input_keys=["channel", "message"], fields=fields)
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(DatasetError, match=rf"bad.json: item 1: field '{field}'"):
+            dspex.load_dataset(tmp_path / "bad.json", input_keys=["channel", "message"], fields=fields)
+    # without the program's fields nothing is checked (a plain load_dataset call, as before)
+    assert dspex.load_dataset(tmp_path / "bad.jsonl", input_keys=["message"])[1].channel == "phone"

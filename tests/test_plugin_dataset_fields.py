@@ -133,3 +133,47 @@ def test_a_dev_row_without_its_label_fails_the_test_when_the_file_loads(pytester
     assert out.ret == 1
     out.stdout.fnmatch_lines(["*data/dev.jsonl:8 (id d7): no 'quantity' (an output field of Count*"])
     assert server.requests == 0
+
+
+SIZED = '''
+from typing import Literal
+
+import pytest
+import pytest_dspex as dspex
+
+class Size(dspex.Signature):
+    """Which size the message orders."""
+    message: str = dspex.InputField()
+    size: Literal["small", "large"] = dspex.OutputField()
+
+size = dspex.Predict(Size)
+
+def right(example, prediction, trace=None):
+    return example.size == prediction.size
+
+@pytest.mark.dspex_program(size, name="size")
+@pytest.mark.dspex_metric(right, threshold=0.8)
+def test_size(dspex_evaluate):
+    dspex_evaluate("data/dev.jsonl")
+'''
+
+
+def test_a_jsonl_label_outside_the_fields_literal_names_the_line_and_the_allowed_values(pytester, server, mode):
+    """Trial2 F-b: a label 'medium' (or a typo) outside ``Literal['small', 'large']`` was scored as a
+    miss forever, and the hint then offered to record it as the new baseline."""
+    dev = [
+        {"id": f"d{i}", "message": f"A {s} coffee, please.", "size": s} for i, s in enumerate(["small", "large"] * 3)
+    ]
+    dev[3]["size"] = "Large"
+    write_jsonl(pytester, "data/dev.jsonl", dev)
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\ndspex_missing_golden = zero-shot\n")
+    pytester.makepyfile(test_size=SIZED)
+    out = run(pytester, server, mode)
+    assert out.ret == 1
+    out.stdout.fnmatch_lines(
+        [
+            "*data/dev.jsonl:4: field 'size': 'Large' is not one of 'small', 'large' (an output field of Size*(did you mean 'large'?)*"
+        ]
+    )
+    assert "rebaseline" not in out.stdout.str()
+    assert server.requests == 0

@@ -6,8 +6,10 @@
 A bad row is a ``DatasetError`` naming the file and line; so are two rows with the same example key.
 Given the program's ``fields`` (``programs.fields.dataset_fields``), a CSV cell of a field typed
 ``int``/``float``/``bool``/``Literal``/... is read as that type (a cell that does not parse is an
-error naming the line and column; an empty one is no value), and a row without a label (an output
-field) that other rows of the file carry is an error when the file loads, before any LM call.
+error naming the line and column; an empty one is no value), a JSONL/JSON value of a ``Literal`` or
+``Enum`` field that is not one of its values is an error naming the line, the field and the allowed
+values (a typo'd label would otherwise be scored as a miss forever), and a row without a label (an
+output field) that other rows of the file carry is an error when the file loads, before any LM call.
 
 Every example has a stable key (``example_key``): ``str(row["id"])`` when the row has an ``id``, else
 ``"h:"`` + the first 16 hex digits of the sha256 of the canonical JSON of its inputs (sorted keys).
@@ -17,13 +19,14 @@ Golden files, reports and the paired gate match examples across runs by this key
 from __future__ import annotations
 
 import csv
+import enum
 import hashlib
 import json
 import os
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from ..errors import AdapterParseError, DatasetError
 from ..programs.coerce import coerce
@@ -62,10 +65,25 @@ def load_dataset(
         raise DatasetError(f"{p}: unsupported dataset format {suffix or '(none)'}; use .jsonl, .json or .csv")
     examples = []
     lines: list[int] = []
+    where = "item" if suffix == ".json" else "line"
+    # CSV cells were read as their types already (``_cell``); JSON values of a closed set are checked here
+    choices = (
+        {n: s for n, s in fields.types if _members(s.annotation) is not None}
+        if fields is not None and suffix != ".csv"
+        else {}
+    )
     for line, row in rows:
         missing = [k for k in needed if k not in row or row[k] is None]
         if missing:
             raise DatasetError(f"{p}:{line}: row has no {', '.join(repr(k) for k in missing)} (has: {', '.join(row) or 'nothing'})")
+        for name, spec in choices.items():
+            if row.get(name) is not None:
+                _check_choice(
+                    f"{p}:{line}" if where == "line" else f"{p}: item {line}",
+                    spec,
+                    row[name],
+                    fields.owner if fields else "",
+                )
         ex = Example(row)
         examples.append(ex.with_inputs(*keys) if keys is not None else ex)
         lines.append(line)
@@ -73,7 +91,6 @@ def load_dataset(
             break
     if not examples:
         raise DatasetError(f"{p}: dataset is empty")
-    where = "item" if suffix == ".json" else "line"
     if fields is not None and fields.labels:
         _check_labels(examples, fields, [f"{p}:{n}" if where == "line" else f"{p}: item {n}" for n in lines])
     check_unique_keys(examples, str(p), positions=[f"{where} {n}" for n in lines])
@@ -148,6 +165,7 @@ def check_unique_keys(
         seen.setdefault(key, []).append(i)
     dups = {k: idx for k, idx in seen.items() if len(idx) > 1}
     if dups:
+
         def where(i: int) -> str:
             return positions[i] if positions is not None and i < len(positions) else f"example {i}"
 
@@ -207,6 +225,35 @@ def _check_labels(examples: Sequence[Example], fields: DatasetFields, where: Seq
                 f"{at}{who}: no {names} (an output field of {fields.owner}, the label the other rows carry); "
                 "label the row or remove it"
             )
+
+
+def _members(tp: Any) -> tuple[Any, ...] | None:
+    """The values a ``Literal`` or ``Enum`` annotation allows (an Enum's members), else None."""
+    if get_origin(tp) is Literal:
+        return get_args(tp)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return tuple(tp)
+    return None
+
+
+def _check_choice(at: str, spec: Any, value: Any, owner: str) -> None:
+    """A JSON value of a closed-set field must be one of its values (an Enum's value or name)."""
+    members = _members(spec.annotation) or ()
+    allowed = [m.value if isinstance(m, enum.Enum) else m for m in members]
+    if any(value == m and type(value) is type(m) for m in allowed) or (
+        isinstance(value, enum.Enum) and value in members
+    ):
+        return
+    if any(isinstance(m, enum.Enum) and value == m.name for m in members):
+        return
+    near = [m for m in allowed if isinstance(value, str) and str(m).lower() == value.strip().lower()]
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    role = "an output field" if spec.role == "output" else "an input field"
+    of = f" of {owner}" if owner else ""
+    raise DatasetError(
+        f"{at}: field {spec.name!r}: {value!r} is not one of {', '.join(map(repr, allowed))}"
+        f" ({role}{of}, typed {spec.type_name}){hint}; fix the row or the field's type"
+    )
 
 
 def _cell(p: Path, line: int, spec: Any, text: str) -> Any:
