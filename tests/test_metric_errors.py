@@ -8,6 +8,8 @@ AttributeError: …", and the compile stops after its first wave of teacher runs
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from pytest_dspex.evaluation.gates import judge
@@ -156,3 +158,27 @@ def test_a_metric_returning_no_score_is_not_said_to_have_raised() -> None:
     v = judge(EvaluationResult.from_records(records, program="p", metric="yes_metric"), threshold=0.8)
     assert v.kind == "metric_errors"
     assert v.reason.startswith("metric returned no score on 20 of 20 examples: MetricError: metric yes_metric returned 'yes' (str)")
+
+
+def test_each_item_whose_metric_raised_shows_the_users_frames_not_the_plugins(
+    pytester: pytest.Pytester, server: FakeLMServer, mode: list[str]
+) -> None:
+    """Trial2 F-a: every per-example item failed with a ~47-line traceback through the plugin's scoring
+    and thread frames (1,994 lines for 40 items). Each item still fails with the metric's own error (a
+    program or metric that raises fails its own item), its traceback cut to the user's frames, and the
+    verdict says it once."""
+    project(pytester, n=10, source=TYPO)
+    result = run(pytester, server, *mode, "-k", "each")
+    out = result.stdout.str()
+    assert result.ret == 1
+    result.assert_outcomes(failed=11)  # 10 items, each with its own error; the aggregate gate item
+    assert out.count("return prediction.teem == example.team") == 10  # the user's frame, once an item
+    assert out.count("AttributeError: Prediction has no field 'teem'") >= 10
+    internal = [line for line in out.splitlines() if re.search(r"pytest_dspex[/\\]\w+[/\\]\w+\.py", line)]
+    assert internal == []
+    result.stdout.re_match_lines(
+        [r"dspex gate FAILED for 'triage_each on data/dev.jsonl': metric raised on 10 of 10 examples: AttributeError.*"]
+    )
+    # a short failure an item: the test and the metric (it was ~55 lines an item through the plugin)
+    sections = re.split(r"_{5,} test_triage_each\[", out)[1:]
+    assert len(sections) == 10 and max(len(s.splitlines()) for s in sections[:-1]) <= 30, sections[0]

@@ -12,6 +12,7 @@ Both test modes score through ``evaluation.score_example`` and report ``ExampleR
 from __future__ import annotations
 
 import asyncio
+import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,26 @@ class NotAnswered(Exception):
     def __init__(self, record: ExampleRecord) -> None:
         super().__init__(f"{record.error_kind}: {record.error}")
         self.record = record
+
+
+#: this package's directory: its frames are left out of a user's program or metric error
+_PACKAGE = str(Path(__file__).resolve().parent.parent)
+
+
+def users_frames(exc: BaseException) -> BaseException:
+    """``exc`` with its traceback cut to the frames outside this package: a program or metric that
+    raised fails its item with the user's own frames (``test_triage.py:15 in wrong_metric``), not
+    ~40 lines through the scoring loop and its worker thread (trial2 F-a); the error line is unchanged."""
+    kept: list[types.TracebackType] = []
+    tb = exc.__traceback__
+    while tb is not None:
+        if not str(Path(tb.tb_frame.f_code.co_filename).resolve()).startswith(_PACKAGE):
+            kept.append(tb)
+        tb = tb.tb_next
+    rebuilt: types.TracebackType | None = None
+    for t in reversed(kept):
+        rebuilt = types.TracebackType(rebuilt, t.tb_frame, t.tb_lasti, t.tb_lineno)
+    return exc.with_traceback(rebuilt)
 
 
 def test_key(node: Any) -> str:
@@ -480,7 +501,7 @@ class Predictor:
         node.user_properties.extend(example_properties(record))  # JUnit: score, outcome (pass/miss/error), error
         if record.error_kind in ITEM_FAILING_KINDS:
             if record.exception is not None:
-                raise record.exception
+                raise users_frames(record.exception)
             pytest.fail(f"{record.error_kind}: {record.error}", pytrace=False)
         if record.error_kind is not None:
             raise NotAnswered(record)
