@@ -224,6 +224,11 @@ class TestIncompleteRuns:
         data = report(pytester)
         assert data["passed"] is False and data["programs"][0]["n"] == 4
         assert data["programs"][0]["verdict"]["kind"] == "incomplete"
+        # trial2 F-j: the terminal said only "dspex json report: r.json" of a report saying complete: false
+        lines = [ln for ln in result.stdout.lines if "dspex json report" in ln]
+        assert len(lines) == 1 and lines[0].startswith(
+            "dspex json report: the run stopped early: stopping after 1 failures, so "
+        ) and lines[0].endswith("r.json holds an incomplete report (complete: false, passed: false)"), lines
 
     def test_x_under_xdist_says_the_run_stopped_early_not_interrupted(self, pytester, server):
         """Trial: ``-x`` said ``(the run stopped early: stopping after 1 failures)`` without xdist but
@@ -237,6 +242,8 @@ class TestIncompleteRuns:
         result.stdout.fnmatch_lines(["*incomplete: * of 40 examples ran (the run stopped early: stopping after 1 failures)*"])
         data = report(pytester)
         assert data["passed"] is False and data["stopped"] == "the run stopped early: stopping after 1 failures"
+        lines = [ln for ln in result.stdout.lines if "dspex json report" in ln]
+        assert len(lines) == 1 and "stopping after 1 failures, so " in lines[0] and "incomplete report" in lines[0], lines
 
     def test_a_crashed_worker_is_incomplete(self, pytester, server):
         """Issue 19: a per-example run whose xdist worker crashed showed ``pass`` on n=399 of 400."""
@@ -296,6 +303,14 @@ class TestIncompleteRuns:
         data = report(pytester)
         assert data["complete"] is False and data["passed"] is False
         assert data["stopped"] == "a collection error in test_broken.py: not every test ran"
+        # trial2 F-e: one line, not "report: r.json" then "the run was interrupted, so r.json holds an incomplete ..."
+        (pytester.path / "r.json").write_text("{}")
+        result = run(pytester, server, *MODES[mode], "-p", "no:cacheprovider", "--dspex-report=r.json")
+        lines = [ln for ln in result.stdout.lines if "dspex json report" in ln]
+        assert len(lines) == 1, lines
+        assert lines[0].startswith("dspex json report: a collection error in test_broken.py: not every test ran, so ")
+        assert lines[0].endswith("holds an incomplete report (complete: false, passed: false); "
+                                 f"the previous report is kept as {pytester.path / 'r.json.prev'}")  # fmt: skip
 
     def test_an_interrupted_run_writes_an_incomplete_report_and_keeps_the_previous(self, pytester, server):
         """Issue 19: Ctrl-C overwrote an existing report with ``"passed": true, "programs": []``. Trial F4:

@@ -484,6 +484,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         if limits is not None:  # what the run's shared LM limits did (xdist)
             tr.write_line(limits)
     for what, path in getattr(collector, "written", ()):
-        tr.write_line(f"dspex {what} report: {path}")
+        if path not in collector.reports_said_incomplete:  # its line below says where it is, and that it is incomplete
+            tr.write_line(f"dspex {what} report: {path}")
     for text, is_error in collector.report_problems:  # a report that could not be written: one line each
         tr.write_line(text, red=is_error, yellow=not is_error)

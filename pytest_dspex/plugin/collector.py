@@ -127,6 +127,8 @@ class Collector:
         self.test_files: set[str] = set()
         #: reports that could not be written at session end: (line, is_error), shown under the table
         self.report_problems: list[tuple[str, bool]] = []
+        #: reports written incomplete (Ctrl-C, -x, a collection error): a line in report_problems names each
+        self.reports_said_incomplete: set[Path] = set()
         #: crashed xdist workers, per per-example test: (what was in flight, how many items the test has)
         self.crashes: dict[str, list[tuple[str, int]]] = {}
         self.selection = False  # -k, -m, --deselect, --lf or node ids: some tests were deselected

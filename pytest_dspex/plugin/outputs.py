@@ -63,18 +63,22 @@ def write_reports(
     report = report_json(collector, model=model, shard=shard)
     written: list[tuple[str, Path]] = []
 
+    # why the report is incomplete: Ctrl-C, -x/--maxfail, a collection error (one line says it, not two)
+    reason = getattr(collector, "stopped", "") or ("the run was interrupted" if interrupted else "")
+
     def attempt(what: str, path: Path | None, write: Callable[[], object]) -> None:
-        if path is not None and interrupted and path.is_file():
-            try:
-                prev = keep_previous(path)
-            except OSError as exc:
-                said = f"the previous report could not be kept ({describe_os_error(exc)})"
-            else:
-                said = f"the previous report is kept as {prev}"
+        if path is not None and reason:
+            said = ""
+            if path.is_file():
+                try:
+                    said = f"; the previous report is kept as {keep_previous(path)}"
+                except OSError as exc:
+                    said = f"; the previous report could not be kept ({describe_os_error(exc)})"
             collector.report_problems.append((
-                f"dspex {what} report: the run was interrupted, so {path} holds an incomplete report "
-                f"(complete: false, passed: false); {said}", False,
+                f"dspex {what} report: {reason}, so {path} holds an incomplete report "
+                f"(complete: false, passed: false){said}", False,
             ))  # fmt: skip
+            collector.reports_said_incomplete.add(path)
         try:
             write()
         except (OSError, UnicodeError, ValueError) as exc:
