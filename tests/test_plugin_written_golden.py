@@ -19,11 +19,13 @@ def golden_cells(out: str) -> list[str]:
 
 def test_a_compile_and_a_rebaseline_say_golden_written_not_a_comparison_with_themselves(pytester, server, mode):  # noqa: F811
     project(pytester, 20)
-    compiled = run(pytester, server, mode, *COMPILE)
+    compiled = run(pytester, server, mode, *COMPILE, "--dspex-markdown=m.md")
     assert compiled.ret == 0, compiled.stdout.str()
     out = compiled.stdout.str()
     assert golden_cells(out) == ["written", "written"], out
     assert "vs golden" not in out and "(+0.000)" not in out
+    markdown = (pytester.path / "m.md").read_text(encoding="utf-8")  # alike in every view
+    assert markdown.count("| n/a | n/a (golden written) |") == 2 and "+0.000" not in markdown, markdown
     compiled.stdout.fnmatch_lines(["*golden created: __dspex__/test_triage/triage.json*"])
 
     write_test(pytester, "Route the message to one team.")  # an instructions edit, then its baseline recorded

@@ -212,7 +212,11 @@ class Collector:
         return [run for run in self.runs.values() if not run.judge(stopped=stopped).passed and not run.selection]
 
     def all_rows(self) -> list[dict[str, Any]]:
-        return self.rows + [run.row() for run in self.runs.values() if run.verdict is not None]
+        rows = self.rows + [run.row() for run in self.runs.values() if run.verdict is not None]
+        for row in rows:  # a golden this run wrote: every view says so instead of comparing the run with itself
+            if self.goldens.get(str(row.get("golden")), {}).get("outcome") in ("created", "updated", "rebaselined"):
+                row["golden_written"] = True
+        return rows
 
     def unused_goldens(self) -> list[str]:
         """Golden files beside the test files that ran which no test used (like syrupy's unused); none

@@ -170,7 +170,7 @@ def format_table(rows: list[dict[str, Any]], fresh: frozenset[str] = frozenset()
         if view.not_compared:  # no example in common, or an incomplete run: nothing was compared
             # short: the line under the table (and the verdict) says how many were lost and to what
             golden_txt = f"n/a ({view.not_compared.split(' (', 1)[0]})"
-        if r.get("golden") in fresh:
+        if r.get("golden") in fresh or r.get("golden_written"):
             golden_txt = "written"
         lines.append([
             str(r["program"]),

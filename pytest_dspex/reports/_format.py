@@ -247,6 +247,8 @@ class ProgramView:
 
         if self.verdict.get("kind") == PROGRAM_ERRORS:  # the program raised: nothing measured to compare
             return None, None, "program raised"
+        if self.row.get("golden_written"):  # a compile or re-baseline run: its golden is this run's own baseline
+            return None, None, "golden written"
         return against_golden(self.row.get("score"), self.row.get("golden_score"), self.comparison, incomplete=self.incomplete)
 
     @property
