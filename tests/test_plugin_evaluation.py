@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+import pytest_dspex as dspex
+from pytest_dspex.plugin.collection import example_ids
 from pytest_dspex.testing.fake_server import FakeLMServer
 
 from .test_plugin import MODES, make_responder, rows
@@ -182,7 +184,8 @@ class TestSelection:
     def test_k_runs_only_the_selected_examples(self, project, server_factory, mode):
         project.makepyfile(test_sel=source(threshold=0.5))
         server = server_factory(make_responder(zero_shot_ok=True))
-        result = run(project, server, mode, "-k", "test_each and (3-I or 4-the)")
+        # the items' ids are the examples' (trial F17): case 4 and case 6 by their messages, not by row
+        result = run(project, server, mode, "-k", "test_each and (the-app-crashes-case-4 or the-app-crashes-case-6)")
         assert result.ret == 0, result.stdout.str()
         result.assert_outcomes(passed=2)
         assert server.requests == 2
@@ -198,11 +201,14 @@ class TestSelection:
         result.assert_outcomes(passed=10)
         assert server.requests == 10
         if "-n" in mode:  # every chunk ran on one worker
+            # an item's id is its example's (trial F17), not its row: the row each id belongs to
+            examples = [dspex.Example(**json.loads(line)).with_inputs("message") for line in rows(10).splitlines()]
+            row_of = {ident: i for i, ident in enumerate(example_ids(examples))}
             workers = {}
             for line in result.stdout.lines:
-                found = re.match(r"\[(gw\d)\].*test_each\[(\d+)-", line)
+                found = re.match(r"\[(gw\d)\].*test_each\[([^\]]+)\]", line)
                 if found:
-                    workers[int(found.group(2))] = found.group(1)
+                    workers[row_of[found.group(2)]] = found.group(1)
             assert len(workers) == 10
             for chunk in ([0, 1, 2, 3], [4, 5, 6, 7], [8, 9]):
                 assert len({workers[i] for i in chunk}) == 1, workers
