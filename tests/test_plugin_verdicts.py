@@ -130,6 +130,11 @@ class TestBudgetAndCache:
             "the endpoint was not asked; --dspex-cache=off measures it as it answers now"
         ])  # fmt: skip
         assert report(pytester)["programs"][0]["cache_only"] is True
+        # trial2 F-j: a replay with a miss said "every answer came from the LM cache" beside the miss
+        project(pytester, n=N + 1)
+        third = run(pytester, server, *mode, "-p", "no:cacheprovider", cache="replay")
+        assert server.requests == sent and third.parseoutcomes().get("lm_error") == 1, third.stdout.str()
+        assert "every answer came from the LM cache" not in third.stdout.str()
 
 
 def junit_cases(pytester: pytest.Pytester, name: str = "junit.xml") -> tuple[Any, dict[str, Any]]:

@@ -119,6 +119,8 @@ def cache_only_line(rows: list[dict[str, Any]], goldens: Iterable[dict[str, Any]
     compile asked it), naming the gates; None otherwise (a run that asked the endpoint was measured)."""
     if not rows or not all(r.get("cache_only") for r in rows):
         return None
+    if any(r.get("infra_errors") for r in rows):  # a replay's miss: not every answer came from it (the verdict says so)
+        return None
     for g in goldens:
         usage = g.get("compile_usage") or {}
         if float(usage.get("calls", 0) or 0) > float(usage.get("cache_hits", 0) or 0):
