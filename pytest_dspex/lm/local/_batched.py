@@ -128,6 +128,7 @@ def first_token_logprobs(llama: Any, prompt: str | list[int], k: int) -> dict[st
             prefix += 1
         prefix = min(prefix, len(tokens) - 1)  # evaluate at least the last token: its logits are needed
         llama.n_tokens = prefix  # eval drops the cached positions from here on
+        llama._dspex_prompt_len = len(tokens)  # a prompt: evaluated as the server's eval does prompts
         llama.eval(tokens[prefix:])
         logits = np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(llama.n_vocab(),)).astype(np.float64)
     except Exception:  # an API this llama-cpp-python does not have: answer without logprobs

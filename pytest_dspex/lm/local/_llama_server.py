@@ -196,6 +196,61 @@ def install_pruned_grammar() -> None:
     setattr(Llama, "_init_sampler", init_sampler)  # noqa: B010 - a method replaced on purpose
 
 
+#: a prompt is evaluated in chunks of this many tokens from position 0, and a cached prefix is reused in
+#: whole chunks only (``install_canonical_prompts``)
+CHUNK = 32
+
+
+def install_canonical_prompts(chunk: int = CHUNK) -> None:
+    """Make an answer a function of its prompt alone, not of what the server ran before it.
+
+    llama-cpp-python reuses the longest prefix a new prompt shares with the cached one and evaluates
+    the rest in one batch, so where a prompt is cut depends on the request before it; a token's
+    logits depend slightly on the batch it was computed in (up to ~0.1 in a log-probability here),
+    and a close call then flips: a triage message answered right alone came out wrong inside a
+    40-example run with the cache off — "1 regressed" against a golden of the unchanged program.
+
+    Here every prompt is evaluated in chunks of ``chunk`` tokens at fixed positions (0-31, 32-63, …),
+    and a cached prefix is reused only up to the last whole chunk that was evaluated as part of a
+    prompt: every prompt token is computed in the same batch whatever ran before. Decoding (one token
+    a step) is unchanged. A request re-evaluates at most ``chunk - 1`` tokens more than before.
+    """
+    from llama_cpp import Llama
+
+    if getattr(Llama.eval, "_dspex_canonical", False):
+        return
+    original_generate = Llama.generate
+    original_eval = Llama.eval
+
+    def generate(self: Any, tokens: Any, *args: Any, **kwargs: Any) -> Any:
+        self._dspex_prompt_len = len(tokens)
+        return original_generate(self, tokens, *args, **kwargs)
+
+    def eval(self: Any, tokens: Any) -> None:
+        tokens = list(tokens)
+        end = getattr(self, "_dspex_prompt_len", 0)
+        if not tokens or self.n_tokens + len(tokens) > end:  # a decoding step (or not a prompt of ours)
+            original_eval(self, tokens)
+            return
+        past = self.n_tokens
+        keep = min(past, getattr(self, "_dspex_whole", 0)) // chunk * chunk
+        if keep < past:  # the cached tail was not cut where this prompt is: evaluate it again
+            tokens = [int(t) for t in self.input_ids[keep:past]] + tokens
+            self.n_tokens = keep
+        self._dspex_whole = keep
+        self._ctx.kv_cache_seq_rm(-1, keep, -1)
+        i = 0
+        while i < len(tokens):
+            take = min(chunk - self.n_tokens % chunk, len(tokens) - i)
+            original_eval(self, tokens[i : i + take])
+            i += take
+        self._dspex_whole = self.n_tokens // chunk * chunk
+
+    eval._dspex_canonical = True  # type: ignore[attr-defined]
+    setattr(Llama, "generate", generate)  # noqa: B010 - methods replaced on purpose
+    setattr(Llama, "eval", eval)  # noqa: B010
+
+
 def _watch_owner() -> None:
     """Exit when the test run that started us is gone (Ctrl-C, crash, kill -9): no orphans."""
     import os
@@ -228,12 +283,14 @@ def main() -> None:
     from . import _pool as pool
 
     install_pruned_grammar()
-    if batched.enabled():
+    if batched.enabled():  # prompts in fixed chunks of its own
         batched.without_repacked_weights()
         batched.without_tiled_matmul()
         batched.install()
-    elif pool.instances() > 1:
-        pool.install()
+    else:
+        install_canonical_prompts()
+        if pool.instances() > 1:
+            pool.install()
     LlamaChatCompletionHandlerRegistry().register_chat_completion_handler("dspex-plain", plain_handler(), overwrite=True)  # type: ignore[no-untyped-call]
     server_main()  # type: ignore[no-untyped-call]
 
