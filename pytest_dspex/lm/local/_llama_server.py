@@ -24,15 +24,9 @@ from __future__ import annotations
 from typing import Any
 
 from ._batched import first_token_logprobs, logprobs_entries
+from ._plain import format_plain
 
-__all__ = ["first_token_logprobs", "logprobs_entries", "main"]
-
-
-def format_plain(messages: list[dict[str, Any]], **kwargs: Any) -> Any:
-    from llama_cpp.llama_chat_format import ChatFormatterResponse
-
-    parts = [str(m.get("content") or "") for m in messages]
-    return ChatFormatterResponse(prompt="\n\n".join(p for p in parts if p))
+__all__ = ["first_token_logprobs", "format_plain", "logprobs_entries", "main"]
 
 
 def plain_handler() -> Any:

@@ -125,7 +125,7 @@ class PoolLlama:
             from llama_cpp import Llama
 
             return Llama.create_chat_completion(self, **kwargs)  # type: ignore[arg-type]
-        from ._llama_server import format_plain
+        from ._plain import format_plain
 
         i = self._pool.acquire(self._tokens(format_plain(kwargs.get("messages") or []).prompt))
         llama = self._pool.members[i]
