@@ -194,15 +194,6 @@ def case_split(url: str, n: int, concurrency: int, cache_dir: str, client: str =
     import os
     import subprocess
 
-    import openai
-
-    import pytest_dspex as dspex
-
-    def cpu_of(pid: int) -> float:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
     serve = f"""
 import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
 import cases_loopback as cl
@@ -215,15 +206,35 @@ with LoopbackEndpoint(cl._lm({url!r}, {concurrency}, {cache_dir!r}, "on"), in_pr
     try:
         assert server.stdout is not None
         base = server.stdout.readline().split()[1]
-        sdk = (openai.OpenAI if client == "sync" else openai.AsyncOpenAI)(base_url=base, api_key="x", max_retries=0)
-        program = dspex.program(_triage(sdk, client), outputs=["team"])
-        serve0, cpu0, t0 = cpu_of(server.pid), time.process_time(), time.perf_counter()
-        result = dspex.Evaluate(_examples(n), lambda e, p, t=None: e.team == p.team, concurrency=concurrency)(program)
-        wall, cpu, serve_cpu = time.perf_counter() - t0, time.process_time() - cpu0, cpu_of(server.pid) - serve0
+        return _sdk_run(base, client, n, concurrency, server.pid)
     finally:
         server.kill()
+
+
+def _cpu_of(pid: int) -> float:
+    """A process's CPU seconds so far (user + system), from /proc."""
+    import os
+
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _sdk_run(base: str, client: str, n: int, concurrency: int, serving_pid: int) -> dict[str, Any]:
+    """An ``openai``-SDK program evaluated on ``n`` examples through ``base``: wall, this process's CPU
+    and the serving process's CPU per example."""
+    import openai
+
+    import pytest_dspex as dspex
+
+    cpu_of = _cpu_of
+    sdk = (openai.OpenAI if client == "sync" else openai.AsyncOpenAI)(base_url=base, api_key="x", max_retries=0)
+    program = dspex.program(_triage(sdk, client), outputs=["team"])
+    serve0, cpu0, t0 = cpu_of(serving_pid), time.process_time(), time.perf_counter()
+    result = dspex.Evaluate(_examples(n), lambda e, p, t=None: e.team == p.team, concurrency=concurrency)(program)
+    wall, cpu, serve_cpu = time.perf_counter() - t0, time.process_time() - cpu0, cpu_of(serving_pid) - serve0
     return {"wall_s": wall, "ex_per_s": n / wall, "cpu_ms_per_example": cpu / n * 1e3, "serve_cpu_ms_per_example": serve_cpu / n * 1e3,
-            "score": result.score}  # fmt: skip
+            "score": result.score, "errors": len(result.errors)}  # fmt: skip
 
 
 _PIPED_SERVE = """
@@ -284,16 +295,8 @@ def case_piped(url: str, n: int, concurrency: int, cache_dir: str, client: str =
     import subprocess
     import tempfile
 
-    import openai
-
-    import pytest_dspex as dspex
     from pytest_dspex._support import runtime as _runtime
     from pytest_dspex.lm import callers
-
-    def cpu_of(pid: int) -> float:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     sock = os.path.join(tempfile.mkdtemp(prefix="dspex-pipe-"), "s")
     serve = _PIPED_SERVE.format(here=os.path.dirname(os.path.abspath(__file__)), url=url, concurrency=concurrency, cache_dir=cache_dir, sock=sock)
@@ -345,15 +348,9 @@ def case_piped(url: str, n: int, concurrency: int, cache_dir: str, client: str =
 
         with callers.open_address("127.0.0.1", 9, respond):
             base = "http://127.0.0.1:9/v1"
-            sdk = (openai.OpenAI if client == "sync" else openai.AsyncOpenAI)(base_url=base, api_key="x", max_retries=0)
-            program = dspex.program(_triage(sdk, client), outputs=["team"])
-            serve0, cpu0, t0 = cpu_of(server.pid), time.process_time(), time.perf_counter()
-            result = dspex.Evaluate(_examples(n), lambda e, p, t=None: e.team == p.team, concurrency=concurrency)(program)
-            wall, cpu, serve_cpu = time.perf_counter() - t0, time.process_time() - cpu0, cpu_of(server.pid) - serve0
+            return _sdk_run(base, client, n, concurrency, server.pid)
     finally:
         server.kill()
-    return {"wall_s": wall, "ex_per_s": n / wall, "cpu_ms_per_example": cpu / n * 1e3, "serve_cpu_ms_per_example": serve_cpu / n * 1e3,
-            "score": result.score, "errors": len(result.errors)}  # fmt: skip
 
 
 APP = '''

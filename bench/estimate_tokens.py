@@ -48,7 +48,8 @@ class Order(dspex.Signature):
     quantity: int = dspex.OutputField()
 '''
 
-DATASET_TEST = '''
+#: what both test layouts share: the program, its metric and its markers
+_TEST_HEAD = '''
 import pytest
 import pytest_dspex as dspex
 SIGNATURE
@@ -59,22 +60,13 @@ def right(example, prediction, trace=None):
 
 @pytest.mark.dspex_program(program, name="NAME", trainset="data/train.jsonl")
 @pytest.mark.dspex_metric(right, threshold=0.0)
-def test_NAME(dspex_evaluate):
+'''
+
+DATASET_TEST = _TEST_HEAD + '''def test_NAME(dspex_evaluate):
     dspex_evaluate("data/dev.jsonl")
 '''
 
-PER_EXAMPLE_TEST = '''
-import pytest
-import pytest_dspex as dspex
-SIGNATURE
-program = PROGRAM
-
-def right(example, prediction, trace=None):
-    return all(getattr(prediction, k) == v for k, v in example.labels().items())
-
-@pytest.mark.dspex_program(program, name="NAME", trainset="data/train.jsonl")
-@pytest.mark.dspex_metric(right, threshold=0.0)
-@pytest.mark.dspex_dataset("data/dev.jsonl")
+PER_EXAMPLE_TEST = _TEST_HEAD + '''@pytest.mark.dspex_dataset("data/dev.jsonl")
 def test_NAME(dspex_example, dspex_predict):
     dspex_predict(dspex_example)
 '''
