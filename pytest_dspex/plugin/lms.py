@@ -128,8 +128,12 @@ class SessionLMs:
     def _endpoint(self) -> tuple[str, str]:
         o = self.options
         if o.local:
-            from ..lm.local.embedded import LOCAL_MODEL_NAME, LocalModelError, ensure_server
+            from ..lm.local.embedded import LOCAL_MODEL_NAME, NOT_STARTED_URL, LocalModelError, ensure_server
 
+            if o.cache == "replay" or o.estimate:
+                # no request can leave a replay (a miss fails as a miss) nor an estimate (a miss is
+                # counted): the model is not loaded. The URL is in no cache key (``cache_identity``)
+                return NOT_STARTED_URL, LOCAL_MODEL_NAME
             try:
                 url = ensure_server(self.run_id, self.owner_pid)
             except LocalModelError as exc:

@@ -49,7 +49,7 @@ from ...errors import ConfigError
 if TYPE_CHECKING:
     pass
 
-__all__ = ["LOCAL_MODEL_NAME", "LocalModelError", "ensure_server", "model_path", "server_env", "stop_server"]
+__all__ = ["LOCAL_MODEL_NAME", "NOT_STARTED_URL", "LocalModelError", "ensure_server", "model_path", "server_env", "stop_server"]
 
 LOCAL_MODEL_NAME = "gemma-3-270m"
 INSTALL_HINT = (
@@ -59,6 +59,10 @@ INSTALL_HINT = (
     "(or OPENAI_BASE_URL / dspex_base_url in pytest.ini)"
 )
 
+#: the embedded model's address in a run that sends no request (``--dspex-cache=replay``,
+#: ``--dspex-estimate``): the server is not started; a request that went anyway would be refused
+#: (port 9, discard), never answered by something else. Cache keys name the model, not this URL.
+NOT_STARTED_URL = "http://127.0.0.1:9/v1"
 
 # the servers this process started, by run id, with the pid of the run's owner (stop_server reaps them)
 _started: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
