@@ -286,6 +286,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             collector.written = write_reports(config, dspex, collector, interrupted=interrupted)  # never raises
     finally:
         dspex.close()
+        from .._support.quick_exit import skip_final_collections
+
+        skip_final_collections()  # the process ends soon: no full collection over everything it holds
         folder = dspex.state_dir_if_made()
         if not dspex.is_worker and folder is not None and config.pluginmanager.hasplugin("xdist"):
             from .xdist import read_chunks, remove_usage_errors
