@@ -90,9 +90,10 @@ def jsonable(value: Any) -> Any:
 def _usage(raw: Mapping[str, Any] | None) -> dict[str, float]:
     raw = raw or {}
     out = {k: raw.get(k, 0) for k in _USAGE_KEYS}
-    if raw.get("estimated"):  # calls an estimate run would make (``--dspex-estimate``)
-        out["estimated"] = raw["estimated"]
+    if raw.get("estimated") or raw.get("repeated"):  # calls an estimate run would make (``--dspex-estimate``)
+        out["estimated"] = raw.get("estimated", 0)
         out["estimated_limit"] = raw.get("estimated_limit", 0)
+        out["repeated"] = raw.get("repeated", 0)
     return out
 
 

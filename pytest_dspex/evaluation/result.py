@@ -53,6 +53,7 @@ class EvaluationResult:
                         hedges=int(u.get("hedges", 0)),
                         estimated=int(u.get("estimated", 0)),
                         estimated_limit=int(u.get("estimated_limit", 0)),
+                        repeated=int(u.get("repeated", 0)),
                     )
                 )
         return cls(recs, usage, elapsed_s, program, metric)

@@ -520,7 +520,7 @@ class LM:
         the call's error. A request (cache ``key``) counted before in this estimate is counted as a cache
         hit: a run answers it from the cache (a program gated in both modes asks each question twice)."""
         if key is not None and key in self._estimated:
-            delta = Usage(calls=1, cache_hits=1)
+            delta = Usage(calls=1, cache_hits=1, repeated=1)
             self.usage.add(delta)
             record(delta)
             return CacheMissError(f"--dspex-estimate: this {self.model} request is counted once already; a run answers it from the cache")

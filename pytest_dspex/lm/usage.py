@@ -27,6 +27,9 @@ class Usage:
     estimated: int = 0
     #: those calls' tokens at most: their prompts and each answer's token limit (an estimate's upper bound)
     estimated_limit: int = 0
+    #: requests an estimate met before in the same run (counted in ``calls`` and ``cache_hits``): a run
+    #: answers them from the cache the first asking fills; not in the cache now
+    repeated: int = 0
 
     @property
     def tokens(self) -> int:
@@ -43,6 +46,7 @@ class Usage:
         self.hedges += other.hedges
         self.estimated += other.estimated
         self.estimated_limit += other.estimated_limit
+        self.repeated += other.repeated
 
     def to_dict(self) -> dict[str, float | int]:
         # by hand: dataclasses.asdict deep-copies field by field (~10 µs; this runs once per example)
@@ -57,9 +61,10 @@ class Usage:
             "hedges": self.hedges,
             "tokens": self.prompt_tokens + self.completion_tokens,
         }
-        if self.estimated:  # only an estimate run has them
+        if self.estimated or self.repeated:  # only an estimate run has them
             out["estimated"] = self.estimated
             out["estimated_limit"] = self.estimated_limit
+            out["repeated"] = self.repeated
         return out
 
 

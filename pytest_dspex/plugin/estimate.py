@@ -9,43 +9,63 @@ answers' token limits give the upper bound. The controller then prints this tabl
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 __all__ = ["estimate_lines"]
 
 
+#: the most LM calls a compile plan says it makes (``DspexSession._compile_plan``)
+_PLAN_CALLS = re.compile(r"at most ([\d,]+) LM calls before the cache")
+
+
 def estimate_lines(rows: list[dict[str, Any]], *, priced: bool, max_calls: int | None, max_cost: float | None,
                    counting: str = "") -> list[tuple[str, dict[str, bool]]]:  # fmt: skip
-    """``(text, markup)`` lines: a table per program, the total, and the budget when the estimate exceeds it."""
+    """``(text, markup)`` lines: a table per program, the total, and the budget when the estimate exceeds it.
+
+    ``cached`` counts the answers the cache holds now; ``repeated`` the requests another row (or an
+    earlier example) asks first, which a run answers from the cache that first asking fills: neither
+    is a call, and an empty cache never reads as cached. With ``--dspex-compile`` the total says the
+    compile plans' calls apart and with them (a plan is an upper bound, the rows an estimate)."""
     out: list[tuple[str, dict[str, bool]]] = []
-    header = ("program", "mode", "examples", "cached", "calls", "est. tokens", "est. cost")
+    header = ("program", "mode", "examples", "cached", "repeated", "calls", "est. tokens", "est. cost")
     table = [header]
-    calls = tokens = prompt = limit = 0
+    calls = tokens = prompt = limit = repeated = 0
     cost = 0.0
     for r in rows:
         u = r.get("usage") or {}
         would = int(u.get("estimated", 0))
+        again = int(u.get("repeated", 0))
         t = int(u.get("prompt_tokens", 0)) + int(u.get("completion_tokens", 0))
-        calls, tokens, cost = calls + would, tokens + t, cost + float(u.get("cost", 0.0))
+        calls, tokens, cost, repeated = calls + would, tokens + t, cost + float(u.get("cost", 0.0)), repeated + again
         prompt, limit = prompt + int(u.get("prompt_tokens", 0)), limit + int(u.get("estimated_limit", 0))
-        table.append((str(r["program"]), str(r.get("mode", "dataset")), str(r.get("n", 0)), str(int(u.get("cache_hits", 0))),
-                      str(would), f"{t:,}", f"${float(u.get('cost', 0.0)):.4f}" if priced else "-"))  # fmt: skip
+        table.append((str(r["program"]), str(r.get("mode", "dataset")), str(r.get("n", 0)), str(int(u.get("cache_hits", 0)) - again),
+                      str(again), str(would), f"{t:,}", f"${float(u.get('cost', 0.0)):.4f}" if priced else "-"))  # fmt: skip
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         out.append(("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(), {}))
+    plans = dict.fromkeys(f"{r['program']}: {part}" for r in rows for part in str(r.get("note") or "").split("; ") if part.startswith("compile plan"))
+    planned = sum(int(m.group(1).replace(",", "")) for plan in plans if (m := _PLAN_CALLS.search(plan)))
     total = f"a run would make {calls} LM calls, about {tokens:,} tokens" + (f", ${cost:.4f}" if priced else "")
+    if plans:
+        total += f" for its tests, and its compile{'s' if len(plans) > 1 else ''} at most {planned:,} more (at most {calls + planned:,} in all)"
     out.append((total + " (no LM call was made)", {"bold": True}))
     if calls:
         how = f"; counted as {counting}" if counting else ""
         out.append((f"  {prompt:,} prompt + {tokens - prompt:,} completion tokens, at most {max(limit, tokens):,} "
                     f"(each answer at its token limit){how}", {}))  # fmt: skip
+    if repeated:
+        out.append((f"  repeated: {repeated} request(s) asked again (a program gated in both modes asks each question twice); "
+                    "a run answers them from the cache their first asking fills: not calls, not cached yet", {}))  # fmt: skip
     if not priced:
         out.append(("no price known for this model: set --dspex-price=INPUT,OUTPUT (dollars per 1M tokens) to estimate cost", {"yellow": True}))
-    plans = dict.fromkeys(f"{r['program']}: {part}" for r in rows for part in str(r.get("note") or "").split("; ") if part.startswith("compile plan"))
     out += [(plan, {}) for plan in plans]
     if max_calls is not None and calls > max_calls:
         out.append((f"over the budget: {calls} calls estimated, --dspex-max-calls={max_calls}: the run would stop "
                     f"after {max_calls} and the rest would be LM errors", {"red": True, "bold": True}))  # fmt: skip
+    elif max_calls is not None and plans and calls + planned > max_calls:
+        out.append((f"the compile{'s' if len(plans) > 1 else ''} may go over the budget: at most {calls + planned:,} calls "
+                    f"with {'them' if len(plans) > 1 else 'it'}, --dspex-max-calls={max_calls}", {"yellow": True}))  # fmt: skip
     if max_cost is not None and priced and cost > max_cost:
         out.append((f"over the budget: ${cost:.4f} estimated, --dspex-max-cost={max_cost:g}", {"red": True, "bold": True}))
     return out
