@@ -358,7 +358,7 @@ def test_keep_better_compares_like_with_like_and_says_why(tmp_path):
     changed = store.write(path, golden_record(renamed, name="p", validation=(0.1, 10), datasets={"validation": "sha256:a"}))
     assert changed == "updated" and "signature changed" in changed.reason
     better = store.write(path, golden_record(renamed, name="p", validation=(0.3, 10), datasets={"validation": "sha256:a"}))
-    assert better == "updated" and "0.300 is at least the golden's 0.100" in better.reason
+    assert better == "updated" and "0.300 is higher than the golden's 0.100" in better.reason
 
 
 def test_dspy_metadata_holds_only_keys_dspy_load_knows(tmp_path):
@@ -386,7 +386,9 @@ def test_a_rerun_that_differs_only_in_the_candidates_race_scores_leaves_the_gold
     before = path.read_bytes()
     assert store.write(path, record(0.85)) == "unchanged"
     assert path.read_bytes() == before
-    assert store.write(path, record(0.85, chosen="bootstrap")) == "updated"  # another choice is a change
+    # another choice at the same score: a tie keeps the committed file (trial2 F2), a better score replaces it
+    tie = store.write(path, record(0.85, chosen="bootstrap"))
+    assert tie == "kept" and "does not improve on the golden's 0.900" in tie.reason and path.read_bytes() == before
 
 
 def test_a_recompile_that_chose_the_same_program_leaves_the_golden_alone(tmp_path):
@@ -407,7 +409,8 @@ def test_a_recompile_that_chose_the_same_program_leaves_the_golden_alone(tmp_pat
     same = store.write(path, record(0.002))
     assert same == "unchanged" and "same demos and instructions" in same.reason
     assert path.read_bytes() == before
-    assert store.write(path, record(0.05)) == "updated"  # calibration that moved: another program
+    assert store.write(path, record(0.05)) == "kept"  # calibration that moved: another program, but only a tie (F2)
+    assert path.read_bytes() == before
     assert store.write(path, record(0.05, score=0.95)) == "updated"  # a better score replaces as before
 
 

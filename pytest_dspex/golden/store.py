@@ -135,9 +135,10 @@ class GoldenStore:
         * A run over its error budget (``over_error_budget``, or ``error_rate > max_error_rate``) is
           never written, forced or not: a golden of errors is worse than none.
         * An existing file that is corrupted or from a newer schema is never replaced unless ``force``.
-        * Keep-better (unless ``force``): the existing golden is kept when its validation score is
-          higher *and* it is comparable — same signature fingerprints, same validation set. A golden
-          for another signature or validation set is replaced (the reason says which).
+        * Keep-better (unless ``force``): the existing golden is kept when its score (the baseline's,
+          else the validation score) is at least this run's — a tie leaves the file untouched — *and* it
+          is comparable: same signature fingerprints, same gate / validation set. A golden for another
+          signature or set is replaced (the reason says which).
         """
         new = validate(path, record)
         if over_error_budget or (
@@ -177,18 +178,7 @@ class GoldenStore:
                 return WriteResult("unchanged", "same demos and instructions as the golden file, and the same score")
             reason = _replace_reason(old, candidate)
             if reason is None:
-                if old.model.baseline is not None and new.baseline is not None:
-                    return WriteResult(
-                        "kept",
-                        f"kept: the golden's baseline {old.baseline_score:.3f} is higher than this run's "
-                        f"{new.baseline.score:.3f} on the same signature and gate set; use --dspex-force to replace it",
-                    )
-                return WriteResult(
-                    "kept",
-                    f"kept: the golden's validation score {old.validation_score:.3f} is higher than this run's "
-                    f"{new.scores.validation.score if new.scores.validation else 0.0:.3f} on the same signature "
-                    "and validation set; use --dspex-force to replace it",
-                )
+                return WriteResult("kept", _kept_reason(old, candidate))
             write(path, record)
             return WriteResult("updated", reason)
 
@@ -253,6 +243,20 @@ def _replace_reason(old: GoldenFile, new: GoldenFile) -> str | None:
         what = "validation score"
     if o is None or n is None:
         return f"replaced because the golden has no {what} to compare with"
-    if o > n:
+    if o >= n:  # a tie keeps the committed file: equal-score churn is a diff to review for nothing (trial2 F2)
         return None
-    return f"replaced because this run's {what} {n:.3f} is at least the golden's {o:.3f}"
+    return f"replaced because this run's {what} {n:.3f} is higher than the golden's {o:.3f}"
+
+
+def _kept_reason(old: GoldenFile, new: GoldenFile) -> str:
+    """Why keep-better kept ``old`` (``_replace_reason`` returned None): the scores compared, in one line."""
+    if old.model.baseline is not None and new.model.baseline is not None:
+        what, o, n, same = "baseline", old.baseline_score, new.baseline_score, "gate set"
+    else:
+        what, o, n, same = "validation score", old.validation_score, new.validation_score, "validation set"
+    o, n = o or 0.0, n or 0.0
+    if o > n:
+        return (f"kept: the golden's {what} {o:.3f} is higher than this run's {n:.3f} on the same signature and "
+                f"{same}; use --dspex-force to replace it")  # fmt: skip
+    return (f"kept: this run's {what} {n:.3f} does not improve on the golden's {o:.3f} (same signature and {same}), "
+            "so the file is left untouched; use --dspex-force to replace it")  # fmt: skip

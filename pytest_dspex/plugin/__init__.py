@@ -447,6 +447,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     written = [(p, g) for p, g in collector.goldens.items() if g.get("outcome")]
     for rel, g in sorted(written):
         extra = f" (selection {g['score']:.3f}, n={g['n']}, chosen: {g['chosen']})" if "score" in g else ""
+        if extra and g["outcome"] == "kept":  # what this run chose and did not write, not what the file holds
+            extra = f" (this run chose {g['chosen']}, selection {g['score']:.3f}, n={g['n']})"
         if g.get("compile_usage"):
             what = "re-baseline" if g["outcome"] == "rebaselined" else "compile"
             extra += f"; {what} spent {spend_text(g['compile_usage'])}"
