@@ -47,7 +47,7 @@ __all__ = ["LM", "Completion"]
 
 _SETTINGS = (
     "api_key_env", "temperature", "max_tokens", "stop", "timeout", "connect_timeout", "retries",
-    "backoff_base", "concurrency", "cache_dir", "cache_mode", "breaker_fail_max", "breaker_reset_timeout",
+    "backoff_base", "concurrency", "concurrency_start", "cache_dir", "cache_mode", "breaker_fail_max", "breaker_reset_timeout",
     "rate_limit_patience",    "price_per_1m_input", "price_per_1m_output", "budget", "transport", "extra_body", "hedge_after",
     "cache_identity", "limits", "estimate", "shared_limits",
 )  # fmt: skip
@@ -87,6 +87,11 @@ class LM:
       hedges — right for a server that answers one request at a time (the embedded local model:
       a duplicate only queues behind the first), or when every request is billed and a hang
       is rare.
+    * ``concurrency=16`` requests in flight at most. With ``concurrency_start`` below it, the limit
+      starts there and grows by one per ``limit`` answers that come back without a 429 (while at
+      least half of it is in use), probing what the endpoint takes; the first 429 above the start
+      fixes the limit at what was in flight then (``resilience.AdaptiveLimiter``). The plugin's
+      default for a remote endpoint: from 16 up to 64.
     * ``breaker_fail_max=5`` failed logical calls in a row open the circuit breaker for
       ``breaker_reset_timeout=30`` s (``resilience``).
     * A 429 is retried after its ``Retry-After`` up to 10 times (its own allowance, not ``retries``);
@@ -114,6 +119,7 @@ class LM:
         retries: int = 3,
         backoff_base: float = 0.1,
         concurrency: int = 16,
+        concurrency_start: int | None = None,
         cache: ResponseCache | NotGiven | bool | None = NOT_GIVEN,
         cache_dir: str | os.PathLike[str] | None = None,
         cache_mode: CacheMode = "on",
@@ -163,6 +169,8 @@ class LM:
             raise ConfigError("LM needs a model name")
         if concurrency < 1:
             raise ConfigError(f"LM concurrency must be >= 1, got {concurrency}")
+        if concurrency_start is not None and (isinstance(concurrency_start, bool) or not isinstance(concurrency_start, int) or concurrency_start < 1):
+            raise ConfigError(f"LM concurrency_start={concurrency_start!r}: expected an integer >= 1 (or None)")
         if hedge_after == "auto":
             pass
         elif isinstance(hedge_after, str) or (hedge_after is not None and hedge_after <= 0):
@@ -222,9 +230,9 @@ class LM:
         self._estimated: set[str] = set()
         self.limiter: AdaptiveLimiter | SharedLimiter
         if limits is None:
-            self.limiter = AdaptiveLimiter(concurrency)
+            self.limiter = AdaptiveLimiter(concurrency, concurrency_start)
         else:  # the run's limits, shared with every worker (``link``)
-            self.limiter = limits.limiter(self.base_url, concurrency)
+            self.limiter = limits.limiter(self.base_url, concurrency, concurrency_start)
             limits.watch(self.base_url, breaker)
         #: the endpoint's hold and breaker shared through Redis with processes no coordinator reaches
         self.shared_limits = shared_limits

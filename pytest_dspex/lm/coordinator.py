@@ -14,7 +14,10 @@ workers it starts; each worker's LM talks to it through a ``link.RunLink``. It k
   the slots go to the waiting workers that hold the fewest first.
 * **the back-pressure state**: workers report their answers (429 or not, in batches); the limit is
   halved while 429s keep coming (half of a window of ``max(8, 2 × limit)`` answers) and grows back
-  by one per ``limit`` good answers, as ``resilience.AdaptiveLimiter`` does in one process.
+  by one per ``limit`` good answers, as ``resilience.AdaptiveLimiter`` does in one process. A limit
+  given a ``start`` below its maximum (the plugin's default) starts there and grows, while at least
+  half of it is lent, up to the maximum; a 429 while above ``start`` sets the limit and the maximum
+  to what was lent then less one (never below ``start``) for the run: it grows no more.
 * **the hold**: a worker that got a 429 with ``Retry-After`` says so (``pause``); the coordinator
   keeps the endpoint held until then and tells every other worker, whose requests to it wait too
   (a later, longer Retry-After extends it; a shorter one inside the hold is the same hold).
@@ -63,6 +66,8 @@ class _Endpoint:
 
     maximum: int
     limit: int
+    start: int = 0  # the limit grows above this only while the endpoint accepts (probing); 0: = maximum
+    probed: int = 0  # the ceiling a 429 above ``start`` found (0: none)
     lent: int = 0
     held: dict[int, int] = field(default_factory=dict)  # client id → slots it holds
     wants: dict[int, int] = field(default_factory=dict)  # client id → slots it waits for (FIFO order)
@@ -91,6 +96,11 @@ class _Endpoint:
     def observe(self, ok: int, throttled: int) -> None:
         self.answered += ok + throttled
         self.throttled += throttled
+        if throttled and self.limit > self.start:  # above the start: the endpoint's cap is below what was lent
+            self.probed = self.maximum = self.limit = max(self.start, min(self.limit, self.lent) - 1)
+            self.credit = 0
+            logger.info("LM endpoint answers 429 above %d in flight: the run's in-flight limit stays at %d", self.start, self.limit)
+            return
         if ok:
             self.recent.extend([False] * min(ok, self.window))
         if throttled:
@@ -103,7 +113,7 @@ class _Endpoint:
             self.recent.clear()
             self.credit = 0
             logger.info("LM endpoint keeps answering 429: the run's in-flight limit lowered to %d", self.limit)
-        elif ok and self.limit < self.maximum:
+        elif ok and self.limit < self.maximum and (self.limit <= self.start or 2 * self.lent >= self.limit):
             self.credit += ok
             while self.credit >= self.limit and self.limit < self.maximum:
                 self.credit -= self.limit
@@ -159,7 +169,8 @@ class Coordinator:
                 "cost": self.cost,
                 "refused_calls": self.refused_calls,
                 "endpoints": {
-                    name: {"limit": e.limit, "maximum": e.maximum, "decreases": e.decreases, "throttled": e.throttled,
+                    name: {"limit": e.limit, "maximum": e.maximum, "start": e.start, "probed": e.probed,
+                           "decreases": e.decreases, "throttled": e.throttled,
                            "answered": e.answered, "trips": e.trips, "trials": e.trials, "peak_lent": e.peak_lent,
                            "holds": e.holds, "failing": e.failing}
                     for name, e in self._endpoints.items()
@@ -215,10 +226,11 @@ class Coordinator:
             ep.seen.discard(cid)
             self._pump(name, ep)
 
-    def _endpoint(self, name: str, maximum: int) -> _Endpoint:
+    def _endpoint(self, name: str, maximum: int, start: int) -> _Endpoint:
         ep = self._endpoints.get(name)
         if ep is None:
-            ep = self._endpoints[name] = _Endpoint(maximum=maximum, limit=maximum)
+            start = min(start, maximum) if start > 0 else maximum
+            ep = self._endpoints[name] = _Endpoint(maximum=maximum, limit=start, start=start)
         return ep
 
     def _handle(self, cid: int, m: dict[str, Any]) -> None:
@@ -230,7 +242,7 @@ class Coordinator:
             self.cost += float(m.get("cost", 0.0))
             return
         name = str(m.get("ep", ""))
-        ep = self._endpoint(name, max(1, int(m.get("max", 16))))
+        ep = self._endpoint(name, max(1, int(m.get("max", 16))), int(m.get("start", 0)))
         if cid not in ep.seen:  # a worker that starts late: told the run's breaker is open before it sends anything
             ep.seen.add(cid)
             if time.monotonic() < ep.breaker_until:
@@ -353,6 +365,10 @@ def describe(stats: dict[str, Any], *, verbose: bool = False) -> str | None:
     for e in stats.get("endpoints", {}).values():
         notable = notable or e["throttled"] or e["trips"]
         part = f"in flight at most {e['peak_lent']} of {e['maximum']}"
+        if e.get("probed"):
+            part = f"in flight at most {e['peak_lent']} (from {e['start']}; the endpoint refused above {e['probed']}, kept to it)"
+        elif e.get("start") and e["start"] < e["maximum"]:
+            part = f"in flight at most {e['peak_lent']} (from {e['start']}, growing up to {e['maximum']} while the endpoint accepts)"
         if e["throttled"]:
             part += f", {e['throttled']} of {e['answered']} answers were 429 (limit now {e['limit']})"
         if e.get("holds"):

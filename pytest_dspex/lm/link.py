@@ -69,10 +69,10 @@ class RunLink:
         return f"RunLink({self.address!r}, state={self.state!r})"
 
     # -- what an LM takes from the link -----------------------------------------------------------
-    def limiter(self, endpoint: str, concurrency: int) -> SharedLimiter:
+    def limiter(self, endpoint: str, concurrency: int, start: int | None = None) -> SharedLimiter:
         found = self._limiters.get(endpoint)
         if found is None:
-            found = self._limiters[endpoint] = SharedLimiter(self, endpoint, concurrency)
+            found = self._limiters[endpoint] = SharedLimiter(self, endpoint, concurrency, start)
         return found
 
     def budget(self, max_cost: float | None, max_calls: int | None) -> SharedBudget:
@@ -216,17 +216,18 @@ _FALLBACK = "\0fallback"
 class SharedLimiter:
     """``AdaptiveLimiter``'s interface over slots lent by the run's coordinator (module docstring)."""
 
-    def __init__(self, link: RunLink, endpoint: str, maximum: int) -> None:
+    def __init__(self, link: RunLink, endpoint: str, maximum: int, start: int | None = None) -> None:
         self._link = link
         self.endpoint = endpoint
         self.maximum = maximum
+        self._limits = {"max": maximum, "start": start} if start else {"max": maximum}  # said in every message
         self.held = 0  # slots lent to this process
         self.used = 0  # of those, in use
         self.share = -1  # -1: keep what we hold; >= 0: give back beyond this (others wait)
         self._asked = 0  # slots asked for and not yet granted
         self._ok = 0  # good answers not yet reported
         self._waiters: collections.deque[asyncio.Future[bool]] = collections.deque()
-        self.local = AdaptiveLimiter(maximum)  # the fallback: this process's own limit
+        self.local = AdaptiveLimiter(maximum, start)  # the fallback: this process's own limit
         self.local.on_hold = self._told_hold  # the hold (Retry-After) is kept here, and told to the run
 
     def hold(self, seconds: float, *, tell: bool = True) -> bool:
@@ -235,7 +236,7 @@ class SharedLimiter:
 
     def _told_hold(self, seconds: float) -> None:
         if self._link.state == "up":
-            self._link.send({"op": "pause", "ep": self.endpoint, "max": self.maximum, "s": round(seconds, 3)})
+            self._link.send({"op": "pause", "ep": self.endpoint, **self._limits, "s": round(seconds, 3)})
 
     @property
     def held_until(self) -> float:
@@ -293,7 +294,7 @@ class SharedLimiter:
             self._link.send(self._message("want", need))
 
     def _message(self, op: str, n: int) -> dict[str, Any]:
-        message = {"op": op, "ep": self.endpoint, "n": n, "max": self.maximum}
+        message = {"op": op, "ep": self.endpoint, "n": n, **self._limits}
         if self._ok:
             message["ok"] = self._ok
             self._ok = 0
@@ -340,13 +341,13 @@ class SharedLimiter:
             self.local.observe(throttled=throttled)
             return
         if throttled:
-            message = {"op": "obs", "ep": self.endpoint, "max": self.maximum, "ok": self._ok, "thr": 1}
+            message = {"op": "obs", "ep": self.endpoint, **self._limits, "ok": self._ok, "thr": 1}
             self._ok = 0
             self._link.send(message)
             return
         self._ok += 1
         if self._ok >= _BATCH:
-            self._link.send({"op": "obs", "ep": self.endpoint, "max": self.maximum, "ok": self._ok})
+            self._link.send({"op": "obs", "ep": self.endpoint, **self._limits, "ok": self._ok})
             self._ok = 0
 
     def fall_back(self) -> None:

@@ -211,11 +211,20 @@ def _endpoint_answered(exc: BaseException) -> bool:
 
 # -- back-pressure -----------------------------------------------------------------------------
 class AdaptiveLimiter:
-    """A FIFO limit on requests in flight that backs off while 429s keep coming (AIMD)."""
+    """A FIFO limit on requests in flight that backs off while 429s keep coming (AIMD).
 
-    def __init__(self, maximum: int) -> None:
+    ``start`` (below ``maximum``): the limit starts there and grows by one per ``limit`` good
+    answers while they come with at least half the limit in flight, up to ``maximum`` — probing
+    what the endpoint accepts. A 429 while above ``start`` is the endpoint's answer: the limit and
+    ``maximum`` become what is still in flight, below the limit (never below ``start``), for good
+    (``probed``): it grows no more.
+    """
+
+    def __init__(self, maximum: int, start: int | None = None) -> None:
         self.maximum = maximum
-        self.limit = maximum
+        self.start = min(start, maximum) if start else maximum
+        self.limit = self.start
+        self.probed: int | None = None  # the ceiling a 429 above ``start`` found
         self.in_flight = 0
         self.decreases = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -304,6 +313,11 @@ class AdaptiveLimiter:
     def observe(self, *, throttled: bool) -> None:
         """One answered attempt: a 429 (``throttled``) or anything else."""
         self._recent.append(throttled)
+        if throttled and self.limit > self.start:
+            self.probed = self.maximum = self.limit = max(self.start, min(self.limit - 1, self.in_flight))
+            self._credit = 0
+            logger.info("LM endpoint answers 429 above %d in flight: the in-flight limit stays at %d", self.start, self.limit)
+            return
         if throttled:
             window = self.window
             recent = list(self._recent)[-window:]
@@ -312,7 +326,7 @@ class AdaptiveLimiter:
                 logger.info("LM endpoint keeps answering 429: in-flight limit lowered to %d", self.limit)
                 if self.on_decrease is not None:
                     self.on_decrease(self.limit)
-        elif self.limit < self.maximum:
+        elif self.limit < self.maximum and (self.limit <= self.start or 2 * self.in_flight >= self.limit):
             self._credit += 1
             if self._credit >= self.limit:
                 self._credit = 0

@@ -190,7 +190,8 @@ class SessionLMs:
             timeout=o.timeout,
             retries=o.retries,
             rate_limit_patience=o.rate_limit_patience,
-            concurrency=o.concurrency,
+            concurrency=o.concurrency_grows_to or o.concurrency,
+            concurrency_start=o.concurrency if o.concurrency_grows_to else None,  # the default probes upwards
             cache=self._cache,
             budget=self.budget,
             price_per_1m_input=self._price(model)[0],

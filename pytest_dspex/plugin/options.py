@@ -22,6 +22,11 @@ from ..reports.formats import FORMATS
 
 __all__ = ["OPTIONS", "DspexOptions", "add_options", "resolve"]
 
+#: ``--dspex-concurrency`` unset: examples a process evaluates at once, and where the LM's limit starts
+DEFAULT_CONCURRENCY = 16
+#: ... and the most the LM's run-wide limit grows to while a remote endpoint answers without a 429
+GROWS_TO = 64
+
 # (name, type, default, help). ``None`` defaults mean "not set".
 OPTIONS: list[tuple[str, str, Any, str]] = [
     ("model", "str", None, "model name; 'local' (the default when no endpoint is set) starts the embedded llama.cpp model"),
@@ -29,7 +34,14 @@ OPTIONS: list[tuple[str, str, Any, str]] = [
     ("api-key-env", "str", "OPENAI_API_KEY", "name of the environment variable holding the API key"),
     ("temperature", "float", 0.0, "sampling temperature"),
     ("max-tokens", "int", 256, "max tokens per LM answer"),
-    ("concurrency", "int", 16, "LM requests in flight per endpoint for the whole run (xdist workers share it)"),
+    (
+        "concurrency",
+        "int",
+        None,
+        "LM requests in flight per endpoint for the whole run (xdist workers share it); default: from 16, "
+        "growing up to 64 while a remote endpoint answers without 429 (the first 429 above 16 fixes it there); "
+        "a number is a fixed limit (and the examples one process evaluates at once)",
+    ),
     ("timeout", "float", 120.0, "seconds to wait for one LM answer (servers that queue need more)"),
     ("retries", "int", 3, "retries on 5xx/timeouts/transport errors/garbled bodies (a 429 has its own 10, after its Retry-After)"),
     (
@@ -266,6 +278,9 @@ class DspexOptions:
     redraws: int = 1  # --dspex-redraws: re-asks of an example whose first answer disagrees with a noisy baseline
     optimizer: str = DEFAULT_OPTIMIZER  # --dspex-optimizer: a name in optimize.registry
     rate_limit_patience: float = 60.0  # --dspex-rate-limit-patience: seconds of nothing but 429 before failing fast
+    #: without --dspex-concurrency: the LM's run-wide in-flight limit starts at ``concurrency`` and grows up
+    #: to this while the endpoint accepts (None: ``concurrency`` is the user's fixed limit, or the embedded model)
+    concurrency_grows_to: int | None = None
 
     @property
     def local(self) -> bool:
@@ -345,6 +360,10 @@ def resolve(config: pytest.Config) -> DspexOptions:
             )
     force = bool(config.getoption("dspex_force"))
     values["price"] = _price(values["price"])
+    if values["concurrency"] is None:  # the default: 16 examples a process; the LM's limit probes up to 64
+        values["concurrency"] = DEFAULT_CONCURRENCY
+        local = values["model"] in (None, "local") and not values["base_url"]
+        values["concurrency_grows_to"] = None if local else GROWS_TO  # the embedded server queues: no probing
     _check(values, compile_names, force, rebaseline_names is not None)
     try:
         values["shard"] = resolve_shard(values["shard"])
