@@ -61,6 +61,7 @@ SECTIONS: list[tuple[str, str, str]] = [
     ("estimate", "--dspex-estimate against the run that follows: calls and tokens (issue 21)", "estimate_tokens:section"),
     ("loopback", "Any LM code under the gate: the loopback endpoint (issue 22)", "cases_loopback:section"),
     ("run_limits", "Run-wide LM limits under xdist (issue 21)", "cases_limits:section"),
+    ("xdist_cpu", "Where an xdist worker's CPU goes, by phase (issue 21)", "cases_xdist_cpu:section"),
     ("layers", "The package's structure drawn from its imports (issue 20)", "layers:section"),
 ]
 
