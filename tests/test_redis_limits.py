@@ -183,3 +183,23 @@ def test_429s_without_retry_after_halve_other_processes_limits_through_redis(red
             _check(second)
             time.sleep(0.02)
         assert second.limiter.decreases == 1  # the same cut is applied once
+
+
+def test_processes_at_the_probing_default_share_its_start_and_do_not_probe(redis_server: RedisServer) -> None:
+    """The plugin's default (from 6 here, up to 24) in three processes sharing through Redis: each
+    keeps a fair share of the start (2), not of the ceiling, and none grows past it — a process cannot
+    see the others' requests, so probing would overshoot the endpoint's 6."""
+    import asyncio
+
+    with FakeLMServer(latency=0.02, max_in_flight=6) as server:
+        lms = [_process_lm(server, redis_server.url, concurrency=24, concurrency_start=6) for _ in range(3)]
+        assert _until(lambda: all(lm.limiter.maximum == 2 for lm in lms), lambda: [_check(lm) for lm in lms])
+
+        async def main() -> list[Any]:
+            return await asyncio.gather(*(lms[i % 3].acomplete(LMRequest(messages=[{"role": "user", "content": f"p{i}"}]))
+                                          for i in range(150)), return_exceptions=True)  # fmt: skip
+
+        outcomes = _runtime.run_sync(main())
+        assert all(not isinstance(o, BaseException) for o in outcomes)
+        assert server.counts["over_cap"] == 0 and server.peak_in_flight <= 6, (dict(server.counts), server.peak_in_flight)
+        assert all(lm.limiter.limit <= 2 for lm in lms)

@@ -17,7 +17,9 @@ workers it starts; each worker's LM talks to it through a ``link.RunLink``. It k
   by one per ``limit`` good answers, as ``resilience.AdaptiveLimiter`` does in one process. A limit
   given a ``start`` below its maximum (the plugin's default) starts there and grows, while at least
   half of it is lent, up to the maximum; a 429 while above ``start`` sets the limit and the maximum
-  to what was lent then less one (never below ``start``) for the run: it grows no more.
+  to 90% of what was lent then less one (never below ``start``: headroom for the endpoint's own
+  count lagging ours) for the run: it grows no more (another 429 above ``start``, after ``limit``
+  answers, lowers it again the same way).
 * **the hold**: a worker that got a 429 with ``Retry-After`` says so (``pause``); the coordinator
   keeps the endpoint held until then and tells every other worker, whose requests to it wait too
   (a later, longer Retry-After extends it; a shorter one inside the hold is the same hold).
@@ -68,6 +70,7 @@ class _Endpoint:
     limit: int
     start: int = 0  # the limit grows above this only while the endpoint accepts (probing); 0: = maximum
     probed: int = 0  # the ceiling a 429 above ``start`` found (0: none)
+    calm: int = 0  # answers to wait before another 429 above ``start`` lowers it again
     lent: int = 0
     held: dict[int, int] = field(default_factory=dict)  # client id → slots it holds
     wants: dict[int, int] = field(default_factory=dict)  # client id → slots it waits for (FIFO order)
@@ -96,10 +99,13 @@ class _Endpoint:
     def observe(self, ok: int, throttled: int) -> None:
         self.answered += ok + throttled
         self.throttled += throttled
+        self.calm = max(0, self.calm - ok - throttled)
         if throttled and self.limit > self.start:  # above the start: the endpoint's cap is below what was lent
-            self.probed = self.maximum = self.limit = max(self.start, min(self.limit, self.lent) - 1)
-            self.credit = 0
-            logger.info("LM endpoint answers 429 above %d in flight: the run's in-flight limit stays at %d", self.start, self.limit)
+            if not self.calm:  # one cut per ``limit`` answers: a burst of 429s is one overshoot
+                self.probed = self.maximum = self.limit = max(self.start, (min(self.limit, self.lent) - 1) * 9 // 10)
+                self.calm = self.limit
+                self.credit = 0
+                logger.info("LM endpoint answers 429 above %d in flight: the run's in-flight limit stays at %d", self.start, self.limit)
             return
         if ok:
             self.recent.extend([False] * min(ok, self.window))
@@ -366,7 +372,7 @@ def describe(stats: dict[str, Any], *, verbose: bool = False) -> str | None:
         notable = notable or e["throttled"] or e["trips"]
         part = f"in flight at most {e['peak_lent']} of {e['maximum']}"
         if e.get("probed"):
-            part = f"in flight at most {e['peak_lent']} (from {e['start']}; the endpoint refused above {e['probed']}, kept to it)"
+            part = f"in flight at most {e['peak_lent']} (from {e['start']}; the endpoint refused above it: kept to {e['probed']})"
         elif e.get("start") and e["start"] < e["maximum"]:
             part = f"in flight at most {e['peak_lent']} (from {e['start']}, growing up to {e['maximum']} while the endpoint accepts)"
         if e["throttled"]:

@@ -20,7 +20,8 @@ per endpoint in Redis, under ``dspex:ep:<hash of the endpoint's redacted URL>``:
 * ``…:procs``: the processes calling the endpoint (a sorted set, each process's last read as its
   score; a process silent for ``ALIVE_S`` drops out). The in-flight limit is shared as a fair share:
   a process's own limiter allows ``concurrency // live processes`` (at least 1), so N processes
-  together keep about the one limit. Not a lease per request (that would be a round trip per
+  together keep about the one limit (the default's probing limit is shared from where it starts,
+  16, and does not probe: a process cannot see the others' in-flight requests). Not a lease per request (that would be a round trip per
   request); local xdist workers take their slots from the coordinator as before, this share only
   limits a process that has none (a remote worker, a shard, or one that lost the coordinator).
 
@@ -101,7 +102,7 @@ class RedisLimits:
         own: AdaptiveLimiter = getattr(limiter, "local", limiter)  # a SharedLimiter keeps its hold in .local
         if own not in watched.limiters:
             watched.limiters.add(own)
-            watched.configured[own] = own.maximum
+            watched.configured[own] = own.start  # a probing default (``start``) is split from where it starts
             own.on_hold = _chain(own.on_hold, lambda seconds: self._spawn(self._hold(watched, seconds)))
             own.on_decrease = _chain(own.on_decrease, lambda limit: self._spawn(self._cut(watched)))
         if breaker not in watched.breakers:
@@ -181,6 +182,7 @@ class RedisLimits:
             if share != limiter.maximum:
                 limiter.maximum = share  # AIMD grows back to it; a smaller share takes effect as slots come back
                 limiter.limit = min(limiter.limit, share)
+                limiter.start = min(limiter.start, share)  # no probing above a share: the others cannot see it
             if fresh_cut and limiter.cut():
                 self.cuts_applied += 1
         if breaker:

@@ -216,8 +216,9 @@ class AdaptiveLimiter:
     ``start`` (below ``maximum``): the limit starts there and grows by one per ``limit`` good
     answers while they come with at least half the limit in flight, up to ``maximum`` — probing
     what the endpoint accepts. A 429 while above ``start`` is the endpoint's answer: the limit and
-    ``maximum`` become what is still in flight, below the limit (never below ``start``), for good
-    (``probed``): it grows no more.
+    ``maximum`` become 90% of what is still in flight, below the limit (never below ``start``;
+    headroom for the endpoint's count lagging ours), for good (``probed``): it grows no more
+    (another 429 above ``start``, after ``limit`` answers, lowers it again the same way).
     """
 
     def __init__(self, maximum: int, start: int | None = None) -> None:
@@ -225,6 +226,7 @@ class AdaptiveLimiter:
         self.start = min(start, maximum) if start else maximum
         self.limit = self.start
         self.probed: int | None = None  # the ceiling a 429 above ``start`` found
+        self._calm = 0  # answers to wait before another 429 above ``start`` lowers it again
         self.in_flight = 0
         self.decreases = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -313,10 +315,13 @@ class AdaptiveLimiter:
     def observe(self, *, throttled: bool) -> None:
         """One answered attempt: a 429 (``throttled``) or anything else."""
         self._recent.append(throttled)
+        self._calm = max(0, self._calm - 1)
         if throttled and self.limit > self.start:
-            self.probed = self.maximum = self.limit = max(self.start, min(self.limit - 1, self.in_flight))
-            self._credit = 0
-            logger.info("LM endpoint answers 429 above %d in flight: the in-flight limit stays at %d", self.start, self.limit)
+            if not self._calm:  # one cut per ``limit`` answers: a burst of 429s is one overshoot
+                self.probed = self.maximum = self.limit = max(self.start, min(self.limit - 1, self.in_flight) * 9 // 10)
+                self._calm = self.limit
+                self._credit = 0
+                logger.info("LM endpoint answers 429 above %d in flight: the in-flight limit stays at %d", self.start, self.limit)
             return
         if throttled:
             window = self.window
