@@ -48,6 +48,19 @@ class Order(dspex.Signature):
     quantity: int = dspex.OutputField()
 '''
 
+#: two predictors, the second asking with the first's answer (a multi-predictor program)
+PIPELINE = '''
+class Pipeline(dspex.Module):
+    def __init__(self):
+        super().__init__()
+        self.find_item = dspex.Predict("message -> item")
+        self.count = dspex.Predict("message, item -> quantity: int")
+
+    def forward(self, message):
+        item = self.find_item(message=message).item
+        return dspex.Prediction(item=item, quantity=self.count(message=message, item=item).quantity)
+'''
+
 #: what both test layouts share: the program, its metric and its markers
 _TEST_HEAD = '''
 import pytest
@@ -103,6 +116,8 @@ CASES: dict[str, dict[str, Any]] = {
                    "train": lambda: _orders("train"), "dev": lambda: _orders("dev")},
     "cot": {"signature": TRIAGE, "program": "dspex.ChainOfThought(Triage)", "test": DATASET_TEST, "outputs": ["team"],
             "train": lambda: triage_rows(12, 100), "dev": lambda: triage_rows(20), "reasoning": True},
+    "pipeline": {"signature": PIPELINE, "program": "Pipeline()", "test": PER_EXAMPLE_TEST, "outputs": ["item", "quantity"],
+                 "train": lambda: _orders("train"), "dev": lambda: _orders("dev")},
     "compiled": {"signature": TRIAGE, "program": "dspex.Predict(Triage)", "test": DATASET_TEST, "outputs": ["team"],
                  "train": lambda: triage_rows(12, 100), "dev": lambda: triage_rows(20), "compile": True},
     "compiled-extraction": {"signature": ORDER, "program": "dspex.Predict(Order)", "test": PER_EXAMPLE_TEST,

@@ -317,3 +317,55 @@ def test_the_reckoner_learns_from_cached_answers_and_keeps_fractions():
     for extra in (0, 1, 0, 1, 1):
         partial.learn(body("s", "q"), {"usage": {"prompt_tokens": 2, "completion_tokens": 1 + extra}}, Expected("billing"))
     assert sum(partial.reckon(body("s", "q"), Expected("billing"))[1] for _ in range(10)) == 16
+
+
+PIPELINE = '''
+import pytest
+import pytest_dspex as dspex
+
+class Pipeline(dspex.Module):
+    def __init__(self):
+        super().__init__()
+        self.first = dspex.Predict("message -> draft")
+        self.route = dspex.Predict("message, draft -> team")
+
+    def forward(self, message):
+        draft = self.first(message=message).draft
+        return self.route(message=message, draft=draft)
+
+@pytest.mark.dspex_program(Pipeline(), name="pipeline")
+@pytest.mark.dspex_metric(lambda e, p, t=None: e.team == p.team, threshold=0.0)
+def test_pipeline(dspex_evaluate):
+    dspex_evaluate("data/dev.jsonl")
+'''
+
+
+@pytest.mark.parametrize("mode", MODES.values(), ids=MODES.keys())
+@pytest.mark.parametrize("cached", [0, 3], ids=["empty-cache", "half-cache"])
+def test_every_predictor_of_a_program_is_counted(pytester, server_factory, monkeypatch, mode, cached):
+    """Issue 21: a program of two predictors makes two calls an example; the estimate stopped at the
+    first (its miss ended the example). The first predictor's field is no label of the example: its
+    length is a guess from an empty cache, learned from the cached answers of a half-full one."""
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    server = server_factory()
+    args = [f"--dspex-base-url={server.base_url}", "--dspex-model=fake-model", "--dspex-cache-dir=cache",
+            "--dspex-missing-golden=zero-shot", *mode]  # fmt: skip
+    pytester.makepyfile(test_pipeline=PIPELINE)
+    if cached:
+        pytester.makefile(".jsonl", **{"data/dev": "\n".join(json.dumps(e.toDict()) for e in triage_examples(cached)) + "\n"})
+        assert pytester.runpytest_subprocess(*args).ret == 0
+    assert server.requests == 2 * cached
+    pytester.makefile(".jsonl", **{"data/dev": "\n".join(json.dumps(e.toDict()) for e in triage_examples(6)) + "\n"})
+    estimate = pytester.runpytest_subprocess(*args, "--dspex-estimate")
+    assert estimate.ret == 0 and server.requests == 2 * cached, estimate.stdout.str()[-3000:]
+    out = estimate.stdout.str()
+    total = re.search(r"a run would make (\d+) LM calls, about ([\d,]+) tokens", out)
+    assert total is not None and int(total.group(1)) == 2 * (6 - cached), out[-3000:]
+    real = pytester.runpytest_subprocess(*args, "--dspex-report=report.json")
+    assert real.ret == 0, real.stdout.str()[-3000:]
+    assert server.requests == 12  # as estimated
+    if cached:
+        (row,) = json.loads((pytester.path / "report.json").read_text())["programs"]
+        tokens = row["usage"]["prompt_tokens"] + row["usage"]["completion_tokens"]
+        estimated = int(total.group(2).replace(",", ""))
+        assert abs(estimated - tokens) <= 0.1 * tokens, (estimated, tokens)

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .._support import runtime as _runtime
 from .._support.types import NOT_GIVEN, NotGiven
-from ..errors import BudgetExceededError, CacheMissError, ConfigError, LMError, LMHTTPError
+from ..errors import BudgetExceededError, ConfigError, LMError, LMHTTPError
 from ..observe import events, tracing
 from .cache import CacheMode, ResponseCache, cache_key
 from .capabilities import Capabilities
-from .estimates import Reckoner, current_expected
+from .estimates import EstimatedCall, Reckoner, current_expected
 from .resilience import AdaptiveLimiter, Breaker, RetryPolicy, Ticket, send_with_retries
 from .secrets import Credentials, base_url_problem, redact_url
 from .sharing import AutoHedge, HedgeSkipped, InflightRequests, WireMark, hedged
@@ -522,7 +522,7 @@ class LM:
         """A cached answer: how this endpoint's counts differ from the rule's, and how long answers run."""
         self._reckon().learn(body, data, current_expected())
 
-    def _would_call(self, body: dict[str, Any], key: str | None = None) -> CacheMissError:
+    def _would_call(self, body: dict[str, Any], key: str | None = None) -> EstimatedCall:
         """Count a call an estimate would make (its tokens reckoned by ``estimates``: the prompt as sent,
         the answer the example's labels make; the answer's token limit is the upper bound) and say so as
         the call's error. A request (cache ``key``) counted before in this estimate is counted as a cache
@@ -531,7 +531,7 @@ class LM:
             delta = Usage(calls=1, cache_hits=1, repeated=1)
             self.usage.add(delta)
             record(delta)
-            return CacheMissError(f"--dspex-estimate: this {self.model} request is counted once already; a run answers it from the cache")
+            return EstimatedCall(f"--dspex-estimate: this {self.model} request is counted once already; a run answers it from the cache")
         if key is not None:
             self._estimated.add(key)
         pt, ct = self._reckon().reckon(body, current_expected())
@@ -540,7 +540,7 @@ class LM:
                       estimated=1, estimated_limit=pt + limit)  # fmt: skip
         self.usage.add(delta)
         record(delta)
-        return CacheMissError(f"--dspex-estimate: no cached answer for this {self.model} request; a run would call the LM (about {pt} + {ct} tokens)")
+        return EstimatedCall(f"--dspex-estimate: no cached answer for this {self.model} request; a run would call the LM (about {pt} + {ct} tokens)")
 
     def _finish_cached(self, data: dict[str, Any]) -> Completion:
         completion = self._completion(data, cached=True, cost=False)  # a cached answer costs nothing

@@ -18,7 +18,7 @@ The answer is the one the example's labels make: the predictor formats the examp
 as its adapter formats an answer (field markers included, ``expecting``) and the LM counts that; an
 output the example has no value for counts ``FIELD_TOKENS``, and a ChainOfThought's ``reasoning`` as
 long as the rationales in the program's demos (a compiled program's, bootstrapped from the model's
-own answers), else ``REASONING_TOKENS``. Never the request's ``max_tokens``: that is the upper bound,
+own answers), else the model's measured length (the embedded model's), else ``REASONING_TOKENS``. Never the request's ``max_tokens``: that is the upper bound,
 said beside the estimate.
 
 Both are corrected by the cache's own answers as the estimate meets them (``Reckoner``): the prompt
@@ -38,12 +38,17 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Expected", "Reckoner", "count", "counting", "current_expected", "current_labels", "expecting", "labelled"]
+from ..errors import CacheMissError
+
+__all__ = ["EstimatedCall", "Expected", "Reckoner", "count", "counting", "current_expected", "current_labels", "expecting", "labelled"]
 
 #: tokens of a ChainOfThought rationale when neither the cache nor the demos hold one of this program's:
 #: a two-sentence rationale ("The customer asks about a charge, a payment matter. Payment questions go
 #: to billing." is ~25); Gemma 3 270M writes ~12 on the bench's triage, hosted chat models often more
 REASONING_TOKENS = 32
+#: a model whose rationales were measured: the embedded Gemma 3 270M's are ~12 tokens (its adapter stops
+#: a field at the line's end; ``bench/estimate_tokens.py embedded-cot``, from a half-full cache)
+_MODEL_REASONING = {"gemma-3-270m": 12}
 #: tokens of an output field the example has no value for (not a rationale)
 FIELD_TOKENS = 12
 #: tokens of an answer when nothing says what it holds (a program whose calls the labels do not describe)
@@ -56,6 +61,11 @@ _PIECES = re.compile(r"'(?:s|t|re|ve|m|ll|d)| ?[^\W\d_]+| ?\d{1,3}| ?[^\s\w]+|\s
 _PER_MESSAGE = 4  # role and separators (OpenAI: 3 a message, 3 to prime the reply)
 _LOCAL_MODEL = "gemma-3-270m"  # lm.local.embedded.LOCAL_MODEL_NAME
 _FAKE_MODEL = "fake-model"  # testing.fake_server's default model name
+
+
+class EstimatedCall(CacheMissError):
+    """A call an estimate counted instead of making: the predictor that asked goes on with the answer
+    the example's labels make (``Predict``), so a program's later calls are counted too."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +213,7 @@ class Reckoner:
             return 0
         if expected.rationales:
             return round(sum(count(self.model, answer=r) for r in expected.rationales) / len(expected.rationales))
-        return REASONING_TOKENS
+        return _MODEL_REASONING.get(self.model, REASONING_TOKENS)
 
 
 def _layout(body: Mapping[str, Any]) -> str:

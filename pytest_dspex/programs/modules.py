@@ -288,8 +288,14 @@ class Predict(Module):
         params = {**self.config, **(settings.get("call_overrides") or {}), **overrides}
         request = adapter.format(self.signature, self.demos, inputs)
         if getattr(lm, "estimate", False):  # --dspex-estimate: the answer the example's labels make is counted
-            with estimates.expecting(expected_answer(adapter, self.signature, estimates.current_labels() or {}, self.demos)):
-                return await self._answer(lm, adapter, request, inputs, params)
+            labels = estimates.current_labels() or {}
+            with estimates.expecting(expected_answer(adapter, self.signature, labels, self.demos)):
+                try:
+                    return await self._answer(lm, adapter, request, inputs, params)
+                except estimates.EstimatedCall:
+                    # counted, not made: the program goes on with the labels' answer (a field they lack
+                    # empty), so the calls of its later predictors are counted too
+                    return Prediction({n: labels[n] if labels.get(n) is not None else "" for n in self.signature.output_fields()})
         return await self._answer(lm, adapter, request, inputs, params)
 
     async def _answer(self, lm: Any, adapter: Adapter, request: LMRequest, inputs: dict[str, Any], params: dict[str, Any]) -> Prediction:

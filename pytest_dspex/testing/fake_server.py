@@ -81,7 +81,9 @@ def labels_responder(examples: list[dict[str, Any]], inputs: list[str], outputs:
     """A responder that answers each request with the labels of the example whose inputs it asks
     about, in the layout the adapter asked for (compact ``Label: value`` lines, DSPy's chat sections,
     JSON): a model that is always right. ``reasoning(example)`` writes a ChainOfThought's rationale,
-    first, as its ``reasoning`` field; a question no example matches is answered with empty fields."""
+    first, as its ``reasoning`` field; a question no example matches is answered with empty fields.
+    Only the ``outputs`` the request asks for are answered (its instructions' "produce the fields
+    `a`, `b`"), so each predictor of a multi-predictor program gets its own fields."""
     import re
 
     def key(values: dict[str, Any]) -> tuple[str, ...]:
@@ -92,8 +94,15 @@ def labels_responder(examples: list[dict[str, Any]], inputs: list[str], outputs:
     def shown(value: Any) -> str:
         return value if isinstance(value, str) else json.dumps(value)
 
+    def fields_asked(body: dict[str, Any]) -> list[str]:
+        system = str((body.get("messages") or [{}])[0].get("content", ""))
+        wanted = re.search(r"produce the fields (.*)", system)
+        named = [n for n in outputs if wanted is not None and f"`{n}`" in wanted.group(1)]
+        return named or outputs
+
     def respond(body: dict[str, Any]) -> str:
         last = last_user_message(body)
+        outputs = fields_asked(body)
         if last.lstrip().startswith("{"):  # the JSON layout: the inputs as an object
             try:
                 asked = json.loads(last)
