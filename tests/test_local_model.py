@@ -296,3 +296,115 @@ def test_the_pruned_grammar_samples_the_tokens_of_the_whole_vocabulary_pass():
     assert got["pruned"] == got["whole"]
     assert all(a.strip() for a in got["whole"])  # real answers, not empty ones
     assert {a.strip() for a in got["whole"][:4]} <= {"billing", "technical", "account", "sales"}
+
+
+
+_CHUNKS_WITHOUT_OUTPUT = r"""
+import json
+import numpy as np
+import llama_cpp
+from llama_cpp import Llama
+from pytest_dspex.lm.local import _llama_server as server
+from pytest_dspex.lm.local.embedded import model_path
+
+original_eval = Llama.eval
+llm = Llama(model_path=str(model_path()), n_ctx=1024, n_threads=1, logits_all=False, verbose=False)
+server.install_canonical_prompts()
+demos = "".join(f"Message: my order number {i} arrived broken, please help\nTeam: technical\n\n" for i in range(6))
+prompts = [demos + "Message: I was charged twice for one month\nTeam:",
+           demos + "Message: how do I change my e-mail address?\nTeam:",
+           "Message: hi\nTeam:"]
+rows = []  # output rows asked for by each llama_decode of a prompt longer than one token
+decode = type(llm._ctx).decode
+def counting(ctx, batch):
+    if batch.batch.n_tokens > 1:
+        rows.append(sum(int(batch.batch.logits[i]) for i in range(batch.batch.n_tokens)))
+    return decode(ctx, batch)
+type(llm._ctx).decode = counting
+
+def run():
+    got = []
+    for p in prompts + prompts[::-1]:
+        r = llm.create_completion(p, max_tokens=6, temperature=0.0)
+        row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),))
+        got.append([r["choices"][0]["text"], float(row.sum())])
+    return got
+
+now = run()
+asked = list(rows)
+server._eval_without_logits = lambda llama, tokens: original_eval(llama, tokens)  # every chunk's last row
+before = run()
+print(json.dumps({"now": now, "before": before, "asked": asked}))
+"""
+
+
+def test_prompt_chunks_before_the_last_skip_the_output_layer_and_change_no_answer():
+    """A prompt is evaluated in fixed chunks; only its last chunk computes logits (the output layer
+    over Gemma's 262k-token vocabulary is most of a chunk's cost). Answers and the logits the
+    decoding reads are bit-identical to computing them for every chunk."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _CHUNKS_WITHOUT_OUTPUT], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["now"] == got["before"]
+    assert all(text.strip() for text, _ in got["now"])
+    assert got["asked"].count(0) >= 6  # the long prompts' chunks before their last asked for no row
+    assert set(got["asked"]) <= {0, 1}
+
+
+_END_LEFT = r"""
+import json
+from llama_cpp import Llama, LlamaGrammar
+from pytest_dspex.lm.local import _llama_server as server
+from pytest_dspex.lm.local.embedded import model_path
+
+server.install_pruned_grammar()
+server.install_canonical_prompts()
+llm = Llama(model_path=str(model_path()), n_ctx=1024, n_threads=1, logits_all=False, verbose=False)
+grammars = ['root ::= " "? ("billing" | "technical" | "account" | "sales")\n',
+            'root ::= " "? [^\\n]* "\\nQuantity:" " "? "-"? [0-9]{1,15} "\\n"?\n']
+prompts = ["Message: my invoice was charged twice\nTeam:", "Message: the app crashes when I log in\nTeam:",
+           "Order: two large pizzas and a coke please\nItem:", "Order: 3 boxes of green tea\nItem:"]
+steps = []
+decode = type(llm._ctx).decode
+def counting(ctx, batch):
+    if batch.batch.n_tokens == 1:
+        steps.append(1)
+    return decode(ctx, batch)
+type(llm._ctx).decode = counting
+
+def answers():
+    out = []
+    for g in grammars:
+        for p in prompts:
+            for temp, seed in ((0.0, 0), (0.8, 1)):
+                r = llm.create_completion(p, grammar=LlamaGrammar.from_string(g, verbose=False), max_tokens=24, temperature=temp, seed=seed)
+                out.append([r["choices"][0]["text"], r["choices"][0]["finish_reason"], r["usage"]["completion_tokens"]])
+    return out
+
+steps.clear()
+skipping = answers()
+skipping_steps = len(steps)
+server.PrunedGrammar.only_end_left = lambda self: False
+steps.clear()
+computing = answers()
+print(json.dumps({"skipping": skipping, "computing": computing, "steps": [skipping_steps, len(steps)]}))
+"""
+
+
+def test_a_complete_grammar_ends_the_answer_without_computing_another_token():
+    """Once a grammar allows nothing but end-of-text (a closed-set label written, a number's line
+    ended), the step that would compute the next token's logits is skipped: the same answers,
+    finish reasons and token counts, greedy and sampled, with fewer decoding steps."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _END_LEFT], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["skipping"] == got["computing"]
+    assert all(text.strip() for text, _, _ in got["skipping"])
+    skipped, computed = got["steps"]
+    assert skipped <= computed - 8  # at least every closed-set answer saved its last step
