@@ -408,3 +408,54 @@ def test_a_complete_grammar_ends_the_answer_without_computing_another_token():
     assert all(text.strip() for text, _, _ in got["skipping"])
     skipped, computed = got["steps"]
     assert skipped <= computed - 8  # at least every closed-set answer saved its last step
+
+
+_STORED_PREFIXES = r"""
+import json
+import numpy as np
+import llama_cpp
+from llama_cpp import Llama
+from pytest_dspex.lm.local import _llama_server as server
+from pytest_dspex.lm.local.embedded import model_path
+
+server.install_canonical_prompts()
+one = Llama(model_path=str(model_path()), n_ctx=1024, n_threads=1, logits_all=False, verbose=False)
+two = Llama(model_path=str(model_path()), n_ctx=1024, n_threads=1, logits_all=False, verbose=False)
+def demos(team, n):
+    return "".join(f"Message: question {i} about my {team} problem, please help me soon\nTeam: {team}\n\n" for i in range(n))
+a, b = demos("billing", 7), demos("technical", 6)
+asks = [(one, a + "Message: I was charged twice\nTeam:"), (one, b + "Message: the app crashes\nTeam:"),
+        (one, a + "Message: where is my refund?\nTeam:"), (two, a + "Message: my card was declined\nTeam:"),
+        (two, b + "Message: I cannot log in\nTeam:"), (one, b + "Message: reset my password\nTeam:")]
+
+def run():
+    out = []
+    for llm, prompt in asks:
+        r = llm.create_completion(prompt, max_tokens=4, temperature=0.0)
+        row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),))
+        out.append([r["choices"][0]["text"], r["usage"]["prompt_tokens"], float(row.sum()), float(row.max())])
+    return out
+
+stored = run()
+loads = server.PREFIXES.loads
+for llm in (one, two):
+    llm.reset()
+server.PREFIXES = server.PrefixStore()
+server.PrefixStore.restore = lambda self, llama, tokens, chunk: tokens
+computed = run()
+print(json.dumps({"stored": stored, "computed": computed, "loads": loads}))
+"""
+
+
+def test_a_prefix_evaluated_before_is_loaded_not_computed_again_with_the_same_answers():
+    """The candidate search comes back to a demo set after others (and the pool's other instance
+    meets it too): its prompt prefix is loaded from the server's store instead of being evaluated
+    again, and every answer and logit is bit-identical to evaluating it."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _STORED_PREFIXES], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["stored"] == got["computed"]
+    assert got["loads"] >= 3  # back to a on one, a and b met on two
