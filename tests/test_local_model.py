@@ -310,6 +310,7 @@ from pytest_dspex.lm.local.embedded import model_path
 original_eval = Llama.eval
 llm = Llama(model_path=str(model_path()), n_ctx=1024, n_threads=1, logits_all=False, verbose=False)
 server.install_canonical_prompts()
+server.PrefixStore.restore = lambda self, llama, tokens, chunk: tokens  # every prompt evaluated here
 demos = "".join(f"Message: my order number {i} arrived broken, please help\nTeam: technical\n\n" for i in range(6))
 prompts = [demos + "Message: I was charged twice for one month\nTeam:",
            demos + "Message: how do I change my e-mail address?\nTeam:",
