@@ -177,6 +177,28 @@ class TestFailingAggregateIsAFailedTest:
         lastfailed = pytester.path / ".pytest_cache/v/cache/lastfailed"
         assert not lastfailed.exists() or json.loads(lastfailed.read_text()) == {}
 
+    def test_lf_after_a_focused_run_reruns_the_whole_test(self, pytester, server, mode):
+        """Trial2 F3: after a failed gate, a focused ``-k`` run dropped its passing item from lastfailed, and
+        ``--lf`` then ran the 39 others ("incomplete: 39 of 40", no verdict); with only the aggregate id
+        left in lastfailed (its items skipped) ``--lf`` ran none of them."""
+        project(pytester, threshold=0.7)
+        assert run(pytester, server, *mode).ret == pytest.ExitCode.TESTS_FAILED
+        focused = run(pytester, server, *mode, "-k", "dev-0000")  # an example answered right: it passes
+        assert focused.ret == 0 and focused.parseoutcomes()["passed"] == 1, focused.stdout.str()
+        lastfailed = pytester.path / ".pytest_cache/v/cache/lastfailed"
+        assert "test_triage.py::test_solve_each[dev-0000]" not in json.loads(lastfailed.read_text())
+        again = run(pytester, server, *mode, "--lf")
+        outcomes = again.parseoutcomes()
+        assert (outcomes["failed"], outcomes["passed"], outcomes["missed"]) == (1, N // 2, N // 2), again.stdout.str()
+        again.stdout.fnmatch_lines(["FAILED test_triage.py::test_solve_each - dspex gate FAILED*"])
+        assert "incomplete" not in again.stdout.str()
+        # only the aggregate id, without parameters (its items were skipped, so pytest dropped them)
+        lastfailed.write_text(json.dumps({"test_triage.py::test_solve_each": True}))
+        alone = run(pytester, server, *mode, "--lf")
+        outcomes = alone.parseoutcomes()
+        assert (outcomes["failed"], outcomes["passed"], outcomes["missed"]) == (1, N // 2, N // 2), alone.stdout.str()
+        assert "test_other" not in alone.stdout.str() and "incomplete" not in alone.stdout.str()
+
     def test_a_passing_aggregate_adds_no_test(self, pytester, server, mode):
         project(pytester, threshold=0.4)
         result = run(pytester, server, *mode, "--junitxml=junit.xml", "-p", "no:cacheprovider")

@@ -178,6 +178,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     parametrize_examples(metafunc)
 
 
+@pytest.hookimpl(wrapper=True, trylast=True)  # inside the last-failed plugin's wrapper: before it filters
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    report = yield
+    config = collector.config
+    if isinstance(collector, pytest.File) and report.result and (config.getoption("lf", False) or config.getoption("failedfirst", False)):
+        from .aggregate import select_whole_tests
+
+        select_whole_tests(config, report.result)  # --lf reruns a per-example test whole (trial2 F3)
+    return report
+
+
 @pytest.hookimpl(tryfirst=True)  # before an xdist worker reports its collection
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Which examples of each per-example test this process may run (``-k``, ``--lf`` applied); with a

@@ -8,7 +8,10 @@ own, node id ``<module>::<test function>`` (the function, without a parameter), 
 * the terminal counts it (``1 failed, 166 passed, 44 missed``), shows it under FAILURES and in the
   short summary (``FAILED test_triage.py::test_triage_each - dspex gate FAILED for …``);
 * the last-failed cache records it and every example item of the test, so ``pytest --lf`` runs the
-  whole test again (a part of it would only give "incomplete");
+  whole test again (a part of it would only give "incomplete"); while the aggregate id is in
+  lastfailed, ``--lf`` / ``--ff`` select all its items (``select_whole_tests``), even after a focused
+  ``-k`` run or skips dropped some of them (an item that failed on its own while the gate did not is
+  rerun alone: a focused debugging run);
 * JUnit gets a test case of its own carrying the ``<failure>`` and the aggregate's properties — not
   an example whose own outcome is ``pass`` — so its failure count agrees with the terminal.
 
@@ -26,7 +29,7 @@ import pytest
 if TYPE_CHECKING:
     from .collector import Collector, PerExampleRun
 
-__all__ = ["AGGREGATE", "is_aggregate", "report_aggregates"]
+__all__ = ["AGGREGATE", "is_aggregate", "report_aggregates", "select_whole_tests"]
 
 #: the attribute that marks the controller's aggregate reports (``pytest_report_teststatus`` reads it)
 AGGREGATE = "dspex_aggregate"
@@ -88,6 +91,29 @@ def report_aggregates(config: pytest.Config, collector: Collector) -> int:
         elif isinstance(lastfailed, dict) and run.verdict is not None and not run.verdict.incomplete:
             lastfailed.pop(_lastfailed_key(run.test), None)  # judged again and not failed: nothing left to rerun
     return failed
+
+
+def select_whole_tests(config: pytest.Config, collected: list[Any]) -> None:
+    """``--lf`` / ``--ff``: every example item of a per-example test whose aggregate id (its failed gate)
+    is in the last-failed cache joins it, so the whole test runs again and the gate gets a verdict.
+
+    Called with a file's collected nodes before the last-failed plugin filters them: a focused ``-k``
+    run drops its passing items from lastfailed and skips drop theirs, so lastfailed may hold part of
+    a test, or only its aggregate id (trial2 F3)."""
+    lf = config.pluginmanager.get_plugin("lfplugin")
+    lastfailed = getattr(lf, "lastfailed", None)
+    if not lastfailed or not isinstance(lastfailed, dict) or not getattr(lf, "active", False):
+        return
+    from .fixtures import test_key
+
+    tests: dict[str, list[Any]] = {}
+    for node in collected:
+        params = getattr(getattr(node, "callspec", None), "params", None)
+        if isinstance(node, pytest.Item) and params and "dspex_example" in params:
+            tests.setdefault(test_key(node), []).append(_lastfailed_key(node.nodeid))
+    for test, keys in tests.items():
+        if _lastfailed_key(test) in lastfailed:
+            lastfailed.update(dict.fromkeys(keys, True))
 
 
 def _lastfailed_key(nodeid: str) -> Any:
