@@ -45,6 +45,7 @@ SECTIONS: list[tuple[str, str, str]] = [
     ("gate_power", "The paired gate's power (DESIGN §5b)", "cases_gates:power_section"),
     ("gate_stability", "Gate stability after a compile (issue 18)", "cases_baseline:section"),
     ("noisy_gate", "The paired gate against a noisy baseline, simulated (issue 18)", "sim_noisy_gate:section"),
+    ("small_noisy_gate", "Small gate sets against a noisy baseline: the tolerance rule's false alarms, simulated", "sim_small_noisy_gate:section"),
     ("example_compile", "The example project's compile: the embedded server's work (issue 18)", "example_compile:section"),
     ("extract", "The embedded model on an extraction task with a number (issue 26)", "cases_extract:section"),
     ("batched", "The embedded server's batch engine: 48 find_product requests, serial vs batched (issues 18, 26)", "embedded_replay:section"),

@@ -138,3 +138,64 @@ def test_a_negative_redraws_is_a_usage_error(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("--dspex-redraws=-1", "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--dspex-redraws must be >= 0 (0: never re-ask), got -1*"])
+
+
+class Alternating:
+    """Right on every case, except: a case in ``noisy`` is right and wrong by turns (its own count of
+    calls: right on its 1st, 3rd, ... answer), so the baseline's draws disagree on it; ``unlucky()``
+    makes each noisy case's next answer wrong (a run whose first answers all drew badly, the redraw
+    right again); a case in ``lost`` is always wrong (an answer the program lost for good)."""
+
+    def __init__(self, noisy: set[int]) -> None:
+        self.noisy = noisy
+        self.lost: set[int] = set()
+        self.calls: dict[int, int] = {}
+
+    def __call__(self, body: dict[str, Any]) -> str:
+        last = body["messages"][-1]["content"].rsplit("Message:", 1)[-1]
+        case = int(re.search(r"case (\d+)", last).group(1))  # type: ignore[union-attr]
+        right = "billing" if "charged" in last else "technical"
+        wrong = "technical" if right == "billing" else "billing"
+        if case in self.lost:
+            return f" {wrong}"
+        if case in self.noisy:
+            k = self.calls.get(case, 0)
+            self.calls[case] = k + 1
+            return f" {right if k % 2 == 0 else wrong}"
+        return f" {right}"
+
+    def unlucky(self) -> None:
+        self.calls = {c: 1 for c in self.noisy}
+
+
+@pytest.mark.parametrize("test", ["dataset", "per-example"])
+def test_a_small_gate_set_does_not_read_the_endpoints_noise_as_a_regression_by_the_tolerance(
+    pytester: pytest.Pytester, server_factory: Any, mode: list[str], test: str
+) -> None:
+    # 20 examples (underpowered: the tolerance applies too), 6 of them noisy: baseline 0.85 over 8 draws.
+    # A run of the unchanged program whose 6 first answers all drew wrong scores 0.70 (a drop of 0.15,
+    # three times the tolerance) — the endpoint's own noise, not a regression; a run that also lost 4
+    # stable answers for good (0.50) is one.
+    model = Alternating(noisy={14, 15, 16, 17, 18, 19})
+    server = server_factory(model)
+    project(pytester, 20)
+    compiled = run(pytester, server, MODES["no-xdist"], *COMPILE, "-k", "not each")
+    assert compiled.ret == 0, compiled.stdout.str()
+    golden = json.loads((pytester.path / "__dspex__/test_triage/triage.json").read_text())
+    assert golden["baseline"]["draws"] == 8 and golden["baseline"]["score"] == pytest.approx(0.85)
+    select = ["-k", "each" if test == "per-example" else "not each"]
+    model.unlucky()
+    result = run(pytester, server, mode, *select, "--dspex-report=report.json", "--dspex-markdown=report.md")
+    out = result.stdout.str()
+    assert result.ret == 0, out
+    c = report_rows(pytester)[test]["comparison"]
+    assert c["current_score"] == pytest.approx(0.70) and c["underpowered"] and c["noise_sd"] > 0, c
+    assert re.search(rf"triage \[{test}\] vs golden: no change: delta -0\.150 .*\[paired-redrawn\]", out), out
+    assert "regression by the tolerance" not in out and "regression by the tolerance" not in (pytester.path / "report.md").read_text()
+    model.unlucky()
+    model.lost = {0, 2, 4, 6}
+    lost = run(pytester, server, mode, *select, "--dspex-report=report.json", "--dspex-markdown=report.md")
+    assert lost.ret == 1, lost.stdout.str()
+    c = report_rows(pytester)[test]["comparison"]
+    assert c["current_score"] == pytest.approx(0.50), c
+    assert {f"ex-{i}" for i in model.lost} <= set(c["regressions"]), c

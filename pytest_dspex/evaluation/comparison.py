@@ -123,6 +123,9 @@ class Comparison:
     #: extra LM answers that took (``RedrawPlan``)
     reasked: int = 0
     redraw_calls: int = 0
+    #: against a noisy baseline: the standard deviation of ``delta`` that the endpoint's own noise gives
+    #: an unchanged program (its draws' spread and the baseline mean's error); 0 when the draws agree
+    noise_sd: float = 0.0
 
     @property
     def regressed(self) -> bool:
@@ -177,6 +180,7 @@ class Comparison:
             "metric_errors": self.metric_errors,
             "reasked": self.reasked,
             "redraw_calls": self.redraw_calls,
+            "noise_sd": round(self.noise_sd, 6),
         }
 
     @classmethod
@@ -201,6 +205,7 @@ class Comparison:
             metric_errors=int(data.get("metric_errors", 0)),
             reasked=int(data.get("reasked", 0)),
             redraw_calls=int(data.get("redraw_calls", 0)),
+            noise_sd=float(data.get("noise_sd", 0.0)),
         )
 
 
@@ -311,7 +316,7 @@ def compare(
             delta, ci, p, noisy_verdict,
             [keys[i] for i in order if diffs[i] < 0 and i in stable],
             [keys[i] for i in reversed(order) if diffs[i] > 0 and i in stable],
-            test="paired-noisy-baseline", **common,
+            test="paired-noisy-baseline", noise_sd=math.sqrt(sd * sd + se * se) / n, **common,
         )  # fmt: skip
     if binary:
         b = sum(1 for d in diffs if d < 0)
@@ -451,7 +456,8 @@ def _redrawn(
     sd, se = math.sqrt(var_run), math.sqrt(var_base)
     p = _noisy_p(total, sd, se, alpha)
     spread = math.sqrt(sum(_draw_noise(baseline[k])[0] for k in keys))  # the first answers' noise, for the interval
-    half = 1.96 * math.sqrt(spread**2 + sum(_draw_noise(baseline[k])[0] / _draw_noise(baseline[k])[1] for k in keys)) / n
+    noise_sd = math.sqrt(spread**2 + sum(_draw_noise(baseline[k])[0] / _draw_noise(baseline[k])[1] for k in keys)) / n
+    half = 1.96 * noise_sd
     ci = (max(-1.0, delta - half), min(1.0, delta + half))
     verdict: Verdict = "no change"
     if p < alpha and total < 0:
@@ -459,8 +465,9 @@ def _redrawn(
     elif p < alpha and total > 0:
         verdict = "improved"
     return Comparison(
-        delta, ci, p, verdict, regressions, fixes, test="paired-redrawn", reasked=reasked, redraw_calls=calls, **common
-    )
+        delta, ci, p, verdict, regressions, fixes, test="paired-redrawn", reasked=reasked, redraw_calls=calls,
+        noise_sd=noise_sd, **common,
+    )  # fmt: skip
 
 
 def _zero_one(baseline: Mapping[str, Score], current: Mapping[str, Score], keys: Iterable[str]) -> bool:

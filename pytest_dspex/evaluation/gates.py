@@ -33,6 +33,12 @@ McNemar for 0/1 scores, a paired permutation test for graded ones, e.g. means ov
   could not reach p < alpha) — the paired test cannot see a tolerance-sized drop, so the tolerance
   gate applies as well, on the shared examples (golden's mean vs this run's mean on the same keys):
   a small dataset is never gated more loosely than before. The verdict says it was underpowered.
+  Against a noisy baseline (draws that disagree: ``Comparison.noise_sd`` > 0) the unchanged program's
+  score itself moves by the endpoint's noise, so the allowed drop is the tolerance plus
+  ``z_(1-alpha)`` standard deviations of that noise (``tolerance_margin``): a run of an unchanged
+  program reads "regression by the tolerance" in at most alpha of runs, not in every run whose first
+  answers drew one or two examples worse on 20 examples (18 of 48 gates of 17 and 26 examples before,
+  an endpoint redrawing 15% of its answers).
 
 Examples this run lost to infrastructure errors (``INFRA_ERROR_KINDS``), and those whose metric raised,
 are left out of the paired comparison: they were not measured (within the error budget they still count 0 in the score and
@@ -74,7 +80,9 @@ __all__ = [
     "metric_errors_reason",
     "paired_outcomes",
     "program_errors_reason",
+    "tolerance_margin",
     "tolerance_regression",
+    "tolerance_words",
 ]
 
 #: ``Verdict.kind`` of a program whose examples did not all run: no gate verdict
@@ -266,13 +274,44 @@ def tolerance_regression(comparison: Comparison | Mapping[str, Any] | None) -> b
     c = comparison if isinstance(comparison, Mapping) else comparison.to_json()
     if not c.get("shared") or c.get("verdict") == "regressed" or not c.get("underpowered"):
         return False
-    return float(c.get("delta") or 0.0) < -float(c.get("tolerance") or 0.0) - 1e-9
+    return float(c.get("delta") or 0.0) < -tolerance_margin(c) - 1e-9
+
+
+def _noise_allowance(c: Mapping[str, Any]) -> float:
+    """Against a noisy baseline, the drop the endpoint's own noise gives an unchanged program in all but
+    alpha of runs (``z_(1-alpha)`` standard deviations of the delta); 0 against repeatable draws."""
+    noise = float(c.get("noise_sd") or 0.0)
+    if noise <= 0:
+        return 0.0
+    from statistics import NormalDist
+
+    alpha = float(c.get("alpha") or DEFAULT_ALPHA)
+    return NormalDist().inv_cdf(1 - alpha) * noise
+
+
+def tolerance_margin(comparison: Comparison | Mapping[str, Any]) -> float:
+    """How much lower than the golden's score on the shared examples an underpowered run may score before
+    the tolerance calls it a regression: the tolerance, plus the noise allowance against a noisy baseline."""
+    c = comparison if isinstance(comparison, Mapping) else comparison.to_json()
+    return float(c.get("tolerance") or 0.0) + _noise_allowance(c)
+
+
+def tolerance_words(comparison: Comparison | Mapping[str, Any]) -> str:
+    """``"0.05"``, or against a noisy baseline ``"0.164: the tolerance 0.05 and the endpoint's own noise 0.114"``."""
+    c = comparison if isinstance(comparison, Mapping) else comparison.to_json()
+    tolerance = float(c.get("tolerance") or 0.0)
+    extra = _noise_allowance(c)
+    if extra <= 0:
+        return f"{tolerance:g}"
+    return f"{tolerance + extra:.3f}: the tolerance {tolerance:g} and the endpoint's own noise {extra:.3f}"
 
 
 def tolerance_reason(c: Comparison) -> str:
     """Why an underpowered paired comparison is a regression by the tolerance, in words."""
+    extra = _noise_allowance(c.to_json())
+    noise = f" - the endpoint's own noise {extra:.3f}" if extra > 0 else ""
     return (
-        f"regression: {c.current_score:.3f} < golden {c.baseline_score:.3f} - tolerance {c.tolerance:.3f} "
+        f"regression: {c.current_score:.3f} < golden {c.baseline_score:.3f} - tolerance {c.tolerance:.3f}{noise} "
         f"on the {c.shared} shared examples ({len(c.regressions)} went pass -> fail: "
         f"{_keys(c.regressions)}); the paired test is underpowered (needs n >= {c.needed_n}), "
         "so the tolerance applies"
@@ -324,7 +363,7 @@ def comparison_text(comparison: Comparison) -> str:
     if tolerance_regression(c):
         return (
             f"regression by the tolerance: {c.current_score:.3f} vs {c.baseline_score:.3f} on {c.shared} shared examples "
-            f"(more than {c.tolerance:g} lower); the paired test alone would say {c.summary()}"
+            f"(more than {tolerance_words(c)} lower); the paired test alone would say {c.summary()}"
         )
     return c.summary()
 

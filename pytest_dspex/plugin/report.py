@@ -30,7 +30,7 @@ def gate_lines(rows: list[dict[str, Any]], fresh: frozenset[str] = frozenset()) 
     them is said.
     A regression judged by the tolerance (the paired test underpowered) is said as one sentence."""
     from ..evaluation.comparison import Comparison
-    from ..evaluation.gates import SHOWN_KEYS, tolerance_regression
+    from ..evaluation.gates import SHOWN_KEYS, tolerance_regression, tolerance_words
 
     out: list[tuple[str, dict[str, bool]]] = []
     said: set[tuple[str, Any]] = set()
@@ -51,7 +51,7 @@ def gate_lines(rows: list[dict[str, Any]], fresh: frozenset[str] = frozenset()) 
             if by_tolerance:
                 text = (
                     f"{label} vs golden: regression by the tolerance: {c.current_score:.3f} vs golden {c.baseline_score:.3f} "
-                    f"on {c.shared} shared examples (more than {c.tolerance:g} lower); the paired test alone would say "
+                    f"on {c.shared} shared examples (more than {tolerance_words(raw)} lower); the paired test alone would say "
                     + c.summary()
                 )
             if c.regressions:

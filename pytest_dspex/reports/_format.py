@@ -254,7 +254,7 @@ class ProgramView:
     @property
     def failed_checks(self) -> list[str]:
         """Every check that failed, in words (a run below its threshold may also have regressed)."""
-        from ..evaluation.gates import tolerance_regression
+        from ..evaluation.gates import tolerance_regression, tolerance_words
 
         v = self.verdict
         if v.get("passed"):
@@ -275,7 +275,9 @@ class ProgramView:
             text = "regression: below the golden"
             if base is not None:
                 text += f" {fmt_num(base)}"
-            if tolerance is not None:
+            if c is not None and c.get("noise_sd"):  # a noisy baseline: the noise allowance as well
+                text += f" − {tolerance_words(c)}"
+            elif tolerance is not None:
                 text += f" − tolerance {fmt_num(tolerance, 2)}"
             if c is not None and c.get("underpowered"):
                 text += " (the paired test is underpowered, so the tolerance decides)"
