@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from .test_plugin import make_responder, rows
 from .test_plugin_said_once import EACH, compiled, fake, mode, project, run
 
 __all__ = ["fake", "mode", "project"]  # fixtures
@@ -69,3 +70,22 @@ def test_replay_from_a_cache_folder_that_does_not_exist_names_it_and_how_to_reco
     assert said in out, out
     assert "is part of the cache key" not in out  # not the hint for a recording made elsewhere
     assert fake.requests == 0 and not (pytester.path / "emptycache").exists()
+
+
+def test_a_replay_miss_within_the_error_budget_fails_the_gate(pytester, project, server_factory, mode):
+    # trial3 T2: one row added since the recording (1 of 61: within the 5% error budget) passed a replay
+    # run green, the new example never evaluated, and nothing said so (only -rA showed its cache_miss)
+    fake = server_factory(make_responder(zero_shot_ok=True))
+    project()
+    opts = ["--dspex-model=fake-model", "--dspex-missing-golden=zero-shot", "-p", "no:cacheprovider"]
+    recorded = pytester.runpytest_subprocess(*opts, f"--dspex-base-url={fake.base_url}", "-p", "no:xdist", timeout=120)
+    assert recorded.ret == 0, recorded.stdout.str()
+    sent = fake.requests
+    pytester.makefile(".jsonl", **{"tests/data/dev": rows(61, ids=True)})
+    result = pytester.runpytest_subprocess(*opts, "--dspex-cache=replay", f"--dspex-base-url={fake.base_url}", *mode, timeout=120)
+    out = result.stdout.str()
+    assert result.ret == 1 and fake.requests == sent, out
+    assert result.parseoutcomes().get("lm_error") == 1, out
+    assert "LM errors: 1 of 61 examples could not be answered (cache_miss: 1); no recorded answer for 1 example(s) in replay mode" in out
+    assert "a replay run fails on any miss (within the error budget of 5%)" in out, out
+    result.stdout.fnmatch_lines(["FAILED tests/test_triage.py::test_each - dspex gate FAILED*"])

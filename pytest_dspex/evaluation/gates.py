@@ -8,7 +8,9 @@ In order, the first that applies decides:
 * ``lm_errors``       more than ``max_error_rate`` of the examples were lost to infrastructure
                       errors (``INFRA_ERROR_KINDS``: unreachable endpoint, timeouts, HTTP errors,
                       spent budget, replay misses) — wherever in the run they fall. Not a low score:
-                      the model was not measured;
+                      the model was not measured. A replay miss fails it within the budget too
+                      (``--dspex-cache=replay`` is offline CI: an example added since the recording
+                      would otherwise be left out of the gate, unsaid);
 * ``metric_errors``   the metric raised on more than ``max_error_rate`` of the examples (a typo such
                       as ``prediction.teem``): a bug in the test code, not a low score — the verdict
                       leads with "metric raised on k of n examples: <first exception>". A metric that
@@ -416,6 +418,9 @@ def judge(
     if infra > max_error_rate * n + 1e-9:
         reason = lm_errors_reason(by_kind, n, result.records) or ""
         return v(False, f"{reason} — over the error budget of {max_error_rate:.0%} (not a low score)", "lm_errors")
+    if by_kind.get("cache_miss", 0):  # replay is offline CI: an example never recorded is not left out of the gate
+        reason = lm_errors_reason(by_kind, n, result.records) or ""
+        return v(False, f"{reason} — a replay run fails on any miss (within the error budget of {max_error_rate:.0%})", "lm_errors")
     crashed = by_kind.get("program", 0)
     if crashed > max_error_rate * n + 1e-9:  # the code under test raised: not measured, so not paired
         reason = program_errors_reason(result.records, n) or f"program raised on {crashed} of {n} examples"
