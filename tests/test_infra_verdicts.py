@@ -236,3 +236,25 @@ def test_read_only_modes_work_on_a_read_only_cache_folder(
     assert on.returncode != 0
     assert "cannot be used" in on.stdout and "--dspex-cache=read-only" in on.stdout
     assert "program:" not in on.stdout and "below threshold" not in on.stdout
+
+
+def test_a_base_url_with_a_wrong_path_says_so_in_the_verdict_and_once_for_all_examples(
+    pytester: pytest.Pytester, server_factory: Any, mode: list[str]
+) -> None:
+    """Trial2 F8: ``--dspex-base-url=http://host/v2`` (404s): the hint that the path has no /v1 was only in
+    the captured log and cut at 100 characters in the "worst examples", which listed 5 identical errors."""
+    server = server_factory()
+    wrong = server.base_url.removesuffix("/v1") + "/v2"
+    project(pytester, 10)
+    opts = [f"--dspex-base-url={wrong}", "--dspex-model=fake-model", "--dspex-cache=off", "-p", "no:cacheprovider"]
+    result = pytester.runpytest_subprocess(*opts, *mode, "--dspex-report=report.json", timeout=300)
+    out = result.stdout.str()
+    assert result.ret == 1, out
+    hint = "the base URL's path '/v2' has no /v1: OpenAI-compatible servers answer at <host>/v1/chat/completions"
+    for row in report_rows(pytester).values():
+        assert hint in row["verdict"]["reason"], row["verdict"]["reason"]
+    verdicts = [line for line in out.splitlines() if "LM errors: 10 of 10 examples could not be answered" in line]
+    assert verdicts and all(hint in line for line in verdicts), out[-3000:]
+    # the examples all failed with the same error: one line with the count, not 5 identical ones
+    assert "worst examples:" not in out, out[-3000:]
+    assert out.count("all 10 examples below 1.0 failed with the same LM error (lm_http): HTTP 404") >= 1, out[-3000:]

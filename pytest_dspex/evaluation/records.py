@@ -51,11 +51,15 @@ def refused_with(records: Iterable[ExampleRecord]) -> str | None:
     from collections import Counter
 
     seen: Counter[int] = Counter()
+    specific: dict[int, str] = {}  # the transport's own hint for a status (a base URL path without /v1)
     for r in records:
         if r.error_kind == "lm_http" and r.error:
             m = re.search(r"HTTP (4\d\d)\b", r.error)
             if m:
                 seen[int(m.group(1))] += 1
+                said = re.search(r"\((the base URL's path .*? has no /v1[^)]*)\)", r.error)
+                if said:
+                    specific.setdefault(int(m.group(1)), said.group(1))
     if not seen:
         return None
     status = seen.most_common(1)[0][0]
@@ -64,6 +68,8 @@ def refused_with(records: Iterable[ExampleRecord]) -> str | None:
     except ValueError:
         phrase = ""
     hint = _REFUSAL_HINTS.get(status, "check --dspex-model and the request's settings")
+    if status in specific:  # in the verdict itself, not only in a captured log (trial2 F8)
+        hint = f"{specific[status]}; {hint}"
     return f"the endpoint answered HTTP {status}{phrase}: {hint}"
 
 

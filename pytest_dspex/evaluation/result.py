@@ -164,8 +164,11 @@ class EvaluationResult:
             lines.append(f"examples that went pass -> fail against the golden{f', first {len(first)} of {len(regressed)}' if more > 0 else ''}:")
             lines += [line(r) for r in first]
         shown = {r.key for r in first}
+        same = _same_infra_error([r for r in self.records if r.score < 1.0 and r.key not in shown])
         bad = [r for r in self.worst(worst + len(shown)) if r.score < 1.0 and r.key not in shown][:worst]
-        if bad:
+        if same is not None:  # a dead or refusing endpoint: one line, not 5 identical examples (trial2 F8)
+            lines.append(same)
+        elif bad:
             lines.append("other low-scoring examples:" if first else "worst examples:")
             lines += [line(r) for r in bad]
         return "\n".join(lines)
@@ -189,6 +192,34 @@ class EvaluationResult:
         if records:
             d["records"] = [r.to_json() for r in self.records]
         return d
+
+
+def _same_infra_error(records: Sequence[ExampleRecord]) -> str | None:
+    """One line when the ``records`` (more than one) all failed with the same infrastructure error:
+    the same kind and, for a refusal, the same HTTP status (a fail-fast error after the breaker opened
+    names it too), else the same text. None when they differ or one is not an infrastructure error."""
+    import http
+    import re
+
+    def cause(r: ExampleRecord) -> str | None:
+        if r.error_kind not in INFRA_ERROR_KINDS or not r.error:
+            return None
+        status = re.search(r"HTTP (\d\d\d)\b", r.error) if r.error_kind == "lm_http" else None
+        if status is None:
+            return r.error
+        try:
+            return f"HTTP {status.group(1)} {http.HTTPStatus(int(status.group(1))).phrase}"
+        except ValueError:
+            return f"HTTP {status.group(1)}"
+
+    if len(records) < 2:
+        return None
+    causes = {cause(r) for r in records}
+    if len(causes) != 1 or None in causes or len({r.error_kind for r in records}) != 1:
+        return None
+    (said,) = causes
+    detail = said if said and said.startswith("HTTP ") else _short(said, 200).strip("'\"")
+    return f"all {len(records)} examples below 1.0 failed with the same LM error ({records[0].error_kind}): {detail}"
 
 
 def _short(value: Any, n: int = 100) -> str:
