@@ -143,3 +143,31 @@ def test_repeats_have_their_own_cache_entries_and_replay_reproduces_them(
     again = Evaluate(examples, team_matches, repeats=3)(dspex.Predict(Triage, lm=replay))
     assert again.records[0].repeats == [1.0, 0.0, 1.0] and server.requests == 3
     assert again.usage.cache_hits == 3
+
+
+def _noisy_golden(n: int, noisy: int) -> dict[str, Any]:
+    """A golden baseline of 8 draws per example: ``noisy`` examples right on 6 of 8 draws, the rest on all."""
+    return {f"ex-{i}": [1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0] if i < noisy else [1.0] * 8 for i in range(n)}
+
+
+def test_a_noisy_baseline_is_not_failed_by_the_tolerance_for_a_drop_its_noise_explains() -> None:
+    """17 examples, 6 of them right on 6 of 8 baseline draws: the unchanged program answering 3 of
+    those 6 wrong scores 0.088 below the baseline's mean — more than the tolerance, and what its
+    noise does run to run. The noisy paired test says no change, and the gate passes."""
+    records = [rec(i, 0.0 if i < 3 else 1.0) for i in range(17)]
+    _, verdict = judge_records(records, threshold=0.5, golden_score=0.912, golden_outcomes=_noisy_golden(17, 6))
+    c = verdict.comparison
+    assert c is not None and c.test == "paired-noisy-baseline" and c.underpowered
+    assert c.delta < -0.05 and c.verdict == "no change"
+    assert verdict.passed, verdict.reason
+    # the same drop against a baseline whose draws all agreed (a repeatable endpoint) is a real one
+    exact = {f"ex-{i}": 1.0 for i in range(17)}
+    _, strict = judge_records([rec(i, 0.0 if i < 2 else 1.0) for i in range(17)], threshold=0.5, golden_outcomes=exact)
+    assert not strict.passed and strict.kind == "regression"
+
+
+def test_a_noisy_baseline_still_fails_a_drop_beyond_its_noise() -> None:
+    records = [rec(i, 0.0 if i < 9 else 1.0) for i in range(17)]  # 6 noisy ones and 3 stable ones lost
+    _, verdict = judge_records(records, threshold=0.3, golden_outcomes=_noisy_golden(17, 6))
+    assert not verdict.passed and verdict.kind == "regression"
+    assert verdict.comparison is not None and verdict.comparison.regressed
