@@ -100,6 +100,24 @@ def test_html_markdown_json_and_step_summary_from_one_run(pytester, project, ser
     no_secrets_or_absolute_paths(pytester, html, md, js, summary)
 
 
+def test_junit_says_the_golden_score_after_the_dev_set_grew(pytester, project, server_factory, mode):
+    # trial3 T3: one dev row added since the compile: the terminal and markdown said golden 1.000 (its
+    # score on the shared examples) and JUnit gave dspex_delta without dspex_golden_score
+    assert run(pytester, server_factory(make_responder()), mode, "--dspex-compile").ret == 0
+    pytester.makefile(".jsonl", **{"data/dev": rows(11)})
+    project(threshold=0.95)
+    wrong = server_factory(make_responder(wrong={3}))
+    result = run(pytester, wrong, mode, "--junitxml=junit.xml", "--dspex-report=r.json")
+    assert result.ret == 1, result.stdout.str()
+    row = next(r for r in json.loads((pytester.path / "r.json").read_text())["programs"] if r["mode"] == "dataset")
+    assert row["golden_score"] is None and row["comparison"]["shared"] == 10  # the golden was measured on 10 rows
+    props = properties(pytester.path / "junit.xml")
+    whole, aggregate = props["test_triage"], props["test_triage_each"]
+    assert (whole["dspex_golden_score"], whole["dspex_delta"]) == ("1", "-0.1000"), whole
+    assert (aggregate["dspex_aggregate_golden_score"], aggregate["dspex_aggregate_delta"]) == ("1", "-0.1000"), aggregate
+    result.stdout.fnmatch_lines(["*golden 1.000 (delta -0.100*"])
+
+
 def test_failing_gates_show_in_every_report_and_in_junit(pytester, project, server_factory, mode):
     assert run(pytester, server_factory(make_responder()), mode, "--dspex-compile").ret == 0
     project(threshold=0.95)

@@ -44,8 +44,9 @@ def program_properties(row: Mapping[str, Any]) -> list[tuple[str, str]]:
         out.append(("dspex_n", str(int(row["n"]))))
     if row.get("threshold") is not None:
         out.append(("dspex_threshold", _num(row["threshold"])))
-    if row.get("golden_score") is not None:
-        out.append(("dspex_golden_score", _num(row["golden_score"])))
+    golden = p.baseline if p.baseline is not None else row.get("golden_score")  # the delta's golden (shared examples)
+    if golden is not None:
+        out.append(("dspex_golden_score", _num(golden)))
     if p.delta is not None:
         out.append(("dspex_delta", fmt_delta(p.delta, 4)))
     c = p.comparison
