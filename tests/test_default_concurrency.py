@@ -53,14 +53,15 @@ def test_a_concurrency_given_stays_a_fixed_limit(pytester, server_factory, monke
 
 
 def test_one_process_at_the_default_keeps_16_examples_in_flight(pytester, server_factory, monkeypatch):
-    """Without xdist the default evaluates 16 examples at a time, as before: nothing refused by an
-    endpoint that takes 16."""
+    """Without xdist the default evaluates 16 examples at a time, as before: an endpoint that takes
+    16 refuses nothing (at most one request: a hedged duplicate of a slow request may be a 17th, whose
+    429 then fixes the limit at 16)."""
     monkeypatch.setenv("OPENAI_API_KEY", "k")
     server = server_factory(latency=0.02, max_in_flight=16)
     _project(pytester, 200)
     result = _run(pytester, server, "-p", "no:xdist")
     assert result.ret == 0, result.stdout.str()[-3000:]
-    assert server.counts["ok"] == 200 and server.counts["over_cap"] == 0, dict(server.counts)
+    assert server.counts["ok"] == 200 and server.counts["over_cap"] <= 1, dict(server.counts)
 
 
 @pytest.mark.parametrize(
