@@ -3,7 +3,7 @@ from __future__ import annotations
 import itertools
 import re
 import threading
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 
@@ -355,6 +355,40 @@ def test_serial_schedule_sends_one_candidates_examples_back_to_back(server_facto
     # each evaluated candidate's prompts form one unbroken run: the server's prefix cache holds
     assert len(prefixes) == len(set(prefixes))
     assert len({c.name for c in result.candidates if not c.duplicate_of}) == len(set(prefixes))
+
+
+def test_serial_schedule_runs_one_candidate_per_model_instance_with_the_same_result(server_factory, make_lm):
+    """Against the embedded server's instance pool, two candidates run at once, one request at a time
+    each: every instance keeps one candidate's prompt prefix; what is chosen, and every score, is the
+    same as one candidate at a time."""
+    server = server_factory(_demo_count_responder(1))
+    train, val = intent_examples(3), intent_examples(6, offset=200)
+
+    def compile_with(width: int) -> tuple[Any, list[str]]:
+        opt = BootstrapFewShotWithRandomSearch(
+            intent_matches, num_candidates=3, max_bootstrapped_demos=2, max_labeled_demos=3, serial=True,
+            serial_width=width, evaluate_train=False, concurrency=4, racing=False, calibrate=False,
+        )  # fmt: skip
+        server.bodies.clear()
+        result = opt.compile(dspex.Predict(Intent, lm=make_lm(server, concurrency=4)), trainset=train, valset=val)
+        val_msgs = {e.message for e in val}
+        prefixes = [
+            b["messages"][-1]["content"].rsplit("Message:", 1)[0]
+            for b in server.bodies
+            if b["messages"][-1]["content"].rsplit("Message: ", 1)[-1].split("\n")[0] in val_msgs
+        ]
+        return result, prefixes
+
+    one, alone = compile_with(1)
+    two, paired = compile_with(2)
+    assert [(c.name, c.score, c.dropped_at) for c in two.candidates] == [(c.name, c.score, c.dropped_at) for c in one.candidates]
+    assert two.best.name == one.best.name
+    runs = lambda seq: sum(1 for i, p in enumerate(seq) if i == 0 or seq[i - 1] != p)  # noqa: E731
+    assert runs(alone) == len(set(alone))  # one at a time: one unbroken run per candidate
+    assert runs(paired) > len(set(paired))  # two at a time: their requests interleave ...
+    for prefix in set(paired):  # ... but while a candidate runs, only its partner runs beside it
+        first, last = paired.index(prefix), len(paired) - 1 - paired[::-1].index(prefix)
+        assert len(set(paired[first : last + 1])) <= 2
 
 
 def test_sign_test():

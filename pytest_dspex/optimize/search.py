@@ -30,7 +30,11 @@ none is given):
   llama.cpp server) candidates are evaluated one after another, each one's examples back to back,
   so the server reuses the cached prompt prefix (instructions and demos come first in every
   prompt). Measured on the embedded server: 0.2–0.3 s a call back to back, 1.4–1.8 s when two demo
-  sets alternate. ``serial=None`` decides from the LM; elsewhere candidates run side by side.
+  sets alternate. ``serial=None`` decides from the LM; elsewhere candidates run side by side. The
+  embedded server keeps one model instance per core: there ``serial_width`` candidates (one per
+  instance) run at once, each one request at a time, so every instance keeps one candidate's prefix
+  instead of all of them evaluating the same new prefix at each candidate's start (answers do not
+  depend on the schedule: the server's answer is a function of its prompt).
 * **An error budget.** With ``max_error_rate`` set (the plugin passes ``--dspex-max-error-rate``),
   the search stops with ``CompileStoppedError`` as soon as a racing step's answers were lost to the
   infrastructure (unreachable endpoint, HTTP errors, timeouts …) beyond that share — the message
@@ -109,6 +113,7 @@ class BootstrapFewShotWithRandomSearch:
         race_alpha: float = 0.05,
         race_keep: float = 0.5,
         serial: bool | None = None,
+        serial_width: int | None = None,
         cover_labels: bool = True,
         leave_one_out: bool = False,
         calibrate: bool = True,
@@ -130,6 +135,7 @@ class BootstrapFewShotWithRandomSearch:
         self.race_alpha = race_alpha
         self.race_keep = race_keep
         self.serial = serial
+        self.serial_width = serial_width
         self.cover_labels = cover_labels
         self.leave_one_out = leave_one_out
         self.calibrate = calibrate
@@ -227,11 +233,12 @@ class BootstrapFewShotWithRandomSearch:
                 candidates = await self._build(student, trainset)
             unique = _dedupe(candidates)
             serial = self.serial if self.serial is not None else _one_at_a_time(student)
+            width = self.serial_width if self.serial_width is not None else _instances(student) if serial else 1
             self._say(
                 f"evaluating {len(unique)} candidates on {len(val)} validation examples"
                 + (f" ({len(candidates) - len(unique)} duplicates skipped)" if len(unique) < len(candidates) else "")
             )
-            await self._race(unique, val, serial, leave_one_out=same_sets and self.leave_one_out)
+            await self._race(unique, val, serial, leave_one_out=same_sets and self.leave_one_out, width=width)
             for cand in candidates:
                 if cand.duplicate_of is not None:
                     twin = next(c for c in candidates if c.name == cand.duplicate_of)
@@ -387,7 +394,8 @@ class BootstrapFewShotWithRandomSearch:
         return list(await asyncio.gather(*(build(n, s) for n, s in specs)))
 
     async def _race(
-        self, candidates: list[Candidate], valset: list[Example], serial: bool, *, leave_one_out: bool = False
+        self, candidates: list[Candidate], valset: list[Example], serial: bool, *, leave_one_out: bool = False,
+        width: int = 1,
     ) -> None:
         """Score ``candidates`` on ``valset``, dropping the clearly worse on the way (see module doc).
 
@@ -432,7 +440,9 @@ class BootstrapFewShotWithRandomSearch:
         for stop in stops:
             chunk = [(i, valset[i]) for i in order[done:stop]]
 
-            async def run(cand: Candidate, chunk: list[tuple[int, Example]] = chunk, stop: int = stop) -> None:
+            async def run(
+                cand: Candidate, chunk: list[tuple[int, Example]] = chunk, stop: int = stop, concurrency: int = self.concurrency
+            ) -> None:
                 before = records[cand.name]
                 total_before = sum(r.score for r in before)
 
@@ -442,15 +452,19 @@ class BootstrapFewShotWithRandomSearch:
                 with tracing.use_span(spans[cand.name]):  # compile -> candidate -> evaluate
                     evaluate = evaluate_without_own_demo if leave_one_out else evaluate_records
                     got = await evaluate(
-                        cand.program, chunk, self.metric, concurrency=self.concurrency,
+                        cand.program, chunk, self.metric, concurrency=concurrency,
                         progress=progress if self.progress is not None else None,
                     )  # fmt: skip
                 running.pop(cand.name, None)
                 records[cand.name].extend(got)
 
             if serial:
-                for cand in alive:
-                    await run(cand)
+                for i in range(0, len(alive), max(1, width)):
+                    group = alive[i : i + max(1, width)]
+                    if len(group) == 1:  # alone: as many at once as the search allows
+                        await run(group[0])
+                    else:  # one request at a time each: every instance keeps one candidate's prefix
+                        await asyncio.gather(*(run(c, concurrency=max(1, width // len(group))) for c in group))
                     self._check_errors([r for c in alive for r in records[c.name][done:]])
             else:
                 await asyncio.gather(*(run(c) for c in alive))
@@ -530,6 +544,13 @@ def _dedupe(candidates: list[Candidate]) -> list[Candidate]:
             first[fp] = cand
             unique.append(cand)
     return unique
+
+
+def _instances(program: Module) -> int:
+    """How many candidates the serial schedule runs at once: the embedded server's model instances."""
+    from ..lm.local.embedded import parallel_instances
+
+    return max(1, parallel_instances()) if _one_at_a_time(program) else 1
 
 
 def _one_at_a_time(program: Module) -> bool:

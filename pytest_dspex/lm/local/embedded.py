@@ -197,6 +197,14 @@ def server_env(owner_pid: int) -> dict[str, str]:
     return env
 
 
+def parallel_instances() -> int:
+    """How many requests the embedded server on this machine answers side by side, each on a model
+    instance of its own (``_pool``): one per core up to 4, ``DSPEX_INSTANCES``; 1 with the batch engine."""
+    from . import _batched, _pool
+
+    return 1 if _batched.enabled() else _pool.instances()
+
+
 def ensure_server(run_id: str, owner_pid: int, *, n_ctx: int = 4096, startup_timeout: float = 180.0) -> str:
     """Start (or join) this run's server and return its base URL."""
     from filelock import FileLock
