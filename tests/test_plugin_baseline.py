@@ -230,6 +230,24 @@ class TestInstructionEdits:
         md = (pytester.path / "summary.md").read_text()
         assert "--dspex-rebaseline=triage" in md and f"+{self.EDIT}" in md
 
+    def test_the_regressed_examples_and_the_diff_are_each_said_once(self, pytester, server, model, mode):
+        # trial3 T5, T6: "first 5 of 6" regressions, then the 6th listed as one of the "other low-scoring
+        # examples"; the markdown gave the same instruction diff twice (once per test mode)
+        project(pytester, 20)
+        assert run(pytester, server, mode, *COMPILE).ret == 0
+        model.worse_when, model.worse = "in one word", {0, 2, 4, 6, 8, 10}
+        write_test(pytester, self.EDIT)
+        out = run(pytester, server, mode, "--dspex-markdown=summary.md")
+        assert out.ret == 1, out.stdout.str()
+        text = out.stdout.str()
+        failure = text.split("_ test_triage _", 1)[1].split("_ test_triage_each", 1)[0]
+        assert "examples that went pass -> fail against the golden, first 5 of 6:" in failure, failure
+        assert "other low-scoring examples" not in failure, failure  # the 6th is a regression, not "other"
+        assert sum(f"  ex-{i} (#{i})" in failure for i in model.worse) == 5, failure
+        md = (pytester.path / "summary.md").read_text()
+        assert md.count(f"+{self.EDIT}") == 1 and md.count("the instructions differ from the golden's") == 1, md
+        assert md.count("6 examples regressed against the golden") == 2  # the regressions of each test mode
+
     def test_an_edit_that_changes_nothing_passes_and_shows_the_diff(self, pytester, server, model, mode):
         project(pytester, 200)
         assert run(pytester, server, mode, *COMPILE).ret == 0

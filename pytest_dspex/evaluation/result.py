@@ -163,7 +163,7 @@ class EvaluationResult:
             more = len(regressed) - len(first)
             lines.append(f"examples that went pass -> fail against the golden{f', first {len(first)} of {len(regressed)}' if more > 0 else ''}:")
             lines += [line(r) for r in first]
-        shown = {r.key for r in first}
+        shown = {r.key for r in first} | set(regressed)  # a regression beyond the first ones is not "other"
         same = _same_infra_error([r for r in self.records if r.score < 1.0 and r.key not in shown])
         bad = [r for r in self.worst(worst + len(shown)) if r.score < 1.0 and r.key not in shown][:worst]
         if same is not None:  # a dead or refusing endpoint: one line, not 5 identical examples (trial2 F8)

@@ -94,7 +94,7 @@ def _headline(programs: list[ProgramView]) -> str:
 
 def _provenance(p: ProgramView, said: set[tuple[str, str]]) -> list[str]:
     """Where the golden's numbers come from (once per program and golden: ``said``), and an instructions
-    edit's diff (in a fenced block)."""
+    edit's diff (in a fenced block, once per program and diff)."""
     out: list[str] = []
     prov = p.row.get("golden_provenance")
     line = f"**{md_text(p.name)}** golden: {md_text(prov.get('text', ''), 300)}" if prov else ""
@@ -106,7 +106,8 @@ def _provenance(p: ProgramView, said: set[tuple[str, str]]) -> list[str]:
     if p.redrawn_text:  # the extra calls of --dspex-redraws
         out += ["", f"**{md_text(p.name)}** ({md_text(p.mode)}): {md_text(p.redrawn_text, 200)}"]
     diff = p.row.get("instructions_diff")
-    if diff:
+    if diff and (p.name, str(diff)) not in said:  # once per program, not once per test mode (the same diff)
+        said.add((p.name, str(diff)))
         fence = "~~~~"
         body = str(diff).replace(fence, "~ ~ ~ ~")
         out += [
