@@ -46,3 +46,18 @@ def test_changed_instructions_diff_is_shown_once_per_program(pytester, project, 
     out = result.stdout.str()
     assert out.count("triage: the instructions differ from the golden's") == 1, out
     assert out.count("+Route a customer message to the right team.") == 1, out
+
+
+def test_underpowered_is_said_once_for_the_run(pytester, project, fake, mode):
+    """Trial2 F9: "; underpowered: needs n >= 100 to detect a drop of 0.05" ended every program's and
+    mode's "vs golden" line (7 times in the example project); one line says it for the run."""
+    assert run(pytester, fake, mode, "--dspex-compile").ret == 0
+    result = run(pytester, fake, mode)
+    assert result.ret == 0, result.stdout.str()
+    out = result.stdout.str()
+    compared = [line for line in result.stdout.lines if " vs golden: " in line]
+    assert len(compared) == 2, out  # triage [dataset] and triage [per-example]
+    assert not any("underpowered" in line for line in compared), out
+    assert out.count("underpowered: ") == 1, out
+    result.stdout.fnmatch_lines(["underpowered: both gate sets compared with a golden have fewer than * shared examples: "
+                                 "a drop of 0.05 needs n >= * to be detected"])  # fmt: skip

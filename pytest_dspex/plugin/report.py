@@ -34,6 +34,7 @@ def gate_lines(rows: list[dict[str, Any]], fresh: frozenset[str] = frozenset()) 
 
     out: list[tuple[str, dict[str, bool]]] = []
     said: set[tuple[str, Any]] = set()
+    underpowered: dict[str, list[tuple[int, str]]] = {}  # the "; underpowered: …" ending -> (line index, label)
     for r in rows:
         inputs = {str(rec.get("key")): rec.get("inputs") or {} for rec in r.get("records") or ()}
 
@@ -61,6 +62,10 @@ def gate_lines(rows: list[dict[str, Any]], fresh: frozenset[str] = frozenset()) 
             style = {"red": True} if c.regressed or by_tolerance else {"green": True} if c.verdict == "improved" else {}
             if c.underpowered and not c.regressed and not by_tolerance:
                 style = {"yellow": True}
+            if c.underpowered and c.needed_n is not None:
+                ending = f"; underpowered: needs n >= {c.needed_n} to detect a drop of {c.tolerance:g}"
+                if ending in text:
+                    underpowered.setdefault(ending, []).append((len(out), label))
             out.append((text, style))
         prov = r.get("golden_provenance") or {}
         warn = bool(prov) and (prov.get("in_sample") or not prov["baseline"].get("fresh"))
@@ -77,6 +82,27 @@ def gate_lines(rows: list[dict[str, Any]], fresh: frozenset[str] = frozenset()) 
             repeats = r.get("repeats") or "several"
             reduced = {"all": f"; pass^{repeats} scores each by its worst draw", "any": f"; pass@{repeats} scores each by its best draw"}.get(str(r.get("repeat_reduction")), "")
             out.append((f"{label}: {len(flaky)} flaky example(s), their {repeats} repeats disagree{reduced}: {keys(flaky)}", {"yellow": True}))
+    return _underpowered_once(out, underpowered, compared=sum(1 for t, _ in out if " vs golden: " in t))
+
+
+def _underpowered_once(
+    out: list[tuple[str, dict[str, bool]]], endings: dict[str, list[tuple[int, str]]], *, compared: int
+) -> list[tuple[str, dict[str, bool]]]:
+    """The same "; underpowered: needs n >= N …" ending on several programs' or modes' comparison lines
+    is said once for the run, in a line of its own (trial2 F9: 7 times in the example project's gate)."""
+    for ending, lines in endings.items():
+        if len(lines) < 2:
+            continue
+        for index, _label in lines:
+            text, style = out[index]
+            out[index] = (text.replace(ending, ""), style)
+        needed, tolerance = ending.split("n >= ", 1)[1].split(" to detect a drop of ")
+        if len(lines) == compared:
+            which = "both gate sets" if compared == 2 else f"all {compared} gate sets"
+        else:
+            which = f"{len(lines)} gate sets ({', '.join(label for _, label in lines)})"
+        out.append((f"underpowered: {which} compared with a golden have fewer than {needed} shared examples: "
+                    f"a drop of {tolerance} needs n >= {needed} to be detected", {"yellow": True}))  # fmt: skip
     return out
 
 
