@@ -125,6 +125,23 @@ def test_a_training_row_without_its_label_is_an_error_before_any_lm_call(pyteste
     assert server.requests == 0
 
 
+def test_a_training_row_with_a_misspelt_label_names_the_path_from_the_rootdir_and_the_column(pytester, server, mode):
+    """Trial2 F9: the trainset row error named the absolute path (dev-set errors are relative to the
+    rootdir) and did not say the row has an unknown column ``tema``, a likely misspelling of ``team``."""
+    project(pytester, "jsonl")
+    train = rows(6, "t")
+    train[3]["quantitty"] = train[3].pop("quantity")
+    write_jsonl(pytester, "data/train.jsonl", train)
+    out = run(pytester, server, mode, "--dspex-compile", "--dspex-candidates=0")
+    assert out.ret != 0
+    text = out.stdout.str()
+    said = ("data/train.jsonl:4 (id t3): no 'quantity' (an output field of Count, the label the other rows carry); "
+            "it has an unknown column 'quantitty': a misspelling of 'quantity'?; label the row or remove it")  # fmt: skip
+    assert said in text, text
+    assert f"{pytester.path}/data/train.jsonl" not in text and f"{pytester.path.name}/data/train.jsonl" not in text
+    assert server.requests == 0
+
+
 def test_a_dev_row_without_its_label_fails_the_test_when_the_file_loads(pytester, server, mode):
     dev = rows(20)
     dev[7]["quantity"] = None

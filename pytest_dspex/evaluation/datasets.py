@@ -222,9 +222,22 @@ def _check_labels(examples: Sequence[Example], fields: DatasetFields, where: Seq
             who = f" (id {key})" if key is not None else ""
             names = ", ".join(repr(n) for n in missing)
             raise DatasetError(
-                f"{at}{who}: no {names} (an output field of {fields.owner}, the label the other rows carry); "
-                "label the row or remove it"
+                f"{at}{who}: no {names} (an output field of {fields.owner}, the label the other rows carry)"
+                f"{_misspelt([k for k, _ in ex.items()], missing, {*fields.labels, *(n for n, _ in fields.types)})}; label the row or remove it"
             )
+
+
+def _misspelt(columns: Sequence[str], missing: Sequence[str], known: set[str]) -> str:
+    """``"; it has an unknown column 'tema': a misspelling of 'team'?"`` when one of a row's ``columns``
+    that no field is named is close to a ``missing`` one (``difflib``), else ``""``."""
+    import difflib
+
+    unknown = [k for k in columns if k not in known]
+    for name in missing:
+        close = difflib.get_close_matches(name, unknown, n=1, cutoff=0.6)
+        if close:
+            return f"; it has an unknown column {close[0]!r}: a misspelling of {name!r}?"
+    return ""
 
 
 def _members(tp: Any) -> tuple[Any, ...] | None:

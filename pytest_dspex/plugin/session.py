@@ -247,9 +247,14 @@ class DspexSession:
         """Why the program of golden ``path`` could not be made ready in this process (None if it was)."""
         return self._unavailable.get(path)
 
-    def _said(self, exc: Exception, path: Path) -> str:
-        """An error's message with the golden's path relative to the rootdir."""
-        return str(exc).replace(str(path), self.rel(path))
+    def _said(self, exc: Exception, path: Path, *datasets: Path | Any) -> str:
+        """An error's message with the golden's path (and the ``datasets``' paths: a trainset row's
+        error, trial2 F9) relative to the rootdir, as every path pytest-dspex shows."""
+        text = str(exc)
+        for p in (path, *datasets):
+            if isinstance(p, Path | str) and str(p):
+                text = text.replace(str(p), self.rel(p))
+        return text
 
     def _load(self, spec: ProgramSpec, path: Path) -> Resolved:
         from ..errors import GoldenFileError
@@ -343,7 +348,7 @@ class DspexSession:
                 state_dir=self.state_dir(),
             )
         except (DatasetError, GoldenFileError, CompileStoppedError) as exc:
-            error = self._said(exc, path)
+            error = self._said(exc, path, spec.trainset, spec.valset, gate_dataset)
         if error is not None:  # outside the handler: one message, no chained traceback
             self._failed_compiles[path] = error
             pytest.fail(error, pytrace=False)
