@@ -379,7 +379,7 @@ def rebaseline_program(
         if _same_but_when(old.data, record):  # nothing changed: rewriting it would be a diff to review for nothing
             mark_compiled(path, run_id, state_dir, None)
             reason = (f"re-baseline changed nothing (same instructions, model and baseline outcomes: "
-                      f"{baseline['n']} gate examples, score {baseline['score']:.3f}): golden unchanged")  # fmt: skip
+                      f"{baseline['n']} gate examples, score {baseline['score']:.3f})")  # fmt: skip
             return CompileOutcome(name, path, applied, old, "unchanged", reason, None, record=None, replaced=replaced, usage=spent)
         if not defer_write:
             store._write(path, record)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -380,6 +380,12 @@ def _misses(tr: Any) -> None:
                 tr.write_line(content)
 
 
+
+def _rebaseline(golden: Mapping[str, Any]) -> bool:
+    """A golden this run re-baselined, written or left untouched because nothing changed (its spend is the
+    re-baseline's, not a compile's)."""
+    return golden.get("outcome") == "rebaselined" or str(golden.get("reason") or "").startswith("re-baseline")
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     collector = config.stash.get(_collector_key, None)
     if collector is None:
@@ -463,7 +469,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         if extra and g["outcome"] == "kept":  # what this run chose and did not write, not what the file holds
             extra = f" (this run chose {g['chosen']}, selection {g['score']:.3f}, n={g['n']})"
         if g.get("compile_usage"):
-            what = "re-baseline" if g["outcome"] == "rebaselined" else "compile"
+            what = "re-baseline" if _rebaseline(g) else "compile"
             extra += f"; {what} spent {spend_text(g['compile_usage'])}"
         if g.get("reason") and (g["outcome"] in ("kept", "updated", "rebaselined") or str(g["reason"]).startswith("re-baseline")):
             extra += f": {g['reason']}"  # why compile replaced or kept it
@@ -493,7 +499,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_line(f"golden unused: {rel} (no test used it in this run)", yellow=True)
     total = run_spend(rows, collector.goldens.values())
     if total is not None:  # the table's columns are the gates' alone: with a compile, the run's whole spend
-        what = "re-baseline" if all(g.get("outcome") == "rebaselined" for _, g in written) else "compile"
+        what = "re-baseline" if all(_rebaseline(g) for _, g in written) else "compile"
         tr.write_line(f"dspex LM spend in this run (gates and {what}): {spend_text(total)}")
     if dspex is not None:
         from ..lm.coordinator import describe
