@@ -123,6 +123,24 @@ def test_a_program_that_raises_is_still_a_program_error(server: FakeLMServer) ->
     assert result.errors_by_kind == {"program": 3}
 
 
+# -- an endpoint answering 5xx ------------------------------------------------------------------------
+def test_an_endpoint_answering_500_is_named_as_failing_not_unreachable(
+    pytester: pytest.Pytester, server_factory: Any, mode: list[str]
+) -> None:
+    # trial3 T8: the verdict said "lm_unavailable … could not reach the LM endpoint"; the 500 the endpoint
+    # answered was only in the cut example lines
+    server = server_factory(faults=Faults(http_500=1.0))
+    project(pytester)
+    result = run(pytester, server, *mode, "--dspex-cache=off")
+    out = result.stdout.str()
+    assert result.ret == 1 and server.requests > 0, out
+    said = "the endpoint answered HTTP 500 Internal Server Error: it was reached and is failing (its logs say why), not unreachable"
+    for row in report_rows(pytester).values():
+        assert row["verdict"]["kind"] == "lm_errors" and said in row["verdict"]["reason"], row["verdict"]
+    assert f"LM endpoint failing: {said} (this is not a low score)" in out
+    assert "could not reach the LM endpoint" not in out
+
+
 # -- refusals -----------------------------------------------------------------------------------
 def test_a_refusal_is_its_own_kind_not_a_parse_error(server_factory: Any) -> None:
     server = server_factory(faults=Faults(refusal=1.0))

@@ -62,7 +62,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .records import INFRA_ERROR_KINDS, ExampleRecord, refused_with
+from .records import INFRA_ERROR_KINDS, ExampleRecord, failing_with, refused_with
 
 if TYPE_CHECKING:
     from .comparison import Comparison, Score
@@ -226,8 +226,9 @@ def lm_errors_reason(errors_by_kind: Mapping[str, int], n: int, records: Iterabl
     kinds = ", ".join(f"{kind}: {count}" for kind, count in sorted(infra.items()))
     reason = f"LM errors: {k} of {n} examples could not be answered ({kinds})"
     refused = refused_with(records) if "lm_http" in infra else None
-    if refused:
-        reason += f"; {refused}"
+    failing = None if refused or not ({"lm_http", "lm_unavailable"} & set(infra)) else failing_with(records)
+    if refused or failing:
+        reason += f"; {refused or failing}"
     if "budget" in infra:
         reason += "; LM budget spent (raise --dspex-max-cost/--dspex-max-calls)"
     if "rate_limited" in infra:

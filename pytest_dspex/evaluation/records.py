@@ -19,7 +19,7 @@ from typing import Any
 from ..programs.primitives import Example, Prediction
 from .datasets import example_key
 
-__all__ = ["ANSWER_ERROR_KINDS", "ERROR_KINDS", "INFRA_ERROR_KINDS", "ExampleRecord", "example_key", "jsonable", "refused_with"]
+__all__ = ["ANSWER_ERROR_KINDS", "ERROR_KINDS", "INFRA_ERROR_KINDS", "ExampleRecord", "example_key", "failing_with", "jsonable", "refused_with"]
 
 #: Errors of the infrastructure, not of the model: they count against the error budget
 #: (``--dspex-max-error-rate``) and are never read as a low score.
@@ -71,6 +71,30 @@ def refused_with(records: Iterable[ExampleRecord]) -> str | None:
     if status in specific:  # in the verdict itself, not only in a captured log (trial2 F8)
         hint = f"{specific[status]}; {hint}"
     return f"the endpoint answered HTTP {status}{phrase}: {hint}"
+
+
+def failing_with(records: Iterable[ExampleRecord]) -> str | None:
+    """``"the endpoint answered HTTP 500 Internal Server Error: …"`` when most of ``records``' LM errors name
+    a 5xx the endpoint answered (after the retries, or the breaker it opened: it was reached and is failing,
+    not unreachable), else None."""
+    import http
+    import re
+    from collections import Counter
+
+    lost = [r for r in records if r.error_kind in ("lm_http", "lm_unavailable") and r.error]
+    seen: Counter[int] = Counter()
+    for r in lost:
+        m = re.search(r"HTTP (5\d\d)\b", r.error or "")
+        if m:
+            seen[int(m.group(1))] += 1
+    if not seen or sum(seen.values()) * 2 <= len(lost):
+        return None
+    status = seen.most_common(1)[0][0]
+    try:
+        phrase = " " + http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    return f"the endpoint answered HTTP {status}{phrase}: it was reached and is failing (its logs say why), not unreachable"
 
 
 _USAGE_KEYS = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "cost", "retries", "hedges")

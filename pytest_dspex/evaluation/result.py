@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..lm.usage import Usage
-from .records import INFRA_ERROR_KINDS, ExampleRecord, refused_with
+from .records import INFRA_ERROR_KINDS, ExampleRecord, failing_with, refused_with
 from .stats import clustered_confidence_interval, confidence_interval
 
 __all__ = ["EvaluationResult"]
@@ -146,7 +146,10 @@ class EvaluationResult:
             f", cost ${self.usage.cost:.4f}"
         )
         lines = [head]
-        if self.lm_unavailable:
+        failing = failing_with(self.records) if self.lm_unavailable or any(r.error_kind == "lm_http" for r in self.records) else None
+        if failing and sum(1 for r in self.records if r.error_kind in ("lm_http", "lm_unavailable")) * 2 > self.n:
+            lines.append(f"LM endpoint failing: {failing} (this is not a low score)")
+        elif self.lm_unavailable:
             lines.append("LM unavailable: most examples could not reach the LM endpoint (this is not a low score)")
         elif sum(1 for r in self.records if r.error_kind == "lm_http") * 2 > self.n and (refused := refused_with(self.records)):
             lines.append(f"LM endpoint refused most examples: {refused} (this is not a low score)")
