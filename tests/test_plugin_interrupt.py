@@ -143,3 +143,17 @@ def test_the_controllers_interrupted_compile_line_says_what_it_wrote_and_nothing
     assert interrupted_compile_text("re-baseline", {"triage"}, []) == (
         "dspex: re-baseline of 'triage' interrupted: no golden written in this run (the goldens are unchanged)"
     )
+
+
+def test_ctrl_c_under_xdist_does_not_warn_that_the_coordinator_was_lost(pytester, server, monkeypatch):  # noqa: F811
+    """trial3 T4: after Ctrl-C under -n 2 each worker warned "the run's coordinator at 127.0.0.1:N closed
+    the connection; this process now keeps its own LM limits" — the interrupt, not a fault."""
+    killing_project(pytester)
+    server.latency = 0.05
+    assert run(pytester, server, ["-p", "no:xdist"], *COMPILE, "-k", "not each").ret == 0
+    calls(pytester)
+    monkeypatch.setenv("KILL_AT", "10")
+    out = run(pytester, server, ["-n", "2"])
+    assert out.ret == pytest.ExitCode.INTERRUPTED, out.stdout.str()
+    said = out.stdout.str() + out.stderr.str()
+    assert "the run's coordinator" not in said and "keeps its own LM limits" not in said, said

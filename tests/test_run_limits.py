@@ -125,12 +125,28 @@ def test_a_lost_coordinator_falls_back_to_own_limits(caplog):
         link = RunLink(address, coordinator.token)
         (lm,) = _lms(server, [link], 4)
         assert all(not isinstance(o, BaseException) for o in _ask_all([lm], 10))
-        coordinator.stop()
+        coordinator.stop(bye=False)  # lost as a crashed controller loses it (trial3 T4: stop() now says bye)
         outcomes = _ask_all([lm], 20)  # nothing hangs: the process carries on under its own limit
         assert all(not isinstance(o, BaseException) for o in outcomes)
         assert link.state == "lost"
         said = [r.getMessage() for r in caplog.records if "keeps its own LM limits" in r.getMessage()]
         assert sum(address in m for m in said) == 1, said  # this link's: one warning, however many calls
+
+
+def test_a_coordinator_stopped_with_the_run_is_no_warning(caplog):
+    # trial3 T4: Ctrl-C under xdist stops the controller's coordinator while the workers still run; each
+    # warned that it had lost the coordinator
+    with FakeLMServer(latency=0.01) as server:
+        coordinator = Coordinator()
+        address = coordinator.start()
+        link = RunLink(address, coordinator.token)
+        (lm,) = _lms(server, [link], 4)
+        assert all(not isinstance(o, BaseException) for o in _ask_all([lm], 10))
+        coordinator.stop()
+        outcomes = _ask_all([lm], 20)  # nothing hangs: the process carries on under its own limit
+        assert all(not isinstance(o, BaseException) for o in outcomes)
+        assert link.state == "lost"
+        assert not [r.getMessage() for r in caplog.records if "keeps its own LM limits" in r.getMessage()]
 
 
 def test_an_unreachable_coordinator_is_one_warning(caplog):

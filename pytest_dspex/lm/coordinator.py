@@ -156,11 +156,17 @@ class Coordinator:
         assert self.address is not None
         return self.address
 
-    def stop(self) -> None:
+    def stop(self, *, bye: bool = True) -> None:
+        """Stop serving. Each connected worker is told the run is ending (``bye``: its end, or Ctrl-C while
+        workers still run), so it carries on under its own limits without warning of a lost coordinator;
+        ``bye=False`` drops the connections as a crashed controller would."""
+
         async def close() -> None:
             if self._server is not None:
                 self._server.close()
             for client in list(self._clients.values()):
+                if bye and not client.writer.is_closing():
+                    client.writer.write(b'{"op":"bye"}\n')
                 client.writer.close()
 
         self._thread.stop(close, timeout=5)

@@ -144,6 +144,9 @@ class RunLink:
 
     def _dispatch(self, m: dict[str, Any]) -> None:
         op = m.get("op")
+        if op == "bye":  # the controller is ending the run (its end, or Ctrl-C): own limits, no warning
+            self._lose("the run's coordinator stopped with the run", warn=False)
+            return
         if op == "reserved":
             fut = self._reserves.pop(int(m.get("id", 0)), None)
             if fut is not None and not fut.done():
@@ -174,12 +177,13 @@ class RunLink:
         elif op == "share":
             limiter.set_share(int(m.get("share", -1)))
 
-    def _lose(self, why: str) -> None:
+    def _lose(self, why: str, *, warn: bool = True) -> None:
         if self.state in ("lost", "closed"):
             return
         self.state = "lost"
         self.lost_reason = why
-        logger.warning("pytest-dspex: %s; this process now keeps its own LM limits (in-flight, budget, breaker)", why)
+        if warn:
+            logger.warning("pytest-dspex: %s; this process now keeps its own LM limits (in-flight, budget, breaker)", why)
         if self._writer is not None:
             self._writer.close()
             self._writer = None
