@@ -116,3 +116,13 @@ __all__ = ["Faults", "Triage", "team_matches", "triage_examples", "triage_respon
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     say_skips(terminalreporter)
+
+
+@pytest.fixture(autouse=True)
+def _runs_under_test_are_not_this_suites_workers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pytest run made by a test (pytester) must not inherit this suite's own xdist worker id: under
+    ``pytest -n 2`` a ``-p no:xdist`` run under test took itself for worker gw0 (a metric sent SIGINT to
+    its parent, this suite's worker; an atexit handler named its file after gw0)."""
+    if "pytester" in request.fixturenames:
+        for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+            monkeypatch.delenv(name, raising=False)

@@ -40,14 +40,6 @@ def team_matches(example, prediction, trace=None):
 '''
 
 
-@pytest.fixture(autouse=True)
-def _not_an_outer_worker(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The runs under test must not see this suite's own xdist worker id: the killing metric would
-    take them for workers of their own and send SIGINT to their parent, this suite's worker."""
-    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
-        monkeypatch.delenv(name, raising=False)
-
-
 def killing_project(pytester: pytest.Pytester, n: int = 40) -> None:
     project(pytester, n)
     path = pytester.path / "test_triage.py"
