@@ -46,7 +46,6 @@ def refused_with(records: Iterable[ExampleRecord]) -> str | None:
     """``"the endpoint answered HTTP 404 Not Found: check --dspex-base-url …"`` when ``records`` lost
     answers to an endpoint that answered a 4xx (``lm_http``: it was reached, it refused), else None.
     The status is the one most of them got, read from their errors (a fail-fast error names it too)."""
-    import http
     import re
     from collections import Counter
 
@@ -63,21 +62,27 @@ def refused_with(records: Iterable[ExampleRecord]) -> str | None:
     if not seen:
         return None
     status = seen.most_common(1)[0][0]
-    try:
-        phrase = " " + http.HTTPStatus(status).phrase
-    except ValueError:
-        phrase = ""
+    phrase = _status_phrase(status)
     hint = _REFUSAL_HINTS.get(status, "check --dspex-model and the request's settings")
     if status in specific:  # in the verdict itself, not only in a captured log (trial2 F8)
         hint = f"{specific[status]}; {hint}"
     return f"the endpoint answered HTTP {status}{phrase}: {hint}"
 
 
+def _status_phrase(status: int) -> str:
+    """``" Not Found"`` for 404: the status's reason phrase with a leading space, or "" when unknown."""
+    import http
+
+    try:
+        return " " + http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
 def failing_with(records: Iterable[ExampleRecord]) -> str | None:
     """``"the endpoint answered HTTP 500 Internal Server Error: …"`` when most of ``records``' LM errors name
     a 5xx the endpoint answered (after the retries, or the breaker it opened: it was reached and is failing,
     not unreachable), else None."""
-    import http
     import re
     from collections import Counter
 
@@ -90,10 +95,7 @@ def failing_with(records: Iterable[ExampleRecord]) -> str | None:
     if not seen or sum(seen.values()) * 2 <= len(lost):
         return None
     status = seen.most_common(1)[0][0]
-    try:
-        phrase = " " + http.HTTPStatus(status).phrase
-    except ValueError:
-        phrase = ""
+    phrase = _status_phrase(status)
     return f"the endpoint answered HTTP {status}{phrase}: it was reached and is failing (its logs say why), not unreachable"
 
 
