@@ -410,9 +410,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     _misses(tr)
     unjudged = collector.unjudged_crashes()
     said_interrupted = _interrupted_compile_line(config, collector)
-    if not rows and not collector.goldens and not collector.report_problems and not unjudged and not said_interrupted:
+    died = dspex.lms.server_death if dspex is not None else None  # the embedded server, before the run's end
+    if not rows and not collector.goldens and not collector.report_problems and not unjudged and not said_interrupted and not died:
         return
     tr.write_sep("=", "dspex")
+    if died:  # first: every "connection refused" above and below is this
+        tr.write_line(f"dspex: {died}", red=True, bold=True)
     # goldens this run wrote: no comparison with them (it would compare the run with its own baseline)
     fresh = frozenset(p for p, g in collector.goldens.items() if g.get("outcome") in ("created", "updated", "rebaselined"))
     for line in format_table(rows, fresh) if rows else ():

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -44,6 +46,8 @@ class SessionLMs:
         self._build_lock = threading.RLock()
         #: the upstream key, when ``--dspex-openai-env`` replaced its variable (``endpoint.HeldKey``)
         self.held_key: Any = None
+        #: the embedded server died during the run (``close``): what to tell the user, else None
+        self.server_death: str | None = None
 
     def activate(self) -> None:
         """From the first dspex test on, programs without an LM use the session's (built lazily)."""
@@ -260,7 +264,9 @@ class SessionLMs:
 
         return redact_url(self.options.base_url or "https://api.openai.com/v1")
 
-    def close(self) -> None:
+    def close(self, keep_log: Callable[[], Path] | None = None) -> None:
+        """Close the LMs and caches; the controller stops the embedded server, and says (``server_death``)
+        when it had died during the run, its log copied to ``keep_log()``."""
         if self._remove_defaults is not None:
             self._remove_defaults()
             self._remove_defaults = None
@@ -280,7 +286,11 @@ class SessionLMs:
                     _runtime.run_sync(close())
                 except RuntimeError:
                     pass
-        if not self.is_worker and self.options.local:
-            from ..lm.local.embedded import stop_server
+        if self.options.local:
+            from ..lm.local.embedded import record_exit, server_gone, stop_server
 
-            stop_server(self.run_id)
+            if self.is_worker:
+                record_exit(self.run_id)  # a server this worker started and saw end: how, for the controller
+            else:
+                self.server_death = server_gone(self.run_id, keep_log)
+                stop_server(self.run_id)

@@ -573,7 +573,7 @@ class DspexSession:
         return self._final_limits
 
     def close(self) -> None:
-        self.lms.close()
+        self.lms.close(keep_log=lambda: self.state_dir() / "embedded-server.log")  # the embedded server's, if it died
         if self._coordinator is not None:
             self._final_limits = self._coordinator.stats()
             self._coordinator.stop()

@@ -41,6 +41,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,7 +50,10 @@ from ...errors import ConfigError
 if TYPE_CHECKING:
     pass
 
-__all__ = ["LOCAL_MODEL_NAME", "NOT_STARTED_URL", "LocalModelError", "ensure_server", "model_path", "server_env", "stop_server"]
+__all__ = [
+    "LOCAL_MODEL_NAME", "NOT_STARTED_URL", "LocalModelError", "ensure_server", "model_path", "record_exit", "server_env",
+    "server_gone", "stop_server",
+]  # fmt: skip
 
 LOCAL_MODEL_NAME = "gemma-3-270m"
 INSTALL_HINT = (
@@ -251,6 +255,83 @@ def ensure_server(run_id: str, owner_pid: int, *, n_ctx: int = 4096, startup_tim
         proc.kill()
         proc.wait()
         raise LocalModelError(f"the embedded llama.cpp server did not answer within {startup_timeout:.0f}s (log: {log_path})")
+
+
+def record_exit(run_id: str) -> None:
+    """A server this process started for ``run_id`` that has exited by now: its exit status goes in the
+    run's state folder (``exit.json``), for the process that stops the run's server (``server_gone``).
+
+    Under xdist the server is the child of the worker that started it: only that worker can learn how it
+    ended (an exit code, a signal), and the controller asks when the run ends."""
+    own = _started.get(run_id)
+    if own is None or own[0].poll() is None:
+        return
+    try:
+        (_local_root() / run_id / "exit.json").write_text(json.dumps({"pid": own[0].pid, "returncode": own[0].returncode}))
+    except (OSError, ConfigError):
+        pass
+
+
+def _how_it_ended(returncode: int | None) -> str:
+    if returncode is None:
+        return ""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f" (killed by {name})"
+    return f" (exit code {returncode})"
+
+
+#: lines of the server's log shown when it died (its request lines left out: they say nothing of why)
+_LOG_LINES = 8
+
+
+def server_gone(run_id: str, keep_log: Callable[[], Path] | None = None) -> str | None:
+    """What to tell the user when this run's server is no longer running although the run did not stop it
+    (a native crash, the OOM killer, a kill): None when it runs, or was never started.
+
+    Its log is copied to ``keep_log()`` (the state folder with the original is removed by ``stop_server``)."""
+    try:
+        state_dir = _local_root() / run_id
+        state = json.loads((state_dir / "server.json").read_text())
+        pid = int(state["pid"])
+    except (OSError, ConfigError, ValueError, KeyError, TypeError):
+        return None
+    own = _started.get(run_id)
+    returncode: int | None = None
+    if own is not None:
+        returncode = own[0].poll()
+        if returncode is None:
+            return None
+    elif _pid_alive(pid):
+        return None
+    else:
+        try:
+            returncode = int(json.loads((state_dir / "exit.json").read_text())["returncode"])
+        except (OSError, ValueError, KeyError, TypeError):
+            returncode = None
+    log_path = state_dir / "server.log"
+    try:
+        log = log_path.read_text(errors="replace")
+    except OSError:
+        log = ""
+    where = ""
+    if keep_log is not None and log:
+        try:
+            kept = keep_log()
+            kept.write_text(log)
+            where = f"; its log: {kept}"
+        except (OSError, ConfigError):
+            pass
+    lines = [ln for ln in log.splitlines() if ln.strip() and '"POST /v1/' not in ln and '"GET /v1/' not in ln]
+    tail = "".join(f"\n    {ln}" for ln in lines[-_LOG_LINES:])
+    return (
+        f"the embedded llama.cpp server (pid {pid}) exited during the run{_how_it_ended(returncode)}: the examples asked "
+        f"after it are LM errors (connection refused), not answers of the model{where}"
+        + (f"; its last lines:{tail}" if tail else "; its log is empty")
+    )
 
 
 def _threads() -> int:
