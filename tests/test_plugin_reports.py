@@ -224,3 +224,24 @@ def test_run_metadata_names_the_git_commit(pytester, project, server_factory):
     assert result.ret == 0
     assert json.loads((pytester.path / "r.json").read_text())["git_commit"] == head
     assert f"commit {head[:12]}" in (pytester.path / "r.md").read_text(encoding="utf-8")
+
+
+def test_the_reports_of_a_run_that_stopped_early_say_so_never_passed(pytester, project, server_factory):
+    """trial 4 F2: -x (or Ctrl-C) after one program was gated: the markdown read "⚠️ 1 program passed" and the
+    HTML "no program was evaluated", neither saying the run stopped (only the JSON's ``stopped`` did)."""
+    fake = server_factory(make_responder())
+    project(0.0)  # zero-shot on the fake server scores nothing: the gate passes on its threshold
+    pytester.makepyfile(test_u_fails="def test_fails():\n    assert False\n")  # after test_triage.py
+    result = run(pytester, fake, ["-p", "no:xdist"], "-x", "--dspex-missing-golden=zero-shot", "--dspex-html=r.html",
+                 "--dspex-markdown=r.md", "--dspex-report=r.json", "test_triage.py", "test_u_fails.py")  # fmt: skip
+    assert result.ret == 1, result.stdout.str()
+    report = json.loads((pytester.path / "r.json").read_text(encoding="utf-8"))
+    assert report["programs"] and report["stopped"].startswith("the run stopped early")
+    md = (pytester.path / "r.md").read_text(encoding="utf-8")
+    headline = md.splitlines()[0]
+    assert headline.startswith("### ⚠️ pytest-dspex: incomplete run: the run stopped early: stopping after 1 failures"), md
+    assert "not every test ran" in headline and "1 program passed" in headline  # what was gated before it
+    page = (pytester.path / "r.html").read_text(encoding="utf-8")
+    status = page.split('id="status">')[1].split("</span>")[0]
+    assert status.startswith("incomplete run: the run stopped early: stopping after 1 failures"), status
+    assert "no program was evaluated" not in page

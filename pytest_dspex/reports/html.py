@@ -52,6 +52,11 @@ def render_html(report: Mapping[str, Any]) -> str:
         else f"failed ({failed} of {len(programs)} programs)" if failed
         else "no program was evaluated"
     )  # fmt: skip
+    if report.get("stopped"):  # not every test ran: no verdict, whatever the programs gated before it say
+        status = f"incomplete run: {report['stopped']}; not every test ran" + (
+            f" ({failed} of {len(programs)} programs failed before it)" if failed
+            else f" ({len(programs)} program{'s' if len(programs) != 1 else ''} passed before it)" if programs else ""
+        )  # fmt: skip
     parts = [
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
         f'<meta http-equiv="Content-Security-Policy" content="{escape(csp)}">',

@@ -43,7 +43,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     incomplete = [p for p in failed if p.incomplete]
     passed = bool(programs) and bool(report.get("passed", not failed))  # nothing evaluated passed nothing
     icon = "✅" if passed else "⚠️" if len(incomplete) == len(failed) else "❌"  # nothing, or only incomplete ones
-    lines = [f"### {icon} pytest-dspex: {_headline(programs)}", ""]
+    headline = _headline(programs)
+    if report.get("stopped"):  # not every test ran: what was gated before it is no verdict on the run
+        headline = f"incomplete run: {report['stopped']}; not every test ran, so no verdict" + (
+            f" (before it: {headline})" if programs else ""
+        )
+    lines = [f"### {icon} pytest-dspex: {md_text(headline, 300)}", ""]
     if programs:
         lines += [
             "| program | mode | test | score (95% CI) | threshold | golden | delta | n | errors | cost | verdict |",
