@@ -88,3 +88,24 @@ def test_missing_dataset_is_one_error_item_and_other_files_run(pytester, project
     assert out.count(said) == 1, out
     assert "Interrupted" not in out
     result.assert_outcomes(passed=2, errors=1)  # test_unrelated and the whole-dataset test run
+
+
+@pytest.mark.parametrize(
+    ("new", "said"),
+    [
+        ('@pytest.mark.dspex_dataset("data/dev.jsonl", limt=5)', "unknown argument(s) limt (known: limit)"),
+        ('@pytest.mark.dspex_dataset("data/dev.jsonl", limit=0)', "limit=0 must be a positive integer"),
+    ],
+    ids=["typo", "bad-limit"],
+)
+def test_a_bad_dataset_marker_fails_its_own_test_not_the_runs_collection(pytester, project, fake, mode, new, said):
+    """trial 4 F5: a typo'd dspex_dataset argument was a collection error stopping the whole run
+    ("Interrupted: 1 error during collection"), where dspex_program's and dspex_metric's fail their own test."""
+    project('@pytest.mark.dspex_dataset("data/dev.jsonl")', new)
+    result = run(pytester, fake, mode, "--dspex-missing-golden=zero-shot")
+    out = result.stdout.str()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, out
+    assert "Interrupted" not in out and "during collection" not in out
+    assert f"test_triage.py::test_triage_each: @pytest.mark.dspex_dataset: {said}" in out, out
+    assert "test_triage_each[marker-error]" in out
+    result.assert_outcomes(passed=2, errors=1)  # test_unrelated and the whole-dataset test; the item's setup

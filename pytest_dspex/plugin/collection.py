@@ -40,11 +40,11 @@ def parametrize_examples(metafunc: pytest.Metafunc) -> None:
     try:
         spec = program_spec(node, base)
         metric_spec(node)
+        marked = dataset_path(node, base)
     except pytest.fail.Exception as bad:  # a bad marker fails its own test, not the file's collection
         if "dspex_example" in metafunc.fixturenames:
             metafunc.parametrize("dspex_example", [DatasetProblem(str(bad.msg))], indirect=True, ids=["marker-error"])
         return  # a whole-dataset test: its fixture fails it with the same message
-    marked = dataset_path(node, base)
     if "dspex_example" not in metafunc.fixturenames:
         return
     if marked is None or spec is None:
