@@ -194,3 +194,32 @@ def test_a_jsonl_label_outside_the_fields_literal_names_the_line_and_the_allowed
     )
     assert "rebaseline" not in out.stdout.str()
     assert server.requests == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("8", "data/dev.jsonl:3: field 'quantity': '8' is a string, not a number (an output field of Count, typed int); write it as 8"),
+        ("eight", "data/dev.jsonl:3: field 'quantity': 'eight' is a string, not a number (an output field of Count, typed int); fix the row or the field's type"),
+        (8.5, "data/dev.jsonl:3: field 'quantity': 8.5 is not a whole number (an output field of Count, typed int); fix the row or the field's type"),
+    ],
+    ids=["quoted", "word", "fraction"],
+)
+def test_a_jsonl_label_that_is_not_its_fields_type_names_the_line_before_any_lm_call(pytester, server, mode, value, said):
+    """trial 4 F4: a jsonl label "8" for an int field was compared with the answer 8: a miss forever (and
+    "1 example relabelled since the baseline"), where a CSV cell is read as its type and a Literal label is checked."""
+    dev = rows(5)
+    dev[2]["quantity"] = value
+    project(pytester, "jsonl", dev)
+    out = run(pytester, server, mode)
+    assert out.ret == 1, out.stdout.str()
+    assert said in out.stdout.str(), out.stdout.str()
+    assert server.requests == 0
+
+
+def test_a_jsonl_int_label_written_as_a_whole_float_is_its_number(pytester, server, mode):
+    dev = rows(5)
+    dev[2]["quantity"] = float(dev[2]["quantity"])  # 3.0: JSON writers do that; it equals 3
+    project(pytester, "jsonl", dev)
+    out = run(pytester, server, mode)
+    assert out.ret == 0, out.stdout.str()

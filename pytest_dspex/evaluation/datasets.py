@@ -8,7 +8,8 @@ Given the program's ``fields`` (``programs.fields.dataset_fields``), a CSV cell 
 ``int``/``float``/``bool``/``Literal``/... is read as that type (a cell that does not parse is an
 error naming the line and column; an empty one is no value), a JSONL/JSON value of a ``Literal`` or
 ``Enum`` field that is not one of its values is an error naming the line, the field and the allowed
-values (a typo'd label would otherwise be scored as a miss forever), and a row without a label (an
+values (a typo'd label would otherwise be scored as a miss forever), so is a label of an ``int``/``float``/
+``bool`` field that is not one (``"8"``: never equal to the answer 8; an ``int``'s ``3.0`` is 3), and a row without a label (an
 output field) that other rows of the file carry is an error when the file loads, before any LM call.
 
 Every example has a stable key (``example_key``): ``str(row["id"])`` when the row has an ``id``, else
@@ -72,6 +73,12 @@ def load_dataset(
         if fields is not None and suffix != ".csv"
         else {}
     )
+    # and labels of a number or bool field: a "8" never equals the model's 8 (a miss forever)
+    scalars = (
+        {n: s for n, s in fields.types if s.role == "output" and s.annotation in (int, float, bool)}
+        if fields is not None and suffix != ".csv"
+        else {}
+    )
     for line, row in rows:
         missing = [k for k in needed if k not in row or row[k] is None]
         if missing:
@@ -79,6 +86,14 @@ def load_dataset(
         for name, spec in choices.items():
             if row.get(name) is not None:
                 _check_choice(
+                    f"{p}:{line}" if where == "line" else f"{p}: item {line}",
+                    spec,
+                    row[name],
+                    fields.owner if fields else "",
+                )
+        for name, spec in scalars.items():
+            if row.get(name) is not None:
+                row[name] = _check_scalar(
                     f"{p}:{line}" if where == "line" else f"{p}: item {line}",
                     spec,
                     row[name],
@@ -267,6 +282,33 @@ def _check_choice(at: str, spec: Any, value: Any, owner: str) -> None:
         f"{at}: field {spec.name!r}: {value!r} is not one of {', '.join(map(repr, allowed))}"
         f" ({role}{of}, typed {spec.type_name}){hint}; fix the row or the field's type"
     )
+
+
+def _check_scalar(at: str, spec: Any, value: Any, owner: str) -> Any:
+    """A JSON label of an ``int``, ``float`` or ``bool`` field must be one (an ``int`` field's 3.0 is 3)."""
+    tp = spec.annotation
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is not bool and isinstance(value, int | float) and not isinstance(value, bool):
+        if tp is float:
+            return value
+        if isinstance(value, int):
+            return value
+        if value.is_integer():
+            return int(value)
+        problem = f"{value!r} is not a whole number"
+    else:
+        kind = {str: "a string", bool: "a bool", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+        problem = f"{value!r} is {kind}, not {'true or false' if tp is bool else 'a number'}"
+    fix = "fix the row or the field's type"
+    if isinstance(value, str):
+        try:
+            fix = f"write it as {json.dumps(coerce(spec, value))}"
+        except AdapterParseError:
+            pass
+    role = "an output field"
+    of = f" of {owner}" if owner else ""
+    raise DatasetError(f"{at}: field {spec.name!r}: {problem} ({role}{of}, typed {spec.type_name}); {fix}")
 
 
 def _cell(p: Path, line: int, spec: Any, text: str) -> Any:
