@@ -60,6 +60,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the batch engine (pytest_dspex/lm/local/_batched.py) off and on; "-1": its requests sent one at a time
     "serial": {"full_grammar": False, "env": {"OMP_WAIT_POLICY": "PASSIVE", "DSPEX_BATCHED": "0"}},
     "batched": {"full_grammar": False, "env": {"OMP_WAIT_POLICY": "PASSIVE", "DSPEX_BATCHED": "1"}},
+    # the batch engine with one thread: its answers do not depend on what a request was batched with
+    "batched-t1": {"full_grammar": False, "env": {"OMP_WAIT_POLICY": "PASSIVE", "DSPEX_BATCHED": "1", "DSPEX_INSTANCES": "1"}, "threads": 1},
     "batched-1": {"full_grammar": False, "env": {"OMP_WAIT_POLICY": "PASSIVE", "DSPEX_BATCHED": "1"}, "concurrency": 1},
 }
 

@@ -112,7 +112,7 @@ class _Member:
 def test_a_request_takes_the_idle_instance_whose_cache_shares_the_longest_prefix():
     pool = _pool.Pool(_Member([1, 2, 3]), 1)
     pool.members.append(_Member([1, 2, 3, 4, 5, 6]))
-    pool.busy.append(False)
+    pool.active.append(0)
     assert pool.acquire([1, 2, 3, 4, 5, 9]) == 1  # shares 5 tokens, the other 3
     assert pool.acquire([1, 2, 3, 4, 5, 9]) == 0  # the best one is busy: the idle one, not a wait
     pool.release(1)

@@ -238,7 +238,8 @@ class BootstrapFewShotWithRandomSearch:
                 f"evaluating {len(unique)} candidates on {len(val)} validation examples"
                 + (f" ({len(candidates) - len(unique)} duplicates skipped)" if len(unique) < len(candidates) else "")
             )
-            await self._race(unique, val, serial, leave_one_out=same_sets and self.leave_one_out, width=width)
+            batch = _batch(student) if serial and width > 1 else 1
+            await self._race(unique, val, serial, leave_one_out=same_sets and self.leave_one_out, width=width, batch=batch)
             for cand in candidates:
                 if cand.duplicate_of is not None:
                     twin = next(c for c in candidates if c.name == cand.duplicate_of)
@@ -396,6 +397,7 @@ class BootstrapFewShotWithRandomSearch:
     async def _race(
         self, candidates: list[Candidate], valset: list[Example], serial: bool, *, leave_one_out: bool = False,
         width: int = 1,
+        batch: int = 1,
     ) -> None:
         """Score ``candidates`` on ``valset``, dropping the clearly worse on the way (see module doc).
 
@@ -463,8 +465,10 @@ class BootstrapFewShotWithRandomSearch:
                     group = alive[i : i + max(1, width)]
                     if len(group) == 1:  # alone: as many at once as the search allows
                         await run(group[0])
-                    else:  # one request at a time each: every instance keeps one candidate's prefix
-                        await asyncio.gather(*(run(c, concurrency=max(1, width // len(group))) for c in group))
+                    else:  # an instance's share each (one request, or its engine's batch): every
+                        # instance keeps one candidate's prefix
+                        each = max(1, min(self.concurrency, width * batch) // len(group))
+                        await asyncio.gather(*(run(c, concurrency=each) for c in group))
                     self._check_errors([r for c in alive for r in records[c.name][done:]])
             else:
                 await asyncio.gather(*(run(c) for c in alive))
@@ -551,6 +555,13 @@ def _instances(program: Module) -> int:
     from ..lm.local.embedded import parallel_instances
 
     return max(1, parallel_instances()) if _one_at_a_time(program) else 1
+
+
+def _batch(program: Module) -> int:
+    """How many requests each of the embedded server's instances decodes together (its batch engine)."""
+    from ..lm.local.embedded import requests_per_instance
+
+    return max(1, requests_per_instance()) if _one_at_a_time(program) else 1
 
 
 def _one_at_a_time(program: Module) -> bool:

@@ -20,13 +20,16 @@ or top-k/top-p/temperature with the request's seed), so answers follow the same 
 serial path; stop strings, ``max_tokens`` and the end-of-generation token end a request as
 ``Llama.create_completion`` does, and its response has the same shape.
 
-Determinism, measured on the example's 48 find_product requests (temperature 0, ~330-token
-prompts): 1 answer differs sent 8 at a time vs one at a time (4-8 with ggml's tiled K-quant
-product on, see ``without_tiled_matmul``), though a token's logits are bit-identical whatever the
-number of rows in its batch (repacked weights off, tiled product off, flash attention, prompts in
-fixed chunks: each of those mattered). With one sequence per ``llama_decode`` the 48 are
-identical; reusing prefixes only from a slot's own cache, or grouping sequences by cache length,
-left 4-5 different. Hence off by default (``DEFAULT``).
+Determinism: a request's answer must be a function of its prompt, whatever it was batched with
+(else an unchanged program can read "regressed"). Each of these mattered, measured on the example's
+48 find_product requests (temperature 0, ~330-token prompts): repacked weights off, ggml's tiled
+K-quant product off (``without_tiled_matmul``), flash attention (it skips masked cells), prompts in
+fixed chunks each in a ``llama_decode`` of its own, and **one thread**: with two, llama.cpp's flash
+attention splits a decoding token's cache between the threads at a point that depends on the
+longest sequence in the batch (1 of the 48 answers differed 8 at a time vs one at a time). With one
+thread the 753 decoding steps of the 48 gave bit-identical logits alone and 8 at a time. The server
+keeps one single-thread engine per core (``_pool``), so both cores work and every engine gives the
+same answers (the same 48 through one engine and through two: identical).
 
 What the engine does not do goes through the original ``Llama`` under a lock of its own
 (``EngineLlama``): streaming, logits processors and ``logit_bias``, ``echo``, ``suffix``, stopping
@@ -59,7 +62,8 @@ SLOT_CONTEXT = 2048
 CHUNK = 32
 
 
-#: whether the engine runs when ``DSPEX_BATCHED`` is unset
+#: whether the engine runs when ``DSPEX_BATCHED`` is unset (``0``: llama-cpp-python's one-at-a-time
+#: path on each instance of the pool)
 DEFAULT = False
 
 
@@ -165,6 +169,9 @@ class BatchEngine:
         params = llama_cpp.llama_context_params.from_buffer_copy(llama.context_params)  # the server's settings
         params.n_ctx = self.n_ctx_slot * slots
         params.n_seq_max = slots
+        # a step of several sequences is a batch: with llama.cpp's batch threads (the server's default
+        # is every core) its attention would be split between threads by the batch's longest sequence
+        params.n_threads_batch = params.n_threads
         params.kv_unified = False
         params.swa_full = True  # a slot keeps every position, so any prefix of it can be reused
         # flash attention skips masked cells: a token's attention does not depend on how long its
@@ -220,6 +227,14 @@ class BatchEngine:
         )  # fmt: skip
         self._queue.put(job)
         return job.future.result()
+
+    def longest_prefix(self, prompt: list[int]) -> int:
+        """The longest prefix of ``prompt`` this engine holds or is about to: a slot's cache, a running
+        or waiting request's prompt (read from another thread: a hint for routing, not exact)."""
+        held = [list(s.cached) for s in self._slots]
+        held += [s.job.prompt for s in self._slots if s.job is not None]
+        held += [j.prompt for j in list(self._waiting)]
+        return max((_common_prefix(h, prompt) for h in held), default=0)
 
     def close(self) -> None:
         self._queue.put(None)
@@ -383,6 +398,11 @@ class BatchEngine:
             return self._finish(s, all_text[: all_text.index(found[0])], "stop")
         if len(job.completion) >= job.max_tokens:
             return self._finish(s, all_text, "length")
+        pruned = getattr(job.sampler, "pruned_grammar", None)
+        if pruned is not None and pruned.only_end_left():
+            # the grammar allows nothing but end-of-text now: that step need not be computed (the
+            # token it would pick is known, and the answer is the same as llama-cpp-python's)
+            return self._finish(s, all_text, "stop")
         return None
 
     def _first_logprobs(self, idx: int, k: int) -> dict[str, Any]:

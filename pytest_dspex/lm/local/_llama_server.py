@@ -444,10 +444,10 @@ def main() -> None:
     from . import _pool as pool
 
     install_pruned_grammar()
-    if batched.enabled():  # prompts in fixed chunks of its own
+    if batched.enabled():  # prompts in fixed chunks of its own; one engine per instance
         batched.without_repacked_weights()
         batched.without_tiled_matmul()
-        batched.install()
+        pool.install(engines=batched.SLOTS)
     else:
         install_canonical_prompts()
         if pool.instances() > 1:

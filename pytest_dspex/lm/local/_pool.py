@@ -16,7 +16,13 @@ prompt, so a program's requests keep reusing their demos' prefix — and holds i
 exactly the same rules: a matrix product's rows do not depend on how many threads computed them.
 
 ``DSPEX_INSTANCES`` sets the number (``1``: the server as before, one instance with every core).
-The batch engine (``DSPEX_BATCHED=1``) replaces it when on.
+
+With the batch engine on (``_batched``, the default), every instance has an engine of its own
+(``Pool(engines=slots)``): an instance then takes up to ``slots`` requests at once and decodes them
+together, one thread each. Requests go where their prompt's prefix is cached (or being read), unless
+that instance is busier than the prefix is worth (``_score``). One thread per engine is what keeps a
+request's answer independent of its neighbours: with two threads, llama.cpp's flash attention splits
+a decoding token's cache between them at a point that depends on the longest sequence in the batch.
 """
 
 from __future__ import annotations
@@ -26,9 +32,13 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from ._batched import _common_prefix
+from ._batched import CHUNK, _common_prefix
 
 __all__ = ["ENV", "Pool", "PoolLlama", "install", "instances", "threads_per_instance"]
+
+#: what a request already running on an instance costs a new one there, in prompt tokens it would
+#: have to evaluate elsewhere (a decoding step shared with one more sequence, and a slot less)
+BUSY_COST = 64
 
 #: ``DSPEX_INSTANCES=N``: N model instances (default: one per core, at most ``MAX_INSTANCES``)
 ENV = "DSPEX_INSTANCES"
@@ -62,12 +72,28 @@ class Pool:
     """The server's model instances and which are busy. The first is the app's own ``Llama``; the
     others are made from its settings in the background (requests use them once they are ready)."""
 
-    def __init__(self, first: Any, n: int) -> None:
+    def __init__(self, first: Any, n: int, engines: int = 0) -> None:
         self.members: list[Any] = [first]
-        self.busy: list[bool] = [False]
+        #: requests each instance holds now (at most ``capacity``)
+        self.active: list[int] = [0]
+        #: with ``engines``: each instance's batch engine and the lock of its own path (streams ...)
+        self.engines: list[Any] = []
+        self.locks: list[threading.Lock] = [threading.Lock()]
+        self.capacity = max(1, engines) if engines else 1
         self._cond = threading.Condition()
+        if engines:
+            self.engines.append(self._engine(first))
         if n > 1:
             threading.Thread(target=self._grow, args=(first, n - 1), name="dspex-pool-load", daemon=True).start()
+
+    @property
+    def busy(self) -> list[bool]:
+        return [a >= self.capacity for a in self.active]
+
+    def _engine(self, llama: Any) -> Any:
+        from ._batched import BatchEngine
+
+        return BatchEngine(llama, self.capacity)
 
     def _grow(self, first: Any, extra: int) -> None:
         from llama_cpp import Llama
@@ -76,32 +102,47 @@ class Pool:
         for _ in range(extra):
             try:
                 llama = Llama(**settings)
+                engine = self._engine(llama) if self.engines else None
             except Exception as exc:  # out of memory, say: keep serving with the instances there are
                 print(f"pytest-dspex: could not load another model instance ({exc}); serving with {len(self.members)}", flush=True)
                 return
             with self._cond:
                 self.members.append(llama)
-                self.busy.append(False)
+                self.active.append(0)
+                self.locks.append(threading.Lock())
+                if engine is not None:
+                    self.engines.append(engine)
                 self._cond.notify_all()
 
+    def _score(self, i: int, tokens: list[int]) -> int:
+        """How good instance ``i`` is for a prompt of ``tokens``: the prompt tokens it need not evaluate
+        there (its cached or being-read prefix, in whole chunks), less ``BUSY_COST`` per request it holds."""
+        if self.engines:
+            shared = self.engines[i].longest_prefix(tokens) // CHUNK * CHUNK
+        else:
+            llama = self.members[i]
+            shared = _common_prefix(list(llama._input_ids[: llama.n_tokens]), tokens)
+        return shared - BUSY_COST * self.active[i]
+
     def acquire(self, tokens: list[int]) -> int:
-        """An idle instance for a prompt of ``tokens`` (the longest cached prefix first), marked busy."""
+        """An instance with room for a prompt of ``tokens`` (``_score``: the longest cached prefix
+        first, then the least busy), holding one more request."""
         with self._cond:
-            while all(self.busy):
+            while all(a >= self.capacity for a in self.active):
                 self._cond.wait()
-            best, shared = -1, -1
-            for i, llama in enumerate(self.members):
-                if self.busy[i]:
+            best, score = -1, None
+            for i in range(len(self.members)):
+                if self.active[i] >= self.capacity:
                     continue
-                n = _common_prefix(list(llama._input_ids[: llama.n_tokens]), tokens)
-                if n > shared:
-                    best, shared = i, n
-            self.busy[best] = True
+                mine = self._score(i, tokens)
+                if score is None or mine > score:
+                    best, score = i, mine
+            self.active[best] += 1
             return best
 
     def release(self, i: int) -> None:
         with self._cond:
-            self.busy[i] = False
+            self.active[i] -= 1
             self._cond.notify()
 
 
@@ -130,6 +171,10 @@ class PoolLlama:
         i = self._pool.acquire(self._tokens(format_plain(kwargs.get("messages") or []).prompt))
         llama = self._pool.members[i]
         try:
+            if self._pool.engines:  # the chat handler completes through the instance's engine
+                from ._batched import EngineLlama
+
+                return EngineLlama(llama, self._pool.engines[i], self._pool.locks[i]).create_chat_completion(**kwargs)
             return type(llama).create_chat_completion(llama, **kwargs)
         finally:
             self._pool.release(i)
@@ -137,6 +182,10 @@ class PoolLlama:
     def create_completion(self, prompt: Any, **kwargs: Any) -> Any:
         i = self._pool.acquire(self._tokens(prompt))
         llama = self._pool.members[i]
+        if self._pool.engines:
+            from ._batched import EngineLlama
+
+            llama = EngineLlama(llama, self._pool.engines[i], self._pool.locks[i])
         try:
             result = llama.create_completion(prompt, **kwargs)
         except BaseException:
@@ -159,28 +208,30 @@ class PoolLlama:
 class _Proxy:
     """What ``get_llama_proxy`` yields: the app's ``LlamaProxy`` with its model behind a ``PoolLlama``."""
 
-    def __init__(self, proxy: Any, pools: dict[int, Pool], n: int, guard: threading.Lock) -> None:
+    def __init__(self, proxy: Any, pools: dict[int, Pool], n: int, guard: threading.Lock, engines: int = 0) -> None:
         self._proxy = proxy
         self._pools = pools
         self._n = n
         self._guard = guard
+        self._engines = engines
 
     def __call__(self, model: str | None = None) -> Any:
         llama = self._proxy(model)
         with self._guard:
             pool = self._pools.get(id(llama))
             if pool is None or pool.members[0] is not llama:
-                pool = self._pools[id(llama)] = Pool(llama, self._n)
+                pool = self._pools[id(llama)] = Pool(llama, self._n, self._engines)
         return PoolLlama(pool)
 
     def __iter__(self) -> Any:
         return iter(self._proxy)
 
 
-def install(n: int | None = None) -> None:
+def install(n: int | None = None, engines: int = 0) -> None:
     """Serve the app's routes from a pool of ``n`` instances (default ``instances()``): its
     ``get_llama_proxy`` (a lock around the one ``Llama``) is replaced by one that yields the model
-    behind ``PoolLlama``; the pool's own locks keep each instance to one request at a time."""
+    behind ``PoolLlama``; the pool keeps each instance to one request at a time, or with ``engines``
+    to that many, decoded together by the instance's batch engine."""
     from llama_cpp.server import app
 
     if getattr(app.get_llama_proxy, "_dspex_pool", False):
@@ -190,7 +241,7 @@ def install(n: int | None = None) -> None:
     guard = threading.Lock()
 
     async def get_llama_proxy() -> Any:
-        yield None if app._llama_proxy is None else _Proxy(app._llama_proxy, pools, count, guard)
+        yield None if app._llama_proxy is None else _Proxy(app._llama_proxy, pools, count, guard, engines)
 
     get_llama_proxy._dspex_pool = True  # type: ignore[attr-defined]
     app.get_llama_proxy = get_llama_proxy

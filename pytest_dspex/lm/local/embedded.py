@@ -202,11 +202,18 @@ def server_env(owner_pid: int) -> dict[str, str]:
 
 
 def parallel_instances() -> int:
-    """How many requests the embedded server on this machine answers side by side, each on a model
-    instance of its own (``_pool``): one per core up to 4, ``DSPEX_INSTANCES``; 1 with the batch engine."""
-    from . import _batched, _pool
+    """How many model instances the embedded server on this machine keeps (``_pool``): one per core
+    up to 4, ``DSPEX_INSTANCES``."""
+    from . import _pool
 
-    return 1 if _batched.enabled() else _pool.instances()
+    return _pool.instances()
+
+
+def requests_per_instance() -> int:
+    """How many requests each instance decodes together: the batch engine's slots (``_batched``), or 1."""
+    from . import _batched
+
+    return _batched.SLOTS if _batched.enabled() else 1
 
 
 def ensure_server(run_id: str, owner_pid: int, *, n_ctx: int = 4096, startup_timeout: float = 180.0) -> str:
@@ -335,12 +342,12 @@ def server_gone(run_id: str, keep_log: Callable[[], Path] | None = None) -> str 
 
 
 def _threads() -> int:
-    """Threads of each model instance: the cores, or the cores shared by the server's instances
-    (``_pool``; the batch engine keeps one instance with every core)."""
+    """Threads of each model instance: the cores shared by the server's instances (``_pool``), and
+    one with the batch engine, whose answers then do not depend on what they were batched with."""
     from . import _batched, _pool
 
     if _batched.enabled():
-        return max(1, os.cpu_count() or 2)
+        return 1
     return _pool.threads_per_instance()
 
 
