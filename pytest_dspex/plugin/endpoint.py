@@ -39,6 +39,21 @@ def add_options(parser: pytest.Parser) -> None:
         "that builds its client from the environment uses the session's cache, replay, limits and budget",
     )
     parser.addini("dspex_openai_env", "like --dspex-openai-env", type="bool", default=False)
+    parser.getgroup("dspex").addoption(
+        "--dspex-loopback-process",
+        dest="dspex_loopback_process",
+        choices=("on", "off"),
+        default=None,
+        help="on: the loopback endpoint's LM work (cache, upstream calls) runs in a serving process of its own, "
+        "sharing the run's limits and budget, its calls still counted for each example (frees the evaluating "
+        "process's core for the application's SDK); off (default): in the evaluating process",
+    )
+    parser.addini("dspex_loopback_process", "like --dspex-loopback-process (on/off)", default="off")
+
+
+def loopback_process_wanted(config: pytest.Config) -> bool:
+    value = config.getoption("dspex_loopback_process", None) or config.getini("dspex_loopback_process")
+    return str(value).strip().lower() in ("on", "true", "1", "yes")
 
 
 def openai_env_wanted(config: pytest.Config) -> bool:
@@ -68,8 +83,9 @@ class HeldKey:
 class SessionEndpoint:
     """The process's loopback endpoint and the environment it replaced."""
 
-    def __init__(self, session: DspexSession) -> None:
+    def __init__(self, session: DspexSession, *, serving: bool = False) -> None:
         self.session = session
+        self.serving = serving  # the loopback's LM work in a serving process (``programs.piped``)
         self.endpoint: LoopbackEndpoint | None = None
         self._saved_env: dict[str, str | None] | None = None
 
@@ -77,7 +93,12 @@ class SessionEndpoint:
         if self.endpoint is None:
             from ..programs.loopback import LoopbackEndpoint
 
-            self.endpoint = LoopbackEndpoint(lambda: self.session.lm).start()
+            serving = None
+            if self.serving:
+                from ..programs.piped import ServingProcess
+
+                serving = self.session.lms.serving = ServingProcess(self.session.lms.serving_config)
+            self.endpoint = LoopbackEndpoint(lambda: self.session.lm, serving=serving).start()
         return self.endpoint
 
     def export_env(self) -> None:
@@ -110,10 +131,14 @@ class SessionEndpoint:
 
 def configure(config: pytest.Config, session: DspexSession) -> None:
     """Called from the plugin's ``pytest_configure``, once the session exists."""
-    holder = SessionEndpoint(session)
+    distributing = not session.is_worker and config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") != "no"
+    o = session.options
+    serving = loopback_process_wanted(config) and not (o.local or o.estimate or o.cache_url)
+    if serving and not distributing and not session.is_worker:  # one process: the run's limits, shared with the serving process
+        session.lms.share_limits(session.run_limits())
+    holder = SessionEndpoint(session, serving=serving)
     config.stash[_key] = holder
     config.add_cleanup(holder.close)
-    distributing = not session.is_worker and config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") != "no"
     if openai_env_wanted(config) and not distributing:  # an xdist controller runs no tests: its workers export their own
         holder.export_env()
 

@@ -48,6 +48,8 @@ class SessionLMs:
         self.held_key: Any = None
         #: the embedded server died during the run (``close``): what to tell the user, else None
         self.server_death: str | None = None
+        #: the loopback's serving process (``programs.piped.ServingProcess``), if it has one
+        self.serving: Any = None
 
     def activate(self) -> None:
         """From the first dspex test on, programs without an LM use the session's (built lazily)."""
@@ -95,6 +97,13 @@ class SessionLMs:
 
             warnings.warn(f"pytest-dspex: {link.lost_reason}; this worker kept its own LM limits (in-flight, budget, breaker) "
                           "from then on", RuntimeWarning, stacklevel=2)  # fmt: skip
+        serving = self.serving
+        if serving is not None and serving.lost is not None and not serving.told:
+            serving.told = True
+            import warnings
+
+            warnings.warn(f"pytest-dspex: {serving.lost}; the loopback endpoint answered the requests it was serving, and "
+                          "every one after, in this process", RuntimeWarning, stacklevel=2)  # fmt: skip
         shared = self._shared
         if shared is not None and shared.lost is not None and not self._warned_shared:
             self._warned_shared = True
@@ -183,29 +192,67 @@ class SessionLMs:
         o = self.options
         if self._cache is None and o.cache != "off":
             self._cache = open_response_cache(o.cache, directory=o.cache_dir, url=o.cache_url)  # type: ignore[arg-type]
-        url, model = self._endpoint()
+        model, url, settings = self.lm_settings()
         return LM(
             model,
             base_url=url,
             api_key=self.held_key.reveal() if self.held_key is not None else NOT_GIVEN,
-            api_key_env=o.api_key_env,
-            temperature=o.temperature,
-            max_tokens=o.max_tokens,
-            timeout=o.timeout,
-            retries=o.retries,
-            rate_limit_patience=o.rate_limit_patience,
-            concurrency=o.concurrency_grows_to or o.concurrency,
-            concurrency_start=o.concurrency if o.concurrency_grows_to else None,  # the default probes upwards
             cache=self._cache,
             budget=self.budget,
-            price_per_1m_input=self._price(model)[0],
-            price_per_1m_output=self._price(model)[1],
-            cache_identity=f"embedded:{model}" if o.local else None,
-            hedge_after=None if o.local else "auto",  # one request at a time: a duplicate only queues
             limits=self.link,
             shared_limits=self.shared_limits,
-            estimate=o.estimate,  # --dspex-estimate: a request the cache cannot answer is counted, not sent
+            **settings,
         )
+
+    def lm_settings(self) -> tuple[str, str, dict[str, Any]]:
+        """The session LM's model, URL and plain settings (no secret, no live object): the same for
+        the loopback's serving process (``programs.serving``), which builds its own from them."""
+        o = self.options
+        url, model = self._endpoint()
+        price_in, price_out = self._price(model)
+        return model, url, {
+            "api_key_env": o.api_key_env,
+            "temperature": o.temperature,
+            "max_tokens": o.max_tokens,
+            "timeout": o.timeout,
+            "retries": o.retries,
+            "rate_limit_patience": o.rate_limit_patience,
+            "concurrency": o.concurrency_grows_to or o.concurrency,
+            "concurrency_start": o.concurrency if o.concurrency_grows_to else None,  # the default probes upwards
+            "price_per_1m_input": price_in,
+            "price_per_1m_output": price_out,
+            "cache_identity": f"embedded:{model}" if o.local else None,
+            "hedge_after": None if o.local else "auto",  # one request at a time: a duplicate only queues
+            "estimate": o.estimate,  # --dspex-estimate: a request the cache cannot answer is counted, not sent
+        }
+
+    def serving_config(self) -> dict[str, Any] | None:
+        """What the loopback's serving process needs to be this session's LM (``programs.serving``),
+        secrets included — handed over its pipe only; None when the loopback is served in this process
+        (the embedded model, an estimate, a Redis cache or limits, or no run-wide limits to share)."""
+        o = self.options
+        if o.local or o.estimate or o.cache_url or not self._limits_address:
+            return None
+        if self._lm is not None and self._lm.limits is None:  # built before the run's limits existed
+            return None
+        model, url, settings = self.lm_settings()
+        explicit = self.held_key.reveal() if self.held_key is not None else None
+        return {
+            "model": model,
+            "url": url,
+            "api_key": explicit,
+            "env_key": None if explicit else os.environ.get(o.api_key_env),
+            "settings": settings,
+            "cache": {"mode": o.cache, "directory": str(o.cache_dir) if o.cache_dir is not None else None},
+            "limits": self._limits_address,
+            "budget": [o.max_cost, o.max_calls] if (o.max_cost is not None or o.max_calls is not None) else None,
+        }
+
+    def share_limits(self, address: str) -> None:
+        """Link this process's LMs to the run's limits at ``address`` (``"address token"``): the
+        loopback's serving process shares them. Only before the session LM is built."""
+        if self._lm is None and self._budget is None and not self._limits_address:
+            self._limits_address = address
 
     def _price(self, model: str) -> tuple[float, float]:
         """``--dspex-price``; in an estimate, else the table's list price of a well-known model."""

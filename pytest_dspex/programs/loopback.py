@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from ..lm.client import LM
+    from .piped import ServingProcess
 
 __all__ = ["LoopbackEndpoint"]
 
@@ -71,6 +72,7 @@ __all__ = ["LoopbackEndpoint"]
 _NEUTRAL = frozenset({"model", "stream", "stream_options", "user", "metadata", "store", "service_tier"})
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error", 409: "conflict_error", 422: "invalid_request_error", 429: "rate_limit_error"}  # fmt: skip
 _NO_RETRY = {"x-should-retry": "false"}
+_CALLER: Any = object()  # respond's rollout: the caller's (its call overrides)
 
 
 class BadRequest(Exception):
@@ -89,9 +91,13 @@ class LoopbackEndpoint:
     application asks. ``counts`` says what was served: ``answered``, ``cache_hits``, ``streamed``,
     ``errors``, ``bad_requests``, ``unattributed`` (requests over the socket without a caller's
     context). ``in_process=False`` sends httpx clients over the socket too (for measuring the hop).
+    ``serving``: a ``piped.ServingProcess`` that does the chat completions' LM work in a process of
+    its own (counted here, in the caller's context); when it cannot, they are answered here.
     """
 
-    def __init__(self, lm: LM | Callable[[], LM], *, host: str = "127.0.0.1", port: int = 0, in_process: bool = True) -> None:
+    def __init__(
+        self, lm: LM | Callable[[], LM], *, host: str = "127.0.0.1", port: int = 0, in_process: bool = True, serving: ServingProcess | None = None
+    ) -> None:
         self._lm: LM | None = None
         self._make: Callable[[], LM] | None = None
         if callable(lm) and not hasattr(lm, "arespond"):
@@ -105,6 +111,7 @@ class LoopbackEndpoint:
         self._runner: Any = None
         self._address: Any = None
         self._lm_lock: asyncio.Lock | None = None
+        self.serving = serving
 
     @property
     def base_url(self) -> str:
@@ -129,6 +136,11 @@ class LoopbackEndpoint:
         if self._runner is None:
             return
         runner, self._runner = self._runner, None
+        if self.serving is not None:
+            try:
+                _runtime.run_sync(self.serving.aclose())
+            except RuntimeError:
+                pass
         if self._address is not None:
             self._address.__exit__(None, None, None)
             self._address = None
@@ -157,6 +169,8 @@ class LoopbackEndpoint:
 
     async def _cleanup_on_shutdown(self) -> None:
         runner, self._runner = self._runner, None
+        if self.serving is not None:
+            await self.serving.aclose()
         if runner is not None:
             await runner.cleanup()
 
@@ -173,13 +187,21 @@ class LoopbackEndpoint:
         return self._lm
 
     # -- requests -------------------------------------------------------------------------------
-    async def respond(self, method: str, path: str, body: bytes) -> callers.Reply:
+    async def respond(self, method: str, path: str, body: bytes, *, rollout: Any = _CALLER) -> callers.Reply:
         """Answer one request: (status, headers, body). Runs on pytest-dspex's loop, in the caller's
         context (its accounting, rollout id and ``lm_errors``): the HTTP server and the in-process
-        path for httpx clients (``callers``) both come here."""
+        path for httpx clients (``callers``) both come here. ``rollout``: the repeat's rollout id
+        (default: the caller's; the serving process is given it with the request)."""
         path = path.rstrip("/")
         if path.endswith("/chat/completions") and method == "POST":
-            return await self._chat(body)
+            if rollout is _CALLER:
+                rollout = (settings.get("call_overrides") or {}).get("rollout_id")
+            if self.serving is not None:
+                reply = await self.serving.respond(method, path, body, rollout)
+                if reply is not None:
+                    self._served(reply)
+                    return reply
+            return await self._chat(body, rollout)
         if path.endswith("/models") and method == "GET":
             return await self._models()
         return _error(404, f"Invalid URL ({method} {path})", "invalid_request_error", None, "not_found")
@@ -209,7 +231,19 @@ class LoopbackEndpoint:
         entry = {"id": lm.model, "object": "model", "created": 0, "owned_by": "pytest-dspex"}
         return 200, {"content-type": "application/json"}, json.dumps({"object": "list", "data": [entry]}).encode()
 
-    async def _chat(self, raw: bytes) -> callers.Reply:
+    def _served(self, reply: callers.Reply) -> None:
+        """Count an answer of the serving process as ``_chat`` counts its own."""
+        status, headers = reply[0], reply[1]
+        if status == 200:
+            self.counts["answered"] += 1
+            self.counts["cache_hits"] += headers.get("x-dspex-cache") == "hit"
+            self.counts["streamed"] += headers.get("content-type") == "text/event-stream"
+        elif status == 400:
+            self.counts["bad_requests"] += 1
+        else:
+            self.counts["errors"] += 1
+
+    async def _chat(self, raw: bytes, rollout: Any = None) -> callers.Reply:
         try:
             body = _read_json(raw)
             lm_request, params, stream = _translate(body)
@@ -218,9 +252,8 @@ class LoopbackEndpoint:
             return _error(400, str(exc), "invalid_request_error", exc.param, None)
         try:
             lm = await self._get_lm()
-            overrides = settings.get("call_overrides") or {}
-            if overrides.get("rollout_id") is not None:  # a repeat of the example: its own cache entry
-                params["rollout_id"] = overrides["rollout_id"]
+            if rollout is not None:  # a repeat of the example: its own cache entry
+                params["rollout_id"] = rollout
             data, completion = await lm.arespond(lm_request, **params)
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):

@@ -1,0 +1,292 @@
+"""The loopback's LM work in a serving process of its own, over one multiplexed pipe.
+
+Issue 22: a function calling the ``openai`` SDK spends the evaluating process's one core on the
+SDK itself (~1 ms a call) plus, answered in process, the session LM's work for each call (the
+upstream request through aiohttp, the cache, the accounting: ~0.5 ms). With ``ServingProcess`` the
+loopback keeps its in-process hop (the SDK's httpx request answered in the process, no socket, no
+HTTP parsing) but hands the request's raw bytes to a serving process (``serving``) that owns the
+LM work, over one socket pair: each request a frame ``(id, method, path, rollout, body)``, each
+reply a frame ``(id, status, headers, accounting, body)``; the frames written in one turn of the
+loop go out in one write on both sides. The other core does the LM's work.
+
+Guarantees:
+
+* **one LM**: the serving process builds the session's LM (same cache, mode, retries, breaker)
+  linked to the run's limits and budget (``lm.link``), which the evaluating process's own LM uses
+  too: the loopback's calls and the programs' share one in-flight limit, breaker and budget;
+* **attribution**: each reply carries its call's usage, LM call events and LM errors; ``respond``
+  counts them in the caller's context (the example's usage and cache hits, ``lm_errors``, the
+  reports' events) as an in-process answer would;
+* **secrets**: the upstream key goes over the pipe only — not in argv, not in the serving
+  process's environment (the key variables are removed from it), never in a file or a log;
+* **faults**: a serving process that cannot start, or dies, answers nothing more: every waiting
+  and later request returns None and the endpoint answers it in process (``lost`` says why, once;
+  the plugin warns). Nothing waits for a process that is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from .. import errors as _errors
+from ..lm import callers
+from ..lm.usage import Usage, record
+from ..observe import events
+
+__all__ = ["ServingProcess"]
+
+logger = logging.getLogger("pytest_dspex.lm")
+
+_HEAD = struct.Struct("!II")  # request id (0: control), payload length
+_REPLY = struct.Struct("!HII")  # status, headers' length, accounting's length
+START_TIMEOUT = 30.0  # seconds for the serving process to import, build its LM and say it is ready
+_USAGE_FIELDS = frozenset(Usage.__dataclass_fields__)
+
+
+def frame(rid: int, payload: bytes) -> bytes:
+    return _HEAD.pack(rid, len(payload)) + payload
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    rid, size = _HEAD.unpack(await reader.readexactly(_HEAD.size))
+    return rid, await reader.readexactly(size)
+
+
+def request_frame(rid: int, method: str, path: str, rollout: Any, body: bytes) -> bytes:
+    head = f"{method}\0{path}\0{json.dumps(rollout) if rollout is not None else ''}\0".encode()
+    return frame(rid, head + body)
+
+
+def split_request(payload: bytes) -> tuple[str, str, Any, bytes]:
+    method, path, rollout, body = payload.split(b"\0", 3)
+    return method.decode(), path.decode(), json.loads(rollout) if rollout else None, body
+
+
+def reply_frame(rid: int, reply: callers.Reply, accounting: dict[str, Any]) -> bytes:
+    status, headers, body = reply
+    head, acct = json.dumps(headers).encode(), json.dumps(accounting).encode()
+    return frame(rid, _REPLY.pack(status, len(head), len(acct)) + head + acct + body)
+
+
+def split_reply(payload: bytes) -> tuple[callers.Reply, dict[str, Any]]:
+    status, hlen, alen = _REPLY.unpack_from(payload)
+    at = _REPLY.size
+    headers = json.loads(payload[at : at + hlen])
+    accounting = json.loads(payload[at + hlen : at + hlen + alen])
+    return (status, headers, payload[at + hlen + alen :]), accounting
+
+
+def error_info(exc: BaseException) -> dict[str, Any]:
+    """An LM error the serving process answered with, as the evaluating process rebuilds it."""
+    return {"type": type(exc).__name__, "message": str(exc), "status": getattr(exc, "status", None),
+            "retry_after": getattr(exc, "retry_after", None), "retries": getattr(exc, "retries", 0)}  # fmt: skip
+
+
+def rebuild_error(info: dict[str, Any]) -> BaseException:
+    cls = getattr(_errors, str(info.get("type")), None)
+    if not (isinstance(cls, type) and issubclass(cls, _errors.DspexError)):
+        cls = _errors.LMError
+    exc: BaseException
+    if issubclass(cls, _errors.LMHTTPError):
+        exc = cls(info["message"], status=int(info.get("status") or 502), retry_after=info.get("retry_after"))
+    else:
+        exc = cls(info["message"])
+    if info.get("retries"):
+        exc.retries = info["retries"]  # type: ignore[attr-defined]
+    return exc
+
+
+class Coalescer:
+    """Frames sent during one turn of the loop go out in one write."""
+
+    __slots__ = ("_out", "_writer")
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._out: list[bytes] = []
+
+    def send(self, data: bytes) -> None:
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.append(data)
+
+    def _flush(self) -> None:
+        data = b"".join(self._out)
+        self._out.clear()
+        if not self._writer.is_closing():
+            self._writer.write(data)
+
+
+class ServingProcess:
+    """The evaluating process's side: starts the serving process on first use, forwards requests.
+
+    ``config`` (called off the loop, once) gives the serving process's LM configuration
+    (``SessionLMs.serving_config``); None, or an exception, means the loopback is not served
+    apart: ``respond`` returns None and nothing is said (the in-process path says any error)."""
+
+    def __init__(self, config: Callable[[], dict[str, Any] | None]) -> None:
+        self._config = config
+        self._starting: asyncio.Future[bool] | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._out: Coalescer | None = None
+        self._waiting: dict[int, asyncio.Future[bytes | None]] = {}
+        self._ids = itertools.count(1)
+        self._reading: asyncio.Task[None] | None = None
+        #: why the serving process is not used any more (it could not start, or died): said once
+        self.lost: str | None = None
+        self.told = False
+        self.forwarded = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    # -- life -----------------------------------------------------------------------------------
+    async def _ensure(self) -> bool:
+        if self._writer is not None:
+            return self.lost is None
+        if self._starting is None:
+            self._starting = asyncio.get_running_loop().create_future()
+            try:
+                up = await self._start()
+            except BaseException as exc:
+                up = False
+                if not isinstance(exc, Exception):
+                    self._starting.set_result(False)
+                    raise
+                self._lose(f"the loopback's serving process could not start ({type(exc).__name__}: {exc})")
+            self._starting.set_result(up)
+            return up
+        return await asyncio.shield(self._starting)
+
+    async def _start(self) -> bool:
+        try:
+            config = await asyncio.to_thread(self._config)
+        except Exception:
+            config = None
+        if config is None:
+            self.lost = "not served apart"
+            self.told = True  # nothing to say: the session's configuration keeps it in process
+            return False
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = {k: v for k, v in os.environ.items() if not _secret_variable(k, config)}
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "pytest_dspex.programs.serving", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+        finally:
+            theirs.close()
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        writer.write(frame(0, json.dumps(config).encode()))
+        del config
+        try:
+            _, said = await asyncio.wait_for(read_frame(reader), START_TIMEOUT)
+            answer = json.loads(said)
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, ValueError):
+            answer = {"failed": "it ended or said nothing within 30 s"}
+        if not answer.get("ready"):
+            writer.close()
+            self._kill()
+            self._lose(f"the loopback's serving process could not start ({answer.get('failed')})")
+            return False
+        self._writer, self._out = writer, Coalescer(writer)
+        self._reading = asyncio.get_running_loop().create_task(self._read(reader))
+        return True
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                rid, payload = await read_frame(reader)
+                waiting = self._waiting.pop(rid, None)
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(payload)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        code = self._process.poll() if self._process is not None else None
+        self._lose("the loopback's serving process ended" + (f" (exit status {code})" if code is not None else ""))
+
+    def _lose(self, why: str) -> None:
+        if self.lost is None:
+            self.lost = why
+            logger.warning("pytest-dspex: %s; the loopback endpoint answers in this process from now on", why)
+        waiting, self._waiting = self._waiting, {}
+        for fut in waiting.values():
+            if not fut.done():
+                fut.set_result(None)
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.close()
+
+    def _kill(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+        if self._process is not None:
+            try:
+                self._process.wait(5)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                pass
+
+    async def aclose(self) -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.close()  # the serving process ends when its pipe closes
+        if self._reading is not None:
+            self._reading.cancel()
+        if self._process is not None:
+            try:
+                await asyncio.to_thread(self._process.wait, 5)
+            except subprocess.TimeoutExpired:
+                self._kill()
+        if self.lost is None:
+            self.lost = "closed"
+            self.told = True
+
+    # -- requests -------------------------------------------------------------------------------
+    async def respond(self, method: str, path: str, body: bytes, rollout: Any) -> callers.Reply | None:
+        """The serving process's answer, counted in the caller's context; None: answer in process."""
+        if self.lost is not None or not await self._ensure():
+            return None
+        assert self._out is not None
+        rid = next(self._ids)
+        fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = fut
+        self._out.send(request_frame(rid, method, path, rollout, body))
+        payload = await fut
+        if payload is None:
+            return None
+        reply, accounting = split_reply(payload)
+        self.forwarded += 1
+        _count(accounting)
+        return reply
+
+
+def _count(accounting: dict[str, Any]) -> None:
+    """A served call's accounting, counted in the caller's context as the LM would have."""
+    usage = accounting.get("usage")
+    if usage:
+        record(Usage(**{k: v for k, v in usage.items() if k in _USAGE_FIELDS}))
+    noted = accounting.get("events")
+    if noted and events.has_listeners():
+        for data in noted:
+            data = dict(data)
+            data.pop("event", None)
+            events.emit(events.LMCallEvent(**data))
+    for info in accounting.get("errors") or ():
+        callers.served_error(rebuild_error(info))
+
+
+def _secret_variable(name: str, config: dict[str, Any]) -> bool:
+    """Environment variables the serving process does not inherit: the key's (it gets it over the pipe)."""
+    upper = name.upper()
+    return upper in ("OPENAI_API_KEY", str(config["settings"].get("api_key_env", "")).upper()) or upper.endswith("_API_KEY")
