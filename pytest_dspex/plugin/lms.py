@@ -102,8 +102,8 @@ class SessionLMs:
             serving.told = True
             import warnings
 
-            warnings.warn(f"pytest-dspex: {serving.lost}; the loopback endpoint answered the requests it was serving, and "
-                          "every one after, in this process", RuntimeWarning, stacklevel=2)  # fmt: skip
+            warnings.warn(f"pytest-dspex: {serving.lost}; the loopback endpoint answered the {serving.orphaned} request(s) it "
+                          "was serving, and every one after, in this process", RuntimeWarning, stacklevel=2)  # fmt: skip
         shared = self._shared
         if shared is not None and shared.lost is not None and not self._warned_shared:
             self._warned_shared = True

@@ -49,6 +49,7 @@ logger = logging.getLogger("pytest_dspex.lm")
 
 _HEAD = struct.Struct("!II")  # request id (0: control), payload length
 _REPLY = struct.Struct("!HII")  # status, headers' length, accounting's length
+SERVING_MODULE = "pytest_dspex.programs.serving"  # what the serving process runs (``python -m``)
 START_TIMEOUT = 30.0  # seconds for the serving process to import, build its LM and say it is ready
 _USAGE_FIELDS = frozenset(Usage.__dataclass_fields__)
 
@@ -147,6 +148,13 @@ class ServingProcess:
         self.lost: str | None = None
         self.told = False
         self.forwarded = 0
+        #: requests waiting for the serving process when it was lost (answered in process instead)
+        self.orphaned = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Requests waiting for the serving process's answer."""
+        return len(self._waiting)
 
     @property
     def pid(self) -> int | None:
@@ -183,7 +191,7 @@ class ServingProcess:
         env = {k: v for k, v in os.environ.items() if not _secret_variable(k, config)}
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "pytest_dspex.programs.serving", str(theirs.fileno())],
+                [sys.executable, "-m", SERVING_MODULE, str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
@@ -219,10 +227,11 @@ class ServingProcess:
         self._lose("the loopback's serving process ended" + (f" (exit status {code})" if code is not None else ""))
 
     def _lose(self, why: str) -> None:
+        waiting, self._waiting = self._waiting, {}
         if self.lost is None:
+            self.orphaned = sum(not fut.done() for fut in waiting.values())
             self.lost = why
             logger.warning("pytest-dspex: %s; the loopback endpoint answers in this process from now on", why)
-        waiting, self._waiting = self._waiting, {}
         for fut in waiting.values():
             if not fut.done():
                 fut.set_result(None)
