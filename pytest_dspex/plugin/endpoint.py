@@ -94,6 +94,11 @@ class SessionEndpoint:
             from ..programs.loopback import LoopbackEndpoint
 
             serving = None
+            lms = self.session.lms
+            if self.serving and not self.session.is_worker and lms.can_share_limits():
+                # one process: the run's limits (a coordinator, as an xdist controller's), shared by this
+                # process's LM and the serving process's; an xdist worker has its controller's already
+                lms.share_limits(self.session.run_limits())
             if self.serving:
                 from ..programs.piped import ServingProcess
 
@@ -133,9 +138,7 @@ def configure(config: pytest.Config, session: DspexSession) -> None:
     """Called from the plugin's ``pytest_configure``, once the session exists."""
     distributing = not session.is_worker and config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") != "no"
     o = session.options
-    serving = loopback_process_wanted(config) and not (o.local or o.estimate or o.cache_url)
-    if serving and not distributing and not session.is_worker:  # one process: the run's limits, shared with the serving process
-        session.lms.share_limits(session.run_limits())
+    serving = loopback_process_wanted(config) and not (o.local or o.estimate or o.cache_url or distributing)
     holder = SessionEndpoint(session, serving=serving)
     config.stash[_key] = holder
     config.add_cleanup(holder.close)

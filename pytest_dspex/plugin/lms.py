@@ -248,10 +248,14 @@ class SessionLMs:
             "budget": [o.max_cost, o.max_calls] if (o.max_cost is not None or o.max_calls is not None) else None,
         }
 
+    def can_share_limits(self) -> bool:
+        """Can this process's LMs still be linked to run-wide limits (nothing built yet, no link)?"""
+        return self._lm is None and self._budget is None and not self._limits_address
+
     def share_limits(self, address: str) -> None:
         """Link this process's LMs to the run's limits at ``address`` (``"address token"``): the
         loopback's serving process shares them. Only before the session LM is built."""
-        if self._lm is None and self._budget is None and not self._limits_address:
+        if self.can_share_limits():
             self._limits_address = address
 
     def _price(self, model: str) -> tuple[float, float]:
