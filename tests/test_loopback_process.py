@@ -38,6 +38,12 @@ KILL_AT = os.environ.get("KILL_AT")  # the example whose call kills the serving 
 
 ANSWERED = threading.Event()
 
+def wait_until_ready(serving):
+    for _ in range(3000):  # requests until it is up are answered in process
+        if serving.ready or serving.lost is not None:
+            return
+        time.sleep(0.01)
+
 def triage(message: str) -> str:
     kill = KILL_AT is not None and message.endswith(KILL_AT)
     if KILL_AT is not None and not kill and int(message.rsplit(" ", 1)[1]) > int(KILL_AT.rsplit(" ", 1)[1]):
@@ -45,6 +51,7 @@ def triage(message: str) -> str:
     reply = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": message}])
     if kill:
         serving = SERVING["it"]
+        wait_until_ready(serving)
         ANSWERED.set()
         for _ in range(500):
             if serving.in_flight:
@@ -82,6 +89,8 @@ def test_each(dspex_example, dspex_predict):
 
 def test_served_apart(dspex_endpoint):
     serving = dspex_endpoint.serving
+    if os.environ.get("EXPECT_SERVED") == "1":
+        wait_until_ready(serving)
     client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "ping"}])
     if os.environ.get("EXPECT_SERVED") == "1":
         assert serving is not None and serving.pid is not None

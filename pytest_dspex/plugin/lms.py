@@ -230,9 +230,11 @@ class SessionLMs:
         """What the loopback's serving process needs to be this session's LM (``programs.serving``),
         secrets included — handed over its pipe only; None when the loopback is served in this process
         (the embedded model, an estimate, a Redis cache or limits, or no run-wide limits to share)."""
+        from ..observe import tracing
+
         o = self.options
-        if o.local or o.estimate or o.cache_url or not self._limits_address:
-            return None
+        if o.local or o.estimate or o.cache_url or not self._limits_address or tracing.enabled():
+            return None  # (traced: the LM call's span belongs in the caller's trace, in this process)
         if self._lm is not None and self._lm.limits is None:  # built before the run's limits existed
             return None
         model, url, settings = self.lm_settings()

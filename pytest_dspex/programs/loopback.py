@@ -128,6 +128,8 @@ class LoopbackEndpoint:
     def start(self) -> LoopbackEndpoint:
         if self._runner is None:
             _runtime.run_sync(self._start())
+            if self.serving is not None:
+                _runtime.run_sync(self.serving.begin())  # up while the run collects; requests until then: here
             self._address = callers.open_address(self.host, self.port, self.respond if self.in_process else None)
             self._address.__enter__()
         return self

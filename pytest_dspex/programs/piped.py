@@ -152,6 +152,11 @@ class ServingProcess:
         self.orphaned = 0
 
     @property
+    def ready(self) -> bool:
+        """Is the serving process up and answering (requests before it is are answered in process)?"""
+        return self._writer is not None and self.lost is None
+
+    @property
     def in_flight(self) -> int:
         """Requests waiting for the serving process's answer."""
         return len(self._waiting)
@@ -161,6 +166,12 @@ class ServingProcess:
         return self._process.pid if self._process is not None else None
 
     # -- life -----------------------------------------------------------------------------------
+    async def begin(self) -> None:
+        """Start the serving process in the background (on the loop); requests meanwhile are answered in process."""
+        if self._starting is None:
+            task = asyncio.get_running_loop().create_task(self._ensure())
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # said through ``lost``, never raised
+
     async def _ensure(self) -> bool:
         if self._writer is not None:
             return self.lost is None
@@ -181,7 +192,9 @@ class ServingProcess:
     async def _start(self) -> bool:
         try:
             config = await asyncio.to_thread(self._config)
-        except Exception:
+        except BaseException as exc:  # pytest.fail's (no model named): the in-process path says it where it is asked
+            if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+                raise
             config = None
         if config is None:
             self.lost = "not served apart"
@@ -263,8 +276,11 @@ class ServingProcess:
 
     # -- requests -------------------------------------------------------------------------------
     async def respond(self, method: str, path: str, body: bytes, rollout: Any) -> callers.Reply | None:
-        """The serving process's answer, counted in the caller's context; None: answer in process."""
-        if self.lost is not None or not await self._ensure():
+        """The serving process's answer, counted in the caller's context; None: answer in process
+        (it is lost, or still starting: the first request starts it)."""
+        if self._writer is None or self.lost is not None:
+            if self._starting is None and self.lost is None:
+                await self.begin()
             return None
         assert self._out is not None
         rid = next(self._ids)
