@@ -11,11 +11,12 @@ With ``-n 2`` and ``-p no:xdist``.
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import pytest
 
-from pytest_dspex.testing.fake_server import FakeLMServer
+from pytest_dspex.testing.fake_server import FakeLMServer, Faults
 
 from .test_plugin import MODES, rows
 from .test_plugin_functions import CANARY, assert_no_canary, respond, table_row
@@ -185,3 +186,76 @@ def test_a_serving_process_that_cannot_start_leaves_the_loopback_in_process(
     assert 1 <= served_warnings(result) <= 2  # one per process that runs tests
     result.stdout.fnmatch_lines(["*the loopback's serving process could not start*"])
     assert_no_canary(project, result)
+
+
+# -- the endpoint with a serving process, without pytest around it --------------------------------------
+@pytest.fixture
+def served(server: FakeLMServer, tmp_path: Any) -> Any:
+    """A loopback endpoint whose LM work is done by a serving process linked to a coordinator."""
+    import pytest_dspex as dspex
+    from pytest_dspex.lm.coordinator import Coordinator
+    from pytest_dspex.lm.link import RunLink
+    from pytest_dspex.programs.loopback import LoopbackEndpoint
+    from pytest_dspex.programs.piped import ServingProcess
+
+    coordinator = Coordinator(max_calls=100)
+    coordinator.start()
+    config = {"model": "fake", "url": server.base_url, "api_key": CANARY, "env_key": None, "budget": [None, 100],
+              "settings": {"retries": 0, "hedge_after": None}, "cache": {"mode": "on", "directory": str(tmp_path)},
+              "limits": f"{coordinator.address} {coordinator.token}"}  # fmt: skip
+    serving = ServingProcess(lambda: config)
+    lm = dspex.LM("fake", base_url=server.base_url, api_key=CANARY, cache=False, retries=0, hedge_after=None,
+                  limits=RunLink(coordinator.address, coordinator.token))  # fmt: skip
+    with LoopbackEndpoint(lm, serving=serving) as endpoint:
+        for _ in range(3000):
+            if serving.ready or serving.lost:
+                break
+            time.sleep(0.01)
+        assert serving.ready, serving.lost
+        yield endpoint
+    lm.close()
+    coordinator.stop()
+
+
+def test_served_over_the_socket_and_in_process_attributed_with_errors_and_streams(served: Any, server: FakeLMServer) -> None:
+    import json
+    import urllib.error
+    import urllib.request
+
+    import openai
+
+    from pytest_dspex.lm import callers
+    from pytest_dspex.lm.usage import track_usage
+    from pytest_dspex.observe import events
+
+    seen: list[Any] = []
+    unsubscribe = events.subscribe(seen.append)
+    try:
+        client = openai.OpenAI(base_url=served.base_url, api_key="app", max_retries=0)
+        with track_usage() as usage:
+            reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "I was charged twice, case 1"}])
+            again = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "I was charged twice, case 1"}])
+            chunks = list(client.chat.completions.create(model="m", messages=[{"role": "user", "content": "case 2"}], stream=True))
+        assert reply.choices[0].message.content == again.choices[0].message.content
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert (usage.calls, usage.cache_hits) == (3, 1) and usage.prompt_tokens > 0
+        assert [e.cache_hit for e in seen if isinstance(e, events.LMCallEvent)] == [False, True, False]
+        # a client that is not httpx: over the socket, attributed by its sending thread's context
+        request = urllib.request.Request(served.base_url + "/chat/completions", method="POST", headers={"content-type": "application/json"},
+                                         data=json.dumps({"messages": [{"role": "user", "content": "case 3"}]}).encode())  # fmt: skip
+        with track_usage() as usage, urllib.request.urlopen(request) as resp:
+            assert resp.status == 200 and resp.headers["x-dspex-cache"] == "miss"
+        assert usage.calls == 1
+        # a bad request and an upstream error: OpenAI-shaped, the error told to the caller's lm_errors
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model="m", messages=[])
+        server.set_faults(Faults(http_500=1.0))
+        with track_usage() as usage, callers.lm_errors() as errors, pytest.raises(openai.InternalServerError):
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "case 4"}])
+        assert [type(e).__name__ for e in errors] == ["LMHTTPError"] and errors[0].status == 500
+        assert usage.errors == 1
+    finally:
+        unsubscribe()
+    assert served.serving.forwarded == 6 and served.serving.lost is None
+    assert (served.counts["answered"], served.counts["cache_hits"], served.counts["streamed"]) == (4, 1, 1)
+    assert (served.counts["bad_requests"], served.counts["errors"]) == (1, 1)
