@@ -259,3 +259,25 @@ def test_served_over_the_socket_and_in_process_attributed_with_errors_and_stream
     assert served.serving.forwarded == 6 and served.serving.lost is None
     assert (served.counts["answered"], served.counts["cache_hits"], served.counts["streamed"]) == (4, 1, 1)
     assert (served.counts["bad_requests"], served.counts["errors"]) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [(["-p", "no:xdist"], "auto"), (["-p", "no:xdist", "--dspex-loopback-process=off"], "0"), (["-n", "2"], "0"), (["-n", "2", "--dspex-loopback-process=on"], "1")],
+    ids=["one-process-auto", "opt-out", "xdist-auto", "xdist-on"],
+)
+def test_the_default_serves_apart_in_one_process_with_two_cores(
+    pytester: pytest.Pytester, upstream: FakeLMServer, monkeypatch: pytest.MonkeyPatch, args: list[str], expected: str
+) -> None:
+    import os
+
+    if expected == "auto":
+        expected = "1" if len(os.sched_getaffinity(0)) >= 2 else "0"
+    pytester.makepyfile(
+        "import os\n"
+        "def test_where(dspex_endpoint):\n"
+        "    assert (dspex_endpoint.serving is not None) == (os.environ['EXPECTED'] == '1')\n"
+    )
+    monkeypatch.setenv("EXPECTED", expected)
+    result = pytester.runpytest_subprocess(f"--dspex-base-url={upstream.base_url}", "--dspex-model=fake-model", "-p", "no:cacheprovider", *args, timeout=120)
+    result.assert_outcomes(passed=1)

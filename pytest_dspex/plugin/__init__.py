@@ -508,6 +508,10 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         from ..lm.coordinator import describe
 
         limits = describe(dspex.limits_stats(), verbose=config.getoption("verbose", 0) > 0)
+        if limits is not None and dspex.lms.serving is not None:  # one process: its limits shared with the loopback's serving process
+            import re
+
+            limits = re.sub(r"^dspex: LM limits shared by \d+ workers?:", "dspex: LM limits shared with the loopback's serving process:", limits)
         if limits is not None:  # what the run's shared LM limits did (xdist)
             tr.write_line(limits)
     for what, path in getattr(collector, "written", ()):

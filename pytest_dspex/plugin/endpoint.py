@@ -42,18 +42,32 @@ def add_options(parser: pytest.Parser) -> None:
     parser.getgroup("dspex").addoption(
         "--dspex-loopback-process",
         dest="dspex_loopback_process",
-        choices=("on", "off"),
+        choices=("auto", "on", "off"),
         default=None,
-        help="on: the loopback endpoint's LM work (cache, upstream calls) runs in a serving process of its own, "
-        "sharing the run's limits and budget, its calls still counted for each example (frees the evaluating "
-        "process's core for the application's SDK); off (default): in the evaluating process",
+        help="where the loopback endpoint's LM work (cache, upstream calls) runs: on, a serving process of its own "
+        "sharing the run's limits and budget, each call still counted for its example (frees the evaluating "
+        "process's core for the application's SDK); off, the evaluating process; auto (default): on in a run "
+        "of one process with two cores or more, off under xdist (its workers use the cores)",
     )
-    parser.addini("dspex_loopback_process", "like --dspex-loopback-process (on/off)", default="off")
+    parser.addini("dspex_loopback_process", "like --dspex-loopback-process (auto/on/off)", default="auto")
 
 
-def loopback_process_wanted(config: pytest.Config) -> bool:
-    value = config.getoption("dspex_loopback_process", None) or config.getini("dspex_loopback_process")
-    return str(value).strip().lower() in ("on", "true", "1", "yes")
+def loopback_process_wanted(config: pytest.Config, *, worker: bool) -> bool:
+    value = str(config.getoption("dspex_loopback_process", None) or config.getini("dspex_loopback_process")).strip().lower()
+    if value in ("on", "true", "1", "yes"):
+        return True
+    if value in ("off", "false", "0", "no"):
+        return False
+    if value != "auto":
+        raise pytest.UsageError(f"dspex_loopback_process = {value!r}: expected auto, on or off")
+    return not worker and _cores() >= 2
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 def openai_env_wanted(config: pytest.Config) -> bool:
@@ -138,7 +152,7 @@ def configure(config: pytest.Config, session: DspexSession) -> None:
     """Called from the plugin's ``pytest_configure``, once the session exists."""
     distributing = not session.is_worker and config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") != "no"
     o = session.options
-    serving = loopback_process_wanted(config) and not (o.local or o.estimate or o.cache_url or distributing)
+    serving = not (o.local or o.estimate or o.cache_url or distributing) and loopback_process_wanted(config, worker=session.is_worker)
     holder = SessionEndpoint(session, serving=serving)
     config.stash[_key] = holder
     config.add_cleanup(holder.close)
