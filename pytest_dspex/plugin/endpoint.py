@@ -9,6 +9,11 @@ builds its client from the environment (``OpenAI()``, LiteLLM, DSPy's ``dspy.LM(
 goes through the session's cache, replay, limits and budget without a change. The real key is
 read first and handed to the session's LM only (``HeldKey``): the application never sees it. Both
 variables are restored when the session ends.
+
+``--dspex-loopback-process`` (ini ``dspex_loopback_process``; ``auto``: on in a run of one process with
+two cores or more, off in xdist workers) gives the endpoint a serving process (``programs.piped``)
+that does its LM work; in one process the run's coordinator is started then (``session.run_limits``)
+so that the session's LM here and the serving process's share one in-flight limit, breaker and budget.
 """
 
 from __future__ import annotations

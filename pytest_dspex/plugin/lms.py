@@ -238,12 +238,12 @@ class SessionLMs:
         if self._lm is not None and self._lm.limits is None:  # built before the run's limits existed
             return None
         model, url, settings = self.lm_settings()
-        explicit = self.held_key.reveal() if self.held_key is not None else None
+        held = self.held_key is not None  # --dspex-openai-env: the key read before its variable was replaced
         return {
             "model": model,
             "url": url,
-            "api_key": explicit,
-            "env_key": None if explicit else os.environ.get(o.api_key_env),
+            "api_key": self.held_key.reveal() if held else None,
+            "env_key": None if held else os.environ.get(o.api_key_env),  # as ``_build_lm``'s LM reads it
             "settings": settings,
             "cache": {"mode": o.cache, "directory": str(o.cache_dir) if o.cache_dir is not None else None},
             "limits": self._limits_address,
