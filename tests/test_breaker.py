@@ -442,6 +442,7 @@ def test_the_plugin_turns_hedging_off_for_the_embedded_model_only(monkeypatch, t
     from pytest_dspex.plugin.options import DspexOptions
 
     monkeypatch.setattr("pytest_dspex.lm.local.embedded.ensure_server", lambda run_id, owner_pid: "http://127.0.0.1:9/v1")
+    monkeypatch.setattr("pytest_dspex.lm.local.embedded.reserve_server", lambda run_id, owner_pid: "http://127.0.0.1:9/v1")
     monkeypatch.setattr("pytest_dspex.lm.local.embedded.stop_server", lambda run_id: None)
 
     def options(**kw: Any) -> DspexOptions:

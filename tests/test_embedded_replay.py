@@ -25,6 +25,8 @@ def _stand_in(run_id, owner_pid, **kwargs):
     return os.environ["DSPEX_TEST_STAND_IN"]
 
 embedded.ensure_server = _stand_in
+# the URL the session's LM is given before anything starts (the stand-in listens where it listens)
+embedded.reserve_server = lambda run_id, owner_pid: os.environ["DSPEX_TEST_STAND_IN"]
 '''
 
 TEST = '''

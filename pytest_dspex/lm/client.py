@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from .._support import runtime as _runtime
 from .._support.types import NOT_GIVEN, NotGiven
-from ..errors import BudgetExceededError, ConfigError, LMError, LMHTTPError
+from ..errors import BudgetExceededError, ConfigError, LMError, LMHTTPError, LMUnavailableError
 from ..observe import events, tracing
 from .cache import CacheMode, ResponseCache, cache_key
 from .capabilities import Capabilities
@@ -49,7 +50,7 @@ _SETTINGS = (
     "api_key_env", "temperature", "max_tokens", "stop", "timeout", "connect_timeout", "retries",
     "backoff_base", "concurrency", "concurrency_start", "cache_dir", "cache_mode", "breaker_fail_max", "breaker_reset_timeout",
     "rate_limit_patience",    "price_per_1m_input", "price_per_1m_output", "budget", "transport", "extra_body", "hedge_after",
-    "cache_identity", "limits", "estimate", "shared_limits",
+    "cache_identity", "limits", "estimate", "shared_limits", "starter",
 )  # fmt: skip
 
 
@@ -136,6 +137,7 @@ class LM:
         limits: RunLink | None = None,
         estimate: bool = False,
         shared_limits: RedisLimits | None = None,
+        starter: Callable[[], object] | None = None,
         _family: tuple[Credentials, Breaker] | None = None,
         api_base: str | None = None,
         num_retries: int | None = None,
@@ -246,6 +248,11 @@ class LM:
             max_connections=2 * concurrency,  # the limiter bounds requests; hedges and cancelled losers need room
             transport=transport,
         )
+        #: called once, in a thread, before the first request leaves (the embedded server, started only when
+        #: an answer is not in the cache); an error in it is every waiting request's ``lm_unavailable``
+        self._starter = starter
+        self._starter_lock = threading.Lock()
+        self._start_error: str | None = None
         self._inflight: InflightRequests[tuple[dict[str, Any], Completion]] = InflightRequests()
         self._settings = settings  # everything copy() needs except the secrets (those: the holder)
 
@@ -378,8 +385,22 @@ class LM:
             return data, completion
         return data, self._finish_cached(data)  # the same request, made by another caller
 
+    def _start(self) -> None:
+        with self._starter_lock:  # the first request starts it; the others wait for it
+            if self._start_error is not None:
+                raise LMUnavailableError(self._start_error)  # tried once: not again for every request
+            if self._starter is not None:
+                try:
+                    self._starter()
+                except Exception as exc:
+                    self._start_error = f"LM {self.model} at {self.base_url} could not be started: {exc}"
+                    raise LMUnavailableError(self._start_error) from None
+                self._starter = None
+
     async def _fetch(self, body: dict[str, Any], key: str | None) -> tuple[dict[str, Any], Completion]:
         """One logical call: admitted by the breaker, within budget, with retries; counted."""
+        if self._starter is not None or self._start_error is not None:
+            await asyncio.to_thread(self._start)
         if self.shared_limits is not None:
             self.shared_limits.check(self.base_url)  # a background read of Redis, at most every 0.25 s
         ticket = self.breaker.admit()  # only new calls fail fast

