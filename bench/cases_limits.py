@@ -45,17 +45,28 @@ def test_each(dspex_example, dspex_predict):
 CONFTEST = '''
 import os, time
 
+_first = []
+
+def pytest_configure(config):
+    _mark("configured", time.process_time())
+
+def pytest_collection_finish(session):
+    _mark("collected", time.process_time())
+
 def pytest_runtest_setup(item):
+    if not _first:  # this process's CPU before its first test (a worker's start-up: interpreter, imports, collection)
+        _first.append(1)
+        _mark("cpu_first", time.process_time())
     _mark("start")
 
 def pytest_runtest_teardown(item):
     _mark("end")
 
-def _mark(what):
+def _mark(what, value=None):
     path = os.environ.get("DSPEX_BENCH_TIMES")
     if path:
         with open(path, "a") as f:
-            f.write(f"{what} {time.monotonic()}\\n")
+            f.write(f"{what} {time.monotonic() if value is None else value} {os.getpid()}\\n")
 '''
 
 
@@ -109,8 +120,12 @@ def run(folder: Path, *args: str, url: str | None = None, cap: int | None = CAP,
         ended = time.monotonic()
         cpu = _children_cpu() - cpu
         marks = [line.split() for line in times.read_text().splitlines()] if times.exists() else []
-        starts = [float(v) for k, v in marks if k == "start"]
-        ends = [float(v) for k, v in marks if k == "end"]
+        starts = [float(v) for k, v, _ in marks if k == "start"]
+        ends = [float(v) for k, v, _ in marks if k == "end"]
+        # each process's CPU before its first test: a worker's start-up (interpreter, imports, collection, warm-up)
+        first_cpu = [float(v) for k, v, _ in marks if k == "cpu_first"]
+        configured = [float(v) for k, v, _ in marks if k == "configured"]
+        collected = [float(v) for k, v, _ in marks if k == "collected"]
         tests_s = max(ends) - min(starts) if starts and ends else 0.0
         # where the wall time goes: before the first test starts (interpreters, imports, collection, xdist's
         # workers), the tests, after the last one ends (workers' shutdown, the controller's reports)
@@ -126,7 +141,7 @@ def run(folder: Path, *args: str, url: str | None = None, cap: int | None = CAP,
     text = out.stdout
     trips = re.search(r"circuit breaker opened (\d+)x", text)
     return {"wall": wall, "tests_s": tests_s, "phases": phases, "cpu": cpu, "counts": counts, "ret": out.returncode, "trips": int(trips.group(1)) if trips else 0,
-            "passed": _count(text, "passed"), "lm_error": _count(text, "lm_error"), "tail": text[-1500:]}  # fmt: skip
+            "first_cpu": first_cpu, "configured_cpu": configured, "collected_cpu": collected, "passed": _count(text, "passed"), "lm_error": _count(text, "lm_error"), "tail": text[-1500:]}  # fmt: skip
 
 
 def _count(text: str, outcome: str) -> int:

@@ -1,5 +1,6 @@
 """An xdist worker makes the first dspex test's one-time imports (the LM client's aiohttp, the golden
-store) while it waits for its tests, not inside its first test; a run without a dspex test does not."""
+store) while it waits for its tests, not inside its first test; a run without a dspex test does not.
+The golden files' reader (pydantic) only where a test has goldens: a worker without any never imports it."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def pytest_runtest_setup(item):
     if not _seen:
         _seen.append(1)
         worker = getattr(item.config, "workerinput", {}).get("workerid", "main")
-        found = {m: m in sys.modules for m in ("aiohttp", "pytest_dspex.golden.store", "pytest_dspex.lm.client")}
+        found = {m: m in sys.modules for m in ("aiohttp", "pytest_dspex.golden.store", "pytest_dspex.lm.client",
+                                               "pytest_dspex.golden.file", "pydantic")}
         with open(os.path.join(str(item.config.rootpath), f"first-{worker}.json"), "w") as f:
             json.dump(found, f)
 '''
@@ -29,12 +31,19 @@ def _first_tests(pytester: pytest.Pytester) -> dict[str, dict[str, bool]]:
     return {p.stem: json.loads(p.read_text()) for p in pytester.path.glob("first-*.json")}
 
 
-def test_a_worker_imports_the_lm_client_before_its_first_test(pytester, server_factory, monkeypatch):
+LM_CLIENT = ("aiohttp", "pytest_dspex.golden.store", "pytest_dspex.lm.client")
+GOLDEN_READER = ("pytest_dspex.golden.file", "pydantic")
+
+
+@pytest.mark.parametrize("goldens", [False, True], ids=["no-goldens", "goldens-folder"])
+def test_a_worker_imports_the_lm_client_before_its_first_test(pytester, server_factory, monkeypatch, goldens):
     monkeypatch.setenv("OPENAI_API_KEY", "k")
     server = server_factory(latency=0.0)
     pytester.makefile(".jsonl", **{"data/dev": "\n".join(json.dumps(e.toDict()) for e in triage_examples(4)) + "\n"})
     pytester.makepyfile(test_each=PER_EXAMPLE)
     pytester.makeconftest(CONFTEST)
+    if goldens:  # a folder of goldens beside the test (another program's: this one runs zero-shot)
+        (pytester.path / "__dspex__").mkdir()
     result = pytester.runpytest_subprocess(
         f"--dspex-base-url={server.base_url}", "--dspex-model=fake-model", "--dspex-cache=off",
         "--dspex-missing-golden=zero-shot", "-n", "2",
@@ -42,7 +51,9 @@ def test_a_worker_imports_the_lm_client_before_its_first_test(pytester, server_f
     result.assert_outcomes(passed=4)
     seen = _first_tests(pytester)
     assert seen and all(k.startswith("first-gw") for k in seen), seen
-    assert all(all(found.values()) for found in seen.values()), seen
+    assert all(all(found[m] for m in LM_CLIENT) for found in seen.values()), seen
+    # the golden reader (its pydantic schema) where goldens are; a plain-text program without any never needs it
+    assert all(all(found[m] == goldens for m in GOLDEN_READER) for found in seen.values()), seen
 
 
 def test_a_run_without_dspex_tests_imports_none_of_it(pytester):

@@ -113,9 +113,9 @@ def load_dataset(
 
 
 def _canonical(value: Any) -> Any:
-    import pydantic
+    from .._support.types import is_pydantic_model
 
-    if isinstance(value, pydantic.BaseModel):
+    if is_pydantic_model(value):
         return value.model_dump(mode="json")
     return str(value)
 

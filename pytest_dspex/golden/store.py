@@ -11,13 +11,16 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .._support.atomic import atomic_write_json
 from .._support.runtime import raise_if_interrupted
 from ..errors import ConfigError, GoldenFileError
-from .file import GoldenFile, read_golden
-from .schema import validate
+
+if TYPE_CHECKING:  # imported when a golden is read or written: the schema's pydantic models cost ~50 ms
+    # of CPU to build, which a process that only asks where goldens live (an xdist worker whose programs
+    # have none yet) never pays
+    from .file import GoldenFile
 
 __all__ = ["GoldenStore", "WriteResult", "not_replaced", "state_file"]
 
@@ -113,8 +116,12 @@ class GoldenStore:
             lock = _locks[key] = FileLock(key, timeout=timeout)
         return lock
 
-    #: the one reader (``file.read_golden``): a missing file is a ``GoldenFileError`` too
-    read = staticmethod(read_golden)
+    @staticmethod
+    def read(path: str | os.PathLike[str], **kwargs: Any) -> GoldenFile:
+        """The one reader (``file.read_golden``): a missing file is a ``GoldenFileError`` too."""
+        from .file import read_golden
+
+        return read_golden(path, **kwargs)
 
     def write(
         self,
@@ -140,6 +147,9 @@ class GoldenStore:
           is comparable: same signature fingerprints, same gate / validation set. A golden for another
           signature or set is replaced (the reason says which).
         """
+        from .file import GoldenFile
+        from .schema import validate
+
         new = validate(path, record)
         if over_error_budget or (
             error_rate is not None and max_error_rate is not None and error_rate > max_error_rate

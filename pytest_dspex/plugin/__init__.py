@@ -160,10 +160,10 @@ class _XdistHooks:
     def pytest_runtestloop(self, session: pytest.Session) -> None:
         """The first dspex test's one-time imports, made while the worker waits for its tests (``warmup``)."""
         if self.session.is_worker and not session.config.option.collectonly:
-            from .warmup import uses_dspex, warm_up
+            from .warmup import has_goldens, uses_dspex, warm_up
 
             if uses_dspex(session.items):
-                warm_up()
+                warm_up(goldens=has_goldens(session.items))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:

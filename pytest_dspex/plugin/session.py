@@ -257,13 +257,12 @@ class DspexSession:
         return text
 
     def _load(self, spec: ProgramSpec, path: Path) -> Resolved:
-        from ..errors import GoldenFileError
-        from ..golden.file import read_golden
-
         if not path.exists():
             if self.options.missing_golden == "zero-shot":
                 return Resolved(spec.name, spec.program, path, None, note="no golden: zero-shot")
             pytest.fail(self._missing(spec, path), pytrace=False)
+        from ..errors import GoldenFileError
+        from ..golden.file import read_golden  # (its schema: pydantic) only when there is a golden to read
         problem: str | None = None
         try:
             golden = read_golden(path)

@@ -8,16 +8,19 @@ that finished collecting waits for the slower ones: ``warm_up`` does these impor
 worker has reported its collection (``pytest_runtestloop``), when its collection has a test using
 a ``dspex_program``. Nothing is built or connected: only modules are imported, the same ones a
 first test would import (measured: the modules new in ``sys.modules`` after a worker's first
-per-example item), so a run that has no dspex test pays nothing.
+per-example item), so a run that has no dspex test pays nothing. The golden files' reader (its
+pydantic schema: ~50 ms) only when a collected test has a ``__dspex__`` folder beside it: a worker
+whose programs have no golden yet never reads one.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
-__all__ = ["WARM_MODULES", "uses_dspex", "warm_up"]
+__all__ = ["GOLDEN_MODULES", "WARM_MODULES", "has_goldens", "uses_dspex", "warm_up"]
 
 _PKG = __name__.rsplit(".", 2)[0]  # "pytest_dspex"
 
@@ -38,15 +41,25 @@ WARM_MODULES = (
     f"{_PKG}.plugin.collector",
 )
 
+#: what a first test whose program has a golden file imports too (``golden.file``: the schema, pydantic)
+GOLDEN_MODULES = (f"{_PKG}.golden.file",)
+
 
 def uses_dspex(items: Iterable[Any]) -> bool:
     """Does any collected item use a ``dspex_program`` (and so an LM)?"""
     return any(item.get_closest_marker("dspex_program") is not None for item in items)
 
 
-def warm_up() -> None:
-    """Import ``WARM_MODULES``; one that cannot be imported is left for the test that needs it to say."""
-    for name in WARM_MODULES:
+def has_goldens(items: Iterable[Any]) -> bool:
+    """Is there a ``__dspex__`` folder (goldens) beside any collected test's file?"""
+    folders = {Path(item.path).parent for item in items if getattr(item, "path", None) is not None}
+    return any((folder / "__dspex__").is_dir() for folder in folders)
+
+
+def warm_up(goldens: bool = True) -> None:
+    """Import ``WARM_MODULES`` (and ``GOLDEN_MODULES`` with ``goldens``); one that cannot be imported is
+    left for the test that needs it to say."""
+    for name in WARM_MODULES + (GOLDEN_MODULES if goldens else ()):
         try:
             importlib.import_module(name)
         except Exception:  # the test importing it reports the error, with its context

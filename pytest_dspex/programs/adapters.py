@@ -17,8 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol, get_args, get_origin
 
-import pydantic
-
+from .._support.types import is_pydantic_model
 from ..errors import AdapterParseError
 from ..lm.estimates import Expected
 from ..lm.types import LMRequest
@@ -337,7 +336,7 @@ class JSONAdapter:
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, pydantic.BaseModel):
+    if is_pydantic_model(value):
         return value.model_dump(mode="json")
     return value
 

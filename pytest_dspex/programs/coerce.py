@@ -10,8 +10,6 @@ import math
 import re
 from typing import Any, Literal, get_args, get_origin
 
-import pydantic
-
 from ..errors import AdapterParseError
 from .constrained import shown_choices
 from .signatures import FieldSpec, render_value
@@ -80,6 +78,8 @@ def coerce(spec: FieldSpec, raw: Any, adapter: str = "") -> Any:
         if origin is Literal:
             return _coerce_literal(spec, text, adapter)
         if tp is bool:
+            import pydantic  # the field's ``type_adapter`` imported it
+
             word = text.split()[0].strip(".,!").lower() if text else text
             try:
                 return spec.type_adapter.validate_python(word)
@@ -92,6 +92,8 @@ def coerce(spec: FieldSpec, raw: Any, adapter: str = "") -> Any:
         except ValueError:
             value = _split_list(text) if origin is list else text
         raw = value
+    import pydantic  # not at the top: a signature of plain text fields never needs it
+
     try:
         return spec.type_adapter.validate_python(raw)
     except pydantic.ValidationError as exc:

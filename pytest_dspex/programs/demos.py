@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import pydantic
+from .._support.types import is_pydantic_model
 
 if TYPE_CHECKING:
     from .signatures import Signature
@@ -23,7 +23,7 @@ __all__ = ["from_golden", "jsonable", "to_golden"]
 
 def jsonable(value: Any) -> Any:
     """``value`` with every pydantic model in it as its JSON data (a demo's field may hold one)."""
-    if isinstance(value, pydantic.BaseModel):
+    if is_pydantic_model(value):
         return value.model_dump(mode="json")
     if isinstance(value, dict):
         return {k: jsonable(v) for k, v in value.items()}

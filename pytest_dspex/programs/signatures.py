@@ -21,11 +21,13 @@ import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Literal, Optional, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional, Union, get_args, get_origin
 
-import pydantic
-
+from .._support.types import is_pydantic_model
 from ..errors import SignatureError
+
+if TYPE_CHECKING:
+    import pydantic
 
 __all__ = [
     "FieldSpec",
@@ -61,7 +63,9 @@ class FieldSpec:
 
     @property
     def type_adapter(self) -> pydantic.TypeAdapter[Any]:
-        if self._adapter is None:
+        if self._adapter is None:  # pydantic imported here: a signature of plain text fields never needs it
+            import pydantic
+
             object.__setattr__(self, "_adapter", pydantic.TypeAdapter(self.annotation))
         return self._adapter  # type: ignore[no-any-return]
 
@@ -394,7 +398,7 @@ def render_value(value: Any) -> str:
         value = value.value
     if isinstance(value, str):
         return value
-    if isinstance(value, pydantic.BaseModel):
+    if is_pydantic_model(value):
         return value.model_dump_json()
     try:
         return json.dumps(value, ensure_ascii=False, default=str)
