@@ -84,12 +84,12 @@ def test_a_limit_from_a_start_grows_while_used_and_a_429_above_the_start_fixes_i
     assert limiter.limit == 16
     for _ in range(16):
         limiter.observe(throttled=False)  # nothing in flight: the limit is not what holds anything back
-    assert limiter.limit == 17  # at the start, the limit grows regardless (one per 16 // 4 answers: probing)
+    assert limiter.limit == 17  # up to the start, the limit regrows regardless (as without a start)
     for _ in range(200):
         limiter.observe(throttled=False)
     assert limiter.limit == 17  # above the start only while at least half of it is in use
     limiter.in_flight = 17
-    for _ in range(4 + 4 + 4):  # one more per a quarter of the limit in good answers while probing
+    for _ in range(17 + 18 + 19):
         limiter.observe(throttled=False)
     assert limiter.limit == 20
     limiter.in_flight = 19  # the refused request gave its slot back; 19 still out
@@ -114,10 +114,10 @@ def test_a_429_at_or_below_the_start_is_the_usual_back_pressure():
 def test_the_runs_limit_grows_from_its_start_and_stops_at_the_first_429_above_it():
     ep = _Endpoint(maximum=64, limit=16, start=16)
     ep.lent = 16
-    ep.observe(4, 0)  # probing: one more per a quarter of the limit in good answers
+    ep.observe(16, 0)
     assert ep.limit == 17
     ep.lent = 17
-    ep.observe(4 + 4, 0)
+    ep.observe(17 + 18, 0)
     assert ep.limit == 19
     ep.lent = 31  # (as if grown to 31)
     ep.limit = 31
@@ -131,32 +131,7 @@ def test_the_runs_limit_grows_from_its_start_and_stops_at_the_first_429_above_it
     assert ep.limit == 23
     idle = _Endpoint(maximum=64, limit=16, start=16)
     idle.lent = 16
-    idle.observe(4, 0)
+    idle.observe(16, 0)
     idle.lent = 2  # most of the limit unused: growing it would only make a later burst bigger
     idle.observe(500, 0)
     assert idle.limit == 17
-
-
-def test_after_a_429_above_the_start_regrowth_is_one_per_limit_answers_again():
-    """Probing is fast (a quarter of the limit per slot); once the endpoint has said where its cap is, a
-    limit halved by 429s regrows the usual AIMD way (one per ``limit`` answers) up to what was found."""
-    ep = _Endpoint(maximum=64, limit=40, start=16)
-    ep.lent = 40
-    ep.observe(0, 1)
-    assert ep.probed == ep.maximum == ep.limit == 35
-    ep.limit = 20  # (as if halved by 429s since)
-    ep.lent = 20
-    ep.observe(19, 0)
-    assert ep.limit == 20
-    ep.observe(1, 0)
-    assert ep.limit == 21
-    limiter = AdaptiveLimiter(64, start=16)
-    limiter.limit = limiter.in_flight = 40
-    limiter.observe(throttled=True)
-    assert limiter.probed == limiter.limit == 35
-    limiter.limit = limiter.in_flight = 20
-    for _ in range(19):
-        limiter.observe(throttled=False)
-    assert limiter.limit == 20
-    limiter.observe(throttled=False)
-    assert limiter.limit == 21

@@ -15,8 +15,8 @@ workers it starts; each worker's LM talks to it through a ``link.RunLink``. It k
 * **the back-pressure state**: workers report their answers (429 or not, in batches); the limit is
   halved while 429s keep coming (half of a window of ``max(8, 2 × limit)`` answers) and grows back
   by one per ``limit`` good answers, as ``resilience.AdaptiveLimiter`` does in one process. A limit
-  given a ``start`` below its maximum (the plugin's default) starts there and grows (one per quarter
-  of ``limit`` good answers: ``resilience.PROBE_PACE``), while at least half of it is lent, up to the maximum; a 429 while above ``start`` sets the limit and the maximum
+  given a ``start`` below its maximum (the plugin's default) starts there and grows, while at least
+  half of it is lent, up to the maximum; a 429 while above ``start`` sets the limit and the maximum
   to 90% of what was lent then less one (never below ``start``: headroom for the endpoint's own
   count lagging ours) for the run: it grows no more (another 429 above ``start``, after ``limit``
   answers, lowers it again the same way).
@@ -50,7 +50,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._support.loop_thread import LoopThread
-from .resilience import growth_pace
 
 __all__ = ["Coordinator", "describe"]
 
@@ -122,9 +121,8 @@ class _Endpoint:
             logger.info("LM endpoint keeps answering 429: the run's in-flight limit lowered to %d", self.limit)
         elif ok and self.limit < self.maximum and (self.limit <= self.start or 2 * self.lent >= self.limit):
             self.credit += ok
-            probing = 0 < self.start <= self.limit and not self.probed
-            while self.credit >= (pace := growth_pace(self.limit, probing=probing)) and self.limit < self.maximum:
-                self.credit -= pace
+            while self.credit >= self.limit and self.limit < self.maximum:
+                self.credit -= self.limit
                 self.limit += 1
 
 

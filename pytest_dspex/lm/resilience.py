@@ -213,9 +213,9 @@ def _endpoint_answered(exc: BaseException) -> bool:
 class AdaptiveLimiter:
     """A FIFO limit on requests in flight that backs off while 429s keep coming (AIMD).
 
-    ``start`` (below ``maximum``): the limit starts there and grows by one per quarter of ``limit``
-    good answers (``PROBE_PACE``) while they come with at least half the limit in flight, up to
-    ``maximum`` — probing what the endpoint accepts. A 429 while above ``start`` is the endpoint's answer: the limit and
+    ``start`` (below ``maximum``): the limit starts there and grows by one per ``limit`` good
+    answers while they come with at least half the limit in flight, up to ``maximum`` — probing
+    what the endpoint accepts. A 429 while above ``start`` is the endpoint's answer: the limit and
     ``maximum`` become 90% of what is still in flight, below the limit (never below ``start``;
     headroom for the endpoint's count lagging ours), for good (``probed``): it grows no more
     (another 429 above ``start``, after ``limit`` answers, lowers it again the same way).
@@ -333,22 +333,10 @@ class AdaptiveLimiter:
                     self.on_decrease(self.limit)
         elif self.limit < self.maximum and (self.limit <= self.start or 2 * self.in_flight >= self.limit):
             self._credit += 1
-            if self._credit >= growth_pace(self.limit, probing=self.start <= self.limit and self.probed is None):
+            if self._credit >= self.limit:
                 self._credit = 0
                 self.limit += 1
                 self._wake()
-
-
-#: while probing upwards from its ``start`` (no 429 above it yet), a limit grows by one per
-#: ``limit // PROBE_PACE`` good answers: from 16 past 32 in ~100 answers rather than ~400 (a run of
-#: 1,000 examples spent 40% of its requests below what the endpoint takes). The first 429 above the
-#: start ends probing; regrowth after 429s is one per ``limit`` answers, as ever.
-PROBE_PACE = 4
-
-
-def growth_pace(limit: int, *, probing: bool) -> int:
-    """Good answers per one more slot: ``limit`` (AIMD's additive increase), a quarter of it while probing."""
-    return max(1, limit // PROBE_PACE) if probing else limit
 
 
 # -- the breaker -------------------------------------------------------------------------------
