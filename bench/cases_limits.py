@@ -3,7 +3,13 @@
 Each case is a real ``pytest`` run of a per-example test over N examples against the fake server
 (50 ms) in another process that answers 429 to a request arriving while 32 are in flight; the
 server counts what reached it (``GET /v1/_counts``). CPU is the pytest process tree's (controller
-and workers: ``RUSAGE_CHILDREN``), the server's excluded. Wall time is noisy on a shared machine.
+and workers: ``RUSAGE_CHILDREN``), the server's excluded; "CPU before the first test" is each worker's
+own (interpreter, imports, collection, warm-up). Byte-code is cached as on a user's machine (an
+installed wheel has its .pyc, pytest caches the plugins' rewritten modules): the runs use a private
+``PYTHONPYCACHEPREFIX`` filled by untimed runs first, whatever ``PYTHONDONTWRITEBYTECODE`` says outside;
+one row shows the same run under ``PYTHONDONTWRITEBYTECODE=1`` as this bench ran before (the installed
+packages' byte-code only: pytest rewrites the plugins' modules, and an editable checkout without a
+``__pycache__`` compiles this package, in every process). Wall time is noisy on a shared machine.
 
     python bench/cases_limits.py [N]         # prints the rows
 """
@@ -29,6 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 LATENCY = 0.05
 CAP = 32
+
+#: the runs' byte-code cache (see the module docstring): private to this bench process, filled by ``warm``
+PYCACHE = tempfile.mkdtemp(prefix="dspex-bench-pyc-")
 
 TEST = '''
 import pytest
@@ -100,14 +109,20 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run(folder: Path, *args: str, url: str | None = None, cap: int | None = CAP, faults: dict[str, float] | None = None) -> dict[str, Any]:
-    """One pytest run against a fresh server; its counts, wall and CPU."""
+def run(folder: Path, *args: str, url: str | None = None, cap: int | None = CAP, faults: dict[str, float] | None = None,
+        bytecode: bool = True) -> dict[str, Any]:  # fmt: skip
+    """One pytest run against a fresh server; its counts, wall and CPU (``bytecode``: cached, see the docstring)."""
     server, base = _server(cap, faults) if url is None else (None, url)
     try:
         times = folder / "times.txt"
         times.unlink(missing_ok=True)
         path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)  # this checkout's package first
         env = {**os.environ, "PYTHONPATH": path, "OPENAI_API_KEY": "k", "DSPEX_BENCH_TIMES": str(times)}
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env.pop("PYTHONPYCACHEPREFIX", None)
+        # without: the installed packages' own byte-code only (pytest rewrites the plugins' modules and this
+        # checkout compiles from source, in every process, unless it has a __pycache__ of its own)
+        env.update({"PYTHONPYCACHEPREFIX": PYCACHE} if bytecode else {"PYTHONDONTWRITEBYTECODE": "1"})
         cpu = _children_cpu()
         t = time.perf_counter()
         began = time.monotonic()  # the conftest's marks are on this clock
@@ -155,6 +170,19 @@ def _phases(r: dict[str, Any]) -> str:
     return f" (start-up {p[0]:.2f} s, tests {p[1]:.2f} s, end {p[2]:.2f} s)" if p else ""
 
 
+def _first_cpu(r: dict[str, Any]) -> str:
+    """The workers' CPU before their first test (mean), or the one process's."""
+    cpu = r.get("first_cpu") or []
+    return f"; CPU before the first test {sum(cpu) / len(cpu):.2f} s a process (x{len(cpu)})" if cpu else ""
+
+
+def warm() -> None:
+    """Untimed runs that fill the byte-code cache (``PYCACHE``): one process, and xdist workers."""
+    folder = project(40)
+    run(folder, "-p", "no:xdist")
+    run(folder, "-n", "2")
+
+
 def _floor(n: int, in_flight: int) -> str:
     """The least time N requests of LATENCY take at this many in flight: what no client overhead explains."""
     return f"the endpoint's floor at {in_flight} in flight {n * LATENCY / in_flight:.2f} s"
@@ -170,11 +198,12 @@ def _share(r: dict[str, Any]) -> tuple[int, int, float]:
 def rows(n: int = 1000) -> list[tuple[str, str, str, bool | None]]:
     """(what, figure, target, met) rows."""
     folder = project(n)
+    warm()
     out: list[tuple[str, str, str, bool | None]] = []
     one = run(folder, "-p", "no:xdist", "--dspex-concurrency=32")
     req, ref, share = _share(one)
     out.append((f"one process, C=32, N={n}", f"{req} requests, {ref} refused ({share:.1%}); wall {one['wall']:.2f} s{_phases(one)}, CPU {one['cpu']:.2f} s "
-                f"({1000 * one['cpu'] / n:.2f} ms/example); {_floor(n, 32)}", "baseline", None))  # fmt: skip
+                f"({1000 * one['cpu'] / n:.2f} ms/example{_first_cpu(one)}); {_floor(n, 32)}", "baseline", None))  # fmt: skip
     for workers in (4, 8):
         for conc in (None, 32):
             args = ["-n", str(workers)] + ([f"--dspex-concurrency={conc}"] if conc else [])
@@ -182,8 +211,12 @@ def rows(n: int = 1000) -> list[tuple[str, str, str, bool | None]]:
             req, ref, share = _share(r)
             label = f"-n {workers}, {'default concurrency (from 16, growing to 64 per run)' if conc is None else f'C={conc} per run'}"
             out.append((label, f"{req} requests, {ref} refused ({share:.1%}); wall {r['wall']:.2f} s = {r['wall'] / one['wall']:.2f}x one process{_phases(r)}; "
-                        f"CPU {r['cpu']:.2f} s ({1000 * r['cpu'] / n:.2f} ms/example); {r['passed']} passed; {_floor(n, conc or CAP)}", "≤ 1% refused, wall ≤ 1.2x",
+                        f"CPU {r['cpu']:.2f} s ({1000 * r['cpu'] / n:.2f} ms/example{_first_cpu(r)}); {r['passed']} passed; {_floor(n, conc or CAP)}", "≤ 1% refused, wall ≤ 1.2x",
                         share <= 0.01 and r["wall"] <= 1.2 * one["wall"] and r["passed"] == n))  # fmt: skip
+    raw = run(folder, "-n", "8", "--dspex-concurrency=32", bytecode=False)
+    out.append(("-n 8, C=32 per run, under PYTHONDONTWRITEBYTECODE=1 (as this bench ran before)",
+                f"wall {raw['wall']:.2f} s = {raw['wall'] / one['wall']:.2f}x one process (with byte-code){_phases(raw)}; CPU {raw['cpu']:.2f} s"
+                f"{_first_cpu(raw)}; {raw['passed']} passed", "(what byte-code not written costs)", None))  # fmt: skip
     r = run(folder, "-n", "4", "--dspex-max-calls=100", "--dspex-max-error-rate=1")
     req, _, _ = _share(r)
     out.append(("-n 4 --dspex-max-calls 100, cache off", f"{req} requests reached the endpoint", "≤ 100", req <= 100))
