@@ -16,10 +16,12 @@ packages' byte-code only: pytest rewrites the plugins' modules, and an editable 
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,6 +40,7 @@ CAP = 32
 
 #: the runs' byte-code cache (see the module docstring): private to this bench process, filled by ``warm``
 PYCACHE = tempfile.mkdtemp(prefix="dspex-bench-pyc-")
+atexit.register(shutil.rmtree, PYCACHE, ignore_errors=True)
 
 TEST = '''
 import pytest
@@ -264,7 +267,6 @@ def _cold(url: str, n: int, concurrency: int, limits: str | None, redis_url: str
 
 def _redis_server() -> tuple[subprocess.Popen[bytes] | None, str]:
     """A throwaway redis-server on a free loopback port (no persistence), if one is installed."""
-    import shutil
     import socket
 
     binary = shutil.which("redis-server")
