@@ -1,6 +1,6 @@
 """An xdist worker's one-time imports, made while it waits for its first test instead of in it.
 
-A worker imports the LM client (aiohttp), the golden store (pydantic), scoring and the report
+A worker imports the LM client (aiohttp), the golden store, scoring and the report
 records the first time one of its tests asks for them: ~0.3 s of CPU a worker, paid inside its
 first item, while every other worker is running tests too (with ``-n 8`` on two cores, over a
 second of the run's test time). xdist sends no test before every worker has collected, so a worker
