@@ -165,3 +165,26 @@ def test_nothing_shared_with_the_golden_shows_no_golden_score_nor_delta(pytester
     assert "n/a (no examples shared with the golden)" in html
     rows_ = json.loads((pytester.path / "r.json").read_text())["programs"]
     assert all(r["comparison"]["shared"] == 0 for r in rows_)
+
+
+def test_a_recompile_after_an_output_field_rename_compares_with_the_golden_it_replaces(pytester, server, mode):  # noqa: F811
+    """trial 4 F6: `team` renamed `department` (signature, metric, both files): the recompile said "replaced
+    because the signature changed" and no comparison with the baseline it replaced, as every example's label
+    hash had changed with the field's name although no label had."""
+    project(pytester, 40)
+    assert run(pytester, server, mode, *COMPILE).ret == 0
+    source = (pytester.path / "test_triage.py").read_text()
+    pytester.makepyfile(test_triage=source.replace("team", "department"))
+    for name in ("data/train.jsonl", "data/dev.jsonl"):
+        path = pytester.path / name
+        path.write_text(path.read_text().replace('"team":', '"department":'))
+    relabel_department = pytester.path / "data/dev.jsonl"
+    rows = [json.loads(line) for line in relabel_department.read_text().splitlines()]
+    rows[0]["department"] = "technical" if rows[0]["department"] == "billing" else "billing"  # one label corrected
+    relabel_department.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = run(pytester, server, mode, *COMPILE)
+    assert out.ret == 0, out.stdout.str()
+    out.stdout.fnmatch_lines([
+        "*golden updated*replaced because the signature changed*",
+        "*new baseline vs the golden's baseline: no change*39 shared examples*",  # the relabelled one left out
+    ])  # fmt: skip

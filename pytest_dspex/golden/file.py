@@ -273,6 +273,18 @@ class GoldenFile:
                 out[path] = (str(sent if sent is not None else old.get("instructions", "")), str(now["instructions"]))
         return out
 
+    def renamed_fields(self, program: Module) -> dict[str, str]:
+        """``{name now: name in the golden}`` of the fields renamed since it was compiled (every predictor's)."""
+        from ..programs.signatures import renamed_fields
+
+        recorded = self.fingerprints()
+        out: dict[str, str] = {}
+        for path, pred in program.named_predictors():
+            old = recorded.get(path)
+            if old is not None:
+                out.update(renamed_fields(old, fingerprint(pred.declared_signature)))
+        return out
+
     def instruction_diff(self, program: Module) -> str:
         """The diff of every predictor's instructions that changed since the golden ('' when none did)."""
         changes = self.instruction_changes(program)

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from ..evaluation.comparison import Comparison
     from ..golden.file import GoldenFile
     from ..programs.modules import Module
+    from ..programs.primitives import Example
     from . import CompileResult
 
 __all__ = ["NOISY_BASELINE_DRAWS", "SELECTION_SETS", "CompileOutcome", "CompileSettings", "compile_program", "measure_baseline", "rebaseline_program"]
@@ -228,7 +229,8 @@ def compile_program(
             draws, dataset=fingerprint(baseline_set), labels=label_hashes(baseline_set),
             metric_fingerprint=metric_fingerprint(metric),
         )  # fmt: skip
-        replaced = _compare_baselines(previous, baseline)
+        renamed = previous.renamed_fields(result.program) if previous is not None else {}
+        replaced = _compare_baselines(previous, baseline, examples=baseline_set, renamed=renamed)
         record = golden_record(
             result.program,
             name=name,
@@ -488,9 +490,19 @@ def _below_threshold(
 
 
 def _compare_baselines(
-    previous: GoldenFile | None, baseline: dict[str, Any], *, alpha: float = DEFAULT_ALPHA, tolerance: float = 0.05
+    previous: GoldenFile | None,
+    baseline: dict[str, Any],
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    tolerance: float = 0.05,
+    examples: Sequence[Example] = (),
+    renamed: Mapping[str, str] | None = None,
 ) -> Comparison | None:
-    """The new baseline paired with the previous golden's (None without a previous golden or shared keys)."""
+    """The new baseline paired with the previous golden's (None without a previous golden or shared keys).
+
+    ``renamed`` (``{name now: name then}``, output fields renamed since the golden): an example of
+    ``examples`` whose labels are the golden's under the old names is not relabelled (its label hash
+    changed with the field's name only)."""
     from ..evaluation.comparison import compare
 
     if previous is None:
@@ -499,7 +511,19 @@ def _compare_baselines(
     if not old:
         return None
     b = previous.model.baseline
-    labels = baseline.get("labels") or {}
+    labels = dict(baseline.get("labels") or {})
+    if renamed and b is not None and b.labels:
+        from ..evaluation.datasets import example_key, label_hash
+        from ..programs.primitives import Example as _Example  # at run time (the annotation's is for mypy)
+
+        for ex in examples:
+            key = example_key(ex)
+            if key in b.labels and labels.get(key) != b.labels[key]:
+                then = _Example({renamed.get(k, k): v for k, v in ex.items()}).with_inputs(
+                    *(renamed.get(k, k) for k in ex.input_keys or ())
+                )
+                if label_hash(then) == b.labels[key]:
+                    labels[key] = b.labels[key]  # the same labels under the names the golden knew
     if b is not None and b.labels and labels:  # relabelled examples are not paired
         old = {k: v for k, v in old.items() if not (k in b.labels and k in labels and b.labels[k] != labels[k])}
     cmp = compare(old, baseline["examples"], alpha=alpha, tolerance=tolerance)

@@ -344,6 +344,25 @@ def fingerprint(signature: type[Signature]) -> dict[str, Any]:
     return fingerprint_of(signature.instructions, fields)
 
 
+def renamed_fields(old: dict[str, Any], new: dict[str, Any]) -> dict[str, str]:
+    """``{new name: old name}`` of the fields ``diff_fingerprints`` reads as renamed: one removed and
+    another added with the same role at the same position."""
+    old_fields = {f["name"]: f for f in old.get("fields", [])}
+    new_fields = {f["name"]: f for f in new.get("fields", [])}
+    old_pos = {n: i for i, n in enumerate(old_fields)}
+    new_pos = {n: i for i, n in enumerate(new_fields)}
+    added = [f for n, f in new_fields.items() if n not in old_fields]
+    out: dict[str, str] = {}
+    for name, r in old_fields.items():
+        if name in new_fields:
+            continue
+        match = next((a for a in added if a["role"] == r["role"] and new_pos[a["name"]] == old_pos[name]), None)
+        if match is not None:
+            added.remove(match)
+            out[match["name"]] = name
+    return out
+
+
 def diff_fingerprints(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """What changed from ``old`` to ``new`` (two ``fingerprint`` dicts), one phrase per change.
 
