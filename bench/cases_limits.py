@@ -17,6 +17,7 @@ packages' byte-code only: pytest rewrites the plugins' modules, and an editable 
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import os
 import re
@@ -38,9 +39,15 @@ sys.path.insert(0, str(ROOT))
 LATENCY = 0.05
 CAP = 32
 
-#: the runs' byte-code cache (see the module docstring): private to this bench process, filled by ``warm``
-PYCACHE = tempfile.mkdtemp(prefix="dspex-bench-pyc-")
-atexit.register(shutil.rmtree, PYCACHE, ignore_errors=True)
+
+
+@functools.cache
+def pycache() -> str:
+    """The runs' byte-code cache (see the module docstring): private to this bench process, filled by
+    ``warm``, removed at exit (made on first use: the helper processes importing this module make none)."""
+    folder = tempfile.mkdtemp(prefix="dspex-bench-pyc-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 TEST = '''
 import pytest
@@ -125,7 +132,7 @@ def run(folder: Path, *args: str, url: str | None = None, cap: int | None = CAP,
         env.pop("PYTHONPYCACHEPREFIX", None)
         # without: the installed packages' own byte-code only (pytest rewrites the plugins' modules and this
         # checkout compiles from source, in every process, unless it has a __pycache__ of its own)
-        env.update({"PYTHONPYCACHEPREFIX": PYCACHE} if bytecode else {"PYTHONDONTWRITEBYTECODE": "1"})
+        env.update({"PYTHONPYCACHEPREFIX": pycache()} if bytecode else {"PYTHONDONTWRITEBYTECODE": "1"})
         cpu = _children_cpu()
         t = time.perf_counter()
         began = time.monotonic()  # the conftest's marks are on this clock
@@ -180,10 +187,11 @@ def _first_cpu(r: dict[str, Any]) -> str:
 
 
 def warm() -> None:
-    """Untimed runs that fill the byte-code cache (``PYCACHE``): one process, and xdist workers."""
+    """Untimed runs that fill the byte-code cache (``pycache()``): one process, and xdist workers."""
     folder = project(40)
     run(folder, "-p", "no:xdist")
     run(folder, "-n", "2")
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _floor(n: int, in_flight: int) -> str:
