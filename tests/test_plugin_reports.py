@@ -245,3 +245,34 @@ def test_the_reports_of_a_run_that_stopped_early_say_so_never_passed(pytester, p
     status = page.split('id="status">')[1].split("</span>")[0]
     assert status.startswith("incomplete run: the run stopped early: stopping after 1 failures"), status
     assert "no program was evaluated" not in page
+
+
+OTHER_PROGRAM = """
+import pytest
+import pytest_dspex as dspex
+
+@pytest.mark.dspex_program(dspex.Predict("message -> team"), name="other")
+@pytest.mark.dspex_metric(lambda e, p, t=None: True, threshold=0.0)
+def test_other(dspex_evaluate):
+    dspex_evaluate("data/dev.jsonl")
+"""
+
+
+@pytest.mark.parametrize("xdist", [["-p", "no:xdist"], ["-n", "1"]], ids=["no-xdist", "n1"])
+def test_a_run_that_stopped_early_names_the_programs_it_never_gated(pytester, project, server_factory, xdist):
+    """trial 4 F3 (known since trial 3): after -x or Ctrl-C the table listed what was gated and nothing said
+    that another program's tests never ended (under xdist the controller collects nothing: a worker tells it)."""
+    fake = server_factory(make_responder())
+    project(0.0)
+    pytester.makepyfile(test_u_fails="def test_fails():\n    assert False\n")  # after test_triage.py
+    pytester.makepyfile(test_v_other=OTHER_PROGRAM)  # never runs
+    result = run(pytester, fake, xdist, "-x", "--dspex-missing-golden=zero-shot", "--dspex-markdown=r.md",
+                 "--dspex-report=r.json", "test_triage.py", "test_u_fails.py", "test_v_other.py")  # fmt: skip
+    out = result.stdout.str()
+    assert result.ret in (pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.INTERRUPTED), out  # xdist's -x: interrupted
+    result.stdout.fnmatch_lines(["*other: not gated (the run stopped early: stopping after 1 failures): "
+                                 "test_v_other.py::test_other gave no verdict*"])  # fmt: skip
+    assert "triage: not gated" not in out  # gated before the stop: its rows say so
+    report = json.loads((pytester.path / "r.json").read_text(encoding="utf-8"))
+    assert report["not_gated"] == {"other": ["test_v_other.py::test_other"]}
+    assert (pytester.path / "r.md").read_text(encoding="utf-8").splitlines()[0].endswith("; not gated: other")

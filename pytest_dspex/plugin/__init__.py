@@ -280,6 +280,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     try:
         if collector is not None:
             failed = collector.finish(_stopped(session, exitstatus, collector))
+            if collector.stopped and not dspex.is_worker:  # the tests that never gave a verdict, by program
+                programs = dspex.selected_programs
+                folder = dspex.state_dir_if_made()
+                if not programs and folder is not None:  # under xdist the controller collected nothing
+                    from .xdist import read_selected_programs
+
+                    programs = read_selected_programs(folder, dspex.run_id)
+                collector.note_not_gated(programs)
             if dspex.options.estimate:
                 return  # an estimate: no gate, no golden, no report (the summary prints what a run would cost)
             for run in collector.runs.values() if collector.shard is None else ():  # a shard defers its gate
@@ -304,10 +312,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         skip_final_collections()  # the process ends soon: no full collection over everything it holds
         folder = dspex.state_dir_if_made()
         if not dspex.is_worker and folder is not None and config.pluginmanager.hasplugin("xdist"):
-            from .xdist import read_chunks, remove_usage_errors
+            from .xdist import read_chunks, read_selected_programs, remove_usage_errors
 
             read_chunks(folder, dspex.run_id, remove=True)
             remove_usage_errors(folder, dspex.run_id)
+            read_selected_programs(folder, dspex.run_id, remove=True)
 
 
 def _stopped(session: pytest.Session, exitstatus: int, collector: Any) -> str:
@@ -411,7 +420,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     unjudged = collector.unjudged_crashes()
     said_interrupted = _interrupted_compile_line(config, collector)
     died = dspex.lms.server_death if dspex is not None else None  # the embedded server, before the run's end
-    if not rows and not collector.goldens and not collector.report_problems and not unjudged and not said_interrupted and not died:
+    if (not rows and not collector.goldens and not collector.report_problems and not unjudged and not said_interrupted
+            and not died and not collector.not_gated):  # fmt: skip
         return
     tr.write_sep("=", "dspex")
     if died:  # first: every "connection refused" above and below is this
@@ -422,6 +432,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_line(line)
     for line in unjudged:  # a crash left a per-example test without one record: no row, still said
         tr.write_line(line, yellow=True)
+    for program, tests in collector.not_gated.items():  # a stopped run: what it never gated, by name
+        tr.write_line(f"{program}: not gated ({collector.stopped}): {', '.join(tests)} gave no verdict", yellow=True)
     # a failed gate is a failed test whose sentence is under FAILURES: said there, once (unless --tb=no hides it)
     shown_above = config.getoption("tbstyle", "auto") != "no"
     said = set()

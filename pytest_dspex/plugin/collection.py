@@ -123,6 +123,18 @@ def note_selection(session: pytest.Session) -> None:
             write_usage_error(dspex.state_dir(), dspex.run_id, worker, problem)
     chunks: dict[str, str] = {}
     lowest: dict[str, int] = {}
+    for item in session.items:  # which program each selected dspex test gates (a stopped run names the ungated)
+        if item.get_closest_marker("dspex_program") is not None:
+            try:
+                spec = program_spec(item, Path(item.path).parent)
+            except Exception:  # a bad marker (or a foreign program) fails its test, which says so
+                spec = None
+            if spec is not None:
+                dspex.selected_programs[test_key(item)] = spec.name
+    if dspex.is_worker and dspex.selected_programs and session.config.workerinput["workerid"] == "gw0":  # type: ignore[attr-defined]
+        from .xdist import write_selected_programs
+
+        write_selected_programs(dspex.state_dir(), dspex.run_id, dspex.selected_programs)
     for item in session.items:
         callspec = getattr(item, "callspec", None)
         if callspec is not None and isinstance(callspec.params.get("dspex_example"), int):

@@ -134,6 +134,8 @@ class Collector:
         self.selection = False  # -k, -m, --deselect, --lf or node ids: some tests were deselected
         self.collect_errors: set[str] = set()  # node ids of the collection errors seen
         self.stopped = ""  # why the session ended before every selected test ran ("" if it did not)
+        #: a stopped run's programs whose tests gave no verdict at all: {program: [test, ...]}
+        self.not_gated: dict[str, list[str]] = {}
 
     def add(self, nodeid: str, fspath: str, data: Mapping[str, Any], location: tuple[str, int | None] | None = None) -> None:
         payload = Payload.from_json(data)
@@ -211,6 +213,17 @@ class Collector:
         self.stopped = stopped
         return [run for run in self.runs.values() if not run.judge(stopped=stopped).passed and not run.selection]
 
+    def note_not_gated(self, programs: Mapping[str, str]) -> None:
+        """Of ``programs`` (every selected dspex test's key -> its program), the ones a stopped run left
+        without a row: ``not_gated`` (said under the table and in every report)."""
+        # (a per-example test a crash left without a record is said by ``unjudged_crashes``)
+        gated = {str(row.get("test", "")).split("[", 1)[0] for row in self.rows} | set(self.runs) | set(self.crashes)
+        out: dict[str, list[str]] = {}
+        for test, program in programs.items():
+            if test not in gated:
+                out.setdefault(program, []).append(test)
+        self.not_gated = out
+
     def all_rows(self) -> list[dict[str, Any]]:
         rows = self.rows + [run.row() for run in self.runs.values() if run.verdict is not None]
         for row in rows:  # a golden this run wrote: every view says so instead of comparing the run with itself
@@ -251,4 +264,4 @@ def report_json(collector: Collector, *, model: dict[str, Any] | None, shard: di
         shard=shard,
         root=collector.rootpath,
         stopped=collector.stopped,
-    ).to_json()
+    ).to_json() | ({"not_gated": collector.not_gated} if collector.not_gated else {})

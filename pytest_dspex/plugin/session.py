@@ -124,6 +124,8 @@ class DspexSession:
         self._unavailable: dict[Path, str] = {}
         #: per-example test key -> node id of its first selected item (the one that reports a shared failure)
         self.first_items: dict[str, str] = {}
+        #: every selected dspex test (its function's key) -> its program's name (``collection.note_selection``)
+        self.selected_programs: dict[str, str] = {}
 
     # -- the private state folder ---------------------------------------------------------------
     def state_dir(self) -> Path:

@@ -57,6 +57,28 @@ def read_chunks(folder: Path, run_id: str, *, remove: bool = False) -> dict[str,
     return chunks
 
 
+def _programs_file(folder: Path, run_id: str) -> Path:
+    return folder / f"programs-{run_id}.json"
+
+
+def write_selected_programs(folder: Path, run_id: str, programs: Mapping[str, str]) -> None:
+    """The dspex tests a worker collected (``{test key: program}``; every worker collects the same): the
+    controller, which collects nothing, names the ones a stopped run did not gate."""
+    write_private(_programs_file(folder, run_id), json.dumps(dict(programs)))
+
+
+def read_selected_programs(folder: Path, run_id: str, *, remove: bool = False) -> dict[str, str]:
+    path = _programs_file(folder, run_id)
+    text = read_private(path)
+    try:
+        data = json.loads(text) if text else {}
+    except ValueError:
+        data = {}
+    if remove:
+        remove_private(path)
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
 def _usage_file(folder: Path, run_id: str, worker: str) -> Path:
     return folder / f"usage-{run_id}-{worker}.txt"
 

@@ -56,7 +56,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         status = f"incomplete run: {report['stopped']}; not every test ran" + (
             f" ({failed} of {len(programs)} programs failed before it)" if failed
             else f" ({len(programs)} program{'s' if len(programs) != 1 else ''} passed before it)" if programs else ""
-        )  # fmt: skip
+        ) + (f"; not gated: {', '.join(report['not_gated'])}" if report.get("not_gated") else "")  # fmt: skip
     parts = [
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
         f'<meta http-equiv="Content-Security-Policy" content="{escape(csp)}">',

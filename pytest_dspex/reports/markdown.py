@@ -45,9 +45,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     icon = "✅" if passed else "⚠️" if len(incomplete) == len(failed) else "❌"  # nothing, or only incomplete ones
     headline = _headline(programs)
     if report.get("stopped"):  # not every test ran: what was gated before it is no verdict on the run
+        ungated = ", ".join(report.get("not_gated") or ())
         headline = f"incomplete run: {report['stopped']}; not every test ran, so no verdict" + (
             f" (before it: {headline})" if programs else ""
-        )
+        ) + (f"; not gated: {ungated}" if ungated else "")
     lines = [f"### {icon} pytest-dspex: {md_text(headline, 300)}", ""]
     if programs:
         lines += [
