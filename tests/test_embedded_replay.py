@@ -88,3 +88,20 @@ def test_a_replay_on_the_embedded_model_starts_no_server(pytester, server_factor
     assert re.search(r"cache_miss error: CacheMissError: replay mode", out) and "message: the app crashes on start (6)" in out, out[-3000:]
     assert server.requests == 6
     assert _starts(pytester) == started  # neither the estimate nor the replays started the model
+
+
+@pytest.mark.parametrize("mode", MODES.values(), ids=MODES.keys())
+def test_a_replay_from_an_empty_cache_folder_says_one_miss_and_blames_no_url(pytester, monkeypatch, mode):
+    """trial 4 F8/F9: on the embedded model a replay miss said "the endpoint URL (--dspex-base-url) is part of
+    the cache key" (its answers are keyed by the model's name) and listed five identical misses, each with
+    its own request key, instead of the one line an LM error of every example gets."""
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    pytester.makepyfile(test_replay=TEST)
+    _dataset(pytester, 6)
+    pytester.mkdir("empty")
+    result = pytester.runpytest_subprocess("--dspex-cache=replay", "--dspex-cache-dir=empty",
+                                           "--dspex-missing-golden=zero-shot", "-k", "not each", *mode)  # fmt: skip
+    out = result.stdout.str()
+    assert result.ret == 1, out
+    assert "all 6 examples below 1.0 failed with the same LM error (cache_miss): CacheMissError: replay mode: no cached answer" in out, out
+    assert "or check the model/settings match the recording" in out and "is part of the cache key" not in out

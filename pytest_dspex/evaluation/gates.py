@@ -242,9 +242,13 @@ def lm_errors_reason(errors_by_kind: Mapping[str, int], n: int, records: Iterabl
     elif "cache_miss" in infra:  # said once here: the examples' own lines are cut short
         reason += (
             f"; no recorded answer for {infra['cache_miss']} example(s) in replay mode: record them with a run in "
-            "cache mode 'on' (the default), or check the model/settings match the recording — the endpoint URL "
-            "(--dspex-base-url) is part of the cache key, so a recording made at another URL does not replay"
+            "cache mode 'on' (the default), or check the model/settings match the recording"
         )
+        if not any(r.error_kind == "cache_miss" and "not by a URL" in (r.error or "") for r in records):
+            reason += (  # not the embedded model, whose answers are keyed by its name
+                " — the endpoint URL (--dspex-base-url) is part of the cache key, so a recording made at another "
+                "URL does not replay"
+            )
     return reason
 
 

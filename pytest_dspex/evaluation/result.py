@@ -208,8 +208,8 @@ def _same_infra_error(records: Sequence[ExampleRecord]) -> str | None:
         if r.error_kind not in INFRA_ERROR_KINDS or not r.error:
             return None
         status = re.search(r"HTTP (\d\d\d)\b", r.error) if r.error_kind == "lm_http" else None
-        if status is None:
-            return r.error
+        if status is None:  # a replay miss names its request's key: the same miss for every example
+            return re.sub(r" \(key [0-9a-f]+…\)", "", r.error) if r.error_kind == "cache_miss" else r.error
         try:
             return f"HTTP {status.group(1)} {http.HTTPStatus(int(status.group(1))).phrase}"
         except ValueError:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .._support import runtime as _runtime
 from .._support.types import NOT_GIVEN, NotGiven
-from ..errors import BudgetExceededError, ConfigError, LMError, LMHTTPError, LMUnavailableError
+from ..errors import BudgetExceededError, CacheMissError, ConfigError, LMError, LMHTTPError, LMUnavailableError
 from ..observe import events, tracing
 from .cache import CacheMode, ResponseCache, cache_key
 from .capabilities import Capabilities
@@ -379,7 +379,12 @@ class LM:
             return hit, self._finish_cached(hit)
         if self.estimate:
             raise self._would_call(body, key)
-        cache.miss(key, self.model)  # replay mode: an error
+        try:
+            cache.miss(key, self.model)  # replay mode: an error
+        except CacheMissError as exc:
+            if self.cache_identity != self.base_url:  # the embedded model: a URL is not what is missing
+                raise CacheMissError(f"{exc}; its answers are keyed by {self.cache_identity}, not by a URL") from None
+            raise
         (data, completion), led = await self._inflight.share(key, lambda: self._fetch(body, key))
         if led:
             return data, completion
