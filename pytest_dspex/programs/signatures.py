@@ -418,7 +418,7 @@ def render_value(value: Any) -> str:
     if isinstance(value, str):
         return value
     if is_pydantic_model(value):
-        return value.model_dump_json()
+        return str(value.model_dump_json())
     try:
         return json.dumps(value, ensure_ascii=False, default=str)
     except TypeError:

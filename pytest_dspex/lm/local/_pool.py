@@ -118,7 +118,7 @@ class Pool:
         """How good instance ``i`` is for a prompt of ``tokens``: the prompt tokens it need not evaluate
         there (its cached or being-read prefix, in whole chunks), less ``BUSY_COST`` per request it holds."""
         if self.engines:
-            shared = self.engines[i].longest_prefix(tokens) // CHUNK * CHUNK
+            shared = int(self.engines[i].longest_prefix(tokens)) // CHUNK * CHUNK
         else:
             llama = self.members[i]
             shared = _common_prefix(list(llama._input_ids[: llama.n_tokens]), tokens)
