@@ -127,7 +127,7 @@ def note_selection(session: pytest.Session) -> None:
         if item.get_closest_marker("dspex_program") is not None:
             try:
                 spec = program_spec(item, Path(item.path).parent)
-            except Exception:  # a bad marker (or a foreign program) fails its test, which says so
+            except (Exception, pytest.fail.Exception):  # a bad marker (or a foreign program) fails its test, which says so
                 spec = None
             if spec is not None:
                 dspex.selected_programs[test_key(item)] = spec.name
