@@ -199,3 +199,52 @@ def test_calls_that_go_around_the_session_are_lm_errors_with_the_way_through(
     assert "below threshold" not in out
     assert "not through pytest-dspex (use --dspex-openai-env or dspex_endpoint): APIConnec" in out
     assert upstream.requests == 0
+
+
+APP = '''
+import openai
+
+client = openai.OpenAI()   # built when conftest.py imports the application, before any test module
+
+def triage(message: str) -> str:
+    reply = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": message}])
+    return reply.choices[0].message.content.strip()
+'''
+
+APP_TEST = '''
+import pytest
+from support_app import triage
+
+def team_matches(example, prediction, trace=None):
+    return example.team == prediction.team
+
+@pytest.mark.dspex_program(triage, outputs=["team"])
+@pytest.mark.dspex_metric(team_matches, threshold=0.8)
+def test_dataset(dspex_evaluate):
+    dspex_evaluate("data/dev.jsonl")
+'''
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_an_application_imported_by_conftest_goes_through_the_endpoint(
+    pytester: pytest.Pytester, upstream: FakeLMServer, server_factory: Any, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """trial5 T5-1: a conftest.py that imports the application builds its client before pytest_configure;
+    it went to OPENAI_BASE_URL directly (a replay run called the LM with the real key, counted 0 calls, passed)."""
+    direct = server_factory(respond)  # the provider the user's environment names
+    monkeypatch.setenv("OPENAI_API_KEY", CANARY)
+    monkeypatch.setenv("OPENAI_BASE_URL", direct.base_url)
+    pytester.makefile(".jsonl", **{"data/dev": rows(10)})
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\ndspex_openai_env = true\n"
+                     "dspex_missing_golden = zero-shot\n")  # fmt: skip
+    pytester.makepyfile(support_app=APP, conftest="import support_app  # noqa: F401\n", test_app=APP_TEST)
+    first = run(pytester, upstream, *MODES[mode])
+    first.assert_outcomes(passed=1)
+    assert direct.requests == 0, "the application's client went around the session"
+    assert upstream.requests == 10
+    assert table_row(first, "triage")[-5:-3] == ["10", "0"]
+    replay = run(pytester, upstream, *MODES[mode], "--dspex-cache=replay")
+    replay.assert_outcomes(passed=1)
+    assert direct.requests == 0 and upstream.requests == 10
+    assert table_row(replay, "triage")[-5:-3] == ["10", "10"]
+    assert_no_canary(pytester, first, replay)

@@ -45,6 +45,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     endpoint.add_options(parser)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+    """``--dspex-openai-env``: the environment points at the run's endpoint before any conftest.py is
+    imported (one that imports the application builds its client then)."""
+    from . import endpoint
+
+    endpoint.export_early(early_config)
+
+
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     from . import _asyncio_default, hookspecs
 

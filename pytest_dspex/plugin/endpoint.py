@@ -6,9 +6,11 @@ xdist run runs none), in front of the session's LM, started on first use. With
 environment points the usual variables at it — ``OPENAI_BASE_URL`` its ``/v1`` URL,
 ``OPENAI_API_KEY`` a placeholder — before test modules are imported, so application code that
 builds its client from the environment (``OpenAI()``, LiteLLM, DSPy's ``dspy.LM("openai/...")``)
-goes through the session's cache, replay, limits and budget without a change. The real key is
-read first and handed to the session's LM only (``HeldKey``): the application never sees it. Both
-variables are restored when the session ends.
+goes through the session's cache, replay, limits and budget without a change. The variables are set
+before the initial conftests are imported (``export_early``, from ``pytest_load_initial_conftests``:
+a ``conftest.py`` that imports the application builds its client then), on a port reserved for the
+endpoint, which starts on it with the session. The real key is read first and handed to the session's
+LM only (``HeldKey``): the application never sees it. Both variables are restored when the session ends.
 
 ``--dspex-loopback-process`` (ini ``dspex_loopback_process``; ``auto``: on in a run of one process with
 two cores or more, off in xdist workers) gives the endpoint a serving process (``programs.piped``)
@@ -19,6 +21,8 @@ so that the session's LM here and the serving process's share one in-flight limi
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -32,6 +36,7 @@ __all__ = ["HeldKey", "SessionEndpoint", "add_options", "dspex_endpoint"]
 
 PLACEHOLDER_KEY = "sk-dspex-loopback"  # what the application is given instead of a key: not a secret
 _key = pytest.StashKey["SessionEndpoint"]()
+_early_key = pytest.StashKey["EarlyEnv"]()
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -80,6 +85,78 @@ def openai_env_wanted(config: pytest.Config) -> bool:
     return bool(flag) if flag is not None else bool(config.getini("dspex_openai_env"))
 
 
+class EarlyEnv:
+    """The environment ``export_early`` replaced, and the listening socket whose URL it exported."""
+
+    def __init__(self, saved: dict[str, str | None], sock: socket.socket) -> None:
+        self.saved = saved
+        self.sock: socket.socket | None = sock
+
+    def restore(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        for name, value in self.saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self.saved = {}
+
+
+def _early_option(config: pytest.Config, dest: str) -> Any:
+    """An option's command-line value while the command line is still being parsed (None: not given)."""
+    return getattr(config.known_args_namespace, dest, None)
+
+
+def export_early(config: pytest.Config) -> None:
+    """``--dspex-openai-env``, before the initial conftests are imported: reserve the endpoint's port and
+    point ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY`` at it, so an application client built while a
+    ``conftest.py`` imports it goes through the endpoint too (``configure`` starts the endpoint on that
+    port). Not in an xdist controller (it runs no tests: each worker reserves its own)."""
+    flag = _early_option(config, "dspex_openai_env")
+    try:
+        wanted = bool(flag) if flag is not None else bool(config.getini("dspex_openai_env"))
+    except (ValueError, KeyError):
+        return
+    if not wanted or _early_distributing(config):
+        return
+    key_env = _early_option(config, "dspex_api_key_env") or config.getini("dspex_api_key_env") or "OPENAI_API_KEY"
+    names = {"OPENAI_BASE_URL", "OPENAI_API_KEY", str(key_env)}
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        return  # the endpoint binds its own port in ``configure``, as before
+    early = EarlyEnv({name: os.environ.get(name) for name in names}, sock)
+    config.stash[_early_key] = early
+    config.add_cleanup(early.restore)
+    os.environ["OPENAI_BASE_URL"] = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    os.environ["OPENAI_API_KEY"] = PLACEHOLDER_KEY
+    if key_env != "OPENAI_API_KEY":
+        os.environ.pop(str(key_env), None)
+
+
+def _early_distributing(config: pytest.Config) -> bool:
+    """An xdist controller, as far as the command line says before xdist has read it (a worker is given
+    the controller's command line, ``-n`` included, and runs tests; ``configure`` corrects a wrong guess)."""
+    if not config.pluginmanager.hasplugin("xdist") or os.environ.get("PYTEST_XDIST_WORKER"):
+        return False
+    n = _early_option(config, "numprocesses")
+    return bool(n) or bool(_early_option(config, "tx")) or (_early_option(config, "dist") or "no") != "no"
+
+
+def original_environ(config: pytest.Config) -> Mapping[str, str | None]:
+    """The environment as the run found it: ``os.environ`` with what ``export_early`` replaced put back."""
+    early = config.stash.get(_early_key, None)
+    env: dict[str, str | None] = dict(os.environ)
+    if early is not None:
+        env.update(early.saved)
+    return env
+
+
 class HeldKey:
     """The upstream API key read before ``--dspex-openai-env`` replaced its variable: handed to the
     session's LM only; never shown, never pickled (it would otherwise travel with the session)."""
@@ -102,11 +179,12 @@ class HeldKey:
 class SessionEndpoint:
     """The process's loopback endpoint and the environment it replaced."""
 
-    def __init__(self, session: DspexSession, *, serving: bool = False) -> None:
+    def __init__(self, session: DspexSession, *, serving: bool = False, early: EarlyEnv | None = None) -> None:
         self.session = session
         self.serving = serving  # the loopback's LM work in a serving process (``programs.piped``)
         self.endpoint: LoopbackEndpoint | None = None
         self._saved_env: dict[str, str | None] | None = None
+        self.early = early  # the port and environment ``export_early`` set: the endpoint starts on that port
 
     def get(self) -> LoopbackEndpoint:
         if self.endpoint is None:
@@ -122,7 +200,10 @@ class SessionEndpoint:
                 from ..programs.piped import ServingProcess
 
                 serving = self.session.lms.serving = ServingProcess(self.session.lms.serving_config)
-            self.endpoint = LoopbackEndpoint(lambda: self.session.lm, serving=serving).start()
+            sock = self.early.sock if self.early is not None else None
+            if self.early is not None:
+                self.early.sock = None  # the endpoint's now (it closes it when it stops)
+            self.endpoint = LoopbackEndpoint(lambda: self.session.lm, serving=serving, sock=sock).start()
         return self.endpoint
 
     def export_env(self) -> None:
@@ -130,10 +211,13 @@ class SessionEndpoint:
         lms = self.session.lms
         key_env = self.session.options.api_key_env
         names = {"OPENAI_BASE_URL", "OPENAI_API_KEY", key_env}
-        self._saved_env = {name: os.environ.get(name) for name in names}
+        found = original_environ(self.session.config) if self.early is not None else os.environ
+        self._saved_env = {name: found.get(name) for name in names}
+        if self.early is not None:
+            self.early.saved = {}  # restored by ``close`` from here on
         url = self.session.options.base_url or ""
         if not (url and "@" in urlsplit(url).netloc):  # credentials in the base URL win over any key anyway
-            lms.held_key = HeldKey(os.environ.get(key_env))
+            lms.held_key = HeldKey(self._saved_env.get(key_env))
         endpoint = self.get()
         os.environ["OPENAI_BASE_URL"] = endpoint.base_url
         os.environ["OPENAI_API_KEY"] = PLACEHOLDER_KEY
@@ -158,7 +242,11 @@ def configure(config: pytest.Config, session: DspexSession) -> None:
     distributing = not session.is_worker and config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") != "no"
     o = session.options
     serving = not (o.local or o.estimate or o.cache_url or distributing) and loopback_process_wanted(config, worker=session.is_worker)
-    holder = SessionEndpoint(session, serving=serving)
+    early = config.stash.get(_early_key, None)
+    if early is not None and (distributing or not openai_env_wanted(config)):
+        early.restore()  # xdist read the command line otherwise: this process runs no tests
+        early = None
+    holder = SessionEndpoint(session, serving=serving, early=early)
     config.stash[_key] = holder
     config.add_cleanup(holder.close)
     if openai_env_wanted(config) and not distributing:  # an xdist controller runs no tests: its workers export their own

@@ -328,8 +328,11 @@ def resolve(config: pytest.Config) -> DspexOptions:
         value = _convert(name, kind, raw)
         values[name.replace("-", "_")] = default if value is None else value
     base_url_source = "--dspex-base-url / dspex_base_url"
-    if values["base_url"] is None and os.environ.get("OPENAI_BASE_URL"):
-        values["base_url"] = os.environ["OPENAI_BASE_URL"]
+    from .endpoint import original_environ  # --dspex-openai-env has already pointed OPENAI_BASE_URL at the run's endpoint
+
+    env_base_url = original_environ(config).get("OPENAI_BASE_URL")
+    if values["base_url"] is None and env_base_url:
+        values["base_url"] = env_base_url
         base_url_source = "OPENAI_BASE_URL"
     if values["base_url"] is not None and (problem := base_url_problem(values["base_url"])):
         raise pytest.UsageError(f"{base_url_source}: {problem}")

@@ -96,7 +96,8 @@ class LoopbackEndpoint:
     """
 
     def __init__(
-        self, lm: LM | Callable[[], LM], *, host: str = "127.0.0.1", port: int = 0, in_process: bool = True, serving: ServingProcess | None = None
+        self, lm: LM | Callable[[], LM], *, host: str = "127.0.0.1", port: int = 0, in_process: bool = True, serving: ServingProcess | None = None,
+        sock: Any = None,
     ) -> None:
         self._lm: LM | None = None
         self._make: Callable[[], LM] | None = None
@@ -112,6 +113,10 @@ class LoopbackEndpoint:
         self._address: Any = None
         self._lm_lock: asyncio.Lock | None = None
         self.serving = serving
+        #: a listening socket bound in advance (its URL handed out before the endpoint started): served as is
+        self._sock = sock
+        if sock is not None:
+            self.host, self.port = sock.getsockname()[:2]
 
     @property
     def base_url(self) -> str:
@@ -163,7 +168,7 @@ class LoopbackEndpoint:
         server = web.Server(self._handle, access_log=None, handler_cancellation=False)
         runner = web.ServerRunner(server, shutdown_timeout=0.5, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, backlog=1024)
+        site: Any = web.SockSite(runner, self._sock) if self._sock is not None else web.TCPSite(runner, self.host, self.port, backlog=1024)
         await site.start()
         self.port = runner.addresses[0][1]
         self._runner = runner
