@@ -369,3 +369,49 @@ def test_every_predictor_of_a_program_is_counted(pytester, server_factory, monke
         tokens = row["usage"]["prompt_tokens"] + row["usage"]["completion_tokens"]
         estimated = int(total.group(2).replace(",", ""))
         assert abs(estimated - tokens) <= 0.1 * tokens, (estimated, tokens)
+
+
+FUNCTION = '''
+import openai
+import pytest
+
+client = openai.OpenAI()
+
+def route(message: str) -> str:
+    reply = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": message}])
+    return reply.choices[0].message.content.strip()
+
+def right(example, prediction, trace=None):
+    return example.team == prediction.team
+
+@pytest.mark.dspex_program(route, outputs=["team"])
+@pytest.mark.dspex_metric(right, threshold=0.5)
+def test_route(dspex_evaluate):
+    dspex_evaluate("data/dev.jsonl")
+'''
+
+
+@pytest.mark.parametrize("mode", MODES.values(), ids=MODES.keys())
+def test_a_plain_functions_answers_are_estimated_from_its_labels(pytester, server_factory, monkeypatch, mode):
+    """trial5 T5-3: a plain function's calls (through the loopback endpoint) were each reckoned at 24
+    completion tokens whatever it answers (40 one-word answers: 960 estimated, 40 spent); its labels are
+    the answer, as a predictor's are (the row's id is not a label)."""
+    pytest.importorskip("openai")
+    rows = [{"id": f"r{i}", **e.toDict()} for i, e in enumerate(triage_examples(12))]
+    teams = {r["message"]: r["team"] for r in rows}
+    server = server_factory(lambda body: teams.get(body["messages"][-1]["content"], "other"))
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    args = [f"--dspex-base-url={server.base_url}", "--dspex-model=fake-model", "--dspex-cache-dir=cache",
+            "--dspex-missing-golden=zero-shot", "--dspex-openai-env", *mode]  # fmt: skip
+    pytester.makepyfile(test_fn=FUNCTION)
+    pytester.makefile(".jsonl", **{"data/dev": "".join(json.dumps(r) + "\n" for r in rows)})
+    estimate = pytester.runpytest_subprocess(*args, "--dspex-estimate")
+    assert estimate.ret == 0 and server.requests == 0, estimate.stdout.str()[-3000:]
+    got = _estimated(estimate.stdout.str())
+    real = pytester.runpytest_subprocess(*args, "--dspex-report=report.json")
+    assert real.ret == 0, real.stdout.str()[-3000:]
+    (row,) = json.loads((pytester.path / "report.json").read_text())["programs"]
+    u = row["usage"]
+    assert got["calls"] == server.requests == 12
+    assert (got["prompt"], got["completion"]) == (u["prompt_tokens"], u["completion_tokens"]) == (got["prompt"], 12)

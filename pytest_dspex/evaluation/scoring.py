@@ -272,7 +272,11 @@ async def _score_once(
     async def run() -> float:
         nonlocal pred
         if getattr(settings.current_lm(), "estimate", False):  # --dspex-estimate: its answers are the labels'
-            with estimates.labelled({k: v for k, v in example.items() if k not in inputs}):
+            labels = {k: v for k, v in example.items() if k not in inputs}
+            named = getattr(program, "outputs", None)  # a plain function's ``outputs=``: not the row's id or notes
+            if isinstance(named, tuple) and named:
+                labels = {k: v for k, v in labels.items() if k in named}
+            with estimates.labelled(labels):
                 pred = await program.acall(**inputs)
         elif trace is None:
             pred = await program.acall(**inputs)

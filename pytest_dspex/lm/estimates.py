@@ -15,7 +15,9 @@ send them), counted by the model's rule (``counting``):
   token was 8-100% off a short answer.
 
 The answer is the one the example's labels make: the predictor formats the example's output values
-as its adapter formats an answer (field markers included, ``expecting``) and the LM counts that; an
+as its adapter formats an answer (field markers included, ``expecting``) and the LM counts that (a call
+no predictor made — a plain function's, through the loopback endpoint — the labels' values: one as its
+text, several as a JSON object; ``from_labels``); an
 output the example has no value for counts ``FIELD_TOKENS``, and a ChainOfThought's ``reasoning`` as
 long as the rationales in the program's demos (a compiled program's, bootstrapped from the model's
 own answers), else the model's measured length (the embedded model's), else ``REASONING_TOKENS``. Never the request's ``max_tokens``: that is the upper bound,
@@ -33,6 +35,7 @@ import contextlib
 import contextvars
 import functools
 import hashlib
+import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -109,7 +112,24 @@ def expecting(expected: Expected) -> Iterator[None]:
 
 
 def current_expected() -> Expected | None:
-    return _expected.get()
+    """The answer a call should get: the predictor's (``expecting``), else — a call no predictor made, e.g.
+    a plain function's through the loopback endpoint — the example's labels as an answer (``from_labels``)."""
+    expected = _expected.get()
+    if expected is None and (labels := _labels.get()):
+        return from_labels(labels)
+    return expected
+
+
+def from_labels(labels: Mapping[str, Any]) -> Expected | None:
+    """The answer a call made by code that is not a predictor should get: one output field's value as its
+    text (a function returning a string: ``outputs=["team"]``), several as a JSON object of them."""
+    values = {k: v for k, v in labels.items() if v is not None}
+    if not values:
+        return None
+    if len(values) == 1:
+        (value,) = values.values()
+        return Expected(text=value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+    return Expected(text=json.dumps(values, ensure_ascii=False, default=str))
 
 
 def counting(model: str) -> str:

@@ -55,7 +55,7 @@ def estimate_lines(rows: list[dict[str, Any]], *, priced: bool, max_calls: int |
         out.append((f"  {prompt:,} prompt + {tokens - prompt:,} completion tokens, at most {max(limit, tokens):,} "
                     f"(each answer at its token limit){how}", {}))  # fmt: skip
     if repeated:
-        out.append((f"  repeated: {repeated} request(s) asked again (a program gated in both modes asks each question twice); "
+        out.append((f"  repeated: {repeated} request(s) asked again (a program gated in both modes asks each question twice, and programs that send the same request ask it once each); "
                     "a run answers them from the cache their first asking fills: not calls, not cached yet", {}))  # fmt: skip
     if not priced:
         out.append(("no price known for this model: set --dspex-price=INPUT,OUTPUT (dollars per 1M tokens) to estimate cost", {"yellow": True}))
