@@ -168,7 +168,7 @@ def test_killed_mid_run_every_request_is_answered_in_process_with_one_warning(
     assert row[2] == "1.000" and row[-5] == "10"  # every example answered and counted
     assert upstream.requests >= 10
     assert served_warnings(result) == 1
-    result.stdout.fnmatch_lines(["*the loopback's serving process ended*answered the * request(s) it was serving*in this process*"])
+    result.stdout.fnmatch_lines(["*the loopback's serving process (pid *) ended (killed by SIGKILL)*answered the * request(s) it was serving*in this process*"])
     assert int(re.findall(r"answered the (\d+) request", result.stdout.str())[0]) >= 1  # they were waiting for it
     assert_no_canary(project, result)
 

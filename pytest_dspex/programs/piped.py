@@ -236,8 +236,16 @@ class ServingProcess:
                     waiting.set_result(payload)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
-        code = self._process.poll() if self._process is not None else None
-        self._lose("the loopback's serving process ended" + (f" (exit status {code})" if code is not None else ""))
+        process = self._process
+        code = process.poll() if process is not None else None
+        ended = f"the loopback's serving process{f' (pid {process.pid})' if process is not None else ''} ended"
+        self._lose(ended + _how_it_ended(code))  # the requests waiting for it are answered here at once
+        if process is not None and code is None and self.lost == ended:
+            for _ in range(50):  # its pipe closes a moment before it is reaped: its exit status, for the warning
+                await asyncio.sleep(0.01)
+                if (code := process.poll()) is not None:
+                    self.lost = ended + _how_it_ended(code)
+                    break
 
     def _lose(self, why: str) -> None:
         waiting, self._waiting = self._waiting, {}
@@ -315,3 +323,17 @@ def _secret_variable(name: str, config: dict[str, Any]) -> bool:
     """Environment variables the serving process does not inherit: the key's (it gets it over the pipe)."""
     upper = name.upper()
     return upper in ("OPENAI_API_KEY", str(config["settings"].get("api_key_env", "")).upper()) or upper.endswith("_API_KEY")
+
+
+def _how_it_ended(returncode: int | None) -> str:
+    """`` (killed by SIGKILL)``, `` (exit code 1)``, or nothing while it is not known."""
+    if returncode is None:
+        return ""
+    if returncode < 0:
+        import signal
+
+        try:
+            return f" (killed by {signal.Signals(-returncode).name})"
+        except ValueError:
+            return f" (killed by signal {-returncode})"
+    return f" (exit code {returncode})"
