@@ -105,6 +105,9 @@ class TestBudgetAndCache:
         assert row["errors_by_kind"].get("budget", 0) > 0 and row["verdict"]["kind"] == "lm_errors"
         assert row["usage"]["cost"] > 0
         assert server.requests < N
+        # trial5 T5-6: a budget below a cent is said to two digits, and the overshoot of the calls in flight
+        # ("$0.0000 of $0.0000" said nothing; a 26% overshoot read "$0.0001 of $0.0001")
+        priced.stdout.fnmatch_lines(["*cost budget*spent ($0.00000* of $0.00000010, *% over: the calls in flight when it was reached)*"])
 
     def test_the_lm_refuses_a_cost_budget_it_cannot_count(self):
         import pytest_dspex as dspex

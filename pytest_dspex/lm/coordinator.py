@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._support.loop_thread import LoopThread
+from .usage import cost_spent
 
 __all__ = ["Coordinator", "describe"]
 
@@ -302,7 +303,7 @@ class Coordinator:
             return f"the run's LM call budget is spent ({self.calls} of {self.max_calls} calls); no further calls are made"
         if self.max_cost is not None and self.cost >= self.max_cost:
             self.refused_calls += n
-            return f"the run's LM cost budget is spent (${self.cost:.4f} of ${self.max_cost:.4f}); no further calls are made"
+            return f"the run's LM cost budget is spent ({cost_spent(self.cost, self.max_cost)}); no further calls are made"
         self.calls += n
         return None
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import BudgetExceededError
 from .redis_cache import redact_url
-from .usage import Budget
+from .usage import Budget, cost_spent
 
 __all__ = ["RedisBudget"]
 
@@ -73,7 +73,7 @@ class RedisBudget(Budget):
                 f"the run's LM call budget is spent ({self.max_calls} calls, counted in Redis); no further calls are made"
             )
         if self.max_cost is not None and cost >= self.max_cost:
-            raise BudgetExceededError(f"the run's LM cost budget is spent (${cost:.4f} of ${self.max_cost:.4f}); no further calls are made")
+            raise BudgetExceededError(f"the run's LM cost budget is spent ({cost_spent(cost, self.max_cost)}); no further calls are made")
         with self._lock:
             self.calls += 1  # what this process made (the run's count is in Redis)
 

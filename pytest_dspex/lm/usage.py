@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -71,6 +72,15 @@ class Usage:
 _trackers: contextvars.ContextVar[tuple[Usage, ...]] = contextvars.ContextVar("dspex_usage", default=())
 
 
+def cost_spent(cost: float, max_cost: float) -> str:
+    """``$0.000063 of $0.000050``: a spent cost budget, to as many decimals as tell the two apart (four,
+    or more for a budget below a cent: ``$0.0001 of $0.0001`` hid a 26% overshoot), and the overshoot
+    (calls already in flight when the budget was reached are answered and charged)."""
+    places = 4 if max_cost <= 0 else min(10, max(4, 1 - math.floor(math.log10(max_cost))))  # two digits of the budget
+    over = f", {cost / max_cost - 1:.0%} over: the calls in flight when it was reached" if max_cost and cost > max_cost * 1.005 else ""
+    return f"${cost:.{places}f} of ${max_cost:.{places}f}{over}"
+
+
 @contextlib.contextmanager
 def track_usage() -> Iterator[Usage]:
     """Count the LM usage of everything run inside this block (including nested tasks)."""
@@ -119,7 +129,7 @@ class Budget:
             )
         if self.max_cost is not None and self.cost >= self.max_cost:
             raise BudgetExceededError(
-                f"LM cost budget spent (${self.cost:.4f} of ${self.max_cost:.4f}); no further calls are made"
+                f"LM cost budget spent ({cost_spent(self.cost, self.max_cost)}); no further calls are made"
             )
 
     def charge(self, cost: float) -> None:
