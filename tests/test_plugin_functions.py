@@ -248,3 +248,20 @@ def test_an_application_imported_by_conftest_goes_through_the_endpoint(
     assert direct.requests == 0 and upstream.requests == 10
     assert table_row(replay, "triage")[-5:-3] == ["10", "10"]
     assert_no_canary(pytester, first, replay)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_a_refusal_the_function_cannot_handle_is_said_with_its_error(
+    project: pytest.Pytester, server_factory: Any, mode: str
+) -> None:
+    """trial5 T5-4: the endpoint relays a refusal (content null); the function's `.strip()` raised and the
+    verdict said only "program raised on 10 of 10 examples: AttributeError: 'NoneType' object …", nothing
+    of the model refusing. Still the program's error (it crashes on a refusal), now said after it."""
+    from pytest_dspex.testing.fake_server import Faults
+
+    refusing = server_factory(respond, faults=Faults(refusal=1.0))
+    result = run(project, refusing, *MODES[mode], "--dspex-missing-golden=zero-shot", "-k", "test_dataset")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*program raised on 10 of 10 examples: AttributeError: 'NoneType' object has no attribute "
+                                 "'strip' (it raised after the model refused this example's request: *can't help with that*"])  # fmt: skip
+    assert_no_canary(project, result)

@@ -84,7 +84,11 @@ class _MetricRaised(Exception):
 def describe_error(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError) and not str(exc):
         return "TimeoutError: the example did not finish within the example timeout"
-    return f"{type(exc).__name__}: {exc}"
+    notes = [n.removeprefix(_NOTE) for n in getattr(exc, "__notes__", ()) if isinstance(n, str) and n.startswith(_NOTE)]
+    return f"{type(exc).__name__}: {exc}" + "".join(f" ({n})" for n in notes)
+
+
+_NOTE = "pytest-dspex: "  # programs.function.NOTE: what a plain function met before it raised
 
 
 def current_example_timeout() -> float | None:

@@ -31,7 +31,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._support.threads import run_in_thread
-from ..errors import AdapterParseError, ConfigError, LMError, LMHTTPError, LMTimeoutError, LMUnavailableError
+from ..errors import (
+    AdapterParseError,
+    ConfigError,
+    LMError,
+    LMHTTPError,
+    LMTimeoutError,
+    LMUnavailableError,
+    ModelRefusedError,
+)
 from ..lm import callers
 from ..lm.usage import track_usage
 from .modules import Module
@@ -76,8 +84,12 @@ class FunctionProgram(Module):
                 else:  # its LM calls block: never on the loop (which answers them, for the loopback endpoint)
                     value = await run_in_thread(functools.partial(self._fn, **inputs))
             except Exception as exc:
-                if errors:  # the LM error behind what the client library raised
-                    raise errors[0] from exc
+                failed = [e for e in errors if not isinstance(e, ModelRefusedError)]
+                if failed:  # the LM error behind what the client library raised
+                    raise failed[0] from exc
+                if errors:  # a refusal was relayed (content null): the program's error is its own, said after it
+                    refusal = str(errors[0]).removeprefix("the model refused: ")
+                    exc.add_note(f"{NOTE}it raised after the model refused this example's request: {refusal}")
                 # first in the message, so a shortened one still says how to route the calls
                 hint = "" if usage.calls or usage.cache_hits else "not through pytest-dspex (use --dspex-openai-env or dspex_endpoint): "
                 infra = client_lm_error(exc, hint)
@@ -122,6 +134,10 @@ _TIMEOUT_NAMES = frozenset({"APITimeoutError", "Timeout", "TimeoutException", "R
                             "WriteTimeout", "PoolTimeout", "ServerTimeoutError", "TimeoutError"})  # fmt: skip
 _CONNECT_NAMES = frozenset({"APIConnectionError", "ConnectError", "ConnectionError", "ClientConnectorError", "ClientConnectionError",
                             "ServerDisconnectedError", "RemoteProtocolError", "ServiceUnavailableError", "NetworkError"})  # fmt: skip
+
+
+#: a note ``describe_error`` adds to a program's error message (what the program met before it raised)
+NOTE = "pytest-dspex: "
 
 
 def client_lm_error(exc: BaseException, hint: str = "") -> LMError | None:

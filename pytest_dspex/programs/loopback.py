@@ -55,6 +55,7 @@ from ..errors import (
     LMHTTPError,
     LMTimeoutError,
     LMUnavailableError,
+    ModelRefusedError,
 )
 from ..lm import callers
 from ..lm.types import LMRequest
@@ -269,6 +270,9 @@ class LoopbackEndpoint:
             return self._failed(exc)
         self.counts["answered"] += 1
         self.counts["cache_hits"] += completion.cached
+        if completion.refusal is not None and not completion.text.strip():  # relayed as it came; a program
+            # that then raises says so (``function``): its error is its own, after the model's refusal
+            callers.served_error(ModelRefusedError(f"the model refused: {completion.refusal[:200]!r}", refusal=completion.refusal))
         cache = "hit" if completion.cached else "miss"
         if stream:
             self.counts["streamed"] += 1
