@@ -47,8 +47,9 @@ def test_replay_miss_says_once_what_to_do(pytester, project, fake, mode):
     out = result.stdout.str()
     said = (
         "no recorded answer for 60 example(s) in replay mode: record them with a run in cache mode 'on' (the default), "
-        "or check the model/settings match the recording — the endpoint URL (--dspex-base-url) is part of the cache "
-        "key, so a recording made at another URL does not replay"
+        "or check the model/settings match the recording and the requests are the recorded ones (an edited prompt, "
+        "instructions, demos or function's messages are new requests) — the endpoint URL (--dspex-base-url) is part "
+        "of the cache key, so a recording made at another URL does not replay"
     )
     assert said in out, out
     assert fake.requests == 0

@@ -242,7 +242,8 @@ def lm_errors_reason(errors_by_kind: Mapping[str, int], n: int, records: Iterabl
     elif "cache_miss" in infra:  # said once here: the examples' own lines are cut short
         reason += (
             f"; no recorded answer for {infra['cache_miss']} example(s) in replay mode: record them with a run in "
-            "cache mode 'on' (the default), or check the model/settings match the recording"
+            "cache mode 'on' (the default), or check the model/settings match the recording and the requests are "
+            "the recorded ones (an edited prompt, instructions, demos or function's messages are new requests)"
         )
         if not any(r.error_kind == "cache_miss" and "not by a URL" in (r.error or "") for r in records):
             reason += (  # not the embedded model, whose answers are keyed by its name
