@@ -384,6 +384,9 @@ def describe(stats: dict[str, Any], *, verbose: bool = False) -> str | None:
             part = f"in flight at most {e['peak_lent']} (from {e['start']}, growing up to {e['maximum']} while the endpoint accepts)"
         if e["throttled"]:
             part += f", {e['throttled']} of {e['answered']} answers were 429 (limit now {e['limit']})"
+            if e["answered"] >= 50 and e["throttled"] * 5 >= e["answered"]:  # not a scattering: the limit is above its cap
+                part += (f": {e['throttled'] / e['answered']:.0%} refused, so the endpoint takes fewer requests at once than "
+                         f"that; a lower --dspex-concurrency (below {e['limit']}) sends fewer requests it refuses")  # fmt: skip
         if e.get("holds"):
             part += f", held {e['holds']}x for the endpoint's Retry-After"
         if e["trips"]:
