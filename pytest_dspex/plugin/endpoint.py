@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pytest
+
+from .early_env import EarlyEnv, _early_key, original_environ
 
 if TYPE_CHECKING:
     from ..programs.loopback import LoopbackEndpoint
@@ -36,7 +37,6 @@ __all__ = ["HeldKey", "SessionEndpoint", "add_options", "dspex_endpoint"]
 
 PLACEHOLDER_KEY = "sk-dspex-loopback"  # what the application is given instead of a key: not a secret
 _key = pytest.StashKey["SessionEndpoint"]()
-_early_key = pytest.StashKey["EarlyEnv"]()
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -85,25 +85,6 @@ def openai_env_wanted(config: pytest.Config) -> bool:
     return bool(flag) if flag is not None else bool(config.getini("dspex_openai_env"))
 
 
-class EarlyEnv:
-    """The environment ``export_early`` replaced, and the listening socket whose URL it exported."""
-
-    def __init__(self, saved: dict[str, str | None], sock: socket.socket) -> None:
-        self.saved = saved
-        self.sock: socket.socket | None = sock
-
-    def restore(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-        for name, value in self.saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        self.saved = {}
-
-
 def _early_option(config: pytest.Config, dest: str) -> Any:
     """An option's command-line value while the command line is still being parsed (None: not given)."""
     return getattr(config.known_args_namespace, dest, None)
@@ -146,15 +127,6 @@ def _early_distributing(config: pytest.Config) -> bool:
         return False
     n = _early_option(config, "numprocesses")
     return bool(n) or bool(_early_option(config, "tx")) or (_early_option(config, "dist") or "no") != "no"
-
-
-def original_environ(config: pytest.Config) -> Mapping[str, str | None]:
-    """The environment as the run found it: ``os.environ`` with what ``export_early`` replaced put back."""
-    early = config.stash.get(_early_key, None)
-    env: dict[str, str | None] = dict(os.environ)
-    if early is not None:
-        env.update(early.saved)
-    return env
 
 
 class HeldKey:

@@ -328,7 +328,7 @@ def resolve(config: pytest.Config) -> DspexOptions:
         value = _convert(name, kind, raw)
         values[name.replace("-", "_")] = default if value is None else value
     base_url_source = "--dspex-base-url / dspex_base_url"
-    from .endpoint import original_environ
+    from .early_env import original_environ
 
     # --dspex-openai-env may already have pointed OPENAI_BASE_URL at the run's endpoint: the run's own value
     env_base_url = original_environ(config).get("OPENAI_BASE_URL")
