@@ -467,6 +467,32 @@ def test_leave_one_out_asks_the_examples_keeping_every_demo_first_then_by_the_de
     assert sum(r.score for r in ordered) == len(items)  # nobody copied its own demo
 
 
+def test_skipping_own_demos_asks_only_the_examples_that_are_none_of_the_candidates_demos(server_factory, make_lm):
+    """The measured alternative to leave-one-out (``DSPEX_SELECTION_SKIP_OWN=1``, off by default): an
+    example that is one of the candidate's demos is not asked at all, the others with every demo."""
+    import asyncio
+
+    from pytest_dspex.optimize.selection import evaluate_skipping_own_demos
+
+    asked: list[str] = []
+
+    def respond(body):
+        user = body["messages"][-1]["content"]
+        message = user.rsplit("Message: ", 1)[-1].split("\n")[0]
+        asked.append(message)
+        return " " + re.search(r"about (\w+)", message).group(1)
+
+    server = server_factory(respond)
+    train = intent_examples(2)  # 12 examples
+    program = dspex.Predict(Intent, lm=make_lm(server, concurrency=1))
+    program.demos = [dict(train[k]) for k in (7, 2, 9, 4)]
+    items = [(i, train[i]) for i in (5, 9, 0, 2, 11, 4, 7, 3)]
+    records = asyncio.run(evaluate_skipping_own_demos(program, items, intent_matches, concurrency=1))
+    assert [r.index for r in records] == [5, 0, 11, 3]
+    assert sorted(asked) == sorted(train[i].message for i in (5, 0, 11, 3))
+    assert all(r.score == 1 for r in records)
+
+
 def test_the_registry_builds_each_optimizer_and_refuses_an_unknown_name():
     from pytest_dspex.errors import ConfigError
     from pytest_dspex.optimize import OptimizerSettings, make_optimizer

@@ -68,7 +68,7 @@ from ..programs.primitives import Example, as_example_list
 from .bootstrap import BootstrapFewShot, LabeledFewShot
 from .protocol import Candidate, CompileResult, OptimizerSettings
 from .review import review_program
-from .selection import check_error_budget, demo_count, evaluate_without_own_demo
+from .selection import _skip_own, check_error_budget, demo_count, evaluate_skipping_own_demos, evaluate_without_own_demo
 
 __all__ = ["BootstrapFewShotWithRandomSearch", "Candidate", "CompileResult", "sign_test_p"]
 
@@ -338,7 +338,8 @@ class BootstrapFewShotWithRandomSearch:
             return None
         # scored as the candidates were (``_race``): without each example's own demo under leave_one_out
         if val is trainset and self.leave_one_out:
-            recs = await evaluate_without_own_demo(program, list(enumerate(val)), self.metric, concurrency=self.concurrency)
+            own = evaluate_skipping_own_demos if _skip_own() and len(val) - demo_count(program) >= 24 else evaluate_without_own_demo
+            recs = await own(program, list(enumerate(val)), self.metric, concurrency=self.concurrency)
         else:
             recs = await evaluate_records(program, enumerate(val), self.metric, concurrency=self.concurrency)
         result = EvaluationResult.from_records(recs, metric=metric_name(self.metric))
@@ -407,6 +408,8 @@ class BootstrapFewShotWithRandomSearch:
         """
         order = list(range(len(valset)))
         random.Random(self.seed).shuffle(order)
+        most = max((demo_count(c.program) for c in candidates), default=0)
+        skip = _skip_own() and len(valset) - most >= 24
         stops = _stages(len(order), self.race_first) if self.racing and len(candidates) > 1 else [len(order)]
         records: dict[str, list[ExampleRecord]] = {c.name: [] for c in candidates}
         alive = list(candidates)
@@ -452,7 +455,8 @@ class BootstrapFewShotWithRandomSearch:
                     tell(cand, done, stop, (total_before + score * done) / (len(before) + done))
 
                 with tracing.use_span(spans[cand.name]):  # compile -> candidate -> evaluate
-                    evaluate = evaluate_without_own_demo if leave_one_out else evaluate_records
+                    own = evaluate_skipping_own_demos if skip else evaluate_without_own_demo
+                    evaluate = own if leave_one_out else evaluate_records
                     got = await evaluate(
                         cand.program, chunk, self.metric, concurrency=concurrency,
                         progress=progress if self.progress is not None else None,

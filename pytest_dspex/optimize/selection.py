@@ -91,6 +91,23 @@ def prefix_order(program: Module, items: Sequence[tuple[int, Example]]) -> list[
     return sorted(items, key=key)
 
 
+async def evaluate_skipping_own_demos(
+    program: Module, items: Sequence[tuple[int, Example]], metric: Callable[..., Any], **kwargs: Any
+) -> list[ExampleRecord]:
+    """``evaluate_records`` of ``program`` on the ``items`` that are none of its demos."""
+    demos = [d for p in program.predictors() for d in p.demos]
+    kept = [it for it in items if not any(_is_own(d, dict(it[1].inputs().items())) for d in demos)]
+    return await evaluate_records(program, kept, metric, **kwargs)
+
+
+def _skip_own() -> bool:
+    """Prototype (``DSPEX_SELECTION_SKIP_OWN=1``): a training example that is one of the candidate's
+    demos is not asked at all (the candidate is scored on the others) instead of asked without it."""
+    import os
+
+    return os.environ.get("DSPEX_SELECTION_SKIP_OWN", "") == "1"
+
+
 async def evaluate_without_own_demo(
     program: Module, items: Sequence[tuple[int, Example]], metric: Callable[..., Any], **kwargs: Any
 ) -> list[ExampleRecord]:
