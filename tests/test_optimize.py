@@ -468,8 +468,8 @@ def test_leave_one_out_asks_the_examples_keeping_every_demo_first_then_by_the_de
 
 
 def test_skipping_own_demos_asks_only_the_examples_that_are_none_of_the_candidates_demos(server_factory, make_lm):
-    """The measured alternative to leave-one-out (``DSPEX_SELECTION_SKIP_OWN=1``, off by default): an
-    example that is one of the candidate's demos is not asked at all, the others with every demo."""
+    """The default with 24+ training examples outside the demos (``own_demo_rule``): an example that
+    is one of the candidate's demos is not asked at all, the others with every demo."""
     import asyncio
 
     from pytest_dspex.optimize.selection import evaluate_skipping_own_demos
@@ -491,6 +491,15 @@ def test_skipping_own_demos_asks_only_the_examples_that_are_none_of_the_candidat
     assert [r.index for r in records] == [5, 0, 11, 3]
     assert sorted(asked) == sorted(train[i].message for i in (5, 0, 11, 3))
     assert all(r.score == 1 for r in records)
+
+
+def test_the_own_demo_rule_skips_with_24_examples_outside_the_most_demos_and_can_be_turned_off(monkeypatch):
+    from pytest_dspex.optimize.selection import own_demo_rule
+
+    assert own_demo_rule(32, 8) == "skipped" and own_demo_rule(40, 16) == "skipped"
+    assert own_demo_rule(31, 8) == "left out" and own_demo_rule(12, 4) == "left out"
+    monkeypatch.setenv("DSPEX_SELECTION_SKIP_OWN", "0")  # leave-one-out everywhere, for comparisons
+    assert own_demo_rule(200, 4) == "left out"
 
 
 def test_the_registry_builds_each_optimizer_and_refuses_an_unknown_name():

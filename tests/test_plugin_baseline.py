@@ -89,8 +89,10 @@ def server(server_factory: Any, model: Model) -> FakeLMServer:
     return s
 
 
-def project(pytester: pytest.Pytester, n: int = 200, *, instructions: str = ORIGINAL, marker: str = "") -> None:
-    pytester.makefile(".jsonl", **{"data/train": rows(8, 1000), "data/dev": rows(n)})
+def project(
+    pytester: pytest.Pytester, n: int = 200, *, instructions: str = ORIGINAL, marker: str = "", train: int = 8
+) -> None:
+    pytester.makefile(".jsonl", **{"data/train": rows(train, 1000), "data/dev": rows(n)})
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     write_test(pytester, instructions, marker)
 
@@ -124,6 +126,7 @@ class TestSelectionAndBaseline:
         assert compiled.ret == 0, compiled.stdout.str()
         g = golden(pytester)
         assert g["selection"]["set"] == "trainset" and g["selection"]["n"] == 8
+        assert g["selection"]["own_demos"] == "left out"  # 8 training examples: too few to skip a candidate's demos
         assert g["baseline"]["n"] == 40 and g["baseline"]["draws"] == 2 and g["baseline"]["how"] == "compile"
         assert g["scores"]["validation"]["n"] == 8  # the selection pass: not what later runs are paired with
         compiled.stdout.fnmatch_lines([
@@ -150,6 +153,57 @@ class TestSelectionAndBaseline:
             capture_output=True, text=True,
         )  # fmt: skip
         assert json.loads(as_json.stdout)["provenance"]["baseline"]["n"] == 40
+
+    def test_with_enough_training_examples_a_candidate_is_scored_on_those_that_are_none_of_its_demos(
+        self, pytester, server_factory, mode
+    ):
+        """30 training examples, candidates of at most one demo: each candidate is chosen on the training
+        examples that are not its demos (its demos' own are not asked, so none is answered by copying),
+        and every view says so. The model answers right only with a demo in the prompt."""
+
+        def respond(body: dict[str, Any]) -> str:
+            last = body["messages"][-1]["content"].rsplit("Message:", 1)[-1]
+            right = "billing" if "charged" in last else "technical"
+            shown = body["messages"][-1]["content"].count("Message:") > 1  # a demo before the asked message
+            return f" {right}" if shown else " nobody"
+
+        server = server_factory(respond)
+        project(pytester, 40, train=30)
+        compiled = run(pytester, server, mode, *COMPILE, "-k", "not each")
+        assert compiled.ret == 0, compiled.stdout.str()
+        g = golden(pytester)
+        assert g["selection"]["set"] == "trainset" and g["selection"]["own_demos"] == "skipped"
+        assert g["selection"]["chosen"] != "zero-shot" and g["selection"]["score"] == 1.0
+        assert g["selection"]["n"] == 29  # its one demo's example is not asked
+        zero = next(c for c in g["optimizer"]["candidates"] if c["name"] == "zero-shot")
+        assert zero["score"] == 0.0 and zero["dropped_at"] == zero["n"]  # no demo: wrong, dropped by racing
+        words = "chosen on the trainset, each candidate on the examples that are none of its demos (n=29, score 1.000)"
+        compiled.stdout.fnmatch_lines([f"*{words}*"])
+        out = run(pytester, server, mode, "--dspex-report=report.json", "--dspex-markdown=summary.md", "--dspex-html=r.html")
+        assert out.ret == 0, out.stdout.str()
+        for row in report_rows(pytester).values():
+            assert row["golden_provenance"]["selection"]["own_demos"] == "skipped"
+            assert words in row["golden_provenance"]["text"]
+        assert words in (pytester.path / "summary.md").read_text()
+        assert "none of its demos" in (pytester.path / "r.html").read_text()
+        shown = subprocess.run(
+            [sys.executable, "-m", "pytest_dspex", "prompt", str(pytester.path / GOLDEN)], capture_output=True, text=True
+        )
+        assert shown.returncode == 0 and words in shown.stdout, shown.stderr
+
+    def test_an_older_golden_chosen_on_the_trainset_says_each_example_was_asked_without_its_own_demo(
+        self, pytester, server, mode
+    ):
+        project(pytester, 20)
+        assert run(pytester, server, mode, *COMPILE, "-k", "not each").ret == 0
+        g = golden(pytester)
+        del g["selection"]["own_demos"]  # as goldens written before the rule was recorded
+        (pytester.path / GOLDEN).write_text(json.dumps(g))
+        out = run(pytester, server, mode, "--dspex-report=report.json")
+        assert out.ret == 0, out.stdout.str()
+        for row in report_rows(pytester).values():
+            assert row["golden_provenance"]["selection"]["own_demos"] == "left out"
+            assert "chosen on the trainset, each example without its own demo" in row["golden_provenance"]["text"]
 
     def test_a_one_pass_baseline_answers_the_compile_runs_own_gate_from_the_cache(self, pytester, server):
         project(pytester, 20)

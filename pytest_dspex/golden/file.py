@@ -59,7 +59,9 @@ def provenance_text(p: Mapping[str, Any]) -> str:
     sel, base = p.get("selection") or {}, p.get("baseline") or {}
     where = {
         "valset": "the valset",
-        "trainset": "the trainset, each example without its own demo",
+        "trainset": "the trainset, each candidate on the examples that are none of its demos"
+        if sel.get("own_demos") == "skipped"
+        else "the trainset, each example without its own demo",
         "in-sample": "the gate's own examples (IN-SAMPLE: not held out)",
         "validation": "a validation set",
         "imported": "DSPy's side (an imported save)",
@@ -199,6 +201,8 @@ class GoldenFile:
         out: dict[str, Any] = {}
         if sel is not None:
             out["selection"] = sel.model_dump(include={"set", "n", "score", "chosen"})
+            if sel.set == "trainset":  # goldens before the rule was recorded: each example without its own demo
+                out["selection"]["own_demos"] = sel.own_demos or "left out"
         else:
             v = self.model.scores.validation
             same = gate_fingerprint is not None and self.validation_dataset == gate_fingerprint

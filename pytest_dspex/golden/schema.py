@@ -22,7 +22,7 @@ file and the field path. One JSON file per program, ``<test dir>/__dspex__/<test
     }
 
 Schema 3 keeps apart how the program was chosen (``selection``: on the ``valset``, the ``trainset``
-with each example scored without its own demo, or ``in-sample`` on the gate's own dataset, opted
+with none answered from its own demo — ``own_demos``: ``skipped`` or ``left out`` —, or ``in-sample`` on the gate's own dataset, opted
 in) and what later runs are paired with (``baseline``: the chosen program measured afresh on the
 gate dataset after the choice, ``draws`` passes; ``how`` is ``compile`` or ``rebaseline``).
 ``scores.validation`` is the selection pass. Older goldens have no ``baseline``: their selection
@@ -133,14 +133,17 @@ class ScoreEntry(_Model):
 class Selection(_Model):
     """How the program was chosen (schema 3): on which set, how many examples, the chosen candidate.
 
-    ``set`` is ``valset`` (the marker's), ``trainset`` (each example scored without its own demo) or
-    ``in-sample`` (the gate's own dataset, opted in: its score is not held out)."""
+    ``set`` is ``valset`` (the marker's), ``trainset`` (none answered from its own demo: ``own_demos``
+    says how) or ``in-sample`` (the gate's own dataset, opted in: its score is not held out).
+    ``own_demos`` (on the trainset): ``skipped`` (a candidate scored on the examples that are none of
+    its demos) or ``left out`` (each example asked without its own demo; goldens before it: absent)."""
 
     set: str
     dataset: str = ""
     n: int = 0
     score: float | None = None
     chosen: str = ""
+    own_demos: str = ""
 
 
 class Baseline(_Model):

@@ -158,8 +158,8 @@ def compile_program(
 ) -> CompileOutcome:
     """Optimize ``program`` and write its golden file, once per ``run_id`` across processes.
 
-    The candidates are chosen on ``valset``, else on the ``trainset`` (each example scored without
-    its own demo); ``in_sample=True`` chooses on ``gateset`` itself (the golden says so). Then the
+    The candidates are chosen on ``valset``, else on the ``trainset`` (none answered from its own
+    demo: ``selection.own_demo_rule``); ``in_sample=True`` chooses on ``gateset`` itself (the golden says so). Then the
     chosen program is measured afresh on ``gateset`` (default: the selection set) — answers that
     took no part in the choice, ``settings.baseline_draws`` passes with their own rollout ids — and
     those outcomes are the golden's baseline, which later runs are paired with. A golden whose
@@ -201,7 +201,7 @@ def compile_program(
             val, chosen_on = load(valset), "valset"
         else:
             val, chosen_on = train, "trainset"
-        where = {"valset": "validation", "trainset": "training (each without its own demo)", "in-sample": "gate (in-sample)"}
+        where = {"valset": "validation", "trainset": "training (none answered from its own demo)", "in-sample": "gate (in-sample)"}
         say(f"compiling {name}: {len(train)} training examples; choosing on {len(val)} {where[chosen_on]} examples")
         optimizer = make_optimizer(
             metric, settings, progress=lambda text: say(f"compiling {name}: {text}"), leave_one_out=chosen_on == "trainset"
@@ -250,6 +250,7 @@ def compile_program(
             selection={
                 "set": chosen_on, "dataset": fingerprint(val), "n": validation.n,
                 "score": round(validation.score, 6), "chosen": result.best.name,
+                **({"own_demos": result.own_demos} if chosen_on == "trainset" and result.own_demos else {}),
             },
             baseline=baseline,
         )  # fmt: skip
@@ -348,7 +349,7 @@ def rebaseline_program(
             )
         m = old.model
         if m.selection is not None:
-            selection = m.selection.model_dump()
+            selection = {k: v for k, v in m.selection.model_dump().items() if k != "own_demos" or v}
         else:  # an older or imported golden: what its provenance says, without unknowns
             known = old.provenance()["selection"]
             selection = {k: v for k, v in known.items() if v is not None} | {"dataset": old.validation_dataset or ""}

@@ -8,7 +8,8 @@ An optimizer class has ``from_settings(metric, settings, *, progress, leave_one_
 ``--dspex-*`` optimizer options as an ``OptimizerSettings``), ``compile(student, trainset=,
 valset=)`` returning a ``CompileResult``, and ``describe()``: what the golden records as its
 ``optimizer`` (name and settings). ``valset`` None (or the trainset itself) means the candidates
-are chosen on the trainset, each example without its own demo when ``leave_one_out``.
+are chosen on the trainset, none answered from its own demo when ``leave_one_out`` (the
+``CompileResult``'s ``own_demos`` says how: ``selection.own_demo_rule``).
 
 A ``CompileResult`` carries every candidate the optimizer scored on the selection set (one for an
 optimizer that builds one program), the chosen one, its records on that set (the golden's
@@ -108,6 +109,9 @@ class CompileResult:
     #: per predictor of the chosen program: labeled and bootstrapped demo counts, the fields no
     #: training example holds, and flags a reviewer should see (``optimize.review``)
     demo_review: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: chosen on the trainset: how no answer was copied from its own demo (``selection.own_demo_rule``:
+    #: "skipped" or "left out"); "" when chosen on another set
+    own_demos: str = ""
 
     def table(self) -> str:
         rows = [f"{'candidate':<14} {'demos':>5} {'boot':>5} {'score':>7} {'n':>4}"]

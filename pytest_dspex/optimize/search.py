@@ -12,11 +12,13 @@ All candidates are built concurrently (one shared teacher, so a training example
 made once). Then the search spends as few calls as it can on the validation set (the trainset when
 none is given):
 
-* **Optionally, no answer copied from its own demo** (``leave_one_out=True``): without a validation
-  set, candidates are scored on the trainset with each example's own demo left out of its prompt.
-  Off by default: measured on the 6-intent task (12 train, 48 held out) it chose a candidate with the
-  same held-out score (0.833) and took 108–123 s instead of ~30 s, since a prompt missing one demo
-  no longer shares the server's cached prefix.
+* **No answer copied from its own demo** (``leave_one_out=True``, what the compile passes when it
+  chooses on the trainset): a small model copies a demo's answer, which would make the candidate with
+  the most demos look best. With at least ``SKIP_OWN_MIN`` (24) training examples outside the most
+  demos any candidate has, a candidate is scored on the examples that are none of its demos (every
+  prompt keeps all its demos, so the server reuses the candidate's prefix); with fewer, each example
+  is asked without its own demo (leave-one-out). ``selection.own_demo_rule`` decides once per compile;
+  the result's ``own_demos`` and the golden's ``selection`` record say which.
 * **No call whose answer is known.** A candidate whose demos equal an earlier one's is not
   evaluated: it shares that candidate's result (``duplicate_of``).
 * **Racing.** Candidates are scored on a growing subset of the validation set (``race_first``
@@ -68,7 +70,7 @@ from ..programs.primitives import Example, as_example_list
 from .bootstrap import BootstrapFewShot, LabeledFewShot
 from .protocol import Candidate, CompileResult, OptimizerSettings
 from .review import review_program
-from .selection import _skip_own, check_error_budget, demo_count, evaluate_skipping_own_demos, evaluate_without_own_demo
+from .selection import check_error_budget, demo_count, evaluate_own_rule, own_demo_rule
 
 __all__ = ["BootstrapFewShotWithRandomSearch", "Candidate", "CompileResult", "sign_test_p"]
 
@@ -239,7 +241,9 @@ class BootstrapFewShotWithRandomSearch:
                 + (f" ({len(candidates) - len(unique)} duplicates skipped)" if len(unique) < len(candidates) else "")
             )
             batch = _batch(student) if serial and width > 1 else 1
-            await self._race(unique, val, serial, leave_one_out=same_sets and self.leave_one_out, width=width, batch=batch)
+            most = max((demo_count(c.program) for c in unique), default=0)
+            own = own_demo_rule(len(val), most) if same_sets and self.leave_one_out else ""
+            await self._race(unique, val, serial, own=own, width=width, batch=batch)
             for cand in candidates:
                 if cand.duplicate_of is not None:
                     twin = next(c for c in candidates if c.name == cand.duplicate_of)
@@ -254,7 +258,7 @@ class BootstrapFewShotWithRandomSearch:
                 if cand.score > best.score:
                     best = cand
             if self.calibrate:
-                best = await self._choose_calibrated(best, candidates, trainset, val)
+                best = await self._choose_calibrated(best, candidates, trainset, val, own)
             train_result = None
             if self.evaluate_train:
                 if same_sets:
@@ -276,10 +280,11 @@ class BootstrapFewShotWithRandomSearch:
             elapsed_s=time.perf_counter() - started,
             metric=metric_name(self.metric),
             demo_review=review_program(best.program, trainset),
+            own_demos=own,
         )
 
     async def _choose_calibrated(
-        self, best: Candidate, candidates: list[Candidate], trainset: list[Example], val: list[Example]
+        self, best: Candidate, candidates: list[Candidate], trainset: list[Example], val: list[Example], own: str = ""
     ) -> Candidate:
         """The best of ``best`` and calibrated finalists (``pytest_dspex.programs.calibration``); a tie goes to calibration.
 
@@ -301,7 +306,7 @@ class BootstrapFewShotWithRandomSearch:
             pool = [best, *[c for c in ranked if c is not best]][:CALIBRATE_FINALISTS]
         chosen = best
         for cand in pool:
-            calibrated = await self._calibrated(cand, candidates, trainset, val)
+            calibrated = await self._calibrated(cand, candidates, trainset, val, own)
             if calibrated is None:
                 if cand is best:
                     break  # the program cannot be calibrated (or the endpoint sends no logprobs)
@@ -313,7 +318,7 @@ class BootstrapFewShotWithRandomSearch:
         return chosen
 
     async def _calibrated(
-        self, cand: Candidate, candidates: list[Candidate], trainset: list[Example], val: list[Example]
+        self, cand: Candidate, candidates: list[Candidate], trainset: list[Example], val: list[Example], own: str = ""
     ) -> Candidate | None:
         """``cand`` calibrated and scored on ``val`` (added to ``candidates``), or None if it cannot be calibrated."""
         from ..programs.calibration import calibrate, calibration_field
@@ -336,10 +341,9 @@ class BootstrapFewShotWithRandomSearch:
         if not report.calibrated:
             self._say(f"not calibrated: {'; '.join(report.skipped.values())}")
             return None
-        # scored as the candidates were (``_race``): without each example's own demo under leave_one_out
-        if val is trainset and self.leave_one_out:
-            own = evaluate_skipping_own_demos if _skip_own() and len(val) - demo_count(program) >= 24 else evaluate_without_own_demo
-            recs = await own(program, list(enumerate(val)), self.metric, concurrency=self.concurrency)
+        # scored as the candidates were (``_race``): under the same ``own_demo_rule`` on the trainset
+        if val is trainset and own:
+            recs = await evaluate_own_rule(own)(program, list(enumerate(val)), self.metric, concurrency=self.concurrency)
         else:
             recs = await evaluate_records(program, enumerate(val), self.metric, concurrency=self.concurrency)
         result = EvaluationResult.from_records(recs, metric=metric_name(self.metric))
@@ -396,20 +400,17 @@ class BootstrapFewShotWithRandomSearch:
         return list(await asyncio.gather(*(build(n, s) for n, s in specs)))
 
     async def _race(
-        self, candidates: list[Candidate], valset: list[Example], serial: bool, *, leave_one_out: bool = False,
+        self, candidates: list[Candidate], valset: list[Example], serial: bool, *, own: str = "",
         width: int = 1,
         batch: int = 1,
     ) -> None:
         """Score ``candidates`` on ``valset``, dropping the clearly worse on the way (see module doc).
 
-        With ``leave_one_out`` (the valset is the trainset) an example is answered without its own demo:
-        a small model copies a demo's answer, which would make the candidate with the most labeled
-        demos look best.
+        ``own`` (the valset is the trainset): the ``own_demo_rule`` that keeps an example's answer from
+        being its own demo's ("" when the valset is another set).
         """
         order = list(range(len(valset)))
         random.Random(self.seed).shuffle(order)
-        most = max((demo_count(c.program) for c in candidates), default=0)
-        skip = _skip_own() and len(valset) - most >= 24
         stops = _stages(len(order), self.race_first) if self.racing and len(candidates) > 1 else [len(order)]
         records: dict[str, list[ExampleRecord]] = {c.name: [] for c in candidates}
         alive = list(candidates)
@@ -455,8 +456,7 @@ class BootstrapFewShotWithRandomSearch:
                     tell(cand, done, stop, (total_before + score * done) / (len(before) + done))
 
                 with tracing.use_span(spans[cand.name]):  # compile -> candidate -> evaluate
-                    own = evaluate_skipping_own_demos if skip else evaluate_without_own_demo
-                    evaluate = own if leave_one_out else evaluate_records
+                    evaluate = evaluate_own_rule(own) if own else evaluate_records
                     got = await evaluate(
                         cand.program, chunk, self.metric, concurrency=concurrency,
                         progress=progress if self.progress is not None else None,

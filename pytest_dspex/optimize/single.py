@@ -24,7 +24,7 @@ from ..programs.primitives import Example
 from .bootstrap import BootstrapFewShot, LabeledFewShot
 from .protocol import CompileResult, OptimizerSettings
 from .review import review_program
-from .selection import score_candidate
+from .selection import demo_count, own_demo_rule, score_candidate
 
 __all__ = ["Bootstrap", "Labeled"]
 
@@ -68,9 +68,10 @@ class _OneProgram:
         with track_usage() as usage:
             program, bootstrapped = await self._build(student, trainset)
             self._say(f"evaluating {self.name} on {len(val)} validation examples")
+            own = own_demo_rule(len(val), demo_count(program)) if on_train and self.leave_one_out else ""
             best = await score_candidate(
                 self.name, program, val, self.metric, bootstrapped=bootstrapped, concurrency=s.concurrency,
-                leave_one_out=on_train and self.leave_one_out, max_error_rate=s.max_error_rate,
+                own=own, max_error_rate=s.max_error_rate,
             )  # fmt: skip
         assert best.result is not None
         return CompileResult(
@@ -83,6 +84,7 @@ class _OneProgram:
             elapsed_s=time.perf_counter() - started,
             metric=metric_name(self.metric),
             demo_review=review_program(program, trainset),
+            own_demos=own,
         )
 
 
