@@ -14,7 +14,9 @@ lines.
 
 Rules (``compile_program`` as the plugin calls it, the example's settings: 4 bootstrapped + 8 labeled
 demos, 4 shuffled candidates, seed 0, one baseline draw — the model is deterministic at temperature
-0): ``loo`` (the default: chosen on the trainset, every training example without its own demo),
+0): ``loo`` (the default: chosen on the trainset, no answer from its own demo — each candidate on the
+training examples that are none of its demos with 24+ of them, else each without its own demo;
+``DSPEX_SELECTION_SKIP_OWN=0``: leave-one-out everywhere),
 ``in-sample`` (chosen on the gate set itself: what the compile did before issue 18). Per task and rule: the
 chosen candidate, the selection score, the gate-set baseline, the unseen score with its 95% Wilson
 interval, and the embedded server's work for the compile (requests, prompt tokens it evaluated —
