@@ -445,6 +445,8 @@ class BootstrapFewShotWithRandomSearch:
         spans = {c.name: tracing.start_span("dspex.candidate", {"dspex.candidate": c.name, "dspex.demos": c.demos}) for c in candidates}
         for stop in stops:
             chunk = [(i, valset[i]) for i in order[done:stop]]
+            # each candidate's records before this step (skipping its own demos, fewer than ``done``)
+            had = {c.name: len(records[c.name]) for c in alive}
 
             async def run(
                 cand: Candidate, chunk: list[tuple[int, Example]] = chunk, stop: int = stop, concurrency: int = self.concurrency
@@ -473,10 +475,10 @@ class BootstrapFewShotWithRandomSearch:
                         # instance keeps one candidate's prefix
                         each = max(1, min(self.concurrency, width * batch) // len(group))
                         await asyncio.gather(*(run(c, concurrency=each) for c in group))
-                    self._check_errors([r for c in alive for r in records[c.name][done:]])
+                    self._check_errors([r for c in alive for r in records[c.name][had[c.name]:]])
             else:
                 await asyncio.gather(*(run(c) for c in alive))
-            self._check_errors([r for c in alive for r in records[c.name][done:]])
+            self._check_errors([r for c in alive for r in records[c.name][had[c.name]:]])
             done = stop
             if stop < len(order):
                 alive = self._drop_worse(alive, records, done)
