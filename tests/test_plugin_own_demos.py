@@ -91,3 +91,26 @@ def test_a_metric_raising_in_the_last_racing_step_stops_the_compile_when_own_dem
     assert out.ret == 1
     assert not (pytester.path / GOLDEN).exists()
 
+
+def test_a_one_program_optimizer_on_the_trainset_keeps_each_example_from_its_own_demo_and_says_how(
+    pytester: pytest.Pytester, server_factory: Any, mode: list[str]
+) -> None:
+    """``--dspex-optimizer=labeled`` / ``bootstrap`` chose on the trainset with every example's own demo in
+    its prompt (the trainset was copied before ``valset is trainset`` was asked) and the golden, without
+    ``own_demos``, read "each example without its own demo" everywhere."""
+    server = server_factory(with_a_demo)
+    project(pytester, 30, [])  # 30 - 16 demos: too few to skip them, leave-one-out
+    for optimizer, demos in (("labeled", 16), ("bootstrap", 16)):
+        out = run(pytester, server, mode, "--dspex-compile", "--dspex-force", f"--dspex-optimizer={optimizer}")
+        assert out.ret == 0, out.stdout.str()
+        g = json.loads((pytester.path / GOLDEN).read_text())
+        assert g["optimizer"]["name"] in ("LabeledFewShot", "BootstrapFewShot")
+        assert g["selection"]["own_demos"] == "left out" and g["selection"]["n"] == 30, g["selection"]
+        assert sum(len(p["demos"]) for p in g["predictors"].values()) == demos
+        out.stdout.fnmatch_lines(["*chosen on the trainset, each example without its own demo (n=30*"])
+    pytester.makefile(".jsonl", **{"data/train": rows(48, 1000)})
+    out = run(pytester, server, mode, "--dspex-compile", "--dspex-force", "--dspex-optimizer=labeled")
+    assert out.ret == 0, out.stdout.str()
+    g = json.loads((pytester.path / GOLDEN).read_text())
+    assert g["selection"]["own_demos"] == "skipped" and g["selection"]["n"] == 32, g["selection"]
+    out.stdout.fnmatch_lines(["*chosen on the trainset, each candidate on the examples that are none of its demos (n=32*"])

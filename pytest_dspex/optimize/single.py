@@ -57,7 +57,8 @@ class _OneProgram:
     def compile(
         self, student: Module, *, trainset: Sequence[Example], valset: Sequence[Example] | None = None
     ) -> CompileResult:
-        return _runtime.run_sync(self._compile(student, list(trainset), valset))
+        # the trainset given as the valset is choosing on the trainset: asked before the copy below
+        return _runtime.run_sync(self._compile(student, list(trainset), None if valset is trainset else valset))
 
     async def _compile(self, student: Module, trainset: list[Example], valset: Sequence[Example] | None) -> CompileResult:
         started = time.perf_counter()
