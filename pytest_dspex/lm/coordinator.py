@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._support.loop_thread import LoopThread
+from .resilience import CapFinder
 from .usage import cost_spent
 
 __all__ = ["Coordinator", "describe"]
@@ -92,6 +93,25 @@ class _Endpoint:
     held_until: float = 0.0  # monotonic: the endpoint asked (Retry-After) for no request before then
     holds: int = 0
     peak_lent: int = 0
+    caps: CapFinder = field(default_factory=CapFinder)  # the endpoint's cap on requests in flight, from refusals
+    capped: int = 0  # the cuts to a cap found by ``caps`` in force (made, less those undone)
+    probe_id: int = 0  # the last probe asked after a 429 (``Coordinator._probe``)
+    probe_at: float = 0.0
+    probe_sum: int = 0  # accepted requests the workers said so far
+    probe_waiting: set[int] = field(default_factory=set)  # the workers yet to answer it
+
+    def refused_at(self, accepted: int) -> None:
+        """A refusal resolved by a worker: about ``accepted`` of the run's requests were accepted with it."""
+        cap = self.caps.refusal(accepted, self.limit)
+        if cap is None:
+            return
+        self.caps.trying(self.limit, self.maximum, self.probed)
+        self.probed = self.maximum = self.limit = cap
+        self.capped += 1
+        self.calm = cap
+        self.credit = 0
+        self.recent.clear()
+        logger.info("LM endpoint refuses requests above %d in flight: the run's in-flight limit is now %d", cap, cap)
 
     @property
     def window(self) -> int:
@@ -100,6 +120,13 @@ class _Endpoint:
     def observe(self, ok: int, throttled: int) -> None:
         self.answered += ok + throttled
         self.throttled += throttled
+        undo = self.caps.answered(ok, throttled, drained=self.lent <= self.limit)
+        if undo is not None:  # a cap tried did not lessen the 429s: they were not about in flight
+            self.limit, self.maximum, self.probed = undo
+            self.capped -= 1  # (``capped``: the cuts in force)
+            self.credit = 0
+            logger.info("LM endpoint answers 429 as often below %d in flight: the run's in-flight limit is %d again", self.limit, self.limit)
+            return
         self.calm = max(0, self.calm - ok - throttled)
         if throttled and self.limit > self.start:  # above the start: the endpoint's cap is below what was lent
             if not self.calm:  # one cut per ``limit`` answers: a burst of 429s is one overshoot
@@ -183,7 +210,8 @@ class Coordinator:
                 "refused_calls": self.refused_calls,
                 "endpoints": {
                     name: {"limit": e.limit, "maximum": e.maximum, "start": e.start, "probed": e.probed,
-                           "decreases": e.decreases, "throttled": e.throttled,
+                           "decreases": e.decreases, "throttled": e.throttled, "capped": e.capped,
+                           "scattered": e.caps.scattered,
                            "answered": e.answered, "trips": e.trips, "trials": e.trials, "peak_lent": e.peak_lent,
                            "holds": e.holds, "failing": e.failing}
                     for name, e in self._endpoints.items()
@@ -233,6 +261,8 @@ class Coordinator:
     def _drop(self, cid: int) -> None:
         self._clients.pop(cid, None)
         for name, ep in self._endpoints.items():
+            if cid in ep.probe_waiting:
+                self._probed(cid, name, ep, ep.probe_id, 0)
             ep.lent -= ep.held.pop(cid, 0)
             ep.wants.pop(cid, None)
             ep.told.pop(cid, None)
@@ -262,13 +292,21 @@ class Coordinator:
                 self._send(cid, {"op": "open", "ep": name, "message": ep.breaker_message, "reset": ep.breaker_until - time.monotonic(),
                                 "kind": ep.breaker_kind})
         if m.get("ok") or m.get("thr"):
+            trying = ep.caps.trying_now
             ep.observe(int(m.get("ok", 0)), int(m.get("thr", 0)))
+            if m.get("thr"):
+                self._probe(cid, name, ep)
+            if ep.caps.trying_now != trying:
+                self._tell_batch(name, ep)
         if op == "want":
             ep.wants[cid] = ep.wants.get(cid, 0) + int(m.get("n", 1))
         elif op == "ret":
             n = min(int(m.get("n", 1)), ep.held.get(cid, 0))
             ep.held[cid] = ep.held.get(cid, 0) - n
             ep.lent -= n
+        elif op == "probed":  # a worker's answer to a probe: how many of its requests on the wire were accepted
+            self._probed(cid, name, ep, int(m.get("id", 0)), int(m.get("acc", 0)))
+            return
         elif op == "fail":
             self._failed(cid, name, ep, m)
             return
@@ -296,6 +334,35 @@ class Coordinator:
             self._tell_others(cid, {"op": "close", "ep": name})
             return
         self._pump(name, ep)
+
+    def _probe(self, cid: int, name: str, ep: _Endpoint) -> None:
+        """A 429: ask every worker with requests out how many of those on its wire now are accepted (their sum,
+        once all answer, is what the endpoint took when it refused: ``_Endpoint.refused_at``). One at a time."""
+        now = time.monotonic()
+        if ep.probe_waiting and now - ep.probe_at < 30:
+            return
+        ep.probe_id += 1
+        ep.probe_at = now
+        ep.probe_sum = 0
+        ep.probe_waiting = {c for c, h in ep.held.items() if h > 0 and c in self._clients} | {cid}
+        for c in ep.probe_waiting:
+            self._send(c, {"op": "probe", "ep": name, "id": ep.probe_id})
+
+    def _probed(self, cid: int, name: str, ep: _Endpoint, probe_id: int, accepted: int) -> None:
+        if probe_id != ep.probe_id or cid not in ep.probe_waiting:
+            return
+        ep.probe_sum += accepted
+        ep.probe_waiting.discard(cid)
+        if not ep.probe_waiting:
+            ep.refused_at(ep.probe_sum)
+            if ep.caps.trying_now:
+                self._tell_batch(name, ep)
+
+    def _tell_batch(self, name: str, ep: _Endpoint) -> None:
+        """While a cut is tried, every answer is told at once (not 16 at a time): its share is the run's now."""
+        n = 1 if ep.caps.trying_now else 0
+        for c in list(self._clients):
+            self._send(c, {"op": "batch", "ep": name, "n": n})
 
     def _reserve(self, n: int) -> str | None:
         if self.max_calls is not None and self.calls + n > self.max_calls:
@@ -378,7 +445,12 @@ def describe(stats: dict[str, Any], *, verbose: bool = False) -> str | None:
     for e in stats.get("endpoints", {}).values():
         notable = notable or e["throttled"] or e["trips"]
         part = f"in flight at most {e['peak_lent']} of {e['maximum']}"
-        if e.get("probed"):
+        if e.get("capped") and e.get("probed"):  # refusals found the endpoint's cap (``resilience.CapFinder``)
+            part = (f"in flight at most {e['peak_lent']} (from {e['start']}; the endpoint refused requests above "
+                    f"{e['probed']} in flight: kept to {e['probed']})")
+        elif e.get("probed") and e["probed"] <= e.get("start", 0):  # a 429 as it grew past the start: 429s of any kind
+            part = f"in flight at most {e['peak_lent']} (from {e['start']}; not grown: a 429 came above it)"
+        elif e.get("probed"):
             part = f"in flight at most {e['peak_lent']} (from {e['start']}; the endpoint refused above it: kept to {e['probed']})"
         elif e.get("start") and e["start"] < e["maximum"]:
             part = f"in flight at most {e['peak_lent']} (from {e['start']}, growing up to {e['maximum']} while the endpoint accepts)"
@@ -400,4 +472,6 @@ def describe(stats: dict[str, Any], *, verbose: bool = False) -> str | None:
     if not (notable or verbose) or not parts:
         return None
     clients = stats["clients"]
+    if stats.get("alone"):  # one process, its own limits (no worker, no serving process)
+        return "dspex: LM limits: " + "; ".join(parts)
     return f"dspex: LM limits shared by {clients} worker{'' if clients == 1 else 's'}: " + "; ".join(parts)

@@ -176,6 +176,10 @@ class RunLink:
             limiter.granted(int(m.get("n", 0)))
         elif op == "share":
             limiter.set_share(int(m.get("share", -1)))
+        elif op == "probe":
+            limiter.probe(int(m.get("id", 0)))
+        elif op == "batch":
+            limiter.batch = int(m.get("n", 0)) or _BATCH
 
     def _lose(self, why: str, *, warn: bool = True) -> None:
         if self.state in ("lost", "closed"):
@@ -230,9 +234,11 @@ class SharedLimiter:
         self.share = -1  # -1: keep what we hold; >= 0: give back beyond this (others wait)
         self._asked = 0  # slots asked for and not yet granted
         self._ok = 0  # good answers not yet reported
+        self.batch = _BATCH  # reported this many at a time (1 while the coordinator tries a cut)
         self._waiters: collections.deque[asyncio.Future[bool]] = collections.deque()
         self.local = AdaptiveLimiter(maximum, start)  # the fallback: this process's own limit
         self.local.on_hold = self._told_hold  # the hold (Retry-After) is kept here, and told to the run
+        self.local.wire.on_refusal = self._refused_at  # this process's requests on the wire, shared slots or not
 
     def hold(self, seconds: float, *, tell: bool = True) -> bool:
         """No new request to this endpoint for ``seconds`` — in this process and, told, in the run's others."""
@@ -265,9 +271,20 @@ class SharedLimiter:
         try:
             if self.local.held_until:
                 await self.local.wait_hold()
-            yield
+            async with self.local.on_wire():
+                yield
         finally:
             self._release(shared)
+
+    def _refused_at(self, accepted: int, on_wire: int) -> None:
+        """A refusal resolved here (``resilience.Wire``): this process's own limit finds the endpoint's cap
+        when the coordinator is gone; while it is up, the coordinator counts the run's (``probe``)."""
+        if self._link.state == "lost":
+            self.local.refused_at(accepted, on_wire)
+
+    def probe(self, probe_id: int) -> None:
+        """The coordinator heard of a 429: say how many of the requests on the wire here now are accepted."""
+        self.local.wire.mark(lambda accepted, on_wire: self._link.send({"op": "probed", "ep": self.endpoint, "id": probe_id, "acc": accepted}))
 
     async def _acquire(self) -> bool:
         if not (self._link.up or await self._link.ensure()):
@@ -350,7 +367,7 @@ class SharedLimiter:
             self._link.send(message)
             return
         self._ok += 1
-        if self._ok >= _BATCH:
+        if self._ok >= self.batch:
             self._link.send({"op": "obs", "ep": self.endpoint, **self._limits, "ok": self._ok})
             self._ok = 0
 

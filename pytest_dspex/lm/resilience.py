@@ -210,6 +210,151 @@ def _endpoint_answered(exc: BaseException) -> bool:
 
 
 # -- back-pressure -----------------------------------------------------------------------------
+#: what became of a request on the wire (``Wire.back``)
+ACCEPTED, REFUSED, UNKNOWN = 1, 2, 0
+
+
+class Wire:
+    """How many requests the endpoint took at once, from this process's requests on the wire.
+
+    Each request is numbered as it goes on the wire (``send``) and told back with what became of it
+    (``back``): *accepted* (any answer but a 429: the endpoint took it), *refused* (429) or unknown (a
+    timeout, a lost connection, a cancelled hedge). Once every request sent before a refused one is
+    back, the refusal is resolved: ``on_refusal(accepted, on_wire)`` gets how many of the requests on
+    the wire when it went out were accepted, and how many were on the wire (itself included). Against
+    an endpoint refusing above a cap, ``accepted`` is the cap; against 429s that say nothing of in
+    flight (a rate limit, a bad minute), about every other request on the wire. ``peak``: the most
+    accepted requests that were on the wire together. The endpoint counts a request from its arrival
+    to its answer, within the time this process counts it: neither figure is below what the endpoint
+    counted. Two dictionary operations a request.
+    """
+
+    __slots__ = ("sent", "returned", "accepted_back", "peak", "on_refusal", "_at", "_outcome", "_head", "_accepted_before", "_marks")
+
+    def __init__(self) -> None:
+        self.sent = 0  # requests put on the wire (the next one's number)
+        self.returned = 0
+        self.accepted_back = 0
+        self.peak = 0
+        self.on_refusal: Callable[[int, int], None] | None = None
+        self._at: dict[int, tuple[int, int]] = {}  # number -> (returned, accepted returned) when it went out
+        self._outcome: dict[int, int] = {}  # back, not yet resolved (a request sent before it is out)
+        self._head = 0  # the oldest number not resolved
+        self._accepted_before = 0  # accepted among the numbers below ``_head``
+        self._marks: collections.deque[tuple[int, int, int, Callable[[int, int], None]]] = collections.deque()
+
+    def mark(self, then: Callable[[int, int], None]) -> None:
+        """``then(accepted, on_wire)`` once every request on the wire now is back: how many of them were accepted."""
+        if self._head == self.sent:  # nothing on the wire
+            then(0, 0)
+            return
+        self._marks.append((self.sent, self.returned, self.accepted_back, then))
+
+    def send(self) -> int:
+        number = self.sent
+        self.sent += 1
+        self._at[number] = (self.returned, self.accepted_back)
+        return number
+
+    def back(self, number: int, outcome: int) -> None:
+        self.returned += 1
+        if outcome == ACCEPTED:
+            self.accepted_back += 1
+        self._outcome[number] = outcome
+        while self._head in self._outcome:
+            head = self._head
+            outcome = self._outcome.pop(head)
+            returned, accepted_back = self._at.pop(head)
+            accepted = self._accepted_before - accepted_back  # accepted, sent before it, not back when it went out
+            if outcome == ACCEPTED:
+                self.peak = max(self.peak, accepted + 1)
+                self._accepted_before += 1
+            elif outcome == REFUSED and self.on_refusal is not None:
+                self.on_refusal(accepted, head - returned + 1)
+            self._head += 1
+            while self._marks and self._marks[0][0] <= self._head:
+                sent, returned, accepted_back, then = self._marks.popleft()
+                then(self._accepted_before - accepted_back, sent - returned)
+
+
+def outcome_of(exc: BaseException | None) -> int:
+    """``Wire.back``'s outcome of a request that ended with ``exc`` (None: answered)."""
+    if exc is None:
+        return ACCEPTED
+    if isinstance(exc, LMHTTPError):
+        return REFUSED if exc.status == 429 else ACCEPTED
+    return ACCEPTED if isinstance(exc, LMResponseError) else UNKNOWN
+
+
+class CapFinder:
+    """An endpoint's cap on requests in flight, found from its refusals (``Wire``), and tried.
+
+    An endpoint refusing above a cap of C in flight refuses a request while it holds C: each refusal
+    resolves with C requests accepted on the wire with it (a little more at times: this process sees
+    an answer after the endpoint let it go). 429s that say nothing of in flight (a rate limit, a bad
+    minute) resolve with anything from none to every other request on the wire. So: when at least
+    ``AGREE`` of the last ``RECENT`` refusals had between v and v + max(1, v // 8) accepted with them
+    (v the least such) and v is below the limit, the limit (and what it may grow to) is set to v.
+
+    The cut is then *tried*: over the next ``max(32, 2 × the old limit)`` answers once no more than the
+    new limit is out, the share refused must fall to less than half the share before it (from the start, or the last cut kept); against a
+    cap it falls to about none. If it does not, the 429s were not about in flight: the limit goes back
+    to what it was, and refusals cut it no more in this run (``scattered``; the halving while 429s are
+    half the answers still holds).
+    """
+
+    RECENT = 5
+    AGREE = 4
+
+    def __init__(self) -> None:
+        self.recent: collections.deque[int] = collections.deque(maxlen=self.RECENT)
+        self.scattered = False
+        self.kept = 0  # cuts tried and kept
+        self._trial: tuple[int, int, Any, float, int] | None = None  # what a cut replaced; the share before; answers to try
+        self._answers = 0  # since the run's start or the last cut kept
+        self._refused = 0
+
+    def refusal(self, accepted: int, limit: int) -> int | None:
+        """A resolved refusal: the cap to set (below ``limit``), or None."""
+        self.recent.append(accepted)
+        if self.scattered or self._trial is not None or len(self.recent) < self.AGREE:
+            return None
+        for v in sorted(set(self.recent)):
+            if v >= limit:
+                return None
+            if sum(v <= a <= v + max(1, v // 8) for a in self.recent) >= self.AGREE:
+                return max(1, v)
+        return None
+
+    def trying(self, limit: int, maximum: int, probed: Any) -> None:
+        """A cut is made: try it (``answered`` says whether it stays)."""
+        share = self._refused / self._answers if self._answers else 1.0
+        self._trial = (limit, maximum, probed, share, max(32, 2 * limit))
+        self._answers = self._refused = 0
+
+    @property
+    def trying_now(self) -> bool:
+        return self._trial is not None
+
+    def answered(self, ok: int, refused: int, *, drained: bool = True) -> tuple[int, int, Any] | None:
+        """Answers came (``refused`` of them 429): what to restore when a tried cut did not help. While a
+        cut is tried, answers count only once no more than the new limit is out (``drained``)."""
+        if self._trial is not None and not drained:
+            return None
+        self._answers += ok + refused
+        self._refused += refused
+        if self._trial is None or self._answers < self._trial[4]:
+            return None
+        limit, maximum, probed, before, _ = self._trial
+        self._trial = None
+        if self._refused * 2 < before * self._answers:
+            self.kept += 1
+            self._answers = self._refused = 0
+            return None
+        self.scattered = True
+        return limit, maximum, probed
+
+
 class AdaptiveLimiter:
     """A FIFO limit on requests in flight that backs off while 429s keep coming (AIMD).
 
@@ -239,6 +384,34 @@ class AdaptiveLimiter:
         #: told each time 429s halve the limit here (``redis_limits``: the run's other processes halve too)
         self.on_decrease: Callable[[int], None] | None = None
         self.decreased_at = 0.0  # monotonic: the last halving (its own or another process's)
+        #: this process's requests on the wire, and what the endpoint took at once (``Wire``)
+        self.wire = Wire()
+        self.wire.on_refusal = self.refused_at
+        self.caps = CapFinder()
+        self.capped = 0  # the cuts to a cap found by ``caps`` in force (made, less those undone)
+        self.answered = 0  # answers observed (``observe``), and of them 429s
+        self.throttled = 0
+        self.peak = 0  # the most requests in flight at once
+
+    def stats(self) -> dict[str, Any]:
+        """What this limit did, in the shape of the run's coordinator's (``coordinator.describe``)."""
+        return {"limit": self.limit, "maximum": self.maximum, "start": self.start, "probed": self.probed or 0,
+                "decreases": self.decreases, "throttled": self.throttled, "capped": self.capped,
+                "scattered": self.caps.scattered, "answered": self.answered, "trips": 0, "trials": 0,
+                "peak_lent": self.peak, "holds": self.holds, "failing": 0}  # fmt: skip
+
+    def refused_at(self, accepted: int, on_wire: int = 0) -> None:
+        """A refusal resolved by ``wire``: ``accepted`` requests were on the wire with it, answered."""
+        cap = self.caps.refusal(accepted, self.limit)
+        if cap is None:
+            return
+        self.caps.trying(self.limit, self.maximum, self.probed)
+        self.probed = self.maximum = self.limit = cap
+        self.capped += 1
+        self._calm = cap
+        self._credit = 0
+        self._recent.clear()
+        logger.info("LM endpoint refuses requests above %d in flight: the in-flight limit is now %d", cap, cap)
 
     def hold(self, seconds: float, *, tell: bool = True) -> bool:
         """Send no new request for ``seconds`` (a ``Retry-After``); False if already held that long."""
@@ -279,6 +452,8 @@ class AdaptiveLimiter:
     async def acquire(self) -> None:
         if self.in_flight < self.limit and not self._waiters:
             self.in_flight += 1
+            if self.in_flight > self.peak:
+                self.peak = self.in_flight
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
@@ -300,6 +475,7 @@ class AdaptiveLimiter:
             fut = self._waiters.popleft()
             if not fut.done():
                 self.in_flight += 1
+                self.peak = max(self.peak, self.in_flight)
                 fut.set_result(None)
 
     @asynccontextmanager
@@ -308,12 +484,34 @@ class AdaptiveLimiter:
         try:
             if self.held_until:
                 await self.wait_hold()
-            yield
+            async with self.on_wire():
+                yield
         finally:
             self.release()
 
+    @asynccontextmanager
+    async def on_wire(self) -> AsyncIterator[None]:
+        """The request in the block is on the wire: counted by ``wire`` with what became of it."""
+        number = self.wire.send()
+        try:
+            yield
+        except BaseException as exc:
+            self.wire.back(number, outcome_of(exc))
+            raise
+        self.wire.back(number, ACCEPTED)
+
     def observe(self, *, throttled: bool) -> None:
         """One answered attempt: a 429 (``throttled``) or anything else."""
+        self.answered += 1
+        self.throttled += throttled
+        undo = self.caps.answered(0 if throttled else 1, 1 if throttled else 0, drained=self.in_flight <= self.limit)
+        if undo is not None:  # a cap tried did not lessen the 429s: they were not about in flight
+            self.limit, self.maximum, self.probed = undo
+            self.capped -= 1  # (``capped``: the cuts in force)
+            self._credit = 0
+            self._wake()
+            logger.info("LM endpoint answers 429 as often below %d in flight: the in-flight limit is %d again", self.limit, self.limit)
+            return
         self._recent.append(throttled)
         self._calm = max(0, self._calm - 1)
         if throttled and self.limit > self.start:

@@ -336,6 +336,16 @@ class SessionLMs:
 
         return redact_url(self.options.base_url or "https://api.openai.com/v1")
 
+    def own_limits(self) -> dict[str, Any]:
+        """This process's own LM limit (no worker or serving process shares it), in the run's coordinator's
+        shape for ``coordinator.describe``; empty when the LM was not built or its limits are shared."""
+        from ..lm.resilience import AdaptiveLimiter
+
+        limiter = getattr(self._lm, "limiter", None)
+        if not isinstance(limiter, AdaptiveLimiter) or not limiter.answered:
+            return {}
+        return {"clients": 1, "alone": True, "calls": 0, "refused_calls": 0, "endpoints": {self._lm.base_url: limiter.stats()}}
+
     def close(self, keep_log: Callable[[], Path] | None = None) -> None:
         """Close the LMs and caches; the controller stops the embedded server, and says (``server_death``)
         when it had died during the run, its log copied to ``keep_log()``."""

@@ -571,6 +571,8 @@ class DspexSession:
         """What the run's shared limits saw (empty without workers)."""
         if self._coordinator is not None:
             return self._coordinator.stats()
+        if not self._final_limits and not self.is_worker:
+            return self.lms.own_limits()
         return self._final_limits
 
     def close(self) -> None:
