@@ -98,6 +98,78 @@ def test_compile_keeps_its_locks_in_the_projects_private_folder_not_in_tmp(
     assert stat.S_IMODE(os.lstat(state).st_mode) == 0o700
     assert stat.S_IMODE(os.lstat(state / "locks").st_mode) == 0o700
     names = sorted(p.name for p in (state / "locks").iterdir())
-    assert names == [f"{digest}.compiled", f"{digest}.lock"]
+    assert names == [f"{digest}.compiled"]  # the lock's empty file went with its last holder (trial5 T5-9)
     assert not any(p.name.startswith(("chunks-", "usage-")) for p in state.iterdir())  # hand-off files removed
     assert sorted(p.name for p in shared_tmp.iterdir()) == ["pytest-dspex-locks"]  # nothing new in the shared tmp
+
+
+# -- no empty lock file left behind (trial5 T5-9) ------------------------------------------------------
+def test_a_golden_lock_leaves_no_file_and_stays_exclusive(tmp_path: Path) -> None:
+    import threading
+
+    from filelock import Timeout
+
+    from pytest_dspex.golden.store import GoldenStore, _locks
+
+    golden = tmp_path / "__dspex__" / "test_x" / "p.json"
+    one = GoldenStore(tmp_path / "__dspex__", state_dir=tmp_path / "state")
+    with one.lock(golden):
+        with one.lock(golden):  # re-entrant: the inner end removes nothing
+            pass
+        assert list((tmp_path / "state" / "locks").iterdir())
+    assert list((tmp_path / "state" / "locks").iterdir()) == []
+    # another process's lock on the same file: a FileLock of its own (not this process's shared object)
+    key = next(k for k in _locks if k.startswith(str(tmp_path)))
+    from filelock import FileLock
+
+    from pytest_dspex.golden.store import _GoldenLock
+
+    other = _GoldenLock(FileLock(key, timeout=5, thread_local=False), key)
+    third = _GoldenLock(FileLock(key, timeout=0.3, thread_local=False), key)
+    held = threading.Event()
+    release = threading.Event()
+
+    def wait_then_hold() -> None:
+        with other:  # waits on the file the first holder then removes
+            held.set()
+            release.wait(5)
+
+    with one.lock(golden):
+        waiter = threading.Thread(target=wait_then_hold)
+        waiter.start()
+        assert not held.wait(0.3)  # it waits
+    assert held.wait(5)  # the first let go: the waiter holds the lock now, on the file the path names
+    with pytest.raises(Timeout):
+        with third:  # a newcomer still cannot take it
+            pass
+    release.set()
+    waiter.join(5)
+    assert list((tmp_path / "state" / "locks").iterdir()) == []
+
+
+@pytest.mark.parametrize("mode", [["-p", "no:xdist"], ["-n", "2"]], ids=["no-xdist", "xdist-2"])
+def test_a_run_without_the_cache_provider_leaves_no_lock_file_in_the_users_state(
+    pytester: pytest.Pytester, server_factory: Any, mode: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """trial5 T5-9: every run with -p no:cacheprovider left its goldens' empty ``.lock`` files in
+    ``~/.cache/pytest-dspex/locks``; nothing removed them."""
+    server: FakeLMServer = server_factory(triage_responder)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    each = "@pytest.mark.dspex_program" + EACH_TEST.split("@pytest.mark.dspex_program", 1)[1]
+    source = (DATASET_TEST + "\n" + each).replace('name="triage")', 'name="triage", trainset="data/dev.jsonl")')
+    pytester.makefile(".jsonl", **{"data/dev": dev_rows(8)})
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_triage=source.replace("THRESHOLD", "0.4"))
+    result = pytester.runpytest_subprocess(
+        f"--dspex-base-url={server.base_url}", "--dspex-model=fake-model", "--dspex-cache=off",
+        "--dspex-compile", "--dspex-candidates=0", "-p", "no:cacheprovider", *mode, timeout=300,
+    )  # fmt: skip
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    assert (pytester.path / "__dspex__/test_triage/triage.json").exists()
+    locks = home / ".cache" / "pytest-dspex" / "locks"
+    assert locks.is_dir()  # the run used it
+    assert [p.name for p in locks.iterdir() if p.name.endswith(".lock")] == []

@@ -72,6 +72,52 @@ def state_file(path: Path, suffix: str, state_dir: Path | None = None) -> Path:
 _locks: dict[str, Any] = {}
 
 
+class _GoldenLock:
+    """A golden's ``FileLock`` whose empty file goes with its last holder (trial5 T5-9: one ``.lock`` a golden
+    a project path, never removed, piled up in the user's state folder: every pytester or tmp project).
+
+    The file is removed *while still held* (never a lock another process holds), as the outermost ``with``
+    ends. A process that opened the old file and waits on it then locks a file no longer named by the
+    path: after each acquisition the lock checks that its path still names the file it holds, and takes
+    the new one when not (filelock 4 does the same check itself; 3.x does not: hence ours). Where
+    filelock's file descriptor cannot be read (not a Unix lock), nothing is removed.
+    """
+
+    def __init__(self, lock: Any, path: str) -> None:
+        self._lock = lock
+        self.path = path
+
+    def __enter__(self) -> _GoldenLock:
+        while True:
+            self._lock.acquire()
+            if self._lock.lock_counter > 1 or self._names_it() is not False:
+                return self
+            self._lock.release()  # its holder removed it as it let go: take the file the path names now
+
+    def __exit__(self, *exc: object) -> None:
+        if self._lock.lock_counter == 1 and self._names_it():
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+        self._lock.release()
+
+    @property
+    def is_locked(self) -> bool:
+        return bool(self._lock.is_locked)
+
+    def _names_it(self) -> bool | None:
+        """Does the path name the file this lock holds? None: not known (nothing is removed then)."""
+        fd = getattr(getattr(self._lock, "_context", None), "lock_file_fd", None)
+        if os.name != "posix" or not isinstance(fd, int):
+            return None
+        try:
+            held, named = os.fstat(fd), os.stat(self.path)
+        except OSError:
+            return False
+        return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
+
+
 class WriteResult(str):
     """What ``GoldenStore.write`` did — ``"created"``, ``"updated"``, ``"unchanged"`` or ``"kept"``
     (it compares equal to those strings) — and ``reason``, why, in words."""
@@ -113,7 +159,7 @@ class GoldenStore:
             raise GoldenFileError(f"{path}: no private folder for the golden's lock ({exc})") from None
         lock = _locks.get(key)
         if lock is None:
-            lock = _locks[key] = FileLock(key, timeout=timeout)
+            lock = _locks[key] = _GoldenLock(FileLock(key, timeout=timeout), key)
         return lock
 
     @staticmethod
