@@ -20,6 +20,11 @@ workers it starts; each worker's LM talks to it through a ``link.RunLink``. It k
   to 90% of what was lent then less one (never below ``start``: headroom for the endpoint's own
   count lagging ours) for the run: it grows no more (another 429 above ``start``, after ``limit``
   answers, lowers it again the same way).
+* **the cap found from refusals**: each 429 a worker reports makes the coordinator ask every worker with
+  slots how many of its requests on the wire now are answered (``probe``; one at a time); their sum is
+  what the endpoint took when it refused, and ``resilience.CapFinder`` sets the limit there when most
+  recent refusals agree (undone when the 429s come as often below it; workers report each answer
+  while a cut is tried, not 16 at a time).
 * **the hold**: a worker that got a 429 with ``Retry-After`` says so (``pause``); the coordinator
   keeps the endpoint held until then and tells every other worker, whose requests to it wait too
   (a later, longer Retry-After extends it; a shorter one inside the hold is the same hold).

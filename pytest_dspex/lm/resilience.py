@@ -22,6 +22,10 @@ Back-pressure (:class:`AdaptiveLimiter`, AIMD on the in-flight limit)
     server's bad minute, handled by the retry; a server that is over its capacity answers mostly
     429 and the limit comes down to what it can take.
 
+    Below the limit, refusals find an endpoint's cap on requests in flight (:class:`Wire`, :class:`CapFinder`):
+    each 429 is resolved with how many requests were on the wire with it and answered; when most recent
+    refusals agree on C, the limit becomes C, and the cut is undone if the 429s come as often below it.
+
     With a Redis URL the halving is every process's (``redis_limits``): one process's halving halves
     the others' limits once (a remote worker or shard seeing no 429 of its own yet).
 
