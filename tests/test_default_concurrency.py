@@ -254,5 +254,17 @@ def test_the_runs_coordinator_finds_the_cap_from_its_workers_probes():
 
 
 def _stats(ep: _Endpoint) -> dict:
-    return {"limit": ep.limit, "maximum": ep.maximum, "start": ep.start, "probed": ep.probed, "decreases": ep.decreases,
-            "throttled": 30, "capped": ep.capped, "answered": 400, "trips": 0, "trials": 0, "peak_lent": 16, "holds": 0}
+    return {
+        "limit": ep.limit,
+        "maximum": ep.maximum,
+        "start": ep.start,
+        "probed": ep.probed,
+        "decreases": ep.decreases,
+        "throttled": 30,
+        "capped": ep.capped,
+        "answered": 400,
+        "trips": 0,
+        "trials": 0,
+        "peak_lent": 16,
+        "holds": 0,
+    }

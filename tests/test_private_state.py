@@ -42,7 +42,9 @@ def test_a_symlink_or_a_file_is_never_taken_for_the_private_dir(tmp_path: Path) 
         private_dir(tmp_path / "file")
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to give a folder to another user")
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to give a folder to another user"
+)
 def test_a_folder_of_another_user_is_refused(tmp_path: Path) -> None:
     d = tmp_path / "theirs"
     d.mkdir(mode=0o777)
@@ -139,9 +141,8 @@ def test_a_golden_lock_leaves_no_file_and_stays_exclusive(tmp_path: Path) -> Non
         waiter.start()
         assert not held.wait(0.3)  # it waits
     assert held.wait(5)  # the first let go: the waiter holds the lock now, on the file the path names
-    with pytest.raises(Timeout):
-        with third:  # a newcomer still cannot take it
-            pass
+    with pytest.raises(Timeout), third:  # a newcomer still cannot take it
+        pass
     release.set()
     waiter.join(5)
     assert list((tmp_path / "state" / "locks").iterdir()) == []

@@ -233,7 +233,7 @@ class Wire:
     counted. Two dictionary operations a request.
     """
 
-    __slots__ = ("sent", "returned", "accepted_back", "peak", "on_refusal", "_at", "_outcome", "_head", "_accepted_before", "_marks")
+    __slots__ = ("_accepted_before", "_at", "_head", "_marks", "_outcome", "accepted_back", "on_refusal", "peak", "returned", "sent")
 
     def __init__(self) -> None:
         self.sent = 0  # requests put on the wire (the next one's number)

@@ -341,10 +341,11 @@ class SessionLMs:
         shape for ``coordinator.describe``; empty when the LM was not built or its limits are shared."""
         from ..lm.resilience import AdaptiveLimiter
 
-        limiter = getattr(self._lm, "limiter", None)
-        if not isinstance(limiter, AdaptiveLimiter) or not limiter.answered:
+        lm = self._lm
+        limiter = getattr(lm, "limiter", None)
+        if lm is None or not isinstance(limiter, AdaptiveLimiter) or not limiter.answered:
             return {}
-        return {"clients": 1, "alone": True, "calls": 0, "refused_calls": 0, "endpoints": {self._lm.base_url: limiter.stats()}}
+        return {"clients": 1, "alone": True, "calls": 0, "refused_calls": 0, "endpoints": {lm.base_url: limiter.stats()}}
 
     def close(self, keep_log: Callable[[], Path] | None = None) -> None:
         """Close the LMs and caches; the controller stops the embedded server, and says (``server_death``)
