@@ -35,7 +35,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from ..errors import BudgetExceededError
-from .resilience import AdaptiveLimiter, Breaker
+from .resilience import ACCEPTED, AdaptiveLimiter, Breaker, outcome_of
 from .usage import Budget
 
 __all__ = ["RunLink", "SharedBudget", "SharedLimiter"]
@@ -271,8 +271,14 @@ class SharedLimiter:
         try:
             if self.local.held_until:
                 await self.local.wait_hold()
-            async with self.local.on_wire():
+            wire = self.local.wire  # this process's requests on the wire, shared slots or not
+            number = wire.send()
+            try:
                 yield
+            except BaseException as exc:
+                wire.back(number, outcome_of(exc))
+                raise
+            wire.back(number, ACCEPTED)
         finally:
             self._release(shared)
 

@@ -488,21 +488,15 @@ class AdaptiveLimiter:
         try:
             if self.held_until:
                 await self.wait_hold()
-            async with self.on_wire():
+            number = self.wire.send()  # on the wire: counted with what became of it (``Wire``)
+            try:
                 yield
+            except BaseException as exc:
+                self.wire.back(number, outcome_of(exc))
+                raise
+            self.wire.back(number, ACCEPTED)
         finally:
             self.release()
-
-    @asynccontextmanager
-    async def on_wire(self) -> AsyncIterator[None]:
-        """The request in the block is on the wire: counted by ``wire`` with what became of it."""
-        number = self.wire.send()
-        try:
-            yield
-        except BaseException as exc:
-            self.wire.back(number, outcome_of(exc))
-            raise
-        self.wire.back(number, ACCEPTED)
 
     def observe(self, *, throttled: bool) -> None:
         """One answered attempt: a 429 (``throttled``) or anything else."""
