@@ -338,13 +338,13 @@ class SessionLMs:
 
     def own_limits(self) -> dict[str, Any]:
         """This process's own LM limit (no worker or serving process shares it), in the run's coordinator's
-        shape for ``coordinator.describe``; empty when the LM was not built or its limits are shared."""
+        shape for ``coordinator.describe``; empty when the LM was not built, its limits are shared or no 429 came."""
         from ..lm.resilience import AdaptiveLimiter
 
         lm = self._lm
         limiter = getattr(lm, "limiter", None)
-        if lm is None or not isinstance(limiter, AdaptiveLimiter) or not limiter.answered:
-            return {}
+        if lm is None or not isinstance(limiter, AdaptiveLimiter) or not limiter.throttled:
+            return {}  # said only when the endpoint answered 429 (not under -v: a line for every run)
         return {"clients": 1, "alone": True, "calls": 0, "refused_calls": 0, "endpoints": {lm.base_url: limiter.stats()}}
 
     def close(self, keep_log: Callable[[], Path] | None = None) -> None:
