@@ -344,8 +344,8 @@ class Coordinator:
         """A 429: ask every worker with requests out how many of those on its wire now are accepted (their sum,
         once all answer, is what the endpoint took when it refused: ``_Endpoint.refused_at``). One at a time."""
         now = time.monotonic()
-        if ep.probe_waiting and now - ep.probe_at < 30:
-            return
+        if ep.caps.scattered or (ep.probe_waiting and now - ep.probe_at < 30):
+            return  # (scattered: its 429s are not about in flight, no cut is made for them any more)
         ep.probe_id += 1
         ep.probe_at = now
         ep.probe_sum = 0
