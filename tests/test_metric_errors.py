@@ -9,6 +9,7 @@ AttributeError: …", and the compile stops after its first wave of teacher runs
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
@@ -102,8 +103,9 @@ def test_compile_with_a_raising_metric_stops_early_and_writes_no_golden(
     assert "golden not written" in out
     assert not list(pytester.path.rglob("__dspex__/**/triage.json"))
     workers = 2 if "-n" in mode else 1
-    # the first wave of teacher runs (4; 9 requests in all), not a whole search (before: 250 requests and a golden of 0.000)
-    assert server.requests <= 16 * workers, server.requests
+    # 4 teacher runs raising in one bootstrapper (METRIC_STOP_RUNS; 24 requests in all, 9 when a first wave of
+    # one run stopped it: trial 6, T6-3), not a whole search (before: 250 requests and a golden of 0.000)
+    assert server.requests <= 32 * workers, server.requests
 
 
 def test_examples_whose_metric_raised_are_not_paired_with_the_golden(pytester: pytest.Pytester, server_factory, mode) -> None:
@@ -182,3 +184,22 @@ def test_each_item_whose_metric_raised_shows_the_users_frames_not_the_plugins(
     # a short failure an item: the test and the metric (it was ~55 lines an item through the plugin)
     sections = re.split(r"_{5,} test_triage_each\[", out)[1:]
     assert len(sections) == 10 and max(len(s.splitlines()) for s in sections[:-1]) <= 30, sections[0]
+
+
+def test_a_metric_raising_on_one_training_example_of_48_is_within_the_compiles_budget(
+    pytester: pytest.Pytester, server_factory: Any, mode: list[str]
+) -> None:
+    """New-user trial 6, T6-3: the metric raising on one training example (1 of 48, within the 5% budget)
+    stopped every compile as "a bug in the test's metric": the first wave of a candidate needing one demo
+    is one teacher run (ex-1001 is shuffled-0's first at seed 0), and a racing step's 10 answers made the
+    one example 10% of them. It scores 0 where it is asked, as in a gate, and the golden is written."""
+    from . import test_plugin_own_demos as own
+
+    server = server_factory(own.with_a_demo)
+    own.project(pytester, 48, ["ex-1001"])
+    source = (pytester.path / "test_triage.py").read_text().replace("trace is None and ", "")  # teacher runs too
+    (pytester.path / "test_triage.py").write_text(source)
+    out = own.run(pytester, server, mode, "--dspex-compile")
+    assert out.ret == 0, out.stdout.str()
+    out.stdout.no_fnmatch_line("*compile stopped*")
+    assert (pytester.path / own.GOLDEN).exists()

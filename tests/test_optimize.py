@@ -166,13 +166,30 @@ def test_a_metric_raising_on_some_teacher_runs_counts_them_as_failures(server_fa
 
 
 # trial finding 6 changed this: a metric raising on every run of the first wave was read as "no demos
-# earned" and the compile went on to a golden of metric exceptions; it is a bug in the test code
+# earned" and the compile went on to a golden of metric exceptions; it is a bug in the test code. Trial 6
+# (T6-3): on 4 runs at least (METRIC_STOP_RUNS), so one example it raises on is not a first wave of one
 def test_a_metric_raising_on_every_teacher_run_of_the_first_wave_stops_the_compile(server_factory, make_lm):
     server = server_factory(picky_responder(set(range(10))))
     opt = BootstrapFewShot(lambda e, p, t=None: 1 / 0, max_bootstrapped_demos=2)
-    with pytest.raises(dspex.CompileStoppedError, match=r"metric raised on 2 of 2 teacher runs: ZeroDivisionError"):
+    with pytest.raises(dspex.CompileStoppedError, match=r"metric raised on 4 of 4 teacher runs: ZeroDivisionError"):
         opt.compile(dspex.Predict(Triage, lm=make_lm(server)), trainset=numbered_examples(10))
-    assert server.requests == 2  # the first wave, not the whole trainset
+    assert server.requests == 4  # the first wave widened to METRIC_STOP_RUNS, not the whole trainset
+
+
+def test_a_metric_raising_on_the_one_run_of_a_first_wave_does_not_stop_the_compile(server_factory, make_lm):
+    """Trial 6, T6-3: a bootstrapper needing one demo starts one run; the metric raising on that one
+    example (1 of 10) is not a bug in the metric: the run counts as failed and the next ones go on."""
+    server = server_factory(picky_responder(set(range(10))))
+
+    def metric(example, prediction, trace=None):
+        if example.message.startswith("case 0:"):
+            raise ZeroDivisionError("division by zero")
+        return example.team == prediction.team
+
+    opt = BootstrapFewShot(metric, max_bootstrapped_demos=1)
+    compiled = opt.compile(dspex.Predict(Triage, lm=make_lm(server)), trainset=numbered_examples(10))
+    assert opt.report.errors == 1 and opt.report.passed == 1
+    assert [d["message"] for d in compiled.demos if d.get("augmented")] == ["case 1: refund"]
 
 
 # -- teacher runs are scored as every example is (evaluation.score_example) -------------------------

@@ -68,6 +68,11 @@ WIDEN_SHARE = 0.7
 #: time) before it is sized on what is known: runs started together mostly finish together
 WAVE_GRACE = 0.5
 
+#: the fewest teacher runs, every one raising in the metric, that stop the compile as a bug in the test's
+#: metric (fewer when the trainset is smaller): a first wave of one run (a candidate needing one demo)
+#: whose example the metric raises on is one example, within the error budget of a 48-example trainset
+METRIC_STOP_RUNS = 4
+
 #: fields a labeled demo may lack: ChainOfThought's rationale, which no trainset holds (as in DSPy)
 GENERATED_FIELDS = frozenset({"reasoning"})
 
@@ -303,7 +308,8 @@ class BootstrapFewShot:
         call_metric, mname, timeout = metric_caller(self.metric), metric_name(self.metric), current_example_timeout()
 
         # the training examples on whose teacher run the metric raised (its first exception): when it
-        # raised on every run of the first wave, the compile stops (a bug in the test's metric)
+        # raised on every run of the first wave, and on ``METRIC_STOP_RUNS`` at least, the compile stops (a
+        # bug in the test's metric)
         raised: dict[int, str] = {}
 
         async def run_example(i: int, example: Example) -> _Run:
@@ -411,7 +417,7 @@ class BootstrapFewShot:
                         outcomes[running.pop(finished)] = finished.result()
                     if self.on_outcome is not None:
                         self.on_outcome(len(outcomes), sum(1 for o in outcomes.values() if o is not None))
-                    if raised and len(raised) == len(outcomes) >= first_wave:
+                    if raised and len(raised) == len(outcomes) >= max(first_wave, min(METRIC_STOP_RUNS, len(trainset))):
                         from .selection import metric_stop_reason
 
                         first = raised[min(raised)].split(" raised ", 1)[-1][:300]

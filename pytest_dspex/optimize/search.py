@@ -38,10 +38,13 @@ none is given):
   instead of all of them evaluating the same new prefix at each candidate's start (answers do not
   depend on the schedule: the server's answer is a function of its prompt).
 * **An error budget.** With ``max_error_rate`` set (the plugin passes ``--dspex-max-error-rate``),
-  the search stops with ``CompileStoppedError`` as soon as a racing step's answers were lost to the
-  infrastructure (unreachable endpoint, HTTP errors, timeouts …) beyond that share — the message
-  names the kinds and the first errors — rather than scoring every candidate on errors (measured:
-  a compile against a base URL answering 404 made 75,960 requests).
+  the search stops with ``CompileStoppedError`` after a racing step as soon as the live candidates'
+  answers so far lost to the infrastructure (unreachable endpoint, HTTP errors, timeouts …), or the
+  metric's exceptions, are beyond that share of all the answers they give on the selection set — the
+  message names the kinds and the first errors — rather than scoring every candidate on errors
+  (measured: a compile against a base URL answering 404 made 75,960 requests); the chosen candidate's
+  own answers are held to it too. A step's own answers are too few to judge by: one example the metric
+  raises on is each candidate's 1 of a first step's 10.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ from ..programs.primitives import Example, as_example_list
 from .bootstrap import BootstrapFewShot, LabeledFewShot
 from .protocol import Candidate, CompileResult, OptimizerSettings
 from .review import review_program
-from .selection import check_error_budget, demo_count, evaluate_own_rule, own_demo_rule
+from .selection import check_error_budget, demo_count, evaluate_own_rule, examples_asked, own_demo_rule
 
 __all__ = ["BootstrapFewShotWithRandomSearch", "Candidate", "CompileResult", "sign_test_p"]
 
@@ -259,6 +262,8 @@ class BootstrapFewShotWithRandomSearch:
                     best = cand
             if self.calibrate:
                 best = await self._choose_calibrated(best, candidates, trainset, val, own)
+            assert best.result is not None
+            check_error_budget(best.result.records, self.max_error_rate)  # the chosen one's own share
             train_result = None
             if self.evaluate_train:
                 if same_sets:
@@ -413,6 +418,7 @@ class BootstrapFewShotWithRandomSearch:
         random.Random(self.seed).shuffle(order)
         stops = _stages(len(order), self.race_first) if self.racing and len(candidates) > 1 else [len(order)]
         records: dict[str, list[ExampleRecord]] = {c.name: [] for c in candidates}
+        asked = {c.name: examples_asked(c.program, valset, own) for c in candidates}  # on the whole set
         alive = list(candidates)
         started = time.perf_counter()
         running: dict[str, int] = {}  # examples of the current step done, per candidate
@@ -445,8 +451,6 @@ class BootstrapFewShotWithRandomSearch:
         spans = {c.name: tracing.start_span("dspex.candidate", {"dspex.candidate": c.name, "dspex.demos": c.demos}) for c in candidates}
         for stop in stops:
             chunk = [(i, valset[i]) for i in order[done:stop]]
-            # each candidate's records before this step (skipping its own demos, fewer than ``done``)
-            had = {c.name: len(records[c.name]) for c in alive}
 
             async def run(
                 cand: Candidate, chunk: list[tuple[int, Example]] = chunk, stop: int = stop, concurrency: int = self.concurrency
@@ -475,10 +479,10 @@ class BootstrapFewShotWithRandomSearch:
                         # instance keeps one candidate's prefix
                         each = max(1, min(self.concurrency, width * batch) // len(group))
                         await asyncio.gather(*(run(c, concurrency=each) for c in group))
-                    self._check_errors([r for c in alive for r in records[c.name][had[c.name]:]])
+                    self._check_errors(alive, records, asked)
             else:
                 await asyncio.gather(*(run(c) for c in alive))
-            self._check_errors([r for c in alive for r in records[c.name][had[c.name]:]])
+            self._check_errors(alive, records, asked)
             done = stop
             if stop < len(order):
                 alive = self._drop_worse(alive, records, done)
@@ -486,8 +490,12 @@ class BootstrapFewShotWithRandomSearch:
             cand.result = EvaluationResult.from_records(records[cand.name], metric=metric_name(self.metric))
             tracing.end_span(spans[cand.name], {"dspex.score": cand.result.score, "dspex.n": cand.result.n, "dspex.dropped_at": cand.dropped_at})
 
-    def _check_errors(self, recs: list[ExampleRecord]) -> None:
-        check_error_budget(recs, self.max_error_rate)
+    def _check_errors(self, alive: list[Candidate], records: dict[str, list[ExampleRecord]], asked: dict[str, int]) -> None:
+        """Stop at the error budget as soon as the live candidates' answers so far put their whole selection
+        over it (a racing step's own answers are too few to judge: one example the metric raises on is
+        every candidate's 1 of a first step's 10)."""
+        answers = [r for c in alive for r in records[c.name]]
+        check_error_budget(answers, self.max_error_rate, out_of=sum(asked[c.name] for c in alive))
 
     def _drop_worse(self, alive: list[Candidate], records: dict[str, list[ExampleRecord]], seen: int) -> list[Candidate]:
         scores = {c.name: {r.index: r.score for r in records[c.name]} for c in alive}

@@ -7,7 +7,7 @@
   asked in ``prefix_order`` (the examples keeping every demo first, then those missing one by where
   their demo stood, last first): a server that reuses the previous prompt's prefix (llama.cpp)
   re-reads each prompt only from the demo it lost. Records come back in ``items``' order.
-* ``check_error_budget(records, max_error_rate)``: the compile stops (``CompileStoppedError``) when
+* ``check_error_budget(records, max_error_rate, out_of=)``: the compile stops (``CompileStoppedError``) when
   the selection answers were lost to the infrastructure beyond the budget, naming the kinds and the
   first errors, rather than choosing among candidates scored on errors.
 * ``check_metric(records, max_error_rate)``: the compile stops when the metric raised on more of the
@@ -40,6 +40,7 @@ __all__ = [
     "check_metric",
     "demo_count",
     "evaluate_without_own_demo",
+    "examples_asked",
     "prefix_order",
     "score_candidate",
 ]
@@ -154,11 +155,14 @@ def check_budget(records: Sequence[ExampleRecord], what: str = "validation answe
     )
 
 
-def check_metric(records: Sequence[ExampleRecord], max_error_rate: float | None, what: str = "validation answers") -> None:
+def check_metric(
+    records: Sequence[ExampleRecord], max_error_rate: float | None, what: str = "validation answers", *, out_of: int | None = None
+) -> None:
     """Stop the compile when the metric raised on more of ``records`` than ``max_error_rate`` allows (on all
     of them when None): its exceptions are a bug in the test code, and a golden of them would be worthless."""
     raised = sum(1 for r in records if r.error_kind == "metric")
-    if not raised or raised <= (len(records) - 1 if max_error_rate is None else max_error_rate * len(records) + 1e-9):
+    allowed = len(records) - 1 if max_error_rate is None else max_error_rate * (out_of or len(records)) + 1e-9
+    if not raised or raised <= allowed:
         return
     from ..evaluation.gates import metric_errors_reason
 
@@ -173,17 +177,22 @@ def metric_stop_reason(reason: str) -> str:
     )
 
 
-def check_error_budget(records: Sequence[ExampleRecord], max_error_rate: float | None) -> None:
+def check_error_budget(records: Sequence[ExampleRecord], max_error_rate: float | None, *, out_of: int | None = None) -> None:
     """Stop the compile when ``records`` lost more answers to the infrastructure than the budget allows,
-    or the metric raised on more of them than it allows (``check_metric``)."""
+    or the metric raised on more of them than it allows (``check_metric``).
+
+    ``out_of``: the answers ``records`` are part of (a candidate search's racing step: all its live
+    candidates will give on the whole selection set). The budget is then that many answers' share, so
+    the search stops as soon as the whole selection is over it, and an example the metric or the LM
+    fails on is 1 of them, not 1 of a first step's 10."""
     check_budget(records)
-    check_metric(records, max_error_rate)
+    check_metric(records, max_error_rate, out_of=out_of)
     if max_error_rate is None or not records:
         return
     from ..evaluation.gates import lm_errors_reason
 
     lost = [r for r in records if r.error_kind in INFRA_ERROR_KINDS]
-    if len(lost) <= max_error_rate * len(records) + 1e-9:
+    if len(lost) <= max_error_rate * (out_of or len(records)) + 1e-9:
         return
     by_kind: dict[str, int] = {}
     for r in lost:
@@ -200,6 +209,15 @@ def check_error_budget(records: Sequence[ExampleRecord], max_error_rate: float |
         f"compile stopped at its error budget: {reason.replace('examples', 'validation answers')} — over "
         f"{max_error_rate:.0%} (--dspex-max-error-rate); " + "; ".join(first)
     )
+
+
+def examples_asked(program: Module, examples: Sequence[Example], rule: str = "") -> int:
+    """How many of ``examples`` scoring ``program`` asks under the ``own_demo_rule`` ``rule``: those that
+    are none of its demos when they are ``skipped``, else every one."""
+    if rule != "skipped":
+        return len(examples)
+    demos = [d for p in program.predictors() for d in p.demos]
+    return sum(1 for ex in examples if not any(_is_own(d, dict(ex.inputs().items())) for d in demos))
 
 
 def demo_count(program: Module) -> int:
