@@ -114,3 +114,10 @@ def test_a_one_program_optimizer_on_the_trainset_keeps_each_example_from_its_own
     g = json.loads((pytester.path / GOLDEN).read_text())
     assert g["selection"]["own_demos"] == "skipped" and g["selection"]["n"] == 32, g["selection"]
     out.stdout.fnmatch_lines(["*chosen on the trainset, each candidate on the examples that are none of its demos (n=32*"])
+
+
+def test_the_help_of_dspex_select_says_how_no_answer_comes_from_its_own_demo(pytester: pytest.Pytester) -> None:
+    """T6-5: the option's help described leave-one-out only, the rule before the default changed."""
+    out = pytester.runpytest_subprocess("--help")
+    text = " ".join(out.stdout.str().split())
+    assert "examples that are none of its demos with 24+ of them, else each example without its own demo" in text

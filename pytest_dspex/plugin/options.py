@@ -86,7 +86,8 @@ OPTIONS: list[tuple[str, str, Any, str]] = [
         "choice:held-out,in-sample",
         "held-out",
         "where --dspex-compile chooses among candidates: 'held-out' = the marker's valset, else the trainset "
-        "(each example without its own demo); 'in-sample' = the gate's own dataset (every view then says so)",
+        "(no answer from its own demo: each candidate on the examples that are none of its demos with 24+ "
+        "of them, else each example without its own demo); 'in-sample' = the gate's own dataset (every view then says so)",
     ),
     (
         "baseline-draws",
