@@ -528,3 +528,24 @@ def test_the_registry_builds_each_optimizer_and_refuses_an_unknown_name():
     assert described == {"random-search": "BootstrapFewShotWithRandomSearch", "bootstrap": "BootstrapFewShot", "labeled": "LabeledFewShot"}
     with pytest.raises(ConfigError, match=r"unknown optimizer 'mipro'; known: bootstrap, labeled, random-search"):
         make_optimizer(team_matches, OptimizerSettings(optimizer="mipro"))
+
+
+
+def test_the_progress_lines_say_how_candidates_are_scored_on_the_trainset_and_count_the_examples_they_ask(
+    server_factory, make_lm
+):
+    """Trial 6, T6-4: choosing on 48 training examples, candidates of 16 demos: the search said "evaluating
+    7 candidates on 48 validation examples" and "evaluating labeled: 13/40 examples", a count that
+    candidate never reaches (its demos' examples are not asked)."""
+
+    def respond(body):
+        return " " + re.search(r"about (\w+)", body["messages"][-1]["content"].rsplit("Message: ", 1)[-1]).group(1)
+
+    said: list[str] = []
+    server = server_factory(respond)
+    opt = BootstrapFewShotWithRandomSearch(intent_matches, num_candidates=1, leave_one_out=True, progress=said.append)
+    opt.compile(dspex.Predict(Intent, lm=make_lm(server)), trainset=intent_examples(8))  # 48 examples
+    assert "evaluating 4 candidates on the 48 training examples, each candidate on those that are none of its demos" in said
+    counts = [re.search(r": (\d+)/(\d+) examples", t) for t in said if t.startswith("evaluating labeled: ")]
+    assert counts and all(m is not None and int(m.group(1)) <= int(m.group(2)) for m in counts), said
+    assert any(m is not None and m.group(1) == m.group(2) for m in counts), said  # each step's count is reached

@@ -201,8 +201,11 @@ def compile_program(
             val, chosen_on = load(valset), "valset"
         else:
             val, chosen_on = train, "trainset"
-        where = {"valset": "validation", "trainset": "training (none answered from its own demo)", "in-sample": "gate (in-sample)"}
-        say(f"compiling {name}: {len(train)} training examples; choosing on {len(val)} {where[chosen_on]} examples")
+        where = {
+            "valset": f"on {len(val)} validation examples", "trainset": "on them, no answer taken from its own demo",
+            "in-sample": f"on {len(val)} gate examples (in-sample)",
+        }  # fmt: skip
+        say(f"compiling {name}: {len(train)} training examples; choosing {where[chosen_on]}")
         optimizer = make_optimizer(
             metric, settings, progress=lambda text: say(f"compiling {name}: {text}"), leave_one_out=chosen_on == "trainset"
         )

@@ -73,7 +73,7 @@ from ..programs.primitives import Example, as_example_list
 from .bootstrap import BootstrapFewShot, LabeledFewShot
 from .protocol import Candidate, CompileResult, OptimizerSettings
 from .review import review_program
-from .selection import check_error_budget, demo_count, evaluate_own_rule, examples_asked, own_demo_rule
+from .selection import check_error_budget, demo_count, evaluate_own_rule, own_demo_rule, own_examples, selection_words
 
 __all__ = ["BootstrapFewShotWithRandomSearch", "Candidate", "CompileResult", "sign_test_p"]
 
@@ -239,13 +239,13 @@ class BootstrapFewShotWithRandomSearch:
             unique = _dedupe(candidates)
             serial = self.serial if self.serial is not None else _one_at_a_time(student)
             width = self.serial_width if self.serial_width is not None else _instances(student) if serial else 1
+            most = max((demo_count(c.program) for c in unique), default=0)
+            own = own_demo_rule(len(val), most) if same_sets and self.leave_one_out else ""
             self._say(
-                f"evaluating {len(unique)} candidates on {len(val)} validation examples"
+                f"evaluating {len(unique)} candidates on {selection_words(len(val), own)}"
                 + (f" ({len(candidates) - len(unique)} duplicates skipped)" if len(unique) < len(candidates) else "")
             )
             batch = _batch(student) if serial and width > 1 else 1
-            most = max((demo_count(c.program) for c in unique), default=0)
-            own = own_demo_rule(len(val), most) if same_sets and self.leave_one_out else ""
             await self._race(unique, val, serial, own=own, width=width, batch=batch)
             for cand in candidates:
                 if cand.duplicate_of is not None:
@@ -418,7 +418,8 @@ class BootstrapFewShotWithRandomSearch:
         random.Random(self.seed).shuffle(order)
         stops = _stages(len(order), self.race_first) if self.racing and len(candidates) > 1 else [len(order)]
         records: dict[str, list[ExampleRecord]] = {c.name: [] for c in candidates}
-        asked = {c.name: examples_asked(c.program, valset, own) for c in candidates}  # on the whole set
+        skipped = {c.name: own_examples(c.program, valset, own) for c in candidates}  # its demos' examples
+        asked = {c.name: len(valset) - len(skipped[c.name]) for c in candidates}  # on the whole set
         alive = list(candidates)
         started = time.perf_counter()
         running: dict[str, int] = {}  # examples of the current step done, per candidate
@@ -446,7 +447,8 @@ class BootstrapFewShotWithRandomSearch:
             elapsed = time.perf_counter() - started
             if units and elapsed >= 1:
                 left = f", ~{elapsed / units * max(0, planned() - units):.0f} s left"
-            self._say(f"evaluating {cand.name}: {seen}/{step} examples, score {score:.3f}{left}")
+            of = step - sum(1 for i in order[:step] if i in skipped[cand.name])  # its demos' are not asked
+            self._say(f"evaluating {cand.name}: {seen}/{of} examples, score {score:.3f}{left}")
 
         spans = {c.name: tracing.start_span("dspex.candidate", {"dspex.candidate": c.name, "dspex.demos": c.demos}) for c in candidates}
         for stop in stops:

@@ -40,9 +40,10 @@ __all__ = [
     "check_metric",
     "demo_count",
     "evaluate_without_own_demo",
-    "examples_asked",
+    "own_examples",
     "prefix_order",
     "score_candidate",
+    "selection_words",
 ]
 
 
@@ -211,13 +212,23 @@ def check_error_budget(records: Sequence[ExampleRecord], max_error_rate: float |
     )
 
 
-def examples_asked(program: Module, examples: Sequence[Example], rule: str = "") -> int:
-    """How many of ``examples`` scoring ``program`` asks under the ``own_demo_rule`` ``rule``: those that
-    are none of its demos when they are ``skipped``, else every one."""
+def own_examples(program: Module, examples: Sequence[Example], rule: str = "") -> set[int]:
+    """The indices of ``examples`` that scoring ``program`` does not ask under the ``own_demo_rule``
+    ``rule``: those that are one of its demos when they are ``skipped``, else none."""
     if rule != "skipped":
-        return len(examples)
+        return set()
     demos = [d for p in program.predictors() for d in p.demos]
-    return sum(1 for ex in examples if not any(_is_own(d, dict(ex.inputs().items())) for d in demos))
+    return {i for i, ex in enumerate(examples) if any(_is_own(d, dict(ex.inputs().items())) for d in demos)}
+
+
+def selection_words(examples: int, rule: str) -> str:
+    """The progress lines' words for the set a compile chooses on: ``rule`` is the ``own_demo_rule`` on
+    the trainset ("" for another set)."""
+    if rule == "skipped":
+        return f"the {examples} training examples, each candidate on those that are none of its demos"
+    if rule:
+        return f"the {examples} training examples, each without its own demo"
+    return f"{examples} validation examples"
 
 
 def demo_count(program: Module) -> int:

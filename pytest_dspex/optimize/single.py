@@ -24,7 +24,7 @@ from ..programs.primitives import Example
 from .bootstrap import BootstrapFewShot, LabeledFewShot
 from .protocol import CompileResult, OptimizerSettings
 from .review import review_program
-from .selection import demo_count, own_demo_rule, score_candidate
+from .selection import demo_count, own_demo_rule, score_candidate, selection_words
 
 __all__ = ["Bootstrap", "Labeled"]
 
@@ -68,8 +68,8 @@ class _OneProgram:
         s = self.settings
         with track_usage() as usage:
             program, bootstrapped = await self._build(student, trainset)
-            self._say(f"evaluating {self.name} on {len(val)} validation examples")
             own = own_demo_rule(len(val), demo_count(program)) if on_train and self.leave_one_out else ""
+            self._say(f"evaluating {self.name} on {selection_words(len(val), own)}")
             best = await score_candidate(
                 self.name, program, val, self.metric, bootstrapped=bootstrapped, concurrency=s.concurrency,
                 own=own, max_error_rate=s.max_error_rate,
