@@ -34,7 +34,7 @@ def _cpu(what):
         with open(path, "a") as f:
             f.write(f"{os.environ.get('PYTEST_XDIST_WORKER', 'ctl')} {what} {r.ru_utime + r.ru_stime:.4f} {c.ru_utime + c.ru_stime:.4f}\\n")
 
-_first = []
+_first_call = []  # not ``_first``: the bench conftest's own (cases_limits.CONFTEST) is set at setup, before the call
 
 def pytest_configure(config):
     _cpu("configured")
@@ -43,8 +43,8 @@ def pytest_collection_finish(session):
     _cpu("collected")
 
 def pytest_runtest_call(item):
-    if not _first:
-        _first.append(1)
+    if not _first_call:
+        _first_call.append(1)
         _cpu("first_test")
 
 def pytest_unconfigure(config):
