@@ -63,3 +63,40 @@ def test_a_run_without_dspex_tests_imports_none_of_it(pytester):
     result.assert_outcomes(passed=2)
     seen = _first_tests(pytester)
     assert seen and not any(any(found.values()) for found in seen.values()), seen
+
+
+# records, at each process's first test, how many objects the garbage collector no longer scans
+FROZEN_CONFTEST = '''
+import gc, os
+
+_seen = []
+
+def pytest_runtest_setup(item):
+    if not _seen:
+        _seen.append(1)
+        worker = getattr(item.config, "workerinput", {}).get("workerid", "main")
+        with open(os.path.join(str(item.config.rootpath), f"frozen-{worker}.txt"), "w") as f:
+            f.write(str(gc.get_freeze_count()))
+'''
+
+
+@pytest.mark.parametrize("mode", [["-n", "2"], ["-p", "no:xdist"]], ids=["xdist-2", "no-xdist"])
+def test_a_worker_freezes_what_it_made_before_its_first_test(pytester, server_factory, monkeypatch, mode):
+    """What a worker holds for the whole run (modules, the collected items) is out of the collector's full
+    scans from its first test on (``warmup.freeze_startup``); one process without xdist is left as it was."""
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    server = server_factory(latency=0.0)
+    pytester.makefile(".jsonl", **{"data/dev": "\n".join(json.dumps(e.toDict()) for e in triage_examples(40)) + "\n"})
+    pytester.makepyfile(test_each=PER_EXAMPLE)
+    pytester.makeconftest(FROZEN_CONFTEST)
+    result = pytester.runpytest_subprocess(
+        f"--dspex-base-url={server.base_url}", "--dspex-model=fake-model", "--dspex-cache=off",
+        "--dspex-missing-golden=zero-shot", *mode,
+    )  # fmt: skip
+    result.assert_outcomes(passed=40)
+    frozen = {p.stem: int(p.read_text()) for p in pytester.path.glob("frozen-*.txt")}
+    if mode[0] == "-n":
+        assert frozen and all(k.startswith("frozen-gw") for k in frozen), frozen  # the workers that ran tests
+        assert all(count > 20_000 for count in frozen.values()), frozen  # pytest, aiohttp, the items
+    else:
+        assert frozen == {"frozen-main": 0}, frozen

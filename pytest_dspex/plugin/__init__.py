@@ -9,6 +9,7 @@ so each worker evaluates whole chunks concurrently (see ``plugin/xdist.py``).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from collections.abc import Generator, Mapping
@@ -18,6 +19,9 @@ from typing import Any
 import pytest
 
 from . import _plain_imports  # noqa: F401  (first: the package's other modules import plainly, see there)
+
+if "PYTEST_XDIST_WORKER" in os.environ:  # an xdist worker: pytest and the plugins so far live the whole run
+    gc.freeze()  # out of the collector's full scans (``warmup.freeze_startup``: the rest once collected)
 from .collection import note_selection, parametrize_examples
 from .endpoint import dspex_endpoint
 from .fixtures import (
@@ -169,10 +173,11 @@ class _XdistHooks:
     def pytest_runtestloop(self, session: pytest.Session) -> None:
         """The first dspex test's one-time imports, made while the worker waits for its tests (``warmup``)."""
         if self.session.is_worker and not session.config.option.collectonly:
-            from .warmup import has_goldens, uses_dspex, warm_up
+            from .warmup import freeze_startup, has_goldens, uses_dspex, warm_up
 
             if uses_dspex(session.items):
                 warm_up(goldens=has_goldens(session.items))
+                freeze_startup()
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:

@@ -11,16 +11,25 @@ first test would import (measured: the modules new in ``sys.modules`` after a wo
 per-example item), so a run that has no dspex test pays nothing. The golden files' reader (its
 pydantic schema: ~50 ms) only when a collected test has a ``__dspex__`` folder beside it: a worker
 whose programs have no golden yet never reads one.
+
+Then ``freeze_startup`` takes what the worker holds for the whole run (modules, the collected items,
+the datasets, ~70,000 objects) out of the cyclic garbage collector's full scans (``gc.freeze()``):
+measured per worker of a 1,000-example run with ``-n 8`` (CPU in the collector, read by ``gc.callbacks``):
+0.068 s before the first test and 0.142 s in all (pytest's own ``gc.collect()`` at the session's end
+scanned everything twice) -> 0.041 s and 0.046 s, with the plugin's import (``plugin/__init__``)
+freezing what pytest and the plugins had made before it too. Objects made later are collected as
+ever; a reference cycle already unreachable when frozen is freed at exit, not sooner.
 """
 
 from __future__ import annotations
 
+import gc
 import importlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GOLDEN_MODULES", "WARM_MODULES", "has_goldens", "uses_dspex", "warm_up"]
+__all__ = ["GOLDEN_MODULES", "WARM_MODULES", "freeze_startup", "has_goldens", "uses_dspex", "warm_up"]
 
 _PKG = __name__.rsplit(".", 2)[0]  # "pytest_dspex"
 
@@ -52,8 +61,8 @@ def uses_dspex(items: Iterable[Any]) -> bool:
 
 def has_goldens(items: Iterable[Any]) -> bool:
     """Is there a ``__dspex__`` folder (goldens) beside any collected test's file?"""
-    folders = {Path(item.path).parent for item in items if getattr(item, "path", None) is not None}
-    return any((folder / "__dspex__").is_dir() for folder in folders)
+    files = {item.path for item in items if getattr(item, "path", None) is not None}  # a few files, 1,000s of items
+    return any((folder / "__dspex__").is_dir() for folder in {Path(f).parent for f in files})
 
 
 def warm_up(goldens: bool = True) -> None:
@@ -64,3 +73,8 @@ def warm_up(goldens: bool = True) -> None:
             importlib.import_module(name)
         except Exception:  # the test importing it reports the error, with its context
             pass
+
+
+def freeze_startup() -> None:
+    """What this worker made before its first test lives until its end: no full collection scans it again."""
+    gc.freeze()
