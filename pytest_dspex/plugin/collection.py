@@ -123,14 +123,20 @@ def note_selection(session: pytest.Session) -> None:
             write_usage_error(dspex.state_dir(), dspex.run_id, worker, problem)
     chunks: dict[str, str] = {}
     lowest: dict[str, int] = {}
+    keys: dict[tuple[Any, str], str] = {}  # (parent, function) -> test_key: the 1,000 items of a test share one
+    specs: dict[tuple[Any, int], Any] = {}  # (file, marker) -> the program's name: parsed once, not per item
     for item in session.items:  # which program each selected dspex test gates (a stopped run names the ungated)
-        if item.get_closest_marker("dspex_program") is not None:
-            try:
-                spec = program_spec(item, Path(item.path).parent)
-            except (Exception, pytest.fail.Exception):  # a bad marker (or a foreign program) fails its test, which says so
-                spec = None
-            if spec is not None:
-                dspex.selected_programs[test_key(item)] = spec.name
+        mark = item.get_closest_marker("dspex_program")
+        if mark is not None:
+            where = (item.path, id(mark))
+            if where not in specs:
+                try:
+                    spec = program_spec(item, Path(item.path).parent)
+                except (Exception, pytest.fail.Exception):  # a bad marker (or a foreign program) fails its test, which says so
+                    spec = None
+                specs[where] = spec.name if spec is not None else None
+            if specs[where] is not None:
+                dspex.selected_programs[_test_key(item, keys)] = specs[where]
     if dspex.is_worker and dspex.selected_programs and session.config.workerinput["workerid"] == "gw0":  # type: ignore[attr-defined]
         from .xdist import write_selected_programs
 
@@ -138,7 +144,7 @@ def note_selection(session: pytest.Session) -> None:
     for item in session.items:
         callspec = getattr(item, "callspec", None)
         if callspec is not None and isinstance(callspec.params.get("dspex_example"), int):
-            key, index = test_key(item), int(callspec.params["dspex_example"])
+            key, index = _test_key(item, keys), int(callspec.params["dspex_example"])
             dspex.selected.setdefault(key, set()).add(index)
             if index < lowest.get(key, index + 1):  # the item that reports a failure its test shares
                 lowest[key], dspex.first_items[key] = index, item.nodeid
@@ -147,6 +153,15 @@ def note_selection(session: pytest.Session) -> None:
         from .xdist import write_chunks
 
         write_chunks(dspex.state_dir(), dspex.run_id, session.config.workerinput["workerid"], chunks)  # type: ignore[attr-defined]
+
+
+def _test_key(item: Any, keys: dict[tuple[Any, str], str]) -> str:
+    """``test_key(item)``, made once per test function of this collection."""
+    at = (item.parent, getattr(item, "originalname", item.name))
+    key = keys.get(at)
+    if key is None:
+        key = keys[at] = test_key(item)
+    return key
 
 
 def _check_compile_names(session: pytest.Session, dspex: DspexSession) -> str | None:
