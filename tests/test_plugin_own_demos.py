@@ -121,3 +121,28 @@ def test_the_help_of_dspex_select_says_how_no_answer_comes_from_its_own_demo(pyt
     out = pytester.runpytest_subprocess("--help")
     text = " ".join(out.stdout.str().split())
     assert "examples that are none of its demos with 24+ of them, else each example without its own demo" in text
+
+
+def test_an_older_one_program_golden_says_its_demos_examples_were_asked_with_their_demo(
+    pytester: pytest.Pytester, server_factory: Any, mode: list[str]
+) -> None:
+    """A ``LabeledFewShot`` golden written before T6-2's fix has no ``own_demos`` and asked each demo's
+    example with that demo in the prompt: it read "each example without its own demo" (the older search
+    goldens' rule) in every view."""
+    import subprocess
+    import sys
+
+    server = server_factory(with_a_demo)
+    project(pytester, 30, [])
+    assert run(pytester, server, mode, "--dspex-compile", "--dspex-optimizer=labeled").ret == 0
+    g = json.loads((pytester.path / GOLDEN).read_text())
+    del g["selection"]["own_demos"]  # as the golden was written before the fix
+    (pytester.path / GOLDEN).write_text(json.dumps(g))
+    out = run(pytester, server, mode, "--dspex-report=report.json", "--dspex-markdown=summary.md")
+    assert out.ret == 0, out.stdout.str()
+    words = "chosen on the trainset, each demo's own example asked with that demo in the prompt (not held out) (n=30"
+    (row,) = json.loads((pytester.path / "report.json").read_text())["programs"]
+    assert row["golden_provenance"]["selection"]["own_demos"] == "in the prompt"
+    assert words in row["golden_provenance"]["text"] and words in (pytester.path / "summary.md").read_text()
+    shown = subprocess.run([sys.executable, "-m", "pytest_dspex", "prompt", str(pytester.path / GOLDEN)], capture_output=True, text=True)
+    assert shown.returncode == 0 and words in shown.stdout, shown.stderr

@@ -59,9 +59,10 @@ def provenance_text(p: Mapping[str, Any]) -> str:
     sel, base = p.get("selection") or {}, p.get("baseline") or {}
     where = {
         "valset": "the valset",
-        "trainset": "the trainset, each candidate on the examples that are none of its demos"
-        if sel.get("own_demos") == "skipped"
-        else "the trainset, each example without its own demo",
+        "trainset": {
+            "skipped": "the trainset, each candidate on the examples that are none of its demos",
+            "in the prompt": "the trainset, each demo's own example asked with that demo in the prompt (not held out)",
+        }.get(str(sel.get("own_demos")), "the trainset, each example without its own demo"),
         "in-sample": "the gate's own examples (IN-SAMPLE: not held out)",
         "validation": "a validation set",
         "imported": "DSPy's side (an imported save)",
@@ -201,8 +202,10 @@ class GoldenFile:
         out: dict[str, Any] = {}
         if sel is not None:
             out["selection"] = sel.model_dump(include={"set", "n", "score", "chosen"})
-            if sel.set == "trainset":  # goldens before the rule was recorded: each example without its own demo
-                out["selection"]["own_demos"] = sel.own_demos or "left out"
+            if sel.set == "trainset":  # goldens before the rule was recorded: each example without its own demo,
+                # but for a one-program optimizer's, which asked each demo's example with it (trial 6, T6-2)
+                one_program = self.model.optimizer.get("name") in ("LabeledFewShot", "BootstrapFewShot")
+                out["selection"]["own_demos"] = sel.own_demos or ("in the prompt" if one_program else "left out")
         else:
             v = self.model.scores.validation
             same = gate_fingerprint is not None and self.validation_dataset == gate_fingerprint

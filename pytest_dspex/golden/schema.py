@@ -136,7 +136,9 @@ class Selection(_Model):
     ``set`` is ``valset`` (the marker's), ``trainset`` (none answered from its own demo: ``own_demos``
     says how) or ``in-sample`` (the gate's own dataset, opted in: its score is not held out).
     ``own_demos`` (on the trainset): ``skipped`` (a candidate scored on the examples that are none of
-    its demos) or ``left out`` (each example asked without its own demo; goldens before it: absent)."""
+    its demos) or ``left out`` (each example asked without its own demo; goldens before it: absent, read as
+    ``left out``, or ``in the prompt`` for a ``LabeledFewShot``/``BootstrapFewShot`` golden, which asked each
+    demo's example with that demo: ``provenance``)."""
 
     set: str
     dataset: str = ""
