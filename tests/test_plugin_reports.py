@@ -232,8 +232,10 @@ def test_the_reports_of_a_run_that_stopped_early_say_so_never_passed(pytester, p
     fake = server_factory(make_responder())
     project(0.0)  # zero-shot on the fake server scores nothing: the gate passes on its threshold
     pytester.makepyfile(test_u_fails="def test_fails():\n    assert False\n")  # after test_triage.py
+    pytester.makepyfile(test_w_later="def test_later():\n    pass\n")  # never runs (T6-6: a test left out)
     result = run(pytester, fake, ["-p", "no:xdist"], "-x", "--dspex-missing-golden=zero-shot", "--dspex-html=r.html",
-                 "--dspex-markdown=r.md", "--dspex-report=r.json", "test_triage.py", "test_u_fails.py")  # fmt: skip
+                 "--dspex-markdown=r.md", "--dspex-report=r.json", "test_triage.py", "test_u_fails.py",
+                 "test_w_later.py")  # fmt: skip
     assert result.ret == 1, result.stdout.str()
     report = json.loads((pytester.path / "r.json").read_text(encoding="utf-8"))
     assert report["programs"] and report["stopped"].startswith("the run stopped early")
@@ -245,6 +247,25 @@ def test_the_reports_of_a_run_that_stopped_early_say_so_never_passed(pytester, p
     status = page.split('id="status">')[1].split("</span>")[0]
     assert status.startswith("incomplete run: the run stopped early: stopping after 1 failures"), status
     assert "no program was evaluated" not in page
+
+
+@pytest.mark.parametrize("xdist", [["-p", "no:xdist"], ["-n", "2"]], ids=["no-xdist", "xdist"])
+def test_x_stopping_on_the_last_test_is_a_complete_run(pytester, project, server_factory, xdist):
+    """New-user trial 6, T6-6: ``-x`` whose failure was the last test left nothing out, yet every report
+    said "incomplete run: the run stopped early: stopping after 1 failures; not every test ran"."""
+    fake = server_factory(make_responder())
+    project(0.0)
+    pytester.makepyfile(test_u_fails="def test_fails():\n    assert False\n")  # after test_triage.py: the last
+    result = run(pytester, fake, xdist, "-x", "--dspex-missing-golden=zero-shot", "--dspex-markdown=r.md",
+                 "--dspex-report=r.json", "test_triage.py", "test_u_fails.py")  # fmt: skip
+    out = result.stdout.str()
+    assert result.ret in (pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.INTERRUPTED), out
+    report = json.loads((pytester.path / "r.json").read_text(encoding="utf-8"))
+    assert report["complete"] is True and report["stopped"] in (None, ""), report["stopped"]
+    assert report["programs"] and all(p["verdict"]["passed"] for p in report["programs"])
+    headline = (pytester.path / "r.md").read_text(encoding="utf-8").splitlines()[0]
+    assert "incomplete" not in headline and "not every test ran" not in headline, headline
+    assert "incomplete report" not in out
 
 
 OTHER_PROGRAM = """

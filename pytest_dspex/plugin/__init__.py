@@ -104,6 +104,8 @@ class _ControllerHooks:
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "teardown":  # the test ended (passed, failed or skipped): ``_every_test_ran``
+            self.collector.ended.add(report.nodeid)
         payload = _payload(report)
         if payload:
             fspath = str(Path(self.collector.rootpath) / report.location[0])
@@ -157,6 +159,9 @@ class _XdistHooks:
 
     @pytest.hookimpl
     def pytest_xdist_node_collection_finished(self, node: Any, ids: Any) -> None:
+        collector = self.session.config.stash.get(_collector_key, None)
+        if collector is not None:  # what the workers collected (each the same): ``_every_test_ran``
+            collector.collected = len(ids)
         from .xdist import read_usage_error
 
         problem = read_usage_error(self.session.state_dir(), self.session.run_id, node.workerinput["workerid"])
@@ -317,7 +322,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             controller = config.pluginmanager.get_plugin("dspex-controller")
             if controller is not None and controller.last_items:
                 add_junit_aggregates(config, collector, controller.last_items)
-            interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
+            interrupted = exitstatus == pytest.ExitCode.INTERRUPTED and bool(collector.stopped)  # not: -x on the last test
             collector.written = write_reports(config, dspex, collector, interrupted=interrupted)  # never raises
     finally:
         dspex.close()
@@ -347,12 +352,18 @@ def _stopped(session: pytest.Session, exitstatus: int, collector: Any) -> str:
         dsession = session.config.pluginmanager.get_plugin("dsession")
         reason = getattr(dsession, "shouldstop", None)
         if isinstance(reason, str) and reason.startswith("stopping after"):
-            return f"the run stopped early: {reason}"
+            return "" if _every_test_ran(session, collector) else f"the run stopped early: {reason}"
         return "the run was interrupted"
     for reason in (session.shouldfail, session.shouldstop):
-        if reason:
+        if reason and not _every_test_ran(session, collector):
             return f"the run stopped early: {reason}" if isinstance(reason, str) else "the run stopped early (-x)"
     return ""
+
+
+def _every_test_ran(session: pytest.Session, collector: Any) -> bool:
+    """Whether every selected test ended, as when ``-x`` stops on the last one: nothing was left out."""
+    collected = collector.collected if collector.collected is not None else len(session.items)
+    return collected > 0 and len(collector.ended) >= collected
 
 
 def _interrupted_compile_line(config: pytest.Config, collector: Any) -> str | None:

@@ -133,6 +133,8 @@ class Collector:
         self.crashes: dict[str, list[tuple[str, int]]] = {}
         self.selection = False  # -k, -m, --deselect, --lf or node ids: some tests were deselected
         self.collect_errors: set[str] = set()  # node ids of the collection errors seen
+        self.ended: set[str] = set()  # node ids of the tests that ended (their teardown reported)
+        self.collected: int | None = None  # under xdist: the tests a worker collected (else session.items)
         self.stopped = ""  # why the session ended before every selected test ran ("" if it did not)
         #: a stopped run's programs whose tests gave no verdict at all: {program: [test, ...]}
         self.not_gated: dict[str, list[str]] = {}
