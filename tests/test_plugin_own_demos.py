@@ -146,3 +146,21 @@ def test_an_older_one_program_golden_says_its_demos_examples_were_asked_with_the
     assert words in row["golden_provenance"]["text"] and words in (pytester.path / "summary.md").read_text()
     shown = subprocess.run([sys.executable, "-m", "pytest_dspex", "prompt", str(pytester.path / GOLDEN)], capture_output=True, text=True)
     assert shown.returncode == 0 and words in shown.stdout, shown.stderr
+
+
+def test_a_dataset_without_an_output_fields_column_is_said_so_not_relabelled(
+    pytester: pytest.Pytester, server_factory: Any, mode: list[str]
+) -> None:
+    """T6-7 (a misplaced finding in this module: its project is at hand): the label column renamed in the
+    data file but not in the signature (team -> department) read "15 examples relabelled since the baseline,
+    not paired; record a new baseline with pytest --dspex-rebaseline=triage", which would not help."""
+    server = server_factory(with_a_demo)
+    project(pytester, 30, [])
+    assert run(pytester, server, mode, "--dspex-compile").ret == 0
+    dev = pytester.path / "data" / "dev.jsonl"
+    dev.write_text(dev.read_text().replace('"team":', '"department":'))
+    out = run(pytester, server, mode)
+    assert out.ret == 1
+    text = " ".join(out.stdout.str().split())
+    assert "no example of the dataset has 'team', an output field of the program (its other columns: 'department'): a renamed or missing label column?" in text
+    assert "relabelled since the baseline" not in text

@@ -138,15 +138,19 @@ def _golden_info(session: DspexSession, resolved: Resolved, threshold: float | N
     return d
 
 
-def _note(session: DspexSession, resolved: Resolved, relabelled: int = 0, metric: Any = None) -> str:
-    """The row's note: the resolver's, a metric edited since the baseline, examples relabelled since,
-    and a sampling temperature that differs from the golden's."""
+def _note(
+    session: DspexSession, resolved: Resolved, relabelled: int = 0, metric: Any = None, examples: Sequence[Any] = ()
+) -> str:
+    """The row's note: the resolver's, a metric edited since the baseline, examples relabelled since (or,
+    when the examples carry none of an output field, the missing column), and a sampling temperature
+    that differs from the golden's."""
     notes = [resolved.note] if resolved.note else []
     golden = resolved.golden
     if golden is not None and metric is not None and golden.metric_changed(metric):
         notes.append(metric_changed_note(golden.program or resolved.name))
     if relabelled:
-        notes.append(relabelled_note(relabelled, resolved.golden.program if resolved.golden else ""))
+        missing = missing_label_note(resolved.program, examples)
+        notes.append(missing or relabelled_note(relabelled, resolved.golden.program if resolved.golden else ""))
     if golden is not None and resolved.outcome is None:  # a golden loaded, not one this run compiled
         was, now_model = (golden.data.get("model") or {}).get("name"), session.lms.model_name()
         if isinstance(was, str) and was and now_model and was != now_model:
@@ -169,6 +173,25 @@ def metric_changed_note(program: str) -> str:
         "the metric changed since the baseline (its source differs from the one that scored the golden): a "
         "different score may be the metric's, not the program's; if the edit is intended, record a new baseline "
         f"with pytest --dspex-rebaseline={program}"
+    )
+
+
+def missing_label_note(program: Any, examples: Sequence[Any]) -> str:
+    """Said instead of "relabelled" when no example carries an output field of ``program`` (its column
+    renamed or missing in the data file: re-baselining would not help): "" when every field has a column."""
+    from ..programs.fields import dataset_fields
+
+    labels = dataset_fields(program).labels
+    missing = [f for f in labels if examples and not any(f in ex for ex in examples)]
+    if not missing:
+        return ""
+    skip = {"id", *labels, *(getattr(examples[0], "input_keys", None) or ())}
+    others = sorted({k for ex in examples for k in ex if k not in skip})
+    has = f" (its other columns: {', '.join(repr(k) for k in others)})" if others else ""
+    return (
+        f"no example of the dataset has {', '.join(repr(f) for f in missing)}, an output field of the program{has}: "
+        "a renamed or missing label column? Its examples are not paired with the baseline; label them (or rename "
+        "the field) rather than record a new baseline"
     )
 
 
@@ -348,7 +371,7 @@ class Evaluator:
             golden=session.rel(resolved.golden_path) if resolved.golden is not None else None,
             golden_score=_comparable_golden_score(resolved, fingerprint),
             dataset_size=dataset_size,  # combine checks that the shards add up to it
-            note=_note(session, resolved, relabelled, metric_fn),
+            note=_note(session, resolved, relabelled, metric_fn, examples),
             prompts=resolved.golden.prompts if resolved.golden is not None else {},
             provenance=resolved.golden.provenance(fingerprint) if resolved.golden is not None else None,
             instructions_diff=resolved.instructions_diff,
@@ -472,7 +495,7 @@ class Predictor:
             golden=session.rel(resolved.golden_path) if resolved.golden is not None else None,
             golden_score=_comparable_golden_score(resolved, data.fingerprint),
             dataset_size=len(data.examples),
-            note=_note(session, resolved, paired[1], mspec.metric),
+            note=_note(session, resolved, paired[1], mspec.metric, data.examples),
             # the large parts once per process: the controller keeps the first it gets
             prompts=session.once(("prompts", key), lambda: resolved.golden.prompts if resolved.golden else {}) or {},
             provenance=session.once(
