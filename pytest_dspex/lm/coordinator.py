@@ -462,8 +462,14 @@ def describe(stats: dict[str, Any], *, verbose: bool = False) -> str | None:
         if e["throttled"]:
             part += f", {e['throttled']} of {e['answered']} answers were 429 (limit now {e['limit']})"
             if e["answered"] >= 50 and e["throttled"] * 5 >= e["answered"]:  # not a scattering: the limit is above its cap
-                part += (f": {e['throttled'] / e['answered']:.0%} refused, so the endpoint takes fewer requests at once than "
-                         f"that; a lower --dspex-concurrency (below {e['limit']}) sends fewer requests it refuses")  # fmt: skip
+                if e.get("capped") and e.get("probed") and e["limit"] >= e["probed"]:  # still at the cap found
+                    # the cap is found and kept (trial7 T7-1): the 429s were the finding of it (a short run),
+                    # not a limit above the cap: going below it is not the advice
+                    part += (f": {e['throttled'] / e['answered']:.0%} refused while it found the cap (a short run); "
+                             f"--dspex-concurrency {e['probed']} starts there")  # fmt: skip
+                else:
+                    part += (f": {e['throttled'] / e['answered']:.0%} refused, so the endpoint takes fewer requests at once "
+                             f"than that; a lower --dspex-concurrency (below {e['limit']}) sends fewer requests it refuses")  # fmt: skip
         if e.get("holds"):
             part += f", held {e['holds']}x for the endpoint's Retry-After"
         if e["trips"]:
