@@ -210,6 +210,8 @@ class RunLink:
 
     async def aclose(self) -> None:
         """The process is done with the run (not a lost coordinator: no warning)."""
+        for limiter in self._limiters.values():  # its last good answers, short of a batch (trial7 T7-2)
+            limiter.flush()
         self.state = "closed"
         if self._reader_task is not None:
             self._reader_task.cancel()
@@ -374,6 +376,13 @@ class SharedLimiter:
             return
         self._ok += 1
         if self._ok >= self.batch:
+            self._link.send({"op": "obs", "ep": self.endpoint, **self._limits, "ok": self._ok})
+            self._ok = 0
+
+    def flush(self) -> None:
+        """Report the good answers not yet reported (fewer than a batch): the run's count of answers is
+        then the requests answered (before, each worker's last partial batch was never said)."""
+        if self._ok and self._link.state == "up":
             self._link.send({"op": "obs", "ep": self.endpoint, **self._limits, "ok": self._ok})
             self._ok = 0
 
