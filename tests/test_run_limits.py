@@ -488,3 +488,52 @@ def test_the_limits_line_counts_every_answer(pytester, server_factory, monkeypat
     # endpoint unanswered to the client: a margin of 2; before, each worker's last batch of up to 15 was lost)
     assert server.counts["http_429"] - 2 <= int(said[1]) <= server.counts["http_429"], (said[0], dict(server.counts))
     assert server.requests - 2 <= int(said[2]) <= server.requests, (said[0], dict(server.counts))
+
+
+# -- trial7 T7-5: a cost budget is asked when the call has its slot, not while it queues ---------------
+_WHOLE = """
+import pytest
+import pytest_dspex as dspex
+
+@pytest.mark.dspex_program(dspex.Predict("message -> team"), name="triage_all")
+@pytest.mark.dspex_metric(lambda e, p, t=None: e.team == p.team, threshold=0.0)
+def test_all(dspex_evaluate):
+    dspex_evaluate("data/dev.jsonl")
+"""
+
+
+@pytest.mark.parametrize("mode", [["-n", "2"], ["-p", "no:xdist"]], ids=["xdist-2", "no-xdist"])
+def test_a_cost_budget_is_overshot_by_the_calls_on_the_wire_not_the_queue(pytester, server_factory, monkeypatch, mode):
+    """A budget three answers spend (--dspex-max-cost 0.5 at $10,000 per 1M tokens: ~$0.2 a call) against an
+    endpoint refusing above 8: the calls made are about those in flight when the answers were charged.
+    Before, each call was reserved before it waited for its slot: a worker's queued examples passed the
+    cost check with nothing charged yet (trial7, -n 2: 48 calls, 32 without a cap; now 16)."""
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    server = server_factory(latency=0.05, max_in_flight=8)  # refusals and Retry-After holds: calls queue
+    _project(pytester, 300)
+    pytester.makepyfile(test_whole=_WHOLE)  # a whole-dataset test besides: two workers with calls queued
+    args = _args(server, "--dspex-max-cost=0.5", "--dspex-price=10000,10000", "--dspex-max-error-rate=1", *mode)
+    result = pytester.runpytest_subprocess(*args)
+    out = result.stdout.str()
+    assert "budget" in out, out[-2000:]
+    # at most the calls holding a slot (the limit, 16) and those refused and waiting to retry (their slots
+    # taken meanwhile: at most as many): 32. Measured 16-25 after; before, -n 2: 40 and 48 (each worker's
+    # queued examples reserved with nothing charged yet)
+    assert 1 <= server.counts["ok"] <= 32, dict(server.counts)
+
+
+def test_a_cost_budget_stops_the_calls_queued_for_a_slot_once_an_answer_spent_it():
+    """One process, 2 in flight, 20 calls at once, a budget the first answer spends: before, all 20 were
+    reserved before they waited for a slot (20 calls made, $0.40 of $0.01); now each queued call is asked
+    when its slot is free, after the answers before it were charged: the 2 in flight, no more."""
+    from pytest_dspex.lm.usage import Budget
+
+    with FakeLMServer(latency=0.01) as server:
+        budget = Budget(max_cost=0.01)  # an answer costs $0.02 here (2 tokens)
+        lm = dspex.LM("m", base_url=server.base_url, api_key="k", cache=None, concurrency=2, hedge_after=None,
+                      price_per_1m_input=10_000, price_per_1m_output=10_000, budget=budget)  # fmt: skip
+        outcomes = _ask_all([lm], 20)
+        answered = [o for o in outcomes if not isinstance(o, BaseException)]
+        refused = [o for o in outcomes if isinstance(o, dspex.BudgetExceededError)]
+        assert len(answered) + len(refused) == 20, outcomes
+        assert server.requests == len(answered) <= 2 and budget.calls == len(answered), (server.requests, budget.calls)

@@ -413,11 +413,13 @@ class LM:
         outcome: BaseException | None = None
         # a lone surrogate (from a dataset row) goes as its \udcxx escape: the same JSON string, valid UTF-8
         content = json.dumps(body, ensure_ascii=False).encode("utf-8", "backslashreplace")
+        # the budget is asked once the call has its slot, not before (trial7 T7-5): reserved before, every
+        # call queued behind the in-flight limit (a per-example chunk, a Retry-After hold) passed the cost
+        # check before any answer was charged, and a cost budget was overshot by the queue, not the wire
+        unreserved = [self.budget is not None]
         try:
-            if self.budget is not None:
-                await self.budget.areserve()
             data, retries = await send_with_retries(
-                lambda: self._attempt(content, ticket),
+                lambda: self._attempt(content, ticket, unreserved),
                 policy=self.retry,
                 breaker=self.breaker,
                 ticket=ticket,
@@ -469,7 +471,7 @@ class LM:
         record(delta)
         return completion
 
-    async def _attempt(self, content: bytes, ticket: Ticket | None = None) -> dict[str, Any]:
+    async def _attempt(self, content: bytes, ticket: Ticket | None = None, unreserved: list[bool] | None = None) -> dict[str, Any]:
         after: float | Callable[[], float | None]
         mark: list[WireMark | None] = [None]  # when the first request went on the wire (auto-hedging)
         if self.auto_hedge is not None:
@@ -483,10 +485,10 @@ class LM:
         elif isinstance(self.hedge_after, float | int):
             after = self.hedge_after
         else:
-            return await self._send(content, ticket=ticket)
+            return await self._send(content, ticket=ticket, unreserved=unreserved)
         started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         return await hedged(
-            lambda: self._send(content, started=started, ticket=ticket, mark=mark),
+            lambda: self._send(content, started=started, ticket=ticket, mark=mark, unreserved=unreserved),
             lambda wanted: self._send(content, duplicate=wanted, mark=mark),
             after,
             self._count_extra,  # the loser's answer arrived too: its tokens count
@@ -504,12 +506,16 @@ class LM:
         started: asyncio.Future[None] | None = None,
         ticket: Ticket | None = None,
         mark: list[WireMark | None] | None = None,
+        unreserved: list[bool] | None = None,
     ) -> dict[str, Any]:
         async with self.limiter.slot():  # a hedged duplicate takes a slot of its own
             if ticket is not None and not self.breaker.may_retry(ticket):
                 # the breaker opened while this call waited for a slot: not on the wire yet, so it
                 # fails fast like a new call (an endpoint refusing everything gets no queued burst)
                 raise self.breaker.open_error()
+            if unreserved and unreserved[0] and self.budget is not None:  # the call's first attempt
+                await self.budget.areserve()  # (BudgetExceededError: not retried)
+                unreserved[0] = False
             if started is not None and not started.done():
                 started.set_result(None)  # on the wire: the hedge clock starts
             if duplicate is not None:
