@@ -307,3 +307,13 @@ def test_a_short_run_against_a_cap_does_not_advise_going_below_it(pytester, serv
     found = re.search(r"kept to ([34])\b", line)
     if found:  # (a run that had not found it yet says so otherwise: the advice is then true)
         assert f"below {found[1]})" not in line and "takes fewer requests at once" not in line, line
+
+
+def test_a_429_as_the_limit_grew_is_not_said_to_have_come_above_what_was_in_flight():
+    """trial7: one process, 10% random 429s: 'in flight at most 16 (from 16; not grown: a 429 came above
+    it)' though it never had more than 16 in flight; the 429 came as the limit grew past 16."""
+    stats = {"limit": 16, "maximum": 16, "start": 16, "probed": 16, "decreases": 0, "throttled": 77, "capped": 0,
+             "answered": 677, "trips": 0, "trials": 0, "peak_lent": 16, "holds": 0}  # fmt: skip
+    line = describe({"clients": 1, "alone": True, "endpoints": {"u": stats}})
+    assert "in flight at most 16 (from 16; not grown: a 429 came as it grew past 16), 77 of 677" in line, line
+    assert "came above it" not in line, line

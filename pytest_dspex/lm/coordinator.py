@@ -454,7 +454,7 @@ def describe(stats: dict[str, Any], *, verbose: bool = False) -> str | None:
             part = (f"in flight at most {e['peak_lent']} (from {e['start']}; the endpoint refused requests above "
                     f"{e['probed']} in flight: kept to {e['probed']})")
         elif e.get("probed") and e["probed"] <= e.get("start", 0):  # a 429 as it grew past the start: 429s of any kind
-            part = f"in flight at most {e['peak_lent']} (from {e['start']}; not grown: a 429 came above it)"
+            part = f"in flight at most {e['peak_lent']} (from {e['start']}; not grown: a 429 came as it grew past {e['start']})"
         elif e.get("probed"):
             part = f"in flight at most {e['peak_lent']} (from {e['start']}; the endpoint refused above it: kept to {e['probed']})"
         elif e.get("start") and e["start"] < e["maximum"]:
