@@ -406,7 +406,9 @@ def test_auto_hedging_is_capped_when_the_whole_endpoint_slows_down():
     slow = {"on": False}
 
     async def handler(request: httpx.Request) -> httpx.Response:
-        await asyncio.sleep(0.3 if slow["on"] else 0.005)
+        # 1 s against 5 ms: the hedge threshold (twice the warm-up's p95, at least 0.1 s) stays below it
+        # even when a loaded machine slows a few warm-up calls (0.3 s here once read no hedge at all)
+        await asyncio.sleep(1.0 if slow["on"] else 0.005)
         return chat("ok")
 
     lm = mock_lm(handler, concurrency=32)
