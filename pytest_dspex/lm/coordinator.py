@@ -107,16 +107,9 @@ class _Endpoint:
 
     def refused_at(self, accepted: int) -> None:
         """A refusal resolved by a worker: about ``accepted`` of the run's requests were accepted with it."""
-        cap = self.caps.refusal(accepted, self.limit)
-        if cap is None:
-            return
-        self.caps.trying(self.limit, self.maximum, self.probed)
-        self.probed = self.maximum = self.limit = cap
-        self.capped += 1
-        self.calm = cap
-        self.credit = 0
-        self.recent.clear()
-        logger.info("LM endpoint refuses requests above %d in flight: the run's in-flight limit is now %d", cap, cap)
+        cap = self.caps.cut_to_cap(self, accepted)  # (the same cut as a process's own ``AdaptiveLimiter.refused_at``)
+        if cap is not None:
+            logger.info("LM endpoint refuses requests above %d in flight: the run's in-flight limit is now %d", cap, cap)
 
     @property
     def window(self) -> int:

@@ -336,6 +336,22 @@ class CapFinder:
         self._trial = (limit, maximum, probed, share, max(32, 2 * limit))
         self._answers = self._refused = 0
 
+    def cut_to_cap(self, aimd: Any, accepted: int) -> int | None:
+        """A resolved refusal to ``aimd``, an AIMD state (a process's ``AdaptiveLimiter``, or the run's
+        ``coordinator._Endpoint``: ``limit``, ``maximum``, ``probed``, ``capped``, ``calm``, ``credit``,
+        ``recent``): when refusals agree on a cap below its limit, try it there (``trying``), and
+        return the cap; else None, and ``aimd`` is left as it was."""
+        cap = self.refusal(accepted, aimd.limit)
+        if cap is None:
+            return None
+        self.trying(aimd.limit, aimd.maximum, aimd.probed)
+        aimd.probed = aimd.maximum = aimd.limit = cap
+        aimd.capped += 1
+        aimd.calm = cap
+        aimd.credit = 0
+        aimd.recent.clear()
+        return cap
+
     @property
     def trying_now(self) -> bool:
         return self._trial is not None
@@ -375,12 +391,12 @@ class AdaptiveLimiter:
         self.start = min(start, maximum) if start else maximum
         self.limit = self.start
         self.probed: int | None = None  # the ceiling a 429 above ``start`` found
-        self._calm = 0  # answers to wait before another 429 above ``start`` lowers it again
+        self.calm = 0  # answers to wait before another 429 above ``start`` lowers it again
         self.in_flight = 0
         self.decreases = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._recent: collections.deque[bool] = collections.deque(maxlen=max(8, 2 * maximum))
-        self._credit = 0
+        self.recent: collections.deque[bool] = collections.deque(maxlen=max(8, 2 * maximum))
+        self.credit = 0
         self.held_until = 0.0  # monotonic: no request leaves before then (a ``Retry-After``)
         self.holds = 0  # how many times a hold started or was extended
         #: told each hold this process starts (``link``: the run's other processes hold too)
@@ -406,16 +422,9 @@ class AdaptiveLimiter:
 
     def refused_at(self, accepted: int, on_wire: int = 0) -> None:
         """A refusal resolved by ``wire``: ``accepted`` requests were on the wire with it, answered."""
-        cap = self.caps.refusal(accepted, self.limit)
-        if cap is None:
-            return
-        self.caps.trying(self.limit, self.maximum, self.probed)
-        self.probed = self.maximum = self.limit = cap
-        self.capped += 1
-        self._calm = cap
-        self._credit = 0
-        self._recent.clear()
-        logger.info("LM endpoint refuses requests above %d in flight: the in-flight limit is now %d", cap, cap)
+        cap = self.caps.cut_to_cap(self, accepted)
+        if cap is not None:
+            logger.info("LM endpoint refuses requests above %d in flight: the in-flight limit is now %d", cap, cap)
 
     def hold(self, seconds: float, *, tell: bool = True) -> bool:
         """Send no new request for ``seconds`` (a ``Retry-After``); False if already held that long."""
@@ -441,8 +450,8 @@ class AdaptiveLimiter:
         self.limit = max(1, self.limit // 2)
         self.decreases += 1
         self.decreased_at = time.monotonic()
-        self._recent.clear()
-        self._credit = 0
+        self.recent.clear()
+        self.credit = 0
 
     def cut(self, *, unless_within: float = 1.0) -> bool:
         """Another process of the run halved its limit for 429s: halve here too, once — unless this
@@ -506,31 +515,31 @@ class AdaptiveLimiter:
         if undo is not None:  # a cap tried did not lessen the 429s: they were not about in flight
             self.limit, self.maximum, self.probed = undo
             self.capped -= 1  # (``capped``: the cuts in force)
-            self._credit = 0
+            self.credit = 0
             self._wake()
             logger.info("LM endpoint answers 429 as often below %d in flight: the in-flight limit is %d again", self.limit, self.limit)
             return
-        self._recent.append(throttled)
-        self._calm = max(0, self._calm - 1)
+        self.recent.append(throttled)
+        self.calm = max(0, self.calm - 1)
         if throttled and self.limit > self.start:
-            if not self._calm:  # one cut per ``limit`` answers: a burst of 429s is one overshoot
+            if not self.calm:  # one cut per ``limit`` answers: a burst of 429s is one overshoot
                 self.probed = self.maximum = self.limit = max(self.start, min(self.limit - 1, self.in_flight) * 9 // 10)
-                self._calm = self.limit
-                self._credit = 0
+                self.calm = self.limit
+                self.credit = 0
                 logger.info("LM endpoint answers 429 above %d in flight: the in-flight limit stays at %d", self.start, self.limit)
             return
         if throttled:
             window = self.window
-            recent = list(self._recent)[-window:]
+            recent = list(self.recent)[-window:]
             if sum(recent) * 2 >= window:
                 self._halve()
                 logger.info("LM endpoint keeps answering 429: in-flight limit lowered to %d", self.limit)
                 if self.on_decrease is not None:
                     self.on_decrease(self.limit)
         elif self.limit < self.maximum and (self.limit <= self.start or 2 * self.in_flight >= self.limit):
-            self._credit += 1
-            if self._credit >= self.limit:
-                self._credit = 0
+            self.credit += 1
+            if self.credit >= self.limit:
+                self.credit = 0
                 self.limit += 1
                 self._wake()
 
