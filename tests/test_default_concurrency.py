@@ -317,3 +317,15 @@ def test_a_429_as_the_limit_grew_is_not_said_to_have_come_above_what_was_in_flig
     line = describe({"clients": 1, "alone": True, "endpoints": {"u": stats}})
     assert "in flight at most 16 (from 16; not grown: a 429 came as it grew past 16), 77 of 677" in line, line
     assert "came above it" not in line, line
+
+
+def test_a_limit_cut_below_its_start_is_not_said_to_be_growing():
+    """The limits line said 'growing up to 64 while the endpoint accepts, ... (limit now 9)' for a limit
+    the endpoint's 429s had cut below its start of 16 (no cap found): it now says it was cut."""
+    stats = {"limit": 9, "maximum": 64, "start": 16, "probed": 0, "decreases": 2, "throttled": 40, "capped": 0,
+             "answered": 300, "trips": 0, "trials": 0, "peak_lent": 16, "holds": 0}  # fmt: skip
+    line = describe({"clients": 2, "endpoints": {"u": stats}})
+    assert "in flight at most 16 (from 16; cut by the endpoint's 429s), 40 of 300 answers were 429 (limit now 9)" in line, line
+    assert "growing" not in line, line
+    grown = describe({"clients": 2, "endpoints": {"u": {**stats, "limit": 24, "throttled": 1}}})
+    assert "growing up to 64 while the endpoint accepts), 1 of 300 answers were 429 (limit now 24)" in grown, grown

@@ -450,6 +450,8 @@ def describe(stats: dict[str, Any], *, verbose: bool = False) -> str | None:
             part = f"in flight at most {e['peak_lent']} (from {e['start']}; not grown: a 429 came as it grew past {e['start']})"
         elif e.get("probed"):
             part = f"in flight at most {e['peak_lent']} (from {e['start']}; the endpoint refused above it: kept to {e['probed']})"
+        elif e.get("start") and e["throttled"] and e["limit"] < e["start"]:  # 429s cut it below where it started
+            part = f"in flight at most {e['peak_lent']} (from {e['start']}; cut by the endpoint's 429s)"
         elif e.get("start") and e["start"] < e["maximum"]:
             part = f"in flight at most {e['peak_lent']} (from {e['start']}, growing up to {e['maximum']} while the endpoint accepts)"
         if e["throttled"]:
