@@ -139,6 +139,48 @@ def last_user_message(body: dict[str, Any]) -> str:
     return ""
 
 
+FAULT_NAMES = ("http_500", "http_429", "garbled", "bad_shape", "stall", "refusal", "http_404")
+GARBLED = '{"choices": [{"mess\x00\x01garbled'  # the ``garbled`` fault's 200 body: not JSON
+BAD_SHAPE = {"error": "unexpected"}  # the ``bad_shape`` fault's 200 body: JSON without ``choices``
+NOT_FOUND_ERROR = {"error": {"message": "Not Found", "type": "invalid_request_error", "code": "not_found"}}
+
+
+def pick_fault(faults: Faults, rng: random.Random) -> str | None:
+    """The fault this request gets (one draw of ``rng``), or None: an answer."""
+    r = rng.random()
+    for name in FAULT_NAMES:
+        p = getattr(faults, name)
+        if r < p:
+            return name
+        r -= p
+    return None
+
+
+def chat_completion(body: dict[str, Any], responder: Responder, model: str) -> dict[str, Any]:
+    """The answer to ``body``: ``responder``'s text cut at ``max_tokens``, with its usage (a word is a token)."""
+    text, finish = _limited(responder(body), body.get("max_tokens"))
+    words = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "model": body.get("model", model),
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+        "usage": {"prompt_tokens": words, "completion_tokens": len(text.split()), "total_tokens": words + len(text.split())},
+    }
+
+
+def refusal_completion(body: dict[str, Any], model: str) -> dict[str, Any]:
+    """The ``refusal`` fault's answer: ``content: null`` and a ``refusal``, as OpenAI's models decline."""
+    message = {"role": "assistant", "content": None, "refusal": "I'm sorry, I can't help with that."}
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "model": body.get("model", model),
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 8, "total_tokens": 18},
+    }
+
+
 class FakeLMServer:
     def __init__(
         self,
@@ -194,13 +236,7 @@ class FakeLMServer:
         self._rng = random.Random(faults.seed)
 
     def _pick_fault(self) -> str | None:
-        f, r = self.faults, self._rng.random()
-        for name in ("http_500", "http_429", "garbled", "bad_shape", "stall", "refusal", "http_404"):
-            p = getattr(f, name)
-            if r < p:
-                return name
-            r -= p
-        return None
+        return pick_fault(self.faults, self._rng)
 
     async def _handle(self, request: Any) -> Any:
         from aiohttp import web
@@ -256,36 +292,16 @@ class FakeLMServer:
         if fault == "http_429":
             return web.Response(status=429, text="slow down", headers={"Retry-After": str(self.faults.retry_after)})
         if fault == "garbled":
-            return web.Response(status=200, text='{"choices": [{"mess\x00\x01garbled', content_type="application/json")
+            return web.Response(status=200, text=GARBLED, content_type="application/json")
         if fault == "bad_shape":
-            return web.json_response({"error": "unexpected"})
+            return web.json_response(BAD_SHAPE)
         if fault == "http_404":
-            error = {"error": {"message": "Not Found", "type": "invalid_request_error", "code": "not_found"}}
-            return web.json_response(error, status=404)
+            return web.json_response(NOT_FOUND_ERROR, status=404)
         if fault == "stall":
             await asyncio.sleep(self.faults.stall_s)
         if fault == "refusal":
-            message = {"role": "assistant", "content": None, "refusal": "I'm sorry, I can't help with that."}
-            return web.json_response(
-                {
-                    "id": "chatcmpl-fake",
-                    "object": "chat.completion",
-                    "model": body.get("model", self.model),
-                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 10, "completion_tokens": 8, "total_tokens": 18},
-                }
-            )
-        text, finish = _limited(self.responder(body), body.get("max_tokens"))
-        words = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
-        return web.json_response(
-            {
-                "id": "chatcmpl-fake",
-                "object": "chat.completion",
-                "model": body.get("model", self.model),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
-                "usage": {"prompt_tokens": words, "completion_tokens": len(text.split()), "total_tokens": words + len(text.split())},
-            }
-        )
+            return web.json_response(refusal_completion(body, self.model))
+        return web.json_response(chat_completion(body, self.responder, self.model))
 
     async def _models(self, request: Any) -> Any:
         from aiohttp import web
@@ -327,6 +343,9 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m pytest_dspex.testing.fake_server --port 8900 --latency 0.05``: serve until killed.
 
     Answers like ``triage_responder`` (in the compact, DSPy chat or JSON layout); prints ``READY <base_url>`` once listening.
+    Served by ``fast_server`` (an asyncio.Protocol: about half the CPU a request of aiohttp's server,
+    CPU a real endpoint never takes from the machine under test; bench/RESULTS-issue22.md); ``--aiohttp``:
+    by ``FakeLMServer``, as before.
     """
     import argparse
     import time
@@ -338,12 +357,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pass-every", type=int, default=1)
     parser.add_argument("--faults", default="{}", help='JSON for Faults, e.g. {"http_500": 0.1}')
     parser.add_argument("--max-in-flight", type=int, default=None, help="answer 429 to a request arriving while this many are in flight")
+    parser.add_argument("--aiohttp", action="store_true", help="serve with aiohttp's server (FakeLMServer), as before: ~2x the CPU a request")
     args = parser.parse_args(argv)
 
     def respond(body: dict[str, Any]) -> str:
         return triage_responder(body, pass_every=args.pass_every)
 
-    server = FakeLMServer(respond, latency=args.latency, port=args.port, host=args.host, faults=Faults(**json.loads(args.faults)), max_in_flight=args.max_in_flight)
+    faults = Faults(**json.loads(args.faults))
+    if not args.aiohttp:
+        from .fast_server import serve
+
+        serve(respond, host=args.host, port=args.port, latency=args.latency, faults=faults, max_in_flight=args.max_in_flight,
+              ready=lambda url: print(f"READY {url}", flush=True))  # fmt: skip
+        return
+    server = FakeLMServer(respond, latency=args.latency, port=args.port, host=args.host, faults=faults, max_in_flight=args.max_in_flight)
     server.keep_bodies = False
     server.start()
     print(f"READY {server.base_url}", flush=True)
