@@ -2,7 +2,7 @@
 
 Starts ``python -m pytest_dspex.testing.fake_server --latency 0.05`` (the fast server; ``--aiohttp``:
 aiohttp's, as before), drives it from this process with a bare ``aiohttp`` client (``-c`` requests in
-flight on keep-alive connections, DSPy chat-adapter bodies), and reads the server process's CPU
+flight on keep-alive connections, DSPy chat-adapter bodies; ``--client openai``: ``AsyncOpenAI``), and reads the server process's CPU
 (user + system) from ``/proc/<pid>/stat`` before and after, past a warm-up. CPU, not wall time: the
 figure holds on a loaded machine. Prints one JSON line.
 """
@@ -91,9 +91,11 @@ def main() -> None:
     parser.add_argument("-c", type=int, default=64)
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--max-in-flight", type=int, default=None, help="the server's cap: a 429 above it (each counted as a request)")
     parser.add_argument("--client", choices=["aiohttp", "openai"], default="aiohttp", help="the driving client (default: bare aiohttp)")
     args = parser.parse_args()
     cmd = [sys.executable, "-m", "pytest_dspex.testing.fake_server", "--latency", str(args.latency)]
+    cmd += ["--max-in-flight", str(args.max_in_flight)] if args.max_in_flight else []
     proc = subprocess.Popen(cmd + (["--aiohttp"] if args.aiohttp else []), stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert proc.stdout is not None
@@ -112,7 +114,7 @@ def main() -> None:
     server = user + system
     print(json.dumps({
         "server": "aiohttp" if args.aiohttp else "fast", "client": args.client, "requests": args.n, "concurrency": args.c, "latency": args.latency,
-        "statuses": statuses, "server_cpu_s": round(server, 3), "server_cpu_ms_per_request": round(1000 * server / args.n, 4),
+        "max_in_flight": args.max_in_flight, "statuses": statuses, "server_cpu_s": round(server, 3), "server_cpu_ms_per_request": round(1000 * server / args.n, 4),
         "of_which_system_ms": round(1000 * system / args.n, 4),
         "client_cpu_ms_per_request": round(1000 * client / args.n, 4), "wall_s (loaded machine, not a figure)": round(wall, 2),
         "load_average": os.getloadavg()[0],
