@@ -190,6 +190,17 @@ def test_keep_alive_and_pipelined_requests_are_answered_in_order_on_one_connecti
     assert seen["requests"] == 12 and 0 < seen["stall"] < 12
 
 
+def test_a_client_that_expects_100_continue_gets_it_before_sending_the_body(serve):
+    url = serve()
+    head, payload = raw_request(1).split(b"\r\n\r\n", 1)
+    with socket.create_connection(("127.0.0.1", port_of(url))) as sock, sock.makefile("rb") as f:
+        sock.sendall(head + b"\r\nExpect: 100-continue\r\n\r\n")
+        assert f.readline() == b"HTTP/1.1 100 Continue\r\n" and f.readline() == b"\r\n"
+        sock.sendall(payload)
+        status, _, answer = read_response(f)
+    assert status == 200 and json.loads(answer)["choices"][0]["message"]["content"] == expected(1)
+
+
 def test_bad_bytes_on_one_connection_do_not_stop_the_server(serve):
     url = serve()
     port = port_of(url)

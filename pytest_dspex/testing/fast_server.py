@@ -3,7 +3,7 @@
 The benchmarks run the fake endpoint in a process of its own next to the product under test, on the
 same cores: its CPU is CPU a real hosted endpoint never takes from the client's machine. Served by
 aiohttp's server (:class:`~pytest_dspex.testing.fake_server.FakeLMServer`) it costs 0.16 ms of CPU a
-request driven by a bare aiohttp client (0.32 ms by the ``openai`` SDK), this server 0.09-0.10 ms
+request driven by a bare aiohttp client (0.27 ms by the ``openai`` SDK), this server 0.10 ms
 (0.15 ms): ``bench/fake_server_cpu.py``, bench/RESULTS-issue22.md. It answers the same requests with
 the same bodies from an ``asyncio.Protocol``: HTTP/1.1 with keep-alive, ``Content-Length`` request
 bodies, pipelined requests answered in order, the latency a ``loop.call_later`` per request (no task),
