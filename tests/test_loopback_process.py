@@ -281,3 +281,37 @@ def test_the_default_serves_apart_in_one_process_with_two_cores(
     monkeypatch.setenv("EXPECTED", expected)
     result = pytester.runpytest_subprocess(f"--dspex-base-url={upstream.base_url}", "--dspex-model=fake-model", "-p", "no:cacheprovider", *args, timeout=120)
     result.assert_outcomes(passed=1)
+
+
+def test_frames_go_out_a_few_at_a_time_not_at_the_end_of_a_long_turn() -> None:
+    """A burst of answers woke 50 examples in one turn of the loop; each sent its next request, and all
+    50 waited for the turn's end to be written together (the run then moved in waves: a call 81 ms
+    against the serving process's 56). Now at most ``FLUSH_AT`` frames wait; the rest of a turn's
+    frames still go out together at its end, and nothing is written twice or lost."""
+    import asyncio
+
+    from pytest_dspex.programs import piped
+
+    class Writer:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.writes.append(data)
+
+        def is_closing(self) -> bool:
+            return False
+
+    async def turn() -> tuple[list[bytes], list[bytes]]:
+        writer = Writer()
+        out = piped.Coalescer(writer)  # type: ignore[arg-type]
+        for i in range(10):  # one long turn: ten frames sent without yielding to the loop
+            out.send(piped.frame(i + 1, b"x" * i))
+        during = list(writer.writes)
+        await asyncio.sleep(0)  # the turn ends: the scheduled flush runs
+        return during, writer.writes
+
+    during, after = asyncio.run(turn())
+    assert len(during) == 10 // piped.FLUSH_AT  # two writes of four while the turn runs
+    assert b"".join(after) == b"".join(piped.frame(i + 1, b"x" * i) for i in range(10))
+    assert len(after) == len(during) + 1  # the two left over, in one write at the turn's end
