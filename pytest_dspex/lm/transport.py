@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._support import runtime as _runtime
+from .._support.deferred_certs import import_aiohttp
 from ..errors import LMHTTPError, LMResponseError, LMTimeoutError, LMUnavailableError
 from .resilience import parse_retry_after
 from .secrets import Credentials, redact_url
@@ -59,8 +60,9 @@ class AiohttpWire:
     """The production wire: an ``aiohttp.ClientSession`` (no cookies, no redirects)."""
 
     def __init__(self, endpoint: str, *, timeout: float, connect_timeout: float, max_connections: int) -> None:
-        import aiohttp
         import yarl
+
+        aiohttp = import_aiohttp()
 
         self._url = yarl.URL(endpoint)  # parsed once, not per request
         ssl: Any = _ssl_context() if self._url.scheme == "https" else True
@@ -137,8 +139,9 @@ class HTTPTransport:
             # aiohttp is imported when the first LM is made (50-130 ms cold), not inside the first
             # request, where it would delay every request of the first wave (measured: the first of
             # 50 bootstrap calls answered at 148 ms with a 50 ms endpoint). ``import pytest_dspex``
-            # and a pytest run that makes no LM stay free of it.
-            import aiohttp  # noqa: F401
+            # and a pytest run that makes no LM stay free of it. Its default SSL contexts load the CA
+            # store at their first use, not at import (``deferred_certs``: never, for this client).
+            import_aiohttp()
             import yarl  # noqa: F401
         self._wires: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Wire] = weakref.WeakKeyDictionary()
 

@@ -68,9 +68,14 @@ def has_goldens(items: Iterable[Any]) -> bool:
 def warm_up(goldens: bool = True) -> None:
     """Import ``WARM_MODULES`` (and ``GOLDEN_MODULES`` with ``goldens``); one that cannot be imported is
     left for the test that needs it to say."""
+    from .._support.deferred_certs import import_aiohttp
+
     for name in WARM_MODULES + (GOLDEN_MODULES if goldens else ()):
         try:
-            importlib.import_module(name)
+            if name == "aiohttp":  # its default SSL contexts load the CA store at their first use
+                import_aiohttp()
+            else:
+                importlib.import_module(name)
         except Exception:  # the test importing it reports the error, with its context
             pass
 
