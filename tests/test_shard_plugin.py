@@ -225,6 +225,38 @@ def test_a_shard_job_defers_a_failing_gate_and_leaves_the_job_summary_to_combine
     assert all(r["records"] for r in rows.values())
 
 
+@pytest.mark.parametrize("xdist", [["-p", "no:xdist"], ["-n", "2"]], ids=["no-xdist", "xdist"])
+def test_a_shard_jobs_markdown_html_and_junit_say_deferred_not_pass(
+    project: pytest.Pytester, lm_server: FakeLMServer, xdist: list[str]
+) -> None:
+    """Trial 9 (T9-1): a shard job's share scoring 0.33 against a threshold of 0.9 read "✅ 1 program
+    passed" in its markdown (the PR comment), "passed" in its HTML and ``dspex_verdict=pass`` in JUnit:
+    its gate is deferred to ``combine``, and every view says so."""
+    root = project.path
+    project.makepyfile(test_triage=TEST_FILE.replace("threshold=0.3", "threshold=0.9"))  # a third is right
+    shard = run(project, lm_server, *xdist, "--dspex-missing-golden=zero-shot", "--dspex-cache=off", "--dspex-shard=2/3",
+                "--dspex-report=s.json", "--dspex-markdown=s.md", "--dspex-html=s.html", "--junitxml=s.xml")  # fmt: skip
+    assert shard.ret == 0, shard.stdout.str()
+    md = (root / "s.md").read_text()
+    headline = md.splitlines()[0]
+    assert "passed" not in headline and "✅" not in md, md
+    assert "shard 2/3" in headline and "deferred" in headline and "combine" in headline, headline
+    assert md.count("| ⏸️ shard 2/3:") == 2, md  # each row's verdict
+    html = (root / "s.html").read_text()
+    status = html.split('id="status">', 1)[1].split("<", 1)[0]
+    assert "deferred" in status and "passed" not in status, status
+    assert 'class="verdict pass"' not in html and 'class="badge pass"' not in html
+    junit = (root / "s.xml").read_text()
+    assert 'name="dspex_verdict" value="pass"' not in junit and 'name="dspex_aggregate_verdict" value="pass"' not in junit
+    assert junit.count('name="dspex_verdict" value="deferred"') == 1, junit
+    assert junit.count('name="dspex_aggregate_verdict" value="deferred"') == 1, junit
+    # the CLI renders the shard's JSON the same way
+    from pytest_dspex.cli import main
+
+    assert main(["report", str(root / "s.json"), "--markdown", str(root / "again.md")]) == 0
+    assert (root / "again.md").read_text().splitlines()[0] == headline
+
+
 def test_a_program_exception_still_fails_its_item_in_a_shard_job(
     project: pytest.Pytester, lm_server: FakeLMServer
 ) -> None:

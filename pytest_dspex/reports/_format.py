@@ -218,8 +218,16 @@ class ProgramView:
         return self.verdict.get("kind") == "incomplete"
 
     @property
+    def deferred(self) -> bool:
+        """A shard job's share (``--dspex-shard``): not judged here, ``combine`` gives the verdict. Its
+        ``passed`` is only "did not fail the job": no view may show it as a pass."""
+        return self.verdict.get("kind") == "deferred"
+
+    @property
     def verdict_text(self) -> str:
         v = self.verdict
+        if self.deferred:  # "shard 2/3: 11 of 30 examples; gate deferred to `python -m pytest_dspex combine`"
+            return str(v.get("reason") or "deferred")
         if v.get("passed"):
             return "pass"
         if self.incomplete:
@@ -287,14 +295,16 @@ class ProgramView:
     @property
     def verdict_words(self) -> str:
         """``pass``, or ``FAIL: `` and every failed check in words (no example keys: those are listed apart)."""
-        if self.incomplete:  # "incomplete: 3 of 40 examples ran (...); no gate verdict"
-            return str(self.verdict.get("reason") or "incomplete")
+        if self.incomplete or self.deferred:  # "incomplete: 3 of 40 examples ran (...); no gate verdict"
+            return str(self.verdict.get("reason") or self.verdict.get("kind"))
         return "pass" if self.passed else "FAIL: " + "; ".join(self.failed_checks)
 
     @property
     def verdict_short(self) -> str:
         """``pass`` or ``FAIL: <kind>`` (the reason when the verdict names no kind)."""
         v = self.verdict
+        if self.deferred:
+            return "deferred"
         if v.get("passed"):
             return "pass"
         if self.incomplete:

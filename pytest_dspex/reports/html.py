@@ -43,11 +43,14 @@ def render_html(report: Mapping[str, Any]) -> str:
     data = _script_json(payload)
     script_hash = base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest()).decode()
     csp = f"default-src 'none'; style-src 'unsafe-inline'; img-src data:; script-src 'sha256-{script_hash}'"
-    passed = bool(programs) and bool(report.get("passed", all(p.passed for p in programs)))  # nothing ran: no pass
+    judged = [p for p in programs if not p.deferred]  # a shard job's gates are combine's to judge
+    passed = bool(judged) and bool(report.get("passed", all(p.passed for p in programs)))  # nothing ran: no pass
     failed = sum(1 for p in programs if not p.passed)
     incomplete = sum(1 for p in programs if p.incomplete)
+    deferred = [p for p in programs if p.deferred]
     status = (
-        "passed" if passed
+        f"deferred: {deferred[0].verdict_text} (no verdict in a shard job)" if deferred and not failed and len(deferred) == len(programs)
+        else "passed" if passed
         else f"incomplete ({incomplete} of {len(programs)} programs: not all examples ran)" if failed and incomplete == failed
         else f"failed ({failed} of {len(programs)} programs)" if failed
         else "no program was evaluated"
@@ -62,7 +65,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         f'<meta http-equiv="Content-Security-Policy" content="{escape(csp)}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>pytest-dspex report: {escape(status)}</title><style>{_CSS}</style></head><body>",
-        f'<header><h1>pytest-dspex report <span class="badge {"pass" if passed else "fail"}" id="status">'
+        f'<header><h1>pytest-dspex report <span class="badge {"pass" if passed else "deferred" if deferred and not failed else "fail"}" id="status">'
         f"{escape(status)}</span></h1>{_metadata(report)}</header><main>",
         _summary(programs),
         *(_program(i, p) for i, p in enumerate(programs)),
@@ -169,6 +172,11 @@ def _summary_cells(p: ProgramView) -> list[str]:
     ]
 
 
+def _verdict_class(p: ProgramView) -> str:
+    """``pass``, ``fail`` or ``deferred`` (a shard job's share: neither)."""
+    return "deferred" if p.deferred else "pass" if p.passed else "fail"
+
+
 def _summary(programs: list[ProgramView]) -> str:
     if not programs:
         return '<p class="empty">No LM program was evaluated in this run.</p>'
@@ -177,7 +185,7 @@ def _summary(programs: list[ProgramView]) -> str:
     for i, p in enumerate(programs):
         cells = "".join(f"<td>{escape(c)}</td>" for c in _summary_cells(p))
         verdict = (
-            f'<td class="verdict {"pass" if p.passed else "fail"}" title="{escape(p.verdict_text)}">'
+            f'<td class="verdict {_verdict_class(p)}" title="{escape(p.verdict_text)}">'
             f"{escape(p.verdict_words)}</td>"
         )
         where = f"<td>{escape(p.mode)}</td><td>{escape(p.test_short)}</td>"
@@ -219,7 +227,7 @@ def _program(i: int, p: ProgramView) -> str:
             facts.append(("power", f"underpowered: needs n ≥ {needed}" if needed else "underpowered"))
     if row.get("flaky"):
         facts.append(("flaky", ", ".join(str(k) for k in row["flaky"])))
-    badge = f'<span class="badge {"pass" if p.passed else "fail"}">{escape(p.verdict_words)}</span>'
+    badge = f'<span class="badge {_verdict_class(p)}">{escape(p.verdict_words)}</span>'
     has_repeats = any(r.get("repeats") for r in p.records)
     columns = (
         ("#", "i"), ("key", ""), ("inputs", ""), ("expected", ""), ("got", ""),
@@ -288,7 +296,7 @@ _CSS = """
 *{box-sizing:border-box}body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:var(--fg);background:var(--bg);margin:0 auto;max-width:1400px;padding:16px 24px}
 h1{font-size:22px;margin:0 0 8px}h2{font-size:18px;margin:28px 0 6px}
 .badge{display:inline-block;font-size:12px;font-weight:600;padding:2px 8px;border-radius:10px;vertical-align:middle;color:#fff}
-.badge.pass{background:var(--pass)}.badge.fail{background:var(--fail)}
+.badge.pass{background:var(--pass)}.badge.fail{background:var(--fail)}.badge.deferred{background:var(--muted)}
 td.pass{color:var(--pass);font-weight:600}td.fail{color:var(--fail);font-weight:600}
 dl.meta{display:flex;flex-wrap:wrap;gap:4px 20px;margin:6px 0;color:var(--muted)}dl.meta div{display:flex;gap:6px}dt{font-weight:600}dd{margin:0;color:var(--fg);word-break:break-all}
 table{border-collapse:collapse;width:100%;margin:8px 0}th,td{border-bottom:1px solid var(--line);padding:4px 7px;text-align:left;vertical-align:top}

@@ -65,8 +65,9 @@ def program_properties(row: Mapping[str, Any]) -> list[tuple[str, str]]:
     if (row.get("usage") or {}).get("cost") is not None:
         out.append(("dspex_cost", _num(row["usage"]["cost"])))
     verdict = p.verdict
-    out.append(("dspex_verdict", "pass" if p.passed else str(verdict.get("kind") or "fail")))
-    if not p.passed and verdict.get("reason"):
+    # a shard's deferred gate "passed" only in that it does not fail the job: it is no pass
+    out.append(("dspex_verdict", "pass" if p.passed and not p.deferred else str(verdict.get("kind") or "fail")))
+    if (not p.passed or p.deferred) and verdict.get("reason"):
         out.append(("dspex_verdict_reason", str(verdict["reason"])))
     return out
 

@@ -41,8 +41,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     programs = [ProgramView(row) for row in report.get("programs") or []]
     failed = [p for p in programs if not p.passed]
     incomplete = [p for p in failed if p.incomplete]
-    passed = bool(programs) and bool(report.get("passed", not failed))  # nothing evaluated passed nothing
-    icon = "✅" if passed else "⚠️" if len(incomplete) == len(failed) else "❌"  # nothing, or only incomplete ones
+    judged = [p for p in programs if not p.deferred]  # a shard job's gates are combine's to judge
+    passed = bool(judged) and bool(report.get("passed", not failed))  # nothing evaluated passed nothing
+    icon = "✅" if passed else "⏸️" if programs and not judged else "⚠️" if len(incomplete) == len(failed) else "❌"
     headline = _headline(programs)
     if report.get("stopped"):  # not every test ran: what was gated before it is no verdict on the run
         ungated = ", ".join(report.get("not_gated") or ())
@@ -57,7 +58,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         ]
         for p in programs:
             row = p.row
-            verdict = ("✅ " if p.passed else "⚠️ " if p.incomplete else "❌ ") + md_text(p.verdict_words, 160)
+            icon = "⏸️ " if p.deferred else "✅ " if p.passed else "⚠️ " if p.incomplete else "❌ "
+            verdict = icon + md_text(p.verdict_words, 160)
             lines.append(
                 "| "
                 + " | ".join([
@@ -87,6 +89,15 @@ def _headline(programs: list[ProgramView]) -> str:
     """Counts of programs (a program gated by two tests is one program, failed if either failed)."""
     if not programs:
         return "no LM program was evaluated"
+    deferred = [p for p in programs if p.deferred]
+    if deferred:  # a shard job (--dspex-shard): its share is not judged here, combine gives the verdict
+        shard = str(deferred[0].verdict.get("reason") or "").split(":", 1)[0] or "a shard job"
+        names = list(dict.fromkeys(p.name for p in deferred))
+        tests = f" ({len(deferred)} tests)" if len(deferred) != len(names) else ""
+        said = (f"{shard}: no verdict here: the gate of {len(names)} program{'s' if len(names) != 1 else ''}{tests} "
+                "is deferred to `python -m pytest_dspex combine`")  # fmt: skip
+        rest = [p for p in programs if not p.deferred]
+        return f"{_headline(rest)}; {said}" if rest else said
     names = list(dict.fromkeys(p.name for p in programs))
     failed = {p.name for p in programs if not p.passed}
     tests = f" ({len(programs)} tests)" if len(programs) != len(names) else ""
