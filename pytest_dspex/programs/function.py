@@ -59,7 +59,7 @@ class FunctionProgram(Module):
         self._fn = fn
         self._async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
         self.outputs = tuple(outputs) if outputs else ()
-        self.input_keys = tuple(inputs) if inputs is not None else _parameters(fn)
+        self.input_keys = tuple(inputs) if inputs is not None else (_parameters(fn) or _module_inputs(fn))
         self.name = _name(fn)
 
     @property
@@ -106,6 +106,8 @@ class FunctionProgram(Module):
             fields = dict(value)
         elif hasattr(value, "model_dump") and callable(value.model_dump):
             fields = dict(value.model_dump())
+        elif callable(getattr(value, "toDict", None)):  # DSPy's Prediction (a DSPy module wrapped whole)
+            fields = dict(value.toDict())
         elif isinstance(value, str):
             if len(self.outputs) != 1:
                 raise ConfigError(
@@ -180,6 +182,17 @@ def program(fn: Callable[..., Any], *, outputs: Sequence[str] | None = None, inp
 
 def _name(fn: Any) -> str:
     return str(getattr(fn, "__name__", None) or type(fn).__name__)
+
+
+def _module_inputs(fn: Any) -> tuple[str, ...]:
+    """A DSPy module's input fields, its ``__call__`` taking ``**kwargs``: its ``forward``'s parameters,
+    else (``dspy.Predict``, ``dspy.ChainOfThought``) its signature's input fields."""
+    forward = getattr(type(fn), "forward", None)  # from the class: DSPy warns when an instance's forward is read
+    keys = _parameters(forward) if callable(forward) else ()
+    if keys:
+        return keys
+    fields = getattr(getattr(fn, "signature", None), "input_fields", None)
+    return tuple(str(k) for k in fields) if isinstance(fields, dict) else ()
 
 
 def _parameters(fn: Callable[..., Any]) -> tuple[str, ...]:

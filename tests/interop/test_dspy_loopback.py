@@ -96,6 +96,33 @@ def test_a_spent_budget_is_the_examples_lm_error(upstream: FakeLMServer, tmp_pat
     assert result.errors_by_kind == {"budget": len(MESSAGES) - 2}
 
 
+def test_a_dspy_module_wrapped_whole_is_a_program(upstream: FakeLMServer, tmp_path: Path) -> None:
+    """Trial 9 (T9-2): README's "wrap DSPy code with dspex.program(module, outputs=[...])" with the
+    module itself: its input fields were unknown ("pass input_keys=[...]" at the marker) and the
+    dspy.Prediction it returns was a ``ConfigError`` on every example ("Predict returned Prediction; a
+    program function returns ... a Prediction"), after its LM calls were made."""
+
+    class Route(dspy.Module):
+        def __init__(self, predict: Any) -> None:
+            super().__init__()
+            self.predict = predict
+
+        def forward(self, message: str) -> Any:
+            return self.predict(message=message)
+
+    lm = session_lm(upstream, tmp_path)
+    with LoopbackEndpoint(lm) as endpoint:
+        predict = dspy.Predict("message -> team")
+        predict.set_lm(dspy.LM("openai/gpt-4o-mini", api_base=endpoint.base_url, api_key="x", cache=False, num_retries=0))
+        for module in (predict, Route(predict)):
+            program = dspex.program(module, outputs=["team"])
+            assert program.input_keys == ("message",)
+            result = evaluate(module)
+            assert result.score == 1.0, [r.error for r in result.records]
+            assert [r.prediction["team"] for r in result.records] == [e.team for e in examples()]
+    lm.close()
+
+
 PROJECT = '''
 import os
 import dspy
