@@ -157,8 +157,8 @@ def _report(args: argparse.Namespace) -> int:
     if not programs or incomplete:  # rendered as what it is (never a pass), and said here too
         what = "no program was evaluated" if not programs else f"{len(incomplete)} program(s) incomplete: not all examples ran"
         sys.stderr.write(f"pytest-dspex: {args.report}: {what}; no gate verdict\n")
-    write_formats(data, args)
-    return EXIT_OK
+    _, unwritten = write_formats(data, args)
+    return EXIT_USAGE if unwritten else EXIT_OK  # writing is all it does: a report not written is its failure
 
 
 # -- import (pytest_dspex.plugin.importer) -------------------------------------------------------------

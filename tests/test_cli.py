@@ -217,6 +217,21 @@ def test_report_renders_html_and_markdown(tmp_path: Path, capsys: pytest.Capture
     assert code == 2 and "bad.json: not a pytest-dspex report" in err
 
 
+def test_report_to_a_path_that_cannot_be_written_is_one_line_and_the_other_formats_are_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 9 (T9-4): ``--html`` under a file was a FileExistsError traceback (exit 1) and the formats
+    after it were not written."""
+    src = tmp_path / "dspex-report.json"
+    src.write_text(json.dumps(report(program_row(passed=True))), encoding="utf-8")
+    bad = tmp_path / "dspex-report.json" / "r.html"  # a path under a file
+    code, _, err = _run(capsys, "report", str(src), "--html", str(bad), "--markdown", str(tmp_path / "r.md"))
+    assert code == 2, err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert f"html report not written: {bad}:" in err
+    assert (tmp_path / "r.md").read_text(encoding="utf-8").startswith("### ✅")
+
+
 # -- load_golden ---------------------------------------------------------------------------------------
 def test_load_golden_for_production_code(tmp_path: Path) -> None:
     golden = _write_golden(tmp_path, _compiled())

@@ -336,6 +336,22 @@ def test_cli_exit_codes_and_outputs(
     assert main([str(tmp_path / "nope.json")]) == 2
 
 
+def test_combine_to_a_path_that_cannot_be_written_keeps_the_verdicts_exit_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trial 9 (T9-4): ``--html`` under a file was a traceback and exit 1 — combine's "a gate failed" —
+    on a passing run, and the formats after it were not written."""
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    write_golden(tmp_path, {f"ex-{i}": 1.0 for i in range(120)}, score=1.0)
+    passing = write_reports(tmp_path, split([record(i, 1.0) for i in range(120)], 3, golden_score=1.0))
+    bad = Path(passing[0]) / "c.html"
+    code = main([*passing, "--rootdir", str(tmp_path), "--html", str(bad), "--markdown", str(tmp_path / "c.md")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "Traceback" not in err and f"html report not written: {bad}:" in err
+    assert (tmp_path / "c.md").exists() and "gate passed" in out
+
+
 def test_python_dash_m_pytest_dspex_combine(tmp_path: Path) -> None:
     paths = write_reports(tmp_path, split(mixed_records(90), 3, golden=None, golden_score=None))
     ok = subprocess.run(

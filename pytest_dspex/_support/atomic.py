@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_json", "atomic_write_text", "dumps_stable", "replace_with"]
+__all__ = ["atomic_write_json", "atomic_write_text", "describe_os_error", "dumps_stable", "replace_with"]
 
 
 def dumps_stable(data: Any) -> str:
@@ -51,3 +51,14 @@ def replace_with(fd: int, tmp: str | os.PathLike[str], path: Path, text: str, *,
         except FileNotFoundError:
             pass
         raise
+
+
+def describe_os_error(exc: BaseException) -> str:
+    """An I/O error in a line: what the system said and where (the folder, for a temporary file of ours)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = str(exc.filename or "")
+        name = os.path.basename(where)
+        if name.startswith(".") and name.endswith(".tmp"):  # atomic writes' temporary file: say the folder
+            where = f"cannot create a file in {os.path.dirname(where) or '.'}"
+        return exc.strerror + (f" ({where})" if where else "")
+    return f"{type(exc).__name__}: {exc}"

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from .._support.atomic import describe_os_error
+
 if TYPE_CHECKING:
     from .collector import Collector
     from .session import DspexSession
@@ -116,17 +118,6 @@ def keep_previous(path: Path) -> Path:
             pass
         raise
     return prev
-
-
-def describe_os_error(exc: BaseException) -> str:
-    """An I/O error in a line: what the system said and where (the folder, for a temporary file of ours)."""
-    if isinstance(exc, OSError) and exc.strerror:
-        where = str(exc.filename or "")
-        name = os.path.basename(where)
-        if name.startswith(".") and name.endswith(".tmp"):  # atomic writes' temporary file: say the folder
-            where = f"cannot create a file in {os.path.dirname(where) or '.'}"
-        return exc.strerror + (f" ({where})" if where else "")
-    return f"{type(exc).__name__}: {exc}"
 
 
 def add_junit_aggregates(config: pytest.Config, collector: Collector, last_items: dict[str, tuple[int, str]]) -> bool:

@@ -368,7 +368,7 @@ def run(args: argparse.Namespace) -> int:
     except CombineError as exc:
         sys.stderr.write(f"pytest-dspex: error: {exc}\n")
         return EXIT_USAGE
-    to_stdout = write_formats(report, args)
+    to_stdout, _ = write_formats(report, args)  # a report not written is said; the exit code stays the verdict's
     if args.format_markdown and args.format_markdown != "-":  # the whole run's summary on the job page
         from .markdown import append_step_summary, render_markdown
 

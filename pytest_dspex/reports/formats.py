@@ -77,9 +77,18 @@ def wanted_formats(args: argparse.Namespace) -> list[tuple[Format, str]]:
     return [(f, path) for f in FORMATS.values() if (path := getattr(args, f"format_{f.name}", None))]
 
 
-def write_formats(document: Mapping[str, Any], args: argparse.Namespace) -> bool:
-    """Write every format a command's arguments ask for; True when one went to stdout (``-``)."""
+def write_formats(document: Mapping[str, Any], args: argparse.Namespace) -> tuple[bool, list[str]]:
+    """Write every format a command's arguments ask for: ``(to_stdout, unwritten)``, ``to_stdout`` True
+    when one went to stdout (``-``). A path that cannot be written (under a file, an unwritable folder) is
+    one line on stderr, in ``unwritten``; the other formats are still written (as the plugin's reports)."""
+    from .._support.atomic import describe_os_error
+
     wanted = wanted_formats(args)
+    unwritten: list[str] = []
     for fmt, path in wanted:
-        fmt.write(document, path)
-    return any(path == "-" for _, path in wanted)
+        try:
+            fmt.write(document, path)
+        except OSError as exc:
+            sys.stderr.write(f"pytest-dspex: {fmt.name} report not written: {path}: {describe_os_error(exc)}\n")
+            unwritten.append(str(path))
+    return any(path == "-" for _, path in wanted), unwritten
