@@ -170,6 +170,42 @@ def test_the_plugin_gates_a_dspy_program_and_replays_it(
             assert CANARY.encode() not in path.read_bytes(), path
 
 
+WRAPPED = '''
+import os
+import dspy
+import pytest
+import pytest_dspex as dspex
+
+predict = dspy.Predict("message -> team")
+predict.set_lm(dspy.LM("openai/gpt-4o-mini", api_base=os.environ["OPENAI_BASE_URL"], cache=False, num_retries=0))
+
+@pytest.mark.dspex_program(dspex.program(predict, outputs=["team"]), name="triage")
+@pytest.mark.dspex_metric(lambda example, prediction, trace=None: example.team == prediction.team, threshold=0.8)
+def test_triage(dspex_evaluate):
+    dspex_evaluate("data/dev.jsonl")
+'''
+
+
+@pytest.mark.parametrize("mode", [["-n", "2"], ["-p", "no:xdist"]], ids=["xdist", "no-xdist"])
+def test_the_plugin_gates_a_dspy_module_wrapped_whole(
+    pytester: pytest.Pytester, upstream: FakeLMServer, monkeypatch: pytest.MonkeyPatch, mode: list[str]
+) -> None:
+    """T9-2 through pytest: no ``input_keys=``, the module's ``dspy.Prediction`` is its answer."""
+    import json
+
+    monkeypatch.setenv("OPENAI_API_KEY", CANARY)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    rows = [{"message": m, "team": "billing" if "charged" in m else "technical"} for m in MESSAGES]
+    pytester.makefile(".jsonl", **{"data/dev": "\n".join(json.dumps(r) for r in rows) + "\n"})
+    pytester.makepyfile(test_app=WRAPPED)
+    result = pytester.runpytest_subprocess(f"--dspex-base-url={upstream.base_url}", "--dspex-model=fake-model",
+                                           "--dspex-openai-env", "--dspex-missing-golden=zero-shot", "-p",
+                                           "no:cacheprovider", *mode, timeout=300)  # fmt: skip
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*triage*dataset*1.000*pass*"])
+    assert upstream.requests == len(MESSAGES)
+
+
 @pytest.mark.filterwarnings("ignore:Item.*ReadOnly. qualifier:UserWarning")  # LiteLLM's types, on first use
 def test_litellm_records_and_replays_through_the_endpoint(upstream: FakeLMServer, tmp_path: Path) -> None:
     """LiteLLM on its own (DSPy's former client; installed with DSPy): ``litellm.completion(api_base=...)``."""
