@@ -101,6 +101,16 @@ def test_a_dspy_save_becomes_a_gated_golden_in_one_step(user_project, server_fac
         assert "no golden" not in again.stdout.str()
 
 
+def test_pytest_arguments_that_turn_xdist_off_are_taken_as_they_are(user_project, server_factory):
+    """Trial 9 (T9-5): ``-- -p no:xdist`` met the ``-n 0`` import adds: "unrecognized arguments: -n 0",
+    said as "pytest could not collect it"."""
+    server = server_factory(make_responder())
+    result = user_project.run(sys.executable, "-m", "pytest_dspex", "import", "optimized.json", "--test",
+                              "test_triage.py::test_triage", "--", *lm_args(server), "-p", "no:xdist", timeout=120)  # fmt: skip
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    result.stdout.fnmatch_lines(["*imported optimized.json as *__dspex__/test_triage/triage.json*"])
+
+
 def test_an_existing_golden_is_replaced_only_with_force(user_project, server_factory):
     server = server_factory(make_responder())
     assert run_import(user_project, server, "optimized.json", "--test", "test_triage.py::test_triage").ret == 0

@@ -65,12 +65,17 @@ class ImportedGolden:
     draws: int = 1
 
 
-def _xdist_off() -> list[str]:
+def _xdist_off(pytest_args: Sequence[str] = ()) -> list[str]:
+    """``-n 0`` (one process: the collection and the baseline run happen here), unless xdist is not
+    installed or the user's arguments turn it off already (``-p no:xdist``: pytest would refuse ``-n``)."""
+    args = list(pytest_args)
+    if any(a in ("no:xdist", "-pno:xdist") for a in args):
+        return []
     try:
         import xdist  # noqa: F401
     except ImportError:
         return []
-    return ["-n", "0"]  # one process: the collection and the baseline run happen here
+    return ["-n", "0"]
 
 
 def _collect(test: str, pytest_args: Sequence[str]) -> _Target:
@@ -92,7 +97,7 @@ def _collect(test: str, pytest_args: Sequence[str]) -> _Target:
     with contextlib.redirect_stdout(shown):
         # no warnings summary: pytest's own (e.g. "Module already imported so cannot be rewritten", as this
         # process has imported the plugin) would bury the user's mistake below lines about something else
-        args = [test, "--collect-only", "-q", "-p", "no:cacheprovider", "-p", "no:warnings", *_xdist_off(), *pytest_args]
+        args = [test, "--collect-only", "-q", "-p", "no:cacheprovider", "-p", "no:warnings", *_xdist_off(pytest_args), *pytest_args]
         code = pytest.main(args, plugins=[Grab()])
     if code not in (0, pytest.ExitCode.OK) or not found:
         tail = "\n".join(shown.getvalue().strip().splitlines()[-15:])
@@ -198,7 +203,7 @@ def import_dspy_state(
     # the baseline: the plugin's re-baseline (the golden's demos kept, measured on the gate's dataset),
     # the same code path as after an accepted prompt edit or a model upgrade
     args = [
-        target.nodeid, "-p", "no:cacheprovider", *_xdist_off(), f"--dspex-rebaseline={target.name}",
+        target.nodeid, "-p", "no:cacheprovider", *_xdist_off(pytest_args), f"--dspex-rebaseline={target.name}",
         "-W", "ignore::pytest.PytestAssertRewriteWarning",  # the plugin was imported by the collection run
     ]  # fmt: skip
     try:
