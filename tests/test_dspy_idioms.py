@@ -87,6 +87,15 @@ def test_evaluate_display_progress_prints_dspy_style_progress(server, capsys):
     assert "Average metric: 1.000 (1/1, 0 errors)" in capsys.readouterr().err
 
 
+def test_display_progress_into_a_ci_log_is_one_line_not_updates_glued_by_carriage_returns(capsys):
+    """Trial 9 (T9-6): stderr not a terminal read ``Average metric: 1.000 (1/20, 0 errors)Average metric: …``."""
+    from pytest_dspex.evaluation.evaluate import _print_progress
+
+    for done in (1, 7, 20):
+        _print_progress(done, 20, 1.0, 0)
+    assert capsys.readouterr().err == "Average metric: 1.000 (20/20, 0 errors)\n"
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [

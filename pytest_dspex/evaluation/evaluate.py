@@ -128,9 +128,16 @@ def _not_dspy(program: Any) -> None:
 
 
 def _print_progress(done: int, total: int, score: float, errors: int) -> None:
+    """DSPy's progress line, redrawn with ``\\r`` on a terminal; into a file or a CI log (no TTY) only the
+    last, on a line of its own (``\\r`` there glued every update into one line)."""
     import sys
 
-    sys.stderr.write(f"\rAverage metric: {score:.3f} ({done}/{total}, {errors} errors)" + ("\n" if done >= total else ""))
+    line = f"Average metric: {score:.3f} ({done}/{total}, {errors} errors)"
+    isatty = getattr(sys.stderr, "isatty", None)
+    if callable(isatty) and isatty():
+        sys.stderr.write("\r" + line + ("\n" if done >= total else ""))
+    elif done >= total:
+        sys.stderr.write(line + "\n")
 
 
 def evaluate(
