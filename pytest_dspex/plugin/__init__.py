@@ -101,6 +101,7 @@ class _ControllerHooks:
         self.collector = collector
         #: per-example test key -> (highest example index seen, its node id): where JUnit gets the aggregate
         self.last_items: dict[str, tuple[int, str]] = {}
+        self._fspaths: dict[str, str] = {}  # a report's file (relative to the rootdir) -> its path
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -108,7 +109,9 @@ class _ControllerHooks:
             self.collector.ended.add(report.nodeid)
         payload = _payload(report)
         if payload:
-            fspath = str(Path(self.collector.rootpath) / report.location[0])
+            fspath = self._fspaths.get(report.location[0])
+            if fspath is None:  # (a few files, 1,000s of reports)
+                fspath = self._fspaths[report.location[0]] = str(Path(self.collector.rootpath) / report.location[0])
             self.collector.add(report.nodeid, fspath, payload, (report.location[0], report.location[1]))
             if payload.get("kind") == "example":
                 index, test = int(payload["record"]["index"]), str(payload["settings"]["test"])
@@ -122,10 +125,23 @@ class _ControllerHooks:
             self.collector.collect_errors.add(report.nodeid or ".")
 
 
+#: the last payload text decoded and its value: a report's payload is read by ``pytest_runtest_logreport``
+#: and again by ``pytest_report_teststatus`` (inside the terminal's), one after the other: decoded once
+_decoded: tuple[str, dict[str, Any]] | None = None
+
+
 def _payload(report: Any) -> dict[str, Any] | None:
-    """The dspex payload a test report carries (``pytest_runtest_makereport``), decoded if a worker sent it."""
+    """The dspex payload a test report carries (``pytest_runtest_makereport``), decoded if a worker sent it
+    (the report keeps the text: decoded values are shared, read only)."""
+    global _decoded
     payload = getattr(report, "dspex", None)
-    return json.loads(payload) if isinstance(payload, str) else payload
+    if not isinstance(payload, str):
+        return payload
+    if _decoded is not None and _decoded[0] is payload:
+        return _decoded[1]
+    value: dict[str, Any] = json.loads(payload)
+    _decoded = (payload, value)
+    return value
 
 
 class _XdistHooks:

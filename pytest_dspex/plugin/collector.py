@@ -20,6 +20,7 @@ pytest serializes every report attribute for xdist, so it reaches the controller
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,21 +69,28 @@ class Payload:
         return out
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Payload:
+    def from_json(cls, data: Mapping[str, Any], *, settings: bool = True) -> Payload:
+        """``settings=False``: without its settings (``None``), left undecoded (``Collector.add``: known)."""
         from ..evaluation.records import ExampleRecord
 
-        settings, record = data.get("settings"), data.get("record")
+        record, sent = data.get("record"), data.get("settings") if settings else None
         return cls(
             kind=str(data.get("kind") or ""),
             golden_file=dict(data["golden_file"]) if data.get("golden_file") else None,
             row=dict(data["row"]) if data.get("row") is not None else None,
-            settings=RunSettings.from_json(settings) if settings is not None else None,
+            settings=RunSettings.from_json(sent) if sent is not None else None,
             record=ExampleRecord.from_json(record) if record is not None else None,
             expected=data.get("expected"),
             selected=data.get("selected"),
             golden_outcomes=dict(data["golden_outcomes"]) if data.get("golden_outcomes") is not None else None,
             earlier=[dict(r) for r in data.get("earlier") or ()],
         )
+
+
+def _test_of(settings: Mapping[str, Any]) -> str:
+    """The test a settings dict (as sent) is of: ``RunSettings.from_json(settings).test``."""
+    test = settings.get("test")
+    return "" if test is None else test
 
 
 @dataclass
@@ -138,9 +146,15 @@ class Collector:
         self.stopped = ""  # why the session ended before every selected test ran ("" if it did not)
         #: a stopped run's programs whose tests gave no verdict at all: {program: [test, ...]}
         self.not_gated: dict[str, list[str]] = {}
+        #: per per-example test, the settings (as sent) its run took last (``add``)
+        self._settings_taken: dict[str, Any] = {}
 
     def add(self, nodeid: str, fspath: str, data: Mapping[str, Any], location: tuple[str, int | None] | None = None) -> None:
-        payload = Payload.from_json(data)
+        raw = data.get("settings") if data.get("kind") == "example" else None
+        # a per-example test's items carry the same settings item after item (the large parts once per
+        # process): the ones its run took last are not decoded and merged again (a merge of the same is a no-op)
+        known = isinstance(raw, Mapping) and self._settings_taken.get(_test_of(raw)) == raw
+        payload = Payload.from_json(data, settings=not known)
         self.test_files.add(fspath)
         golden = payload.golden_file
         if golden:
@@ -152,13 +166,17 @@ class Collector:
             self.goldens[golden["path"]] = merged | self.golden_writes.get(golden["path"], {})  # the writer's word
         if payload.kind == "program" and payload.row is not None:
             self.rows.extend({**row, "test": nodeid} for row in [*payload.earlier, payload.row])
-        elif payload.kind == "example" and payload.settings is not None and payload.record is not None:
+        elif payload.kind == "example" and (payload.settings is not None or known) and payload.record is not None:
             settings = payload.settings
-            run = self.runs.get(settings.test)
-            if run is None:
-                run = self.runs[settings.test] = PerExampleRun(settings, shard=self.shard)
-            else:
+            if settings is None:  # known: taken by its run already
+                run = self.runs[_test_of(raw)]  # type: ignore[arg-type]
+            elif settings.test in self.runs:
+                run = self.runs[settings.test]
                 run.settings.update(settings)
+            else:
+                run = self.runs[settings.test] = PerExampleRun(settings, shard=self.shard)
+            if settings is not None:
+                self._settings_taken[settings.test] = copy.deepcopy(raw)  # (what the run holds may change)
             for name in ("expected", "selected"):
                 value = getattr(payload, name)
                 if value is not None:
