@@ -50,5 +50,6 @@ _HOME = {
 
 def __getattr__(name: str) -> Any:
     if name in _HOME:
-        return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+        value = globals()[name] = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+        return value  # kept: the next lookup (a per-example item's ``example_properties``) is a plain one
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
