@@ -155,3 +155,20 @@ def test_a_404_from_a_base_url_without_v1_hints_at_it(server_factory: Any) -> No
     finally:
         lm.close()
     assert "HTTP 404" in (result.records[0].error or "") and "has no /v1" not in (result.records[0].error or "")
+    assert "provider prefix" not in (result.records[0].error or "")
+
+
+def test_a_404_for_a_model_name_with_a_litellm_provider_prefix_hints_at_it(server_factory: Any) -> None:
+    """Trial 9: ``dspex.LM("openai/gpt-4o-mini", ...)``, DSPy's spelling, is sent as given: a 404 says so.
+    A name whose first part is no LiteLLM provider (``meta-llama/Llama-3-8B``) gets no such hint."""
+    url = server_factory(faults=Faults(http_404=1.0)).base_url
+    for model, hinted in (("openai/gpt-4o-mini", True), ("meta-llama/Llama-3-8B", False)):
+        lm = dspex.LM(model, base_url=url, api_key="k", cache=None)
+        try:
+            result = dspex.Evaluate(triage_examples(1), team_matches)(dspex.Predict(Triage, lm=lm))
+        finally:
+            lm.close()
+        error = result.records[0].error or ""
+        assert "HTTP 404" in error
+        said = f"(the model name {model!r} has LiteLLM's provider prefix 'openai/': pytest-dspex sends the name as given; try --dspex-model=gpt-4o-mini)"
+        assert (said in error) is hinted, error

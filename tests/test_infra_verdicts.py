@@ -276,3 +276,20 @@ def test_a_base_url_with_a_wrong_path_says_so_in_the_verdict_and_once_for_all_ex
     # the examples all failed with the same error: one line with the count, not 5 identical ones
     assert "worst examples:" not in out, out[-3000:]
     assert out.count("all 10 examples below 1.0 failed with the same LM error (lm_http): HTTP 404") >= 1, out[-3000:]
+
+
+def test_a_404_for_a_model_name_with_litellms_provider_prefix_says_to_drop_it(
+    pytester: pytest.Pytester, server_factory: Any, mode: list[str]
+) -> None:
+    """Trial 9: a DSPy user's ``--dspex-model=openai/gpt-4o-mini`` (LiteLLM's spelling) is sent as given and
+    the endpoint answers 404; the verdict said only "check --dspex-base-url … and --dspex-model"."""
+    server = server_factory(faults=Faults(http_404=1.0))
+    project(pytester, 10)
+    opts = [f"--dspex-base-url={server.base_url}", "--dspex-model=openai/gpt-4o-mini", "--dspex-cache=off",
+            "-p", "no:cacheprovider"]  # fmt: skip
+    result = pytester.runpytest_subprocess(*opts, *mode, "--dspex-report=report.json", timeout=300)
+    assert result.ret == 1, result.stdout.str()
+    hint = "the model name 'openai/gpt-4o-mini' has LiteLLM's provider prefix 'openai/'"
+    for row in report_rows(pytester).values():
+        assert hint in row["verdict"]["reason"] and "--dspex-model=gpt-4o-mini" in row["verdict"]["reason"], row["verdict"]
+

@@ -56,7 +56,7 @@ def refused_with(records: Iterable[ExampleRecord]) -> str | None:
             m = re.search(r"HTTP (4\d\d)\b", r.error)
             if m:
                 seen[int(m.group(1))] += 1
-                said = re.search(r"\((the base URL's path .*? has no /v1[^)]*)\)", r.error)
+                said = re.search(r"\((the base URL's path .*? has no /v1[^)]*|the model name .*? provider prefix [^)]*)\)", r.error)
                 if said:
                     specific.setdefault(int(m.group(1)), said.group(1))
     if not seen:

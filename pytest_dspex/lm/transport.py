@@ -117,6 +117,14 @@ class HttpxWire:
         await self._client.aclose()
 
 
+#: LiteLLM's provider prefixes (``dspy.LM("openai/gpt-4o-mini")``): a 404 for such a name says it is sent as given
+_LITELLM_PROVIDERS = frozenset({
+    "openai", "azure", "azure_ai", "anthropic", "gemini", "vertex_ai", "bedrock", "ollama", "ollama_chat",
+    "hosted_vllm", "vllm", "together_ai", "groq", "mistral", "deepseek", "fireworks_ai", "cohere", "xai",
+    "perplexity", "databricks", "lm_studio", "litellm_proxy", "text-completion-openai", "cerebras",
+})  # fmt: skip
+
+
 class HTTPTransport:
     def __init__(
         self,
@@ -131,6 +139,7 @@ class HTTPTransport:
         self._credentials = credentials
         self._endpoint = credentials.url + "/chat/completions"
         self.label = f"LM {model} at {redact_url(credentials.url)}"
+        self._model = model
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.max_connections = max_connections
@@ -174,13 +183,20 @@ class HTTPTransport:
         return bool(self._wires)
 
     def _hint(self, status: int) -> str:
-        """A 404 from a base URL whose path has no ``/v1``: the usual slip (``http://host:8000``)."""
+        """A 404 from a base URL whose path has no ``/v1``: the usual slip (``http://host:8000``); or for a
+        model name spelt as LiteLLM (DSPy) spells it, ``openai/gpt-4o-mini``: sent as given here."""
         from urllib.parse import urlsplit
 
-        path = urlsplit(self._credentials.url).path.rstrip("/")
-        if status != 404 or "/v1" in path:
+        if status != 404:
             return ""
-        return f" (the base URL's path {path or '/'!r} has no /v1: OpenAI-compatible servers answer at <host>/v1/chat/completions)"
+        path = urlsplit(self._credentials.url).path.rstrip("/")
+        if "/v1" not in path:
+            return f" (the base URL's path {path or '/'!r} has no /v1: OpenAI-compatible servers answer at <host>/v1/chat/completions)"
+        provider, slash, name = self._model.partition("/")
+        if slash and name and provider.lower() in _LITELLM_PROVIDERS:
+            return (f" (the model name {self._model!r} has LiteLLM's provider prefix {provider + '/'!r}: "
+                    f"pytest-dspex sends the name as given; try --dspex-model={name})")  # fmt: skip
+        return ""
 
     # -- one request ----------------------------------------------------------------------------
     async def post(self, content: bytes) -> dict[str, Any]:
