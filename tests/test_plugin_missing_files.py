@@ -109,3 +109,16 @@ def test_a_bad_dataset_marker_fails_its_own_test_not_the_runs_collection(pyteste
     assert f"test_triage.py::test_triage_each: @pytest.mark.dspex_dataset: {said}" in out, out
     assert "test_triage_each[marker-error]" in out
     result.assert_outcomes(passed=2, errors=1)  # test_unrelated and the whole-dataset test; the item's setup
+
+
+def test_a_list_of_examples_as_trainset_is_said_in_one_short_line(pytester, project, fake, mode):
+    """Trial 9: a DSPy user's ``trainset=train`` (a list of examples) printed the whole list's repr in the
+    marker error: 40 examples made a line of thousands of characters."""
+    examples = "[dspex.Example(message=f'case {i}: I was charged twice', team='billing').with_inputs('message') for i in range(40)]"
+    project('trainset="data/train.jsonl"', f"trainset={examples}")
+    result = run(pytester, fake, mode, "--dspex-missing-golden=zero-shot")
+    out = result.stdout.str()
+    said = "dspex_program: trainset= must be a path to a .jsonl/.json/.csv file, got a list of 40 item(s): a marker reads"
+    assert said in out, out
+    assert all(len(line) < 400 for line in out.splitlines() if "trainset=" in line), out
+

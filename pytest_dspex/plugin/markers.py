@@ -119,7 +119,13 @@ def _path(node: Any, marker: str, arg: str, value: Any, base: Path) -> Path | No
     if value is None:
         return None
     if not isinstance(value, str | Path):
-        _bad(node, marker, f"{arg}= must be a path to a .jsonl/.json/.csv file, got {value!r}")
+        if isinstance(value, list | tuple):  # DSPy's habit: trainset=[dspy.Example(...), ...]
+            got = (f"got a list of {len(value)} item(s): a marker reads its examples from a file (one JSON object "
+                   "a line; in Python, BootstrapFewShot(...).compile(program, trainset=examples) takes a list)")  # fmt: skip
+        else:
+            shown = repr(value)
+            got = f"got {shown if len(shown) <= 80 else shown[:77] + '...'}"
+        _bad(node, marker, f"{arg}= must be a path to a .jsonl/.json/.csv file, {got}")
     p = Path(value)
     p = p if p.is_absolute() else base / p
     if not p.exists():
