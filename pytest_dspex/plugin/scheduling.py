@@ -32,6 +32,73 @@ class ChunkScheduling(LoadScheduling):  # type: ignore[misc]  # xdist is untyped
         self._done: set[tuple[Any, str]] = set()  # (node, chunk) of which the node completed an item
         #: crashed item -> the node ids of its chunk's evaluation the crash cut short (read by the crash hook)
         self.in_flight: dict[str, list[str]] = {}
+        self._started: set[Any] = set()  # workers given tests before every worker had collected
+
+    # -- an early start ----------------------------------------------------------------------------
+    # xdist's ``load`` sends nothing until every worker has collected; workers start one after another
+    # (measured, ``-n 8`` on 2 cores: the first collected at 1.2 s, the last at 2.3 s) and the first
+    # ones waited idle. Here a worker is given its first batch as soon as its own collection is in,
+    # when it equals the first one's; the check of every worker's collection against the first (and
+    # the run's failure if one differs) still happens when all are in, as xdist does it. Nothing is
+    # sent to a worker before its collection is known to be the same, so an item index never means
+    # another test there. Small collections (fewer than ``EARLY_MIN`` items a worker) wait for all.
+    EARLY_MIN = 4
+
+    def add_node_collection(self, node: Any, collection: Any) -> None:
+        super().add_node_collection(node, collection)
+        if self._complete() or node not in self.node2collection or len(collection) < self.EARLY_MIN * self.numnodes:
+            return
+        if self.collection is None:
+            self.collection = list(collection)
+            self.pending[:] = range(len(self.collection))
+            if self.maxschedchunk is None:
+                self.maxschedchunk = len(self.collection)
+        elif list(collection) != self.collection:
+            return  # said (and the run failed) by ``schedule`` once every worker is in
+        if not self._started:
+            self._announce()
+        self._started.add(node)
+        items_per_node = len(self.collection) // max(1, self.numnodes)
+        self._send_tests(node, max(2, min(items_per_node // 4, self.maxschedchunk)))
+
+    def _announce(self) -> None:
+        """Say what xdist says once every worker is in (``8 workers [1000 items]``), as the first tests
+        start: later workers' status changes are not drawn over the progress line (a terminal's)."""
+        trdist = self.config.pluginmanager.getplugin("terminaldistreporter")
+        if trdist is None or self.collection is None:
+            return
+        n, items = self.numnodes, len(self.collection)
+        line = f"{n} worker{'' if n == 1 else 's'} [{items} item{'' if items == 1 else 's'}]"
+        try:
+            if getattr(trdist, "_isatty", False):
+                trdist.rewrite(line, newline=True)
+            else:
+                trdist.write_line(line)
+            trdist.setstatus = lambda *args, **kwargs: None  # the workers still starting: not drawn
+        except Exception:  # xdist's reporter changed: its own status lines, as before
+            pass
+
+    def _complete(self) -> bool:
+        return len(self.node2collection) >= self.numnodes
+
+    def schedule(self) -> None:
+        if self.collection is None or not self._started:  # no early start: xdist's own
+            super().schedule()
+            return
+        if not self._check_nodes_have_same_collection():
+            self.log("**Different tests collected, aborting run**")
+            for node in self.nodes:  # the others stop after what they were given
+                node.shutdown()
+            return
+        for node in self.nodes:
+            if node not in self._started:  # (a worker that collected after the first schedule)
+                self._started.add(node)
+            self.check_schedule(node)
+
+    def check_schedule(self, node: Any, duration: float = 0) -> None:
+        if node not in self._started and not self._complete():  # its collection is not known to match yet
+            return
+        super().check_schedule(node, duration=duration)
 
     def mark_test_complete(self, node: Any, item_index: int, duration: float = 0) -> None:
         chunk = self._chunk_at[item_index] if self._chunk_at is not None else None
