@@ -293,6 +293,12 @@ def test_per_program_and_per_dataset_records_stay_apart(tmp_path: Path) -> None:
     assert [(p["program"], p["n"]) for p in merged["programs"]] == [("triage", 40), ("find", 25)]
 
 
+@pytest.fixture(autouse=True)
+def _no_job_summary(monkeypatch: pytest.MonkeyPatch) -> None:
+    """combine appends to $GITHUB_STEP_SUMMARY whenever it is set: never the CI's own job summary here."""
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+
+
 def write_reports(tmp_path: Path, reports: list[dict[str, Any]]) -> list[str]:
     paths = []
     for k, r in enumerate(reports, 1):
@@ -350,6 +356,25 @@ def test_combine_to_a_path_that_cannot_be_written_keeps_the_verdicts_exit_code(
     assert code == 0, err
     assert "Traceback" not in err and f"html report not written: {bad}:" in err
     assert (tmp_path / "c.md").exists() and "gate passed" in out
+
+
+def test_combine_appends_the_github_job_summary_with_or_without_markdown_as_the_plugin_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trial 9: the plugin appends to $GITHUB_STEP_SUMMARY with or without --dspex-markdown; combine, the
+    job that gives a sharded run's verdict, did only with --markdown. A summary path that cannot be
+    written is one line (it was a traceback), the exit code the verdict's."""
+    write_golden(tmp_path, {f"ex-{i}": 1.0 for i in range(120)}, score=1.0)
+    passing = write_reports(tmp_path, split([record(i, 1.0) for i in range(120)], 3, golden_score=1.0))
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    assert main([*passing, "--rootdir", str(tmp_path), "--html", str(tmp_path / "c.html")]) == 0
+    assert summary.read_text(encoding="utf-8").startswith("### ✅ pytest-dspex: 1 program passed")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path / "no-such-folder" / "summary.md"))
+    capsys.readouterr()
+    assert main([*passing, "--rootdir", str(tmp_path), "--markdown", str(tmp_path / "c.md")]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "GitHub job summary not written" in err, err
 
 
 def test_python_dash_m_pytest_dspex_combine(tmp_path: Path) -> None:

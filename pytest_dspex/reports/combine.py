@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -369,10 +370,16 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"pytest-dspex: error: {exc}\n")
         return EXIT_USAGE
     to_stdout, _ = write_formats(report, args)  # a report not written is said; the exit code stays the verdict's
-    if args.format_markdown and args.format_markdown != "-":  # the whole run's summary on the job page
+    if args.format_markdown != "-":  # the whole run's summary on the job page, with or without --markdown (as
+        # the plugin's); printed to stdout, it is the caller's to place
+        from .._support.atomic import describe_os_error
         from .markdown import append_step_summary, render_markdown
 
-        append_step_summary(render_markdown(report))
+        try:
+            append_step_summary(render_markdown(report))
+        except OSError as exc:
+            where = os.environ.get("GITHUB_STEP_SUMMARY")
+            sys.stderr.write(f"pytest-dspex: GitHub job summary not written: $GITHUB_STEP_SUMMARY ({where}): {describe_os_error(exc)}\n")
     out = sys.stderr if to_stdout else sys.stdout  # stdout carries a report then
     from ._format import ProgramView
 
