@@ -330,6 +330,21 @@ class TestStaleGoldensAndCompileGuards:
         )
         assert server.requests == requests and (pytester.path / GOLDEN).read_text() == before
 
+    def test_ctrl_c_while_collecting_is_an_interrupt_not_an_unknown_name(self, pytester, server, mode):
+        # trial8 T8-1: Ctrl-C while a test module imported (the app's `import openai`) left the names
+        # collected so far, and the run said "--dspex-rebaseline=triage: no selected test uses program
+        # 'triage'" (exit 4, a usage error blaming the option) instead of the interrupt
+        project(pytester, 4)
+        compile_golden(pytester, server, mode)
+        before, requests = (pytester.path / GOLDEN).read_text(), server.requests
+        pytester.makepyfile(test_aaa_slow_import="raise KeyboardInterrupt  # Ctrl-C during a slow import\n")
+        for option in ("--dspex-rebaseline=triage", "--dspex-compile=triage"):
+            result = run(pytester, server, mode, option, "test_aaa_slow_import.py", "test_triage.py")
+            out = result.stdout.str() + result.stderr.str()
+            assert result.ret == pytest.ExitCode.INTERRUPTED, out
+            assert "no selected test uses program" not in out
+            assert server.requests == requests and (pytester.path / GOLDEN).read_text() == before
+
     def test_duplicate_example_keys_are_an_error_naming_them_and_the_file(self, pytester, server, mode):
         dev = rows(4) + json.dumps({"id": "ex-1", "message": "again, case 9", "team": "billing"}) + "\n"
         project(pytester, dev=dev)
