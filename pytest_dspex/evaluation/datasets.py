@@ -323,15 +323,37 @@ def _cell(p: Path, line: int, spec: Any, text: str) -> Any:
 
 def _read_csv(p: Path, types: Mapping[str, Any] | None = None) -> Iterable[tuple[int, dict[str, Any]]]:
     with p.open(encoding="utf-8-sig", newline="") as fh:  # a BOM (Excel's "CSV UTF-8") is not part of the first column
-        reader = csv.DictReader(fh)
+        reader = csv.DictReader(fh, strict=True)
+        try:
+            reader.fieldnames  # noqa: B018 - reads the header row
+        except csv.Error as exc:
+            raise DatasetError(f"{p}:1: not valid CSV in the header row ({exc})") from None
         if not reader.fieldnames:
             raise DatasetError(f"{p}: CSV has no header row")
-        for row in reader:
-            line = reader.line_num
+        end = reader.line_num
+        while True:
+            # a row is named by the line it starts on: a quoted cell may run over several lines, and
+            # one whose closing quote is missing ran to the end of the file, swallowing the rows after
+            # it into one cell (strict: an error, not a silently shorter dataset; trial8 T8-3)
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                line = end + 1
+                if "unexpected end of data" in str(exc):
+                    raise DatasetError(
+                        f"{p}:{line}: a quoted cell opened on this row is never closed (it runs to the end of the file): a missing closing quote?"
+                    ) from None
+                raise DatasetError(f"{p}:{line}: not valid CSV ({exc})") from None
+            end = reader.line_num
+            cells = [v for k, v in row.items() if k is not None and v is not None] + list(row.get(None) or [])
+            line = end - sum(str(c).count("\n") for c in cells)  # blank lines before it are skipped
+            spans = f" (a quoted cell on it runs on to line {end}: a misplaced quote?)" if end > line else ""
             if None in row:
-                raise DatasetError(f"{p}:{line}: more cells than header columns")
+                raise DatasetError(f"{p}:{line}: more cells than header columns{spans}")
             if any(v is None for v in row.values()):
-                raise DatasetError(f"{p}:{line}: fewer cells than header columns")
+                raise DatasetError(f"{p}:{line}: fewer cells than header columns{spans}")
             yield line, {k: _cell(p, line, types[k], v) if types and k in types else v for k, v in row.items()}
 
 
