@@ -302,6 +302,24 @@ class TestInstructionEdits:
         assert md.count(f"+{self.EDIT}") == 1 and md.count("the instructions differ from the golden's") == 1, md
         assert md.count("6 examples regressed against the golden") == 2  # the regressions of each test mode
 
+    def test_the_reports_show_the_prompt_this_run_sent_not_the_goldens(self, pytester, server, mode):
+        # trial8 T8-2: after an instructions edit the JSON row's prompts and the HTML's "prompt of self"
+        # were the golden's recorded ones (the old instructions), not what the gated run sent
+        project(pytester, 10)
+        assert run(pytester, server, mode, *COMPILE).ret == 0
+        write_test(pytester, self.EDIT)
+        out = run(pytester, server, mode, "--dspex-report=report.json", "--dspex-html=report.html")
+        assert out.ret == 0, out.stdout.str()
+        rows = report_rows(pytester)
+        assert set(rows) == {"dataset", "per-example"}
+        for row in rows.values():
+            system = row["prompts"]["self"][0]["content"]
+            assert self.EDIT in system and ORIGINAL not in system, system
+        html = (pytester.path / "report.html").read_text()
+        prompts = html.split('<div class="prompts">')[1:]
+        assert prompts and all(self.EDIT in p.split("</details>")[0] for p in prompts)
+        assert not any(ORIGINAL in p.split("</details>")[0] for p in prompts)
+
     def test_an_edit_that_changes_nothing_passes_and_shows_the_diff(self, pytester, server, model, mode):
         project(pytester, 200)
         assert run(pytester, server, mode, *COMPILE).ret == 0

@@ -214,6 +214,19 @@ def where_from(row: dict[str, Any]) -> str:
     return text
 
 
+def _report_prompts(resolved: Resolved) -> dict[str, Any]:
+    """The prompts a report row shows: the golden's as recorded, or, when the program's instructions
+    differ from the golden's (an edit gated against its baseline), the program's as this run sent
+    them (the golden's demos, the new instructions), not the golden's old ones (trial8 T8-2)."""
+    if resolved.golden is None:
+        return {}
+    if resolved.instructions_diff:
+        from ..golden.record import render_prompts
+
+        return render_prompts(resolved.program)
+    return resolved.golden.prompts
+
+
 def _plain_function(resolved: Resolved) -> bool:
     """A plain function (``dspex.program(fn)``): its LM calls reach the session only if it is told to."""
     from ..programs.function import FunctionProgram
@@ -372,7 +385,7 @@ class Evaluator:
             golden_score=_comparable_golden_score(resolved, fingerprint),
             dataset_size=dataset_size,  # combine checks that the shards add up to it
             note=_note(session, resolved, relabelled, metric_fn, examples),
-            prompts=resolved.golden.prompts if resolved.golden is not None else {},
+            prompts=_report_prompts(resolved),
             provenance=resolved.golden.provenance(fingerprint) if resolved.golden is not None else None,
             instructions_diff=resolved.instructions_diff,
             plain_function=_plain_function(resolved),
@@ -497,7 +510,7 @@ class Predictor:
             dataset_size=len(data.examples),
             note=_note(session, resolved, paired[1], mspec.metric, data.examples),
             # the large parts once per process: the controller keeps the first it gets
-            prompts=session.once(("prompts", key), lambda: resolved.golden.prompts if resolved.golden else {}) or {},
+            prompts=session.once(("prompts", key), lambda: _report_prompts(resolved)) or {},
             provenance=session.once(
                 ("provenance", key), lambda: resolved.golden.provenance(data.fingerprint) if resolved.golden else None
             ),
