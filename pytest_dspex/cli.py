@@ -69,9 +69,16 @@ def _prompt(args: argparse.Namespace) -> int:
     inputs = _parse_inputs(args.input)
     try:
         golden = read_golden(args.golden)
-        requests = golden_requests(golden, inputs=inputs, adapter=args.adapter)
+        # a plain function's golden (no predictors) holds its baseline only: its prompt is the messages
+        # its own code builds, so there is none to print, and --input names no field of it (trial8 T8-4)
+        plain = not golden.data.get("predictors")
+        requests = {} if plain else golden_requests(golden, inputs=inputs, adapter=args.adapter)
     except DspexError as exc:
         raise CommandError(str(exc)) from None
+    note = (
+        "a plain function (no predictors): no prompt is recorded for it, it sends the messages its own code builds; "
+        "the golden holds its baseline, which later runs are paired with"
+    )
     adapters = dict.fromkeys(requests, args.adapter) if args.adapter else golden_adapters(golden)
     from .optimize.review import review_golden, summary_lines
 
@@ -84,6 +91,7 @@ def _prompt(args: argparse.Namespace) -> int:
             "golden": args.golden,
             "program": golden.data.get("program"),
             "provenance": provenance,
+            **({"note": note} if plain else {}),
             "predictors": {
                 path: {
                     "adapter": adapters[path], "demos": demos[path], **review.get(path, {}),
@@ -100,6 +108,8 @@ def _prompt(args: argparse.Namespace) -> int:
     if threshold is not None:
         lines.append(f"# bootstrapped demos needed metric >= {threshold:g}")
     lines += [f"# {line}" for line in summary_lines(review)]
+    if plain:
+        lines.append(f"# {note}")
     for path, r in requests.items():
         lines += ["", f"## predictor {path}: {adapters[path]} adapter, {demos[path]} demos"]
         for m in r.messages:

@@ -69,6 +69,22 @@ def _sent(server_factory: Callable[..., FakeLMServer], make_lm: Callable[..., ds
 
 
 # -- prompt --------------------------------------------------------------------------------------------
+def test_prompt_of_a_plain_functions_golden_says_it_records_no_prompt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # trial8 T8-4: the golden of a plain function (baseline only) printed two header lines and nothing
+    # more, and --input message=... failed with "no predictor has the input field(s) message (input fields: none)"
+    def route(message: str) -> str:  # pragma: no cover - never called
+        return "billing"
+
+    golden = _write_golden(tmp_path, dspex.program(route, outputs=["team"]), name="route")
+    for extra in ([], ["--input", "message=I was charged twice"]):
+        code, out, err = _run(capsys, "prompt", str(golden), *extra)
+        assert (code, err) == (0, ""), err
+        assert "# a plain function (no predictors): no prompt is recorded for it, it sends the messages its own code builds" in out
+    code, out, _ = _run(capsys, "prompt", str(golden), "--json")
+    data = json.loads(out)
+    assert code == 0 and data["predictors"] == {} and data["note"].startswith("a plain function (no predictors)")
+
+
 @pytest.mark.parametrize("adapter", ["compact", "chat", "json"])
 def test_prompt_prints_exactly_what_the_compiled_program_sends(
     adapter: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
