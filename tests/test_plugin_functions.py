@@ -142,6 +142,24 @@ def test_compile_has_nothing_to_optimize_and_records_a_baseline_for_the_paired_g
     assert_no_canary(project, compiled, gated, changed)
 
 
+@pytest.mark.parametrize("mode", list(MODES))
+def test_a_rebaseline_says_the_function_was_measured_not_instructions_or_demos(
+    project: pytest.Pytester, upstream: FakeLMServer, mode: str
+) -> None:
+    # trial8 T8-5: a plain function's re-baseline said "re-baselined (same instructions; demos kept)"
+    assert run(project, upstream, *MODES[mode], "--dspex-compile", "-k", "test_dataset").ret == 0
+    upstream.responder = lambda body: "technical"  # the function's answers changed: billing ones go wrong
+    args = ("--dspex-rebaseline=triage", "--dspex-force", "--dspex-cache=off", "-k", "test_dataset")
+    again = run(project, upstream, *MODES[mode], *args)
+    assert "golden rebaselined" in again.stdout.str(), again.stdout.str()
+    line = next(line for line in again.outlines if line.startswith("golden rebaselined: __dspex__/test_app/triage.json"))
+    assert "re-baselined (the function as it is now): 10 gate examples x " in line, line
+    assert "instructions" not in line and "demos" not in line, line
+    same = run(project, upstream, *MODES[mode], *args)  # the function answers as it did: the same outcomes
+    same.stdout.fnmatch_lines(["*re-baseline changed nothing (same model and baseline outcomes: 10 gate examples*"])
+    assert_no_canary(project, again, same)
+
+
 def test_the_endpoint_fixture_and_a_function_that_fails_its_format(project: pytest.Pytester, upstream: FakeLMServer) -> None:
     project.makepyfile(test_more='''
 import openai

@@ -376,15 +376,18 @@ def rebaseline_program(
         )  # the checks of a write (error budget, a valid record); the write itself is below
         assert written.outcome in ("updated", "unchanged")
         changed = old.instruction_changes(program)
-        what = "new instructions" if changed else "same instructions"
+        # a plain function has no instructions or demos to keep: it is measured as it is now (trial8 T8-5)
+        plain = not any(True for _ in applied.named_predictors())
+        what = "the function as it is now" if plain else "new instructions" if changed else "same instructions"
         if m.model and settings.model_info and {k: m.model.get(k) for k in settings.model_info} != dict(settings.model_info):
             what += ", another model"
-        reason = f"re-baselined ({what}; demos kept): {baseline['n']} gate examples x {baseline['draws']} draw(s), score {baseline['score']:.3f}"
+        kept = "" if plain else "; demos kept"
+        reason = f"re-baselined ({what}{kept}): {baseline['n']} gate examples x {baseline['draws']} draw(s), score {baseline['score']:.3f}"
         if m.baseline is None and m.optimizer.get("name") == "dspy-import":  # the import's own baseline run
             reason = f"baseline measured for {_imported(old, applied)}: {baseline['n']} gate examples x {baseline['draws']} draw(s), score {baseline['score']:.3f}"
         if _same_but_when(old.data, record):  # nothing changed: rewriting it would be a diff to review for nothing
             mark_compiled(path, run_id, state_dir, None)
-            reason = (f"re-baseline changed nothing (same instructions, model and baseline outcomes: "
+            reason = (f"re-baseline changed nothing (same {'' if plain else 'instructions, '}model and baseline outcomes: "
                       f"{baseline['n']} gate examples, score {baseline['score']:.3f})")  # fmt: skip
             return CompileOutcome(name, path, applied, old, "unchanged", reason, None, record=None, replaced=replaced, usage=spent)
         if not defer_write:
