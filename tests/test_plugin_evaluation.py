@@ -269,7 +269,11 @@ class TestCompile:
         server = server_factory(failing_on({3, 6}))
         result = run(project, server, mode, "--dspex-compile", "-k", "test_dataset")
         assert result.ret == 1
-        result.stdout.fnmatch_lines(["*golden not written: the compile run was over its error budget*"])
+        # the baseline's LM errors by kind, said as the search says its own (trial8 T8-6)
+        result.stdout.fnmatch_lines([
+            "*compile stopped at its error budget: LM errors: 2 of 10 gate answers could not be answered*"
+            "golden not written (an existing one is kept)*"
+        ])  # fmt: skip
         assert not (project.path / "__dspex__/test_compile/triage.json").exists()
 
     def test_a_hung_example_times_out_in_compile_too(self, project, server_factory, mode):

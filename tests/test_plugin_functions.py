@@ -160,6 +160,27 @@ def test_a_rebaseline_says_the_function_was_measured_not_instructions_or_demos(
     assert_no_canary(project, again, same)
 
 
+@pytest.mark.parametrize("mode", list(MODES))
+def test_a_compile_against_a_dead_endpoint_names_its_lm_errors(project: pytest.Pytester, upstream: FakeLMServer, mode: str) -> None:
+    # trial8 T8-6: a plain function's compile (its baseline only) said "golden not written: the compile
+    # run was over its error budget (100% of the validation examples failed with LM errors …)": no kind,
+    # no "connection refused", where a Predict's compile names both
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"--dspex-base-url=http://127.0.0.1:{s.getsockname()[1]}/v1"  # nothing listens there
+    result = run(project, upstream, *MODES[mode], "--dspex-compile", "-k", "test_dataset", dead)
+    assert result.ret == 1
+    out = result.stdout.str()
+    assert (
+        "compile stopped at its error budget: LM errors: 10 of 10 gate answers could not be answered (lm_unavailable: 10)"
+        in out
+    ), out
+    assert "connection refused" in out and "golden not written (an existing one is kept)" in out
+    assert not (project.path / "__dspex__" / "test_app" / "triage.json").exists()
+
+
 def test_the_endpoint_fixture_and_a_function_that_fails_its_format(project: pytest.Pytester, upstream: FakeLMServer) -> None:
     project.makepyfile(test_more='''
 import openai

@@ -328,7 +328,7 @@ def rebaseline_program(
         with track_usage() as spent, example_timeout(settings.example_timeout):
             draws, error_rate = measure_baseline(
                 applied, gate, metric, draws=settings.baseline_draws, concurrency=settings.concurrency,
-                shared_first=settings.baseline_draws == 1, max_error_rate=settings.max_error_rate,
+                shared_first=settings.baseline_draws == 1, max_error_rate=settings.max_error_rate, stage="re-baseline",
             )
         if error_rate > settings.max_error_rate:
             raise GoldenFileError(
@@ -427,6 +427,7 @@ def _same_but_when(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
 def measure_baseline(
     program: Module, examples: Sequence[Any], metric: Callable[..., Any], *, draws: int = 3, concurrency: int = 16,
     rollout: str = "baseline", shared_first: bool = False, max_error_rate: float = DEFAULT_MAX_ERROR_RATE,
+    stage: str = "compile",
 ) -> tuple[list[dict[str, float]], float]:
     """``draws`` fresh passes of ``program`` over ``examples``: each pass's ``{key: score}`` and the
     worst pass's share of infrastructure errors.
@@ -437,14 +438,15 @@ def measure_baseline(
     ``shared_first``: the first pass under the caller's own cache key instead (for one pass on a
     deterministic endpoint, whose answers are the same either way): the gate's pass over the same
     examples later in the run is then answered from the cache, not asked again. Raises
-    ``CompileStoppedError`` when the metric raised on more than ``max_error_rate`` of a pass's examples.
+    ``CompileStoppedError`` when the metric raised on more than ``max_error_rate`` of a pass's examples,
+    or the LM errors did (by kind, with the first errors: ``stage`` says whose; no later pass is made).
     """
     from .._support.runtime import run_sync
     from ..evaluation.gates import paired_outcomes
     from ..evaluation.records import INFRA_ERROR_KINDS
     from ..evaluation.scoring import evaluate_records
     from ..programs import settings as dspex_settings
-    from .selection import check_budget, check_metric
+    from .selection import check_budget, check_lm_errors, check_metric
 
     passes: list[dict[str, float]] = []
     worst = 0.0
@@ -456,6 +458,8 @@ def measure_baseline(
             records = run_sync(evaluate_records(program, enumerate(examples), metric, concurrency=concurrency))
         check_budget(records, "gate answers")  # --dspex-max-calls/-cost spent: no baseline of part of the set
         check_metric(records, max_error_rate, "gate examples")  # a baseline of metric exceptions is none
+        unchanged = "the golden is unchanged" if stage == "re-baseline" else "golden not written (an existing one is kept)"
+        check_lm_errors(records, max_error_rate, what="gate answers", stage=stage, after=f"; {unchanged}")  # nor of LM errors
         infra = sum(1 for r in records if r.error_kind in INFRA_ERROR_KINDS)
         worst = max(worst, infra / len(records) if records else 0.0)
         passes.append(paired_outcomes(records))

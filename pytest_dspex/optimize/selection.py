@@ -188,6 +188,16 @@ def check_error_budget(records: Sequence[ExampleRecord], max_error_rate: float |
     fails on is 1 of them, not 1 of a first step's 10."""
     check_budget(records)
     check_metric(records, max_error_rate, out_of=out_of)
+    check_lm_errors(records, max_error_rate, out_of=out_of)
+
+
+def check_lm_errors(
+    records: Sequence[ExampleRecord], max_error_rate: float | None, *, out_of: int | None = None,
+    what: str = "validation answers", stage: str = "compile", after: str = "",
+) -> None:  # fmt: skip
+    """Stop the ``stage`` when ``records`` lost more answers to the infrastructure than the budget
+    allows: the LM errors by kind and the first of them (an unreachable endpoint, a 404), not only
+    that a golden of errors is not written (trial8 T8-6: a plain function's baseline said no more)."""
     if max_error_rate is None or not records:
         return
     from ..evaluation.gates import lm_errors_reason
@@ -201,14 +211,14 @@ def check_error_budget(records: Sequence[ExampleRecord], max_error_rate: float |
     reason = lm_errors_reason(by_kind, len(records), lost) or ""
     first: list[str] = []
     for r in lost:
-        text = (r.error or "").split(": ", 1)[-1][:300]
+        text = " ".join((r.error or "").split(": ", 1)[-1].split())[:300]  # one line: a server's error page has several
         if text and text not in first:
             first.append(text)
         if len(first) == 2:
             break
     raise CompileStoppedError(
-        f"compile stopped at its error budget: {reason.replace('examples', 'validation answers')} — over "
-        f"{max_error_rate:.0%} (--dspex-max-error-rate); " + "; ".join(first)
+        f"{stage} stopped at its error budget: {reason.replace('examples', what)} — over "
+        f"{max_error_rate:.0%} (--dspex-max-error-rate); " + "; ".join(first) + after
     )
 
 
