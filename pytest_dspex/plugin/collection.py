@@ -176,8 +176,8 @@ def _check_compile_names(session: pytest.Session, dspex: DspexSession) -> str | 
     options = [(o, w) for o, w in (("compile", dspex.options.compile), ("rebaseline", dspex.options.rebaseline)) if w and "*" not in w]
     if not options or session.testsfailed:  # collection errors speak first
         return None
-    if sys.exc_info()[1] is not None:
-        # the collection is ending on an exception (Ctrl-C while a test module imports, pytest.exit):
+    if isinstance(sys.exc_info()[1], (KeyboardInterrupt, pytest.exit.Exception)):
+        # the collection is ending on an interrupt (Ctrl-C while a test module imports, pytest.exit):
         # pytest's ``finally`` calls this hook with the items collected so far, so a name not among
         # them is not a typo, and the interrupt (exit 2), not a usage error, is what the run says
         return None
