@@ -152,6 +152,13 @@ def run(folder: Path, *args: str, url: str | None = None, cap: int | None = CAP,
         configured = [float(v) for k, v, _ in marks if k == "configured"]
         collected = [float(v) for k, v, _ in marks if k == "collected"]
         tests_s = max(ends) - min(starts) if starts and ends else 0.0
+        # per process: its first test's start to its last one's end (a worker starts on its tests as soon as
+        # its own collection is in, so the run's first-to-last span includes workers still starting)
+        spans: dict[str, list[float]] = {}
+        for k, v, pid in marks:
+            if k in ("start", "end"):
+                spans.setdefault(pid, []).append(float(v))
+        worker_s = max((max(v) - min(v) for v in spans.values()), default=0.0)
         # where the wall time goes: before the first test starts (interpreters, imports, collection, xdist's
         # workers), the tests, after the last one ends (workers' shutdown, the controller's reports)
         phases = (min(starts) - began, tests_s, ended - max(ends)) if starts and ends else None
@@ -165,7 +172,7 @@ def run(folder: Path, *args: str, url: str | None = None, cap: int | None = CAP,
             server.wait()
     text = out.stdout
     trips = re.search(r"circuit breaker opened (\d+)x", text)
-    return {"wall": wall, "tests_s": tests_s, "phases": phases, "cpu": cpu, "counts": counts, "ret": out.returncode, "trips": int(trips.group(1)) if trips else 0,
+    return {"wall": wall, "tests_s": tests_s, "worker_s": worker_s, "phases": phases, "cpu": cpu, "counts": counts, "ret": out.returncode, "trips": int(trips.group(1)) if trips else 0,
             "first_cpu": first_cpu, "configured_cpu": configured, "collected_cpu": collected, "passed": _count(text, "passed"), "lm_error": _count(text, "lm_error"), "tail": text[-1500:]}  # fmt: skip
 
 
@@ -233,9 +240,10 @@ def rows(n: int = 1000) -> list[tuple[str, str, str, bool | None]]:
     out.append(("-n 4 --dspex-max-calls 100, cache off", f"{req} requests reached the endpoint", "≤ 100", req <= 100))
     dead = run(folder, "-n", "8", url="http://127.0.0.1:9/v1")
     out.append(("dead endpoint (nothing listens), -n 8",
-                f"every example accounted: {dead['lm_error']} LM errors of {n}, {dead['tests_s']:.2f} s from the first test's start to the "
-                f"last one's end (CPU {dead['cpu']:.2f} s); breaker opened {dead['trips']}x for the run", "≤ 2 s, once",
-                dead["lm_error"] == n and dead["tests_s"] <= 2 and dead["trips"] == 1))  # fmt: skip
+                f"every example accounted: {dead['lm_error']} LM errors of {n}, the longest a worker spent on its tests "
+                f"{dead['worker_s']:.2f} s ({dead['tests_s']:.2f} s from the run's first test to its last, workers still starting "
+                f"meanwhile; whole run {dead['wall']:.2f} s, CPU {dead['cpu']:.2f} s); breaker opened {dead['trips']}x for the run",
+                "≤ 2 s, once", dead["lm_error"] == n and dead["worker_s"] <= 2 and dead["trips"] == 1))  # fmt: skip
     broken = run(folder, "-n", "8", "--dspex-concurrency=1", "--dspex-retries=0", cap=None, faults={"http_500": 1.0})
     req, _, _ = _share(broken)
     out.append(("endpoint answering 500 to everything, -n 8, one request in flight for the run, no retries",
