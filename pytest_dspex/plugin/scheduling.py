@@ -24,6 +24,10 @@ class ChunkScheduling(LoadScheduling):  # type: ignore[misc]  # xdist is untyped
     all go to the node that got its first one. Other tests are scheduled exactly as by ``load``.
     """
 
+    # xdist's own attributes, as this class uses them
+    collection: list[str] | None
+    maxschedchunk: int | None
+
     def __init__(self, config: Any, log: Any = None, *, run_id: str, state_dir: Callable[[], Path]) -> None:
         super().__init__(config, log)
         self._run_id = run_id
@@ -46,20 +50,22 @@ class ChunkScheduling(LoadScheduling):  # type: ignore[misc]  # xdist is untyped
 
     def add_node_collection(self, node: Any, collection: Any) -> None:
         super().add_node_collection(node, collection)
-        if self._complete() or node not in self.node2collection or len(collection) < self.EARLY_MIN * self.numnodes:
+        ids: list[str] = list(collection)
+        if self._complete() or node not in self.node2collection or len(ids) < self.EARLY_MIN * self.numnodes:
             return
-        if self.collection is None:
-            self.collection = list(collection)
-            self.pending[:] = range(len(self.collection))
+        first: list[str] | None = self.collection
+        if first is None:
+            first = self.collection = ids
+            self.pending[:] = range(len(ids))
             if self.maxschedchunk is None:
-                self.maxschedchunk = len(self.collection)
-        elif list(collection) != self.collection:
+                self.maxschedchunk = len(ids)
+        elif ids != first:
             return  # said (and the run failed) by ``schedule`` once every worker is in
         if not self._started:
             self._announce()
         self._started.add(node)
-        items_per_node = len(self.collection) // max(1, self.numnodes)
-        self._send_tests(node, max(2, min(items_per_node // 4, self.maxschedchunk)))
+        most = self.maxschedchunk if self.maxschedchunk is not None else len(first)
+        self._send_tests(node, max(2, min(len(first) // max(1, self.numnodes) // 4, most)))
 
     def _announce(self) -> None:
         """Say what xdist says once every worker is in (``8 workers [1000 items]``), as the first tests
@@ -79,7 +85,7 @@ class ChunkScheduling(LoadScheduling):  # type: ignore[misc]  # xdist is untyped
             pass
 
     def _complete(self) -> bool:
-        return len(self.node2collection) >= self.numnodes
+        return bool(len(self.node2collection) >= self.numnodes)
 
     def schedule(self) -> None:
         if self.collection is None or not self._started:  # no early start: xdist's own
@@ -131,9 +137,9 @@ class ChunkScheduling(LoadScheduling):  # type: ignore[misc]  # xdist is untyped
     # number. If xdist renames it, runs still work: batches may then split a chunk, which only
     # costs concurrency (a chunk's examples evaluated on two workers), never correctness.
     def _send_tests(self, node: Any, num: int) -> None:
-        if self._chunk_at is None:  # the collection is complete before anything is sent
+        if self._chunk_at is None:  # the (first worker's) collection is in before anything is sent
             chunks = read_chunks(self._state_dir(), self._run_id)
-            self._chunk_at = [chunks.get(nodeid) for nodeid in self.collection]
+            self._chunk_at = [chunks.get(nodeid) for nodeid in self.collection or ()]
         pending, chunk_at = self.pending, self._chunk_at
         if 0 < num < len(pending):
             last = chunk_at[pending[num - 1]]
