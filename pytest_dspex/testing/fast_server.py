@@ -24,7 +24,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
-from .fake_server import (
+from .answers import (
     BAD_SHAPE,
     GARBLED,
     NOT_FOUND_ERROR,
