@@ -73,16 +73,26 @@ class ChunkScheduling(LoadScheduling):  # type: ignore[misc]  # xdist is untyped
         trdist = self.config.pluginmanager.getplugin("terminaldistreporter")
         if trdist is None or self.collection is None:
             return
+        verbose = self.config.option.verbose
         n, items = self.numnodes, len(self.collection)
         line = f"{n} worker{'' if n == 1 else 's'} [{items} item{'' if items == 1 else 's'}]"
         try:
-            if getattr(trdist, "_isatty", False):
-                trdist.rewrite(line, newline=True)
-            else:
+            if getattr(trdist, "_isatty", False):  # -q: xdist's own 'bringing up nodes...', ended
+                trdist.rewrite(line if verbose >= 0 else trdist.getstatus(), newline=True)
+            elif verbose >= 0:  # -q off a terminal: xdist said its line when the workers were set up
                 trdist.write_line(line)
+            if verbose > 0:
+                trdist.write_line(f"scheduling tests via {type(self).__name__}")
             trdist.setstatus = lambda *args, **kwargs: None  # the workers still starting: not drawn
         except Exception:  # xdist's reporter changed: its own status lines, as before
             pass
+
+    @property
+    def has_pending(self) -> bool:
+        """Read by xdist only when every worker is in, to decide whether to say the status line and end
+        it with a blank line: said already at an early start (else a stale 'ready: 1/2 workers' was
+        written into the progress dots when the started workers had run everything by then)."""
+        return bool(self._started) or bool(super().has_pending)
 
     def _complete(self) -> bool:
         return bool(len(self.node2collection) >= self.numnodes)
@@ -93,7 +103,11 @@ class ChunkScheduling(LoadScheduling):  # type: ignore[misc]  # xdist is untyped
             return
         if not self._check_nodes_have_same_collection():
             self.log("**Different tests collected, aborting run**")
-            for node in self.nodes:  # the others stop after what they were given
+            # Nothing more is sent (xdist's abort leaves nothing pending); the workers started early end
+            # with the batch they have, then the run ends: with tests still pending and every worker
+            # gone, xdist's loop raised 'Unexpectedly no active workers available' (INTERNALERROR).
+            self.pending[:] = []
+            for node in self.nodes:
                 node.shutdown()
             return
         for node in self.nodes:
@@ -121,6 +135,12 @@ class ChunkScheduling(LoadScheduling):  # type: ignore[misc]  # xdist is untyped
         example, until xdist's restarts run out and the whole run is lost. They are left unrun instead
         (the per-example test is then incomplete: k of n examples ran) and named in the crash report."""
         pending = self.node2pending.get(node) or []
+        if pending and not self._complete():
+            # Started early and crashed before every worker was in: its collection no longer counts, so
+            # the one of the worker replacing it does. Else that one made the count complete while a
+            # slow worker was still collecting: that worker was sent tests before its collection was
+            # known, and a collection of other tests there was never said (the run passed).
+            self.node2collection.pop(node, None)
         chunk_at, collection = self._chunk_at, self.collection
         if pending and chunk_at is not None and collection is not None:
             chunk = chunk_at[pending[0]]
@@ -145,4 +165,10 @@ class ChunkScheduling(LoadScheduling):  # type: ignore[misc]  # xdist is untyped
             last = chunk_at[pending[num - 1]]
             while last is not None and num < len(pending) and chunk_at[pending[num]] == last:
                 num += 1
-        super()._send_tests(node, num)
+        try:
+            super()._send_tests(node, num)
+        except OSError:  # execnet 'cannot send (already closed?)': the worker died after its last report
+            # The tests are on its pending list already: its crash, handled next, names the one it was
+            # running and sends the rest elsewhere. (A worker started early reports a test done and
+            # crashes in the next while others still collect; the send was an INTERNALERROR.)
+            self.log("could not send tests to", node.gateway.id, ": it is gone")
