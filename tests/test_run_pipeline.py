@@ -128,10 +128,10 @@ def test_every_format_is_an_option_of_the_plugin_and_of_the_commands(tmp_path: P
     run.judge()
     doc = RunDocument(programs=[run.row()]).to_json()
     args = parser.parse_args([f"--{f.option}={tmp_path / f.name}" for f in FORMATS.values()])
-    assert write_formats(doc, args) is False
+    assert write_formats(doc, args) == (False, [])  # nothing to stdout, every format written
     assert json.loads((tmp_path / "json").read_text()) == doc
     assert "triage" in (tmp_path / "html").read_text() and "triage" in (tmp_path / "markdown").read_text()
     case = ET.parse(tmp_path / "junit").getroot().find("testsuite/testcase")
     assert case is not None and case.find("failure") is not None
-    assert write_formats(doc, parser.parse_args(["--markdown=-"])) is True
+    assert write_formats(doc, parser.parse_args(["--markdown=-"])) == (True, [])
     assert "triage" in capsys.readouterr().out
