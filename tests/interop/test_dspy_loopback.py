@@ -142,17 +142,22 @@ def test_triage(dspex_evaluate):
 '''
 
 
-@pytest.mark.parametrize("mode", [["-n", "2"], ["-p", "no:xdist"]], ids=["xdist", "no-xdist"])
-def test_the_plugin_gates_a_dspy_program_and_replays_it(
-    pytester: pytest.Pytester, upstream: FakeLMServer, monkeypatch: pytest.MonkeyPatch, mode: list[str]
-) -> None:
+def _project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, source: str) -> None:
+    """A user's project: ``source`` as its test file, the messages as its dataset, the canary as its key."""
     import json
 
     monkeypatch.setenv("OPENAI_API_KEY", CANARY)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     rows = [{"message": m, "team": "billing" if "charged" in m else "technical"} for m in MESSAGES]
     pytester.makefile(".jsonl", **{"data/dev": "\n".join(json.dumps(r) for r in rows) + "\n"})
-    pytester.makepyfile(test_app=PROJECT)
+    pytester.makepyfile(test_app=source)
+
+
+@pytest.mark.parametrize("mode", [["-n", "2"], ["-p", "no:xdist"]], ids=["xdist", "no-xdist"])
+def test_the_plugin_gates_a_dspy_program_and_replays_it(
+    pytester: pytest.Pytester, upstream: FakeLMServer, monkeypatch: pytest.MonkeyPatch, mode: list[str]
+) -> None:
+    _project(pytester, monkeypatch, PROJECT)
     opts = [f"--dspex-base-url={upstream.base_url}", "--dspex-model=fake-model", "--dspex-openai-env", "-p", "no:cacheprovider"]
     first = pytester.runpytest_subprocess(*opts, *mode, "--dspex-compile", timeout=300)
     first.assert_outcomes(passed=1)
@@ -191,13 +196,7 @@ def test_the_plugin_gates_a_dspy_module_wrapped_whole(
     pytester: pytest.Pytester, upstream: FakeLMServer, monkeypatch: pytest.MonkeyPatch, mode: list[str]
 ) -> None:
     """T9-2 through pytest: no ``input_keys=``, the module's ``dspy.Prediction`` is its answer."""
-    import json
-
-    monkeypatch.setenv("OPENAI_API_KEY", CANARY)
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    rows = [{"message": m, "team": "billing" if "charged" in m else "technical"} for m in MESSAGES]
-    pytester.makefile(".jsonl", **{"data/dev": "\n".join(json.dumps(r) for r in rows) + "\n"})
-    pytester.makepyfile(test_app=WRAPPED)
+    _project(pytester, monkeypatch, WRAPPED)
     result = pytester.runpytest_subprocess(f"--dspex-base-url={upstream.base_url}", "--dspex-model=fake-model",
                                            "--dspex-openai-env", "--dspex-missing-golden=zero-shot", "-p",
                                            "no:cacheprovider", *mode, timeout=300)  # fmt: skip
