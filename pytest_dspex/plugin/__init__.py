@@ -9,10 +9,11 @@ so each worker evaluates whole chunks concurrently (see ``plugin/xdist.py``).
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import os
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -271,14 +272,28 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             # JSON: travels with the report through xdist — as ASCII JSON text from a worker, so a lone
             # surrogate from a dataset row crosses execnet (which refuses it in a str) and comes back the same
             dspex = item.config.stash.get(session_key, None)
-            worker = dspex is not None and dspex.is_worker
-            report.dspex = json.dumps(payload) if worker else payload  # type: ignore[attr-defined]
+            if dspex is not None and dspex.is_worker:
+                global _decoded
+                text = json.dumps(payload)
+                report.dspex = text  # type: ignore[attr-defined]
+                # this process reads it next (``pytest_report_teststatus``, the terminal's): not decoded again
+                _decoded = (text, payload)
+            else:
+                report.dspex = payload  # type: ignore[attr-defined]
             if payload.get("kind") == "example" and report.passed:
-                from ..reports._format import miss_lines, outcome
-
+                miss_lines, outcome = _format_helpers()
                 if outcome(payload["record"]) != "pass":  # -rA shows it under the item: expected vs got
                     report.sections.append(("dspex: " + outcome(payload["record"]), "\n".join(miss_lines(payload["record"]))))
     return report
+
+
+@functools.cache
+def _format_helpers() -> tuple[Callable[[Mapping[str, Any]], list[str]], Callable[[Mapping[str, Any]], str]]:
+    """``reports._format``'s ``miss_lines`` and ``outcome``, imported at the first per-example report and
+    kept (a relative import in the hook cost every item's report a few microseconds)."""
+    from ..reports._format import miss_lines, outcome
+
+    return miss_lines, outcome
 
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:

@@ -12,8 +12,9 @@ Both test modes score through ``evaluation.score_example`` and report ``ExampleR
 from __future__ import annotations
 
 import asyncio
+import functools
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,9 @@ from .progress import Progress, run_with_progress
 from .session import Dataset, DspexSession, Resolved, session_key
 
 if TYPE_CHECKING:
+    from ..evaluation.comparison import RedrawPlan
     from ..evaluation.records import ExampleRecord
+    from ..reports.run import RunSettings
     from .collector import Payload
 
 __all__ = ["DatasetProblem", "Evaluator", "NotAnswered", "Predictor", "index_key", "payload_key", "test_key"]
@@ -242,14 +245,26 @@ def _comparable_golden_score(resolved: Resolved, fingerprint: str | None) -> flo
     return g.baseline_score
 
 
+#: a test file -> (it, its folder): asked by every per-example item (twice); ``Path(p)`` re-parses ``p``
+_FILES: dict[Any, tuple[Path, Path]] = {}
+
+
+def _file_and_folder(node: Any) -> tuple[Path, Path]:
+    """The test's file and its folder (the markers' paths are relative to it), made once per file."""
+    found = _FILES.get(node.path)
+    if found is None:
+        path = Path(node.path)
+        found = _FILES[node.path] = (path, path.parent)
+    return found
+
+
 class _TestContext:
     """What both fixtures read off the requesting test: its node, file, session, program and metric."""
 
     def __init__(self, request: pytest.FixtureRequest, fixture: str) -> None:
         self.request = request
         self.node = request.node
-        self.test_file = Path(self.node.path)
-        self.base = self.test_file.parent
+        self.test_file, self.base = _file_and_folder(self.node)
         self.session = _session(request)
         self.spec: ProgramSpec = require(self.node, program_spec(self.node, self.base), "dspex_program", fixture)
         self.mspec: MetricSpec | None = metric_spec(self.node)
@@ -425,6 +440,22 @@ def _name_evaluations(rows: list[dict[str, Any]]) -> None:
         r["mode"] = f"dataset: {shown}" if shown is not None else f"dataset #{i}"
 
 
+@functools.cache
+def _predict_needs() -> tuple[
+    Callable[..., Any], type[RedrawPlan], Callable[..., Any], type[RunSettings], type[Payload], Callable[[Any], list[tuple[str, str]]]
+]:
+    """What ``Predictor._run`` uses, imported at its first item (not at the plugin's import) and kept:
+    six relative imports an item were ~20 µs of every per-example item's CPU."""
+    from .._support.runtime import run_sync
+    from ..evaluation.comparison import RedrawPlan
+    from ..evaluation.scoring import evaluate_records
+    from ..reports import example_properties
+    from ..reports.run import RunSettings
+    from .collector import Payload
+
+    return run_sync, RedrawPlan, evaluate_records, RunSettings, Payload, example_properties
+
+
 class Predictor:
     """``dspex_predict(example)``: this item's example, run, scored and recorded for the aggregate gate."""
 
@@ -440,12 +471,7 @@ class Predictor:
 
     def _run(self, example: Any) -> Any:
         __tracebackhide__ = True
-        from .._support.runtime import run_sync
-        from ..evaluation.comparison import RedrawPlan
-        from ..evaluation.scoring import evaluate_records
-        from ..reports.run import RunSettings
-        from .collector import Payload
-
+        run_sync, RedrawPlan, evaluate_records, RunSettings, Payload, example_properties = _predict_needs()
         ctx = _TestContext(self._request, "dspex_predict")
         node, session, spec = ctx.node, ctx.session, ctx.spec
         mspec: MetricSpec = require(node, ctx.mspec, "dspex_metric", "dspex_predict")
@@ -486,7 +512,7 @@ class Predictor:
                 keep_exceptions=ITEM_FAILING_KINDS,  # re-raised below: the item fails with the original traceback
                 redraw=redraw,  # a noisy baseline: discordant first answers asked again
             )
-            records = run_with_progress(progress, lambda: run_sync(coro))
+            records: list[ExampleRecord] = run_with_progress(progress, lambda: run_sync(coro))
             tally.add(records)
             return records
 
@@ -506,7 +532,8 @@ class Predictor:
             alpha=options.alpha,
             max_error_rate=options.max_error_rate,
             golden=session.rel(resolved.golden_path) if resolved.golden is not None else None,
-            golden_score=_comparable_golden_score(resolved, data.fingerprint),
+            # the dataset's fingerprint (a hash of every example) only when there is a golden to compare with
+            golden_score=_comparable_golden_score(resolved, data.fingerprint) if resolved.golden is not None else None,
             dataset_size=len(data.examples),
             note=_note(session, resolved, paired[1], mspec.metric, data.examples),
             # the large parts once per process: the controller keeps the first it gets
@@ -532,8 +559,6 @@ class Predictor:
         session.lms.warn_if_alone()
         if options.estimate:  # no verdict from an estimate: the summary says what a run would cost
             pytest.skip("--dspex-estimate: no LM call made")
-        from ..reports import example_properties
-
         node.user_properties.extend(example_properties(record))  # JUnit: score, outcome (pass/miss/error), error
         if record.error_kind in ITEM_FAILING_KINDS:
             if record.exception is not None:
@@ -612,7 +637,7 @@ def dspex_example(request: pytest.FixtureRequest) -> Any:
     node = request.node
     if isinstance(request.param, DatasetProblem):
         pytest.fail(str(request.param), pytrace=False)  # the item is named in the header
-    base = Path(node.path).parent
+    base = _file_and_folder(node)[1]
     spec = require(node, program_spec(node, base), "dspex_program", "dspex_example")
     path, limit = require(node, dataset_path(node, base), "dspex_dataset", "dspex_example")
     node.stash[index_key] = request.param

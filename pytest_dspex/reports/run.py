@@ -79,7 +79,7 @@ class RunSettings:
     _KEYS = {"provenance": "golden_provenance"}
 
     def to_json(self) -> dict[str, Any]:
-        out = {self._KEYS.get(f.name, f.name): getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        out = {key: getattr(self, name) for name, key in _json_names()}
         return out | self.extra
 
     @classmethod
@@ -108,6 +108,18 @@ class RunSettings:
         self.provenance = self.provenance or other.provenance
         self.instructions_diff = self.instructions_diff or other.instructions_diff
         self.extra = other.extra | self.extra
+
+
+_NAMES: tuple[tuple[str, str], ...] = ()
+
+
+def _json_names() -> tuple[tuple[str, str], ...]:
+    """``RunSettings``' (field, JSON key) pairs, ``extra`` left out: worked out once (``to_json`` runs for
+    every per-example item's report, and ``dataclasses.fields`` is not free)."""
+    global _NAMES
+    if not _NAMES:
+        _NAMES = tuple((f.name, RunSettings._KEYS.get(f.name, f.name)) for f in fields(RunSettings) if f.name != "extra")
+    return _NAMES
 
 
 @dataclass
