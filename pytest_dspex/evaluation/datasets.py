@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -99,16 +99,21 @@ def load_dataset(
                     row[name],
                     fields.owner if fields else "",
                 )
-        ex = Example(row)
-        examples.append(ex.with_inputs(*keys) if keys is not None else ex)
+        ex = Example(row)  # the row's own copy; its inputs set in place (``with_inputs`` would copy it again)
+        if keys is not None:
+            object.__setattr__(ex, "_input_keys", keys)
+        examples.append(ex)
         lines.append(line)
         if limit is not None and len(examples) >= limit:
             break
     if not examples:
         raise DatasetError(f"{p}: dataset is empty")
     if fields is not None and fields.labels:
-        _check_labels(examples, fields, [f"{p}:{n}" if where == "line" else f"{p}: item {n}" for n in lines])
-    check_unique_keys(examples, str(p), positions=[f"{where} {n}" for n in lines])
+        _check_labels(examples, fields, lambda i: f"{p}:{lines[i]}" if where == "line" else f"{p}: item {lines[i]}")
+    try:
+        check_unique_keys(examples, str(p))
+    except DatasetError:  # said again with each duplicate's line (the positions made only for the message)
+        check_unique_keys(examples, str(p), positions=[f"{where} {n}" for n in lines])
     return examples
 
 
@@ -226,13 +231,15 @@ def _read_json(p: Path) -> Iterable[tuple[int, dict[str, Any]]]:
         yield i, row
 
 
-def _check_labels(examples: Sequence[Example], fields: DatasetFields, where: Sequence[str]) -> None:
+def _check_labels(examples: Sequence[Example], fields: DatasetFields, where: Callable[[int], str]) -> None:
     """Every row carries each label (output field) that some row of the file carries: a row without
-    one would be scored by a metric reading a field it does not have (or trained on as a demo)."""
+    one would be scored by a metric reading a field it does not have (or trained on as a demo).
+    ``where(i)``: the i-th example's place in the file, for the message."""
     carried = [n for n in fields.labels if any(ex.get(n) is not None for ex in examples)]
-    for ex, at in zip(examples, where, strict=True):
+    for i, ex in enumerate(examples):
         missing = [n for n in carried if ex.get(n) is None]
         if missing:
+            at = where(i)
             key = ex.get("id")
             who = f" (id {key})" if key is not None else ""
             names = ", ".join(repr(n) for n in missing)

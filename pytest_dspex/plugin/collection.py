@@ -92,12 +92,15 @@ def example_ids(examples: Sequence[Any]) -> list[str]:
     return [ident if counts[ident] == 1 else _short_id(ex, key, 16) for ident, ex, key in zip(ids, examples, keys, strict=True)]
 
 
+_NON_WORD = re.compile(r"\W+")  # (compiled once: a call per example)
+
+
 def _short_id(example: Any, key: str, digits: int) -> str:
     if not key.startswith("h:"):  # the row's own id
         return key
     input_keys = getattr(example, "input_keys", None) or tuple(example.keys())
     first = next((example[k] for k in input_keys if k in example), "")
-    text = re.sub(r"\W+", "-", str(first)).strip("-")[:24].strip("-")
+    text = _NON_WORD.sub("-", str(first)).strip("-")[:24].strip("-")
     return f"{text}-{key[2 : 2 + digits]}" if text else key[2 : 2 + digits]
 
 
@@ -126,9 +129,10 @@ def note_selection(session: pytest.Session) -> None:
     lowest: dict[str, int] = {}
     keys: dict[tuple[Any, str], str] = {}  # (parent, function) -> test_key: the 1,000 items of a test share one
     specs: dict[tuple[Any, int], Any] = {}  # (file, marker) -> the program's name: parsed once, not per item
-    for item in session.items:  # which program each selected dspex test gates (a stopped run names the ungated)
+    for item in session.items:  # one pass: 1,000s of per-example items
+        key: str | None = None
         mark = item.get_closest_marker("dspex_program")
-        if mark is not None:
+        if mark is not None:  # which program each selected dspex test gates (a stopped run names the ungated)
             where = (item.path, id(mark))
             if where not in specs:
                 try:
@@ -137,19 +141,21 @@ def note_selection(session: pytest.Session) -> None:
                     spec = None
                 specs[where] = spec.name if spec is not None else None
             if specs[where] is not None:
-                dspex.selected_programs[_test_key(item, keys)] = specs[where]
-    if dspex.is_worker and dspex.selected_programs and session.config.workerinput["workerid"] == "gw0":  # type: ignore[attr-defined]
-        from .xdist import write_selected_programs
-
-        write_selected_programs(dspex.state_dir(), dspex.run_id, dspex.selected_programs)
-    for item in session.items:
+                key = _test_key(item, keys)
+                dspex.selected_programs[key] = specs[where]
         callspec = getattr(item, "callspec", None)
         if callspec is not None and isinstance(callspec.params.get("dspex_example"), int):
-            key, index = _test_key(item, keys), int(callspec.params["dspex_example"])
+            index = int(callspec.params["dspex_example"])
+            if key is None:
+                key = _test_key(item, keys)
             dspex.selected.setdefault(key, set()).add(index)
             if index < lowest.get(key, index + 1):  # the item that reports a failure its test shares
                 lowest[key], dspex.first_items[key] = index, item.nodeid
             chunks[item.nodeid] = f"dspex::{key}::{dspex.chunk_of(index)}"
+    if dspex.is_worker and dspex.selected_programs and session.config.workerinput["workerid"] == "gw0":  # type: ignore[attr-defined]
+        from .xdist import write_selected_programs
+
+        write_selected_programs(dspex.state_dir(), dspex.run_id, dspex.selected_programs)
     if dspex.is_worker and chunks:
         from .xdist import write_chunks
 
