@@ -22,17 +22,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-if TYPE_CHECKING:  # annotations only: the plugin's option check imports the registry, which imports this
+from .default import DEFAULT_OPTIMIZER
+
+if TYPE_CHECKING:  # annotations only
     from ..evaluation.result import EvaluationResult
     from ..lm.usage import Usage
     from ..programs.modules import Module
     from ..programs.primitives import Example
 
 __all__ = ["DEFAULT_OPTIMIZER", "Candidate", "CompileResult", "Optimizer", "OptimizerClass", "OptimizerSettings"]
-
-#: what ``--dspex-compile`` runs when no optimizer is named: today's candidate search
-DEFAULT_OPTIMIZER = "random-search"
-
 
 def _usage() -> Usage:
     from ..lm.usage import Usage

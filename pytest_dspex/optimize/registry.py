@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
-from .protocol import DEFAULT_OPTIMIZER, Optimizer, OptimizerClass, OptimizerSettings
+from .default import DEFAULT_OPTIMIZER
+
+if TYPE_CHECKING:  # annotations only: the plugin's option check imports this module in every process
+    from .protocol import Optimizer, OptimizerClass, OptimizerSettings
 
 __all__ = ["DEFAULT_OPTIMIZER", "OPTIMIZERS", "make_optimizer", "optimizer_class", "unknown_optimizer"]
 
