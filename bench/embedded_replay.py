@@ -16,7 +16,9 @@ Variants: ``before`` (llama.cpp's grammar pass over the whole vocabulary, OpenMP
 the server as it was), ``now`` (the server as ``ensure_server`` starts it), ``spin`` (now, with
 spinning threads), ``full-grammar`` (now, with the whole-vocabulary grammar pass), ``one-thread``,
 ``serial`` and ``batched`` (the batch engine off and on: ``DSPEX_BATCHED``), ``batched-1`` (on, the
-requests sent one at a time).
+requests sent one at a time). Any variant with ``+alt`` appended runs with the ``llama_cpp`` package
+found at ``DSPEX_BENCH_LLAMA_PATH`` first on the server's path (a build with other flags, unpacked
+from its wheel), e.g. ``--variants now,now+alt``.
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ def replay(name: str, bodies: list[dict[str, Any]], concurrency: int) -> dict[st
 
     from pytest_dspex.lm.local.embedded import LOCAL_MODEL_NAME, model_path
 
-    variant = VARIANTS[name]
+    variant = VARIANTS[name.removesuffix("+alt")]
     port = _free_port()
     from pytest_dspex.lm.local.embedded import _threads
 
@@ -127,7 +129,8 @@ def replay(name: str, bodies: list[dict[str, Any]], concurrency: int) -> dict[st
             "--chat_format", "dspex-plain", "--n_ctx", "4096", "--verbose", "True", "--n_threads", str(threads),
             "--logits_all", "False"]  # fmt: skip
     env = _server_env(variant)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    # ``--llama-path``: a llama_cpp package built another way, imported before the installed one
+    env["PYTHONPATH"] = os.pathsep.join([*(p for p in (os.environ.get("DSPEX_BENCH_LLAMA_PATH", ""),) if p and name.endswith("+alt")), str(ROOT), env.get("PYTHONPATH", "")])
     with tempfile.TemporaryDirectory() as tmp:
         log_path = Path(tmp) / "server.log"
         with open(log_path, "wb") as log:
