@@ -408,6 +408,45 @@ def test_serial_schedule_runs_one_candidate_per_model_instance_with_the_same_res
         assert len(set(paired[first : last + 1])) <= 2
 
 
+def test_serial_lanes_do_not_wait_for_a_slow_candidate(server_factory, make_lm):
+    """Two instances, one candidate each: the candidate whose answers are slow (here the zero-shot one)
+    keeps its instance, while the other instance takes the next candidates one after another instead
+    of idling until the slow one ends (they used to run in fixed pairs); the scores are the same as
+    one candidate at a time."""
+    from pytest_dspex.testing.fake_server import Faults
+
+    train, val = intent_examples(3), intent_examples(1, offset=200)
+    val_msgs = {e.message for e in val}
+
+    def asked(body) -> tuple[str, int] | None:
+        user = body["messages"][-1]["content"]
+        msg = user.rsplit("Message: ", 1)[-1].split("\n")[0]
+        return (user.rsplit("Message:", 1)[0], user.count("Message:") - 1) if msg in val_msgs else None
+
+    def slow(body, _seen):
+        got = asked(body)
+        return got is not None and got[1] == 0  # the zero-shot candidate's answers take 0.2 s each
+
+    server = server_factory(_demo_count_responder(1), stall_if=slow, faults=Faults(stall_s=0.2))
+
+    def compile_with(width: int):
+        opt = BootstrapFewShotWithRandomSearch(
+            intent_matches, num_candidates=4, max_bootstrapped_demos=2, max_labeled_demos=3, serial=True,
+            serial_width=width, evaluate_train=False, concurrency=4, racing=False, calibrate=False,
+        )  # fmt: skip
+        server.bodies.clear()
+        result = opt.compile(dspex.Predict(Intent, lm=make_lm(server, concurrency=4)), trainset=train, valset=val)
+        return result, [a for a in map(asked, server.bodies) if a is not None]
+
+    one, _ = compile_with(1)
+    two, order = compile_with(2)
+    assert [(c.name, c.score) for c in two.candidates] == [(c.name, c.score) for c in one.candidates]
+    zero = [i for i, (_, demos) in enumerate(order) if demos == 0]
+    assert len(zero) >= len(val)
+    others_meanwhile = {prefix for prefix, demos in order[zero[0] : zero[-1]] if demos}
+    assert len(others_meanwhile) >= 2, others_meanwhile  # more than a fixed partner ran beside it
+
+
 def test_sign_test():
     from pytest_dspex.optimize.search import sign_test_p
 

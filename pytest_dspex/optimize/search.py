@@ -35,8 +35,9 @@ none is given):
   sets alternate. ``serial=None`` decides from the LM; elsewhere candidates run side by side. The
   embedded server keeps one model instance per core: there ``serial_width`` candidates (one per
   instance) run at once, each one request at a time, so every instance keeps one candidate's prefix
-  instead of all of them evaluating the same new prefix at each candidate's start (answers do not
-  depend on the schedule: the server's answer is a function of its prompt).
+  instead of all of them evaluating the same new prefix at each candidate's start; an instance
+  whose candidate is done takes the next one at once (answers do not depend on the schedule: the
+  server's answer is a function of its prompt).
 * **An error budget.** With ``max_error_rate`` set (the plugin passes ``--dspex-max-error-rate``),
   the search stops with ``CompileStoppedError`` after a racing step as soon as the live candidates'
   answers so far lost to the infrastructure (unreachable endpoint, HTTP errors, timeouts …), or the
@@ -472,16 +473,13 @@ class BootstrapFewShotWithRandomSearch:
                 running.pop(cand.name, None)
                 records[cand.name].extend(got)
 
-            if serial:
-                for i in range(0, len(alive), max(1, width)):
-                    group = alive[i : i + max(1, width)]
-                    if len(group) == 1:  # alone: as many at once as the search allows
-                        await run(group[0])
-                    else:  # an instance's share each (one request, or its engine's batch): every
-                        # instance keeps one candidate's prefix
-                        each = max(1, min(self.concurrency, width * batch) // len(group))
-                        await asyncio.gather(*(run(c, concurrency=each) for c in group))
+            if serial and (width <= 1 or len(alive) == 1):
+                for cand in alive:  # alone: as many at once as the search allows
+                    await run(cand)
                     self._check_errors(alive, records, asked)
+            elif serial:
+                await self._lanes(alive, run, lanes=min(width, len(alive)), each=max(1, min(self.concurrency, width * batch) // width),
+                                  check=lambda: self._check_errors(alive, records, asked))  # fmt: skip
             else:
                 await asyncio.gather(*(run(c) for c in alive))
             self._check_errors(alive, records, asked)
@@ -491,6 +489,29 @@ class BootstrapFewShotWithRandomSearch:
         for cand in candidates:
             cand.result = EvaluationResult.from_records(records[cand.name], metric=metric_name(self.metric))
             tracing.end_span(spans[cand.name], {"dspex.score": cand.result.score, "dspex.n": cand.result.n, "dspex.dropped_at": cand.dropped_at})
+
+    @staticmethod
+    async def _lanes(
+        alive: list[Candidate], run: Callable[..., Any], *, lanes: int, each: int, check: Callable[[], None]
+    ) -> None:
+        """Score ``alive`` on one racing step, ``lanes`` candidates at a time (one per model instance),
+        each with an instance's share of requests (``each``: one, or its engine's batch), so every
+        instance keeps one candidate's prefix. A lane takes the next candidate as soon as its own is
+        done (a candidate whose answers run long no longer holds an instance idle until it ends).
+        ``check`` (the error budget) after each candidate; its error stops the other lanes."""
+        queue = list(alive)
+
+        async def lane() -> None:
+            while queue:
+                await run(queue.pop(0), concurrency=each)
+                check()
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(lanes):
+                    group.create_task(lane())
+        except BaseExceptionGroup as grouped:  # the first lane's error, as one candidate's would be
+            raise grouped.exceptions[0] from None
 
     def _check_errors(self, alive: list[Candidate], records: dict[str, list[ExampleRecord]], asked: dict[str, int]) -> None:
         """Stop at the error budget as soon as the live candidates' answers so far put their whole selection
