@@ -244,3 +244,32 @@ def test_example_timeout_cancels_hung_programs_and_metrics_and_the_run_goes_on(s
     assert result.n == 10 and result.errors_by_kind == {"timeout": 2}
     assert sorted(r.index for r in result.errors) == [3, 5]
     assert "example timeout" in (result.errors[0].error or "")
+
+
+def test_workers_lent_to_a_running_evaluation_take_the_examples_not_yet_begun():
+    """``lend_workers``: a caller whose other work is done gives an evaluation more workers; they take
+    the examples not yet begun, every example is scored once, records stay in input order."""
+    from pytest_dspex.evaluation.scoring import evaluate_records
+
+    state = {"now": 0, "peak": 0, "calls": 0}
+
+    class Slow(dspex.Module):
+        async def aforward(self, message: str) -> dspex.Prediction:
+            state["now"] += 1
+            state["calls"] += 1
+            state["peak"] = max(state["peak"], state["now"])
+            await asyncio.sleep(0.02)
+            state["now"] -= 1
+            return dspex.Prediction(team=message.split()[-1])
+
+    examples = [dspex.Example(message=f"case {i} team{i % 3}", team=f"team{i % 3}").with_inputs("message") for i in range(12)]
+    lent = []
+
+    def lend(add):
+        lent.append(add)
+        add(2)  # two more workers beside the one asked for
+
+    records = asyncio.run(evaluate_records(Slow(), list(enumerate(examples)), lambda e, p, t=None: e.team == p.team,
+                                           concurrency=1, lend_workers=lend))  # fmt: skip
+    assert len(lent) == 1 and state["calls"] == 12 and state["peak"] == 3
+    assert [r.index for r in records] == list(range(12)) and all(r.score == 1.0 for r in records)

@@ -447,6 +447,28 @@ def test_serial_lanes_do_not_wait_for_a_slow_candidate(server_factory, make_lm):
     assert len(others_meanwhile) >= 2, others_meanwhile  # more than a fixed partner ran beside it
 
 
+def test_a_lane_with_nothing_left_lends_its_share_to_the_candidate_still_running():
+    """The step's last candidate does not finish on one instance while the other idles: the lane that
+    runs out of candidates gives its share of workers to the one still running."""
+    import asyncio
+    from types import SimpleNamespace
+
+    events_seen: list[tuple[str, Any]] = []
+
+    async def run(cand, concurrency, lend_workers):
+        lend_workers(lambda k, name=cand.name: events_seen.append(("lent", (name, k))))
+        events_seen.append(("start", cand.name))
+        await asyncio.sleep(0.3 if cand.name == "slow" else 0.02)
+        events_seen.append(("end", cand.name))
+
+    alive = [SimpleNamespace(name=n) for n in ("slow", "b", "c")]
+    asyncio.run(BootstrapFewShotWithRandomSearch._lanes(alive, run, lanes=2, each=3, check=lambda: None))
+    assert events_seen.index(("start", "c")) < events_seen.index(("end", "slow"))  # b's lane went on to c
+    assert ("lent", ("slow", 3)) in events_seen  # then lent its 3 workers to the slow one
+    assert events_seen.index(("lent", ("slow", 3))) < events_seen.index(("end", "slow"))
+    assert events_seen[-1] == ("end", "slow")
+
+
 def test_sign_test():
     from pytest_dspex.optimize.search import sign_test_p
 

@@ -341,8 +341,12 @@ async def evaluate_records(
     keep_exceptions: Container[str] = (),
     repeat_reduction: str = "mean",
     redraw: RedrawPlan | None = None,
+    lend_workers: Callable[[Callable[[int], None]], None] | None = None,
 ) -> list[ExampleRecord]:
     """Score ``(index, example)`` pairs with ``concurrency`` workers; records in input order.
+
+    ``lend_workers(add)`` is told, as the evaluation starts, how to give it more workers: ``add(k)``
+    starts ``k`` more on the examples not yet begun (a caller whose other work is done lends its share).
 
     ``repeats`` runs each example that many times; a record keeps its live exception only when its
     error kind is in ``keep_exceptions``; ``redraw`` re-asks the examples whose first answer disagrees
@@ -402,6 +406,14 @@ async def evaluate_records(
                 if limit <= 0:
                     return
 
+    def add(k: int) -> None:
+        for _ in range(k):
+            extra = asyncio.get_running_loop().create_task(worker(), context=base.copy())
+            spares.add(extra)
+            extra.add_done_callback(spares.discard)
+
+    if lend_workers is not None:
+        lend_workers(add)
     attributes = {"dspex.program": program_name, "dspex.metric": mname, "dspex.examples": len(pending)} if traced else None
     with tracing.span("dspex.evaluate", attributes) if traced else tracing.NO_SPAN as span:
         try:

@@ -456,7 +456,8 @@ class BootstrapFewShotWithRandomSearch:
             chunk = [(i, valset[i]) for i in order[done:stop]]
 
             async def run(
-                cand: Candidate, chunk: list[tuple[int, Example]] = chunk, stop: int = stop, concurrency: int = self.concurrency
+                cand: Candidate, chunk: list[tuple[int, Example]] = chunk, stop: int = stop, concurrency: int = self.concurrency,
+                lend_workers: Callable[[Callable[[int], None]], None] | None = None,
             ) -> None:
                 before = records[cand.name]
                 total_before = sum(r.score for r in before)
@@ -468,7 +469,7 @@ class BootstrapFewShotWithRandomSearch:
                     evaluate = evaluate_own_rule(own) if own else evaluate_records
                     got = await evaluate(
                         cand.program, chunk, self.metric, concurrency=concurrency,
-                        progress=progress if self.progress is not None else None,
+                        progress=progress if self.progress is not None else None, lend_workers=lend_workers,
                     )  # fmt: skip
                 running.pop(cand.name, None)
                 records[cand.name].extend(got)
@@ -497,14 +498,21 @@ class BootstrapFewShotWithRandomSearch:
         """Score ``alive`` on one racing step, ``lanes`` candidates at a time (one per model instance),
         each with an instance's share of requests (``each``: one, or its engine's batch), so every
         instance keeps one candidate's prefix. A lane takes the next candidate as soon as its own is
-        done (a candidate whose answers run long no longer holds an instance idle until it ends).
+        done (a candidate whose answers run long no longer holds an instance idle until it ends);
+        when none is left, it lends its share to a candidate still running (its examples not yet
+        begun), so the step's last candidate does not finish on one instance while the others idle.
         ``check`` (the error budget) after each candidate; its error stops the other lanes."""
         queue = list(alive)
+        running: dict[str, Callable[[int], None]] = {}  # candidate → how to give its evaluation workers
 
         async def lane() -> None:
             while queue:
-                await run(queue.pop(0), concurrency=each)
+                cand = queue.pop(0)
+                await run(cand, concurrency=each, lend_workers=lambda add, name=cand.name: running.__setitem__(name, add))
+                running.pop(cand.name, None)
                 check()
+            for add in list(running.values())[:1]:  # the earliest still running: the one with most left
+                add(each)
 
         try:
             async with asyncio.TaskGroup() as group:
