@@ -610,3 +610,23 @@ def test_the_progress_lines_say_how_candidates_are_scored_on_the_trainset_and_co
     counts = [re.search(r": (\d+)/(\d+) examples", t) for t in said if t.startswith("evaluating labeled: ")]
     assert counts and all(m is not None and int(m.group(1)) <= int(m.group(2)) for m in counts), said
     assert any(m is not None and m.group(1) == m.group(2) for m in counts), said  # each step's count is reached
+
+
+def test_the_error_budget_stops_a_two_lane_serial_search_with_its_own_error(server_factory, make_lm):
+    """Lanes run candidates side by side; the error budget's stop is the compile's own error (not an
+    exception group), and no lane goes on asking after it."""
+    from pytest_dspex.testing.fake_server import Faults
+
+    server = server_factory(_demo_count_responder(1), faults=Faults(http_500=1.0))
+    opt = BootstrapFewShotWithRandomSearch(
+        intent_matches, num_candidates=4, max_bootstrapped_demos=0, max_labeled_demos=3, serial=True,
+        serial_width=2, evaluate_train=False, concurrency=4, racing=False, calibrate=False, max_error_rate=0.05,
+    )  # fmt: skip
+    lm = make_lm(server, concurrency=4, retries=0, breaker_fail_max=1000)
+    with pytest.raises(dspex.CompileStoppedError, match="error budget"):
+        opt.compile(dspex.Predict(Intent, lm=lm), trainset=intent_examples(2), valset=intent_examples(2, offset=300))
+    asked = server.requests
+    import time
+
+    time.sleep(0.3)
+    assert server.requests == asked  # nothing is still asking
