@@ -330,14 +330,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     try:
         if collector is not None:
             failed = collector.finish(_stopped(session, exitstatus, collector))
-            if collector.stopped and not dspex.is_worker:  # the tests that never gave a verdict, by program
+            if not dspex.is_worker:  # the selected tests by program: their goldens are in use, whatever they ended with
                 programs = dspex.selected_programs
                 folder = dspex.state_dir_if_made()
                 if not programs and folder is not None:  # under xdist the controller collected nothing
                     from .xdist import read_selected_programs
 
                     programs = read_selected_programs(folder, dspex.run_id)
-                collector.note_not_gated(programs)
+                collector.note_selected(programs)
+                if collector.stopped:  # the tests that never gave a verdict, by program
+                    collector.note_not_gated(programs)
             if dspex.options.estimate:
                 return  # an estimate: no gate, no golden, no report (the summary prints what a run would cost)
             for run in collector.runs.values() if collector.shard is None else ():  # a shard defers its gate

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from ..reports.run import ProgramRun, RunSettings
@@ -146,6 +146,8 @@ class Collector:
         self.stopped = ""  # why the session ended before every selected test ran ("" if it did not)
         #: a stopped run's programs whose tests gave no verdict at all: {program: [test, ...]}
         self.not_gated: dict[str, list[str]] = {}
+        #: every selected dspex test's key -> its program (``note_selected``): their goldens are in use
+        self.selected_programs: dict[str, str] = {}
         #: per per-example test, the settings (as sent) its run took last (``add``)
         self._settings_taken: dict[str, Any] = {}
 
@@ -244,6 +246,11 @@ class Collector:
                 out.setdefault(program, []).append(test)
         self.not_gated = out
 
+    def note_selected(self, programs: Mapping[str, str]) -> None:
+        """Every selected dspex test's key -> its program: a golden one of them gates is never "unused",
+        whether or not its test ended with a row (a stale golden, a run stopped before it, a crash)."""
+        self.selected_programs = dict(programs)
+
     def all_rows(self) -> list[dict[str, Any]]:
         rows = self.rows + [run.row() for run in self.runs.values() if run.verdict is not None]
         for row in rows:  # a golden this run wrote: every view says so instead of comparing the run with itself
@@ -257,6 +264,9 @@ class Collector:
         if self.selection:
             return []
         used = set(self.goldens)
+        for test, program in self.selected_programs.items():  # tests/test_x.py::test_y -> tests/__dspex__/test_x/<program>.json
+            test_file = PurePosixPath(test.split("::", 1)[0])
+            used.add((test_file.parent / "__dspex__" / test_file.stem / f"{program}.json").as_posix())
         unused = []
         dirs = {Path(f).parent / "__dspex__" for f in self.test_files}
         for d in sorted(dirs):

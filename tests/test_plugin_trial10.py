@@ -1,0 +1,99 @@
+"""Trial 10 (a new user's first runs on a noisy endpoint): what a run that did not gate every program
+says about the goldens it did not reach, and what a budget-stopped run says about its comparison.
+
+Every scenario runs with ``-n 2`` and with ``-p no:xdist`` (a crashed worker: with ``-n 2`` only)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .test_plugin import TRIAGE_PROGRAM, fake, mode, project, run  # noqa: F401
+
+# two programs in one test module: ``router`` (a whole-dataset test) and ``triage`` (per-example)
+TWO_PROGRAMS = TRIAGE_PROGRAM + '''
+class Router(dspex.Signature):
+    """Route a customer message to the team that should handle it."""
+    message: str = dspex.InputField()
+    team: str = dspex.OutputField()
+
+router = dspex.Predict(Router)
+
+@pytest.mark.dspex_program(router, name="router", trainset="data/train.jsonl")
+@pytest.mark.dspex_metric(team_matches, threshold=0.8)
+def test_router(dspex_evaluate):
+    dspex_evaluate("data/dev.jsonl")
+
+MIDDLE
+
+@pytest.mark.dspex_program(triage, name="triage", trainset="data/train.jsonl")
+@pytest.mark.dspex_metric(team_matches, threshold=0.8)
+@pytest.mark.dspex_dataset("data/dev.jsonl")
+def test_triage_each(dspex_example, dspex_predict):
+    assert dspex_predict(dspex_example).team
+'''
+
+
+def two_programs(project, middle: str = "", *, router_field: str = "team") -> None:
+    source = TWO_PROGRAMS.replace("MIDDLE", middle)
+    if router_field != "team":  # only Router's output field renamed (its golden goes stale)
+        head, tail = source.split("class Router", 1)
+        source = head + "class Router" + tail.replace("    team: str = dspex.OutputField()", f"    {router_field}: str = dspex.OutputField()", 1)
+    project(source=source)
+
+
+def test_a_stale_golden_is_not_called_unused(pytester, project, fake, mode):  # noqa: F811
+    """T10-1: the test that names the stale golden used it; "golden unused" beside it read as "delete it"."""
+    two_programs(project)
+    assert run(pytester, fake, mode, "--dspex-compile").ret == 0
+    two_programs(project, router_field="department")
+    result = run(pytester, fake, mode, "--dspex-report=r.json")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*router.json: golden is stale*"])
+    assert "golden unused" not in result.stdout.str()
+    assert json.loads((pytester.path / "r.json").read_text())["unused_goldens"] == []
+
+
+def test_a_run_stopped_before_a_test_does_not_call_its_golden_unused(pytester, project, fake, mode):  # noqa: F811
+    """T10-1: -x stopped the run before triage's test: its golden was not reached, not unused (the
+    JSON report said both, ``not_gated`` and ``unused_goldens``)."""
+    two_programs(project)
+    assert run(pytester, fake, mode, "--dspex-compile").ret == 0
+    two_programs(project, "def test_a_plain_failure():\n    assert False\n")
+    result = run(pytester, fake, mode, "-x", "--dist=loadfile", "--dspex-report=r.json") if "-n" in mode else run(
+        pytester, fake, mode, "-x", "--dspex-report=r.json")  # fmt: skip
+    assert result.ret in (1, 2)  # xdist says -x as an interrupt
+    assert "golden unused" not in result.stdout.str()
+    report = json.loads((pytester.path / "r.json").read_text())
+    assert report["complete"] is False and report["unused_goldens"] == []
+
+
+def test_a_crashed_workers_golden_is_not_called_unused(pytester, project, fake, monkeypatch):  # noqa: F811
+    """T10-1: a worker crashed while triage's examples were evaluated: "incomplete", and its golden not "unused"."""
+    two_programs(project)
+    assert run(pytester, fake, ["-n", "2"], "--dspex-compile").ret == 0
+    source = (pytester.path / "test_triage.py").read_text()
+    crashing = ("def crash_on_case_3(example, prediction, trace=None):\n    import os\n"
+                "    if 'case 3' in example.message and os.environ.get('CRASH'):\n        os._exit(3)\n"
+                "    return team_matches(example, prediction)\n\n")
+    source = source.replace("@pytest.mark.dspex_metric(team_matches, threshold=0.8)\n@pytest.mark.dspex_dataset",
+                            "@pytest.mark.dspex_metric(crash_on_case_3, threshold=0.8)\n@pytest.mark.dspex_dataset")
+    project(source=source.replace("class Router", crashing + "class Router"))
+    monkeypatch.setenv("CRASH", "1")
+    result = run(pytester, fake, ["-n", "2"])
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*crashed while*"])
+    assert "golden unused" not in result.stdout.str(), result.stdout.str()
+
+
+def test_an_unused_golden_is_still_listed_beside_a_stale_one(pytester, project, fake, mode):  # noqa: F811
+    """The fix exempts the goldens of the selected tests only: one no test gates is still "unused"."""
+    two_programs(project)
+    assert run(pytester, fake, mode, "--dspex-compile").ret == 0
+    old = pytester.path / "__dspex__/test_triage/old_program.json"
+    old.write_text((pytester.path / "__dspex__/test_triage/triage.json").read_text())
+    two_programs(project, router_field="department")
+    result = run(pytester, fake, mode)
+    result.stdout.fnmatch_lines(["*golden unused: __dspex__/test_triage/old_program.json*"])
+    assert "golden unused: __dspex__/test_triage/router.json" not in result.stdout.str()
