@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from .test_plugin import TRIAGE_PROGRAM, fake, mode, project, run  # noqa: F401
 
 # two programs in one test module: ``router`` (a whole-dataset test) and ``triage`` (per-example)
@@ -35,12 +33,12 @@ def test_triage_each(dspex_example, dspex_predict):
 '''
 
 
-def two_programs(project, middle: str = "", *, router_field: str = "team") -> None:
+def two_programs(write, middle: str = "", *, router_field: str = "team") -> None:
     source = TWO_PROGRAMS.replace("MIDDLE", middle)
     if router_field != "team":  # only Router's output field renamed (its golden goes stale)
         head, tail = source.split("class Router", 1)
         source = head + "class Router" + tail.replace("    team: str = dspex.OutputField()", f"    {router_field}: str = dspex.OutputField()", 1)
-    project(source=source)
+    write(source=source)
 
 
 def test_a_stale_golden_is_not_called_unused(pytester, project, fake, mode):  # noqa: F811
@@ -97,3 +95,19 @@ def test_an_unused_golden_is_still_listed_beside_a_stale_one(pytester, project, 
     result = run(pytester, fake, mode)
     result.stdout.fnmatch_lines(["*golden unused: __dspex__/test_triage/old_program.json*"])
     assert "golden unused: __dspex__/test_triage/router.json" not in result.stdout.str()
+
+
+def test_a_budget_stop_does_not_read_as_a_regression_under_the_table(pytester, project, fake, server_factory, mode):  # noqa: F811
+    """T10-2: --dspex-max-calls spent mid-run: the gate said "LM errors … (not a low score)", while the line
+    under the table said, in red, "vs golden: regression by the tolerance" (or "regressed") of the answered part."""
+    from .test_plugin import make_responder
+
+    assert run(pytester, fake, mode, "--dspex-compile").ret == 0
+    worse = server_factory(make_responder(wrong=set(range(10))))
+    result = run(pytester, worse, mode, "-k", "test_triage and not each", "--dspex-max-calls=5")
+    assert result.ret == 1
+    out = result.stdout.str()
+    result.stdout.fnmatch_lines(["*LM errors: * of 10 examples could not be answered (budget: *not a low score*"])
+    line = next(t for t in out.splitlines() if "vs golden:" in t)
+    assert "not judged (LM errors decide this gate, not a score)" in line, line
+    assert "vs golden: regress" not in out

@@ -62,6 +62,12 @@ def gate_lines(rows: list[dict[str, Any]], fresh: frozenset[str] = frozenset()) 
             style = {"red": True} if c.regressed or by_tolerance else {"green": True} if c.verdict == "improved" else {}
             if c.underpowered and not c.regressed and not by_tolerance:
                 style = {"yellow": True}
+            if (r.get("verdict") or {}).get("kind") == "lm_errors":  # the gate is LM errors: no comparison is a verdict
+                text = (f"{label} vs golden: not judged (LM errors decide this gate, not a score); the {c.shared} examples "
+                        f"answered, paired with the golden: " + c.summary())  # fmt: skip
+                text += f"; pass -> fail: {keys(c.regressions)}" if c.regressions else ""
+                text += f"; fail -> pass: {keys(c.fixes)}" if c.fixes else ""
+                style = {"yellow": True}
             if c.underpowered and c.needed_n is not None:
                 ending = f"; underpowered: needs n >= {c.needed_n} to detect a drop of {c.tolerance:g}"
                 if ending in text:
