@@ -97,7 +97,7 @@ def record_baseline_only(
         )
         written = store.write(
             path, record, force=settings.force, error_rate=error_rate, max_error_rate=settings.max_error_rate,
-            dry_run=defer_write,
+            dry_run=defer_write, improved=None if replaced is None else replaced.verdict == "improved",
         )  # fmt: skip
         outcome = written.outcome
         to_write = json.loads(json.dumps(record)) if defer_write and outcome in ("created", "updated") else None

@@ -261,7 +261,7 @@ def compile_program(
         if below and not settings.force:  # would it replace the existing golden? (keep-better may keep it)
             would = store.write(
                 path, record, error_rate=max(validation.error_rate, baseline_error_rate),
-                max_error_rate=settings.max_error_rate, dry_run=True,
+                max_error_rate=settings.max_error_rate, dry_run=True, improved=_improved(replaced),
             )  # fmt: skip
             if previous is not None and threshold is not None and would.outcome == "updated":
                 raise GoldenFileError(_below_threshold(path, name, previous, program, baseline, threshold, replaced))
@@ -272,6 +272,7 @@ def compile_program(
             error_rate=max(validation.error_rate, baseline_error_rate),
             max_error_rate=settings.max_error_rate,
             dry_run=defer_write,
+            improved=_improved(replaced),
         )
         outcome = written.outcome
         to_write = json.loads(json.dumps(record)) if defer_write and outcome in ("created", "updated") else None
@@ -539,3 +540,8 @@ def _compare_baselines(
         old = {k: v for k, v in old.items() if not (k in b.labels and k in labels and b.labels[k] != labels[k])}
     cmp = compare(old, baseline["examples"], alpha=alpha, tolerance=tolerance)
     return cmp if cmp.shared else None
+
+
+def _improved(replaced: Comparison | None) -> bool | None:
+    """Whether the new baseline is significantly better than the golden's (None: not compared), for keep-better."""
+    return None if replaced is None else replaced.verdict == "improved"

@@ -544,7 +544,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         if g.get("compile_usage"):
             what = "re-baseline" if _rebaseline(g) else "compile"
             extra += f"; {what} spent {spend_text(g['compile_usage'])}"
-        if g.get("reason") and (g["outcome"] in ("kept", "updated", "rebaselined") or str(g["reason"]).startswith("re-baseline")):
+        if g.get("reason") and (g["outcome"] in ("kept", "updated", "rebaselined") or str(g["reason"]).startswith(("re-baseline", "same demos and instructions as the golden file, on the same model"))):
             extra += f": {g['reason']}"  # why compile replaced or kept it
         tr.write_line(f"golden {g['outcome']}: {rel}{extra}", green=g["outcome"] != "kept", yellow=g["outcome"] == "kept")
         if g.get("demos") and g["outcome"] in ("created", "updated"):  # what a reviewer of the golden should know
@@ -561,7 +561,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             from ..evaluation.gates import comparison_text, gate_would_fail
 
             c = Comparison.from_json(g["replaced"])
-            kept = g["outcome"] == "kept"
+            kept = g["outcome"] == "kept" or (g["outcome"] == "unchanged" and not _rebaseline(g))
             tr.write_line(f"  {'this run' if kept else 'new baseline'} vs the golden's baseline: {comparison_text(c)}",
                           red=gate_would_fail(c), green=c.verdict == "improved")  # fmt: skip
     if said_interrupted:
