@@ -326,6 +326,18 @@ def tolerance_reason(c: Comparison) -> str:
     )
 
 
+def _noise_below_threshold(c: Comparison, golden_score: float, threshold: float) -> str:
+    """A failed floor the paired comparison does not call a regression, against a noisy baseline near it: said
+    as such, so an unchanged program's chance failure does not read as a quality drop (trial10 T10-4)."""
+    spread = 2 * c.noise_sd
+    if golden_score - threshold >= spread:
+        return ""
+    return (f"; the paired comparison with the golden says {c.verdict} (delta {c.delta:+.3f}): the golden's baseline "
+            f"{golden_score:.3f} is within this endpoint's own noise (+-{spread:.3f}) of the threshold {threshold:g}, so "
+            "the unchanged program falls below it in some runs — more gate examples or a lower threshold make the "
+            "floor reliable")  # fmt: skip
+
+
 def paired_outcomes(records: Iterable[ExampleRecord]) -> dict[str, float]:
     """``{key: score}`` of the records measured: infrastructure errors and examples whose metric raised
     are left out (not measured, so never paired as a regression)."""
@@ -448,6 +460,8 @@ def judge(
             reason += "; and " + regression_reason(comparison)
         elif comparison is not None and tolerance_regression(comparison):
             reason += "; and " + tolerance_reason(comparison)
+        elif comparison is not None and comparison.shared and comparison.noise_sd > 0 and golden_score is not None:
+            reason += _noise_below_threshold(comparison, golden_score, threshold)
         return v(False, reason, "below_threshold")
     if comparison is not None and comparison.shared:
         c = comparison
