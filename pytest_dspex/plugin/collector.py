@@ -265,8 +265,8 @@ class Collector:
             return []
         used = set(self.goldens)
         for test, program in self.selected_programs.items():  # tests/test_x.py::test_y -> tests/__dspex__/test_x/<program>.json
-            test_file = PurePosixPath(test.split("::", 1)[0])
-            used.add((test_file.parent / "__dspex__" / test_file.stem / f"{program}.json").as_posix())
+            module = PurePosixPath(test.split("::", 1)[0])
+            used.add((module.parent / "__dspex__" / module.stem / f"{program}.json").as_posix())
         unused = []
         dirs = {Path(f).parent / "__dspex__" for f in self.test_files}
         for d in sorted(dirs):
