@@ -171,3 +171,14 @@ def test_a_noisy_baseline_still_fails_a_drop_beyond_its_noise() -> None:
     _, verdict = judge_records(records, threshold=0.3, golden_outcomes=_noisy_golden(17, 6))
     assert not verdict.passed and verdict.kind == "regression"
     assert verdict.comparison is not None and verdict.comparison.regressed
+
+
+def test_a_p_value_just_below_alpha_is_not_shown_rounded_up_to_it() -> None:
+    """``p=0.050 < alpha 0.05`` read as a contradiction (trial10 T10-6): the digits that show it is below."""
+    from pytest_dspex.evaluation.comparison import Comparison
+    from pytest_dspex.evaluation.gates import regression_reason
+
+    c = Comparison(delta=-0.05, delta_ci95=(-0.09, -0.01), p_value=0.04961, verdict="regressed", regressions=["a"], shared=200)
+    assert "p=0.04961 < alpha 0.05" in regression_reason(c)
+    c = Comparison(delta=-0.05, delta_ci95=(-0.09, -0.01), p_value=0.0123, verdict="regressed", regressions=["a"], shared=200)
+    assert "p=0.012 < alpha 0.05" in regression_reason(c)

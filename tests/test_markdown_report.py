@@ -127,3 +127,11 @@ def test_a_programs_golden_line_is_said_once_for_both_modes() -> None:
     other = program_row("other", 10, passed=True)
     other["golden_provenance"] = {"text": "chosen on the validation set (40 examples)"}
     assert render_markdown(report(*rows, other)).count("golden: chosen on the validation set") == 2  # one per program
+
+
+def test_a_test_named_paired_is_not_said_paired_twice() -> None:
+    """``(paired paired-redrawn, p=0.010)`` (trial10 T10-6): the test's own name when it says paired."""
+    row = program_row("triage", 40, misses=14, errors=0, regressions=14, passed=False)
+    row["comparison"]["test"] = "paired-redrawn"
+    text = render_markdown(report(row))
+    assert "(paired-redrawn, p=0.031)" in text and "paired paired" not in text

@@ -366,6 +366,8 @@ def regression_reason(comparison: Comparison) -> str:
     if c.fixes:
         text += f", {len(c.fixes)} improved"
     p = f"{c.p_value:.2g}" if c.p_value < 0.001 else f"{c.p_value:.3f}"
+    if float(p) >= c.alpha:  # rounded up to alpha ("p=0.050 < alpha 0.05"): the digits that show it is below
+        p = f"{c.p_value:.4g}"
     text += f"; delta {c.delta:+.3f} (95% CI {lo:+.3f}..{hi:+.3f}), p={p} < alpha {c.alpha:g} [{c.test}]"
     return text + (f"; {c.redrawn_note()} against the golden's noisy baseline" if c.test == "paired-redrawn" else "")
 

@@ -150,7 +150,8 @@ def _regressions(p: ProgramView) -> list[str]:
         f"example{'s' if len(keys) != 1 else ''} regressed against the golden"
     )
     if c.get("p_value") is not None:
-        title += f" (paired {md_text(c.get('test') or 'test')}, {md_text(p_text(c['p_value']))})"
+        test = str(c.get("test") or "test")
+        title += f" ({md_text(test if test.startswith('paired') else 'paired ' + test)}, {md_text(p_text(c['p_value']))})"
     out = ["", title, ""]
     for key in keys[:MAX_LISTED]:
         rec = by_key.get(key)
