@@ -114,10 +114,16 @@ def _responder(request: Any) -> Responder | None:
     return live[-1] if live else None
 
 
+_responses: dict[type, Any] = {}  # an httpx flavour's Request class -> its Response class
+
+
 def _response(request: Any, reply: Reply) -> Any:
     status, headers, body = reply
-    module = importlib.import_module(type(request).__module__.split(".")[0])  # httpx or httpx2: its own Response
-    return module.Response(status, headers=headers, content=body, request=request)
+    kind = type(request)
+    response = _responses.get(kind)
+    if response is None:  # httpx or httpx2: its own Response
+        response = _responses[kind] = importlib.import_module(kind.__module__.split(".")[0]).Response
+    return response(status, headers=headers, content=body, request=request)
 
 
 def _wrap_transport(handle: Any) -> Any:

@@ -5,9 +5,10 @@ SDK itself (~1 ms a call) plus, answered in process, the session LM's work for e
 upstream request through aiohttp, the cache, the accounting: ~0.5 ms). With ``ServingProcess`` the
 loopback keeps its in-process hop (the SDK's httpx request answered in the process, no socket, no
 HTTP parsing) but hands the request's raw bytes to a serving process (``serving``) that owns the
-LM work, over one socket pair: each request a frame ``(id, method, path, rollout, body)``, each
-reply a frame ``(id, status, headers, accounting, body)``; the frames written in one turn of the
-loop go out in one write on both sides. The other core does the LM's work.
+LM work, over one socket pair: each request a frame ``(id, method, path, rollout, events?, body)``,
+each reply a frame ``(id, status, usage, headers, accounting, body)`` (the usage packed, the
+accounting — LM call events when the evaluating process listens, LM errors — JSON only when there is
+any); the frames written in one turn of the loop go out in one write on both sides. The other core does the LM's work.
 
 Guarantees:
 
@@ -35,6 +36,7 @@ import socket
 import struct
 import subprocess
 import sys
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -48,10 +50,17 @@ __all__ = ["ServingProcess"]
 logger = logging.getLogger("pytest_dspex.lm")
 
 _HEAD = struct.Struct("!II")  # request id (0: control), payload length
-_REPLY = struct.Struct("!HII")  # status, headers' length, accounting's length
+_REPLY = struct.Struct("!HBII")  # status, packed usage's length (0: in the accounting), headers' and accounting's lengths
 SERVING_MODULE = "pytest_dspex.programs.serving"  # what the serving process runs (``python -m``)
 START_TIMEOUT = 30.0  # seconds for the serving process to import, build its LM and say it is ready
 _USAGE_FIELDS = frozenset(Usage.__dataclass_fields__)
+_USAGE_NAMES = tuple(Usage.__dataclass_fields__)
+#: a call's usage, every field in order: 64-bit integers, the cost a double (no JSON either way)
+_USAGE = struct.Struct("!" + "".join("d" if kind is float else "q" for kind in typing.get_type_hints(Usage).values()))
+#: the reply headers' JSON, both ways: a handful of distinct sets in a run (content type, cache hit or miss)
+_HEADERS_OUT: dict[tuple[tuple[str, str], ...], bytes] = {}
+_HEADERS_IN: dict[bytes, dict[str, str]] = {}
+_HEADERS_KEPT = 256
 
 
 def frame(rid: int, payload: bytes) -> bytes:
@@ -63,28 +72,55 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return rid, await reader.readexactly(size)
 
 
-def request_frame(rid: int, method: str, path: str, rollout: Any, body: bytes) -> bytes:
-    head = f"{method}\0{path}\0{json.dumps(rollout) if rollout is not None else ''}\0".encode()
+def request_frame(rid: int, method: str, path: str, rollout: Any, body: bytes, wants_events: bool = True) -> bytes:
+    """``wants_events``: the evaluating process has event listeners (else the reply carries no LM call events)."""
+    head = f"{method}\0{path}\0{json.dumps(rollout) if rollout is not None else ''}\0{'e' if wants_events else ''}\0".encode()
     return frame(rid, head + body)
 
 
-def split_request(payload: bytes) -> tuple[str, str, Any, bytes]:
-    method, path, rollout, body = payload.split(b"\0", 3)
-    return method.decode(), path.decode(), json.loads(rollout) if rollout else None, body
+def split_request(payload: bytes) -> tuple[str, str, Any, bytes, bool]:
+    method, path, rollout, wants, body = payload.split(b"\0", 4)
+    return method.decode(), path.decode(), json.loads(rollout) if rollout else None, body, bool(wants)
 
 
-def reply_frame(rid: int, reply: callers.Reply, accounting: dict[str, Any]) -> bytes:
+def reply_frame(rid: int, reply: callers.Reply, usage: Usage, noted: list[dict[str, Any]] | None, errors: list[BaseException]) -> bytes:
+    """The reply, and what the call cost: its usage packed (``_USAGE``: every field, no JSON), its LM call
+    events (when asked for) and LM errors as JSON, left out when there are none (the usual case)."""
     status, headers, body = reply
-    head, acct = json.dumps(headers).encode(), json.dumps(accounting).encode()
-    return frame(rid, _REPLY.pack(status, len(head), len(acct)) + head + acct + body)
+    accounting: dict[str, Any] = {}
+    try:
+        packed = _USAGE.pack(*[getattr(usage, name) for name in _USAGE_NAMES])
+    except struct.error:  # a field that is not what its annotation says: sent exactly, as JSON
+        packed, accounting["usage"] = b"", {name: getattr(usage, name) for name in _USAGE_NAMES}
+    if noted:
+        accounting["events"] = noted
+    if errors:
+        accounting["errors"] = [error_info(e) for e in errors]
+    key = tuple(headers.items())
+    head = _HEADERS_OUT.get(key)
+    if head is None:
+        head = json.dumps(headers).encode()
+        if len(_HEADERS_OUT) < _HEADERS_KEPT:
+            _HEADERS_OUT[key] = head
+    acct = json.dumps(accounting).encode() if accounting else b""
+    return frame(rid, _REPLY.pack(status, len(packed), len(head), len(acct)) + packed + head + acct + body)
 
 
-def split_reply(payload: bytes) -> tuple[callers.Reply, dict[str, Any]]:
-    status, hlen, alen = _REPLY.unpack_from(payload)
+def split_reply(payload: bytes) -> tuple[callers.Reply, Usage | None, dict[str, Any]]:
+    """(status, headers, body), the call's usage (None: in the accounting) and its accounting (events, errors)."""
+    status, ulen, hlen, alen = _REPLY.unpack_from(payload)
     at = _REPLY.size
-    headers = json.loads(payload[at : at + hlen])
-    accounting = json.loads(payload[at + hlen : at + hlen + alen])
-    return (status, headers, payload[at + hlen + alen :]), accounting
+    usage = Usage(*_USAGE.unpack_from(payload, at)) if ulen else None
+    at += ulen
+    head = payload[at : at + hlen]
+    headers = _HEADERS_IN.get(head)
+    if headers is None:
+        headers = json.loads(head)
+        if len(_HEADERS_IN) < _HEADERS_KEPT:
+            _HEADERS_IN[head] = headers
+    at += hlen
+    accounting = json.loads(payload[at : at + alen]) if alen else {}
+    return (status, dict(headers), payload[at + alen :]), usage, accounting
 
 
 def error_info(exc: BaseException) -> dict[str, Any]:
@@ -310,21 +346,22 @@ class ServingProcess:
         rid = next(self._ids)
         fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         self._waiting[rid] = fut
-        self._out.send(request_frame(rid, method, path, rollout, body))
+        self._out.send(request_frame(rid, method, path, rollout, body, events.has_listeners()))
         payload = await fut
         if payload is None:
             return None
-        reply, accounting = split_reply(payload)
+        reply, usage, accounting = split_reply(payload)
         self.forwarded += 1
-        _count(accounting)
+        _count(usage, accounting)
         return reply
 
 
-def _count(accounting: dict[str, Any]) -> None:
+def _count(usage: Usage | None, accounting: dict[str, Any]) -> None:
     """A served call's accounting, counted in the caller's context as the LM would have."""
-    usage = accounting.get("usage")
-    if usage:
-        record(Usage(**{k: v for k, v in usage.items() if k in _USAGE_FIELDS}))
+    if usage is None and (fields := accounting.get("usage")):
+        usage = Usage(**{k: v for k, v in fields.items() if k in _USAGE_FIELDS})
+    if usage is not None:
+        record(usage)
     noted = accounting.get("events")
     if noted and events.has_listeners():
         for data in noted:

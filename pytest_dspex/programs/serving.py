@@ -71,12 +71,12 @@ async def serve(sock: socket.socket) -> None:
     writer.write(piped.frame(0, b'{"ready": true}'))
 
     async def one(rid: int, payload: bytes) -> None:
-        method, path, rollout, body = piped.split_request(payload)
-        noted: list[dict[str, Any]] = []
+        method, path, rollout, body, wants_events = piped.split_request(payload)
+        noted: list[dict[str, Any]] | None = [] if wants_events else None
         _events.set(noted)
         with track_usage() as usage, callers.lm_errors() as errors:
             reply = await endpoint.respond(method, path, body, rollout=rollout)
-        out.send(piped.reply_frame(rid, reply, {"usage": usage.to_dict(), "events": noted, "errors": [piped.error_info(e) for e in errors]}))
+        out.send(piped.reply_frame(rid, reply, usage, noted, errors))
 
     tasks: set[asyncio.Task[None]] = set()
     try:
