@@ -114,16 +114,52 @@ def _responder(request: Any) -> Responder | None:
     return live[-1] if live else None
 
 
-_responses: dict[type, Any] = {}  # an httpx flavour's Request class -> its Response class
+_builders: dict[type, Callable[[int, dict[str, str], bytes, Any], Any]] = {}  # a flavour's Request class -> its builder
 
 
 def _response(request: Any, reply: Reply) -> Any:
     status, headers, body = reply
     kind = type(request)
-    response = _responses.get(kind)
-    if response is None:  # httpx or httpx2: its own Response
-        response = _responses[kind] = importlib.import_module(kind.__module__.split(".")[0]).Response
-    return response(status, headers=headers, content=body, request=request)
+    build = _builders.get(kind)
+    if build is None:  # httpx or httpx2: its own Response
+        build = _builders[kind] = _builder(importlib.import_module(kind.__module__.split(".")[0]))
+    return build(status, headers, body, request)
+
+
+_CONTENT_HEADERS = frozenset({"content-length", "transfer-encoding", "content-encoding"})
+
+
+def _builder(module: Any) -> Callable[[int, dict[str, str], bytes, Any], Any]:
+    """How a reply becomes this httpx flavour's ``Response``: what ``Response(content=body)`` gives (its
+    ``Content-Length``, the body read, the stream consumed and closed) without its generic path — the
+    read through the stream's iterators and the content decoder cost ~22 µs of the ~27 of each call of
+    the in-process hop. Used when a probe shows the two give the same response (else, or for a reply
+    with its own content headers, ``Response(content=body)`` itself)."""
+    response_class, byte_stream = module.Response, getattr(module, "ByteStream", None)
+
+    def generic(status: int, headers: dict[str, str], body: bytes, request: Any) -> Any:
+        return response_class(status, headers=headers, content=body, request=request)
+
+    def direct(status: int, headers: dict[str, str], body: bytes, request: Any) -> Any:
+        if not body or any(name.lower() in _CONTENT_HEADERS for name in headers):
+            return generic(status, headers, body, request)
+        response = response_class(status, headers=[*headers.items(), ("Content-Length", str(len(body)))], stream=byte_stream(body), request=request)
+        response._content = body  # what ``read()`` leaves: no content-encoding, the bytes as they are
+        response.is_stream_consumed = response.is_closed = True
+        return response
+
+    try:
+        request = module.Request("POST", "http://127.0.0.1/v1/chat/completions")
+        reply = (200, {"content-type": "application/json", "x-dspex-cache": "hit"}, b'{"id": "probe"}')
+        want, got = generic(*reply, request), direct(*reply, request)
+        same = (
+            {k: v for k, v in vars(want).items() if k not in ("stream", "headers", "_decoder")}
+            == {k: v for k, v in vars(got).items() if k not in ("stream", "headers", "_decoder")}
+            and want.headers.raw == got.headers.raw and type(want.stream) is type(got.stream)
+        )  # fmt: skip
+    except Exception:  # another httpx than the ones this was written for: its own way
+        same = False
+    return direct if same else generic
 
 
 def _wrap_transport(handle: Any) -> Any:
