@@ -140,6 +140,9 @@ def _builder(module: Any) -> Callable[[int, dict[str, str], bytes, Any], Any]:
     def generic(status: int, headers: dict[str, str], body: bytes, request: Any) -> Any:
         return response_class(status, headers=headers, content=body, request=request)
 
+    if byte_stream is None:
+        return generic
+
     def direct(status: int, headers: dict[str, str], body: bytes, request: Any) -> Any:
         if not body or any(name.lower() in _CONTENT_HEADERS for name in headers):
             return generic(status, headers, body, request)
