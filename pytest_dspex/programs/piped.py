@@ -147,6 +147,47 @@ def rebuild_error(info: dict[str, Any]) -> BaseException:
 FLUSH_AT = 4
 
 
+class _Writer(typing.Protocol):
+    """A stream writer or a transport: where a ``Coalescer`` writes."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+
+class _Replies(asyncio.Protocol):
+    """The evaluating process's end of the pipe: reply frames parsed as their bytes arrive, each
+    waiting request's future resolved right there — no reader task woken per batch, no coroutine
+    per frame (a ``StreamReader`` costs two ``readexactly`` a frame and a task step a read).
+    Frame 0 is the serving process's word at start-up (``said``)."""
+
+    def __init__(self, owner: ServingProcess) -> None:
+        self._owner = owner
+        self._buffer = bytearray()
+        self.said: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        at, size, waiting = 0, len(buffer), self._owner._waiting
+        while size - at >= _HEAD.size:
+            rid, length = _HEAD.unpack_from(buffer, at)
+            end = at + _HEAD.size + length
+            if end > size:
+                break
+            fut = self.said if rid == 0 else waiting.pop(rid, None)
+            if fut is not None and not fut.done():
+                fut.set_result(bytes(buffer[at + _HEAD.size : end]))
+            at = end
+        if at:
+            del buffer[:at]
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self.said.done():
+            self.said.set_result(None)  # it ended before it said it was ready
+        self._owner._ended()
+
+
 class Coalescer:
     """Frames sent during one turn of the loop go out in one write, ``FLUSH_AT`` at a time at most.
 
@@ -160,7 +201,7 @@ class Coalescer:
 
     __slots__ = ("_out", "_writer")
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, writer: _Writer) -> None:
         self._writer = writer
         self._out: list[bytes] = []
 
@@ -191,7 +232,8 @@ class ServingProcess:
         self._config = config
         self._starting: asyncio.Future[bool] | None = None
         self._process: subprocess.Popen[bytes] | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._writer: asyncio.Transport | None = None
+        self._closing = False
         self._out: Coalescer | None = None
         self._waiting: dict[int, asyncio.Future[bytes | None]] = {}
         self._ids = itertools.count(1)
@@ -262,42 +304,40 @@ class ServingProcess:
             )  # fmt: skip
         finally:
             theirs.close()
-        reader, writer = await asyncio.open_unix_connection(sock=ours)
-        writer.write(frame(0, json.dumps(config).encode()))
+        transport, replies = await asyncio.get_running_loop().create_unix_connection(lambda: _Replies(self), sock=ours)
+        transport.write(frame(0, json.dumps(config).encode()))
         del config
         try:
-            _, said = await asyncio.wait_for(read_frame(reader), START_TIMEOUT)
-            answer = json.loads(said)
-        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, ValueError):
-            answer = {"failed": "it ended or said nothing within 30 s"}
+            said = await asyncio.wait_for(replies.said, START_TIMEOUT)
+            answer = json.loads(said) if said is not None else {}
+        except (TimeoutError, ValueError):
+            answer = {}
         if not answer.get("ready"):
-            writer.close()
+            self._closing = True  # what the pipe's end says next is not news
+            transport.close()
             self._kill()
-            self._lose(f"the loopback's serving process could not start ({answer.get('failed')})")
+            self._lose(f"the loopback's serving process could not start ({answer.get('failed', 'it ended or said nothing within 30 s')})")
             return False
-        self._writer, self._out = writer, Coalescer(writer)
-        self._reading = asyncio.get_running_loop().create_task(self._read(reader))
+        self._writer, self._out = transport, Coalescer(transport)
         return True
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        try:
-            while True:
-                rid, payload = await read_frame(reader)
-                waiting = self._waiting.pop(rid, None)
-                if waiting is not None and not waiting.done():
-                    waiting.set_result(payload)
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
-            pass
+    def _ended(self) -> None:
+        """The pipe closed: the serving process ended (or was closed by ``aclose`` / ``_lose``)."""
+        if self._closing or self._writer is None or self.lost is not None:  # closed here, or not ready yet (``_start`` says it)
+            return
         process = self._process
         code = process.poll() if process is not None else None
         ended = f"the loopback's serving process{f' (pid {process.pid})' if process is not None else ''} ended"
         self._lose(ended + _how_it_ended(code))  # the requests waiting for it are answered here at once
         if process is not None and code is None and self.lost == ended:
-            for _ in range(50):  # its pipe closes a moment before it is reaped: its exit status, for the warning
-                await asyncio.sleep(0.01)
-                if (code := process.poll()) is not None:
-                    self.lost = ended + _how_it_ended(code)
-                    break
+            self._reading = asyncio.get_running_loop().create_task(self._exit_status(process, ended))
+
+    async def _exit_status(self, process: subprocess.Popen[bytes], ended: str) -> None:
+        for _ in range(50):  # its pipe closes a moment before it is reaped: its exit status, for the warning
+            await asyncio.sleep(0.01)
+            if (code := process.poll()) is not None:
+                self.lost = ended + _how_it_ended(code)
+                break
 
     def _lose(self, why: str) -> None:
         waiting, self._waiting = self._waiting, {}
@@ -321,6 +361,7 @@ class ServingProcess:
                 pass
 
     async def aclose(self) -> None:
+        self._closing = True
         if self._writer is not None and not self._writer.is_closing():
             self._writer.close()  # the serving process ends when its pipe closes
         if self._reading is not None:
