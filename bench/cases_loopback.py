@@ -8,6 +8,9 @@
   one shared by every thread), evaluated at ``concurrency``; records into ``cache_dir``.
 * ``replay``: the same examples in a new process, ``replay`` mode on that cache: upstream calls.
 * ``floor`` / ``split`` / ``piped``: where the evaluating process's CPU goes (``where_the_cpu_goes``).
+* ``served_hop``: the served hop alone (no SDK): the evaluating process's CPU per call, in blocks
+  (not in the section: ``python bench/cases_loopback.py served_hop '{"url": ..., "per": 1280,
+  "blocks": 6, "cache_dir": ...}'`` against a 50 ms fake endpoint; bench/RESULTS-issue22.md).
 * ``pytest``: the same function gated by pytest itself (``--dspex-openai-env``, the application's
   module-level ``OpenAI()``), in per-example or dataset mode, in one process or under ``-n 2``:
   examples per second from the first test's start to the last one's end, CPU of every process of
@@ -230,6 +233,63 @@ def case_floor(n: int, concurrency: int, client: str = "sync", latency: float = 
         result = dspex.Evaluate(_examples(n), lambda e, p, t=None: e.team == p.team, concurrency=concurrency)(program)
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     return {"wall_s": wall, "ex_per_s": n / wall, "cpu_ms_per_example": cpu / n * 1e3, "score": result.score}
+
+
+def case_served_hop(url: str, per: int, blocks: int, cache_dir: str, concurrency: int = 64) -> dict[str, Any]:
+    """The served hop alone, as the evaluating process pays for it: an httpx request handed to the
+    (wrapped) transport, answered by the serving process, the httpx ``Response`` back — no SDK, no
+    evaluation. ``concurrency`` tasks at once, ``blocks`` blocks of ``per`` calls after a warm-up;
+    CPU of this process (every thread: the loop, the coordinator) per call of each block."""
+    import asyncio
+
+    import httpx
+
+    import pytest_dspex as dspex
+    from pytest_dspex._support import runtime
+    from pytest_dspex.lm.coordinator import Coordinator
+    from pytest_dspex.lm.link import RunLink
+    from pytest_dspex.lm.usage import track_usage
+    from pytest_dspex.programs.loopback import LoopbackEndpoint
+    from pytest_dspex.programs.piped import ServingProcess
+
+    coordinator = Coordinator()
+    coordinator.start()
+    lm = dspex.LM("fake", base_url=url, api_key="bench", cache=dspex.ResponseCache(cache_dir, "on"), concurrency=concurrency, retries=0,
+                  hedge_after=None, limits=RunLink(coordinator.address, coordinator.token))  # fmt: skip
+    config = {"model": "fake", "url": url, "api_key": "bench", "env_key": None, "budget": None,
+              "settings": {"concurrency": concurrency, "retries": 0, "hedge_after": None},
+              "cache": {"mode": "on", "directory": cache_dir}, "limits": f"{coordinator.address} {coordinator.token}"}  # fmt: skip
+    serving = ServingProcess(lambda: config)
+    count = iter(range(10**9))
+    with LoopbackEndpoint(lm, serving=serving) as endpoint:
+        transport, target = httpx.AsyncHTTPTransport(), endpoint.base_url + "/chat/completions"
+
+        async def call() -> None:
+            body = json.dumps({"model": "m", "messages": _messages(next(count))}).encode()
+            with track_usage() as usage:
+                response = await transport.handle_async_request(httpx.Request("POST", target, content=body))
+            assert response.status_code == 200 and usage.calls == 1, (response.status_code, usage)
+
+        async def block(n: int) -> None:
+            async def worker() -> None:
+                for _ in range(n // concurrency):
+                    await call()
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+        runtime.run_sync(block(2 * concurrency))  # starts the serving process (these are answered in process)
+        while not serving.ready:
+            time.sleep(0.05)
+        runtime.run_sync(block(4 * concurrency))
+        cpu = []
+        for _ in range(blocks):
+            cpu0 = time.process_time()
+            runtime.run_sync(block(per))
+            cpu.append((time.process_time() - cpu0) / per * 1e6)
+        forwarded, lost = serving.forwarded, serving.lost
+    lm.close()
+    coordinator.stop()
+    return {"cpu_us_per_call": cpu, "median_us": statistics.median(cpu), "forwarded": forwarded, "lost": lost}
 
 
 def case_split(url: str, n: int, concurrency: int, cache_dir: str, client: str = "sync") -> dict[str, Any]:
