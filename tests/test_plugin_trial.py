@@ -188,3 +188,20 @@ def test_a_recompile_after_an_output_field_rename_compares_with_the_golden_it_re
         "*golden updated*replaced because the signature changed*",
         "*new baseline vs the golden's baseline: no change*39 shared examples*",  # the relabelled one left out
     ])  # fmt: skip
+
+
+def test_a_rebaseline_asks_afresh_with_the_cache_on(pytester, server, model, mode):  # noqa: F811
+    """Trial10 T10-5: with the answer cache on, a re-baseline took every answer from the cache (the
+    compile's baseline draws): an endpoint that changed behind the same model name (a provider's silent
+    upgrade) was never measured. Its passes now have this run's own rollout ids: fresh answers."""
+    cache = ["--dspex-cache=on", f"--dspex-cache-dir={pytester.path / 'answers'}"]
+    project(pytester, 40)
+    assert run(pytester, server, mode, *COMPILE, *cache).ret == 0
+    before = golden(pytester)
+    model.worse_when, model.worse = "", {0, 10, 20, 30}  # the same prompts now answered worse: 1.000 -> 0.900
+    gate = run(pytester, server, mode, "-k", "not each", *cache)
+    assert gate.ret == 0, gate.stdout.str()  # the gate's own answers come from the cache, as cached answers do
+    out = run(pytester, server, mode, "--dspex-rebaseline=triage", *cache)
+    assert out.ret == 1, out.stdout.str()
+    out.stdout.fnmatch_lines(["*new baseline not recorded: it is worse than the one it would replace*0.900 vs 1.000*"])
+    assert golden(pytester) == before

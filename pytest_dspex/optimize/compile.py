@@ -297,8 +297,13 @@ def rebaseline_program(
     progress: Callable[[str], None] | None = None,
     defer_write: bool = False,
     state_dir: Path | None = None,
+    rollout: str = "",
 ) -> CompileOutcome:
     """Measure a fresh baseline for the golden at ``path`` without re-optimizing (``--dspex-rebaseline``).
+
+    ``rollout`` (the plugin: one per run): the passes' own rollout ids, so no cached answer — the
+    compile's baseline draws, an earlier gate run's, an older model's behind the same name — is taken
+    for a fresh one; empty, the compile's (``baseline``: a replay reproduces them).
 
     The golden's demos (and calibration) are kept; the program is run as it is now — its current
     instructions, the current model — ``settings.baseline_draws`` times on ``gateset``, and the golden
@@ -329,8 +334,9 @@ def rebaseline_program(
         with track_usage() as spent, example_timeout(settings.example_timeout):
             draws, error_rate = measure_baseline(
                 applied, gate, metric, draws=settings.baseline_draws, concurrency=settings.concurrency,
-                shared_first=settings.baseline_draws == 1, max_error_rate=settings.max_error_rate, stage="re-baseline",
-            )
+                rollout=rollout or "baseline", shared_first=settings.baseline_draws == 1 and not rollout,
+                max_error_rate=settings.max_error_rate, stage="re-baseline",
+            )  # fmt: skip
         if error_rate > settings.max_error_rate:
             raise GoldenFileError(
                 f"{path}: baseline not recorded: {error_rate:.0%} of the {len(gate)} gate examples failed with LM errors "

@@ -416,6 +416,8 @@ class DspexSession:
                 spec.program, name=spec.name, metric=metric.metric, gateset=gate_dataset, input_keys=spec.input_keys,
                 path=path, settings=settings, run_id=self.run_id, progress=progress, defer_write=self.is_worker,
                 state_dir=self.state_dir(),
+                # fresh answers, this run's own (a replay or read-only cache: the compile's, reproducible)
+                rollout="" if self.options.cache in ("replay", "read-only") else f"rebaseline-{self.run_id}",
             )  # fmt: skip
         except (DatasetError, GoldenFileError, CompileStoppedError) as exc:
             problem = self._said(exc, path)  # the golden's path relative to the rootdir
