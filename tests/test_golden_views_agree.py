@@ -51,7 +51,7 @@ def test_a_dead_endpoints_failure_sentence_says_what_the_table_says(pytester, se
     assert re.search(rf"dspex gate FAILED for 'triage.*golden n/a \({re.escape(lost)}\).*LM errors: 10 of 10", out), out
     # the table short (it fits 120 columns: trial F14), the line under it says how many and why
     dead.stdout.fnmatch_lines(["triage*dataset*n/a (none measured) *", "triage*per-example*n/a (none measured) *",
-                               f"triage ?dataset? vs golden: paired comparison: {lost}"])  # fmt: skip
+                               f"triage ?dataset? vs golden: not judged: {lost}"])  # fmt: skip
     assert max(len(line) for line in out.splitlines() if line.startswith("triage ")) <= 120
     assert "none shared" not in out
 

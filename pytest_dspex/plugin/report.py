@@ -63,8 +63,11 @@ def gate_lines(rows: list[dict[str, Any]], fresh: frozenset[str] = frozenset()) 
             if c.underpowered and not c.regressed and not by_tolerance:
                 style = {"yellow": True}
             if (r.get("verdict") or {}).get("kind") == "lm_errors":  # the gate is LM errors: no comparison is a verdict
-                text = (f"{label} vs golden: not judged (LM errors decide this gate, not a score); the {c.shared} examples "
-                        f"answered, paired with the golden: " + c.summary())  # fmt: skip
+                text = (  # nothing answered: "not judged: none measured (10 lost to LM errors)" (fits 120 columns)
+                    f"{label} vs golden: not judged (LM errors decide this gate, not a score); the {c.shared} examples "
+                    f"answered, paired with the golden: {c.summary()}" if c.shared
+                    else f"{label} vs golden: not judged: " + c.summary().removeprefix("paired comparison: ")
+                )  # fmt: skip
                 text += f"; pass -> fail: {keys(c.regressions)}" if c.regressions else ""
                 text += f"; fail -> pass: {keys(c.fixes)}" if c.fixes else ""
                 style = {"yellow": True}
