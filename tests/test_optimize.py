@@ -374,6 +374,17 @@ def test_serial_schedule_sends_one_candidates_examples_back_to_back(server_facto
     assert len({c.name for c in result.candidates if not c.duplicate_of}) == len(set(prefixes))
 
 
+def _serial_compile(server, make_lm, train, val, *, width: int, candidates: int) -> Any:
+    """A serial search ``width`` candidates at a time (as against the embedded server's instances), the
+    server's recorded bodies cleared first."""
+    opt = BootstrapFewShotWithRandomSearch(
+        intent_matches, num_candidates=candidates, max_bootstrapped_demos=2, max_labeled_demos=3, serial=True,
+        serial_width=width, evaluate_train=False, concurrency=4, racing=False, calibrate=False,
+    )  # fmt: skip
+    server.bodies.clear()
+    return opt.compile(dspex.Predict(Intent, lm=make_lm(server, concurrency=4)), trainset=train, valset=val)
+
+
 def test_serial_schedule_runs_one_candidate_per_model_instance_with_the_same_result(server_factory, make_lm):
     """Against the embedded server's instance pool, two candidates run at once (one per lane), one request
     at a time each: every instance keeps one candidate's prompt prefix; what is chosen, and every score,
@@ -382,12 +393,7 @@ def test_serial_schedule_runs_one_candidate_per_model_instance_with_the_same_res
     train, val = intent_examples(3), intent_examples(6, offset=200)
 
     def compile_with(width: int) -> tuple[Any, list[str]]:
-        opt = BootstrapFewShotWithRandomSearch(
-            intent_matches, num_candidates=3, max_bootstrapped_demos=2, max_labeled_demos=3, serial=True,
-            serial_width=width, evaluate_train=False, concurrency=4, racing=False, calibrate=False,
-        )  # fmt: skip
-        server.bodies.clear()
-        result = opt.compile(dspex.Predict(Intent, lm=make_lm(server, concurrency=4)), trainset=train, valset=val)
+        result = _serial_compile(server, make_lm, train, val, width=width, candidates=3)
         val_msgs = {e.message for e in val}
         prefixes = [
             b["messages"][-1]["content"].rsplit("Message:", 1)[0]
@@ -430,12 +436,7 @@ def test_serial_lanes_do_not_wait_for_a_slow_candidate(server_factory, make_lm):
     server = server_factory(_demo_count_responder(1), stall_if=slow, faults=Faults(stall_s=0.2))
 
     def compile_with(width: int):
-        opt = BootstrapFewShotWithRandomSearch(
-            intent_matches, num_candidates=4, max_bootstrapped_demos=2, max_labeled_demos=3, serial=True,
-            serial_width=width, evaluate_train=False, concurrency=4, racing=False, calibrate=False,
-        )  # fmt: skip
-        server.bodies.clear()
-        result = opt.compile(dspex.Predict(Intent, lm=make_lm(server, concurrency=4)), trainset=train, valset=val)
+        result = _serial_compile(server, make_lm, train, val, width=width, candidates=4)
         return result, [a for a in map(asked, server.bodies) if a is not None]
 
     one, _ = compile_with(1)
