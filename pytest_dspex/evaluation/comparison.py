@@ -126,6 +126,9 @@ class Comparison:
     #: against a noisy baseline: the standard deviation of ``delta`` that the endpoint's own noise gives
     #: an unchanged program (its draws' spread and the baseline mean's error); 0 when the draws agree
     noise_sd: float = 0.0
+    #: the run scored each example by its repeats' worst / best draw (``"pass^3"`` / ``"pass@3"``), and the
+    #: golden's draws were scored alike (``compare``'s ``reduction``); "" when not
+    reduced: str = ""
 
     @property
     def regressed(self) -> bool:
@@ -152,6 +155,8 @@ class Comparison:
         )
         if self.test == "paired-redrawn":
             text += f"; {self.redrawn_note()}"
+        if self.reduced:
+            text += f"; the golden's baseline draws scored as {self.reduced} too"
         if self.underpowered and self.needed_n is not None:
             text += f"; underpowered: needs n >= {self.needed_n} to detect a drop of {self.tolerance:g}"
         return text
@@ -181,6 +186,7 @@ class Comparison:
             "reasked": self.reasked,
             "redraw_calls": self.redraw_calls,
             "noise_sd": round(self.noise_sd, 6),
+            **({"reduced": self.reduced} if self.reduced else {}),
         }
 
     @classmethod
@@ -206,6 +212,7 @@ class Comparison:
             reasked=int(data.get("reasked", 0)),
             redraw_calls=int(data.get("redraw_calls", 0)),
             noise_sd=float(data.get("noise_sd", 0.0)),
+            reduced=str(data.get("reduced", "")),
         )
 
 
@@ -268,11 +275,14 @@ def compare(
     seed: int = 0,
     redraws: Mapping[str, Sequence[float] | None] | None = None,
     redraw_limit: int = 0,
+    reduction: tuple[str, int] | None = None,
 ) -> Comparison:
     """Compare ``current`` with ``baseline`` on their shared example keys (see the module docs).
 
     ``redraws``: against a noisy baseline, the scores of the answers the run asked again per key
-    (``RedrawPlan``, at most ``redraw_limit`` each; None: a redraw failed on an LM error)."""
+    (``RedrawPlan``, at most ``redraw_limit`` each; None: a redraw failed on an LM error).
+    ``reduction``: ``("all", k)`` / ``("any", k)`` when each ``current`` score is the worst / best of k
+    repeats (pass^k / pass@k); against a noisy baseline its draws are then scored alike (``_reduced``)."""
     keys = [k for k in current if k in baseline]
     base = [_score(baseline[k]) for k in keys]
     cur = [_score(current[k]) for k in keys]
@@ -293,6 +303,10 @@ def compare(
     diffs = [c - b for b, c in zip(base, cur, strict=True)]
     delta = _mean(diffs)
     noise = [_draw_noise(baseline[k]) for k in keys]
+    kind, k_draws = reduction if reduction is not None else ("mean", 1)
+    if kind in ("all", "any") and k_draws > 1 and any(v > 0 for v, _ in noise) and _zero_one(baseline, current, keys):
+        # pass^k / pass@k against single draws would read every noisy example as a drop / a gain
+        return _reduced(keys, baseline, current, kind, k_draws, alpha, common)
     if any(v > 0 for v, _ in noise) and redraw_limit > 0 and redraws is not None and _zero_one(baseline, current, keys):
         return _redrawn(keys, baseline, current, redraws, redraw_limit, diffs, alpha, common)
     if any(v > 0 for v, _ in noise):
@@ -467,6 +481,63 @@ def _redrawn(
     return Comparison(
         delta, ci, p, verdict, regressions, fixes, test="paired-redrawn", reasked=reasked, redraw_calls=calls,
         noise_sd=noise_sd, **common,
+    )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=1024)
+def _reduced_null(m: int, x: int, k: int, kind: str) -> tuple[float, float, float]:
+    """Under "no change", an example whose baseline drew ``x`` right of ``m``, scored by the worst
+    (``kind`` ``all``: pass^k) or the best (``any``: pass@k) of ``k`` fresh draws: that score's
+    expectation estimated from the draws (``g``: a U-statistic, or the draws' rate to the k-th power when
+    k > m), its variance and ``g``'s, both at the Jeffreys-smoothed rate (as ``_redraw_null``)."""
+
+    def estimate(j: int) -> float:
+        if kind == "all":
+            return _u_all(j, m, k) if k <= m else (j / m) ** k
+        return 1.0 - (_u_all(m - j, m, k) if k <= m else ((m - j) / m) ** k)
+
+    r = (x + 0.5) / (m + 1)
+    e = r**k if kind == "all" else 1.0 - (1.0 - r) ** k
+    probs = [math.comb(m, j) * r**j * (1 - r) ** (m - j) for j in range(m + 1)]
+    values = [estimate(j) for j in range(m + 1)]
+    mean = sum(p * v for p, v in zip(probs, values, strict=True))
+    return estimate(x), e * (1 - e), sum(p * (v - mean) ** 2 for p, v in zip(probs, values, strict=True))
+
+
+def _reduced(
+    keys: list[str], baseline: Mapping[str, Score], current: Mapping[str, Score], kind: str, k: int,
+    alpha: float, common: dict[str, Any],
+) -> Comparison:
+    """The paired test of a pass^k / pass@k run against a noisy baseline of single draws: each example's
+    reduced score against its expectation ``g`` from the baseline's draws (``_reduced_null``), then the
+    noisy baseline's ``p`` (module docs). The golden's score shown is the mean of the ``g``."""
+    total = var_run = var_base = 0.0
+    expected: list[float] = []
+    diffs: list[float] = []
+    for key in keys:
+        value = baseline[key]
+        draws = [float(value)] if isinstance(value, int | float) else [float(v) for v in value]
+        g, var_f, var_g = _reduced_null(len(draws), round(sum(draws)), k, kind)
+        expected.append(g)
+        diffs.append(_score(current[key]) - g)
+        total += diffs[-1]
+        var_run += var_f
+        var_base += var_g
+    n = len(keys)
+    delta = total / n
+    noise_sd = math.sqrt(var_run + var_base) / n
+    ci = (max(-1.0, delta - 1.96 * noise_sd), min(1.0, delta + 1.96 * noise_sd))
+    p = _noisy_p(total, math.sqrt(var_run), math.sqrt(var_base), alpha)
+    verdict: Verdict = "regressed" if p < alpha and total < 0 else "improved" if p < alpha and total > 0 else "no change"
+    # moved: only an example whose baseline draws all agreed (its expectation is 0 or 1)
+    order = sorted(range(n), key=lambda i: diffs[i])
+    stable = {i for i in range(n) if expected[i] in (0.0, 1.0)}
+    return Comparison(
+        delta, ci, p, verdict,
+        [keys[i] for i in order if diffs[i] < 0 and i in stable],
+        [keys[i] for i in reversed(order) if diffs[i] > 0 and i in stable],
+        test="paired-noisy-baseline", noise_sd=noise_sd,
+        reduced=f"pass^{k}" if kind == "all" else f"pass@{k}", **{**common, "baseline_score": _mean(expected)},
     )  # fmt: skip
 
 

@@ -344,6 +344,11 @@ def paired_outcomes(records: Iterable[ExampleRecord]) -> dict[str, float]:
     return {r.key: r.score for r in records if r.error_kind not in INFRA_ERROR_KINDS and r.error_kind != "metric"}
 
 
+def reduced_by(records: Iterable[ExampleRecord]) -> tuple[str, int] | None:
+    """``("all", 3)``: the records' scores are the worst (``any``: best) of 3 repeats; None: their mean."""
+    return next(((r.reduction, len(r.repeats)) for r in records if r.reduction and r.repeats and len(r.repeats) > 1), None)
+
+
 def redrawn(records: Iterable[ExampleRecord]) -> dict[str, list[float] | None]:
     """``{key: scores of its redraws}`` of the records asked again (None: a redraw lost to an LM error)."""
     return {r.key: None if r.redraw_lost else list(r.redraws or ()) for r in records if r.redraws is not None or r.redraw_lost}
@@ -418,6 +423,7 @@ def judge(
         comparison = compare(
             golden_outcomes, paired_outcomes(result.records), alpha=alpha, tolerance=tolerance,
             redraws=redrawn(result.records) if redraw_limit > 0 else None, redraw_limit=redraw_limit,
+            reduction=reduced_by(result.records),
         )  # fmt: skip
         lost = sum(1 for r in result.records if r.error_kind in INFRA_ERROR_KINDS)
         raised = sum(1 for r in result.records if r.error_kind == "metric")

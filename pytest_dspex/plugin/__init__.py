@@ -516,7 +516,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         if row["verdict"].get("kind") == "deferred":  # a shard job: "shard 2/3: 340 of 1000 examples; ..."
             tr.write_line(f"{row['program']} [{row.get('mode', 'dataset')}]: {row['verdict']['reason']}")
     dspex = config.stash.get(session_key, None)
-    if dspex is not None and dspex.options.repeats > 1 and dspex.options.temperature == 0:
+    # a program that samples on its own (an SDK call with its own temperature) makes repeats that disagree
+    sampled = any(row.get("flaky") for row in rows)
+    if dspex is not None and dspex.options.repeats > 1 and dspex.options.temperature == 0 and not sampled:
         tr.write_line(
             f"dspex: --dspex-repeats={dspex.options.repeats} at temperature 0: a greedy model gives every repeat "
             f"the same answer, so the repeats cost {dspex.options.repeats}x the calls and add nothing "

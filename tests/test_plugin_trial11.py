@@ -1,0 +1,83 @@
+"""Trial 11 (a new user gating code they already have, from README.md alone): ``--dspex-repeats`` with
+pass^k / pass@k against a golden compiled on a noisy endpoint, and the "repeats at temperature 0" note.
+
+The program is a plain function whose answers are noisy by themselves (no LM behind it), so every run is
+deterministic; each scenario runs with ``-n 2`` and with ``-p no:xdist``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .test_plugin import MODES, fake, run  # noqa: F401
+
+# 40 examples: cases 0-19 answered wrong on their 1st, 3rd, 5th ... asking in a process (a sampled model
+# right half the time), cases 20-39 always right
+DATA = "".join(json.dumps({"id": f"c{i}", "message": f"case {i}", "label": "right"}) + "\n" for i in range(40))
+
+SOURCE = '''
+import collections
+import pytest
+import pytest_dspex as dspex
+
+asked = collections.Counter()
+
+def answer(message: str) -> str:
+    asked[message] += 1
+    case = int(message.split()[-1])
+    return "wrong" if case < 20 and asked[message] % 2 == 1 else "right"
+
+def matches(example, prediction, trace=None):
+    return example.label == prediction.label
+
+@pytest.mark.dspex_program(answer, outputs=["label"])
+@pytest.mark.dspex_metric(matches, threshold=0.0)
+def test_answer(dspex_evaluate):
+    dspex_evaluate("data/dev.jsonl")
+'''
+
+
+@pytest.fixture
+def noisy_function(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    pytester.makefile(".jsonl", **{"data/dev": DATA})
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_answer=SOURCE)
+
+
+@pytest.mark.parametrize("mode", MODES.values(), ids=MODES.keys())
+@pytest.mark.parametrize(("reduction", "shown"), [("all", "pass^3"), ("any", "pass@3")])
+def test_pass_k_of_an_unchanged_program_is_not_a_regression_against_a_noisy_golden(
+    pytester, noisy_function, fake, mode, reduction, shown
+):  # noqa: F811
+    """T11-1: the golden's baseline is single draws (here 4 of 8 right for half the examples); a run scored by
+    the worst of 3 repeats (pass^3) was compared with those draws as if they were pass^3 too, so the
+    unchanged program read "regressed: delta -0.250, p=0.010" (pass@3: a gain). The golden's draws are now
+    scored alike (the share of 3-draw subsets all right / any right)."""
+    compiled = run(pytester, fake, mode, "--dspex-compile", "--dspex-temperature=0.7")
+    # (the compile's own gate, a 9th asking: every noisy case wrong, may fail by the tolerance: T11-5)
+    compiled.stdout.fnmatch_lines(["*40 examples x 8 draws, score 0.750*"])
+    result = run(pytester, fake, mode, "--dspex-temperature=0.7", "--dspex-repeats=3", f"--dspex-repeat-reduction={reduction}",
+                 "--dspex-report=report.json")  # fmt: skip
+    out = result.stdout.str()
+    assert result.ret == 0, out
+    assert "vs golden: regressed" not in out and "vs golden: improved" not in out, out
+    result.stdout.fnmatch_lines([f"*answer [[]dataset[]] vs golden: no change: *the golden's baseline draws scored as {shown} too*"])
+    (row,) = json.loads((pytester.path / "report.json").read_text())["programs"]
+    # the golden column: the golden's draws scored as the run is (pass^3 of 4-of-8: 4/56 for the noisy half)
+    golden = (20 * 1.0 + 20 * (4 / 56 if reduction == "all" else 1 - 4 / 56)) / 40
+    assert row["comparison"]["baseline_score"] == pytest.approx(golden, abs=1e-6)
+    assert row["comparison"]["reduced"] == shown
+
+
+@pytest.mark.parametrize("mode", MODES.values(), ids=MODES.keys())
+def test_repeats_that_disagree_at_temperature_0_are_not_called_useless(pytester, noisy_function, fake, mode):  # noqa: F811
+    """T11-2: a function that samples on its own (the app passes temperature=0.7 to the SDK) run with
+    ``--dspex-repeats=3`` at the session's temperature 0 was told the repeats "add nothing", right above
+    its 20 flaky examples. The note is for repeats that all agreed."""
+    run(pytester, fake, mode, "--dspex-compile")
+    result = run(pytester, fake, mode, "--dspex-repeats=3")
+    out = result.stdout.str()
+    assert "20 flaky example(s)" in out, out
+    assert "add nothing" not in out, out
