@@ -49,8 +49,8 @@ def noisy_function(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
 @pytest.mark.parametrize("mode", MODES.values(), ids=MODES.keys())
 @pytest.mark.parametrize(("reduction", "shown"), [("all", "pass^3"), ("any", "pass@3")])
 def test_pass_k_of_an_unchanged_program_is_not_a_regression_against_a_noisy_golden(
-    pytester, noisy_function, fake, mode, reduction, shown
-):  # noqa: F811
+    pytester, noisy_function, fake, mode, reduction, shown  # noqa: F811
+):
     """T11-1: the golden's baseline is single draws (here 4 of 8 right for half the examples); a run scored by
     the worst of 3 repeats (pass^3) was compared with those draws as if they were pass^3 too, so the
     unchanged program read "regressed: delta -0.250, p=0.010" (pass@3: a gain). The golden's draws are now
