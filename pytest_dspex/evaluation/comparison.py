@@ -393,6 +393,26 @@ class RedrawPlan:
         n = min(self.limit, k - 1)
         return (target, n) if first != target and n > 0 else None
 
+    def expected_calls(self, keys: Iterable[str]) -> tuple[float, int]:
+        """``(about, at most)`` redraw calls an unchanged program's run over ``keys`` makes (``--dspex-estimate``):
+        an example whose baseline leans right is asked again when its first answer is wrong (the share of its
+        draws that were: ``q``), each redraw again with chance ``q``: ``q + q^2 + … + q^n``. An example leaning
+        wrong is left out: the estimate's answer (its label) disagrees with it, so its redraws are counted
+        as calls already."""
+        about, most = 0.0, 0
+        for key in keys:
+            value = self.baseline.get(key)
+            if value is None or isinstance(value, int | float) or len(value) < 2:
+                continue
+            k = len(value)
+            right = sum(float(v) for v in value)
+            if right / k < 0.5:
+                continue
+            q, n = (k - right) / k, min(self.limit, k - 1)
+            about += sum(q**j for j in range(1, n + 1))
+            most += n
+        return about, most
+
 
 def _u_all(count: int, k: int, m: int) -> float:
     """Unbiased estimate of ``P(m fresh draws all fall in a class)`` from ``count`` of ``k`` draws in it."""

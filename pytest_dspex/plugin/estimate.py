@@ -57,6 +57,17 @@ def estimate_lines(rows: list[dict[str, Any]], *, priced: bool, max_calls: int |
     if repeated:
         out.append((f"  repeated: {repeated} request(s) asked again (a program gated in both modes asks each question twice, and programs that send the same request ask it once each); "
                     "a run answers them from the cache their first asking fills: not calls, not cached yet", {}))  # fmt: skip
+    redrawn = [(str(r["program"]), r["redraw_estimate"]) for r in rows if (r.get("redraw_estimate") or {}).get("at_most")]
+    if redrawn:  # against a noisy golden a run asks again the examples whose first answer disagrees with it
+        about = round(sum(float(e["about"]) for _, e in redrawn))
+        most = sum(int(e["at_most"]) for _, e in redrawn)
+        names = ", ".join(dict.fromkeys(name for name, _ in redrawn))
+        out.append((f"  redraws: about {about} more LM call(s), at most {most}, not in the total: {names} "
+                    f"{'has a golden' if len(redrawn) == 1 else 'have goldens'} whose baseline draws disagree (a noisy endpoint), "
+                    "and a run asks again each example whose first answer disagrees with them (--dspex-redraws; 0 turns it off)", {}))  # fmt: skip
+        if max_calls is not None and calls <= max_calls < calls + most:
+            out.append((f"the redraws may go over the budget: {calls} calls estimated and about {about} more "
+                        f"(at most {calls + most}), --dspex-max-calls={max_calls}", {"yellow": True}))  # fmt: skip
     if not priced:
         out.append(("no price known for this model: set --dspex-price=INPUT,OUTPUT (dollars per 1M tokens) to estimate cost", {"yellow": True}))
     out += [(plan, {}) for plan in plans]

@@ -219,4 +219,11 @@ class ProgramRun:
             row["dataset_size"] = s.dataset_size
         if s.redraws:  # combine judges the merged records with the same redraw rule
             row["redraws"] = s.redraws
+            if self.result.usage.estimated and self.golden_outcomes:  # --dspex-estimate: what the redraws may add
+                from ..evaluation.comparison import RedrawPlan
+
+                plan = RedrawPlan.of(self.golden_outcomes, s.redraws)
+                if plan is not None:
+                    about, most = plan.expected_calls(r.key for r in self.result.records)
+                    row["redraw_estimate"] = {"about": round(about, 3), "at_most": most}
         return s.extra | row  # what the records say wins over anything carried along
