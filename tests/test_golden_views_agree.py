@@ -68,3 +68,26 @@ def test_an_incomplete_row_shows_no_golden_delta(pytester, server, model, mode):
     md = (pytester.path / "s.md").read_text()
     assert "+0.400" not in md and "n/a (incomplete: not all examples ran)" in md
     assert "n/a (incomplete: not all examples ran)" in (pytester.path / "r.html").read_text()
+
+
+def test_a_threshold_failure_that_is_no_drop_says_why_in_every_view() -> None:
+    """Trial10: the failure sentence (terminal, JSON ``verdict.reason``) and the verdict words (markdown, HTML,
+    the line under the table with ``--tb=no``) say alike why a score below the threshold is no drop from the
+    golden: the golden's own baseline is below the threshold too, or it is within the endpoint's own noise."""
+    below = ProgramRun(settings(golden_score=0.8, threshold=0.95), golden_outcomes={f"ex-{i}": float(i < 8) for i in range(10)})
+    below.add(rec(i, float(i < 8)) for i in range(10))
+    verdict, words = below.judge(), ProgramView(below.row()).verdict_words
+    assert verdict.kind == "below_threshold"
+    assert "the golden's own baseline 0.800 is below the threshold 0.95: lower the threshold or recompile (pytest --dspex-compile=triage)" in verdict.reason
+    assert words == "FAIL: below threshold (0.800 < 0.95), as is the golden's own baseline 0.800: lower the threshold or recompile"
+    assert "own noise" not in verdict.reason + words  # below the threshold is not "within the noise of it"
+
+    draws = {f"ex-{i}": [0.0, 1.0] if i < 4 else [1.0, 1.0] for i in range(10)}  # a noisy baseline: 0.800
+    noisy = ProgramRun(settings(golden_score=0.8, threshold=0.75), golden_outcomes=draws)
+    noisy.add(rec(i, float(i >= 4)) for i in range(10))  # 0.600: the unchanged program's unlucky run
+    verdict, words = noisy.judge(), ProgramView(noisy.row()).verdict_words
+    spread = re.search(r"within this endpoint's own noise \(\+-(0\.\d+)\)", verdict.reason)
+    assert verdict.kind == "below_threshold" and spread, verdict.reason
+    assert words == (f"FAIL: below threshold (0.600 < 0.75), within this endpoint's own noise (+-{spread[1]}) of the "
+                     "golden's baseline 0.800 (paired: no change)")  # fmt: skip
+    assert "the golden's baseline 0.800 is within this endpoint's own noise" in verdict.reason

@@ -6,6 +6,8 @@ Every scenario runs with ``-n 2`` and with ``-p no:xdist`` (a crashed worker: wi
 from __future__ import annotations
 
 import json
+import re
+from html import unescape
 
 from .test_plugin import TRIAGE_PROGRAM, fake, mode, project, run  # noqa: F401
 
@@ -194,3 +196,44 @@ def test_an_unchanged_programs_chance_failure_of_its_threshold_says_so(pytester,
         "the golden says no change (delta *): the golden's baseline 0.800 is within this endpoint's own noise (+-*) "
         "of the threshold 0.75, so the unchanged program falls below it in some runs*",
     ])  # fmt: skip
+
+
+def test_a_threshold_above_the_goldens_own_baseline_says_so(pytester, project, server_factory, mode):  # noqa: F811
+    """T10-6: the threshold raised to 0.95 over a golden whose baseline is 0.800: every run of the unchanged
+    program fails "below threshold", and nothing said that the golden itself never met it."""
+    from .test_plugin import make_responder
+
+    project(threshold=0.5)
+    server = server_factory(make_responder(wrong={1, 2}))  # 8 of 10: the golden's baseline 0.800
+    assert run(pytester, server, mode, "--dspex-compile").ret == 0
+    project(threshold=0.95)
+    result = run(pytester, server, mode, "--dspex-report=r.json", "--dspex-markdown=s.md", "--dspex-html=r.html")
+    out = result.stdout.str()
+    assert result.ret == 1, out
+    said = "the golden's own baseline 0.800 is below the threshold 0.95: lower the threshold or recompile (pytest --dspex-compile=triage)"
+    result.stdout.fnmatch_lines([f"*dspex gate FAILED for 'triage'*below threshold (0.800 < 0.950); {said}*"])
+    assert len(said) <= 120 + len("triage") and max(len(t) for t in out.splitlines() if t.startswith("triage ")) <= 120
+    reasons = [p["verdict"]["reason"] for p in json.loads((pytester.path / "r.json").read_text())["programs"]]
+    assert reasons and all(said in r for r in reasons), reasons
+    short = "below threshold (0.800 < 0.95), as is the golden's own baseline 0.800: lower the threshold or recompile"
+    for name in ("s.md", "r.html"):  # each report's verdict words (markdown and HTML escape the text: unescaped)
+        assert short in unescape((pytester.path / name).read_text()), name
+    quiet = run(pytester, server, mode, "--tb=no").stdout.str()  # no FAILURES: the sentence under the table says it
+    assert short in quiet, quiet
+
+
+def test_the_chance_threshold_sentence_is_in_markdown_and_html(pytester, project, server_factory, mode):  # noqa: F811
+    """T10-4's leftover: the terminal and JSON said that an unchanged program's threshold failure was within the
+    endpoint's own noise; the markdown and HTML verdicts kept only "FAIL: below threshold"."""
+    project(threshold=0.75)
+    args = ("--dspex-optimizer=labeled", "-k", "test_triage and not each")
+    compiled = run(pytester, server_factory(alternating_responder({0, 1, 2, 3})), mode, "--dspex-compile", *args)
+    compiled.stdout.fnmatch_lines(["*10 examples x 8 draws, score 0.800*"])
+    result = run(pytester, server_factory(alternating_responder({0, 1, 2, 3})), mode, *args, "--dspex-markdown=s.md",
+                 "--dspex-html=r.html")  # fmt: skip
+    assert result.ret == 1, result.stdout.str()
+    said = re.compile(r"FAIL: below threshold \(0\.600 < 0\.75\), within this endpoint's own noise \(\+-0\.\d+\) of the "
+                      r"golden's baseline 0\.800 \(paired: no change\)")  # fmt: skip
+    for name in ("s.md", "r.html"):  # each report's verdict words (markdown and HTML escape the text: unescaped)
+        text = unescape((pytester.path / name).read_text())
+        assert said.search(text), text

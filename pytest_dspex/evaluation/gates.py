@@ -19,7 +19,9 @@ In order, the first that applies decides:
                       client without credentials, a bug in the code under test): "program raised on k
                       of n examples: <first exception> — not a low score", not paired with the golden;
 * ``below_threshold`` the score is under the marker's threshold (an absolute floor); a regression
-                      against the golden is named with it (every failed check is);
+                      against the golden is named with it (every failed check is), and so is a cause
+                      that is no drop (``threshold_cause``): the golden's own baseline below the threshold
+                      too, or a noisy baseline within the endpoint's own noise of it;
 * ``regression``      against the golden (see below);
 * ``ok``.
 
@@ -70,8 +72,10 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_ALPHA",
     "DEFAULT_MAX_ERROR_RATE",
+    "GOLDEN_BELOW",
     "INCOMPLETE",
     "METRIC_ERRORS",
+    "NOISE",
     "PROGRAM_ERRORS",
     "Verdict",
     "against_golden",
@@ -82,6 +86,8 @@ __all__ = [
     "metric_errors_reason",
     "paired_outcomes",
     "program_errors_reason",
+    "threshold_cause",
+    "threshold_cause_words",
     "tolerance_margin",
     "tolerance_regression",
     "tolerance_words",
@@ -326,16 +332,53 @@ def tolerance_reason(c: Comparison) -> str:
     )
 
 
-def _noise_below_threshold(c: Comparison, golden_score: float, threshold: float) -> str:
-    """A failed floor the paired comparison does not call a regression, against a noisy baseline near it: said
-    as such, so an unchanged program's chance failure does not read as a quality drop (trial10 T10-4)."""
-    spread = 2 * c.noise_sd
-    if golden_score - threshold >= spread:
+#: ``threshold_cause`` of a failed floor the golden's own baseline is below too: the program as compiled never met it
+GOLDEN_BELOW = "golden_below"
+#: ``threshold_cause`` of a failed floor within a noisy baseline's own noise of it, no regression paired (T10-4)
+NOISE = "noise"
+
+
+def threshold_cause(threshold: float | None, golden_score: float | None, comparison: Mapping[str, Any] | None) -> str:
+    """Why a score below the threshold need not be a drop from the golden, so the failure says it (trial10):
+    ``GOLDEN_BELOW``, the golden's own baseline is below the threshold (raised since the compile, say);
+    ``NOISE``, the baseline's draws disagree and it is within two of the endpoint's noise SDs above the
+    threshold while the paired comparison calls no regression: an unchanged program falls below it in some
+    runs; ``""`` otherwise. The one rule behind the verdict's reason and every view's verdict words."""
+    if threshold is None or golden_score is None:
         return ""
-    return (f"; the paired comparison with the golden says {c.verdict} (delta {c.delta:+.3f}): the golden's baseline "
-            f"{golden_score:.3f} is within this endpoint's own noise (+-{spread:.3f}) of the threshold {threshold:g}, so "
-            "the unchanged program falls below it in some runs — more gate examples or a lower threshold make the "
-            "floor reliable")  # fmt: skip
+    if golden_score < threshold:
+        return GOLDEN_BELOW
+    c = comparison
+    if not c or not c.get("shared") or c.get("verdict") == "regressed" or tolerance_regression(c):
+        return ""
+    noise = float(c.get("noise_sd") or 0.0)
+    return NOISE if noise > 0 and golden_score - threshold < 2 * noise else ""
+
+
+def _threshold_cause_reason(cause: str, c: Comparison | None, golden_score: float, threshold: float, program: str) -> str:
+    """The long form of ``threshold_cause`` that ends a ``below_threshold`` verdict's reason."""
+    if cause == GOLDEN_BELOW:
+        return (f"; the golden's own baseline {golden_score:.3f} is below the threshold {threshold:g}: lower the threshold "
+                f"or recompile (pytest --dspex-compile={program or 'NAME'})")  # one line of <= 120 + the name: fmt: skip
+    if cause == NOISE and c is not None:
+        return (f"; the paired comparison with the golden says {c.verdict} (delta {c.delta:+.3f}): the golden's "
+                f"baseline {golden_score:.3f} is within this endpoint's own noise (+-{2 * c.noise_sd:.3f}) of the "
+                f"threshold {threshold:g}, so the unchanged program falls below it in some runs — more gate examples "
+                "or a lower threshold make the floor reliable")  # fmt: skip
+    return ""
+
+
+def threshold_cause_words(cause: str, comparison: Mapping[str, Any] | None, golden_score: float | None) -> str:
+    """The short form for a verdict's words (markdown, HTML, the terminal line under ``--tb=no``): ``", as is
+    the golden's own baseline 0.853: lower the threshold or recompile"``, ``", within this endpoint's own noise
+    (+-0.126) of the golden's baseline 0.800 (paired: no change)"``; ``""`` for no cause."""
+    if cause == GOLDEN_BELOW and golden_score is not None:
+        return f", as is the golden's own baseline {golden_score:.3f}: lower the threshold or recompile"
+    if cause == NOISE and comparison is not None and golden_score is not None:
+        spread = 2 * float(comparison.get("noise_sd") or 0.0)
+        return (f", within this endpoint's own noise (+-{spread:.3f}) of the golden's baseline {golden_score:.3f} "
+                f"(paired: {comparison.get('verdict')})")  # fmt: skip
+    return ""
 
 
 def paired_outcomes(records: Iterable[ExampleRecord]) -> dict[str, float]:
@@ -405,6 +448,7 @@ def judge(
     golden_outcomes: Mapping[str, Score] | None = None,
     alpha: float = DEFAULT_ALPHA,
     redraw_limit: int = 0,
+    program: str = "",
 ) -> Verdict:
     """The verdict on one program's result (see the module docstring for the order of the checks).
 
@@ -412,6 +456,7 @@ def judge(
     check into the paired comparison; the verdict carries it (``verdict.comparison``).
     ``redraw_limit``: the evaluation re-asked examples against a noisy baseline up to this many times
     (``comparison.RedrawPlan``); their answers (``record.redraws``) go into the paired test.
+    ``program``: its name, for the command a below-threshold reason may suggest.
     """
     from dataclasses import replace
 
@@ -468,8 +513,9 @@ def judge(
             reason += "; and " + regression_reason(comparison)
         elif comparison is not None and tolerance_regression(comparison):
             reason += "; and " + tolerance_reason(comparison)
-        elif comparison is not None and comparison.shared and comparison.noise_sd > 0 and golden_score is not None:
-            reason += _noise_below_threshold(comparison, golden_score, threshold)
+        cause = threshold_cause(threshold, golden_score, comparison.to_json() if comparison is not None else None)
+        if cause and golden_score is not None:  # said after any regression: that one is a drop all the same
+            reason += _threshold_cause_reason(cause, comparison, golden_score, threshold, program)
         return v(False, reason, "below_threshold")
     if comparison is not None and comparison.shared:
         c = comparison

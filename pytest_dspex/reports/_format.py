@@ -262,7 +262,7 @@ class ProgramView:
     @property
     def failed_checks(self) -> list[str]:
         """Every check that failed, in words (a run below its threshold may also have regressed)."""
-        from ..evaluation.gates import tolerance_regression, tolerance_words
+        from ..evaluation.gates import threshold_cause, threshold_cause_words, tolerance_regression, tolerance_words
 
         v = self.verdict
         if v.get("passed"):
@@ -274,7 +274,10 @@ class ProgramView:
         out: list[str] = []
         score, threshold = row.get("score"), row.get("threshold")
         if threshold is not None and score is not None and float(score) < float(threshold):
-            out.append(f"below threshold ({fmt_num(score)} < {fmt_num(threshold, 2)})")
+            raw = row.get("golden_score")  # the golden's own baseline below it too, or the endpoint's noise: said
+            golden = None if raw is None else float(raw)
+            cause = threshold_cause(float(threshold), golden, c)
+            out.append(f"below threshold ({fmt_num(score)} < {fmt_num(threshold, 2)})" + threshold_cause_words(cause, c, golden))
         if c is not None and c.get("verdict") == "regressed":
             out.append(f"regressed: {len(c.get('regressions') or [])} of {c.get('shared')} shared examples worse ({p_text(c.get('p_value'))})")
         elif kind == "regression" or tolerance_regression(c):  # by the tolerance, with a failed threshold too

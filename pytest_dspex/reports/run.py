@@ -174,6 +174,7 @@ class ProgramRun:
             golden_outcomes=self.golden_outcomes,
             alpha=s.alpha if s.alpha is not None else DEFAULT_ALPHA,
             redraw_limit=s.redraws,
+            program=s.program,
         )
         if verdict.kind == PROGRAM_ERRORS and s.plain_function and not result.usage.calls:
             verdict = replace(verdict, reason=f"{verdict.reason}; {NO_CALLS_HINT}")
