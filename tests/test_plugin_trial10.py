@@ -198,6 +198,34 @@ def test_an_unchanged_programs_chance_failure_of_its_threshold_says_so(pytester,
     ])  # fmt: skip
 
 
+def test_an_instructions_diff_is_said_once_in_a_failing_run(pytester, project, fake, server_factory, mode):  # noqa: F811
+    """T10-6: only the instructions edited, and the gate regressed: the diff was printed under FAILURES (the
+    whole-dataset test's failure) and again under the table (README: "an instructions diff once per program").
+    It stays with the failure that it explains; the line under the table points there. With --tb=no (no
+    FAILURES) it is under the table, once."""
+    from .test_plugin import TEST_FILE, make_responder
+    from .test_plugin_terminal_once import DOC
+
+    assert run(pytester, fake, mode, "--dspex-compile").ret == 0
+    project(source=TEST_FILE.replace(DOC, "Route a customer message to the right team."))
+    worse = server_factory(make_responder(wrong=set(range(6))))  # 6 of 10 pass -> fail: regressed
+    result = run(pytester, worse, mode, "--dspex-markdown=s.md", "--dspex-html=r.html")
+    out = result.stdout.str()
+    assert result.ret == 1, out
+    failures, summary = out.split("short test summary info")[0].split("= dspex =", 1)
+    assert out.count("+Route a customer message to the right team.") == 1, out
+    assert out.count("triage: the instructions differ from the golden's") == 1, out
+    assert "+Route a customer message to the right team." in failures, out
+    assert "triage: instructions differ from the golden's: the diff is under FAILURES (test_triage.py::test_triage)" in summary, out
+    assert (pytester.path / "s.md").read_text().count("+Route a customer message to the right team.") == 1
+    html = (pytester.path / "r.html").read_text()  # once (each test's section showed it), the other points there
+    assert html.count("+Route a customer message to the right team.") == 1 and 'the diff is in <a href="#p' in html
+    quiet = run(pytester, worse, mode, "--tb=no").stdout.str()
+    assert quiet.count("+Route a customer message to the right team.") == 1, quiet
+    assert quiet.count("triage: the instructions differ from the golden's") == 1, quiet
+    assert "the diff is under FAILURES" not in quiet, quiet
+
+
 def test_a_threshold_above_the_goldens_own_baseline_says_so(pytester, project, server_factory, mode):  # noqa: F811
     """T10-6: the threshold raised to 0.95 over a golden whose baseline is 0.800: every run of the unchanged
     program fails "below threshold", and nothing said that the golden itself never met it."""

@@ -534,9 +534,10 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
                 f"dspex: {ci} are set: not sharded, every example ran in this job "
                 "(--dspex-shard=ci, or ini dspex_shard = ci, splits them across the parallel jobs)"
             )
-    from .report import gate_lines
+    from .report import diffs_under_failures, gate_lines
 
-    for text, style in gate_lines(rows, fresh):  # paired comparison with the golden, flaky examples
+    diffs_above = diffs_under_failures(rows, str(config.getoption("tbstyle", "auto")))  # a diff once: with its failure
+    for text, style in gate_lines(rows, fresh, diffs_above):  # paired comparison with the golden, flaky examples
         tr.write_line(text, **style)
     written = [(p, g) for p, g in collector.goldens.items() if g.get("outcome")]
     for rel, g in sorted(written):

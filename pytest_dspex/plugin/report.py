@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["cache_only_line", "format_table", "gate_lines", "instructions_note", "run_spend", "spend_text", "verdict_lines"]
+__all__ = ["cache_only_line", "diffs_under_failures", "format_table", "gate_lines", "instructions_note", "run_spend", "spend_text", "verdict_lines"]
 
 
 def instructions_note(program: str) -> str:
@@ -17,17 +17,35 @@ def instructions_note(program: str) -> str:
     )
 
 
+def diffs_under_failures(rows: list[dict[str, Any]], tbstyle: str) -> dict[str, str]:
+    """``{program: test}``: the programs whose instructions diff a failed whole-dataset test's failure text
+    shows under FAILURES (``fixtures.where_from``): the line under the table points there instead of
+    printing it again (README: an instructions diff once per program). None with ``--tb=no`` or ``line``,
+    which show no such text; a per-example test's gate failure does not carry the diff."""
+    if tbstyle in ("no", "line"):
+        return {}
+    out: dict[str, str] = {}
+    for r in rows:
+        if r.get("instructions_diff") and r.get("mode") != "per-example" and not r["verdict"].get("passed"):
+            out.setdefault(str(r["program"]), str(r.get("test") or ""))
+    return out
+
+
 def _fmt_score(row: dict[str, Any]) -> str:
     lo, hi = row.get("ci95") or (0, 0)
     return f"{row['score']:.3f} ({lo:.2f}-{hi:.2f})"
 
 
-def gate_lines(rows: list[dict[str, Any]], fresh: frozenset[str] = frozenset()) -> list[tuple[str, dict[str, bool]]]:
+def gate_lines(
+    rows: list[dict[str, Any]], fresh: frozenset[str] = frozenset(), diffs_above: dict[str, str] | None = None
+) -> list[tuple[str, dict[str, bool]]]:
     """Terminal lines under the table: each program's paired comparison with its golden (delta, 95% CI,
-    p, regressed and fixed keys, underpowered) and its flaky examples; ``(text, markup)`` pairs.
+    p, regressed and fixed keys, underpowered), its instructions diff and its flaky examples; ``(text,
+    markup)`` pairs.
 
     ``fresh``: goldens this run has just written (created, replaced or re-baselined): no comparison with
-    them is said.
+    them is said. ``diffs_above`` (``diffs_under_failures``): programs whose diff a failure text shows,
+    named here in one line pointing at it.
     A regression judged by the tolerance (the paired test underpowered) is said as one sentence."""
     from ..evaluation.comparison import Comparison
     from ..evaluation.gates import SHOWN_KEYS, tolerance_regression, tolerance_words
@@ -82,10 +100,13 @@ def gate_lines(rows: list[dict[str, Any]], fresh: frozenset[str] = frozenset()) 
             said.add(("prov", r.get("golden")))  # once per golden, and only as a warning (reports keep it always)
             out.append((f"{r['program']} golden: {prov['text']}", {"yellow": True}))
         if r.get("instructions_diff") and ("diff", r["program"]) not in said:
-
             said.add(("diff", r["program"]))  # once per program, not per test using it
-            out.append((instructions_note(str(r["program"])), {"yellow": True}))
-            out += [(line, {}) for line in str(r["instructions_diff"]).splitlines()]
+            above = (diffs_above or {}).get(str(r["program"]))
+            if above is not None:  # the failure that it explains shows it (trial10: it was printed twice)
+                out.append((f"{r['program']}: instructions differ from the golden's: the diff is under FAILURES ({above})", {"yellow": True}))
+            else:
+                out.append((instructions_note(str(r["program"])), {"yellow": True}))
+                out += [(line, {}) for line in str(r["instructions_diff"]).splitlines()]
         flaky = list(r.get("flaky") or [])
         if flaky:
             repeats = r.get("repeats") or "several"

@@ -68,7 +68,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         f'<header><h1>pytest-dspex report <span class="badge {"pass" if passed else "deferred" if deferred and not failed else "fail"}" id="status">'
         f"{escape(status)}</span></h1>{_metadata(report)}</header><main>",
         _summary(programs),
-        *(_program(i, p) for i, p in enumerate(programs)),
+        *(_program(i, p, _diff_shown_in(programs, i)) for i, p in enumerate(programs)),
         _goldens(report),
         "</main>",
         f'<script type="application/json" id="dspex-data">{data}</script>',
@@ -201,7 +201,15 @@ def _dl(items: Iterable[tuple[str, Any]]) -> str:
     return f'<dl class="meta">{cells}</dl>'
 
 
-def _program(i: int, p: ProgramView) -> str:
+def _diff_shown_in(programs: list[ProgramView], i: int) -> int:
+    """The section that shows program ``i``'s instructions diff: the first with the same program and diff (a
+    program gated by two tests shows it once; the other section points there)."""
+    p = programs[i]
+    diff = p.row.get("instructions_diff")
+    return next((j for j, q in enumerate(programs[:i]) if q.name == p.name and q.row.get("instructions_diff") == diff), i)
+
+
+def _program(i: int, p: ProgramView, diff_in: int | None = None) -> str:
     row = p.row
     c = p.comparison
     facts: list[tuple[str, Any]] = [
@@ -246,7 +254,7 @@ def _program(i: int, p: ProgramView) -> str:
         f'<section class="program" id="p{i}" data-index="{i}"><h2>{escape(p.name)} <small>{escape(p.mode)} · {escape(p.test_short)}</small> {badge}</h2>'
         f'<p class="score">score {escape(fmt_score(row.get("score"), row.get("ci95")))} · n {escape(str(row.get("n", "")))}'
         f" · delta {escape(p.delta_text)}</p>"
-        f"{_dl(facts)}{_instructions(row)}{_prompts(row.get('prompts'))}"
+        f"{_dl(facts)}{_instructions(row, i if diff_in is None else diff_in, i)}{_prompts(row.get('prompts'))}"
         f'<div class="toolbar"><div class="filters" role="group" aria-label="filter examples">{filters}</div>'
         '<input type="search" class="search" placeholder="search key, inputs, answers, errors" aria-label="search examples">'
         '<span class="pager"><button type="button" class="prev" aria-label="previous page">‹</button>'
@@ -256,11 +264,14 @@ def _program(i: int, p: ProgramView) -> str:
     )
 
 
-def _instructions(row: Mapping[str, Any]) -> str:
+def _instructions(row: Mapping[str, Any], shown_in: int, here: int) -> str:
     diff = row.get("instructions_diff")
     if not diff:
         return ""
     name = escape(str(row.get("program", "")))
+    if shown_in != here:  # once per program: an earlier section shows it
+        return (f'<div class="instructions"><p>The instructions differ from the golden\'s: the diff is in '
+                f'<a href="#p{shown_in}">{name} above</a>.</p></div>')  # fmt: skip
     return (
         '<div class="instructions"><p>The instructions differ from the golden\'s: gated with the golden\'s demos '
         f"against its baseline. If this edit is intended, record its baseline: <code>pytest --dspex-rebaseline={name}</code> (a worse one needs <code>--dspex-force</code>)</p>"
