@@ -265,3 +265,21 @@ def test_the_chance_threshold_sentence_is_in_markdown_and_html(pytester, project
     for name in ("s.md", "r.html"):  # each report's verdict words (markdown and HTML escape the text: unescaped)
         text = unescape((pytester.path / name).read_text())
         assert said.search(text), text
+
+
+def test_an_in_sample_goldens_provenance_is_said_once_in_a_failing_run(pytester, project, fake, server_factory, mode):  # noqa: F811
+    """A golden chosen in-sample (``--dspex-select=in-sample``) warns where its numbers come from: in a run
+    whose whole-dataset test failed, that line was under FAILURES (the failure's own text) and again under
+    the table. It stays with the failure; with --tb=no (no FAILURES) it is under the table, once."""
+    from .test_plugin import make_responder
+
+    assert run(pytester, fake, mode, "--dspex-compile", "--dspex-select=in-sample").ret == 0
+    worse = server_factory(make_responder(wrong=set(range(6))))  # 6 of 10 pass -> fail: regressed
+    result = run(pytester, worse, mode)
+    out = result.stdout.str()
+    assert result.ret == 1, out
+    failures = out.split("short test summary info")[0].split("= dspex =", 1)[0]
+    said = "golden: chosen on the gate's own examples (IN-SAMPLE"
+    assert out.count(said) == 1 and said in failures, out
+    quiet = run(pytester, worse, mode, "--tb=no").stdout.str()
+    assert quiet.count(said) == 1, quiet

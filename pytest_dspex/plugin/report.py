@@ -18,15 +18,16 @@ def instructions_note(program: str) -> str:
 
 
 def diffs_under_failures(rows: list[dict[str, Any]], tbstyle: str) -> dict[str, str]:
-    """``{program: test}``: the programs whose instructions diff a failed whole-dataset test's failure text
-    shows under FAILURES (``fixtures.where_from``): the line under the table points there instead of
-    printing it again (README: an instructions diff once per program). None with ``--tb=no`` or ``line``,
-    which show no such text; a per-example test's gate failure does not carry the diff."""
+    """``{program: test}``: the programs a failed whole-dataset test's failure text explains under FAILURES
+    (``fixtures.where_from``: where the golden's numbers come from, and an instructions edit's diff): the
+    lines under the table do not print them again (README: an instructions diff once per program; the
+    diff's line points there). None with ``--tb=no`` or ``line``, which show no such text; a per-example
+    test's gate failure does not carry them."""
     if tbstyle in ("no", "line"):
         return {}
     out: dict[str, str] = {}
     for r in rows:
-        if r.get("instructions_diff") and r.get("mode") != "per-example" and not r["verdict"].get("passed"):
+        if (r.get("instructions_diff") or r.get("golden_provenance")) and r.get("mode") != "per-example" and not r["verdict"].get("passed"):
             out.setdefault(str(r["program"]), str(r.get("test") or ""))
     return out
 
@@ -44,8 +45,8 @@ def gate_lines(
     markup)`` pairs.
 
     ``fresh``: goldens this run has just written (created, replaced or re-baselined): no comparison with
-    them is said. ``diffs_above`` (``diffs_under_failures``): programs whose diff a failure text shows,
-    named here in one line pointing at it.
+    them is said. ``diffs_above`` (``diffs_under_failures``): programs whose golden provenance and diff a
+    failure text shows: the provenance is not said again, the diff is named in one line pointing there.
     A regression judged by the tolerance (the paired test underpowered) is said as one sentence."""
     from ..evaluation.comparison import Comparison
     from ..evaluation.gates import SHOWN_KEYS, tolerance_regression, tolerance_words
@@ -96,7 +97,8 @@ def gate_lines(
             out.append((text, style))
         prov = r.get("golden_provenance") or {}
         warn = bool(prov) and (prov.get("in_sample") or not prov["baseline"].get("fresh"))
-        if warn and r.get("golden") not in fresh and ("prov", r.get("golden")) not in said:
+        shown = str(r["program"]) in (diffs_above or {})  # the failure it explains says it (once)
+        if warn and not shown and r.get("golden") not in fresh and ("prov", r.get("golden")) not in said:
             said.add(("prov", r.get("golden")))  # once per golden, and only as a warning (reports keep it always)
             out.append((f"{r['program']} golden: {prov['text']}", {"yellow": True}))
         if r.get("instructions_diff") and ("diff", r["program"]) not in said:
