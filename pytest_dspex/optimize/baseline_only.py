@@ -27,6 +27,7 @@ from .compile import (
     mark_compiled,
     measure_baseline,
     previous_golden,
+    written_elsewhere,
 )
 
 __all__ = ["NOTHING_TO_OPTIMIZE", "record_baseline_only"]
@@ -68,7 +69,8 @@ def record_baseline_only(
     with store.lock(path):
         elsewhere = compiled_elsewhere(path, run_id, state_dir)
         if elsewhere is not None:
-            return CompileOutcome(name, path, program, elsewhere, "compiled elsewhere")
+            return CompileOutcome(name, path, program, elsewhere, "compiled elsewhere",
+                                  written_elsewhere=written_elsewhere(path, run_id, state_dir))  # fmt: skip
         previous = previous_golden(path, settings.force)
         gate = load_dataset(gateset, input_keys, fields=dataset_fields(program)) if isinstance(gateset, Path) else as_examples(list(gateset), input_keys)
         say(f"compiling {name}: {NOTHING_TO_OPTIMIZE}; measuring its baseline on {len(gate)} gate examples")

@@ -91,6 +91,13 @@ class CompileOutcome:
     replaced: Comparison | None = None
     #: every LM call this process made for it: the optimizer's and the baseline's draws (None: compiled elsewhere)
     usage: Usage | None = None
+    #: "compiled elsewhere": the other worker's compile made a new golden in this run (not kept as it was)
+    written_elsewhere: bool = False
+
+    @property
+    def written(self) -> bool:
+        """This run wrote (or sends the controller) a new golden: its gate must not be compared with it."""
+        return self.outcome in ("created", "updated", "rebaselined") or self.written_elsewhere
 
 
 def _done_marker(path: Path, state_dir: Path | None) -> Path:
@@ -111,6 +118,14 @@ def compiled_elsewhere(path: Path, run_id: str, state_dir: Path | None) -> Golde
     if done_by != run_id or not (deferred or path.exists()):
         return None
     return GoldenFile(path, json.loads(deferred)) if deferred else read_golden(path)
+
+
+def written_elsewhere(path: Path, run_id: str, state_dir: Path | None) -> bool:
+    """Another process of this run compiled ``path`` into a new golden (its marker carries the record)."""
+    from .._support.private import read_private
+
+    done_by, _, deferred = (read_private(_done_marker(path, state_dir)) or "").partition("\n") if run_id else ("", "", "")
+    return done_by == run_id and bool(deferred)
 
 
 def previous_golden(path: Path, force: bool) -> GoldenFile | None:
@@ -191,7 +206,8 @@ def compile_program(
     with store.lock(path):
         elsewhere = compiled_elsewhere(path, run_id, state_dir)
         if elsewhere is not None:
-            return CompileOutcome(name, path, elsewhere.apply(program), elsewhere, "compiled elsewhere")
+            return CompileOutcome(name, path, elsewhere.apply(program), elsewhere, "compiled elsewhere",
+                                  written_elsewhere=written_elsewhere(path, run_id, state_dir))  # fmt: skip
         previous = previous_golden(path, settings.force)  # before optimizing
         train = load(trainset)
         gate = load(gateset) if gateset is not None else None
@@ -326,7 +342,8 @@ def rebaseline_program(
     with store.lock(path):
         elsewhere = compiled_elsewhere(path, run_id, state_dir)
         if elsewhere is not None:
-            return CompileOutcome(name, path, elsewhere.apply(program), elsewhere, "compiled elsewhere")
+            return CompileOutcome(name, path, elsewhere.apply(program), elsewhere, "compiled elsewhere",
+                                  written_elsewhere=written_elsewhere(path, run_id, state_dir))  # fmt: skip
         old = read_golden(path, missing=f"no golden file to re-baseline; create it with pytest --dspex-compile={name}")
         applied = old.apply(program, instructions=False)  # fields that changed: GoldenStaleError
         gate = load_dataset(gateset, input_keys, fields=dataset_fields(program)) if isinstance(gateset, Path) else as_examples(list(gateset), input_keys)

@@ -362,7 +362,10 @@ class Evaluator:
             fingerprint = fingerprint_of(examples)
         resolved = ctx.resolve(gate_path)
         dataset_size = len(examples)
-        golden_outcomes, relabelled = resolved.golden.paired_baseline(examples) if resolved.golden else (None, 0)
+        # a golden this run has just written is not compared with (README): its gate is the threshold's
+        golden_outcomes, relabelled = (
+            resolved.golden.paired_baseline(examples) if resolved.golden and not resolved.written else (None, 0)
+        )
         positions: list[int] | None = None
         if options.shard is not None:  # the golden comparison keeps the whole dataset's fingerprint
             from ..evaluation.datasets import example_key
@@ -397,7 +400,7 @@ class Evaluator:
             alpha=options.alpha,
             max_error_rate=options.max_error_rate,
             golden=session.rel(resolved.golden_path) if resolved.golden is not None else None,
-            golden_score=_comparable_golden_score(resolved, fingerprint),
+            golden_score=None if resolved.written else _comparable_golden_score(resolved, fingerprint),
             dataset_size=dataset_size,  # combine checks that the shards add up to it
             note=_note(session, resolved, relabelled, metric_fn, examples),
             prompts=_report_prompts(resolved),
@@ -484,7 +487,8 @@ class Predictor:
         resolved = ctx.resolve_item(path, key)
         options = session.options
         paired = session.memo(
-            ("paired", key), lambda: resolved.golden.paired_baseline(data.examples) if resolved.golden else (None, 0)
+            ("paired", key),
+            lambda: resolved.golden.paired_baseline(data.examples) if resolved.golden and not resolved.written else (None, 0),
         )
         repeats = mspec.repeats or options.repeats
         redraw = session.memo(("redraw", key), lambda: RedrawPlan.of(paired[0], options.redraws) if repeats == 1 else None)
@@ -533,7 +537,7 @@ class Predictor:
             max_error_rate=options.max_error_rate,
             golden=session.rel(resolved.golden_path) if resolved.golden is not None else None,
             # the dataset's fingerprint (a hash of every example) only when there is a golden to compare with
-            golden_score=_comparable_golden_score(resolved, data.fingerprint) if resolved.golden is not None else None,
+            golden_score=_comparable_golden_score(resolved, data.fingerprint) if resolved.golden is not None and not resolved.written else None,
             dataset_size=len(data.examples),
             note=_note(session, resolved, paired[1], mspec.metric, data.examples),
             # the large parts once per process: the controller keeps the first it gets

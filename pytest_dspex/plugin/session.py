@@ -55,6 +55,8 @@ class Resolved:
     replaced: dict[str, Any] | None = None
     #: every LM call this process's compile or re-baseline made (``Usage.to_dict()``; baseline draws included)
     spent: dict[str, Any] | None = None
+    #: this run wrote its golden (here or on another worker): the gate is not compared with it (README)
+    written: bool = False
 
     @property
     def golden_score(self) -> float | None:
@@ -354,12 +356,12 @@ class DspexSession:
             self._failed_compiles[path] = error
             pytest.fail(error, pytrace=False)
         if done.result is None:  # another worker of this run compiled it
-            return Resolved(spec.name, done.program, path, done.golden, note="compiled by another worker")
+            return Resolved(spec.name, done.program, path, done.golden, note="compiled by another worker", written=done.written)
         self.config.hook.pytest_dspex_compile_result(program=spec.name, result=done.result, outcome=done.outcome, path=path)
         return Resolved(
             spec.name, done.program, path, done.golden, done.outcome, done.result, reason=done.reason,
             golden_record=done.record, replaced=done.replaced.to_json() if done.replaced is not None else None,
-            spent=done.usage.to_dict() if done.usage is not None else None,
+            spent=done.usage.to_dict() if done.usage is not None else None, written=done.written,
         )  # fmt: skip
 
     def _baseline_only(
@@ -388,11 +390,11 @@ class DspexSession:
             self._failed_compiles[path] = problem
             pytest.fail(problem, pytrace=False)
         if done.outcome == "compiled elsewhere":
-            return Resolved(spec.name, done.program, path, done.golden, note="compiled by another worker")
+            return Resolved(spec.name, done.program, path, done.golden, note="compiled by another worker", written=done.written)
         return Resolved(
             spec.name, done.program, path, done.golden, done.outcome, reason=done.reason, golden_record=done.record,
             replaced=done.replaced.to_json() if done.replaced is not None else None,
-            spent=done.usage.to_dict() if done.usage is not None else None,
+            spent=done.usage.to_dict() if done.usage is not None else None, written=done.written,
         )  # fmt: skip
 
     def _rebaseline(
@@ -424,11 +426,11 @@ class DspexSession:
         if problem:
             pytest.fail(problem, pytrace=False)
         if done.outcome == "compiled elsewhere":
-            return Resolved(spec.name, done.program, path, done.golden, note="re-baselined by another worker")
+            return Resolved(spec.name, done.program, path, done.golden, note="re-baselined by another worker", written=done.written)
         return Resolved(
             spec.name, done.program, path, done.golden, done.outcome, reason=done.reason, golden_record=done.record,
             replaced=done.replaced.to_json() if done.replaced is not None else None,
-            spent=done.usage.to_dict() if done.usage is not None else None,
+            spent=done.usage.to_dict() if done.usage is not None else None, written=done.written,
         )  # fmt: skip
 
     def _compile_plan(self, spec: ProgramSpec, metric: MetricSpec | None, gate_dataset: Path | None) -> str:
