@@ -161,6 +161,18 @@ class GoldenFile:
         changed = {k for k, h in b.labels.items() if k in now and now[k] != h}
         return {k: v for k, v in outcomes.items() if k not in changed}, len(changed)
 
+    def new_examples(self, examples: Iterable[Any]) -> int:
+        """How many of ``examples`` the baseline has no outcome for (added to the dataset since it was
+        measured): 0 when none is shared (nothing was compared; said as such) or there is no baseline."""
+        outcomes = self.baseline_outcomes
+        if not outcomes:
+            return 0
+        from ..evaluation.datasets import example_key
+
+        keys = [example_key(e) for e in examples]
+        new = sum(k not in outcomes for k in keys)
+        return new if new < len(keys) else 0
+
     def metric_changed(self, metric: Any) -> bool:
         """Was the baseline scored by another metric than ``metric`` (its source or closure differ)?
         Older goldens without a recorded fingerprint, or a metric whose source cannot be read: no."""

@@ -142,7 +142,12 @@ def _golden_info(session: DspexSession, resolved: Resolved, threshold: float | N
 
 
 def _note(
-    session: DspexSession, resolved: Resolved, relabelled: int = 0, metric: Any = None, examples: Sequence[Any] = ()
+    session: DspexSession,
+    resolved: Resolved,
+    relabelled: int = 0,
+    metric: Any = None,
+    examples: Sequence[Any] = (),
+    added: int = 0,
 ) -> str:
     """The row's note: the resolver's, a metric edited since the baseline, examples relabelled since (or,
     when the examples carry none of an output field, the missing column), and a sampling temperature
@@ -154,6 +159,8 @@ def _note(
     if relabelled:
         missing = missing_label_note(resolved.program, examples)
         notes.append(missing or relabelled_note(relabelled, resolved.golden.program if resolved.golden else ""))
+    if added and golden is not None and resolved.outcome is None:
+        notes.append(added_note(added, len(examples), golden.program or resolved.name))
     if golden is not None and resolved.outcome is None:  # a golden loaded, not one this run compiled
         was, now_model = (golden.data.get("model") or {}).get("name"), session.lms.model_name()
         if isinstance(was, str) and was and now_model and was != now_model:
@@ -202,6 +209,14 @@ def relabelled_note(k: int, program: str) -> str:
     return (
         f"{k} example{'s' if k != 1 else ''} relabelled since the baseline, not paired; record a new baseline "
         f"with pytest --dspex-rebaseline={program}"
+    )
+
+
+def added_note(k: int, n: int, program: str) -> str:
+    """Examples of the gate's dataset the baseline has no outcome for: scored, never paired (trial12 T12-1)."""
+    return (
+        f"{k} of {n} examples are new since the golden's baseline (not in it): not paired, only the threshold "
+        f"gates them; record a new baseline with pytest --dspex-rebaseline={program}"
     )
 
 
@@ -402,7 +417,10 @@ class Evaluator:
             golden=session.rel(resolved.golden_path) if resolved.golden is not None else None,
             golden_score=None if resolved.written else _comparable_golden_score(resolved, fingerprint),
             dataset_size=dataset_size,  # combine checks that the shards add up to it
-            note=_note(session, resolved, relabelled, metric_fn, examples),
+            note=_note(
+                session, resolved, relabelled, metric_fn, examples,
+                added=resolved.golden.new_examples(examples) if resolved.golden else 0,
+            ),
             prompts=_report_prompts(resolved),
             provenance=resolved.golden.provenance(fingerprint) if resolved.golden is not None else None,
             instructions_diff=resolved.instructions_diff,
@@ -539,7 +557,12 @@ class Predictor:
             # the dataset's fingerprint (a hash of every example) only when there is a golden to compare with
             golden_score=_comparable_golden_score(resolved, data.fingerprint) if resolved.golden is not None and not resolved.written else None,
             dataset_size=len(data.examples),
-            note=_note(session, resolved, paired[1], mspec.metric, data.examples),
+            note=_note(
+                session, resolved, paired[1], mspec.metric, data.examples,
+                added=session.memo(
+                    ("added", key), lambda: resolved.golden.new_examples(data.examples) if resolved.golden else 0
+                ),
+            ),
             # the large parts once per process: the controller keeps the first it gets
             prompts=session.once(("prompts", key), lambda: _report_prompts(resolved)) or {},
             provenance=session.once(
