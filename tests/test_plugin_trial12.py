@@ -39,5 +39,24 @@ def test_an_unchanged_dataset_says_nothing_new(pytester, server, mode):  # noqa:
     out = run(pytester, server, mode, "--dspex-report=report.json")
     assert out.ret == 0, out.stdout.str()
     assert "new since the golden's baseline" not in out.stdout.str()
+    assert "changed since the golden was compiled" not in out.stdout.str()
     for r in json.loads((pytester.path / "report.json").read_text())["programs"]:
         assert "new since" not in r["note"]
+
+
+def test_a_trainset_changed_since_the_compile_is_said(pytester, server, mode):  # noqa: F811
+    """T12-2: 5 rows added to the trainset: the normal run was green and said nothing; the golden's demos
+    still come from the old trainset, and only a recompile would use the new rows."""
+    project(pytester, 40)
+    assert run(pytester, server, mode, *COMPILE).ret == 0
+    train = pytester.path / "data/train.jsonl"
+    train.write_text(train.read_text().rstrip("\n") + "\n" + rows(5, 1500))
+    out = run(pytester, server, mode, "--dspex-report=report.json")
+    assert out.ret == 0, out.stdout.str()
+    out.stdout.fnmatch_lines(
+        ["*triage: the trainset data/train.jsonl changed since the golden was compiled: its demos come from the "
+         "old one; pytest --dspex-compile=triage recompiles with it*"]
+    )  # fmt: skip
+    assert out.stdout.str().count("changed since the golden was compiled") == 1
+    for r in json.loads((pytester.path / "report.json").read_text())["programs"]:
+        assert "the trainset data/train.jsonl changed since the golden was compiled" in r["note"]

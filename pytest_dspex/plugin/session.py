@@ -234,6 +234,7 @@ class DspexSession:
                 resolved = self._rebaseline(spec, metric, path, gate_dataset, progress)
             else:
                 resolved = self._load(spec, path)
+                resolved.note = "; ".join(filter(None, [resolved.note, self._trainset_changed(spec, resolved)]))
         except pytest.fail.Exception as exc:  # one cause, one message: the next test using it is told the same
             self._unavailable[path] = str(exc.msg)
             raise
@@ -276,6 +277,28 @@ class DspexSession:
         if problem is not None:  # outside the handler: one message, no chained traceback
             pytest.fail(problem, pytrace=False)
         return Resolved(spec.name, program, path, golden, instructions_diff=golden.instruction_diff(spec.program))
+
+    def _trainset_changed(self, spec: ProgramSpec, resolved: Resolved) -> str:
+        """A note when the marker's trainset is not the one the golden was compiled from (rows added or
+        edited since): its demos come from the old one, and only a recompile uses the new (trial12 T12-2).
+        "" when it is the same, the golden records none, or the file does not load (its tests say why)."""
+        golden = resolved.golden
+        recorded = ((golden.data.get("datasets") or {}) if golden is not None else {}).get("train")
+        if not isinstance(recorded, str) or not isinstance(spec.trainset, Path) or not spec.trainset.is_file():
+            return ""
+        from ..evaluation.datasets import fingerprint, load_dataset
+        from ..programs.fields import dataset_fields
+
+        try:
+            now = fingerprint(load_dataset(spec.trainset, spec.input_keys, fields=dataset_fields(spec.program)))
+        except Exception:  # a trainset that does not load is a compile's error, not a gate run's
+            return ""
+        if now == recorded:
+            return ""
+        return (
+            f"the trainset {self.rel(spec.trainset)} changed since the golden was compiled: its demos come from the "
+            f"old one; pytest --dspex-compile={spec.name} recompiles with it"
+        )
 
     def _missing(self, spec: ProgramSpec, path: Path) -> str:
         """The missing-golden failure, naming the orphaned goldens that look like this program's."""
