@@ -274,3 +274,22 @@ def test_against_a_noisy_baseline_only_examples_whose_draws_agreed_count_as_fixe
     base2 = {**base, "d0": [0.0] * 8, "d1": [1.0] * 8}
     c = compare(base2, {**{k: base[k][0] for k in keys}, "d0": 1.0, "d1": 0.0})
     assert "d0" in c.fixes and "d1" in c.regressions
+
+
+def test_a_redrawn_comparison_says_its_interval_is_the_first_answers_and_its_p_the_redraws():
+    """Trial11 T11-4: "no change: delta -0.096 (95% CI -0.191..-0.001), p=0.455 [paired-redrawn]" read as a
+    contradiction: the interval is the first answers' delta, the p the redraw rule's over every answer."""
+    from pytest_dspex.evaluation.comparison import compare
+
+    # 200 examples, each baseline 7 of 8 draws right; the run's first answer wrong on 40 of them (1 in 8 expected),
+    # the redraw right on every one of those
+    baseline = {f"k{i}": [1.0] * 7 + [0.0] for i in range(200)}
+    current = {f"k{i}": 0.0 if i < 40 else 1.0 for i in range(200)}
+    redraws = {f"k{i}": [1.0] for i in range(40)}
+    c = compare(baseline, current, redraws=redraws, redraw_limit=3)
+    assert c.test == "paired-redrawn" and c.verdict == "no change"
+    lo, hi = c.delta_ci95
+    assert hi < 0  # the first answers alone: a drop
+    text = c.summary()
+    assert f"delta {c.delta:+.3f} on the first answers (95% CI {lo:+.3f}..{hi:+.3f}), p=" in text, text
+    assert " with the redraws [paired-redrawn]" in text, text

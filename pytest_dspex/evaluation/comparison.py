@@ -149,8 +149,11 @@ class Comparison:
             moved += " (of the examples whose baseline draws agreed)"
         elif self.test == "paired-redrawn":
             moved = f"{len(self.regressions)} regressed (wrong on every answer), {len(self.fixes)} fixed (right on every answer)"
+        # the redraw rule's p judges every answer, its interval only the first ones: say which is which (trial11
+        # T11-4: "delta -0.096 (95% CI -0.191..-0.001), p=0.455" beside "no change" read as a contradiction)
+        first, after = (" on the first answers", " with the redraws") if self.test == "paired-redrawn" else ("", "")
         text = (
-            f"{self.verdict}: delta {self.delta:+.3f} (95% CI {lo:+.3f}..{hi:+.3f}), p={_fmt_p(self.p_value)} "
+            f"{self.verdict}: delta {self.delta:+.3f}{first} (95% CI {lo:+.3f}..{hi:+.3f}), p={_fmt_p(self.p_value)}{after} "
             f"[{self.test}], {moved}, {self.shared} shared examples"
         )
         if self.test == "paired-redrawn":
