@@ -60,3 +60,4 @@ def test_a_trainset_changed_since_the_compile_is_said(pytester, server, mode):  
     assert out.stdout.str().count("changed since the golden was compiled") == 1
     for r in json.loads((pytester.path / "report.json").read_text())["programs"]:
         assert "the trainset data/train.jsonl changed since the golden was compiled" in r["note"]
+

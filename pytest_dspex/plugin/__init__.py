@@ -108,6 +108,8 @@ class _ControllerHooks:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "teardown":  # the test ended (passed, failed or skipped): ``_every_test_ran``
             self.collector.ended.add(report.nodeid)
+        elif report.failed:  # a dspex test that fails before its gate (a stale golden) is no pass of the run
+            self.collector.failed_tests.add(report.nodeid.split("[", 1)[0])
         payload = _payload(report)
         if payload:
             fspath = self._fspaths.get(report.location[0])
@@ -340,6 +342,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                 collector.note_selected(programs)
                 if collector.stopped:  # the tests that never gave a verdict, by program
                     collector.note_not_gated(programs)
+                else:  # the tests that failed before their gate (a stale or missing golden, ...), by program
+                    collector.note_failed_before_verdict(programs)
             if dspex.options.estimate:
                 return  # an estimate: no gate, no golden, no report (the summary prints what a run would cost)
             for run in collector.runs.values() if collector.shard is None else ():  # a shard defers its gate
@@ -479,7 +483,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     said_interrupted = _interrupted_compile_line(config, collector)
     died = dspex.lms.server_death if dspex is not None else None  # the embedded server, before the run's end
     if (not rows and not collector.goldens and not collector.report_problems and not unjudged and not said_interrupted
-            and not died and not collector.not_gated):  # fmt: skip
+            and not died and not collector.not_gated and not collector.failed_before_verdict):  # fmt: skip
         return
     tr.write_sep("=", "dspex")
     if died:  # first: every "connection refused" above and below is this
@@ -492,6 +496,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_line(line, yellow=True)
     for program, tests in collector.not_gated.items():  # a stopped run: what it never gated, by name
         tr.write_line(f"{program}: not gated ({collector.stopped}): {', '.join(tests)} gave no verdict", yellow=True)
+    for program, tests in collector.failed_before_verdict.items():  # no row: failed before its gate (T12-3)
+        tr.write_line(f"{program}: no verdict: {', '.join(tests)} failed before its gate (see FAILURES)", red=True)
     # a failed gate is a failed test whose sentence is under FAILURES: said there, once (unless --tb=no hides it)
     shown_above = config.getoption("tbstyle", "auto") != "no"
     said = set()

@@ -146,6 +146,9 @@ class Collector:
         self.stopped = ""  # why the session ended before every selected test ran ("" if it did not)
         #: a stopped run's programs whose tests gave no verdict at all: {program: [test, ...]}
         self.not_gated: dict[str, list[str]] = {}
+        #: a run's programs whose tests failed before their gate gave a row (a stale golden): {program: [test, ...]}
+        self.failed_before_verdict: dict[str, list[str]] = {}
+        self.failed_tests: set[str] = set()  # test keys (no parameter) of the failed test reports
         #: every selected dspex test's key -> its program (``note_selected``): their goldens are in use
         self.selected_programs: dict[str, str] = {}
         #: per per-example test, the settings (as sent) its run took last (``add``)
@@ -246,6 +249,17 @@ class Collector:
                 out.setdefault(program, []).append(test)
         self.not_gated = out
 
+    def note_failed_before_verdict(self, programs: Mapping[str, str]) -> None:
+        """Of ``programs`` (every selected dspex test's key -> its program), the ones whose tests failed
+        without a row (a stale or missing golden, a marker path naming no file): no report reads as a pass
+        of the other programs alone (trial12 T12-3). A skipped test is not one."""
+        gated = {str(row.get("test", "")).split("[", 1)[0] for row in self.rows} | set(self.runs) | set(self.crashes)
+        out: dict[str, list[str]] = {}
+        for test, program in programs.items():
+            if test not in gated and test in self.failed_tests:
+                out.setdefault(program, []).append(test)
+        self.failed_before_verdict = out
+
     def note_selected(self, programs: Mapping[str, str]) -> None:
         """Every selected dspex test's key -> its program: a golden one of them gates is never "unused",
         whether or not its test ended with a row (a stale golden, a run stopped before it, a crash)."""
@@ -294,4 +308,5 @@ def report_json(collector: Collector, *, model: dict[str, Any] | None, shard: di
         shard=shard,
         root=collector.rootpath,
         stopped=collector.stopped,
+        failed_before_verdict=collector.failed_before_verdict,
     ).to_json() | ({"not_gated": collector.not_gated} if collector.not_gated else {})

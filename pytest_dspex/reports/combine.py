@@ -306,8 +306,12 @@ def combine(
         g = r.get("goldens")
         if isinstance(g, Mapping):
             goldens.update(g)
+    failed: dict[str, list[str]] = {}  # every shard's programs that failed before a verdict (trial12 T12-3)
+    for r in reports:
+        for program, tests in (r.get("failed_before_verdict") or {}).items():
+            failed.setdefault(str(program), []).extend(t for t in tests if t not in failed.get(str(program), []))
     return (
-        RunDocument.from_json(base)
+        RunDocument.from_json({**base, "failed_before_verdict": failed})
         .merged(
             programs,
             goldens=goldens,

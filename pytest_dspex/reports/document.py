@@ -41,6 +41,9 @@ class RunDocument:
     #: why the session ended before every selected test ran (a crashed worker, a collection error,
     #: an interruption, -x), or None: such a run is never ``complete``, whatever its programs say
     stopped: str | None = None
+    #: programs whose tests failed before their gate gave a row (a stale golden): {program: [test, ...]};
+    #: a run with one passed nothing, whatever the other programs say
+    failed_before_verdict: dict[str, list[str]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -54,6 +57,7 @@ class RunDocument:
         shard: Mapping[str, int] | None,
         root: Path,
         stopped: str | None = None,
+        failed_before_verdict: Mapping[str, Sequence[str]] | None = None,
     ) -> RunDocument:
         """This process's run: created now, at the rootdir's git commit, by this plugin version."""
         from .._support.version import __version__
@@ -67,6 +71,7 @@ class RunDocument:
             plugin_version=__version__,
             git_commit=git_commit(root),
             stopped=stopped or None,
+            failed_before_verdict={k: list(v) for k, v in (failed_before_verdict or {}).items()},
         )
 
     def merged(self, programs: list[dict[str, Any]], *, goldens: dict[str, dict[str, Any]], unused_goldens: list[str], combined: dict[str, int]) -> RunDocument:
@@ -79,7 +84,7 @@ class RunDocument:
     def passed(self) -> bool:
         """A gate passes only from programs that ran whole; a run that evaluated nothing passed nothing,
         and a session that stopped early (``stopped``) passed nothing either."""
-        return not self.stopped and bool(self.programs) and all((r.get("verdict") or {}).get("passed") for r in self.programs)
+        return not self.stopped and not self.failed_before_verdict and bool(self.programs) and all((r.get("verdict") or {}).get("passed") for r in self.programs)
 
     @property
     def complete(self) -> bool:
@@ -104,6 +109,8 @@ class RunDocument:
         }
         if self.combined is not None:
             out["combined"] = self.combined
+        if self.failed_before_verdict:
+            out["failed_before_verdict"] = self.failed_before_verdict
         return out | self.extra
 
     @classmethod

@@ -60,6 +60,10 @@ def render_html(report: Mapping[str, Any]) -> str:
             f" ({failed} of {len(programs)} programs failed before it)" if failed
             else f" ({len(programs)} program{'s' if len(programs) != 1 else ''} passed before it)" if programs else ""
         ) + (f"; not gated: {', '.join(report['not_gated'])}" if report.get("not_gated") else "")  # fmt: skip
+    elif report.get("failed_before_verdict"):  # a program whose tests failed before its gate: no pass (T12-3)
+        before = "passed" if judged and all(p.passed for p in judged) else status
+        status = f"failed before a verdict: {', '.join(report['failed_before_verdict'])} (see the test log); the others: {before}"
+        passed = False
     parts = [
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
         f'<meta http-equiv="Content-Security-Policy" content="{escape(csp)}">',

@@ -50,6 +50,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         headline = f"incomplete run: {report['stopped']}; not every test ran, so no verdict" + (
             f" (before it: {headline})" if programs else ""
         ) + (f"; not gated: {ungated}" if ungated else "")
+    if report.get("failed_before_verdict") and not report.get("stopped"):  # a red run is never a green comment
+        icon = "❌"
+        headline = f"failed before a verdict: {', '.join(report['failed_before_verdict'])} (see the test log)" + (
+            f"; the others: {headline}" if programs else ""
+        )
     lines = [f"### {icon} pytest-dspex: {md_text(headline, 300)}", ""]
     if programs:
         lines += [
