@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 __all__ = ["COMMANDS", "build_parser", "main"]
@@ -62,11 +63,33 @@ def _parse_inputs(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _golden_by_name(given: str) -> str:
+    """``given`` if it is a file or looks like a path; a program's name (as ``--dspex-compile=NAME`` takes
+    it) is its one golden under the current folder (trial12 T12-5), and an error naming them when several."""
+    if Path(given).exists() or "/" in given or "\\" in given or given.endswith(".json"):
+        return given
+    found = sorted(
+        p.as_posix() for p in Path().glob(f"**/__dspex__/*/{given}.json")
+        if not any(part.startswith(".") or part in ("node_modules", "site-packages") for part in p.parts)
+    )
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise CommandError(
+            f"{given}: no such golden file; the goldens of a program {given!r} here: {', '.join(found)} (give the path)"
+        )
+    raise CommandError(
+        f"{given}: no such golden file; compile one with pytest --dspex-compile "
+        "(GOLDEN is a path: <test dir>/__dspex__/<test module>/<program>.json)"
+    )
+
+
 def _prompt(args: argparse.Namespace) -> int:
     from .errors import DspexError
     from .golden.production import golden_adapters, golden_requests, read_golden
 
     inputs = _parse_inputs(args.input)
+    args.golden = _golden_by_name(args.golden)
     try:
         golden = read_golden(args.golden)
         # a plain function's golden (no predictors) holds its baseline only: its prompt is the messages

@@ -261,3 +261,27 @@ def test_load_golden_for_production_code(tmp_path: Path) -> None:
         dspex.load_golden(dspex.Predict(Ticket), tmp_path / "nope.json")
     with pytest.raises(dspex.GoldenFileError, match="ticket.json"):
         dspex.load_golden(dspex.ChainOfThought("question -> answer"), golden)
+
+
+def test_prompt_takes_a_programs_name_as_compile_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """trial12 T12-5: ``prompt triage`` (the name ``--dspex-compile=triage`` takes) said "triage: no such golden
+    file; compile one with pytest --dspex-compile" of a compiled program."""
+    monkeypatch.chdir(tmp_path)
+    golden = _write_golden(tmp_path / "tests", _compiled())
+    code, by_name, err = _run(capsys, "prompt", "ticket")
+    assert (code, err) == (0, ""), err
+    _, by_path, _ = _run(capsys, "prompt", str(golden))
+    assert by_name == by_path.replace(str(golden), "tests/__dspex__/test_ticket/ticket.json")
+    _write_golden(tmp_path / "other", _compiled())  # two test modules' goldens of one name: which one?
+    code, _, err = _run(capsys, "prompt", "ticket")
+    assert code == 2 and err == (
+        "pytest-dspex: error: ticket: no such golden file; the goldens of a program 'ticket' here: "
+        "other/__dspex__/test_ticket/ticket.json, tests/__dspex__/test_ticket/ticket.json (give the path)\n"
+    )
+    code, _, err = _run(capsys, "prompt", "tiket")
+    assert code == 2 and err == (
+        "pytest-dspex: error: tiket: no such golden file; compile one with pytest --dspex-compile "
+        "(GOLDEN is a path: <test dir>/__dspex__/<test module>/<program>.json)\n"
+    )
