@@ -242,7 +242,9 @@ def test_a_server_over_capacity_is_met_with_a_lower_limit_and_every_call_succeed
         return list(await asyncio.gather(*(lm.acomplete(r) for r in reqs)))
 
     assert len(asyncio.run(many())) == 300
-    assert lm.limiter.decreases >= 1 and lm.breaker.trips == 0
+    # lowered one way or the other: halved (``decreases``), or set to the cap the refusals agree on
+    # (``capped``); which one comes first depends on how the 429s interleave (CI: 1 run in ~15 had no halving)
+    assert lm.limiter.decreases + lm.limiter.capped >= 1 and lm.limiter.limit < 32 and lm.breaker.trips == 0
     assert lm.usage.errors == 0
 
 
