@@ -304,3 +304,18 @@ def test_a_refusal_the_function_cannot_handle_is_said_with_its_error(
     result.stdout.fnmatch_lines(["*program raised on 10 of 10 examples: AttributeError: 'NoneType' object has no attribute "
                                  "'strip' (it raised after the model refused this example's request: *can't help with that*"])  # fmt: skip
     assert_no_canary(project, result)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_a_one_draw_baseline_is_what_the_compile_runs_gate_reads(
+    project: pytest.Pytester, upstream: FakeLMServer, mode: str
+) -> None:
+    # the example's compile asked the embedded model twice for each of route's 8 examples: once for
+    # the baseline (under a rollout id of its own), once more for the same run's gate
+    compiled = run(project, upstream, *MODES[mode], "--dspex-compile", "--dspex-baseline-draws=1", "-k", "test_dataset")
+    assert compiled.ret == 0 and compiled.parseoutcomes()["passed"] == 1
+    assert upstream.requests == 10  # one pass over the 10 gate examples, not two
+    gated = run(project, upstream, *MODES[mode], "--dspex-cache=replay", "-k", "test_dataset")
+    assert gated.ret == 0 and gated.parseoutcomes()["passed"] == 1
+    gated.stdout.fnmatch_lines(["*triage [[]dataset] vs golden: no change*"])
+    assert upstream.requests == 10

@@ -77,7 +77,9 @@ def record_baseline_only(
         with track_usage() as spent, example_timeout(settings.example_timeout):
             draws, error_rate = measure_baseline(
                 program, gate, metric, draws=settings.baseline_draws, concurrency=settings.concurrency,
-                max_error_rate=settings.max_error_rate,
+                # one pass (a deterministic endpoint) under the gate's own cache key, as a compiled
+                # program's: the compile run's gate then reads these answers instead of asking again
+                shared_first=settings.baseline_draws == 1, max_error_rate=settings.max_error_rate,
             )
         baseline = baseline_entry(
             draws, dataset=fingerprint(gate), labels=label_hashes(gate), metric_fingerprint=metric_fingerprint(metric)
