@@ -127,7 +127,7 @@ def replay(name: str, bodies: list[dict[str, Any]], concurrency: int) -> dict[st
             os.environ.update(env0)
     args = ["--model", str(model_path()), "--model_alias", LOCAL_MODEL_NAME, "--host", "127.0.0.1", "--port", str(port),
             "--chat_format", "dspex-plain", "--n_ctx", "4096", "--verbose", "True", "--n_threads", str(threads),
-            "--logits_all", "False"]  # fmt: skip
+            "--logits_all", "False", "--use_mmap", "False"]  # fmt: skip
     env = _server_env(variant)
     # ``--llama-path``: a llama_cpp package built another way, imported before the installed one
     env["PYTHONPATH"] = os.pathsep.join([*(p for p in (os.environ.get("DSPEX_BENCH_LLAMA_PATH", ""),) if p and name.endswith("+alt")), str(ROOT), env.get("PYTHONPATH", "")])

@@ -183,6 +183,29 @@ def test_the_embedded_server_answers_first_token_logprobs_and_calibration_uses_t
     assert program(message="My invoice shows the wrong amount").team in ("billing", "technical", "account", "other")
 
 
+def _thp_mode() -> str:
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return "none"
+    return text.split("[", 1)[1].split("]", 1)[0] if "[" in text else "none"
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="reads Linux's /proc")
+def test_the_server_holds_the_models_weights_on_huge_pages(local_url):
+    """Each decoded token reads every weight (~70,000 pages of 4 KB); on huge pages the same
+    answers cost 10% less CPU. Unless the kernel has transparent huge pages off."""
+    from pytest_dspex.lm.local import embedded as local_lm
+
+    if _thp_mode() not in ("always", "madvise"):
+        pytest.skip(f"transparent huge pages are {_thp_mode()!r} on this kernel")
+    states = [json.loads(p.read_text()) for p in local_lm._local_root().glob("*/server.json")]
+    pid = next(st["pid"] for st in states if st["url"] == local_url)
+    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    huge_kb = int(next(line.split()[1] for line in rollup.splitlines() if line.startswith("AnonHugePages:")))
+    assert huge_kb > 150_000, rollup  # the model's ~250 MB of weights, per instance
+
+
 def test_server_exits_when_its_owner_dies():
     import subprocess
     import sys

@@ -82,3 +82,12 @@ def test_the_state_folder_is_private_to_the_user(tmp_path, monkeypatch):
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "other" / "pytest-dspex").symlink_to(tmp_path / "elsewhere")
     assert local_lm._local_root().parent != tmp_path / "other" / "pytest-dspex"
+
+
+def test_the_server_asks_for_huge_pages_and_keeps_the_users_own_glibc_tunables(monkeypatch):
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert local_lm.server_env(1)["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")  # the user's own, kept
+    assert local_lm.server_env(1)["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=0")  # the user said no
+    assert local_lm.server_env(1)["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=0"
