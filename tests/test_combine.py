@@ -239,6 +239,21 @@ def test_shards_that_disagree_on_the_gate_are_an_error() -> None:
         combine(shards)
 
 
+def test_a_shard_made_on_uncommitted_changes_makes_the_combined_report_say_so() -> None:
+    """Trial12 T12-4: the merged report names the shards' commit; dirty if any shard was, clean only when
+    every shard said clean, else not known (a shard written by an older version, or outside git)."""
+    from pytest_dspex.reports.markdown import render_markdown
+
+    for flags, merged in (((False, True, False), True), ((False, False, False), False), ((False, None, False), None), ((True, None, False), True)):
+        shards = split(mixed_records(60), 3, golden=None)
+        for shard, flag in zip(shards, flags, strict=True):
+            if flag is not None:
+                shard["git_dirty"] = flag
+        out = combine(shards)
+        assert out["git_dirty"] is merged, flags
+        assert ("commit abc123 (uncommitted changes)" in render_markdown(out)) is (merged is True)
+
+
 def test_a_shard_without_a_programs_examples_is_fine_when_the_dataset_size_proves_it() -> None:
     records = mixed_records(40)
     shards = split(records, 3, golden=None, dataset_size=40)

@@ -226,6 +226,35 @@ def test_run_metadata_names_the_git_commit(pytester, project, server_factory):
     assert f"commit {head[:12]}" in (pytester.path / "r.md").read_text(encoding="utf-8")
 
 
+def test_the_reports_say_when_the_commit_does_not_hold_what_ran(pytester, project, server_factory, mode):
+    """Trial12 T12-4: a run made on edited files (a prompt edited, pytest run before the commit) named the
+    commit alone in every report: a reader signs it believing it describes the commit."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None:
+        pytest.skip("no git executable")
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "project"]):
+        subprocess.run(["git", *args], cwd=pytester.path, check=True, env=env, capture_output=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=pytester.path, check=True, capture_output=True, text=True).stdout.strip()
+    (pytester.path / "notes.txt").write_text("an untracked file is not what ran\n")
+    server = server_factory(make_responder(zero_shot_ok=True))
+    reports = ("--dspex-missing-golden=zero-shot", "--dspex-report=r.json", "--dspex-markdown=r.md", "--dspex-html=r.html")
+    clean = run(pytester, server, mode, *reports)
+    assert clean.ret == 0, clean.stdout.str()
+    assert json.loads((pytester.path / "r.json").read_text())["git_dirty"] is False
+    assert f"commit {head[:12]} · pytest-dspex" in (pytester.path / "r.md").read_text(encoding="utf-8")
+    assert "uncommitted" not in (pytester.path / "r.md").read_text(encoding="utf-8") + (pytester.path / "r.html").read_text(encoding="utf-8")
+    project(threshold=0.7)  # the user's edit, not committed
+    edited = run(pytester, server, mode, *reports)
+    assert edited.ret == 0, edited.stdout.str()
+    data = json.loads((pytester.path / "r.json").read_text())
+    assert (data["git_commit"], data["git_dirty"]) == (head, True)
+    assert f"commit {head[:12]} (uncommitted changes)" in (pytester.path / "r.md").read_text(encoding="utf-8")
+    assert f"{head} (uncommitted changes)" in (pytester.path / "r.html").read_text(encoding="utf-8")
+
+
 def test_the_reports_of_a_run_that_stopped_early_say_so_never_passed(pytester, project, server_factory):
     """trial 4 F2: -x (or Ctrl-C) after one program was gated: the markdown read "⚠️ 1 program passed" and the
     HTML "no program was evaluated", neither saying the run stopped (only the JSON's ``stopped`` did)."""

@@ -90,6 +90,8 @@ def pytest_configure(config: pytest.Config) -> None:
             getattr(o, "keyword", "") or getattr(o, "markexpr", "") or getattr(o, "deselect", None)
             or getattr(o, "lf", False) or any("::" in str(a) for a in config.args)
         )  # fmt: skip
+        if session.options.outputs or os.environ.get("GITHUB_STEP_SUMMARY"):  # a report will name the commit
+            collector.start_dirty_check()
         config.pluginmanager.register(_ControllerHooks(collector), "dspex-controller")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(session), "dspex-xdist")

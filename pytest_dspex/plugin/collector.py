@@ -31,6 +31,7 @@ from ..reports.run import ProgramRun, RunSettings
 if TYPE_CHECKING:
     from ..evaluation.records import ExampleRecord
     from ..evaluation.sharding import Shard
+    from ..reports.checkout import DirtyCheck
 
 __all__ = ["Collector", "Payload", "PerExampleRun", "report_json"]
 
@@ -151,6 +152,8 @@ class Collector:
         self.failed_tests: set[str] = set()  # test keys (no parameter) of the failed test reports
         #: every selected dspex test's key -> its program (``note_selected``): their goldens are in use
         self.selected_programs: dict[str, str] = {}
+        #: ``git status`` of the rootdir's checkout, started as the run began (``start_dirty_check``)
+        self.dirty_check: DirtyCheck | None = None
         #: per per-example test, the settings (as sent) its run took last (``add``)
         self._settings_taken: dict[str, Any] = {}
 
@@ -217,6 +220,13 @@ class Collector:
             self.golden_writes[rel] = {}
             return
         self.golden_writes[rel] = {"outcome": written.outcome, "reason": written.reason}
+
+    def start_dirty_check(self) -> None:
+        """Ask git now whether the checkout has uncommitted changes (the tree the run is made from): the
+        reports say so beside the commit; the answer is taken when they are built."""
+        from ..reports.checkout import DirtyCheck
+
+        self.dirty_check = DirtyCheck(self.rootpath)
 
     def crash_reason(self) -> str:
         """What crashed workers cut short, in one phrase ("" when none crashed)."""
@@ -309,4 +319,5 @@ def report_json(collector: Collector, *, model: dict[str, Any] | None, shard: di
         root=collector.rootpath,
         stopped=collector.stopped,
         failed_before_verdict=collector.failed_before_verdict,
+        dirty=collector.dirty_check,
     ).to_json() | ({"not_gated": collector.not_gated} if collector.not_gated else {})

@@ -3,6 +3,7 @@
 * ``run``: ``ProgramRun``, one program's records judged into its verdict and report row — the one
   pipeline the plugin (both test modes) and shard ``combine`` use;
 * ``document``: ``RunDocument``, the ``--dspex-report`` JSON built from the rows;
+* ``checkout``: where the run was made: HEAD's commit and whether tracked files had uncommitted changes;
 * ``formats``: the output-format registry (json, html, markdown, junit) the plugin and the commands
   write through; a new format is one module with ``render(document)`` and one line there.
 

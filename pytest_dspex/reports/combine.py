@@ -250,6 +250,9 @@ def combine(
             raise CombineError(
                 f"the shards ran different {field.replace('_', ' ')}s: {', '.join(sorted(map(str, values)))}"
             )
+    # a shard made on edited files makes the whole run's report one made on them; all must say clean for clean
+    dirty_values = [r.get("git_dirty") for r in reports]
+    dirty = True if True in dirty_values else False if all(v is False for v in dirty_values) else None
     models = {str((r.get("model") or {}).get("model")) for r in reports if (r.get("model") or {}).get("model")}
     if len(models) > 1:
         raise CombineError(f"the shards used different models: {', '.join(sorted(models))}")
@@ -311,7 +314,7 @@ def combine(
         for program, tests in (r.get("failed_before_verdict") or {}).items():
             failed.setdefault(str(program), []).extend(t for t in tests if t not in failed.get(str(program), []))
     return (
-        RunDocument.from_json({**base, "failed_before_verdict": failed})
+        RunDocument.from_json({**base, "failed_before_verdict": failed, "git_dirty": dirty})
         .merged(
             programs,
             goldens=goldens,

@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .checkout import DirtyCheck, git_commit
+
 __all__ = ["RunDocument", "git_commit", "render_json"]
 
 
@@ -37,6 +39,8 @@ class RunDocument:
     created: str = field(default_factory=_now)
     rootdir: str = "."
     git_commit: str | None = None
+    #: the checkout's tracked files differed from ``git_commit`` (True), did not (False), not known (None)
+    git_dirty: bool | None = None
     combined: dict[str, int] | None = None  # a combine's {"shards": N, "reports": M}
     #: why the session ended before every selected test ran (a crashed worker, a collection error,
     #: an interruption, -x), or None: such a run is never ``complete``, whatever its programs say
@@ -58,10 +62,13 @@ class RunDocument:
         root: Path,
         stopped: str | None = None,
         failed_before_verdict: Mapping[str, Sequence[str]] | None = None,
+        dirty: DirtyCheck | None = None,
     ) -> RunDocument:
-        """This process's run: created now, at the rootdir's git commit, by this plugin version."""
+        """This process's run: created now, at the rootdir's git commit (and whether its tracked files had
+        changes: ``dirty``'s answer, a check started as the run began, else one made now), by this plugin version."""
         from .._support.version import __version__
 
+        commit = git_commit(root)
         return cls(
             programs=[dict(r) for r in rows],
             goldens={k: dict(v) for k, v in goldens.items()},
@@ -69,7 +76,8 @@ class RunDocument:
             model=dict(model) if model is not None else None,
             shard=dict(shard) if shard is not None else None,
             plugin_version=__version__,
-            git_commit=git_commit(root),
+            git_commit=commit,
+            git_dirty=(dirty if dirty is not None else DirtyCheck(root)).result() if commit is not None else None,  # none outside a checkout
             stopped=stopped or None,
             failed_before_verdict={k: list(v) for k, v in (failed_before_verdict or {}).items()},
         )
@@ -98,6 +106,7 @@ class RunDocument:
             "created": self.created,
             "rootdir": self.rootdir,
             "git_commit": self.git_commit,
+            "git_dirty": self.git_dirty,
             "model": self.model,
             "passed": self.passed,
             "complete": self.complete,
@@ -127,29 +136,3 @@ def render_json(document: Mapping[str, Any]) -> str:
     from .._support.atomic import dumps_stable
 
     return dumps_stable(document)
-
-
-def git_commit(root: Path) -> str | None:
-    """HEAD's commit, read from ``.git`` (no subprocess); None outside a git checkout."""
-    for d in (root, *root.parents):
-        git = d / ".git"
-        if git.is_file():  # a worktree: "gitdir: <path>"
-            git = Path(git.read_text().split(":", 1)[1].strip())
-        if not git.is_dir():
-            continue
-        try:
-            head = (git / "HEAD").read_text().strip()
-            if not head.startswith("ref:"):
-                return head
-            ref = head.split(":", 1)[1].strip()
-            ref_file = git / ref
-            if ref_file.exists():
-                return ref_file.read_text().strip()
-            packed = git / "packed-refs"
-            for line in packed.read_text().splitlines() if packed.exists() else []:
-                if line.endswith(" " + ref):
-                    return line.split(" ", 1)[0]
-        except OSError:
-            return None
-        return None
-    return None

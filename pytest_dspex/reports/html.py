@@ -25,6 +25,7 @@ from typing import Any
 
 from .._support.atomic import atomic_write_text
 from ._format import ProgramView, clean_url, fields_text, fmt_num, fmt_score, outcome, split_expected
+from .checkout import commit_text
 
 __all__ = ["render_html", "write_html"]
 
@@ -146,7 +147,7 @@ def _metadata(report: Mapping[str, Any]) -> str:
         ("endpoint", clean_url(model.get("base_url") or model.get("endpoint"))),
         ("plugin", report.get("plugin_version")),
         ("created", report.get("created")),
-        ("git commit", report.get("git_commit")),
+        ("git commit", commit_text(report["git_commit"], report.get("git_dirty"), width=None) if report.get("git_commit") else None),
         ("rootdir", report.get("rootdir")),
         ("shard", f"{shard['index']}/{shard['count']}" if isinstance(shard, Mapping) else None),
     ]

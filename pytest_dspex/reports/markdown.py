@@ -17,6 +17,7 @@ from typing import Any
 
 from .._support.atomic import atomic_write_text
 from ._format import ProgramView, endpoint_text, fields_text, fmt_num, fmt_score, p_text, split_expected
+from .checkout import commit_text
 
 __all__ = ["MAX_LISTED", "append_step_summary", "md_text", "render_markdown", "write_markdown"]
 
@@ -183,8 +184,8 @@ def _footer(report: Mapping[str, Any]) -> str:
     endpoint = endpoint_text(model.get("base_url") or model.get("endpoint"))
     if endpoint:
         bits.append(md_text(endpoint))
-    if report.get("git_commit"):
-        bits.append(f"commit {md_text(str(report['git_commit'])[:12])}")
+    if report.get("git_commit"):  # "(uncommitted changes)": the commit does not hold what ran
+        bits.append(f"commit {md_text(commit_text(report['git_commit'], report.get('git_dirty')))}")
     if report.get("plugin_version"):
         bits.append(f"pytest-dspex {md_text(report['plugin_version'])}")
     return "<sub>" + " · ".join(bits) + "</sub>" if bits else ""
