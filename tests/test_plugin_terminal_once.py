@@ -61,3 +61,16 @@ def test_underpowered_is_said_once_for_the_run(pytester, project, fake, mode):
     assert out.count("underpowered: ") == 1, out
     result.stdout.fnmatch_lines(["underpowered: both gate sets compared with a golden have fewer than * shared examples: "
                                  "a drop of 0.05 needs n >= * to be detected"])  # fmt: skip
+
+
+def test_a_recompile_answered_from_the_cache_says_so_as_a_run_does(pytester, project, fake, mode):
+    """Trial12 T12-5 said ``pytest -n 2 --dspex-compile=triage`` answered from the cache (0 requests) lacked the
+    line ``-p no:xdist`` printed. Not reproduced on fcf8df4 (here, and 6 runs on the trial's own project copy:
+    the line each time); this keeps both modes saying it once, a compile's cached spend included."""
+    assert run(pytester, fake, mode, "--dspex-compile", "--dspex-cache=on").ret == 0
+    sent = fake.requests
+    again = run(pytester, fake, mode, "--dspex-compile=triage", "--dspex-force", "--dspex-cache=on")
+    assert again.ret == 0, again.stdout.str()
+    assert fake.requests == sent  # every answer, the compile's and the gates', from the cache
+    out = again.stdout.str()
+    assert out.count("every answer came from the LM cache") == 1, out
