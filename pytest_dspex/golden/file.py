@@ -65,6 +65,10 @@ def provenance_text(p: Mapping[str, Any]) -> str:
         }.get(str(sel.get("own_demos")), "the trainset, each example without its own demo"),
         "in-sample": "the gate's own examples (IN-SAMPLE: not held out)",
         "validation": "a validation set",
+        # an older golden read without its gate's dataset (``python -m pytest_dspex prompt``): compiles
+        # before issue 18 chose on the marker's valset, else on the gate's own examples
+        "validation or in-sample": "a validation set: the marker's valset, else the gate's own examples (IN-SAMPLE), "
+        "as compiles before issue 18 chose; this older golden does not say which",
         "imported": "DSPy's side (an imported save)",
     }.get(str(sel.get("set")), str(sel.get("set")))
     facts = [f"n={sel['n']}"] if sel.get("n") else []
@@ -77,7 +81,10 @@ def provenance_text(p: Mapping[str, Any]) -> str:
     shown = f", score {float(score):.3f}" if score is not None else ""
     if base.get("fresh"):
         draws = int(base.get("draws") or 1)
-        how = "re-baselined" if base.get("how") == "rebaseline" else "measured" if sel.get("set") == "none" else "measured after the choice"
+        how = (
+            "measured again by --dspex-rebaseline" if base.get("how") == "rebaseline"
+            else "measured" if sel.get("set") == "none" else "measured after the choice"
+        )  # fmt: skip
         text += f"; baseline {how} on the gate set: {base.get('n', 0)} examples x {draws} draw{'s' if draws != 1 else ''}{shown}"
     else:
         text += f"; baseline: the {base.get('how', 'selection pass')}{shown}, not a fresh measurement"
@@ -222,8 +229,9 @@ class GoldenFile:
             v = self.model.scores.validation
             same = gate_fingerprint is not None and self.validation_dataset == gate_fingerprint
             imported = self.model.optimizer.get("name") == "dspy-import"
+            unknown = gate_fingerprint is None and self.validation_dataset is not None
             out["selection"] = {
-                "set": "imported" if imported else "in-sample" if same else "validation",
+                "set": "imported" if imported else "in-sample" if same else "validation or in-sample" if unknown else "validation",
                 "n": v.n if v is not None else 0,
                 "score": v.score if v is not None else None,
                 "chosen": str(self.model.optimizer.get("chosen", "")),
@@ -241,6 +249,10 @@ class GoldenFile:
             }
         out["in_sample"] = out["selection"]["set"] == "in-sample"
         out["text"] = provenance_text(out)
+        if base is None:
+            # an older golden: its numbers are the selection's (on the gate set in-sample, or on a valset the gate
+            # shares nothing with, so no run is paired with anything): say how to get a baseline (trial13)
+            out["text"] += f"; record one on the gate's dataset: pytest --dspex-rebaseline={self.program}"
         return out
 
     @property
@@ -305,11 +317,11 @@ class GoldenFile:
         return out
 
     def instruction_diff(self, program: Module) -> str:
-        """The diff of every predictor's instructions that changed since the golden ('' when none did)."""
+        """The diff of every predictor's instructions that changed since the golden ('' when none did); each
+        names its predictor when the program has more than one (a pipeline's second step edited alone)."""
         changes = self.instruction_changes(program)
-        return "\n".join(
-            instruction_diff(old, new, "" if len(changes) == 1 else path) for path, (old, new) in changes.items()
-        )
+        several = len(self.model.predictors) > 1 or len(changes) > 1
+        return "\n".join(instruction_diff(old, new, path if several else "") for path, (old, new) in changes.items())
 
     def check(self, program: Module, *, instructions: bool = True) -> None:
         """Raise ``GoldenStaleError`` when ``program`` is not the program this golden was compiled for.

@@ -378,7 +378,7 @@ def rebaseline_program(
         if m.selection is not None:
             selection = {k: v for k, v in m.selection.model_dump().items() if k != "own_demos" or v}
         else:  # an older or imported golden: what its provenance says, without unknowns
-            known = old.provenance()["selection"]
+            known = old.provenance(baseline["dataset"])["selection"]  # the gate's: in-sample or not, known
             selection = {k: v for k, v in known.items() if v is not None} | {"dataset": old.validation_dataset or ""}
         v, t = m.scores.validation, m.scores.train
         record = golden_record(

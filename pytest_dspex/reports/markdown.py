@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .._support.atomic import atomic_write_text
-from ._format import ProgramView, endpoint_text, fields_text, fmt_num, fmt_score, p_text, split_expected
+from ._format import ProgramView, endpoint_text, fields_text, fmt_num, fmt_score, p_text, split_expected, value_text
 from .checkout import commit_text
 
 __all__ = ["MAX_LISTED", "append_step_summary", "md_text", "render_markdown", "write_markdown"]
@@ -163,8 +163,11 @@ def _regressions(p: ProgramView) -> list[str]:
         rec = by_key.get(key)
         detail = ""
         if rec is not None:
-            got = rec.get("error") if rec.get("error_kind") else fields_text(rec.get("prediction"))
             expected, _meta = split_expected(rec)  # the row's id is the key, not an expected output
+            prediction = rec.get("prediction")
+            if not rec.get("error_kind"):
+                expected, prediction = _differing_fields(expected, prediction)
+            got = rec.get("error") if rec.get("error_kind") else fields_text(prediction)
             detail = (
                 f": {md_text(fields_text(rec.get('inputs')), 60)} → expected {md_text(fields_text(expected), 40)},"
                 f" got {md_text(got or '', 40)}"
@@ -174,6 +177,20 @@ def _regressions(p: ProgramView) -> list[str]:
     if len(keys) > MAX_LISTED:
         out.append(f"- … and {len(keys) - MAX_LISTED} more")
     return out
+
+
+def _differing_fields(expected: Any, prediction: Any) -> tuple[Any, Any]:
+    """Of several output fields, only those where the answer differs from the label (each as
+    ``field: value``): cut to 40 characters, ``team: billing reply: We will route th…`` on both sides hid
+    the one field that differed (trial13). Every field when none or all differ."""
+    if not isinstance(expected, Mapping) or not isinstance(prediction, Mapping) or len(expected) < 2:
+        return expected, prediction
+    differ = [k for k in expected if k in prediction and value_text(expected[k]) != value_text(prediction[k])]
+    if not differ or len(differ) == len(expected):
+        return expected, prediction
+    # ``fields_text`` shows one field's value alone: keep the name beside it
+    named = {"": "; ".join(f"{k}: {value_text(expected[k])}" for k in differ)}
+    return named, {"": "; ".join(f"{k}: {value_text(prediction[k])}" for k in differ)}
 
 
 def _footer(report: Mapping[str, Any]) -> str:
