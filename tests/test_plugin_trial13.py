@@ -175,3 +175,44 @@ def test_an_older_in_sample_golden_says_how_to_record_a_baseline_and_its_rebasel
         [sys.executable, "-m", "pytest_dspex", "prompt", str(pytester.path / GOLDEN)], capture_output=True, text=True
     ).stdout
     assert "IN-SAMPLE: not held out" in shown and "measured again by --dspex-rebaseline" in shown, shown
+
+
+def test_a_recompile_that_keeps_the_golden_after_the_trainset_changed_says_its_demos_are_the_old_ones(
+    pytester, server, mode  # noqa: F811
+):
+    """The gate said "the trainset … changed since the golden was compiled: its demos come from the old one;
+    pytest --dspex-compile=triage recompiles with it"; the user did, the compile kept the golden (its baseline
+    ties), said nothing of the trainset, and the next gate run gave the same advice again."""
+    from .test_plugin_gates import rows
+
+    # chosen on a valset: without one the selection set is the trainset, and a changed one replaces the golden
+    project(pytester, 40, marker=', valset="data/val.jsonl"')
+    pytester.makefile(".jsonl", **{"data/val": rows(10, 2000)})
+    assert run(pytester, server, mode, *COMPILE).ret == 0
+    train = pytester.path / "data/train.jsonl"
+    train.write_text(train.read_text().rstrip("\n") + "\n" + rows(5, 1500))
+    out = run(pytester, server, mode)
+    assert out.ret == 0, out.stdout.str()
+    out.stdout.fnmatch_lines(
+        ["*triage: the trainset data/train.jsonl changed since the golden was compiled: its demos come from the old "
+         "one; pytest --dspex-compile=triage recompiles with it (and replaces the golden when the new choice's "
+         "baseline is better; --dspex-force records it anyway)*"]
+    )  # fmt: skip
+    before = (pytester.path / GOLDEN).read_bytes()
+    again = run(pytester, server, mode, *COMPILE)
+    assert again.ret == 0, again.stdout.str()
+    # zero-shot chosen again (the same program): said, the file untouched
+    again.stdout.fnmatch_lines(
+        ["*golden unchanged: __dspex__/test_triage/triage.json*same demos and instructions as the golden file, "
+         "chosen again from the changed trainset, and the same score: the file is left untouched, so its recorded "
+         "trainset fingerprint is the old one and gate runs still note the change; --dspex-force records it*"]
+    )  # fmt: skip
+    assert (pytester.path / GOLDEN).read_bytes() == before
+    # another choice that does not improve on the golden: kept, and its demos said to be the old trainset's
+    kept = run(pytester, server, mode, *COMPILE, "--dspex-candidates=1", "--dspex-optimizer=labeled")
+    assert kept.ret == 0, kept.stdout.str()
+    kept.stdout.fnmatch_lines(
+        ["*golden kept: __dspex__/test_triage/triage.json*does not improve on the golden's*; its demos still come "
+         "from the trainset it was compiled on, not the changed one (--dspex-force records this run's choice)*"]
+    )  # fmt: skip
+    assert (pytester.path / GOLDEN).read_bytes() == before

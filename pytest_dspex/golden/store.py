@@ -236,6 +236,8 @@ class GoldenStore:
             if _same_program(old.data, record) and _scores(old) == _scores(candidate):
                 # a recompile that chose what the golden holds (calibration moved in its 3rd decimal,
                 # timestamps): rewriting it would be a diff to review for nothing
+                if _train_changed(old.data, record):  # the gate runs keep noting the changed trainset: say why (trial13)
+                    return WriteResult("unchanged", _SAME_FROM_NEW_TRAIN)
                 return WriteResult("unchanged", "same demos and instructions as the golden file, and the same score")
             reason = _replace_reason(old, candidate)
             if reason is None:
@@ -334,6 +336,18 @@ def _same_program_reason(old: GoldenFile, new: GoldenFile) -> str:
             "left untouched; pytest --dspex-rebaseline=NAME records a new baseline, --dspex-force replaces it")  # fmt: skip
 
 
+_SAME_FROM_NEW_TRAIN = (
+    "same demos and instructions as the golden file, chosen again from the changed trainset, and the same score: "
+    "the file is left untouched, so its recorded trainset fingerprint is the old one and gate runs still note the "
+    "change; --dspex-force records it"
+)
+
+
+def _train_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    a, b = (old.get("datasets") or {}).get("train"), (new.get("datasets") or {}).get("train")
+    return bool(a and b and a != b)
+
+
 def _kept_reason(old: GoldenFile, new: GoldenFile) -> str:
     """Why keep-better kept ``old`` (``_replace_reason`` returned None): the scores compared, in one line."""
     if old.model.baseline is not None and new.model.baseline is not None:
@@ -341,8 +355,14 @@ def _kept_reason(old: GoldenFile, new: GoldenFile) -> str:
     else:
         what, o, n, same = "validation score", old.validation_score, new.validation_score, "validation set"
     o, n = o or 0.0, n or 0.0
+    # a trainset changed since the golden: the kept file's demos are the old trainset's, and the gate runs
+    # keep saying so; the user who recompiled on that advice is told why it stays (trial13)
+    old_train = (
+        "; its demos still come from the trainset it was compiled on, not the changed one (--dspex-force records "
+        "this run's choice)" if _train_changed(old.data, new.data) else ""
+    )
     if o > n:
         return (f"kept: the golden's {what} {o:.3f} is higher than this run's {n:.3f} on the same signature and "
-                f"{same}; use --dspex-force to replace it")  # fmt: skip
+                f"{same}; use --dspex-force to replace it{old_train}")  # fmt: skip
     return (f"kept: this run's {what} {n:.3f} does not improve on the golden's {o:.3f} (same signature and {same}), "
-            "so the file is left untouched; use --dspex-force to replace it")  # fmt: skip
+            f"so the file is left untouched; use --dspex-force to replace it{old_train}")  # fmt: skip

@@ -555,7 +555,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         if g.get("compile_usage"):
             what = "re-baseline" if _rebaseline(g) else "compile"
             extra += f"; {what} spent {spend_text(g['compile_usage'])}"
-        if g.get("reason") and (g["outcome"] in ("kept", "updated", "rebaselined") or str(g["reason"]).startswith(("re-baseline", "same demos and instructions as the golden file, on the same model"))):
+        if g.get("reason") and (g["outcome"] in ("kept", "updated", "rebaselined") or str(g["reason"]).startswith(("re-baseline", "same demos and instructions as the golden file, on the same model", "same demos and instructions as the golden file, chosen again"))):
             extra += f": {g['reason']}"  # why compile replaced or kept it
         tr.write_line(f"golden {g['outcome']}: {rel}{extra}", green=g["outcome"] != "kept", yellow=g["outcome"] == "kept")
         if g.get("demos") and g["outcome"] in ("created", "updated"):  # what a reviewer of the golden should know

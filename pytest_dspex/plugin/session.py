@@ -297,7 +297,8 @@ class DspexSession:
             return ""
         return (
             f"the trainset {self.rel(spec.trainset)} changed since the golden was compiled: its demos come from the "
-            f"old one; pytest --dspex-compile={spec.name} recompiles with it"
+            f"old one; pytest --dspex-compile={spec.name} recompiles with it (and replaces the golden when the new "
+            "choice's baseline is better; --dspex-force records it anyway)"
         )
 
     def _missing(self, spec: ProgramSpec, path: Path) -> str:
