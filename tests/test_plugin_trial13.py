@@ -216,3 +216,29 @@ def test_a_recompile_that_keeps_the_golden_after_the_trainset_changed_says_its_d
          "from the trainset it was compiled on, not the changed one (--dspex-force records this run's choice)*"]
     )  # fmt: skip
     assert (pytester.path / GOLDEN).read_bytes() == before
+
+
+def test_a_second_dataset_of_the_same_program_says_why_nothing_is_paired(pytester, server, mode):  # noqa: F811
+    """The program's per-example test on another file than its dataset test: its row read ``n/a (none
+    shared)`` / "no examples shared with the golden", a pass with no regression gate, nothing said of why
+    (the one baseline measured on the other dataset) nor how to gate it against a baseline of its own."""
+    from .test_plugin_gates import rows
+
+    project(pytester, 20)
+    pytester.makefile(".jsonl", **{"data/other": rows(10, 3000)})
+    source = (pytester.path / "test_triage.py").read_text()
+    pytester.makepyfile(test_triage=source.replace('dspex_dataset("data/dev.jsonl")', 'dspex_dataset("data/other.jsonl")'))
+    assert run(pytester, server, mode, *COMPILE, "-k", "not each").ret == 0
+    out = run(pytester, server, mode, "--dspex-report=report.json", "--dspex-markdown=r.md")
+    assert out.ret == 0, out.stdout.str()
+    said = (
+        "none of the 10 examples is in the golden's baseline (measured on another dataset, 20 examples): nothing is "
+        "paired, only the threshold gates this dataset; a program has one baseline, so give this test's "
+        "dspex_program marker a name of its own (name='triage_...') for a golden and baseline of its own"
+    )
+    out.stdout.fnmatch_lines([f"*triage: {said}*"])
+    assert out.stdout.str().count("none of the 10 examples") == 1
+    by_mode = report_rows(pytester)
+    assert said in by_mode["per-example"]["note"]
+    assert "none of the" not in by_mode["dataset"]["note"]  # the dataset the baseline was measured on
+    assert said.split("; a program")[0] in (pytester.path / "r.md").read_text()  # markdown escapes the name's _

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -179,6 +179,16 @@ class GoldenFile:
         keys = [example_key(e) for e in examples]
         new = sum(k not in outcomes for k in keys)
         return new if new < len(keys) else 0
+
+    def shares_nothing(self, examples: Sequence[Any]) -> bool:
+        """None of ``examples`` has an outcome in the golden's (fresh) baseline: a second dataset gated for the
+        same program, whose examples the one baseline never measured. False without a baseline record."""
+        outcomes = self.baseline_outcomes if self.model.baseline is not None else None
+        if not outcomes or not examples:
+            return False
+        from ..evaluation.datasets import example_key
+
+        return not any(example_key(e) in outcomes for e in examples)
 
     def metric_changed(self, metric: Any) -> bool:
         """Was the baseline scored by another metric than ``metric`` (its source or closure differ)?

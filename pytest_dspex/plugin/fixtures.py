@@ -161,6 +161,8 @@ def _note(
         notes.append(missing or relabelled_note(relabelled, resolved.golden.program if resolved.golden else ""))
     if added and golden is not None and resolved.outcome is None:
         notes.append(added_note(added, len(examples), golden.program or resolved.name))
+    if golden is not None and resolved.outcome is None and golden.shares_nothing(examples):
+        notes.append(other_dataset_note(len(examples), golden.baseline_n or 0, golden.program or resolved.name))
     if golden is not None and resolved.outcome is None:  # a golden loaded, not one this run compiled
         was, now_model = (golden.data.get("model") or {}).get("name"), session.lms.model_name()
         if isinstance(was, str) and was and now_model and was != now_model:
@@ -217,6 +219,16 @@ def added_note(k: int, n: int, program: str) -> str:
     return (
         f"{k} of {n} examples are new since the golden's baseline (not in it): not paired, only the threshold "
         f"gates them; record a new baseline with pytest --dspex-rebaseline={program}"
+    )
+
+
+def other_dataset_note(n: int, baseline_n: int, program: str) -> str:
+    """A dataset none of whose examples the golden's baseline measured (a program gated on two datasets has
+    one baseline): "no examples shared" said nothing of why nor what to do (trial13)."""
+    return (
+        f"none of the {n} examples is in the golden's baseline (measured on another dataset, {baseline_n} examples): "
+        "nothing is paired, only the threshold gates this dataset; a program has one baseline, so give this test's "
+        f"dspex_program marker a name of its own (name='{program}_...') for a golden and baseline of its own"
     )
 
 
