@@ -209,7 +209,8 @@ def test_the_html_of_a_real_run_in_a_browser(pytester, project, server_factory, 
         assert page.evaluate("performance.getEntriesByType('resource').length") == 0
 
 
-def test_run_metadata_names_the_git_commit(pytester, project, server_factory):
+def _commit_all(path: Path) -> str:
+    """``git init`` the project, commit every file, return the commit (skips without git)."""
     import shutil
     import subprocess
 
@@ -217,8 +218,12 @@ def test_run_metadata_names_the_git_commit(pytester, project, server_factory):
         pytest.skip("no git executable")
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "project"]):
-        subprocess.run(["git", *args], cwd=pytester.path, check=True, env=env, capture_output=True)
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=pytester.path, check=True, capture_output=True, text=True).stdout.strip()
+        subprocess.run(["git", *args], cwd=path, check=True, env=env, capture_output=True)
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_run_metadata_names_the_git_commit(pytester, project, server_factory):
+    head = _commit_all(pytester.path)
     server = server_factory(make_responder(zero_shot_ok=True))
     result = run(pytester, server, MODES["no-xdist"], "--dspex-missing-golden=zero-shot", "--dspex-report=r.json", "--dspex-markdown=r.md")
     assert result.ret == 0
@@ -229,15 +234,7 @@ def test_run_metadata_names_the_git_commit(pytester, project, server_factory):
 def test_the_reports_say_when_the_commit_does_not_hold_what_ran(pytester, project, server_factory, mode):
     """Trial12 T12-4: a run made on edited files (a prompt edited, pytest run before the commit) named the
     commit alone in every report: a reader signs it believing it describes the commit."""
-    import shutil
-    import subprocess
-
-    if shutil.which("git") is None:
-        pytest.skip("no git executable")
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "project"]):
-        subprocess.run(["git", *args], cwd=pytester.path, check=True, env=env, capture_output=True)
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=pytester.path, check=True, capture_output=True, text=True).stdout.strip()
+    head = _commit_all(pytester.path)
     (pytester.path / "notes.txt").write_text("an untracked file is not what ran\n")
     server = server_factory(make_responder(zero_shot_ok=True))
     reports = ("--dspex-missing-golden=zero-shot", "--dspex-report=r.json", "--dspex-markdown=r.md", "--dspex-html=r.html")
